@@ -1,0 +1,3 @@
+"""clipprobe: measure social stereotypes in CLIP-style vision-language models."""
+
+__version__ = "0.1.0"

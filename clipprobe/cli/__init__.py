@@ -1,0 +1,71 @@
+"""The ``clipprobe`` command line.
+
+Every command module here imports only click and the standard library at module
+level, so ``clipprobe --help`` stays fast and never imports torch, faiss,
+open_clip or matplotlib (tests/test_cli_imports.py checks this). Each command
+builds a config from its flags and calls a plain library function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import sys
+
+import click
+
+from clipprobe import __version__
+from clipprobe.errors import ClipprobeError
+
+# (module, attribute) of each top-level command, in the order of `clipprobe --help`.
+_COMMANDS = [
+    ("clipprobe.cli.taxonomy", "taxonomy"),
+]
+
+
+class _Group(click.Group):
+    """A group that turns library errors into one-line messages with exit codes."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except ClipprobeError as err:
+            exc = click.ClickException(str(err))
+            exc.exit_code = err.exit_code
+            raise exc from None
+        except KeyboardInterrupt:
+            click.echo("Interrupted; finished work is kept and a rerun resumes from it.", err=True)
+            ctx.exit(130)
+
+
+def set_offline(offline: bool) -> None:
+    """Make Hugging Face Hub offline before it is first imported.
+
+    huggingface_hub reads HF_HUB_OFFLINE once, at import; this must therefore run
+    before open_clip (which imports it) is imported anywhere.
+    """
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ["HF_DATASETS_OFFLINE"] = "1"
+        os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="clipprobe")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")
+@click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
+def cli(verbose: int, quiet: bool, offline: bool) -> None:
+    """Measure social stereotypes in CLIP-style vision-language models."""
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    set_offline(offline)
+
+
+for _module, _attr in _COMMANDS:
+    cli.add_command(getattr(importlib.import_module(_module), _attr))
+
+
+def main() -> None:
+    cli(prog_name="clipprobe")
