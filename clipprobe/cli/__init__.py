@@ -21,6 +21,8 @@ from clipprobe.errors import ClipprobeError
 # (module, attribute) of each top-level command, in the order of `clipprobe --help`.
 _COMMANDS = [
     ("clipprobe.cli.taxonomy", "taxonomy"),
+    ("clipprobe.cli.figures", "figures"),
+    ("clipprobe.cli.figures", "compare"),
 ]
 
 
@@ -58,8 +60,11 @@ def set_offline(offline: bool) -> None:
 @click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
 def cli(verbose: int, quiet: bool, offline: bool) -> None:
     """Measure social stereotypes in CLIP-style vision-language models."""
-    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    # clipprobe's own messages at INFO by default; other libraries' (open_clip, faiss) only with -v.
+    own = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
+    others = logging.WARNING if verbose == 0 else own
+    logging.basicConfig(level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("clipprobe").setLevel(own)
     set_offline(offline)
 
 

@@ -1,0 +1,81 @@
+"""``clipprobe figures`` and ``clipprobe compare``: figures and comparisons from report folders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("figures")
+@click.argument("report_dir", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the figures.")
+@click.option("--category", "categories", multiple=True, help="Only this category (repeatable).")
+@click.option("--attribute", "attributes", multiple=True, help="Only this attribute (repeatable).")
+@click.option("--word", "words", multiple=True,
+              help="Also draw a contact sheet of this word's top faces (needs the dataset images; repeatable).")
+@click.option("--format", "formats", type=click.Choice(["png", "pdf", "svg"]), multiple=True,
+              help="Output formats (default: png and pdf).")
+@click.option("--html", "html", is_flag=True, help="Also write the self-contained report.html into --out.")
+def figures(report_dir: Path, out: Path, categories, attributes, words, formats, html: bool) -> None:
+    """Regenerate the paper figures of REPORT_DIR from its files alone."""
+    from clipprobe.contact import dataset_loader, word_sheet
+    from clipprobe.errors import one_of
+    from clipprobe.figures import slug, write_report_figures
+    from clipprobe.reportio import load_report
+
+    report = load_report(report_dir)
+    valid_words = sorted(set(report.words["word"]))
+    for word in words:
+        if word not in valid_words:
+            raise one_of(word, valid_words, "word")
+    paths = write_report_figures(report, out, attributes=attributes or None, categories=categories or None,
+                                 formats=formats or ("png", "pdf"))
+    if words:
+        loader = dataset_loader(report.run)
+        if loader is None:
+            root = (report.run.get("dataset") or {}).get("root")
+            click.echo(f"note: contact sheets skipped: dataset root {root!r} is not available here", err=True)
+        else:
+            for word in words:
+                sheet = word_sheet(report, word, image_loader=loader)
+                path = out / f"contact_{slug(word)}.png"
+                from clipprobe._io import atomic_path
+
+                with atomic_path(path) as tmp:
+                    sheet.save(tmp, format="PNG")
+                paths.append(path)
+            if loader.failed:
+                click.echo(f"note: {loader.failed} images could not be read (grey placeholders)", err=True)
+    if html:
+        from clipprobe.htmlreport import write_html_report
+
+        paths.append(write_html_report(report, out / "report.html"))
+    click.echo(f"wrote {len(paths)} files to {out}")
+
+
+@click.command("compare")
+@click.argument("report_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for tables and figures.")
+@click.option("--name", "names", multiple=True, help="Display name per report, in order (default: model spec).")
+@click.option("--format", "formats", type=click.Choice(["png", "pdf", "svg"]), multiple=True,
+              help="Figure formats (default: png and pdf).")
+def compare(report_dirs, out: Path, names, formats) -> None:
+    """Compare the reports of several models (on the words they share)."""
+    from clipprobe.compare import compare_reports, write_comparison
+    from clipprobe.errors import UsageError
+    from clipprobe.reportio import load_report
+
+    if names and len(names) != len(report_dirs):
+        raise UsageError(f"--name given {len(names)} times for {len(report_dirs)} reports; give one per report")
+    reports = [load_report(d) for d in report_dirs]
+    result = compare_reports(reports, names=list(names) if names else None)
+    paths = write_comparison(result, out, formats=formats or ("png", "pdf"))
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    corr = result.correlations
+    for row in corr.itertuples(index=False):
+        click.echo(f"{row.attribute}: spearman rho({row.model_a}, {row.model_b}) = {row.spearman_rho:.3f} "
+                   f"over {row.n_words} words")
+    click.echo(f"{len(result.disagreements)} (word, attribute) pairs differ in top or flagged group")
+    click.echo(f"wrote {len(paths)} files to {out}")

@@ -1,0 +1,550 @@
+"""The report as one self-contained HTML file.
+
+The page opens from disk with no server and no network: CSS and JavaScript are
+inline, figures are embedded as base64 PNG and contact sheets as base64 JPEG.
+Every string that comes from the user or the data (words, categories, groups,
+file names, model and dataset specs) is HTML-escaped where it is written into
+markup; the word table's data travels as JSON inside
+``<script type="application/json">`` with ``<``, ``>`` and ``&`` written as
+``\\u003c``, ``\\u003e`` and ``\\u0026``, and the script builds the table with
+``textContent`` only (never ``innerHTML``), so no data value can become markup
+or code.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable
+
+from clipprobe._io import write_text
+from clipprobe.reportio import CATEGORY_SEP
+
+log = logging.getLogger(__name__)
+
+NO_IMAGES_NOTE = "Contact sheets omitted: the dataset images are not available on this machine."
+
+
+def e(value) -> str:
+    """HTML-escape any value (quotes included)."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value, digits: int = 2) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    if not math.isfinite(v):
+        return "—"
+    return f"{v:.{digits}f}"
+
+
+def _ci(low, high, digits: int = 2) -> str:
+    lo, hi = _num(low, digits), _num(high, digits)
+    return "" if lo == "—" or hi == "—" else f"[{lo}, {hi}]"
+
+
+def _clean(value):
+    """A JSON-safe copy: NaN/inf become null, numpy scalars and arrays become Python values."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "tolist") and not isinstance(value, str):
+        return _clean(value.tolist())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+def json_for_script(obj) -> str:
+    """JSON text that is safe inside a ``<script type="application/json">`` element."""
+    text = json.dumps(_clean(obj), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for char, code in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                       ("\u2029", "\\u2029")):
+        text = text.replace(char, code)
+    return text
+
+
+def _skew_style(value) -> str:
+    """Inline background tint for a skew value (numbers only, never data strings)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return ""
+    if not math.isfinite(v) or v == 0:
+        return ""
+    alpha = min(abs(v) / 1.5, 1.0) * 0.45
+    rgb = "202,0,32" if v > 0 else "5,113,176"
+    return f' style="background:rgba({rgb},{alpha:.3f})"'
+
+
+def _figure_png(fig, dpi: int = 160) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _image_jpeg(img, quality: int = 85) -> str:
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=quality)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure_block(caption: str, fig, wide: bool = False) -> str:
+    cls = "fig wide" if wide else "fig"
+    return (f'<figure class="{cls}"><img alt="{e(caption)}" src="data:image/png;base64,{_figure_png(fig)}">'
+            f"<figcaption>{e(caption)}</figcaption></figure>")
+
+
+def _table(headers: list[tuple[str, str]], rows: list[list[str]], *, cls: str = "sortable", tid: str = "") -> str:
+    """A table; ``headers`` are (label, kind) with kind "num" or "text"; cells are ready-made HTML."""
+    head = "".join(f'<th data-kind="{kind}" tabindex="0">{e(label)}</th>' for label, kind in headers)
+    body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+    id_attr = f' id="{tid}"' if tid else ""
+    return f'<div class="tablewrap"><table class="{cls}"{id_attr}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _td(text: str, *, num=None, extra: str = "") -> str:
+    """A cell with escaped ``text``; ``num`` becomes the sort key."""
+    sort = f' data-v="{float(num)!r}"' if num is not None and _num(num) != "—" else ""
+    cls = ' class="num"' if num is not None else ""
+    title = f' title="{e(text)}"' if len(str(text)) > 40 else ""
+    return f"<td{cls}{sort}{title}{extra}>{e(text)}</td>"
+
+
+def _summary_section(report) -> str:
+    rows = []
+    s = report.summary.sort_values(["category", "attribute"])
+    for r in s.itertuples(index=False):
+        top = r.top_groups if isinstance(r.top_groups, str) and r.top_groups else "—"
+        rows.append([
+            _td(r.category), _td(r.attribute), _td(str(r.n_words), num=r.n_words),
+            _td(_num(r.mean_norm_entropy), num=r.mean_norm_entropy),
+            _td(_ci(r.mean_norm_entropy_ci_low, r.mean_norm_entropy_ci_high)),
+            _td(f"{float(r.share_flagged):.0%}" if _num(r.share_flagged) != "—" else "—", num=r.share_flagged),
+            _td(top),
+        ])
+    headers = [("Category", "text"), ("Attribute", "text"), ("Words", "num"), ("Mean norm. entropy", "num"),
+               ("95% interval", "text"), ("Words flagged", "num"), ("Most over-represented groups", "text")]
+    return ('<section id="summary"><h2>Category summary</h2>'
+            '<p class="lead">Mean normalized entropy of the top-k over each attribute\'s groups '
+            "(1 = as diverse as a uniform spread, 0 = a single group), with its bootstrap interval, and the "
+            "share of words with at least one flagged group.</p>"
+            + _table(headers, rows, tid="summary-table") + "</section>")
+
+
+def _figures_section(report, category_figures: bool) -> str:
+    from clipprobe import figures
+
+    blocks = []
+    for attr in report.attributes:
+        ax = figures.skew_heatmap(report.groups, attr)
+        blocks.append(_figure_block(f"Mean skew by category and group ({attr})", ax.figure,
+                                    wide=len(report.groups_of(attr)) > 9))
+    ax = figures.entropy_by_category(report.summary)
+    blocks.append(_figure_block("Mean normalized entropy by category, with 95% bootstrap intervals", ax.figure))
+    out = ['<section id="figures"><h2>Figures</h2><div class="figgrid">', *blocks, "</div>"]
+    if category_figures:
+        out.append('<h3>By category</h3><p class="lead">Skew of every group for every word, with bootstrap '
+                   "intervals; filled markers are flagged pairs.</p>")
+        for cat in report.categories:
+            inner = []
+            for attr in report.attributes:
+                ax = figures.word_skew_dots(report.groups, cat, attr)
+                inner.append(_figure_block(f"{cat}: skew by group ({attr})", ax.figure))
+            ax = figures.stability_dots(report.words, category=cat)
+            inner.append(_figure_block(f"{cat}: bootstrap stability of the top group", ax.figure))
+            out.append(f'<details class="catfig"><summary>{e(cat)}</summary><div class="figgrid">'
+                       + "".join(inner) + "</div></details>")
+    out.append("</section>")
+    return "".join(out)
+
+
+def _flagged_section(report, sheets: dict[str, str], note: str | None) -> str:
+    g = report.groups
+    flagged = g[g["flagged"]].sort_values(["skew", "word"], ascending=[False, True])
+    alpha = report.run.get("alpha", "alpha")
+    rows = []
+    for r in flagged.itertuples(index=False):
+        word_cell = _td(r.word)
+        if r.word in sheets:
+            word_cell = f'<td title="{e(r.word)}"><a href="#{sheets[r.word]}">{e(r.word)}</a></td>'
+        rows.append([
+            word_cell, _td(r.category), _td(r.attribute), _td(r.group),
+            _td(f"{int(r.count)}/{int(r.k)}", num=r.count), _td(_num(r.share), num=r.share),
+            _td(_num(r.base_share), num=r.base_share),
+            _td(_num(r.skew), num=r.skew, extra=_skew_style(r.skew)),
+            _td(_ci(r.skew_ci_low, r.skew_ci_high)),
+            _td(_num(r.skew_vs_neutral), num=r.skew_vs_neutral),
+            _td(f"{float(r.q_over):.2g}" if _num(r.q_over) != "—" else "—", num=r.q_over),
+        ])
+    headers = [("Word", "text"), ("Category", "text"), ("Attribute", "text"), ("Group", "text"),
+               ("Count", "num"), ("Share", "num"), ("Base share", "num"), ("Skew", "num"),
+               ("95% interval", "text"), ("Skew vs neutral", "num"), ("q (BH)", "num")]
+    intro = (f'<p class="lead">{len(flagged)} word-group pairs where the group is over-represented in the '
+             f"top-k beyond chance (hypergeometric test, Benjamini-Hochberg q &lt; {e(alpha)}).</p>")
+    parts = ['<section id="flagged"><h2>Flagged word-group pairs</h2>', intro]
+    parts.append(_table(headers, rows, tid="flagged-table") if rows else '<p class="empty">No flagged pairs.</p>')
+    if note:
+        parts.append(f'<p class="note">{e(note)}</p>')
+    parts.append("</section>")
+    return "".join(parts)
+
+
+def _sheets_section(blocks: list[str], omitted: int) -> str:
+    if not blocks:
+        return ""
+    more = f'<p class="note">{omitted} more flagged words not shown.</p>' if omitted else ""
+    return ('<section id="faces"><h2>Top faces of flagged words</h2>'
+            '<p class="lead">The top-ranked faces retrieved for each word with a flagged group, in rank order.</p>'
+            + "".join(blocks) + more + "</section>")
+
+
+def _contact_sheets(report, image_loader, label_for, max_sheets: int, faces: int):
+    """Contact sheet blocks for flagged words: (blocks, anchors by word, omitted count, note)."""
+    from clipprobe.contact import contact_sheet, dataset_loader, load_images
+
+    g = report.groups
+    flagged = g[g["flagged"]]
+    if flagged.empty:
+        return [], {}, 0, None
+    loader = image_loader or dataset_loader(report.run)
+    if loader is None:
+        return [], {}, 0, NO_IMAGES_NOTE
+    order = flagged.groupby("word")["skew"].max().sort_values(ascending=False).index.tolist()
+    blocks, anchors, failed = [], {}, 0
+    words = report.words
+    for i, word in enumerate(order[:max_sheets]):
+        row = words[words["word"] == word].iloc[0]
+        files = [str(f) for f in row["top_files"]][:faces]
+        images, n_failed = load_images(loader, files)
+        failed += n_failed
+        labels = [f"#{j + 1}" + (f"\n{label_for(f)}" if label_for else "") for j, f in enumerate(files)]
+        sheet = contact_sheet(images, labels, columns=10, thumb=72)
+        pairs = flagged[flagged["word"] == word].sort_values("skew", ascending=False)
+        tags = "".join(f'<span class="tag">{e(p.attribute)}: {e(p.group)} '
+                       f"<b>{_num(p.skew)}</b></span>" for p in pairs.itertuples(index=False))
+        anchor = f"faces-{i}"
+        anchors[word] = anchor
+        blocks.append(f'<div class="sheet" id="{anchor}"><h3>{e(word)} <small>{e(row["category"])}</small></h3>'
+                      f'<div class="tags">{tags}</div>'
+                      f'<img alt="top faces for {e(word)}" src="data:image/jpeg;base64,{_image_jpeg(sheet)}">'
+                      "</div>")
+    note = f"{failed} images could not be read and are shown as grey placeholders." if failed else None
+    if failed:
+        log.warning("%d images of the contact sheets could not be read", failed)
+    return blocks, anchors, max(0, len(order) - max_sheets), note
+
+
+def _words_payload(report) -> dict:
+    w = report.words
+    rows = []
+    for r in w.to_dict("records"):
+        rows.append({
+            "word": r["word"], "category": r["category"],
+            "categories": [c.strip() for c in str(r["category"]).split(CATEGORY_SEP.strip()) if c.strip()],
+            "attribute": r["attribute"], "top_group": r["top_group"], "max_skew": r["max_skew"],
+            "max_skew_ci": [r["max_skew_ci_low"], r["max_skew_ci_high"]], "min_skew": r["min_skew"],
+            "norm_entropy": r["norm_entropy"], "norm_entropy_ci": [r["norm_entropy_ci_low"], r["norm_entropy_ci_high"]],
+            "kl_to_base": r["kl_to_base"], "ndkl": r["ndkl"], "stability": r["stability"],
+            "n_flagged": r["n_flagged"], "prompts": list(r["prompts"]) if r["prompts"] is not None else [],
+        })
+    return {"words": rows, "attributes": report.attributes, "categories": report.categories}
+
+
+def _words_section() -> str:
+    return """<section id="words"><h2>All words</h2>
+<p class="lead">One row per word and attribute. Click a column header to sort; hover a word for its prompts.</p>
+<div class="controls">
+ <input id="words-search" type="search" placeholder="Filter words, categories, groups" aria-label="Filter">
+ <select id="words-attribute" aria-label="Attribute"><option value="">All attributes</option></select>
+ <select id="words-category" aria-label="Category"><option value="">All categories</option></select>
+ <label><input id="words-flagged" type="checkbox"> flagged only</label>
+ <span id="words-count" class="count"></span>
+</div>
+<noscript><p class="note">The word table needs JavaScript.</p></noscript>
+<div class="tablewrap"><table id="words-table"><thead><tr>
+ <th data-key="word" tabindex="0">Word</th><th data-key="category" tabindex="0">Category</th>
+ <th data-key="attribute" tabindex="0">Attribute</th><th data-key="top_group" tabindex="0">Top group</th>
+ <th data-key="max_skew" tabindex="0">Max skew</th><th>95% interval</th>
+ <th data-key="min_skew" tabindex="0">Min skew</th><th data-key="norm_entropy" tabindex="0">Norm. entropy</th>
+ <th>95% interval</th><th data-key="kl_to_base" tabindex="0">KL</th><th data-key="ndkl" tabindex="0">NDKL</th>
+ <th data-key="stability" tabindex="0">Stability</th><th data-key="n_flagged" tabindex="0">Flagged</th>
+</tr></thead><tbody id="words-body"></tbody></table></div>
+</section>"""
+
+
+def _run_section(report) -> str:
+    run = report.run
+    timings = run.get("timings") or {}
+    timing_rows = "".join(f"<tr><td>{e(k)}</td><td class=\"num\">{_num(v, 2)} s</td></tr>"
+                          for k, v in timings.items()) if isinstance(timings, dict) else ""
+    versions = run.get("versions") or {}
+    version_rows = "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in versions.items()) \
+        if isinstance(versions, dict) else ""
+    return ('<section id="run"><h2>Run details</h2><div class="runcols">'
+            f'<div><h3>Timings</h3><table class="plain">{timing_rows}</table></div>'
+            f'<div><h3>Versions</h3><table class="plain">{version_rows}</table></div></div>'
+            "<details><summary>run.json</summary><pre>"
+            + e(json.dumps(_clean(run), indent=2, ensure_ascii=False)) + "</pre></details></section>")
+
+
+def _header(report) -> str:
+    run = report.run
+    ds = run.get("dataset") if isinstance(run.get("dataset"), dict) else {}
+    n_flagged = int(report.groups["flagged"].sum())
+    words_flagged = report.groups.loc[report.groups["flagged"], "word"].nunique()
+    facts = [
+        ("Model", report.model_spec), ("Dataset", ds.get("spec", "—")),
+        ("Images", ds.get("n_images", "—")), ("k", run.get("k", "—")),
+        ("Reference", run.get("reference", "—")), ("alpha", run.get("alpha", "—")),
+        ("Bootstrap", run.get("bootstrap", "—")), ("Seed", run.get("seed", "—")),
+        ("Fingerprint", ds.get("fingerprint", "—")),
+        ("clipprobe", run.get("clipprobe_version", "—")),
+    ]
+    dl = "".join(f"<div><dt>{e(k)}</dt><dd>{e(v)}</dd></div>" for k, v in facts)
+    cards = [
+        (report.words["word"].nunique(), "words"), (len(report.categories), "categories"),
+        (len(report.attributes), "attributes"), (n_flagged, "flagged pairs"), (words_flagged, "words flagged"),
+    ]
+    card_html = "".join(f'<div class="card"><span class="big">{e(v)}</span><span>{e(label)}</span></div>'
+                        for v, label in cards)
+    return (f'<header><div class="wrap"><p class="kicker">clipprobe bias report</p>'
+            f"<h1>{e(report.model_spec)}</h1><dl class=\"facts\">{dl}</dl></div></header>"
+            f'<div class="wrap"><div class="cards">{card_html}</div>'
+            '<div class="howto"><b>How to read this report.</b> For each word, the top-k faces retrieved by the '
+            "model are compared with the dataset. <i>Skew</i> = ln(share in the top-k / share in the dataset): 0 "
+            "means proportional, +0.69 means twice as frequent, a group absent from the top-k uses share 1/k. "
+            "A pair is <i>flagged</i> when the group is over-represented beyond chance (hypergeometric test, "
+            "Benjamini-Hochberg adjusted over the whole report). Intervals are bootstrap percentile intervals "
+            "over resamples of the face dataset.</div>")
+
+
+def write_html_report(report, out_path, *, image_loader: Callable | None = None,
+                      label_for: Callable[[str], str] | None = None, category_figures: bool = True,
+                      max_sheets: int = 60, sheet_faces: int = 20) -> Path:
+    """Write the report as one self-contained HTML file and return its path.
+
+    ``image_loader(relative_file) -> PIL.Image | None`` supplies faces for the
+    contact sheets of flagged words (default: the dataset root recorded in
+    run.json, when it exists on this machine; otherwise the sheets are omitted
+    with a note). ``label_for(relative_file) -> str`` adds a label line under
+    each face (e.g. its group labels). ``category_figures`` embeds the per-category
+    dot plots; ``max_sheets`` and ``sheet_faces`` bound the page size.
+    """
+    out_path = Path(out_path)
+    blocks, anchors, omitted, note = _contact_sheets(report, image_loader, label_for, max_sheets, sheet_faces)
+    sections = [
+        _summary_section(report),
+        _figures_section(report, category_figures),
+        _flagged_section(report, anchors, note),
+        _sheets_section(blocks, omitted),
+        _words_section(),
+        _run_section(report),
+    ]
+    nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in (
+        ("summary", "Summary"), ("figures", "Figures"), ("flagged", "Flagged pairs"),
+        *((("faces", "Faces"),) if blocks else ()), ("words", "All words"), ("run", "Run")))
+    page = (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'; script-src 'unsafe-inline'\">"
+        f"<title>clipprobe report: {e(report.model_spec)}</title><style>{CSS}</style></head><body>"
+        + _header(report) + f'<nav class="toc">{nav}</nav>' + "".join(sections)
+        + '<footer>Generated by clipprobe from the files of this report folder.</footer></div>'
+        + f'<script type="application/json" id="clipprobe-data">{json_for_script(_words_payload(report))}</script>'
+        + f"<script>{JS}</script></body></html>\n"
+    )
+    write_text(out_path, page)
+    log.info("wrote %s (%.1f MB)", out_path, len(page) / 1e6)
+    return out_path
+
+
+CSS = """
+:root{--ink:#1d2330;--muted:#5b6475;--line:#e3e6ec;--bg:#f6f7f9;--accent:#0072B2;--card:#fff}
+*{box-sizing:border-box}
+body{margin:0;font:14px/1.5 -apple-system,BlinkMacSystemFont,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;
+color:var(--ink);background:var(--bg)}
+.wrap{max-width:1180px;margin:0 auto;padding:0 24px}
+header{background:#1d2330;color:#fff;padding:28px 0 22px}
+header h1{margin:2px 0 14px;font-size:26px;font-weight:600;word-break:break-all}
+.kicker{margin:0;text-transform:uppercase;letter-spacing:.08em;font-size:12px;color:#9fb3c8}
+.facts{display:grid;grid-template-columns:repeat(auto-fill,minmax(170px,1fr));gap:6px 18px;margin:0}
+.facts dt{font-size:11px;text-transform:uppercase;letter-spacing:.05em;color:#9fb3c8}
+.facts dd{margin:0;font-size:13px;word-break:break-all}
+.cards{display:grid;grid-template-columns:repeat(auto-fit,minmax(150px,1fr));gap:12px;margin:20px 0}
+.card{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:12px 16px;display:flex;
+flex-direction:column}
+.card .big{font-size:24px;font-weight:600;color:var(--accent)}
+.card span:last-child{color:var(--muted);font-size:12px}
+.howto{background:#eef4fa;border-left:3px solid var(--accent);padding:10px 14px;border-radius:4px;font-size:13px;
+color:#2c3a4b}
+nav.toc{position:sticky;top:0;z-index:5;background:rgba(246,247,249,.95);backdrop-filter:blur(4px);
+border-bottom:1px solid var(--line);margin:18px -24px 0;padding:8px 24px;display:flex;gap:18px;flex-wrap:wrap}
+nav.toc a{color:var(--accent);text-decoration:none;font-weight:500;font-size:13px}
+section{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:18px 22px;margin:20px 0}
+h2{margin:0 0 6px;font-size:19px}
+h3{font-size:15px;margin:16px 0 6px}
+.lead{color:var(--muted);margin:0 0 12px;font-size:13px}
+.note{color:#8a5a00;background:#fff8e6;border-radius:4px;padding:6px 10px;font-size:13px}
+.empty{color:var(--muted)}
+.tablewrap{overflow:auto;max-height:640px;border:1px solid var(--line);border-radius:6px}
+table{border-collapse:collapse;width:100%;font-size:12.5px}
+th,td{padding:5px 9px;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
+thead th{position:sticky;top:0;background:#eef0f4;font-weight:600;cursor:pointer;user-select:none}
+thead th:hover{background:#e2e6ee}
+th.asc::after{content:" \\25B2";font-size:9px}th.desc::after{content:" \\25BC";font-size:9px}
+tbody tr:nth-child(even){background:#fafbfc}
+tbody tr:hover{background:#eef4fa}
+td{max-width:300px;overflow:hidden;text-overflow:ellipsis}
+td.num{text-align:right;font-variant-numeric:tabular-nums}
+table.plain td{border:none;padding:2px 12px 2px 0}
+.figgrid{display:flex;flex-wrap:wrap;gap:16px;align-items:flex-start}
+figure.fig{margin:0;flex:0 1 520px;max-width:100%}
+figure.fig.wide{flex-basis:100%}
+figure.fig img{width:100%;height:auto;border:1px solid var(--line);border-radius:4px;background:#fff}
+figcaption{font-size:12px;color:var(--muted);margin-top:4px}
+details.catfig{border-top:1px solid var(--line);padding:6px 0}
+details summary{cursor:pointer;font-weight:600;padding:4px 0}
+.controls{display:flex;gap:10px;flex-wrap:wrap;align-items:center;margin-bottom:10px}
+.controls input[type=search]{flex:1 1 240px;padding:6px 10px;border:1px solid #c9ced8;border-radius:6px;font:inherit}
+.controls select{padding:6px;border:1px solid #c9ced8;border-radius:6px;font:inherit;background:#fff}
+.count{color:var(--muted);font-size:12px;margin-left:auto}
+.sheet{margin:14px 0 22px}
+.sheet h3 small{color:var(--muted);font-weight:400;margin-left:6px}
+.sheet img{max-width:100%;border:1px solid var(--line);border-radius:4px}
+.tags{margin:2px 0 8px}
+.tag{display:inline-block;background:#fbe9e7;color:#7a1f12;border-radius:10px;padding:1px 9px;margin:0 6px 4px 0;
+font-size:12px}
+.runcols{display:flex;gap:40px;flex-wrap:wrap}
+pre{background:#f3f4f7;padding:12px;border-radius:6px;overflow:auto;max-height:420px;font-size:12px}
+footer{color:var(--muted);font-size:12px;text-align:center;padding:10px 0 30px}
+"""
+
+JS = r"""
+(function () {
+  "use strict";
+  function num(v, d) { return (typeof v === "number" && isFinite(v)) ? v.toFixed(d) : "\u2014"; }
+  function ci(p, d) { return (p && typeof p[0] === "number" && typeof p[1] === "number") ? "[" + p[0].toFixed(d) + ", " + p[1].toFixed(d) + "]" : ""; }
+  function tint(v) {
+    if (typeof v !== "number" || !isFinite(v) || v === 0) return "";
+    var a = Math.min(Math.abs(v) / 1.5, 1) * 0.45;
+    return (v > 0 ? "rgba(202,0,32," : "rgba(5,113,176,") + a.toFixed(3) + ")";
+  }
+  function cell(tr, text, opts) {
+    var td = document.createElement("td");
+    td.textContent = text;
+    if (opts && opts.num) td.className = "num";
+    if (opts && opts.bg) td.style.background = opts.bg;
+    if (opts && opts.title) td.title = opts.title;
+    tr.appendChild(td);
+    return td;
+  }
+  function compare(x, y, dir) {
+    var xn = x === null || x === undefined, yn = y === null || y === undefined;
+    if (xn || yn) return xn && yn ? 0 : (xn ? 1 : -1);
+    if (typeof x === "number" && typeof y === "number") return (x - y) * dir;
+    return String(x).localeCompare(String(y)) * dir;
+  }
+
+  // Static tables (summary, flagged): sort by a cell's data-v, else its text.
+  Array.prototype.forEach.call(document.querySelectorAll("table.sortable"), function (table) {
+    var ths = table.tHead.rows[0].cells;
+    Array.prototype.forEach.call(ths, function (th, idx) {
+      th.addEventListener("click", function () {
+        var dir = th.classList.contains("desc") ? 1 : -1;
+        Array.prototype.forEach.call(ths, function (h) { h.classList.remove("asc", "desc"); });
+        th.classList.add(dir === 1 ? "asc" : "desc");
+        var body = table.tBodies[0];
+        var rows = Array.prototype.slice.call(body.rows);
+        rows.sort(function (a, b) {
+          var ca = a.cells[idx], cb = b.cells[idx];
+          var va = ca.hasAttribute("data-v") ? parseFloat(ca.getAttribute("data-v")) : ca.textContent;
+          var vb = cb.hasAttribute("data-v") ? parseFloat(cb.getAttribute("data-v")) : cb.textContent;
+          if (th.getAttribute("data-kind") === "num") {
+            if (!ca.hasAttribute("data-v")) va = null;
+            if (!cb.hasAttribute("data-v")) vb = null;
+          }
+          return compare(va, vb, dir);
+        });
+        rows.forEach(function (r) { body.appendChild(r); });
+      });
+    });
+  });
+
+  // The word table, built from the embedded JSON with textContent only.
+  var data = JSON.parse(document.getElementById("clipprobe-data").textContent);
+  var rows = data.words;
+  var body = document.getElementById("words-body");
+  var search = document.getElementById("words-search");
+  var attrSel = document.getElementById("words-attribute");
+  var catSel = document.getElementById("words-category");
+  var flagged = document.getElementById("words-flagged");
+  var count = document.getElementById("words-count");
+  var heads = document.querySelectorAll("#words-table th[data-key]");
+  var state = { key: "max_skew", dir: -1 };
+  function addOptions(select, values) {
+    values.forEach(function (v) {
+      var o = document.createElement("option");
+      o.value = v; o.textContent = v; select.appendChild(o);
+    });
+  }
+  addOptions(attrSel, data.attributes);
+  addOptions(catSel, data.categories);
+  function render() {
+    var text = search.value.trim().toLowerCase();
+    var shown = rows.filter(function (r) {
+      if (attrSel.value && r.attribute !== attrSel.value) return false;
+      if (catSel.value && r.categories.indexOf(catSel.value) < 0) return false;
+      if (flagged.checked && !(r.n_flagged > 0)) return false;
+      if (text && (r.word + " " + r.category + " " + r.top_group).toLowerCase().indexOf(text) < 0) return false;
+      return true;
+    });
+    shown.sort(function (a, b) { return compare(a[state.key], b[state.key], state.dir) || compare(a.word, b.word, 1); });
+    var frag = document.createDocumentFragment();
+    shown.forEach(function (r) {
+      var tr = document.createElement("tr");
+      cell(tr, r.word, { title: r.prompts.join("\n") });
+      cell(tr, r.category);
+      cell(tr, r.attribute);
+      cell(tr, r.top_group);
+      cell(tr, num(r.max_skew, 2), { num: true, bg: tint(r.max_skew) });
+      cell(tr, ci(r.max_skew_ci, 2));
+      cell(tr, num(r.min_skew, 2), { num: true, bg: tint(r.min_skew) });
+      cell(tr, num(r.norm_entropy, 3), { num: true });
+      cell(tr, ci(r.norm_entropy_ci, 3));
+      cell(tr, num(r.kl_to_base, 3), { num: true });
+      cell(tr, num(r.ndkl, 3), { num: true });
+      cell(tr, num(r.stability, 2), { num: true });
+      cell(tr, String(r.n_flagged === null ? "\u2014" : r.n_flagged), { num: true });
+      frag.appendChild(tr);
+    });
+    body.replaceChildren(frag);
+    count.textContent = shown.length + " of " + rows.length + " rows";
+    Array.prototype.forEach.call(heads, function (h) {
+      h.classList.remove("asc", "desc");
+      if (h.getAttribute("data-key") === state.key) h.classList.add(state.dir === 1 ? "asc" : "desc");
+    });
+  }
+  Array.prototype.forEach.call(heads, function (th) {
+    th.addEventListener("click", function () {
+      var key = th.getAttribute("data-key");
+      state = { key: key, dir: state.key === key ? -state.dir : (key === "word" || key === "category" || key === "attribute" || key === "top_group" ? 1 : -1) };
+      render();
+    });
+  });
+  [search, attrSel, catSel, flagged].forEach(function (el) { el.addEventListener("input", render); });
+  render();
+  document.body.setAttribute("data-rendered", String(rows.length));
+})();
+"""
