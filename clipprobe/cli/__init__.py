@@ -21,6 +21,7 @@ from clipprobe.errors import ClipprobeError
 # (module, attribute) of each top-level command, in the order of `clipprobe --help`.
 _COMMANDS = [
     ("clipprobe.cli.taxonomy", "taxonomy"),
+    ("clipprobe.cli.models", "models"),
     ("clipprobe.cli.figures", "figures"),
     ("clipprobe.cli.figures", "compare"),
 ]

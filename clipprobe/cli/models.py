@@ -1,0 +1,42 @@
+"""`clipprobe models`: the pretrained open_clip models, their training data, cache state."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+
+@click.command("models")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--filter", "text", default=None,
+              help="Keep rows whose spec or training data contain TEXT (case-insensitive).")
+@click.option("--cached", "only_cached", is_flag=True, help="Only models whose weights are in the local cache.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Hugging Face cache to look in (default: the huggingface_hub default, $HF_HOME).")
+def models(fmt: str, text: str | None, only_cached: bool, cache_dir: str | None) -> None:
+    """Pretrained models (ARCH:TAG for --model), training data, and whether weights are cached.
+
+    Other --model forms: hf-hub:ORG/NAME, local-dir:PATH, ARCH:/path/to/weights.safetensors.
+    """
+    from clipprobe.models import list_known_models
+
+    rows = list_known_models(cache_dir=cache_dir)
+    if text:
+        needle = text.lower()
+        rows = [r for r in rows if needle in r["spec"].lower() or needle in r["training_data"].lower()]
+    if only_cached:
+        rows = [r for r in rows if r["cached"]]
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("no models match")
+        return
+    width = max(len(r["spec"]) for r in rows)
+    data_width = max(len(r["training_data"]) for r in rows)
+    click.echo(f"{'model':<{width}}  {'training data':<{data_width}}  cached")
+    for r in rows:
+        click.echo(f"{r['spec']:<{width}}  {r['training_data']:<{data_width}}  {'yes' if r['cached'] else 'no'}")
+    n_cached = sum(r["cached"] for r in rows)
+    click.echo(f"{len(rows)} models, {n_cached} cached")
