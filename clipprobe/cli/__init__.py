@@ -24,6 +24,7 @@ _COMMANDS = [
     ("clipprobe.cli.models", "models"),
     ("clipprobe.cli.figures", "figures"),
     ("clipprobe.cli.figures", "compare"),
+    ("clipprobe.cli.power", "power"),
 ]
 
 

@@ -1,0 +1,377 @@
+"""Representation metrics of a retrieval: who is in a word's top-k, compared with whom we expect.
+
+Everything here is vectorised over many words at once. Shapes:
+
+* ``W`` words (query rows), ``N`` images, ``k`` retrieved images per word;
+* ``G`` groups of one attribute, coded ``0..G-1`` (the caller keeps the names);
+* ``labels`` is an ``(N,)`` integer array of group codes, one per image.
+
+Conventions, chosen to match the common public implementations:
+
+* ``share = count / k``.
+* ``skew = ln(share / reference)``; a group with **count 0 uses share = 1/k inside the log**
+  (the MaxSkew convention of the widely used implementations), so the skew of an absent group is
+  finite: ``ln((1/k) / reference)``. ``share`` itself stays 0.
+* Natural logarithms throughout. NDKL uses KL in nats with the ``1/log2(i + 1)`` position discount
+  of Geyik et al. (2019); with nats it reproduces the published test vector (NDKL = 0.359497 on the
+  10-item list in the tests; log2 would give 0.518645).
+* A group **absent from the dataset** (base share 0) is excluded: its skew is NaN, it is left out
+  of max/min skew and out of the ``L`` of the normalised entropy. Nothing is ever divided by zero.
+
+Reference distributions (``reference=``):
+
+``"base"`` (default)
+    The group's share of the dataset.
+``"uniform"``
+    Equal representation: ``1/L`` for each of the ``L`` groups present in the dataset.
+``"neutral"``
+    The top-k shares of a neutral prompt ("a photo of a person"), so a word's skew says how it
+    differs from what the model retrieves for *anyone*. A neutral share of 0 would make the skew
+    infinite, so the neutral counts are smoothed with half a pseudo-count per present group
+    (Jeffreys): ``(count + 1/2) / (k + L/2)``. The smoothed reference sums to 1 and is positive on
+    every present group.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from clipprobe.errors import DataError, UsageError, one_of
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+REFERENCES = ("base", "uniform", "neutral")
+
+MSG_LABEL_RANGE = "labels: group codes must be integers in 0..{hi}, found {bad}"
+MSG_K_RANGE = "k={k} must be between 1 and the number of images ({n})"
+MSG_NEUTRAL_MISSING = "reference 'neutral' needs the neutral prompt's top-k (neutral_ids/neutral_counts)"
+MSG_SHAPE = "{what}: expected shape {expected}, got {got}"
+MSG_EMPTY_DATASET = "labels: the dataset has no images"
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+
+def check_labels(labels, n_groups: int) -> "np.ndarray":
+    """Return ``labels`` as an int64 array after checking every code is in ``0..n_groups-1``."""
+    import numpy as np
+
+    arr = np.asarray(labels)
+    if arr.ndim != 1:
+        raise DataError(MSG_SHAPE.format(what="labels", expected="(N,)", got=arr.shape))
+    if arr.size == 0:
+        raise DataError(MSG_EMPTY_DATASET)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(MSG_LABEL_RANGE.format(hi=n_groups - 1, bad=f"dtype {arr.dtype}"))
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < 0 or hi >= n_groups:
+        raise DataError(MSG_LABEL_RANGE.format(hi=n_groups - 1, bad=lo if lo < 0 else hi))
+    return arr.astype(np.int64, copy=False)
+
+
+def check_k(k: int, n_total: int) -> int:
+    if not (1 <= int(k) <= int(n_total)):
+        raise UsageError(MSG_K_RANGE.format(k=k, n=n_total))
+    return int(k)
+
+
+# ----------------------------------------------------------------------------------------------
+# retrieval-side primitives
+
+
+def base_shares(labels, n_groups: int) -> "np.ndarray":
+    """``(G,)`` float64: each group's share of the dataset (0 for groups absent from it)."""
+    import numpy as np
+
+    lab = check_labels(labels, n_groups)
+    return np.bincount(lab, minlength=n_groups).astype(np.float64) / lab.size
+
+
+def rank_topk(scores, k: int) -> "np.ndarray":
+    """``(W, k)`` int64 ids of each row's ``k`` highest scores, best first.
+
+    Ties are broken by the lower image index, so the result is deterministic and identical to a
+    stable ``argsort(-scores)[:, :k]``; :func:`clipprobe.stats.bootstrap_counts` uses the same rule.
+    Runs in O(W·N) with ``np.partition`` instead of a full sort.
+    """
+    import numpy as np
+
+    s = np.asarray(scores)
+    if s.ndim == 1:
+        s = s[None, :]
+    if s.ndim != 2:
+        raise DataError(MSG_SHAPE.format(what="scores", expected="(W, N)", got=s.shape))
+    n_words, n_total = s.shape
+    k = check_k(k, n_total)
+    if k == n_total:
+        return np.argsort(-s, axis=1, kind="stable").astype(np.int64)
+    # The k-th largest value of each row; everything strictly above it is in, and the ties at it
+    # are filled in index order until k are chosen.
+    kth = np.partition(s, n_total - k, axis=1)[:, n_total - k]
+    chosen = s >= kth[:, None]
+    excess = np.flatnonzero(chosen.sum(axis=1) > k)  # rows with more ties at the k-th value than slots
+    if excess.size:
+        sub = s[excess]
+        above = sub > kth[excess, None]
+        at = sub == kth[excess, None]
+        need = k - above.sum(axis=1)
+        chosen[excess] = above | (at & (np.cumsum(at, axis=1) <= need[:, None]))
+    ids = np.nonzero(chosen)[1].reshape(n_words, k)  # row-major: ascending index within a row
+    picked = np.take_along_axis(s, ids, axis=1)
+    order = np.argsort(-picked, axis=1, kind="stable")  # stable keeps lower index first on ties
+    return np.take_along_axis(ids, order, axis=1).astype(np.int64)
+
+
+def topk_counts(topk_ids, labels, n_groups: int) -> "np.ndarray":
+    """``(W, G)`` int64: how many of each word's top-k images belong to each group."""
+    import numpy as np
+
+    lab = check_labels(labels, n_groups)
+    ids = np.asarray(topk_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2:
+        raise DataError(MSG_SHAPE.format(what="topk_ids", expected="(W, k)", got=ids.shape))
+    n_words = ids.shape[0]
+    flat = lab[ids] + n_groups * np.arange(n_words)[:, None]
+    return np.bincount(flat.ravel(), minlength=n_words * n_groups).reshape(n_words, n_groups)
+
+
+# ----------------------------------------------------------------------------------------------
+# reference distributions
+
+
+def reference_shares(reference: str, *, base_share, neutral_counts=None, k: int | None = None) -> "np.ndarray":
+    """The reference distribution that skews are measured against (see the module docstring).
+
+    ``base_share`` is ``(G,)`` or ``(..., G)``; ``neutral_counts`` (the neutral prompt's top-k
+    group counts) broadcasts against it. Returns float64 of the broadcast shape, 0 on groups
+    absent from the dataset.
+    """
+    import numpy as np
+
+    if reference not in REFERENCES:
+        raise one_of(reference, REFERENCES, "reference")
+    base = np.asarray(base_share, dtype=np.float64)
+    present = base > 0
+    n_present = present.sum(axis=-1, keepdims=True)
+    if reference == "base":
+        return base.copy()
+    if reference == "uniform":
+        return np.where(present, 1.0 / np.maximum(n_present, 1), 0.0)
+    if neutral_counts is None:
+        raise UsageError(MSG_NEUTRAL_MISSING)
+    counts = np.asarray(neutral_counts, dtype=np.float64)
+    if k is None:
+        k = counts.sum(axis=-1, keepdims=True)
+    return np.where(present, (counts + 0.5) / (np.asarray(k, dtype=np.float64) + 0.5 * n_present), 0.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# group- and word-level statistics
+
+
+def group_stats(counts, reference_share, k: int) -> dict[str, "np.ndarray"]:
+    """Per (word, group): ``share`` and ``skew`` (float64 arrays shaped like ``counts``).
+
+    ``reference_share`` is ``(G,)`` or broadcastable to ``counts``. ``skew`` is
+    ``ln(max(count, 1) / k / reference)`` and NaN where the reference is 0 (group absent).
+    """
+    import numpy as np
+
+    c = np.asarray(counts)
+    ref = np.asarray(reference_share, dtype=np.float64)
+    share = c / float(k)
+    floored = np.maximum(c, 1) / float(k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        skew = np.where(ref > 0, np.log(floored / np.where(ref > 0, ref, 1.0)), np.nan)
+    return {"share": share.astype(np.float64), "skew": skew}
+
+
+def norm_entropy(shares, present) -> "np.ndarray":
+    """``H(shares) / ln(L)`` over the ``L`` present groups, natural logs; NaN when ``L < 2``."""
+    import numpy as np
+
+    p = np.asarray(shares, dtype=np.float64)
+    pres = np.broadcast_to(np.asarray(present, dtype=bool), p.shape)
+    n_present = pres.sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(pres & (p > 0), p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+        h = -terms.sum(axis=-1)
+        return np.where(n_present >= 2, h / np.log(np.maximum(n_present, 2)), np.nan)
+
+
+def kl_divergence(shares, reference_share) -> "np.ndarray":
+    """``sum over share > 0 of share * ln(share / reference)`` along the last axis (nats)."""
+    import numpy as np
+
+    p = np.asarray(shares, dtype=np.float64)
+    q = np.broadcast_to(np.asarray(reference_share, dtype=np.float64), p.shape)
+    use = p > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # A retrieved group with reference 0 cannot happen for the base reference; if a caller's
+        # reference allows it, the divergence is +inf, which is the honest answer.
+        ratio = np.where(use, p / np.where(use, q, 1.0), 1.0)
+        return np.where(use, p * np.log(ratio), 0.0).sum(axis=-1)
+
+
+def ndkl(topk_labels, reference_share, n_groups: int) -> "np.ndarray":
+    """Normalised discounted KL divergence (Geyik et al. 2019) of each ranked list.
+
+    ``topk_labels`` is ``(W, k)`` group codes in rank order; ``reference_share`` is ``(G,)`` or
+    ``(W, G)``. ``NDKL = (1/Z) sum_{i=1..k} KL(P_i || reference) / log2(i + 1)`` with
+    ``Z = sum_{i=1..k} 1 / log2(i + 1)`` and ``P_i`` the group shares of the top ``i``; KL in nats.
+    """
+    import numpy as np
+
+    lab = np.asarray(topk_labels)
+    if lab.ndim == 1:
+        lab = lab[None, :]
+    n_words, k = lab.shape
+    onehot = lab[:, :, None] == np.arange(n_groups)
+    cum = np.cumsum(onehot, axis=1, dtype=np.float64)  # (W, k, G)
+    ranks = np.arange(1, k + 1, dtype=np.float64)
+    prefix_shares = cum / ranks[None, :, None]
+    ref = np.asarray(reference_share, dtype=np.float64)
+    ref = ref[:, None, :] if ref.ndim == 2 else ref
+    kl = kl_divergence(prefix_shares, ref)  # (W, k)
+    discount = 1.0 / np.log2(ranks + 1.0)
+    return (kl * discount).sum(axis=1) / discount.sum()
+
+
+def word_stats(counts, reference_share, k: int, *, present=None, topk_labels=None) -> dict[str, "np.ndarray"]:
+    """Per word: ``max_skew``, ``min_skew``, ``norm_entropy``, ``kl_to_base``, ``ndkl``, ``top_group``.
+
+    ``counts`` is ``(..., G)``; ``reference_share`` broadcasts to it. ``present`` marks the groups of
+    the dataset (default: reference > 0) and sets the ``L`` of the normalised entropy. ``kl_to_base``
+    is the KL divergence to the chosen reference (the base shares by default). ``ndkl`` needs the
+    rank-ordered ``topk_labels`` (``(W, k)``); without them it is NaN. ``top_group`` is the group
+    with the largest skew (the lowest code on ties), -1 if no group is present.
+    All values are float64 arrays of shape ``counts.shape[:-1]`` except ``top_group`` (int64).
+    """
+    import numpy as np
+
+    c = np.asarray(counts)
+    ref = np.broadcast_to(np.asarray(reference_share, dtype=np.float64), c.shape)
+    pres = ref > 0 if present is None else np.broadcast_to(np.asarray(present, dtype=bool), c.shape)
+    g = group_stats(c, ref, k)
+    skew = np.where(pres, g["skew"], np.nan)
+    any_present = np.isfinite(skew).any(axis=-1)
+    safe = np.where(np.isfinite(skew), skew, -np.inf)
+    max_skew = np.where(any_present, safe.max(axis=-1), np.nan)
+    min_skew = np.where(any_present, np.where(np.isfinite(skew), skew, np.inf).min(axis=-1), np.nan)
+    top_group = np.where(any_present, safe.argmax(axis=-1), -1).astype(np.int64)
+    if topk_labels is not None:
+        nd = ndkl(topk_labels, reference_share, c.shape[-1])
+        nd = nd.reshape(c.shape[:-1])
+    else:
+        nd = np.full(c.shape[:-1], np.nan)
+    return {
+        "max_skew": max_skew,
+        "min_skew": min_skew,
+        "norm_entropy": norm_entropy(g["share"], pres),
+        "kl_to_base": kl_divergence(g["share"], ref),
+        "ndkl": nd,
+        "top_group": top_group,
+    }
+
+
+def c_asc(similarities, labels, n_groups: int) -> "np.ndarray":
+    """C-ASC per (word, group): (mean similarity to the group's images - mean to the other images)
+    divided by the standard deviation (population, ddof=0) of the similarity over all images.
+
+    ``similarities`` is ``(W, N)``. NaN for a group absent from the dataset, for a group that holds
+    every image, and for a word whose similarities are all equal.
+    """
+    import numpy as np
+
+    lab = check_labels(labels, n_groups)
+    sims = np.asarray(similarities, dtype=np.float64)
+    if sims.ndim == 1:
+        sims = sims[None, :]
+    if sims.ndim != 2 or sims.shape[1] != lab.size:
+        raise DataError(MSG_SHAPE.format(what="similarities", expected=f"(W, {lab.size})", got=sims.shape))
+    n_total = lab.size
+    sizes = np.bincount(lab, minlength=n_groups).astype(np.float64)
+    onehot = np.zeros((n_total, n_groups))
+    onehot[np.arange(n_total), lab] = 1.0
+    group_sum = sims @ onehot  # (W, G)
+    total = sims.sum(axis=1, keepdims=True)
+    std = sims.std(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean_in = group_sum / sizes
+        mean_out = (total - group_sum) / (n_total - sizes)
+        out = (mean_in - mean_out) / std
+    valid = (sizes > 0) & (sizes < n_total)
+    return np.where(valid[None, :] & (std > 0), out, np.nan)
+
+
+# ----------------------------------------------------------------------------------------------
+# everything for one attribute
+
+
+def point_estimates(
+    topk_ids, labels, n_groups: int, *, reference: str = "base", neutral_ids=None
+) -> dict[str, "np.ndarray"]:
+    """All point estimates of one attribute for ``W`` words from their ranked top-k ids.
+
+    Returns a dict of arrays: per (word, group) ``count`` (int64), ``share``, ``base_share``,
+    ``reference_share``, ``skew`` (``(W, G)``); per word ``max_skew``, ``min_skew``,
+    ``norm_entropy``, ``kl_to_base``, ``ndkl``, ``top_group`` (``(W,)``). With
+    ``reference="neutral"``, ``neutral_ids`` are the neutral prompt's ranked top-k ids.
+    Groups absent from the dataset are excluded (NaN skew) and logged once.
+    """
+    import numpy as np
+
+    lab = check_labels(labels, n_groups)
+    ids = np.asarray(topk_ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    k = check_k(ids.shape[1], lab.size)
+    base = np.bincount(lab, minlength=n_groups) / lab.size
+    absent = np.flatnonzero(base == 0)
+    if absent.size:
+        log.info("groups %s are absent from the dataset and are excluded from skew and entropy", absent.tolist())
+    if reference == "neutral":
+        if neutral_ids is None:
+            raise UsageError(MSG_NEUTRAL_MISSING)
+        nids = np.asarray(neutral_ids).reshape(1, -1)
+        neutral = topk_counts(nids, lab, n_groups)[0]
+        ref = reference_shares("neutral", base_share=base, neutral_counts=neutral, k=nids.shape[1])
+    else:
+        ref = reference_shares(reference, base_share=base)
+    counts = topk_counts(ids, lab, n_groups)
+    g = group_stats(counts, ref, k)
+    w = word_stats(counts, ref, k, present=base > 0, topk_labels=lab[ids])
+    out = {
+        "count": counts,
+        "share": g["share"],
+        "base_share": np.broadcast_to(base, counts.shape).copy(),
+        "reference_share": np.broadcast_to(ref, counts.shape).copy(),
+        "skew": np.where(base > 0, g["skew"], np.nan),
+    }
+    out.update(w)
+    return out
+
+
+__all__ = [
+    "REFERENCES",
+    "base_shares",
+    "c_asc",
+    "check_k",
+    "check_labels",
+    "group_stats",
+    "kl_divergence",
+    "ndkl",
+    "norm_entropy",
+    "point_estimates",
+    "rank_topk",
+    "reference_shares",
+    "topk_counts",
+    "word_stats",
+]
