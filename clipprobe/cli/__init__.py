@@ -25,6 +25,8 @@ _COMMANDS = [
     ("clipprobe.cli.figures", "figures"),
     ("clipprobe.cli.figures", "compare"),
     ("clipprobe.cli.power", "power"),
+    ("clipprobe.cli.captions", "captions"),
+    ("clipprobe.cli.captions", "laion"),
 ]
 
 

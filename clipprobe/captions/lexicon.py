@@ -1,0 +1,175 @@
+"""Lexicons: the caption terms that denote each demographic group, as data.
+
+A lexicon maps attribute -> group -> terms, for example::
+
+    attributes:
+      race:
+        Middle Eastern: [middle eastern, arab, arabs]
+        East Asian: [east asian, chinese, japanese, korean]
+      gender:
+        Male: [man, men, male, boy]
+        Female: [woman, women, female, girl]
+
+Every inflected form is its own entry (``arab`` and ``arabs``); nothing is
+stemmed or guessed. Terms are matched by the rule of
+:mod:`clipprobe.captions.matching`.
+
+**The lexicon drives the result.** Which captions count as "mentioning a Black
+person" or "a woman" is decided entirely by these lists, so the shipped
+``fairface`` lexicon (``taxonomy/lexicon-fairface.yaml``) is a starting point
+written for English captions, not ground truth: read its header for the choices
+it makes, and pass your own file with ``--lexicon PATH`` where they do not fit.
+
+Shipped lexicons are the files ``taxonomy/lexicon-NAME.yaml`` (installed as
+``clipprobe.data.taxonomy``), listed by :func:`list_lexicons` and loaded by
+:func:`get_lexicon`, which also takes a path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from clipprobe.errors import ClipprobeError, DataError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LEXICON = "fairface"
+_PREFIX = "lexicon-"
+_SUFFIXES = (".yaml", ".yml", ".json")
+_TOP_LEVEL_KEYS = ("name", "description", "note", "attributes")
+
+ERR_NOT_FOUND = "lexicon file {path} does not exist"
+ERR_PARSE = "lexicon file {path} could not be read: {why}"
+ERR_NO_ATTRIBUTES = "lexicon file {path} has no 'attributes' mapping (attribute -> group -> list of terms)"
+ERR_UNKNOWN_KEY = "lexicon file {path}: unknown key {key!r}{hint}"
+ERR_BAD_ATTRIBUTE = "lexicon file {path}: attribute {attribute!r} must map group names to lists of terms"
+ERR_BAD_GROUP = "lexicon file {path}: group {group!r} of attribute {attribute!r} must be a non-empty list of terms"
+ERR_BAD_TERM = "lexicon file {path}: group {group!r} of attribute {attribute!r} has an invalid term {term!r}: {why}"
+ERR_DUPLICATE = "lexicon file {path}: term {term!r} appears twice in group {group!r} of attribute {attribute!r}"
+ERR_UNKNOWN = "unknown lexicon {name!r}{hint}; valid names: {names}, or a path to a YAML/JSON file"
+
+
+@dataclass(frozen=True)
+class Lexicon:
+    """attribute -> group -> terms (normalised, file order kept)."""
+
+    name: str
+    attributes: dict[str, dict[str, tuple[str, ...]]]
+    source: str = ""
+    description: str = ""
+
+    def groups(self) -> list[tuple[str, str]]:
+        """(attribute, group) pairs in file order."""
+        return [(a, g) for a, groups in self.attributes.items() for g in groups]
+
+    def terms(self) -> list[str]:
+        """Unique terms, in order of first appearance."""
+        seen: dict[str, None] = {}
+        for groups in self.attributes.values():
+            for terms in groups.values():
+                for t in terms:
+                    seen.setdefault(t, None)
+        return list(seen)
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "source": self.source,
+                "attributes": {a: {g: len(t) for g, t in gs.items()} for a, gs in self.attributes.items()}}
+
+
+def lexicon_dir() -> Path:
+    from clipprobe.data import data_dir
+
+    return data_dir("taxonomy")
+
+
+def list_lexicons() -> list[str]:
+    """Names of the shipped lexicons (``fairface``, ...)."""
+    folder = lexicon_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p.stem[len(_PREFIX):] for p in folder.iterdir()
+                  if p.stem.startswith(_PREFIX) and p.suffix in _SUFFIXES)
+
+
+def get_lexicon(name_or_path: str | Path | None = None) -> Lexicon:
+    """A shipped lexicon by name (default ``fairface``) or a user's file by path."""
+    text = str(name_or_path) if name_or_path is not None else DEFAULT_LEXICON
+    names = list_lexicons()
+    if text in names:
+        for suffix in _SUFFIXES:
+            candidate = lexicon_dir() / f"{_PREFIX}{text}{suffix}"
+            if candidate.exists():
+                return load_lexicon(candidate)
+    path = Path(text).expanduser()
+    if path.exists() or text.endswith(_SUFFIXES) or "/" in text:
+        return load_lexicon(path)
+    raise ClipprobeError(ERR_UNKNOWN.format(name=text, hint=did_you_mean(text, names),
+                                            names=", ".join(repr(n) for n in names)))
+
+
+def _read_mapping(path: Path) -> Mapping[str, Any]:
+    if not path.exists():
+        raise DataError(ERR_NOT_FOUND.format(path=path))
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(ERR_PARSE.format(path=path, why=str(err).splitlines()[0])) from None
+    except Exception as err:  # yaml.YAMLError; yaml is imported lazily
+        if type(err).__module__.startswith("yaml"):
+            raise DataError(ERR_PARSE.format(path=path, why=" ".join(str(err).split()))) from None
+        raise
+    if not isinstance(data, Mapping):
+        raise DataError(ERR_NO_ATTRIBUTES.format(path=path))
+    return data
+
+
+def load_lexicon(path: str | Path) -> Lexicon:
+    """Read and validate a lexicon file; every problem names the file and the entry."""
+    from clipprobe.captions.matching import TermError, normalise_term
+
+    path = Path(path)
+    data = _read_mapping(path)
+    for key in data:
+        if key not in _TOP_LEVEL_KEYS:
+            raise DataError(ERR_UNKNOWN_KEY.format(path=path, key=key, hint=did_you_mean(str(key), _TOP_LEVEL_KEYS)))
+    raw = data.get("attributes")
+    if not isinstance(raw, Mapping) or not raw:
+        raise DataError(ERR_NO_ATTRIBUTES.format(path=path))
+    attributes: dict[str, dict[str, tuple[str, ...]]] = {}
+    for attribute, groups in raw.items():
+        attribute = str(attribute).strip()
+        if not isinstance(groups, Mapping) or not groups:
+            raise DataError(ERR_BAD_ATTRIBUTE.format(path=path, attribute=attribute))
+        out: dict[str, tuple[str, ...]] = {}
+        for group, terms in groups.items():
+            group = str(group).strip()
+            if not isinstance(terms, list) or not terms:
+                raise DataError(ERR_BAD_GROUP.format(path=path, attribute=attribute, group=group))
+            seen: dict[str, None] = {}
+            for term in terms:
+                if not isinstance(term, str):
+                    raise DataError(ERR_BAD_TERM.format(path=path, attribute=attribute, group=group, term=term,
+                                                        why="not a string"))
+                try:
+                    norm = normalise_term(term)
+                except TermError as err:
+                    raise DataError(ERR_BAD_TERM.format(path=path, attribute=attribute, group=group, term=term,
+                                                        why=str(err))) from None
+                if norm in seen:
+                    raise DataError(ERR_DUPLICATE.format(path=path, attribute=attribute, group=group, term=term))
+                seen[norm] = None
+            out[group] = tuple(seen)
+        attributes[attribute] = out
+    name = str(data.get("name") or path.stem.removeprefix(_PREFIX))
+    return Lexicon(name=name, attributes=attributes, source=str(path),
+                   description=str(data.get("description") or ""))

@@ -1,0 +1,388 @@
+"""`captions count` as a function: inputs -> per-file parts -> co-occurrence table.
+
+:func:`count_captions` expands the inputs (paths, globs, fsspec URLs), reads
+each parquet footer, splits files into chunks of row groups, scans them with
+the chosen engine and stores each finished file's counts atomically in
+``OUT/parts/`` (keyed by the file's path, size and mtime, the term set, the
+text column and the sample count). A rerun skips files whose part exists. When
+every file is done it writes ``cooccurrence.parquet``, ``samples.parquet``,
+``run.json`` and ``lift_heatmap.png``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipprobe.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TEXT_COLUMN = "TEXT"
+FALLBACK_TEXT_COLUMNS = ("caption", "text")
+CHUNK_ROWS = 131_072      # row groups are grouped into tasks of about this many rows
+ENGINES = ("local", "spark")
+
+ERR_NO_INPUT = "--captions {pattern!r} matches no file"
+ERR_NO_INPUTS = "no caption files given (use --captions PATH|GLOB|URL)"
+ERR_NO_COLUMN = "{path}: no caption column {column!r}{tried}; columns: {columns}"
+ERR_UNREADABLE = "{path}: not a readable parquet file ({why})"
+ERR_NOTHING_READ = "no caption file could be read ({n} skipped; see {run_json})"
+ERR_ENGINE = "unknown engine {engine!r}; valid: 'local', 'spark'"
+
+
+@dataclass(frozen=True)
+class CountConfig:
+    """Settings of one `captions count` run."""
+
+    captions: tuple[str, ...]
+    out: str
+    taxonomy: str | None = None
+    lexicon: str | None = None
+    text_column: str | None = None          # None: TEXT, falling back to caption / text
+    engine: str = "local"
+    workers: int | None = None              # None: all cores
+    spark_master: str | None = None
+    samples: int = 5
+    strict: bool = False
+    top_words: int = 30                      # rows of the heatmap
+    chunk_rows: int = CHUNK_ROWS
+
+
+@dataclass
+class FileInfo:
+    path: str
+    size: int | None
+    mtime: float | None
+    key: str = ""
+    column: str = ""
+    row_groups: list[int] = field(default_factory=list)
+    rows_per_group: list[int] = field(default_factory=list)
+
+
+@dataclass
+class CountResult:
+    out: Path
+    table: Any                     # pandas DataFrame (cooccurrence.parquet)
+    run: dict[str, Any]            # run.json
+
+
+def expand_inputs(patterns) -> list[str]:
+    """Paths and URLs of the inputs, sorted within each pattern, duplicates dropped."""
+    out: dict[str, None] = {}
+    for pattern in patterns:
+        if "://" in pattern and not pattern.startswith("file://"):
+            import fsspec
+
+            fs, _, paths = fsspec.get_fs_token_paths(pattern)
+            protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+            found = [p if "://" in p else f"{protocol}://{p}" for p in sorted(paths)]
+        else:
+            local = pattern.removeprefix("file://")
+            found = sorted(glob.glob(os.path.expanduser(local))) if glob.has_magic(local) else [local]
+            found = [p for p in found if not glob.has_magic(local) or os.path.isfile(p)]
+        if not found:
+            raise UsageError(ERR_NO_INPUT.format(pattern=pattern))
+        for p in found:
+            out.setdefault(p, None)
+    return list(out)
+
+
+def file_identity(path: str) -> tuple[int | None, float | None]:
+    """(size, mtime) of a local file or an fsspec URL (None where unknown)."""
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        fs, _, (p,) = fsspec.get_fs_token_paths(path)
+        info = fs.info(p)
+        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("ETag")
+        return info.get("size"), (str(mtime) if mtime is not None else None)
+    st = os.stat(path.removeprefix("file://"))
+    return st.st_size, st.st_mtime_ns
+
+
+def part_key(info: FileInfo, fingerprint: str, column: str, samples: int) -> str:
+    blob = json.dumps([info.path, info.size, info.mtime, fingerprint, column, samples], default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def resolve_column(names: list[str], requested: str | None, path: str) -> str:
+    """The text column of a file; the default falls back to caption/text (logged)."""
+    if requested is not None:
+        if requested in names:
+            return requested
+        raise DataError(ERR_NO_COLUMN.format(path=path, column=requested, tried="",
+                                             columns=", ".join(names[:20])))
+    if DEFAULT_TEXT_COLUMN in names:
+        return DEFAULT_TEXT_COLUMN
+    for candidate in FALLBACK_TEXT_COLUMNS:
+        if candidate in names:
+            log.info("%s: no column %r; using %r", path, DEFAULT_TEXT_COLUMN, candidate)
+            return candidate
+    lowered = {n.lower(): n for n in names}
+    for candidate in (DEFAULT_TEXT_COLUMN, *FALLBACK_TEXT_COLUMNS):
+        if candidate.lower() in lowered:
+            log.info("%s: no column %r; using %r", path, DEFAULT_TEXT_COLUMN, lowered[candidate.lower()])
+            return lowered[candidate.lower()]
+    raise DataError(ERR_NO_COLUMN.format(path=path, column=DEFAULT_TEXT_COLUMN,
+                                         tried=f" (also tried {', '.join(repr(c) for c in FALLBACK_TEXT_COLUMNS)})",
+                                         columns=", ".join(names[:20])))
+
+
+def _chunks(info: FileInfo, chunk_rows: int) -> list[tuple[tuple[int, ...], int]]:
+    """Consecutive row groups grouped into (row groups, first row) of about chunk_rows rows."""
+    out, current, rows, first, row = [], [], 0, 0, 0
+    for rg, n in zip(info.row_groups, info.rows_per_group):
+        if current and rows + n > chunk_rows:
+            out.append((tuple(current), first))
+            current, rows, first = [], 0, row
+        current.append(rg)
+        rows += n
+        row += n
+    if current or not out:
+        out.append((tuple(current), first))
+    return out
+
+
+def count_captions(config: CountConfig) -> CountResult:
+    """Run `captions count`; see the module docstring."""
+    from clipprobe._io import write_json
+    from clipprobe.captions.lexicon import get_lexicon
+    from clipprobe.captions.matching import Matcher
+    from clipprobe.captions.scan import ChunkCounts, ScanSpec, TermSpace, cap_samples
+    from clipprobe.runinfo import StageTimer
+    from clipprobe.taxonomy import get_taxonomy
+
+    if config.engine not in ENGINES:
+        raise UsageError(ERR_ENGINE.format(engine=config.engine))
+    if not config.captions:
+        raise UsageError(ERR_NO_INPUTS)
+    timer = StageTimer()
+    started = time.time()
+    out = Path(config.out)
+    parts_dir = out / "parts"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+
+    with timer("plan"):
+        taxonomy = get_taxonomy(config.taxonomy)
+        lexicon = get_lexicon(config.lexicon)
+        space = TermSpace.build(taxonomy.words(), lexicon)
+        fingerprint = space.fingerprint()
+        paths = expand_inputs(config.captions)
+    with timer("compile"):
+        matcher = Matcher(space.terms)
+        spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples)
+
+    skipped: list[dict[str, str]] = []
+    done: dict[str, FileInfo] = {}
+    todo: list[FileInfo] = []
+    with timer("plan"):
+        for path in paths:
+            try:
+                size, mtime = file_identity(path)
+            except (OSError, ValueError) as err:
+                _skip(config, skipped, path, ERR_UNREADABLE.format(path=path, why=_why(err)))
+                continue
+            info = FileInfo(path, size, mtime)
+            # a finished part of this file (with any column choice) is looked up after the footer is read
+            try:
+                pf = _open(path)
+                names = pf.schema_arrow.names
+                meta = pf.metadata
+                info.row_groups = list(range(meta.num_row_groups))
+                info.rows_per_group = [meta.row_group(i).num_rows for i in info.row_groups]
+            except DataError:
+                raise
+            except Exception as err:  # corrupt footer, not parquet, permission: skip and report
+                _skip(config, skipped, path, ERR_UNREADABLE.format(path=path, why=_why(err)))
+                continue
+            info.column = resolve_column(names, config.text_column, path)
+            info.key = part_key(info, fingerprint, info.column, config.samples)
+            if (parts_dir / f"{info.key}.npz").exists():
+                done[path] = info
+            else:
+                todo.append(info)
+    log.info("%d files: %d done before, %d to scan, %d skipped", len(paths), len(done), len(todo), len(skipped))
+
+    tasks, task_file = [], []
+    for fi, info in enumerate(todo):
+        for row_groups, first in _chunks(info, config.chunk_rows):
+            tasks.append((len(tasks), info.path, row_groups, info.column, first))
+            task_file.append(fi)
+    per_file_tasks = [0] * len(todo)
+    for fi in task_file:
+        per_file_tasks[fi] += 1
+    results: dict[int, dict[int, ChunkCounts]] = {fi: {} for fi in range(len(todo))}
+    failed: dict[int, str] = {}
+    worker_seconds: dict[str, float] = {"rows_scanned": 0.0}
+    workers = config.workers or os.cpu_count() or 1
+
+    with timer("scan"):
+        if config.engine == "spark":
+            from clipprobe.captions.spark import run_spark
+
+            stream = run_spark(spec, tasks, master=config.spark_master, workers=workers,
+                               task_file=task_file)
+        else:
+            from clipprobe.captions.scan import run_local
+
+            stream = run_local(spec, tasks, workers)
+        from clipprobe.captions.scan import progress
+
+        for task_id, counts, error in progress(stream, total=len(tasks), desc="captions"):
+            fi = task_file[task_id]
+            info = todo[fi]
+            if error is not None:
+                if fi not in failed:
+                    failed[fi] = error
+                    _skip(config, skipped, info.path, ERR_UNREADABLE.format(path=info.path, why=error))
+                continue
+            results[fi][task_id] = counts
+            for k, v in counts.seconds.items():
+                worker_seconds[k] = worker_seconds.get(k, 0.0) + v
+            worker_seconds["rows_scanned"] += counts.n_rows
+            if len(results[fi]) == per_file_tasks[fi] and fi not in failed:
+                merged = ChunkCounts.zeros(len(space.words), len(space.groups))
+                for tid in sorted(results[fi]):
+                    merged.add(results[fi][tid], n_samples=config.samples)
+                _write_part(parts_dir, info, merged)
+                done[info.path] = info
+                results[fi] = {}
+
+    with timer("merge"):
+        total = ChunkCounts.zeros(len(space.words), len(space.groups))
+        files = []
+        for path in paths:  # input order: samples are the first ones in that order
+            if path not in done:
+                continue
+            info = done[path]
+            part = _read_part(parts_dir, info, len(space.words), len(space.groups))
+            total.add(part, n_samples=config.samples)
+            files.append({"path": path, "size": info.size, "text_column": info.column,
+                          "row_groups": part.n_row_groups, "rows": part.n_rows, "captions": part.n_captions,
+                          "nulls": part.n_nulls, "part": f"parts/{info.key}.npz"})
+    if not files:
+        write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
+                                                 total, timer, worker_seconds, started))
+        raise DataError(ERR_NOTHING_READ.format(n=len(skipped), run_json=out / "run.json"))
+
+    with timer("stats"):
+        from clipprobe.captions.stats import cooccurrence_table
+
+        table = cooccurrence_table(space.words, space.groups, total.n_captions, total.n_word, total.n_group,
+                                   total.n_both)
+    with timer("write"):
+        from clipprobe._io import write_parquet
+
+        write_parquet(out / "cooccurrence.parquet", table)
+        write_parquet(out / "samples.parquet", samples_frame(space, cap_samples(total.samples, config.samples)))
+    with timer("figure"):
+        try:
+            from clipprobe.captions.figures import save_lift_heatmap
+
+            save_lift_heatmap(table, out / "lift_heatmap.png", top=config.top_words)
+        except ImportError as err:
+            log.warning("no heatmap: %s", err)
+    run = _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer,
+                      worker_seconds, started)
+    write_json(out / "run.json", run)
+    return CountResult(out=out, table=table, run=run)
+
+
+def _why(err: BaseException) -> str:
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
+def _open(path: str):
+    from clipprobe.captions.scan import open_parquet
+
+    return open_parquet(path)
+
+
+def _skip(config: CountConfig, skipped: list, path: str, message: str) -> None:
+    if config.strict:
+        raise DataError(message)
+    log.warning("skipped %s", message)
+    skipped.append({"path": path, "why": message})
+
+
+def _write_part(parts_dir: Path, info: FileInfo, counts) -> None:
+    """Samples first, counts last: the counts file marks the part as finished."""
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe._io import atomic_path, write_parquet
+
+    samples = pd.DataFrame(counts.samples, columns=["word_index", "group_index", "row", "caption"])
+    samples = samples.astype({"word_index": "int64", "group_index": "int64", "row": "int64"})
+    write_parquet(parts_dir / f"{info.key}.samples.parquet", samples)
+    with atomic_path(parts_dir / f"{info.key}.npz", suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, n_word=counts.n_word, n_group=counts.n_group, n_both=counts.n_both,
+                     totals=np.asarray([counts.n_rows, counts.n_captions, counts.n_nulls, counts.n_row_groups],
+                                       np.int64))
+
+
+def _read_part(parts_dir: Path, info: FileInfo, n_words: int, n_groups: int):
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe.captions.scan import ChunkCounts
+
+    with np.load(parts_dir / f"{info.key}.npz", allow_pickle=False) as z:
+        counts = ChunkCounts(z["n_word"].copy(), z["n_group"].copy(), z["n_both"].copy())
+        n_rows, n_captions, n_nulls, n_row_groups = (int(x) for x in z["totals"])
+    if counts.n_both.shape != (n_words, n_groups):
+        raise DataError(f"{parts_dir / info.key}.npz: counts of shape {counts.n_both.shape}, "
+                        f"expected {(n_words, n_groups)}; delete the parts folder and rerun")
+    counts.n_rows, counts.n_captions, counts.n_nulls, counts.n_row_groups = n_rows, n_captions, n_nulls, n_row_groups
+    samples = pd.read_parquet(parts_dir / f"{info.key}.samples.parquet")
+    counts.samples = [(int(w), int(g), int(r), c, info.path) for w, g, r, c in
+                      samples[["word_index", "group_index", "row", "caption"]].itertuples(index=False)]
+    return counts
+
+
+def samples_frame(space, samples):
+    """samples.parquet: word, attribute, group, file, row, caption (samples are (w, g, row, text, file))."""
+    import pandas as pd
+
+    rows = [{"word": space.words[w], "attribute": space.groups[g][0], "group": space.groups[g][1],
+             "file": path, "row": r, "caption": c} for w, g, r, c, path in samples]
+    return pd.DataFrame(rows, columns=["word", "attribute", "group", "file", "row", "caption"])
+
+
+def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer, worker_seconds,
+                started) -> dict[str, Any]:
+    from clipprobe.config import to_dict
+    from clipprobe.runinfo import package_versions
+
+    scan_s = timer.seconds.get("scan", 0.0)
+    worker_seconds = dict(worker_seconds)
+    scanned = int(worker_seconds.pop("rows_scanned", 0))
+    return {
+        "command": "captions count",
+        "config": to_dict(config),
+        "engine": config.engine,
+        "workers": config.workers or os.cpu_count(),
+        "taxonomy": taxonomy.name, "lexicon": lexicon.name, "lexicon_source": lexicon.source,
+        "n_words": len(space.words), "n_groups": len(space.groups), "n_terms": len(space.terms),
+        "term_set": fingerprint,
+        "files": files,
+        "n_files": len(files),
+        "row_groups": int(sum(f["row_groups"] for f in files)),
+        "rows": int(total.n_rows), "captions": int(total.n_captions), "nulls": int(total.n_nulls),
+        "skipped": skipped,
+        "timings_s": timer.as_dict(),
+        "worker_seconds": {k: round(v, 4) for k, v in worker_seconds.items()},
+        "rows_scanned_this_run": scanned,
+        "rows_per_s_scan": (round(scanned / scan_s) if scan_s > 0 and scanned else None),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+        "versions": package_versions(),
+    }

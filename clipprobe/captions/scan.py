@@ -1,0 +1,323 @@
+"""Scanning parquet captions into co-occurrence counts (the function every engine runs).
+
+:class:`TermSpace` ties the taxonomy words and the lexicon groups to one set of
+unique terms. :func:`scan_chunk` reads some row groups of one parquet file,
+matches each record batch with :class:`~clipprobe.captions.matching.Matcher`
+and returns a :class:`ChunkCounts`: per-word, per-group and word x group
+caption counts plus up to ``n_samples`` example captions per cell. The local
+engine runs it in a process pool (:func:`run_local`); the Spark engine
+(:mod:`clipprobe.captions.spark`) runs the very same function in its tasks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+from clipprobe.captions.matching import RULE_VERSION, Matcher, normalise_term
+
+log = logging.getLogger(__name__)
+
+BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class TermSpace:
+    """Words (taxonomy) and groups (lexicon) as one list of unique normalised terms."""
+
+    words: tuple[str, ...]
+    groups: tuple[tuple[str, str], ...]            # (attribute, group)
+    terms: tuple[str, ...]
+    word_terms: tuple[int, ...]                     # word i is terms[word_terms[i]]
+    group_terms: tuple[tuple[int, ...], ...]        # group j is any of these terms
+
+    @classmethod
+    def build(cls, words: Sequence[str], lexicon) -> "TermSpace":
+        terms: dict[str, int] = {}
+
+        def index(term: str) -> int:
+            return terms.setdefault(normalise_term(term), len(terms))
+
+        word_terms = tuple(index(w) for w in words)
+        groups, group_terms = [], []
+        for attribute, group in lexicon.groups():
+            groups.append((attribute, group))
+            group_terms.append(tuple(index(t) for t in lexicon.attributes[attribute][group]))
+        return cls(tuple(words), tuple(groups), tuple(terms), word_terms, tuple(group_terms))
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"rule": RULE_VERSION, "words": self.words, "groups": self.groups,
+                           "terms": self.terms, "word_terms": self.word_terms,
+                           "group_terms": self.group_terms}, ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def matrices(self):
+        """(terms x words, terms x groups) 0/1 sparse matrices."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        k = len(self.terms)
+        tw = sp.csr_matrix((np.ones(len(self.words), np.int32),
+                            (np.asarray(self.word_terms, np.int64), np.arange(len(self.words)))),
+                           shape=(k, len(self.words)))
+        rows = [t for ts in self.group_terms for t in ts]
+        cols = [j for j, ts in enumerate(self.group_terms) for _ in ts]
+        tg = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, cols)), shape=(k, len(self.groups)))
+        return tw, tg
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"words": list(self.words), "groups": [list(g) for g in self.groups], "terms": list(self.terms),
+                "word_terms": list(self.word_terms), "group_terms": [list(g) for g in self.group_terms]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TermSpace":
+        return cls(tuple(d["words"]), tuple(tuple(g) for g in d["groups"]), tuple(d["terms"]),
+                   tuple(d["word_terms"]), tuple(tuple(g) for g in d["group_terms"]))
+
+
+@dataclass
+class ScanSpec:
+    """Everything a worker needs: the term space, the compiled matcher, reading options."""
+
+    space: dict[str, Any]
+    matcher: bytes
+    n_samples: int = 5
+    batch_rows: int = BATCH_ROWS
+
+
+@dataclass
+class ChunkCounts:
+    """Counts of some row groups of one file (sum two with :meth:`add`)."""
+
+    n_word: Any
+    n_group: Any
+    n_both: Any
+    n_rows: int = 0
+    n_captions: int = 0
+    n_nulls: int = 0
+    n_row_groups: int = 0
+    samples: list[tuple[int, int, int, str]] = field(default_factory=list)   # word, group, row, text
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def zeros(cls, n_words: int, n_groups: int) -> "ChunkCounts":
+        import numpy as np
+
+        return cls(np.zeros(n_words, np.int64), np.zeros(n_groups, np.int64),
+                   np.zeros((n_words, n_groups), np.int64))
+
+    def add(self, other: "ChunkCounts", n_samples: int | None = None) -> None:
+        """Add ``other`` (which comes after self in file order); keep at most n_samples per cell."""
+        self.n_word += other.n_word
+        self.n_group += other.n_group
+        self.n_both += other.n_both
+        self.n_rows += other.n_rows
+        self.n_captions += other.n_captions
+        self.n_nulls += other.n_nulls
+        self.n_row_groups += other.n_row_groups
+        self.samples.extend(other.samples)
+        if n_samples is not None:
+            self.samples = cap_samples(self.samples, n_samples)
+        for key, value in other.seconds.items():
+            self.seconds[key] = self.seconds.get(key, 0.0) + value
+
+
+def cap_samples(samples: Iterable[tuple], n_samples: int) -> list[tuple]:
+    """Keep the first ``n_samples`` of each (word, group) cell, in order."""
+    seen: dict[tuple[int, int], int] = {}
+    out = []
+    for s in samples:
+        cell = (s[0], s[1])
+        if seen.get(cell, 0) < n_samples:
+            seen[cell] = seen.get(cell, 0) + 1
+            out.append(s)
+    return out
+
+
+class _Worker:
+    """A matcher and the term matrices, built once per process."""
+
+    _cache: dict[int, "_Worker"] = {}
+
+    def __init__(self, spec: ScanSpec):
+        self.spec = spec
+        self.space = TermSpace.from_dict(spec.space)
+        self.matcher = Matcher.from_bytes(self.space.terms, spec.matcher)
+        self.tw, self.tg = self.space.matrices()
+
+    @classmethod
+    def get(cls, spec: ScanSpec) -> "_Worker":
+        key = id(spec)
+        if key not in cls._cache:
+            cls._cache.clear()
+            cls._cache[key] = cls(spec)
+        return cls._cache[key]
+
+
+def open_parquet(path: str):
+    """A ``pyarrow.parquet.ParquetFile`` for a local path or an fsspec URL."""
+    import pyarrow.parquet as pq
+
+    if "://" in path and not path.startswith("file://"):
+        import fsspec
+
+        fh = fsspec.open(path, "rb").open()
+        return pq.ParquetFile(fh)
+    return pq.ParquetFile(path.removeprefix("file://"))
+
+
+def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column: str,
+               row_offset: int = 0) -> ChunkCounts:
+    """Count one chunk (some row groups of one parquet file). Raises on unreadable data.
+
+    ``row_offset`` is the file row of the chunk's first row (for sample provenance).
+    """
+    worker = _Worker.get(spec)
+    space = worker.space
+    out = ChunkCounts.zeros(len(space.words), len(space.groups))
+    t_read = t_match = t_count = 0.0
+    taken = None
+    t0 = time.perf_counter()
+    pf = open_parquet(path)
+    batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=[text_column],
+                              use_threads=False)
+    row = row_offset
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        t1 = time.perf_counter()
+        t_read += t1 - t0
+        column = batch.column(0)
+        found = worker.matcher.scan(column)
+        t2 = time.perf_counter()
+        t_match += t2 - t1
+        taken = _count_batch(worker, found, column, row, out, taken)
+        out.n_rows += len(column)
+        out.n_captions += found.n_captions
+        out.n_nulls += found.n_nulls
+        row += len(column)
+        t0 = time.perf_counter()
+        t_count += t0 - t2
+    out.n_row_groups = len(row_groups)
+    out.seconds = {"read": t_read, "match": t_match, "count": t_count}
+    return out
+
+
+def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCounts, taken):
+    """Add one batch's caption x term pairs to ``out`` (and pick sample captions)."""
+    import numpy as np
+    import scipy.sparse as sp
+
+    if len(found.rows) == 0:
+        return taken
+    captions, inverse = np.unique(found.rows, return_inverse=True)
+    incidence = sp.csr_matrix((np.ones(len(inverse), np.int32), (inverse, found.terms.astype(np.int64))),
+                              shape=(len(captions), len(worker.space.terms)))
+    has_word = incidence @ worker.tw
+    has_group = incidence @ worker.tg
+    has_word.data[:] = 1
+    has_group.data[:] = 1
+    out.n_word += np.asarray(has_word.sum(axis=0)).ravel()
+    out.n_group += np.asarray(has_group.sum(axis=0)).ravel()
+    out.n_both += (has_word.T @ has_group).toarray()
+    n_samples = worker.spec.n_samples
+    if n_samples <= 0:
+        return taken
+    n_groups = len(worker.space.groups)
+    if taken is None:
+        taken = np.zeros(len(worker.space.words) * n_groups, np.int64)
+    elif taken.min() >= n_samples:
+        return taken
+    cap, w, g = _cells(has_word.tocsr(), has_group.tocsr())
+    if len(cap) == 0:
+        return taken
+    cell = w * n_groups + g
+    order = np.argsort(cell, kind="stable")          # caption order kept inside each cell
+    cell_sorted = cell[order]
+    first = np.searchsorted(cell_sorted, cell_sorted, side="left")
+    rank = np.arange(len(cell_sorted)) - first
+    pick = order[rank < (n_samples - taken[cell_sorted])]
+    if len(pick) == 0:
+        return taken
+    pick = np.sort(pick)
+    np.add.at(taken, cell[pick], 1)
+    rows = captions[cap[pick]]
+    texts = column.take(rows).to_pylist()
+    out.samples.extend(zip(w[pick].tolist(), g[pick].tolist(), (rows + row_offset).tolist(), texts))
+    return taken
+
+
+def _cells(has_word, has_group):
+    """All (caption, word, group) triples with the word and the group both in the caption."""
+    import numpy as np
+
+    has_word.sort_indices()
+    has_group.sort_indices()
+    nw = np.diff(has_word.indptr)
+    ng = np.diff(has_group.indptr)
+    pairs = nw * ng
+    total = int(pairs.sum())
+    if total == 0:
+        z = np.zeros(0, np.int64)
+        return z, z, z
+    cap = np.repeat(np.arange(len(pairs)), pairs)
+    j = np.arange(total) - np.repeat(np.cumsum(pairs) - pairs, pairs)
+    w = has_word.indices[has_word.indptr[cap] + j // ng[cap]].astype(np.int64)
+    g = has_group.indices[has_group.indptr[cap] + j % ng[cap]].astype(np.int64)
+    return cap, w, g
+
+
+# --- the local engine -------------------------------------------------------------------------
+
+_SPEC: ScanSpec | None = None
+
+
+def _init_pool(spec: ScanSpec) -> None:
+    global _SPEC
+    _SPEC = spec
+
+
+def _pool_task(task: tuple[int, str, tuple[int, ...], str, int]):
+    task_id, path, row_groups, column, row_offset = task
+    try:
+        return task_id, scan_chunk(_SPEC, path, row_groups, column, row_offset), None
+    except Exception as err:  # reported per file by the caller, never silent
+        return task_id, None, f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
+def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], str, int]], workers: int,
+              ) -> Iterator[tuple[int, ChunkCounts | None, str | None]]:
+    """Yield (task id, counts or None, error or None) for each task, as they finish.
+
+    ``workers == 1`` scans in this process; otherwise a pool of ``workers`` processes.
+    """
+    if workers <= 1 or len(tasks) <= 1:
+        _init_pool(spec)
+        for task in tasks:
+            yield _pool_task(task)
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import scipy.sparse  # noqa: F401  (imported before the workers start, so forked ones have it)
+
+    # The platform's default start method: fork on Linux up to Python 3.13 (workers start at once,
+    # with the libraries already imported), forkserver / spawn elsewhere.
+    ctx = multiprocessing.get_context()
+    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
+                             initializer=_init_pool, initargs=(spec,)) as pool:
+        futures = [pool.submit(_pool_task, t) for t in tasks]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def progress(iterable: Iterable, total: int, desc: str) -> Iterable:
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, unit="chunk", disable=None)

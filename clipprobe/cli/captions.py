@@ -1,0 +1,132 @@
+"""`clipprobe captions` (alias `laion`): caption co-occurrence in LAION-schema parquet."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+_LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexicons`) or a path to a YAML/JSON "
+                 "file. Default: fairface. The lexicon drives the result; ours is a starting point.")
+ERR_NO_COUNTS = "{path} has no cooccurrence.parquet (run `clipprobe captions count --out {path}` first)"
+ERR_NO_WORD = "word {word!r} is not in {path}{hint}"
+
+
+def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt):
+    from clipprobe.captions.run import CountConfig, count_captions
+
+    config = CountConfig(captions=tuple(captions), out=out, taxonomy=taxonomy, lexicon=lexicon,
+                         text_column=text_column, engine=engine, workers=workers, spark_master=spark_master,
+                         samples=samples, strict=strict)
+    result = count_captions(config)
+    run = result.run
+    if fmt == "json":
+        click.echo(json.dumps({k: v for k, v in run.items() if k != "versions"}, indent=2, default=str))
+        return
+    click.echo(f"{run['captions']:,} captions ({run['nulls']:,} null) in {run['n_files']} files, "
+               f"{run['row_groups']} row groups; {len(run['skipped'])} files skipped")
+    for item in run["skipped"]:
+        click.echo(f"  skipped: {item['why']}")
+    strongest = result.table.sort_values("log_odds", ascending=False).head(10)
+    click.echo("strongest word-group associations (log-odds):")
+    for r in strongest.itertuples():
+        click.echo(f"  {r.word:<24} {r.attribute:>6}:{r.group:<16} n_both={r.n_both:<8} lift={r.lift:7.2f} "
+                   f"q={r.q_value:.2g}")
+    click.echo(f"wrote {result.out}/cooccurrence.parquet, samples.parquet, run.json, lift_heatmap.png")
+
+
+def _show(directory, word, attribute, n_samples, fmt):
+    from pathlib import Path
+
+    import pandas as pd
+
+    from clipprobe.errors import ClipprobeError, did_you_mean
+
+    path = Path(directory)
+    if not (path / "cooccurrence.parquet").exists():
+        raise ClipprobeError(ERR_NO_COUNTS.format(path=path))
+    table = pd.read_parquet(path / "cooccurrence.parquet")
+    words = list(dict.fromkeys(table["word"]))
+    match = [w for w in words if w.lower() == word.lower()]
+    if not match:
+        raise ClipprobeError(ERR_NO_WORD.format(word=word, path=path, hint=did_you_mean(word, words)))
+    rows = table[table["word"] == match[0]]
+    if attribute:
+        rows = rows[rows["attribute"] == attribute]
+    samples = pd.read_parquet(path / "samples.parquet") if (path / "samples.parquet").exists() else None
+    if samples is not None:
+        samples = samples[samples["word"] == match[0]]
+    if fmt == "json":
+        out = {"word": match[0], "groups": rows.to_dict(orient="records")}
+        if samples is not None:
+            out["samples"] = samples.groupby(["attribute", "group"]).head(n_samples).to_dict(orient="records")
+        click.echo(json.dumps(out, indent=2, default=float))
+        return
+    first = rows.iloc[0]
+    click.echo(f"{match[0]}: in {first.n_word:,} of {first.n_captions:,} captions")
+    for r in rows.itertuples():
+        click.echo(f"  {r.attribute:>6}:{r.group:<16} n_group={r.n_group:<9} n_both={r.n_both:<7} "
+                   f"expected={r.expected:9.1f} lift={r.lift:6.2f} log-odds={r.log_odds:6.2f} "
+                   f"[{r.log_odds_ci_low:.2f}, {r.log_odds_ci_high:.2f}] q={r.q_value:.2g}")
+        if samples is not None and n_samples > 0:
+            cell = samples[(samples["attribute"] == r.attribute) & (samples["group"] == r.group)].head(n_samples)
+            for s in cell.itertuples():
+                click.echo(f"      - {s.caption}")
+
+
+@click.group("captions")
+def captions() -> None:
+    """Caption co-occurrence of taxonomy words with demographic terms in LAION-scale parquet."""
+
+
+@captions.command("count")
+@click.option("--captions", "captions_", multiple=True, required=True,
+              help="Parquet files: a path, a glob or an fsspec URL (repeatable).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--text-column", default=None, help="Caption column (default TEXT, else caption or text).")
+@click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON path. Default: sobit.")
+@click.option("--lexicon", default=None, help=_LEXICON_HELP)
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Processes (local) or local[N] threads (spark). Default: all cores.")
+@click.option("--spark-master", default=None, help="Spark master URL (default local[--workers]).")
+@click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Example captions kept per (word, group) cell.")
+@click.option("--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping it.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt):
+    """Count captions that contain each word, each group, and both; write OUT/cooccurrence.parquet."""
+    _count(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt)
+
+
+@captions.command("show")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--word", required=True, help="A taxonomy word (case-insensitive).")
+@click.option("--attribute", default=None, help="Only this attribute (race, gender, age).")
+@click.option("--samples", "n_samples", type=click.IntRange(min=0), default=3, show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def show_cmd(directory, word, attribute, n_samples, fmt):
+    """A word's row per group in a counts DIRECTORY, with sample captions."""
+    _show(directory, word, attribute, n_samples, fmt)
+
+
+@captions.command("lexicons")
+@click.option("--lexicon", default=None, help=_LEXICON_HELP)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+def lexicons_cmd(lexicon, fmt):
+    """Shipped lexicons, and the groups and term counts of one."""
+    from clipprobe.captions.lexicon import get_lexicon, list_lexicons
+
+    lex = get_lexicon(lexicon)
+    summary = lex.summary()
+    if fmt == "json":
+        click.echo(json.dumps(summary, indent=2))
+        return
+    click.echo(f"lexicon: {lex.name}  ({lex.source})")
+    for attribute, groups in summary["attributes"].items():
+        click.echo(f"  {attribute}: " + ", ".join(f"{g} ({n})" for g, n in groups.items()))
+    click.echo(f"shipped lexicons: {', '.join(list_lexicons())}")
+
+
+laion = click.Group("laion", commands=dict(captions.commands), help="Alias of `clipprobe captions`.",
+                    hidden=True)
