@@ -10,20 +10,38 @@ Agg canvas (no pyplot state, no display needed).
 Colours: categorical series use the Okabe-Ito palette (safe for the common
 colour-vision deficiencies); skew uses a diverging map centred at 0 (blue:
 under-represented, red: over-represented).
+
+Two sets of figures are written from a report (:func:`report_figures`):
+
+- ``"core"`` (what ``clipprobe report`` writes): a skew heatmap per attribute,
+  the entropy-by-category plot, and for each attribute with a flagged pair (the
+  first attribute when none has one) a dot plot of the most skewed words over
+  all categories;
+- ``"all"`` (what ``clipprobe figures`` writes): the core set plus, per
+  category, a word skew dot plot per attribute and a stability plot.
+
+Tall plots keep the most skewed (or least stable) words that fit
+:data:`MAX_HEIGHT` and say so in their title ("12 most skewed of 167 words");
+``max_words`` overrides that, 0 keeps every word.
+
+Speed: a figure is laid out once (constrained layout), then frozen and written
+as PNG (:data:`PNG_DPI`) and vector PDF without laying it out again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import logging
 import math
 import re
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipprobe._io import atomic_path
-from clipprobe.errors import one_of
-from clipprobe.reportio import ATTRIBUTES, explode_categories
+from clipprobe.errors import UsageError, one_of
+from clipprobe.reportio import ATTRIBUTES, CATEGORY_SEP, explode_categories
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +71,17 @@ STYLE = {
 }
 
 SKEW_LABEL = "skew = ln(share / base share)"
+MSG_MAX_WORDS = "max_words must be 0 (every word) or a positive number, got {value}"
+
+FIGURE_SETS = ("core", "all")
+PNG_DPI = 200  # 660 px for one column: sharp on screen and in print at column width
+PNG_COMPRESS_LEVEL = 4  # zlib level: files within ~5% of level 6, written faster
+# A fixed title position: nothing is drawn above the axes, and matplotlib's automatic
+# placement (which measures every tick label at each draw) is a tenth of the drawing time.
+TITLE_AT_TOP = {"y": 1.0, "pad": 6.0}
+HEATMAP_COLUMN_GROUPS = 7  # a heatmap with more groups is page-wide: its annotated cells stay legible
+MAX_HEIGHT = 8.5  # inches: tall plots keep the words that fit one page
+TOP_WORDS_MAX = 30  # at most this many words in a core "most skewed words" plot
 
 
 @contextlib.contextmanager
@@ -144,7 +173,9 @@ def skew_heatmap(groups, attribute: str, *, categories: Sequence[str] | None = N
     """Heatmap of category x group mean skew for one attribute, centred at 0.
 
     ``annotate`` writes the value in each cell (default: when there are at most
-    120 cells). Returns the Axes; its image holds :func:`category_group_skew`.
+    160 cells). More than :data:`HEATMAP_COLUMN_GROUPS` groups make it page-wide,
+    so the values stay legible. Returns the Axes; its image holds
+    :func:`category_group_skew`.
     """
     import numpy as np
     from matplotlib.colors import Normalize
@@ -154,7 +185,7 @@ def skew_heatmap(groups, attribute: str, *, categories: Sequence[str] | None = N
     n_rows, n_cols = values.shape
     with style():
         if ax is None:
-            width = COLUMN_WIDTH if n_cols <= 9 else PAGE_WIDTH
+            width = PAGE_WIDTH if heatmap_is_wide(n_cols) else COLUMN_WIDTH
             ax = _new_axes(width, 1.3 + 0.22 * max(n_rows, 2))
         finite = values[np.isfinite(values)]
         vmax = float(np.abs(finite).max()) if finite.size else 1.0
@@ -168,9 +199,9 @@ def skew_heatmap(groups, attribute: str, *, categories: Sequence[str] | None = N
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_title(f"Mean skew by category and group ({attribute})")
+        ax.set_title(f"Mean skew by category and group ({attribute})", **TITLE_AT_TOP)
         if annotate is None:
-            annotate = n_rows * n_cols <= 120
+            annotate = n_rows * n_cols <= 160
         if annotate:
             for i in range(n_rows):
                 for j in range(n_cols):
@@ -182,6 +213,11 @@ def skew_heatmap(groups, attribute: str, *, categories: Sequence[str] | None = N
         bar.set_label("mean skew")
         bar.outline.set_linewidth(0.4)
     return ax
+
+
+def heatmap_is_wide(n_groups: int) -> bool:
+    """Whether a heatmap of ``n_groups`` columns takes the page width (else one column)."""
+    return n_groups > HEATMAP_COLUMN_GROUPS
 
 
 def _cmap(name: str):
@@ -224,7 +260,7 @@ def entropy_by_category(summary, *, attributes: Sequence[str] | None = None, ax=
         ax.set_xlim(0, 1.02)
         ax.axvline(1.0, color="0.6", lw=0.6, ls="--", zorder=0)
         ax.set_xlabel("mean normalized entropy (1 = balanced)")
-        ax.set_title("Diversity of the top-k by category")
+        ax.set_title("Diversity of the top-k by category", **TITLE_AT_TOP)
         ax.grid(axis="x", color="0.9", lw=0.5)
         ax.set_axisbelow(True)
         if len(attributes) > 1:
@@ -233,56 +269,83 @@ def entropy_by_category(summary, *, attributes: Sequence[str] | None = None, ax=
     return ax
 
 
-def word_skew_dots(groups, category: str, attribute: str, *, words: Sequence[str] | None = None,
+def fit_words(per_word: float, fixed: float, *, limit: int | None = None) -> int:
+    """How many rows of ``per_word`` inches fit :data:`MAX_HEIGHT` after ``fixed`` inches (at least 5)."""
+    n = max(5, int((MAX_HEIGHT - fixed) // per_word))
+    return min(n, limit) if limit else n
+
+
+def _keep_words(order: list[str], max_words: int | None, auto: int) -> list[str]:
+    """``order`` cut to ``max_words`` (None: ``auto``; 0: keep all)."""
+    if max_words is None:
+        max_words = auto
+    if max_words < 0:
+        raise UsageError(MSG_MAX_WORDS.format(value=max_words))
+    return order if max_words == 0 else order[:max_words]
+
+
+def _shown_note(n: int, total: int, what: str) -> str:
+    return "" if n >= total else f"\n{n} {what} of {total} words"
+
+
+def word_skew_dots(groups, category: str | None, attribute: str, *, words: Sequence[str] | None = None,
                    max_words: int | None = None, ax=None):
     """Per-word dot plot of each group's skew with its interval, for one category.
 
     One row per word (largest max skew first), one colour per group; filled
     markers are flagged pairs (BH-adjusted ``q_over`` below alpha), hollow ones
-    are not. ``max_words`` keeps the most skewed words.
+    are not. ``category=None`` takes the words of every category. ``max_words``
+    keeps the most skewed words: by default as many as fit :data:`MAX_HEIGHT`,
+    0 keeps them all; the title says when words were left out.
     """
     import numpy as np
     from matplotlib.lines import Line2D
 
     _check_attribute(groups, attribute)
-    rows = explode_categories(groups[groups["attribute"] == attribute])
-    cats = sorted(set(rows["category"]))
-    if category not in cats:
-        raise one_of(category, cats, "category")
-    rows = rows[rows["category"] == category]
+    rows = groups[groups["attribute"] == attribute]
+    if category is not None:
+        rows = explode_categories(rows)
+        cats = sorted(set(rows["category"]))
+        if category not in cats:
+            raise one_of(category, cats, "category")
+        rows = rows[rows["category"] == category]
     if words is not None:
         missing = [w for w in words if w not in set(rows["word"])]
         if missing:
             raise one_of(missing[0], sorted(set(rows["word"])), "word")
         rows = rows[rows["word"].isin(words)]
-    order = rows.groupby("word")["skew"].max().sort_values(ascending=False).index.tolist()
-    if max_words is not None:
-        order = order[:max_words]
-        rows = rows[rows["word"].isin(order)]
+    order = rows.groupby("word")["skew"].max().sort_values(ascending=False, kind="stable").index.tolist()
+    total = len(order)
     group_order = [g for g in _group_order(groups, attribute) if g in set(rows["group"])]
-    n, m = len(order), len(group_order)
+    m = len(group_order)
+    legend_h = 0.12 * math.ceil((m + 1) / 4)
+    order = _keep_words(order, max_words, fit_words(0.045 * max(m, 1), 1.0 + legend_h))
+    rows = rows[rows["word"].isin(order)]
+    n = len(order)
     offsets = np.linspace(-0.3, 0.3, m) if m > 1 else np.zeros(1)
     ypos = {w: i for i, w in enumerate(order)}
     with style():
         if ax is None:
-            ax = _new_axes(COLUMN_WIDTH, 1.0 + 0.045 * m * max(n, 2) + 0.12 * math.ceil((m + 1) / 4))
+            ax = _new_axes(COLUMN_WIDTH, 1.0 + 0.045 * m * max(n, 2) + legend_h + 0.1 * (n < total))
         handles = []
         for j, group in enumerate(group_order):
             part = rows[rows["group"] == group]
-            y = np.array([ypos[w] for w in part["word"]]) + offsets[j]
+            y = np.array([ypos[w] for w in part["word"]], dtype=float) + offsets[j]
             color, marker = series_style(j)
-            ax.errorbar(part["skew"], y, xerr=_errors(part["skew"], part["skew_ci_low"], part["skew_ci_high"]),
+            skew = part["skew"].to_numpy(dtype=float)
+            ax.errorbar(skew, y, xerr=_errors(skew, part["skew_ci_low"], part["skew_ci_high"]),
                         fmt="none", ecolor=color, elinewidth=0.7, alpha=0.8)
             flagged = part["flagged"].to_numpy(dtype=bool)
-            ax.scatter(part["skew"][flagged], y[flagged], s=12, marker=marker, color=color, lw=0.7, zorder=3)
-            ax.scatter(part["skew"][~flagged], y[~flagged], s=12, marker=marker, facecolors="white",
+            ax.scatter(skew[flagged], y[flagged], s=12, marker=marker, color=color, lw=0.7, zorder=3)
+            ax.scatter(skew[~flagged], y[~flagged], s=12, marker=marker, facecolors="white",
                        edgecolors=color, lw=0.7, zorder=3)
             handles.append(Line2D([], [], ls="none", marker=marker, color=color, ms=3.5, label=short(group)))
         ax.axvline(0, color="0.4", lw=0.6, zorder=0)
         ax.set_yticks(range(n), _ticks(order))
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_xlabel(SKEW_LABEL)
-        ax.set_title(f"{short(category, 40)}: skew by group ({attribute})")
+        head = f"{short(category, 40)}: skew by group" if category is not None else "Most skewed words"
+        ax.set_title(f"{head} ({attribute})" + _shown_note(n, total, "most skewed"), **TITLE_AT_TOP)
         ax.grid(axis="x", color="0.92", lw=0.5)
         ax.set_axisbelow(True)
         handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", ms=3.5, label="not flagged"))
@@ -292,11 +355,14 @@ def word_skew_dots(groups, category: str, attribute: str, *, words: Sequence[str
     return ax
 
 
-def stability_dots(words, *, category: str | None = None, attributes: Sequence[str] | None = None, ax=None):
+def stability_dots(words, *, category: str | None = None, attributes: Sequence[str] | None = None,
+                   max_words: int | None = None, ax=None):
     """How often the most over-represented group survives a bootstrap resample, per word.
 
-    One row per word (of ``category`` when given), one colour per attribute;
-    1 means every resample agreed with the reported top group.
+    One row per word (of ``category`` when given), least stable first, one
+    colour per attribute; 1 means every resample agreed with the reported top
+    group. ``max_words`` keeps the least stable words: by default as many as fit
+    :data:`MAX_HEIGHT`, 0 keeps them all; the title says when words were left out.
     """
     import numpy as np
 
@@ -313,23 +379,27 @@ def stability_dots(words, *, category: str | None = None, attributes: Sequence[s
         if a not in present:
             raise one_of(a, present, "attribute")
     rows = rows[rows["attribute"].isin(attributes)].drop_duplicates(["word", "attribute"])
-    order = rows.groupby("word")["stability"].mean().sort_values().index.tolist()
+    order = rows.groupby("word")["stability"].mean().sort_values(kind="stable").index.tolist()
+    total = len(order)
+    order = _keep_words(order, max_words, fit_words(0.22, 1.1))
+    rows = rows[rows["word"].isin(order)]
     n = len(order)
     offsets = np.linspace(-0.22, 0.22, len(attributes)) if len(attributes) > 1 else [0.0]
     ypos = {w: i for i, w in enumerate(order)}
     with style():
         if ax is None:
-            ax = _new_axes(COLUMN_WIDTH, 1.0 + 0.22 * max(n, 2))
+            ax = _new_axes(COLUMN_WIDTH, 1.0 + 0.22 * max(n, 2) + 0.1 * (n < total))
         for idx, attr in enumerate(attributes):
             part = rows[rows["attribute"] == attr]
-            y = np.array([ypos[w] for w in part["word"]]) + offsets[idx]
+            y = np.array([ypos[w] for w in part["word"]], dtype=float) + offsets[idx]
             color, marker = series_style(ATTRIBUTES.index(attr) if attr in ATTRIBUTES else idx)
             ax.scatter(part["stability"], y, s=10, marker=marker, color=color, label=attr, zorder=3)
         ax.set_yticks(range(n), _ticks(order))
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_xlim(-0.02, 1.02)
         ax.set_xlabel("stability of the top group (share of resamples)")
-        ax.set_title("Bootstrap stability" + (f": {short(category, 40)}" if category else ""))
+        ax.set_title("Bootstrap stability" + (f": {short(category, 40)}" if category else "")
+                     + _shown_note(n, total, "least stable"), **TITLE_AT_TOP)
         ax.grid(axis="x", color="0.9", lw=0.5)
         ax.set_axisbelow(True)
         if len(attributes) > 1:
@@ -348,69 +418,159 @@ def slug(text: str) -> str:
     return out[:60] or "x"
 
 
-def save_figure(fig, stem, *, formats: Iterable[str] = ("png", "pdf"), dpi: int = 300) -> list[Path]:
-    """Write ``fig`` as ``stem.<format>`` for each format, atomically; return the paths."""
+def freeze_layout(fig) -> None:
+    """Run the figure's layout engine once and keep the result, so each save skips it."""
+    from matplotlib.layout_engine import PlaceHolderLayoutEngine
+
+    engine = fig.get_layout_engine()
+    if engine is None or isinstance(engine, PlaceHolderLayoutEngine):
+        return
+    fig.draw_without_rendering()
+    fig.set_layout_engine("none")
+
+
+def save_figure(fig, stem, *, formats: Iterable[str] = ("png", "pdf"), dpi: int = PNG_DPI) -> list[Path]:
+    """Write ``fig`` as ``stem.<format>`` for each format, atomically; return the paths.
+
+    The layout is computed once (:func:`freeze_layout`) and shared by every format.
+    """
     stem = Path(stem)
+    freeze_layout(fig)
     paths = []
     for fmt in formats:
         path = stem.with_name(f"{stem.name}.{fmt}")
-        metadata = {"CreationDate": None} if fmt == "pdf" else None
+        extra = {}
+        if fmt == "pdf":
+            extra["metadata"] = {"CreationDate": None}
+        elif fmt == "png":
+            extra["pil_kwargs"] = {"compress_level": PNG_COMPRESS_LEVEL}
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=fmt, dpi=dpi, metadata=metadata)
+            fig.savefig(tmp, format=fmt, dpi=dpi, **extra)
         paths.append(path)
     return paths
 
 
-def report_figures(report, *, attributes: Sequence[str] | None = None,
-                   categories: Sequence[str] | None = None) -> Iterator[tuple[str, str, object]]:
-    """Yield ``(file stem, caption, Figure)`` for every paper figure of a report.
+@dataclasses.dataclass(frozen=True)
+class FigureSpec:
+    """One figure of a report, not drawn yet: ``draw()`` builds it and returns its Axes."""
 
-    The figures: one skew heatmap per attribute, the entropy-by-category plot,
-    and per category a word skew dot plot per attribute and a stability plot.
+    stem: str
+    caption: str
+    draw: Callable[[], Any]
+    kind: str  # "heatmap", "entropy", "top_words", "word_skew" or "stability"
+    wide: bool = False  # wider than one column
+    category: str | None = None  # the category of a per-category figure
+
+
+def _check_figure_set(figure_set: str) -> None:
+    if figure_set not in FIGURE_SETS:
+        raise one_of(figure_set, FIGURE_SETS, "figure set")
+
+
+def core_attributes(report, attributes: Sequence[str] | None = None) -> list[str]:
+    """Attributes that get a "most skewed words" plot: those with a flagged pair (else the first)."""
+    attributes = list(attributes) if attributes else report.attributes
+    g = report.groups
+    flagged = set(g.loc[g["flagged"], "attribute"].astype(str))
+    chosen = [a for a in attributes if a in flagged]
+    return chosen or attributes[:1]
+
+
+def _in_categories(df, categories: Sequence[str]):
+    wanted = set(categories)
+    keep = [bool(wanted.intersection(p.strip() for p in str(v).split(CATEGORY_SEP.strip()))) for v in df["category"]]
+    return df[keep]
+
+
+def figure_specs(report, *, attributes: Sequence[str] | None = None, categories: Sequence[str] | None = None,
+                 figure_set: str = "core", max_words: int | None = None) -> list[FigureSpec]:
+    """The figures of one set for a report, in order, each with a unique file stem.
+
+    ``"core"``: one skew heatmap per attribute, the entropy-by-category plot and a
+    "most skewed words" plot per attribute of :func:`core_attributes`; ``"all"``
+    adds, per category, a word skew dot plot per attribute and a stability plot.
     ``attributes`` / ``categories`` restrict them (unknown names are errors
-    listing the valid ones).
+    listing the valid ones); ``max_words`` is passed to the dot plots.
     """
+    _check_figure_set(figure_set)
+    if max_words is not None and max_words < 0:
+        raise UsageError(MSG_MAX_WORDS.format(value=max_words))
     valid_attrs, valid_cats = report.attributes, report.categories
     attributes = list(attributes) if attributes else valid_attrs
-    categories = list(categories) if categories else valid_cats
     for a in attributes:
         if a not in valid_attrs:
             raise one_of(a, valid_attrs, "attribute")
-    for c in categories:
+    for c in categories or ():
         if c not in valid_cats:
             raise one_of(c, valid_cats, "category")
     stems: set[str] = set()
+    specs: list[FigureSpec] = []
 
-    def unique(stem: str) -> str:
+    def add(stem: str, caption: str, draw: Callable[[], Any], kind: str, wide: bool = False,
+            category: str | None = None) -> None:
         base, i = stem, 2
         while stem in stems:
             stem, i = f"{base}-{i}", i + 1
         stems.add(stem)
-        return stem
+        specs.append(FigureSpec(stem, caption, draw, kind, wide, category))
 
+    groups, words = report.groups, report.words
     for attr in attributes:
-        ax = skew_heatmap(report.groups, attr)
-        yield unique(f"heatmap_skew_{slug(attr)}"), f"Mean skew by category and group ({attr})", ax.figure
+        add(f"heatmap_skew_{slug(attr)}", f"Mean skew by category and group ({attr})",
+            functools.partial(skew_heatmap, groups, attr), "heatmap",
+            wide=heatmap_is_wide(len(report.groups_of(attr))))
     summary = report.summary[report.summary["attribute"].isin(attributes)]
-    ax = entropy_by_category(summary, attributes=[a for a in attributes if a in set(summary["attribute"])])
-    yield unique("entropy_by_category"), "Mean normalized entropy by category", ax.figure
-    for cat in categories:
-        for attr in attributes:
-            ax = word_skew_dots(report.groups, cat, attr)
-            yield unique(f"word_skew_{slug(cat)}_{slug(attr)}"), f"{cat}: skew by group ({attr})", ax.figure
-        ax = stability_dots(report.words, category=cat, attributes=attributes)
-        yield unique(f"stability_{slug(cat)}"), f"{cat}: bootstrap stability of the top group", ax.figure
+    add("entropy_by_category", "Mean normalized entropy by category, with 95% bootstrap intervals",
+        functools.partial(entropy_by_category, summary,
+                          attributes=[a for a in attributes if a in set(summary["attribute"])]), "entropy")
+    top_rows = _in_categories(groups, categories) if categories else groups
+    # Restricted to some categories, the plot is another figure: its file name says which.
+    within = f"_{slug('-'.join(categories))}" if categories else ""
+    for attr in core_attributes(report, attributes):
+        limit = TOP_WORDS_MAX if max_words is None else max_words
+        add(f"top_words_skew_{slug(attr)}{within}", f"Most skewed words: skew by group ({attr}); filled markers "
+            "are flagged pairs", _top_words_drawer(top_rows, attr, limit), "top_words")
+    if figure_set == "all":
+        for cat in categories or valid_cats:
+            for attr in attributes:
+                add(f"word_skew_{slug(cat)}_{slug(attr)}", f"{cat}: skew by group ({attr})",
+                    functools.partial(word_skew_dots, groups, cat, attr, max_words=max_words), "word_skew",
+                    category=cat)
+            add(f"stability_{slug(cat)}", f"{cat}: bootstrap stability of the top group",
+                functools.partial(stability_dots, words, category=cat, attributes=attributes,
+                                  max_words=max_words), "stability", category=cat)
+    return specs
+
+
+def _top_words_drawer(groups, attribute: str, limit: int) -> Callable[[], Any]:
+    def draw():
+        m = len(_group_order(groups, attribute))
+        auto = fit_words(0.045 * max(m, 1), 1.0 + 0.12 * math.ceil((m + 1) / 4), limit=limit or None)
+        return word_skew_dots(groups, None, attribute, max_words=auto if limit else 0)
+
+    return draw
+
+
+def report_figures(report, *, attributes: Sequence[str] | None = None, categories: Sequence[str] | None = None,
+                   figure_set: str = "core", max_words: int | None = None) -> Iterator[tuple[str, str, object]]:
+    """Yield ``(file stem, caption, Figure)`` for each figure of :func:`figure_specs`, drawn one at a time."""
+    for spec in figure_specs(report, attributes=attributes, categories=categories, figure_set=figure_set,
+                             max_words=max_words):
+        yield spec.stem, spec.caption, spec.draw().figure
 
 
 def write_report_figures(report, out_dir, *, attributes: Sequence[str] | None = None,
-                         categories: Sequence[str] | None = None, formats: Iterable[str] = ("png", "pdf"),
-                         dpi: int = 300) -> list[Path]:
-    """Write every figure of :func:`report_figures` as PNG and vector PDF; return the paths."""
+                         categories: Sequence[str] | None = None, figure_set: str = "core",
+                         max_words: int | None = None, formats: Iterable[str] = ("png", "pdf"),
+                         dpi: int = PNG_DPI) -> list[Path]:
+    """Write the figures of one set (``"core"`` or ``"all"``) as PNG and vector PDF; return the paths."""
     out_dir = Path(out_dir)
+    _check_figure_set(figure_set)
     out_dir.mkdir(parents=True, exist_ok=True)
     formats = tuple(formats)
     paths: list[Path] = []
-    for stem, _caption, fig in report_figures(report, attributes=attributes, categories=categories):
+    for stem, _caption, fig in report_figures(report, attributes=attributes, categories=categories,
+                                              figure_set=figure_set, max_words=max_words):
         paths.extend(save_figure(fig, out_dir / stem, formats=formats, dpi=dpi))
-    log.info("wrote %d figure files to %s", len(paths), out_dir)
+    log.info("wrote %d figure files (%s set) to %s", len(paths), figure_set, out_dir)
     return paths

@@ -2,6 +2,7 @@
 
 The page opens from disk with no server and no network: CSS and JavaScript are
 inline, figures are embedded as base64 PNG and contact sheets as base64 JPEG.
+
 Every string that comes from the user or the data (words, categories, groups,
 file names, model and dataset specs) is HTML-escaped where it is written into
 markup; the word table's data travels as JSON inside
@@ -9,11 +10,20 @@ markup; the word table's data travels as JSON inside
 ``\\u003c``, ``\\u003e`` and ``\\u0026``, and the script builds the table with
 ``textContent`` only (never ``innerHTML``), so no data value can become markup
 or code.
+
+Size and speed: the figures are the "core" set of :mod:`clipprobe.figures`
+(per-category plots only with ``category_figures=True``), taken from the PNG
+files already in the report's ``figures/`` folder when they are at least as new
+as the report's tables, and drawn only when missing. Contact sheets are shown
+for the flagged words with the lowest q-value (then the highest skew), at most
+``max_sheets`` of them and at most ``sheets_max_bytes`` of JPEG; the page says
+how many were left out and how to draw the others.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import html
 import io
 import json
@@ -23,11 +33,27 @@ from pathlib import Path
 from typing import Callable
 
 from clipprobe._io import write_text
+from clipprobe.errors import UsageError
 from clipprobe.reportio import CATEGORY_SEP
 
 log = logging.getLogger(__name__)
 
 NO_IMAGES_NOTE = "Contact sheets omitted: the dataset images are not available on this machine."
+MSG_SHEETS_LEFT_OUT = (
+    "Faces are shown for {shown} of {total} flagged words (lowest q first, then highest skew); {left} were left "
+    "out to keep this page small. Draw any word's faces with: clipprobe figures REPORT_DIR --out DIR --word WORD"
+)
+
+MSG_BAD_LIMIT = "{name} must be 0 or a positive integer, got {value!r}"
+
+HTML_DPI = 150  # for a figure drawn here because figures/ has no PNG of it
+MAX_SHEETS = 60
+SHEET_FACES = 20
+SHEETS_MAX_BYTES = 2_500_000  # JPEG bytes of all contact sheets (base64 adds a third)
+SHEET_THUMB = 72  # px per face
+SHEET_COLUMNS = 10
+SHEET_QUALITY = 72  # JPEG quality: faces stay recognisable, a sheet of 20 is ~20-60 kB
+PAYLOAD_DIGITS = 4  # decimals of the numbers in the word table's JSON
 
 
 def e(value) -> str:
@@ -87,22 +113,62 @@ def _skew_style(value) -> str:
     return f' style="background:rgba({rgb},{alpha:.3f})"'
 
 
-def _figure_png(fig, dpi: int = 160) -> str:
+def _figure_png(fig, dpi: int = HTML_DPI) -> bytes:
+    from clipprobe.figures import PNG_COMPRESS_LEVEL
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
+    return buf.getvalue()
 
 
-def _image_jpeg(img, quality: int = 85) -> str:
+def _image_jpeg(img, quality: int = SHEET_QUALITY) -> bytes:
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    img.save(buf, format="JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
 
 
-def _figure_block(caption: str, fig, wide: bool = False) -> str:
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _figure_block(caption: str, png: bytes, wide: bool = False) -> str:
     cls = "fig wide" if wide else "fig"
-    return (f'<figure class="{cls}"><img alt="{e(caption)}" src="data:image/png;base64,{_figure_png(fig)}">'
+    return (f'<figure class="{cls}"><img alt="{e(caption)}" src="data:image/png;base64,{_b64(png)}">'
             f"<figcaption>{e(caption)}</figcaption></figure>")
+
+
+def _tables_mtime(report) -> float:
+    """When the report's tables were last written (infinity when one cannot be read: reuse nothing)."""
+    from clipprobe.reportio import FILES
+
+    try:
+        return max((Path(report.path) / FILES[key]).stat().st_mtime for key in ("groups", "words", "summary"))
+    except OSError:
+        return math.inf
+
+
+class _FigureSource:
+    """PNG bytes of a figure: the file in ``figures_dir`` when it is current, else drawn now."""
+
+    def __init__(self, figures_dir: Path | None, newer_than: float) -> None:
+        self.figures_dir = figures_dir
+        self.newer_than = newer_than
+        self.reused = 0
+        self.drawn = 0
+
+    def png(self, spec) -> bytes:
+        if self.figures_dir is not None:
+            path = self.figures_dir / f"{spec.stem}.png"
+            try:
+                if path.stat().st_mtime >= self.newer_than:
+                    data = path.read_bytes()
+                    self.reused += 1
+                    return data
+            except OSError:
+                pass  # no usable file: draw it below
+        ax = spec.draw()
+        self.drawn += 1
+        return _figure_png(ax.figure)
 
 
 def _table(headers: list[tuple[str, str]], rows: list[list[str]], *, cls: str = "sortable", tid: str = "") -> str:
@@ -114,8 +180,8 @@ def _table(headers: list[tuple[str, str]], rows: list[list[str]], *, cls: str = 
 
 
 def _td(text: str, *, num=None, extra: str = "") -> str:
-    """A cell with escaped ``text``; ``num`` becomes the sort key."""
-    sort = f' data-v="{float(num)!r}"' if num is not None and _num(num) != "—" else ""
+    """A cell with escaped ``text``; ``num`` becomes the sort key (7 significant digits)."""
+    sort = f' data-v="{float(num):.7g}"' if num is not None and _num(num) != "—" else ""
     cls = ' class="num"' if num is not None else ""
     title = f' title="{e(text)}"' if len(str(text)) > 40 else ""
     return f"<td{cls}{sort}{title}{extra}>{e(text)}</td>"
@@ -142,27 +208,20 @@ def _summary_section(report) -> str:
             + _table(headers, rows, tid="summary-table") + "</section>")
 
 
-def _figures_section(report, category_figures: bool) -> str:
-    from clipprobe import figures
+def _figures_section(report, category_figures: bool, source: _FigureSource) -> str:
+    from clipprobe.figures import figure_specs
 
-    blocks = []
-    for attr in report.attributes:
-        ax = figures.skew_heatmap(report.groups, attr)
-        blocks.append(_figure_block(f"Mean skew by category and group ({attr})", ax.figure,
-                                    wide=len(report.groups_of(attr)) > 9))
-    ax = figures.entropy_by_category(report.summary)
-    blocks.append(_figure_block("Mean normalized entropy by category, with 95% bootstrap intervals", ax.figure))
+    specs = figure_specs(report, figure_set="all" if category_figures else "core")
+    blocks = [_figure_block(s.caption, source.png(s), wide=s.wide) for s in specs if s.category is None]
     out = ['<section id="figures"><h2>Figures</h2><div class="figgrid">', *blocks, "</div>"]
     if category_figures:
-        out.append('<h3>By category</h3><p class="lead">Skew of every group for every word, with bootstrap '
-                   "intervals; filled markers are flagged pairs.</p>")
-        for cat in report.categories:
-            inner = []
-            for attr in report.attributes:
-                ax = figures.word_skew_dots(report.groups, cat, attr)
-                inner.append(_figure_block(f"{cat}: skew by group ({attr})", ax.figure))
-            ax = figures.stability_dots(report.words, category=cat)
-            inner.append(_figure_block(f"{cat}: bootstrap stability of the top group", ax.figure))
+        out.append('<h3>By category</h3><p class="lead">Skew of every group for the words of each category, with '
+                   "bootstrap intervals; filled markers are flagged pairs.</p>")
+        by_category: dict[str, list[str]] = {}
+        for spec in specs:
+            if spec.category is not None:
+                by_category.setdefault(spec.category, []).append(_figure_block(spec.caption, source.png(spec)))
+        for cat, inner in by_category.items():
             out.append(f'<details class="catfig"><summary>{e(cat)}</summary><div class="figgrid">'
                        + "".join(inner) + "</div></details>")
     out.append("</section>")
@@ -200,65 +259,106 @@ def _flagged_section(report, sheets: dict[str, str], note: str | None) -> str:
     return "".join(parts)
 
 
-def _sheets_section(blocks: list[str], omitted: int) -> str:
+def _sheets_section(blocks: list[str], left_out: str | None) -> str:
     if not blocks:
         return ""
-    more = f'<p class="note">{omitted} more flagged words not shown.</p>' if omitted else ""
+    more = f'<p class="note">{e(left_out)}</p>' if left_out else ""
     return ('<section id="faces"><h2>Top faces of flagged words</h2>'
-            '<p class="lead">The top-ranked faces retrieved for each word with a flagged group, in rank order.</p>'
-            + "".join(blocks) + more + "</section>")
+            '<p class="lead">The top-ranked faces retrieved for each word with a flagged group, in rank order; '
+            "words with the lowest q-value first.</p>" + more + "".join(blocks) + "</section>")
 
 
-def _contact_sheets(report, image_loader, label_for, max_sheets: int, faces: int):
-    """Contact sheet blocks for flagged words: (blocks, anchors by word, omitted count, note)."""
-    from clipprobe.contact import contact_sheet, dataset_loader, load_images
-
+def sheet_order(report) -> list[str]:
+    """Flagged words in the order their contact sheets are shown: lowest q, then highest skew, then word."""
     g = report.groups
     flagged = g[g["flagged"]]
     if flagged.empty:
-        return [], {}, 0, None
+        return []
+    per_word = flagged.groupby("word").agg(q=("q_over", "min"), skew=("skew", "max")).reset_index()
+    per_word = per_word.sort_values(["q", "skew", "word"], ascending=[True, False, True], kind="stable")
+    return per_word["word"].tolist()
+
+
+@dataclasses.dataclass
+class _Sheets:
+    blocks: list[str]
+    anchors: dict[str, str]  # word -> id of its sheet
+    note: str | None = None  # failed images or no images at all
+    left_out: str | None = None  # how many flagged words have no sheet, and why
+    n_bytes: int = 0
+
+
+def _contact_sheets(report, image_loader, label_for, max_sheets: int, faces: int, max_bytes: int) -> _Sheets:
+    """Contact sheet blocks for flagged words, in :func:`sheet_order`, within ``max_sheets`` and ``max_bytes``."""
+    from clipprobe.contact import contact_sheet, dataset_loader, load_images
+
+    order = sheet_order(report)
+    if not order:
+        return _Sheets([], {})
     loader = image_loader or dataset_loader(report.run)
     if loader is None:
-        return [], {}, 0, NO_IMAGES_NOTE
-    order = flagged.groupby("word")["skew"].max().sort_values(ascending=False).index.tolist()
-    blocks, anchors, failed = [], {}, 0
-    words = report.words
-    for i, word in enumerate(order[:max_sheets]):
-        row = words[words["word"] == word].iloc[0]
+        return _Sheets([], {}, note=NO_IMAGES_NOTE)
+    flagged = report.groups[report.groups["flagged"]]
+    first_row = report.words.drop_duplicates("word").set_index("word")
+    out = _Sheets([], {})
+    failed = 0
+    for word in order:
+        if len(out.blocks) >= max_sheets:
+            break
+        row = first_row.loc[word]
         files = [str(f) for f in row["top_files"]][:faces]
         images, n_failed = load_images(loader, files)
-        failed += n_failed
         labels = [f"#{j + 1}" + (f"\n{label_for(f)}" if label_for else "") for j, f in enumerate(files)]
-        sheet = contact_sheet(images, labels, columns=10, thumb=72)
+        jpeg = _image_jpeg(contact_sheet(images, labels, columns=SHEET_COLUMNS, thumb=SHEET_THUMB))
+        if out.blocks and out.n_bytes + len(jpeg) > max_bytes:
+            break
+        failed += n_failed
+        out.n_bytes += len(jpeg)
         pairs = flagged[flagged["word"] == word].sort_values("skew", ascending=False)
         tags = "".join(f'<span class="tag">{e(p.attribute)}: {e(p.group)} '
                        f"<b>{_num(p.skew)}</b></span>" for p in pairs.itertuples(index=False))
-        anchor = f"faces-{i}"
-        anchors[word] = anchor
-        blocks.append(f'<div class="sheet" id="{anchor}"><h3>{e(word)} <small>{e(row["category"])}</small></h3>'
-                      f'<div class="tags">{tags}</div>'
-                      f'<img alt="top faces for {e(word)}" src="data:image/jpeg;base64,{_image_jpeg(sheet)}">'
-                      "</div>")
-    note = f"{failed} images could not be read and are shown as grey placeholders." if failed else None
+        anchor = f"faces-{len(out.blocks)}"
+        out.anchors[word] = anchor
+        out.blocks.append(f'<div class="sheet" id="{anchor}"><h3>{e(word)} <small>{e(row["category"])}</small></h3>'
+                          f'<div class="tags">{tags}</div>'
+                          f'<img alt="top faces for {e(word)}" src="data:image/jpeg;base64,{_b64(jpeg)}"></div>')
+    left = len(order) - len(out.blocks)
+    if left:
+        out.left_out = MSG_SHEETS_LEFT_OUT.format(shown=len(out.blocks), total=len(order), left=left)
     if failed:
+        out.note = f"{failed} images could not be read and are shown as grey placeholders."
         log.warning("%d images of the contact sheets could not be read", failed)
-    return blocks, anchors, max(0, len(order) - max_sheets), note
+    return out
+
+
+def _round(value, digits: int = PAYLOAD_DIGITS):
+    """A number rounded for the page's word table (None stays None; NaN/inf are cleaned later)."""
+    if value is None:
+        return None
+    v = float(value)
+    return round(v, digits) if math.isfinite(v) else v
 
 
 def _words_payload(report) -> dict:
+    """The word table's data. Numbers are rounded to :data:`PAYLOAD_DIGITS` decimals (the table shows
+    2-3; the exact values are in words.parquet); a word's prompts, the same for every attribute, are
+    stored once per word."""
     w = report.words
-    rows = []
+    rows, prompts = [], {}
     for r in w.to_dict("records"):
+        if r["word"] not in prompts:
+            prompts[r["word"]] = list(r["prompts"]) if r["prompts"] is not None else []
         rows.append({
             "word": r["word"], "category": r["category"],
             "categories": [c.strip() for c in str(r["category"]).split(CATEGORY_SEP.strip()) if c.strip()],
-            "attribute": r["attribute"], "top_group": r["top_group"], "max_skew": r["max_skew"],
-            "max_skew_ci": [r["max_skew_ci_low"], r["max_skew_ci_high"]], "min_skew": r["min_skew"],
-            "norm_entropy": r["norm_entropy"], "norm_entropy_ci": [r["norm_entropy_ci_low"], r["norm_entropy_ci_high"]],
-            "kl_to_base": r["kl_to_base"], "ndkl": r["ndkl"], "stability": r["stability"],
-            "n_flagged": r["n_flagged"], "prompts": list(r["prompts"]) if r["prompts"] is not None else [],
+            "attribute": r["attribute"], "top_group": r["top_group"], "max_skew": _round(r["max_skew"]),
+            "max_skew_ci": [_round(r["max_skew_ci_low"]), _round(r["max_skew_ci_high"])],
+            "min_skew": _round(r["min_skew"]), "norm_entropy": _round(r["norm_entropy"]),
+            "norm_entropy_ci": [_round(r["norm_entropy_ci_low"]), _round(r["norm_entropy_ci_high"])],
+            "kl_to_base": _round(r["kl_to_base"]), "ndkl": _round(r["ndkl"]), "stability": _round(r["stability"]),
+            "n_flagged": r["n_flagged"],
         })
-    return {"words": rows, "attributes": report.attributes, "categories": report.categories}
+    return {"words": rows, "prompts": prompts, "attributes": report.attributes, "categories": report.categories}
 
 
 def _words_section() -> str:
@@ -330,24 +430,41 @@ def _header(report) -> str:
 
 
 def write_html_report(report, out_path, *, image_loader: Callable | None = None,
-                      label_for: Callable[[str], str] | None = None, category_figures: bool = True,
-                      max_sheets: int = 60, sheet_faces: int = 20) -> Path:
+                      label_for: Callable[[str], str] | None = None, category_figures: bool = False,
+                      figures_dir=None, reuse_figures: bool = True, max_sheets: int = MAX_SHEETS,
+                      sheet_faces: int = SHEET_FACES, sheets_max_bytes: int = SHEETS_MAX_BYTES) -> Path:
     """Write the report as one self-contained HTML file and return its path.
+
+    Figures: the "core" set of :func:`clipprobe.figures.figure_specs` (plus the
+    per-category plots with ``category_figures``). Each is read from
+    ``figures_dir/<stem>.png`` (default: the report's ``figures/`` folder) when
+    that file is at least as new as the report's tables, and drawn otherwise
+    (always with ``reuse_figures=False``).
 
     ``image_loader(relative_file) -> PIL.Image | None`` supplies faces for the
     contact sheets of flagged words (default: the dataset root recorded in
     run.json, when it exists on this machine; otherwise the sheets are omitted
     with a note). ``label_for(relative_file) -> str`` adds a label line under
-    each face (e.g. its group labels). ``category_figures`` embeds the per-category
-    dot plots; ``max_sheets`` and ``sheet_faces`` bound the page size.
+    each face (e.g. its group labels). At most ``max_sheets`` sheets of
+    ``sheet_faces`` faces and ``sheets_max_bytes`` of JPEG are embedded (the
+    first sheet always is); the page says how many flagged words were left out.
     """
+    for name, value in (("max_sheets", max_sheets), ("sheet_faces", sheet_faces),
+                        ("sheets_max_bytes", sheets_max_bytes)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise UsageError(MSG_BAD_LIMIT.format(name=name, value=value))
     out_path = Path(out_path)
-    blocks, anchors, omitted, note = _contact_sheets(report, image_loader, label_for, max_sheets, sheet_faces)
+    folder = None
+    if reuse_figures:
+        folder = Path(figures_dir) if figures_dir is not None else Path(report.path) / "figures"
+    source = _FigureSource(folder, _tables_mtime(report))
+    sheets = _contact_sheets(report, image_loader, label_for, max_sheets, sheet_faces, sheets_max_bytes)
+    blocks = sheets.blocks
     sections = [
         _summary_section(report),
-        _figures_section(report, category_figures),
-        _flagged_section(report, anchors, note),
-        _sheets_section(blocks, omitted),
+        _figures_section(report, category_figures, source),
+        _flagged_section(report, sheets.anchors, sheets.note),
+        _sheets_section(blocks, sheets.left_out),
         _words_section(),
         _run_section(report),
     ]
@@ -366,7 +483,8 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
         + f"<script>{JS}</script></body></html>\n"
     )
     write_text(out_path, page)
-    log.info("wrote %s (%.1f MB)", out_path, len(page) / 1e6)
+    log.info("wrote %s (%.1f MB; figures: %d reused from %s, %d drawn; %d contact sheets, %.1f MB of JPEG)",
+             out_path, len(page) / 1e6, source.reused, folder, source.drawn, len(blocks), sheets.n_bytes / 1e6)
     return out_path
 
 
@@ -485,6 +603,9 @@ JS = r"""
   // The word table, built from the embedded JSON with textContent only.
   var data = JSON.parse(document.getElementById("clipprobe-data").textContent);
   var rows = data.words;
+  var prompts = data.prompts || {};
+  // a word may be "constructor" or "__proto__": look up own keys only
+  function own(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key); }
   var body = document.getElementById("words-body");
   var search = document.getElementById("words-search");
   var attrSel = document.getElementById("words-attribute");
@@ -514,7 +635,7 @@ JS = r"""
     var frag = document.createDocumentFragment();
     shown.forEach(function (r) {
       var tr = document.createElement("tr");
-      cell(tr, r.word, { title: r.prompts.join("\n") });
+      cell(tr, r.word, { title: (own(prompts, r.word) ? prompts[r.word] : []).join("\n") });
       cell(tr, r.category);
       cell(tr, r.attribute);
       cell(tr, r.top_group);

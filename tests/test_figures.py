@@ -185,10 +185,23 @@ def test_palette_is_okabe_ito():
     assert len(styles) == 14
 
 
+def _flagged_attributes(report):
+    """Attributes with at least one flagged pair, in the report's order (plain loop)."""
+    seen = set()
+    for row in report.groups.itertuples(index=False):
+        if row.flagged:
+            seen.add(row.attribute)
+    return [a for a in report.attributes if a in seen]
+
+
 def test_write_report_figures_png_and_vector_pdf(report, tmp_path):
-    paths = figures.write_report_figures(report, tmp_path / "f", attributes=["gender"], categories=["traits"])
+    paths = figures.write_report_figures(report, tmp_path / "f", attributes=["gender"], categories=["traits"],
+                                         figure_set="all")
     names = sorted(p.name for p in paths)
+    # gender has no flagged pair here, but it is the only attribute asked for, so it gets the top-words plot
+    assert "gender" not in _flagged_attributes(report)
     assert names == sorted(f"{s}.{ext}" for s in ("heatmap_skew_gender", "entropy_by_category",
+                                                   "top_words_skew_gender_traits",
                                                    "word_skew_traits_gender", "stability_traits")
                            for ext in ("png", "pdf"))
     for p in paths:
@@ -196,14 +209,126 @@ def test_write_report_figures_png_and_vector_pdf(report, tmp_path):
     pdf = (tmp_path / "f" / "word_skew_traits_gender.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and b"/Subtype /Image" not in pdf  # vector, no raster inside
     with Image.open(tmp_path / "f" / "word_skew_traits_gender.png") as img:
-        assert img.size[0] == round(figures.COLUMN_WIDTH * 300)  # column width at 300 dpi
+        assert img.size[0] == round(figures.COLUMN_WIDTH * figures.PNG_DPI)  # column width at 200 dpi
+    assert figures.PNG_DPI == 200
     assert not list((tmp_path / "f").glob(".*tmp*"))  # atomic writes left nothing behind
+
+
+def test_core_set_is_heatmaps_entropy_and_top_words_of_flagged_attributes(report, tmp_path):
+    flagged = _flagged_attributes(report)
+    assert flagged and len(flagged) < len(report.attributes)  # the choice is visible in this report
+    paths = figures.write_report_figures(report, tmp_path / "core")
+    stems = sorted({p.stem for p in paths})
+    want = ([f"heatmap_skew_{a}" for a in report.attributes] + ["entropy_by_category"]
+            + [f"top_words_skew_{a}" for a in flagged])
+    assert stems == sorted(want)
+    assert sorted(p.suffix for p in paths) == sorted([".pdf", ".png"] * len(want))
+    # the default of `clipprobe report` stays within ~20 files for any report
+    assert len(paths) <= 2 * (2 * len(report.attributes) + 1)
+
+
+def test_core_set_without_flagged_pairs_keeps_first_attribute(tmp_path):
+    d = make_report(tmp_path / "r", words={"a": "c", "b": "c", "d": "e"}, images=False, n_boot=5, alpha=1e-12)
+    rep = load_report(d)
+    assert not rep.groups["flagged"].any()
+    stems = [s.stem for s in figures.figure_specs(rep)]
+    assert [s for s in stems if s.startswith("top_words")] == ["top_words_skew_race"]
+
+
+def test_all_set_adds_every_category_and_attribute(report):
+    core = [s.stem for s in figures.figure_specs(report, figure_set="core")]
+    every = figures.figure_specs(report, figure_set="all")
+    assert [s.stem for s in every][:len(core)] == core
+    extra = every[len(core):]
+    want = []
+    for cat in report.categories:
+        want += [f"word_skew_{cat}_{a}" for a in report.attributes] + [f"stability_{cat}"]
+    assert [s.stem for s in extra] == want
+    assert all(s.category in report.categories for s in extra)
+    assert all(s.category is None for s in every[:len(core)])
+
+
+def test_unknown_figure_set_lists_valid_ones(report, tmp_path):
+    with pytest.raises(ClipprobeError, match=r"unknown figure set 'full'.*valid: 'core', 'all'"):
+        figures.write_report_figures(report, tmp_path / "x", figure_set="full")
+    assert not (tmp_path / "x").exists()
+
+
+def test_save_figure_lays_out_once_for_png_and_pdf(report, tmp_path, monkeypatch):
+    from matplotlib.layout_engine import ConstrainedLayoutEngine
+
+    calls = []
+    original = ConstrainedLayoutEngine.execute
+
+    def counting(self, fig):
+        calls.append(fig)
+        return original(self, fig)
+
+    monkeypatch.setattr(ConstrainedLayoutEngine, "execute", counting)
+    ax = figures.word_skew_dots(report.groups, "status", "race")
+    figures.freeze_layout(ax.figure)
+    frozen = ax.get_position().bounds
+    assert len(calls) == 1
+    paths = figures.save_figure(ax.figure, tmp_path / "w")
+    assert len(calls) == 1  # neither the PNG nor the PDF laid the figure out again
+    assert ax.get_position().bounds == pytest.approx(frozen)
+    assert [p.suffix for p in paths] == [".png", ".pdf"]
+    # the frozen layout is the constrained one: the axes moved in from the figure's default margins
+    assert frozen != pytest.approx((0.125, 0.11, 0.775, 0.77))
+
+
+def _most_skewed(groups, attribute, category=None):
+    """Words by their largest skew over the groups, largest first (plain loops)."""
+    best = {}
+    for row in groups.itertuples(index=False):
+        if row.attribute != attribute or (category and category not in row.category.split("; ")):
+            continue
+        best[row.word] = max(best.get(row.word, -np.inf), row.skew)
+    return sorted(best, key=lambda w: -best[w])
+
+
+def test_word_skew_dots_max_words_keeps_most_skewed_and_says_so(report):
+    g = report.groups
+    order = _most_skewed(g, "race")
+    ax = figures.word_skew_dots(g, None, "race", max_words=4)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == order[:4]
+    assert f"4 most skewed of {len(order)} words" in ax.get_title()
+    points = sum(len(c.get_offsets()) for c in ax.collections if type(c).__name__ == "PathCollection")
+    assert points == 4 * len(report.groups_of("race"))
+    every = figures.word_skew_dots(g, None, "race", max_words=0)
+    assert [t.get_text() for t in every.get_yticklabels()] == order
+    assert "most skewed of" not in every.get_title()
+    with pytest.raises(ClipprobeError, match="max_words must be 0 .* got -1"):
+        figures.word_skew_dots(g, None, "race", max_words=-1)
+
+
+def test_tall_plots_fit_one_page_by_default(tmp_path):
+    words = {f"w{i:02d}": "big" for i in range(60)}
+    d = make_report(tmp_path / "r", words=words, plants={}, images=False, n_boot=5, n_images=200)
+    rep = load_report(d)
+    for attr in ("race_gender", "gender"):
+        ax = figures.word_skew_dots(rep.groups, "big", attr)
+        n = len(ax.get_yticklabels())
+        m = len(rep.groups_of(attr))
+        assert ax.figure.get_figheight() <= figures.MAX_HEIGHT + 0.2
+        assert n == min(60, figures.fit_words(0.045 * m, 1.0 + 0.12 * np.ceil((m + 1) / 4)))
+        assert [t.get_text() for t in ax.get_yticklabels()] == _most_skewed(rep.groups, attr, "big")[:n]
+        if n < 60:
+            assert f"{n} most skewed of 60 words" in ax.get_title()
+    ax = figures.stability_dots(rep.words, category="big")
+    n = len(ax.get_yticklabels())
+    assert n < 60 and ax.figure.get_figheight() <= figures.MAX_HEIGHT + 0.2
+    assert f"{n} least stable of 60 words" in ax.get_title()
+    mean_stab = rep.words.groupby("word")["stability"].mean()
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert max(mean_stab[shown]) <= min(mean_stab.drop(shown))  # the least stable words were kept
 
 
 def test_figure_file_names_are_safe_and_distinct(tmp_path):
     d = make_report(tmp_path / "r", words={"a": "x/y", "b": "x y", "c": "../up"}, images=False, n_boot=5)
     rep = load_report(d)
-    stems = [stem for stem, _, _ in figures.report_figures(rep, attributes=["gender"])]
+    stems = [stem for stem, _, _ in figures.report_figures(rep, attributes=["gender"], figure_set="all")]
     assert len(stems) == len(set(stems))
     assert all(figures.slug(s) == s for s in stems)
     assert "word_skew_x-y_gender" in stems and "word_skew_x-y_gender-2" in stems
@@ -273,7 +398,30 @@ def test_cli_figures_writes_files_and_contact_sheet(report_dir, tmp_path):
     assert not (out / "heatmap_skew_race.png").exists()
     with Image.open(out / "contact_ceo.png") as img:
         assert img.size[0] > 500
-    assert "wrote 9 files" in res.output
+    n_figures = len(figures.figure_specs(load_report(report_dir), attributes=["gender"], categories=["status"],
+                                         figure_set="all"))
+    assert n_figures == 5  # heatmap, entropy, top words (the only attribute asked for), dot plot, stability
+    assert f"wrote {2 * n_figures + 1} files" in res.output
+
+
+def test_cli_figures_core_set_max_words_and_html_reuse(report_dir, report, tmp_path, monkeypatch):
+    import clipprobe.htmlreport as htmlreport
+
+    drawn = []
+    original = htmlreport._figure_png
+    monkeypatch.setattr(htmlreport, "_figure_png", lambda fig, **kw: drawn.append(fig) or original(fig, **kw))
+    out = tmp_path / "core"
+    res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(out), "--set", "core", "--html"])
+    assert res.exit_code == 0, res.output
+    specs = figures.figure_specs(report)
+    assert sorted(p.name for p in out.glob("*.p*")) == sorted(f"{s.stem}.{x}" for s in specs for x in ("png", "pdf"))
+    assert drawn == []  # the page took every figure from the PNGs just written
+    assert f"wrote {2 * len(specs) + 1} files" in res.output
+    res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(tmp_path / "mw"), "--set", "core",
+                                   "--attribute", "race", "--max-words", "3", "--format", "png"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(tmp_path / "x"), "--max-words", "-2"])
+    assert res.exit_code == 2 and "--max-words" in res.output
 
 
 def test_cli_figures_bad_input(report_dir, tmp_path):
@@ -296,4 +444,17 @@ def test_cli_figures_word_without_images_is_skipped_with_note(tmp_path):
     assert res.exit_code == 0, res.output
     assert "contact sheets skipped" in res.output
     assert not list((tmp_path / "o").glob("contact_*"))
-    assert len(list((tmp_path / "o").glob("*.pdf"))) == 4
+    want = figures.figure_specs(load_report(d), attributes=["gender"], figure_set="all")
+    assert sorted(p.stem for p in (tmp_path / "o").glob("*.pdf")) == sorted(s.stem for s in want)
+
+
+def test_top_words_restricted_to_categories(report):
+    specs = figures.figure_specs(report, categories=["traits"])
+    top = [s for s in specs if s.kind == "top_words"]
+    assert top and all(s.stem.endswith("_traits") for s in top)
+    traits = {w for w, c in zip(report.words["word"], report.words["category"]) if "traits" in c.split("; ")}
+    for spec in top:
+        shown = {t.get_text() for t in spec.draw().get_yticklabels()}
+        assert shown == traits  # few words: all of them, and only them
+    with pytest.raises(ClipprobeError, match="max_words must be 0 .* got -3"):
+        figures.figure_specs(report, max_words=-3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from reportgen import make_report
@@ -35,7 +36,11 @@ def test_report_figures_notebook_executes(tmp_path, monkeypatch):
     # the figures were displayed inline ...
     images = [o for c in code for o in c.outputs if "image/png" in o.get("data", {})]
     assert len(images) == 4
-    # ... and written: 4 heatmaps, entropy, 2 categories x (4 dot plots + stability), PNG and PDF
-    assert len(list(out.glob("*.png"))) == len(list(out.glob("*.pdf"))) == 4 + 1 + 2 * 5
+    # ... and written, PNG and PDF: 4 heatmaps, entropy, a top-words plot per attribute with a flagged pair
+    # (the first attribute when none has one) and 2 categories x (4 dot plots + stability)
+    groups = pd.read_parquet(report / "groups.parquet")
+    n_top = max(1, groups.loc[groups["flagged"], "attribute"].nunique())
+    n_figures = 4 + 1 + n_top + 2 * 5
+    assert len(list(out.glob("*.png"))) == len(list(out.glob("*.pdf"))) == n_figures
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
-    assert "wrote 30 files" in text and "TinyCLIP-test:random" in text
+    assert f"wrote {2 * n_figures} files" in text and "TinyCLIP-test:random" in text

@@ -16,8 +16,15 @@ import click
               help="Also draw a contact sheet of this word's top faces (needs the dataset images; repeatable).")
 @click.option("--format", "formats", type=click.Choice(["png", "pdf", "svg"]), multiple=True,
               help="Output formats (default: png and pdf).")
-@click.option("--html", "html", is_flag=True, help="Also write the self-contained report.html into --out.")
-def figures(report_dir: Path, out: Path, categories, attributes, words, formats, html: bool) -> None:
+@click.option("--set", "figure_set", type=click.Choice(["all", "core"]), default="all", show_default=True,
+              help="all: every category x attribute; core: what `clipprobe report` writes (heatmaps, entropy, "
+                   "most skewed words).")
+@click.option("--max-words", "max_words", type=click.IntRange(min=0), default=None,
+              help="Words per dot plot (default: as many as fit one page; 0: every word).")
+@click.option("--html", "html", is_flag=True,
+              help="Also write the self-contained report.html into --out (using the PNGs just written).")
+def figures(report_dir: Path, out: Path, categories, attributes, words, formats, figure_set: str, max_words,
+            html: bool) -> None:
     """Regenerate the paper figures of REPORT_DIR from its files alone."""
     from clipprobe.contact import dataset_loader, word_sheet
     from clipprobe.errors import one_of
@@ -30,7 +37,7 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
         if word not in valid_words:
             raise one_of(word, valid_words, "word")
     paths = write_report_figures(report, out, attributes=attributes or None, categories=categories or None,
-                                 formats=formats or ("png", "pdf"))
+                                 figure_set=figure_set, max_words=max_words, formats=formats or ("png", "pdf"))
     if words:
         loader = dataset_loader(report.run)
         if loader is None:
@@ -50,7 +57,10 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
     if html:
         from clipprobe.htmlreport import write_html_report
 
-        paths.append(write_html_report(report, out / "report.html"))
+        # Restricted figures are other figures: let the page draw its own then.
+        restricted = bool(categories or attributes or max_words is not None)
+        paths.append(write_html_report(report, out / "report.html", figures_dir=out,
+                                       reuse_figures="png" in (formats or ("png",)) and not restricted))
     click.echo(f"wrote {len(paths)} files to {out}")
 
 
