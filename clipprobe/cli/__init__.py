@@ -27,6 +27,7 @@ _COMMANDS = [
     ("clipprobe.cli.power", "power"),
     ("clipprobe.cli.captions", "captions"),
     ("clipprobe.cli.captions", "laion"),
+    ("clipprobe.cli.index", "index"),
 ]
 
 

@@ -1,0 +1,488 @@
+"""Face datasets with demographic labels: FairFace, UTKFace, any CSV, Hugging Face.
+
+A dataset is named by a spec ``SCHEME:WHERE``:
+
+``fairface:ROOT``
+    The official FairFace release: ``ROOT/fairface_label_val.csv`` (split
+    ``validation``, alias ``val``) or ``ROOT/fairface_label_train.csv`` (split
+    ``train``) with columns ``file,age,gender,race,service_test``; ``file`` is an
+    image path relative to ROOT (``val/1.jpg``).
+``hf:NAME`` or ``hf:PATH``
+    A Hugging Face dataset (default ``HuggingFaceM4/FairFace``, config ``0.25``,
+    split ``validation``) or a dataset saved locally with ``save_to_disk``.
+    Class labels are mapped by *name* through the ``ClassLabel`` features, never
+    by integer id: the Hub copy of FairFace numbers its races differently from
+    the label CSVs.
+``utkface:DIR``
+    UTKFace images named ``age_gender_race_date.jpg`` (``.jpg.chip.jpg`` for the
+    aligned crops), searched recursively. Gender 0/1 = Male/Female; race 0-4 =
+    White, Black, Asian, Indian, Others. ``age`` is binned into FairFace's age
+    groups and the integer is kept as ``age_years``. Malformed names are skipped
+    and listed in :attr:`FaceDataset.skipped`.
+``csv:PATH``
+    Any CSV with an image-path column (the first of ``file``, ``path``,
+    ``image``, ``image_path``, ``filename`` present, or ``image_column=``) and
+    attribute columns. Image paths are relative to ``image_root`` (default: the
+    CSV's folder).
+
+Every loader returns a :class:`FaceDataset` whose ``table`` has one row per
+image, a ``file`` column holding the path exactly as written in the label file,
+and the attribute columns ``race``, ``gender``, ``age`` and ``race_gender``
+(``race + "_" + gender``, e.g. ``East Asian_Male``) where the source has them.
+Image paths must stay inside the dataset root: an absolute path or one whose
+``..`` leads outside is rejected with the row number (paths are checked
+lexically, so symlinked folders inside the root still work).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clipprobe.errors import DataError, UsageError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("fairface", "hf", "utkface", "csv")
+DEFAULT_HF_DATASET = "HuggingFaceM4/FairFace"
+DEFAULT_SPEC = f"hf:{DEFAULT_HF_DATASET}"
+
+FAIRFACE_LABEL_FILES = {"validation": "fairface_label_val.csv", "train": "fairface_label_train.csv"}
+FAIRFACE_REQUIRED = ("file", "age", "gender", "race")
+SPLIT_ALIASES = {"validation": "validation", "val": "validation", "valid": "validation", "train": "train"}
+CSV_IMAGE_COLUMNS = ("file", "path", "image", "image_path", "filename")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+# The groups of FairFace's ``age`` label, in order; UTKFace ages are binned into them.
+FAIRFACE_AGE_GROUPS = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")
+_AGE_LOWER = (0, 3, 10, 20, 30, 40, 50, 60, 70)
+UTK_GENDERS = ("Male", "Female")
+UTK_RACES = ("White", "Black", "Asian", "Indian", "Others")
+_UTK_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<date>\d+)(?:\.[^.]+)+$")
+
+STANDARD_ATTRIBUTES = ("race", "gender", "age", "race_gender")
+
+# Message templates (tests check them).
+MSG_BAD_SPEC = "dataset spec {spec!r} must look like SCHEME:WHERE with SCHEME one of {schemes}"
+MSG_UNKNOWN_SCHEME = "unknown dataset scheme {scheme!r} in {spec!r}{hint}; valid: {schemes}"
+MSG_UNKNOWN_SPLIT = "unknown split {split!r} for {spec!r}{hint}; valid: {splits}"
+MSG_NO_FOLDER = "dataset folder {path} does not exist"
+MSG_NO_LABEL_FILE = "label file {path} for split {split!r} does not exist"
+MSG_MISSING_COLUMNS = "label file {path} lacks column(s) {missing}; found: {found}"
+MSG_UNREADABLE_LABELS = "cannot read label file {path}: {reason}"
+MSG_EMPTY = "dataset {spec!r} has no images"
+MSG_ESCAPES = "line {row} of {path}: image path {file!r} escapes the dataset root"
+MSG_EMPTY_PATH = "line {row} of {path}: empty image path"
+MSG_NO_IMAGE_COLUMN = "CSV {path} has no image-path column (looked for {looked}); found: {found}"
+MSG_HF_UNAVAILABLE = (
+    "cannot load Hugging Face dataset {name!r} (config {config!r}, split {split!r}){why}: {reason}; "
+    "download it first when online, or point at a local copy of the FairFace release with "
+    "--dataset fairface:ROOT (ROOT holds fairface_label_val.csv and the val/ images)"
+)
+
+
+@dataclass(frozen=True)
+class FaceDataset:
+    """A labelled face-image dataset, one table row per image.
+
+    ``table`` has a RangeIndex 0..N-1 (the *row* used everywhere else: cache
+    shards, embeddings, results), a ``file`` column and the attribute columns.
+    ``fingerprint`` is a hex digest of the label contents, the image list (with
+    file sizes for images on disk) and the split; the embedding cache is keyed
+    by it.
+    """
+
+    spec: str
+    kind: str
+    root: Path | None
+    split: str
+    table: Any  # pandas.DataFrame (not imported at module level)
+    fingerprint: str
+    skipped: list[dict] = field(default_factory=list)
+    attribute_columns: tuple[str, ...] = ()
+    # For ``hf`` datasets: the ``datasets.Dataset`` and its image column.
+    _hf: Any = field(default=None, repr=False, compare=False)
+    _hf_image_column: str | None = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def attributes(self) -> list[str]:
+        """Names of the attribute columns (standard ones first)."""
+        return list(self.attribute_columns)
+
+    def image_path(self, i: int) -> Path:
+        """Absolute path of image ``i`` (not for ``hf`` datasets)."""
+        if self.root is None:
+            raise DataError(f"dataset {self.spec!r} keeps its images inside the dataset, not as files")
+        return self.root / self.table["file"].iat[i]
+
+    def load_image(self, i: int):
+        """Decode image ``i`` as an RGB ``PIL.Image``; raises on a missing or corrupt file."""
+        from PIL import Image
+
+        if self._hf is not None:
+            img = self._hf[int(i)][self._hf_image_column]
+            if not isinstance(img, Image.Image):
+                raise DataError(f"row {i} of {self.spec!r}: image column holds {type(img).__name__}, not an image")
+            return img.convert("RGB")
+        with Image.open(self.image_path(i)) as img:
+            return img.convert("RGB")
+
+    def summary(self) -> dict:
+        """A JSON-friendly description (spec, split, size, fingerprint, skipped count)."""
+        return {
+            "spec": self.spec,
+            "kind": self.kind,
+            "split": self.split,
+            "root": str(self.root) if self.root is not None else None,
+            "n_images": len(self),
+            "fingerprint": self.fingerprint,
+            "attributes": self.attributes(),
+            "n_skipped_at_load": len(self.skipped),
+        }
+
+
+def load_dataset(
+    spec: str | None,
+    *,
+    split: str = "validation",
+    image_root: str | os.PathLike | None = None,
+    offline: bool | None = None,
+    hf_config: str = "0.25",
+    image_column: str | None = None,
+) -> FaceDataset:
+    """Load the face dataset named by ``spec`` (``None``: FairFace validation from the Hub)."""
+    if spec is None:
+        spec = DEFAULT_SPEC
+    scheme, sep, where = spec.partition(":")
+    if not sep or not where:
+        raise UsageError(MSG_BAD_SPEC.format(spec=spec, schemes=", ".join(SCHEMES)))
+    if scheme not in SCHEMES:
+        raise UsageError(
+            MSG_UNKNOWN_SCHEME.format(
+                scheme=scheme, spec=spec, hint=did_you_mean(scheme, SCHEMES), schemes=", ".join(SCHEMES)
+            )
+        )
+    if scheme == "fairface":
+        return _load_fairface(spec, Path(where).expanduser(), _split(spec, split))
+    if scheme == "hf":
+        return _load_hf(spec, where, _split(spec, split), hf_config, offline)
+    if scheme == "utkface":
+        return _load_utkface(spec, Path(where).expanduser(), split)
+    return _load_csv(spec, Path(where).expanduser(), split, image_root, image_column)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _split(spec: str, split: str) -> str:
+    try:
+        return SPLIT_ALIASES[split]
+    except KeyError:
+        raise UsageError(
+            MSG_UNKNOWN_SPLIT.format(
+                split=split, spec=spec, hint=did_you_mean(split, SPLIT_ALIASES), splits=", ".join(SPLIT_ALIASES)
+            )
+        ) from None
+
+
+def _check_files(files, label_path: Path) -> None:
+    """Reject empty paths, absolute paths and paths whose ``..`` leads outside the root.
+
+    Data row ``i`` of a CSV is line ``i + 2`` (the header is line 1); messages use line numbers.
+    """
+    first_row = 2
+    for i, name in enumerate(files):
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(MSG_EMPTY_PATH.format(row=i + first_row, path=label_path))
+        norm = posixpath.normpath(str(name).replace("\\", "/"))
+        if (
+            norm.startswith("/")
+            or re.match(r"^[A-Za-z]:", norm)
+            or norm == ".."
+            or norm.startswith("../")
+        ):
+            raise DataError(MSG_ESCAPES.format(row=i + first_row, path=label_path, file=name))
+
+
+def _read_csv(path: Path):
+    import pandas as pd
+
+    try:
+        # Labels are categorical text: keep every column as a string, never guess numbers.
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""])
+    except (OSError, ValueError, pd.errors.ParserError) as err:
+        raise DataError(MSG_UNREADABLE_LABELS.format(path=path, reason=str(err).splitlines()[0])) from None
+
+
+def _add_race_gender(table) -> None:
+    if "race" in table.columns and "gender" in table.columns:
+        table["race_gender"] = table["race"] + "_" + table["gender"]
+
+
+def _attribute_columns(table, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
+    std = [c for c in STANDARD_ATTRIBUTES if c in table.columns]
+    return tuple(std + [c for c in extra if c in table.columns and c not in std])
+
+
+def _digest(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode("utf-8") if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "little"))
+        h.update(data)
+    return h.hexdigest()[:24]
+
+
+def _image_list_digest(root: Path, files) -> str:
+    """Digest of the image list with each file's size (-1 when missing)."""
+    h = hashlib.sha256()
+    for name in files:
+        try:
+            size = os.stat(root / name).st_size
+        except OSError:
+            size = -1
+        h.update(f"{name}\t{size}\n".encode("utf-8"))
+    return h.hexdigest()
+
+
+def _finish_table(table):
+    table = table.reset_index(drop=True)
+    table["file"] = table["file"].astype(str)
+    return table
+
+
+# --------------------------------------------------------------------------- fairface
+
+
+def _load_fairface(spec: str, root: Path, split: str) -> FaceDataset:
+    if not root.is_dir():
+        raise DataError(MSG_NO_FOLDER.format(path=root))
+    label_path = root / FAIRFACE_LABEL_FILES[split]
+    if not label_path.is_file():
+        raise DataError(MSG_NO_LABEL_FILE.format(path=label_path, split=split))
+    table = _read_csv(label_path)
+    missing = [c for c in FAIRFACE_REQUIRED if c not in table.columns]
+    if missing:
+        raise DataError(
+            MSG_MISSING_COLUMNS.format(path=label_path, missing=", ".join(missing), found=", ".join(table.columns))
+        )
+    if len(table) == 0:
+        raise DataError(MSG_EMPTY.format(spec=spec))
+    _check_files(table["file"], label_path)
+    table = _finish_table(table)
+    _add_race_gender(table)
+    fingerprint = _digest("fairface", split, label_path.read_bytes(), _image_list_digest(root, table["file"]))
+    log.info("loaded %s split %s: %d images", spec, split, len(table))
+    return FaceDataset(
+        spec=spec, kind="fairface", root=root, split=split, table=table, fingerprint=fingerprint,
+        attribute_columns=_attribute_columns(table),
+    )
+
+
+# --------------------------------------------------------------------------- utkface
+
+
+def utk_age_group(age: int) -> str:
+    """FairFace's age group for an age in years (``70`` and above: ``more than 70``)."""
+    group = FAIRFACE_AGE_GROUPS[0]
+    for lower, name in zip(_AGE_LOWER, FAIRFACE_AGE_GROUPS):
+        if age >= lower:
+            group = name
+    return group
+
+
+def parse_utk_name(name: str) -> tuple[dict | None, str | None]:
+    """Parse a UTKFace file name; return ``(labels, None)`` or ``(None, reason)``."""
+    m = _UTK_NAME.match(name)
+    if not m:
+        return None, "name is not age_gender_race_date.jpg"
+    age, gender, race = int(m["age"]), int(m["gender"]), int(m["race"])
+    if gender >= len(UTK_GENDERS):
+        return None, f"gender code {gender} is not 0 or 1"
+    if race >= len(UTK_RACES):
+        return None, f"race code {race} is not 0-4"
+    if age > 130:
+        return None, f"age {age} is not plausible"
+    return {
+        "age": utk_age_group(age), "gender": UTK_GENDERS[gender], "race": UTK_RACES[race],
+        "age_years": age, "date": m["date"],
+    }, None
+
+
+def _load_utkface(spec: str, root: Path, split: str) -> FaceDataset:
+    import pandas as pd
+
+    if not root.is_dir():
+        raise DataError(MSG_NO_FOLDER.format(path=root))
+    found = sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+    )
+    records, skipped = [], []
+    for rel in found:
+        labels, reason = parse_utk_name(posixpath.basename(rel))
+        if labels is None:
+            skipped.append({"file": rel, "reason": reason})
+            continue
+        records.append({"file": rel, **labels})
+    if skipped:
+        log.warning("%s: skipped %d file(s) with malformed names, e.g. %s", spec, len(skipped), skipped[0]["file"])
+    if not records:
+        raise DataError(MSG_EMPTY.format(spec=spec))
+    table = _finish_table(pd.DataFrame.from_records(records))
+    table["age_years"] = table["age_years"].astype("int64")
+    _add_race_gender(table)
+    fingerprint = _digest("utkface", split, _image_list_digest(root, found))
+    return FaceDataset(
+        spec=spec, kind="utkface", root=root, split=split, table=table, fingerprint=fingerprint,
+        skipped=skipped, attribute_columns=_attribute_columns(table),
+    )
+
+
+# --------------------------------------------------------------------------- csv
+
+
+def _load_csv(spec: str, path: Path, split: str, image_root, image_column: str | None) -> FaceDataset:
+    if not path.is_file():
+        if not path.parent.is_dir():
+            raise DataError(MSG_NO_FOLDER.format(path=path.parent))
+        raise DataError(f"label file {path} does not exist")
+    root = Path(image_root).expanduser() if image_root is not None else path.parent
+    if not root.is_dir():
+        raise DataError(MSG_NO_FOLDER.format(path=root))
+    table = _read_csv(path)
+    if image_column is not None:
+        if image_column not in table.columns:
+            raise DataError(
+                MSG_MISSING_COLUMNS.format(path=path, missing=image_column, found=", ".join(table.columns))
+            )
+        column = image_column
+    else:
+        column = next((c for c in CSV_IMAGE_COLUMNS if c in table.columns), None)
+        if column is None:
+            raise DataError(
+                MSG_NO_IMAGE_COLUMN.format(path=path, looked=", ".join(CSV_IMAGE_COLUMNS), found=", ".join(table.columns))
+            )
+    if column != "file":
+        if "file" in table.columns:
+            raise DataError(f"CSV {path}: image column is {column!r} but a different column is named 'file'")
+        table = table.rename(columns={column: "file"})
+    if len(table) == 0:
+        raise DataError(MSG_EMPTY.format(spec=spec))
+    _check_files(table["file"], path)
+    table = _finish_table(table)
+    extra = tuple(c for c in table.columns if c != "file")
+    _add_race_gender(table)
+    fingerprint = _digest("csv", split, path.read_bytes(), _image_list_digest(root, table["file"]))
+    return FaceDataset(
+        spec=spec, kind="csv", root=root, split=split, table=table, fingerprint=fingerprint,
+        attribute_columns=_attribute_columns(table, extra),
+    )
+
+
+# --------------------------------------------------------------------------- hugging face
+
+
+def _hf_offline(offline: bool | None) -> bool:
+    if offline is not None:
+        return offline
+    return any(
+        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
+        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+    )
+
+
+def _load_hf(spec: str, where: str, split: str, config: str, offline: bool | None) -> FaceDataset:
+    import pandas as pd
+
+    offline = _hf_offline(offline)
+    local = Path(where).expanduser()
+    if local.exists():
+        ds = _hf_from_disk(spec, local, split)
+        source = f"local:{local.resolve()}"
+    else:
+        if where.startswith((".", "/", "~")):
+            raise DataError(MSG_NO_FOLDER.format(path=local))
+        ds = _hf_from_hub(where, config, split, offline)
+        source = f"hub:{where}:{config}"
+
+    import datasets
+
+    features = ds.features
+    image_cols = [name for name, feat in features.items() if isinstance(feat, datasets.Image)]
+    if not image_cols:
+        raise DataError(f"dataset {spec!r} has no image column; found: {', '.join(features)}")
+    image_col = image_cols[0]
+    label_cols = [c for c in features if c not in image_cols]
+    plain = ds.select_columns(label_cols).with_format("arrow")[:]
+    table = pd.DataFrame(index=pd.RangeIndex(len(ds)))
+    for name in label_cols:
+        values = plain.column(name).to_pylist()
+        feat = features[name]
+        if isinstance(feat, datasets.ClassLabel):
+            # By name: the Hub copy of FairFace numbers races differently from the CSVs.
+            values = [feat.int2str(v) if v is not None and v >= 0 else None for v in values]
+        table[name] = values
+    if "file" not in table.columns:
+        table.insert(0, "file", [f"{split}/{i}" for i in range(len(ds))])
+    else:
+        table = table[["file"] + [c for c in table.columns if c != "file"]]
+    if len(table) == 0:
+        raise DataError(MSG_EMPTY.format(spec=spec))
+    table = _finish_table(table)
+    for name in ("race", "gender", "age"):
+        if name in table.columns:
+            table[name] = table[name].astype(str)
+    _add_race_gender(table)
+    label_bytes = table.to_csv(index=False).encode("utf-8")
+    fingerprint = _digest("hf", source, split, getattr(ds, "_fingerprint", "") or "", label_bytes)
+    extra = tuple(c for c in label_cols if c not in ("file", "service_test"))
+    log.info("loaded %s split %s: %d images", spec, split, len(table))
+    return FaceDataset(
+        spec=spec, kind="hf", root=None, split=split, table=table, fingerprint=fingerprint,
+        attribute_columns=_attribute_columns(table, extra), _hf=ds, _hf_image_column=image_col,
+    )
+
+
+def _hf_from_disk(spec: str, local: Path, split: str):
+    import datasets
+
+    try:
+        obj = datasets.load_from_disk(str(local))
+    except (FileNotFoundError, ValueError, OSError) as err:
+        raise DataError(f"cannot read saved dataset {local}: {str(err).splitlines()[0]}") from None
+    if isinstance(obj, datasets.DatasetDict):
+        if split not in obj:
+            raise UsageError(
+                MSG_UNKNOWN_SPLIT.format(split=split, spec=spec, hint=did_you_mean(split, obj), splits=", ".join(obj))
+            )
+        obj = obj[split]
+    return obj
+
+
+def _hf_from_hub(name: str, config: str, split: str, offline: bool):
+    import datasets
+
+    if offline:
+        # datasets reads HF_DATASETS_OFFLINE at import; set the live flags too.
+        datasets.config.HF_HUB_OFFLINE = True
+        datasets.config.HF_DATASETS_OFFLINE = True
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except Exception as err:  # noqa: BLE001 - any failure here means "not available"; say how to fix it
+        why = " offline" if offline else ""
+        raise DataError(
+            MSG_HF_UNAVAILABLE.format(
+                name=name, config=config, split=split, why=why,
+                reason=f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:300],
+            )
+        ) from None

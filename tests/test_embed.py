@@ -1,0 +1,257 @@
+"""The resumable embedding cache, with the tiny real open_clip model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipprobe import embed, faces
+from clipprobe.errors import DataError, UsageError
+from tests import facegen
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Counting:
+    """Wraps an Encoder and counts calls to the model (no other behaviour changes)."""
+
+    def __init__(self, encoder) -> None:
+        self._encoder = encoder
+        self.image_calls = 0
+        self.images_seen = 0
+        self.text_calls: list[list[str]] = []
+
+    def __getattr__(self, name):
+        return getattr(self._encoder, name)
+
+    def encode_images(self, batch):
+        self.image_calls += 1
+        self.images_seen += len(batch)
+        return self._encoder.encode_images(batch)
+
+    def encode_text(self, texts):
+        self.text_calls.append(list(texts))
+        return self._encoder.encode_text(texts)
+
+
+@pytest.fixture()
+def ff(tmp_path):
+    root = facegen.write_fairface(tmp_path / "ff", n=23, corrupt=(5,), missing=(11,), size=36)
+    return faces.load_dataset(f"fairface:{root}")
+
+
+def _direct(encoder, dataset, rows):
+    import torch
+
+    return np.concatenate([encoder.encode_images(torch.stack([encoder.preprocess(dataset.load_image(r))]))
+                           for r in rows])
+
+
+def test_embeddings_match_direct_encoding_and_failures_are_listed(tiny_encoder, ff, tmp_path):
+    emb = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "c", batch_size=4, shard_size=8, num_workers=1,
+                              progress=False)
+    expected_rows = [r for r in range(23) if r not in (5, 11)]
+    assert emb.rows.dtype == np.int64 and emb.rows.tolist() == expected_rows
+    assert emb.vectors.dtype == np.float32 and emb.vectors.shape == (21, tiny_encoder.embed_dim)
+    np.testing.assert_allclose(np.linalg.norm(emb.vectors, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(emb.vectors, _direct(tiny_encoder, ff, expected_rows), atol=1e-5)
+    assert [(s["row"], s["file"]) for s in emb.skipped] == [(5, "val/6.jpg"), (11, "val/12.jpg")]
+    assert emb.skipped[0]["reason"].startswith(("UnidentifiedImageError", "OSError"))
+    assert emb.skipped[1]["reason"].startswith("FileNotFoundError")
+    t = emb.timings
+    assert t["n_embedded"] == 21 and t["n_failed_now"] == 2 and t["batches"] == 6 and t["shards_written"] == 3
+    assert t["num_workers"] == 1 and len(t["per_batch"]) == 6
+    assert all(b["forward_s"] >= 0 and b["load_preprocess_s"] > 0 for b in t["per_batch"])
+
+    # The clip-retrieval layout, with metadata covering every row of its shard.
+    root = emb.cache_dir
+    assert root == tmp_path / "c" / embed.model_cache_key(tiny_encoder) / ff.fingerprint
+    assert sorted(p.name for p in (root / "img_emb").iterdir()) == [f"img_emb_0000{i}.npy" for i in range(3)]
+    meta = pd.concat([pd.read_parquet(root / "metadata" / f"metadata_0000{i}.parquet") for i in range(3)])
+    assert meta["row"].tolist() == list(range(23))
+    assert meta["file"].tolist() == ff.table["file"].tolist()
+    assert (meta["status"] == "error").sum() == 2
+    assert (root / "done.json").is_file() and (root / "cache.json").is_file()
+    assert not list(root.rglob(".*.tmp*"))
+    shard0 = np.load(root / "img_emb" / "img_emb_00000.npy", allow_pickle=False)
+    np.testing.assert_array_equal(shard0, emb.vectors[:7])  # rows 0-7 minus the corrupt row 5
+
+
+def test_second_run_embeds_nothing(tiny_encoder, ff, tmp_path):
+    first = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, batch_size=8, num_workers=0, progress=False)
+    counting = Counting(tiny_encoder)
+    second = embed.embed_dataset(counting, ff, cache_dir=tmp_path, batch_size=8, num_workers=0, progress=False)
+    assert counting.image_calls == 0
+    assert second.timings["n_embedded"] == 0 and second.timings["shards_reused"] == 1
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+    np.testing.assert_array_equal(first.rows, second.rows)
+    assert second.skipped == first.skipped
+
+
+class _Stop(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_resume_after_interrupt_equals_uninterrupted(tiny_encoder, ff, tmp_path, workers):
+    reference = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "ref", batch_size=3, shard_size=7,
+                                    num_workers=workers, progress=False)
+
+    seen = []
+
+    def interrupt_after_five(record):
+        seen.append(record)
+        if len(seen) == 5:  # shards 0 (3 batches) written; shard 1 has 2 of its 3 batches
+            raise _Stop()
+
+    with pytest.raises(KeyboardInterrupt):
+        embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "run", batch_size=3, shard_size=7,
+                            num_workers=workers, progress=False, on_batch=interrupt_after_five)
+    root = embed.embeddings_dir(tiny_encoder, ff, tmp_path / "run")
+    assert sorted(p.name for p in (root / "metadata").iterdir()) == ["metadata_00000.parquet"]
+    assert not (root / "done.json").exists()
+    assert not list(root.rglob(".*.tmp*"))
+
+    counting = Counting(tiny_encoder)
+    resumed = embed.embed_dataset(counting, ff, cache_dir=tmp_path / "run", batch_size=3, shard_size=7,
+                                  num_workers=workers, progress=False)
+    # Shards 1-3 (rows 7-22) were embedded again, shard 0 was not.
+    assert resumed.timings["shards_reused"] == 1 and resumed.timings["shards_written"] == 3
+    assert counting.images_seen == 16 - 1  # rows 7..22 minus the missing row 11
+    assert np.array_equal(resumed.vectors, reference.vectors)
+    assert np.array_equal(resumed.rows, reference.rows)
+    assert resumed.skipped == reference.skipped
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from clipprobe import embed, faces
+    from clipprobe.models import load_model
+    config, weights, arch, data, cache = sys.argv[1:6]
+    enc = load_model(f"{arch}:{weights}", model_config=config, device="cpu")
+    ds = faces.load_dataset(f"fairface:{data}")
+    def slow(record):
+        time.sleep(0.3)
+    embed.embed_dataset(enc, ds, cache_dir=cache, batch_size=4, shard_size=8, num_workers=1, progress=False,
+                        on_batch=slow)
+""")
+
+
+@pytest.mark.slow  # starts a Python process that imports torch and open_clip (about 10 s)
+def test_resume_after_killed_process_equals_uninterrupted(tiny_encoder, tiny_model_files, ff, tmp_path):
+    config, weights, arch = tiny_model_files
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, str(config), str(weights), arch, str(ff.root), str(tmp_path / "run")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    root = embed.embeddings_dir(tiny_encoder, ff, tmp_path / "run")
+    deadline = time.monotonic() + 120
+    try:
+        while not (root / "metadata" / "metadata_00000.parquet").exists():
+            if proc.poll() is not None:
+                pytest.fail(f"child ended early: {proc.stderr.read().decode()[-2000:]}")
+            if time.monotonic() > deadline:
+                pytest.fail("child wrote no shard within 120 s")
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (root / "done.json").exists()
+    written = sorted(p.name for p in (root / "metadata").iterdir() if not p.name.startswith("."))
+    assert 1 <= len(written) < 3
+
+    counting = Counting(tiny_encoder)
+    resumed = embed.embed_dataset(counting, ff, cache_dir=tmp_path / "run", batch_size=4, shard_size=8,
+                                  num_workers=1, progress=False)
+    assert resumed.timings["shards_reused"] == len(written)
+    reference = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "ref", batch_size=4, shard_size=8,
+                                    num_workers=0, progress=False)
+    assert np.array_equal(resumed.vectors, reference.vectors)
+    assert np.array_equal(resumed.rows, reference.rows)
+    assert resumed.skipped == reference.skipped
+
+
+def test_stored_shard_size_wins_on_resume(tiny_encoder, ff, tmp_path):
+    embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, batch_size=4, shard_size=8, num_workers=0,
+                        progress=False)
+    counting = Counting(tiny_encoder)
+    again = embed.embed_dataset(counting, ff, cache_dir=tmp_path, batch_size=4, shard_size=5, num_workers=0,
+                                progress=False)
+    assert counting.image_calls == 0 and again.timings["shard_size"] == 8
+
+
+def test_damaged_shard_is_redone(tiny_encoder, ff, tmp_path):
+    first = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, batch_size=4, shard_size=8, num_workers=0,
+                                progress=False)
+    np.save(first.cache_dir / "img_emb" / "img_emb_00001.npy", np.zeros((2, 3), dtype=np.float32))
+    counting = Counting(tiny_encoder)
+    again = embed.embed_dataset(counting, ff, cache_dir=tmp_path, batch_size=4, shard_size=8, num_workers=0,
+                                progress=False)
+    assert again.timings["shards_written"] == 1 and counting.images_seen == 7  # rows 8-15 minus row 11
+    np.testing.assert_array_equal(again.vectors, first.vectors)
+
+
+def test_every_image_failing_is_an_error(tiny_encoder, tmp_path):
+    root = facegen.write_fairface(tmp_path / "ff", n=3, corrupt=(0, 1, 2))
+    ds = faces.load_dataset(f"fairface:{root}")
+    with pytest.raises(DataError, match=r"no image of dataset .* could be read \(3 failed, e.g. val/1.jpg"):
+        embed.embed_dataset(tiny_encoder, ds, cache_dir=tmp_path / "c", num_workers=0, progress=False)
+
+
+def test_hf_dataset_through_workers(tiny_encoder, tmp_path):
+    path, _ = facegen.write_hf_fairface(tmp_path / "hf", n=9)
+    ds = faces.load_dataset(f"hf:{path}")
+    emb = embed.embed_dataset(tiny_encoder, ds, cache_dir=tmp_path / "c", batch_size=4, num_workers=1, progress=False)
+    assert emb.rows.tolist() == list(range(9)) and emb.skipped == []
+    np.testing.assert_allclose(emb.vectors, _direct(tiny_encoder, ds, range(9)), atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"batch_size": 0}, "batch size must be a positive integer, not 0"),
+    ({"shard_size": -2}, "shard size must be a positive integer, not -2"),
+    ({"num_workers": -1}, "number of workers must be 0 or more, not -1"),
+])
+def test_bad_settings(tiny_encoder, ff, tmp_path, kwargs, message):
+    with pytest.raises(UsageError) as err:
+        embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, **kwargs)
+    assert str(err.value) == message
+
+
+def test_text_cache_encodes_each_prompt_once(tiny_encoder, tmp_path):
+    counting = Counting(tiny_encoder)
+    prompts = ["a photo of a nurse", "a photo of a CEO", "a photo of a nurse"]
+    first = embed.embed_texts(counting, prompts, cache_dir=tmp_path)
+    assert counting.text_calls == [["a photo of a nurse", "a photo of a CEO"]]
+    np.testing.assert_allclose(first, tiny_encoder.encode_text(prompts), atol=1e-6)
+    second = embed.embed_texts(counting, ["a photo of a CEO", "a photo of a thief"], cache_dir=tmp_path)
+    assert counting.text_calls[1:] == [["a photo of a thief"]]
+    np.testing.assert_array_equal(second[0], first[1])
+    third = embed.embed_texts(Counting(tiny_encoder), prompts + ["a photo of a thief"], cache_dir=tmp_path)
+    np.testing.assert_array_equal(third[:3], first)
+    np.testing.assert_array_equal(third[3], second[1])
+    chunks = sorted((tmp_path / embed.model_cache_key(tiny_encoder) / "text").glob("text_*"))
+    assert len(chunks) == 4  # two appends, each an .npy and a .parquet
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("CLIPPROBE_CACHE", str(tmp_path / "explicit"))
+    assert embed.default_cache_dir() == tmp_path / "explicit"
+    monkeypatch.delenv("CLIPPROBE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert embed.default_cache_dir() == tmp_path / "xdg" / "clipprobe"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert embed.default_cache_dir() == tmp_path / "home" / ".cache" / "clipprobe"
