@@ -323,3 +323,44 @@ __all__ = [
     "power_curve",
     "resolve_sizes",
 ]
+
+
+def dataset_group_sizes(spec: str, attribute: str, *, split: str = "validation", image_root: str | None = None,
+                        offline: bool | None = None) -> dict[str, int]:
+    """Group sizes of ``attribute`` in a face dataset's label file (images are not read)."""
+    from clipprobe.faces import load_dataset
+    from clipprobe.retrieval import group_codes
+
+    import numpy as np
+
+    dataset = load_dataset(spec, split=split, image_root=image_root, offline=offline)
+    if attribute not in dataset.attributes():
+        raise one_of(attribute, dataset.attributes(), f"attribute of dataset {spec!r}")
+    codes, names = group_codes(dataset.table[attribute], attribute)
+    counts = np.bincount(codes, minlength=len(names))
+    return {name: int(c) for name, c in zip(names, counts)}
+
+
+def power_plot(curve, *, k: int | None = None, ax=None):
+    """Power against planted ratio, one line per group (at one ``k``; the largest by default)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    if ax is None:
+        ax = Figure(figsize=(3.3, 2.6), layout="constrained").add_subplot()
+    k = int(curve["k"].max()) if k is None else int(k)
+    part = curve[curve["k"] == k]
+    palette = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+    for i, (group, g) in enumerate(part.groupby("group", sort=False)):
+        share = float(g["base_share"].iloc[0])
+        ax.plot(g["ratio"], g["power"], marker="o", ms=3, lw=1.2, color=palette[i % len(palette)],
+                label=f"{group} ({share:.0%})")
+    ax.axhline(0.8, color="0.6", lw=0.8, ls="--")
+    ax.set_xlabel("planted share / base share")
+    ax.set_ylabel("P(flagged)")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"power at k = {k}", fontsize=9)
+    ax.legend(fontsize=6, frameon=False)
+    return ax

@@ -21,13 +21,16 @@ from clipprobe.errors import ClipprobeError
 # (module, attribute) of each top-level command, in the order of `clipprobe --help`.
 _COMMANDS = [
     ("clipprobe.cli.taxonomy", "taxonomy"),
+    ("clipprobe.cli.retrieve", "retrieve"),
+    ("clipprobe.cli.report", "report"),
+    ("clipprobe.cli.report", "crosscheck"),
     ("clipprobe.cli.models", "models"),
     ("clipprobe.cli.figures", "figures"),
     ("clipprobe.cli.figures", "compare"),
     ("clipprobe.cli.power", "power"),
+    ("clipprobe.cli.index", "index"),
     ("clipprobe.cli.captions", "captions"),
     ("clipprobe.cli.captions", "laion"),
-    ("clipprobe.cli.index", "index"),
 ]
 
 

@@ -33,6 +33,9 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
 @click.command("power")
 @click.option("--attribute", type=click.Choice(["race", "gender", "age"]), default="race", show_default=True,
               help="FairFace validation groups to use when no sizes or shares are given.")
+@click.option("--dataset", default=None,
+              help="Face dataset whose label file gives the group sizes (fairface:ROOT, csv:PATH, ...).")
+@click.option("--split", default="validation", show_default=True)
 @click.option("--dataset-size", type=click.IntRange(min=1), default=None,
               help="Number of images (default: FairFace validation, 10954).")
 @click.option("--base-shares", default=None, metavar="NAME=SHARE,...",
@@ -55,18 +58,23 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
               help="Power for the minimum detectable ratio table.")
 @click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the curve as CSV here.")
-def power(attribute, dataset_size, base_shares, group_sizes, ks, ratios, alpha, n_words, family_size, n_sim,
+@click.option("--figure", type=click.Path(dir_okay=False), default=None,
+              help="Write the power curve figure (PNG or PDF, from the suffix).")
+def power(attribute, dataset, split, figure, dataset_size, base_shares, group_sizes, ks, ratios, alpha, n_words, family_size, n_sim,
           seed, target_power, fmt, out):
     """Simulate the probability of flagging a planted over-representation (power curve)."""
     import json
 
     from clipprobe import power as lib
 
-    if base_shares and group_sizes:
-        raise UsageError("give --base-shares or --group-sizes, not both")
+    if sum(x is not None for x in (base_shares, group_sizes, dataset)) > 1:
+        raise UsageError("give one of --dataset, --base-shares or --group-sizes")
     kwargs = dict(n_total=dataset_size, k=tuple(ks) or lib.DEFAULT_KS, ratios=_parse_ratios(ratios),
                   alpha=alpha, n_words=n_words, family_size=family_size, n_sim=n_sim, seed=seed)
-    if base_shares:
+    if dataset:
+        kwargs["group_sizes"] = lib.dataset_group_sizes(dataset, attribute, split=split)
+        kwargs["n_total"] = None
+    elif base_shares:
         kwargs["base_shares"] = _parse_pairs(base_shares, "--base-shares", float)
     elif group_sizes:
         kwargs["group_sizes"] = _parse_pairs(group_sizes, "--group-sizes", int)
@@ -77,6 +85,14 @@ def power(attribute, dataset_size, base_shares, group_sizes, ks, ratios, alpha, 
         kwargs["base_shares"] = {g: v / lib.FAIRFACE_VAL_SIZE for g, v in sizes.items()}
     curve = lib.power_curve(**kwargs)
     mdr = lib.minimum_detectable_ratio(curve, target_power=target_power)
+    if figure:
+        from clipprobe._io import atomic_path
+
+        ax = lib.power_plot(curve)
+        suffix = "." + figure.rsplit(".", 1)[-1] if "." in figure else ".png"
+        with atomic_path(figure, suffix=suffix) as tmp:
+            ax.figure.savefig(tmp, format=suffix[1:], dpi=200)
+        click.echo(f"wrote {figure}", err=True)
     if out:
         from clipprobe._io import write_text
 

@@ -1,0 +1,82 @@
+"""Options shared by the commands that load a model and a face dataset."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import click
+
+MODEL_HELP = ("Model: ARCH:TAG (open_clip pretrained pair, see `clipprobe models`), hf-hub:ORG/NAME, "
+              "local-dir:PATH, or ARCH:PATH to a local weights file. Default: ViT-B-32:openai.")
+DATASET_HELP = ("Face dataset: fairface:ROOT, hf:HuggingFaceM4/FairFace, utkface:DIR or csv:PATH. "
+                "Default: FairFace validation from Hugging Face.")
+
+
+def probe_options(func: Callable) -> Callable:
+    """Model, dataset, cache and device options (they build a ProbeConfig)."""
+    options = [
+        click.option("--model", default="ViT-B-32:openai", show_default=True, help=MODEL_HELP),
+        click.option("--model-config", type=click.Path(dir_okay=False), default=None,
+                     help="JSON config of a custom architecture; its file name is the architecture name."),
+        click.option("--preprocess", default=None,
+                     help="Preprocessing for a bare weights file: a pretrained tag whose settings to use "
+                          "(e.g. openai) or 'default'. Recorded in the output."),
+        click.option("--dataset", default=None, help=DATASET_HELP),
+        click.option("--split", default="validation", show_default=True, help="validation or train."),
+        click.option("--image-root", type=click.Path(file_okay=False), default=None,
+                     help="Folder that image paths of a csv: dataset are relative to."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
+                     help="Image decoding workers (default: number of cores)."),
+        click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivf"]), default="flat",
+                     show_default=True, help="flat is exact; hnsw/ivf are approximate, for very large sets."),
+        click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def pop_probe_config(kwargs: dict[str, Any]):
+    """Remove the probe options from a command's kwargs and build the ProbeConfig."""
+    import os
+
+    from clipprobe.cli import set_offline
+    from clipprobe.retrieval import ProbeConfig
+
+    offline = kwargs.pop("offline") or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    set_offline(offline)
+    return ProbeConfig(
+        model=kwargs.pop("model"),
+        model_config=kwargs.pop("model_config"),
+        preprocess=kwargs.pop("preprocess"),
+        dataset=kwargs.pop("dataset"),
+        split=kwargs.pop("split"),
+        image_root=kwargs.pop("image_root"),
+        cache_dir=kwargs.pop("cache_dir"),
+        device=kwargs.pop("device"),
+        batch_size=kwargs.pop("batch_size"),
+        num_workers=kwargs.pop("num_workers"),
+        offline=offline,
+        index=kwargs.pop("index_kind"),
+    )
+
+
+def attributes_option(default: str) -> Callable:
+    return click.option("--attributes", default=default, show_default=True,
+                        help="Comma-separated attributes: race, gender, age, race_gender.")
+
+
+def split_attributes(text: str) -> tuple[str, ...]:
+    parts = tuple(a.strip() for a in text.split(",") if a.strip())
+    if not parts:
+        raise click.BadParameter("give at least one attribute", param_hint="--attributes")
+    return parts
+
+
+def wraps(func: Callable) -> Callable:
+    return functools.wraps(func)

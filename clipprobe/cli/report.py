@@ -1,0 +1,66 @@
+"""`clipprobe report`: the full-taxonomy bias report."""
+
+from __future__ import annotations
+
+import click
+
+from clipprobe.cli._options import pop_probe_config, probe_options, split_attributes
+
+
+@click.command("report")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder (created; a rerun resumes).")
+@click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON file (default: sobit).")
+@click.option("--templates", default="default", show_default=True, help="default, ensemble, or your own file.")
+@click.option("--k", type=int, default=100, show_default=True)
+@click.option("--attributes", default=None,
+              help="Comma-separated attributes (default: each of race, gender, age, race_gender in the dataset).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="Bootstrap resamples of the face dataset for intervals (0: none).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (reruns are identical).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="False discovery rate for flagging.")
+@click.option("--reference", type=click.Choice(["base", "uniform"]), default="base", show_default=True,
+              help="Skew against the dataset's group shares or against equal representation.")
+@click.option("--captions-counts", type=click.Path(file_okay=False), default=None,
+              help="Folder written by `clipprobe captions count`: join caption lift with retrieval skew.")
+@click.option("--figures/--no-figures", default=True, show_default=True)
+@click.option("--html/--no-html", default=True, show_default=True)
+@probe_options
+def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, captions_counts, figures,
+           html, **kwargs) -> None:
+    """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""
+    from clipprobe.report import ReportConfig, run_report
+
+    config = ReportConfig(
+        probe=pop_probe_config(kwargs), out=out, taxonomy=taxonomy, templates=templates, k=k,
+        attributes=split_attributes(attributes) if attributes else None, bootstrap=bootstrap, seed=seed,
+        alpha=alpha, reference=reference, captions_counts=captions_counts, figures=figures, html=html,
+    )
+    result = run_report(config)
+    run = result.run
+    click.echo(f"report: {run['taxonomy']['n_words']} words x {len(run['attributes'])} attributes, "
+               f"{run['n_rows']} rows, {run['n_flagged']} flagged at FDR {config.alpha}")
+    if result.reused_chunks:
+        click.echo(f"reused {result.reused_chunks} finished chunk(s), computed {result.computed_chunks}")
+    for path in result.files:
+        click.echo(f"  {path}")
+
+
+@click.command("crosscheck")
+@click.argument("report_dir", type=click.Path(file_okay=False))
+@click.argument("counts_dir", type=click.Path(file_okay=False))
+@click.option("--alpha", type=float, default=0.05, show_default=True)
+def crosscheck(report_dir, counts_dir, alpha) -> None:
+    """Join a report's retrieval skew with caption co-occurrence (is it in the data too?)."""
+    from clipprobe.crosscheck import write_crosscheck
+    from clipprobe.reportio import load_report
+
+    report = load_report(report_dir)
+    written = write_crosscheck(report.groups, counts_dir, report_dir, alpha=alpha)
+    import json
+
+    data = json.loads(open(written[1]).read())
+    for attribute, stats in (data["spearman_skew_vs_caption_log_odds"] or {}).items():
+        click.echo(f"{attribute}: Spearman rho(skew, caption log-odds) = {stats.get('rho')} "
+                   f"(p = {stats.get('p_value')}, n = {stats.get('n')})")
+    for path in written:
+        click.echo(f"  {path}")

@@ -1,0 +1,55 @@
+"""`clipprobe retrieve`: one word's top-k faces and their demographic skew."""
+
+from __future__ import annotations
+
+import click
+
+from clipprobe.cli._options import attributes_option, pop_probe_config, probe_options, split_attributes
+
+
+@click.command("retrieve")
+@click.option("--word", required=True, help="The word to probe (taxonomy word or any other; multi-word is fine).")
+@click.option("--k", type=int, default=100, show_default=True, help="Number of faces to retrieve.")
+@click.option("--templates", default="default", show_default=True,
+              help="Prompt templates: default, ensemble, or a path to your own YAML/text file.")
+@click.option("--taxonomy", default=None, help="Taxonomy name or file (for the word's part of speech).")
+@attributes_option("race,gender,race_gender")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the output here instead of stdout.")
+@click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a contact sheet of the top-k faces (PNG).")
+@probe_options
+def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, **kwargs) -> None:
+    """Retrieve the top-k faces for a word and show each group's share and skew."""
+    import json
+
+    from clipprobe import _io
+    from clipprobe.retrieval import format_table, make_query, open_probe
+    from clipprobe.retrieval import retrieve as run_retrieve
+
+    config = pop_probe_config(kwargs)
+    attrs = split_attributes(attributes)
+    if k < 1:
+        raise click.BadParameter(f"k must be a positive number of images, got {k}", param_hint="--k")
+    query = make_query(word, taxonomy=taxonomy, templates=templates)  # cheap checks before loading anything
+    probe = open_probe(config)
+    result = run_retrieve(probe, query, k=k, attributes=attrs)
+    if fmt == "json":
+        text = json.dumps(result.to_dict(), indent=2) + "\n"
+    elif fmt == "csv":
+        import pandas as pd
+
+        frames = [g.assign(attribute=a) for a, g in result.groups.items()]
+        table = pd.concat(frames)[["attribute", "group", "count", "share", "base_share", "skew"]]
+        text = table.to_csv(index=False)
+    else:
+        text = format_table(result) + "\n"
+    if out:
+        _io.write_text(out, text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text, nl=False)
+    if grid:
+        from clipprobe.retrieval import save_grid
+
+        save_grid(probe, result, grid)
+        click.echo(f"wrote {grid}", err=True)

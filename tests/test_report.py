@@ -1,0 +1,182 @@
+"""`clipprobe report` end to end on a tiny real model and a generated FairFace-layout dataset."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from clipprobe.cli import cli
+from facegen import write_fairface
+
+WORDS = """name: small
+categories:
+  criminal justice: [terrorist, thief, mentally ill, aggressive]
+  behavioral: [aggressive, lazy, ambitious]
+  occupation: [nurse, CEO, engineer, doctor]
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_files):
+    tmp = tmp_path_factory.mktemp("report")
+    root = write_fairface(tmp / "fairface", n=120, corrupt=(3,))
+    config, weights, arch = tiny_model_files
+    tax = tmp / "small.yaml"
+    tax.write_text(WORDS)
+    base = ["--model", f"{arch}:{weights}", "--model-config", str(config), "--dataset", f"fairface:{root}",
+            "--cache-dir", str(tmp / "cache"), "--device", "cpu", "--workers", "0", "--taxonomy", str(tax),
+            "--k", "15", "--bootstrap", "60", "--seed", "3"]
+    out = tmp / "rep"
+    r = CliRunner().invoke(cli, ["report", *base, "--out", str(out), "--no-figures", "--no-html"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    return {"tmp": tmp, "base": base, "out": out, "root": root, "output": r.output}
+
+
+def test_files_and_columns(setup):
+    out = setup["out"]
+    groups = pd.read_parquet(out / "groups.parquet")
+    words = pd.read_parquet(out / "words.parquet")
+    summary = pd.read_csv(out / "summary.csv")
+    run = json.loads((out / "run.json").read_text())
+    for col in ["word", "category", "attribute", "group", "k", "count", "share", "base_share", "skew", "p_over",
+                "p_under", "q_over", "flagged", "share_ci_low", "share_ci_high"]:
+        assert col in groups.columns
+    for col in ["word", "category", "attribute", "prompts", "max_skew", "min_skew", "norm_entropy", "kl_to_base",
+                "ndkl", "top_group", "max_skew_ci_low", "max_skew_ci_high", "norm_entropy_ci_low",
+                "norm_entropy_ci_high", "stability"]:
+        assert col in words.columns
+    # Each unique word once per attribute; a word in two categories keeps both.
+    assert len(words) == 10 * 4
+    assert set(words.loc[words["word"] == "aggressive", "category"]) == {"criminal justice; behavioral"}
+    assert list(words.loc[words["word"] == "lazy", "prompts"].iloc[0]) == ["a photo of a lazy person"]
+    assert run["format_version"] == 1 and run["k"] == 15 and run["bootstrap"] == 60
+    assert run["dataset"]["n_images"] == 119 and run["dataset"]["fingerprint"]
+    assert {"versions", "model", "timings", "config"} <= set(run)
+    assert set(summary["attribute"]) == {"race", "gender", "age", "race_gender"}
+
+
+def test_statistics_agree_with_oracles(setup):
+    from scipy.stats import hypergeom
+    from statsmodels.stats.multitest import multipletests
+
+    groups = pd.read_parquet(setup["out"] / "groups.parquet")
+    n = 119
+    # counts sum to k, shares to 1 per (word, attribute)
+    sums = groups.groupby(["word", "attribute"])[["count", "share"]].sum()
+    assert (sums["count"] == 15).all() and np.allclose(sums["share"], 1)
+    # base shares: a hand-written groupby over the label file, without the unreadable image
+    labels = pd.read_csv(setup["root"] / "fairface_label_val.csv").drop(index=3)
+    race = labels["race"].value_counts(normalize=True)
+    got = groups[(groups["attribute"] == "race") & (groups["word"] == "nurse")].set_index("group")["base_share"]
+    assert np.allclose(got.sort_index(), race.sort_index())
+    sizes = (groups["base_share"] * n).round().astype(int)
+    expected = hypergeom.sf(groups["count"] - 1, n, sizes, 15)
+    assert np.allclose(groups["p_over"], expected)
+    assert np.allclose(groups["q_over"], multipletests(groups["p_over"], method="fdr_bh")[1])
+    assert (groups["flagged"] == (groups["q_over"] < 0.05)).all()
+    skew = np.log(np.maximum(groups["count"], 1) / 15 / groups["base_share"])
+    assert np.allclose(groups["skew"], skew)
+    assert (groups["share_ci_low"] <= groups["share_ci_high"]).all()
+
+
+def test_rerun_reuses_finished_words(setup):
+    out = setup["out"]
+    before = pd.read_parquet(out / "groups.parquet")
+    r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(out), "--no-figures", "--no-html"],
+                           catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert "reused 1 finished chunk(s), computed 0" in r.output
+    pd.testing.assert_frame_equal(before, pd.read_parquet(out / "groups.parquet"))
+
+
+def test_same_seed_same_intervals_other_seed_differs(setup, tmp_path):
+    base = [a if a != "3" else "4" for a in setup["base"]]
+    r = CliRunner().invoke(cli, ["report", *base, "--out", str(tmp_path / "b"), "--no-figures", "--no-html"])
+    assert r.exit_code == 0, r.output
+    a = pd.read_parquet(setup["out"] / "words.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "words.parquet")
+    assert np.allclose(a["max_skew"], b["max_skew"])                       # point estimates do not depend on the seed
+    assert not np.allclose(a["max_skew_ci_low"], b["max_skew_ci_low"], equal_nan=True)
+
+
+def test_label_shuffled_dataset_flags_at_most_alpha(tmp_path, tiny_model_files):
+    """Null calibration through the whole pipeline: labels shuffled against the images."""
+    root = write_fairface(tmp_path / "ff", n=150, seed=7)
+    csv = root / "fairface_label_val.csv"
+    table = pd.read_csv(csv)
+    rng = np.random.default_rng(0)
+    for col in ("race", "gender", "age"):
+        table[col] = rng.permutation(table[col].to_numpy())
+    table.to_csv(csv, index=False)
+    config, weights, arch = tiny_model_files
+    out = tmp_path / "rep"
+    r = CliRunner().invoke(cli, ["report", "--model", f"{arch}:{weights}", "--model-config", str(config),
+                                 "--dataset", f"fairface:{root}", "--cache-dir", str(tmp_path / "c"),
+                                 "--device", "cpu", "--workers", "0", "--taxonomy", "sobit-core", "--k", "20",
+                                 "--bootstrap", "0", "--out", str(out), "--no-figures", "--no-html"])
+    assert r.exit_code == 0, r.output
+    groups = pd.read_parquet(out / "groups.parquet")
+    assert len(groups) > 5000
+    assert groups["flagged"].mean() <= 0.05
+
+
+def test_incompatible_report_folder(setup, tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"format_version": 0}))
+    r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(out), "--no-figures", "--no-html"])
+    assert r.exit_code == 1 and "format 0" in r.output and "new --out folder" in r.output
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--attributes", "race,religion"], "unknown attribute 'religion'"),
+    (["--k", "1000"], "k=1000 is larger than the dataset"),
+    (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
+])
+def test_bad_input(setup, tmp_path, extra, message):
+    r = CliRunner().invoke(cli, ["report", *setup["base"], *extra, "--out", str(tmp_path / "x")])
+    assert r.exit_code in (1, 2), r.output
+    assert message in r.output and "Traceback" not in r.output
+
+
+def _captions(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = (["a nurse and a woman smiling"] * 30 + ["portrait of a man, engineer at work"] * 20
+             + ["a lazy cat on a sofa"] * 10 + ["doctor with an asian patient"] * 5 + [None] * 3
+             + ["a young man running"] * 40)
+    table = pa.table({"URL": [f"http://x/{i}.jpg" for i in range(len(texts))], "TEXT": texts})
+    path = tmp_path / "laion" / "part-00000.parquet"
+    path.parent.mkdir(parents=True)
+    pq.write_table(table, path)
+    return path
+
+
+def test_crosscheck_joins_report_and_captions(setup, tmp_path):
+    path = _captions(tmp_path)
+    counts = tmp_path / "counts"
+    tax = setup["tmp"] / "small.yaml"
+    r = CliRunner().invoke(cli, ["captions", "count", "--captions", str(path), "--taxonomy", str(tax),
+                                 "--out", str(counts), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["crosscheck", str(setup["out"]), str(counts)])
+    assert r.exit_code == 0, r.output
+    joined = pd.read_parquet(setup["out"] / "crosscheck.parquet")
+    row = joined[(joined["word"] == "nurse") & (joined["attribute"] == "gender") & (joined["group"] == "Female")]
+    assert int(row["caption_n_both"].iloc[0]) == 30 and int(row["caption_n_word"].iloc[0]) == 30
+    report_row = pd.read_parquet(setup["out"] / "groups.parquet").query(
+        "word == 'nurse' and attribute == 'gender' and group == 'Female'")
+    assert float(row["skew"].iloc[0]) == pytest.approx(float(report_row["skew"].iloc[0]))
+    data = json.loads((setup["out"] / "crosscheck.json").read_text())
+    assert "gender" in data["spearman_skew_vs_caption_log_odds"]
+    assert (setup["out"] / "figures" / "crosscheck_gender.png").exists()
+
+
+def test_report_rejects_missing_counts_folder_early(setup, tmp_path):
+    r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(tmp_path / "r"),
+                                 "--captions-counts", str(tmp_path / "nope")])
+    assert r.exit_code == 1 and "has no cooccurrence.parquet" in r.output
