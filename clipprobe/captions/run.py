@@ -177,7 +177,9 @@ def count_captions(config: CountConfig) -> CountResult:
         fingerprint = space.fingerprint()
         paths = expand_inputs(config.captions)
     with timer("compile"):
-        matcher = Matcher(space.terms)
+        from clipprobe.embed import default_cache_dir
+
+        matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
         spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples)
 
     skipped: list[dict[str, str]] = []
@@ -224,6 +226,7 @@ def count_captions(config: CountConfig) -> CountResult:
     worker_seconds: dict[str, float] = {"rows_scanned": 0.0}
     workers = config.workers or os.cpu_count() or 1
 
+    cpu_before = _cpu_seconds()
     with timer("scan"):
         if config.engine == "spark":
             from clipprobe.captions.spark import run_spark
@@ -256,6 +259,9 @@ def count_captions(config: CountConfig) -> CountResult:
                 done[info.path] = info
                 results[fi] = {}
 
+    cpu_after = _cpu_seconds()
+    scan_cpu = {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_after} if cpu_after else None
+
     with timer("merge"):
         total = ChunkCounts.zeros(len(space.words), len(space.groups))
         files = []
@@ -270,7 +276,7 @@ def count_captions(config: CountConfig) -> CountResult:
                           "nulls": part.n_nulls, "part": f"parts/{info.key}.npz"})
     if not files:
         write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
-                                                 total, timer, worker_seconds, started))
+                                                 total, timer, worker_seconds, started, scan_cpu))
         raise DataError(ERR_NOTHING_READ.format(n=len(skipped), run_json=out / "run.json"))
 
     with timer("stats"):
@@ -291,7 +297,7 @@ def count_captions(config: CountConfig) -> CountResult:
         except ImportError as err:
             log.warning("no heatmap: %s", err)
     run = _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer,
-                      worker_seconds, started)
+                      worker_seconds, started, scan_cpu)
     write_json(out / "run.json", run)
     return CountResult(out=out, table=table, run=run)
 
@@ -316,13 +322,18 @@ def _skip(config: CountConfig, skipped: list, path: str, message: str) -> None:
 def _write_part(parts_dir: Path, info: FileInfo, counts) -> None:
     """Samples first, counts last: the counts file marks the part as finished."""
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from clipprobe._io import atomic_path, write_parquet
+    from clipprobe._io import atomic_path
 
-    samples = pd.DataFrame(counts.samples, columns=["word_index", "group_index", "row", "caption"])
-    samples = samples.astype({"word_index": "int64", "group_index": "int64", "row": "int64"})
-    write_parquet(parts_dir / f"{info.key}.samples.parquet", samples)
+    # pyarrow, not pandas: this runs during the scan, where importing pandas would take CPU from the workers
+    columns = list(zip(*counts.samples)) if counts.samples else [(), (), (), ()]
+    samples = pa.table({name: pa.array(list(values), type=kind) for name, values, kind in
+                        zip(("word_index", "group_index", "row", "caption"), columns,
+                            (pa.int64(), pa.int64(), pa.int64(), pa.string()))})
+    with atomic_path(parts_dir / f"{info.key}.samples.parquet", suffix=".parquet") as tmp:
+        pq.write_table(samples, tmp)
     with atomic_path(parts_dir / f"{info.key}.npz", suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, n_word=counts.n_word, n_group=counts.n_group, n_both=counts.n_both,
@@ -358,8 +369,19 @@ def samples_frame(space, samples):
     return pd.DataFrame(rows, columns=["word", "attribute", "group", "file", "row", "caption"])
 
 
+def _cpu_seconds() -> dict[str, float] | None:
+    """CPU seconds so far of this process and of its finished child processes (None where unknown)."""
+    try:
+        import resource
+    except ImportError:   # not on Windows
+        return None
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"main": own.ru_utime + own.ru_stime, "workers": kids.ru_utime + kids.ru_stime}
+
+
 def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer, worker_seconds,
-                started) -> dict[str, Any]:
+                started, scan_cpu=None) -> dict[str, Any]:
     from clipprobe.config import to_dict
     from clipprobe.runinfo import package_versions
 
@@ -381,6 +403,8 @@ def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, t
         "skipped": skipped,
         "timings_s": timer.as_dict(),
         "worker_seconds": {k: round(v, 4) for k, v in worker_seconds.items()},
+        # CPU seconds of the scan stage: this process, and its worker processes (local engine)
+        "scan_cpu_s": scan_cpu,
         "rows_scanned_this_run": scanned,
         "rows_per_s_scan": (round(scanned / scan_s) if scan_s > 0 and scanned else None),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
-from clipprobe.captions.matching import RULE_VERSION, Matcher, normalise_term
+from clipprobe.captions.matching import RULE_VERSION, Matcher, normalise_term, sorted_unique
 
 log = logging.getLogger(__name__)
 
@@ -55,19 +55,21 @@ class TermSpace:
                            "group_terms": self.group_terms}, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    def matrices(self):
-        """(terms x words, terms x groups) 0/1 sparse matrices."""
+    def term_maps(self):
+        """(word_ptr, word_idx, group_ptr, group_idx): term t is word(s) ``word_idx[word_ptr[t]:word_ptr[t + 1]]``
+        and belongs to group(s) ``group_idx[group_ptr[t]:group_ptr[t + 1]]`` (CSR layout, int64)."""
         import numpy as np
-        import scipy.sparse as sp
 
-        k = len(self.terms)
-        tw = sp.csr_matrix((np.ones(len(self.words), np.int32),
-                            (np.asarray(self.word_terms, np.int64), np.arange(len(self.words)))),
-                           shape=(k, len(self.words)))
-        rows = [t for ts in self.group_terms for t in ts]
-        cols = [j for j, ts in enumerate(self.group_terms) for _ in ts]
-        tg = sp.csr_matrix((np.ones(len(rows), np.int32), (rows, cols)), shape=(k, len(self.groups)))
-        return tw, tg
+        def csr(pairs):
+            k = len(self.terms)
+            pairs = sorted(set(pairs))
+            ptr = np.zeros(k + 1, np.int64)
+            np.add.at(ptr, np.asarray([t + 1 for t, _ in pairs], np.int64), 1)
+            return np.cumsum(ptr), np.asarray([j for _, j in pairs], np.int64)
+
+        word_ptr, word_idx = csr((t, i) for i, t in enumerate(self.word_terms))
+        group_ptr, group_idx = csr((t, j) for j, ts in enumerate(self.group_terms) for t in ts)
+        return word_ptr, word_idx, group_ptr, group_idx
 
     def to_dict(self) -> dict[str, Any]:
         return {"words": list(self.words), "groups": [list(g) for g in self.groups], "terms": list(self.terms),
@@ -119,9 +121,25 @@ class ChunkCounts:
         self.n_captions += other.n_captions
         self.n_nulls += other.n_nulls
         self.n_row_groups += other.n_row_groups
-        self.samples.extend(other.samples)
-        if n_samples is not None:
-            self.samples = cap_samples(self.samples, n_samples)
+        if n_samples is None:
+            self.samples.extend(other.samples)
+        else:
+            # per-cell counts of self.samples, kept between calls (rebuilt if the list was changed elsewhere)
+            counts = getattr(self, "_cell_counts", None)
+            if counts is None or counts[0] is not self.samples or counts[1] != len(self.samples):
+                self.samples = cap_samples(self.samples, n_samples)
+                seen: dict[tuple[int, int], int] = {}
+                for sample in self.samples:
+                    seen[sample[:2]] = seen.get(sample[:2], 0) + 1
+                counts = (self.samples, len(self.samples), seen)
+            seen = counts[2]
+            for sample in other.samples:
+                cell = sample[:2]
+                have = seen.get(cell, 0)
+                if have < n_samples:
+                    seen[cell] = have + 1
+                    self.samples.append(sample)
+            self._cell_counts = (self.samples, len(self.samples), seen)
         for key, value in other.seconds.items():
             self.seconds[key] = self.seconds.get(key, 0.0) + value
 
@@ -139,7 +157,7 @@ def cap_samples(samples: Iterable[tuple], n_samples: int) -> list[tuple]:
 
 
 class _Worker:
-    """A matcher and the term matrices, built once per process."""
+    """A matcher and the term -> word / group maps, built once per process."""
 
     _cache: dict[int, "_Worker"] = {}
 
@@ -147,7 +165,12 @@ class _Worker:
         self.spec = spec
         self.space = TermSpace.from_dict(spec.space)
         self.matcher = Matcher.from_bytes(self.space.terms, spec.matcher)
-        self.tw, self.tg = self.space.matrices()
+        self.word_ptr, self.word_idx, self.group_ptr, self.group_idx = self.space.term_maps()
+        import pyarrow.compute  # noqa: F401  (the scan needs them: loaded once, before any fork)
+        import pyarrow.parquet  # noqa: F401
+        # (path, column) -> (first row of the last chunk this process scanned there, samples taken per
+        # cell in this process's chunks of that file so far): see scan_chunk
+        self.taken: dict[tuple[str, str], tuple[int, Any]] = {}
 
     @classmethod
     def get(cls, spec: ScanSpec) -> "_Worker":
@@ -180,7 +203,12 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
     space = worker.space
     out = ChunkCounts.zeros(len(space.words), len(space.groups))
     t_read = t_match = t_count = 0.0
-    taken = None
+    # Samples are the first n_samples captions of each cell in file order. A cell that this process
+    # already filled from earlier chunks of the file is full whatever the chunks in between hold, so
+    # it needs no samples from this chunk (fewer captions to send back; the result is the same).
+    file_key = (path, text_column)
+    earlier = worker.taken.get(file_key)
+    taken = earlier[1].copy() if earlier is not None and earlier[0] < row_offset else None
     t0 = time.perf_counter()
     pf = open_parquet(path)
     batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=[text_column],
@@ -206,39 +234,42 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
         t_count += t0 - t2
     out.n_row_groups = len(row_groups)
     out.seconds = {"read": t_read, "match": t_match, "count": t_count}
+    if taken is not None:
+        if len(worker.taken) >= 64 and file_key not in worker.taken:
+            worker.taken.clear()
+        worker.taken[file_key] = (row_offset, taken)
     return out
 
 
 def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCounts, taken):
     """Add one batch's caption x term pairs to ``out`` (and pick sample captions)."""
     import numpy as np
-    import scipy.sparse as sp
 
     if len(found.rows) == 0:
         return taken
-    captions, inverse = np.unique(found.rows, return_inverse=True)
-    incidence = sp.csr_matrix((np.ones(len(inverse), np.int32), (inverse, found.terms.astype(np.int64))),
-                              shape=(len(captions), len(worker.space.terms)))
-    has_word = incidence @ worker.tw
-    has_group = incidence @ worker.tg
-    has_word.data[:] = 1
-    has_group.data[:] = 1
-    out.n_word += np.asarray(has_word.sum(axis=0)).ravel()
-    out.n_group += np.asarray(has_group.sum(axis=0)).ravel()
-    out.n_both += (has_word.T @ has_group).toarray()
-    n_samples = worker.spec.n_samples
-    if n_samples <= 0:
-        return taken
-    n_groups = len(worker.space.groups)
-    if taken is None:
-        taken = np.zeros(len(worker.space.words) * n_groups, np.int64)
-    elif taken.min() >= n_samples:
-        return taken
-    cap, w, g = _cells(has_word.tocsr(), has_group.tocsr())
-    if len(cap) == 0:
-        return taken
+    n_words, n_groups = len(worker.space.words), len(worker.space.groups)
+    terms = found.terms.astype(np.int64)
+    # (caption, word): unique already, as each word is one term and the pairs (caption, term) are unique
+    w_rows, words = _expand(found.rows, terms, worker.word_ptr, worker.word_idx)
+    # (caption, group): several terms of one group in a caption count once
+    g_rows, groups = _expand(found.rows, terms, worker.group_ptr, worker.group_idx)
+    key = sorted_unique(g_rows * n_groups + groups)
+    g_rows, groups = key // n_groups, key % n_groups
+    out.n_word += np.bincount(words, minlength=n_words)
+    out.n_group += np.bincount(groups, minlength=n_groups)
+    cap, w, g = _cells(w_rows, words, g_rows, groups)
     cell = w * n_groups + g
-    order = np.argsort(cell, kind="stable")          # caption order kept inside each cell
+    out.n_both += np.bincount(cell, minlength=n_words * n_groups).reshape(n_words, n_groups)
+    n_samples = worker.spec.n_samples
+    if n_samples <= 0 or len(cap) == 0:
+        return taken
+    if taken is None:
+        taken = np.zeros(n_words * n_groups, np.int64)
+    open_ = np.flatnonzero(taken[cell] < n_samples)          # cells that still want samples
+    if len(open_) == 0:
+        return taken
+    cap, w, g, cell = cap[open_], w[open_], g[open_], cell[open_]
+    order = np.argsort(cell, kind="stable")                   # caption order kept inside each cell
     cell_sorted = cell[order]
     first = np.searchsorted(cell_sorted, cell_sorted, side="left")
     rank = np.arange(len(cell_sorted)) - first
@@ -247,30 +278,43 @@ def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCoun
         return taken
     pick = np.sort(pick)
     np.add.at(taken, cell[pick], 1)
-    rows = captions[cap[pick]]
+    rows = cap[pick]
     texts = column.take(rows).to_pylist()
     out.samples.extend(zip(w[pick].tolist(), g[pick].tolist(), (rows + row_offset).tolist(), texts))
     return taken
 
 
-def _cells(has_word, has_group):
-    """All (caption, word, group) triples with the word and the group both in the caption."""
+def _expand(rows, terms, ptr, idx):
+    """Map (row, term) pairs through a CSR term -> items map: (row, item) pairs, rows kept in order."""
     import numpy as np
 
-    has_word.sort_indices()
-    has_group.sort_indices()
-    nw = np.diff(has_word.indptr)
-    ng = np.diff(has_group.indptr)
-    pairs = nw * ng
-    total = int(pairs.sum())
+    lo, hi = ptr[terms], ptr[terms + 1]
+    n = hi - lo
+    total = int(n.sum())
+    if total == len(n) and (n == 1).all():                      # one item per term: no repeat needed
+        return rows, idx[lo]
+    start = np.cumsum(n) - n
+    item = np.repeat(lo - start, n) + np.arange(total)
+    return np.repeat(rows, n), idx[item]
+
+
+def _cells(w_rows, words, g_rows, groups):
+    """All (caption, word, group) triples with the word and the group both in the caption.
+
+    Both pair lists are sorted by caption; the triples come out sorted by caption too.
+    """
+    import numpy as np
+
+    lo = np.searchsorted(g_rows, w_rows, side="left")
+    hi = np.searchsorted(g_rows, w_rows, side="right")
+    n = hi - lo
+    total = int(n.sum())
     if total == 0:
         z = np.zeros(0, np.int64)
         return z, z, z
-    cap = np.repeat(np.arange(len(pairs)), pairs)
-    j = np.arange(total) - np.repeat(np.cumsum(pairs) - pairs, pairs)
-    w = has_word.indices[has_word.indptr[cap] + j // ng[cap]].astype(np.int64)
-    g = has_group.indices[has_group.indptr[cap] + j % ng[cap]].astype(np.int64)
-    return cap, w, g
+    start = np.cumsum(n) - n
+    gi = np.repeat(lo - start, n) + np.arange(total)
+    return np.repeat(w_rows, n), np.repeat(words, n), groups[gi]
 
 
 # --- the local engine -------------------------------------------------------------------------
@@ -305,7 +349,8 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    import scipy.sparse  # noqa: F401  (imported before the workers start, so forked ones have it)
+    # Build the worker state (imports, matcher, term maps) before the workers start: forked ones inherit it.
+    _Worker.get(spec)
 
     # The platform's default start method: fork on Linux up to Python 3.13 (workers start at once,
     # with the libraries already imported), forkserver / spawn elsewhere.
