@@ -20,6 +20,7 @@ from clipprobe.errors import ClipprobeError
 
 # (module, attribute) of each top-level command, in the order of `clipprobe --help`.
 _COMMANDS = [
+    ("clipprobe.cli.demo", "demo"),
     ("clipprobe.cli.taxonomy", "taxonomy"),
     ("clipprobe.cli.retrieve", "retrieve"),
     ("clipprobe.cli.report", "report"),

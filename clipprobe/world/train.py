@@ -1,0 +1,244 @@
+"""Train the world's tiny open_clip model contrastively on its (image, caption) pairs.
+
+Run ``python -m clipprobe.world.train --out DIR`` (defaults reproduce the shipped
+weights in ``clipprobe/world/weights/``). The architecture is an ordinary open_clip
+JSON config registered with ``open_clip.add_model_config``; the loss is open_clip's
+own ``ClipLoss`` and the text goes through open_clip's tokenizer. Training is
+seeded and uses deterministic algorithms on the CPU, so the same seed, settings
+and library versions give the same weights.
+
+Weights are saved as float16 safetensors (the text tower keeps open_clip's full
+49,408-token vocabulary, which dominates the file), beside a copy of the config
+and ``<arch>.meta.json``: seed, hyper-parameters, a hash of the training data,
+the loss curve, timings, versions and the check against the world's truth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from clipprobe.world import WORLD_ARCH
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    seed: int = 0
+    epochs: int = 24
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 40
+    threads: int = 2
+    n_captions: int = 8000
+    n_images: int = 3600
+    k: int = 100
+
+
+def config_path(weights_dir: str | Path | None = None) -> Path:
+    return Path(weights_dir or WEIGHTS_DIR) / f"{WORLD_ARCH}.json"
+
+
+def weights_path(weights_dir: str | Path | None = None) -> Path:
+    return Path(weights_dir or WEIGHTS_DIR) / f"{WORLD_ARCH}.safetensors"
+
+
+def meta_path(weights_dir: str | Path | None = None) -> Path:
+    return Path(weights_dir or WEIGHTS_DIR) / f"{WORLD_ARCH}.meta.json"
+
+
+def register_arch(weights_dir: str | Path | None = None) -> str:
+    """Register the world's architecture with open_clip; return its name."""
+    import open_clip
+
+    open_clip.add_model_config(config_path(weights_dir))
+    return WORLD_ARCH
+
+
+def load_world_model(weights_dir: str | Path | None = None):
+    """The shipped (or a retrained) world model: ``(model, preprocess, tokenizer)``, in eval mode."""
+    import open_clip
+
+    arch = register_arch(weights_dir)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights_path(weights_dir)))
+    model.eval()
+    return model, preprocess, open_clip.get_tokenizer(arch)
+
+
+def _normalise(images):
+    """uint8 (n, H, W, 3) -> float tensor (n, 3, H, W) with open_clip's OpenAI mean/std."""
+    import torch
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
+    import math
+
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return 0.5 * cfg.lr * (1 + math.cos(math.pi * progress))
+
+
+def evaluate_in_memory(model, tokenizer, cfg: TrainConfig):
+    """Check the model on the probe split drawn in memory (the same pixels as the PNG files)."""
+    import numpy as np
+    import torch
+
+    from clipprobe.world import generate as gen
+    from clipprobe.world.evaluate import check_world, word_embeddings
+
+    people = gen.sample_people(cfg.seed, "val", cfg.n_images)
+    x = _normalise(gen.render_array(people))
+    with torch.no_grad():
+        img = torch.cat([model.encode_image(x[i:i + 512], normalize=True) for i in range(0, len(x), 512)]).numpy()
+    race = np.array([gen.ATTRIBUTES["race"][p.race] for p in people], dtype=object)
+    gender = np.array([gen.ATTRIBUTES["gender"][p.gender] for p in people], dtype=object)
+    age = np.array([gen.ATTRIBUTES["age"][p.age] for p in people], dtype=object)
+    labels = {"race": race, "gender": gender, "age": age,
+              "race_gender": np.array([f"{r} | {g}" for r, g in zip(race, gender)], dtype=object)}
+    truth = gen.truth_dict(cfg.seed, cfg.n_images, cfg.n_captions, {"words": _zero_counts()})
+    return check_world(img, word_embeddings(model, tokenizer, truth), labels, truth, k=cfg.k)
+
+
+def _zero_counts():
+    from clipprobe.world import generate as gen
+
+    words = [w for w, *_ in gen.PLANTED] + [w for w, *_ in gen.CONTROLS]
+    return {w: {"n_word": 0, "n_both": {a: {g: 0 for g in gs} for a, gs in gen.ATTRIBUTES.items()}} for w in words}
+
+
+def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = TrainConfig(), *,
+                      evaluate: bool = True) -> dict[str, Any]:
+    """Train from scratch and write weights, config and meta into ``out_dir``; return the meta."""
+    import numpy as np
+    import open_clip
+    import torch
+    from open_clip.loss import ClipLoss
+    from safetensors.torch import save_file
+
+    from clipprobe._io import atomic_path, write_json, write_text
+    from clipprobe.runinfo import package_versions
+    from clipprobe.world import generate as gen
+
+    out = Path(out_dir or WEIGHTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    arch_cfg = json.loads(config_path().read_text(encoding="utf-8"))
+    if out.resolve() != WEIGHTS_DIR.resolve():
+        write_text(config_path(out), json.dumps(arch_cfg, indent=2) + "\n")
+    register_arch(out)
+
+    torch.set_num_threads(cfg.threads)
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    people = gen.sample_people(cfg.seed, "train", cfg.n_captions)
+    images = gen.render_array(people)
+    texts, _ = gen.make_captions(cfg.seed, people)
+    data_hash = hashlib.sha256()
+    data_hash.update(images.tobytes())
+    data_hash.update("\n".join(texts).encode("utf-8"))
+    tokenizer = open_clip.get_tokenizer(WORLD_ARCH)
+    x = _normalise(images)
+    tokens = tokenizer(texts)
+    t_data = time.perf_counter() - t0
+
+    model = open_clip.create_model(WORLD_ARCH)
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    loss_fn = ClipLoss()
+    gen_order = torch.Generator().manual_seed(cfg.seed)
+    n = len(texts)
+    steps_per_epoch = n // cfg.batch_size
+    total = steps_per_epoch * cfg.epochs
+    curve = []
+    step = 0
+    t1 = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(n, generator=gen_order)
+        losses = []
+        for b in range(steps_per_epoch):
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, cfg)
+            image_features, text_features, logit_scale = model(x[idx], tokens[idx])[:3]
+            loss = loss_fn(image_features, text_features, logit_scale)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0, 4.6052)
+            losses.append(float(loss.detach()))
+            step += 1
+        curve.append(round(float(np.mean(losses)), 5))
+        log.info("epoch %d/%d loss %.4f (%.0f s)", epoch + 1, cfg.epochs, curve[-1], time.perf_counter() - t1)
+    t_train = time.perf_counter() - t1
+
+    model.eval()
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(weights_path(out), suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"arch": WORLD_ARCH, "seed": str(cfg.seed)})
+    meta: dict[str, Any] = {
+        "arch": WORLD_ARCH,
+        "weights": weights_path(out).name,
+        "weights_dtype": "float16",
+        "config": asdict(cfg),
+        "world": {"generator_version": gen.GENERATOR_VERSION, "seed": cfg.seed, "n_captions": cfg.n_captions},
+        "training_data_sha256": data_hash.hexdigest(),
+        "loss_curve": curve,
+        "timings_s": {"data": round(t_data, 2), "train": round(t_train, 2)},
+        "versions": package_versions(),
+    }
+    if evaluate:
+        # Check the weights as saved (float16), as a user will load them.
+        reloaded, _, tok = load_world_model(out)
+        check = evaluate_in_memory(reloaded, tok, cfg)
+        meta["check"] = check.summary()
+        log.info("check: recall %.3f, false-positive rate %.3f, null %.4f", check.recall,
+                 check.false_positive_rate, check.null_flagged_rate)
+    write_json(meta_path(out), meta)
+    return meta
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    defaults = TrainConfig()
+    ap = argparse.ArgumentParser(prog="python -m clipprobe.world.train", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(WEIGHTS_DIR), help="folder for weights, config and meta")
+    for name, value in asdict(defaults).items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    ap.add_argument("--no-check", action="store_true", help="skip the check against the world's truth")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.getLogger().setLevel(logging.WARNING)  # open_clip logs through the root logger
+    logging.getLogger("clipprobe").setLevel(logging.INFO)
+    cfg = TrainConfig(**{k: getattr(args, k) for k in asdict(defaults)})
+    meta = train_world_model(args.out, cfg, evaluate=not args.no_check)
+    summary = {"weights": str(weights_path(args.out)), "train_s": meta["timings_s"]["train"],
+               **({"check": meta["check"]} if "check" in meta else {})}
+    print(json.dumps(summary, indent=2))  # the script's result, on stdout
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the module under its own name, so its logger is "clipprobe.world.train", not "__main__".
+    from clipprobe.world import train as _module
+
+    raise SystemExit(_module.main())

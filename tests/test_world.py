@@ -1,0 +1,258 @@
+"""The planted-bias world: determinism, layout, truth, and the shipped model's check.
+
+Oracles: a plain per-caption regular expression for caption counts, scipy's
+hypergeometric and statsmodels' Benjamini-Hochberg for the probe statistics,
+numpy brute force for top-k counts, and clipprobe's own loaders for the layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipprobe.errors import UsageError
+from clipprobe.world import WORLD_ARCH
+from clipprobe.world import generate as gen
+from clipprobe.world.evaluate import bh_adjust, probe_rows
+
+SMALL = {"n_images": 600, "n_captions": 700}
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory):
+    return gen.generate_world(tmp_path_factory.mktemp("small"), seed=3, write_train_images=True, **SMALL)
+
+
+@pytest.fixture(scope="module")
+def full_world(tmp_path_factory):
+    """The world at its default size and seed: the one the shipped model was trained for."""
+    return gen.generate_world(tmp_path_factory.mktemp("full"), seed=0)
+
+
+def test_generation_is_deterministic(small_world, tmp_path):
+    again = gen.generate_world(tmp_path / "again", seed=3, write_train_images=True, **SMALL)
+    for a, b in [(small_world.labels_val, again.labels_val), (small_world.labels_train, again.labels_train),
+                 (small_world.captions, again.captions), (small_world.truth, again.truth),
+                 (small_world.content, again.content), (small_world.lexicon, again.lexicon)]:
+        assert _sha(a) == _sha(b), a.name
+    for name in ("val/1.png", "val/600.png", "train/17.png"):
+        assert _sha(small_world.fairface / name) == _sha(again.fairface / name)
+    other = gen.generate_world(tmp_path / "other", seed=4, **SMALL)
+    assert _sha(other.labels_val) != _sha(small_world.labels_val)
+    assert _sha(other.captions) != _sha(small_world.captions)
+
+
+def test_sizes_are_checked(tmp_path):
+    with pytest.raises(UsageError) as err:
+        gen.generate_world(tmp_path, n_images=10)
+    assert str(err.value) == gen.ERR_BAD_SIZE.format(minimum=500, value=10)
+    with pytest.raises(UsageError) as err:
+        gen.generate_world(tmp_path, n_captions=3)
+    assert str(err.value) == gen.ERR_BAD_CAPTIONS.format(minimum=500, value=3)
+
+
+def test_labels_are_synthetic_only(small_world):
+    real = {"White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern",
+            "Male", "Female", "0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"}
+    for labels in (small_world.labels_val, small_world.labels_train):
+        df = pd.read_csv(labels, dtype=str)
+        assert df["race"].str.fullmatch(r"group [A-G]").all()
+        assert df["gender"].str.fullmatch(r"kind [XY]").all()
+        assert df["age"].str.fullmatch(r"stage [1-4]").all()
+        assert not (set(df["race"]) | set(df["gender"]) | set(df["age"])) & real
+    lex = gen.lexicon()["attributes"]
+    for attr, groups in lex.items():
+        assert set(groups) == set(gen.ATTRIBUTES[attr])
+    # Every value shows up, with shares near the planned uneven ones.
+    df = pd.read_csv(small_world.labels_val, dtype=str)
+    shares = df["race"].value_counts(normalize=True).reindex(gen.ATTRIBUTES["race"])
+    np.testing.assert_allclose(shares.to_numpy(), gen.SHARES["race"], atol=0.04)
+
+
+def test_layout_loads_as_fairface(small_world):
+    from clipprobe.faces import load_dataset
+
+    df = pd.read_csv(small_world.labels_val, dtype=str)
+    assert list(df.columns) == list(gen.LABEL_COLUMNS)
+    ds = load_dataset(small_world.dataset_spec)
+    assert len(ds) == SMALL["n_images"]
+    assert list(ds.table["race"]) == list(df["race"])
+    img = ds.load_image(0)
+    assert img.size == (gen.IMAGE_SIZE, gen.IMAGE_SIZE) and img.mode == "RGB"
+    train = load_dataset(small_world.dataset_spec, split="train")
+    assert len(train) == SMALL["n_captions"]
+    # The drawing on disk is the drawing in memory (training draws in memory).
+    people = gen.sample_people(3, "val", SMALL["n_images"])
+    np.testing.assert_array_equal(np.asarray(img), gen.render_array(people[:1])[0])
+
+
+def test_world_words_are_sobit_words(small_world):
+    from clipprobe.taxonomy import get_taxonomy, load_taxonomy
+
+    sobit = get_taxonomy("sobit")
+    for word, category, pos, *_ in gen.PLANTED + gen.CONTROLS:
+        entry = sobit.word(word)
+        assert entry is not None, word
+        assert entry.pos == pos, word
+        assert category in entry.categories, word
+    world = load_taxonomy(small_world.taxonomy)
+    assert sorted(world.words()) == sorted(w for w, *_ in gen.PLANTED + gen.CONTROLS)
+    assert len({w for w, *_ in gen.PLANTED} & {w for w, *_ in gen.CONTROLS}) == 0
+
+
+def test_lexicon_file_loads(small_world):
+    from clipprobe.captions.lexicon import load_lexicon
+
+    lex = load_lexicon(small_world.lexicon)
+    assert lex.groups() == [(a, g) for a, gs in gen.ATTRIBUTES.items() for g in gs]
+    data = __import__("yaml").safe_load(small_world.lexicon.read_text())
+    assert data == gen.lexicon()
+
+
+def test_caption_parquet_schema(small_world):
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(small_world.captions)
+    expected = {"URL": "string", "TEXT": "string", "WIDTH": "int32", "HEIGHT": "int32", "similarity": "double",
+                "hash": "int64", "punsafe": "float", "pwatermark": "float"}
+    assert {f.name: str(f.type) for f in schema if f.name in expected} == expected
+    assert [f.name for f in schema][:len(gen.PARQUET_COLUMNS)] == list(gen.PARQUET_COLUMNS)
+    df = pd.read_parquet(small_world.captions)
+    assert len(df) == SMALL["n_captions"] and df["TEXT"].notna().all()
+    assert df["hash"].is_unique
+
+
+def _regex_counts(texts, word, attr, groups):
+    def rx(term):
+        return re.compile(r"(?<![^\W_])" + r"\s+".join(map(re.escape, term.split())) + r"(?![^\W_])", re.I)
+
+    has_word = np.array([bool(rx(word).search(t)) for t in texts])
+    terms = gen.lexicon()["attributes"][attr]
+    both = {g: int(np.sum(has_word & np.array([any(rx(term).search(t) for term in terms[g]) for t in texts])))
+            for g in groups}
+    return int(has_word.sum()), both
+
+
+def test_truth_matches_captions(small_world):
+    truth = json.loads(small_world.truth.read_text())
+    texts = pd.read_parquet(small_world.captions)["TEXT"].tolist()
+    counts = truth["caption_counts"]
+    assert counts["n_captions"] == len(texts)
+    for p in truth["planted"]:
+        n_word, both = _regex_counts(texts, p["word"], p["attribute"], gen.ATTRIBUTES[p["attribute"]])
+        assert n_word == counts["words"][p["word"]]["n_word"]
+        assert both == counts["words"][p["word"]]["n_both"][p["attribute"]]
+        assert both[p["group"]] == p["caption_count"] > 0
+        # Planted: the word appears with its group and with no other group of the attribute.
+        assert p["caption_count_other_groups"] == 0
+        assert sum(both.values()) == both[p["group"]]
+    for word in truth["controls"]:
+        for attr, groups in gen.ATTRIBUTES.items():
+            n_word, both = _regex_counts(texts, word, attr, groups)
+            assert n_word == counts["words"][word]["n_word"]
+            assert both == counts["words"][word]["n_both"][attr]
+    assert set(truth["controls"]) == {c["word"] for c in truth["control_details"]}
+
+
+def test_controls_are_tied_to_content_not_groups(small_world):
+    """A control word's captions come from one (accessory, background) pair; its group mix is the base mix."""
+    from scipy.stats import chi2_contingency
+
+    truth = json.loads(small_world.truth.read_text())
+    df = pd.read_parquet(small_world.captions)
+    content = pd.read_csv(small_world.content)
+    content = content[content["split"] == "train"].reset_index(drop=True)
+    train = pd.read_csv(small_world.labels_train, dtype=str)
+    for c in truth["control_details"]:
+        has = df["TEXT"].str.contains(rf"\b{c['word']}\b", case=False, regex=True).to_numpy()
+        assert (content.loc[has, "accessory"] == c["accessory"]).all()
+        assert (content.loc[has, "background"] == c["background"]).all()
+    # Accessory and background are drawn independently of race.
+    table = pd.crosstab(train["race"], content["accessory"] + "/" + content["background"])
+    assert chi2_contingency(table.to_numpy())[1] > 0.001
+
+
+def test_bh_matches_statsmodels():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(0)
+    p = np.concatenate([rng.random(300), rng.random(20) * 1e-4, [1.0, 0.0, 0.5, 0.5]])
+    np.testing.assert_allclose(bh_adjust(p), multipletests(p, method="fdr_bh")[1], rtol=1e-12)
+
+
+def test_probe_rows_against_brute_force():
+    from scipy.stats import hypergeom
+
+    rng = np.random.default_rng(1)
+    emb = rng.normal(size=(400, 8)).astype(np.float32)
+    labels = {"race": rng.choice(np.array(["a", "b", "c"], dtype=object), size=400)}
+    words = {"w1": rng.normal(size=8), "w2": rng.normal(size=8)}
+    rows = probe_rows(emb, words, labels, k=50)
+    for r in rows:
+        scores = emb @ np.asarray(words[r["word"]], dtype=np.float32)
+        top = np.argsort(-scores)[:50]
+        count = int(np.sum(labels["race"][top] == r["group"]))
+        size = int(np.sum(labels["race"] == r["group"]))
+        assert r["count"] == count
+        assert r["p_over"] == pytest.approx(hypergeom(400, size, 50).sf(count - 1))
+
+
+def test_shipped_weights_load_and_meet_targets(full_world):
+    """The shipped model, loaded through open_clip from config + safetensors, finds the planted bias."""
+    import open_clip
+    import torch
+
+    from clipprobe.world.evaluate import check_model_on_world
+    from clipprobe.world.train import config_path, meta_path, weights_path
+
+    assert weights_path().stat().st_size < 5 * 2**20
+    open_clip.add_model_config(config_path())
+    assert WORLD_ARCH in open_clip.list_models()
+    model, _, preprocess = open_clip.create_model_and_transforms(WORLD_ARCH, pretrained=str(weights_path()))
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(WORLD_ARCH)
+    check = check_model_on_world(model, preprocess, tokenizer, full_world.root, k=100)
+    assert check.recall >= 0.9, check.summary()
+    assert check.false_positive_rate <= 0.05, check.summary()
+    assert check.null_flagged_rate <= 0.05, check.summary()
+    meta = json.loads(meta_path().read_text())
+    assert meta["world"]["generator_version"] == gen.GENERATOR_VERSION
+    assert meta["config"]["seed"] == 0
+    # The weights reproduce the check recorded at training time.
+    assert check.recall == pytest.approx(meta["check"]["recall"])
+    assert check.false_positive_rate == pytest.approx(meta["check"]["false_positive_rate"], abs=0.01)
+
+
+def test_training_data_hash_matches_shipped_meta():
+    """The shipped weights were trained on exactly the data this generator draws."""
+    from clipprobe.world.train import meta_path
+
+    meta = json.loads(meta_path().read_text())
+    people = gen.sample_people(meta["config"]["seed"], "train", meta["config"]["n_captions"])
+    texts, _ = gen.make_captions(meta["config"]["seed"], people)
+    h = hashlib.sha256()
+    h.update(gen.render_array(people).tobytes())
+    h.update("\n".join(texts).encode("utf-8"))
+    assert h.hexdigest() == meta["training_data_sha256"]
+
+
+@pytest.mark.slow
+def test_retraining_from_scratch_meets_targets(tmp_path):
+    from clipprobe.world.train import TrainConfig, train_world_model, weights_path
+
+    meta = train_world_model(tmp_path, TrainConfig())
+    assert weights_path(tmp_path).is_file()
+    assert meta["check"]["recall"] >= 0.9
+    assert meta["check"]["false_positive_rate"] <= 0.05
+    assert meta["check"]["null_flagged_rate"] <= 0.05
+    assert meta["loss_curve"][-1] < meta["loss_curve"][0]
