@@ -98,8 +98,7 @@ MSG_CONFIG_MISSING = "model config file not found: {path}"
 MSG_CONFIG_BAD = "model config {path} is not an open_clip architecture JSON ({problem})"
 MSG_ADVICE = (
     "download the weights on a machine with internet into the Hugging Face cache "
-    "(e.g. run `HF_HUB_OFFLINE=0 clipprobe models --filter {arch}` there, or any clipprobe run online once, "
-    "and copy ~/.cache/huggingface), or pass a local file as ARCH:/path/to/weights.safetensors, "
+    "(e.g. run `clipprobe models --download {spec}` there and copy ~/.cache/huggingface), or pass a local file as ARCH:/path/to/weights.safetensors, "
     "or an open_clip folder as local-dir:PATH"
 )
 MSG_NOT_CACHED = "model {spec} is not in the local cache and offline mode is on (HF_HUB_OFFLINE=1); " + MSG_ADVICE

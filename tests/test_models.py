@@ -344,7 +344,7 @@ def test_offline_uncached_pretrained_fails_at_once(tmp_path):
         load_model("ViT-B-32:openai", device="cpu", offline=True, cache_dir=str(tmp_path))
     msg = str(info.value)
     assert msg == M.MSG_NOT_CACHED.format(spec="ViT-B-32:openai", arch="ViT-B-32")
-    assert "HF_HUB_OFFLINE=0 clipprobe models" in msg and "ARCH:/path/to/weights.safetensors" in msg
+    assert "clipprobe models --download ViT-B-32:openai" in msg and "ARCH:/path/to/weights.safetensors" in msg
     with pytest.raises(ModelError, match=r"model hf-hub:someone/absent is not in the local cache"):
         load_model("hf-hub:someone/absent", device="cpu", offline=True, cache_dir=str(tmp_path))
 
@@ -535,3 +535,13 @@ def test_openai_weights_get_quickgelu():
     np.testing.assert_allclose(plain.encode_images(batch), quick.encode_images(batch), atol=1e-5)
     txt = plain.encode_text(["a photo of a cat", "a photo of a dog", "a diagram"])
     assert txt.shape == (3, 512) and txt[0] @ txt[1] > txt[0] @ txt[2]
+
+
+def test_models_download_offline_says_what_is_missing():
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+
+    r = CliRunner().invoke(cli, ["--offline", "models", "--download", "ViT-B-32:openai"])
+    assert r.exit_code == 1, r.output
+    assert "ViT-B-32:openai is not in the local cache" in r.output and "Traceback" not in r.output

@@ -14,13 +14,19 @@ import click
 @click.option("--cached", "only_cached", is_flag=True, help="Only models whose weights are in the local cache.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Hugging Face cache to look in (default: the huggingface_hub default, $HF_HOME).")
-def models(fmt: str, text: str | None, only_cached: bool, cache_dir: str | None) -> None:
+@click.option("--download", "download", default=None, metavar="SPEC",
+              help="Fetch the weights of a model (e.g. ViT-B-32:openai) into the cache, for later offline use.")
+def models(fmt: str, text: str | None, only_cached: bool, cache_dir: str | None, download: str | None) -> None:
     """Pretrained models (ARCH:TAG for --model), training data, and whether weights are cached.
 
     Other --model forms: hf-hub:ORG/NAME, local-dir:PATH, ARCH:/path/to/weights.safetensors.
     """
-    from clipprobe.models import list_known_models
+    from clipprobe.models import list_known_models, load_model
 
+    if download:
+        encoder = load_model(download, device="cpu", cache_dir=cache_dir)
+        click.echo(f"{download}: weights at {encoder.info().get('weights_source')}")
+        return
     rows = list_known_models(cache_dir=cache_dir)
     if text:
         needle = text.lower()
