@@ -1,0 +1,147 @@
+"""Time a full So-B-IT report on FairFace-sized cached embeddings (issue #3, item 8).
+
+Inputs are generated: 10,954 L2-normalised 512-d image "embeddings" with FairFace-like label
+shares, and one generated query vector per word of the shipped So-B-IT taxonomy (text encoding is
+excluded, as in the issue). Two things are timed in the same process:
+
+1. the point estimates of every word and attribute, clipprobe's vectorised path against a
+   straightforward per-word loop (argsort per word, per-image label lookups, dict counting, as
+   public re-implementations do), on the same scores; the two must agree;
+2. the whole `run_report` (point estimates, hypergeometric tests, BH, 1000 bootstrap resamples,
+   summary, parquet/CSV/JSON, core figures, HTML) into a temporary folder.
+
+    python benchmarks/bench_report_full.py [--bootstrap 1000] [--dim 512] [--seed 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from clipprobe.embed import ImageEmbeddings
+from clipprobe.faces import FaceDataset
+from clipprobe.index import build_index
+from clipprobe.metrics import point_estimates, rank_topk
+from clipprobe.report import ReportConfig, run_report
+from clipprobe.retrieval import GROUP_ORDER, Probe, ProbeConfig, group_codes
+from clipprobe.runinfo import StageTimer
+from clipprobe.taxonomy import get_taxonomy
+
+RACE_SHARES = [0.19, 0.14, 0.15, 0.14, 0.13, 0.14, 0.11]
+AGE_SHARES = [0.018, 0.125, 0.11, 0.30, 0.22, 0.12, 0.07, 0.028, 0.009]
+
+
+@dataclass(frozen=True)
+class _Spec:
+    key: str = "bench-generated-vectors"
+    raw: str = "generated"
+
+
+class _Encoder:
+    spec = _Spec()
+
+    def info(self) -> dict:
+        return {"spec": "generated vectors (benchmark)"}
+
+
+class _BenchProbe(Probe):
+    """A probe over generated vectors whose query vectors are given, not encoded."""
+
+    queries: np.ndarray | None = None
+
+    def query_vectors(self, queries):
+        rng = np.random.default_rng(len(queries))
+        v = rng.standard_normal((len(queries), self.embeddings.vectors.shape[1])).astype(np.float32)
+        return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def make_probe(n: int, dim: int, seed: int) -> _BenchProbe:
+    rng = np.random.default_rng(seed)
+    race = rng.choice(GROUP_ORDER["race"], size=n, p=np.array(RACE_SHARES) / sum(RACE_SHARES))
+    gender = rng.choice(GROUP_ORDER["gender"], size=n, p=[0.53, 0.47])
+    age = rng.choice(GROUP_ORDER["age"], size=n, p=np.array(AGE_SHARES) / sum(AGE_SHARES))
+    table = pd.DataFrame({"file": [f"val/{i + 1}.jpg" for i in range(n)], "race": race, "gender": gender,
+                          "age": age})
+    table["race_gender"] = table["race"] + "_" + table["gender"]
+    # Vectors with some group structure, as real face embeddings have.
+    centres = rng.standard_normal((len(GROUP_ORDER["race"]), dim)).astype(np.float32)
+    codes, _ = group_codes(table["race"], "race")
+    vectors = 0.3 * centres[codes] + rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    dataset = FaceDataset(spec="generated:fairface-like", kind="csv", root=None, split="validation", table=table,
+                          fingerprint=f"bench-{n}-{dim}-{seed}",
+                          attribute_columns=("race", "gender", "age", "race_gender"))
+    emb = ImageEmbeddings(vectors=vectors, rows=np.arange(n), skipped=[], cache_dir=Path("."))
+    return _BenchProbe(config=ProbeConfig(), encoder=_Encoder(), dataset=dataset, embeddings=emb,
+                       index=build_index(vectors), timer=StageTimer())
+
+
+def loop_point_estimates(scores: np.ndarray, labels: list, k: int, base: dict) -> list[dict]:
+    """The per-word loop of public re-implementations: argsort, label lookups, Counter."""
+    out = []
+    for w in range(scores.shape[0]):
+        order = np.argsort(-scores[w], kind="stable")[:k]
+        counts = Counter(labels[i] for i in order)
+        shares = {g: counts.get(g, 0) / k for g in base}
+        skews = {g: math.log(max(counts.get(g, 0), 1) / k / base[g]) for g in base}
+        entropy = -sum(p * math.log(p) for p in shares.values() if p > 0) / math.log(len(base))
+        out.append({"max_skew": max(skews.values()), "min_skew": min(skews.values()), "norm_entropy": entropy})
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=10954)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--bootstrap", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--k", type=int, default=100)
+    args = parser.parse_args()
+
+    probe = make_probe(args.n, args.dim, args.seed)
+    words = get_taxonomy().words()
+    queries = probe.query_vectors(words)
+    scores = queries @ probe.embeddings.vectors.T
+
+    rows = []
+    for attribute in ("race", "gender", "age", "race_gender"):
+        codes, names = probe.labels(attribute)
+        labels = [names[c] for c in codes]
+        base = {g: c / len(codes) for g, c in Counter(labels).items()}
+        t0 = time.perf_counter()
+        loop = loop_point_estimates(scores, labels, args.k, base)
+        t_loop = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        est = point_estimates(rank_topk(scores, args.k), codes, len(names))
+        t_vec = time.perf_counter() - t0
+        for key in ("max_skew", "min_skew", "norm_entropy"):
+            np.testing.assert_allclose(est[key], [r[key] for r in loop], rtol=1e-9, atol=1e-12)
+        rows.append((attribute, t_loop, t_vec))
+    print(f"{len(words)} words x {args.n} images, k = {args.k}: point estimates (agree with the loop)")
+    print(f"{'attribute':<12} {'loop s':>8} {'clipprobe s':>12} {'ratio':>7}")
+    for attribute, t_loop, t_vec in rows:
+        print(f"{attribute:<12} {t_loop:>8.3f} {t_vec:>12.3f} {t_loop / t_vec:>6.1f}x")
+    total_loop, total_vec = sum(r[1] for r in rows), sum(r[2] for r in rows)
+    print(f"{'all':<12} {total_loop:>8.3f} {total_vec:>12.3f} {total_loop / total_vec:>6.1f}x")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = ReportConfig(out=str(Path(tmp) / "report"), k=args.k, bootstrap=args.bootstrap, seed=args.seed)
+        t0 = time.perf_counter()
+        result = run_report(config, probe=probe, progress=False)
+        total = time.perf_counter() - t0
+    stages = result.run["timings"]
+    print(f"\nfull report, {args.bootstrap} bootstrap resamples, 4 attributes, {result.run['n_rows']} rows: "
+          f"{total:.1f} s (target < 60 s)")
+    print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if v >= 0.05))
+
+
+if __name__ == "__main__":
+    main()
