@@ -171,9 +171,9 @@ def _compute_chunk(probe: "Probe", config: ReportConfig, queries: list[Query], v
             p_over, p_under = hypergeom_p(est["count"], sizes[None, :], probe.n_images, k)
             casc = c_asc(scores[:n_words], lab, g_n)
             if boot is not None:
-                ci = bootstrap_intervals(boot[a], top_group=est["top_group"], reference=config.reference,
-                                         level=config.level)
                 samples = bootstrap_metrics(boot[a], reference=config.reference)
+                ci = bootstrap_intervals(boot[a], top_group=est["top_group"], reference=config.reference,
+                                         level=config.level, samples=samples)
                 entropy[a] = samples["norm_entropy"].astype(np.float32)   # (B, W), for category means
             else:
                 nan_wg = np.full((n_words, g_n), np.nan)

@@ -354,12 +354,15 @@ def bootstrap_intervals(
     reference: str = "base",
     neutral_row: int | None = None,
     level: float = 0.95,
+    samples: Mapping[str, "np.ndarray"] | None = None,
 ) -> dict[str, "np.ndarray"]:
     """Percentile intervals of the metrics over the resamples, and the stability of the top group.
 
     ``top_group`` is the point estimate's most over-represented group per word (``(W,)``, from
     :func:`clipprobe.metrics.point_estimates`); ``reference`` and ``neutral_row`` as in
     :func:`bootstrap_metrics`. NaN samples (a group missing from a resample) are left out.
+    ``samples``: the output of :func:`bootstrap_metrics` for the same arguments, when the caller
+    already has it (it is then not computed again).
 
     Returns float64 arrays ``share_ci_low/high``, ``skew_ci_low/high`` (``(W, G)``),
     ``max_skew_ci_low/high``, ``norm_entropy_ci_low/high`` and ``stability`` (``(W,)``): the
@@ -367,7 +370,7 @@ def bootstrap_intervals(
     """
     import numpy as np
 
-    m = bootstrap_metrics(boot, reference=reference, neutral_row=neutral_row)
+    m = samples if samples is not None else bootstrap_metrics(boot, reference=reference, neutral_row=neutral_row)
     n_words = boot.counts.shape[1]
     out = {}
     for key in ("share", "skew", "max_skew", "norm_entropy"):

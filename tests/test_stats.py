@@ -256,3 +256,15 @@ def test_bootstrap_metrics_entropy_equals_word_stats_per_resample():
         np.testing.assert_allclose(got["max_skew"][b], ref["max_skew"], rtol=1e-12)
         np.testing.assert_array_equal(got["top_group"][b], ref["top_group"])
     assert np.isnan(got["skew"][:, :, 3]).all()
+
+
+def test_bootstrap_intervals_reuse_given_samples():
+    rng = np.random.default_rng(5)
+    scores = rng.random((6, 80))
+    lab = rng.integers(0, 3, 80)
+    boot = S.bootstrap_counts(scores, {"a": lab}, {"a": 3}, 10, n_boot=30, seed=2)["a"]
+    top = rng.integers(0, 3, 6)
+    plain = S.bootstrap_intervals(boot, top_group=top)
+    given = S.bootstrap_intervals(boot, top_group=top, samples=S.bootstrap_metrics(boot))
+    for key in plain:
+        np.testing.assert_array_equal(plain[key], given[key])
