@@ -81,3 +81,28 @@ def _json_default(obj: Any):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_mapping(path: str | os.PathLike, *, what: str) -> Any:
+    """Read a YAML or JSON data file (by suffix; YAML with ``safe_load``) and return its content.
+
+    ``what`` names the kind of file in the errors: "{what} {path} does not exist" and
+    "{what} {path} could not be read: {why}" (both :class:`clipprobe.errors.DataError`).
+    """
+    from clipprobe.errors import DataError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            return json.loads(text)
+        import yaml
+
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise DataError(f"{what} {path} could not be read: {' '.join(str(err).split())}") from None
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"{what} {path} could not be read: {str(err).splitlines()[0]}") from None

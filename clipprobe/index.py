@@ -246,42 +246,29 @@ def build_cached(config, *, progress: bool | None = None) -> dict:
     """Embed a dataset (cached) and build and persist its index ahead of time.
 
     ``config`` is a :class:`clipprobe.retrieval.ProbeConfig` (model, dataset,
-    split, cache, device, batch size, workers, index kind). Returns a
-    JSON-friendly summary of what was done and where it is stored.
+    split, cache, device, batch size, workers, index kind); the work is
+    :func:`clipprobe.retrieval.open_probe`'s, so `retrieve` and `report` find
+    everything in place. Returns a JSON-friendly summary of what was done and
+    where it is stored.
     """
     import time
 
-    from clipprobe.embed import embed_dataset
-    from clipprobe.faces import load_dataset
-    from clipprobe.models import load_model
-    from clipprobe.runinfo import StageTimer
+    from clipprobe.retrieval import open_probe
 
-    if config.index not in KINDS:
-        raise UsageError(f"unknown index kind {config.index!r}{did_you_mean(config.index, KINDS)}; "
-                         f"valid: {', '.join(KINDS)}")
-    timer = StageTimer()
     started = time.perf_counter()
-    with timer("load_dataset"):
-        dataset = load_dataset(config.dataset, split=config.split, image_root=config.image_root,
-                               offline=config.offline or None)
-    with timer("load_model"):
-        encoder = load_model(config.model, device=config.device, model_config=config.model_config,
-                             offline=config.offline or None, preprocess=config.preprocess)
-    with timer("embed_images"):
-        emb = embed_dataset(encoder, dataset, cache_dir=config.cache_dir, batch_size=config.batch_size,
-                            num_workers=config.num_workers, progress=progress)
-    with timer("build_index"):
-        index = index_for(emb, kind=config.index)
+    probe = open_probe(config, progress=progress)
+    emb = probe.embeddings
     path = Path(emb.cache_dir) / "index" / f"{config.index}.faiss"
     t = emb.timings
     return {
-        "model": encoder.info(),
-        "dataset": dataset.summary(),
+        "model": probe.encoder.info(),
+        "dataset": probe.dataset.summary(),
         "n_embedded_now": t.get("n_embedded", 0),
         "n_images": len(emb.rows),
         "skipped": emb.skipped,
         "cache_dir": str(emb.cache_dir),
-        "index": {"kind": config.index, "path": str(path), "ntotal": int(index.ntotal), "gpu": is_gpu_index(index)},
-        "timings": {**timer.as_dict(), "total": round(time.perf_counter() - started, 4),
+        "index": {"kind": config.index, "path": str(path), "ntotal": int(probe.index.ntotal),
+                  "gpu": is_gpu_index(probe.index)},
+        "timings": {**probe.timer.as_dict(), "total": round(time.perf_counter() - started, 4),
                     "embedding": {k: v for k, v in t.items() if k != "per_batch"}},
     }

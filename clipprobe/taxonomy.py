@@ -45,7 +45,6 @@ _ADJECTIVE_ENDINGS = ("ous", "ive", "ful", "less", "able", "ible", "ic", "ical",
                       "ed", "al", "ary", "y", "ile")
 _ADJECTIVE_EXCEPTIONS = ("ill",)
 
-ERR_NOT_FOUND = "taxonomy file {path} does not exist"
 ERR_PARSE = "taxonomy file {path} could not be read: {why}"
 ERR_NO_CATEGORIES = "taxonomy file {path} has no 'categories' mapping (category -> list of words)"
 ERR_EMPTY_CATEGORY = "taxonomy file {path}: category {category!r} is empty"
@@ -154,22 +153,9 @@ def get_taxonomy(name_or_path: str | Path | None = None) -> Taxonomy:
 
 
 def _read_mapping(path: Path) -> Mapping[str, Any]:
-    if not path.exists():
-        raise DataError(ERR_NOT_FOUND.format(path=path))
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from clipprobe._io import read_mapping
 
-            data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(ERR_PARSE.format(path=path, why=str(err).splitlines()[0])) from None
-    except Exception as err:  # yaml.YAMLError and subclasses; yaml is imported lazily
-        if type(err).__module__.startswith("yaml"):
-            raise DataError(ERR_PARSE.format(path=path, why=" ".join(str(err).split()))) from None
-        raise
+    data = read_mapping(path, what="taxonomy file")
     if not isinstance(data, Mapping):
         raise DataError(ERR_NO_CATEGORIES.format(path=path))
     return data

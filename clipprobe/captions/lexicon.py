@@ -27,7 +27,6 @@ Shipped lexicons are the files ``taxonomy/lexicon-NAME.yaml`` (installed as
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +41,6 @@ _PREFIX = "lexicon-"
 _SUFFIXES = (".yaml", ".yml", ".json")
 _TOP_LEVEL_KEYS = ("name", "description", "note", "attributes")
 
-ERR_NOT_FOUND = "lexicon file {path} does not exist"
-ERR_PARSE = "lexicon file {path} could not be read: {why}"
 ERR_NO_ATTRIBUTES = "lexicon file {path} has no 'attributes' mapping (attribute -> group -> list of terms)"
 ERR_UNKNOWN_KEY = "lexicon file {path}: unknown key {key!r}{hint}"
 ERR_BAD_ATTRIBUTE = "lexicon file {path}: attribute {attribute!r} must map group names to lists of terms"
@@ -112,22 +109,9 @@ def get_lexicon(name_or_path: str | Path | None = None) -> Lexicon:
 
 
 def _read_mapping(path: Path) -> Mapping[str, Any]:
-    if not path.exists():
-        raise DataError(ERR_NOT_FOUND.format(path=path))
-    try:
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
+    from clipprobe._io import read_mapping
 
-            data = yaml.safe_load(text)
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(ERR_PARSE.format(path=path, why=str(err).splitlines()[0])) from None
-    except Exception as err:  # yaml.YAMLError; yaml is imported lazily
-        if type(err).__module__.startswith("yaml"):
-            raise DataError(ERR_PARSE.format(path=path, why=" ".join(str(err).split()))) from None
-        raise
+    data = read_mapping(path, what="lexicon file")
     if not isinstance(data, Mapping):
         raise DataError(ERR_NO_ATTRIBUTES.format(path=path))
     return data
