@@ -10,6 +10,7 @@ never be retrieved, so it is not part of the population either).
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -333,8 +334,11 @@ def save_grid(probe: Probe, r: Retrieval, path, *, columns: int = 10, thumb: int
             img = Image.new("RGB", (thumb, thumb), (200, 200, 200))
         images.append(img)
         parts = [str(getattr(row, a)) for a in r.groups if a != "race_gender"]
-        labels.append(f"#{row.rank} " + " ".join(parts))
-    title = f"{r.query.word!r}: top {r.k} ({r.model.get('spec', '')}, {r.dataset['spec']})"
+        labels.append(f"#{row.rank} " + "\n".join(parts))
+    model = str(r.model.get("spec", ""))
+    if r.model.get("kind") == "file":  # a local weights file: its name, not its whole path
+        model = f"{r.model.get('arch')}:{Path(str(r.model.get('path'))).name}"
+    title = f"{r.query.word!r}: top {r.k} ({model}, {r.dataset['spec']})"
     sheet = contact_sheet(images, labels, columns=columns, thumb=thumb, title=title)
     with _io.atomic_path(path, suffix=".png") as tmp:
         sheet.save(tmp, format="PNG")
