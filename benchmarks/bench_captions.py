@@ -1,6 +1,7 @@
 """Caption co-occurrence speed: the local engine vs a DuckDB baseline vs reading the column alone.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_captions.py --captions 1000000 --workers 2 [--repeat 3]
+        [--matcher hyperscan --matcher tokens]
 
 Generates (once, cached in --data-dir) a LAION-schema parquet file of realistic
 captions (60-100 characters) with the So-B-IT words and the default FairFace
@@ -8,7 +9,8 @@ lexicon inserted, then measures, in --repeat interleaved rounds:
 
 * ``read``: reading the caption column alone (pyarrow, all row groups, --workers threads, file in the
   page cache: one untimed read first): the I/O ceiling;
-* ``local``: ``count_captions`` with the local engine and --workers processes (hot path only: the
+* ``local/MATCHER``: ``count_captions`` with the local engine, --workers processes and each --matcher
+  (``hyperscan``, ``tokens``, or ``auto``: tokens where numba is installed; hot path only: the
   scan stage, excluding compiling the term database (cached on disk after the first run) and
   writing the outputs; both are printed);
 * ``duckdb``: one alternation regex over the lower-cased caption, ``\\b`` boundaries, and SQL that
@@ -77,17 +79,34 @@ def bench_read(path: Path, column: str, threads: int) -> tuple[float, float, int
     return wall, cpu, nbytes
 
 
-def bench_local(path: Path, out: Path, workers: int):
+def bench_local(path: Path, out: Path, workers: int, matcher: str = "hyperscan"):
     """count_captions from scratch (parts removed); (result, scan wall s, scan CPU s, end-to-end wall s)."""
     from clipprobe.captions.run import CountConfig, count_captions
 
     for part in (out / "parts").glob("*"):
         part.unlink()
     t0 = time.perf_counter()
-    result = count_captions(CountConfig(captions=(str(path),), out=str(out), workers=workers, samples=5))
+    result = count_captions(CountConfig(captions=(str(path),), out=str(out), workers=workers, samples=5,
+                                        matcher=matcher))
     total = time.perf_counter() - t0
     cpu = result.run["scan_cpu_s"]          # the scan stage: main process + worker processes
     return result, result.run["timings_s"]["scan"], cpu["main"] + cpu["workers"], total
+
+
+def bench_single(path: Path, space, matcher: str) -> float:
+    """CPU seconds of one process scanning the whole file with ``scan_chunk`` (no pool; steadier than the
+    pool's CPU on a loaded machine, where two busy workers slow each other down)."""
+    from clipprobe.captions.matching import Matcher
+    from clipprobe.captions.scan import ScanSpec, _Worker, scan_chunk
+
+    import pyarrow.parquet as pq
+
+    spec = ScanSpec(space=space.to_dict(), matcher=Matcher(space.terms).to_bytes(), n_samples=5,
+                    method="hyperscan" if matcher == "hyperscan" else "tokens")
+    _Worker.get(spec)                 # build (and compile) outside the timing
+    t0 = time.process_time()
+    scan_chunk(spec, str(path), list(range(pq.ParquetFile(path).metadata.num_row_groups)), "TEXT")
+    return time.process_time() - t0
 
 
 def bench_duckdb(path: Path, threads: int, space):
@@ -149,6 +168,11 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds of read / local / duckdb")
     parser.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "clipprobe-bench-captions"))
     parser.add_argument("--skip-duckdb", action="store_true")
+    parser.add_argument("--single", action="store_true",
+                        help="also time each matcher in one process (CPU us/caption, no pool) per round")
+    parser.add_argument("--matcher", action="append", choices=["auto", "hyperscan", "tokens"],
+                        help="matcher(s) of the local engine, each timed per round (default: auto, which is "
+                             "tokens where numba is installed, else hyperscan)")
     args = parser.parse_args()
 
     data_dir = Path(args.data_dir)
@@ -172,23 +196,39 @@ def main() -> None:
           f"{path.stat().st_size / 2**20:.0f} MiB); {len(space.terms)} terms ({len(space.words)} words, "
           f"{len(space.groups)} groups); {args.workers} workers/threads; load average {os.getloadavg()[0]:.1f}")
     out = data_dir / "out-local"
+    matchers = args.matcher or ["auto"]
     rounds = []
+    results = {}
     for r in range(args.repeat):
         row: dict[str, float] = {}
         row["read_wall"], row["read_cpu"], _ = bench_read(path, "TEXT", args.workers)
-        result, row["local_wall"], row["local_cpu"], local_total = bench_local(path, out, args.workers)
-        compile_s = result.run["timings_s"]["compile"]
-        line = (f"round {r + 1}: read {n / row['read_wall'] / 1e6:.3f} M/s ({row['read_cpu'] / n * 1e6:.2f} us CPU/caption)"
-                f" | local {n / row['local_wall'] / 1e6:.3f} M/s ({row['local_cpu'] / n * 1e6:.2f} us CPU/caption;"
-                f" compile {compile_s:.2f} s, end to end {local_total:.2f} s)")
+        line = (f"round {r + 1}: read {n / row['read_wall'] / 1e6:.3f} M/s "
+                f"({row['read_cpu'] / n * 1e6:.2f} us CPU/caption)")
+        for m in matchers:
+            result, row[f"{m}_wall"], row[f"{m}_cpu"], local_total = bench_local(path, out, args.workers, m)
+            results[m] = result
+            compile_s = result.run["timings_s"]["compile"]
+            line += (f" | local/{m} {n / row[f'{m}_wall'] / 1e6:.3f} M/s "
+                     f"({row[f'{m}_cpu'] / n * 1e6:.2f} us CPU/caption;"
+                     f" compile {compile_s:.2f} s, end to end {local_total:.2f} s)")
+        if args.single:
+            for m in matchers:
+                line += f" | one process/{m} {bench_single(path, space, m) / n * 1e6:.2f} us CPU/caption"
+        if len(matchers) > 1 and r == 0:
+            first = results[matchers[0]].table
+            for m in matchers[1:]:
+                same = all((results[m].table[c].to_numpy() == first[c].to_numpy()).all()
+                           for c in ("n_captions", "n_word", "n_group", "n_both"))
+                print(f"counts of {m} equal to {matchers[0]}'s: {same}")
         if not args.skip_duckdb:
             row["duck_wall"], row["duck_cpu"], n_word, n_group, n_both = bench_duckdb(path, args.workers, space)
             line += f" | duckdb {n / row['duck_wall'] / 1e6:.3f} M/s ({row['duck_cpu'] / n * 1e6:.2f} us CPU/caption)"
             if r == 0:
-                print("duckdb vs engine: " + check_duckdb(space, result.table, n_word, n_group, n_both))
+                print("duckdb vs engine: " + check_duckdb(space, results[matchers[0]].table, n_word, n_group, n_both))
         print(line + f" | load {os.getloadavg()[0]:.1f}")
         if r == 0:
-            print(f"  worker seconds: {json.dumps(result.run['worker_seconds'])}")
+            for m in matchers:
+                print(f"  worker seconds ({m}): {json.dumps(results[m].run['worker_seconds'])}")
         rounds.append(row)
 
     def ratios(num: str, den: str, kind: str) -> list[float]:
@@ -197,17 +237,20 @@ def main() -> None:
 
     def show(label: str, values: list[float], target: float) -> None:
         med = statistics.median(values)
-        print(f"{label:28s}: {', '.join(f'{v:.2f}' for v in values)}  median {med:.2f}  (target >= {target})")
+        print(f"{label:36s}: {', '.join(f'{v:.2f}' for v in values)}  median {med:.2f}  (target >= {target})")
 
-    if not args.skip_duckdb:
-        show("local / duckdb, wall clock", ratios("local", "duck", "wall"), 4)
-        show("local / duckdb, CPU seconds", ratios("local", "duck", "cpu"), 4)
-    show("local / read, wall clock", ratios("local", "read", "wall"), 0.25)
-    show("local / read, CPU seconds", ratios("local", "read", "cpu"), 0.25)
-    local_rate = statistics.median(n / x["local_wall"] for x in rounds)
-    cpu_per_caption = statistics.median(x["local_cpu"] / n for x in rounds)
+    for m in matchers:
+        if not args.skip_duckdb:
+            show(f"local/{m} / duckdb, wall clock", ratios(m, "duck", "wall"), 4)
+            show(f"local/{m} / duckdb, CPU seconds", ratios(m, "duck", "cpu"), 4)
+        show(f"local/{m} / read, wall clock", ratios(m, "read", "wall"), 0.25)
+        show(f"local/{m} / read, CPU seconds", ratios(m, "read", "cpu"), 0.25)
+    m = matchers[0]
+    local_rate = statistics.median(n / x[f"{m}_wall"] for x in rounds)
+    cpu_per_caption = statistics.median(x[f"{m}_cpu"] / n for x in rounds)
     laion2b = 2.32e9
-    print(f"LAION-2B-en (2.32B captions, 128 files), CPU-bound at {cpu_per_caption * 1e6:.2f} us CPU/caption "
+    print(f"LAION-2B-en (2.32B captions, 128 files), local/{m}, CPU-bound at {cpu_per_caption * 1e6:.2f} "
+          "us CPU/caption "
           f"(I/O permitting): {laion2b * cpu_per_caption / 3600:.1f} core-hours; one {args.workers}-core machine at "
           f"this run's median rate {laion2b / local_rate / 3600:.1f} h; an idle 16-core machine "
           f"{laion2b * cpu_per_caption / 16 / 60:.0f} min; Spark, 10 executors x 16 cores "

@@ -13,7 +13,7 @@ from clipprobe import __version__
 
 _PACKAGES = (
     "torch", "torchvision", "open_clip_torch", "faiss-cpu", "faiss-gpu-cu12", "numpy", "scipy",
-    "pandas", "pyarrow", "pillow", "hyperscan", "pyspark", "datasets", "matplotlib",
+    "pandas", "pyarrow", "pillow", "hyperscan", "numba", "pyspark", "datasets", "matplotlib",
 )
 
 

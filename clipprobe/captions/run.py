@@ -29,6 +29,8 @@ DEFAULT_TEXT_COLUMN = "TEXT"
 FALLBACK_TEXT_COLUMNS = ("caption", "text")
 CHUNK_ROWS = 131_072      # row groups are grouped into tasks of about this many rows
 ENGINES = ("local", "spark")
+MATCHERS = ("auto", "hyperscan", "tokens")   # tokens: clipprobe.captions.tokens, needs numba; auto: tokens if
+                                               # numba is installed, else hyperscan (the same counts either way)
 
 ERR_NO_INPUT = "--captions {pattern!r} matches no file"
 ERR_NO_INPUTS = "no caption files given (use --captions PATH|GLOB|URL)"
@@ -36,6 +38,8 @@ ERR_NO_COLUMN = "{path}: no caption column {column!r}{tried}; columns: {columns}
 ERR_UNREADABLE = "{path}: not a readable parquet file ({why})"
 ERR_NOTHING_READ = "no caption file could be read ({n} skipped; see {run_json})"
 ERR_ENGINE = "unknown engine {engine!r}; valid: 'local', 'spark'"
+ERR_MATCHER = "unknown matcher {matcher!r}; valid: 'auto', 'hyperscan', 'tokens'"
+ERR_NO_NUMBA = "matcher 'tokens' needs numba (pip install numba); use matcher 'hyperscan'"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class CountConfig:
     strict: bool = False
     top_words: int = 30                      # rows of the heatmap
     chunk_rows: int = CHUNK_ROWS
+    matcher: str = "auto"                    # see MATCHERS
 
 
 @dataclass
@@ -164,6 +169,18 @@ def count_captions(config: CountConfig) -> CountResult:
         raise UsageError(ERR_ENGINE.format(engine=config.engine))
     if not config.captions:
         raise UsageError(ERR_NO_INPUTS)
+    if config.matcher not in MATCHERS:
+        raise UsageError(ERR_MATCHER.format(matcher=config.matcher))
+    method = config.matcher
+    if method in ("auto", "tokens"):
+        from clipprobe.captions.tokens import available
+
+        if not available():
+            if method == "tokens":
+                raise UsageError(ERR_NO_NUMBA)
+            method = "hyperscan"
+        else:
+            method = "tokens"
     timer = StageTimer()
     started = time.time()
     out = Path(config.out)
@@ -180,7 +197,8 @@ def count_captions(config: CountConfig) -> CountResult:
         from clipprobe.embed import default_cache_dir
 
         matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
-        spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples)
+        spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples,
+                        method=method)
 
     skipped: list[dict[str, str]] = []
     done: dict[str, FileInfo] = {}
@@ -276,7 +294,7 @@ def count_captions(config: CountConfig) -> CountResult:
                           "nulls": part.n_nulls, "part": f"parts/{info.key}.npz"})
     if not files:
         write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
-                                                 total, timer, worker_seconds, started, scan_cpu))
+                                                 total, timer, worker_seconds, started, scan_cpu, method))
         raise DataError(ERR_NOTHING_READ.format(n=len(skipped), run_json=out / "run.json"))
 
     with timer("stats"):
@@ -297,7 +315,7 @@ def count_captions(config: CountConfig) -> CountResult:
         except ImportError as err:
             log.warning("no heatmap: %s", err)
     run = _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer,
-                      worker_seconds, started, scan_cpu)
+                      worker_seconds, started, scan_cpu, method)
     write_json(out / "run.json", run)
     return CountResult(out=out, table=table, run=run)
 
@@ -381,7 +399,7 @@ def _cpu_seconds() -> dict[str, float] | None:
 
 
 def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer, worker_seconds,
-                started, scan_cpu=None) -> dict[str, Any]:
+                started, scan_cpu=None, matcher=None) -> dict[str, Any]:
     from clipprobe.config import to_dict
     from clipprobe.runinfo import package_versions
 
@@ -392,6 +410,7 @@ def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, t
         "command": "captions count",
         "config": to_dict(config),
         "engine": config.engine,
+        "matcher": matcher,     # the one that ran (config.matcher may say "auto")
         "workers": config.workers or os.cpu_count(),
         "taxonomy": taxonomy.name, "lexicon": lexicon.name, "lexicon_source": lexicon.source,
         "n_words": len(space.words), "n_groups": len(space.groups), "n_terms": len(space.terms),

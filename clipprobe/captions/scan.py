@@ -89,6 +89,7 @@ class ScanSpec:
     matcher: bytes
     n_samples: int = 5
     batch_rows: int = BATCH_ROWS
+    method: str = "hyperscan"      # or "tokens": clipprobe.captions.tokens.TokenMatcher (same results)
 
 
 @dataclass
@@ -165,6 +166,14 @@ class _Worker:
         self.spec = spec
         self.space = TermSpace.from_dict(spec.space)
         self.matcher = Matcher.from_bytes(self.space.terms, spec.matcher)
+        if spec.method == "tokens":
+            from clipprobe.captions.tokens import TokenMatcher, available
+
+            if available():
+                self.matcher = TokenMatcher(self.matcher)
+                self.matcher.warm_up()
+            else:     # e.g. a Spark executor without numba: the same counts, from Hyperscan
+                log.warning("numba is not installed here: matching with Hyperscan instead of the token path")
         self.word_ptr, self.word_idx, self.group_ptr, self.group_idx = self.space.term_maps()
         import pyarrow.compute  # noqa: F401  (the scan needs them: loaded once, before any fork)
         import pyarrow.parquet  # noqa: F401

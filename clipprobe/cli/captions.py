@@ -12,12 +12,13 @@ ERR_NO_COUNTS = "{path} has no cooccurrence.parquet (run `clipprobe captions cou
 ERR_NO_WORD = "word {word!r} is not in {path}{hint}"
 
 
-def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt):
+def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
+           matcher="auto"):
     from clipprobe.captions.run import CountConfig, count_captions
 
     config = CountConfig(captions=tuple(captions), out=out, taxonomy=taxonomy, lexicon=lexicon,
                          text_column=text_column, engine=engine, workers=workers, spark_master=spark_master,
-                         samples=samples, strict=strict)
+                         samples=samples, strict=strict, matcher=matcher)
     result = count_captions(config)
     run = result.run
     if fmt == "json":
@@ -93,10 +94,15 @@ def captions() -> None:
 @click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True,
               help="Example captions kept per (word, group) cell.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping it.")
+@click.option("--matcher", type=click.Choice(["auto", "hyperscan", "tokens"]), default="auto", show_default=True,
+              help="auto: the compiled token matcher when numba is installed (pip install 'clipprobe[fast]'), "
+                   "else hyperscan. Both give identical counts.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt):
+def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, matcher,
+              fmt):
     """Count captions that contain each word, each group, and both; write OUT/cooccurrence.parquet."""
-    _count(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt)
+    _count(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
+           matcher)
 
 
 @captions.command("show")
