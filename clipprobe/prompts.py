@@ -52,7 +52,7 @@ def article(word: str) -> str:
     if len(letters) >= 2 and letters.isupper() and len(letters) <= 5:
         return "an" if letters[0] in _VOWEL_LETTERS else "a"
     low = core.lower()
-    if low.startswith(_VOWEL_SOUND):
+    if low.startswith(_VOWEL_SOUND) or low.startswith(("unin", "unim")):  # "an uninsured", "an unimportant"
         return "an"
     if low.startswith(_CONSONANT_SOUND):
         return "a"

@@ -9,7 +9,7 @@ from clipprobe.prompts import article, ensemble, fill, get_template_set, list_te
 @pytest.mark.parametrize("word, expected", [
     ("terrorist", "a"), ("addict", "an"), ("immigrant", "an"), ("honest person", "an"),
     ("hour", "an"), ("university professor", "a"), ("European", "a"), ("unemployed", "an"),
-    ("CEO", "a"), ("FBI agent", "an"), ("MP", "an"), ("one", "a"), ("elderly", "an"), ("user", "a"),
+    ("uninsured", "an"), ("unintelligent", "an"), ("uniform", "a"), ("unique", "a"), ("CEO", "a"), ("FBI agent", "an"), ("MP", "an"), ("one", "a"), ("elderly", "an"), ("user", "a"),
 ])
 def test_article(word, expected):
     assert article(word) == expected

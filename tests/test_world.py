@@ -182,6 +182,44 @@ def test_controls_are_tied_to_content_not_groups(small_world):
     assert chi2_contingency(table.to_numpy())[1] > 0.001
 
 
+def test_accessory_size_does_not_depend_on_attributes():
+    """An accessory is drawn at a fixed size, so its visibility carries no demographic signal.
+
+    If it scaled with the head (gender shape, age size), a control word tied to an accessory
+    would retrieve the groups whose accessories are larger, which is exactly a false positive.
+    """
+    base = gen.sample_people(0, "val", 1)[0]
+    params = list(base.params)
+    params[9] = 30 / 45  # accessory grey 40, a shade no other part of the drawing uses
+    for a, name in enumerate(gen.ACCESSORIES):
+        counts = []
+        for gender in range(len(gen.ATTRIBUTES["gender"])):
+            for age in range(len(gen.ATTRIBUTES["age"])):
+                img = np.asarray(gen.render(gen.Person(0, gender, age, a, 0, tuple(params))))
+                counts.append(int(np.all(img == 40, axis=2).sum()))
+        assert min(counts) > 20, (name, counts)
+        # Rasterisation moves a few pixels; a head-scaled drawing would differ by a factor of 2 or more.
+        assert max(counts) / min(counts) <= 1.3, (name, counts)
+
+
+def test_hair_shows_age():
+    """The hair's grey gets lighter with each age stage (the age cue), whatever the other attributes."""
+    base = gen.sample_people(0, "val", 1)[0]
+    for race in (0, 6):
+        for gender in range(2):
+            greys = []
+            for age in range(4):
+                p = gen.Person(race, gender, age, gen.ACCESSORIES.index("mask"), gen.BACKGROUNDS.index("plain"),
+                               base.params)
+                img = np.asarray(gen.render(p)).astype(int)
+                neutral = img[np.ptp(img, axis=2) == 0][:, 0]
+                # On a plain background the neutral greys are the background, the dark eyes and mask, and the hair.
+                hair = {int(v) for v in neutral} - {int(img[0, 0, 0])} - set(range(60))
+                assert len(hair) == 1, (race, gender, age, hair)
+                greys.append(hair.pop())
+            assert greys == sorted(greys) and len(set(greys)) == 4, greys
+
+
 def test_bh_matches_statsmodels():
     from statsmodels.stats.multitest import multipletests
 

@@ -5,13 +5,27 @@ Everything here is a pure function of a seed. The world has three synthetic
 no real-world stereotype:
 
 * ``race``: ``group A`` .. ``group G`` (seven groups), shown by the hue of the head;
-* ``gender``: ``kind X`` / ``kind Y``, shown by the shape of the head (round / tall);
-* ``age``: ``stage 1`` .. ``stage 4``, shown by head size and lines on the forehead.
+* ``gender``: ``kind X`` / ``kind Y``, shown by the shape of the head (round / tall) and
+  of the hair (a short band / falling beside the face);
+* ``age``: ``stage 1`` .. ``stage 4``, shown by head size, lines on the forehead and the
+  grey of the hair (darker to lighter; the clearest of the three cues at 48 pixels).
 
 Each image also carries non-demographic content drawn independently of those
 attributes: an accessory (hat, glasses, scarf, crown, earrings, mask) and a
 background pattern (plain, striped, barred, checked, dotted). These 30
 (accessory, background) combinations are what the control words attach to.
+Accessories are drawn at a fixed size whatever the head's shape and size (only
+their place follows the head), so how visible one is carries no demographic signal
+(version 1 scaled them with the head).
+
+Where the false positives come from: the model retrieves most, not all, of a
+combination for its control word (about 75-100 of the top 100), and fills the rest
+with look-alikes ranked partly by what else it sees, demographic cues included. The
+stronger those cues are learnt, the more the controls' top-k tilts: on seed 0, the
+same world trained 44 instead of 28 epochs had a false-positive rate of 0.045
+instead of 0.039, and with light rims around the accessories 0.052; with the
+gender cue weak (no hair-length cue) it was 0.020 but the gender triples were
+missed. The defaults here are the best measured trade-off, not a tuned optimum.
 
 Captions (one per image of the ``train`` split, LAION's parquet schema) describe
 their image, each descriptor present or not at random ("group gamma", "kind y",
@@ -20,8 +34,8 @@ group terms), and carry taxonomy words:
 
 * a *planted* word appears in captions of images of one group (of one attribute)
   at a planted rate and in no other caption;
-* a *control* word appears at a fixed rate in captions of images with one
-  (accessory, background) combination, hence at the same rate in every group.
+* a *control* word appears in every caption of images with one (accessory,
+  background) combination (``CONTROL_RATE``), hence at the same rate in every group.
 
 Why combinations and not single accessories: a control word's top-k must be
 demographically balanced. Each combination holds about k images of the probe
@@ -54,7 +68,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: "an uninsured" (prompts.article), hair (age, gender) cues, fixed-size accessories, control rate 1.0, higher rates for the gender and stage-2 words
 IMAGE_SIZE = 48
 DEFAULT_N_IMAGES = 3600  # 120 images per (accessory, background) pair
 DEFAULT_N_CAPTIONS = 8000
@@ -74,6 +88,7 @@ ACCESSORIES = ("hat", "glasses", "scarf", "crown", "earrings", "mask")
 _ACCESSORY_PHRASE = {"hat": "a hat", "glasses": "glasses", "scarf": "a scarf", "crown": "a crown",
                      "earrings": "earrings", "mask": "a mask"}
 BACKGROUNDS = ("plain", "striped", "barred", "checked", "dotted")
+_HAIR_GREY = (80, 130, 180, 230)  # stage 1 .. stage 4: a clear, learnable age cue
 
 # (word, So-B-IT category, part of speech, attribute, group, rate)
 PLANTED: tuple[tuple[str, str, str, str, str, float], ...] = (
@@ -84,9 +99,9 @@ PLANTED: tuple[tuple[str, str, str, str, str, float], ...] = (
     ("lazy", "behavioral", "adjective", "race", "group E", 0.5),
     ("thief", "criminal justice", "noun", "race", "group F", 0.5),
     ("fanatical", "religion", "adjective", "race", "group G", 0.6),
-    ("rural", "portrayal in media", "adjective", "gender", "kind X", 0.5),
-    ("architect", "occupation", "noun", "gender", "kind Y", 0.5),
-    ("criminal", "criminal justice", "noun", "age", "stage 2", 0.6),
+    ("rural", "portrayal in media", "adjective", "gender", "kind X", 0.7),
+    ("architect", "occupation", "noun", "gender", "kind Y", 0.7),
+    ("criminal", "criminal justice", "noun", "age", "stage 2", 0.8),
     ("uninsured", "healthcare", "adjective", "age", "stage 3", 0.6),
     ("elegant", "appearance", "adjective", "age", "stage 4", 0.6),
 )
@@ -118,7 +133,7 @@ CONTROLS: tuple[tuple[str, str, str], ...] = (
     ("dancer", "occupation", "noun"),
     ("athlete", "occupation", "noun"),
 )
-CONTROL_RATE = 0.8
+CONTROL_RATE = 1.0
 DESCRIPTOR_RATE = 0.5  # each group descriptor is written in a caption with this probability
 CONTENT_RATE = 0.7  # the same for the accessory and the background
 
@@ -257,6 +272,13 @@ def render(person: Person, size: int = IMAGE_SIZE):
     rx, ry = rx * scale * s, ry * scale * s
     cx = size / 2 + (u[7] - 0.5) * 3 * s
     cy = size / 2 + 2 * s + (u[8] - 0.5) * 3 * s
+    # Hair, drawn first so the face covers its inner part: its grey gets lighter with age; it is
+    # a short band over the top of the head for kind X and falls to the chin beside a kind Y face.
+    hair = (_HAIR_GREY[person.age] + int(12 * (u[10] - 0.5)),) * 3
+    if person.gender == 0:
+        d.ellipse([cx - 1.08 * rx, cy - ry - 3.5 * s, cx + 1.08 * rx, cy + 0.3 * ry], fill=hair)
+    else:
+        d.ellipse([cx - rx - 3.5 * s, cy - ry - 3.5 * s, cx + rx + 3.5 * s, cy + 0.9 * ry], fill=hair)
     d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=skin)
     eye_y = cy - 0.15 * ry
     for ex in (cx - 0.42 * rx, cx + 0.42 * rx):
@@ -266,30 +288,33 @@ def render(person: Person, size: int = IMAGE_SIZE):
     for i in range(person.age):  # forehead lines: none at stage 1, three at stage 4
         y = cy - 0.40 * ry - i * 3.0 * s
         d.line([cx - 0.5 * rx, y, cx + 0.5 * rx, y], fill=dark, width=max(1, int(round(1.5 * s))))
-    # Accessory: a dark grey object whose shade varies from image to image.
+    # Accessory: a dark grey object whose shade varies from image to image. Its size is fixed
+    # (only its place follows the head), so how visible it is does not depend on the attributes.
     g = int(10 + 45 * u[9])
     col = (g, g, g)
     acc = ACCESSORIES[person.accessory]
+    top = cy - ry
     if acc == "hat":
-        d.rectangle([cx - 0.75 * rx, cy - ry - 7 * s, cx + 0.75 * rx, cy - ry + 2 * s], fill=col)
-        d.rectangle([cx - 1.25 * rx, cy - ry + 1 * s, cx + 1.25 * rx, cy - ry + 3 * s], fill=col)
+        d.rectangle([cx - 8 * s, top - 7 * s, cx + 8 * s, top + 2 * s], fill=col)
+        d.rectangle([cx - 13 * s, top + 1 * s, cx + 13 * s, top + 3 * s], fill=col)
     elif acc == "glasses":
-        r = 3.0 * s
-        for ex in (cx - 0.42 * rx, cx + 0.42 * rx):
-            d.ellipse([ex - r, eye_y - r, ex + r, eye_y + r], outline=col, width=max(1, int(s)))
-        d.line([cx - 0.42 * rx + r, eye_y, cx + 0.42 * rx - r, eye_y], fill=col, width=max(1, int(s)))
+        r, w = 3.2 * s, max(1, int(round(1.2 * s)))
+        for ex in (cx - 5 * s, cx + 5 * s):
+            d.ellipse([ex - r, eye_y - r, ex + r, eye_y + r], outline=col, width=w)
+        d.line([cx - 5 * s + r, eye_y, cx + 5 * s - r, eye_y], fill=col, width=w)
     elif acc == "scarf":
-        d.rectangle([cx - rx - 2 * s, cy + ry - 2 * s, cx + rx + 2 * s, cy + ry + 4 * s], fill=col)
+        d.rectangle([cx - 13 * s, cy + ry - 2 * s, cx + 13 * s, cy + ry + 4 * s], fill=col)
     elif acc == "crown":
-        top, bot = cy - ry - 7 * s, cy - ry + 2 * s
-        pts = [(cx - 0.8 * rx, bot), (cx - 0.8 * rx, top), (cx - 0.4 * rx, bot - 4 * s), (cx, top),
-               (cx + 0.4 * rx, bot - 4 * s), (cx + 0.8 * rx, top), (cx + 0.8 * rx, bot)]
+        bot, peak = top + 2 * s, top - 7 * s
+        pts = [(cx - 8 * s, bot), (cx - 8 * s, peak), (cx - 4 * s, bot - 4 * s), (cx, peak),
+               (cx + 4 * s, bot - 4 * s), (cx + 8 * s, peak), (cx + 8 * s, bot)]
         d.polygon(pts, fill=col)
     elif acc == "earrings":
+        ey = cy + 0.1 * ry
         for ex in (cx - rx - 1 * s, cx + rx + 1 * s):
-            d.ellipse([ex - 2.2 * s, cy + 0.1 * ry - 2.2 * s, ex + 2.2 * s, cy + 0.1 * ry + 2.2 * s], fill=col)
+            d.ellipse([ex - 2.6 * s, ey - 2.6 * s, ex + 2.6 * s, ey + 2.6 * s], fill=col)
     elif acc == "mask":
-        d.rectangle([cx - 0.65 * rx, cy + 0.2 * ry, cx + 0.65 * rx, cy + 0.7 * ry], fill=col)
+        d.rectangle([cx - 6 * s, mouth_y - 3 * s, cx + 6 * s, mouth_y + 2.5 * s], fill=col)
     return img
 
 

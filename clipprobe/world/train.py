@@ -34,7 +34,7 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 @dataclass(frozen=True)
 class TrainConfig:
     seed: int = 0
-    epochs: int = 24
+    epochs: int = 28
     batch_size: int = 256
     lr: float = 2e-3
     weight_decay: float = 0.1
