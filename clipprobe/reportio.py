@@ -78,6 +78,14 @@ class Report:
         return self.path.name
 
     @property
+    def model_label(self) -> str:
+        """A short name of the model for titles: ``ARCH:file name`` for a local weights file, else the spec."""
+        model = self.run.get("model")
+        if isinstance(model, dict) and model.get("kind") == "file" and model.get("arch") and model.get("path"):
+            return f"{model['arch']}:{Path(str(model['path'])).name}"
+        return self.model_spec
+
+    @property
     def attributes(self) -> list[str]:
         """Attributes present in the report, in the canonical order first."""
         present = set(self.words["attribute"].astype(str))

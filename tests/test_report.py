@@ -180,3 +180,12 @@ def test_report_rejects_missing_counts_folder_early(setup, tmp_path):
     r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(tmp_path / "r"),
                                  "--captions-counts", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "has no cooccurrence.parquet" in r.output
+
+
+def test_report_model_label_is_short_for_a_weights_file(setup, tiny_model_files):
+    from clipprobe.reportio import load_report
+
+    _, weights, arch = tiny_model_files
+    report = load_report(setup["out"])
+    assert report.model_label == f"{arch}:{weights.name}"
+    assert str(weights) in report.model_spec
