@@ -92,6 +92,18 @@ def base_shares(labels, n_groups: int) -> "np.ndarray":
     return np.bincount(lab, minlength=n_groups).astype(np.float64) / lab.size
 
 
+def as_scores(scores) -> "np.ndarray":
+    """``scores`` as a ``(W, N)`` array (one row for a 1-d input); any other shape is a DataError."""
+    import numpy as np
+
+    s = np.asarray(scores)
+    if s.ndim == 1:
+        s = s[None, :]
+    if s.ndim != 2:
+        raise DataError(MSG_SHAPE.format(what="scores", expected="(W, N)", got=s.shape))
+    return s
+
+
 def rank_topk(scores, k: int) -> "np.ndarray":
     """``(W, k)`` int64 ids of each row's ``k`` highest scores, best first.
 
@@ -101,11 +113,7 @@ def rank_topk(scores, k: int) -> "np.ndarray":
     """
     import numpy as np
 
-    s = np.asarray(scores)
-    if s.ndim == 1:
-        s = s[None, :]
-    if s.ndim != 2:
-        raise DataError(MSG_SHAPE.format(what="scores", expected="(W, N)", got=s.shape))
+    s = as_scores(scores)
     n_words, n_total = s.shape
     k = check_k(k, n_total)
     if k == n_total:

@@ -345,14 +345,18 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     if config.captions_counts:
         with timer("crosscheck"):
             result.files += write_crosscheck(out, groups, config.captions_counts, config.alpha)
+    if config.figures or config.html:
+        from clipprobe.reportio import load_report
+
+        written_report = load_report(out)  # read back once: figures and HTML work from the files
     if config.figures:
         with timer("figures"):
-            result.files += _write_figures(out)
+            result.files += _write_figures(written_report)
     run["timings"] = dict(probe.timer.as_dict())
     _io.write_json(out / "run.json", run)
     if config.html:
         with timer("html"):
-            result.files.append(_write_html(out, probe))
+            result.files.append(_write_html(replace(written_report, run=run), probe))
         run["timings"] = dict(probe.timer.as_dict())
         _io.write_json(out / "run.json", run)
     return result
@@ -382,17 +386,16 @@ def _check_out_folder(out: Path) -> None:
                                  f"writes format {FORMAT_VERSION}: use a new --out folder")
 
 
-def _write_figures(out: Path) -> list[Path]:
+def _write_figures(report) -> list[Path]:
     from clipprobe.figures import write_report_figures
-    from clipprobe.reportio import load_report
 
-    return list(write_report_figures(load_report(out), out / "figures"))
+    return list(write_report_figures(report, Path(report.path) / "figures"))
 
 
-def _write_html(out: Path, probe: "Probe") -> Path:
+def _write_html(report, probe: "Probe") -> Path:
     from clipprobe.htmlreport import write_html_report
-    from clipprobe.reportio import load_report
 
+    out = Path(report.path)
     table = probe.dataset.table
     row_of = {str(f): i for i, f in enumerate(table["file"])}
     shown = [a for a in ("race", "gender", "age") if a in probe.attributes()]
@@ -404,7 +407,7 @@ def _write_html(out: Path, probe: "Probe") -> Path:
         row = table.iloc[row_of[file]]
         return " ".join(str(row[a]) for a in shown)
 
-    return write_html_report(load_report(out), out / "report.html", image_loader=loader, label_for=label_for,
+    return write_html_report(report, out / "report.html", image_loader=loader, label_for=label_for,
                              figures_dir=out / "figures")
 
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Mapping
 
 from clipprobe.errors import DataError, UsageError, one_of
 from clipprobe.metrics import (
-    MSG_SHAPE,
     REFERENCES,
+    as_scores,
     check_k,
     check_labels,
     rank_topk,
@@ -177,11 +177,7 @@ def bootstrap_counts(
     """
     import numpy as np
 
-    s = np.asarray(scores)
-    if s.ndim == 1:
-        s = s[None, :]
-    if s.ndim != 2:
-        raise DataError(MSG_SHAPE.format(what="scores", expected="(W, N)", got=s.shape))
+    s = as_scores(scores)
     n_words, n_total = s.shape
     k = check_k(k, n_total)
     if int(n_boot) < 1:

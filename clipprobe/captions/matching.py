@@ -166,6 +166,17 @@ class BatchMatches:
     n_nulls: int
 
 
+def as_string_array(array):
+    """One Arrow ``string``/``large_string`` array from a (chunked) array of captions."""
+    import pyarrow as pa
+
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
+    if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
+        array = array.cast(pa.large_string())
+    return array
+
+
 class Matcher:
     """Finds the terms in Arrow string arrays by the rule of this module.
 
@@ -292,10 +303,7 @@ class Matcher:
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
-        if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-            array = array.cast(pa.large_string())
+        array = as_string_array(array)
         n_nulls = array.null_count
         n_captions = len(array) - n_nulls
         empty = np.zeros(0, np.int64)

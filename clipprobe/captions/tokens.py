@@ -44,7 +44,7 @@ import logging
 import re
 from typing import Sequence
 
-from clipprobe.captions.matching import WHITESPACE, BatchMatches, Matcher, sorted_unique
+from clipprobe.captions.matching import WHITESPACE, BatchMatches, Matcher, as_string_array, sorted_unique
 
 log = logging.getLogger(__name__)
 
@@ -189,10 +189,7 @@ class TokenMatcher:
         import numpy as np
         import pyarrow as pa
 
-        if isinstance(array, pa.ChunkedArray):
-            array = array.combine_chunks() if array.num_chunks != 1 else array.chunk(0)
-        if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
-            array = array.cast(pa.large_string())
+        array = as_string_array(array)
         n_nulls = array.null_count
         n_captions = len(array) - n_nulls
         empty = np.zeros(0, np.int64)
