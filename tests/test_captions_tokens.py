@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -192,3 +193,110 @@ def test_malformed_utf8_goes_to_hyperscan():
     got, hs = matcher.scan(arr), matcher.matcher.scan(arr)
     assert np.array_equal(got.rows, hs.rows) and np.array_equal(got.terms, hs.terms)
     assert (4, "man") in _pairs(got, matcher.terms) and (0, "woman") in _pairs(got, matcher.terms)
+
+
+ODD_TAXONOMY = """name: odd
+categories:
+  any: [man, middle eastern, "o'brien", "c.e.o.", "#metoo", élève, "a - b", 5-year-old, delivery man]
+"""
+ODD_LEXICON = """name: odd-lex
+attributes:
+  kind:
+    plain: [woman, women, old man]
+    odd: ["r&b", "mr.  smith", "x_y"]
+    wide: [ω, ж, mañana]
+"""
+
+
+def _table_and_samples(out):
+    table = pq.read_table(out / "cooccurrence.parquet").to_pandas()
+    return table, pq.read_table(out / "samples.parquet").to_pylist()
+
+
+def test_counting_pass_equals_hyperscan_with_every_kind_of_term(tmp_path, monkeypatch):
+    """The pass counts plain captions itself and leaves the rest (Hyperscan-only terms, non-ASCII terms,
+    malformed UTF-8) to the caller: counts and samples equal the Hyperscan path's, also when its output
+    arrays start with room for one item and must grow many times."""
+    if not tokens.available():
+        pytest.skip("numba is not installed")
+    (tmp_path / "tax.yaml").write_text(ODD_TAXONOMY)
+    (tmp_path / "lex.yaml").write_text(ODD_LEXICON)
+    texts = [c.encode() for c in TRAPS + ODD_CAPTIONS if c is not None]
+    texts += [b"a man \xff woman", b"man\xc3", b"\xe2\x82 old man", b"old man \xf0\x9f\x99 x_y", b"\xed\xa0\x80man",
+              "o'brien, ω and ж: woman".encode(), b"c.e.o. of r&b, an old man", "mañana man".encode()]
+    rng = np.random.default_rng(5)
+    rows = [texts[i] for i in rng.integers(0, len(texts), 900)] + [None] * 20
+    rng.shuffle(rows)
+    arr = pa.array(rows, type=pa.binary()).view(pa.string())
+    table = pa.table({"URL": pa.array([f"u{i}" for i in range(len(rows))]), "TEXT": arr})
+    pq.write_table(table, tmp_path / "odd.parquet", row_group_size=97)
+    monkeypatch.setattr(tokens, "FIRST_ROOM", 1)
+    common = dict(captions=(str(tmp_path / "odd.parquet"),), taxonomy=str(tmp_path / "tax.yaml"),
+                  lexicon=str(tmp_path / "lex.yaml"), samples=2, workers=1, chunk_rows=300)
+    res = {m: count_captions(CountConfig(out=str(tmp_path / m), matcher=m, **common)) for m in ("hyperscan", "tokens")}
+    assert res["tokens"].run["matcher"] == "tokens"
+    a, sa = _table_and_samples(tmp_path / "hyperscan")
+    b, sb = _table_and_samples(tmp_path / "tokens")
+    pd.testing.assert_frame_equal(a, b)
+    assert sa == sb and len(sa) >= 12
+    assert a["n_both"].sum() > 50 and (a.loc[a.group == "wide", "n_both"] > 0).any()
+    assert (a.loc[a.group == "odd", "n_both"] > 0).any() and (a.loc[a.word == "c.e.o.", "n_word"] > 0).all()
+
+
+def test_count_method_against_pairs_from_scan(token_matcher):
+    """TokenMatcher.count on one batch: the counts it makes plus those of the captions it defers equal the
+    counts made from scan()'s pairs; candidates are the first captions of each cell, in row order."""
+    if not tokens.available():
+        pytest.skip("numba is not installed")
+    from clipprobe.captions.scan import TermSpace
+
+    captions = (TRAPS + ODD_CAPTIONS) * 3 + [None, "ж man", "ω woman élève"]
+    arr = pa.array(captions, type=pa.string())
+    terms = token_matcher.terms
+    words = [t for k, t in enumerate(terms) if k % 2 == 0] + ["ω", "ж"]       # ASCII, odd and non-ASCII terms
+    space = TermSpace(tuple(words), (("g", "a"), ("g", "b")), terms, tuple(terms.index(w) for w in words),
+                      (tuple(range(0, len(terms), 3)), tuple(range(1, len(terms), 2))))
+    word_ptr, word_idx, group_ptr, group_idx = space.term_maps()
+    n_word, n_group = np.zeros(len(words), np.int64), np.zeros(2, np.int64)
+    n_both = np.zeros((len(words), 2), np.int64)
+    taken = np.zeros(len(words) * 2, np.int64)
+    taken[3] = 1                                         # one sample taken before for cell 3
+    deferred, cand = token_matcher.count(arr, word_ptr, word_idx, group_ptr, group_idx, n_word, n_group, n_both,
+                                         taken, 2)
+
+    def pairs_to_sets(rows, terms_):
+        per_row = {}
+        for r, t in zip(rows.tolist(), terms_.tolist()):
+            per_row.setdefault(r, set()).add(t)
+        return per_row
+
+    def counts(per_row):
+        w = np.zeros(len(words), np.int64)
+        g = np.zeros(2, np.int64)
+        b = np.zeros((len(words), 2), np.int64)
+        cells = []
+        for r in sorted(per_row):
+            ws = sorted({i for t in per_row[r] for i in word_idx[word_ptr[t]:word_ptr[t + 1]]})
+            gs = sorted({j for t in per_row[r] for j in group_idx[group_ptr[t]:group_ptr[t + 1]]})
+            w[ws] += 1
+            g[gs] += 1
+            for i in ws:
+                for j in gs:
+                    b[i, j] += 1
+                    cells.append((r, i, j))
+        return w, g, b, cells
+
+    full = token_matcher.scan(arr)
+    want_w, want_g, want_b, want_cells = counts(pairs_to_sets(full.rows, full.terms))
+    d_w, d_g, d_b, d_cells = counts(pairs_to_sets(deferred.rows, deferred.terms))
+    assert np.array_equal(n_word + d_w, want_w) and np.array_equal(n_group + d_g, want_g)
+    assert np.array_equal(n_both + d_b, want_b) and want_b.sum() > 10
+    assert len(deferred.rows) and set(deferred.rows.tolist()) < set(full.rows.tolist())
+    counted = [c for c in want_cells if c not in set(d_cells)]
+    expect, seen = [], taken.copy()
+    for r, i, j in counted:
+        if seen[i * 2 + j] < 2:
+            seen[i * 2 + j] += 1
+            expect.append((r, i, j))
+    assert sorted(map(tuple, cand.T.tolist())) == sorted(expect)
+    assert np.all(np.diff(cand[0]) >= 0)

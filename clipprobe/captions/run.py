@@ -199,6 +199,10 @@ def count_captions(config: CountConfig) -> CountResult:
         matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
         spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples,
                         method=method)
+        if config.engine == "local":
+            from clipprobe.captions.scan import prepare_worker
+
+            prepare_worker(spec)     # matcher, kernel and tables, once: forked workers inherit them
 
     skipped: list[dict[str, str]] = []
     done: dict[str, FileInfo] = {}

@@ -11,6 +11,7 @@ engine runs it in a process pool (:func:`run_local`); the Spark engine
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -166,12 +167,14 @@ class _Worker:
         self.spec = spec
         self.space = TermSpace.from_dict(spec.space)
         self.matcher = Matcher.from_bytes(self.space.terms, spec.matcher)
+        self.counts_directly = False      # the token pass counts captions itself (TokenMatcher.count)
         if spec.method == "tokens":
             from clipprobe.captions.tokens import TokenMatcher, available
 
             if available():
                 self.matcher = TokenMatcher(self.matcher)
                 self.matcher.warm_up()
+                self.counts_directly = True
             else:     # e.g. a Spark executor without numba: the same counts, from Hyperscan
                 log.warning("numba is not installed here: matching with Hyperscan instead of the token path")
         self.word_ptr, self.word_idx, self.group_ptr, self.group_idx = self.space.term_maps()
@@ -188,6 +191,11 @@ class _Worker:
             cls._cache.clear()
             cls._cache[key] = cls(spec)
         return cls._cache[key]
+
+
+def prepare_worker(spec: ScanSpec) -> None:
+    """Build this process's worker state for ``spec`` now (the local engine's forked workers inherit it)."""
+    _Worker.get(spec)
 
 
 def open_parquet(path: str):
@@ -208,6 +216,8 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
 
     ``row_offset`` is the file row of the chunk's first row (for sample provenance).
     """
+    import numpy as np
+
     worker = _Worker.get(spec)
     space = worker.space
     out = ChunkCounts.zeros(len(space.words), len(space.groups))
@@ -231,10 +241,18 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
         t1 = time.perf_counter()
         t_read += t1 - t0
         column = batch.column(0)
-        found = worker.matcher.scan(column)
+        if worker.counts_directly:
+            # the token pass counts as it matches; it leaves a few captions (if any) to count here
+            if taken is None and spec.n_samples > 0:
+                taken = np.zeros(len(space.words) * len(space.groups), np.int64)
+            found, candidates = worker.matcher.count(column, worker.word_ptr, worker.word_idx, worker.group_ptr,
+                                                     worker.group_idx, out.n_word, out.n_group, out.n_both, taken,
+                                                     spec.n_samples)
+        else:
+            found, candidates = worker.matcher.scan(column), None
         t2 = time.perf_counter()
         t_match += t2 - t1
-        taken = _count_batch(worker, found, column, row, out, taken)
+        taken = _count_batch(worker, found, column, row, out, taken, candidates)
         out.n_rows += len(column)
         out.n_captions += found.n_captions
         out.n_nulls += found.n_nulls
@@ -250,30 +268,41 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
     return out
 
 
-def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCounts, taken):
-    """Add one batch's caption x term pairs to ``out`` (and pick sample captions)."""
+def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCounts, taken, candidates=None):
+    """Add one batch's caption x term pairs to ``out`` and pick sample captions.
+
+    ``candidates``: (row, word, group) of captions counted already (by the token pass) that may be samples.
+    """
     import numpy as np
 
-    if len(found.rows) == 0:
-        return taken
     n_words, n_groups = len(worker.space.words), len(worker.space.groups)
-    terms = found.terms.astype(np.int64)
-    # (caption, word): unique already, as each word is one term and the pairs (caption, term) are unique
-    w_rows, words = _expand(found.rows, terms, worker.word_ptr, worker.word_idx)
-    # (caption, group): several terms of one group in a caption count once
-    g_rows, groups = _expand(found.rows, terms, worker.group_ptr, worker.group_idx)
-    key = sorted_unique(g_rows * n_groups + groups)
-    g_rows, groups = key // n_groups, key % n_groups
-    out.n_word += np.bincount(words, minlength=n_words)
-    out.n_group += np.bincount(groups, minlength=n_groups)
-    cap, w, g = _cells(w_rows, words, g_rows, groups)
-    cell = w * n_groups + g
-    out.n_both += np.bincount(cell, minlength=n_words * n_groups).reshape(n_words, n_groups)
+    if len(found.rows):
+        terms = found.terms.astype(np.int64)
+        # (caption, word): unique already, as each word is one term and the pairs (caption, term) are unique
+        w_rows, words = _expand(found.rows, terms, worker.word_ptr, worker.word_idx)
+        # (caption, group): several terms of one group in a caption count once
+        g_rows, groups = _expand(found.rows, terms, worker.group_ptr, worker.group_idx)
+        key = sorted_unique(g_rows * n_groups + groups)
+        g_rows, groups = key // n_groups, key % n_groups
+        out.n_word += np.bincount(words, minlength=n_words)
+        out.n_group += np.bincount(groups, minlength=n_groups)
+        cap, w, g = _cells(w_rows, words, g_rows, groups)
+        out.n_both += np.bincount(w * n_groups + g, minlength=n_words * n_groups).reshape(n_words, n_groups)
+    else:
+        cap = w = g = np.zeros(0, np.int64)
+    if candidates is not None and candidates.shape[1]:
+        if len(cap):             # both in row order: merge them
+            cap, w, g = np.concatenate((candidates, np.stack((cap, w, g))), axis=1)
+            order = np.argsort(cap, kind="stable")
+            cap, w, g = cap[order], w[order], g[order]
+        else:
+            cap, w, g = candidates
     n_samples = worker.spec.n_samples
     if n_samples <= 0 or len(cap) == 0:
         return taken
     if taken is None:
         taken = np.zeros(n_words * n_groups, np.int64)
+    cell = w * n_groups + g
     open_ = np.flatnonzero(taken[cell] < n_samples)          # cells that still want samples
     if len(open_) == 0:
         return taken
@@ -285,12 +314,24 @@ def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCoun
     pick = order[rank < (n_samples - taken[cell_sorted])]
     if len(pick) == 0:
         return taken
-    pick = np.sort(pick)
+    pick = pick[np.lexsort((g[pick], w[pick], cap[pick]))]      # by caption, word, group: one order for all
     np.add.at(taken, cell[pick], 1)
     rows = cap[pick]
-    texts = column.take(rows).to_pylist()
+    texts = _texts(column.take(rows))
     out.samples.extend(zip(w[pick].tolist(), g[pick].tolist(), (rows + row_offset).tolist(), texts))
     return taken
+
+
+def _texts(array) -> list:
+    """Captions as Python strings; bytes that are not UTF-8 become U+FFFD (a sample is for reading)."""
+    try:
+        return array.to_pylist()
+    except UnicodeDecodeError:
+        import pyarrow as pa
+
+        return [None if b is None else b.decode("utf-8", "replace")
+                for b in array.view(pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary())
+                .to_pylist()]
 
 
 def _expand(rows, terms, ptr, idx):
@@ -364,11 +405,18 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
     # The platform's default start method: fork on Linux up to Python 3.13 (workers start at once,
     # with the libraries already imported), forkserver / spawn elsewhere.
     ctx = multiprocessing.get_context()
-    with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                             initializer=_init_pool, initargs=(spec,)) as pool:
-        futures = [pool.submit(_pool_task, t) for t in tasks]
-        for fut in as_completed(futures):
-            yield fut.result()
+    # Objects made so far (libraries, the worker state) are left out of garbage collection until the
+    # scan ends: collections here and in forked workers then walk only the scan's own objects, and
+    # do not copy the workers' inherited pages by touching them (the advice of the gc.freeze docs).
+    gc.freeze()
+    try:
+        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
+                                 initializer=_init_pool, initargs=(spec,)) as pool:
+            futures = [pool.submit(_pool_task, t) for t in tasks]
+            for fut in as_completed(futures):
+                yield fut.result()
+    finally:
+        gc.unfreeze()
 
 
 def progress(iterable: Iterable, total: int, desc: str) -> Iterable:

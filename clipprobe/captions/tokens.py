@@ -1,4 +1,4 @@
-"""A second way to apply the matching rule: whole tokens, found by one compiled pass (numba).
+"""A second way to apply the matching rule: whole tokens, found and counted by one compiled pass (numba).
 
 Under the rule of :mod:`clipprobe.captions.matching`, a caption is a sequence
 of *tokens* (maximal runs of letters, digits and combining marks) with non-word
@@ -9,32 +9,45 @@ each gap equals the term's separator: a single space in the term is a gap made
 only of whitespace (rule 3), any other separator is that exact string. The
 maximal runs settle rule 2 by themselves.
 
-:class:`TokenMatcher` does this for a whole record batch: one pass over the
-Arrow buffers (:func:`_scan_tokens`, compiled by numba) hashes every token and
-keeps those of the terms' vocabulary (a bitmap of hash buckets rejects nearly
-all others at once; the rest are compared byte by byte); numpy then joins
-consecutive vocabulary tokens into n-grams and checks their gaps. There is no
-Python per caption or per match. What it cannot express exactly goes to
-Hyperscan (:class:`Matcher`), so the result is always that of the rule:
+:class:`TokenMatcher` does this for a whole record batch in one pass over the
+Arrow buffers (:func:`_token_pass`, compiled by numba), with no Python per
+caption or per match:
+
+* each token's lower-cased first eight bytes, packed into one integer, and its
+  length are looked up in a small open-addressing table of the terms'
+  vocabulary (the packed key *is* the token up to eight bytes; longer tokens
+  are compared byte by byte);
+* a vocabulary token steps a trie of the terms, keyed by (state, separator of
+  the gap, token): the states still open after the previous token carry
+  multi-token terms along, and every state that completes a term records it
+  once per caption;
+* at the end of a caption its terms are turned into words and groups and
+  counted right there (:meth:`TokenMatcher.count`): per-word, per-group and
+  word x group caption counts, plus the captions that may become samples. Or
+  the pass only reports the caption's (row, term) pairs
+  (:meth:`TokenMatcher.scan`, the contract of
+  :meth:`~clipprobe.captions.matching.Matcher.scan`).
+
+What tokens cannot express exactly goes to Hyperscan
+(:class:`~clipprobe.captions.matching.Matcher`), so the result is always that
+of the rule; the captions concerned are reported as pairs and counted by the
+caller, never by the pass:
 
 * captions that are not well-formed UTF-8: the full Hyperscan matcher scans
   just those captions;
 * terms with non-ASCII characters (they need Unicode case folding): a Hyperscan
   matcher of only those terms scans the captions with non-ASCII bytes (a token
-  with a non-ASCII character never equals an ASCII token, rule 1; the kernel
-  reads non-ASCII characters only to tell letters from separators);
+  with a non-ASCII character never equals an ASCII token, rule 1; the pass
+  reads non-ASCII characters only to tell letters and whitespace from the rest);
 * terms that are not tokens with separators (ASCII terms that start or end with
   punctuation, such as ``"c.e.o."``, or whose separators mix whitespace with
-  other characters, such as ``"a - b"``): a Hyperscan matcher of only those
-  terms scans all captions.
+  other characters, such as ``"a - b"``), or of more than :data:`MAX_TOKENS`
+  tokens: a Hyperscan matcher of only those terms scans all captions.
 
-Measured on the benchmark's captions (1,176 terms, one core): about 0.4 us of
-CPU per caption to match, against 0.55 for the Hyperscan path (whose Python
-callback per match and the scan itself are its floor). A pure-numpy version of
-the same idea (Arrow splitting, or numpy passes over the bytes) was slower than
-Hyperscan: it needs a dozen passes over the data. Without numba the kernel runs
-as plain Python (correct, for tests, far too slow for data), so the engines use
-this path only where numba is installed (:func:`available`).
+The default So-B-IT words and FairFace lexicon have none of the last two kinds.
+Without numba the pass runs as plain Python (correct, for tests, far too slow
+for data), so the engines use this path only where numba is installed
+(:func:`available`).
 """
 
 from __future__ import annotations
@@ -48,21 +61,15 @@ from clipprobe.captions.matching import WHITESPACE, BatchMatches, Matcher, as_st
 
 log = logging.getLogger(__name__)
 
+FIRST_ROOM = 1024         # (row, term) pairs and sample candidates the first output arrays of a batch hold
+MAX_TOKENS = 16           # terms of more tokens go to Hyperscan (the pass keeps this many open trie states)
 _WORD = re.compile(r"[a-z0-9]+")
 _TERM = re.compile(r"[a-z0-9]+(?:[^a-z0-9]+[a-z0-9]+)*")
-_ASCII_WS = bytes(ord(c) for c in WHITESPACE if ord(c) < 0x80)
 _SPACE = " "             # a separator that stands for a whitespace run
 _MASK64 = (1 << 64) - 1
-# the token hash: FNV-1a over the lower-cased bytes, then a multiplicative mix into a bucket
-_FNV_BASIS, _FNV_PRIME, _MIX = 0xCBF29CE484222325, 0x100000001B3, 0x9E3779B97F4A7C15
-
-
-def token_bucket(token: bytes, bits: int) -> int:
-    """The bucket of a lower-cased token (as the kernel computes it, with 64-bit wrap-around)."""
-    h = _FNV_BASIS
-    for byte in token:
-        h = ((h ^ byte) * _FNV_PRIME) & _MASK64
-    return ((h * _MIX) & _MASK64) >> (64 - bits)
+_MIX = 0x9E3779B97F4A7C15  # multiplicative hashing (Fibonacci) of the packed token and of trie edges
+_BITMAP_BITS = 16          # as clipprobe.captions._tokenpass.BITMAP_BITS
+_IS_WORD, _IS_SPACE = 1, 2  # bits of the code point classes
 
 
 def split_term(term: str) -> tuple[list[str], list[str]] | None:
@@ -76,6 +83,20 @@ def split_term(term: str) -> tuple[list[str], list[str]] | None:
         if sep != _SPACE and any(c in sep for c in WHITESPACE):
             return None
     return tokens, seps
+
+
+def pack_token(token: bytes) -> int:
+    """The first eight bytes of a lower-cased token as one little-endian integer (as the pass builds it)."""
+    return int.from_bytes(token[:8], "little")
+
+
+def _slot(key: int, bits: int) -> int:
+    return ((key * _MIX) & _MASK64) >> (64 - bits)
+
+
+def _table_bits(n: int) -> int:
+    """Bits of an open-addressing table for n keys: at most 1/8 full, so most lookups probe one slot."""
+    return max(10, (max(n, 1) * 8 - 1).bit_length())
 
 
 class TokenMatcher:
@@ -94,100 +115,110 @@ class TokenMatcher:
                 wide.append(k)                    # only in captions with non-ASCII bytes (rule 1)
                 continue
             parts = split_term(term)
-            if parts is None:
+            if parts is None or len(parts[0]) > MAX_TOKENS:
                 rest.append(k)
             else:
                 parsed.append((k, *parts))
-        vocab: dict[str, int] = {}
-        for _, tokens, _ in parsed:
-            for t in tokens:
-                vocab.setdefault(t, len(vocab))
-        self.n_vocab = n_vocab = max(len(vocab), 1)
-        # n-gram codes are ids in base n_vocab: at most max_n tokens per term fit in an int64
-        self.max_n = max_n = max(1, int(62 // np.log2(n_vocab + 1)))
-        self.by_length: dict[int, list[tuple[int, list[int], list[str]]]] = {}
-        for k, tokens, seps in parsed:
-            if len(tokens) > max_n:
-                rest.append(k)
-            else:
-                self.by_length.setdefault(len(tokens), []).append((k, [vocab[t] for t in tokens], seps))
-        rest.sort()
         self.rest_terms = np.asarray(rest, np.int64)
         self.rest = Matcher([terms[k] for k in rest]) if rest else None
         self.wide_terms = np.asarray(wide, np.int64)
         self.wide = Matcher([terms[k] for k in wide]) if wide else None
-        words = list(vocab)
-        encoded = [w.encode() for w in words]
-        self.vocab_lengths = np.asarray([len(w) for w in encoded] or [0], np.int64)
+
+        # the vocabulary: every token of a token-path term, in an open-addressing table keyed by
+        # (packed first eight bytes, length); bytes of the tokens for comparing longer ones
+        vocab: dict[str, int] = {}
+        for _, tokens, _ in parsed:
+            for t in tokens:
+                vocab.setdefault(t, len(vocab))
+        encoded = [w.encode() for w in vocab]
         self.vocab_offsets = np.concatenate(([0], np.cumsum([len(w) for w in encoded], dtype=np.int64)))
         self.vocab_bytes = np.frombuffer(b"".join(encoded) or b"\0", np.uint8)
-        # buckets of a hash of the token, in CSR form: bucket b holds the vocabulary ids
-        # bucket_vid[bucket_ptr[b]:bucket_ptr[b + 1]] (mostly zero or one; the kernel compares whole tokens)
-        self.bits = max(12, int(np.ceil(np.log2(max(len(words), 1)))) + 6)
-        h = np.asarray([token_bucket(w, self.bits) for w in encoded], np.int64)
-        order = np.argsort(h, kind="stable")
-        self.bucket_vid = order.astype(np.int32)
-        self.bucket_ptr = np.searchsorted(h[order], np.arange((1 << self.bits) + 1)).astype(np.int32)
-        self.bitmap = np.zeros(1 << (self.bits - 6), np.uint64)
-        for bucket in np.unique(h).tolist():
-            self.bitmap[bucket >> 6] |= np.uint64(1 << (bucket & 63))
-        lower = np.zeros(256, np.uint8)
+        self.token_bits = bits = _table_bits(len(encoded))
+        self.bitmap = np.zeros(1 << (_BITMAP_BITS - 6), np.uint64)      # hashes of the vocabulary's keys
+        self.slot_packed = np.zeros(1 << bits, np.uint64)
+        self.slot_len = np.zeros(1 << bits, np.int64)            # 0: an empty slot
+        self.slot_vid = np.zeros(1 << bits, np.int64)
+        for vid, w in enumerate(encoded):
+            packed = pack_token(w)
+            s = _slot(packed ^ len(w), bits)
+            while self.slot_len[s]:
+                s = (s + 1) & ((1 << bits) - 1)
+            self.slot_packed[s], self.slot_len[s], self.slot_vid[s] = packed, len(w), vid
+            h = _slot(packed ^ len(w), _BITMAP_BITS)
+            self.bitmap[h >> 6] |= np.uint64(1 << (h & 63))
+
+        # separators: 0 is a whitespace run (a space in the term), the others exact strings
+        seps: dict[str, int] = {_SPACE: 0}
+        for _, _, term_seps in parsed:
+            for sep in term_seps:
+                seps.setdefault(sep, len(seps))
+        sep_encoded = [s.encode() for s in seps]
+        self.sep_offsets = np.concatenate(([0], np.cumsum([len(s) for s in sep_encoded], dtype=np.int64)))
+        self.sep_bytes = np.frombuffer(b"".join(sep_encoded), np.uint8)
+
+        # the trie: state 0 is the root; an edge is keyed (state * n_seps + separator) * n_vocab + token
+        # (separator 0 from the root) and stored in an open-addressing table
+        self.n_vocab, self.n_seps = max(len(vocab), 1), len(seps)
+        children: dict[tuple[int, int, int], int] = {}
+        state_term = [-1]
+        for k, tokens, term_seps in parsed:
+            state = 0
+            for j, token in enumerate(tokens):
+                edge = (state, seps[term_seps[j - 1]] if j else 0, vocab[token])
+                if edge not in children:
+                    children[edge] = len(state_term)
+                    state_term.append(-1)
+                state = children[edge]
+            state_term[state] = k
+        self.state_term = np.asarray(state_term, np.int64)
+        self.edge_bits = ebits = _table_bits(len(children))
+        self.edge_key = np.full(1 << ebits, -1, np.int64)
+        self.edge_next = np.zeros(1 << ebits, np.int64)
+        for (state, sep, vid), nxt in children.items():
+            key = (state * self.n_seps + sep) * self.n_vocab + vid
+            s = _slot(key, ebits)
+            while self.edge_key[s] >= 0:
+                s = (s + 1) & ((1 << ebits) - 1)
+            self.edge_key[s], self.edge_next[s] = key, nxt
+
+        lower = np.zeros(256, np.uint8)      # 0: ASCII non-word byte, 1: a byte >= 0x80, else lower-cased
         for byte in b"0123456789abcdefghijklmnopqrstuvwxyz":
             lower[byte] = byte
             lower[bytes([byte]).upper()[0]] = byte
         lower[0x80:] = 1
         self.lower = lower
-        # single-token terms by vocabulary id; n-gram codes -> entries (term, separators), sorted by code
-        self.single = np.full(n_vocab, -1, np.int64)
-        self.starts_gram = np.zeros(n_vocab, bool)       # the first token of a term of 2+ tokens
-        self.grams: dict[int, tuple] = {}
-        sep_index: dict[str, int] = {}
-        for n, entries in sorted(self.by_length.items()):
-            if n == 1:
-                for k, ids, _ in entries:
-                    self.single[ids[0]] = k
-                continue
-            for _, ids, _ in entries:
-                self.starts_gram[ids[0]] = True
-            codes = np.asarray([self._code(ids) for _, ids, _ in entries], np.int64)
-            order = np.argsort(codes, kind="stable")
-            term = np.asarray([entries[i][0] for i in order], np.int64)
-            seps = np.asarray([[sep_index.setdefault(s, len(sep_index)) for s in entries[i][2]] for i in order],
-                              np.int64).reshape(len(order), n - 1)
-            self.grams[n] = (codes[order], term, seps)
-        self.top_n = max(self.by_length, default=0)
-        self.sep_bytes = [s.encode() for s in sep_index]
-        self.sep_is_space = np.asarray([s == _SPACE for s in sep_index] or [False], bool)
-        self.sep_len = np.asarray([len(s) for s in sep_index] or [0], np.int64)
-        self.sep_first = np.asarray([s.encode()[0] for s in sep_index] or [0], np.int64)
-        ws = np.zeros(256, bool)
-        ws[list(_ASCII_WS)] = True
-        ws[0x80:] = True
-        self.ws_byte = ws
-        log.debug("token path: %d terms, %d vocabulary tokens, %d terms left to Hyperscan",
-                  sum(len(v) for v in self.by_length.values()), len(words), len(rest))
+        self.n_parsed = len(parsed)
+        log.debug("token path: %d terms, %d vocabulary tokens, %d trie states, %d terms left to Hyperscan",
+                  len(parsed), len(vocab), len(state_term), len(rest) + len(wide))
 
     @property
     def terms(self) -> tuple[str, ...]:
         return self.matcher.terms
 
     def warm_up(self) -> None:
-        """Compile (or load from numba's cache) the kernel and build the character table now, e.g. before
+        """Compile (or load from numba's cache) the pass and build the character table now, e.g. before
         worker processes fork."""
+        import numpy as np
         import pyarrow as pa
 
-        self.scan(pa.array(["warm up é"], type=pa.string()))
+        array = pa.array(["warm up é"], type=pa.string())
+        self.scan(array)
+        no_items = np.zeros(len(self.terms) + 1, np.int64), np.zeros(0, np.int64)    # terms map to nothing
+        one = np.zeros(1, np.int64)
+        self.count(array, *no_items, *no_items, one, one.copy(), one.reshape(1, 1).copy(), None, 0)
 
-    def _code(self, ids: Sequence[int]) -> int:
-        code = 0
-        for i in ids:
-            code = code * self.n_vocab + i
-        return code
+    def _tables(self):
+        import numpy as np
+
+        vocab = (self.slot_packed, self.slot_len, self.slot_vid, np.uint64(64 - self.token_bits), self.vocab_bytes,
+                 self.vocab_offsets)
+        trie = (self.edge_key, self.edge_next, np.uint64(64 - self.edge_bits), self.state_term, self.n_seps,
+                self.n_vocab, self.sep_bytes, self.sep_offsets)
+        return self.lower, char_classes(), self.bitmap, vocab, trie
 
     def scan(self, array) -> BatchMatches:
         """Same contract and result as :meth:`Matcher.scan`."""
         import numpy as np
-        import pyarrow as pa
 
         array = as_string_array(array)
         n_nulls = array.null_count
@@ -195,11 +226,94 @@ class TokenMatcher:
         empty = np.zeros(0, np.int64)
         if n_captions == 0 or not len(self.matcher.terms):
             return BatchMatches(empty, empty.astype(np.int32), n_captions, n_nulls)
-        rows, terms, flags = self._find(array)
+        none = np.zeros(1, np.int64)
+        rows, terms, _, flags = self._run(array, None, True, (none, none, none, none, none, none, none, none, 0))
+        rows, terms = self._add_hyperscan(array, rows, terms, flags, None)
+        k = len(self.matcher.terms)
+        key = sorted_unique(rows * k + terms)
+        return BatchMatches(key // k, (key % k).astype(np.int32), n_captions, n_nulls)
+
+    def count(self, array, word_ptr, word_idx, group_ptr, group_idx, n_word, n_group, n_both, taken, n_samples):
+        """Count a batch into ``n_word``, ``n_group``, ``n_both`` (int64 arrays, updated in place).
+
+        ``word_ptr, word_idx`` and ``group_ptr, group_idx`` map terms to words and groups (CSR, as
+        :meth:`~clipprobe.captions.scan.TermSpace.term_maps`). Returns ``(deferred, candidates)``:
+        ``deferred`` is a :class:`BatchMatches` of the captions the pass did not count (see the module
+        docstring; the caller counts them) and ``candidates`` an int64 array (3, m) of (row, word, group),
+        in row order, for every counted caption that could be one of the first ``n_samples`` of its cell
+        given ``taken`` (samples taken per cell before this batch; None: none).
+        """
+        import numpy as np
+
+        array = as_string_array(array)
+        n_nulls = array.null_count
+        n_captions = len(array) - n_nulls
+        empty = np.zeros(0, np.int64)
+        if n_captions == 0 or not len(self.matcher.terms):
+            return BatchMatches(empty, empty.astype(np.int32), n_captions, n_nulls), np.zeros((3, 0), np.int64)
+        defer = None
+        rest = None
+        if self.rest is not None:               # captions with a Hyperscan-only term: not counted by the pass
+            rest = self.rest.scan(array)
+            defer = np.zeros(len(array), np.uint8)
+            defer[rest.rows] = 1
+        if taken is None or n_samples <= 0:
+            taken = np.zeros(1, np.int64)
+            n_samples = 0
+        rows, terms, cand, flags = self._run(array, defer, False, (word_ptr, word_idx, group_ptr, group_idx, n_word,
+                                                                   n_group, n_both.reshape(-1), taken, n_samples))
+        rows, terms = self._add_hyperscan(array, rows, terms, flags, rest)
+        k = len(self.matcher.terms)
+        key = sorted_unique(rows * k + terms)
+        return BatchMatches(key // k, (key % k).astype(np.int32), n_captions, n_nulls), cand
+
+    def _run(self, array, defer, emit_all, counting):
+        import numpy as np
+        import pyarrow as pa
+
+        n = len(array)
+        offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
+        validity, offsets_buf, data_buf = array.buffers()
+        offsets = np.frombuffer(offsets_buf, dtype=offset_type, count=array.offset + n + 1)[array.offset:]
+        data = np.frombuffer(data_buf, np.uint8, count=int(offsets[-1])) if data_buf is not None and n \
+            else np.zeros(0, np.uint8)
+        valid = np.ones(n, np.bool_) if array.null_count == 0 else \
+            np.asarray(array.is_valid()).astype(np.bool_, copy=False)
+        if defer is None:
+            defer = np.zeros(0, np.uint8)
+        word_ptr, word_idx, group_ptr, group_idx, n_word, n_group, n_both, taken, n_samples = counting
+        n_terms = max(len(self.matcher.terms), 1)
+        scratch = (np.full(n_terms, -1, np.int64), np.empty(n_terms, np.int64),
+                   np.full(len(n_word), -1, np.int64), np.empty(len(n_word), np.int64),
+                   np.full(len(n_group), -1, np.int64), np.empty(len(n_group), np.int64),
+                   np.empty(16, np.int64), np.empty(17, np.int64), np.zeros(4, np.int64), taken.copy())
+        pairs = np.empty((2, FIRST_ROOM + len(data) // 64), np.int64)    # grown below when full
+        cand = np.empty((3, FIRST_ROOM), np.int64)
+        flags = np.zeros(n, np.uint8)
+        lower, classes, bitmap, vocab, trie = self._tables()
+        row = n_pairs = n_cand = 0
+        while True:
+            row, n_pairs, n_cand = _kernel()(offsets, data, valid, defer, emit_all, self.wide is not None, lower,
+                                             classes, bitmap, vocab, trie, counting, scratch,
+                                             (pairs, cand, flags), row, n_pairs, n_cand)
+            if row >= n:
+                break
+            if n_pairs + n_terms > pairs.shape[1]:           # out of room for a caption's pairs: grow
+                pairs = np.concatenate((pairs, np.empty_like(pairs)), axis=1)
+            else:
+                cand = np.concatenate((cand, np.empty_like(cand)), axis=1)
+        return pairs[0, :n_pairs], pairs[1, :n_pairs], cand[:, :n_cand], flags
+
+    def _add_hyperscan(self, array, rows, terms, flags, rest):
+        """The pass's pairs plus what Hyperscan finds (module docstring); ``rest``: the rest matcher's
+        result on ``array`` if already scanned."""
+        import numpy as np
+        import pyarrow as pa
+
         malformed = np.flatnonzero(flags & 2)
         parts_r, parts_t = [rows], [terms]
         if self.rest is not None:            # terms the tokens cannot express: Hyperscan, every caption
-            found = self.rest.scan(array)
+            found = rest if rest is not None else self.rest.scan(array)
             keep = ~np.isin(found.rows, malformed)
             parts_r.append(found.rows[keep])
             parts_t.append(self.rest_terms[found.terms[keep]])
@@ -213,251 +327,37 @@ class TokenMatcher:
             found = self.matcher.scan(array.take(pa.array(malformed)))
             parts_r.append(malformed[found.rows])
             parts_t.append(found.terms.astype(np.int64))
-        rows = np.concatenate(parts_r)
-        terms = np.concatenate(parts_t)
-        k = len(self.matcher.terms)
-        key = sorted_unique(rows * k + terms)
-        return BatchMatches(key // k, (key % k).astype(np.int32), n_captions, n_nulls)
-
-    def _find(self, array):
-        """(row, term) of every occurrence of a token-path term (repeats included; none in captions of
-        malformed UTF-8), and the kernel's flags per caption."""
-        import numpy as np
-        import pyarrow as pa
-
-        empty = np.zeros(0, np.int64)
-        n = len(array)
-        offset_type = np.int64 if pa.types.is_large_string(array.type) else np.int32
-        validity, offsets_buf, data_buf = array.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype=offset_type, count=array.offset + n + 1)[array.offset:]
-        data = np.frombuffer(data_buf, np.uint8, count=int(offsets[-1])) if data_buf is not None and n \
-            else np.zeros(0, np.uint8)
-        valid = np.ones(n, bool) if array.null_count == 0 else \
-            np.asarray(array.is_valid()).astype(bool, copy=False)
-        c, out, flags = _kernel()(offsets, data, valid, self.lower, word_table(), self.bitmap, self.bucket_ptr,
-                                  self.bucket_vid, self.vocab_bytes, self.vocab_offsets, self.vocab_lengths, self.bits)
-        row, tok, vid, start, end = out
-        if not self.by_length or c == 0:
-            return empty, empty, flags
-        row, tok, vid, start, end = row[:c], tok[:c], vid[:c], start[:c], end[:c]
-        term = self.single[vid]
-        one = np.flatnonzero(term >= 0)
-        out_rows, out_terms = [row[one]], [term[one]]
-        at = np.flatnonzero(self.starts_gram[vid])   # survivor index of an n-gram's first token
-        code = vid[at]
-        last = at
-        for n_tok in range(2, self.top_n + 1):
-            nxt = last + 1              # the next token, if a vocabulary token, is the next survivor
-            ok = nxt < c
-            ok[ok] = tok[nxt[ok]] == tok[last[ok]] + 1
-            at, last = at[ok], nxt[ok]
-            if not len(at):
-                break
-            code = code[ok] * self.n_vocab + vid[last]
-            if n_tok not in self.grams:
-                continue
-            codes, terms, seps = self.grams[n_tok]
-            lo = np.searchsorted(codes, code, side="left")
-            cnt = np.searchsorted(codes, code, side="right") - lo
-            m = np.flatnonzero(cnt)
-            if not len(m):
-                continue
-            reps = cnt[m]
-            which = at[np.repeat(m, reps)]
-            entry = np.repeat(lo[m] - (np.cumsum(reps) - reps), reps) + np.arange(int(reps.sum()))
-            good = np.ones(len(which), bool)
-            for j in range(n_tok - 1):
-                good &= self._gap_ok(data, end[which + j], start[which + j + 1], seps[entry, j])
-            out_rows.append(row[which[good]])
-            out_terms.append(terms[entry[good]])
-        return np.concatenate(out_rows), np.concatenate(out_terms), flags
-
-    def _gap_ok(self, data, gap_start, gap_end, sep):
-        """Whether each gap data[gap_start:gap_end] is what separator ``sep`` allows."""
-        import numpy as np
-
-        glen = gap_end - gap_start
-        first = data[gap_start]
-        space = self.sep_is_space[sep]
-        # ws_byte is also true for bytes >= 0x80 (maybe a non-ASCII whitespace character): checked below
-        ok = np.where(space, self.ws_byte[first], (glen == self.sep_len[sep]) & (first == self.sep_first[sep]))
-        for i in np.flatnonzero(ok & ((glen > 1) | (first >= 0x80))):       # rare: look at every character
-            gap = bytes(data[gap_start[i]:gap_end[i]])
-            ok[i] = all(ch in WHITESPACE for ch in gap.decode()) if space[i] else gap == self.sep_bytes[sep[i]]
-        return ok
-
-
-def _utf8_at(data, i, hi):
-    """(code point, length) of the UTF-8 character at data[i] (a byte >= 0x80), or (0, 0) if it is not
-    well-formed (as Python's strict decoder judges)."""
-    b0 = np.int64(data[i])
-    if 0xC2 <= b0 <= 0xDF:
-        if i + 1 < hi and 0x80 <= data[i + 1] <= 0xBF:
-            return ((b0 & 0x1F) << 6) | (np.int64(data[i + 1]) & 0x3F), 2
-        return 0, 0
-    if 0xE0 <= b0 <= 0xEF:
-        if i + 2 >= hi:
-            return 0, 0
-        b1 = np.int64(data[i + 1])
-        b2 = np.int64(data[i + 2])
-        lo1 = 0xA0 if b0 == 0xE0 else 0x80
-        hi1 = 0x9F if b0 == 0xED else 0xBF
-        if lo1 <= b1 <= hi1 and 0x80 <= b2 <= 0xBF:
-            return ((b0 & 0x0F) << 12) | ((b1 & 0x3F) << 6) | (b2 & 0x3F), 3
-        return 0, 0
-    if 0xF0 <= b0 <= 0xF4:
-        if i + 3 >= hi:
-            return 0, 0
-        b1 = np.int64(data[i + 1])
-        b2 = np.int64(data[i + 2])
-        b3 = np.int64(data[i + 3])
-        lo1 = 0x90 if b0 == 0xF0 else 0x80
-        hi1 = 0x8F if b0 == 0xF4 else 0xBF
-        if lo1 <= b1 <= hi1 and 0x80 <= b2 <= 0xBF and 0x80 <= b3 <= 0xBF:
-            return ((b0 & 0x07) << 18) | ((b1 & 0x3F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F), 4
-    return 0, 0
-
-
-def _scan_tokens(offsets, data, valid, lower, word, bitmap, bucket_ptr, bucket_vid, vocab_bytes, vocab_offsets,
-                 vocab_lengths, bits):
-    """One pass over the captions of an Arrow string array: every token that is a vocabulary token.
-
-    Returns (count, out, flags): ``out[:, :count]`` holds row, token number, vocabulary id, start and
-    end of each such token, in caption order; token numbers are consecutive inside a caption and jump by
-    two between captions (so no n-gram spans two). ``flags[row]`` has bit 1 for a caption with a byte
-    >= 0x80 and bit 2 for one with malformed UTF-8, which reports no tokens here (Hyperscan scans it).
-    ``lower[byte]`` is 0 for ASCII bytes that are not letters or digits, 1 for bytes >= 0x80, else the
-    lower-cased byte; ``word[code point]`` says whether a character is a letter, digit or combining
-    mark. A token with a non-ASCII character equals no vocabulary token (all ASCII: rule 1) and is only
-    counted. Each other token's FNV-1a hash picks a bucket; a bitmap of the non-empty buckets rejects
-    nearly all at once, the rest are compared byte by byte. Plain Python that numba compiles
-    (:func:`_kernel`; ``np`` and ``_utf8_at`` are this module's globals, set there).
-    """
-    n = len(valid)
-    cap = 1024 + len(data) // 16
-    out = np.empty((5, cap), np.int64)
-    flags = np.zeros(n, np.uint8)
-    shift = np.uint64(64 - bits)
-    basis = np.uint64(_FNV_BASIS)
-    prime = np.uint64(_FNV_PRIME)
-    mix = np.uint64(_MIX)
-    c = 0
-    t = 0
-    for r in range(n):
-        if not valid[r]:
-            continue
-        row_c = c
-        bad = False
-        i = np.int64(offsets[r])
-        hi = np.int64(offsets[r + 1])
-        while i < hi:
-            low = lower[data[i]]
-            if low == 0:
-                i += 1
-                continue
-            if low == 1:
-                flags[r] |= 1
-                cp, size = _utf8_at(data, i, hi)
-                if size == 0:
-                    bad = True
-                    break
-                if not word[cp]:
-                    i += size
-                    continue
-            s = i                        # a token starts: hash it
-            h = basis
-            ascii_only = True
-            while i < hi:
-                low = lower[data[i]]
-                if low == 0:
-                    break
-                if low == 1:
-                    flags[r] |= 1
-                    cp, size = _utf8_at(data, i, hi)
-                    if size == 0:
-                        bad = True
-                        break
-                    if not word[cp]:
-                        break
-                    ascii_only = False
-                    i += size
-                    continue
-                h = (h ^ np.uint64(low)) * prime
-                i += 1
-            if bad:
-                break
-            t += 1
-            if not ascii_only:
-                continue
-            bucket = (h * mix) >> shift
-            if not (bitmap[bucket >> np.uint64(6)] >> (bucket & np.uint64(63))) & np.uint64(1):
-                continue
-            length = i - s
-            for q in range(bucket_ptr[bucket], bucket_ptr[bucket + 1]):
-                v = bucket_vid[q]
-                if vocab_lengths[v] != length:
-                    continue
-                o = vocab_offsets[v]
-                same = True
-                for j in range(length):
-                    if lower[data[s + j]] != vocab_bytes[o + j]:
-                        same = False
-                        break
-                if same:
-                    if c == cap:          # grow the output
-                        cap *= 2
-                        bigger = np.empty((5, cap), np.int64)
-                        bigger[:, :c] = out[:, :c]
-                        out = bigger
-                    out[0, c] = r
-                    out[1, c] = t
-                    out[2, c] = v
-                    out[3, c] = s
-                    out[4, c] = i
-                    c += 1
-                    break
-        if bad:
-            flags[r] |= 2
-            c = row_c                    # Hyperscan scans this caption
-        t += 2
-    return c, out, flags
+        return np.concatenate(parts_r), np.concatenate(parts_t)
 
 
 _KERNEL = None
-np = None       # numpy, set by _kernel (the CLI imports no numpy at start)
 
 
 def _kernel():
-    """:func:`_scan_tokens` compiled by numba (cached on disk), or the plain function without numba."""
-    global _KERNEL, np, _utf8_at
+    """The compiled pass (:func:`clipprobe.captions._tokenpass.token_pass`; cached on disk by numba)."""
+    global _KERNEL
     if _KERNEL is None:
-        import numpy
+        if not available():
+            raise ImportError("the token matcher needs numba (pip install numba)")
+        from clipprobe.captions._tokenpass import token_pass
 
-        np = numpy
-        try:
-            import numba
-        except ImportError:
-            _KERNEL = _plain_kernel
-        else:
-            _utf8_at = numba.njit(cache=True, nogil=True)(_utf8_at)
-            _KERNEL = numba.njit(cache=True, nogil=True)(_scan_tokens)
+        _KERNEL = token_pass
     return _KERNEL
 
 
 @functools.lru_cache(maxsize=1)
-def word_table():
-    """Boolean table: code point -> is a letter, digit or combining mark (rule 2; built once, ~0.1 s)."""
+def char_classes():
+    """uint8 table over code points: bit 1 a letter, digit or combining mark (rule 2), bit 2 whitespace
+    (rule 3). Built once (~0.2 s)."""
     import unicodedata
 
     import numpy
 
-    return numpy.fromiter((unicodedata.category(chr(cp))[0] in "LNM" for cp in range(0x110000)), bool,
-                          count=0x110000)
-
-
-def _plain_kernel(*args):
-    with np.errstate(over="ignore"):      # the hash multiplies wrap around, as in the compiled kernel
-        return _scan_tokens(*args)
+    table = numpy.fromiter((unicodedata.category(chr(cp))[0] in "LNM" for cp in range(0x110000)), numpy.uint8,
+                           count=0x110000)
+    for ch in WHITESPACE:
+        table[ord(ch)] |= _IS_SPACE
+    return table
 
 
 def available() -> bool:
