@@ -51,9 +51,10 @@ How the local and Spark engines implement it (both call :meth:`Matcher.scan`):
 One Arrow call frames a whole batch and one Hyperscan call scans it, so the
 per-caption cost is well under a microsecond. The compiled database can be
 cached on disk (:meth:`Matcher.cached`): compiling ~1,200 terms takes seconds.
-Where numba is installed, the engines match with
+Where numba is installed (a dependency), the engines match and count with
 :class:`clipprobe.captions.tokens.TokenMatcher` instead (the same result, about
-a quarter less CPU), which calls this class only for what tokens cannot express.
+a third of the matching CPU), which calls this class only for what tokens cannot
+express.
 """
 
 from __future__ import annotations

@@ -349,11 +349,12 @@ def _write_part(parts_dir: Path, info: FileInfo, counts) -> None:
 
     from clipprobe._io import atomic_path
 
-    # pyarrow, not pandas: this runs during the scan, where importing pandas would take CPU from the workers
-    columns = list(zip(*counts.samples)) if counts.samples else [(), (), (), ()]
-    samples = pa.table({name: pa.array(list(values), type=kind) for name, values, kind in
-                        zip(("word_index", "group_index", "row", "caption"), columns,
-                            (pa.int64(), pa.int64(), pa.int64(), pa.string()))})
+    from clipprobe.captions.scan import SAMPLE_COLUMNS
+
+    samples = counts.samples
+    if samples is None:
+        samples = pa.table({name: pa.array([], type=pa.string() if name == "caption" else pa.int64())
+                            for name in SAMPLE_COLUMNS})
     with atomic_path(parts_dir / f"{info.key}.samples.parquet", suffix=".parquet") as tmp:
         pq.write_table(samples, tmp)
     with atomic_path(parts_dir / f"{info.key}.npz", suffix=".npz") as tmp:
@@ -365,9 +366,10 @@ def _write_part(parts_dir: Path, info: FileInfo, counts) -> None:
 
 def _read_part(parts_dir: Path, info: FileInfo, n_words: int, n_groups: int):
     import numpy as np
-    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from clipprobe.captions.scan import ChunkCounts
+    from clipprobe.captions.scan import SAMPLE_COLUMNS, ChunkCounts
 
     with np.load(parts_dir / f"{info.key}.npz", allow_pickle=False) as z:
         counts = ChunkCounts(z["n_word"].copy(), z["n_group"].copy(), z["n_both"].copy())
@@ -376,19 +378,29 @@ def _read_part(parts_dir: Path, info: FileInfo, n_words: int, n_groups: int):
         raise DataError(f"{parts_dir / info.key}.npz: counts of shape {counts.n_both.shape}, "
                         f"expected {(n_words, n_groups)}; delete the parts folder and rerun")
     counts.n_rows, counts.n_captions, counts.n_nulls, counts.n_row_groups = n_rows, n_captions, n_nulls, n_row_groups
-    samples = pd.read_parquet(parts_dir / f"{info.key}.samples.parquet")
-    counts.samples = [(int(w), int(g), int(r), c, info.path) for w, g, r, c in
-                      samples[["word_index", "group_index", "row", "caption"]].itertuples(index=False)]
+    samples = pq.read_table(parts_dir / f"{info.key}.samples.parquet", columns=list(SAMPLE_COLUMNS))
+    counts.samples = samples.append_column("file", pa.array([info.path] * samples.num_rows, pa.string()))
     return counts
 
 
 def samples_frame(space, samples):
-    """samples.parquet: word, attribute, group, file, row, caption (samples are (w, g, row, text, file))."""
+    """samples.parquet: word, attribute, group, file, row, caption (``samples``: a table of SAMPLE_COLUMNS and file)."""
+    import numpy as np
     import pandas as pd
 
-    rows = [{"word": space.words[w], "attribute": space.groups[g][0], "group": space.groups[g][1],
-             "file": path, "row": r, "caption": c} for w, g, r, c, path in samples]
-    return pd.DataFrame(rows, columns=["word", "attribute", "group", "file", "row", "caption"])
+    from clipprobe.captions.scan import sample_texts
+
+    columns = ["word", "attribute", "group", "file", "row", "caption"]
+    if samples is None or samples.num_rows == 0:
+        return pd.DataFrame({c: pd.Series(dtype="int64" if c == "row" else object) for c in columns})
+    w = samples.column("word_index").to_numpy()
+    g = samples.column("group_index").to_numpy()
+    words = np.asarray(space.words, dtype=object)
+    attributes = np.asarray([a for a, _ in space.groups], dtype=object)
+    groups = np.asarray([b for _, b in space.groups], dtype=object)
+    return pd.DataFrame({"word": words[w], "attribute": attributes[g], "group": groups[g],
+                         "file": samples.column("file").to_pylist(), "row": samples.column("row").to_numpy(),
+                         "caption": sample_texts(samples.column("caption").combine_chunks())}, columns=columns)
 
 
 def _cpu_seconds() -> dict[str, float] | None:

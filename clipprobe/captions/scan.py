@@ -104,7 +104,7 @@ class ChunkCounts:
     n_captions: int = 0
     n_nulls: int = 0
     n_row_groups: int = 0
-    samples: list[tuple[int, int, int, str]] = field(default_factory=list)   # word, group, row, text
+    samples: Any = None       # pyarrow Table of SAMPLE_COLUMNS (plus "file" once read back from a part); None: none
     seconds: dict[str, float] = field(default_factory=dict)
 
     @classmethod
@@ -123,39 +123,60 @@ class ChunkCounts:
         self.n_captions += other.n_captions
         self.n_nulls += other.n_nulls
         self.n_row_groups += other.n_row_groups
-        if n_samples is None:
-            self.samples.extend(other.samples)
-        else:
-            # per-cell counts of self.samples, kept between calls (rebuilt if the list was changed elsewhere)
-            counts = getattr(self, "_cell_counts", None)
-            if counts is None or counts[0] is not self.samples or counts[1] != len(self.samples):
-                self.samples = cap_samples(self.samples, n_samples)
-                seen: dict[tuple[int, int], int] = {}
-                for sample in self.samples:
-                    seen[sample[:2]] = seen.get(sample[:2], 0) + 1
-                counts = (self.samples, len(self.samples), seen)
-            seen = counts[2]
-            for sample in other.samples:
-                cell = sample[:2]
-                have = seen.get(cell, 0)
-                if have < n_samples:
-                    seen[cell] = have + 1
-                    self.samples.append(sample)
-            self._cell_counts = (self.samples, len(self.samples), seen)
+        self.samples = merge_samples(self.samples, other.samples, n_samples)
         for key, value in other.seconds.items():
             self.seconds[key] = self.seconds.get(key, 0.0) + value
 
 
-def cap_samples(samples: Iterable[tuple], n_samples: int) -> list[tuple]:
-    """Keep the first ``n_samples`` of each (word, group) cell, in order."""
-    seen: dict[tuple[int, int], int] = {}
-    out = []
-    for s in samples:
-        cell = (s[0], s[1])
-        if seen.get(cell, 0) < n_samples:
-            seen[cell] = seen.get(cell, 0) + 1
-            out.append(s)
-    return out
+SAMPLE_COLUMNS = ("word_index", "group_index", "row", "caption")
+
+
+def sample_table(words, groups, rows, captions):
+    """Samples as a pyarrow Table (word and group indices, file row, caption as an Arrow string array)."""
+    import pyarrow as pa
+
+    if pa.types.is_large_string(captions.type):
+        captions = captions.cast(pa.string())
+    return pa.table([pa.array(words, pa.int64()), pa.array(groups, pa.int64()), pa.array(rows, pa.int64()),
+                     captions], names=list(SAMPLE_COLUMNS))
+
+
+def merge_samples(first, then, n_samples: int | None):
+    """Samples ``first`` followed by ``then`` (tables or None), capped at ``n_samples`` per cell if given."""
+    import pyarrow as pa
+
+    parts = [t for t in (first, then) if t is not None and t.num_rows]
+    if not parts:
+        return first if first is not None else then
+    table = parts[0] if len(parts) == 1 else pa.concat_tables(parts)
+    return table if n_samples is None else cap_samples(table, n_samples)
+
+
+def cap_samples(table, n_samples: int):
+    """Keep the first ``n_samples`` rows of each (word, group) cell of a samples table, in order."""
+    import numpy as np
+
+    if table is None or table.num_rows == 0:
+        return table
+    w = table.column("word_index").to_numpy()
+    g = table.column("group_index").to_numpy()
+    cell = w * (int(g.max()) + 1) + g
+    order = np.argsort(cell, kind="stable")
+    sorted_cells = cell[order]
+    rank = np.arange(len(cell)) - np.searchsorted(sorted_cells, sorted_cells, side="left")
+    keep = np.sort(order[rank < n_samples])
+    return table if len(keep) == len(cell) else table.take(keep)
+
+
+def sample_texts(array) -> list:
+    """Captions as Python strings; bytes that are not UTF-8 become U+FFFD (a sample is for reading)."""
+    import pyarrow as pa
+
+    try:
+        return array.to_pylist()
+    except UnicodeDecodeError:
+        binary = pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary()
+        return [None if b is None else b.decode("utf-8", "replace") for b in array.cast(binary).to_pylist()]
 
 
 class _Worker:
@@ -222,6 +243,7 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
     space = worker.space
     out = ChunkCounts.zeros(len(space.words), len(space.groups))
     t_read = t_match = t_count = 0.0
+    sample_parts: list = []
     # Samples are the first n_samples captions of each cell in file order. A cell that this process
     # already filled from earlier chunks of the file is full whatever the chunks in between hold, so
     # it needs no samples from this chunk (fewer captions to send back; the result is the same).
@@ -252,7 +274,7 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
             found, candidates = worker.matcher.scan(column), None
         t2 = time.perf_counter()
         t_match += t2 - t1
-        taken = _count_batch(worker, found, column, row, out, taken, candidates)
+        taken = _count_batch(worker, found, column, row, out, sample_parts, taken, candidates)
         out.n_rows += len(column)
         out.n_captions += found.n_captions
         out.n_nulls += found.n_nulls
@@ -260,6 +282,10 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
         t0 = time.perf_counter()
         t_count += t0 - t2
     out.n_row_groups = len(row_groups)
+    if sample_parts:
+        import pyarrow as pa
+
+        out.samples = sample_parts[0] if len(sample_parts) == 1 else pa.concat_tables(sample_parts)
     out.seconds = {"read": t_read, "match": t_match, "count": t_count}
     if taken is not None:
         if len(worker.taken) >= 64 and file_key not in worker.taken:
@@ -268,8 +294,10 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
     return out
 
 
-def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCounts, taken, candidates=None):
-    """Add one batch's caption x term pairs to ``out`` and pick sample captions.
+def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCounts, sample_parts: list, taken,
+                 candidates=None):
+    """Add one batch's caption x term pairs to the counts and pick sample captions (a table appended to
+    ``sample_parts``).
 
     ``candidates``: (row, word, group) of captions counted already (by the token pass) that may be samples.
     """
@@ -317,21 +345,8 @@ def _count_batch(worker: _Worker, found, column, row_offset: int, out: ChunkCoun
     pick = pick[np.lexsort((g[pick], w[pick], cap[pick]))]      # by caption, word, group: one order for all
     np.add.at(taken, cell[pick], 1)
     rows = cap[pick]
-    texts = _texts(column.take(rows))
-    out.samples.extend(zip(w[pick].tolist(), g[pick].tolist(), (rows + row_offset).tolist(), texts))
+    sample_parts.append(sample_table(w[pick], g[pick], rows + row_offset, column.take(rows)))
     return taken
-
-
-def _texts(array) -> list:
-    """Captions as Python strings; bytes that are not UTF-8 become U+FFFD (a sample is for reading)."""
-    try:
-        return array.to_pylist()
-    except UnicodeDecodeError:
-        import pyarrow as pa
-
-        return [None if b is None else b.decode("utf-8", "replace")
-                for b in array.view(pa.large_binary() if pa.types.is_large_string(array.type) else pa.binary())
-                .to_pylist()]
 
 
 def _expand(rows, terms, ptr, idx):

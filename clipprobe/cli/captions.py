@@ -95,8 +95,8 @@ def captions() -> None:
               help="Example captions kept per (word, group) cell.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping it.")
 @click.option("--matcher", type=click.Choice(["auto", "hyperscan", "tokens"]), default="auto", show_default=True,
-              help="auto: the compiled token matcher when numba is installed (pip install 'clipprobe[fast]'), "
-                   "else hyperscan. Both give identical counts.")
+              help="auto: the compiled token pass (numba), else hyperscan where numba cannot be imported. "
+                   "Both give identical counts.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, matcher,
               fmt):
