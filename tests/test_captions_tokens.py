@@ -298,3 +298,32 @@ def test_count_method_against_pairs_from_scan(token_matcher):
             expect.append((r, i, j))
     assert sorted(map(tuple, cand.T.tolist())) == sorted(expect)
     assert np.all(np.diff(cand[0]) >= 0)
+
+
+def test_each_thread_of_the_pool_has_its_own_worker():
+    """Hyperscan scratch space is per worker: the threads of the local pool never share one."""
+    import threading
+
+    from clipprobe.captions.scan import ScanSpec, TermSpace, _Worker, prepare_worker
+
+    space = TermSpace.build(["man", "élève"], _lexicon())
+    spec = ScanSpec(space=space.to_dict(), matcher=Matcher(space.terms).to_bytes(), method="tokens")
+    prepare_worker(spec, 3)
+    spares = list(_Worker._spare)
+    assert len(spares) == 2
+    seen = []
+    together = threading.Barrier(3)           # alive at once, as the threads of a pool are
+
+    def work():
+        seen.append(_Worker.get(spec))
+        together.wait()
+
+    threads = [threading.Thread(target=work) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    mine = _Worker.get(spec)
+    assert len({id(w) for w in seen + [mine]}) == 4
+    assert {id(w) for w in spares} <= {id(w) for w in seen}          # the prepared ones were used
+    assert len({id(w.matcher.matcher) for w in seen + [mine]}) == 4   # and so their Hyperscan scratch

@@ -202,7 +202,8 @@ def count_captions(config: CountConfig) -> CountResult:
         if config.engine == "local":
             from clipprobe.captions.scan import prepare_worker
 
-            prepare_worker(spec)     # matcher, kernel and tables, once: forked workers inherit them
+            # matcher, compiled pass and tables, before the scan (forked workers inherit them)
+            prepare_worker(spec, config.workers or os.cpu_count() or 1)
 
     skipped: list[dict[str, str]] = []
     done: dict[str, FileInfo] = {}

@@ -15,6 +15,7 @@ import gc
 import hashlib
 import json
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
@@ -182,7 +183,12 @@ def sample_texts(array) -> list:
 class _Worker:
     """A matcher and the term -> word / group maps, built once per process."""
 
-    _cache: dict[int, "_Worker"] = {}
+    # one worker per (spec, thread): a Hyperscan scratch must not be used by two threads at once.
+    # A forked process's main thread has the identity of the thread that forked it, so a pool
+    # process finds the worker its parent prepared.
+    _cache: dict[tuple[int, int], "_Worker"] = {}
+    _spare: list["_Worker"] = []          # prepared for the threads of a thread pool (bind_thread)
+    _lock = threading.Lock()
 
     def __init__(self, spec: ScanSpec):
         self.spec = spec
@@ -207,16 +213,30 @@ class _Worker:
 
     @classmethod
     def get(cls, spec: ScanSpec) -> "_Worker":
-        key = id(spec)
-        if key not in cls._cache:
-            cls._cache.clear()
-            cls._cache[key] = cls(spec)
-        return cls._cache[key]
+        key = (id(spec), threading.get_ident())
+        worker = cls._cache.get(key)
+        if worker is None or worker.spec is not spec:
+            with cls._lock:
+                for other in [k for k, w in cls._cache.items() if w.spec is not spec]:
+                    del cls._cache[other]          # workers of an earlier run
+                spare = [w for w in cls._spare if w.spec is spec]
+                cls._spare = spare
+                worker = cls._cache[key] = spare.pop() if spare else cls(spec)
+        return worker
+
+    @classmethod
+    def prepare(cls, spec: ScanSpec, copies: int = 1) -> None:
+        """A worker for this thread, and ``copies - 1`` spare ones for the threads of a pool."""
+        cls.get(spec)
+        spares = [cls(spec) for _ in range(copies - 1)]
+        with cls._lock:
+            cls._spare = spares
 
 
-def prepare_worker(spec: ScanSpec) -> None:
-    """Build this process's worker state for ``spec`` now (the local engine's forked workers inherit it)."""
-    _Worker.get(spec)
+def prepare_worker(spec: ScanSpec, workers: int = 1) -> None:
+    """Build the worker state for ``spec`` now: for this thread (forked pool processes inherit it) and,
+    where the local engine will run threads (the token pass), for each of ``workers`` threads."""
+    _Worker.prepare(spec, workers if spec.method == "tokens" and workers > 1 else 1)
 
 
 def open_parquet(path: str):
@@ -404,7 +424,10 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
               ) -> Iterator[tuple[int, ChunkCounts | None, str | None]]:
     """Yield (task id, counts or None, error or None) for each task, as they finish.
 
-    ``workers == 1`` scans in this process; otherwise a pool of ``workers`` processes.
+    ``workers == 1`` scans in this process. Otherwise, with the token pass (which reads and counts
+    without holding the GIL: pyarrow's reader and the compiled pass release it), a pool of ``workers``
+    threads of this process; with Hyperscan alone (whose Python binding calls back per match) a pool
+    of ``workers`` processes.
     """
     if workers <= 1 or len(tasks) <= 1:
         _init_pool(spec)
@@ -412,10 +435,19 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
             yield _pool_task(task)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
     # Build the worker state (imports, matcher, term maps) before the workers start: forked ones inherit it.
-    _Worker.get(spec)
+    worker = _Worker.get(spec)
+    if worker.counts_directly:
+        # Threads share the worker state; its per-file sample bookkeeping (``taken``) only ever hands
+        # a chunk the samples of chunks before it, whichever thread scanned them (see scan_chunk).
+        _init_pool(spec)
+        with ThreadPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
+            futures = [pool.submit(_pool_task, t) for t in tasks]
+            for fut in as_completed(futures):
+                yield fut.result()
+        return
 
     # The platform's default start method: fork on Linux up to Python 3.13 (workers start at once,
     # with the libraries already imported), forkserver / spawn elsewhere.
