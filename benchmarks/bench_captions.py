@@ -9,10 +9,12 @@ lexicon inserted, then measures, in --repeat interleaved rounds:
 
 * ``read``: reading the caption column alone (pyarrow, all row groups, --workers threads, file in the
   page cache: one untimed read first): the I/O ceiling;
-* ``local/MATCHER``: ``count_captions`` with the local engine, --workers processes and each --matcher
-  (``hyperscan``, ``tokens``, or ``auto``: tokens where numba is installed; hot path only: the
-  scan stage, excluding compiling the term database (cached on disk after the first run) and
-  writing the outputs; both are printed);
+* ``local/MATCHER``: ``count_captions`` with the local engine and each --matcher (``tokens``: the
+  compiled pass in --workers threads; ``hyperscan``: --workers processes; ``auto``: tokens where
+  numba is installed). Hot path only: the scan stage (reading, matching, counting, samples, each
+  file's part written), excluding the one-off compile stage (the Hyperscan database, cached on disk
+  after the first run; the token tables; the compiled pass, loaded from numba's disk cache) and
+  writing the outputs; both are printed;
 * ``duckdb``: one alternation regex over the lower-cased caption, ``\\b`` boundaries, and SQL that
   computes the same per-word, per-group and word x group caption counts (--workers threads).
 
