@@ -24,12 +24,13 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
+from clipprobe.captions.tokens import BITMAP_BITS    # one value for the tables' build side and the pass
+
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _ONES = np.uint64(0x0101010101010101)
 _HIGH = np.uint64(0x8080808080808080)
 _CASE = np.uint64(0x2020202020202020)
 _GATHER = np.uint64(0x0102040810204080)    # multiplies eight 0/1 bytes into one byte of bits
-BITMAP_BITS = 16                            # hash bits of the vocabulary bitmap (8 KiB: stays in L1)
 
 
 @intrinsic
@@ -160,35 +161,38 @@ def _lookup(data, s, length, key, lower, slot_packed, slot_len, slot_vid, t_shif
 
 
 @njit(inline="always")
+def _edge(edge_key, edge_next, e_shift, key):
+    """The trie state an edge key leads to, or -1 (open-addressing lookup)."""
+    mask = np.uint64(len(edge_key) - 1)
+    slot = (np.uint64(key) * _MIX) >> e_shift
+    while edge_key[slot] >= 0:
+        if edge_key[slot] == key:
+            return edge_next[slot]
+        slot = (slot + np.uint64(1)) & mask
+    return -1
+
+
+@njit(inline="always")
 def _step(data, vid, s, e, tok, r, st, active, fresh, hits, seen_term, classes, edge_key, edge_next, e_shift,
           state_term, n_seps, n_vocab, sep_bytes, sep_offsets):
     """Advance the trie by vocabulary token ``vid`` (data[s:e], token number ``tok`` of caption r) and
     record the terms it completes. ``st``: [open states, token number of the last vocabulary token,
     its end, terms found in the caption]; ``active`` holds the open states, ``fresh`` (17 long) is
     scratch space."""
-    e_mask = np.uint64(len(edge_key) - 1)
     n_active = st[0] if st[1] == tok - 1 else 0       # states stay open only across adjacent tokens
     n_fresh = 0
-    key = vid                                        # the root's edge: (0 * n_seps + 0) * n_vocab + vid
-    slot = (np.uint64(key) * _MIX) >> e_shift
-    while edge_key[slot] >= 0:
-        if edge_key[slot] == key:
-            fresh[n_fresh] = edge_next[slot]
-            n_fresh += 1
-            break
-        slot = (slot + np.uint64(1)) & e_mask
+    state = _edge(edge_key, edge_next, e_shift, vid)  # the root's edge: (0 * n_seps + 0) * n_vocab + vid
+    if state >= 0:
+        fresh[n_fresh] = state
+        n_fresh += 1
     if n_active > 0:
         sep = _gap_separator(data, st[2], s, classes, sep_bytes, sep_offsets)
         if sep >= 0:
             for a in range(n_active):
-                key = (active[a] * n_seps + sep) * n_vocab + vid
-                slot = (np.uint64(key) * _MIX) >> e_shift
-                while edge_key[slot] >= 0:
-                    if edge_key[slot] == key:
-                        fresh[n_fresh] = edge_next[slot]
-                        n_fresh += 1
-                        break
-                    slot = (slot + np.uint64(1)) & e_mask
+                state = _edge(edge_key, edge_next, e_shift, (active[a] * n_seps + sep) * n_vocab + vid)
+                if state >= 0:
+                    fresh[n_fresh] = state
+                    n_fresh += 1
     n_active = 0
     for a in range(n_fresh):
         state = fresh[a]

@@ -60,7 +60,6 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from typing import Sequence
 
 from clipprobe.captions.matching import WHITESPACE, BatchMatches, Matcher, as_string_array, sorted_unique
 
@@ -73,8 +72,8 @@ _TERM = re.compile(r"[a-z0-9]+(?:[^a-z0-9]+[a-z0-9]+)*")
 _SPACE = " "             # a separator that stands for a whitespace run
 _MASK64 = (1 << 64) - 1
 _MIX = 0x9E3779B97F4A7C15  # multiplicative hashing (Fibonacci) of the packed token and of trie edges
-_BITMAP_BITS = 16          # as clipprobe.captions._tokenpass.BITMAP_BITS
-_IS_WORD, _IS_SPACE = 1, 2  # bits of the code point classes
+BITMAP_BITS = 16           # hash bits of the vocabulary bitmap (8 KiB: stays in L1); the pass reads it
+_IS_SPACE = 2              # bit of whitespace in the code point classes (bit 1: letter, digit, mark)
 
 
 def split_term(term: str) -> tuple[list[str], list[str]] | None:
@@ -139,7 +138,7 @@ class TokenMatcher:
         self.vocab_offsets = np.concatenate(([0], np.cumsum([len(w) for w in encoded], dtype=np.int64)))
         self.vocab_bytes = np.frombuffer(b"".join(encoded) or b"\0", np.uint8)
         self.token_bits = bits = _table_bits(len(encoded))
-        self.bitmap = np.zeros(1 << (_BITMAP_BITS - 6), np.uint64)      # hashes of the vocabulary's keys
+        self.bitmap = np.zeros(1 << (BITMAP_BITS - 6), np.uint64)      # hashes of the vocabulary's keys
         self.slot_packed = np.zeros(1 << bits, np.uint64)
         self.slot_len = np.zeros(1 << bits, np.int64)            # 0: an empty slot
         self.slot_vid = np.zeros(1 << bits, np.int64)
@@ -149,7 +148,7 @@ class TokenMatcher:
             while self.slot_len[s]:
                 s = (s + 1) & ((1 << bits) - 1)
             self.slot_packed[s], self.slot_len[s], self.slot_vid[s] = packed, len(w), vid
-            h = _slot(packed ^ len(w), _BITMAP_BITS)
+            h = _slot(packed ^ len(w), BITMAP_BITS)
             self.bitmap[h >> 6] |= np.uint64(1 << (h & 63))
 
         # separators: 0 is a whitespace run (a space in the term), the others exact strings
