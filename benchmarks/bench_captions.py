@@ -41,9 +41,9 @@ from pathlib import Path
 
 
 def make_data(path: Path, n: int, seed: int = 0) -> None:
-    from clipprobe.captions.lexicon import get_lexicon
+    from clipprobe.resources.lexicon import get_lexicon
     from clipprobe.captions.synth import realistic_captions, write_laion_parquet
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     words = get_taxonomy().words()
     terms = get_lexicon().terms()
@@ -186,9 +186,9 @@ def main() -> None:
         print(f"generated {path} in {time.perf_counter() - t0:.1f} s")
     import pyarrow.parquet as pq
 
-    from clipprobe.captions.lexicon import get_lexicon
+    from clipprobe.resources.lexicon import get_lexicon
     from clipprobe.captions.scan import TermSpace
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     meta = pq.ParquetFile(path).metadata
     n = meta.num_rows

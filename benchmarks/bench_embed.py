@@ -3,7 +3,7 @@
 For each model, on a generated FairFace-layout dataset of JPEGs (448x448 by
 default, FairFace's size), this measures images per second of
 
-* ``pipeline``: ``clipprobe.embed.embed_dataset`` into an empty cache folder
+* ``pipeline``: ``clipprobe.embeddings.cache.embed_dataset`` into an empty cache folder
   (decode + preprocess in DataLoader workers, batched forward, shard writes);
 * ``forward``: the model's forward pass alone (``Encoder.encode_images``) over
   the same batches, preprocessed beforehand and held in memory;
@@ -80,7 +80,7 @@ def _sync(encoder) -> None:
 
 
 def time_pipeline(encoder, dataset, cache: Path, batch_size: int, workers: int | None) -> tuple[float, dict]:
-    from clipprobe.embed import embed_dataset
+    from clipprobe.embeddings.cache import embed_dataset
 
     start = time.perf_counter()
     emb = embed_dataset(encoder, dataset, cache_dir=cache, batch_size=batch_size, num_workers=workers, progress=False)

@@ -26,14 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from clipprobe.embed import ImageEmbeddings
+from clipprobe.embeddings.cache import ImageEmbeddings
 from clipprobe.faces import FaceDataset
-from clipprobe.index import build_index
-from clipprobe.metrics import point_estimates, rank_topk
-from clipprobe.report import ReportConfig, run_report
-from clipprobe.retrieval import GROUP_ORDER, Probe, ProbeConfig, group_codes
+from clipprobe.embeddings.index import build_index
+from clipprobe.analysis.metrics import point_estimates, rank_topk
+from clipprobe.pipeline.report import ReportConfig, run_report
+from clipprobe.pipeline.probe import GROUP_ORDER, Probe, ProbeConfig, group_codes
 from clipprobe.runinfo import StageTimer
-from clipprobe.taxonomy import get_taxonomy
+from clipprobe.resources.taxonomy import get_taxonomy
 
 RACE_SHARES = [0.19, 0.14, 0.15, 0.14, 0.13, 0.14, 0.11]
 AGE_SHARES = [0.018, 0.125, 0.11, 0.30, 0.22, 0.12, 0.07, 0.028, 0.009]

@@ -42,7 +42,7 @@ def make_full_report(out: Path, n_images: int, k: int) -> Path:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from reportgen import GENDERS, RACES, make_report
 
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     tax = get_taxonomy()
     words = {}
@@ -94,9 +94,9 @@ def main() -> None:
 
     import matplotlib.figure  # noqa: F401  (import time is not figure time)
 
-    from clipprobe import figures
-    from clipprobe.htmlreport import write_html_report
-    from clipprobe.reportio import load_report
+    from clipprobe.report import figures
+    from clipprobe.report.html import write_html_report
+    from clipprobe.report.store import load_report
 
     report = load_report(report_dir)
     n_flagged_words = report.groups.loc[report.groups["flagged"], "word"].nunique()

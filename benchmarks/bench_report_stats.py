@@ -47,7 +47,7 @@ from collections import Counter  # noqa: E402
 import numpy as np  # noqa: E402
 import scipy.stats  # noqa: E402,F401  (imported once up front: its ~1 s import is not report time)
 
-from clipprobe import metrics, stats  # noqa: E402
+from clipprobe.analysis import bootstrap as stats, metrics, significance  # noqa: E402
 
 RACE_SHARES = [0.19, 0.14, 0.15, 0.14, 0.13, 0.14, 0.11]
 AGE_SHARES = [0.018, 0.124, 0.108, 0.301, 0.213, 0.124, 0.073, 0.029, 0.010]
@@ -129,8 +129,8 @@ def full_statistics(scores, labels, n_groups, k, point, n_boot, seed, timer):
     p_over = []
     for a in labels:
         sizes = np.bincount(labels[a], minlength=n_groups[a])
-        p_over.append(stats.hypergeom_p(point[a]["count"], sizes[None, :], n_total, k)[0].ravel())
-    q_over = stats.bh_adjust(np.concatenate(p_over))
+        p_over.append(significance.hypergeom_p(point[a]["count"], sizes[None, :], n_total, k)[0].ravel())
+    q_over = significance.bh_adjust(np.concatenate(p_over))
     timer["hypergeometric p + BH (all rows)"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -195,8 +195,8 @@ def test_no_matching_input_is_a_usage_error(tmp_path):
 
 def test_default_taxonomy_and_lexicon_equal_oracle(tmp_path):
     """So-B-IT words and the FairFace lexicon on realistic captions: engine == oracle."""
-    from clipprobe.captions.lexicon import get_lexicon
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.resources.lexicon import get_lexicon
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     words = get_taxonomy().words()
     lex = get_lexicon()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from clipprobe.captions import lexicon as lx
+from clipprobe.resources import lexicon as lx
 from clipprobe.errors import ClipprobeError, DataError
 
 FAIRFACE_RACE = ["White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"]

@@ -124,9 +124,9 @@ def test_random_captions_equal_oracle_and_hyperscan(token_matcher, rows):
 
 
 def test_count_captions_tokens_equals_hyperscan(tmp_path, monkeypatch):
-    from clipprobe.captions.lexicon import get_lexicon
+    from clipprobe.resources.lexicon import get_lexicon
     from clipprobe.captions.synth import realistic_captions, write_laion_parquet
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     caps = realistic_captions(3000, get_taxonomy().words()[:60], get_lexicon().terms(), seed=3)
     caps[5] = "Ein Mädchen: a young woman’s café, middle\u00a0eastern man"      # non-ASCII rows too
@@ -170,7 +170,7 @@ def test_without_numba_auto_and_workers_use_hyperscan(tmp_path, monkeypatch, cap
 
 
 def _lexicon():
-    from clipprobe.captions.lexicon import get_lexicon
+    from clipprobe.resources.lexicon import get_lexicon
 
     return get_lexicon()
 

@@ -8,9 +8,9 @@ import pytest
 from click.testing import CliRunner
 
 from clipprobe.cli import cli
-from clipprobe.compare import compare_entropy_plot, compare_reports, compare_skew_scatter, write_comparison
+from clipprobe.report.compare import compare_entropy_plot, compare_reports, compare_skew_scatter, write_comparison
 from clipprobe.errors import ClipprobeError
-from clipprobe.reportio import load_report
+from clipprobe.report.store import load_report
 from reportgen import make_report
 
 WORDS = {"nurse": "occupation", "engineer": "occupation", "janitor": "occupation", "ceo": ("occupation", "status"),

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipprobe import embed, faces
+from clipprobe import faces
+from clipprobe.embeddings import cache as embed
 from clipprobe.errors import DataError, UsageError
 from tests import facegen
 
@@ -134,7 +135,8 @@ def test_resume_after_interrupt_equals_uninterrupted(tiny_encoder, ff, tmp_path,
 
 _CHILD = textwrap.dedent("""
     import sys, time
-    from clipprobe import embed, faces
+    from clipprobe import faces
+    from clipprobe.embeddings import cache as embed
     from clipprobe.models import load_model
     config, weights, arch, data, cache = sys.argv[1:6]
     enc = load_model(f"{arch}:{weights}", model_config=config, device="cpu")

@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from clipprobe import figures
+from clipprobe.report import figures
 from clipprobe.cli import cli
-from clipprobe.contact import contact_sheet, save_contact_sheet, word_sheet
+from clipprobe.report.contact import contact_sheet, save_contact_sheet, word_sheet
 from clipprobe.errors import ClipprobeError, DataError
-from clipprobe.reportio import FORMAT_VERSION, load_report
+from clipprobe.report.store import FORMAT_VERSION, load_report
 from reportgen import make_report
 
 
@@ -405,7 +405,7 @@ def test_cli_figures_writes_files_and_contact_sheet(report_dir, tmp_path):
 
 
 def test_cli_figures_core_set_max_words_and_html_reuse(report_dir, report, tmp_path, monkeypatch):
-    import clipprobe.htmlreport as htmlreport
+    import clipprobe.report.html as htmlreport
 
     drawn = []
     original = htmlreport._figure_png

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import clipprobe.htmlreport as htmlreport
-from clipprobe import figures
+import clipprobe.report.html as htmlreport
+from clipprobe.report import figures
 from clipprobe.errors import UsageError
-from clipprobe.htmlreport import MSG_SHEETS_LEFT_OUT, NO_IMAGES_NOTE, json_for_script, write_html_report
-from clipprobe.reportio import load_report
+from clipprobe.report.html import MSG_SHEETS_LEFT_OUT, NO_IMAGES_NOTE, json_for_script, write_html_report
+from clipprobe.report.store import load_report
 from reportgen import make_report
 
 SCRIPT_WORD = "<script>document.body.setAttribute('data-pwned','1')</script>"

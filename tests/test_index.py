@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from clipprobe import index as I
+from clipprobe.embeddings import index as I
 from clipprobe.errors import ClipprobeError, DataError, UsageError
 
 

@@ -11,7 +11,7 @@ import scipy.stats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from clipprobe import metrics as M
+from clipprobe.analysis import metrics as M
 from clipprobe.errors import ClipprobeError, DataError, UsageError
 
 # Published test vector (MaxSkew / NDKL of a ranked list of two groups).

@@ -11,10 +11,10 @@ import pytest
 import scipy.stats
 from click.testing import CliRunner
 
-from clipprobe import power as P
+from clipprobe.analysis import power as P
 from clipprobe.cli.power import power as power_cmd
 from clipprobe.errors import ClipprobeError, UsageError
-from clipprobe.stats import bh_adjust, hypergeom_p
+from clipprobe.analysis.significance import bh_adjust, hypergeom_p
 
 
 def test_flag_planted_equals_full_bh_adjust():

@@ -4,7 +4,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from clipprobe.cli import cli
-from clipprobe.power import dataset_group_sizes, power_curve, power_plot
+from clipprobe.analysis.power import dataset_group_sizes, power_curve, power_plot
 from facegen import write_fairface
 
 

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from clipprobe.errors import ClipprobeError, DataError
-from clipprobe.prompts import article, ensemble, fill, get_template_set, list_template_sets, neutral_set_for
+from clipprobe.resources.prompts import article, ensemble, fill, get_template_set, list_template_sets, neutral_set_for
 
 
 @pytest.mark.parametrize("word, expected", [

@@ -183,7 +183,7 @@ def test_report_rejects_missing_counts_folder_early(setup, tmp_path):
 
 
 def test_report_model_label_is_short_for_a_weights_file(setup, tiny_model_files):
-    from clipprobe.reportio import load_report
+    from clipprobe.report.store import load_report
 
     _, weights, arch = tiny_model_files
     report = load_report(setup["out"])

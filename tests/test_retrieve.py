@@ -48,7 +48,7 @@ def test_retrieve_json(world):
 
 
 def test_retrieve_matches_numpy_bruteforce(world, tiny_encoder):
-    from clipprobe.embed import embed_dataset
+    from clipprobe.embeddings.cache import embed_dataset
     from clipprobe.faces import load_dataset
 
     ds = load_dataset(f"fairface:{world['root']}")

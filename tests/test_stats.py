@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from statsmodels.stats.multitest import multipletests
 
-from clipprobe import metrics as M
-from clipprobe import stats as S
+from clipprobe.analysis import metrics as M
+from clipprobe.analysis import bootstrap as S
+from clipprobe.analysis import significance as sig
 from clipprobe.errors import DataError, UsageError
 
 # ---------------------------------------------------------------------------------------------
@@ -24,7 +25,7 @@ def test_hypergeom_p_equals_scipy_on_a_grid():
     n_total, k = 10954, 100
     sizes = np.array([2085, 1556, 1623, 1550, 1415, 1516, 1209])
     counts = np.arange(0, k + 1)[:, None]
-    p_over, p_under = S.hypergeom_p(counts, sizes[None, :], n_total, k)
+    p_over, p_under = sig.hypergeom_p(counts, sizes[None, :], n_total, k)
     assert p_over.shape == (k + 1, 7)
     np.testing.assert_allclose(p_over, scipy.stats.hypergeom.sf(counts - 1, n_total, sizes, k), rtol=1e-12, atol=0)
     np.testing.assert_allclose(p_under, scipy.stats.hypergeom.cdf(counts, n_total, sizes, k), rtol=1e-12, atol=0)
@@ -36,7 +37,7 @@ def test_hypergeom_p_equals_exact_rational_arithmetic():
         for count in range(0, min(k, size) + 1):
             total = math.comb(n_total, k)
             pmf = [Fraction(math.comb(size, x) * math.comb(n_total - size, k - x), total) for x in range(k + 1)]
-            over, under = S.hypergeom_p(count, size, n_total, k)
+            over, under = sig.hypergeom_p(count, size, n_total, k)
             if size == 0:
                 assert np.isnan(over) and np.isnan(under)  # absent group: excluded
                 continue
@@ -46,9 +47,9 @@ def test_hypergeom_p_equals_exact_rational_arithmetic():
 
 def test_hypergeom_p_rejects_impossible_counts():
     with pytest.raises(DataError, match="counts must lie between 0 and k=5"):
-        S.hypergeom_p(6, 10, 100, 5)
+        sig.hypergeom_p(6, 10, 100, 5)
     with pytest.raises(DataError, match="group_sizes must lie between 0 and n_total=100"):
-        S.hypergeom_p(1, 101, 100, 5)
+        sig.hypergeom_p(1, 101, 100, 5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,7 +61,7 @@ def test_hypergeom_p_rejects_impossible_counts():
                 min_size=1, max_size=60))
 def test_bh_adjust_equals_statsmodels(values):
     p = np.array(values)
-    q = S.bh_adjust(p)
+    q = sig.bh_adjust(p)
     valid = ~np.isnan(p)
     assert np.array_equal(np.isnan(q), ~valid)
     if valid.any():
@@ -72,7 +73,7 @@ def test_bh_adjust_keeps_shape():
     rng = np.random.default_rng(0)
     p = rng.random((20, 7))
     p[3, 2] = np.nan
-    q = S.bh_adjust(p)
+    q = sig.bh_adjust(p)
     assert q.shape == p.shape
     flat = p.ravel()
     expected = multipletests(flat[~np.isnan(flat)], method="fdr_bh")[1]
@@ -208,8 +209,8 @@ def _flagged_fraction(scores, labels, n_groups, k, alpha):
     ids = M.rank_topk(scores, k)
     counts = M.topk_counts(ids, labels, n_groups)
     sizes = np.bincount(labels, minlength=n_groups)
-    p_over, _ = S.hypergeom_p(counts, sizes[None, :], labels.size, k)
-    q = S.bh_adjust(p_over)
+    p_over, _ = sig.hypergeom_p(counts, sizes[None, :], labels.size, k)
+    q = sig.bh_adjust(p_over)
     return (q < alpha), p_over
 
 

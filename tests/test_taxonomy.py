@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 
 from clipprobe.cli import cli
 from clipprobe.errors import ClipprobeError, DataError
-from clipprobe.taxonomy import (
+from clipprobe.resources.taxonomy import (
     ERR_DUPLICATE, ERR_EMPTY_CATEGORY, ERR_NOT_STRING, get_taxonomy, guess_pos, list_taxonomies, load_taxonomy,
 )
 

@@ -97,7 +97,7 @@ def test_layout_loads_as_fairface(small_world):
 
 
 def test_world_words_are_sobit_words(small_world):
-    from clipprobe.taxonomy import get_taxonomy, load_taxonomy
+    from clipprobe.resources.taxonomy import get_taxonomy, load_taxonomy
 
     sobit = get_taxonomy("sobit")
     for word, category, pos, *_ in gen.PLANTED + gen.CONTROLS:
@@ -111,7 +111,7 @@ def test_world_words_are_sobit_words(small_world):
 
 
 def test_lexicon_file_loads(small_world):
-    from clipprobe.captions.lexicon import load_lexicon
+    from clipprobe.resources.lexicon import load_lexicon
 
     lex = load_lexicon(small_world.lexicon)
     assert lex.groups() == [(a, g) for a, gs in gen.ATTRIBUTES.items() for g in gs]

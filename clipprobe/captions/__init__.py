@@ -9,7 +9,7 @@ Data flows one way::
         -> run.py (inputs, resumable per-file parts, outputs) -> stats.py -> figures.py
 
 Public entry points: :func:`clipprobe.captions.run.count_captions` with a
-:class:`~clipprobe.captions.run.CountConfig`, :func:`~clipprobe.captions.lexicon.get_lexicon`,
+:class:`~clipprobe.captions.run.CountConfig`, :func:`~clipprobe.resources.lexicon.get_lexicon`,
 :class:`~clipprobe.captions.matching.Matcher`. Heavy libraries are imported
 inside functions, so importing this package is cheap.
 """

@@ -24,9 +24,9 @@ from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
-from clipprobe.captions.tokens import BITMAP_BITS    # one value for the tables' build side and the pass
+from clipprobe.captions.hashing import BITMAP_BITS, MIX
 
-_MIX = np.uint64(0x9E3779B97F4A7C15)
+_MIX = np.uint64(MIX)
 _ONES = np.uint64(0x0101010101010101)
 _HIGH = np.uint64(0x8080808080808080)
 _CASE = np.uint64(0x2020202020202020)

@@ -159,11 +159,11 @@ def _chunks(info: FileInfo, chunk_rows: int) -> list[tuple[tuple[int, ...], int]
 def count_captions(config: CountConfig) -> CountResult:
     """Run `captions count`; see the module docstring."""
     from clipprobe._io import write_json
-    from clipprobe.captions.lexicon import get_lexicon
+    from clipprobe.resources.lexicon import get_lexicon
     from clipprobe.captions.matching import Matcher
     from clipprobe.captions.scan import ChunkCounts, ScanSpec, TermSpace, cap_samples
     from clipprobe.runinfo import StageTimer
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     if config.engine not in ENGINES:
         raise UsageError(ERR_ENGINE.format(engine=config.engine))
@@ -194,7 +194,7 @@ def count_captions(config: CountConfig) -> CountResult:
         fingerprint = space.fingerprint()
         paths = expand_inputs(config.captions)
     with timer("compile"):
-        from clipprobe.embed import default_cache_dir
+        from clipprobe.embeddings.cache import default_cache_dir
 
         matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
         spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples,

@@ -34,7 +34,7 @@ def cooccurrence_table(words: Sequence[str], groups: Sequence[tuple[str, str]], 
     import pandas as pd
     from scipy.stats import hypergeom
 
-    from clipprobe.stats import bh_adjust
+    from clipprobe.analysis.significance import bh_adjust
 
     n_word = np.asarray(n_word, np.int64)
     n_group = np.asarray(n_group, np.int64)

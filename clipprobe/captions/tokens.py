@@ -61,6 +61,7 @@ import functools
 import logging
 import re
 
+from clipprobe.captions.hashing import BITMAP_BITS, MIX
 from clipprobe.captions.matching import WHITESPACE, BatchMatches, Matcher, as_string_array, sorted_unique
 
 log = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ _WORD = re.compile(r"[a-z0-9]+")
 _TERM = re.compile(r"[a-z0-9]+(?:[^a-z0-9]+[a-z0-9]+)*")
 _SPACE = " "             # a separator that stands for a whitespace run
 _MASK64 = (1 << 64) - 1
-_MIX = 0x9E3779B97F4A7C15  # multiplicative hashing (Fibonacci) of the packed token and of trie edges
-BITMAP_BITS = 16           # hash bits of the vocabulary bitmap (8 KiB: stays in L1); the pass reads it
 _IS_SPACE = 2              # bit of whitespace in the code point classes (bit 1: letter, digit, mark)
 
 
@@ -95,7 +94,7 @@ def pack_token(token: bytes) -> int:
 
 
 def _slot(key: int, bits: int) -> int:
-    return ((key * _MIX) & _MASK64) >> (64 - bits)
+    return ((key * MIX) & _MASK64) >> (64 - bits)
 
 
 def _table_bits(n: int) -> int:

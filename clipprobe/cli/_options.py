@@ -46,7 +46,7 @@ def pop_probe_config(kwargs: dict[str, Any]):
     import os
 
     from clipprobe.cli import set_offline
-    from clipprobe.retrieval import ProbeConfig
+    from clipprobe.pipeline.probe import ProbeConfig
 
     offline = kwargs.pop("offline") or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     set_offline(offline)

@@ -121,7 +121,7 @@ def show_cmd(directory, word, attribute, n_samples, fmt):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def lexicons_cmd(lexicon, fmt):
     """Shipped lexicons, and the groups and term counts of one."""
-    from clipprobe.captions.lexicon import get_lexicon, list_lexicons
+    from clipprobe.resources.lexicon import get_lexicon, list_lexicons
 
     lex = get_lexicon(lexicon)
     summary = lex.summary()

@@ -12,7 +12,7 @@ import click
 @click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
 def demo(out, retrain, seed, bootstrap) -> None:
     """Generate the planted world, probe it end to end, and check what was found against the truth."""
-    from clipprobe.demo import TARGETS, run_demo
+    from clipprobe.world.demo import TARGETS, run_demo
 
     result = run_demo(out, retrain=retrain, seed=seed, bootstrap=bootstrap)
     v = result.validation

@@ -26,10 +26,10 @@ import click
 def figures(report_dir: Path, out: Path, categories, attributes, words, formats, figure_set: str, max_words,
             html: bool) -> None:
     """Regenerate the paper figures of REPORT_DIR from its files alone."""
-    from clipprobe.contact import dataset_loader, word_sheet
+    from clipprobe.report.contact import dataset_loader, word_sheet
     from clipprobe.errors import one_of
-    from clipprobe.figures import slug, write_report_figures
-    from clipprobe.reportio import load_report
+    from clipprobe.report.figures import slug, write_report_figures
+    from clipprobe.report.store import load_report
 
     report = load_report(report_dir)
     valid_words = sorted(set(report.words["word"]))
@@ -55,7 +55,7 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
             if loader.failed:
                 click.echo(f"note: {loader.failed} images could not be read (grey placeholders)", err=True)
     if html:
-        from clipprobe.htmlreport import write_html_report
+        from clipprobe.report.html import write_html_report
 
         # Restricted figures are other figures: let the page draw its own then.
         restricted = bool(categories or attributes or max_words is not None)
@@ -72,9 +72,9 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
               help="Figure formats (default: png and pdf).")
 def compare(report_dirs, out: Path, names, formats) -> None:
     """Compare the reports of several models (on the words they share)."""
-    from clipprobe.compare import compare_reports, write_comparison
+    from clipprobe.report.compare import compare_reports, write_comparison
     from clipprobe.errors import UsageError
-    from clipprobe.reportio import load_report
+    from clipprobe.report.store import load_report
 
     if names and len(names) != len(report_dirs):
         raise UsageError(f"--name given {len(names)} times for {len(report_dirs)} reports; give one per report")

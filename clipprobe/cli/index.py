@@ -19,7 +19,7 @@ def build_cmd(fmt: str, **kwargs) -> None:
     """Embed every image of the dataset (resuming a stopped run) and store its index."""
     import json
 
-    from clipprobe.index import build_cached
+    from clipprobe.embeddings.index import build_cached
 
     config = pop_probe_config(kwargs)
     summary = build_cached(config)

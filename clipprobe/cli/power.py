@@ -65,7 +65,7 @@ def power(attribute, dataset, split, figure, dataset_size, base_shares, group_si
     """Simulate the probability of flagging a planted over-representation (power curve)."""
     import json
 
-    from clipprobe import power as lib
+    from clipprobe.analysis import power as lib
 
     if sum(x is not None for x in (base_shares, group_sizes, dataset)) > 1:
         raise UsageError("give one of --dataset, --base-shares or --group-sizes")

@@ -28,7 +28,7 @@ from clipprobe.cli._options import pop_probe_config, probe_options, split_attrib
 def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, captions_counts, figures,
            html, **kwargs) -> None:
     """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""
-    from clipprobe.report import ReportConfig, run_report
+    from clipprobe.pipeline.report import ReportConfig, run_report
 
     config = ReportConfig(
         probe=pop_probe_config(kwargs), out=out, taxonomy=taxonomy, templates=templates, k=k,
@@ -51,8 +51,8 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
 @click.option("--alpha", type=float, default=0.05, show_default=True)
 def crosscheck(report_dir, counts_dir, alpha) -> None:
     """Join a report's retrieval skew with caption co-occurrence (is it in the data too?)."""
-    from clipprobe.crosscheck import write_crosscheck
-    from clipprobe.reportio import load_report
+    from clipprobe.analysis.crosscheck import write_crosscheck
+    from clipprobe.report.store import load_report
 
     report = load_report(report_dir)
     written = write_crosscheck(report.groups, counts_dir, report_dir, alpha=alpha)

@@ -23,8 +23,8 @@ def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, **kwargs)
     import json
 
     from clipprobe import _io
-    from clipprobe.retrieval import format_table, make_query, open_probe
-    from clipprobe.retrieval import retrieve as run_retrieve
+    from clipprobe.pipeline.probe import format_table, make_query, open_probe
+    from clipprobe.pipeline.probe import retrieve as run_retrieve
 
     config = pop_probe_config(kwargs)
     attrs = split_attributes(attributes)
@@ -49,7 +49,7 @@ def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, **kwargs)
     else:
         click.echo(text, nl=False)
     if grid:
-        from clipprobe.retrieval import save_grid
+        from clipprobe.pipeline.probe import save_grid
 
         save_grid(probe, result, grid)
         click.echo(f"wrote {grid}", err=True)

@@ -19,7 +19,7 @@ def taxonomy() -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def list_cmd(name: str | None, fmt: str) -> None:
     """Categories of a taxonomy with their word counts."""
-    from clipprobe.taxonomy import get_taxonomy, list_taxonomies
+    from clipprobe.resources.taxonomy import get_taxonomy, list_taxonomies
 
     tax = get_taxonomy(name)
     summary = tax.summary()
@@ -42,7 +42,7 @@ def list_cmd(name: str | None, fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def show_cmd(category: str, name: str | None, fmt: str) -> None:
     """The words of one CATEGORY, with part of speech and source lists."""
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     tax = get_taxonomy(name)
     resolved = tax.resolve_category(category)
@@ -65,7 +65,7 @@ def show_cmd(category: str, name: str | None, fmt: str) -> None:
 @click.argument("path", type=click.Path(dir_okay=False))
 def validate_cmd(path: str) -> None:
     """Check a taxonomy file; exit 1 with the problem if it is invalid."""
-    from clipprobe.taxonomy import load_taxonomy
+    from clipprobe.resources.taxonomy import load_taxonomy
 
     tax = load_taxonomy(path)
     summary = tax.summary()

@@ -49,7 +49,7 @@ class WorldCheck:
 
 def prompt_for(word: str, pos: str) -> str:
     """The default So-B-IT prompt for a word (the first template of the default set)."""
-    from clipprobe.prompts import fill
+    from clipprobe.resources.prompts import fill
 
     return fill("a photo of {a} {word} person" if pos == "adjective" else "a photo of {a} {word}", word)
 

@@ -329,7 +329,7 @@ def render_array(people: list[Person], size: int = IMAGE_SIZE):
 
 
 def _phrase(rng, word: str, pos: str) -> str:
-    from clipprobe.prompts import fill
+    from clipprobe.resources.prompts import fill
 
     templates = _ADJ_TEMPLATES if pos == "adjective" else _NOUN_TEMPLATES
     return fill(templates[int(rng.integers(len(templates)))], word)

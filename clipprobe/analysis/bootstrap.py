@@ -1,10 +1,5 @@
-"""Significance and uncertainty of the representation metrics.
+"""Uncertainty of the representation metrics: an exact bootstrap of the top-k retrieval.
 
-* :func:`hypergeom_p`: is a group over- or under-represented in a top-k compared with ``k`` images
-  drawn at random (without replacement) from the dataset? ``X ~ Hypergeom(N, group size, k)``,
-  ``p_over = P(X >= count)``, ``p_under = P(X <= count)``.
-* :func:`bh_adjust`: Benjamini-Hochberg adjusted p-values (``q``) over a whole family (all rows of a
-  report); NaN entries are left out of the family and stay NaN.
 * :func:`bootstrap_counts` / :func:`bootstrap_intervals`: resample the face dataset with
   replacement, redo the retrieval on every resample, and take percentile intervals.
 
@@ -15,7 +10,7 @@ is the prefix of the word's ranking where the cumulative multiplicity reaches ``
 counted only as often as needed to fill exactly ``k`` slots. Group counts are then sums of
 multiplicities. When a resample's top-``T`` holds fewer than ``k`` copies the word falls back to
 its full ranking, so the result is always exact: identical to materialising the resampled dataset
-and sorting it (ties broken by image index, as in :func:`clipprobe.metrics.rank_topk`). Each
+and sorting it (ties broken by image index, as in :func:`clipprobe.analysis.metrics.rank_topk`). Each
 resample has its own random stream spawned from ``seed``, so results do not depend on chunking.
 """
 
@@ -26,7 +21,7 @@ import logging
 from typing import TYPE_CHECKING, Mapping
 
 from clipprobe.errors import DataError, UsageError, one_of
-from clipprobe.metrics import (
+from clipprobe.analysis.metrics import (
     REFERENCES,
     as_scores,
     check_k,
@@ -43,71 +38,8 @@ log = logging.getLogger(__name__)
 MSG_LEVEL = "level={level} must be strictly between 0 and 1"
 MSG_NBOOT = "n_boot={n} must be a positive integer"
 MSG_NEUTRAL_ROW = "reference 'neutral' needs neutral_row, the row of the neutral prompt in the scores (0..{hi})"
-MSG_COUNTS_RANGE = "counts must lie between 0 and k={k}"
-MSG_SIZES = "group_sizes must lie between 0 and n_total={n}"
 MSG_LABELS_LEN = "labels[{name!r}] has {got} entries but scores have {n} images"
 MSG_NO_ATTRIBUTES = "bootstrap_counts needs at least one attribute's labels"
-
-
-# ----------------------------------------------------------------------------------------------
-# tests and multiple comparisons
-
-
-def hypergeom_p(counts, group_sizes, n_total: int, k: int) -> tuple["np.ndarray", "np.ndarray"]:
-    """``(p_over, p_under)`` for ``X ~ Hypergeom(n_total, group_size, k)``, broadcast elementwise.
-
-    ``p_over = P(X >= count)`` and ``p_under = P(X <= count)`` (both include the observed count).
-    Groups of size 0 (absent from the dataset) get NaN. Float64 arrays of the broadcast shape.
-    """
-    import numpy as np
-    from scipy.stats import hypergeom
-
-    c = np.asarray(counts)
-    sizes = np.asarray(group_sizes)
-    n_total, k = int(n_total), int(k)
-    check_k(k, n_total)
-    if np.any(c < 0) or np.any(c > k):
-        raise DataError(MSG_COUNTS_RANGE.format(k=k))
-    if np.any(sizes < 0) or np.any(sizes > n_total):
-        raise DataError(MSG_SIZES.format(n=n_total))
-    c, sizes = np.broadcast_arrays(c, sizes)
-    shape = c.shape
-    # A report has many rows but few distinct (count, size) pairs: evaluate each pair once.
-    pairs, inverse = np.unique(np.stack([c.ravel(), sizes.ravel()]).astype(np.int64), axis=1, return_inverse=True)
-    inverse = inverse.ravel()
-    # scipy's (M, n, N) = (population, successes in population, draws).
-    p_over = np.clip(hypergeom.sf(pairs[0] - 1, n_total, pairs[1], k), 0.0, 1.0)[inverse].reshape(shape)
-    p_under = np.clip(hypergeom.cdf(pairs[0], n_total, pairs[1], k), 0.0, 1.0)[inverse].reshape(shape)
-    absent = sizes == 0
-    p_over = np.where(absent, np.nan, p_over)
-    p_under = np.where(absent, np.nan, p_under)
-    return np.asarray(p_over, dtype=np.float64), np.asarray(p_under, dtype=np.float64)
-
-
-def bh_adjust(p) -> "np.ndarray":
-    """Benjamini-Hochberg adjusted p-values of an array of any shape (same shape back).
-
-    The family is every non-NaN entry; NaN entries stay NaN. Equal to statsmodels'
-    ``multipletests(p, method="fdr_bh")[1]`` on the non-NaN entries.
-    """
-    import numpy as np
-
-    arr = np.asarray(p, dtype=np.float64)
-    flat = arr.ravel()
-    q = np.full(flat.shape, np.nan)
-    valid = np.flatnonzero(~np.isnan(flat))
-    m = valid.size
-    if m == 0:
-        return q.reshape(arr.shape)
-    pv = flat[valid]
-    order = np.argsort(pv, kind="stable")
-    scaled = pv[order] * m / np.arange(1, m + 1)
-    # Step-up: the running minimum from the largest p-value downwards.
-    adjusted = np.minimum.accumulate(scaled[::-1])[::-1]
-    out = np.empty(m)
-    out[order] = np.minimum(adjusted, 1.0)
-    q[valid] = out
-    return q.reshape(arr.shape)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,11 +223,11 @@ def bootstrap_metrics(
     """The metrics of every resample: ``share``, ``skew`` (``(B, W, G)``), ``max_skew``,
     ``norm_entropy`` (``(B, W)``, float64) and ``top_group`` (``(B, W)``, int64, -1 if none).
 
-    ``reference`` is as in :mod:`clipprobe.metrics`; in each resample ``"base"`` uses that
+    ``reference`` is as in :mod:`clipprobe.analysis.metrics`; in each resample ``"base"`` uses that
     resample's own base shares and ``"neutral"`` the neutral prompt's top-k in that resample (row
     ``neutral_row`` of the scores). A group missing from a resample has no skew there (NaN).
     ``norm_entropy`` uses the ``L`` groups of the full dataset. Same definitions as
-    :func:`clipprobe.metrics.group_stats` / :func:`~clipprobe.metrics.word_stats`.
+    :func:`clipprobe.analysis.metrics.group_stats` / :func:`~clipprobe.analysis.metrics.word_stats`.
     """
     import numpy as np
 
@@ -355,7 +287,7 @@ def bootstrap_intervals(
     """Percentile intervals of the metrics over the resamples, and the stability of the top group.
 
     ``top_group`` is the point estimate's most over-represented group per word (``(W,)``, from
-    :func:`clipprobe.metrics.point_estimates`); ``reference`` and ``neutral_row`` as in
+    :func:`clipprobe.analysis.metrics.point_estimates`); ``reference`` and ``neutral_row`` as in
     :func:`bootstrap_metrics`. NaN samples (a group missing from a resample) are left out.
     ``samples``: the output of :func:`bootstrap_metrics` for the same arguments, when the caller
     already has it (it is then not computed again).
@@ -377,11 +309,9 @@ def bootstrap_intervals(
 
 __all__ = [
     "BootstrapCounts",
-    "bh_adjust",
     "bootstrap_counts",
     "bootstrap_intervals",
     "bootstrap_metrics",
-    "hypergeom_p",
     "percentile_interval",
     "resample_multiplicities",
 ]

@@ -84,7 +84,7 @@ def crosscheck_scatter(joined, *, attribute: str | None = None, correlations=Non
         from matplotlib.figure import Figure
 
         ax = Figure(figsize=(4.5, 3.5), layout="constrained").add_subplot()
-    from clipprobe.figures import OKABE_ITO
+    from clipprobe.report.figures import OKABE_ITO
 
     for i, (group, g) in enumerate(rows.groupby("group", sort=False)):
         ax.scatter(g["skew"].astype(float), g["caption_log_odds"].astype(float), s=10, alpha=0.7,

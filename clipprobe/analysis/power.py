@@ -177,7 +177,7 @@ def _flag_planted(null_p, planted_p, group: int, alpha: float, family_size: int)
     ``null_p``: ``(S, n_null)``; ``planted_p``: ``(S, R, G)``. Only p-values below ``alpha`` can be
     rejected, so BH runs on those alone, with the family size ``m`` kept: flagged iff the planted p
     is at most ``p_(R*)`` where ``R* = max{i : p_(i) * m / i < alpha}``. Exactly the rows that
-    :func:`clipprobe.stats.bh_adjust` gives ``q < alpha``.
+    :func:`clipprobe.analysis.significance.bh_adjust` gives ``q < alpha``.
     """
     import numpy as np
 
@@ -236,7 +236,7 @@ def power_curve(
     import numpy as np
     import pandas as pd
 
-    from clipprobe.stats import hypergeom_p
+    from clipprobe.analysis.significance import hypergeom_p
 
     sizes_map = resolve_sizes(n_total=n_total, group_sizes=group_sizes, base_shares=base_shares)
     names = list(sizes_map)
@@ -329,7 +329,7 @@ def dataset_group_sizes(spec: str, attribute: str, *, split: str = "validation",
                         offline: bool | None = None) -> dict[str, int]:
     """Group sizes of ``attribute`` in a face dataset's label file (images are not read)."""
     from clipprobe.faces import load_dataset
-    from clipprobe.retrieval import group_codes
+    from clipprobe.pipeline.probe import group_codes
 
     import numpy as np
 

@@ -12,7 +12,7 @@ module and conflict, so the choice is an explicit extra: ``pip install
 'clipprobe[cpu]'`` or ``pip install 'clipprobe[gpu]'``.
 
 Index ids are positions in the vector array that was indexed (for an
-:class:`~clipprobe.embed.ImageEmbeddings` that is ``emb.rows[id]`` in dataset
+:class:`~clipprobe.embeddings.cache.ImageEmbeddings` that is ``emb.rows[id]`` in dataset
 rows).
 """
 
@@ -205,7 +205,7 @@ def load_index(path: str | Path, *, gpu: str = "auto", kind: str = "flat"):
 
 
 def index_for(embeddings: Any, *, kind: str = "flat", gpu: str = "auto", persist: bool = True, **options):
-    """The index for an :class:`~clipprobe.embed.ImageEmbeddings`, built once and cached.
+    """The index for an :class:`~clipprobe.embeddings.cache.ImageEmbeddings`, built once and cached.
 
     With ``persist`` the CPU form is stored next to the embeddings
     (``<cache>/index/<kind>.faiss`` plus a small JSON manifest that ties it to
@@ -245,15 +245,15 @@ def index_for(embeddings: Any, *, kind: str = "flat", gpu: str = "auto", persist
 def build_cached(config, *, progress: bool | None = None) -> dict:
     """Embed a dataset (cached) and build and persist its index ahead of time.
 
-    ``config`` is a :class:`clipprobe.retrieval.ProbeConfig` (model, dataset,
+    ``config`` is a :class:`clipprobe.pipeline.probe.ProbeConfig` (model, dataset,
     split, cache, device, batch size, workers, index kind); the work is
-    :func:`clipprobe.retrieval.open_probe`'s, so `retrieve` and `report` find
+    :func:`clipprobe.pipeline.probe.open_probe`'s, so `retrieve` and `report` find
     everything in place. Returns a JSON-friendly summary of what was done and
     where it is stored.
     """
     import time
 
-    from clipprobe.retrieval import open_probe
+    from clipprobe.pipeline.probe import open_probe
 
     started = time.perf_counter()
     probe = open_probe(config, progress=progress)

@@ -1,7 +1,7 @@
 """Paper figures of a bias report, drawn from the report's tables alone.
 
 Every plot function takes DataFrames (the tables of a report folder, see
-:mod:`clipprobe.reportio`) and ``ax=None``; it draws on ``ax`` or on a new
+:mod:`clipprobe.report.store`) and ``ax=None``; it draws on ``ax`` or on a new
 figure sized for one journal column (3.3 in wide, two columns for wide
 heatmaps) and returns the Axes, so callers can restyle it and tests can read
 the data and labels back. Figures are built with the object-oriented API on the
@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipprobe._io import atomic_path
 from clipprobe.errors import UsageError, one_of
-from clipprobe.reportio import ATTRIBUTES, CATEGORY_SEP, explode_categories
+from clipprobe.report.store import ATTRIBUTES, CATEGORY_SEP, explode_categories
 
 log = logging.getLogger(__name__)
 

@@ -108,7 +108,7 @@ def rank_topk(scores, k: int) -> "np.ndarray":
     """``(W, k)`` int64 ids of each row's ``k`` highest scores, best first.
 
     Ties are broken by the lower image index, so the result is deterministic and identical to a
-    stable ``argsort(-scores)[:, :k]``; :func:`clipprobe.stats.bootstrap_counts` uses the same rule.
+    stable ``argsort(-scores)[:, :k]``; :func:`clipprobe.analysis.bootstrap.bootstrap_counts` uses the same rule.
     Runs in O(W·N) with ``np.partition`` instead of a full sort.
     """
     import numpy as np

@@ -11,7 +11,7 @@ markup; the word table's data travels as JSON inside
 ``textContent`` only (never ``innerHTML``), so no data value can become markup
 or code.
 
-Size and speed: the figures are the "core" set of :mod:`clipprobe.figures`
+Size and speed: the figures are the "core" set of :mod:`clipprobe.report.figures`
 (per-category plots only with ``category_figures=True``), taken from the PNG
 files already in the report's ``figures/`` folder when they are at least as new
 as the report's tables, and drawn only when missing. Contact sheets are shown
@@ -34,7 +34,7 @@ from typing import Callable
 
 from clipprobe._io import write_text
 from clipprobe.errors import UsageError
-from clipprobe.reportio import CATEGORY_SEP
+from clipprobe.report.store import CATEGORY_SEP
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _skew_style(value) -> str:
 
 
 def _figure_png(fig, dpi: int = HTML_DPI) -> bytes:
-    from clipprobe.figures import PNG_COMPRESS_LEVEL
+    from clipprobe.report.figures import PNG_COMPRESS_LEVEL
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
@@ -139,7 +139,7 @@ def _figure_block(caption: str, png: bytes, wide: bool = False) -> str:
 
 def _tables_mtime(report) -> float:
     """When the report's tables were last written (infinity when one cannot be read: reuse nothing)."""
-    from clipprobe.reportio import FILES
+    from clipprobe.report.store import FILES
 
     try:
         return max((Path(report.path) / FILES[key]).stat().st_mtime for key in ("groups", "words", "summary"))
@@ -209,7 +209,7 @@ def _summary_section(report) -> str:
 
 
 def _figures_section(report, category_figures: bool, source: _FigureSource) -> str:
-    from clipprobe.figures import figure_specs
+    from clipprobe.report.figures import figure_specs
 
     specs = figure_specs(report, figure_set="all" if category_figures else "core")
     blocks = [_figure_block(s.caption, source.png(s), wide=s.wide) for s in specs if s.category is None]
@@ -290,7 +290,7 @@ class _Sheets:
 
 def _contact_sheets(report, image_loader, label_for, max_sheets: int, faces: int, max_bytes: int) -> _Sheets:
     """Contact sheet blocks for flagged words, in :func:`sheet_order`, within ``max_sheets`` and ``max_bytes``."""
-    from clipprobe.contact import contact_sheet, dataset_loader, load_images
+    from clipprobe.report.contact import contact_sheet, dataset_loader, load_images
 
     order = sheet_order(report)
     if not order:
@@ -435,7 +435,7 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
                       sheet_faces: int = SHEET_FACES, sheets_max_bytes: int = SHEETS_MAX_BYTES) -> Path:
     """Write the report as one self-contained HTML file and return its path.
 
-    Figures: the "core" set of :func:`clipprobe.figures.figure_specs` (plus the
+    Figures: the "core" set of :func:`clipprobe.report.figures.figure_specs` (plus the
     per-category plots with ``category_figures``). Each is read from
     ``figures_dir/<stem>.png`` (default: the report's ``figures/`` folder) when
     that file is at least as new as the report's tables, and drawn otherwise

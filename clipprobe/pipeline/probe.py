@@ -75,8 +75,8 @@ def make_query(word: str, *, taxonomy=None, templates=None) -> Query:
     A word that is not in the taxonomy is allowed; its part of speech is guessed
     (and logged).
     """
-    from clipprobe.prompts import get_template_set
-    from clipprobe.taxonomy import get_taxonomy, guess_pos
+    from clipprobe.resources.prompts import get_template_set
+    from clipprobe.resources.taxonomy import get_taxonomy, guess_pos
 
     word = " ".join(str(word).split())
     if not word:
@@ -144,8 +144,8 @@ class Probe:
         """One L2-normalised query vector per :class:`Query` (prompt ensembling when several)."""
         import numpy as np
 
-        from clipprobe.embed import embed_texts
-        from clipprobe.prompts import ensemble
+        from clipprobe.embeddings.cache import embed_texts
+        from clipprobe.resources.prompts import ensemble
 
         texts = sorted({p for q in queries for p in q.prompts})
         with self.timer("encode_text"):
@@ -155,7 +155,7 @@ class Probe:
 
     def topk(self, vectors: "np.ndarray", k: int) -> tuple["np.ndarray", "np.ndarray"]:
         """Scores and embedded-row positions of the top-k images per query vector (rank order)."""
-        from clipprobe.index import search
+        from clipprobe.embeddings.index import search
 
         self.check_k(k)
         with self.timer("search"):
@@ -188,9 +188,9 @@ def group_codes(values: "pd.Series", attribute: str) -> tuple["np.ndarray", list
 
 def open_probe(config: ProbeConfig, *, progress: bool | None = None) -> Probe:
     """Load the model, the dataset, the image embeddings (cached) and the index."""
-    from clipprobe.embed import embed_dataset
+    from clipprobe.embeddings.cache import embed_dataset
     from clipprobe.faces import load_dataset
-    from clipprobe.index import index_for
+    from clipprobe.embeddings.index import index_for
     from clipprobe.models import load_model
 
     if config.index not in INDEX_KINDS:
@@ -265,7 +265,7 @@ def retrieve(probe: Probe, word: "str | Query", *, k: int = DEFAULT_K, templates
     attribute's group skew."""
     import pandas as pd
 
-    from clipprobe.metrics import point_estimates
+    from clipprobe.analysis.metrics import point_estimates
 
     attributes = probe.check_attributes(attributes)
     probe.check_k(k)
@@ -321,7 +321,7 @@ def save_grid(probe: Probe, r: Retrieval, path, *, columns: int = 10, thumb: int
     from PIL import Image
 
     from clipprobe import _io
-    from clipprobe.contact import contact_sheet
+    from clipprobe.report.contact import contact_sheet
 
     table = probe.dataset.table
     file_to_row = {str(f): i for i, f in enumerate(table["file"])}

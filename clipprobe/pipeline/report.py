@@ -1,9 +1,9 @@
 """The full-taxonomy bias report: every word, every attribute, every group.
 
 :func:`run_report` retrieves each unique word of a taxonomy once, computes the
-point estimates (:mod:`clipprobe.metrics`), the hypergeometric tests and the
+point estimates (:mod:`clipprobe.analysis.metrics`), the hypergeometric tests and the
 Benjamini-Hochberg adjustment over all rows, and bootstrap intervals
-(:mod:`clipprobe.stats`), and writes the report folder::
+(:mod:`clipprobe.analysis.bootstrap`), and writes the report folder::
 
     DIR/groups.parquet   one row per (word, attribute, group)
     DIR/words.parquet    one row per (word, attribute)
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from clipprobe import __version__
 from clipprobe.errors import ClipprobeError, UsageError, one_of
-from clipprobe.retrieval import ALL_ATTRIBUTES, DEFAULT_K, ProbeConfig, Query
+from clipprobe.pipeline.probe import ALL_ATTRIBUTES, DEFAULT_K, ProbeConfig, Query
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-    from clipprobe.retrieval import Probe
+    from clipprobe.pipeline.probe import Probe
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ class ReportResult:
 
 def report_queries(taxonomy, templates) -> tuple[list[Query], dict[str, str]]:
     """One query per unique word; ``category`` joins a word's categories with "; "."""
-    from clipprobe.retrieval import make_query
+    from clipprobe.pipeline.probe import make_query
 
     queries = [make_query(w, taxonomy=taxonomy, templates=templates) for w in taxonomy.words()]
     categories = {q.word: "; ".join(q.categories) for q in queries}
@@ -136,8 +136,9 @@ def _compute_chunk(probe: "Probe", config: ReportConfig, queries: list[Query], v
     import numpy as np
     import pandas as pd
 
-    from clipprobe.metrics import c_asc, point_estimates, rank_topk
-    from clipprobe.stats import bootstrap_counts, bootstrap_intervals, bootstrap_metrics, hypergeom_p
+    from clipprobe.analysis.metrics import c_asc, point_estimates, rank_topk
+    from clipprobe.analysis.bootstrap import bootstrap_counts, bootstrap_intervals, bootstrap_metrics
+    from clipprobe.analysis.significance import hypergeom_p
 
     k = config.k
     n_words = len(queries)
@@ -218,7 +219,7 @@ def _summary(groups: "pd.DataFrame", words: "pd.DataFrame", entropy: "np.ndarray
     import numpy as np
     import pandas as pd
 
-    from clipprobe.stats import percentile_interval
+    from clipprobe.analysis.bootstrap import percentile_interval
 
     position = {w: i for i, w in enumerate(word_order)}
     rows = []
@@ -248,17 +249,17 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     import pandas as pd
 
     from clipprobe import _io
-    from clipprobe.prompts import get_template_set, neutral_set_for
-    from clipprobe.retrieval import dataset_info, open_probe
+    from clipprobe.resources.prompts import get_template_set, neutral_set_for
+    from clipprobe.pipeline.probe import dataset_info, open_probe
     from clipprobe.runinfo import package_versions
-    from clipprobe.stats import bh_adjust
-    from clipprobe.taxonomy import get_taxonomy
+    from clipprobe.analysis.significance import bh_adjust
+    from clipprobe.resources.taxonomy import get_taxonomy
 
     config = config.check()
     out = Path(config.out)
     _check_out_folder(out)
     if config.captions_counts:
-        from clipprobe.crosscheck import read_counts
+        from clipprobe.analysis.crosscheck import read_counts
 
         read_counts(config.captions_counts)  # fail before the long part when the folder is wrong
     taxonomy = get_taxonomy(config.taxonomy)
@@ -346,7 +347,7 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
         with timer("crosscheck"):
             result.files += write_crosscheck(out, groups, config.captions_counts, config.alpha)
     if config.figures or config.html:
-        from clipprobe.reportio import load_report
+        from clipprobe.report.store import load_report
 
         written_report = load_report(out)  # read back once: figures and HTML work from the files
     if config.figures:
@@ -387,13 +388,13 @@ def _check_out_folder(out: Path) -> None:
 
 
 def _write_figures(report) -> list[Path]:
-    from clipprobe.figures import write_report_figures
+    from clipprobe.report.figures import write_report_figures
 
     return list(write_report_figures(report, Path(report.path) / "figures"))
 
 
 def _write_html(report, probe: "Probe") -> Path:
-    from clipprobe.htmlreport import write_html_report
+    from clipprobe.report.html import write_html_report
 
     out = Path(report.path)
     table = probe.dataset.table
@@ -412,7 +413,7 @@ def _write_html(report, probe: "Probe") -> Path:
 
 
 def write_crosscheck(out: Path, groups: "pd.DataFrame", counts_dir: str, alpha: float = 0.05) -> list[Path]:
-    """Join retrieval skew with caption lift (see :mod:`clipprobe.crosscheck`)."""
-    from clipprobe.crosscheck import write_crosscheck as _write
+    """Join retrieval skew with caption lift (see :mod:`clipprobe.analysis.crosscheck`)."""
+    from clipprobe.analysis.crosscheck import write_crosscheck as _write
 
     return list(_write(groups, counts_dir, out, alpha=alpha))

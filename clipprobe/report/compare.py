@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 from clipprobe._io import atomic_path, write_parquet
 from clipprobe.errors import ClipprobeError, one_of
-from clipprobe.reportio import ATTRIBUTES, explode_categories
+from clipprobe.report.store import ATTRIBUTES, explode_categories
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _setting_notes(reports, names) -> list[str]:
 
 
 def compare_reports(reports: Sequence, *, names: Sequence[str] | None = None) -> CompareResult:
-    """Compare two or more loaded reports (see :func:`clipprobe.reportio.load_report`)."""
+    """Compare two or more loaded reports (see :func:`clipprobe.report.store.load_report`)."""
     import pandas as pd
     from scipy import stats
 
@@ -162,7 +162,7 @@ def compare_entropy_plot(result: CompareResult, attribute: str, *, ax=None):
     """Mean normalized entropy per category, one colour per model (shared words only)."""
     import numpy as np
 
-    from clipprobe import figures
+    from clipprobe.report import figures
 
     cats = result.categories
     present = sorted(set(cats["attribute"]), key=_attr_rank)
@@ -197,7 +197,7 @@ def compare_skew_scatter(result: CompareResult, attribute: str, model_a: str, mo
     """Word-level max skew of one model against another, with the identity line and Spearman rho."""
     import numpy as np
 
-    from clipprobe import figures
+    from clipprobe.report import figures
 
     for name in (model_a, model_b):
         if name not in result.names:
@@ -230,7 +230,7 @@ def compare_skew_scatter(result: CompareResult, attribute: str, model_a: str, mo
 
 def write_comparison(result: CompareResult, out_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
     """Write the comparison tables (CSV and parquet), notes and figures to ``out_dir``."""
-    from clipprobe import figures
+    from clipprobe.report import figures
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -124,8 +124,8 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
     """Run the whole pipeline offline on the planted world (see the module docstring)."""
     from clipprobe import _io
     from clipprobe.captions.run import CountConfig, count_captions
-    from clipprobe.report import ReportConfig, run_report
-    from clipprobe.retrieval import ProbeConfig, format_table, make_query, open_probe, retrieve, save_grid
+    from clipprobe.pipeline.report import ReportConfig, run_report
+    from clipprobe.pipeline.probe import ProbeConfig, format_table, make_query, open_probe, retrieve, save_grid
     from clipprobe.world.generate import generate_world
     from clipprobe.world.train import WORLD_ARCH, config_path, weights_path
 

@@ -1,0 +1,1 @@
+"""Image and text embeddings: the resumable cache and the FAISS index over it."""
