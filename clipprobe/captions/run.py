@@ -32,6 +32,7 @@ ENGINES = ("local", "spark")
 MATCHERS = ("auto", "hyperscan", "tokens")   # tokens: clipprobe.captions.tokens, needs numba; auto: tokens if
                                                # numba is installed, else hyperscan (the same counts either way)
 
+COUNTS_FORMAT_VERSION = 1   # the layout of a counts folder (cooccurrence.parquet, samples.parquet, parts/)
 ERR_NO_INPUT = "--captions {pattern!r} matches no file"
 ERR_NO_INPUTS = "no caption files given (use --captions PATH|GLOB|URL)"
 ERR_NO_COLUMN = "{path}: no caption column {column!r}{tried}; columns: {columns}"
@@ -418,31 +419,31 @@ def _cpu_seconds() -> dict[str, float] | None:
 def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer, worker_seconds,
                 started, scan_cpu=None, matcher=None) -> dict[str, Any]:
     from clipprobe.config import to_dict
-    from clipprobe.runinfo import package_versions
+    from clipprobe.runinfo import run_record
 
     scan_s = timer.seconds.get("scan", 0.0)
     worker_seconds = dict(worker_seconds)
     scanned = int(worker_seconds.pop("rows_scanned", 0))
-    return {
-        "command": "captions count",
-        "config": to_dict(config),
-        "engine": config.engine,
-        "matcher": matcher,     # the one that ran (config.matcher may say "auto")
-        "workers": config.workers or os.cpu_count(),
-        "taxonomy": taxonomy.name, "lexicon": lexicon.name, "lexicon_source": lexicon.source,
-        "n_words": len(space.words), "n_groups": len(space.groups), "n_terms": len(space.terms),
-        "term_set": fingerprint,
-        "files": files,
-        "n_files": len(files),
-        "row_groups": int(sum(f["row_groups"] for f in files)),
-        "rows": int(total.n_rows), "captions": int(total.n_captions), "nulls": int(total.n_nulls),
-        "skipped": skipped,
-        "timings_s": timer.as_dict(),
-        "worker_seconds": {k: round(v, 4) for k, v in worker_seconds.items()},
+    return run_record(
+        "captions count",
+        format_version=COUNTS_FORMAT_VERSION,
+        config=to_dict(config),
+        timings=timer.seconds,
+        started=started,
+        engine=config.engine,
+        matcher=matcher,     # the one that ran (config.matcher may say "auto")
+        workers=config.workers or os.cpu_count(),
+        taxonomy=taxonomy.name, lexicon=lexicon.name, lexicon_source=lexicon.source,
+        n_words=len(space.words), n_groups=len(space.groups), n_terms=len(space.terms),
+        term_set=fingerprint,
+        files=files,
+        n_files=len(files),
+        row_groups=int(sum(f["row_groups"] for f in files)),
+        rows=int(total.n_rows), captions=int(total.n_captions), nulls=int(total.n_nulls),
+        skipped=skipped,
+        worker_seconds={k: round(v, 4) for k, v in worker_seconds.items()},
         # CPU seconds of the scan stage: this process, and its worker processes (local engine)
-        "scan_cpu_s": scan_cpu,
-        "rows_scanned_this_run": scanned,
-        "rows_per_s_scan": (round(scanned / scan_s) if scan_s > 0 and scanned else None),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
-        "versions": package_versions(),
-    }
+        scan_cpu_s=scan_cpu,
+        rows_scanned_this_run=scanned,
+        rows_per_s_scan=(round(scanned / scan_s) if scan_s > 0 and scanned else None),
+    )
