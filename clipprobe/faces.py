@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from clipprobe.errors import DataError, UsageError, did_you_mean
+from clipprobe.hub import hub_session
 
 log = logging.getLogger(__name__)
 
@@ -392,19 +393,9 @@ def _load_csv(spec: str, path: Path, split: str, image_root, image_column: str |
 # --------------------------------------------------------------------------- hugging face
 
 
-def _hf_offline(offline: bool | None) -> bool:
-    if offline is not None:
-        return offline
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "true", "yes", "on")
-        for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
-    )
-
-
 def _load_hf(spec: str, where: str, split: str, config: str, offline: bool | None) -> FaceDataset:
     import pandas as pd
 
-    offline = _hf_offline(offline)
     local = Path(where).expanduser()
     if local.exists():
         ds = _hf_from_disk(spec, local, split)
@@ -412,7 +403,8 @@ def _load_hf(spec: str, where: str, split: str, config: str, offline: bool | Non
     else:
         if where.startswith((".", "/", "~")):
             raise DataError(MSG_NO_FOLDER.format(path=local))
-        ds = _hf_from_hub(where, config, split, offline)
+        with hub_session(offline) as is_offline:
+            ds = _hf_from_hub(where, config, split, is_offline)
         source = f"hub:{where}:{config}"
 
     import datasets
@@ -472,10 +464,6 @@ def _hf_from_disk(spec: str, local: Path, split: str):
 def _hf_from_hub(name: str, config: str, split: str, offline: bool):
     import datasets
 
-    if offline:
-        # datasets reads HF_DATASETS_OFFLINE at import; set the live flags too.
-        datasets.config.HF_HUB_OFFLINE = True
-        datasets.config.HF_DATASETS_OFFLINE = True
     try:
         return datasets.load_dataset(name, config, split=split)
     except Exception as err:  # noqa: BLE001 - any failure here means "not available"; say how to fix it

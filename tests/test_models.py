@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from clipprobe import models as M
+from clipprobe.models import loading, spec, weights
 from clipprobe.errors import ModelError
 from clipprobe.models import ModelSpec, load_model, parse_model_spec
 from tinyclip import (TINY_CONFIG, write_tiny_config, write_tiny_local_dir, write_tiny_model,
@@ -83,15 +84,15 @@ def test_existing_file_without_extension_is_a_path(tmp_path):
 @pytest.mark.parametrize(
     "raw, message",
     [
-        ("", M.MSG_EMPTY_SPEC.format(default="ViT-B-32:openai")),
-        ("   ", M.MSG_EMPTY_SPEC.format(default="ViT-B-32:openai")),
-        ("ViT-B-32", M.MSG_NO_COLON.format(raw="ViT-B-32", default="ViT-B-32:openai")),
-        (":openai", M.MSG_EMPTY_PART.format(raw=":openai", part="architecture before ':'")),
-        ("ViT-B-32:", M.MSG_EMPTY_PART.format(raw="ViT-B-32:", part="tag or path after ':'")),
-        ("hf-hub:", M.MSG_EMPTY_PART.format(raw="hf-hub:", part="Hub id after 'hf-hub:'")),
-        ("local-dir:", M.MSG_EMPTY_PART.format(raw="local-dir:", part="folder after 'local-dir:'")),
-        ("hf-hub:noslash", M.MSG_BAD_HUB_ID.format(raw="hf-hub:noslash", hub_id="noslash")),
-        ("hf-hub:a/b/c", M.MSG_BAD_HUB_ID.format(raw="hf-hub:a/b/c", hub_id="a/b/c")),
+        ("", spec.MSG_EMPTY_SPEC.format(default="ViT-B-32:openai")),
+        ("   ", spec.MSG_EMPTY_SPEC.format(default="ViT-B-32:openai")),
+        ("ViT-B-32", spec.MSG_NO_COLON.format(raw="ViT-B-32", default="ViT-B-32:openai")),
+        (":openai", spec.MSG_EMPTY_PART.format(raw=":openai", part="architecture before ':'")),
+        ("ViT-B-32:", spec.MSG_EMPTY_PART.format(raw="ViT-B-32:", part="tag or path after ':'")),
+        ("hf-hub:", spec.MSG_EMPTY_PART.format(raw="hf-hub:", part="Hub id after 'hf-hub:'")),
+        ("local-dir:", spec.MSG_EMPTY_PART.format(raw="local-dir:", part="folder after 'local-dir:'")),
+        ("hf-hub:noslash", spec.MSG_BAD_HUB_ID.format(raw="hf-hub:noslash", hub_id="noslash")),
+        ("hf-hub:a/b/c", spec.MSG_BAD_HUB_ID.format(raw="hf-hub:a/b/c", hub_id="a/b/c")),
     ],
 )
 def test_parse_errors(raw, message):
@@ -250,7 +251,7 @@ def test_bad_model_configs(tmp_path):
     missing = tmp_path / "Nope.json"
     with pytest.raises(ModelError) as info:
         M.register_model_config(missing)
-    assert str(info.value) == M.MSG_CONFIG_MISSING.format(path=missing)
+    assert str(info.value) == loading.MSG_CONFIG_MISSING.format(path=missing)
     bad = tmp_path / "Bad.json"
     bad.write_text(json.dumps({"embed_dim": 8}))
     with pytest.raises(ModelError, match=r"Bad.json is not an open_clip architecture JSON \(missing vision_cfg, text_cfg\)"):
@@ -268,7 +269,7 @@ def test_local_dir(tmp_path, tiny_encoder):
     (folder / "open_clip_model.safetensors").unlink()
     with pytest.raises(ModelError) as info:
         load_model(f"local-dir:{folder}", device="cpu")
-    assert str(info.value) == M.MSG_LOCAL_DIR_NO_WEIGHTS.format(path=folder)
+    assert str(info.value) == weights.MSG_LOCAL_DIR_NO_WEIGHTS.format(path=folder)
     with pytest.raises(ModelError, match="local-dir folder not found"):
         load_model(f"local-dir:{tmp_path / 'absent'}", device="cpu")
 
@@ -282,7 +283,7 @@ def test_weights_file_errors(tmp_path, tiny_model_files):
     missing = tmp_path / "nothing.safetensors"
     with pytest.raises(ModelError) as info:
         load_model(f"{arch}:{missing}", model_config=str(config), device="cpu")
-    assert str(info.value) == M.MSG_WEIGHTS_MISSING.format(path=missing, raw=f"{arch}:{missing}")
+    assert str(info.value) == weights.MSG_WEIGHTS_MISSING.format(path=missing, raw=f"{arch}:{missing}")
     odd = tmp_path / "w.npz"
     odd.write_bytes(b"x")
     with pytest.raises(ModelError, match=r"unsupported extension '\.npz'"):
@@ -308,7 +309,7 @@ def test_torchscript_archive_refused(tmp_path, tiny_model_files):
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path))
     with pytest.raises(ModelError) as info:
         load_model(f"{arch}:{path}", model_config=str(config), device="cpu")
-    assert str(info.value) == M.MSG_TORCHSCRIPT.format(path=path, arch=arch)
+    assert str(info.value) == weights.MSG_TORCHSCRIPT.format(path=path, arch=arch)
 
 
 def test_pickled_objects_refused(tmp_path, tiny_model_files):
@@ -343,7 +344,7 @@ def test_offline_uncached_pretrained_fails_at_once(tmp_path):
     with pytest.raises(ModelError) as info:
         load_model("ViT-B-32:openai", device="cpu", offline=True, cache_dir=str(tmp_path))
     msg = str(info.value)
-    assert msg == M.MSG_NOT_CACHED.format(spec="ViT-B-32:openai", arch="ViT-B-32")
+    assert msg == weights.MSG_NOT_CACHED.format(spec="ViT-B-32:openai", arch="ViT-B-32")
     assert "clipprobe models --download ViT-B-32:openai" in msg and "ARCH:/path/to/weights.safetensors" in msg
     with pytest.raises(ModelError, match=r"model hf-hub:someone/absent is not in the local cache"):
         load_model("hf-hub:someone/absent", device="cpu", offline=True, cache_dir=str(tmp_path))
@@ -382,31 +383,6 @@ def test_offline_cached_pretrained_goes_to_the_cached_file(tmp_path):
         load_model("ViT-B-32:openai", device="cpu", offline=True, cache_dir=str(tmp_path))
     # safetensors rejected the garbage header: the cached file was found and opened, offline.
     assert re.match(r"^could not load model ViT-B-32:openai: .*header", str(info.value)), str(info.value)
-
-
-def test_offline_env_applies_before_import(tmp_path):
-    """configure_hub sets HF_HUB_OFFLINE before huggingface_hub reads it, and after, too."""
-    code = (
-        "import os, sys\n"
-        "from clipprobe.models import configure_hub\n"
-        "assert 'huggingface_hub' not in sys.modules\n"
-        "assert configure_hub(True) is True\n"
-        "import huggingface_hub.constants as c\n"
-        "print(c.HF_HUB_OFFLINE, os.environ['HF_HUB_ETAG_TIMEOUT'])\n"
-    )
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "TRANSFORMERS_OFFLINE"))}
-    env.update(PYTHONPATH=str(REPO), HF_HOME=str(tmp_path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert out.stdout.split() == ["True", "5"]
-
-    import huggingface_hub.constants as constants
-
-    saved = constants.HF_HUB_OFFLINE
-    try:
-        constants.HF_HUB_OFFLINE = False
-        assert M.configure_hub(True) is True and constants.HF_HUB_OFFLINE is True
-    finally:
-        constants.HF_HUB_OFFLINE = saved
 
 
 def test_unreachable_hub_fails_at_once(tmp_path, monkeypatch):

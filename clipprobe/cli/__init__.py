@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import sys
 
 import click
 
 from clipprobe import __version__
 from clipprobe.errors import ClipprobeError
+from clipprobe.hub import set_process_offline
 
 # (module, attribute) of each top-level command, in the order of `clipprobe --help`.
 _COMMANDS = [
@@ -50,18 +50,6 @@ class _Group(click.Group):
             ctx.exit(130)
 
 
-def set_offline(offline: bool) -> None:
-    """Make Hugging Face Hub offline before it is first imported.
-
-    huggingface_hub reads HF_HUB_OFFLINE once, at import; this must therefore run
-    before open_clip (which imports it) is imported anywhere.
-    """
-    if offline:
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["HF_DATASETS_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-
-
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="clipprobe")
 @click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
@@ -74,7 +62,7 @@ def cli(verbose: int, quiet: bool, offline: bool) -> None:
     others = logging.WARNING if verbose == 0 else own
     logging.basicConfig(level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("clipprobe").setLevel(own)
-    set_offline(offline)
+    set_process_offline(offline)
 
 
 for _module, _attr in _COMMANDS:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import click
@@ -43,13 +42,11 @@ def probe_options(func: Callable) -> Callable:
 
 def pop_probe_config(kwargs: dict[str, Any]):
     """Remove the probe options from a command's kwargs and build the ProbeConfig."""
-    import os
-
-    from clipprobe.cli import set_offline
+    from clipprobe.hub import env_offline, set_process_offline
     from clipprobe.pipeline.probe import ProbeConfig
 
-    offline = kwargs.pop("offline") or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-    set_offline(offline)
+    offline = kwargs.pop("offline") or env_offline()
+    set_process_offline(offline)
     return ProbeConfig(
         model=kwargs.pop("model"),
         model_config=kwargs.pop("model_config"),
@@ -76,7 +73,3 @@ def split_attributes(text: str) -> tuple[str, ...]:
     if not parts:
         raise click.BadParameter("give at least one attribute", param_hint="--attributes")
     return parts
-
-
-def wraps(func: Callable) -> Callable:
-    return functools.wraps(func)

@@ -1,0 +1,136 @@
+"""The encoder: an open_clip model in eval mode with its tokenizer and image transform."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+from clipprobe.models.spec import ModelSpec
+
+if TYPE_CHECKING:
+    import numpy as np
+
+DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+class Encoder:
+    """An open_clip model in eval mode with its tokenizer and image transform.
+
+    ``preprocess`` maps a PIL image to a float tensor (C, H, W); it is a
+    torchvision ``Compose`` of picklable parts, so DataLoader workers can use it.
+    ``encode_images`` / ``encode_text`` return float32 numpy arrays with
+    L2-normalised rows (normalised in float32 even when the model runs in fp16).
+    """
+
+    def __init__(
+        self,
+        *,
+        model: Any,
+        tokenizer: Callable,
+        preprocess: Callable,
+        preprocess_cfg: dict,
+        preprocess_source: str,
+        spec: ModelSpec,
+        device: str,
+        precision: str,
+        weights_source: str,
+        quick_gelu_forced: bool = False,
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.preprocess = preprocess
+        self.preprocess_cfg = preprocess_cfg
+        self.preprocess_source = preprocess_source
+        self.spec = spec
+        self.device = device
+        self.precision = precision
+        self.dtype = DTYPE_NAMES[precision]
+        self.weights_source = weights_source
+        self.quick_gelu_forced = quick_gelu_forced
+        self.embed_dim = self._find_embed_dim()
+        size = preprocess_cfg.get("size")
+        self.image_size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+    def _find_embed_dim(self) -> int:
+        visual = getattr(self.model, "visual", None)
+        dim = getattr(visual, "output_dim", None)
+        if isinstance(dim, int) and dim > 0:
+            return dim
+        return int(self.encode_text(["a"]).shape[1])
+
+    @property
+    def _torch_dtype(self):
+        import torch
+
+        return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[self.precision]
+
+    def _to_batch(self, batch):
+        import numpy as np
+        import torch
+
+        if isinstance(batch, np.ndarray):
+            batch = torch.from_numpy(batch)
+        if batch.ndim == 3:
+            batch = batch.unsqueeze(0)
+        return batch.to(self.device, dtype=self._torch_dtype, non_blocking=True)
+
+    def forward_images_only(self, batch):
+        """Image features on the device, unnormalised and unsynchronised (for timing)."""
+        import torch
+
+        with torch.inference_mode():
+            return self.model.encode_image(self._to_batch(batch))
+
+    def encode_images(self, batch) -> np.ndarray:
+        """(N, C, H, W) preprocessed images -> (N, embed_dim) float32, unit rows."""
+        import torch
+
+        with torch.inference_mode():
+            feats = self.model.encode_image(self._to_batch(batch)).float()
+            feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            return feats.cpu().numpy()
+
+    def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
+        """Texts -> (len(texts), embed_dim) float32, unit rows."""
+        import numpy as np
+        import torch
+
+        if isinstance(texts, str):
+            raise TypeError("encode_text takes a list of strings, not one string")
+        texts = list(texts)
+        if not texts:
+            dim = getattr(self, "embed_dim", 0)
+            return np.zeros((0, dim), dtype=np.float32)
+        out = []
+        with torch.inference_mode():
+            for start in range(0, len(texts), max(1, int(batch_size))):
+                tokens = self.tokenizer(texts[start:start + batch_size]).to(self.device)
+                feats = self.model.encode_text(tokens).float()
+                feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+                out.append(feats.cpu().numpy())
+        return np.concatenate(out, axis=0).astype(np.float32, copy=False)
+
+    def info(self) -> dict:
+        """What a run records about the model (JSON-serialisable)."""
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.preprocess_cfg.items()}
+        return {
+            "spec": self.spec.raw,
+            "canonical": self.spec.canonical,
+            "kind": self.spec.kind,
+            "key": self.spec.key,
+            "arch": self.spec.arch,
+            "tag": self.spec.tag,
+            "path": self.spec.path,
+            "device": self.device,
+            "precision": self.precision,
+            "dtype": self.dtype,
+            "embed_dim": self.embed_dim,
+            "image_size": list(self.image_size),
+            "preprocess": cfg,
+            "preprocess_source": self.preprocess_source,
+            "weights_source": self.weights_source,
+            "quick_gelu_forced": self.quick_gelu_forced,
+        }
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.spec.canonical!r}, device={self.device!r}, dtype={self.dtype!r}, embed_dim={self.embed_dim})"
+
+
