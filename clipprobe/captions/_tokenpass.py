@@ -313,7 +313,7 @@ def _caption_unicode(data, lo, hi, r, st, active, fresh, hits, seen_term, lower,
     return True
 
 
-@njit(cache=True, nogil=True, _nrt=False)
+@njit(nogil=True, _nrt=False)
 def token_pass(offsets, data, valid, defer, emit_all, defer_non_ascii, lower, classes, bitmap, vocab, trie, counting,
                scratch, out, first_row, n_pairs, n_cand):
     """One pass over the captions of an Arrow string array, from row ``first_row`` (see
@@ -333,7 +333,9 @@ def token_pass(offsets, data, valid, defer, emit_all, defer_non_ascii, lower, cl
     for whitespace. ``scratch`` is (seen_term, hits, seen_word, row_words, seen_group, row_groups,
     active (16), fresh (17), st (4), local_taken): per-batch work arrays, the seen_* filled with -1 and
     local_taken a copy of taken. Compiled without numba's reference counting (it allocates nothing), as
-    the counts of the arrays handed to the inlined helpers cost more than the pass itself.
+    the counts of the arrays handed to the inlined helpers cost more than the pass itself. Cached on
+    disk by :func:`clipprobe.captions.tokens._kernel` in clipprobe's cache folder, never next to this file
+    (:mod:`clipprobe.captions._jitcache`).
     """
     slot_packed, slot_len, slot_vid, t_shift, vocab_bytes, vocab_offsets = vocab
     edge_key, edge_next, e_shift, state_term, n_seps, n_vocab, sep_bytes, sep_offsets = trie

@@ -339,13 +339,16 @@ _KERNEL = None
 
 
 def _kernel():
-    """The compiled pass (:func:`clipprobe.captions._tokenpass.token_pass`; cached on disk by numba)."""
+    """The compiled pass (:func:`clipprobe.captions._tokenpass.token_pass`), kept on disk in clipprobe's
+    cache folder (:mod:`clipprobe.captions._jitcache`), never in the installed package."""
     global _KERNEL
     if _KERNEL is None:
         if not available():
             raise ImportError("the token matcher needs numba (pip install numba)")
+        from clipprobe.captions._jitcache import enable_cache
         from clipprobe.captions._tokenpass import token_pass
 
+        enable_cache(token_pass)
         _KERNEL = token_pass
     return _KERNEL
 
