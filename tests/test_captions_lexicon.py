@@ -28,7 +28,7 @@ def test_default_lexicon_has_every_fairface_group():
 
 
 def test_lexicon_file_header_says_it_is_a_starting_point():
-    text = (lx.lexicon_dir() / "lexicon-fairface.yaml").read_text()
+    text = (lx.lexicon_dir() / "fairface.yaml").read_text()
     assert "THE LEXICON DRIVES THE RESULT" in text and "not ground truth" in text
     assert "not ground truth" in lx.__doc__
 

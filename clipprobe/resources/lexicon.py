@@ -16,11 +16,11 @@ stemmed or guessed. Terms are matched by the rule of
 
 **The lexicon drives the result.** Which captions count as "mentioning a Black
 person" or "a woman" is decided entirely by these lists, so the shipped
-``fairface`` lexicon (``taxonomy/lexicon-fairface.yaml``) is a starting point
+``fairface`` lexicon (``taxonomy/lexicons/fairface.yaml``) is a starting point
 written for English captions, not ground truth: read its header for the choices
 it makes, and pass your own file with ``--lexicon PATH`` where they do not fit.
 
-Shipped lexicons are the files ``taxonomy/lexicon-NAME.yaml`` (installed as
+Shipped lexicons are the files ``taxonomy/lexicons/NAME.yaml`` (installed with
 ``clipprobe.data.taxonomy``), listed by :func:`list_lexicons` and loaded by
 :func:`get_lexicon`, which also takes a path.
 """
@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from clipprobe.errors import ClipprobeError, DataError, did_you_mean
+from clipprobe.errors import DataError, did_you_mean
+from clipprobe.resources import Registry
 
 log = logging.getLogger(__name__)
 
 DEFAULT_LEXICON = "fairface"
-_PREFIX = "lexicon-"
 _SUFFIXES = (".yaml", ".yml", ".json")
 _TOP_LEVEL_KEYS = ("name", "description", "note", "attributes")
 
@@ -47,7 +47,6 @@ ERR_BAD_ATTRIBUTE = "lexicon file {path}: attribute {attribute!r} must map group
 ERR_BAD_GROUP = "lexicon file {path}: group {group!r} of attribute {attribute!r} must be a non-empty list of terms"
 ERR_BAD_TERM = "lexicon file {path}: group {group!r} of attribute {attribute!r} has an invalid term {term!r}: {why}"
 ERR_DUPLICATE = "lexicon file {path}: term {term!r} appears twice in group {group!r} of attribute {attribute!r}"
-ERR_UNKNOWN = "unknown lexicon {name!r}{hint}; valid names: {names}, or a path to a YAML/JSON file"
 
 
 @dataclass(frozen=True)
@@ -78,34 +77,25 @@ class Lexicon:
 
 
 def lexicon_dir() -> Path:
+    """The folder of the shipped lexicons (``taxonomy/lexicons/``)."""
     from clipprobe.data import data_dir
 
-    return data_dir("taxonomy")
+    return data_dir("taxonomy") / "lexicons"
+
+
+LEXICONS: "Registry[Lexicon]" = Registry("lexicon", folder=lexicon_dir, suffixes=_SUFFIXES,
+                                         loader=lambda path: load_lexicon(path), default=DEFAULT_LEXICON,
+                                         paths="a YAML/JSON file")
 
 
 def list_lexicons() -> list[str]:
-    """Names of the shipped lexicons (``fairface``, ...)."""
-    folder = lexicon_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem[len(_PREFIX):] for p in folder.iterdir()
-                  if p.stem.startswith(_PREFIX) and p.suffix in _SUFFIXES)
+    """Names of the known lexicons (``fairface``, ...; shipped, then added)."""
+    return LEXICONS.names()
 
 
 def get_lexicon(name_or_path: str | Path | None = None) -> Lexicon:
-    """A shipped lexicon by name (default ``fairface``) or a user's file by path."""
-    text = str(name_or_path) if name_or_path is not None else DEFAULT_LEXICON
-    names = list_lexicons()
-    if text in names:
-        for suffix in _SUFFIXES:
-            candidate = lexicon_dir() / f"{_PREFIX}{text}{suffix}"
-            if candidate.exists():
-                return load_lexicon(candidate)
-    path = Path(text).expanduser()
-    if path.exists() or text.endswith(_SUFFIXES) or "/" in text:
-        return load_lexicon(path)
-    raise ClipprobeError(ERR_UNKNOWN.format(name=text, hint=did_you_mean(text, names),
-                                            names=", ".join(repr(n) for n in names)))
+    """A lexicon by name (default ``fairface``) or a user's file by path."""
+    return LEXICONS.get(name_or_path)
 
 
 def _read_mapping(path: Path) -> Mapping[str, Any]:
@@ -154,6 +144,6 @@ def load_lexicon(path: str | Path) -> Lexicon:
                 seen[norm] = None
             out[group] = tuple(seen)
         attributes[attribute] = out
-    name = str(data.get("name") or path.stem.removeprefix(_PREFIX))
+    name = str(data.get("name") or path.stem)
     return Lexicon(name=name, attributes=attributes, source=str(path),
                    description=str(data.get("description") or ""))

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clipprobe.errors import ClipprobeError, DataError, did_you_mean
+from clipprobe.errors import DataError, did_you_mean
+from clipprobe.resources import Registry
 
 log = logging.getLogger(__name__)
 
@@ -94,27 +95,26 @@ class TemplateSet:
         return [fill(t, word) for t in templates]
 
 
-def list_template_sets() -> list[str]:
+def _prompts_folder() -> Path:
     from clipprobe.data import data_dir
 
-    return sorted(p.stem for p in data_dir("prompts").iterdir() if p.suffix in (".yaml", ".yml"))
+    return data_dir("prompts")
+
+
+TEMPLATE_SETS: "Registry[TemplateSet]" = Registry("template set", folder=_prompts_folder,
+                                                  suffixes=(".yaml", ".yml", ".txt"),
+                                                  loader=lambda path: load_template_set(path),
+                                                  default=DEFAULT_TEMPLATES, paths="a YAML or text file")
+
+
+def list_template_sets() -> list[str]:
+    """Names of the known template sets (shipped, then added)."""
+    return TEMPLATE_SETS.names()
 
 
 def get_template_set(name_or_path: str | Path | None = None) -> TemplateSet:
-    """A shipped template set by name (default ``default``) or a user's file by path."""
-    from clipprobe.data import data_dir
-
-    text = str(name_or_path or DEFAULT_TEMPLATES)
-    names = list_template_sets()
-    if text in names:
-        return load_template_set(data_dir("prompts") / f"{text}.yaml")
-    path = Path(text).expanduser()
-    if path.exists() or "/" in text or path.suffix in (".yaml", ".yml", ".txt"):
-        return load_template_set(path)
-    raise ClipprobeError(
-        f"unknown template set {text!r}{did_you_mean(text, names)}; valid names: "
-        f"{', '.join(repr(n) for n in names)}, or a path to a YAML or text file"
-    )
+    """A template set by name (default ``default``) or a user's file by path."""
+    return TEMPLATE_SETS.get(name_or_path)
 
 
 def neutral_set_for(templates: TemplateSet) -> TemplateSet:

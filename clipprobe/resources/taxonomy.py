@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clipprobe.errors import ClipprobeError, DataError, did_you_mean
+from clipprobe.resources import Registry
 
 log = logging.getLogger(__name__)
 
@@ -121,35 +122,25 @@ class Taxonomy:
         }
 
 
-def list_taxonomies() -> list[str]:
-    """Names of the shipped taxonomies."""
+def _taxonomy_folder() -> Path:
     from clipprobe.data import data_dir
 
-    return sorted(p.stem for p in data_dir("taxonomy").iterdir()
-                  if p.suffix in (".json", ".yaml", ".yml") and not p.stem.startswith("lexicon"))
+    return data_dir("taxonomy")
+
+
+TAXONOMIES: "Registry[Taxonomy]" = Registry("taxonomy", folder=_taxonomy_folder, suffixes=_SUFFIXES,
+                                            loader=lambda path: load_taxonomy(path), default=DEFAULT_TAXONOMY,
+                                            paths="a YAML/JSON file")
+
+
+def list_taxonomies() -> list[str]:
+    """Names of the known taxonomies (shipped, then added)."""
+    return TAXONOMIES.names()
 
 
 def get_taxonomy(name_or_path: str | Path | None = None) -> Taxonomy:
-    """A shipped taxonomy by name (default ``sobit``) or a user's file by path."""
-    from clipprobe.data import data_dir
-
-    if name_or_path is None:
-        name_or_path = DEFAULT_TAXONOMY
-    text = str(name_or_path)
-    names = list_taxonomies()
-    if text in names:
-        folder = data_dir("taxonomy")
-        for suffix in (".json", ".yaml", ".yml"):
-            candidate = folder / f"{text}{suffix}"
-            if candidate.exists():
-                return load_taxonomy(candidate)
-    path = Path(text).expanduser()
-    if path.exists() or text.endswith(_SUFFIXES) or "/" in text:
-        return load_taxonomy(path)
-    raise ClipprobeError(
-        f"unknown taxonomy {text!r}{did_you_mean(text, names)}; valid names: "
-        f"{', '.join(repr(n) for n in names)}, or a path to a YAML/JSON file"
-    )
+    """A taxonomy by name (default ``sobit``) or a user's file by path."""
+    return TAXONOMIES.get(name_or_path)
 
 
 def _read_mapping(path: Path) -> Mapping[str, Any]:
