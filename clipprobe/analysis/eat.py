@@ -1,0 +1,762 @@
+"""Embedding Association Tests (WEAT, SEAT, iEAT and their cross-modal mixes) on arrays.
+
+A test has target sets ``X``, ``Y`` and attribute sets ``A``, ``B`` of embeddings (rows; any modality, any
+norm: rows are L2-normalised here). With ``cos`` the cosine similarity:
+
+* association of a stimulus: ``s(w, A, B) = mean_a cos(w, a) - mean_b cos(w, b)`` (:func:`association`);
+* effect size: ``d = (mean_x s(x) - mean_y s(y)) / std_{w in X u Y} s(w)`` with ``ddof=1`` (Caliskan et al.
+  2017, sent-bias, Ghate et al. 2025); ``ddof=0`` gives WEFE's value, ``d * sqrt(N / (N - 1))`` with
+  ``N = |X| + |Y|`` (:func:`effect_size`);
+* p-value (:func:`permutation_tests`): the test statistic ``sum_x s(x)`` over re-partitions of ``X u Y`` into
+  sets of sizes ``|X|`` and ``|Y|`` (unequal sizes are fine). When the number of partitions
+  ``C(|X| + |Y|, |X|)`` is at most the budget ``n`` they are all enumerated (``exact``); otherwise ``n - 1``
+  random partitions plus the observed one are used, so ``p >= 1 / n``. Ties count as exceedances: a
+  partition counts when its statistic is at least the observed one minus ``1e-11 * sum |s|`` (sums of the
+  same numbers in another order differ by rounding). ``alternative``: ``"greater"`` (X more associated with
+  A than Y is; the published convention), ``"less"``, or ``"two-sided"`` (``|S - E S| >= |S_obs - E S|``,
+  ``E S = |X| * mean(s)``, the permutation mean);
+* SC-WEAT (single-category, Caliskan et al.): for one stimulus ``w`` and two sets ``A``, ``B``, the same
+  statistics with ``X u Y`` replaced by the cosines of ``w`` to ``A u B`` (:func:`sc_weat`);
+* a bootstrap interval of ``d`` (:func:`effect_size_interval`): all four sets resampled with replacement,
+  each within itself, BCa (scipy.stats.bootstrap);
+* BH over the tests of a run (:func:`run_eats`, with :func:`clipprobe.analysis.significance.bh_adjust`).
+
+Randomness. The random partitions of a test depend only on ``(seed, |X| + |Y|, |X|)`` and the block index:
+block ``b`` of ``PERMUTATION_BLOCK`` partitions draws from ``SeedSequence(seed, spawn_key=(N, n_x, b))``.
+Reruns are identical, whatever the number of threads, and tests of the same sizes share their partitions,
+which is what lets one pass serve many tests. Within a block a uniform ``n_x``-subset of the ``N`` pooled
+stimuli is drawn in one of two exact ways, picked by an estimate of their cost:
+
+* *bits with rejection*: the first ``H = N - t`` stimuli (``t = min(16, N)``) get one random bit each (raw
+  64-bit words, so 64 stimuli per draw); with ``c`` bits set, the last ``t`` stimuli must supply
+  ``j = n_x - c``; a uniform integer ``u < M`` (``M`` the largest feasible ``C(t, j)``) accepts the draw
+  when ``u < C(t, j)`` and then names the ``u``-th ``t``-bit pattern with ``j`` bits set. Every accepted
+  subset has probability ``2^-H / M``: uniform. Sums come from per-byte tables of subset sums (8 stimuli per
+  look-up). Fast when ``n_x`` is near ``N / 2``;
+* *partial Fisher-Yates*, vectorised over the partitions of a block: ``min(n_x, n_y)`` swap steps with
+  exact bounded integers (numpy's ``Generator.integers``).
+
+Exact enumeration lists ``itertools.combinations`` of the smaller side. Many tests of the same sizes (the
+SC-WEAT of every stimulus) are summed with one matrix product of 0/1 membership rows and the tests' values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING, Sequence
+
+from clipprobe.errors import DataError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+
+log = logging.getLogger(__name__)
+
+ALTERNATIVES = ("greater", "less", "two-sided")
+DEFAULT_PERMUTATIONS = 1_000_000
+DEFAULT_SC_PERMUTATIONS = 10_000
+DEFAULT_BOOTSTRAP = 2_000
+DEFAULT_CONFIDENCE = 0.95
+MIN_SET_SIZE = 2
+PERMUTATION_BLOCK = 65536  # partitions per seeded block (results do not depend on threads)
+TIE_RTOL = 1e-11  # ties: statistic >= observed - TIE_RTOL * sum|s|
+TAIL_BITS = 16  # stimuli drawn from a pattern table in the bits sampler
+_CANDIDATES = 8192  # candidate draws per round of the bits sampler
+_FEW_TESTS = 4  # up to this many tests of one size: table look-ups; more: one matrix product
+_GEMM_ROWS = 4096
+
+MSG_TOO_FEW = "set {name} of test {test!r} has {n} stimulus/stimuli; an association test needs at least {min} per set"
+MSG_NOT_2D = "set {name} of test {test!r} must be a 2-d array of embeddings (rows), got shape {shape}"
+MSG_DIM = "set {name} of test {test!r} has dimension {dim} but set X has {dim_x}"
+MSG_NOT_FINITE = "set {name} of test {test!r} holds NaN or infinite values"
+MSG_ZERO_NORM = "set {name} of test {test!r}: row {row} has zero norm (no direction, no cosine)"
+MSG_PERMUTATIONS = "number of permutations must be an integer of at least 2, not {value!r}"
+MSG_ALTERNATIVE = "alternative {value!r} is not one of " + ", ".join(repr(a) for a in ALTERNATIVES)
+MSG_DDOF = "ddof must be 0 or 1, not {value!r}"
+MSG_CONFIDENCE = "confidence level must lie strictly between 0 and 1, not {value!r}"
+MSG_BOOTSTRAP = "number of bootstrap resamples must be 0 (no interval) or at least 100, not {value!r}"
+MSG_SEED = "seed must be a non-negative integer, not {value!r}"
+MSG_POOLED = "test {test}: pooled values must be a 1-d finite array with 0 < n_x < its length ({n}), n_x = {n_x}"
+MSG_CI_METHOD = "interval method {value!r} is not one of 'BCa', 'percentile'"
+
+
+# ----------------------------------------------------------------------------------------------
+# checks
+
+
+def _check_int(value, minimum: int, message: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int,)) and not _is_np_int(value) or int(value) < minimum:
+        raise UsageError(message.format(value=value))
+    return int(value)
+
+
+def _is_np_int(value) -> bool:
+    import numpy as np
+
+    return isinstance(value, np.integer)
+
+
+def check_alternative(alternative: str) -> str:
+    if alternative not in ALTERNATIVES:
+        raise UsageError(MSG_ALTERNATIVE.format(value=alternative))
+    return alternative
+
+
+def check_ddof(ddof) -> int:
+    if isinstance(ddof, bool) or ddof not in (0, 1):
+        raise UsageError(MSG_DDOF.format(value=ddof))
+    return int(ddof)
+
+
+def check_permutations(n) -> int:
+    return _check_int(n, 2, MSG_PERMUTATIONS)
+
+
+def check_seed(seed) -> int:
+    return _check_int(seed, 0, MSG_SEED)
+
+
+def check_set(array, name: str, test: str = "", dim: int | None = None) -> "np.ndarray":
+    """A float64 copy of one stimulus set (rows L2-normalised); one-line errors for bad input."""
+    import numpy as np
+
+    arr = np.asarray(array, dtype=np.float64)
+    if arr.ndim != 2:
+        raise DataError(MSG_NOT_2D.format(name=name, test=test, shape=arr.shape))
+    if arr.shape[0] < MIN_SET_SIZE:
+        raise DataError(MSG_TOO_FEW.format(name=name, test=test, n=arr.shape[0], min=MIN_SET_SIZE))
+    if dim is not None and arr.shape[1] != dim:
+        raise DataError(MSG_DIM.format(name=name, test=test, dim=arr.shape[1], dim_x=dim))
+    if not np.all(np.isfinite(arr)):
+        raise DataError(MSG_NOT_FINITE.format(name=name, test=test))
+    norms = np.linalg.norm(arr, axis=1)
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise DataError(MSG_ZERO_NORM.format(name=name, test=test, row=int(zero[0])))
+    return arr / norms[:, None]
+
+
+# ----------------------------------------------------------------------------------------------
+# point statistics
+
+
+def association(W, A, B) -> "np.ndarray":
+    """``s(w, A, B)`` for every row ``w`` of ``W``: mean cosine to ``A`` minus mean cosine to ``B``."""
+    import numpy as np
+
+    W, A, B = (_unit(v) for v in (W, A, B))
+    return W @ A.mean(axis=0) - W @ B.mean(axis=0)
+
+
+def _unit(v) -> "np.ndarray":
+    import numpy as np
+
+    arr = np.atleast_2d(np.asarray(v, dtype=np.float64))
+    return arr / np.linalg.norm(arr, axis=1, keepdims=True)
+
+
+def effect_size(s_x, s_y, ddof: int = 1) -> float:
+    """``(mean s_x - mean s_y) / std(s_x u s_y)`` with ``ddof`` (1: Caliskan/sent-bias, 0: WEFE); NaN if std is 0."""
+    import numpy as np
+
+    ddof = check_ddof(ddof)
+    s_x = np.asarray(s_x, dtype=np.float64)
+    s_y = np.asarray(s_y, dtype=np.float64)
+    sd = np.concatenate([s_x, s_y]).std(ddof=ddof)
+    if not sd > 0:
+        return float("nan")
+    return float((s_x.mean() - s_y.mean()) / sd)
+
+
+def _effect_sizes_rows(values, n_x: int, ddof: int) -> "np.ndarray":
+    """Effect sizes of pooled rows ``values[:, :n_x]`` vs ``values[:, n_x:]`` (NaN where the std is 0)."""
+    import numpy as np
+
+    sd = values.std(axis=1, ddof=ddof)
+    diff = values[:, :n_x].mean(axis=1) - values[:, n_x:].mean(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(sd > 0, diff / np.where(sd > 0, sd, 1.0), np.nan)
+
+
+# ----------------------------------------------------------------------------------------------
+# permutation test
+
+
+@dataclasses.dataclass(frozen=True)
+class PermutationResult:
+    """One permutation test: ``p_value`` over ``n_permutations`` partitions (``exact``: all of them)."""
+
+    statistic: float  # sum over X of the values
+    p_value: float
+    n_permutations: int
+    exact: bool
+    alternative: str
+
+
+@dataclasses.dataclass
+class _Group:
+    """Tests that share (N, n_x): their pooled values as rows of one matrix."""
+
+    n_total: int
+    n_x: int
+    values: "np.ndarray"  # (T, N) float64
+    members: list[int]
+
+
+def permutation_tests(values: Sequence, n_x: Sequence[int] | int, *, n_permutations: int = DEFAULT_PERMUTATIONS,
+                      alternative: str = "greater", seed: int = 0, n_jobs: int | None = None,
+                      names: Sequence[str] | None = None) -> tuple[PermutationResult, ...]:
+    """Permutation p-values of many tests at once.
+
+    ``values[i]`` is test ``i``'s pooled 1-d array (its ``n_x[i]`` X values first, then the Y values); the
+    statistic is the sum of the X values. Tests with the same ``(len, n_x)`` share one pass over the same
+    partitions. ``n_jobs`` threads (default: the cores this process may use) work on blocks of partitions;
+    the result does not depend on it.
+    """
+    import numpy as np
+
+    n_permutations = check_permutations(n_permutations)
+    alternative = check_alternative(alternative)
+    seed = check_seed(seed)
+    values = [np.asarray(v, dtype=np.float64) for v in values]
+    if isinstance(n_x, (int, np.integer)):
+        n_x = [int(n_x)] * len(values)
+    names = list(names) if names is not None else [str(i) for i in range(len(values))]
+    groups: dict[tuple[int, int], _Group] = {}
+    rows: dict[tuple[int, int], list] = {}
+    for i, (v, k) in enumerate(zip(values, n_x)):
+        k = int(k)
+        if v.ndim != 1 or not 0 < k < v.size or not np.all(np.isfinite(v)):
+            raise DataError(MSG_POOLED.format(test=names[i], n=v.size if v.ndim == 1 else v.shape, n_x=k))
+        key = (v.size, k)
+        rows.setdefault(key, []).append(v)
+        groups.setdefault(key, _Group(v.size, k, None, [])).members.append(i)  # type: ignore[arg-type]
+    out: list[PermutationResult | None] = [None] * len(values)
+    workers = _workers(n_jobs)
+    for key, group in groups.items():
+        group.values = np.vstack(rows[key])
+        stats, p, n_used, exact = _group_pvalues(group, n_permutations, alternative, seed, workers)
+        for j, i in enumerate(group.members):
+            out[i] = PermutationResult(float(stats[j]), float(p[j]), int(n_used), bool(exact), alternative)
+    return tuple(out)  # type: ignore[arg-type]
+
+
+def permutation_test(values, n_x: int, **kwargs) -> PermutationResult:
+    """:func:`permutation_tests` for one test."""
+    return permutation_tests([values], [n_x], **kwargs)[0]
+
+
+def _workers(n_jobs: int | None) -> int:
+    if n_jobs is None:
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:  # pragma: no cover - not on Linux
+            return max(1, os.cpu_count() or 1)
+    return _check_int(n_jobs, 1, "n_jobs must be a positive integer, not {value!r}")
+
+
+def _group_pvalues(group: _Group, n_permutations: int, alternative: str, seed: int, workers: int):
+    """(statistics, p-values, partitions used, exact) of every test of one group."""
+    import numpy as np
+
+    V = group.values
+    N, k = group.n_total, group.n_x
+    observed = V[:, :k].sum(axis=1)
+    total = V.sum(axis=1)
+    center = k * total / N
+    tol = TIE_RTOL * np.abs(V).sum(axis=1)
+    counter = _Counter(observed, total, center, tol, alternative, k)
+    n_partitions = math.comb(N, k)
+    if n_partitions <= n_permutations:
+        side = min(k, N - k)
+        blocks = _exact_blocks(N, side)
+        counts = _run_blocks(blocks, lambda blk: counter.count(_index_sums(V, blk), sampled_x=(side == k)), workers)
+        return observed, counts / n_partitions, n_partitions, True
+    sampler = _Sampler(V, N, k)
+    n_random = n_permutations - 1
+    n_blocks = -(-n_random // PERMUTATION_BLOCK)
+    sizes = [min(PERMUTATION_BLOCK, n_random - b * PERMUTATION_BLOCK) for b in range(n_blocks)]
+
+    def one(b: int):
+        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(N, k, b))))
+        sums, sampled_x = sampler.sums(rng, sizes[b])
+        return counter.count(sums, sampled_x=sampled_x)
+
+    counts = _run_blocks(range(n_blocks), one, workers)
+    # The observed partition is one of the n: it always counts.
+    return observed, (counts + 1) / n_permutations, n_permutations, False
+
+
+def _run_blocks(blocks, func, workers: int):
+    import numpy as np
+
+    blocks = list(blocks)
+    if workers <= 1 or len(blocks) <= 1:
+        parts = [func(b) for b in blocks]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(blocks))) as pool:
+            parts = list(pool.map(func, blocks))
+    return np.sum(parts, axis=0)
+
+
+class _Counter:
+    """Counts, per test, the partitions whose statistic is at least as extreme as the observed one."""
+
+    def __init__(self, observed, total, center, tol, alternative: str, k: int) -> None:
+        self.observed, self.total, self.center, self.tol = observed, total, center, tol
+        self.alternative = alternative
+        self.k = k
+
+    def count(self, side_sums, *, sampled_x: bool):
+        """``side_sums`` (T, B): sums of the sampled side (X when ``sampled_x``, else Y)."""
+        stat = side_sums if sampled_x else self.total[:, None] - side_sums
+        obs, tol = self.observed[:, None], self.tol[:, None]
+        if self.alternative == "greater":
+            hit = stat >= obs - tol
+        elif self.alternative == "less":
+            hit = stat <= obs + tol
+        else:
+            c = self.center[:, None]
+            hit = abs(stat - c) >= abs(obs - c) - tol
+        return hit.sum(axis=1)
+
+
+# ------------------------------------------------------------------ exact enumeration
+
+
+def _exact_blocks(N: int, side: int):
+    """All ``side``-subsets of ``range(N)`` as (rows, side) index blocks, in lexicographic order."""
+    import numpy as np
+
+    combos = itertools.combinations(range(N), side)
+    dtype = np.int16 if N < 2**15 else np.int32
+    while True:
+        chunk = np.fromiter(itertools.chain.from_iterable(itertools.islice(combos, PERMUTATION_BLOCK)), dtype=dtype)
+        if chunk.size == 0:
+            return
+        yield chunk.reshape(-1, side)
+
+
+def _index_sums(V, idx):
+    """(T, B) sums of ``V[t, idx[b]]``; many tests: one matrix product with 0/1 membership rows."""
+    import numpy as np
+
+    T = V.shape[0]
+    if T <= _FEW_TESTS:
+        return np.stack([V[t].take(idx).sum(axis=1) for t in range(T)])
+    out = np.empty((T, idx.shape[0]))
+    for lo in range(0, idx.shape[0], _GEMM_ROWS):
+        part = idx[lo:lo + _GEMM_ROWS]
+        member = np.zeros((part.shape[0], V.shape[1]))
+        np.put_along_axis(member, part.astype(np.intp), 1.0, axis=1)
+        out[:, lo:lo + part.shape[0]] = (member @ V.T).T
+    return out
+
+
+# ------------------------------------------------------------------ random partitions
+
+
+def _popcount_words(words):
+    """Number of set bits of each row of a (B, W) uint64 array."""
+    import numpy as np
+
+    if hasattr(np, "bitwise_count"):
+        return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)  # pragma: no cover - numpy < 2
+    return table[words.view(np.uint8)].reshape(words.shape[0], -1).sum(axis=1)  # pragma: no cover
+
+
+class _Sampler:
+    """Uniform random ``k``-subsets of ``N`` pooled values and the sums they give (see the module docstring)."""
+
+    def __init__(self, V, N: int, k: int) -> None:
+        import numpy as np
+
+        self.V, self.N, self.k = V, N, k
+        self.side = min(k, N - k)
+        self.t = min(TAIL_BITS, N)
+        self.H = N - self.t
+        self.combs = np.array([math.comb(self.t, j) for j in range(self.t + 1)], dtype=np.int64)
+        feasible = [j for j in range(self.t + 1) if 0 <= k - j <= self.H]
+        self.M = int(max(self.combs[j] for j in feasible))  # u < M; accepted when u < C(t, j)
+        self.acceptance = self._acceptance()
+        n_words = -(-self.H // 64)
+        bits_cost = (5.0 * n_words + 12.0) / max(self.acceptance, 1e-12) + 3.0 * 8 * n_words + 10.0
+        fy_cost = 15.0 * self.side
+        self.method = "bits" if bits_cost < fy_cost else "fisher-yates"
+        if self.method == "bits":
+            self._prepare_bits()
+
+    def _acceptance(self) -> float:
+        """Probability that one draw of the bits sampler is accepted: sum_c P(c) C(t, k - c) / M."""
+        from scipy.stats import binom
+
+        total = 0.0
+        for j in range(self.t + 1):
+            c = self.k - j
+            if 0 <= c <= self.H:
+                total += float(binom.pmf(c, self.H, 0.5)) * float(self.combs[j]) / self.M
+        return total
+
+    def _prepare_bits(self) -> None:
+        import numpy as np
+
+        H, t, V = self.H, self.t, self.V
+        self.n_words = -(-H // 64)
+        self.n_bytes = self.n_words * 8
+        rem = H - 64 * (self.n_words - 1) if self.n_words else 0
+        self.last_mask = np.uint64((1 << rem) - 1) if 0 < rem < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
+        # Tail patterns sorted by number of bits set: the u-th pattern with j bits is patterns[offsets[j] + u].
+        patterns = np.arange(1 << t, dtype=np.int64)
+        pop = _popcount_words(patterns.astype(np.uint64)[:, None])
+        self.patterns = patterns[np.argsort(pop, kind="stable")]
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(pop, minlength=t + 1))]).astype(np.int64)
+        self.few = V.shape[0] <= _FEW_TESTS
+        if self.few:
+            bits8 = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64)  # (256, 8)
+            padded = np.zeros((V.shape[0], self.n_bytes * 8))
+            padded[:, :H] = V[:, :H]
+            # tables[t, p, byte] = sum of the values of the set bits of head byte p
+            self.tables = np.einsum("bi,tpi->tpb", bits8, padded.reshape(V.shape[0], self.n_bytes, 8))
+            tail_bits = ((self.patterns[:, None] >> np.arange(t)) & 1).astype(np.float64)
+            self.tail_sums = V[:, H:] @ tail_bits.T  # (T, 2^t)
+
+    def sums(self, rng, n: int):
+        """(T, n) sums of the sampled side over ``n`` random partitions, and whether that side is X."""
+        if self.method == "bits":
+            return self._bits_sums(rng, n), True
+        return _index_sums(self.V, self._fisher_yates(rng, n)), self.side == self.k
+
+    def _fisher_yates(self, rng, n: int):
+        import numpy as np
+
+        N, side = self.N, self.side
+        perm = np.tile(np.arange(N, dtype=np.int64), (n, 1))
+        flat = perm.reshape(-1)
+        base = np.arange(n, dtype=np.int64) * N
+        for i in range(side):
+            j = rng.integers(i, N, size=n)
+            a = base + i
+            b = base + j
+            vi = flat[a]
+            flat[a] = flat[b]
+            flat[b] = vi
+        return perm[:, :side]
+
+    def _draw_bits(self, rng, n: int):
+        """``n`` accepted draws: head words (n, W) and tail pattern indices (n,), in the order drawn."""
+        import numpy as np
+
+        words, tails, got = [], [], 0
+        while got < n:
+            if self.n_words:
+                w = rng.bit_generator.random_raw((_CANDIDATES, self.n_words))
+                w[:, -1] &= self.last_mask
+                c = _popcount_words(w)
+            else:
+                w = np.zeros((_CANDIDATES, 0), dtype=np.uint64)
+                c = np.zeros(_CANDIDATES, dtype=np.int64)
+            u = rng.integers(0, self.M, size=_CANDIDATES)
+            j = self.k - c
+            ok = (j >= 0) & (j <= self.t)
+            np.clip(j, 0, self.t, out=j)
+            ok &= u < self.combs[j]
+            keep = np.flatnonzero(ok)[: n - got]
+            words.append(w[keep])
+            tails.append(self.offsets[j[keep]] + u[keep])
+            got += keep.size
+        return np.concatenate(words), np.concatenate(tails)
+
+    def _bits_sums(self, rng, n: int):
+        import numpy as np
+
+        words, tails = self._draw_bits(rng, n)
+        V, H = self.V, self.H
+        if self.few:
+            out = self.tail_sums[:, tails]
+            if self.n_words:
+                byte_cols = np.ascontiguousarray(words.view(np.uint8).reshape(n, self.n_bytes).T)
+                for t in range(V.shape[0]):
+                    acc = out[t]
+                    tab = self.tables[t]
+                    for p in range(self.n_bytes):
+                        acc += tab[p][byte_cols[p]]
+            return out
+        out = np.empty((V.shape[0], n))
+        for lo in range(0, n, _GEMM_ROWS):
+            hi = min(n, lo + _GEMM_ROWS)
+            member = np.empty((hi - lo, self.N))
+            if self.n_words:
+                bits = np.unpackbits(np.ascontiguousarray(words[lo:hi]).view(np.uint8), axis=1, bitorder="little")
+                member[:, :H] = bits[:, :H]
+            pat = self.patterns[tails[lo:hi]]
+            member[:, H:] = (pat[:, None] >> np.arange(self.t)) & 1
+            out[:, lo:hi] = (member @ V.T).T
+        return out
+
+
+# ----------------------------------------------------------------------------------------------
+# SC-WEAT
+
+
+@dataclasses.dataclass(frozen=True)
+class ScWeat:
+    """Single-category association of each stimulus ``w`` with ``A`` vs ``B``.
+
+    ``association[i] = s(w_i, A, B)``; ``effect_size[i]`` = that difference of means over the standard
+    deviation of ``cos(w_i, A u B)`` (with the run's ddof); ``p_value[i]`` from a permutation test over the
+    partitions of ``A u B`` (one-sided as the run's alternative).
+    """
+
+    association: "np.ndarray"
+    effect_size: "np.ndarray"
+    p_value: "np.ndarray"
+    n_permutations: int
+    exact: bool
+
+
+def sc_weat(W, A, B, *, ddof: int = 1, n_permutations: int = DEFAULT_SC_PERMUTATIONS, alternative: str = "greater",
+            seed: int = 0, n_jobs: int | None = None) -> ScWeat:
+    """SC-WEAT of every row of ``W`` against ``A`` vs ``B`` (see :class:`ScWeat`)."""
+    import numpy as np
+
+    ddof = check_ddof(ddof)
+    W, A, B = (_unit(v) for v in (W, A, B))
+    pooled = W @ np.vstack([A, B]).T  # (n, |A| + |B|)
+    n_a = A.shape[0]
+    perms = permutation_tests(list(pooled), n_a, n_permutations=n_permutations, alternative=alternative,
+                              seed=seed, n_jobs=n_jobs)
+    assoc = pooled[:, :n_a].mean(axis=1) - pooled[:, n_a:].mean(axis=1)
+    return ScWeat(
+        association=assoc,
+        effect_size=_effect_sizes_rows(pooled, n_a, ddof),
+        p_value=np.array([p.p_value for p in perms]),
+        n_permutations=perms[0].n_permutations if perms else 0,
+        exact=bool(perms[0].exact) if perms else False,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# bootstrap interval of the effect size
+
+
+@dataclasses.dataclass(frozen=True)
+class Interval:
+    low: float
+    high: float
+    method: str
+    confidence: float
+    n_resamples: int
+
+
+class _EffectSizeStatistic:
+    """Effect size of a resample given as index arrays into X, Y, A, B (vectorised over leading axes)."""
+
+    def __init__(self, X, Y, A, B, ddof: int) -> None:
+        import numpy as np
+
+        targets = np.vstack([X, Y])
+        self.n_x = X.shape[0]
+        self.ca = targets @ A.T  # (n_x + n_y, n_a)
+        self.cb = targets @ B.T
+        self.ddof = ddof
+
+    def __call__(self, ix, iy, ia, ib, axis: int = -1):
+        import numpy as np
+
+        ix, iy, ia, ib = (np.asarray(a) for a in (ix, iy, ia, ib))
+        shape = np.broadcast_shapes(ix.shape[:-1], iy.shape[:-1], ia.shape[:-1], ib.shape[:-1])
+        ix, iy, ia, ib = (np.broadcast_to(a, shape + a.shape[-1:]).reshape(-1, a.shape[-1]) for a in (ix, iy, ia, ib))
+        m = ix.shape[0]
+        rows = np.arange(m)[:, None]
+        # mean cosine of every target to each resample's A (and B): (n_targets, m)
+        wa = np.zeros((m, self.ca.shape[1]))
+        np.add.at(wa, (rows, ia.astype(np.intp)), 1.0 / ia.shape[1])
+        wb = np.zeros((m, self.cb.shape[1]))
+        np.add.at(wb, (rows, ib.astype(np.intp)), 1.0 / ib.shape[1])
+        s_all = self.ca @ wa.T - self.cb @ wb.T  # (n_targets, m)
+        sx = np.take_along_axis(s_all.T, ix.astype(np.intp), axis=1)
+        sy = np.take_along_axis(s_all.T, iy.astype(np.intp) + self.n_x, axis=1)
+        pooled = np.concatenate([sx, sy], axis=1)
+        d = _effect_sizes_rows(pooled, sx.shape[1], self.ddof)
+        return d.reshape(shape)
+
+
+def effect_size_interval(X, Y, A, B, *, ddof: int = 1, n_resamples: int = DEFAULT_BOOTSTRAP,
+                         confidence: float = DEFAULT_CONFIDENCE, method: str = "BCa", seed: int = 0) -> Interval:
+    """Bootstrap interval of the effect size: X, Y, A and B each resampled with replacement, within itself.
+
+    ``method``: ``"BCa"`` (default; scipy.stats.bootstrap) or ``"percentile"``. The interval estimates the
+    effect size of the populations the four sets are drawn from; its coverage was measured by simulation
+    (benchmarks/bench_eat.py --coverage). NaN bounds when the bootstrap distribution is degenerate.
+    """
+    import warnings
+
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    ddof = check_ddof(ddof)
+    if method not in ("BCa", "percentile"):
+        raise UsageError(MSG_CI_METHOD.format(value=method))
+    if isinstance(n_resamples, bool) or not isinstance(n_resamples, (int, np.integer)) or n_resamples < 100:
+        raise UsageError(MSG_BOOTSTRAP.format(value=n_resamples))
+    if not 0 < confidence < 1:
+        raise UsageError(MSG_CONFIDENCE.format(value=confidence))
+    X, Y, A, B = (_unit(v) for v in (X, Y, A, B))
+    stat = _EffectSizeStatistic(X, Y, A, B, ddof)
+    data = tuple(np.arange(len(v)) for v in (X, Y, A, B))
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(0xB007,)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate distribution gives NaN bounds, reported as such
+        res = bootstrap(data, stat, n_resamples=int(n_resamples), confidence_level=confidence,
+                        method=method, vectorized=True, rng=rng, batch=min(int(n_resamples), 1000))
+    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+    return Interval(low, high, method, float(confidence), int(n_resamples))
+
+
+# ----------------------------------------------------------------------------------------------
+# whole tests
+
+
+@dataclasses.dataclass(frozen=True)
+class EatInput:
+    """One test's embeddings: rows of X, Y (targets) and A, B (attributes)."""
+
+    name: str
+    X: "np.ndarray"
+    Y: "np.ndarray"
+    A: "np.ndarray"
+    B: "np.ndarray"
+
+
+@dataclasses.dataclass(frozen=True)
+class EatResult:
+    """One test's statistics (see the module docstring).
+
+    ``s_x``/``s_y``: ``s(w, A, B)`` of each X/Y stimulus. ``sc_targets``: SC-WEAT of the X then Y stimuli
+    against A vs B; ``sc_attributes``: SC-WEAT of the A then B stimuli against X vs Y (None when not
+    computed). ``q_value``: BH over the tests of the run. ``ci_low``/``ci_high``: NaN without an interval.
+    """
+
+    name: str
+    n_x: int
+    n_y: int
+    n_a: int
+    n_b: int
+    effect_size: float
+    ci_low: float
+    ci_high: float
+    ci_method: str | None
+    p_value: float
+    q_value: float
+    n_permutations: int
+    exact: bool
+    alternative: str
+    ddof: int
+    statistic: float
+    s_x: "np.ndarray"
+    s_y: "np.ndarray"
+    sc_targets: ScWeat | None = None
+    sc_attributes: ScWeat | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EatSettings:
+    """How :func:`run_eats` computes (defaults: the published conventions)."""
+
+    ddof: int = 1
+    n_permutations: int = DEFAULT_PERMUTATIONS
+    alternative: str = "greater"
+    seed: int = 0
+    n_bootstrap: int = DEFAULT_BOOTSTRAP
+    confidence: float = DEFAULT_CONFIDENCE
+    ci_method: str = "BCa"
+    sc_weat: bool = True
+    sc_permutations: int = DEFAULT_SC_PERMUTATIONS
+    n_jobs: int | None = None
+
+
+def run_eats(tests: Sequence[EatInput], settings: EatSettings = EatSettings()) -> tuple[EatResult, ...]:
+    """Every statistic of every test; permutation p-values in one vectorised pass, then BH over the tests."""
+    import numpy as np
+
+    from clipprobe.analysis.significance import bh_adjust
+
+    ddof = check_ddof(settings.ddof)
+    check_alternative(settings.alternative)
+    check_permutations(settings.n_permutations)
+    check_seed(settings.seed)
+    if settings.n_bootstrap:
+        _check_int(settings.n_bootstrap, 100, MSG_BOOTSTRAP)
+    prepared = []
+    for t in tests:
+        X = check_set(t.X, "X", t.name)
+        dim = X.shape[1]
+        prepared.append((X, check_set(t.Y, "Y", t.name, dim), check_set(t.A, "A", t.name, dim),
+                         check_set(t.B, "B", t.name, dim)))
+    s_pairs = [(association(X, A, B), association(Y, A, B)) for X, Y, A, B in prepared]
+    perms = permutation_tests([np.concatenate(p) for p in s_pairs], [len(p[0]) for p in s_pairs],
+                              n_permutations=settings.n_permutations, alternative=settings.alternative,
+                              seed=settings.seed, n_jobs=settings.n_jobs, names=[t.name for t in tests])
+    q = bh_adjust(np.array([p.p_value for p in perms])) if perms else np.zeros(0)
+    sc = _all_sc_weat(prepared, settings) if settings.sc_weat else [(None, None)] * len(tests)
+    out = []
+    for i, (t, (X, Y, A, B), (sx, sy), perm) in enumerate(zip(tests, prepared, s_pairs, perms)):
+        if settings.n_bootstrap:
+            ci = effect_size_interval(X, Y, A, B, ddof=ddof, n_resamples=settings.n_bootstrap,
+                                      confidence=settings.confidence, method=settings.ci_method, seed=settings.seed)
+            low, high, method = ci.low, ci.high, ci.method
+        else:
+            low, high, method = float("nan"), float("nan"), None
+        out.append(EatResult(
+            name=t.name, n_x=len(X), n_y=len(Y), n_a=len(A), n_b=len(B),
+            effect_size=effect_size(sx, sy, ddof), ci_low=low, ci_high=high, ci_method=method,
+            p_value=perm.p_value, q_value=float(q[i]), n_permutations=perm.n_permutations, exact=perm.exact,
+            alternative=settings.alternative, ddof=ddof, statistic=perm.statistic, s_x=sx, s_y=sy,
+            sc_targets=sc[i][0], sc_attributes=sc[i][1],
+        ))
+    return tuple(out)
+
+
+def _all_sc_weat(prepared, settings: EatSettings) -> list[tuple[ScWeat, ScWeat]]:
+    """SC-WEAT of every target (vs A, B) and attribute (vs X, Y) of every test, in one permutation pass."""
+    import numpy as np
+
+    pooled, n_first, spans = [], [], []
+    for X, Y, A, B in prepared:
+        targets, attributes = np.vstack([X, Y]), np.vstack([A, B])
+        t_rows = targets @ attributes.T  # each target against A u B
+        a_rows = attributes @ targets.T  # each attribute against X u Y
+        start = len(pooled)
+        pooled.extend(t_rows)
+        n_first.extend([len(A)] * len(t_rows))
+        pooled.extend(a_rows)
+        n_first.extend([len(X)] * len(a_rows))
+        spans.append((start, len(t_rows), len(a_rows), len(A), len(X), t_rows, a_rows))
+    perms = permutation_tests(pooled, n_first, n_permutations=settings.sc_permutations,
+                              alternative=settings.alternative, seed=settings.seed, n_jobs=settings.n_jobs)
+    out = []
+    for start, n_t, n_a_rows, n_a, n_x, t_rows, a_rows in spans:
+        parts = []
+        for lo, rows, first in ((start, t_rows, n_a), (start + n_t, a_rows, n_x)):
+            ps = perms[lo:lo + len(rows)]
+            parts.append(ScWeat(
+                association=rows[:, :first].mean(axis=1) - rows[:, first:].mean(axis=1),
+                effect_size=_effect_sizes_rows(rows, first, settings.ddof),
+                p_value=np.array([p.p_value for p in ps]),
+                n_permutations=ps[0].n_permutations, exact=ps[0].exact,
+            ))
+        out.append((parts[0], parts[1]))
+    return out
+
+
+__all__ = [
+    "ALTERNATIVES", "DEFAULT_PERMUTATIONS", "DEFAULT_SC_PERMUTATIONS", "EatInput", "EatResult", "EatSettings",
+    "Interval", "PermutationResult", "ScWeat", "association", "check_set", "effect_size", "effect_size_interval",
+    "permutation_test", "permutation_tests", "run_eats", "sc_weat",
+]
