@@ -1026,7 +1026,7 @@ class _DualResult:
 
 
 def _dual_solve(system: _System, pat, cnt, u_rows, eta: float, *, tol: float, max_iter: int, lam0,
-                newton_steps: int = 50) -> _DualResult:
+                newton_steps: int = 50, restarts: int = 5) -> _DualResult:
     """Maximise the concave dual: L-BFGS-B (bounds ``lambda >= 0``), then projected Newton steps.
 
     ``pat``: pattern of each row (None: every row is its own pattern); ``cnt`` / ``u_rows``: examples
@@ -1061,13 +1061,19 @@ def _dual_solve(system: _System, pat, cnt, u_rows, eta: float, *, tol: float, ma
             _, _, g, _, dual, _ = state(x, "lbfgsb")
             return -dual, -g
 
-        res = minimize(fun, lam, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * system.n_duals,
-                       options={"maxiter": int(max_iter), "maxfun": 2 * int(max_iter), "ftol": 1e-14,
-                                "gtol": tol * 1e-2, "maxcor": 20})
-        lam = np.maximum(res.x, 0.0)
-        message = f"L-BFGS-B: {res.message}"
-        lam, note = _newton(system, pat, cnt, two_u, lam, state, tol=tol, steps=newton_steps)
-        message += f"; {note}"
+        notes = []
+        for _ in range(restarts + 1):
+            # L-BFGS-B can stall on the kinks of the dual's gradient (where some q reaches 0 or 1);
+            # a restart drops its curvature memory.
+            res = minimize(fun, lam, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * system.n_duals,
+                           options={"maxiter": int(max_iter), "maxfun": 2 * int(max_iter), "ftol": 0.0,
+                                    "gtol": tol * 1e-2, "maxcor": 20})
+            lam = np.maximum(res.x, 0.0)
+            lam, note = _newton(system, pat, cnt, two_u, lam, state, tol=tol, steps=newton_steps)
+            notes.append(f"L-BFGS-B: {res.message}; {note}")
+            if rows[-1][2] <= tol and "optimal" in note:
+                break
+        message = " | ".join(notes)
     q, kept, g, primal, dual, _ = state(lam, "final")
     viol = rows[-1][2]
     arr = np.asarray([r[:4] for r in rows], np.float64)
@@ -1206,10 +1212,11 @@ def _mix64(x) -> "np.ndarray":
     """splitmix64's finaliser, vectorised (uint64 arithmetic wraps modulo 2**64)."""
     import numpy as np
 
-    z = np.asarray(x, np.uint64) + np.uint64(_GOLDEN)
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
-    return z ^ (z >> np.uint64(31))
+    with np.errstate(over="ignore"):  # numpy scalars warn on the intended wrap-around
+        z = np.asarray(x, np.uint64) + np.uint64(_GOLDEN)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(_M1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(_M2)
+        return z ^ (z >> np.uint64(31))
 
 
 def _hash64(text: str) -> int:
