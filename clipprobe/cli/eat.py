@@ -1,0 +1,124 @@
+"""`clipprobe eat`: Embedding Association Tests (WEAT, SEAT, iEAT, cross-modal) of one model."""
+
+from __future__ import annotations
+
+import click
+
+from clipprobe.cli._options import MODEL_HELP
+
+EPILOG = """\b
+Examples:
+  clipprobe eat --model ViT-B-32:openai --suite ghate2025 --oasis-root ~/OASIS --out eats/vitb32
+  clipprobe eat --model ViT-B-32:openai --suite weat --out eats/weat
+  clipprobe eat --tests my-tests.yaml --permutations 100000 --seed 0 --out eats/mine
+  clipprobe eat list
+"""
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Repeated and comma-separated values, in order, once each."""
+    out: list[str] = []
+    for value in values:
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return tuple(dict.fromkeys(out))
+
+
+@click.group("eat", invoke_without_command=True, epilog=EPILOG)
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for eat.parquet, stimuli.parquet, run.json and the forest plot.")
+@click.option("--suite", default=None, help="Shipped suite: ghate2025 (default), weat, seat, seat-nrc (see `eat list`).")
+@click.option("--tests", "tests_file", type=click.Path(dir_okay=False), default=None,
+              help="Your own YAML test file instead of a suite (paths in it are relative to the file).")
+@click.option("--test", "test_names", multiple=True, help="Run only these tests (repeat or comma-separate).")
+@click.option("--order", "orders", multiple=True,
+              help="Run only these modality orders: text, image, image-text, text-image.")
+@click.option("--permutations", type=click.IntRange(min=2), default=1_000_000, show_default=True,
+              help="Permutation budget per test; exact enumeration when the partitions are fewer.")
+@click.option("--sc-permutations", type=click.IntRange(min=2), default=10_000, show_default=True,
+              help="Permutation budget of the per-stimulus SC-WEAT p-values.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the random partitions and of the bootstrap (reruns are identical).")
+@click.option("--ddof", type=click.IntRange(0, 1), default=1, show_default=True,
+              help="Degrees of freedom of the effect size's standard deviation: 1 (Caliskan, sent-bias) or 0 (WEFE).")
+@click.option("--two-sided", is_flag=True, help="Two-sided p-values (default: one-sided, X more associated with A).")
+@click.option("--bootstrap", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="Bootstrap resamples for the BCa interval of d (0: no interval; else at least 100).")
+@click.option("--no-sc-weat", is_flag=True, help="Skip the per-stimulus SC-WEAT statistics.")
+@click.option("--paper-signs", is_flag=True,
+              help="Report Gender tests with the sign of Ghate et al. (targets swapped: positive = female more pleasant).")
+@click.option("--stimuli-root", type=click.Path(file_okay=False), default=None,
+              help="Local copy of the iEAT images (the folder holding data/experiments); default: fetch them once.")
+@click.option("--oasis-root", type=click.Path(file_okay=False), default=None,
+              help="OASIS folder (OASIS.csv and images/), for the image valence attributes.")
+@click.option("--model", default="ViT-B-32:openai", show_default=True, help=MODEL_HELP)
+@click.option("--model-config", type=click.Path(dir_okay=False), default=None,
+              help="JSON config of a custom architecture; its file name is the architecture name.")
+@click.option("--preprocess", default=None, help="Preprocessing for a bare weights file (a pretrained tag or 'default').")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Embedding (and iEAT download) cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Model precision (default: fp16 on CUDA, fp32 on the CPU).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
+              help="Image decoding workers (default: number of cores).")
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Write the forest plot (PNG, PDF).")
+@click.option("--offline", is_flag=True, help="Never touch the network (model and iEAT images must be local).")
+@click.pass_context
+def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permutations, seed, ddof, two_sided,
+        bootstrap, no_sc_weat, paper_signs, stimuli_root, oasis_root, model, model_config, preprocess, cache_dir,
+        device, precision, batch_size, num_workers, figures, offline) -> None:
+    """Embedding Association Tests: effect sizes, permutation p-values, intervals, per-stimulus SC-WEAT."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from clipprobe.hub import env_offline, set_process_offline
+    from clipprobe.pipeline.eat import EatConfig, run_eat
+
+    if out is None:
+        raise click.UsageError("missing option '--out' (the results folder)")
+    offline = offline or env_offline()
+    set_process_offline(offline)
+    config = EatConfig(
+        out=out, model=model, model_config=model_config, preprocess=preprocess, suite=suite, tests_file=tests_file,
+        tests=_split(test_names), orders=_split(orders), permutations=permutations, sc_permutations=sc_permutations,
+        seed=seed, ddof=ddof, two_sided=two_sided, bootstrap=bootstrap, sc_weat=not no_sc_weat,
+        paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, cache_dir=cache_dir,
+        device=device, precision=precision, batch_size=batch_size, num_workers=num_workers, offline=offline, figures=figures,
+    )
+    run = run_eat(config)
+    table = run.table
+    done = table[table["available"]]
+    click.echo(f"eat: {len(done)} of {len(table)} tests computed ({run.record['suite']['name']}), "
+               f"{int((done['q_value'] <= 0.05).sum())} with q <= 0.05")
+    for r in table.itertuples(index=False):
+        if r.available:
+            ci = (f" [{r.effect_ci_low:.2f}, {r.effect_ci_high:.2f}]"
+                  if r.effect_ci_low == r.effect_ci_low else "")
+            click.echo(f"  {r.test:<28} {r.order:<10} d = {r.effect_size:6.2f}{ci}  p = {r.p_value:.3g}"
+                       f"{' (exact)' if r.exact else ''}  q = {r.q_value:.3g}")
+        else:
+            click.echo(f"  {r.test:<28} {r.order:<10} unavailable: {r.unavailable_reason}")
+    skipped = run.record["skipped_images"]["n"]
+    if skipped:
+        click.echo(f"  {skipped} unreadable image(s) skipped (listed in run.json)")
+    for path in run.files:
+        click.echo(f"  {path}")
+
+
+@eat.command("list")
+@click.option("--suite", default=None, help="Show only this suite (or a YAML test file).")
+def list_command(suite) -> None:
+    """List the shipped suites and their tests."""
+    from clipprobe.resources.eat import ORDER_LABELS, get_suite, list_suites
+
+    names = [suite] if suite else list_suites()
+    for name in names:
+        s = get_suite(name)
+        click.echo(f"{s.name}: {len(s.tests)} tests")
+        if s.description:
+            click.echo(f"  {s.description}")
+        for t in s.tests:
+            sizes = ", ".join(f"{k}: {v.label}" for k, v in t.sets.items())
+            extra = f"  [unavailable: {t.unavailable}]" if t.unavailable else ""
+            click.echo(f"  {t.name:<26} {ORDER_LABELS[t.order]:<16} {sizes}{extra}")
+        click.echo("")
