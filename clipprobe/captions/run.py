@@ -11,7 +11,7 @@ every file is done it writes ``cooccurrence.parquet``, ``samples.parquet``,
 
 from __future__ import annotations
 
-import glob
+import contextlib
 import hashlib
 import json
 import logging
@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipprobe.errors import DataError, UsageError
+from clipprobe.captions.inputs import (ERR_NO_INPUT, check_text_type, expand_inputs,  # noqa: F401  (public here too)
+                                       file_identity)
+from clipprobe.errors import ClipprobeError, DataError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +35,6 @@ MATCHERS = ("auto", "hyperscan", "tokens")   # tokens: clipprobe.captions.tokens
                                                # numba is installed, else hyperscan (the same counts either way)
 
 COUNTS_FORMAT_VERSION = 1   # the layout of a counts folder (cooccurrence.parquet, samples.parquet, parts/)
-ERR_NO_INPUT = "--captions {pattern!r} matches no file"
 ERR_NO_INPUTS = "no caption files given (use --captions PATH|GLOB|URL)"
 ERR_NO_COLUMN = "{path}: no caption column {column!r}{tried}; columns: {columns}"
 ERR_UNREADABLE = "{path}: not a readable parquet file ({why})"
@@ -78,40 +79,6 @@ class CountResult:
     out: Path
     table: Any                     # pandas DataFrame (cooccurrence.parquet)
     run: dict[str, Any]            # run.json
-
-
-def expand_inputs(patterns) -> list[str]:
-    """Paths and URLs of the inputs, sorted within each pattern, duplicates dropped."""
-    out: dict[str, None] = {}
-    for pattern in patterns:
-        if "://" in pattern and not pattern.startswith("file://"):
-            import fsspec
-
-            fs, _, paths = fsspec.get_fs_token_paths(pattern)
-            protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-            found = [p if "://" in p else f"{protocol}://{p}" for p in sorted(paths)]
-        else:
-            local = pattern.removeprefix("file://")
-            found = sorted(glob.glob(os.path.expanduser(local))) if glob.has_magic(local) else [local]
-            found = [p for p in found if not glob.has_magic(local) or os.path.isfile(p)]
-        if not found:
-            raise UsageError(ERR_NO_INPUT.format(pattern=pattern))
-        for p in found:
-            out.setdefault(p, None)
-    return list(out)
-
-
-def file_identity(path: str) -> tuple[int | None, float | None]:
-    """(size, mtime) of a local file or an fsspec URL (None where unknown)."""
-    if "://" in path and not path.startswith("file://"):
-        import fsspec
-
-        fs, _, (p,) = fsspec.get_fs_token_paths(path)
-        info = fs.info(p)
-        mtime = info.get("mtime") or info.get("LastModified") or info.get("last_modified") or info.get("ETag")
-        return info.get("size"), (str(mtime) if mtime is not None else None)
-    st = os.stat(path.removeprefix("file://"))
-    return st.st_size, st.st_mtime_ns
 
 
 def part_key(info: FileInfo, fingerprint: str, column: str, samples: int) -> str:
@@ -195,7 +162,7 @@ def count_captions(config: CountConfig) -> CountResult:
         fingerprint = space.fingerprint()
         paths = expand_inputs(config.captions)
     with timer("compile"):
-        from clipprobe.embeddings.cache import default_cache_dir
+        from clipprobe._io import default_cache_dir
 
         matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
         spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples,
@@ -210,26 +177,17 @@ def count_captions(config: CountConfig) -> CountResult:
     done: dict[str, FileInfo] = {}
     todo: list[FileInfo] = []
     with timer("plan"):
-        for path in paths:
-            try:
-                size, mtime = file_identity(path)
-            except (OSError, ValueError) as err:
-                _skip(config, skipped, path, ERR_UNREADABLE.format(path=path, why=_why(err)))
+        # footers are read in threads (I/O: object stores answer each request in tens of ms); the
+        # results are used in input order, so errors and skips come out as from a loop
+        for path, footer in zip(paths, _read_footers(paths)):
+            if isinstance(footer, DataError):
+                raise footer
+            if isinstance(footer, str):
+                _skip(config, skipped, path, footer)
                 continue
-            info = FileInfo(path, size, mtime)
-            # a finished part of this file (with any column choice) is looked up after the footer is read
-            try:
-                pf = _open(path)
-                names = pf.schema_arrow.names
-                meta = pf.metadata
-                info.row_groups = list(range(meta.num_row_groups))
-                info.rows_per_group = [meta.row_group(i).num_rows for i in info.row_groups]
-            except DataError:
-                raise
-            except Exception as err:  # corrupt footer, not parquet, permission: skip and report
-                _skip(config, skipped, path, ERR_UNREADABLE.format(path=path, why=_why(err)))
-                continue
+            info, names, schema = footer
             info.column = resolve_column(names, config.text_column, path)
+            check_text_type(path, info.column, schema.field(info.column).type)
             info.key = part_key(info, fingerprint, info.column, config.samples)
             if (parts_dir / f"{info.key}.npz").exists():
                 done[path] = info
@@ -263,25 +221,34 @@ def count_captions(config: CountConfig) -> CountResult:
             stream = run_local(spec, tasks, workers)
         from clipprobe.captions.scan import progress
 
-        for task_id, counts, error in progress(stream, total=len(tasks), desc="captions"):
-            fi = task_file[task_id]
-            info = todo[fi]
-            if error is not None:
-                if fi not in failed:
-                    failed[fi] = error
-                    _skip(config, skipped, info.path, ERR_UNREADABLE.format(path=info.path, why=error))
-                continue
-            results[fi][task_id] = counts
-            for k, v in counts.seconds.items():
-                worker_seconds[k] = worker_seconds.get(k, 0.0) + v
-            worker_seconds["rows_scanned"] += counts.n_rows
-            if len(results[fi]) == per_file_tasks[fi] and fi not in failed:
-                merged = ChunkCounts.zeros(len(space.words), len(space.groups))
-                for tid in sorted(results[fi]):
-                    merged.add(results[fi][tid], n_samples=config.samples)
-                _write_part(parts_dir, info, merged)
-                done[info.path] = info
-                results[fi] = {}
+        bar = progress(stream, total=len(tasks), desc="captions")
+        try:
+            for task_id, counts, error in bar:
+                fi = task_file[task_id]
+                info = todo[fi]
+                if error is not None:
+                    if fi not in failed:
+                        failed[fi] = error
+                        _skip(config, skipped, info.path, ERR_UNREADABLE.format(path=info.path, why=error))
+                    continue
+                results[fi][task_id] = counts
+                for k, v in counts.seconds.items():
+                    worker_seconds[k] = worker_seconds.get(k, 0.0) + v
+                worker_seconds["rows_scanned"] += counts.n_rows
+                if len(results[fi]) == per_file_tasks[fi] and fi not in failed:
+                    merged = ChunkCounts.zeros(len(space.words), len(space.groups))
+                    for tid in sorted(results[fi]):
+                        merged.add(results[fi][tid], n_samples=config.samples)
+                    with _interrupt_deferred():        # a part is written whole, then Ctrl-C acts
+                        _write_part(parts_dir, info, merged)
+                    done[info.path] = info
+                    results[fi] = {}
+        finally:
+            # Ctrl-C or --strict: the engine stops now (no chunk is started after this); the parts of the
+            # files finished so far are on disk, and a rerun resumes from them
+            stream.close()
+            if hasattr(bar, "close"):
+                bar.close()
 
     cpu_after = _cpu_seconds()
     scan_cpu = {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_after} if cpu_after else None
@@ -330,10 +297,43 @@ def _why(err: BaseException) -> str:
     return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
 
 
-def _open(path: str):
-    from clipprobe.captions.scan import open_parquet
+FOOTER_THREADS = 16
 
-    return open_parquet(path)
+
+def _read_footer(path: str):
+    """(FileInfo without column and key, column names, Arrow schema) of one file, or the skip message
+    (a str) if it cannot be read, or the :class:`DataError` to raise."""
+    from clipprobe.captions.inputs import open_parquet
+
+    try:
+        size, mtime = file_identity(path)
+    except ClipprobeError as err:
+        return DataError(str(err))
+    except (OSError, ValueError) as err:
+        return ERR_UNREADABLE.format(path=path, why=_why(err))
+    info = FileInfo(path, size, mtime)
+    try:
+        with open_parquet(path) as pf:
+            schema = pf.schema_arrow
+            meta = pf.metadata
+            info.row_groups = list(range(meta.num_row_groups))
+            info.rows_per_group = [meta.row_group(i).num_rows for i in info.row_groups]
+    except ClipprobeError as err:
+        return DataError(str(err))
+    except Exception as err:  # corrupt footer, not parquet, permission: skipped and reported by the caller
+        return ERR_UNREADABLE.format(path=path, why=_why(err))
+    return info, schema.names, schema
+
+
+def _read_footers(paths: list[str]):
+    """:func:`_read_footer` of each path, in order, read by up to FOOTER_THREADS threads."""
+    if len(paths) <= 1:
+        return [_read_footer(p) for p in paths]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(paths)),
+                            thread_name_prefix="clipprobe-footer") as pool:
+        return list(pool.map(_read_footer, paths))
 
 
 def _skip(config: CountConfig, skipped: list, path: str, message: str) -> None:
@@ -341,6 +341,31 @@ def _skip(config: CountConfig, skipped: list, path: str, message: str) -> None:
         raise DataError(message)
     log.warning("skipped %s", message)
     skipped.append({"path": path, "why": message})
+
+
+@contextlib.contextmanager
+def _interrupt_deferred():
+    """Hold Ctrl-C (SIGINT) back until the block ends, then act on it as the handler before would.
+
+    Only in the main thread (the only one that gets Python's signal handlers); elsewhere a no-op.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(signal.SIGINT, None)        # Python's default handler raises KeyboardInterrupt here
+            elif previous == signal.SIG_DFL:
+                os.kill(os.getpid(), signal.SIGINT)
 
 
 def _write_part(parts_dir: Path, info: FileInfo, counts) -> None:

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
+from clipprobe.captions.inputs import caption_array
 from clipprobe.captions.matching import RULE_VERSION, Matcher, normalise_term, sorted_unique
 
 log = logging.getLogger(__name__)
@@ -240,22 +241,18 @@ def prepare_worker(spec: ScanSpec, workers: int = 1) -> None:
 
 
 def open_parquet(path: str):
-    """A ``pyarrow.parquet.ParquetFile`` for a local path or an fsspec URL."""
-    import pyarrow.parquet as pq
+    """A ``pyarrow.parquet.ParquetFile`` for a local path or an fsspec URL (see :mod:`.inputs`)."""
+    from clipprobe.captions.inputs import open_parquet as open_
 
-    if "://" in path and not path.startswith("file://"):
-        import fsspec
-
-        fh = fsspec.open(path, "rb").open()
-        return pq.ParquetFile(fh)
-    return pq.ParquetFile(path.removeprefix("file://"))
+    return open_(path)
 
 
 def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column: str,
-               row_offset: int = 0) -> ChunkCounts:
+               row_offset: int = 0, stop: threading.Event | None = None) -> ChunkCounts:
     """Count one chunk (some row groups of one parquet file). Raises on unreadable data.
 
-    ``row_offset`` is the file row of the chunk's first row (for sample provenance).
+    ``row_offset`` is the file row of the chunk's first row (for sample provenance). When ``stop`` is
+    set, the chunk is left at its next record batch (:class:`Stopped`).
     """
     import numpy as np
 
@@ -271,36 +268,39 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
     earlier = worker.taken.get(file_key)
     taken = earlier[1].copy() if earlier is not None and earlier[0] < row_offset else None
     t0 = time.perf_counter()
-    pf = open_parquet(path)
-    batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=[text_column],
-                              use_threads=False)
-    row = row_offset
-    while True:
-        try:
-            batch = next(batches)
-        except StopIteration:
-            break
-        t1 = time.perf_counter()
-        t_read += t1 - t0
-        column = batch.column(0)
-        if worker.counts_directly:
-            # the token pass counts as it matches; it leaves a few captions (if any) to count here
-            if taken is None and spec.n_samples > 0:
-                taken = np.zeros(len(space.words) * len(space.groups), np.int64)
-            found, candidates = worker.matcher.count(column, worker.word_ptr, worker.word_idx, worker.group_ptr,
-                                                     worker.group_idx, out.n_word, out.n_group, out.n_both, taken,
-                                                     spec.n_samples)
-        else:
-            found, candidates = worker.matcher.scan(column), None
-        t2 = time.perf_counter()
-        t_match += t2 - t1
-        taken = _count_batch(worker, found, column, row, out, sample_parts, taken, candidates)
-        out.n_rows += len(column)
-        out.n_captions += found.n_captions
-        out.n_nulls += found.n_nulls
-        row += len(column)
-        t0 = time.perf_counter()
-        t_count += t0 - t2
+    with open_parquet(path) as pf:
+        batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=[text_column],
+                                  use_threads=False)
+        row = row_offset
+        while True:
+            if stop is not None and stop.is_set():     # the run is stopping: leave this chunk unfinished
+                raise Stopped(path)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            t_read += t1 - t0
+            column = caption_array(batch.column(0))
+            if worker.counts_directly:
+                # the token pass counts as it matches; it leaves a few captions (if any) to count here
+                if taken is None and spec.n_samples > 0:
+                    taken = np.zeros(len(space.words) * len(space.groups), np.int64)
+                found, candidates = worker.matcher.count(column, worker.word_ptr, worker.word_idx,
+                                                         worker.group_ptr, worker.group_idx, out.n_word,
+                                                         out.n_group, out.n_both, taken, spec.n_samples)
+            else:
+                found, candidates = worker.matcher.scan(column), None
+            t2 = time.perf_counter()
+            t_match += t2 - t1
+            taken = _count_batch(worker, found, column, row, out, sample_parts, taken, candidates)
+            out.n_rows += len(column)
+            out.n_captions += found.n_captions
+            out.n_nulls += found.n_nulls
+            row += len(column)
+            t0 = time.perf_counter()
+            t_count += t0 - t2
+    log.debug("scanned %s rows %d-%d", path, row_offset, row)
     out.n_row_groups = len(row_groups)
     if sample_parts:
         import pyarrow as pa
@@ -407,17 +407,70 @@ def _cells(w_rows, words, g_rows, groups):
 _SPEC: ScanSpec | None = None
 
 
+class Stopped(Exception):
+    """A chunk left unfinished because its run is stopping (Ctrl-C)."""
+
+
 def _init_pool(spec: ScanSpec) -> None:
     global _SPEC
     _SPEC = spec
 
 
-def _pool_task(task: tuple[int, str, tuple[int, ...], str, int]):
+def _pool_task(task: tuple[int, str, tuple[int, ...], str, int], stop: threading.Event | None = None):
     task_id, path, row_groups, column, row_offset = task
     try:
-        return task_id, scan_chunk(_SPEC, path, row_groups, column, row_offset), None
+        return task_id, scan_chunk(_SPEC, path, row_groups, column, row_offset, stop=stop), None
+    except Stopped:
+        raise
     except Exception as err:  # reported per file by the caller, never silent
         return task_id, None, f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
+_PR_SET_PDEATHSIG = 1        # linux/prctl.h
+WATCHDOG_SECONDS = 0.5
+
+
+def _die_with_parent(parent: int | None) -> None:
+    """Make this worker process end when the process that started it ends (even by kill -9).
+
+    Linux: the kernel sends SIGKILL on the parent's death (``prctl(PR_SET_PDEATHSIG)``). Elsewhere, or
+    where prctl is unavailable, a daemon thread checks the parent's pid every WATCHDOG_SECONDS.
+    ``parent``: the pid the parent must have (None: whichever process started this one).
+    """
+    import os
+    import signal
+    import sys
+
+    expected = parent if parent is not None else os.getppid()
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        try:
+            libc = ctypes.CDLL(None, use_errno=True)
+            armed = libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) == 0
+        except (OSError, AttributeError):
+            armed = False
+    if os.getppid() != expected:      # the parent died before the signal was armed
+        os._exit(1)
+    if not armed:
+        def watch():
+            while os.getppid() == expected:
+                time.sleep(WATCHDOG_SECONDS)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="clipprobe-parent-watchdog", daemon=True).start()
+
+
+def _init_process(spec: ScanSpec, parent: int | None) -> None:
+    """Initialiser of a worker process: ends with its parent; Ctrl-C is the parent's to handle."""
+    import signal
+
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    _init_pool(spec)
 
 
 def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], str, int]], workers: int,
@@ -428,6 +481,10 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
     without holding the GIL: pyarrow's reader and the compiled pass release it), a pool of ``workers``
     threads of this process; with Hyperscan alone (whose Python binding calls back per match) a pool
     of ``workers`` processes.
+
+    Closing the generator early (Ctrl-C in the caller's loop) stops the scan at once: chunks not
+    started are cancelled, threads leave their chunk at the next record batch, worker processes are
+    terminated. Worker processes also end when this process dies (:func:`_die_with_parent`).
     """
     if workers <= 1 or len(tasks) <= 1:
         _init_pool(spec)
@@ -443,27 +500,62 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
         # Threads share the worker state; its per-file sample bookkeeping (``taken``) only ever hands
         # a chunk the samples of chunks before it, whichever thread scanned them (see scan_chunk).
         _init_pool(spec)
-        with ThreadPoolExecutor(max_workers=min(workers, len(tasks))) as pool:
-            futures = [pool.submit(_pool_task, t) for t in tasks]
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="clipprobe-scan")
+        try:
+            futures = [pool.submit(_pool_task, t, stop) for t in tasks]
             for fut in as_completed(futures):
                 yield fut.result()
+        finally:
+            stop.set()                  # a no-op once all are done; else running chunks end at their next batch
+            pool.shutdown(wait=True, cancel_futures=True)
         return
 
     # The platform's default start method: fork on Linux up to Python 3.13 (workers start at once,
     # with the libraries already imported), forkserver / spawn elsewhere.
     ctx = multiprocessing.get_context()
+    import os
+    import signal
+
+    parent = None if ctx.get_start_method() == "forkserver" else os.getpid()
     # Objects made so far (libraries, the worker state) are left out of garbage collection until the
     # scan ends: collections here and in forked workers then walk only the scan's own objects, and
     # do not copy the workers' inherited pages by touching them (the advice of the gc.freeze docs).
     gc.freeze()
+    pool = None
+    finished = False
+    # Ctrl-C is held back while the workers start (they inherit the mask and then ignore SIGINT), so
+    # that a new worker never dies of it half started; it is delivered here right after.
+    block = hasattr(signal, "pthread_sigmask") and threading.current_thread() is threading.main_thread()
     try:
-        with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
-                                 initializer=_init_pool, initargs=(spec,)) as pool:
+        if block:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
+                                       initializer=_init_process, initargs=(spec, parent))
             futures = [pool.submit(_pool_task, t) for t in tasks]
-            for fut in as_completed(futures):
-                yield fut.result()
+        finally:
+            if block:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        for fut in as_completed(futures):
+            yield fut.result()
+        pool.shutdown(wait=True)
+        finished = True
     finally:
+        if pool is not None and not finished:
+            _stop_processes(pool)
         gc.unfreeze()
+
+
+def _stop_processes(pool) -> None:
+    """Cancel what a process pool has not started and end its workers now (their chunks are lost)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())     # shutdown() forgets them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(timeout=5)
 
 
 def progress(iterable: Iterable, total: int, desc: str) -> Iterable:

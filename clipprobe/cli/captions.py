@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import click
 
@@ -19,7 +20,13 @@ def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark
     config = CountConfig(captions=tuple(captions), out=out, taxonomy=taxonomy, lexicon=lexicon,
                          text_column=text_column, engine=engine, workers=workers, spark_master=spark_master,
                          samples=samples, strict=strict, matcher=matcher)
-    result = count_captions(config)
+    try:
+        result = count_captions(config)
+    except KeyboardInterrupt:
+        # Ctrl-C stopped the scan (finished files are kept); another one now ends the process at once
+        # (the shell sees status 130), never with a traceback from the interpreter's shutdown
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        raise
     run = result.run
     if fmt == "json":
         click.echo(json.dumps({k: v for k, v in run.items() if k != "versions"}, indent=2, default=str))

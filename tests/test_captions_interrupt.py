@@ -1,0 +1,208 @@
+"""`captions count` stops on Ctrl-C and its workers die with it (issue 12, items 1 and 4).
+
+The runs are real processes of the command line: SIGINT and SIGKILL are sent to them as a shell or a
+scheduler would.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_captions_count import LEXICON, TAXONOMY
+
+from clipprobe.captions.synth import realistic_captions
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+CLI = "from clipprobe.cli import main; main()"
+
+
+def write_files(folder: Path, n_files: int, rows: int, seed: int = 0) -> None:
+    """``n_files`` parquet files of ``rows`` captions each (a few thousand distinct ones, repeated)."""
+    words = ["terrorist", "thief", "mugger", "nurse", "CEO", "delivery man"]
+    terms = ["arab", "chinese", "man", "men", "woman", "girl", "african american"]
+    base = pa.array(realistic_captions(4096, words, terms, word_rate=0.4, term_rate=0.4, seed=seed), pa.string())
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n_files):
+        shift = (i * 977) % len(base)
+        pieces = [base.slice(shift), base.slice(0, shift)] * (rows // len(base) + 1)
+        column = pa.concat_arrays(pieces).slice(0, rows)
+        pq.write_table(pa.table({"TEXT": column}), folder / f"part-{i:03d}.parquet", row_group_size=32_768)
+
+
+def command(root: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", CLI, "-vv", "captions", "count", "--captions", str(root / "data" / "*.parquet"),
+            "--out", str(out), "--taxonomy", str(root / "tax.yaml"), "--lexicon", str(root / "lex.yaml"),
+            "--samples", "3", *extra]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("interrupt")
+    (root / "tax.yaml").write_text(TAXONOMY)
+    (root / "lex.yaml").write_text(LEXICON)
+    write_files(root / "data", n_files=12, rows=600_000)       # 12 files x 5 chunks of 131,072 rows
+    return root
+
+
+class Run:
+    """A CLI run whose stderr is read line by line as it comes."""
+
+    def __init__(self, argv: list[str]):
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    def chunks(self) -> int:
+        return sum(" scanned " in line for line in list(self.lines))
+
+    def wait(self, timeout: float) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        self.reader.join(timeout=10)
+        return rc
+
+
+def wait_for(predicate, timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.slow   # writes 7.2M captions and runs the command three times
+@pytest.mark.parametrize("matcher, workers, presses", [("tokens", "2", 1), ("hyperscan", "2", 1),
+                                                       ("tokens", "2", 2)])
+def test_ctrl_c_stops_promptly_keeps_finished_files_and_resumes(root, tmp_path, matcher, workers, presses):
+    out = tmp_path / "out"
+    argv = command(root, out, "--matcher", matcher, "--workers", workers)
+    total_chunks = 12 * 5
+    run = Run(argv)
+    wait_for(lambda: len(list((out / "parts").glob("*.npz"))) >= 1 or run.proc.poll() is not None, 300,
+             "the first finished file")
+    assert run.proc.poll() is None, "".join(run.lines)
+    at_signal = run.chunks()
+    for _ in range(presses):
+        run.proc.send_signal(signal.SIGINT)
+        time.sleep(0.05)
+    rc = run.wait(timeout=120)
+    err = "".join(run.lines)
+    # a second Ctrl-C may end the process by the signal itself (the shell shows status 130 either way)
+    assert rc == 130 or (presses > 1 and rc == -signal.SIGINT), err
+    assert "Traceback" not in err and "Interrupted; finished work is kept" in err
+    # no chunk is started after Ctrl-C: only those already running finish (at most one per worker,
+    # and the lines already in the pipe when the signal went)
+    after = run.chunks() - at_signal
+    assert after <= 2 * int(workers) + 2, (after, at_signal)
+    assert run.chunks() < total_chunks
+    kept = sorted((out / "parts").glob("*.npz"))
+    assert len(kept) >= 1
+    assert not (out / "cooccurrence.parquet").exists()
+
+    # the rerun scans only the files that were not finished, and ends as an uninterrupted run does
+    rerun = subprocess.run(argv + ["--format", "json"], capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    import json
+
+    record = json.loads(rerun.stdout)
+    assert record["rows_scanned_this_run"] == (12 - len(kept)) * 600_000
+    whole = tmp_path / "whole"
+    full = subprocess.run(command(root, whole, "--matcher", matcher, "--workers", workers), capture_output=True,
+                          text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+    for name in ("cooccurrence.parquet", "samples.parquet"):
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "cooccurrence.parquet"),
+                                  pd.read_parquet(whole / "cooccurrence.parquet"))
+
+
+def children(pid: int) -> set[int]:
+    """Pids of the live child processes of ``pid`` (Linux /proc)."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found.add(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow   # writes 7.2M captions
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_worker_processes_die_with_a_killed_main_process(root, tmp_path):
+    run = Run(command(root, tmp_path / "out", "--matcher", "hyperscan", "--workers", "2"))
+    workers: set[int] = set()
+
+    def started() -> bool:
+        workers.update(children(run.proc.pid))
+        return len(workers) >= 2 or run.proc.poll() is not None
+
+    wait_for(started, 300, "two worker processes")
+    wait_for(lambda: run.chunks() >= 1 or run.proc.poll() is not None, 300, "the first chunk")
+    assert run.proc.poll() is None, "".join(run.lines)
+    os.kill(run.proc.pid, signal.SIGKILL)
+    run.wait(timeout=30)
+    try:
+        wait_for(lambda: not any(alive(p) for p in workers), 15, f"workers {sorted(workers)} to exit")
+    finally:
+        for pid in workers:            # never leave a stray process behind, whatever the outcome
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+WATCHDOG = textwrap.dedent("""
+    import os, sys, time
+    import clipprobe.captions.scan as scan
+    sys.platform = "darwin"                 # no prctl: the parent-pid watchdog must do it
+    scan.WATCHDOG_SECONDS = 0.05
+    pid = os.fork()
+    if pid == 0:
+        scan._die_with_parent(os.getppid())
+        print(os.getpid(), flush=True)
+        time.sleep(60)                      # would outlive its parent by a minute
+        os._exit(3)
+    time.sleep(1.0)
+    os._exit(0)                             # the parent ends; the child must follow
+""")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_watchdog_ends_a_worker_whose_parent_died():
+    proc = subprocess.Popen([sys.executable, "-c", WATCHDOG], stdout=subprocess.PIPE, text=True)
+    child = int(proc.stdout.readline())
+    assert proc.wait(timeout=30) == 0
+    try:
+        wait_for(lambda: not alive(child), 10, "the orphaned worker to exit")
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
