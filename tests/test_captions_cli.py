@@ -61,3 +61,21 @@ def test_lexicons_and_bad_engine(tmp_path):
     assert r.exit_code == 0 and "Middle Eastern" in r.output and "fairface" in r.output
     r = CliRunner().invoke(cli, ["captions", "count", "--captions", "x", "--out", str(tmp_path), "--engine", "dask"])
     assert r.exit_code == 2 and "'dask' is not one of 'local', 'spark'" in r.output
+
+
+def test_show_escapes_terminal_controls_in_captions(tmp_path):
+    opts = _setup(tmp_path)
+    hostile = ["\x1b[2J\x1b]0;owned\x07a terrorist man\x1b[0m", "terrorist \u202eArab\u202c\r\x08\x9b31m woman"]
+    write_laion_parquet(tmp_path / "a.parquet", hostile)
+    out = tmp_path / "counts"
+    r = CliRunner().invoke(cli, ["captions", "count", "--captions", str(tmp_path / "a.parquet"), "--out", str(out),
+                                 "--workers", "1", *opts])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(cli, ["captions", "show", str(out), "--word", "terrorist"])
+    assert r.exit_code == 0, r.output
+    assert "- \\x1b[2J\\x1b]0;owned\\x07a terrorist man\\x1b[0m" in r.output
+    assert "- terrorist \\u202eArab\\u202c\\x0d\\x08\\x9b31m woman" in r.output
+    for raw in ("\x1b", "\x07", "\x08", "\r", "\x9b", "\u202e", "\u202c"):
+        assert raw not in r.output
+    r = CliRunner().invoke(cli, ["captions", "show", str(out), "--word", "terrorist", "--format", "json"])
+    assert "\x1b" not in r.output and json.loads(r.output)["samples"][0]["caption"] == hostile[0]

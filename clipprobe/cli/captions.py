@@ -12,6 +12,28 @@ _LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexico
 ERR_NO_COUNTS = "{path} has no cooccurrence.parquet (run `clipprobe captions count --out {path}` first)"
 ERR_NO_WORD = "word {word!r} is not in {path}{hint}"
 
+# Characters a terminal acts on instead of showing (C0 and C1 controls, DEL: escape sequences, cursor
+# moves, bells) and the Unicode controls that reorder or hide text (bidi embeddings, overrides, isolates)
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text) -> str:
+    """``text`` for a terminal: controls and bidi controls written as visible escapes (``\\x1b``,
+    ``\\u202e``), everything else as it is. Captions are scraped web text: they may hold anything."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        cp = ord(ch)
+        if cp < 0x20 or 0x7F <= cp < 0xA0:
+            out.append(f"\\x{cp:02x}")
+        elif ch in _BIDI:
+            out.append(f"\\u{cp:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
 
 def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
            matcher="auto"):
@@ -34,11 +56,12 @@ def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark
     click.echo(f"{run['captions']:,} captions ({run['nulls']:,} null) in {run['n_files']} files, "
                f"{run['row_groups']} row groups; {len(run['skipped'])} files skipped")
     for item in run["skipped"]:
-        click.echo(f"  skipped: {item['why']}")
+        click.echo(f"  skipped: {printable(item['why'])}")
     strongest = result.table.sort_values("log_odds", ascending=False).head(10)
     click.echo("strongest word-group associations (log-odds):")
     for r in strongest.itertuples():
-        click.echo(f"  {r.word:<24} {r.attribute:>6}:{r.group:<16} n_both={r.n_both:<8} lift={r.lift:7.2f} "
+        click.echo(f"  {printable(r.word):<24} {printable(r.attribute):>6}:{printable(r.group):<16} "
+                   f"n_both={r.n_both:<8} lift={r.lift:7.2f} "
                    f"q={r.q_value:.2g}")
     click.echo(f"wrote {result.out}/cooccurrence.parquet, samples.parquet, run.json, lift_heatmap.png")
 
@@ -71,15 +94,16 @@ def _show(directory, word, attribute, n_samples, fmt):
         click.echo(json.dumps(out, indent=2, default=float))
         return
     first = rows.iloc[0]
-    click.echo(f"{match[0]}: in {first.n_word:,} of {first.n_captions:,} captions")
+    click.echo(f"{printable(match[0])}: in {first.n_word:,} of {first.n_captions:,} captions")
     for r in rows.itertuples():
-        click.echo(f"  {r.attribute:>6}:{r.group:<16} n_group={r.n_group:<9} n_both={r.n_both:<7} "
+        click.echo(f"  {printable(r.attribute):>6}:{printable(r.group):<16} n_group={r.n_group:<9} "
+                   f"n_both={r.n_both:<7} "
                    f"expected={r.expected:9.1f} lift={r.lift:6.2f} log-odds={r.log_odds:6.2f} "
                    f"[{r.log_odds_ci_low:.2f}, {r.log_odds_ci_high:.2f}] q={r.q_value:.2g}")
         if samples is not None and n_samples > 0:
             cell = samples[(samples["attribute"] == r.attribute) & (samples["group"] == r.group)].head(n_samples)
             for s in cell.itertuples():
-                click.echo(f"      - {s.caption}")
+                click.echo(f"      - {printable(s.caption)}")
 
 
 @click.group("captions")
