@@ -7,8 +7,9 @@ excluded, as in the issue). Two things are timed in the same process:
 1. the point estimates of every word and attribute, clipprobe's vectorised path against a
    straightforward per-word loop (argsort per word, per-image label lookups, dict counting, as
    public re-implementations do), on the same scores; the two must agree;
-2. the whole `run_report` (point estimates, hypergeometric tests, BH, 1000 bootstrap resamples,
-   summary, parquet/CSV/JSON, core figures, HTML) into a temporary folder.
+2. the whole report through the array API: `probe_scores` (point estimates, hypergeometric tests,
+   BH, 1000 bootstrap resamples, summary) and `write_report` (parquet/CSV/JSON, core figures, HTML)
+   into a temporary folder.
 
     python benchmarks/bench_report_full.py [--bootstrap 1000] [--dim 512] [--seed 0]
 """
@@ -20,68 +21,38 @@ import math
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from clipprobe.embeddings.cache import ImageEmbeddings
-from clipprobe.faces import FaceDataset
-from clipprobe.embeddings.index import build_index
 from clipprobe.analysis.metrics import point_estimates, rank_topk
-from clipprobe.pipeline.report import ReportConfig, run_report
-from clipprobe.pipeline.probe import GROUP_ORDER, Probe, ProbeConfig, group_codes
-from clipprobe.runinfo import StageTimer
+from clipprobe.analysis.probe import encode_labels, probe_scores
+from clipprobe.faces import GROUP_ORDER, race_gender
+from clipprobe.report.writer import write_report
 from clipprobe.resources.taxonomy import get_taxonomy
+from clipprobe.runinfo import StageTimer
 
 RACE_SHARES = [0.19, 0.14, 0.15, 0.14, 0.13, 0.14, 0.11]
 AGE_SHARES = [0.018, 0.125, 0.11, 0.30, 0.22, 0.12, 0.07, 0.028, 0.009]
 
 
-@dataclass(frozen=True)
-class _Spec:
-    key: str = "bench-generated-vectors"
-    raw: str = "generated"
-
-
-class _Encoder:
-    spec = _Spec()
-
-    def info(self) -> dict:
-        return {"spec": "generated vectors (benchmark)"}
-
-
-class _BenchProbe(Probe):
-    """A probe over generated vectors whose query vectors are given, not encoded."""
-
-    queries: np.ndarray | None = None
-
-    def query_vectors(self, queries):
-        rng = np.random.default_rng(len(queries))
-        v = rng.standard_normal((len(queries), self.embeddings.vectors.shape[1])).astype(np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def make_probe(n: int, dim: int, seed: int) -> _BenchProbe:
+def make_inputs(n: int, dim: int, n_words: int, seed: int):
+    """Generated image vectors with FairFace-like labels and some group structure, and query vectors."""
     rng = np.random.default_rng(seed)
     race = rng.choice(GROUP_ORDER["race"], size=n, p=np.array(RACE_SHARES) / sum(RACE_SHARES))
     gender = rng.choice(GROUP_ORDER["gender"], size=n, p=[0.53, 0.47])
     age = rng.choice(GROUP_ORDER["age"], size=n, p=np.array(AGE_SHARES) / sum(AGE_SHARES))
-    table = pd.DataFrame({"file": [f"val/{i + 1}.jpg" for i in range(n)], "race": race, "gender": gender,
-                          "age": age})
-    table["race_gender"] = table["race"] + "_" + table["gender"]
+    labels = pd.DataFrame({"race": race, "gender": gender, "age": age,
+                           "race_gender": [race_gender(r, g) for r, g in zip(race, gender)]})
     # Vectors with some group structure, as real face embeddings have.
     centres = rng.standard_normal((len(GROUP_ORDER["race"]), dim)).astype(np.float32)
-    codes, _ = group_codes(table["race"], "race")
+    codes = encode_labels(labels, ["race"]).codes["race"]
     vectors = 0.3 * centres[codes] + rng.standard_normal((n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    dataset = FaceDataset(spec="generated:fairface-like", kind="csv", root=None, split="validation", table=table,
-                          fingerprint=f"bench-{n}-{dim}-{seed}",
-                          attribute_columns=("race", "gender", "age", "race_gender"))
-    emb = ImageEmbeddings(vectors=vectors, rows=np.arange(n), skipped=[], cache_dir=Path("."))
-    return _BenchProbe(config=ProbeConfig(), encoder=_Encoder(), dataset=dataset, embeddings=emb,
-                       index=build_index(vectors), timer=StageTimer())
+    queries = rng.standard_normal((n_words, dim)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    return queries @ vectors.T, labels
 
 
 def loop_point_estimates(scores: np.ndarray, labels: list, k: int, base: dict) -> list[dict]:
@@ -106,14 +77,13 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=100)
     args = parser.parse_args()
 
-    probe = make_probe(args.n, args.dim, args.seed)
     words = get_taxonomy().words()
-    queries = probe.query_vectors(words)
-    scores = queries @ probe.embeddings.vectors.T
+    scores, table = make_inputs(args.n, args.dim, len(words), args.seed)
+    encoded = encode_labels(table)
 
     rows = []
     for attribute in ("race", "gender", "age", "race_gender"):
-        codes, names = probe.labels(attribute)
+        codes, names = encoded.codes[attribute], encoded.names[attribute]
         labels = [names[c] for c in codes]
         base = {g: c / len(codes) for g, c in Counter(labels).items()}
         t0 = time.perf_counter()
@@ -132,15 +102,16 @@ def main() -> None:
     total_loop, total_vec = sum(r[1] for r in rows), sum(r[2] for r in rows)
     print(f"{'all':<12} {total_loop:>8.3f} {total_vec:>12.3f} {total_loop / total_vec:>6.1f}x")
 
+    timer = StageTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        config = ReportConfig(out=str(Path(tmp) / "report"), k=args.k, bootstrap=args.bootstrap, seed=args.seed)
         t0 = time.perf_counter()
-        result = run_report(config, probe=probe, progress=False)
+        with timer("probe_scores"):
+            tables = probe_scores(scores, table, words=words, k=args.k, bootstrap=args.bootstrap, seed=args.seed)
+        write_report(tables, Path(tmp) / "report", timer=timer)
         total = time.perf_counter() - t0
-    stages = result.run["timings"]
-    print(f"\nfull report, {args.bootstrap} bootstrap resamples, 4 attributes, {result.run['n_rows']} rows: "
+    print(f"\nfull report, {args.bootstrap} bootstrap resamples, 4 attributes, {len(tables.groups)} rows: "
           f"{total:.1f} s (target < 60 s)")
-    print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in stages.items() if v >= 0.05))
+    print("  " + ", ".join(f"{k} {v:.1f} s" for k, v in timer.as_dict().items() if v >= 0.05))
 
 
 if __name__ == "__main__":

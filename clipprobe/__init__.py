@@ -1,3 +1,61 @@
-"""clipprobe: measure social stereotypes in CLIP-style vision-language models."""
+"""clipprobe: measure social stereotypes in CLIP-style vision-language models.
+
+The Python API (arrays in, tables out; every name is imported on first use, so ``import clipprobe``
+stays light)::
+
+    import clipprobe as cp
+    enc    = cp.load_model("ViT-B-32:openai")
+    faces  = cp.load_faces("fairface:/data/fairface")
+    emb    = cp.embed_images(enc, faces)                 # cached, resumable
+    texts  = cp.embed_texts(enc, cp.make_queries("sobit", templates="default"))
+    tables = cp.probe_scores(texts.vectors @ emb.vectors.T, emb.labels, words=texts.words, k=100,
+                             bootstrap=1000, seed=0)
+    cp.write_report(tables, "reports/vitb32")
+
+:func:`probe_scores` works on similarities from any model or pipeline.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# public name -> (module, attribute)
+_API = {
+    "load_model": ("clipprobe.models", "load_model"),
+    "load_faces": ("clipprobe.faces", "load_dataset"),
+    "embed_images": ("clipprobe.pipeline.embed", "embed_images"),
+    "embed_texts": ("clipprobe.pipeline.embed", "embed_texts"),
+    "make_queries": ("clipprobe.resources.prompts", "make_queries"),
+    "make_query": ("clipprobe.resources.prompts", "make_query"),
+    "probe_scores": ("clipprobe.analysis.probe", "probe_scores"),
+    "ReportTables": ("clipprobe.analysis.probe", "ReportTables"),
+    "write_report": ("clipprobe.report.writer", "write_report"),
+    "load_report": ("clipprobe.report.store", "load_report"),
+    "open_probe": ("clipprobe.pipeline.probe", "open_probe"),
+    "ProbeConfig": ("clipprobe.pipeline.probe", "ProbeConfig"),
+    "retrieve": ("clipprobe.pipeline.probe", "retrieve"),
+    "run_report": ("clipprobe.pipeline.report", "run_report"),
+    "ReportConfig": ("clipprobe.pipeline.report", "ReportConfig"),
+    "get_taxonomy": ("clipprobe.resources.taxonomy", "get_taxonomy"),
+    "get_template_set": ("clipprobe.resources.prompts", "get_template_set"),
+    "get_lexicon": ("clipprobe.resources.lexicon", "get_lexicon"),
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attribute = _API[name]
+    except KeyError:
+        raise AttributeError(f"module 'clipprobe' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_API))

@@ -83,6 +83,20 @@ def _json_default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+ENV_CACHE = "CLIPPROBE_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """clipprobe's cache folder: ``$CLIPPROBE_CACHE``, else ``$XDG_CACHE_HOME/clipprobe``, else
+    ``~/.cache/clipprobe``. Never inside the installed package."""
+    env = os.environ.get(ENV_CACHE)
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "clipprobe"
+
+
 def read_mapping(path: str | os.PathLike, *, what: str) -> Any:
     """Read a YAML or JSON data file (by suffix; YAML with ``safe_load``) and return its content.
 

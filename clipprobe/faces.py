@@ -43,10 +43,13 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clipprobe.errors import DataError, UsageError, did_you_mean
 from clipprobe.hub import hub_session
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -60,14 +63,80 @@ SPLIT_ALIASES = {"validation": "validation", "val": "validation", "valid": "vali
 CSV_IMAGE_COLUMNS = ("file", "path", "image", "image_path", "filename")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
+# ---------------------------------------------------------------------------------------------
+# The vocabulary of attributes and groups (its one owner; every other module imports it)
+
+ATTRIBUTES = ("race", "gender", "age", "race_gender")   # the standard attributes, in report order
+RETRIEVE_ATTRIBUTES = ("race", "gender", "race_gender")  # what `retrieve` shows unless told otherwise
+RACE_GENDER_SEP = "_"                                    # race_gender = race + "_" + gender
+FAIRFACE_RACES = ("White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern")
+FAIRFACE_GENDERS = ("Male", "Female")
 # The groups of FairFace's ``age`` label, in order; UTKFace ages are binned into them.
 FAIRFACE_AGE_GROUPS = ("0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70")
+GROUP_ORDER = {"race": FAIRFACE_RACES, "gender": FAIRFACE_GENDERS, "age": FAIRFACE_AGE_GROUPS}
+# Group sizes of the FairFace validation split (fairface_label_val.csv, padding 0.25): 10,954 images.
+FAIRFACE_VALIDATION_SIZE = 10954
+FAIRFACE_VALIDATION_COUNTS: dict[str, dict[str, int]] = {
+    "race": {"White": 2085, "Black": 1556, "Latino_Hispanic": 1623, "East Asian": 1550, "Southeast Asian": 1415,
+             "Indian": 1516, "Middle Eastern": 1209},
+    "gender": {"Male": 5792, "Female": 5162},
+    "age": {"0-2": 199, "3-9": 1356, "10-19": 1181, "20-29": 3300, "30-39": 2330, "40-49": 1353, "50-59": 796,
+            "60-69": 321, "more than 70": 118},
+}
+MISSING_GROUP = "(missing)"
+
 _AGE_LOWER = (0, 3, 10, 20, 30, 40, 50, 60, 70)
 UTK_GENDERS = ("Male", "Female")
 UTK_RACES = ("White", "Black", "Asian", "Indian", "Others")
 _UTK_NAME = re.compile(r"^(?P<age>\d+)_(?P<gender>\d+)_(?P<race>\d+)_(?P<date>\d+)(?:\.[^.]+)+$")
 
-STANDARD_ATTRIBUTES = ("race", "gender", "age", "race_gender")
+
+def race_gender(race: str, gender: str) -> str:
+    """The ``race_gender`` group of a race and a gender (``"East Asian_Male"``)."""
+    return f"{race}{RACE_GENDER_SEP}{gender}"
+
+
+def ordered_attributes(present) -> list[str]:
+    """Attribute names: the standard ones first, in :data:`ATTRIBUTES` order, then the others sorted."""
+    present = list(dict.fromkeys(str(a) for a in present))
+    return [a for a in ATTRIBUTES if a in present] + sorted(set(present) - set(ATTRIBUTES))
+
+
+def group_order(attribute: str, present) -> list[str]:
+    """The groups of ``attribute`` that are ``present``: FairFace's canonical order first, the rest sorted."""
+    present = set(present)
+    if attribute == "race_gender":
+        canonical = [race_gender(r, g) for r in FAIRFACE_RACES for g in FAIRFACE_GENDERS]
+    else:
+        canonical = list(GROUP_ORDER.get(attribute, ()))
+    order = [g for g in canonical if g in present]
+    return order + sorted(present - set(order))
+
+
+def group_codes(values, attribute: str) -> tuple["np.ndarray", list[str]]:
+    """Integer codes (``(N,)`` int64) and the ordered group names of one label column.
+
+    A missing label becomes the group ``"(missing)"`` and is logged.
+    """
+    import numpy as np
+    import pandas as pd
+
+    values = pd.Series(values).astype("object").reset_index(drop=True)
+    missing = values.isna()
+    if missing.any():
+        log.warning("%d image(s) have no %s label; they form the group %r", int(missing.sum()), attribute,
+                    MISSING_GROUP)
+        values = values.where(~missing, MISSING_GROUP)
+    values = values.astype(str)
+    order = group_order(attribute, values.unique())
+    lookup = {g: i for i, g in enumerate(order)}
+    codes = np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
+    return codes, order
+
+
+def label_codes(table, attributes) -> dict[str, tuple["np.ndarray", list[str]]]:
+    """:func:`group_codes` of several columns of a label table: ``{attribute: (codes, names)}``."""
+    return {a: group_codes(table[a], a) for a in attributes}
 
 # Message templates (tests check them).
 MSG_BAD_SPEC = "dataset spec {spec!r} must look like SCHEME:WHERE with SCHEME one of {schemes}"
@@ -117,6 +186,11 @@ class FaceDataset:
     def attributes(self) -> list[str]:
         """Names of the attribute columns (standard ones first)."""
         return list(self.attribute_columns)
+
+    @property
+    def labels(self):
+        """The attribute columns of every image (a DataFrame, one row per image, in dataset order)."""
+        return self.table[list(self.attribute_columns)]
 
     def image_path(self, i: int) -> Path:
         """Absolute path of image ``i`` (not for ``hf`` datasets)."""
@@ -225,11 +299,11 @@ def _read_csv(path: Path):
 
 def _add_race_gender(table) -> None:
     if "race" in table.columns and "gender" in table.columns:
-        table["race_gender"] = table["race"] + "_" + table["gender"]
+        table["race_gender"] = table["race"] + RACE_GENDER_SEP + table["gender"]
 
 
 def _attribute_columns(table, extra: tuple[str, ...] = ()) -> tuple[str, ...]:
-    std = [c for c in STANDARD_ATTRIBUTES if c in table.columns]
+    std = [c for c in ATTRIBUTES if c in table.columns]
     return tuple(std + [c for c in extra if c in table.columns and c not in std])
 
 

@@ -73,7 +73,7 @@ def make_report(
     file_prefix: str = "val/",
     alpha: float = 0.05,
     seed: int = 0,
-    format_version: int = 1,
+    format_version: int | None = None,
 ) -> Path:
     """Write a synthetic report folder to ``out_dir`` and return its path.
 
@@ -86,6 +86,8 @@ def make_report(
     import numpy as np
     import pandas as pd
     from scipy import stats
+
+    from clipprobe.report.store import FORMAT_VERSION, table_checksums
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +200,7 @@ def make_report(
     wdf.to_parquet(out_dir / "words.parquet", index=False)
     summary.to_csv(out_dir / "summary.csv", index=False)
     run = {
-        "format_version": format_version,
+        "format_version": FORMAT_VERSION if format_version is None else format_version,
         "clipprobe_version": "0.1.0",
         "config": {"k": k, "alpha": alpha, "bootstrap": n_boot, "seed": seed, "reference": "base"},
         "versions": {"clipprobe": "0.1.0"},
@@ -207,10 +209,11 @@ def make_report(
             "spec": f"csv:{out_dir / 'dataset'}", "fingerprint": f"synthetic-{seed}-{n_images}",
             "n_images": n_images, "root": str(out_dir / "dataset") if images else None,
         },
-        "timings": {"retrieve": 0.01, "stats": 0.02},
+        "timings_s": {"retrieve": 0.01, "stats": 0.02},
         "taxonomy": {"name": "synthetic", "n_words": len(words)},
         "k": k, "alpha": alpha, "reference": "base", "bootstrap": n_boot, "seed": seed,
     }
+    run["files"] = table_checksums(out_dir)
     (out_dir / "run.json").write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
     return out_dir
 

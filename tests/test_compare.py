@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +12,7 @@ from click.testing import CliRunner
 from clipprobe.cli import cli
 from clipprobe.report.compare import compare_entropy_plot, compare_reports, compare_skew_scatter, write_comparison
 from clipprobe.errors import ClipprobeError
-from clipprobe.report.store import load_report
+from clipprobe.report.store import load_report, table_checksums
 from reportgen import make_report
 
 WORDS = {"nurse": "occupation", "engineer": "occupation", "janitor": "occupation", "ceo": ("occupation", "status"),
@@ -81,6 +83,9 @@ def test_identical_reports_agree_and_edited_ones_disagree(two, tmp_path):
     target = (g["word"] == "poor") & (g["attribute"] == "race") & (g["group"] == "Indian")
     g.loc[target, "flagged"] = ~g.loc[target, "flagged"]
     g.to_parquet(copy / "groups.parquet", index=False)
+    run = json.loads((copy / "run.json").read_text())
+    run["files"] = table_checksums(copy)  # a report of its own now, not a half-replaced one
+    (copy / "run.json").write_text(json.dumps(run))
     res = compare_reports([a, load_report(copy)], names=["one", "two"])
     got = {(r.word, r.attribute, r.top_group_differs, r.flagged_differs) for r in res.disagreements.itertuples()}
     assert got == {("kind", "gender", True, False), ("poor", "race", False, True)}

@@ -458,3 +458,14 @@ def test_top_words_restricted_to_categories(report):
         assert shown == traits  # few words: all of them, and only them
     with pytest.raises(ClipprobeError, match="max_words must be 0 .* got -3"):
         figures.figure_specs(report, max_words=-3)
+
+
+def test_load_report_refuses_a_mixed_folder(tmp_path):
+    """A run killed after replacing one table of an older report leaves a mix: refused, not drawn."""
+    d = make_report(tmp_path / "r", words={"a": "c", "b": "c"}, images=False, n_boot=5, seed=1)
+    other = make_report(tmp_path / "o", words={"a": "c", "b": "c"}, images=False, n_boot=5, seed=2, k=7)
+    (d / "groups.parquet").write_bytes((other / "groups.parquet").read_bytes())
+    with pytest.raises(DataError, match=r"incomplete or mixed: groups.parquet does not match run.json"):
+        load_report(d)
+    r = CliRunner().invoke(cli, ["figures", str(d), "--out", str(tmp_path / "figs")])
+    assert r.exit_code == 1 and "incomplete or mixed" in r.output and "Traceback" not in r.output

@@ -12,6 +12,7 @@ import scipy.stats
 from click.testing import CliRunner
 
 from clipprobe.analysis import power as P
+from clipprobe.faces import FAIRFACE_VALIDATION_SIZE
 from clipprobe.cli.power import power as power_cmd
 from clipprobe.errors import ClipprobeError, UsageError
 from clipprobe.analysis.significance import bh_adjust, hypergeom_p
@@ -96,7 +97,7 @@ def test_minimum_detectable_ratio_interpolates():
 
 def test_resolve_sizes_defaults_and_errors():
     sizes = P.resolve_sizes()
-    assert sum(sizes.values()) == P.FAIRFACE_VAL_SIZE == 10954
+    assert sum(sizes.values()) == FAIRFACE_VALIDATION_SIZE == 10954
     assert sizes["White"] / 10954 == pytest.approx(0.19, abs=0.005)
     g = P.fairface_sizes("gender")
     assert sum(g.values()) == 10954 and g["Male"] / 10954 == pytest.approx(0.53, abs=0.005)

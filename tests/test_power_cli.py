@@ -4,7 +4,8 @@ import pandas as pd
 from click.testing import CliRunner
 
 from clipprobe.cli import cli
-from clipprobe.analysis.power import dataset_group_sizes, power_curve, power_plot
+from clipprobe.analysis.power import power_curve, power_plot
+from clipprobe.pipeline.probe import dataset_group_sizes
 from facegen import write_fairface
 
 

@@ -8,6 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from clipprobe.cli import cli
+from clipprobe.report.store import FORMAT_VERSION
 from facegen import write_fairface
 
 WORDS = """name: small
@@ -52,9 +53,10 @@ def test_files_and_columns(setup):
     assert len(words) == 10 * 4
     assert set(words.loc[words["word"] == "aggressive", "category"]) == {"criminal justice; behavioral"}
     assert list(words.loc[words["word"] == "lazy", "prompts"].iloc[0]) == ["a photo of a lazy person"]
-    assert run["format_version"] == 1 and run["k"] == 15 and run["bootstrap"] == 60
+    assert run["format_version"] == FORMAT_VERSION and run["k"] == 15 and run["bootstrap"] == 60
+    assert run["command"] == "report" and run["record_version"] == 1
     assert run["dataset"]["n_images"] == 119 and run["dataset"]["fingerprint"]
-    assert {"versions", "model", "timings", "config"} <= set(run)
+    assert {"versions", "model", "timings_s", "config", "files"} <= set(run)
     assert set(summary["attribute"]) == {"race", "gender", "age", "race_gender"}
 
 
@@ -128,13 +130,16 @@ def test_incompatible_report_folder(setup, tmp_path):
     out.mkdir()
     (out / "run.json").write_text(json.dumps({"format_version": 0}))
     r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(out), "--no-figures", "--no-html"])
-    assert r.exit_code == 1 and "format 0" in r.output and "new --out folder" in r.output
+    assert r.exit_code == 1 and "format 0" in r.output and "use a new output folder" in r.output
 
 
 @pytest.mark.parametrize("extra, message", [
     (["--attributes", "race,religion"], "unknown attribute 'religion'"),
     (["--k", "1000"], "k=1000 is larger than the dataset"),
     (["--alpha", "1.5"], "--alpha must be between 0 and 1"),
+    (["--alpha", "0"], "--alpha must be between 0 and 1"),
+    (["--bootstrap", "-5"], "--bootstrap must be 0 or more, got -5"),
+    (["--seed", "-1"], "--seed must be 0 or more, got -1"),
 ])
 def test_bad_input(setup, tmp_path, extra, message):
     r = CliRunner().invoke(cli, ["report", *setup["base"], *extra, "--out", str(tmp_path / "x")])

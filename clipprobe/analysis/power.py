@@ -32,37 +32,13 @@ import math
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from clipprobe.errors import UsageError, one_of
+from clipprobe.faces import FAIRFACE_VALIDATION_COUNTS, FAIRFACE_VALIDATION_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
-    import numpy as np
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
-FAIRFACE_VAL_SIZE = 10954
-FAIRFACE_VAL_COUNTS: dict[str, dict[str, int]] = {
-    "race": {
-        "White": 2085,
-        "Black": 1556,
-        "Latino_Hispanic": 1623,
-        "East Asian": 1550,
-        "Southeast Asian": 1415,
-        "Indian": 1516,
-        "Middle Eastern": 1209,
-    },
-    "gender": {"Male": 5792, "Female": 5162},
-    "age": {
-        "0-2": 199,
-        "3-9": 1356,
-        "10-19": 1181,
-        "20-29": 3300,
-        "30-39": 2330,
-        "40-49": 1353,
-        "50-59": 796,
-        "60-69": 321,
-        "more than 70": 118,
-    },
-}
 DEFAULT_RATIOS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0)
 DEFAULT_KS = (10, 50, 100)
 
@@ -81,9 +57,9 @@ MSG_TARGET = "target power {p} must be strictly between 0 and 1"
 
 def fairface_sizes(attribute: str = "race") -> dict[str, int]:
     """FairFace validation group counts of ``attribute`` (``race``, ``gender`` or ``age``); a copy."""
-    if attribute not in FAIRFACE_VAL_COUNTS:
-        raise one_of(attribute, FAIRFACE_VAL_COUNTS, "FairFace attribute")
-    return dict(FAIRFACE_VAL_COUNTS[attribute])
+    if attribute not in FAIRFACE_VALIDATION_COUNTS:
+        raise one_of(attribute, FAIRFACE_VALIDATION_COUNTS, "FairFace attribute")
+    return dict(FAIRFACE_VALIDATION_COUNTS[attribute])
 
 
 def resolve_sizes(
@@ -91,18 +67,20 @@ def resolve_sizes(
     n_total: int | None = None,
     group_sizes: Mapping[str, int] | None = None,
     base_shares: Mapping[str, float] | None = None,
+    attribute: str = "race",
 ) -> dict[str, int]:
     """Group sizes from either explicit sizes or base shares and a dataset size.
 
     Shares are scaled to ``n_total`` (default FairFace's 10954) and rounded so that the sizes sum to
-    ``n_total`` exactly (largest remainders). With neither given: FairFace validation race counts.
+    ``n_total`` exactly (largest remainders). With neither given: the FairFace validation counts of
+    ``attribute``, scaled to ``n_total`` when that differs from FairFace's size.
     """
     if group_sizes is not None and base_shares is not None:
         raise UsageError(MSG_BOTH)
     if group_sizes is None and base_shares is None:
-        sizes = fairface_sizes("race")
-        if n_total is not None and int(n_total) != FAIRFACE_VAL_SIZE:
-            base_shares = {g: v / FAIRFACE_VAL_SIZE for g, v in sizes.items()}
+        sizes = fairface_sizes(attribute)
+        if n_total is not None and int(n_total) != FAIRFACE_VALIDATION_SIZE:
+            base_shares = {g: v / FAIRFACE_VALIDATION_SIZE for g, v in sizes.items()}
         else:
             return sizes
     if group_sizes is not None:
@@ -119,7 +97,7 @@ def resolve_sizes(
     total_share = sum(shares.values())
     if abs(total_share - 1.0) > 0.02:
         raise UsageError(MSG_SHARES_SUM.format(total=total_share))
-    n = FAIRFACE_VAL_SIZE if n_total is None else int(n_total)
+    n = FAIRFACE_VALIDATION_SIZE if n_total is None else int(n_total)
     exact = {g: v / total_share * n for g, v in shares.items()}
     sizes = {g: int(math.floor(x)) for g, x in exact.items()}
     left = n - sum(sizes.values())
@@ -226,11 +204,13 @@ def power_curve(
     n_sim: int = 500,
     seed: int = 0,
     groups: Sequence[str] | None = None,
+    attribute: str = "race",
 ) -> "pd.DataFrame":
     """Probability of flagging a planted over-representation, per group, k and ratio.
 
     ``ratios`` are planted share / base share (>= 1). ``groups`` restricts which groups are planted
-    (default all). Returns a DataFrame with columns ``group, base_share, k, ratio, power`` (power is
+    (default all). Without sizes or shares, FairFace's validation counts of ``attribute`` are used
+    (scaled to ``n_total``). Returns a DataFrame with columns ``group, base_share, k, ratio, power`` (power is
     a fraction of ``n_sim`` simulations), one row per combination, sorted by group order, k, ratio.
     """
     import numpy as np
@@ -238,7 +218,7 @@ def power_curve(
 
     from clipprobe.analysis.significance import hypergeom_p
 
-    sizes_map = resolve_sizes(n_total=n_total, group_sizes=group_sizes, base_shares=base_shares)
+    sizes_map = resolve_sizes(n_total=n_total, group_sizes=group_sizes, base_shares=base_shares, attribute=attribute)
     names = list(sizes_map)
     sizes = np.array([sizes_map[g] for g in names], dtype=np.int64)
     n = int(sizes.sum())
@@ -316,29 +296,11 @@ def minimum_detectable_ratio(
 __all__ = [
     "DEFAULT_KS",
     "DEFAULT_RATIOS",
-    "FAIRFACE_VAL_COUNTS",
-    "FAIRFACE_VAL_SIZE",
     "fairface_sizes",
     "minimum_detectable_ratio",
     "power_curve",
     "resolve_sizes",
 ]
-
-
-def dataset_group_sizes(spec: str, attribute: str, *, split: str = "validation", image_root: str | None = None,
-                        offline: bool | None = None) -> dict[str, int]:
-    """Group sizes of ``attribute`` in a face dataset's label file (images are not read)."""
-    from clipprobe.faces import load_dataset
-    from clipprobe.pipeline.probe import group_codes
-
-    import numpy as np
-
-    dataset = load_dataset(spec, split=split, image_root=image_root, offline=offline)
-    if attribute not in dataset.attributes():
-        raise one_of(attribute, dataset.attributes(), f"attribute of dataset {spec!r}")
-    codes, names = group_codes(dataset.table[attribute], attribute)
-    counts = np.bincount(codes, minlength=len(names))
-    return {name: int(c) for name, c in zip(names, counts)}
 
 
 def power_plot(curve, *, k: int | None = None, ax=None):

@@ -28,6 +28,8 @@ def probe_options(func: Callable) -> Callable:
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe)."),
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+        click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+                     help="Model precision (default: fp16 on CUDA, fp32 on the CPU)."),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
         click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
                      help="Image decoding workers (default: number of cores)."),
@@ -56,6 +58,7 @@ def pop_probe_config(kwargs: dict[str, Any]):
         image_root=kwargs.pop("image_root"),
         cache_dir=kwargs.pop("cache_dir"),
         device=kwargs.pop("device"),
+        precision=kwargs.pop("precision"),
         batch_size=kwargs.pop("batch_size"),
         num_workers=kwargs.pop("num_workers"),
         offline=offline,
@@ -73,3 +76,25 @@ def split_attributes(text: str) -> tuple[str, ...]:
     if not parts:
         raise click.BadParameter("give at least one attribute", param_hint="--attributes")
     return parts
+
+
+MSG_FRACTION = "{option} must be between 0 and 1 (exclusive), got {value}"
+MSG_COUNT = "{option} must be {minimum} or more, got {value}"
+
+
+def check_fraction(option: str, value: float) -> float:
+    """A probability-like option in (0, 1), or a one-line usage error naming the option (exit 2)."""
+    from clipprobe.errors import UsageError
+
+    if not 0 < value < 1:
+        raise UsageError(MSG_FRACTION.format(option=option, value=value))
+    return value
+
+
+def check_count(option: str, value: int, minimum: int = 0) -> int:
+    """A whole-number option of at least ``minimum``, or a one-line usage error naming the option (exit 2)."""
+    from clipprobe.errors import UsageError
+
+    if value < minimum:
+        raise UsageError(MSG_COUNT.format(option=option, minimum=minimum, value=value))
+    return value

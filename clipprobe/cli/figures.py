@@ -26,7 +26,7 @@ import click
 def figures(report_dir: Path, out: Path, categories, attributes, words, formats, figure_set: str, max_words,
             html: bool) -> None:
     """Regenerate the paper figures of REPORT_DIR from its files alone."""
-    from clipprobe.report.contact import dataset_loader, word_sheet
+    from clipprobe.report.contact import dataset_loader, save_image, word_sheet
     from clipprobe.errors import one_of
     from clipprobe.report.figures import slug, write_report_figures
     from clipprobe.report.store import load_report
@@ -45,13 +45,8 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
             click.echo(f"note: contact sheets skipped: dataset root {root!r} is not available here", err=True)
         else:
             for word in words:
-                sheet = word_sheet(report, word, image_loader=loader)
-                path = out / f"contact_{slug(word)}.png"
-                from clipprobe._io import atomic_path
-
-                with atomic_path(path) as tmp:
-                    sheet.save(tmp, format="PNG")
-                paths.append(path)
+                paths.append(save_image(word_sheet(report, word, image_loader=loader),
+                                        out / f"contact_{slug(word)}.png"))
             if loader.failed:
                 click.echo(f"note: {loader.failed} images could not be read (grey placeholders)", err=True)
     if html:

@@ -19,10 +19,10 @@ def build_cmd(fmt: str, **kwargs) -> None:
     """Embed every image of the dataset (resuming a stopped run) and store its index."""
     import json
 
-    from clipprobe.embeddings.index import build_cached
+    from clipprobe.pipeline.probe import build_index
 
     config = pop_probe_config(kwargs)
-    summary = build_cached(config)
+    summary = build_index(config)
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2, default=str))
         return
@@ -37,5 +37,5 @@ def build_cmd(fmt: str, **kwargs) -> None:
         click.echo(f"  ... and {len(summary['skipped']) - 10} more (see --format json)")
     click.echo(f"cache:    {summary['cache_dir']}")
     click.echo(f"index:    {idx['kind']} over {idx['ntotal']} vectors{' (GPU)' if idx['gpu'] else ''} -> {idx['path']}")
-    t = summary["timings"]
+    t = summary["timings_s"]
     click.echo("timings:  " + ", ".join(f"{k} {v:.2f}s" for k, v in t.items() if isinstance(v, float)))

@@ -72,26 +72,20 @@ def power(attribute, dataset, split, figure, dataset_size, base_shares, group_si
     kwargs = dict(n_total=dataset_size, k=tuple(ks) or lib.DEFAULT_KS, ratios=_parse_ratios(ratios),
                   alpha=alpha, n_words=n_words, family_size=family_size, n_sim=n_sim, seed=seed)
     if dataset:
-        kwargs["group_sizes"] = lib.dataset_group_sizes(dataset, attribute, split=split)
+        from clipprobe.pipeline.probe import dataset_group_sizes
+
+        kwargs["group_sizes"] = dataset_group_sizes(dataset, attribute, split=split)
         kwargs["n_total"] = None
     elif base_shares:
         kwargs["base_shares"] = _parse_pairs(base_shares, "--base-shares", float)
     elif group_sizes:
         kwargs["group_sizes"] = _parse_pairs(group_sizes, "--group-sizes", int)
-    elif dataset_size is None or dataset_size == lib.FAIRFACE_VAL_SIZE:
-        kwargs["group_sizes"] = lib.fairface_sizes(attribute)
-    else:
-        sizes = lib.fairface_sizes(attribute)
-        kwargs["base_shares"] = {g: v / lib.FAIRFACE_VAL_SIZE for g, v in sizes.items()}
-    curve = lib.power_curve(**kwargs)
+    curve = lib.power_curve(**kwargs, attribute=attribute)
     mdr = lib.minimum_detectable_ratio(curve, target_power=target_power)
     if figure:
-        from clipprobe._io import atomic_path
+        from clipprobe.report.figures import save_figure_file
 
-        ax = lib.power_plot(curve)
-        suffix = "." + figure.rsplit(".", 1)[-1] if "." in figure else ".png"
-        with atomic_path(figure, suffix=suffix) as tmp:
-            ax.figure.savefig(tmp, format=suffix[1:], dpi=200)
+        save_figure_file(lib.power_plot(curve).figure, figure)
         click.echo(f"wrote {figure}", err=True)
     if out:
         from clipprobe._io import write_text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import pop_probe_config, probe_options, split_attributes
+from clipprobe.cli._options import check_count, check_fraction, pop_probe_config, probe_options, split_attributes
 
 
 @click.command("report")
@@ -14,7 +14,7 @@ from clipprobe.cli._options import pop_probe_config, probe_options, split_attrib
 @click.option("--k", type=int, default=100, show_default=True)
 @click.option("--attributes", default=None,
               help="Comma-separated attributes (default: each of race, gender, age, race_gender in the dataset).")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True,
+@click.option("--bootstrap", type=int, default=1000, show_default=True,
               help="Bootstrap resamples of the face dataset for intervals (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (reruns are identical).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="False discovery rate for flagging.")
@@ -30,6 +30,10 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
     """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""
     from clipprobe.pipeline.report import ReportConfig, run_report
 
+    check_fraction("--alpha", alpha)
+    check_count("--bootstrap", bootstrap)
+    check_count("--seed", seed)
+    check_count("--k", k, 1)
     config = ReportConfig(
         probe=pop_probe_config(kwargs), out=out, taxonomy=taxonomy, templates=templates, k=k,
         attributes=split_attributes(attributes) if attributes else None, bootstrap=bootstrap, seed=seed,
@@ -51,7 +55,7 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
 @click.option("--alpha", type=float, default=0.05, show_default=True)
 def crosscheck(report_dir, counts_dir, alpha) -> None:
     """Join a report's retrieval skew with caption co-occurrence (is it in the data too?)."""
-    from clipprobe.analysis.crosscheck import write_crosscheck
+    from clipprobe.report.crosscheck import write_crosscheck
     from clipprobe.report.store import load_report
 
     report = load_report(report_dir)

@@ -23,24 +23,24 @@ def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, **kwargs)
     import json
 
     from clipprobe import _io
-    from clipprobe.pipeline.probe import format_table, make_query, open_probe
+    from clipprobe.pipeline.probe import open_probe
     from clipprobe.pipeline.probe import retrieve as run_retrieve
+    from clipprobe.report.retrieval import format_table
+    from clipprobe.resources.prompts import make_query
 
     config = pop_probe_config(kwargs)
     attrs = split_attributes(attributes)
     if k < 1:
         raise click.BadParameter(f"k must be a positive number of images, got {k}", param_hint="--k")
+    if not word.strip():
+        raise click.BadParameter("the word is empty", param_hint="--word")
     query = make_query(word, taxonomy=taxonomy, templates=templates)  # cheap checks before loading anything
     probe = open_probe(config)
     result = run_retrieve(probe, query, k=k, attributes=attrs)
     if fmt == "json":
         text = json.dumps(result.to_dict(), indent=2) + "\n"
     elif fmt == "csv":
-        import pandas as pd
-
-        frames = [g.assign(attribute=a) for a, g in result.groups.items()]
-        table = pd.concat(frames)[["attribute", "group", "count", "share", "base_share", "skew"]]
-        text = table.to_csv(index=False)
+        text = result.groups_table().to_csv(index=False)
     else:
         text = format_table(result) + "\n"
     if out:
@@ -49,7 +49,7 @@ def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, **kwargs)
     else:
         click.echo(text, nl=False)
     if grid:
-        from clipprobe.pipeline.probe import save_grid
+        from clipprobe.report.retrieval import save_grid
 
-        save_grid(probe, result, grid)
+        save_grid(result, grid, probe.load_image)
         click.echo(f"wrote {grid}", err=True)

@@ -36,12 +36,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from clipprobe._io import ENV_CACHE, default_cache_dir  # noqa: F401 (re-exported: the cache folder of every kind)
 from clipprobe.errors import DataError
 
 log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 1
-ENV_CACHE = "CLIPPROBE_CACHE"
 MANIFEST = "cache.json"
 DONE = "done.json"
 
@@ -50,15 +50,6 @@ MSG_BAD_SHARD = "shard size must be a positive integer, not {value!r}"
 MSG_BAD_WORKERS = "number of workers must be 0 or more, not {value!r}"
 MSG_ALL_FAILED = "no image of dataset {spec!r} could be read ({n} failed, e.g. {file}: {reason})"
 
-
-def default_cache_dir() -> Path:
-    """``$CLIPPROBE_CACHE``, else ``$XDG_CACHE_HOME/clipprobe``, else ``~/.cache/clipprobe``."""
-    explicit = os.environ.get(ENV_CACHE)
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "clipprobe"
 
 
 def model_cache_key(encoder) -> str:
@@ -82,7 +73,9 @@ class ImageEmbeddings:
     ``vectors[i]`` is the embedding of dataset row ``rows[i]``; rows are
     increasing. ``skipped`` lists ``{"row", "file", "reason"}`` for the images
     that could not be read. ``timings`` holds this run's per-stage seconds (an
-    all-cached run has ``n_embedded == 0``).
+    all-cached run has ``n_embedded == 0``). ``labels`` (the dataset's attribute
+    columns) and ``files`` are those of the embedded images, row for row with
+    ``vectors``.
     """
 
     vectors: Any  # np.ndarray (n_ok, dim) float32
@@ -90,6 +83,8 @@ class ImageEmbeddings:
     skipped: list[dict]
     cache_dir: Path
     timings: dict = field(default_factory=dict)
+    labels: Any = None  # pandas.DataFrame (n_ok, attributes)
+    files: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(len(self.rows))
@@ -305,6 +300,10 @@ def embed_dataset(
     for key in ("load_preprocess_s", "wait_s", "forward_s", "write_s", "total_s"):
         timings[key] = round(timings[key], 4)
     result.timings = timings
+    table = dataset.table.iloc[result.rows]
+    attributes = list(dataset.attributes()) if hasattr(dataset, "attributes") else []
+    result.labels = table[attributes].reset_index(drop=True)
+    result.files = tuple(str(f) for f in table["file"])
     if n and not len(result.rows):
         first = result.skipped[0]
         raise DataError(MSG_ALL_FAILED.format(spec=dataset.spec, n=len(result.skipped), file=first["file"],

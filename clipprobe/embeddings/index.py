@@ -204,12 +204,23 @@ def load_index(path: str | Path, *, gpu: str = "auto", kind: str = "flat"):
     return index
 
 
+def _file_sha256(path: Path) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def index_for(embeddings: Any, *, kind: str = "flat", gpu: str = "auto", persist: bool = True, **options):
     """The index for an :class:`~clipprobe.embeddings.cache.ImageEmbeddings`, built once and cached.
 
-    With ``persist`` the CPU form is stored next to the embeddings
-    (``<cache>/index/<kind>.faiss`` plus a small JSON manifest that ties it to
-    the number and checksum of the vectors) and reused on the next call.
+    With ``persist`` the CPU form is stored next to the embeddings (``<cache>/index/<kind>.faiss``
+    plus a small JSON manifest that ties it to the number and checksum of the vectors and holds the
+    checksum of the index file itself) and reused on the next call; an index file whose checksum does
+    not match (corrupted, or written by something else) is rebuilt, with a warning.
     """
     import hashlib
     import json
@@ -232,43 +243,13 @@ def index_for(embeddings: Any, *, kind: str = "flat", gpu: str = "auto", persist
             stored = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             stored = None
-        if stored == manifest:
-            log.info("reusing %s index from %s", kind, path)
-            return load_index(path, gpu=gpu, kind=kind)
+        if isinstance(stored, dict) and {k: v for k, v in stored.items() if k != "file_sha256"} == manifest:
+            if stored.get("file_sha256") == _file_sha256(path):
+                log.info("reusing %s index from %s", kind, path)
+                return load_index(path, gpu=gpu, kind=kind)
+            log.warning("index file %s does not match its checksum; rebuilding it", path)
     index = build_index(vectors, kind=kind, gpu=gpu, **options)
     if path is not None:
         save_index(index, path)
-        write_json(path.with_suffix(".json"), manifest)
+        write_json(path.with_suffix(".json"), {**manifest, "file_sha256": _file_sha256(path)})
     return index
-
-
-def build_cached(config, *, progress: bool | None = None) -> dict:
-    """Embed a dataset (cached) and build and persist its index ahead of time.
-
-    ``config`` is a :class:`clipprobe.pipeline.probe.ProbeConfig` (model, dataset,
-    split, cache, device, batch size, workers, index kind); the work is
-    :func:`clipprobe.pipeline.probe.open_probe`'s, so `retrieve` and `report` find
-    everything in place. Returns a JSON-friendly summary of what was done and
-    where it is stored.
-    """
-    import time
-
-    from clipprobe.pipeline.probe import open_probe
-
-    started = time.perf_counter()
-    probe = open_probe(config, progress=progress)
-    emb = probe.embeddings
-    path = Path(emb.cache_dir) / "index" / f"{config.index}.faiss"
-    t = emb.timings
-    return {
-        "model": probe.encoder.info(),
-        "dataset": probe.dataset.summary(),
-        "n_embedded_now": t.get("n_embedded", 0),
-        "n_images": len(emb.rows),
-        "skipped": emb.skipped,
-        "cache_dir": str(emb.cache_dir),
-        "index": {"kind": config.index, "path": str(path), "ntotal": int(probe.index.ntotal),
-                  "gpu": is_gpu_index(probe.index)},
-        "timings": {**probe.timer.as_dict(), "total": round(time.perf_counter() - started, 4),
-                    "embedding": {k: v for k, v in t.items() if k != "per_batch"}},
-    }

@@ -72,13 +72,6 @@ class Encoder:
             batch = batch.unsqueeze(0)
         return batch.to(self.device, dtype=self._torch_dtype, non_blocking=True)
 
-    def forward_images_only(self, batch):
-        """Image features on the device, unnormalised and unsynchronised (for timing)."""
-        import torch
-
-        with torch.inference_mode():
-            return self.model.encode_image(self._to_batch(batch))
-
     def encode_images(self, batch) -> np.ndarray:
         """(N, C, H, W) preprocessed images -> (N, embed_dim) float32, unit rows."""
         import torch

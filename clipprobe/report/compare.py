@@ -17,7 +17,8 @@ from typing import Any, Sequence
 
 from clipprobe._io import atomic_path, write_parquet
 from clipprobe.errors import ClipprobeError, one_of
-from clipprobe.report.store import ATTRIBUTES, explode_categories
+from clipprobe.faces import ATTRIBUTES
+from clipprobe.report.store import explode_categories
 
 log = logging.getLogger(__name__)
 

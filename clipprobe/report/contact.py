@@ -91,17 +91,22 @@ def contact_sheet(images: Sequence, labels: Sequence[str], *, columns: int = 10,
     return sheet
 
 
+def save_image(image, path, *, quality: int = 88) -> Path:
+    """Write a PIL image atomically, the format from the suffix (.png, .jpg, .webp; none: PNG)."""
+    path = Path(path)
+    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", "": "PNG"}.get(path.suffix.lower())
+    if fmt is None:
+        raise ClipprobeError(f"contact sheet {path}: unknown image suffix {path.suffix!r}; use .png, .jpg or .webp")
+    with atomic_path(path, suffix=path.suffix) as tmp:
+        image.save(tmp, format=fmt, **({"quality": quality} if fmt != "PNG" else {}))
+    return path
+
+
 def save_contact_sheet(path, images: Sequence, labels: Sequence[str], *, columns: int = 10, thumb: int = 96,
                        title: str | None = None, quality: int = 88) -> Path:
     """Draw a contact sheet and write it atomically (format from the suffix: .png, .jpg, .webp)."""
-    path = Path(path)
-    sheet = contact_sheet(images, labels, columns=columns, thumb=thumb, title=title)
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP"}.get(path.suffix.lower())
-    if fmt is None:
-        raise ClipprobeError(f"contact sheet {path}: unknown image suffix {path.suffix!r}; use .png, .jpg or .webp")
-    with atomic_path(path) as tmp:
-        sheet.save(tmp, format=fmt, **({"quality": quality} if fmt != "PNG" else {}))
-    return path
+    return save_image(contact_sheet(images, labels, columns=columns, thumb=thumb, title=title), path,
+                      quality=quality)
 
 
 class DatasetImageLoader:

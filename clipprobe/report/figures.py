@@ -41,7 +41,8 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from clipprobe._io import atomic_path
 from clipprobe.errors import UsageError, one_of
-from clipprobe.report.store import ATTRIBUTES, CATEGORY_SEP, explode_categories
+from clipprobe.faces import ATTRIBUTES
+from clipprobe.report.store import CATEGORY_SEP, explode_categories
 
 log = logging.getLogger(__name__)
 
@@ -448,6 +449,19 @@ def save_figure(fig, stem, *, formats: Iterable[str] = ("png", "pdf"), dpi: int 
             fig.savefig(tmp, format=fmt, dpi=dpi, **extra)
         paths.append(path)
     return paths
+
+
+def save_figure_file(fig, path, *, dpi: int = PNG_DPI) -> Path:
+    """Write ``fig`` to ``path``, the format from its suffix (``.png``, ``.pdf``, ``.svg``; none: PNG)."""
+    path = Path(path)
+    fmt = path.suffix.lower().lstrip(".") or "png"
+    if fmt not in ("png", "pdf", "svg"):
+        raise UsageError(f"figure {path}: unknown suffix {path.suffix!r}; use .png, .pdf or .svg")
+    stem = path.with_suffix("") if path.suffix else path
+    written = save_figure(fig, stem, formats=(fmt,), dpi=dpi)[0]
+    if written != path:
+        written.replace(path)
+    return path
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,49 +1,40 @@
-"""Read and check a report folder written by ``clipprobe report``.
+"""The report folder: its one schema, writing it from tables, and reading it back.
 
-A report folder holds ``groups.parquet`` (one row per word, attribute and
-group), ``words.parquet`` (one row per word and attribute), ``summary.csv``
-(per category and attribute) and ``run.json`` (how it was made). Figures, the
-HTML page and model comparisons are computed from these files alone, so they
-can be regenerated without the model or the embeddings.
+A report folder holds ``groups.parquet`` (one row per word, attribute and group), ``words.parquet``
+(one row per word and attribute), ``summary.csv`` (per category and attribute), ``figures/``,
+``report.html`` and ``run.json`` (the shared run record of :mod:`clipprobe.runinfo`). The columns
+are those of :class:`clipprobe.analysis.probe.ReportTables` (their producer defines them; this module
+writes and checks them). Figures, the HTML page and model comparisons are computed from these files
+alone, so they can be regenerated without the model or the embeddings.
 
-A word listed in two categories keeps both in its ``category`` field, joined by
-``"; "``; :func:`explode_categories` gives one row per category for per-category
-aggregates.
+:func:`clipprobe.report.writer.write_report` writes a folder; ``run.json`` is written last and
+records the SHA-256 of each table; :func:`load_report` refuses a
+folder whose tables do not match it (a run killed while replacing an older report's files leaves
+such a mixed folder), so a half-replaced report is never drawn or compared.
+
+A word listed in two categories keeps both in its ``category`` field, joined by ``"; "``;
+:func:`explode_categories` gives one row per category for per-category aggregates.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
-from clipprobe.errors import DataError
+from clipprobe.analysis.probe import CATEGORY_SEP, GROUP_COLUMNS, SUMMARY_COLUMNS, WORD_COLUMNS
+from clipprobe.errors import ClipprobeError, DataError
+from clipprobe.faces import ordered_attributes
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
-CATEGORY_SEP = "; "
-ATTRIBUTES = ("race", "gender", "age", "race_gender")
-
-GROUP_COLUMNS = (
-    "word", "category", "attribute", "group", "k", "count", "share", "base_share", "skew",
-    "p_over", "p_under", "q_over", "flagged", "share_ci_low", "share_ci_high",
-    "skew_ci_low", "skew_ci_high", "c_asc", "skew_vs_neutral",
-)
-WORD_COLUMNS = (
-    "word", "category", "attribute", "prompts", "max_skew", "min_skew", "norm_entropy",
-    "kl_to_base", "ndkl", "top_group", "max_skew_ci_low", "max_skew_ci_high",
-    "norm_entropy_ci_low", "norm_entropy_ci_high", "stability", "top_files", "n_flagged",
-)
-SUMMARY_COLUMNS = (
-    "category", "attribute", "n_words", "mean_norm_entropy", "mean_norm_entropy_ci_low",
-    "mean_norm_entropy_ci_high", "share_flagged", "top_groups",
-)
-RUN_KEYS = ("format_version", "model", "dataset", "k")
-
+FORMAT_VERSION = 2   # 2: run.json is the shared run record, with table checksums
+RUN_KEYS = ("format_version", "k")
 FILES = {"groups": "groups.parquet", "words": "words.parquet", "summary": "summary.csv", "run": "run.json"}
+TABLE_FILES = ("groups", "words", "summary")
 
 MSG_NO_FOLDER = "report folder {path} does not exist"
 MSG_NOT_FOLDER = "report folder {path} is not a folder"
@@ -55,6 +46,12 @@ MSG_BAD_VERSION = (
 MSG_MISSING_COLUMNS = "{name} in report folder {path} lacks columns: {columns}"
 MSG_MISSING_KEYS = "run.json in report folder {path} lacks keys: {keys}"
 MSG_BAD_TABLE = "{name} in report folder {path} cannot be read: {error}"
+MSG_MIXED = ("report folder {path} is incomplete or mixed: {name} does not match run.json (a run was interrupted "
+             "while writing it?); rerun the report into this folder or a new one")
+MSG_OUT_NOT_FOLDER = "report folder {path} exists and is not a folder"
+MSG_OUT_UNREADABLE = "report folder {path}: run.json is unreadable ({error})"
+MSG_OUT_OTHER_VERSION = ("report folder {path} was written with report format {found!r}; this clipprobe writes "
+                         "format {expected}: use a new output folder")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,16 +77,17 @@ class Report:
     @property
     def model_label(self) -> str:
         """A short name of the model for titles: ``ARCH:file name`` for a local weights file, else the spec."""
+        from clipprobe.report.retrieval import model_label
+
         model = self.run.get("model")
-        if isinstance(model, dict) and model.get("kind") == "file" and model.get("arch") and model.get("path"):
-            return f"{model['arch']}:{Path(str(model['path'])).name}"
+        if isinstance(model, dict) and model.get("kind") == "file":
+            return model_label(model)
         return self.model_spec
 
     @property
     def attributes(self) -> list[str]:
         """Attributes present in the report, in the canonical order first."""
-        present = set(self.words["attribute"].astype(str))
-        return [a for a in ATTRIBUTES if a in present] + sorted(present - set(ATTRIBUTES))
+        return ordered_attributes(self.words["attribute"].astype(str))
 
     @property
     def categories(self) -> list[str]:
@@ -119,12 +117,41 @@ def explode_categories(df):
     return out.explode("category", ignore_index=True)
 
 
-def load_report(path) -> Report:
-    """Read a report folder, checking its files, format version and columns.
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
-    Raises :class:`~clipprobe.errors.DataError` naming the folder and the problem
-    for a missing folder or file, an unreadable table, a ``format_version`` other
-    than :data:`FORMAT_VERSION` or missing columns.
+
+def table_checksums(folder) -> dict[str, str]:
+    """SHA-256 of each table file of a report folder (what run.json records under ``files``)."""
+    folder = Path(folder)
+    return {FILES[key]: _sha256(folder / FILES[key]) for key in TABLE_FILES}
+
+
+def check_out_folder(out) -> None:
+    """Refuse to write a report into a path that is a file or into a folder of another report format."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ClipprobeError(MSG_OUT_NOT_FOLDER.format(path=out))
+    run = out / FILES["run"]
+    if run.exists():
+        try:
+            found = json.loads(run.read_text(encoding="utf-8")).get("format_version")
+        except (OSError, ValueError, AttributeError) as err:
+            raise ClipprobeError(MSG_OUT_UNREADABLE.format(path=out, error=err)) from None
+        if found != FORMAT_VERSION:
+            raise ClipprobeError(MSG_OUT_OTHER_VERSION.format(path=out, found=found, expected=FORMAT_VERSION))
+
+
+def load_report(path) -> Report:
+    """Read a report folder, checking its files, format version, columns and checksums.
+
+    Raises :class:`~clipprobe.errors.DataError` naming the folder and the problem for a missing
+    folder or file, an unreadable table, a ``format_version`` other than :data:`FORMAT_VERSION`,
+    missing columns, or tables that do not match run.json (a mixed or half-written folder).
     """
     import pandas as pd
 
@@ -146,7 +173,7 @@ def load_report(path) -> Report:
     found = run.get("format_version")
     if found != FORMAT_VERSION:
         raise DataError(MSG_BAD_VERSION.format(path=path, found=found, expected=FORMAT_VERSION))
-    missing_keys = [k for k in RUN_KEYS if k not in run]
+    missing_keys = [k for k in (*RUN_KEYS, "files") if k not in run]
     if missing_keys:
         raise DataError(MSG_MISSING_KEYS.format(path=path, keys=", ".join(missing_keys)))
 
@@ -164,6 +191,11 @@ def load_report(path) -> Report:
         if missing:
             raise DataError(MSG_MISSING_COLUMNS.format(name=name, path=path, columns=", ".join(missing)))
         tables[key] = df
+    recorded = run.get("files") if isinstance(run.get("files"), dict) else {}
+    for key in TABLE_FILES:
+        name = FILES[key]
+        if recorded.get(name) != _sha256(path / name):
+            raise DataError(MSG_MIXED.format(path=path, name=name))
 
     for key in ("groups", "words"):
         for col in ("word", "category", "attribute"):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from clipprobe.errors import DataError, did_you_mean
+from clipprobe.errors import ClipprobeError, DataError, did_you_mean
 from clipprobe.resources import Registry
 
 log = logging.getLogger(__name__)
@@ -202,3 +202,65 @@ def ensemble(vectors):
     v = v / np.linalg.norm(v, axis=1, keepdims=True)
     mean = v.mean(axis=0)
     return (mean / np.linalg.norm(mean)).astype(np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Queries: a word and the exact prompts whose embeddings form its query vector
+
+MSG_EMPTY_WORD = "the word to probe is empty"
+
+
+@dataclass(frozen=True)
+class Query:
+    """A word and the exact prompt strings whose (ensembled) embeddings form its query."""
+
+    word: str
+    prompts: tuple[str, ...]
+    pos: str
+    categories: tuple[str, ...] = ()
+    in_taxonomy: bool = True
+
+
+def make_query(word: str, *, taxonomy=None, templates=None) -> Query:
+    """The prompts for ``word``: its part of speech in the taxonomy picks the templates.
+
+    ``taxonomy`` and ``templates`` are loaded objects or names/paths (None: the defaults). A word
+    that is not in the taxonomy is allowed; its part of speech is guessed (and logged).
+    """
+    from clipprobe.resources.taxonomy import get_taxonomy, guess_pos
+
+    word = " ".join(str(word).split())
+    if not word:
+        raise ClipprobeError(MSG_EMPTY_WORD)
+    tax = taxonomy if taxonomy is not None and not isinstance(taxonomy, (str, Path)) else get_taxonomy(taxonomy)
+    tmpl = templates if templates is not None and not isinstance(templates, (str, Path)) else get_template_set(templates)
+    entry = tax.word(word)
+    if entry is None:
+        lowered = {w.lower(): w for w in tax.words()}
+        if word.lower() in lowered:
+            entry = tax.word(lowered[word.lower()])
+    if entry is None:
+        pos = guess_pos(word)
+        log.info("%r is not in taxonomy %r; using it as %s %s", word, tax.name,
+                 "an" if pos == "adjective" else "a", pos)
+        return Query(word, tuple(tmpl.prompts(word, pos)), pos, (), False)
+    return Query(word, tuple(tmpl.prompts(word, entry.pos)), entry.pos, entry.categories, True)
+
+
+def make_queries(taxonomy=None, *, templates=None, words: Sequence[str] | None = None) -> list[Query]:
+    """One query per unique word of a taxonomy (default ``sobit``), in the taxonomy's order.
+
+    ``words`` restricts them to some words (each may also be outside the taxonomy).
+    """
+    from clipprobe.resources.taxonomy import get_taxonomy
+
+    tax = taxonomy if taxonomy is not None and not isinstance(taxonomy, (str, Path)) else get_taxonomy(taxonomy)
+    tmpl = templates if templates is not None and not isinstance(templates, (str, Path)) else get_template_set(templates)
+    chosen = tax.words() if words is None else list(dict.fromkeys(str(w) for w in words))
+    return [make_query(w, taxonomy=tax, templates=tmpl) for w in chosen]
+
+
+def neutral_query(templates=None) -> Query:
+    """The neutral baseline query ("a photo of a person") that matches a template set."""
+    tmpl = templates if templates is not None and not isinstance(templates, (str, Path)) else get_template_set(templates)
+    return Query("(neutral)", tuple(neutral_set_for(tmpl).baseline), "noun", (), False)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -106,26 +106,15 @@ def compare_caption_counts(counts, truth: dict) -> dict[str, Any]:
             "exact": not mismatches}
 
 
-def _shuffled_probe(probe, seed: int):
-    """The same probe with the dataset's labels permuted against its images (the null world)."""
-    import numpy as np
-
-    table = probe.dataset.table.copy()
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(table))
-    for column in probe.dataset.attributes():
-        table[column] = table[column].to_numpy()[order]
-    dataset = replace(probe.dataset, table=table, fingerprint=probe.dataset.fingerprint + f"-shuffled{seed}")
-    return replace(probe, dataset=dataset, _labels={})
-
-
 def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = DEMO_K,
              bootstrap: int = DEMO_BOOTSTRAP, progress: bool | None = None) -> DemoResult:
     """Run the whole pipeline offline on the planted world (see the module docstring)."""
     from clipprobe import _io
     from clipprobe.captions.run import CountConfig, count_captions
+    from clipprobe.pipeline.probe import ProbeConfig, open_probe, retrieve
     from clipprobe.pipeline.report import ReportConfig, run_report
-    from clipprobe.pipeline.probe import ProbeConfig, format_table, make_query, open_probe, retrieve, save_grid
+    from clipprobe.report.retrieval import format_table, save_grid
+    from clipprobe.resources.prompts import make_query
     from clipprobe.world.generate import generate_world
     from clipprobe.world.train import WORLD_ARCH, config_path, weights_path
 
@@ -169,7 +158,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
     _io.write_text(paths["retrieve"], format_table(r) + "\n")
     _io.write_json(out / f"retrieve-{DEMO_WORD}.json", r.to_dict())
     paths["grid"] = out / f"retrieve-{DEMO_WORD}.png"
-    save_grid(probe, r, paths["grid"])
+    save_grid(r, paths["grid"], probe.load_image)
     done("retrieve")
 
     stage("captions")
@@ -189,7 +178,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
     stage("null_report")
     null = run_report(ReportConfig(probe=probe_config, out=str(out / "null-report"), taxonomy=str(world.taxonomy),
                                    k=k, bootstrap=0, seed=seed, figures=False, html=False),
-                      probe=_shuffled_probe(probe, seed + 1), progress=progress)
+                      probe=probe.shuffled(seed + 1), progress=progress)
     done("null_report")
 
     truth = json.loads(Path(world.truth).read_text())

@@ -12,7 +12,8 @@ q < alpha.
 * false-positive rate: share of the control words' rows flagged;
 * null: the same with the labels shuffled against the images (flagged share of all rows).
 
-It deliberately does not use the report pipeline, so it can check that pipeline.
+It deliberately does not use the report pipeline or its statistics (only the shared vocabulary of
+groups), so it can check that pipeline.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from clipprobe.faces import ATTRIBUTES, race_gender
+
 log = logging.getLogger(__name__)
 
-DEFAULT_ATTRIBUTES = ("race", "gender", "age", "race_gender")
+DEFAULT_ATTRIBUTES = ATTRIBUTES
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ def label_arrays(labels_csv: str | Path, attributes: Sequence[str] = DEFAULT_ATT
     out = {}
     for attr in attributes:
         if attr == "race_gender":
-            out[attr] = (df["race"] + " | " + df["gender"]).to_numpy(dtype=object)
+            out[attr] = np.array([race_gender(r, g) for r, g in zip(df["race"], df["gender"])], dtype=object)
         else:
             out[attr] = df[attr].to_numpy(dtype=object)
     return {a: np.asarray(v, dtype=object) for a, v in out.items()}

@@ -100,6 +100,7 @@ def evaluate_in_memory(model, tokenizer, cfg: TrainConfig):
     import numpy as np
     import torch
 
+    from clipprobe.faces import race_gender
     from clipprobe.world import generate as gen
     from clipprobe.world.evaluate import check_world, word_embeddings
 
@@ -111,7 +112,7 @@ def evaluate_in_memory(model, tokenizer, cfg: TrainConfig):
     gender = np.array([gen.ATTRIBUTES["gender"][p.gender] for p in people], dtype=object)
     age = np.array([gen.ATTRIBUTES["age"][p.age] for p in people], dtype=object)
     labels = {"race": race, "gender": gender, "age": age,
-              "race_gender": np.array([f"{r} | {g}" for r, g in zip(race, gender)], dtype=object)}
+              "race_gender": np.array([race_gender(r, g) for r, g in zip(race, gender)], dtype=object)}
     truth = gen.truth_dict(cfg.seed, cfg.n_images, cfg.n_captions, {"words": _zero_counts()})
     return check_world(img, word_embeddings(model, tokenizer, truth), labels, truth, k=cfg.k)
 

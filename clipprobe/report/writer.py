@@ -1,0 +1,60 @@
+"""Write a report folder from tables: the tables, the figures, the HTML page, and last ``run.json``."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+from clipprobe.report.store import FILES, FORMAT_VERSION, Report, check_out_folder, table_checksums
+
+if TYPE_CHECKING:  # pragma: no cover
+    from clipprobe.analysis.probe import ReportTables
+
+log = logging.getLogger(__name__)
+
+
+def write_report(tables: "ReportTables", out, *, run: dict | None = None, figures: bool = True, html: bool = True,
+                 image_loader: Callable | None = None, label_for: Callable[[str], str] | None = None,
+                 timer=None) -> list[Path]:
+    """Write a report folder from :class:`~clipprobe.analysis.probe.ReportTables`; returns the paths written.
+
+    ``run`` is the run record (see :func:`clipprobe.runinfo.run_record`; a minimal one is made when
+    None, as for tables computed from arrays). Figures and the HTML page are drawn from the tables in
+    memory; ``image_loader``/``label_for`` supply faces for the HTML contact sheets. ``run.json`` is
+    written last, with the tables' checksums.
+    """
+    from clipprobe import _io
+    from clipprobe.runinfo import StageTimer, run_record
+
+    out = Path(out)
+    check_out_folder(out)
+    timer = timer or StageTimer()
+    if run is None:
+        run = run_record("report", format_version=FORMAT_VERSION,
+                         config={"k": tables.k, "alpha": tables.alpha, "attributes": list(tables.attributes)},
+                         k=tables.k, alpha=tables.alpha, attributes=list(tables.attributes))
+    run = {**run, "format_version": FORMAT_VERSION, "n_rows": int(len(tables.groups)),
+           "n_flagged": int(tables.groups["flagged"].sum())}
+    written = [out / FILES["groups"], out / FILES["words"], out / FILES["summary"]]
+    with timer("write_tables"):
+        _io.write_parquet(written[0], tables.groups)
+        _io.write_parquet(written[1], tables.words)
+        _io.write_text(written[2], tables.summary.to_csv(index=False))
+    report = Report(path=out, groups=tables.groups, words=tables.words, summary=tables.summary, run=run)
+    if figures:
+        from clipprobe.report.figures import write_report_figures
+
+        with timer("figures"):
+            written += write_report_figures(report, out / "figures")
+    if html:
+        from clipprobe.report.html import write_html_report
+
+        with timer("html"):
+            written.append(write_html_report(report, out / "report.html", image_loader=image_loader,
+                                             label_for=label_for, figures_dir=out / "figures"))
+    run["timings_s"] = {**run.get("timings_s", {}), **timer.as_dict()}
+    run["files"] = table_checksums(out)
+    _io.write_json(out / FILES["run"], run)
+    written.append(out / FILES["run"])
+    return written
