@@ -152,8 +152,8 @@ MSG_EMPTY_PATH = "line {row} of {path}: empty image path"
 MSG_NO_IMAGE_COLUMN = "CSV {path} has no image-path column (looked for {looked}); found: {found}"
 MSG_HF_UNAVAILABLE = (
     "cannot load Hugging Face dataset {name!r} (config {config!r}, split {split!r}){why}: {reason}; "
-    "download it first when online, or point at a local copy of the FairFace release with "
-    "--dataset fairface:ROOT (ROOT holds fairface_label_val.csv and the val/ images)"
+    "download it first when online, or use a local copy of the FairFace release: the dataset spec "
+    "fairface:ROOT (ROOT holds fairface_label_val.csv and the val/ images)"
 )
 
 

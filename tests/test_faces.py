@@ -265,5 +265,5 @@ def test_default_dataset_offline_says_how_to_use_local_copy(tmp_path, monkeypatc
         faces.load_dataset(None, offline=True)
     msg = str(err.value)
     assert "HuggingFaceM4/FairFace" in msg and "offline" in msg
-    assert "--dataset fairface:ROOT" in msg
+    assert "the dataset spec fairface:ROOT" in msg
     assert "\n" not in msg
