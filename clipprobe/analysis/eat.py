@@ -366,7 +366,12 @@ def _popcount_words(words):
     import numpy as np
 
     if hasattr(np, "bitwise_count"):
-        return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+        counts = np.bitwise_count(words)
+        if counts.shape[1] == 1:
+            return counts[:, 0].astype(np.int64)
+        # a float32 matrix-vector product sums the few columns faster than an integer reduction (exact:
+        # the counts are small integers)
+        return (counts.astype(np.float32) @ np.ones(counts.shape[1], dtype=np.float32)).astype(np.int64)
     table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)  # pragma: no cover - numpy < 2
     return table[words.view(np.uint8)].reshape(words.shape[0], -1).sum(axis=1)  # pragma: no cover
 
@@ -421,7 +426,7 @@ class _Sampler:
             bits8 = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64)  # (256, 8)
             padded = np.zeros((V.shape[0], self.n_bytes * 8))
             padded[:, :H] = V[:, :H]
-            # tables[t, p, byte] = sum of the values of the set bits of head byte p
+            # tables[t, p, byte] = sum of test t's values at the set bits of head byte p
             self.tables = np.einsum("bi,tpi->tpb", bits8, padded.reshape(V.shape[0], self.n_bytes, 8))
             tail_bits = ((self.patterns[:, None] >> np.arange(t)) & 1).astype(np.float64)
             self.tail_sums = V[:, H:] @ tail_bits.T  # (T, 2^t)

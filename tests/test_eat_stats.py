@@ -1,0 +1,424 @@
+"""Statistics of the association tests against published vectors, WEFE's formula, scipy and brute force."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from clipprobe.analysis import eat
+from clipprobe.analysis.significance import bh_adjust
+from clipprobe.errors import DataError, UsageError
+
+
+def _vector_inputs():
+    """The test vector of PROVENANCE.md: default_rng(0), d = 8, X, Y, A, B drawn in that order."""
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((4, 8))
+    Y = rng.standard_normal((4, 8)) + 0.3
+    A = rng.standard_normal((5, 8)) + 0.3
+    B = rng.standard_normal((6, 8))
+    return X, Y, A, B
+
+
+def _pooled(X, Y, A, B):
+    return np.concatenate([eat.association(X, A, B), eat.association(Y, A, B)])
+
+
+# ------------------------------------------------------------------ published test vector
+
+
+def test_published_test_vector():
+    X, Y, A, B = _vector_inputs()
+    sx, sy = eat.association(X, A, B), eat.association(Y, A, B)
+    assert eat.effect_size(sx, sy, ddof=1) == pytest.approx(-1.068033, abs=5e-7)
+    assert eat.effect_size(sx, sy, ddof=0) == pytest.approx(-1.141776, abs=5e-7)
+    r = eat.permutation_test(_pooled(X, Y, A, B), 4)
+    assert r.exact and r.n_permutations == 70
+    assert r.p_value == pytest.approx(66 / 70, abs=1e-15)
+    res = eat.run_eats([eat.EatInput("vector", X, Y, A, B)], eat.EatSettings(n_bootstrap=0))[0]
+    assert res.effect_size == pytest.approx(-1.068033, abs=5e-7)
+    assert res.p_value == pytest.approx(66 / 70) and res.exact and res.n_permutations == 70
+
+
+# ------------------------------------------------------------------ effect size: WEFE
+
+
+def _wefe_formula(X, Y, A, B):
+    """WEFE's WEAT effect size as its metric computes it: per-word mean cosines, np.std (ddof 0)."""
+    def cos(u, v):
+        return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
+
+    def s(w):
+        return np.mean([cos(w, a) for a in A]) - np.mean([cos(w, b) for b in B])
+
+    first = np.mean([s(x) for x in X])
+    second = np.mean([s(y) for y in Y])
+    return (first - second) / np.std([s(w) for w in np.concatenate([X, Y])])
+
+
+@pytest.mark.parametrize("sizes", [(4, 4, 5, 6), (7, 3, 2, 9), (10, 12, 4, 4)])
+def test_effect_size_ddof0_is_wefes_formula(sizes):
+    rng = np.random.default_rng(sum(sizes))
+    X, Y, A, B = (rng.standard_normal((n, 6)) + 0.2 * i for i, n in enumerate(sizes))
+    sx, sy = eat.association(X, A, B), eat.association(Y, A, B)
+    d0 = eat.effect_size(sx, sy, ddof=0)
+    assert d0 == pytest.approx(_wefe_formula(X, Y, A, B), rel=1e-12)
+    N = len(X) + len(Y)
+    assert d0 == pytest.approx(eat.effect_size(sx, sy, ddof=1) * math.sqrt(N / (N - 1)), rel=1e-12)
+
+
+_WEFE_SCRIPT = r"""
+import json, sys
+import numpy as np
+from wefe.metrics import WEAT
+from wefe.query import Query
+from wefe.word_embedding_model import WordEmbeddingModel
+from gensim.models import KeyedVectors
+data = json.loads(sys.stdin.read())
+out = []
+for case in data:
+    kv = KeyedVectors(vector_size=len(case["X"][0]))
+    words, vecs = [], []
+    sets = {}
+    for name in "XYAB":
+        sets[name] = [f"{name.lower()}{i}" for i in range(len(case[name]))]
+        words += sets[name]
+        vecs += case[name]
+    kv.add_vectors(words, np.array(vecs))
+    model = WordEmbeddingModel(kv, "cases")
+    q = Query([sets["X"], sets["Y"]], [sets["A"], sets["B"]], ["X", "Y"], ["A", "B"])
+    out.append(WEAT().run_query(q, model, return_effect_size=True, calculate_p_value=False)["effect_size"])
+print(json.dumps(out))
+"""
+
+
+def _wefe_cases():
+    rng = np.random.default_rng(7)
+    cases = [_vector_inputs()]
+    for sizes in [(5, 5, 6, 4), (8, 6, 3, 3)]:
+        cases.append(tuple(rng.standard_normal((n, 10)) + 0.25 * i for i, n in enumerate(sizes)))
+    return cases
+
+
+def test_effect_size_matches_wefe_itself():
+    """WEFE (wefe 1.0.1) as the oracle: in this process when installed, else the Python in CLIPPROBE_WEFE_PYTHON.
+
+    wefe pins gensim, which needs numpy < 2 and scipy < 1.14, so it cannot share clipprobe's environment;
+    run it from its own: CLIPPROBE_WEFE_PYTHON=/path/to/venv-with-wefe/bin/python pytest ...
+    """
+    cases = _wefe_cases()
+    payload = json.dumps([{k: np.asarray(v).tolist() for k, v in zip("XYAB", c)} for c in cases])
+    python = os.environ.get("CLIPPROBE_WEFE_PYTHON")
+    try:
+        import wefe  # noqa: F401
+        python = sys.executable
+    except ImportError:
+        if not python:
+            pytest.skip("wefe is not installed here and CLIPPROBE_WEFE_PYTHON is not set")
+    r = subprocess.run([python, "-c", _WEFE_SCRIPT], input=payload, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    wefe_values = json.loads(r.stdout.strip().splitlines()[-1])
+    for case, expected in zip(cases, wefe_values):
+        # gensim keeps vectors in float32 and WEFE's cosines stay float32: compare on the same rounded inputs
+        X, Y, A, B = (np.asarray(v, dtype=np.float32) for v in case)
+        got = eat.effect_size(eat.association(X, A, B), eat.association(Y, A, B), ddof=0)
+        assert got == pytest.approx(expected, rel=2e-6)
+    assert wefe_values[0] == pytest.approx(-1.141776, abs=5e-7)
+
+
+# ------------------------------------------------------------------ p-values: scipy and brute force
+
+
+def _brute_force_p(values, n_x, alternative="greater"):
+    values = np.asarray(values, dtype=float)
+    N = len(values)
+    obs = values[:n_x].sum()
+    center = n_x * values.mean()
+    tol = eat.TIE_RTOL * np.abs(values).sum()
+    hits = 0
+    for combo in itertools.combinations(range(N), n_x):
+        stat = values[list(combo)].sum()
+        if alternative == "greater":
+            hits += stat >= obs - tol
+        elif alternative == "less":
+            hits += stat <= obs + tol
+        else:
+            hits += abs(stat - center) >= abs(obs - center) - tol
+    return hits / math.comb(N, n_x)
+
+
+@pytest.mark.parametrize("n_x,n_y", [(4, 4), (3, 7), (6, 2), (5, 6)])
+@pytest.mark.parametrize("alternative", ["greater", "less"])
+def test_exact_p_equals_scipy_permutation_test(n_x, n_y, alternative):
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(n_x * 10 + n_y)
+    x, y = rng.standard_normal(n_x) + 0.3, rng.standard_normal(n_y)
+    ours = eat.permutation_test(np.concatenate([x, y]), n_x, alternative=alternative)
+    ref = permutation_test((x, y), lambda a, b, axis: a.sum(axis=axis), permutation_type="independent",
+                           alternative=alternative, n_resamples=10**6)
+    assert ours.exact and ours.n_permutations == math.comb(n_x + n_y, n_x)
+    assert ours.p_value == pytest.approx(ref.pvalue, abs=1e-12)
+
+
+@pytest.mark.parametrize("n_x,n_y", [(4, 4), (3, 7), (7, 2)])
+def test_exact_two_sided_equals_brute_force(n_x, n_y):
+    rng = np.random.default_rng(n_x + 3 * n_y)
+    v = rng.standard_normal(n_x + n_y)
+    v[:n_x] += 0.8
+    ours = eat.permutation_test(v, n_x, alternative="two-sided")
+    assert ours.p_value == pytest.approx(_brute_force_p(v, n_x, "two-sided"), abs=1e-15)
+
+
+def test_ties_count_as_exceedances():
+    # integer values: many partitions tie with the observed sum, and sums in other orders must still tie
+    v = np.array([0.1, 0.3, 0.2, 0.3, 0.1, 0.2, 0.3, 0.1, 0.2])
+    for n_x in (3, 4):
+        p = eat.permutation_test(v, n_x).p_value
+        obs = v[:n_x].sum()
+        exact_count = sum(1 for c in itertools.combinations(range(len(v)), n_x)
+                          if round(v[list(c)].sum(), 9) >= round(obs, 9))
+        assert p == pytest.approx(exact_count / math.comb(len(v), n_x), abs=1e-15)
+    # every value equal: every partition ties, p = 1
+    assert eat.permutation_test(np.full(8, 0.37), 4).p_value == 1.0
+
+
+def test_random_partitions_p_value_properties():
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal(30)
+    v[:15] += 0.4
+    exact_p = _exact_p_by_sums(v, 15)
+    r1 = eat.permutation_test(v, 15, n_permutations=40_000, seed=3)
+    r2 = eat.permutation_test(v, 15, n_permutations=40_000, seed=3, n_jobs=1)
+    r3 = eat.permutation_test(v, 15, n_permutations=40_000, seed=4)
+    assert not r1.exact and r1.n_permutations == 40_000
+    assert r1.p_value == r2.p_value  # identical on rerun, whatever the threads
+    assert r1.p_value != r3.p_value  # the seed matters
+    se = math.sqrt(exact_p * (1 - exact_p) / 40_000)
+    assert abs(r1.p_value - exact_p) < 5 * se + 1 / 40_000
+    # p >= 1/n even far in the tail
+    far = np.concatenate([np.full(12, 5.0), np.zeros(12)]) + rng.standard_normal(24) * 1e-3
+    r = eat.permutation_test(far, 12, n_permutations=1000)
+    assert r.p_value == pytest.approx(1 / 1000)
+
+
+def _exact_p_by_sums(v, n_x):
+    """Exact one-sided p over all partitions, by meet-in-the-middle-free brute force in numpy chunks."""
+    N = len(v)
+    obs = v[:n_x].sum()
+    tol = eat.TIE_RTOL * np.abs(v).sum()
+    # split into two halves and convolve subset sums by size
+    half = N // 2
+    left, right = v[:half], v[half:]
+
+    def sums_by_size(part):
+        out = {0: np.zeros(1)}
+        for x in part:
+            new = {k: s.copy() for k, s in out.items()}
+            for k, s in out.items():
+                new[k + 1] = np.concatenate([new.get(k + 1, np.zeros(0)), s + x])
+            out = new
+        return out
+
+    L, R = sums_by_size(left), sums_by_size(right)
+    hits = 0
+    for k, ls in L.items():
+        rs = R.get(n_x - k)
+        if rs is None:
+            continue
+        rs = np.sort(rs)
+        hits += int(np.sum(len(rs) - np.searchsorted(rs, obs - tol - ls, side="left")))
+    return hits / math.comb(N, n_x)
+
+
+def test_unequal_sizes_random_mode_matches_exact():
+    rng = np.random.default_rng(11)
+    v = rng.standard_normal(26)
+    v[:6] += 0.7
+    exact = _exact_p_by_sums(v, 6)
+    r = eat.permutation_test(v, 6, n_permutations=50_000, seed=1)
+    assert not r.exact
+    se = math.sqrt(exact * (1 - exact) / 50_000)
+    assert abs(r.p_value - exact) < 5 * se + 1 / 50_000
+
+
+@pytest.mark.parametrize("N,k,method", [(10, 5, "bits"), (20, 7, "bits"), (12, 3, "fisher-yates"),
+                                        (16, 8, "fisher-yates"), (40, 20, "bits")])
+def test_samplers_draw_uniform_subsets(N, k, method):
+    """Powers of two as values: each subset has its own sum, so the draws can be counted subset by subset."""
+    from scipy.stats import chisquare
+
+    values = 2.0 ** np.arange(N)
+    sampler = eat._Sampler(values[None, :], N, k)
+    if method != sampler.method:
+        sampler.method = method
+        if method == "bits":
+            sampler._prepare_bits()
+    n = 120_000
+    sums, sampled_x = sampler.sums(np.random.default_rng(2), n)
+    sizes = Counter(bin(int(s)).count("1") for s in sums[0])
+    assert set(sizes) == {k if sampled_x else N - k}
+    total = math.comb(N, k)
+    counts = np.array(list(Counter(sums[0].tolist()).values()))
+    if total <= 20_000:  # every subset expected several times: chi-square over all of them
+        observed = np.concatenate([counts, np.zeros(total - len(counts))])
+        assert chisquare(observed).pvalue > 1e-3
+    else:  # too many subsets: the sums of the first 8 stimuli' membership must be Binomial-like balanced
+        member = np.array([[(int(s) >> i) & 1 for i in range(N)] for s in sums[0][:20_000]])
+        freq = member.mean(axis=0)
+        assert np.all(np.abs(freq - k / N) < 5 * math.sqrt(k / N * (1 - k / N) / 20_000))
+
+
+def test_many_tests_share_partitions_and_match_single_runs():
+    """Tests of the same sizes are summed by one matrix product (more than four) or look-up tables;
+    either way each test gets the p-value it gets alone."""
+    rng = np.random.default_rng(9)
+    values = [rng.standard_normal(40) + np.r_[np.full(20, 0.1 * i), np.zeros(20)] for i in range(7)]
+    together = eat.permutation_tests(values, 20, n_permutations=20_000, seed=5)
+    alone = [eat.permutation_test(v, 20, n_permutations=20_000, seed=5) for v in values]
+    assert [r.p_value for r in together] == pytest.approx([r.p_value for r in alone], abs=0)
+    # Fisher-Yates path (unbalanced sizes), many tests vs one
+    values = [rng.standard_normal(60) for _ in range(6)]
+    together = eat.permutation_tests(values, 5, n_permutations=5_000, seed=1)
+    alone = [eat.permutation_test(v, 5, n_permutations=5_000, seed=1) for v in values]
+    assert [r.p_value for r in together] == [r.p_value for r in alone]
+
+
+# ------------------------------------------------------------------ SC-WEAT, interval, whole runs
+
+
+def test_sc_weat_against_brute_force():
+    from scipy.stats import permutation_test
+
+    rng = np.random.default_rng(3)
+    W, A, B = rng.standard_normal((3, 6)), rng.standard_normal((5, 6)) + 0.3, rng.standard_normal((4, 6))
+    sc = eat.sc_weat(W, A, B, n_permutations=10_000)
+    for i, w in enumerate(W):
+        ca = A @ w / (np.linalg.norm(A, axis=1) * np.linalg.norm(w))
+        cb = B @ w / (np.linalg.norm(B, axis=1) * np.linalg.norm(w))
+        assert sc.association[i] == pytest.approx(ca.mean() - cb.mean(), rel=1e-12)
+        assert sc.effect_size[i] == pytest.approx((ca.mean() - cb.mean()) / np.concatenate([ca, cb]).std(ddof=1),
+                                                  rel=1e-12)
+        ref = permutation_test((ca, cb), lambda a, b, axis: a.sum(axis=axis), permutation_type="independent",
+                               alternative="greater", n_resamples=10**6)
+        assert sc.p_value[i] == pytest.approx(ref.pvalue, abs=1e-12)
+    assert sc.exact and sc.n_permutations == math.comb(9, 5)
+
+
+def test_interval_statistic_and_reproducibility():
+    X, Y, A, B = _vector_inputs()
+    units = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in (X, Y, A, B)]
+    stat = eat._EffectSizeStatistic(*units, ddof=1)
+    assert stat(np.arange(4), np.arange(4), np.arange(5), np.arange(6)) == pytest.approx(-1.068033, abs=5e-7)
+    ix, iy, ia, ib = np.array([0, 0, 1, 3]), np.array([2, 2, 2, 1]), np.array([4, 4, 0, 1, 1]), np.array([5, 0, 0, 1, 2, 3])
+    brute = eat.effect_size(eat.association(X[ix], A[ia], B[ib]), eat.association(Y[iy], A[ia], B[ib]))
+    assert stat(ix, iy, ia, ib) == pytest.approx(brute, rel=1e-12)
+    # vectorised over a batch of resamples
+    batch = stat(np.stack([ix, np.arange(4)]), np.stack([iy, np.arange(4)]), np.stack([ia, np.arange(5)]),
+                 np.stack([ib, np.arange(6)]))
+    assert batch == pytest.approx([brute, -1.068033], abs=5e-7)
+    a = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1)
+    b = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1)
+    assert (a.low, a.high) == (b.low, b.high) and a.method == "BCa"
+    assert a.low < a.high
+
+
+def test_run_eats_bh_and_fields():
+    from statsmodels.stats.multitest import multipletests
+
+    rng = np.random.default_rng(4)
+    tests = []
+    for i in range(5):
+        X, Y = rng.standard_normal((8, 6)) + 0.3 * i, rng.standard_normal((9, 6))
+        A, B = rng.standard_normal((6, 6)) + 0.3 * i, rng.standard_normal((7, 6))
+        tests.append(eat.EatInput(f"t{i}", X, Y, A, B))
+    res = eat.run_eats(tests, eat.EatSettings(n_permutations=5_000, n_bootstrap=200, sc_permutations=500))
+    p = np.array([r.p_value for r in res])
+    q = np.array([r.q_value for r in res])
+    assert q == pytest.approx(multipletests(p, method="fdr_bh")[1])
+    assert q == pytest.approx(bh_adjust(p))
+    for r, t in zip(res, tests):
+        assert (r.n_x, r.n_y, r.n_a, r.n_b) == (8, 9, 6, 7)
+        assert r.effect_size == pytest.approx(eat.effect_size(eat.association(t.X, t.A, t.B),
+                                                              eat.association(t.Y, t.A, t.B)))
+        assert r.sc_targets.association == pytest.approx(np.concatenate([r.s_x, r.s_y]))
+        assert len(r.sc_attributes.p_value) == 13 and r.sc_attributes.n_permutations == 500
+        assert r.ci_low <= r.effect_size <= r.ci_high or not np.isfinite(r.ci_low)
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_bad_inputs_are_one_line_errors():
+    X, Y, A, B = _vector_inputs()
+    with pytest.raises(DataError) as err:
+        eat.run_eats([eat.EatInput("t", X[:1], Y, A, B)])
+    assert str(err.value) == eat.MSG_TOO_FEW.format(name="X", test="t", n=1, min=2)
+    with pytest.raises(DataError) as err:
+        eat.run_eats([eat.EatInput("t", X, Y, A[:1], B)])
+    assert str(err.value) == eat.MSG_TOO_FEW.format(name="A", test="t", n=1, min=2)
+    with pytest.raises(DataError, match="dimension 7 but set X has 8"):
+        eat.run_eats([eat.EatInput("t", X, Y[:, :7], A, B)])
+    bad = B.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        eat.run_eats([eat.EatInput("t", X, Y, A, bad)])
+    zero = A.copy()
+    zero[2] = 0
+    with pytest.raises(DataError) as err:
+        eat.run_eats([eat.EatInput("t", X, Y, zero, B)])
+    assert str(err.value) == eat.MSG_ZERO_NORM.format(name="A", test="t", row=2)
+    with pytest.raises(UsageError) as err:
+        eat.permutation_test(np.arange(6.0), 3, n_permutations=1)
+    assert str(err.value) == eat.MSG_PERMUTATIONS.format(value=1)
+    with pytest.raises(UsageError) as err:
+        eat.permutation_test(np.arange(6.0), 3, alternative="bigger")
+    assert str(err.value) == eat.MSG_ALTERNATIVE.format(value="bigger")
+    with pytest.raises(UsageError) as err:
+        eat.effect_size([1, 2], [3, 4], ddof=2)
+    assert str(err.value) == eat.MSG_DDOF.format(value=2)
+    with pytest.raises(UsageError) as err:
+        eat.effect_size_interval(X, Y, A, B, n_resamples=10)
+    assert str(err.value) == eat.MSG_BOOTSTRAP.format(value=10)
+    with pytest.raises(DataError):
+        eat.permutation_test(np.arange(6.0), 6)
+
+
+# ------------------------------------------------------------------ null calibration
+
+
+def _null_pvalues(n_tests, n_permutations, seed):
+    rng = np.random.default_rng(seed)
+    values, n_x = [], []
+    for i in range(n_tests):
+        nx, ny = (12, 12) if i % 2 else (9, 15)
+        X, Y = rng.standard_normal((nx, 16)), rng.standard_normal((ny, 16))
+        A, B = rng.standard_normal((8, 16)) + 0.2, rng.standard_normal((8, 16))
+        values.append(np.concatenate([eat.association(X, A, B), eat.association(Y, A, B)]))
+        n_x.append(nx)
+    return np.array([r.p_value for r in eat.permutation_tests(values, n_x, n_permutations=n_permutations,
+                                                              seed=seed)])
+
+
+def test_null_pvalues_quick_check():
+    p = _null_pvalues(120, 2_000, seed=1)
+    assert 0.01 <= (p < 0.05).mean() <= 0.12
+    assert 0.4 < p.mean() < 0.6
+
+
+@pytest.mark.slow
+def test_null_pvalues_are_uniform():
+    """Random embeddings, no planted effect: 400 tests, KS against uniform, share below 0.05 near 0.05."""
+    from scipy.stats import binomtest, kstest
+
+    p = _null_pvalues(400, 20_000, seed=2)
+    assert kstest(p, "uniform").pvalue > 0.01
+    assert binomtest(int((p < 0.05).sum()), len(p), 0.05).pvalue > 0.01
