@@ -32,3 +32,33 @@ def test_spark_local2_equals_local_engine(tmp_path):
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local" / "samples.parquet"),
                                   pd.read_parquet(tmp_path / "spark" / "samples.parquet"))
     assert local.table.n_both.sum() > 0
+
+
+def test_executors_without_clipprobe_fail_the_preflight_with_one_message(tmp_path):
+    """local[2] whose executor Python is a bare venv: one line saying what every node needs, nothing scanned."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    from clipprobe import __version__
+    from clipprobe.captions.spark import ERR_EXECUTORS
+
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
+    bare = tmp_path / "bare" / "bin" / "python"
+    write_laion_parquet(tmp_path / "a.parquet", TRAPS)
+    env = dict(os.environ, PYSPARK_PYTHON=str(bare))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-c", "from clipprobe.cli import main; main()", "captions", "count",
+                        "--captions", str(tmp_path / "a.parquet"), "--out", str(out), "--engine", "spark",
+                        "--workers", "2"], env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 1, r.stderr
+    problem = f"Python {platform.python_version()} at {bare} on "
+    last = r.stderr.strip().splitlines()[-1]
+    expected = "Error: " + ERR_EXECUTORS.format(problems="PROBLEMS", python=".".join(platform.python_version_tuple()[:2]),
+                                                 version=__version__, backends="")
+    head, tail = expected.split("PROBLEMS")
+    assert last.startswith(head + problem) and last.endswith(": clipprobe: ModuleNotFoundError: No module named "
+                                                             "'clipprobe'" + tail), last
+    assert "Traceback" not in r.stderr and "Py4J" not in r.stderr
+    assert not (out / "cooccurrence.parquet").exists() and not list((out / "parts").glob("*.npz"))

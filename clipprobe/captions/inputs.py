@@ -68,6 +68,12 @@ def backend_package(protocol: str) -> str | None:
     return top if top and top != "fsspec" else None
 
 
+def backend_packages(paths: Iterable[str]) -> list[str]:
+    """The fsspec backend packages (``s3fs``, ``gcsfs``, ...) that reading ``paths`` needs, sorted."""
+    return sorted({package for p in paths if is_url(p) for part in p.split("::") if "://" in part
+                   if (package := backend_package(part.split("://", 1)[0].lower()))})
+
+
 def _backend_error(url: str, protocol: str, err: ImportError) -> ClipprobeError:
     cause = err.__cause__ if isinstance(err.__cause__, ImportError) else err
     package = (getattr(cause, "name", None) or backend_package(protocol) or str(err)).split(".", 1)[0]

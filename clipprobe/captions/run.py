@@ -213,8 +213,10 @@ def count_captions(config: CountConfig) -> CountResult:
         if config.engine == "spark":
             from clipprobe.captions.spark import run_spark
 
-            stream = run_spark(spec, tasks, master=config.spark_master, workers=workers,
-                               task_file=task_file)
+            from clipprobe.captions.inputs import backend_packages
+
+            stream = run_spark(spec, tasks, master=config.spark_master, workers=workers, task_file=task_file,
+                               backends=backend_packages(info.path for info in todo))
         else:
             from clipprobe.captions.scan import run_local
 
