@@ -621,3 +621,24 @@ def test_bad_model_scores():
     with pytest.raises(DataError) as err:
         B.model_ab(np.zeros((4, 1)), np.zeros((4, 1)), ["Female"] * 4, pairs=[("nurse", "doctor")])
     assert str(err.value) == B.MSG_GROUP_EMPTY.format(group="Male", found="'Female'")
+
+
+def test_frames_and_degenerate_data():
+    rng = np.random.default_rng(16)
+    s, y = random_data(rng, 400, 3, 2)
+    table, _ = B.encode_patterns(s, y, groups=["a", "b", "c"], labels=["x", "z"])
+    bias = B.data_bias(table)
+    groups, cells = bias.group_frame(), bias.cell_frame()
+    assert list(groups["group"]) == ["a", "b", "c"] and np.allclose(groups["rb"], bias.rb)
+    assert cells.shape[0] == 6 and list(cells["label"][:2]) == ["x", "z"]
+    assert np.allclose(cells["ab"], bias.ab.ravel())
+    sol = B.m4_solve(table, keep=0.5, eps_r=0.05, eps_a=0.1)
+    frame = sol.residual_frame()
+    assert frame.shape[0] == 3 + 6 and np.allclose(frame["residual"][:3], sol.residual_r)
+    assert (np.abs(frame["residual"]) <= frame["bound"] + 1e-9).all()
+    # nobody mentions a group: statistics are NaN, nothing can bind, q = keep
+    none, ids = B.encode_patterns(np.zeros((20, 2)), rng.integers(0, 2, (20, 2)))
+    empty = B.data_bias(none)
+    assert np.isnan(empty.rb).all() and empty.rb_argmax is None and empty.n_mention == 0
+    sol = B.m4_solve(none, keep=0.7)
+    assert sol.converged and np.allclose(sol.q, 0.7) and sol.max_keep == 1.0 and sol.keep_rate == pytest.approx(0.7)
