@@ -22,6 +22,7 @@ and an extrapolation to LAION-2B (2.32e9 captions).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import time
 
@@ -89,7 +90,7 @@ def run(n: int) -> dict:
     bounds = np.linspace(0, n, 11).astype(int)
     s_csr, y_csr = s.tocsr(), y.tocsr()
     t0 = time.perf_counter()
-    parts = [balance.encode_patterns(s_csr[a:b], y_csr[a:b])[0] for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [balance.encode_patterns(s_csr[a:b], y_csr[a:b])[0] for a, b in itertools.pairwise(bounds)]
     merged = balance.merge_tables(parts)
     t_chunks = time.perf_counter() - t0
     assert np.array_equal(merged.keys, table.keys) and np.array_equal(merged.count, table.count)
@@ -99,7 +100,7 @@ def run(n: int) -> dict:
     runs = [timed(balance.m4_solve, table, pi, keep=ARGS.keep, eps_r=ARGS.eps, eps_a=ARGS.eps) for _ in range(3)]
     sol, t_solve = runs[0][0], float(np.median([t for _, t in runs]))   # median of 3 (it is short)
     assert sol.converged, sol.message
-    system, pat, n_pat = balance._build_system(table.keys, table.count, table.n_groups, table.n_labels, pi,
+    system, pat, _ = balance._build_system(table.keys, table.count, table.n_groups, table.n_labels, pi,
                                                ARGS.eps, ARGS.eps, "conditional")
     runs = [timed(balance._dual_solve, system, pat, table.count.astype(float), table.u_mean, ARGS.keep,
                   tol=1e-9, max_iter=5000, lam0=np.zeros(system.n_duals)) for _ in range(3)]
@@ -142,7 +143,8 @@ def main() -> None:
         growth = np.log(b["rows"] / a["rows"]) / np.log(b["n"] / a["n"])
         rows_2b = b["rows"] * (LAION_2B / b["n"]) ** growth
         print(f"\nsolve time {a['n']:.0e} -> {b['n']:.0e} captions: {a['solve']:.3f} s -> {b['solve']:.3f} s "
-              f"(x{b['solve'] / a['solve']:.2f} for x{b['n'] / a['n']:.0f} captions; patterns x{b['rows'] / a['rows']:.2f})")
+              f"(x{b['solve'] / a['solve']:.2f} for x{b['n'] / a['n']:.0f} captions; "
+              f"patterns x{b['rows'] / a['rows']:.2f})")
         per_eval_b = b["dual_b"] / b["evals_b"]
         print(f"LAION-2B ({LAION_2B:.3g} captions), extrapolated:")
         print(f"  patterns ~ {rows_2b:,.0f} (growth n^{growth:.2f} fitted on the two sizes)")

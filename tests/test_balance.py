@@ -83,7 +83,7 @@ def dual_certificate(s, y, pi, eta, eps_r, eps_a, scale, u, sol):
     n = len(s)
     if scale == "conditional":
         a = a / n                         # the same constraints as means
-    w, m = membership(s)
+    _w, m = membership(s)
     lam, mass = [], []
     for k in range(s.shape[1]):
         for side in (0, 1):
@@ -244,7 +244,7 @@ def test_data_bias_matches_per_example_definitions(weighted):
     assert got.rb_max == pytest.approx(np.abs(want["share"] - pi).max())
     i = np.unravel_index(np.nanargmax(np.abs(want["ab"])), want["ab"].shape)
     assert got.ab_argmax == (got.groups[i[0]], got.labels[i[1]])
-    w, m = membership(s)
+    _w, m = membership(s)
     qq = np.ones(3000) if q is None else q
     assert got.n_mention == pytest.approx((qq * m).sum())
     assert got.n_multi == pytest.approx((qq * (s.sum(1) > 1)).sum())
@@ -391,7 +391,7 @@ def test_m4_matches_a_generic_solver(seed, k, r, scale, utility):
 
 
 def test_m4_raises_with_the_largest_feasible_keep_rate():
-    s, y, pi, table, ids, eps_r, eps_a = solve_case(3, 3, 3, "conditional", False)
+    s, y, pi, table, _ids, eps_r, eps_a = solve_case(3, 3, 3, "conditional", False)
     max_keep = brute_max_keep(s, y, pi, eps_r, eps_a, "conditional")
     assert max_keep < 0.98
     with pytest.raises(B.BalanceInfeasible) as err:
@@ -437,9 +437,9 @@ def test_m4_on_realistic_captions_meets_eps_and_leaves_unmentioned_captions_at_k
 
 def test_grouped_and_per_example_dual_solves_agree():
     """The benchmark's baseline: the same dual iterations with every example its own pattern."""
-    s, y, pi, table, ids, eps_r, eps_a = solve_case(1, 2, 2, "conditional", True)
+    _s, _y, pi, table, ids, eps_r, eps_a = solve_case(1, 2, 2, "conditional", True)
     eta = 0.5
-    grouped, pat, n_pat = B._build_system(table.keys, table.count, 2, 2, pi, eps_r, eps_a, "conditional")
+    grouped, pat, _n_pat = B._build_system(table.keys, table.count, 2, 2, pi, eps_r, eps_a, "conditional")
     flat, none, cnt = B._build_system(table.keys[ids], np.ones(len(ids)), 2, 2, pi, eps_r, eps_a, "conditional",
                                       group=False)
     assert none is None
@@ -600,7 +600,7 @@ def test_bad_targets_and_parameters():
     for name, kwargs in (("keep", {"keep": 0}), ("eps_r", {"eps_r": 1.5}), ("eps_a", {"eps_a": -0.1})):
         with pytest.raises(UsageError) as err:
             B.m4_solve(table, **kwargs)
-        assert str(err.value) == B.MSG_UNIT.format(name=name, value=list(kwargs.values())[0])
+        assert str(err.value) == B.MSG_UNIT.format(name=name, value=next(iter(kwargs.values())))
     with pytest.raises(UsageError) as err:
         B.m4_solve(table, scale="mean")
     assert str(err.value) == B.MSG_SCALE.format(value="mean", choices="'conditional', 'all'")
@@ -637,7 +637,7 @@ def test_frames_and_degenerate_data():
     assert frame.shape[0] == 3 + 6 and np.allclose(frame["residual"][:3], sol.residual_r)
     assert (np.abs(frame["residual"]) <= frame["bound"] + 1e-9).all()
     # nobody mentions a group: statistics are NaN, nothing can bind, q = keep
-    none, ids = B.encode_patterns(np.zeros((20, 2)), rng.integers(0, 2, (20, 2)))
+    none, _ids = B.encode_patterns(np.zeros((20, 2)), rng.integers(0, 2, (20, 2)))
     empty = B.data_bias(none)
     assert np.isnan(empty.rb).all() and empty.rb_argmax is None and empty.n_mention == 0
     sol = B.m4_solve(none, keep=0.7)

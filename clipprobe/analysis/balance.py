@@ -67,10 +67,11 @@ with gradient ``A q(lambda) - b``; it is maximised with L-BFGS-B (bounds ``lambd
 :class:`PatternTable` (distinct patterns with their counts), so one evaluation costs
 ``O(patterns)``, not ``O(n)``. The gradient has kinks where some ``q`` reaches 0 or 1; L-BFGS-B
 gets near the optimum and projected Newton steps on the working set finish it (the dual is
-quadratic between kinks), restarting L-BFGS-B if it stalled. Strong duality holds (linear constraints, ``q = 0`` feasible), so
-``q(lambda*)`` is the primal optimum. A utility ``u`` is quantised to 32 bins per octave (relative
-error below 2.2%); the optimum is exact for the quantised utilities, which are also used when the
-weights are written, so written weights meet the reported residuals.
+quadratic between kinks), restarting L-BFGS-B if it stalled. Strong duality holds (linear
+constraints, ``q = 0`` feasible), so ``q(lambda*)`` is the primal optimum. A utility ``u`` is
+quantised to 32 bins per octave (relative error below 2.2%); the optimum is exact for the quantised
+utilities, which are also used when the weights are written, so written weights meet the reported
+residuals.
 
 The requested keep rate ``eta`` is a target, not a constraint: the achieved mean keep rate is
 reported. If no ``q`` meets the constraints with mean ``>= eta`` (the largest feasible mean keep rate
@@ -87,7 +88,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean
 
@@ -123,7 +125,8 @@ MSG_TARGET_NEGATIVE = "target: shares must be between 0 and 1, got {value!r} for
 MSG_TARGET_LEN = "target: {got} shares for {n} groups ({groups})"
 MSG_TARGET_GROUP = "target: unknown group {group!r}{hint}; groups: {groups}"
 MSG_TARGET_MISSING = "target: no share for group(s) {missing}"
-MSG_TARGET_NAME = "target: {value!r} is not a known target; give 'uniform', a mapping group -> share or a list of shares"
+MSG_TARGET_NAME = ("target: {value!r} is not a known target; give 'uniform', a mapping group -> share "
+                   "or a list of shares")
 MSG_UNIT = "{name}={value!r} must be in (0, 1]"
 MSG_LEVEL = "level={level!r} must be strictly between 0 and 1"
 MSG_SCALE = "scale={value!r} is not one of {choices}"
@@ -629,7 +632,7 @@ def bias_from_sums(w, m, y, a1, a2, target, z: float, min_events: float = MIN_EV
     a1 = np.asarray(a1, np.float64)
     a2 = np.asarray(a2, np.float64)
     lead = a1.shape[:-1]
-    n_rows, k = w.shape
+    n_rows = w.shape[0]
     r = y.shape[1]
 
     def yt(x):  # y^T x for x (..., P, M) -> (..., R, M)
@@ -894,7 +897,8 @@ def _build_system(keys, count, n_groups: int, n_labels: int, pi, eps_r: float, e
             vals.append(sign * c[yp, kk] - (eps_a * m[yp] if cond else 0.0))
     ids_a, pats_a, vals_a = np.concatenate(ids), np.concatenate(pats), np.concatenate(vals)
     n_rows = 2 * k + 2 * k * r_act
-    scale_row = np.concatenate([np.full(2 * k, mass_r if mass_r > 0 else 1.0), np.repeat(mass_a, 2 * k).reshape(r_act, k, 2).transpose(1, 0, 2).ravel()])
+    scale_row = np.concatenate([np.full(2 * k, mass_r if mass_r > 0 else 1.0),
+                                np.broadcast_to(mass_a[None, :, None], (k, r_act, 2)).ravel()])
     b_row = np.zeros(n_rows) if cond else np.concatenate([np.full(2 * k, eps_r), np.full(2 * k * r_act, eps_a)])
     # A row can bind only if max over q in [0, 1] of its left side exceeds b.
     reach = np.bincount(ids_a, weights=n_pat[pats_a] * np.maximum(vals_a, 0.0), minlength=n_rows) / n
@@ -1083,7 +1087,7 @@ def _dual_solve(system: _System, pat, cnt, u_rows, eta: float, *, tol: float, ma
             if rows[-1][2] <= tol and "optimal" in note:
                 break
         message = " | ".join(notes)
-    q, kept, g, primal, dual, _ = state(lam, "final")
+    q, kept, _, primal, dual, _ = state(lam, "final")
     viol = rows[-1][2]
     arr = np.asarray([r[:4] for r in rows], np.float64)
     return _DualResult(lam, q, kept, primal, dual, viol, len(rows), message,
@@ -1103,7 +1107,7 @@ def _newton(system: _System, pat, cnt, two_u, lam, state, *, tol: float, steps: 
     n = system.n
     a = system.a
     n_pat = a.shape[1]
-    q, kept, g, primal, dual, t_rows = state(lam, "newton")
+    q, _, g, primal, dual, _ = state(lam, "newton")
     for it in range(steps):
         viol = max(0.0, float(g.max()))
         gap = abs(float(lam @ g))
@@ -1124,7 +1128,7 @@ def _newton(system: _System, pat, cnt, two_u, lam, state, *, tol: float, steps: 
         for _ in range(40):
             trial = lam.copy()
             trial[work] = np.maximum(lam[work] + alpha * step, 0.0)
-            tq, tkept, tg, tprimal, tdual, tt = state(trial, "newton")
+            tq, _, tg, tprimal, tdual, _ = state(trial, "newton")
             if tdual >= dual - 1e-15 * max(abs(dual), 1e-300):
                 improved = True
                 break
@@ -1133,7 +1137,7 @@ def _newton(system: _System, pat, cnt, two_u, lam, state, *, tol: float, steps: 
             return lam, f"Newton: no ascent after {it} step(s)"
         if np.array_equal(trial, lam):
             return lam, f"Newton: stalled after {it} step(s)"
-        lam, q, kept, g, primal, dual, t_rows = trial, tq, tkept, tg, tprimal, tdual, tt
+        lam, q, g, primal, dual = trial, tq, tg, tprimal, tdual
     return lam, f"Newton: {steps} steps"
 
 
@@ -1308,8 +1312,6 @@ def _scores(x, name: str, shape_text: str, ndim_ok=(1, 2)):
 
 def _preference(first, second):
     """Wins of ``first`` over ``second`` with ties counted half, summed over axis 0."""
-    import numpy as np
-
     return (first > second).sum(axis=0) + 0.5 * (first == second).sum(axis=0), (first == second).sum(axis=0)
 
 
@@ -1329,8 +1331,6 @@ class ModelRB:
 def model_rb(male_scores, female_scores, *, level: float = 0.95) -> ModelRB:
     """Share of the images for which the model scores "Male" above "Female", minus 0.5, with a
     Wilson interval (ties count half)."""
-    import numpy as np
-
     z = _z(level)
     male = _scores(male_scores, "male_scores", "(N,)", (1,))
     female = _scores(female_scores, "female_scores", f"({male.size},)", (1,))
@@ -1399,7 +1399,8 @@ def model_ab(first_scores, second_scores, groups, *, pairs: Sequence[Sequence[st
     if second.ndim == 1:
         second = second[:, None]
     if second.shape != first.shape:
-        raise DataError(MSG_SCORES.format(name="second_scores", shape=f"{first.shape}", problem=f"shape {second.shape}"))
+        raise DataError(MSG_SCORES.format(name="second_scores", shape=f"{first.shape}",
+                                          problem=f"shape {second.shape}"))
     pair_t = tuple((str(a), str(b)) for a, b in pairs)
     if len(pair_t) != first.shape[1]:
         raise UsageError(MSG_PAIRS.format(got=len(pair_t), n=first.shape[1]))
