@@ -1,0 +1,211 @@
+"""`clipprobe eat` end to end with a tiny real model: outputs, caching, unreadable images, errors, HTML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from clipprobe.cli import _Group, cli
+from clipprobe.cli.eat import eat
+from clipprobe.report import eat as report
+from clipprobe.runinfo import RECORD_KEYS
+
+# The command as `clipprobe eat` runs it (registered in clipprobe.cli, or wrapped the same way here).
+CLI = cli if "eat" in cli.commands else _Group(name="clipprobe", commands={"eat": eat})
+REQUIRED = ("test", "order", "n_x", "n_y", "n_a", "n_b", "effect_size", "effect_ci_low", "effect_ci_high", "p_value",
+            "q_value", "n_permutations", "exact")
+
+
+def _png(path: Path, seed: int) -> Path:
+    import numpy as np
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, size=(24, 24, 3), dtype=np.uint8)
+    arr[..., seed % 3] = 255 if seed % 2 else 0
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def _tests_file(folder: Path, n_images: int = 4, corrupt: int = 0, extra: str = "") -> Path:
+    for cat, offset in (("flower", 0), ("insect", 100)):
+        for i in range(n_images):
+            _png(folder / "stimuli" / cat / f"{cat}{i}.png", seed=offset + i)
+    for i in range(corrupt):
+        (folder / "stimuli" / "flower" / f"broken{i}.png").write_bytes(b"\x89PNG not really")
+    path = folder / "my-tests.yaml"
+    path.write_text("""tests:
+  - name: flowers-insects
+    X: {images: stimuli/flower}
+    Y: {images: stimuli/insect}
+    A: {texts: [This is the word love., This is the word happy.]}
+    B: {words: [hate, ugly], templates: ["This is the word {word}."]}
+  - name: words
+    X: {words: [rose, tulip, daisy]}
+    Y: {words: [ant, wasp, flea]}
+    A: {texts: [love, joy]}
+    B: {texts: [hate, war]}
+""" + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def model_args(tiny_model_files, tmp_path):
+    config, weights, arch = tiny_model_files
+    return ["--model", f"{arch}:{weights}", "--model-config", str(config), "--device", "cpu", "--offline",
+            "--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+
+
+def _run(args):
+    return CliRunner().invoke(CLI, ["eat", *args], catch_exceptions=False)
+
+
+def test_list_shows_suites_and_unavailable_tests():
+    r = _run(["list"])
+    assert r.exit_code == 0, r.output
+    assert "ghate2025: 26 tests" in r.output and "weat: 10 tests" in r.output and "seat-nrc: 8 tests" in r.output
+    assert r.output.count("unavailable: set X (Instruments)") == 2
+    r = _run(["list", "--suite", "weat"])
+    assert "weat6-gender-career" in r.output and "ghate2025" not in r.output
+
+
+def test_run_writes_everything_and_a_rerun_embeds_nothing(tmp_path, model_args):
+    import pandas as pd
+
+    tests = _tests_file(tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["--tests", str(tests), "--out", str(out), "--permutations", "5000", "--bootstrap", "200", *model_args]
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    assert "2 of 2 tests computed" in r.output and "flowers-insects" in r.output
+    for name in ("eat.parquet", "stimuli.parquet", "run.json", "forest.png", "forest.pdf"):
+        assert (out / name).is_file(), name
+    table = pd.read_parquet(out / "eat.parquet")
+    assert set(REQUIRED) <= set(table.columns)
+    first = table.set_index("test").loc["flowers-insects"]
+    assert (first["order"], first["n_x"], first["n_y"], first["n_a"], first["n_b"]) == ("image-text", 4, 4, 2, 2)
+    assert bool(first["exact"]) and first["n_permutations"] == 70
+    words = table.set_index("test").loc["words"]
+    assert words["order"] == "text" and words["n_permutations"] == 20
+    stimuli = pd.read_parquet(out / "stimuli.parquet")
+    assert len(stimuli) == (4 + 4 + 2 + 2) + (3 + 3 + 2 + 2)
+    assert set(stimuli["set"]) == {"X", "Y", "A", "B"}
+    assert stimuli[stimuli.test == "flowers-insects"]["stimulus"].iloc[0] == "flower0.png"
+    record = json.loads((out / "run.json").read_text())
+    assert list(record)[:len(RECORD_KEYS)] == list(RECORD_KEYS)
+    assert record["command"] == "eat" and record["format_version"] == report.FORMAT_VERSION
+    assert record["embedded"]["texts"] == 2 + 2 + 3 + 3 + 2 + 2 and record["embedded"]["images"] == 8
+    table_again, stimuli_again, _ = report.load_eat(out)
+    assert table_again.equals(table)
+
+    r = _run(args)
+    assert r.exit_code == 0, r.output
+    record = json.loads((out / "run.json").read_text())
+    assert record["embedded"] == {"texts": 0, "images": 0}
+    assert pd.read_parquet(out / "eat.parquet").equals(table)  # same seed, same numbers
+
+
+def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, model_args):
+    import pandas as pd
+
+    tests = _tests_file(tmp_path / "in", corrupt=1)
+    out = tmp_path / "out"
+    r = _run(["--tests", str(tests), "--out", str(out), "--permutations", "2000", "--bootstrap", "0",
+              "--test", "flowers-insects", *model_args])
+    assert r.exit_code == 0, r.output
+    assert "1 unreadable image(s) skipped" in r.output
+    row = pd.read_parquet(out / "eat.parquet").iloc[0]
+    assert row["n_x"] == 4 and row["n_skipped_images"] == 1
+    record = json.loads((out / "run.json").read_text())
+    assert record["skipped_images"]["n"] == 1 and record["skipped_images"]["files"][0]["file"] == "broken0.png"
+
+
+def test_a_set_left_with_one_image_fails_before_writing(tmp_path, model_args):
+    tests = _tests_file(tmp_path / "in", n_images=2)
+    (tmp_path / "in" / "stimuli" / "flower" / "flower1.png").write_bytes(b"not an image")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(CLI, ["eat", "--tests", str(tests), "--out", str(out), "--bootstrap", "0", *model_args])
+    assert r.exit_code == 1
+    msg = r.output.strip().splitlines()[-1]
+    assert msg.startswith("Error: test 'flowers-insects' (image-text) set X: only 1 of its 2 images could be read")
+    assert not out.exists() or not any(out.iterdir())
+
+
+@pytest.mark.parametrize("args,code,text", [
+    (["--suite", "weat"], 2, "missing option '--out'"),
+    (["--suite", "nope", "--out", "OUT"], 1, "unknown suite 'nope'"),
+    (["--suite", "weat", "--test", "weat99", "--out", "OUT"], 1, "unknown test 'weat99'"),
+    (["--suite", "weat", "--tests", "x.yaml", "--out", "OUT"], 2, "not both"),
+    (["--suite", "weat", "--order", "video", "--out", "OUT"], 2, "unknown order 'video'"),
+    (["--suite", "ghate2025", "--order", "text-image", "--out", "OUT"], 1, "need --oasis-root"),
+    (["--suite", "weat", "--bootstrap", "50", "--out", "OUT"], 2, "at least 100"),
+])
+def test_errors_are_one_line_and_write_nothing(tmp_path, model_args, args, code, text):
+    out = tmp_path / "OUT"
+    args = [a.replace("OUT", str(out)) for a in args]
+    r = CliRunner().invoke(CLI, ["eat", *args, *model_args])
+    assert r.exit_code == code, r.output
+    assert text in r.output and "Traceback" not in r.output
+    assert not out.exists()
+
+
+def test_weat_suite_text_test_is_exact(tmp_path, model_args):
+    import pandas as pd
+
+    out = tmp_path / "out"
+    r = _run(["--suite", "weat", "--test", "weat7-math-arts-gender,weat9-mental-physical-disease", "--out", str(out),
+              "--permutations", "20000", "--bootstrap", "0", "--no-sc-weat", "--no-figures", *model_args])
+    assert r.exit_code == 0, r.output
+    table = pd.read_parquet(out / "eat.parquet")
+    assert list(table["test"]) == ["weat7-math-arts-gender", "weat9-mental-physical-disease"]
+    assert table["exact"].all() and list(table["n_permutations"]) == [12870, 924]
+    assert not (out / "forest.png").exists()
+    assert pd.read_parquet(out / "stimuli.parquet")["sc_p_value"].isna().all()
+
+
+def test_paper_signs_negate_the_effect(tmp_path, model_args):
+    import pandas as pd
+
+    tests = _tests_file(tmp_path / "in", extra="""  - name: signed
+    paper_sign: -1
+    X: {words: [he, him, man]}
+    Y: {words: [she, her, woman]}
+    A: {texts: [good, nice]}
+    B: {texts: [bad, awful]}
+""")
+    common = ["--tests", str(tests), "--test", "signed", "--permutations", "1000", "--bootstrap", "0", *model_args]
+    assert _run([*common, "--out", str(tmp_path / "a")]).exit_code == 0
+    assert _run([*common, "--out", str(tmp_path / "b"), "--paper-signs"]).exit_code == 0
+    a = pd.read_parquet(tmp_path / "a" / "eat.parquet").iloc[0]
+    b = pd.read_parquet(tmp_path / "b" / "eat.parquet").iloc[0]
+    assert b["effect_size"] == pytest.approx(-a["effect_size"], rel=1e-12)
+    assert "swapped" in b["note"]
+
+
+def test_html_section_escapes_and_forest_plot(tmp_path):
+    import numpy as np
+    import pandas as pd
+
+    rows = []
+    for i, name in enumerate(["<script>alert(1)</script>", "plain"]):
+        rows.append({c: None for c in report.EAT_COLUMNS} | {
+            "test": name, "order": "text", "family": "", "available": True, "unavailable_reason": "",
+            "n_x": 3, "n_y": 3, "n_a": 2, "n_b": 2, "effect_size": 0.5 + i, "effect_ci_low": 0.1,
+            "effect_ci_high": 0.9 + i, "ci_method": "BCa", "p_value": 0.01, "q_value": 0.02, "n_permutations": 20,
+            "exact": True, "alternative": "greater", "ddof": 1, "statistic": 0.1, "x_label": "<b>X</b>",
+            "y_label": "Y", "a_label": "A & co", "b_label": "B", "n_skipped_images": 0, "note": ""})
+    rows.append(rows[1] | {"test": "gone", "available": False, "unavailable_reason": "images <not public>",
+                           "effect_size": np.nan, "effect_ci_low": np.nan, "effect_ci_high": np.nan})
+    table = pd.DataFrame(rows)
+    html = report.html_section(table, {"suite": {"name": "s<1>"}, "config": {"ddof": 1}})
+    assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;X&lt;/b&gt;" in html and "A &amp; co" in html and "images &lt;not public&gt;" in html
+    assert "s&lt;1&gt;" in html and 'src="data:image/png;base64,' in html
+    ax = report.forest_plot(table)
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["<script>alert(1)</script> (all text)", "plain (all text)", "gone (all text)"]
+    xs = sorted(float(x) for line in ax.lines for x in np.atleast_1d(line.get_xdata()) if np.isfinite(x))
+    assert 0.5 in xs and 1.5 in xs
