@@ -41,8 +41,9 @@ is withheld (NaN) when an arm has fewer than ``MIN_EVENTS`` = 5 effective label 
 non-events. Coverage of the nominal 95% measured by simulation (``tests/test_balance_slow.py``):
 shares 0.94-0.96 in every setting; AB 0.93-0.97 wherever each arm expects at least 10 label events;
 with fewer the published intervals are conservative or, below 5, mostly withheld. The maxima
-``max |.|`` are non-regular where groups tie or a value is near 0 (an interval built from the
-per-group ones covers far more than its nominal level there), so they are point estimates only.
+``max |.|`` are non-regular where groups tie or a value is near 0 (the interval ``max |.|`` maps the
+per-group intervals to covers 97.5% for one value 1 standard error from 0, and about 0.95^K when K
+independent values tie at 0), so they are point estimates only.
 
 M4 (:func:`m4_solve`)
 ---------------------
