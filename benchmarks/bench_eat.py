@@ -17,8 +17,8 @@ here means arrays in memory.
 (2) The whole suite with ``--permutations`` per test through :func:`clipprobe.analysis.eat.run_eats`:
     effect sizes, p-values, BCa intervals (2,000 resamples), SC-WEAT of every stimulus (10,000
     permutations), BH. Target: under 60 s on 2 cores.
-(3) ``--coverage``: coverage of the published 95% interval of d (BCa) and of the percentile interval,
-    by simulation against a known population (see :func:`coverage`).
+(3) ``--coverage``: coverage of the published 95% interval of d (BCa over the target stimuli) and of
+    the percentile interval, by simulation against known populations (see :func:`coverage`).
 """
 
 from __future__ import annotations
@@ -183,10 +183,15 @@ def suite(tests: list[eat.EatInput], n_permutations: int, threads: int, target: 
 # coverage of the interval
 
 
-def _population(seed: int, dim: int, shift: float):
+def _population(seed: int, dim: int, shift: float, planted: float):
+    """Centres of the four stimulus populations: a shared base, random offsets, and X/A, Y/B pulled together."""
     rng = np.random.default_rng(seed)
     base = rng.standard_normal(dim)
-    return {k: base + shift * rng.standard_normal(dim) for k in "XYAB"}
+    mu = {k: base + shift * rng.standard_normal(dim) for k in "XYAB"}
+    axis = rng.standard_normal(dim)
+    axis *= planted / np.linalg.norm(axis)
+    mu["X"], mu["A"], mu["Y"], mu["B"] = mu["X"] + axis, mu["A"] + axis, mu["Y"] - axis, mu["B"] - axis
+    return mu
 
 
 def _draw(mu, key: str, n: int, rng, noise: float = 1.0):
@@ -194,46 +199,51 @@ def _draw(mu, key: str, n: int, rng, noise: float = 1.0):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
-def population_effect_size(mu, n: int = 400_000) -> float:
-    """d of the populations: s(w) = w . (E a - E b) with population means, d over the 50/50 mixture of X and Y."""
-    rng = np.random.default_rng(12345)
-    direction = _draw(mu, "A", n, rng).mean(axis=0) - _draw(mu, "B", n, rng).mean(axis=0)
-    sx, sy = _draw(mu, "X", n, rng) @ direction, _draw(mu, "Y", n, rng) @ direction
-    return float((sx.mean() - sy.mean()) / np.concatenate([sx, sy]).std())
+def coverage(n_targets: int, n_attributes: int, reps: int, resamples: int, *, shift: float, planted: float,
+             seed: int, dim: int = 32, pool: int = 200_000) -> dict[str, float]:
+    """Share of ``reps`` samples whose interval holds the effect size of their attribute sets.
 
-
-def coverage(n_targets: int, n_attributes: int, reps: int, resamples: int, *, shift: float, seed: int,
-             dim: int = 32) -> dict[str, float]:
-    """Share of ``reps`` samples (|X| = |Y| = n_targets, |A| = |B| = n_attributes) whose interval holds d_pop."""
-    mu = _population(seed, dim, shift)
-    d_pop = population_effect_size(mu)
+    Each replicate draws A and B (|A| = |B| = n_attributes) and X and Y (|X| = |Y| = n_targets) from fixed
+    populations. The quantity the interval estimates is the effect size of that A and B on the target
+    populations, computed on ``pool`` fresh draws of X and of Y (d over their 50/50 mixture, ddof 0 on
+    so many draws).
+    """
+    mu = _population(seed, dim, shift, planted)
+    pool_x = _draw(mu, "X", pool, np.random.default_rng(seed + 1000))
+    pool_y = _draw(mu, "Y", pool, np.random.default_rng(seed + 2000))
     rng = np.random.default_rng(seed + 1)
-    hits = {"BCa": 0, "percentile": 0}
-    finite = {"BCa": 0, "percentile": 0}
+    methods = ("BCa", "percentile")
+    hits = dict.fromkeys(methods, 0)
+    finite = dict.fromkeys(methods, 0)
+    truth = []
     for r in range(reps):
-        X, Y = _draw(mu, "X", n_targets, rng), _draw(mu, "Y", n_targets, rng)
         A, B = _draw(mu, "A", n_attributes, rng), _draw(mu, "B", n_attributes, rng)
-        for method in hits:
+        direction = A.mean(axis=0) - B.mean(axis=0)
+        sx, sy = pool_x @ direction, pool_y @ direction
+        d_true = float((sx.mean() - sy.mean()) / np.concatenate([sx, sy]).std())
+        truth.append(d_true)
+        X, Y = _draw(mu, "X", n_targets, rng), _draw(mu, "Y", n_targets, rng)
+        for method in methods:
             ci = eat.effect_size_interval(X, Y, A, B, n_resamples=resamples, method=method, seed=r)
             if np.isfinite(ci.low) and np.isfinite(ci.high):
                 finite[method] += 1
-                hits[method] += ci.low <= d_pop <= ci.high
-    return {"d_pop": d_pop, **{m: hits[m] / max(finite[m], 1) for m in hits},
-            **{f"n_{m}": finite[m] for m in hits}}
+                hits[method] += ci.low <= d_true <= ci.high
+    return {"d_true": float(np.mean(truth)), **{m: hits[m] / max(finite[m], 1) for m in methods},
+            **{f"n_{m}": finite[m] for m in methods}}
 
 
 def run_coverage(reps: int, resamples: int) -> None:
-    print(f"(3) coverage of 95% intervals of d, {reps} samples per row, {resamples} resamples each "
-          "(X, Y, A, B drawn from fixed populations; target 0.93-0.97)")
-    print(f"    {'|X|=|Y|':>8}{'|A|=|B|':>9}{'d_pop':>8}{'BCa':>8}{'percentile':>12}")
-    settings = [(6, 25, 0.35), (8, 8, 0.35), (25, 25, 0.35), (40, 25, 0.35), (35, 150, 0.35), (8, 8, 0.6),
-                (25, 25, 0.6), (40, 25, 0.6)]
-    for i, (nt, na, shift) in enumerate(settings):
+    print(f"(3) coverage of 95% intervals of d (targets resampled, attributes fixed), {reps} samples per row, "
+          f"{resamples} resamples each; target 0.93-0.97")
+    print(f"    {'|X|=|Y|':>8}{'|A|=|B|':>9}{'mean d':>8}{'BCa':>8}{'percentile':>12}")
+    settings = [(6, 25, 0.0), (8, 8, 0.0), (25, 25, 0.0), (40, 25, 0.0), (100, 25, 0.0), (350, 150, 0.0),
+                (6, 25, 1.5), (8, 8, 1.5), (35, 25, 1.5), (40, 25, 1.5), (350, 150, 1.5)]
+    for i, (nt, na, planted) in enumerate(settings):
         t0 = time.perf_counter()
-        c = coverage(nt, na, reps, resamples, shift=shift, seed=i)
-        se = math.sqrt(0.95 * 0.05 / reps)
-        print(f"    {nt:>8}{na:>9}{c['d_pop']:>8.2f}{c['BCa']:>8.3f}{c['percentile']:>12.3f}"
-              f"   (+-{1.96 * se:.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
+        c = coverage(nt, na, reps, resamples, shift=0.35, planted=planted, seed=i)
+        half = 1.96 * math.sqrt(0.95 * 0.05 / reps)
+        print(f"    {nt:>8}{na:>9}{c['d_true']:>8.2f}{c['BCa']:>8.3f}{c['percentile']:>12.3f}"
+              f"   (+-{half:.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def main() -> int:

@@ -209,3 +209,32 @@ def test_html_section_escapes_and_forest_plot(tmp_path):
     assert labels == ["<script>alert(1)</script> (all text)", "plain (all text)", "gone (all text)"]
     xs = sorted(float(x) for line in ax.lines for x in np.atleast_1d(line.get_xdata()) if np.isfinite(x))
     assert 0.5 in xs and 1.5 in xs
+
+
+@pytest.mark.slow
+def test_ghate2025_suite_end_to_end(tmp_path, model_args):
+    """The 26 EATs with generated stand-ins for the images: iEAT files of the manifest's exact sizes in a
+    local copy, an OASIS folder of 60 images; 24 computed, the two Instrument-Weapon image tests unavailable."""
+    import pandas as pd
+    from test_eat_resources import _ieat_repo, _oasis
+
+    categories = ("insect-flower/flower", "insect-flower/insect", "race/european-american", "race/african-american",
+                  "gender/male", "gender/female", "age/young", "age/old")
+    repo, _ = _ieat_repo(tmp_path, categories)
+    oasis = _oasis(tmp_path)
+    out = tmp_path / "out"
+    r = _run(["--suite", "ghate2025", "--stimuli-root", str(repo), "--oasis-root", str(oasis), "--out", str(out),
+              "--permutations", "20000", "--bootstrap", "200", "--sc-permutations", "200", *model_args])
+    assert r.exit_code == 0, r.output
+    table = pd.read_parquet(out / "eat.parquet")
+    assert len(table) == 26 and int(table["available"].sum()) == 24
+    gone = table[~table["available"]]
+    assert list(zip(gone["test"], gone["order"])) == [("instrument-weapon", "image"), ("instrument-weapon", "image-text")]
+    sizes = table.set_index(["test", "order"])
+    assert tuple(sizes.loc[("insect-flower", "image"), ["n_x", "n_y", "n_a", "n_b"]]) == (35, 35, 25, 25)
+    assert tuple(sizes.loc[("race", "image-text"), ["n_x", "n_y", "n_a", "n_b"]]) == (6, 6, 150, 150)
+    assert tuple(sizes.loc[("insect-flower-weat1", "text-image"), ["n_x", "n_y", "n_a", "n_b"]]) == (350, 350, 25, 25)
+    assert bool(sizes.loc[("age", "image"), "exact"]) and sizes.loc[("age", "image"), "n_permutations"] == 924
+    done = table[table["available"]]
+    assert done["q_value"].notna().all() and (done["q_value"] >= done["p_value"] - 1e-12).all()
+    assert "unavailable: set X (Instruments)" in r.output

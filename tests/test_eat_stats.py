@@ -314,21 +314,26 @@ def test_sc_weat_against_brute_force():
 
 
 def test_interval_statistic_and_reproducibility():
+    from scipy.stats import bootstrap
+
     X, Y, A, B = _vector_inputs()
-    units = [v / np.linalg.norm(v, axis=1, keepdims=True) for v in (X, Y, A, B)]
-    stat = eat._EffectSizeStatistic(*units, ddof=1)
-    assert stat(np.arange(4), np.arange(4), np.arange(5), np.arange(6)) == pytest.approx(-1.068033, abs=5e-7)
-    ix, iy, ia, ib = np.array([0, 0, 1, 3]), np.array([2, 2, 2, 1]), np.array([4, 4, 0, 1, 1]), np.array([5, 0, 0, 1, 2, 3])
-    brute = eat.effect_size(eat.association(X[ix], A[ia], B[ib]), eat.association(Y[iy], A[ia], B[ib]))
-    assert stat(ix, iy, ia, ib) == pytest.approx(brute, rel=1e-12)
-    # vectorised over a batch of resamples
-    batch = stat(np.stack([ix, np.arange(4)]), np.stack([iy, np.arange(4)]), np.stack([ia, np.arange(5)]),
-                 np.stack([ib, np.arange(6)]))
-    assert batch == pytest.approx([brute, -1.068033], abs=5e-7)
+    sx, sy = eat.association(X, A, B), eat.association(Y, A, B)
+    stat = eat._TargetsStatistic(ddof=1)
+    assert stat(sx, sy) == pytest.approx(-1.068033, abs=5e-7)
+    ix, iy = np.array([0, 0, 1, 3]), np.array([2, 2, 2, 1])
+    assert stat(sx[ix], sy[iy]) == pytest.approx(eat.effect_size(sx[ix], sy[iy]), rel=1e-12)
+    batch = stat(np.stack([sx[ix], sx]), np.stack([sy[iy], sy]))  # vectorised over resamples
+    assert batch == pytest.approx([eat.effect_size(sx[ix], sy[iy]), -1.068033], abs=5e-7)
     a = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1)
     b = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1)
-    assert (a.low, a.high) == (b.low, b.high) and a.method == "BCa"
-    assert a.low < a.high
+    assert (a.low, a.high) == (b.low, b.high) and a.method == "BCa" and a.low < a.high
+    # the same interval as scipy's bootstrap called directly on the associations with a plain statistic
+    rng = np.random.default_rng(np.random.SeedSequence(1, spawn_key=(0xB007,)))
+    ref = bootstrap((sx, sy), lambda x, y, axis: np.array([eat.effect_size(u, v) for u, v in
+                                                           zip(np.atleast_2d(x), np.atleast_2d(y))]).reshape(
+                        np.broadcast_shapes(x.shape[:-1], y.shape[:-1])),
+                    n_resamples=500, method="BCa", vectorized=True, rng=rng, batch=500)
+    assert (a.low, a.high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-9)
 
 
 def test_run_eats_bh_and_fields():

@@ -126,9 +126,9 @@ class _CountingEncoder:
         self.n_texts += len(texts)
         return self._encoder.encode_text(texts, *args, **kwargs)
 
-    def encode_images(self, batch):
+    def encode_images(self, batch, *args, **kwargs):
         self.n_images += len(batch)
-        return self._encoder.encode_images(batch)
+        return self._encoder.encode_images(batch, *args, **kwargs)
 
     def __getattr__(self, name: str):
         return getattr(self._encoder, name)
@@ -240,8 +240,10 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
         settings=dataclasses.asdict(settings),
     )
     with timer("write"):
+        from clipprobe.report.retrieval import model_label
+
         files = write_eat_outputs(config.out, table, stimuli, record, figures=config.figures,
-                                  title=f"{suite.name}: {encoder.info().get('canonical', config.model)}")
+                                  title=f"{suite.name}: {model_label(encoder.info())}")
     log.info("eat: wrote %s (%.1f s)", config.out, time.time() - started)
     return EatRun(out=Path(config.out), table=table, stimuli=stimuli, record=record, results=results,
                   tests=tests, files=tuple(files))
