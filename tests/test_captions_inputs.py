@@ -91,13 +91,13 @@ def test_footers_are_read_in_parallel_in_input_order(setup, monkeypatch):
     active, peak, lock = [0], [0], threading.Lock()
     real = inputs.open_parquet
 
-    def slow_open(path):
+    def slow_open(path, metadata=None):
         with lock:
             active[0] += 1
             peak[0] = max(peak[0], active[0])
         try:
             time.sleep(0.2)          # an object store's latency
-            return real(path)
+            return real(path, metadata)
         finally:
             with lock:
                 active[0] -= 1

@@ -327,3 +327,32 @@ def test_each_thread_of_the_pool_has_its_own_worker():
     assert len({id(w) for w in seen + [mine]}) == 4
     assert {id(w) for w in spares} <= {id(w) for w in seen}          # the prepared ones were used
     assert len({id(w.matcher.matcher) for w in seen + [mine]}) == 4   # and so their Hyperscan scratch
+
+
+def test_every_alignment_to_the_64_byte_blocks(token_matcher):
+    """Terms and long tokens at every offset around the pass's 64-byte blocks, captions of 63-130 bytes."""
+    captions = []
+    for k in range(0, 131):
+        pad = ("ab " * 50)[:k]
+        captions += [pad + "middle eastern man", pad + "Man", pad + "terrorist's " + "x" * (k % 9),
+                     pad + "manx", pad + "a" * 40, pad + "5-year-old", "w" * k + " man", pad + "mané man",
+                     pad + "men" + "\u00a0" + "woman", ("a" * k) + "man"]
+    captions += ["x" * 63 + " man", "x" * 64 + " man", "x" * 61 + " man", "man" + " " * 61 + "man", "m" * 64]
+    arr = pa.array(captions, type=pa.string())
+    res = token_matcher.scan(arr)
+    assert _pairs(res, token_matcher.terms) == _oracle(captions, ALL_TERMS)
+    expected = token_matcher.matcher.scan(arr)
+    assert np.array_equal(res.rows, expected.rows) and np.array_equal(res.terms, expected.terms)
+
+
+def test_bytes_of_the_next_captions_in_the_block_do_not_leak(token_matcher):
+    """The 64-byte loads see the next captions' bytes: word bytes and non-ASCII bytes there change nothing."""
+    captions = []
+    for k in range(70):
+        captions += ["man", "woman" + "x" * k, "é", "man", "MANé", "a man" + " " * k, "ñ man", "man", "terrorist"]
+    arr = pa.array(captions, type=pa.string())
+    res = token_matcher.scan(arr)
+    assert _pairs(res, token_matcher.terms) == _oracle(captions, ALL_TERMS)
+    for start in (0, 1, 5, 63):                                          # and slices starting anywhere
+        sliced = token_matcher.scan(arr.slice(start))
+        assert _pairs(sliced, token_matcher.terms) == _oracle(captions[start:], ALL_TERMS)

@@ -1,9 +1,14 @@
 """The compiled pass of :mod:`clipprobe.captions.tokens` (numba; imported only where it runs).
 
-ASCII captions take the fast way: 64 bytes at a time, eight-byte words are
-classified with SWAR arithmetic (letters and digits set the high bit of their
-byte), gathered into a 64-bit mask of word bytes, and the tokens are the runs of
-ones in that mask, found with count-trailing-zeros. A token's key is one
+ASCII captions take the fast way: 64 bytes at a time are classified with one
+vector load and compares (:func:`_block_word_mask`: LLVM emits AVX-512 or AVX2
+where the CPU has them, plain code elsewhere) into a 64-bit mask of word bytes,
+and a second mask says whether any byte is >= 0x80. Within the last 64 bytes of
+the buffer, eight-byte words are classified with SWAR arithmetic instead
+(letters and digits set the high bit of their byte) and gathered into the same
+mask. The tokens are the runs of ones in that mask: their first and last bytes
+are two masks (a bit shifted against its neighbour), walked together with
+count-trailing-zeros. A token's key is one
 unaligned eight-byte load, lower-cased by setting bit 5 of each byte (letters
 and digits only: digits have it already) and cut to the token's length. A
 bitmap of the vocabulary's key hashes rejects nearly every token with one load;
@@ -40,6 +45,40 @@ def _load_u64(typingctx, array, index):
         ary = context.make_array(signature.args[0])(context, builder, args[0])
         ptr = builder.gep(ary.data, [args[1]])
         return builder.load(builder.bitcast(ptr, ir.IntType(64).as_pointer()), align=1)
+    return types.uint64(array, index), codegen
+
+
+@intrinsic
+def _block_word_mask(typingctx, array, index):
+    """Bit j set where byte ``index + j`` of a uint8 array is an ASCII letter or digit, for the 64 bytes
+    from ``index`` (one vector load and compares: AVX-512 or AVX2 where the CPU has them)."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        vec_t = ir.VectorType(ir.IntType(8), 64)
+        v = builder.load(builder.bitcast(ptr, vec_t.as_pointer()), align=1)
+
+        def splat(x):
+            return ir.Constant(vec_t, [x] * 64)
+
+        low = builder.or_(v, splat(0x20))
+        alpha = builder.icmp_unsigned("<", builder.sub(low, splat(0x61)), splat(26))
+        digit = builder.icmp_unsigned("<", builder.sub(v, splat(0x30)), splat(10))
+        bits = builder.or_(alpha, digit)
+        return builder.bitcast(bits, ir.IntType(64))
+    return types.uint64(array, index), codegen
+
+
+@intrinsic
+def _block_high_mask(typingctx, array, index):
+    """Bit j set where byte ``index + j`` of a uint8 array is >= 0x80 (64 bytes, vector compare)."""
+    def codegen(context, builder, signature, args):
+        ary = context.make_array(signature.args[0])(context, builder, args[0])
+        ptr = builder.gep(ary.data, [args[1]])
+        vec_t = ir.VectorType(ir.IntType(8), 64)
+        v = builder.load(builder.bitcast(ptr, vec_t.as_pointer()), align=1)
+        high = builder.icmp_signed("<", v, ir.Constant(vec_t, [0] * 64))
+        return builder.bitcast(high, ir.IntType(64))
     return types.uint64(array, index), codegen
 
 
@@ -220,27 +259,35 @@ def _caption_ascii(data, lo, hi, r, st, active, fresh, hits, seen_term, lower, c
     p = lo
     while p < hi:
         span = min(64, hi - p)
-        mask = np.uint64(0)
-        high = np.uint64(0)
-        for k in range(0, span, 8):
-            x = _load8(data, p + k, n)
-            high |= x
-            mask |= _word_bits(x) << np.uint64(k)
-        if high & _HIGH:                             # maybe a byte >= 0x80 (or one past the caption)
-            for j in range(p, p + span):
-                if data[j] >= 0x80:
-                    return False
-        if span < 64:
-            mask &= (np.uint64(1) << np.uint64(span)) - np.uint64(1)
+        if p + 64 <= n:
+            keep = np.uint64(0xFFFFFFFFFFFFFFFF) if span == 64 else (np.uint64(1) << np.uint64(span)) - np.uint64(1)
+            if _block_high_mask(data, p) & keep:
+                return False
+            mask = _block_word_mask(data, p) & keep
+        else:
+            mask = np.uint64(0)
+            high = np.uint64(0)
+            for k in range(0, span, 8):
+                x = _load8(data, p + k, n)
+                high |= x
+                mask |= _word_bits(x) << np.uint64(k)
+            if high & _HIGH:                             # maybe a byte >= 0x80 (or one past the caption)
+                for j in range(p, p + span):
+                    if data[j] >= 0x80:
+                        return False
+            if span < 64:
+                mask &= (np.uint64(1) << np.uint64(span)) - np.uint64(1)
         next_p = p + 64
-        starts = mask & ~(mask << np.uint64(1))
+        starts = mask & ~(mask << np.uint64(1))      # first byte of each token in the block
+        ends = mask & ~(mask >> np.uint64(1))        # last byte of each (bit 63: maybe it runs on)
         while starts:
-            s = _ctz(starts)
+            s = np.int64(_ctz(starts))
+            e = np.int64(_ctz(ends))
             starts &= starts - np.uint64(1)
-            run = ~(mask >> s)
-            length = np.int64(_ctz(run)) if run else 64 - np.int64(s)
-            start = p + np.int64(s)
-            if start + length == p + 64:             # the token runs on past this block
+            ends &= ends - np.uint64(1)
+            length = e - s + 1
+            start = p + s
+            if e == 63:                              # the token runs on past this block
                 q = p + 64
                 while q < hi and lower[data[q]] > 1:
                     q += 1

@@ -169,14 +169,18 @@ def file_identity(path: str) -> tuple[int | None, float | str | None]:
     return st.st_size, st.st_mtime_ns
 
 
-def open_parquet(path: str):
-    """A ``pyarrow.parquet.ParquetFile`` for a local path or an fsspec URL (close it when done)."""
+def open_parquet(path: str, metadata=None):
+    """A ``pyarrow.parquet.ParquetFile`` for a local path or an fsspec URL (close it when done).
+
+    ``metadata``: the file's footer as read before (``ParquetFile.metadata``), so that it is not read
+    and parsed again (about a millisecond for a LAION file of 120 row groups).
+    """
     import pyarrow.parquet as pq
 
     if is_url(path):
         fs, inner = url_filesystem(path)
-        return pq.ParquetFile(inner, filesystem=fs)        # pyarrow opens (and closes) the file
-    return pq.ParquetFile(path.removeprefix("file://"))
+        return pq.ParquetFile(inner, filesystem=fs, metadata=metadata)   # pyarrow opens (and closes) the file
+    return pq.ParquetFile(path.removeprefix("file://"), metadata=metadata)
 
 
 def _text_kind(t) -> str | None:

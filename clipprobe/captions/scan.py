@@ -211,6 +211,7 @@ class _Worker:
         # (path, column) -> (first row of the last chunk this process scanned there, samples taken per
         # cell in this process's chunks of that file so far): see scan_chunk
         self.taken: dict[tuple[str, str], tuple[int, Any]] = {}
+        self.footers: dict[str, Any] = {}       # path -> footer (FileMetaData) of the files scanned here
 
     @classmethod
     def get(cls, spec: ScanSpec) -> "_Worker":
@@ -240,11 +241,11 @@ def prepare_worker(spec: ScanSpec, workers: int = 1) -> None:
     _Worker.prepare(spec, workers if spec.method == "tokens" and workers > 1 else 1)
 
 
-def open_parquet(path: str):
+def open_parquet(path: str, metadata=None):
     """A ``pyarrow.parquet.ParquetFile`` for a local path or an fsspec URL (see :mod:`.inputs`)."""
     from clipprobe.captions.inputs import open_parquet as open_
 
-    return open_(path)
+    return open_(path, metadata)
 
 
 def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column: str,
@@ -268,7 +269,10 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
     earlier = worker.taken.get(file_key)
     taken = earlier[1].copy() if earlier is not None and earlier[0] < row_offset else None
     t0 = time.perf_counter()
-    with open_parquet(path) as pf:
+    if len(worker.footers) >= 256 and path not in worker.footers:
+        worker.footers.clear()
+    with open_parquet(path, worker.footers.get(path)) as pf:
+        worker.footers[path] = pf.metadata          # the next chunk of this file skips parsing it
         batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=[text_column],
                                   use_threads=False)
         row = row_offset
