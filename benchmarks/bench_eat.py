@@ -17,8 +17,8 @@ here means arrays in memory.
 (2) The whole suite with ``--permutations`` per test through :func:`clipprobe.analysis.eat.run_eats`:
     effect sizes, p-values, BCa intervals (2,000 resamples), SC-WEAT of every stimulus (10,000
     permutations), BH. Target: under 60 s on 2 cores.
-(3) ``--coverage``: coverage of the published 95% interval of d (BCa over the target stimuli) and of
-    the percentile interval, by simulation against known populations (see :func:`coverage`).
+(3) ``--coverage``: coverage of the 95% intervals of d over the target stimuli (noncentral t, the
+    default; BCa and percentile bootstraps), by simulation against known populations (see :func:`coverage`).
 """
 
 from __future__ import annotations
@@ -170,10 +170,10 @@ def suite(tests: list[eat.EatInput], n_permutations: int, threads: int, target: 
     total = time.perf_counter() - t0
     t0 = time.perf_counter()
     eat.run_eats(tests, eat.EatSettings(n_permutations=n_permutations, seed=ARGS.seed, n_jobs=threads,
-                                        n_bootstrap=0, sc_weat=False))
+                                        ci_method=None, sc_weat=False))
     perms_only = time.perf_counter() - t0
     print(f"(2) whole suite: {len(results)} tests (+2 unavailable), {n_permutations:,} permutations each, "
-          f"BCa intervals ({settings.n_bootstrap} resamples), SC-WEAT of every stimulus "
+          f"{settings.ci_method} intervals, SC-WEAT of every stimulus "
           f"({settings.sc_permutations:,} permutations), BH")
     print(f"    {total:.1f} s in all ({perms_only:.1f} s for effect sizes and p-values alone); target < {target:.0f} s: "
           f"{'met' if total < target else 'NOT met'}")
@@ -199,22 +199,32 @@ def _draw(mu, key: str, n: int, rng, noise: float = 1.0):
     return v / np.linalg.norm(v, axis=1, keepdims=True)
 
 
+def _draw_target(mu, key: str, n: int, rng, kind: str, extra):
+    """X or Y stimuli: ``normal``; ``unequal`` (X spread 1.5, Y 0.7); ``bimodal`` (30% of X from a second centre)."""
+    if kind == "unequal":
+        return _draw(mu, key, n, rng, noise=1.5 if key == "X" else 0.7)
+    if kind == "bimodal" and key == "X":
+        first = _draw(mu, "X", n, rng)
+        second = _draw({"X": mu["X"] + extra}, "X", n, rng)
+        return np.where((rng.random(n) < 0.3)[:, None], second, first)
+    return _draw(mu, key, n, rng)
+
+
 def coverage(n_targets: int, n_attributes: int, reps: int, resamples: int, *, shift: float, planted: float,
-             seed: int, dim: int = 32, pool: int = 200_000) -> dict[str, float]:
+             seed: int, kind: str = "normal", dim: int = 32, pool: int = 200_000) -> dict[str, float]:
     """Share of ``reps`` samples whose interval holds the effect size of their attribute sets.
 
     Each replicate draws A and B (|A| = |B| = n_attributes) and X and Y (|X| = |Y| = n_targets) from fixed
     populations. The quantity the interval estimates is the effect size of that A and B on the target
-    populations, computed on ``pool`` fresh draws of X and of Y (d over their 50/50 mixture, ddof 0 on
-    so many draws).
+    populations, computed on ``pool`` fresh draws of X and of Y (d over their 50/50 mixture).
     """
     mu = _population(seed, dim, shift, planted)
-    pool_x = _draw(mu, "X", pool, np.random.default_rng(seed + 1000))
-    pool_y = _draw(mu, "Y", pool, np.random.default_rng(seed + 2000))
+    extra = np.random.default_rng(seed + 7).standard_normal(dim) * 1.5
+    pool_x = _draw_target(mu, "X", pool, np.random.default_rng(seed + 1000), kind, extra)
+    pool_y = _draw_target(mu, "Y", pool, np.random.default_rng(seed + 2000), kind, extra)
     rng = np.random.default_rng(seed + 1)
-    methods = ("BCa", "percentile")
-    hits = dict.fromkeys(methods, 0)
-    finite = dict.fromkeys(methods, 0)
+    hits = dict.fromkeys(eat.INTERVAL_METHODS, 0)
+    finite = dict.fromkeys(eat.INTERVAL_METHODS, 0)
     truth = []
     for r in range(reps):
         A, B = _draw(mu, "A", n_attributes, rng), _draw(mu, "B", n_attributes, rng)
@@ -222,28 +232,32 @@ def coverage(n_targets: int, n_attributes: int, reps: int, resamples: int, *, sh
         sx, sy = pool_x @ direction, pool_y @ direction
         d_true = float((sx.mean() - sy.mean()) / np.concatenate([sx, sy]).std())
         truth.append(d_true)
-        X, Y = _draw(mu, "X", n_targets, rng), _draw(mu, "Y", n_targets, rng)
-        for method in methods:
+        X, Y = _draw_target(mu, "X", n_targets, rng, kind, extra), _draw_target(mu, "Y", n_targets, rng, kind, extra)
+        for method in eat.INTERVAL_METHODS:
             ci = eat.effect_size_interval(X, Y, A, B, n_resamples=resamples, method=method, seed=r)
             if np.isfinite(ci.low) and np.isfinite(ci.high):
                 finite[method] += 1
                 hits[method] += ci.low <= d_true <= ci.high
-    return {"d_true": float(np.mean(truth)), **{m: hits[m] / max(finite[m], 1) for m in methods},
-            **{f"n_{m}": finite[m] for m in methods}}
+    return {"d_true": float(np.mean(truth)), **{m: hits[m] / max(finite[m], 1) for m in hits},
+            **{f"n_{m}": finite[m] for m in hits}}
 
 
 def run_coverage(reps: int, resamples: int) -> None:
-    print(f"(3) coverage of 95% intervals of d (targets resampled, attributes fixed), {reps} samples per row, "
-          f"{resamples} resamples each; target 0.93-0.97")
-    print(f"    {'|X|=|Y|':>8}{'|A|=|B|':>9}{'mean d':>8}{'BCa':>8}{'percentile':>12}")
-    settings = [(6, 25, 0.0), (8, 8, 0.0), (25, 25, 0.0), (40, 25, 0.0), (100, 25, 0.0), (350, 150, 0.0),
-                (6, 25, 1.5), (8, 8, 1.5), (35, 25, 1.5), (40, 25, 1.5), (350, 150, 1.5)]
-    for i, (nt, na, planted) in enumerate(settings):
+    print(f"(3) coverage of 95% intervals of d over the target stimuli (attributes fixed), {reps} samples per row, "
+          f"{resamples} bootstrap resamples; target 0.93-0.97")
+    print(f"    {'targets':>8}{'|A|=|B|':>9}{'kind':>9}{'mean d':>8}" + "".join(f"{m:>14}" for m in eat.INTERVAL_METHODS))
+    settings = [(6, 25, 0.0, "normal"), (8, 8, 0.0, "normal"), (25, 25, 0.0, "normal"), (40, 25, 0.0, "normal"),
+                (100, 25, 0.0, "normal"), (350, 150, 0.0, "normal"),
+                (6, 25, 1.5, "normal"), (8, 8, 1.5, "normal"), (35, 25, 1.5, "normal"), (40, 25, 1.5, "normal"),
+                (350, 150, 1.5, "normal"),
+                (6, 25, 1.5, "unequal"), (8, 8, 0.0, "unequal"), (40, 25, 1.5, "unequal"),
+                (6, 25, 1.5, "bimodal"), (40, 25, 1.5, "bimodal")]
+    for i, (nt, na, planted, kind) in enumerate(settings):
         t0 = time.perf_counter()
-        c = coverage(nt, na, reps, resamples, shift=0.35, planted=planted, seed=i)
+        c = coverage(nt, na, reps, resamples, shift=0.35, planted=planted, seed=i, kind=kind)
         half = 1.96 * math.sqrt(0.95 * 0.05 / reps)
-        print(f"    {nt:>8}{na:>9}{c['d_true']:>8.2f}{c['BCa']:>8.3f}{c['percentile']:>12.3f}"
-              f"   (+-{half:.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
+        print(f"    {nt:>8}{na:>9}{kind:>9}{c['d_true']:>8.2f}" + "".join(f"{c[m]:>14.3f}" for m in eat.INTERVAL_METHODS)
+              + f"   (+-{half:.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
 
 
 def main() -> int:

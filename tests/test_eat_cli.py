@@ -77,7 +77,7 @@ def test_run_writes_everything_and_a_rerun_embeds_nothing(tmp_path, model_args):
 
     tests = _tests_file(tmp_path / "in")
     out = tmp_path / "out"
-    args = ["--tests", str(tests), "--out", str(out), "--permutations", "5000", "--bootstrap", "200", *model_args]
+    args = ["--tests", str(tests), "--out", str(out), "--permutations", "5000", *model_args]
     r = _run(args)
     assert r.exit_code == 0, r.output
     assert "2 of 2 tests computed" in r.output and "flowers-insects" in r.output
@@ -87,7 +87,8 @@ def test_run_writes_everything_and_a_rerun_embeds_nothing(tmp_path, model_args):
     assert set(REQUIRED) <= set(table.columns)
     first = table.set_index("test").loc["flowers-insects"]
     assert (first["order"], first["n_x"], first["n_y"], first["n_a"], first["n_b"]) == ("image-text", 4, 4, 2, 2)
-    assert bool(first["exact"]) and first["n_permutations"] == 70
+    assert bool(first["exact"]) and first["n_permutations"] == 70 and first["ci_method"] == "noncentral-t"
+    assert first["effect_ci_low"] < first["effect_size"] < first["effect_ci_high"]
     words = table.set_index("test").loc["words"]
     assert words["order"] == "text" and words["n_permutations"] == 20
     stimuli = pd.read_parquet(out / "stimuli.parquet")
@@ -113,7 +114,7 @@ def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, model_args):
 
     tests = _tests_file(tmp_path / "in", corrupt=1)
     out = tmp_path / "out"
-    r = _run(["--tests", str(tests), "--out", str(out), "--permutations", "2000", "--bootstrap", "0",
+    r = _run(["--tests", str(tests), "--out", str(out), "--permutations", "2000", "--interval", "none",
               "--test", "flowers-insects", *model_args])
     assert r.exit_code == 0, r.output
     assert "1 unreadable image(s) skipped" in r.output
@@ -127,7 +128,7 @@ def test_a_set_left_with_one_image_fails_before_writing(tmp_path, model_args):
     tests = _tests_file(tmp_path / "in", n_images=2)
     (tmp_path / "in" / "stimuli" / "flower" / "flower1.png").write_bytes(b"not an image")
     out = tmp_path / "out"
-    r = CliRunner().invoke(CLI, ["eat", "--tests", str(tests), "--out", str(out), "--bootstrap", "0", *model_args])
+    r = CliRunner().invoke(CLI, ["eat", "--tests", str(tests), "--out", str(out), "--interval", "none", *model_args])
     assert r.exit_code == 1
     msg = r.output.strip().splitlines()[-1]
     assert msg.startswith("Error: test 'flowers-insects' (image-text) set X: only 1 of its 2 images could be read")
@@ -141,7 +142,7 @@ def test_a_set_left_with_one_image_fails_before_writing(tmp_path, model_args):
     (["--suite", "weat", "--tests", "x.yaml", "--out", "OUT"], 2, "not both"),
     (["--suite", "weat", "--order", "video", "--out", "OUT"], 2, "unknown order 'video'"),
     (["--suite", "ghate2025", "--order", "text-image", "--out", "OUT"], 1, "need --oasis-root"),
-    (["--suite", "weat", "--bootstrap", "50", "--out", "OUT"], 2, "at least 100"),
+    (["--suite", "weat", "--interval", "BCa", "--bootstrap", "50", "--out", "OUT"], 2, "at least 100"),
 ])
 def test_errors_are_one_line_and_write_nothing(tmp_path, model_args, args, code, text):
     out = tmp_path / "OUT"
@@ -157,7 +158,7 @@ def test_weat_suite_text_test_is_exact(tmp_path, model_args):
 
     out = tmp_path / "out"
     r = _run(["--suite", "weat", "--test", "weat7-math-arts-gender,weat9-mental-physical-disease", "--out", str(out),
-              "--permutations", "20000", "--bootstrap", "0", "--no-sc-weat", "--no-figures", *model_args])
+              "--permutations", "20000", "--interval", "none", "--no-sc-weat", "--no-figures", *model_args])
     assert r.exit_code == 0, r.output
     table = pd.read_parquet(out / "eat.parquet")
     assert list(table["test"]) == ["weat7-math-arts-gender", "weat9-mental-physical-disease"]
@@ -176,7 +177,7 @@ def test_paper_signs_negate_the_effect(tmp_path, model_args):
     A: {texts: [good, nice]}
     B: {texts: [bad, awful]}
 """)
-    common = ["--tests", str(tests), "--test", "signed", "--permutations", "1000", "--bootstrap", "0", *model_args]
+    common = ["--tests", str(tests), "--test", "signed", "--permutations", "1000", "--interval", "none", *model_args]
     assert _run([*common, "--out", str(tmp_path / "a")]).exit_code == 0
     assert _run([*common, "--out", str(tmp_path / "b"), "--paper-signs"]).exit_code == 0
     a = pd.read_parquet(tmp_path / "a" / "eat.parquet").iloc[0]
@@ -224,7 +225,8 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args):
     oasis = _oasis(tmp_path)
     out = tmp_path / "out"
     r = _run(["--suite", "ghate2025", "--stimuli-root", str(repo), "--oasis-root", str(oasis), "--out", str(out),
-              "--permutations", "20000", "--bootstrap", "200", "--sc-permutations", "200", *model_args])
+              "--permutations", "20000", "--interval", "BCa", "--bootstrap", "200", "--sc-permutations", "200",
+              *model_args])
     assert r.exit_code == 0, r.output
     table = pd.read_parquet(out / "eat.parquet")
     assert len(table) == 26 and int(table["available"].sum()) == 24
@@ -236,5 +238,6 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args):
     assert tuple(sizes.loc[("insect-flower-weat1", "text-image"), ["n_x", "n_y", "n_a", "n_b"]]) == (350, 350, 25, 25)
     assert bool(sizes.loc[("age", "image"), "exact"]) and sizes.loc[("age", "image"), "n_permutations"] == 924
     done = table[table["available"]]
+    assert (done["ci_method"] == "BCa").all() and (done["effect_ci_low"] <= done["effect_ci_high"]).all()
     assert done["q_value"].notna().all() and (done["q_value"] >= done["p_value"] - 1e-12).all()
     assert "unavailable: set X (Instruments)" in r.output

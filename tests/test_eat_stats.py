@@ -43,7 +43,7 @@ def test_published_test_vector():
     r = eat.permutation_test(_pooled(X, Y, A, B), 4)
     assert r.exact and r.n_permutations == 70
     assert r.p_value == pytest.approx(66 / 70, abs=1e-15)
-    res = eat.run_eats([eat.EatInput("vector", X, Y, A, B)], eat.EatSettings(n_bootstrap=0))[0]
+    res = eat.run_eats([eat.EatInput("vector", X, Y, A, B)], eat.EatSettings(ci_method=None))[0]
     assert res.effect_size == pytest.approx(-1.068033, abs=5e-7)
     assert res.p_value == pytest.approx(66 / 70) and res.exact and res.n_permutations == 70
 
@@ -324,8 +324,8 @@ def test_interval_statistic_and_reproducibility():
     assert stat(sx[ix], sy[iy]) == pytest.approx(eat.effect_size(sx[ix], sy[iy]), rel=1e-12)
     batch = stat(np.stack([sx[ix], sx]), np.stack([sy[iy], sy]))  # vectorised over resamples
     assert batch == pytest.approx([eat.effect_size(sx[ix], sy[iy]), -1.068033], abs=5e-7)
-    a = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1)
-    b = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1)
+    a = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1, method="BCa")
+    b = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1, method="BCa")
     assert (a.low, a.high) == (b.low, b.high) and a.method == "BCa" and a.low < a.high
     # the same interval as scipy's bootstrap called directly on the associations with a plain statistic
     rng = np.random.default_rng(np.random.SeedSequence(1, spawn_key=(0xB007,)))
@@ -334,6 +334,58 @@ def test_interval_statistic_and_reproducibility():
                         np.broadcast_shapes(x.shape[:-1], y.shape[:-1])),
                     n_resamples=500, method="BCa", vectorized=True, rng=rng, batch=500)
     assert (a.low, a.high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-9)
+
+
+def _nct_cdf_by_quadrature(t: float, df: int, ncp: float) -> float:
+    """P(T <= t) for T = (Z + ncp) / sqrt(V / df), V ~ chi2(df): one integral over V (not scipy's nct)."""
+    from scipy.integrate import quad
+    from scipy.stats import chi2, norm
+
+    return quad(lambda v: norm.cdf(t * math.sqrt(v / df) - ncp) * chi2.pdf(v, df), 0, np.inf, limit=200)[0]
+
+
+def _bisect(f, lo, hi, tol=1e-9):
+    flo = f(lo)
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        fm = f(mid)
+        if (fm < 0) == (flo < 0):
+            lo, flo = mid, fm
+        else:
+            hi = mid
+        if hi - lo < tol:
+            break
+    return (lo + hi) / 2
+
+
+@pytest.mark.parametrize("n_x,n_y,shift", [(6, 6, 1.2), (8, 11, 0.3), (25, 25, -0.6)])
+def test_noncentral_t_interval_against_quadrature(n_x, n_y, shift):
+    rng = np.random.default_rng(n_x + n_y)
+    sx, sy = rng.standard_normal(n_x) + shift, rng.standard_normal(n_y)
+    low, high = eat.noncentral_t_interval(sx, sy, confidence=0.95)
+    N, df = n_x + n_y, n_x + n_y - 2
+    sp = math.sqrt(((n_x - 1) * sx.var(ddof=1) + (n_y - 1) * sy.var(ddof=1)) / df)
+    scale = math.sqrt(n_x * n_y / N)
+    t = (sx.mean() - sy.mean()) / sp * scale
+    ncp_low = _bisect(lambda c: (1 - _nct_cdf_by_quadrature(t, df, c)) - 0.025, t - 10, t + 10)
+    ncp_high = _bisect(lambda c: _nct_cdf_by_quadrature(t, df, c) - 0.025, t - 10, t + 10)
+    p = n_x / N
+    to_d = lambda delta: delta / math.sqrt(1 + p * (1 - p) * delta ** 2)  # noqa: E731
+    assert low == pytest.approx(to_d(ncp_low / scale), abs=1e-6)
+    assert high == pytest.approx(to_d(ncp_high / scale), abs=1e-6)
+    d = eat.effect_size(sx, sy)
+    assert low < d < high
+
+
+def test_mixture_effect_is_the_populations_effect_size():
+    """delta / sqrt(1 + p (1 - p) delta^2) is d over a p : 1 - p mix of two unit-variance normals."""
+    rng = np.random.default_rng(0)
+    for delta, p in ((1.5, 0.5), (0.7, 0.3), (-2.0, 0.6)):
+        n = 2_000_000
+        x = rng.standard_normal(int(n * p)) + delta
+        y = rng.standard_normal(n - int(n * p))
+        d = (x.mean() - y.mean()) / np.concatenate([x, y]).std()
+        assert float(eat._mixture_effect(delta, p)) == pytest.approx(d, abs=3e-3)
 
 
 def test_run_eats_bh_and_fields():
@@ -391,8 +443,11 @@ def test_bad_inputs_are_one_line_errors():
         eat.effect_size([1, 2], [3, 4], ddof=2)
     assert str(err.value) == eat.MSG_DDOF.format(value=2)
     with pytest.raises(UsageError) as err:
-        eat.effect_size_interval(X, Y, A, B, n_resamples=10)
+        eat.effect_size_interval(X, Y, A, B, n_resamples=10, method="BCa")
     assert str(err.value) == eat.MSG_BOOTSTRAP.format(value=10)
+    with pytest.raises(UsageError) as err:
+        eat.effect_size_interval(X, Y, A, B, method="wald")
+    assert str(err.value) == eat.MSG_CI_METHOD.format(value="wald")
     with pytest.raises(DataError):
         eat.permutation_test(np.arange(6.0), 6)
 

@@ -69,7 +69,7 @@ def test_planted_associations_have_large_effects(world, world_encoder, tmp_path)
     path = tmp_path / "planted.yaml"
     path.write_text(yaml.safe_dump({"tests": tests}), encoding="utf-8")
     run = run_eat(EatConfig(out=str(tmp_path / "out"), tests_file=str(path), cache_dir=str(tmp_path / "cache"),
-                            permutations=100_000, bootstrap=1000, sc_permutations=1000, device="cpu",
+                            permutations=100_000, sc_permutations=1000, device="cpu",
                             num_workers=0), encoder=world_encoder)
     table = run.table.set_index("test")
     race = [f"{p['word']}-{p['group']}" for p in truth["planted"] if p["attribute"] == "race"]

@@ -41,8 +41,10 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--ddof", type=click.IntRange(0, 1), default=1, show_default=True,
               help="Degrees of freedom of the effect size's standard deviation: 1 (Caliskan, sent-bias) or 0 (WEFE).")
 @click.option("--two-sided", is_flag=True, help="Two-sided p-values (default: one-sided, X more associated with A).")
+@click.option("--interval", type=click.Choice(["noncentral-t", "BCa", "none"]), default="noncentral-t",
+              show_default=True, help="95% interval of d over the target stimuli: noncentral t, BCa bootstrap, or none.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Bootstrap resamples for the BCa interval of d (0: no interval; else at least 100).")
+              help="Bootstrap resamples of --interval BCa (at least 100).")
 @click.option("--no-sc-weat", is_flag=True, help="Skip the per-stimulus SC-WEAT statistics.")
 @click.option("--paper-signs", is_flag=True,
               help="Report Gender tests with the sign of Ghate et al. (targets swapped: positive = female more pleasant).")
@@ -66,7 +68,7 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--offline", is_flag=True, help="Never touch the network (model and iEAT images must be local).")
 @click.pass_context
 def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permutations, seed, ddof, two_sided,
-        bootstrap, no_sc_weat, paper_signs, stimuli_root, oasis_root, model, model_config, preprocess, cache_dir,
+        interval, bootstrap, no_sc_weat, paper_signs, stimuli_root, oasis_root, model, model_config, preprocess, cache_dir,
         device, precision, batch_size, num_workers, figures, offline) -> None:
     """Embedding Association Tests: effect sizes, permutation p-values, intervals, per-stimulus SC-WEAT."""
     if ctx.invoked_subcommand is not None:
@@ -81,7 +83,8 @@ def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permut
     config = EatConfig(
         out=out, model=model, model_config=model_config, preprocess=preprocess, suite=suite, tests_file=tests_file,
         tests=_split(test_names), orders=_split(orders), permutations=permutations, sc_permutations=sc_permutations,
-        seed=seed, ddof=ddof, two_sided=two_sided, bootstrap=bootstrap, sc_weat=not no_sc_weat,
+        seed=seed, ddof=ddof, two_sided=two_sided, interval=None if interval == "none" else interval,
+        bootstrap=bootstrap, sc_weat=not no_sc_weat,
         paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, cache_dir=cache_dir,
         device=device, precision=precision, batch_size=batch_size, num_workers=num_workers, offline=offline, figures=figures,
     )

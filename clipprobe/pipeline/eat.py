@@ -48,8 +48,9 @@ class EatConfig:
     ``suite``: a shipped suite name (default ``ghate2025`` when no ``tests_file``); ``tests_file``: a YAML
     test file; ``tests``/``orders``: keep only these test names / modality orders. ``permutations``: the
     budget of the permutation test (exact enumeration when the partitions are fewer);
-    ``sc_permutations`` the same for the per-stimulus SC-WEAT. ``bootstrap``: resamples of the BCa
-    interval of d (0: none). ``paper_signs``: Ghate et al.'s Gender sign (targets swapped).
+    ``sc_permutations`` the same for the per-stimulus SC-WEAT. ``interval``: how the interval of d is
+    computed (``noncentral-t``, ``BCa``, ``percentile``; None: no interval), ``bootstrap`` its resamples for
+    the bootstrap methods. ``paper_signs``: Ghate et al.'s Gender sign (targets swapped).
     """
 
     out: str
@@ -65,6 +66,7 @@ class EatConfig:
     seed: int = 0
     ddof: int = 1
     two_sided: bool = False
+    interval: str | None = "noncentral-t"
     bootstrap: int = 2000
     confidence: float = 0.95
     sc_weat: bool = True
@@ -89,8 +91,10 @@ class EatConfig:
         stats.check_permutations(self.sc_permutations)
         stats.check_seed(self.seed)
         stats.check_ddof(self.ddof)
-        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or (
-                self.bootstrap != 0 and self.bootstrap < 100):
+        if self.interval is not None and self.interval not in stats.INTERVAL_METHODS:
+            raise UsageError(stats.MSG_CI_METHOD.format(value=self.interval))
+        if self.interval in ("BCa", "percentile") and (
+                isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 100):
             raise UsageError(stats.MSG_BOOTSTRAP.format(value=self.bootstrap))
         if not 0 < self.confidence < 1:
             raise UsageError(stats.MSG_CONFIDENCE.format(value=self.confidence))
@@ -212,7 +216,8 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
 
     with timer("statistics"):
         settings = EatSettings(ddof=config.ddof, n_permutations=config.permutations, alternative=config.alternative,
-                               seed=config.seed, n_bootstrap=config.bootstrap, confidence=config.confidence,
+                               seed=config.seed, n_bootstrap=config.bootstrap, ci_method=config.interval,
+                               confidence=config.confidence,
                                sc_weat=config.sc_weat, sc_permutations=config.sc_permutations, n_jobs=config.n_jobs)
         results = run_eats(inputs, settings)
     by_key = {(t.name, t.order): r for t, r in zip(available, results)}

@@ -303,7 +303,7 @@ def html_section(table: "pd.DataFrame", record: Mapping | None = None, *, figure
         ax.figure.savefig(buf, format="png", dpi=PNG_DPI)
         data = base64.b64encode(buf.getvalue()).decode("ascii")
         parts.append(f'<figure><img alt="forest plot of effect sizes" src="data:image/png;base64,{data}">'
-                     "<figcaption>Effect sizes with their bootstrap intervals.</figcaption></figure>")
+                     "<figcaption>Effect sizes with their 95% intervals.</figcaption></figure>")
     head = ("test", "order", "X", "Y", "A", "B", "n", "d", "interval", "p", "q")
     parts.append('<table class="eat"><thead><tr>' + "".join(f"<th>{h}</th>" for h in head) + "</tr></thead><tbody>")
     for r in table.itertuples(index=False):
