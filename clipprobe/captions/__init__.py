@@ -4,9 +4,10 @@ Data flows one way::
 
     lexicon.py (group terms, data)  +  taxonomy words
         -> matching.py (THE matching rule; Hyperscan over whole record batches)
-        -> scan.py (row groups -> count arrays; local process-pool engine)
-           spark.py (the same scan function in Spark tasks)
-        -> run.py (inputs, resumable per-file parts, outputs) -> stats.py -> figures.py
+    inputs.py (paths, globs, folders, fsspec URLs -> parquet files; caption column types)
+        -> scan.py (row groups -> count arrays; local engine: threads, or processes for Hyperscan)
+           spark.py (the same scan function in Spark tasks, after a pre-flight task)
+        -> run.py (resumable per-file parts, outputs) -> stats.py -> figures.py
 
 Public entry points: :func:`clipprobe.captions.run.count_captions` with a
 :class:`~clipprobe.captions.run.CountConfig`, :func:`~clipprobe.resources.lexicon.get_lexicon`,

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def cache_dir():
     """The folder numba's files for this version of clipprobe go to."""
     from clipprobe import __version__
-    from clipprobe.embeddings.cache import default_cache_dir
+    from clipprobe._io import default_cache_dir
 
     return default_cache_dir() / "numba" / __version__
 

@@ -1,12 +1,19 @@
 """`captions count` as a function: inputs -> per-file parts -> co-occurrence table.
 
-:func:`count_captions` expands the inputs (paths, globs, fsspec URLs), reads
-each parquet footer, splits files into chunks of row groups, scans them with
-the chosen engine and stores each finished file's counts atomically in
-``OUT/parts/`` (keyed by the file's path, size and mtime, the term set, the
-text column and the sample count). A rerun skips files whose part exists. When
-every file is done it writes ``cooccurrence.parquet``, ``samples.parquet``,
-``run.json`` and ``lift_heatmap.png``.
+:func:`count_captions` expands the inputs (paths, globs, folders, fsspec URLs;
+:mod:`clipprobe.captions.inputs`), reads the parquet footers (in threads),
+checks each file's caption column type, splits files into chunks of row groups,
+scans them with the chosen engine and stores each finished file's counts
+atomically in ``OUT/parts/`` (keyed by the file's absolute path, size and
+mtime, the term set, the text column and the sample count). A rerun skips files
+whose part exists. When every file is done it writes ``cooccurrence.parquet``,
+``samples.parquet``, ``run.json`` and ``lift_heatmap.png``.
+
+Ctrl-C (KeyboardInterrupt) stops the scan at once: no chunk starts after it,
+running ones stop at their next record batch (threads) or are terminated
+(processes), and the parts of the files finished so far stay on disk for the
+rerun. A part is written whole before Ctrl-C acts. Killing the process
+(``kill -9``) leaves the same state, and its worker processes end with it.
 """
 
 from __future__ import annotations
