@@ -390,21 +390,35 @@ def _parse_set(raw, base: Path, where: str, named: Mapping[str, SetSpec]) -> Set
         options["templates"] = tuple(templates)
     if kind == "file" and "key" not in options:
         raise DataError(MSG_TEST_FIELD.format(where=where, field="key (the list to read from the file)"))
-    return SetSpec(kind=kind, value=value, options=options, label=label or _default_label(kind, value, options),
-                   base=base, where=where)
+    return SetSpec(kind=kind, value=value, options=options,
+                   label=label or _default_label(kind, value, options, base), base=base, where=where)
 
 
-def _default_label(kind: str, value, options: Mapping) -> str:
+def _default_label(kind: str, value, options: Mapping, base: Path) -> str:
     if kind in ("texts", "words"):
         return ", ".join(value[:3]) + (", ..." if len(value) > 3 else "")
     if kind == "file":
-        return str(options.get("key"))
+        return _seat_category(_resolve_path(str(value), base), str(options.get("key"))) or str(options.get("key"))
     if kind == "faces":
         where = options.get("where") or {}
         return ", ".join(f"{k}={v}" for k, v in where.items()) or str(value)
     if kind == "oasis":
         return f"OASIS {value}"
     return str(value)
+
+
+def _seat_category(path: Path, key: str) -> str | None:
+    """The ``category`` of one set of a SEAT test file (its display label), if the file says one."""
+    import json
+
+    if path.suffix != ".jsonl" or not path.is_file():
+        return None
+    try:
+        entry = json.loads(path.read_text(encoding="utf-8")).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None  # reading it for real (resolution) reports the problem
+    category = entry.get("category") if isinstance(entry, Mapping) else None
+    return str(category) if category else None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -633,7 +647,7 @@ class Resolver:
         return self._manifest
 
     def _ieat_cache_root(self) -> Path:
-        from clipprobe.embeddings.cache import default_cache_dir
+        from clipprobe._io import default_cache_dir
 
         base = self.cache_dir if self.cache_dir is not None else default_cache_dir()
         return base / "stimuli" / f"ieat-{IEAT_COMMIT[:7]}"
