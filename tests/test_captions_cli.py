@@ -79,3 +79,13 @@ def test_show_escapes_terminal_controls_in_captions(tmp_path):
         assert raw not in r.output
     r = CliRunner().invoke(cli, ["captions", "show", str(out), "--word", "terrorist", "--format", "json"])
     assert "\x1b" not in r.output and json.loads(r.output)["samples"][0]["caption"] == hostile[0]
+
+
+def test_spark_conf_must_be_key_value(tmp_path):
+    opts = _setup(tmp_path)
+    for bad in ("spark.archives", "=value"):
+        r = CliRunner().invoke(cli, ["captions", "count", "--captions", str(tmp_path / "a.parquet"), "--out",
+                                     str(tmp_path / "o"), "--engine", "spark", "--spark-conf", bad, *opts])
+        assert r.exit_code == 2
+        assert r.output.strip().splitlines() == [
+            f"Error: --spark-conf {bad!r} is not KEY=VALUE (e.g. spark.archives=env.tar.gz#environment)"]

@@ -62,3 +62,20 @@ def test_executors_without_clipprobe_fail_the_preflight_with_one_message(tmp_pat
                                                              "'clipprobe'" + tail), last
     assert "Traceback" not in r.stderr and "Py4J" not in r.stderr
     assert not (out / "cooccurrence.parquet").exists() and not list((out / "parts").glob("*.npz"))
+
+    # --spark-conf reaches the executors: the same bare Python, given clipprobe and its dependencies on its
+    # path, runs the scan and counts what the local engine counts
+    import site
+    from pathlib import Path
+
+    import clipprobe
+
+    path = os.pathsep.join([str(Path(clipprobe.__file__).resolve().parents[1]), *site.getsitepackages()])
+    r = subprocess.run([sys.executable, "-c", "from clipprobe.cli import main; main()", "captions", "count",
+                        "--captions", str(tmp_path / "a.parquet"), "--out", str(out), "--engine", "spark",
+                        "--workers", "2", "--spark-conf", f"spark.executorEnv.PYTHONPATH={path}"],
+                       env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    local = count_captions(CountConfig(captions=(str(tmp_path / "a.parquet"),), out=str(tmp_path / "local"),
+                                       workers=1))
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "cooccurrence.parquet"), local.table)

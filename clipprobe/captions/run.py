@@ -48,6 +48,7 @@ ERR_UNREADABLE = "{path}: not a readable parquet file ({why})"
 ERR_NOTHING_READ = "no caption file could be read ({n} skipped; see {run_json})"
 ERR_ENGINE = "unknown engine {engine!r}; valid: 'local', 'spark'"
 ERR_MATCHER = "unknown matcher {matcher!r}; valid: 'auto', 'hyperscan', 'tokens'"
+ERR_SPARK_CONF = "--spark-conf {item!r} is not KEY=VALUE (e.g. spark.archives=env.tar.gz#environment)"
 ERR_NO_NUMBA = "matcher 'tokens' needs numba (pip install numba); use matcher 'hyperscan'"
 
 
@@ -63,6 +64,7 @@ class CountConfig:
     engine: str = "local"
     workers: int | None = None              # None: all cores
     spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()         # KEY=VALUE settings of the Spark session (spark.archives=...)
     samples: int = 5
     strict: bool = False
     top_words: int = 30                      # rows of the heatmap
@@ -146,6 +148,10 @@ def count_captions(config: CountConfig) -> CountResult:
         raise UsageError(ERR_NO_INPUTS)
     if config.matcher not in MATCHERS:
         raise UsageError(ERR_MATCHER.format(matcher=config.matcher))
+    for item in config.spark_conf:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(ERR_SPARK_CONF.format(item=item))
     method = config.matcher
     if method in ("auto", "tokens"):
         from clipprobe.captions.tokens import available
@@ -223,6 +229,7 @@ def count_captions(config: CountConfig) -> CountResult:
             from clipprobe.captions.inputs import backend_packages
 
             stream = run_spark(spec, tasks, master=config.spark_master, workers=workers, task_file=task_file,
+                               conf=config.spark_conf,
                                backends=backend_packages(info.path for info in todo))
         else:
             from clipprobe.captions.scan import run_local

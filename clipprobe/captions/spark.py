@@ -54,8 +54,9 @@ def _scan_task(spec_value, task):
     return _pool_task(task)
 
 
-def spark_session(master: str | None, workers: int):
-    """A SparkSession on ``master`` (default ``local[workers]``)."""
+def spark_session(master: str | None, workers: int, conf: Sequence[str] = ()):
+    """A SparkSession on ``master`` (default ``local[workers]``), with ``conf`` (``KEY=VALUE`` strings)
+    set on it, e.g. ``spark.archives=clipprobe-env.tar.gz#environment``."""
     try:
         from pyspark.sql import SparkSession
     except ImportError as err:
@@ -68,6 +69,9 @@ def spark_session(master: str | None, workers: int):
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")     # clipprobe shows its own progress
                .config("spark.sql.shuffle.partitions", str(max(1, workers))))
+    for item in conf:
+        key, _, value = item.partition("=")
+        builder = builder.config(key.strip(), value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(SESSION_LOG_LEVEL)
     return spark
@@ -181,10 +185,10 @@ def preflight(sc, spec_broadcast, *, method: str, backends: Sequence[str] = (), 
 
 def run_spark(spec, tasks: Sequence[tuple], *, master: str | None, workers: int,
               task_file: Sequence[int] | None = None, session=None, backends: Sequence[str] = (),
-              ) -> Iterator[tuple[int, object, str | None]]:
+              conf: Sequence[str] = ()) -> Iterator[tuple[int, object, str | None]]:
     """Yield (task id, ChunkCounts or None, error or None) for every task, wave by wave, after
     :func:`preflight` passed."""
-    spark = session or spark_session(master, workers)
+    spark = session or spark_session(master, workers, conf)
     sc = spark.sparkContext
     own_log = None if session is not None else SESSION_LOG_LEVEL
     broadcast = sc.broadcast(spec)

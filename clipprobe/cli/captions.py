@@ -36,11 +36,12 @@ def printable(text) -> str:
 
 
 def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
-           matcher="auto"):
+           matcher="auto", spark_conf=()):
     from clipprobe.captions.run import CountConfig, count_captions
 
     config = CountConfig(captions=tuple(captions), out=out, taxonomy=taxonomy, lexicon=lexicon,
                          text_column=text_column, engine=engine, workers=workers, spark_master=spark_master,
+                         spark_conf=tuple(spark_conf),
                          samples=samples, strict=strict, matcher=matcher)
     try:
         result = count_captions(config)
@@ -122,6 +123,9 @@ def captions() -> None:
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes (local) or local[N] threads (spark). Default: all cores.")
 @click.option("--spark-master", default=None, help="Spark master URL (default local[--workers]).")
+@click.option("--spark-conf", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the Spark session (repeatable), e.g. spark.archives=clipprobe-env.tar.gz#environment "
+                   "to ship a packed environment to the executors.")
 @click.option("--samples", type=click.IntRange(min=0), default=5, show_default=True,
               help="Example captions kept per (word, group) cell.")
 @click.option("--strict", is_flag=True, help="Stop at the first unreadable file instead of skipping it.")
@@ -129,11 +133,11 @@ def captions() -> None:
               help="auto: the compiled token pass (numba), else hyperscan where numba cannot be imported. "
                    "Both give identical counts.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, matcher,
-              fmt):
+def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, spark_conf, samples,
+              strict, matcher, fmt):
     """Count captions that contain each word, each group, and both; write OUT/cooccurrence.parquet."""
     _count(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
-           matcher)
+           matcher, spark_conf)
 
 
 @captions.command("show")
