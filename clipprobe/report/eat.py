@@ -162,7 +162,8 @@ def _row_labels(table) -> list[str]:
 def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
     """Effect size of each test (dot) with its interval (line); unavailable tests are named, not drawn.
 
-    Rows top to bottom in table order; returns the Axes (its y tick labels are the tests).
+    Rows top to bottom in table order, one colour per modality order (also named in each row's label);
+    returns the Axes (its y tick labels are the tests).
     """
     import numpy as np
 
@@ -195,8 +196,6 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
         ax.set_xlabel("effect size d" + (" (95% interval)" if has_ci.any() else ""))
         if title:
             ax.set_title(title, loc="left", y=1.0, pad=6.0)
-        if len(orders) > 1:
-            ax.legend(loc="lower right", title="order")
     return ax
 
 
