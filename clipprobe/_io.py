@@ -2,17 +2,89 @@
 
 Every writer goes to a temporary file in the destination's folder and then
 ``os.replace``-s it into place, so an interrupted run leaves either the old file
-or the new one, never a torn one.
+or the new one, never a torn one. The final file gets the mode any new file of the
+process would get (``0o666`` less the umask), not the owner-only mode of the
+temporary file. A write that fails because the disk is full, the folder is read-only
+or not writable raises :class:`WriteError` (one line naming the path), and leaves
+nothing half-written behind. A run killed with SIGKILL can leave a temporary file
+(``.NAME.XXXXXXXX.tmp...``); :func:`clean_stale_temporaries` removes those of a
+folder that are older than the current run.
+
+Data files (taxonomies, prompt templates, lexicons, test suites) are read with
+:func:`read_mapping` / :func:`load_yaml`: YAML with the safe loader, refusing duplicate
+keys, aliases that expand beyond :data:`MAX_ALIAS_NODES` entries ("billion laughs")
+and nesting deeper than :data:`MAX_DEPTH`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
+
+from clipprobe.errors import ClipprobeError, DataError
+
+MSG_WRITE_FAILED = "cannot write {path}: {reason}"
+# Errors of a writer that mean "this place cannot take the file" (as opposed to a bug in the writer).
+_WRITE_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None), errno.EROFS, errno.EACCES, errno.EPERM,
+                      errno.EFBIG)
+    if code is not None
+)
+_WRITE_WORDS = re.compile(r"no space left|disk quota|file too large|read-only file system|permission denied",
+                          re.IGNORECASE)
+# numpy's tofile reports a short write without an errno.
+_SHORT_WRITE = re.compile(r"^\d+ requested and \d+ written$")
+WHY_SHORT_WRITE = "only part of the file could be written (is the disk full?)"
+# The temporary files of atomic_path: ".<name>.<8 random characters of mkstemp>.tmp[<suffix>]".
+_TMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp(\.[A-Za-z0-9]+)?$")
+_TEMP_INFIX = ".tmp"
+
+
+class WriteError(ClipprobeError):
+    """A file could not be written (disk full, read-only or not writable folder, ...)."""
+
+
+def _reason(err: BaseException) -> str:
+    if _SHORT_WRITE.match(str(err).strip()):
+        return WHY_SHORT_WRITE
+    text = getattr(err, "strerror", None)
+    if not text:
+        lines = str(err).strip().splitlines()
+        text = lines[0] if lines else type(err).__name__
+    return shorten(text)
+
+
+def _is_write_failure(err: BaseException) -> bool:
+    if not isinstance(err, OSError):
+        return False
+    return (err.errno in _WRITE_ERRNOS or bool(_WRITE_WORDS.search(str(err)))
+            or bool(_SHORT_WRITE.match(str(err).strip())))
+
+
+def process_umask() -> int:
+    """The process umask, read without changing it where the system allows (Linux ``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: read it by setting it, then put it back at once
+    os.umask(mask)
+    return mask
+
+
+def default_file_mode() -> int:
+    """The permission bits a new file of this process gets: ``0o666`` less the umask."""
+    return 0o666 & ~process_umask()
 
 
 @contextlib.contextmanager
@@ -20,20 +92,59 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; move it into place on success.
 
     ``suffix`` lets writers that insist on an extension (``np.save`` appends
-    ``.npy``) keep it. On an exception the temporary file is removed.
+    ``.npy``) keep it. On an exception the temporary file is removed; a failure to
+    write (disk full, read-only or non-writable folder) becomes :class:`WriteError`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_INFIX + suffix, dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise WriteError(MSG_WRITE_FAILED.format(path=path, reason=_reason(err))) from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        os.replace(tmp_path, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+    except BaseException as err:
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
+        if _is_write_failure(err):
+            raise WriteError(MSG_WRITE_FAILED.format(path=path, reason=_reason(err))) from None
         raise
+    try:
+        os.chmod(tmp_path, default_file_mode())
+        os.replace(tmp_path, path)
+    except OSError as err:
+        with contextlib.suppress(OSError):
+            tmp_path.unlink()
+        raise WriteError(MSG_WRITE_FAILED.format(path=path, reason=_reason(err))) from None
+
+
+def clean_stale_temporaries(folder: str | os.PathLike, before: float | None = None) -> list[Path]:
+    """Remove the temporary files of :func:`atomic_path` in ``folder`` last modified before ``before``.
+
+    ``before`` is a ``time.time()`` value (default: now), normally the start of the run
+    that writes into ``folder``: files older than it belong to runs that were killed.
+    Only names of our own pattern (``.NAME.XXXXXXXX.tmp[.EXT]``) are touched. Returns
+    the paths removed.
+    """
+    folder = Path(folder)
+    cutoff = time.time() if before is None else before
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not _TMP_NAME.match(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -97,26 +208,205 @@ def default_cache_dir() -> Path:
     return base / "clipprobe"
 
 
+# ---------------------------------------------------------------------------------------------
+# Data files: YAML and JSON, safely
+
+# How many entries aliases (``*name``) may add to a YAML file in all: a shared list reused a few
+# times is fine; a "billion laughs" (aliases of aliases, exponential) is refused before it is built.
+MAX_ALIAS_NODES = 10_000
+# How deeply lists and mappings may nest (the shipped files need 4 levels).
+MAX_DEPTH = 50
+# Longest quoted value or parser message put into an error message.
+MAX_SHOWN = 200
+
+MSG_UNREADABLE = "{what} {path} could not be read: {why}"
+WHY_ALIAS_BOMB = (
+    "its aliases (*name) expand to more than {limit} entries; write the entries out instead of nesting aliases"
+)
+WHY_RECURSIVE_ALIAS = "an alias (*name) refers to an entry that contains it (line {line})"
+WHY_TOO_DEEP = "lists and mappings are nested more than {limit} levels deep"
+WHY_DUPLICATE_KEY = "key {key} appears twice in one mapping (lines {first} and {second})"
+WHY_DUPLICATE_JSON_KEY = "key {key} appears twice in one object"
+
+
+def shorten(text: str, limit: int = MAX_SHOWN) -> str:
+    """``text`` on one line, cut to ``limit`` characters (with ``...`` where cut)."""
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: max(0, limit - 3)] + "..."
+
+
+def shown(value: Any, limit: int = 60) -> str:
+    """A bounded ``repr`` of a value from a user's file, for error messages.
+
+    Nested values are cut by level and length before they are turned into text, so a huge
+    (or alias-expanded) entry costs no more to show than a small one.
+    """
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 3, limit, limit
+    r.maxlist = r.maxtuple = r.maxdict = r.maxset = 6
+    text = r.repr(value)
+    cap = 2 * limit + 20
+    return text if len(text) <= cap else text[: cap - 3] + "..."
+
+
+class Bounded:
+    """Wraps a value from a user's file so that ``{value!r}`` / ``{value}`` in a message template shows it
+    bounded (:func:`shown`); short values look exactly as their ``repr``."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return shown(self.value)
+
+    __str__ = __repr__
+
+
+class _DataError(Exception):
+    """Internal: a problem found while reading; turned into a DataError naming the file."""
+
+
+def _node_children(node) -> list:
+    import yaml
+
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_yaml_graph(root) -> None:
+    """Refuse alias bombs, recursive aliases, excessive nesting and duplicate keys in a composed YAML
+    document, without building it: sizes and heights are computed once per node (aliases share nodes)."""
+    import yaml
+
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    on_path: set[int] = set()
+    unique = 0
+    stack: list[tuple[Any, bool]] = [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = _node_children(node)
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            height[key] = 1 + max((height[id(c)] for c in children), default=0)
+            if height[key] > MAX_DEPTH:
+                raise _DataError(WHY_TOO_DEEP.format(limit=MAX_DEPTH))
+            if size[key] - unique > MAX_ALIAS_NODES:
+                raise _DataError(WHY_ALIAS_BOMB.format(limit=MAX_ALIAS_NODES))
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise _DataError(WHY_RECURSIVE_ALIAS.format(line=node.start_mark.line + 1))
+        if len(on_path) > MAX_DEPTH:
+            raise _DataError(WHY_TOO_DEEP.format(limit=MAX_DEPTH))
+        unique += 1
+        on_path.add(key)
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[tuple[str, str], int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                ident = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if ident in seen:
+                    raise _DataError(WHY_DUPLICATE_KEY.format(key=shown(key_node.value), first=seen[ident],
+                                                              second=line))
+                seen[ident] = line
+        stack.append((node, True))
+        stack.extend((c, False) for c in reversed(children))
+    if size.get(id(root), 0) - unique > MAX_ALIAS_NODES:
+        raise _DataError(WHY_ALIAS_BOMB.format(limit=MAX_ALIAS_NODES))
+
+
+def _parse_yaml(text: str) -> Any:
+    import yaml
+
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _check_yaml_graph(node)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_depth(obj: Any) -> None:
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (dict, list)):
+            if depth > MAX_DEPTH:
+                raise _DataError(WHY_TOO_DEEP.format(limit=MAX_DEPTH))
+            items = value.values() if isinstance(value, dict) else value
+            stack.extend((v, depth + 1) for v in items)
+
+
+def _json_pairs(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DataError(WHY_DUPLICATE_JSON_KEY.format(key=shown(key)))
+        out[key] = value
+    return out
+
+
+def load_yaml(text: str, *, what: str, path: str | os.PathLike) -> Any:
+    """Parse YAML text of a data file safely (see the module docstring); problems raise a one-line
+    :class:`~clipprobe.errors.DataError` ``"{what} {path} could not be read: {why}"``."""
+    import yaml
+
+    try:
+        return _parse_yaml(text)
+    except _DataError as err:
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=str(err))) from None
+    except RecursionError:
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path,
+                                              why=WHY_TOO_DEEP.format(limit=MAX_DEPTH))) from None
+    except yaml.YAMLError as err:
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=shorten(str(err)))) from None
+
+
+def load_json(text: str, *, what: str, path: str | os.PathLike) -> Any:
+    """Parse JSON text of a data file, refusing duplicate keys and excessive nesting (one-line DataError)."""
+    try:
+        data = json.loads(text, object_pairs_hook=_json_pairs)
+        _check_depth(data)
+        return data
+    except _DataError as err:
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=str(err))) from None
+    except RecursionError:
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path,
+                                              why=WHY_TOO_DEEP.format(limit=MAX_DEPTH))) from None
+    except ValueError as err:
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=shorten(str(err)))) from None
+
+
 def read_mapping(path: str | os.PathLike, *, what: str) -> Any:
-    """Read a YAML or JSON data file (by suffix; YAML with ``safe_load``) and return its content.
+    """Read a YAML or JSON data file (by suffix) and return its content.
 
     ``what`` names the kind of file in the errors: "{what} {path} does not exist" and
     "{what} {path} could not be read: {why}" (both :class:`clipprobe.errors.DataError`).
+    YAML is read with the safe loader and the checks of :func:`load_yaml`.
     """
-    from clipprobe.errors import DataError
-
     path = Path(path)
     if not path.exists():
         raise DataError(f"{what} {path} does not exist")
     try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json":
-            return json.loads(text)
-        import yaml
-
-        try:
-            return yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise DataError(f"{what} {path} could not be read: {' '.join(str(err).split())}") from None
     except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(f"{what} {path} could not be read: {str(err).splitlines()[0]}") from None
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=shorten(str(err).splitlines()[0]))) from None
+    if path.suffix == ".json":
+        return load_json(text, what=what, path=path)
+    return load_yaml(text, what=what, path=path)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
+from clipprobe._io import Bounded, shorten
 from clipprobe.errors import DataError, did_you_mean
 from clipprobe.resources import Registry
 
@@ -115,7 +116,8 @@ def load_lexicon(path: str | Path) -> Lexicon:
     data = _read_mapping(path)
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
-            raise DataError(ERR_UNKNOWN_KEY.format(path=path, key=key, hint=did_you_mean(str(key), _TOP_LEVEL_KEYS)))
+            raise DataError(ERR_UNKNOWN_KEY.format(path=path, key=Bounded(key),
+                                                  hint=did_you_mean(shorten(str(key), 60), _TOP_LEVEL_KEYS)))
     raw = data.get("attributes")
     if not isinstance(raw, Mapping) or not raw:
         raise DataError(ERR_NO_ATTRIBUTES.format(path=path))
@@ -123,24 +125,25 @@ def load_lexicon(path: str | Path) -> Lexicon:
     for attribute, groups in raw.items():
         attribute = str(attribute).strip()
         if not isinstance(groups, Mapping) or not groups:
-            raise DataError(ERR_BAD_ATTRIBUTE.format(path=path, attribute=attribute))
+            raise DataError(ERR_BAD_ATTRIBUTE.format(path=path, attribute=Bounded(attribute)))
         out: dict[str, tuple[str, ...]] = {}
         for group, terms in groups.items():
             group = str(group).strip()
             if not isinstance(terms, list) or not terms:
-                raise DataError(ERR_BAD_GROUP.format(path=path, attribute=attribute, group=group))
+                raise DataError(ERR_BAD_GROUP.format(path=path, attribute=Bounded(attribute), group=Bounded(group)))
             seen: dict[str, None] = {}
             for term in terms:
                 if not isinstance(term, str):
-                    raise DataError(ERR_BAD_TERM.format(path=path, attribute=attribute, group=group, term=term,
-                                                        why="not a string"))
+                    raise DataError(ERR_BAD_TERM.format(path=path, attribute=Bounded(attribute), group=Bounded(group),
+                                                        term=Bounded(term), why="not a string"))
                 try:
                     norm = normalise_term(term)
                 except TermError as err:
-                    raise DataError(ERR_BAD_TERM.format(path=path, attribute=attribute, group=group, term=term,
-                                                        why=str(err))) from None
+                    raise DataError(ERR_BAD_TERM.format(path=path, attribute=Bounded(attribute), group=Bounded(group),
+                                                        term=Bounded(term), why=shorten(str(err)))) from None
                 if norm in seen:
-                    raise DataError(ERR_DUPLICATE.format(path=path, attribute=attribute, group=group, term=term))
+                    raise DataError(ERR_DUPLICATE.format(path=path, attribute=Bounded(attribute), group=Bounded(group),
+                                                         term=Bounded(term)))
                 seen[norm] = None
             out[group] = tuple(seen)
         attributes[attribute] = out

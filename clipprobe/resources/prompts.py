@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from clipprobe._io import Bounded, load_yaml, shorten
 from clipprobe.errors import ClipprobeError, DataError, did_you_mean
 from clipprobe.resources import Registry
 
@@ -128,12 +129,12 @@ def _check(path: Path, templates: Sequence[Any], require_word: bool) -> tuple[st
     out = []
     for t in templates:
         if not isinstance(t, str) or not t.strip():
-            raise DataError(f"template file {path}: entry {t!r} is not a non-empty string")
+            raise DataError(f"template file {path}: entry {Bounded(t)!r} is not a non-empty string")
         for name in _FIELDS.findall(t):
             if name not in _ALLOWED_FIELDS:
-                raise DataError(ERR_BAD_FIELD.format(path=path, template=t, field=name))
+                raise DataError(ERR_BAD_FIELD.format(path=path, template=Bounded(t), field=shorten(name, 40)))
         if require_word and "{word}" not in t:
-            raise DataError(ERR_NO_WORD.format(path=path, template=t))
+            raise DataError(ERR_NO_WORD.format(path=path, template=Bounded(t)))
         out.append(t.strip())
     return tuple(out)
 
@@ -146,7 +147,7 @@ def load_template_set(path: str | Path) -> TemplateSet:
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"template file {path} could not be read: {err}") from None
+        raise DataError(f"template file {path} could not be read: {shorten(str(err))}") from None
     if path.suffix not in (".yaml", ".yml"):
         lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
         if not lines:
@@ -154,18 +155,14 @@ def load_template_set(path: str | Path) -> TemplateSet:
         checked = _check(path, lines, require_word=True)
         return TemplateSet(name=path.stem, noun=checked, adjective=checked, source=str(path))
 
-    import yaml
-
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise DataError(f"template file {path} could not be read: {' '.join(str(err).split())}") from None
+    data = load_yaml(text, what="template file", path=path)
     if not isinstance(data, Mapping):
         raise DataError(ERR_EMPTY.format(path=path))
     allowed = ("name", "description", "templates", "baseline")
     for key in data:
         if key not in allowed:
-            raise DataError(f"template file {path}: unknown key {key!r}{did_you_mean(str(key), allowed)}")
+            raise DataError(f"template file {path}: unknown key {Bounded(key)!r}"
+                            f"{did_you_mean(shorten(str(key), 60), allowed)}")
     raw = data.get("templates")
     baseline = _check(path, data.get("baseline") or [], require_word=False)
     if isinstance(raw, list):
@@ -173,7 +170,8 @@ def load_template_set(path: str | Path) -> TemplateSet:
     elif isinstance(raw, Mapping):
         for key in raw:
             if key not in ("noun", "adjective"):
-                raise DataError(f"template file {path}: unknown part of speech {key!r}; use 'noun' and 'adjective'")
+                raise DataError(f"template file {path}: unknown part of speech {Bounded(key)!r}; "
+                                "use 'noun' and 'adjective'")
         noun = _check(path, raw.get("noun") or raw.get("adjective") or [], require_word=True)
         adjective = _check(path, raw.get("adjective") or raw.get("noun") or [], require_word=True)
     elif raw is None and baseline:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from clipprobe._io import Bounded, shorten
 from clipprobe.errors import ClipprobeError, DataError, did_you_mean
 from clipprobe.resources import Registry
 
@@ -158,7 +159,8 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
     data = _read_mapping(path)
     for key in data:
         if key not in _TOP_LEVEL_KEYS:
-            raise DataError(ERR_UNKNOWN_KEY.format(path=path, key=key, hint=did_you_mean(str(key), _TOP_LEVEL_KEYS)))
+            raise DataError(ERR_UNKNOWN_KEY.format(path=path, key=Bounded(key),
+                                                  hint=did_you_mean(shorten(str(key), 60), _TOP_LEVEL_KEYS)))
     raw = data.get("categories")
     if not isinstance(raw, Mapping) or not raw:
         raise DataError(ERR_NO_CATEGORIES.format(path=path))
@@ -173,7 +175,7 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
     for category, entries in raw.items():
         category = str(category).strip()
         if not isinstance(entries, list) or not entries:
-            raise DataError(ERR_EMPTY_CATEGORY.format(path=path, category=category))
+            raise DataError(ERR_EMPTY_CATEGORY.format(path=path, category=Bounded(category)))
         words: list[str] = []
         for i, entry in enumerate(entries):
             word_pos = None
@@ -188,19 +190,21 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
             elif isinstance(entry, str):
                 word = entry
             else:
-                raise DataError(ERR_NOT_STRING.format(path=path, category=category, entry=entry, pos=i + 1))
+                raise DataError(ERR_NOT_STRING.format(path=path, category=Bounded(category), entry=Bounded(entry),
+                                                      pos=i + 1))
             word = " ".join(word.split())
             if not word:
-                raise DataError(ERR_NOT_STRING.format(path=path, category=category, entry=entry, pos=i + 1))
+                raise DataError(ERR_NOT_STRING.format(path=path, category=Bounded(category), entry=Bounded(entry),
+                                                      pos=i + 1))
             if word in words:
-                raise DataError(ERR_DUPLICATE.format(path=path, word=word, category=category))
+                raise DataError(ERR_DUPLICATE.format(path=path, word=Bounded(word), category=Bounded(category)))
             words.append(word)
             word_pos = word_pos or explicit_pos.get(word)
             if word_pos is not None:
                 value = str(word_pos).lower()
                 value = {"adj": "adjective", "n": "noun"}.get(value, value)
                 if value not in POS_VALUES:
-                    raise DataError(ERR_BAD_POS.format(path=path, word=word, value=word_pos))
+                    raise DataError(ERR_BAD_POS.format(path=path, word=Bounded(word), value=Bounded(word_pos)))
                 pos[word] = value
                 pos_source.setdefault(word, "file")
         categories[category] = tuple(words)
@@ -219,7 +223,8 @@ def load_taxonomy(path: str | Path) -> Taxonomy:
     aliases = {str(k): str(v) for k, v in (data.get("aliases") or {}).items()}
     for alias, target in aliases.items():
         if target not in categories:
-            raise DataError(f"taxonomy file {path}: alias {alias!r} points to unknown category {target!r}")
+            raise DataError(f"taxonomy file {path}: alias {Bounded(alias)!r} points to unknown category "
+                            f"{Bounded(target)!r}")
     return Taxonomy(
         name=str(data.get("name") or path.stem),
         categories=categories,
