@@ -65,3 +65,22 @@ def test_ensemble_is_normalised_mean_of_normalised(rows):
 
 def test_fill_without_article():
     assert fill("{word}", "nurse") == "nurse"
+
+
+def test_template_file_alias_bomb_and_duplicate_keys(tmp_path):
+    from test_io import BOMB
+
+    from clipprobe.errors import DataError
+    from clipprobe.resources.prompts import load_template_set
+
+    p = tmp_path / "t.yaml"
+    p.write_text(BOMB.replace("categories:", "templates:"))
+    with pytest.raises(DataError, match=r"^template file .*t.yaml could not be read: its aliases"):
+        load_template_set(p)
+    p.write_text("templates:\n  noun: ['a photo of {a} {word}']\n  noun: ['x {word}']\n")
+    with pytest.raises(DataError, match=r"key 'noun' appears twice"):
+        load_template_set(p)
+    p.write_text("templates: ['" + "y" * 5000 + " {wrd}']\n")
+    with pytest.raises(DataError) as info:
+        load_template_set(p)
+    assert "unknown placeholder" in str(info.value) and len(str(info.value)) < len(str(p)) + 250

@@ -125,3 +125,27 @@ def test_cli_validate(tmp_path):
     bad.write_text("categories:\n  a: []\n")
     r = CliRunner().invoke(cli, ["taxonomy", "validate", str(bad)])
     assert r.exit_code == 1 and "is empty" in r.output
+
+
+def test_a_huge_entry_is_shown_bounded_in_the_message(tmp_path):
+    # Aliases within the limit still make an entry of thousands of items: the message stays short.
+    p = tmp_path / "big.yaml"
+    p.write_text("note: [&a [" + ", ".join(["lol"] * 60) + "], &b [" + ", ".join(["*a"] * 60) + "]]\n"
+                 "categories:\n  jobs: [nurse, *b]\n")
+    with pytest.raises(DataError) as info:
+        load_taxonomy(p)
+    msg = str(info.value)
+    assert msg.startswith(f"taxonomy file {p}: category 'jobs' has a non-string entry [['lol', ")
+    assert msg.endswith("at position 2") and len(msg) < len(str(p)) + 250
+
+
+def test_alias_bomb_and_duplicate_keys_in_a_taxonomy(tmp_path):
+    from test_io import BOMB
+
+    p = tmp_path / "bomb.yaml"
+    p.write_text(BOMB)
+    with pytest.raises(DataError, match="aliases .* expand to more than 10000 entries"):
+        load_taxonomy(p)
+    p.write_text("categories:\n  jobs: [nurse]\n  jobs: [pilot]\n")
+    with pytest.raises(DataError, match=r"key 'jobs' appears twice in one mapping \(lines 2 and 3\)"):
+        load_taxonomy(p)
