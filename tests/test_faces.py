@@ -267,3 +267,261 @@ def test_default_dataset_offline_says_how_to_use_local_copy(tmp_path, monkeypatc
     assert "HuggingFaceM4/FairFace" in msg and "offline" in msg
     assert "the dataset spec fairface:ROOT" in msg
     assert "\n" not in msg
+
+
+# --------------------------------------------------------------------------- duplicate rows (issue 12.3)
+
+
+@pytest.mark.parametrize("scheme", ["fairface", "csv"])
+def test_duplicate_image_rows_are_refused_with_lines(tmp_path, scheme):
+    root = facegen.write_fairface(tmp_path / "ff", n=6)
+    label = root / "fairface_label_val.csv"
+    rows = _read_rows(label)
+    rows.insert(3, dict(rows[1], file="./" + rows[1]["file"]))   # the same image, spelled differently
+    rows.append(dict(rows[1], race="White"))                       # ... and again, with other labels
+    facegen.write_label_csv(label, rows, columns=("file", "age", "gender", "race", "service_test"))
+    spec = f"fairface:{root}" if scheme == "fairface" else f"csv:{label}"
+    with pytest.raises(DataError) as info:
+        faces.load_dataset(spec)
+    assert str(info.value) == faces.MSG_DUPLICATE_FILE.format(path=label, file=rows[1]["file"], n=3,
+                                                              lines="3, 5, 9", more="")
+
+
+def test_several_duplicated_images_are_counted(tmp_path):
+    root = facegen.write_fairface(tmp_path / "ff", n=6)
+    label = root / "fairface_label_val.csv"
+    rows = _read_rows(label)
+    rows += [rows[0], rows[4], rows[4]]
+    facegen.write_label_csv(label, rows, columns=("file", "age", "gender", "race", "service_test"))
+    with pytest.raises(DataError, match=r"image 'val/1.jpg' is listed 2 times \(lines 2, 8\); list each image "
+                                        r"once \(1 other image\(s\) are listed more than once too\)$"):
+        faces.load_dataset(f"fairface:{root}")
+
+
+# --------------------------------------------------------------------------- UTKFace copies (issue 11.8)
+
+
+def test_utkface_copies_in_several_folders_are_one_face_each(tmp_path):
+    d, names = facegen.write_utkface(tmp_path / "utk" / "UTKFace")            # aligned crops
+    facegen.write_utkface(tmp_path / "utk" / "crop_part1", seed=0)              # the same crops again
+    wild = tmp_path / "utk" / "part1"
+    for i, name in enumerate(names[:5]):                                        # in-the-wild originals
+        facegen.make_image(wild / name.replace(".jpg.chip.jpg", ".jpg"), size=60, seed=100 + i)
+    ds = faces.load_dataset(f"utkface:{tmp_path / 'utk'}")
+    assert len(ds) == len(names)
+    assert sorted(ds.table["file"]) == sorted(f"UTKFace/{n}" for n in names)   # the crops are kept
+    dups = [s for s in ds.skipped if s["reason"].startswith("duplicate of ")]
+    assert len(dups) == len(names) + 5
+    by_file = {s["file"]: s["reason"] for s in dups}
+    assert by_file[f"part1/{names[0].replace('.jpg.chip.jpg', '.jpg')}"] == faces.MSG_UTK_DUPLICATE.format(
+        kept=f"UTKFace/{names[0]}")
+    assert by_file[f"crop_part1/{names[2]}"] == faces.MSG_UTK_DUPLICATE.format(kept=f"UTKFace/{names[2]}")
+    # Only the in-the-wild copy of a face: it is kept.
+    only_wild = tmp_path / "wild"
+    facegen.make_image(only_wild / "30_1_2_20170109150557335.jpg", seed=1)
+    facegen.make_image(only_wild / "a" / "30_1_2_20170109150557335.jpg", seed=1)
+    ds2 = faces.load_dataset(f"utkface:{only_wild}")
+    assert list(ds2.table["file"]) == ["30_1_2_20170109150557335.jpg"]
+    assert ds2.skipped == [{"file": "a/30_1_2_20170109150557335.jpg",
+                            "reason": "duplicate of 30_1_2_20170109150557335.jpg (same age, gender, race and date)"}]
+
+
+def test_utkface_without_copies_keeps_its_fingerprint(tmp_path):
+    d, names = facegen.write_utkface(tmp_path / "utk")
+    ds = faces.load_dataset(f"utkface:{d}")
+    assert not ds.skipped
+    assert ds.fingerprint == faces._digest("utkface", "validation", faces._image_list_digest(d, sorted(names)))
+
+
+def test_groups_without_lexicon_terms_are_named():
+    from clipprobe.resources.lexicon import get_lexicon
+
+    lexicon = get_lexicon("fairface")
+    present = {"race": list(faces.UTK_RACES), "gender": list(faces.UTK_GENDERS), "skin": ["light", "dark"]}
+    missing = faces.groups_without_terms(present, lexicon.attributes)
+    assert missing == {"race": ["Asian", "Others"], "skin": ["dark", "light"]}
+    assert faces.describe_groups_without_terms(missing)[0] == (
+        "the lexicon has no terms for race group(s) 'Asian', 'Others': they cannot be counted in captions and are "
+        "left out of the cross-check")
+    assert faces.groups_without_terms({"race": list(faces.FAIRFACE_RACES)}, lexicon.attributes) == {}
+
+
+# --------------------------------------------------------------------------- huge images (issue 12.10)
+
+
+def _bomb_jpeg(path, width=12000, height=12000):
+    """A small JPEG whose header claims ``width`` x ``height`` (what a decompression bomb looks like)."""
+    facegen.make_image(path, size=16)
+    data = bytearray(path.read_bytes())
+    at = data.index(b"\xff\xc0")
+    data[at + 5:at + 9] = height.to_bytes(2, "big") + width.to_bytes(2, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("side", [12000, 20000])
+def test_huge_image_is_refused_before_decoding_and_without_a_warning(tmp_path, side):
+    import warnings
+
+    root = facegen.write_fairface(tmp_path / "ff", n=4)
+    _bomb_jpeg(root / "val" / "2.jpg", side, side)
+    ds = faces.load_dataset(f"fairface:{root}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataError) as info:
+            ds.load_image(1)
+        assert ds.load_image(0).size == (40, 40)
+    if side == 12000:
+        assert str(info.value) == faces.MSG_IMAGE_TOO_LARGE.format(width=side, height=side,
+                                                                   limit=faces.MAX_IMAGE_PIXELS)
+    else:   # beyond twice PIL's own limit: PIL refuses it itself, we say the same thing
+        assert str(info.value) == (f"image has {side * side} pixels, more than the limit of "
+                                   f"{faces.MAX_IMAGE_PIXELS} pixels; not decoded")
+
+
+# --------------------------------------------------------------------------- datasets missing (issue 11.2)
+
+
+def test_missing_datasets_package_is_a_one_line_error(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "datasets", None)   # what an environment without it gives
+    with pytest.raises(DataError) as info:
+        faces.load_dataset(None, offline=True)
+    assert str(info.value) == faces.MSG_NEEDS_DATASETS.format(spec="hf:HuggingFaceM4/FairFace",
+                                                              problem="not installed")
+    assert "pip install 'clipprobe[hf]'" in str(info.value)
+
+
+def test_missing_datasets_package_on_the_command_line(monkeypatch, tmp_path):
+    import sys
+
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    result = CliRunner().invoke(cli, ["retrieve", "--word", "terrorist", "--offline", "--cache-dir",
+                                      str(tmp_path / "c")])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines() == [
+        "Error: " + faces.MSG_NEEDS_DATASETS.format(spec="hf:HuggingFaceM4/FairFace", problem="not installed")]
+
+
+# --------------------------------------------------------------------------- one split only (issue 11.10)
+
+
+def _write_split(path, n, seed):
+    import datasets
+    from PIL import Image
+
+    rows = facegen.fairface_labels(n, seed)
+    images = []
+    for i in range(n):
+        tmp = facegen.make_image(path.parent / f".gen_{seed}_{i}.png", size=24, seed=seed * 100 + i)
+        with Image.open(tmp) as im:
+            images.append(im.copy())
+        tmp.unlink()
+    features = datasets.Features({
+        "image": datasets.Image(),
+        "age": datasets.ClassLabel(names=list(facegen.FAIRFACE_AGES)),
+        "gender": datasets.ClassLabel(names=list(facegen.FAIRFACE_GENDERS)),
+        "race": datasets.ClassLabel(names=list(facegen.HF_RACE_NAMES)),
+        "service_test": datasets.Value("bool"),
+    })
+    data = {"image": images,
+            "age": [facegen.FAIRFACE_AGES.index(r["age"]) for r in rows],
+            "gender": [facegen.FAIRFACE_GENDERS.index(r["gender"]) for r in rows],
+            "race": [facegen.HF_RACE_NAMES.index(r["race"]) for r in rows],
+            "service_test": [r["service_test"] == "True" for r in rows]}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(data, features=features).to_parquet(str(path))
+    return rows
+
+
+CARD = """---
+configs:
+- config_name: '0.25'
+  data_files:
+  - split: train
+    path: 0.25/train-*
+  - split: validation
+    path: 0.25/validation-*
+- config_name: '1.25'
+  data_files:
+  - split: train
+    path: 1.25/train-*
+  - split: validation
+    path: 1.25/validation-*
+---
+# FairFace (a replica of the repository layout for tests)
+"""
+
+
+def _fairface_repo(root):
+    """A copy of the FairFace dataset repository's layout: a card with configs 0.25 and 1.25, and parquet
+    files per split. The train files are not parquet at all: reading them would fail."""
+    root.mkdir(parents=True)
+    (root / "README.md").write_text(CARD)
+    truth = {}
+    for config, seed in (("0.25", 1), ("1.25", 2)):
+        truth[config] = _write_split(root / config / "validation-00000-of-00001.parquet", 9, seed)
+        (root / config / "train-00000-of-00002.parquet").write_bytes(b"not a parquet file, never read")
+        (root / config / "train-00001-of-00002.parquet").write_bytes(b"not a parquet file, never read")
+    return truth
+
+
+@pytest.fixture
+def hf_caches(tmp_path, monkeypatch):
+    import datasets
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-datasets"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-hub"))
+    monkeypatch.setenv("CLIPPROBE_CACHE", str(tmp_path / "clipprobe-cache"))
+    return tmp_path
+
+
+def test_repository_copy_loads_only_the_requested_split_and_config(tmp_path, hf_caches):
+    truth = _fairface_repo(tmp_path / "FairFace")
+    for config in ("0.25", "1.25"):
+        ds = faces.load_dataset(f"hf:{tmp_path / 'FairFace'}", hf_config=config)
+        assert len(ds) == 9
+        assert list(ds.table["race"]) == [r["race"] for r in truth[config]]
+        assert ds.load_image(0).size == (24, 24)
+    assert faces.load_dataset(f"hf:{tmp_path / 'FairFace'}", hf_config="0.25").fingerprint != ds.fingerprint
+    # The train files would have failed the validation load had they been read.
+    with pytest.raises(DataError, match=r"^cannot read dataset folder .*FairFace \(config '0.25', split 'train'\): "):
+        faces.load_dataset(f"hf:{tmp_path / 'FairFace'}", hf_config="0.25", split="train")
+
+
+def test_hub_dataset_offline_reads_the_remembered_split_files_from_the_hub_cache(tmp_path, hf_caches):
+    """The layout huggingface_hub keeps (snapshots/<revision>/<path>) and the record of which files hold
+    the split: offline, exactly those files are loaded, and nothing else needs to be there."""
+    import json
+
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hf-hub" / "datasets--HuggingFaceM4--FairFace"
+    path = "0.25/validation-00000-of-00001.parquet"
+    truth = _write_split(repo / "snapshots" / sha / path, 7, 3)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(sha)
+    record = faces._split_record_path("HuggingFaceM4/FairFace", "0.25", "validation")
+    record.parent.mkdir(parents=True)
+    record.write_text(json.dumps({"name": "HuggingFaceM4/FairFace", "config": "0.25", "split": "validation",
+                                  "module": "parquet",
+                                  "files": [{"repo_id": "HuggingFaceM4/FairFace", "revision": sha, "path": path}]}))
+    ds = faces.load_dataset(None, offline=True)
+    assert len(ds) == 7 and list(ds.table["race"]) == [r["race"] for r in truth]
+    assert ds.load_image(6).size == (24, 24)
+    # The 1.25 padding was never downloaded: a one-line error that says so.
+    with pytest.raises(DataError, match=r"cannot load Hugging Face dataset 'HuggingFaceM4/FairFace' \(config "
+                                        r"'1.25', split 'validation'\) offline"):
+        faces.load_dataset(None, offline=True, hf_config="1.25")
+
+
+def test_hub_urls_are_parsed_into_repo_revision_and_path():
+    assert faces._parse_hub_url("hf://datasets/HuggingFaceM4/FairFace@abc123/0.25/validation-00000-of-00001.parquet") \
+        == ("HuggingFaceM4/FairFace", "abc123", "0.25/validation-00000-of-00001.parquet")
+    assert faces._parse_hub_url("hf://datasets/org/name@refs%2Fconvert%2Fparquet/a/b.parquet") \
+        == ("org/name", "refs/convert/parquet", "a/b.parquet")
