@@ -6,8 +6,8 @@ dataset root with tiny face-like JPEGs so contact sheets can be drawn. The
 numbers are internally consistent: a synthetic labelled dataset is drawn, each
 word retrieves k images with a planted preference for one group, and counts,
 shares, skews (count 0 uses share 1/k inside the log), hypergeometric p-values,
-Benjamini-Hochberg q-values and bootstrap intervals over the top-k are computed
-from those retrievals. It is a fixture generator, not the reference
+Benjamini-Hochberg q-values, Wilson intervals, control-query p-values and a
+shuffled-label null for MaxSkew are computed from those retrievals. It is a fixture generator, not the reference
 implementation of the metrics.
 
     from tests.reportgen import make_report
@@ -153,15 +153,25 @@ def make_report(
             sizes = np.rint(base * n_images).astype(int)
             p_over = stats.hypergeom.sf(count - 1, n_images, sizes, k)
             p_under = stats.hypergeom.cdf(count, n_images, sizes, k)
+            # Wilson score interval, written out
+            z95 = stats.norm.ppf(0.975)
+            centre = (share + z95**2 / (2 * k)) / (1 + z95**2 / k)
+            half = z95 * np.sqrt(share * (1 - share) / k + z95**2 / (4 * k**2)) / (1 + z95**2 / k)
+            lo, hi = np.clip(centre - half, 0, 1), np.clip(centre + half, 0, 1)
+            control_share = base
+            p_controls = stats.binom.sf(count - 1, k, control_share)
+            null_max = [skews(shares(rng.choice(n_images, size=k, replace=False))).max() for _ in range(50)]
             for j, g in enumerate(groups_p):
+                with np.errstate(divide="ignore"):
+                    skew_lo = float(np.log(lo[j] / base[j]))
                 group_rows.append({
                     "word": word, "category": category, "attribute": attr, "group": g, "k": k,
                     "count": int(count[j]), "share": float(share[j]), "base_share": float(base[j]),
                     "skew": float(skew[j]), "p_over": float(p_over[j]), "p_under": float(p_under[j]),
-                    "share_ci_low": float(np.percentile(boot_shares[:, j], 2.5)),
-                    "share_ci_high": float(np.percentile(boot_shares[:, j], 97.5)),
-                    "skew_ci_low": float(np.percentile(boot_skews[:, j], 2.5)),
-                    "skew_ci_high": float(np.percentile(boot_skews[:, j], 97.5)),
+                    "share_ci_low": float(lo[j]), "share_ci_high": float(hi[j]),
+                    "skew_ci_low": skew_lo, "skew_ci_high": float(np.log(hi[j] / base[j])),
+                    "low_count": bool(count[j] < 5),
+                    "control_share": float(control_share[j]), "p_vs_controls": float(p_controls[j]),
                     "c_asc": float(rng.normal(0, 0.3) + 0.2 * skew[j]),
                     "skew_vs_neutral": float(skew[j] - neutral_skew[j]),
                 })
@@ -173,27 +183,34 @@ def make_report(
                 ndkl += sum(s * np.log(s / b) for s, b in zip(si, base) if s > 0) / np.log2(i + 1)
             top_idx = int(np.argmax(skew))
             boot_top = np.argmax(boot_skews, axis=1)
-            boot_max = boot_skews.max(axis=1)
+            null_mean = float(np.mean(null_max))
+            m_present = int((count > 0).sum())
             word_rows.append({
                 "word": word, "category": category, "attribute": attr,
                 "prompts": [f"a photo of a {word} person", f"a photo of a person who is {word}"],
-                "max_skew": float(skew.max()), "min_skew": float(skew.min()),
-                "norm_entropy": norm_entropy(share), "kl_to_base": kl, "ndkl": float(ndkl / z),
                 "top_group": groups_p[top_idx],
-                "max_skew_ci_low": float(np.percentile(boot_max, 2.5)),
-                "max_skew_ci_high": float(np.percentile(boot_max, 97.5)),
-                "norm_entropy_ci_low": float(np.percentile(boot_entropy, 2.5)),
-                "norm_entropy_ci_high": float(np.percentile(boot_entropy, 97.5)),
-                "stability": float((boot_top == top_idx).mean()),
+                "max_skew": float(skew.max()), "max_skew_null": null_mean,
+                "max_skew_excess": float(skew.max()) - null_mean,
+                "p_max_skew": float((1 + sum(v >= skew.max() for v in null_max)) / (1 + len(null_max))),
+                "min_skew": float(skew.min()), "min_skew_null": float(skew.min()) - 0.1, "min_skew_excess": 0.1,
+                "p_min_skew": 0.5,
+                "norm_entropy": norm_entropy(share),
+                "norm_entropy_mm": norm_entropy(share) + (m_present - 1) / (2 * k) / np.log(len(groups_p)),
+                "kl_to_base": kl, "ndkl_at_k": float(ndkl / z), "ndkl_full": float(ndkl / z) * 0.5,
+                "stability": float((boot_top == top_idx).mean()), "n_retrieved": k,
                 "top_files": [files[i] for i in top],
             })
 
     groups = pd.DataFrame(group_rows)
     groups["q_over"] = _bh(groups["p_over"].to_numpy())
     groups["flagged"] = groups["q_over"] < alpha
+    groups["q_vs_controls"] = _bh(groups["p_vs_controls"].to_numpy())
+    groups["flagged_vs_controls"] = groups["q_vs_controls"] < alpha
     flagged_n = groups.groupby(["word", "attribute"])["flagged"].sum()
+    flagged_c = groups.groupby(["word", "attribute"])["flagged_vs_controls"].sum()
     wdf = pd.DataFrame(word_rows)
     wdf["n_flagged"] = [int(flagged_n[(w, a)]) for w, a in zip(wdf["word"], wdf["attribute"])]
+    wdf["n_flagged_vs_controls"] = [int(flagged_c[(w, a)]) for w, a in zip(wdf["word"], wdf["attribute"])]
 
     summary = _summary(wdf, groups, rng, n_boot)
     groups.to_parquet(out_dir / "groups.parquet", index=False)
@@ -227,15 +244,14 @@ def _summary(words, groups, rng, n_boot):
     rows = []
     for (cat, attr), part in ex.groupby(["category", "attribute"], sort=True):
         ent = part["norm_entropy"].to_numpy()
-        means = [ent[rng.integers(0, len(ent), len(ent))].mean() for _ in range(n_boot)]
         fl = gex[(gex["category"] == cat) & (gex["attribute"] == attr) & gex["flagged"]]
         top = fl.groupby("group")["skew"].mean().sort_values(ascending=False).head(3)
         rows.append({
             "category": cat, "attribute": attr, "n_words": len(part),
             "mean_norm_entropy": float(ent.mean()),
-            "mean_norm_entropy_ci_low": float(np.percentile(means, 2.5)),
-            "mean_norm_entropy_ci_high": float(np.percentile(means, 97.5)),
+            "mean_max_skew_excess": float(part["max_skew_excess"].mean()),
             "share_flagged": float((part["n_flagged"] > 0).mean()),
+            "share_flagged_vs_controls": float((part["n_flagged_vs_controls"] > 0).mean()),
             "top_groups": "; ".join(top.index),
         })
     return pd.DataFrame(rows)

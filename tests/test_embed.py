@@ -34,10 +34,10 @@ class Counting:
     def __getattr__(self, name):
         return getattr(self._encoder, name)
 
-    def encode_images(self, batch):
+    def encode_images(self, batch, **kwargs):
         self.image_calls += 1
         self.images_seen += len(batch)
-        return self._encoder.encode_images(batch)
+        return self._encoder.encode_images(batch, **kwargs)
 
     def encode_text(self, texts):
         self.text_calls.append(list(texts))
@@ -73,9 +73,16 @@ def test_embeddings_match_direct_encoding_and_failures_are_listed(tiny_encoder, 
     assert t["num_workers"] == 1 and len(t["per_batch"]) == 6
     assert all(b["forward_s"] >= 0 and b["load_preprocess_s"] > 0 for b in t["per_batch"])
 
-    # The clip-retrieval layout, with metadata covering every row of its shard.
+    # Norms of the raw embeddings (for dot-product scoring), row for row with the vectors.
+    import torch
+
+    raw = tiny_encoder.model.encode_image(torch.stack([tiny_encoder.preprocess(ff.load_image(r))
+                                                       for r in expected_rows])).detach().float()
+    np.testing.assert_allclose(emb.norms, raw.norm(dim=-1).numpy(), rtol=1e-5)
+
+    # The shard layout, with metadata covering every row of its shard.
     root = emb.cache_dir
-    assert root == tmp_path / "c" / embed.model_cache_key(tiny_encoder) / ff.fingerprint
+    assert root == tmp_path / "c" / embed.model_cache_key(tiny_encoder) / f"{ff.fingerprint}-f{embed.CACHE_FORMAT}"
     assert sorted(p.name for p in (root / "img_emb").iterdir()) == [f"img_emb_0000{i}.npy" for i in range(3)]
     meta = pd.concat([pd.read_parquet(root / "metadata" / f"metadata_0000{i}.parquet") for i in range(3)])
     assert meta["row"].tolist() == list(range(23))

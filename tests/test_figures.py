@@ -66,9 +66,9 @@ def test_load_report_incompatible_version_names_both_versions(tmp_path):
 
 def test_load_report_missing_columns_are_named(tmp_path):
     d = make_report(tmp_path / "r", words={"a": "c", "b": "c"}, images=False, n_boot=5)
-    words = pd.read_parquet(d / "words.parquet").drop(columns=["stability", "ndkl"])
+    words = pd.read_parquet(d / "words.parquet").drop(columns=["stability", "ndkl_full"])
     words.to_parquet(d / "words.parquet", index=False)
-    with pytest.raises(DataError, match=r"words.parquet .* lacks columns: ndkl, stability"):
+    with pytest.raises(DataError, match=r"words.parquet .* lacks columns: ndkl_full, stability"):
         load_report(d)
 
 
@@ -125,23 +125,19 @@ def test_unknown_attribute_lists_valid_ones(report):
         figures.skew_heatmap(report.groups, "rase")
 
 
-def test_entropy_by_category_plots_summary_with_intervals(report):
+def test_entropy_by_category_plots_summary(report):
     ax = figures.entropy_by_category(report.summary, attributes=["race", "gender"])
     labels = [t.get_text() for t in ax.get_yticklabels()]
     s = report.summary
     means = s[s["attribute"].isin(["race", "gender"])].groupby("category")["mean_norm_entropy"].mean()
     assert labels == list(means.sort_values().index)
     assert ax.get_xlim() == pytest.approx((0, 1.02))
-    lines = [c for c in ax.containers]
-    assert len(lines) == 2
-    for container, attr in zip(lines, ["race", "gender"]):
-        x = container.lines[0].get_xdata()
+    series = [line for line in ax.get_lines() if line.get_label() in ("race", "gender")]
+    assert [line.get_label() for line in series] == ["race", "gender"]
+    for line, attr in zip(series, ["race", "gender"]):
         want = s[s["attribute"] == attr].set_index("category").loc[labels]
-        np.testing.assert_allclose(x, want["mean_norm_entropy"].to_numpy())
-        # the error bar ends are the interval bounds
-        seg = container.lines[2][0].get_segments()
-        np.testing.assert_allclose([p[0][0] for p in seg], want["mean_norm_entropy_ci_low"].to_numpy())
-        np.testing.assert_allclose([p[1][0] for p in seg], want["mean_norm_entropy_ci_high"].to_numpy())
+        np.testing.assert_allclose(line.get_xdata(), want["mean_norm_entropy"].to_numpy())
+    assert not ax.containers  # no interval is drawn: none was measured to cover
 
 
 def test_word_skew_dots_rows_points_and_flags(report):
@@ -284,7 +280,7 @@ def _most_skewed(groups, attribute, category=None):
         if row.attribute != attribute or (category and category not in row.category.split("; ")):
             continue
         best[row.word] = max(best.get(row.word, -np.inf), row.skew)
-    return sorted(best, key=lambda w: -best[w])
+    return sorted(best, key=lambda w: (-best[w], w))   # ties: alphabetical
 
 
 def test_word_skew_dots_max_words_keeps_most_skewed_and_says_so(report):

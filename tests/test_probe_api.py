@@ -45,10 +45,13 @@ def test_probe_scores_equals_what_report_writes(world):
                                            k=12, bootstrap=40, seed=5, figures=False, html=False))
     probe = open_probe(world["probe_config"])
     queries = make_queries(str(world["tax"]))
-    vectors = query_vectors(probe, queries + [neutral_query()])
+    controls = make_queries("controls")
+    vectors = query_vectors(probe, queries + [neutral_query()] + controls)
     scores = similarities(probe, vectors)
-    tables = probe_scores(scores[:-1], probe.labels, words=[q.word for q in queries], k=12, bootstrap=40, seed=5,
-                          neutral=scores[-1], categories={q.word: q.categories for q in queries},
+    n = len(queries)
+    tables = probe_scores(scores[:n], probe.labels, words=[q.word for q in queries], k=12, bootstrap=40, seed=5,
+                          neutral=scores[n], controls=scores[n + 1:],
+                          categories={q.word: q.categories for q in queries},
                           prompts=[q.prompts for q in queries], files=probe.files)
     written_groups = pd.read_parquet(out / "groups.parquet")
     written_words = pd.read_parquet(out / "words.parquet")

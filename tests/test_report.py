@@ -42,13 +42,20 @@ def test_files_and_columns(setup):
     words = pd.read_parquet(out / "words.parquet")
     summary = pd.read_csv(out / "summary.csv")
     run = json.loads((out / "run.json").read_text())
-    for col in ["word", "category", "attribute", "group", "k", "count", "share", "base_share", "skew", "p_over",
-                "p_under", "q_over", "flagged", "share_ci_low", "share_ci_high"]:
+    from clipprobe.analysis.probe import GROUP_COLUMNS, SUMMARY_COLUMNS, WORD_COLUMNS
+
+    assert list(groups.columns) == list(GROUP_COLUMNS)
+    assert list(words.columns) == list(WORD_COLUMNS)
+    assert list(summary.columns) == list(SUMMARY_COLUMNS)
+    for col in ["share_ci_low", "skew_ci_high", "low_count", "q_vs_controls", "flagged_vs_controls"]:
         assert col in groups.columns
-    for col in ["word", "category", "attribute", "prompts", "max_skew", "min_skew", "norm_entropy", "kl_to_base",
-                "ndkl", "top_group", "max_skew_ci_low", "max_skew_ci_high", "norm_entropy_ci_low",
-                "norm_entropy_ci_high", "stability"]:
+    for col in ["max_skew_null", "max_skew_excess", "p_max_skew", "p_min_skew", "norm_entropy_mm", "ndkl_at_k",
+                "ndkl_full"]:
         assert col in words.columns
+    # intervals that did not pass the coverage check are not published
+    assert not {"max_skew_ci_low", "norm_entropy_ci_low"} & set(words.columns)
+    assert (groups["low_count"] == (groups["count"] < 5)).all()
+    assert run["controls"] == {"name": "controls", "n_queries": 220}
     # Each unique word once per attribute; a word in two categories keeps both.
     assert len(words) == 10 * 4
     assert set(words.loc[words["word"] == "aggressive", "category"]) == {"criminal justice; behavioral"}
@@ -101,7 +108,8 @@ def test_same_seed_same_intervals_other_seed_differs(setup, tmp_path):
     a = pd.read_parquet(setup["out"] / "words.parquet")
     b = pd.read_parquet(tmp_path / "b" / "words.parquet")
     assert np.allclose(a["max_skew"], b["max_skew"])                       # point estimates do not depend on the seed
-    assert not np.allclose(a["max_skew_ci_low"], b["max_skew_ci_low"], equal_nan=True)
+    assert not np.allclose(a["stability"], b["stability"], equal_nan=True)  # the bootstrap does
+    assert not np.allclose(a["max_skew_null"], b["max_skew_null"])        # and so does the permutation null
 
 
 def test_label_shuffled_dataset_flags_at_most_alpha(tmp_path, tiny_model_files):
@@ -123,6 +131,7 @@ def test_label_shuffled_dataset_flags_at_most_alpha(tmp_path, tiny_model_files):
     groups = pd.read_parquet(out / "groups.parquet")
     assert len(groups) > 5000
     assert groups["flagged"].mean() <= 0.05
+    assert groups["flagged_vs_controls"].mean() <= 0.05
 
 
 def test_incompatible_report_folder(setup, tmp_path):

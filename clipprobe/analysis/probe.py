@@ -8,7 +8,11 @@ same inputs and seed. The report computes its words in resumable chunks with :fu
 and joins them with :func:`finish_tables`; :func:`probe_scores` is the two in one call.
 
 The top-k of a word is its ``k`` highest scores, ties broken by the lower image index
-(:func:`clipprobe.analysis.metrics.rank_topk`); the bootstrap resamples images with the same rule.
+(:func:`clipprobe.analysis.metrics.rank_topk`; ``ties="keep-all"`` keeps every image tied with the
+k-th score instead, shares still ``count / k``, as oxai/debias-vision-lang's ``nlargest(keep="all")``).
+
+What each column estimates, and which intervals are published (those whose coverage was measured
+by ``benchmarks/coverage.py``), is in the README ("Statistics") and :mod:`clipprobe.analysis.intervals`.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 REFERENCES = ("base", "uniform")
+TIES = ("index", "keep-all")
+DEFAULT_PERMUTATIONS = 1000
+LOW_COUNT = 5                   # counts below this are marked low_count: their skew is unstable
 CATEGORY_SEP = "; "
 NO_CATEGORY = "(all words)"     # the category of a word when none is given
 TOP_FILES_KEPT = 25
@@ -30,17 +37,21 @@ TOP_FILES_KEPT = 25
 # The report's tables, column by column (report/store.py writes and checks them).
 GROUP_COLUMNS = (
     "word", "category", "attribute", "group", "k", "count", "share", "base_share", "skew",
-    "p_over", "p_under", "q_over", "flagged", "share_ci_low", "share_ci_high",
-    "skew_ci_low", "skew_ci_high", "c_asc", "skew_vs_neutral",
+    "share_ci_low", "share_ci_high", "skew_ci_low", "skew_ci_high", "low_count",
+    "p_over", "p_under", "q_over", "flagged",
+    "control_share", "p_vs_controls", "q_vs_controls", "flagged_vs_controls",
+    "c_asc", "skew_vs_neutral",
 )
 WORD_COLUMNS = (
-    "word", "category", "attribute", "prompts", "max_skew", "min_skew", "norm_entropy",
-    "kl_to_base", "ndkl", "top_group", "max_skew_ci_low", "max_skew_ci_high",
-    "norm_entropy_ci_low", "norm_entropy_ci_high", "stability", "top_files", "n_flagged",
+    "word", "category", "attribute", "prompts", "top_group",
+    "max_skew", "max_skew_null", "max_skew_excess", "p_max_skew",
+    "min_skew", "min_skew_null", "min_skew_excess", "p_min_skew",
+    "norm_entropy", "norm_entropy_mm", "kl_to_base", "ndkl_at_k", "ndkl_full",
+    "stability", "n_retrieved", "top_files", "n_flagged", "n_flagged_vs_controls",
 )
 SUMMARY_COLUMNS = (
-    "category", "attribute", "n_words", "mean_norm_entropy", "mean_norm_entropy_ci_low",
-    "mean_norm_entropy_ci_high", "share_flagged", "top_groups",
+    "category", "attribute", "n_words", "mean_norm_entropy", "mean_max_skew_excess", "share_flagged",
+    "share_flagged_vs_controls", "top_groups",
 )
 
 MSG_SCORES_SHAPE = "scores must be a 2-D array (words x images), got shape {shape}"
@@ -54,6 +65,8 @@ MSG_FILES = "files: {n_files} name(s) for {n_images} image(s)"
 MSG_ALPHA = "alpha must be between 0 and 1, got {alpha}"
 MSG_BOOTSTRAP = "bootstrap must be 0 (no intervals) or a positive number of resamples, got {n}"
 MSG_SEED = "seed must be a non-negative integer, got {seed}"
+MSG_PERMUTATIONS = "permutations must be a positive number, got {n}"
+MSG_CONTROLS = "controls: expected an array of at least 2 control queries x {n_images} images, got shape {shape}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,9 +74,6 @@ class ReportTables:
     """The tables of one probe: ``groups`` (one row per word, attribute and group), ``words`` (one row
     per word and attribute), ``summary`` (one row per category and attribute).
 
-    ``entropy_samples`` is the bootstrap distribution of each word's normalised entropy,
-    ``(attributes, resamples, words)`` float32 (empty without a bootstrap); the summary's
-    per-category intervals are computed from it.
     """
 
     groups: "pd.DataFrame"
@@ -72,7 +82,6 @@ class ReportTables:
     attributes: tuple[str, ...]
     k: int
     alpha: float
-    entropy_samples: "np.ndarray"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,11 +103,10 @@ class ProbeLabels:
 @dataclasses.dataclass(frozen=True)
 class WordScores:
     """The part of the tables that one chunk of words determines on its own (no multiple-testing
-    adjustment yet; :func:`finish_tables` adds ``q_over``, ``flagged``, ``n_flagged`` and the summary)."""
+    adjustment yet; :func:`finish_tables` adds the q-values, flags, their counts and the summary)."""
 
     groups: "pd.DataFrame"
     words: "pd.DataFrame"
-    entropy_samples: "np.ndarray"   # (attributes, resamples, words)
 
 
 def encode_labels(labels, attributes: Sequence[str] | None = None) -> ProbeLabels:
@@ -132,10 +140,15 @@ def encode_labels(labels, attributes: Sequence[str] | None = None) -> ProbeLabel
     return ProbeLabels(codes, names)
 
 
-def check_settings(*, alpha: float = 0.05, bootstrap: int = 0, seed: int = 0, reference: str = "base") -> None:
+def check_settings(*, alpha: float = 0.05, bootstrap: int = 0, seed: int = 0, reference: str = "base",
+                   permutations: int = DEFAULT_PERMUTATIONS, ties: str = "index") -> None:
     """Refuse settings outside their range (the same checks as ``clipprobe report``, made first)."""
     if reference not in REFERENCES:
-        raise one_of(reference, REFERENCES, "reference")
+        raise UsageError(str(one_of(reference, REFERENCES, "reference")))
+    if ties not in TIES:
+        raise UsageError(str(one_of(ties, TIES, "tie rule")))
+    if isinstance(permutations, bool) or int(permutations) != permutations or permutations < 1:
+        raise UsageError(MSG_PERMUTATIONS.format(n=permutations))
     if not 0 < float(alpha) < 1:
         raise UsageError(MSG_ALPHA.format(alpha=alpha))
     if isinstance(bootstrap, bool) or int(bootstrap) != bootstrap or bootstrap < 0:
@@ -164,6 +177,60 @@ def _per_word(value, words: Sequence[str], default) -> list:
     return value
 
 
+def _kept_counts(s, ids, codes, n_groups: int, k: int, ties: str):
+    """``(counts (W, G), drawn (W,))``: group counts of each word's top-k and how many images they hold.
+
+    ``ties="index"``: exactly ``k`` (ties at the k-th score broken by the lower image index);
+    ``ties="keep-all"``: every image tied with the k-th score is kept too (``drawn >= k``).
+    """
+    import numpy as np
+
+    from clipprobe.analysis.metrics import topk_counts
+
+    if ties == "index":
+        return topk_counts(ids, codes, n_groups), np.full(len(ids), k, dtype=np.int64)
+    kth = np.take_along_axis(s, ids[:, k - 1:k], axis=1)            # (W, 1): the k-th highest score
+    kept = s >= kth
+    onehot = np.zeros((s.shape[1], n_groups))
+    onehot[np.arange(s.shape[1]), codes] = 1.0
+    return np.rint(kept.astype(np.float64) @ onehot).astype(np.int64), kept.sum(axis=1).astype(np.int64)
+
+
+def control_null(control_counts, k: int) -> "tuple[np.ndarray, np.ndarray, np.ndarray]":
+    """A beta-binomial per group fitted (by moments) to the control queries' top-k counts.
+
+    Returns ``(mean_share, a, b)`` per group; ``a = b = inf`` where the controls vary no more than
+    binomially (the null is then Binomial(k, mean_share)).
+    """
+    import numpy as np
+
+    c = np.asarray(control_counts, dtype=np.float64)
+    p = c.mean(axis=0) / k
+    var = c.var(axis=0, ddof=1) if len(c) > 1 else np.zeros(c.shape[1])
+    binomial = k * p * (1 - p)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # Var = k p (1 - p) (1 + (k - 1) rho), rho = 1 / (a + b + 1)
+        rho = (var / binomial - 1.0) / (k - 1) if k > 1 else np.zeros_like(p)
+        total = np.where(rho > 0, 1.0 / rho - 1.0, np.inf)
+    a = np.where(np.isfinite(total), p * total, np.inf)
+    b = np.where(np.isfinite(total), (1 - p) * total, np.inf)
+    return p, a, b
+
+
+def p_vs_controls(counts, k, mean_share, a, b) -> "np.ndarray":
+    """Upper-tail p-values of counts under the controls' beta-binomial (binomial where not overdispersed)."""
+    import numpy as np
+    from scipy.stats import betabinom, binom
+
+    c = np.asarray(counts)
+    kk = np.broadcast_to(np.asarray(k), c.shape)
+    over = np.isfinite(a) & (a > 0) & (b > 0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p_bb = betabinom.sf(c - 1, kk, np.where(over, a, 1.0), np.where(over, b, 1.0))
+        p_bin = binom.sf(c - 1, kk, np.clip(mean_share, 0.0, 1.0))
+    return np.clip(np.where(over, p_bb, p_bin), 0.0, 1.0)
+
+
 def score_words(
     scores,
     labels,
@@ -175,23 +242,28 @@ def score_words(
     bootstrap: int = 0,
     seed: int = 0,
     level: float = 0.95,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    ties: str = "index",
     neutral=None,
+    controls=None,
     prompts=None,
     files: Sequence[str] | None = None,
 ) -> WordScores:
-    """Point estimates, tests and bootstrap intervals of some words (see :func:`probe_scores`).
+    """Point estimates, tests and intervals of some words (see :func:`probe_scores`).
 
-    Each word's numbers depend only on its own row of ``scores`` and on the seed, so words can be
-    scored in chunks and the chunks joined by :func:`finish_tables`.
+    Each word's numbers depend only on its own row of ``scores``, on the controls and on the seed,
+    so words can be scored in chunks and the chunks joined by :func:`finish_tables`.
     """
     import numpy as np
     import pandas as pd
 
-    from clipprobe.analysis.bootstrap import bootstrap_counts, bootstrap_intervals, bootstrap_metrics
-    from clipprobe.analysis.metrics import c_asc, check_k, point_estimates, rank_topk
+    from clipprobe.analysis.bootstrap import bootstrap_counts, bootstrap_metrics
+    from clipprobe.analysis.extremes import extreme_skew_null
+    from clipprobe.analysis.intervals import miller_madow, share_interval, skew_interval, skew_interval_vs_base
+    from clipprobe.analysis.metrics import c_asc, check_k, group_stats, ndkl, point_estimates, rank_topk, word_stats
     from clipprobe.analysis.significance import hypergeom_p
 
-    check_settings(bootstrap=bootstrap, seed=seed, reference=reference)
+    check_settings(bootstrap=bootstrap, seed=seed, reference=reference, permutations=permutations, ties=ties)
     s = _as_scores(scores)
     n_words, n_images = s.shape
     words = [str(w) for w in words]
@@ -207,12 +279,19 @@ def score_words(
         if nv.shape != (n_images,):
             raise DataError(MSG_NEUTRAL.format(n_images=n_images, shape=nv.shape))
         neutral_ids = rank_topk(nv[None, :], k)[0]
+    control_scores = None
+    if controls is not None:
+        control_scores = np.asarray(controls)
+        if control_scores.ndim != 2 or control_scores.shape[1] != n_images or len(control_scores) < 2:
+            raise DataError(MSG_CONTROLS.format(n_images=n_images, shape=control_scores.shape))
     if files is not None and len(files) != n_images:
         raise DataError(MSG_FILES.format(n_files=len(files), n_images=n_images))
     prompt_lists = _per_word(prompts, words, list)
     attributes = lab.attributes
 
     ids = rank_topk(s, k)
+    control_ids = rank_topk(control_scores, k) if control_scores is not None else None
+    full_rank = rank_topk(s, n_images)                                # (W, N): for NDKL over the whole ranking
     boot = None
     if bootstrap > 0:
         boot = bootstrap_counts(s, dict(lab.codes), {a: len(lab.names[a]) for a in attributes}, k,
@@ -220,63 +299,96 @@ def score_words(
     top = ids[:, :TOP_FILES_KEPT]
     top_files = ([[str(files[i]) for i in row] for row in top] if files is not None
                  else [[str(int(i)) for i in row] for row in top])
-    group_frames, word_rows, entropy = [], [], []
-    for a in attributes:
+    nan_w = np.full(n_words, np.nan)
+    group_frames, word_rows = [], []
+    for a_index, a in enumerate(attributes):
         codes, groups = lab.codes[a], lab.names[a]
         g_n = len(groups)
         est = point_estimates(ids, codes, g_n, reference=reference)
+        sizes = np.bincount(codes, minlength=g_n)
+        present_mask = sizes > 0
+        ref = est["reference_share"][0]
+        counts, drawn = _kept_counts(s, ids, codes, g_n, k, ties)
+        if ties != "index":     # the tied images count too; shares stay count / k (oxai's convention)
+            g = group_stats(counts, ref, k)
+            w_stats = word_stats(counts, ref, k, present=present_mask, topk_labels=codes[ids])
+            est = {**est, "count": counts, "share": g["share"], "skew": np.where(present_mask, g["skew"], np.nan),
+                   **{key: w_stats[key] for key in ("max_skew", "min_skew", "norm_entropy", "kl_to_base",
+                                                      "top_group")}}
         if neutral_ids is not None:
             vs_neutral = point_estimates(ids, codes, g_n, reference="neutral", neutral_ids=neutral_ids)["skew"]
         else:
             vs_neutral = np.full((n_words, g_n), np.nan)
-        sizes = np.bincount(codes, minlength=g_n)
-        p_over, p_under = hypergeom_p(est["count"], sizes[None, :], n_images, k)
+        p_over = np.empty((n_words, g_n))
+        p_under = np.empty((n_words, g_n))
+        max_null, min_null = np.empty(n_words), np.empty(n_words)
+        p_max, p_min = np.empty(n_words), np.empty(n_words)
+        for draws in np.unique(drawn):
+            rows = drawn == draws
+            p_over[rows], p_under[rows] = hypergeom_p(counts[rows], sizes[None, :], n_images, int(draws))
+            null = extreme_skew_null(sizes, k, ref, n_perm=permutations, seed=int(seed) * 1000 + a_index,
+                                     draws=int(draws))
+            max_null[rows], min_null[rows] = float(np.mean(null.max_skew)), float(np.mean(null.min_skew))
+            p_max[rows], p_min[rows] = null.p_max(est["max_skew"][rows]), null.p_min(est["min_skew"][rows])
+        share_lo, share_hi = share_interval(np.minimum(counts, k), k, level=level)
+        if reference == "base":
+            skew_lo, skew_hi = skew_interval_vs_base(counts, k, sizes, n_images, level=level, drawn=drawn)
+        else:
+            skew_lo, skew_hi = skew_interval(share_lo, share_hi, est["reference_share"])
         casc = c_asc(s, codes, g_n)
+        nd_full = np.concatenate([ndkl(codes[full_rank[i:i + 8]], ref, g_n) for i in range(0, n_words, 8)])
+        mm = miller_madow(est["norm_entropy"], counts, present_mask, k)
+        if control_ids is not None:
+            control_counts, _ = _kept_counts(control_scores, control_ids, codes, g_n, k, ties)
+            c_mean, c_a, c_b = control_null(control_counts, k)
+            p_ctrl = p_vs_controls(counts, k, c_mean[None, :], c_a[None, :], c_b[None, :])
+            ctrl_share = np.broadcast_to(c_mean, (n_words, g_n))
+        else:
+            p_ctrl = np.full((n_words, g_n), np.nan)
+            ctrl_share = np.full((n_words, g_n), np.nan)
+        stability = nan_w
         if boot is not None:
             samples = bootstrap_metrics(boot[a], reference=reference)
-            ci = bootstrap_intervals(boot[a], top_group=est["top_group"], reference=reference, level=level,
-                                     samples=samples)
-            entropy.append(samples["norm_entropy"].astype(np.float32))   # (B, W), for category means
-        else:
-            nan_wg = np.full((n_words, g_n), np.nan)
-            nan_w = np.full(n_words, np.nan)
-            ci = {"share_ci_low": nan_wg, "share_ci_high": nan_wg, "skew_ci_low": nan_wg,
-                  "skew_ci_high": nan_wg, "max_skew_ci_low": nan_w, "max_skew_ci_high": nan_w,
-                  "norm_entropy_ci_low": nan_w, "norm_entropy_ci_high": nan_w, "stability": nan_w}
-        present = np.flatnonzero(sizes > 0)
-        names = [groups[i] for i in present]
-        for w, word in enumerate(words):
-            group_frames.append(pd.DataFrame({
-                "word": word, "attribute": a, "group": names, "k": k,
-                "count": est["count"][w][present].astype(np.int64),
-                "share": est["share"][w][present],
-                "base_share": est["base_share"][w][present],
-                "skew": est["skew"][w][present],
-                "p_over": p_over[w][present], "p_under": p_under[w][present],
-                "share_ci_low": ci["share_ci_low"][w][present], "share_ci_high": ci["share_ci_high"][w][present],
-                "skew_ci_low": ci["skew_ci_low"][w][present], "skew_ci_high": ci["skew_ci_high"][w][present],
-                "c_asc": casc[w][present], "skew_vs_neutral": vs_neutral[w][present],
-            }))
-            word_rows.append({
-                "word": word, "attribute": a, "prompts": list(prompt_lists[w]),
-                "max_skew": float(est["max_skew"][w]), "min_skew": float(est["min_skew"][w]),
-                "norm_entropy": float(est["norm_entropy"][w]), "kl_to_base": float(est["kl_to_base"][w]),
-                "ndkl": float(est["ndkl"][w]), "top_group": groups[int(est["top_group"][w])],
-                "max_skew_ci_low": float(ci["max_skew_ci_low"][w]),
-                "max_skew_ci_high": float(ci["max_skew_ci_high"][w]),
-                "norm_entropy_ci_low": float(ci["norm_entropy_ci_low"][w]),
-                "norm_entropy_ci_high": float(ci["norm_entropy_ci_high"][w]),
-                "stability": float(ci["stability"][w]), "top_files": top_files[w],
-            })
-    ent = np.stack(entropy) if entropy else np.zeros((0, 0, n_words), np.float32)
-    return WordScores(groups=pd.concat(group_frames, ignore_index=True), words=pd.DataFrame(word_rows),
-                      entropy_samples=ent)
+            stability = (samples["top_group"] == est["top_group"][None, :]).mean(axis=0).astype(np.float64)
+        present = np.flatnonzero(present_mask)
+        n_present = len(present)
+
+        def per_group(values) -> "np.ndarray":   # (W, G) -> the present groups, word by word
+            return np.asarray(values)[:, present].ravel()
+
+        group_frames.append(pd.DataFrame({
+            "word": np.repeat(np.asarray(words, dtype=object), n_present), "attribute": a,
+            "group": np.tile(np.asarray([groups[i] for i in present], dtype=object), n_words), "k": k,
+            "count": per_group(counts).astype(np.int64),
+            "share": per_group(est["share"]), "base_share": per_group(est["base_share"]),
+            "skew": per_group(est["skew"]),
+            "p_over": per_group(p_over), "p_under": per_group(p_under),
+            "share_ci_low": per_group(share_lo), "share_ci_high": per_group(share_hi),
+            "skew_ci_low": per_group(skew_lo), "skew_ci_high": per_group(skew_hi),
+            "low_count": per_group(counts) < LOW_COUNT,
+            "c_asc": per_group(casc), "skew_vs_neutral": per_group(vs_neutral),
+            "control_share": per_group(ctrl_share), "p_vs_controls": per_group(p_ctrl),
+        }))
+        word_rows.append(pd.DataFrame({
+            "word": np.asarray(words, dtype=object), "attribute": a,
+            "prompts": [list(p) for p in prompt_lists],
+            "max_skew": est["max_skew"], "max_skew_null": max_null,
+            "max_skew_excess": est["max_skew"] - max_null, "p_max_skew": p_max,
+            "min_skew": est["min_skew"], "min_skew_null": min_null,
+            "min_skew_excess": est["min_skew"] - min_null, "p_min_skew": p_min,
+            "norm_entropy": est["norm_entropy"], "norm_entropy_mm": mm,
+            "kl_to_base": est["kl_to_base"], "ndkl_at_k": est["ndkl"], "ndkl_full": nd_full,
+            "top_group": np.asarray(groups, dtype=object)[est["top_group"]],
+            "stability": stability, "n_retrieved": drawn.astype(np.int64), "top_files": top_files,
+        }))
+    return WordScores(groups=pd.concat(group_frames, ignore_index=True),
+                      words=pd.concat(word_rows, ignore_index=True))
 
 
-def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, level: float = 0.95,
-                  categories=None) -> ReportTables:
-    """Join scored chunks of words: categories, Benjamini-Hochberg over every row (``q_over``,
-    ``flagged = q_over < alpha``), ``n_flagged`` per word and attribute, and the per-category summary.
+def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, categories=None) -> ReportTables:
+    """Join scored chunks of words: categories, Benjamini-Hochberg over every row (``q_over`` and
+    ``flagged = q_over < alpha``; ``q_vs_controls`` and ``flagged_vs_controls`` the same against the
+    control queries), the flag counts per word and attribute, and the per-category summary.
 
     ``categories`` maps a word to its categories (a string, joined by ``"; "``, or a sequence).
     """
@@ -290,9 +402,6 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, l
         raise DataError("no words to report")
     groups = pd.concat([p.groups for p in parts], ignore_index=True)
     words = pd.concat([p.words for p in parts], ignore_index=True)
-    with_samples = [p.entropy_samples for p in parts if p.entropy_samples.size]
-    entropy = (np.concatenate(with_samples, axis=2) if len(with_samples) == len(parts)
-               else np.zeros((0, 0, 0), np.float32))
     word_order = list(dict.fromkeys(words["word"]))
     attributes = tuple(dict.fromkeys(words["attribute"]))
     # One row order however the words were chunked: attribute by attribute, words in their order.
@@ -307,44 +416,37 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, l
     words["category"] = words["word"].map(joined)
     groups["q_over"] = bh_adjust(groups["p_over"].to_numpy())
     groups["flagged"] = groups["q_over"] < alpha
-    n_flagged = groups.groupby(["word", "attribute"], sort=False)["flagged"].sum()
-    words["n_flagged"] = [int(n_flagged.get((w, a), 0)) for w, a in zip(words["word"], words["attribute"])]
+    groups["q_vs_controls"] = bh_adjust(groups["p_vs_controls"].to_numpy())
+    groups["flagged_vs_controls"] = groups["q_vs_controls"] < alpha
+    for column, flag in (("n_flagged", "flagged"), ("n_flagged_vs_controls", "flagged_vs_controls")):
+        n = groups.groupby(["word", "attribute"], sort=False)[flag].sum()
+        words[column] = [int(n.get((w, a), 0)) for w, a in zip(words["word"], words["attribute"])]
     groups = groups[list(GROUP_COLUMNS)]
     words = words[list(WORD_COLUMNS)]
-    summary = summarise(groups, words, entropy, attributes, word_order, level)
+    summary = summarise(groups, words)
     return ReportTables(groups=groups, words=words, summary=summary, attributes=attributes, k=int(k),
-                        alpha=float(alpha), entropy_samples=entropy)
+                        alpha=float(alpha))
 
 
-def summarise(groups: "pd.DataFrame", words: "pd.DataFrame", entropy: "np.ndarray", attributes: Sequence[str],
-              word_order: list[str], level: float) -> "pd.DataFrame":
-    """Per category and attribute: mean normalised entropy with its bootstrap interval, share of
-    flagged words, and the groups with the highest mean skew among the category's words."""
-    import numpy as np
+def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
+    """Per category and attribute: mean normalised entropy and MaxSkew excess over the null, the
+    share of words with a flagged group (by the hypergeometric test and against the controls), and
+    the groups with the highest mean skew among the category's words."""
     import pandas as pd
 
-    from clipprobe.analysis.bootstrap import percentile_interval
-
-    position = {w: i for i, w in enumerate(word_order)}
-    attributes = list(attributes)
     rows = []
     exploded = words.assign(category=words["category"].str.split(CATEGORY_SEP)).explode("category")
     g_exploded = groups.assign(category=groups["category"].str.split(CATEGORY_SEP)).explode("category")
     for (category, attribute), part in exploded.groupby(["category", "attribute"], sort=False):
-        a = attributes.index(attribute)
-        idx = [position[w] for w in part["word"]]
-        lo = hi = float("nan")
-        if entropy.size:
-            samples = np.nanmean(entropy[a][:, idx], axis=1)
-            low, high = percentile_interval(samples[:, None], level)
-            lo, hi = float(low[0]), float(high[0])
         gpart = g_exploded[(g_exploded["category"] == category) & (g_exploded["attribute"] == attribute)]
         mean_skew = gpart.groupby("group", sort=False)["skew"].mean().sort_values(ascending=False)
         top = "; ".join(f"{g} ({s:+.2f})" for g, s in mean_skew.head(3).items())
         rows.append({"category": category, "attribute": attribute, "n_words": len(part),
                      "mean_norm_entropy": float(part["norm_entropy"].mean()),
-                     "mean_norm_entropy_ci_low": lo, "mean_norm_entropy_ci_high": hi,
-                     "share_flagged": float((part["n_flagged"] > 0).mean()), "top_groups": top})
+                     "mean_max_skew_excess": float(part["max_skew_excess"].mean()),
+                     "share_flagged": float((part["n_flagged"] > 0).mean()),
+                     "share_flagged_vs_controls": float((part["n_flagged_vs_controls"] > 0).mean()),
+                     "top_groups": top})
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
 
 
@@ -360,7 +462,10 @@ def probe_scores(
     seed: int = 0,
     alpha: float = 0.05,
     level: float = 0.95,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    ties: str = "index",
     neutral=None,
+    controls=None,
     categories=None,
     prompts=None,
     files: Sequence[str] | None = None,
@@ -385,12 +490,22 @@ def probe_scores(
     reference
         ``"base"`` (skew against the dataset's group shares) or ``"uniform"``.
     bootstrap, seed
-        resamples of the image set for the intervals (0: no intervals) and their seed.
+        resamples of the image set for ``stability`` (0: none) and the seed of every random draw.
     alpha, level
-        the false-discovery rate of ``flagged``; the level of the intervals.
+        the false-discovery rate of ``flagged`` and ``flagged_vs_controls``; the level of the intervals.
+    permutations
+        label shuffles for the null of MaxSkew and MinSkew (``p_max_skew``, ``max_skew_null``, ...).
+    ties
+        ``"index"`` (exactly k images, ties at the k-th score broken by the lower image index) or
+        ``"keep-all"`` (every image tied with the k-th score kept, shares still ``count / k``).
     neutral
         optional ``(N,)`` similarities of a neutral prompt ("a photo of a person"): the
         ``skew_vs_neutral`` column measures each word against what it retrieves (NaN without it).
+    controls
+        optional ``(M, N)`` similarities of control queries (neutral and nonsense words): each
+        group's count is then also tested against the controls' counts (``p_vs_controls``, a
+        beta-binomial fitted to them by moments), which asks whether the word retrieves the group
+        more than queries with no meaning do, not only more than random images.
     categories, prompts, files
         optional: each word's categories and prompts (mappings from word, or sequences in the
         words' order; a word without categories is in ``"(all words)"``), and each image's name
@@ -402,7 +517,8 @@ def probe_scores(
         ``.groups``, ``.words`` and ``.summary`` with exactly the columns and values that
         ``clipprobe report`` writes for the same inputs and seed.
     """
-    check_settings(alpha=alpha, bootstrap=bootstrap, seed=seed, reference=reference)
+    check_settings(alpha=alpha, bootstrap=bootstrap, seed=seed, reference=reference, permutations=permutations,
+                   ties=ties)
     words = [str(w) for w in words]
     seen: set[str] = set()
     for w in words:
@@ -410,8 +526,9 @@ def probe_scores(
             raise DataError(MSG_DUPLICATE_WORDS.format(word=w))
         seen.add(w)
     part = score_words(scores, labels, words=words, k=k, attributes=attributes, reference=reference,
-                       bootstrap=bootstrap, seed=seed, level=level, neutral=neutral, prompts=prompts, files=files)
-    return finish_tables([part], k=k, alpha=alpha, level=level, categories=categories)
+                       bootstrap=bootstrap, seed=seed, level=level, permutations=permutations, ties=ties,
+                       neutral=neutral, controls=controls, prompts=prompts, files=files)
+    return finish_tables([part], k=k, alpha=alpha, categories=categories)
 
 
 __all__ = [

@@ -98,3 +98,14 @@ def check_count(option: str, value: int, minimum: int = 0) -> int:
     if value < minimum:
         raise UsageError(MSG_COUNT.format(option=option, minimum=minimum, value=value))
     return value
+
+
+def check_choice(option: str, value: str, choices) -> str:
+    """A value from a fixed list, or a one-line usage error naming the option and the valid values (exit 2)."""
+    from clipprobe.errors import UsageError, did_you_mean
+
+    choices = list(choices)
+    if value not in choices:
+        raise UsageError(f"{option} {value!r} is not one of {', '.join(repr(c) for c in choices)}"
+                         f"{did_you_mean(value, choices)}")
+    return value

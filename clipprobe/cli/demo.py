@@ -23,6 +23,11 @@ def demo(out, retrain, seed, bootstrap) -> None:
                f"{TARGETS['recall']})")
     click.echo(f"  false-positive rate on control words: {v['false_positive_rate']:.3f} ({v['n_control_rows']} rows; "
                f"target <= {TARGETS['false_positive_rate']})")
+    if "vs_controls" in v:
+        c = v["vs_controls"]
+        click.echo(f"  against control queries: recall {c['recall']:.2f}, control-word rows flagged "
+                   f"{c['false_positive_rate']:.3f} (unadjusted p <= alpha: "
+                   f"{c['unadjusted_p_below_alpha_on_control_words']:.3f})")
     if "captions" in v:
         c = v["captions"]
         click.echo(f"  caption counts equal to the planted counts: {'yes' if c['exact'] else 'NO'} "
@@ -30,7 +35,8 @@ def demo(out, retrain, seed, bootstrap) -> None:
     if "null" in v:
         n = v["null"]
         click.echo(f"  labels shuffled: {n['flagged']} of {n['n_rows']} rows flagged ({n['flagged_share']:.3f}; "
-                   f"alpha {v['alpha']})")
+                   f"alpha {v['alpha']})" + (f"; p_max_skew <= alpha for {n['p_max_skew_below_alpha']:.3f} of "
+                                             f"word-attribute pairs" if "p_max_skew_below_alpha" in n else ""))
     click.echo(f"  targets met: {'yes' if v['passed'] else 'NO'}")
     click.echo("files:")
     labels = {"retrieve": "retrieval table", "grid": "contact sheet", "captions": "caption counts",

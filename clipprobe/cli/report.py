@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import check_count, check_fraction, pop_probe_config, probe_options, split_attributes
+from clipprobe.cli._options import (
+    check_choice,
+    check_count,
+    check_fraction,
+    pop_probe_config,
+    probe_options,
+    split_attributes,
+)
 
 
 @click.command("report")
@@ -18,15 +25,24 @@ from clipprobe.cli._options import check_count, check_fraction, pop_probe_config
               help="Bootstrap resamples of the face dataset for intervals (0: none).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (reruns are identical).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="False discovery rate for flagging.")
-@click.option("--reference", type=click.Choice(["base", "uniform"]), default="base", show_default=True,
-              help="Skew against the dataset's group shares or against equal representation.")
+@click.option("--reference", default="base", show_default=True,
+              help="Skew against the dataset's group shares (base) or against equal representation (uniform).")
+@click.option("--permutations", type=int, default=1000, show_default=True,
+              help="Label shuffles for the null of MaxSkew and MinSkew (p_max_skew, max_skew_excess).")
+@click.option("--ties", default="index", show_default=True,
+              help="Images tied with the k-th score: 'index' keeps exactly k (lower image index first), "
+                   "'keep-all' keeps every tied image (shares still count / k).")
+@click.option("--score", default="cosine", show_default=True,
+              help="'cosine' of normalised embeddings, or 'dot' with the raw image embedding (as oxai ranks).")
+@click.option("--controls", default="controls", show_default=True,
+              help="Control words (a taxonomy name or file) for flagged_vs_controls; 'none' to skip.")
 @click.option("--captions-counts", type=click.Path(file_okay=False), default=None,
               help="Folder written by `clipprobe captions count`: join caption lift with retrieval skew.")
 @click.option("--figures/--no-figures", default=True, show_default=True)
 @click.option("--html/--no-html", default=True, show_default=True)
 @probe_options
-def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, captions_counts, figures,
-           html, **kwargs) -> None:
+def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, permutations, ties, score,
+           controls, captions_counts, figures, html, **kwargs) -> None:
     """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""
     from clipprobe.pipeline.report import ReportConfig, run_report
 
@@ -34,15 +50,22 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
     check_count("--bootstrap", bootstrap)
     check_count("--seed", seed)
     check_count("--k", k, 1)
+    check_count("--permutations", permutations, 1)
+    check_choice("--reference", reference, ("base", "uniform"))
+    check_choice("--ties", ties, ("index", "keep-all"))
+    check_choice("--score", score, ("cosine", "dot"))
     config = ReportConfig(
         probe=pop_probe_config(kwargs), out=out, taxonomy=taxonomy, templates=templates, k=k,
         attributes=split_attributes(attributes) if attributes else None, bootstrap=bootstrap, seed=seed,
-        alpha=alpha, reference=reference, captions_counts=captions_counts, figures=figures, html=html,
+        alpha=alpha, reference=reference, permutations=permutations, ties=ties, score=score,
+        controls=None if controls.strip().lower() == "none" else controls, captions_counts=captions_counts,
+        figures=figures, html=html,
     )
     result = run_report(config)
     run = result.run
     click.echo(f"report: {run['taxonomy']['n_words']} words x {len(run['attributes'])} attributes, "
-               f"{run['n_rows']} rows, {run['n_flagged']} flagged at FDR {config.alpha}")
+               f"{run['n_rows']} rows, {run['n_flagged']} flagged at FDR {config.alpha} "
+               f"({run['n_flagged_vs_controls']} also against the control queries)")
     if result.reused_chunks:
         click.echo(f"reused {result.reused_chunks} finished chunk(s), computed {result.computed_chunks}")
     for path in result.files:

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import attributes_option, pop_probe_config, probe_options, split_attributes
+from clipprobe.cli._options import (
+    attributes_option,
+    check_choice,
+    pop_probe_config,
+    probe_options,
+    split_attributes,
+)
 
 
 @click.command("retrieve")
@@ -17,8 +23,10 @@ from clipprobe.cli._options import attributes_option, pop_probe_config, probe_op
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the output here instead of stdout.")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a contact sheet of the top-k faces (PNG).")
+@click.option("--score", default="cosine", show_default=True,
+              help="'cosine' of normalised embeddings, or 'dot' with the raw image embedding (as oxai ranks).")
 @probe_options
-def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, **kwargs) -> None:
+def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, score, **kwargs) -> None:
     """Retrieve the top-k faces for a word and show each group's share and skew."""
     import json
 
@@ -34,9 +42,10 @@ def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, **kwargs)
         raise click.BadParameter(f"k must be a positive number of images, got {k}", param_hint="--k")
     if not word.strip():
         raise click.BadParameter("the word is empty", param_hint="--word")
+    check_choice("--score", score, ("cosine", "dot"))
     query = make_query(word, taxonomy=taxonomy, templates=templates)  # cheap checks before loading anything
     probe = open_probe(config)
-    result = run_retrieve(probe, query, k=k, attributes=attrs)
+    result = run_retrieve(probe, query, k=k, attributes=attrs, score=score)
     if fmt == "json":
         text = json.dumps(result.to_dict(), indent=2) + "\n"
     elif fmt == "csv":

@@ -5,7 +5,8 @@ Layout (the clip-retrieval one, plus a manifest)::
     CACHE/<model key>/<dataset fingerprint>/
         cache.json                       what this folder holds (model, dataset, rows, shard size)
         img_emb/img_emb_00000.npy        float32 (n_ok, dim), L2-normalised, rows in dataset order
-        metadata/metadata_00000.parquet  row, file, status ("ok" | "error"), reason
+        metadata/metadata_00000.parquet  row, file, status ("ok" | "error"), reason, norm (of the raw
+                                         embedding, for dot-product scoring)
         done.json                        written once every shard exists
     CACHE/<model key>/text/text_<hash>.npy + text_<hash>.parquet   prompt embeddings
 
@@ -41,7 +42,7 @@ from clipprobe.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2   # 2: metadata holds each raw embedding's norm; folders of another format are left alone
 MANIFEST = "cache.json"
 DONE = "done.json"
 
@@ -63,7 +64,7 @@ def model_cache_key(encoder) -> str:
 def embeddings_dir(encoder, dataset, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cache folder of ``dataset`` embedded by ``encoder``."""
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return base / model_cache_key(encoder) / dataset.fingerprint
+    return base / model_cache_key(encoder) / f"{dataset.fingerprint}-f{CACHE_FORMAT}"
 
 
 @dataclass
@@ -75,7 +76,7 @@ class ImageEmbeddings:
     that could not be read. ``timings`` holds this run's per-stage seconds (an
     all-cached run has ``n_embedded == 0``). ``labels`` (the dataset's attribute
     columns) and ``files`` are those of the embedded images, row for row with
-    ``vectors``.
+    ``vectors``; ``norms`` are the norms of the raw embeddings before normalisation.
     """
 
     vectors: Any  # np.ndarray (n_ok, dim) float32
@@ -85,6 +86,7 @@ class ImageEmbeddings:
     timings: dict = field(default_factory=dict)
     labels: Any = None  # pandas.DataFrame (n_ok, attributes)
     files: tuple[str, ...] = ()
+    norms: Any = None  # np.ndarray (n_ok,) float32: norms of the raw (unnormalised) embeddings
 
     def __len__(self) -> int:
         return int(len(self.rows))
@@ -159,7 +161,8 @@ def _read_shard(root: Path, s: int, lo: int, hi: int):
         return None
     n_ok = int((meta["status"] == "ok").sum()) if "status" in meta else -1
     if (
-        list(meta.get("row", [])) != list(range(lo, hi))
+        "norm" not in meta
+        or list(meta.get("row", [])) != list(range(lo, hi))
         or vectors.ndim != 2
         or len(vectors) != n_ok
         or vectors.dtype != np.float32
@@ -176,8 +179,9 @@ def _write_shard(root: Path, s: int, vectors, meta_records: list[dict]) -> None:
 
     emb_path, meta_path = _shard_paths(root, s)
     write_npy(emb_path, vectors)
-    meta = pd.DataFrame.from_records(meta_records, columns=["row", "file", "status", "reason"])
+    meta = pd.DataFrame.from_records(meta_records, columns=["row", "file", "status", "reason", "norm"])
     meta["row"] = meta["row"].astype("int64")
+    meta["norm"] = meta["norm"].astype("float32")
     # The metadata file is written last: its presence marks the shard finished.
     write_parquet(meta_path, meta)
 
@@ -355,16 +359,18 @@ def _run(encoder, dataset, root, todo, batch_size, num_workers, progress, on_bat
             if s != current:
                 vecs, meta, current = [], [], s
             t0 = time.perf_counter()
-            out = encoder.encode_images(batch["images"]) if batch["images"] is not None else None
+            out, norms = (encoder.encode_images(batch["images"], return_norms=True) if batch["images"] is not None
+                          else (None, None))
             forward = time.perf_counter() - t0
             failed = dict(batch["failed"])
             k = 0
             for row in batch["rows"]:
                 if row in failed:
                     meta.append({"row": row, "file": str(table_files.iat[row]), "status": "error",
-                                 "reason": failed[row]})
+                                 "reason": failed[row], "norm": float("nan")})
                 else:
-                    meta.append({"row": row, "file": str(table_files.iat[row]), "status": "ok", "reason": None})
+                    meta.append({"row": row, "file": str(table_files.iat[row]), "status": "ok", "reason": None,
+                                 "norm": float(norms[k])})
                     k += 1
             if out is not None:
                 vecs.append(np.asarray(out, dtype=np.float32))
@@ -401,7 +407,7 @@ def _load_all(root: Path, bounds, loaded: dict) -> ImageEmbeddings:
     """Assemble all shards (those in ``loaded`` were read before this run)."""
     import numpy as np
 
-    vectors, rows, skipped = [], [], []
+    vectors, rows, norms, skipped = [], [], [], []
     for s, lo, hi in bounds:
         shard = loaded[s] if s in loaded else _read_shard(root, s, lo, hi)
         if shard is None:
@@ -410,12 +416,14 @@ def _load_all(root: Path, bounds, loaded: dict) -> ImageEmbeddings:
         ok = meta["status"].to_numpy() == "ok"
         vectors.append(vec)
         rows.append(meta["row"].to_numpy(dtype=np.int64)[ok])
+        norms.append(meta["norm"].to_numpy(dtype=np.float32)[ok])
         for rec in meta.loc[~ok, ["row", "file", "reason"]].itertuples(index=False):
             skipped.append({"row": int(rec.row), "file": rec.file, "reason": rec.reason})
     dim = vectors[0].shape[1] if vectors else 0
     return ImageEmbeddings(
         vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
         rows=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
+        norms=np.concatenate(norms) if norms else np.zeros(0, dtype=np.float32),
         skipped=skipped,
         cache_dir=root,
     )

@@ -72,14 +72,18 @@ class Encoder:
             batch = batch.unsqueeze(0)
         return batch.to(self.device, dtype=self._torch_dtype, non_blocking=True)
 
-    def encode_images(self, batch) -> np.ndarray:
-        """(N, C, H, W) preprocessed images -> (N, embed_dim) float32, unit rows."""
+    def encode_images(self, batch, *, return_norms: bool = False):
+        """(N, C, H, W) preprocessed images -> (N, embed_dim) float32, unit rows.
+
+        With ``return_norms`` also the (N,) float32 norms of the raw embeddings (for dot-product scoring).
+        """
         import torch
 
         with torch.inference_mode():
             feats = self.model.encode_image(self._to_batch(batch)).float()
-            feats = feats / feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-            return feats.cpu().numpy()
+            norms = feats.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            unit = (feats / norms).cpu().numpy()
+            return (unit, norms[:, 0].cpu().numpy()) if return_norms else unit
 
     def encode_text(self, texts: list[str], batch_size: int = 256) -> np.ndarray:
         """Texts -> (len(texts), embed_dim) float32, unit rows."""

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_K = 100
 INDEX_KINDS = ("flat", "hnsw", "ivf")
+SCORES = ("cosine", "dot")
 
 ERR_K_TOO_LARGE = "k={k} is larger than the dataset {dataset} ({n} images could be embedded)"
 ERR_K_POSITIVE = "k must be a positive number of images, got {k}"
@@ -176,11 +177,21 @@ def query_vectors(probe: Probe, queries: Sequence["Query"]) -> "np.ndarray":
     return embed_texts(probe.encoder, queries, cache_dir=probe.config.cache_dir).vectors
 
 
-def similarities(probe: Probe, vectors: "np.ndarray") -> "np.ndarray":
-    """``(W, N)`` float32 cosine similarities of query vectors with every embedded image."""
+def similarities(probe: Probe, vectors: "np.ndarray", score: str = "cosine") -> "np.ndarray":
+    """``(W, N)`` float32 scores of query vectors (unit length) against every embedded image.
+
+    ``score="cosine"`` (default): cosine similarity of the L2-normalised embeddings. ``"dot"``: the
+    dot product with the raw image embedding (the text still normalised), as oxai/debias-vision-lang
+    ranks: cosine times the image embedding's norm, so images with larger embeddings rank higher.
+    """
     import numpy as np
 
-    return np.asarray(vectors, dtype=np.float32) @ probe.embeddings.vectors.T
+    if score not in SCORES:
+        raise one_of(score, SCORES, "score")
+    scores = np.asarray(vectors, dtype=np.float32) @ probe.embeddings.vectors.T
+    if score == "dot":
+        scores *= probe.embeddings.norms[None, :]
+    return scores
 
 
 def topk(probe: Probe, scores: "np.ndarray", vectors: "np.ndarray", k: int) -> "np.ndarray":
@@ -195,11 +206,11 @@ def topk(probe: Probe, scores: "np.ndarray", vectors: "np.ndarray", k: int) -> "
 
 
 def retrieve(probe: Probe, word: "str | Query", *, k: int = DEFAULT_K, templates=None, taxonomy=None,
-             attributes: Sequence[str] = RETRIEVE_ATTRIBUTES) -> "Retrieval":
+             attributes: Sequence[str] = RETRIEVE_ATTRIBUTES, score: str = "cosine") -> "Retrieval":
     """Retrieve the top-k faces for ``word`` (or a prepared query) and measure each attribute's group skew."""
     import pandas as pd
 
-    from clipprobe.analysis.metrics import point_estimates
+    from clipprobe.analysis.metrics import point_estimates, rank_topk
     from clipprobe.faces import group_codes
     from clipprobe.report.retrieval import Retrieval
     from clipprobe.resources.prompts import Query, make_query
@@ -208,8 +219,8 @@ def retrieve(probe: Probe, word: "str | Query", *, k: int = DEFAULT_K, templates
     probe.check_k(k)
     query = word if isinstance(word, Query) else make_query(word, taxonomy=taxonomy, templates=templates)
     vectors = query_vectors(probe, [query])
-    scores = similarities(probe, vectors)
-    ids = topk(probe, scores, vectors, k)[0]
+    scores = similarities(probe, vectors, score)
+    ids = topk(probe, scores, vectors, k)[0] if score == "cosine" else rank_topk(scores, k)[0]
     results = pd.DataFrame({"rank": range(1, k + 1), "file": [probe.files[i] for i in ids],
                             "score": scores[0, ids].astype(float)})
     groups = {}

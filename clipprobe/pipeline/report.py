@@ -53,6 +53,10 @@ class ReportConfig:
     alpha: float = 0.05
     reference: str = "base"
     level: float = 0.95
+    permutations: int = 1000            # label shuffles for the MaxSkew / MinSkew null
+    ties: str = "index"                 # or "keep-all"
+    score: str = "cosine"               # or "dot"
+    controls: str | None = "controls"   # control word set (taxonomy name or file); None: no control test
     captions_counts: str | None = None
     figures: bool = True
     html: bool = True
@@ -61,7 +65,13 @@ class ReportConfig:
         """Every setting in range, checked before anything is loaded."""
         from clipprobe.analysis.probe import check_settings
 
-        check_settings(alpha=self.alpha, bootstrap=self.bootstrap, seed=self.seed, reference=self.reference)
+        from clipprobe.errors import one_of
+        from clipprobe.pipeline.probe import SCORES
+
+        check_settings(alpha=self.alpha, bootstrap=self.bootstrap, seed=self.seed, reference=self.reference,
+                       permutations=self.permutations, ties=self.ties)
+        if self.score not in SCORES:
+            raise one_of(self.score, SCORES, "score")
         if self.k < 1:
             raise UsageError(MSG_K.format(k=self.k))
         if not 0 < self.level < 1:
@@ -82,7 +92,8 @@ class ReportResult:
     files: list[Path] = field(default_factory=list)
 
 
-def _settings_hash(probe: "Probe", config: ReportConfig, queries, neutral, attributes: tuple[str, ...]) -> str:
+def _settings_hash(probe: "Probe", config: ReportConfig, queries, neutral, controls,
+                   attributes: tuple[str, ...]) -> str:
     from clipprobe.analysis.probe import TOP_FILES_KEPT
     from clipprobe.embeddings.cache import model_cache_key
     from clipprobe.report.store import FORMAT_VERSION
@@ -95,13 +106,16 @@ def _settings_hash(probe: "Probe", config: ReportConfig, queries, neutral, attri
         "n_images": probe.n_images,
         "queries": [[q.word, list(q.prompts)] for q in queries],
         "neutral": list(neutral.prompts),
+        "controls": [list(q.prompts) for q in controls],
         "k": config.k,
         "attributes": list(attributes),
         "bootstrap": config.bootstrap,
         "seed": config.seed,
         "reference": config.reference,
         "level": config.level,
-        "index": probe.config.index,
+        "permutations": config.permutations,
+        "ties": config.ties,
+        "score": config.score,
         "top_files": TOP_FILES_KEPT,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
@@ -109,20 +123,17 @@ def _settings_hash(probe: "Probe", config: ReportConfig, queries, neutral, attri
 
 def _chunk_paths(parts: Path, i: int) -> dict[str, Path]:
     stem = f"chunk-{i:04d}"
-    return {"groups": parts / f"{stem}-groups.parquet", "words": parts / f"{stem}-words.parquet",
-            "entropy": parts / f"{stem}-entropy.npy"}
+    return {"groups": parts / f"{stem}-groups.parquet", "words": parts / f"{stem}-words.parquet"}
 
 
 def _read_chunk(paths: dict[str, Path], words: list[str]):
     import pandas as pd
 
-    from clipprobe import _io
     from clipprobe.analysis.probe import WordScores
 
     if not all(p.exists() for p in paths.values()):
         return None
-    part = WordScores(groups=pd.read_parquet(paths["groups"]), words=pd.read_parquet(paths["words"]),
-                      entropy_samples=_io.read_npy(paths["entropy"]))
+    part = WordScores(groups=pd.read_parquet(paths["groups"]), words=pd.read_parquet(paths["words"]))
     return part if list(part.words["word"].drop_duplicates()) == words else None
 
 
@@ -151,6 +162,7 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     templates = get_template_set(config.templates)
     queries = make_queries(taxonomy, templates=templates)
     neutral = neutral_query(templates)
+    controls = make_queries(config.controls, templates=templates) if config.controls else []
     timer = StageTimer()
     if probe is None:
         if config.probe.index != "flat":
@@ -161,13 +173,15 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     attributes = probe.check_attributes(config.attributes or probe.default_attributes())
     probe.check_k(config.k)
 
-    settings = _settings_hash(probe, config, queries, neutral, attributes)
+    settings = _settings_hash(probe, config, queries, neutral, controls, attributes)
     parts_dir = out / "parts" / settings
     with timer("encode_text"):
-        vectors = query_vectors(probe, queries + [neutral])
+        vectors = query_vectors(probe, queries + [neutral] + controls)
     with timer("scores"):
-        scores = similarities(probe, vectors)          # (W + 1, N) cosine similarities
-    neutral_scores = scores[-1]
+        scores = similarities(probe, vectors, config.score)   # (W + 1 + M, N)
+    n_words = len(queries)
+    neutral_scores = scores[n_words]
+    control_scores = scores[n_words + 1:] if controls else None
 
     chunks = [list(range(i, min(i + CHUNK_WORDS, len(queries)))) for i in range(0, len(queries), CHUNK_WORDS)]
     parts, reused, computed = [], 0, 0
@@ -183,17 +197,17 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
         with timer("score_words"):
             part = score_words(scores[chunk], probe.labels, words=words, k=config.k, attributes=attributes,
                                reference=config.reference, bootstrap=config.bootstrap, seed=config.seed,
-                               level=config.level, neutral=neutral_scores,
+                               level=config.level, permutations=config.permutations, ties=config.ties,
+                               neutral=neutral_scores, controls=control_scores,
                                prompts=[queries[j].prompts for j in chunk], files=probe.files)
         _io.write_parquet(paths["groups"], part.groups)
         _io.write_parquet(paths["words"], part.words)
-        _io.write_npy(paths["entropy"], part.entropy_samples)
         parts.append(part)
         computed += 1
     if reused:
         log.info("reused %d finished chunk(s) of words from %s", reused, parts_dir)
     with timer("assemble"):
-        tables = finish_tables(parts, k=config.k, alpha=config.alpha, level=config.level,
+        tables = finish_tables(parts, k=config.k, alpha=config.alpha,
                                categories={q.word: q.categories for q in queries})
 
     config_record = to_dict(replace(config, probe=ProbeConfig()))
@@ -206,8 +220,10 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
                   "categories": list(taxonomy.categories)},
         templates={"name": templates.name, "source": templates.source},
         neutral_prompts=list(neutral.prompts),
+        controls={"name": config.controls, "n_queries": len(controls)} if controls else None,
         k=config.k, alpha=config.alpha, reference=config.reference, bootstrap=config.bootstrap,
-        seed=config.seed, level=config.level, attributes=list(attributes), settings_hash=settings,
+        seed=config.seed, level=config.level, permutations=config.permutations, ties=config.ties,
+        score=config.score, attributes=list(attributes), settings_hash=settings,
         skipped_images=probe.embeddings.skipped, chunks={"reused": reused, "computed": computed},
     )
     files: list[Path] = []

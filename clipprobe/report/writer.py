@@ -35,7 +35,8 @@ def write_report(tables: "ReportTables", out, *, run: dict | None = None, figure
                          config={"k": tables.k, "alpha": tables.alpha, "attributes": list(tables.attributes)},
                          k=tables.k, alpha=tables.alpha, attributes=list(tables.attributes))
     run = {**run, "format_version": FORMAT_VERSION, "n_rows": int(len(tables.groups)),
-           "n_flagged": int(tables.groups["flagged"].sum())}
+           "n_flagged": int(tables.groups["flagged"].sum()),
+           "n_flagged_vs_controls": int(tables.groups["flagged_vs_controls"].sum())}
     written = [out / FILES["groups"], out / FILES["words"], out / FILES["summary"]]
     with timer("write_tables"):
         _io.write_parquet(written[0], tables.groups)

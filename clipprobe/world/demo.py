@@ -45,7 +45,8 @@ class DemoResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def validate(groups, truth: dict, *, counts=None, null_groups=None, alpha: float = 0.05) -> dict[str, Any]:
+def validate(groups, truth: dict, *, counts=None, null_groups=None, null_words=None,
+             alpha: float = 0.05) -> dict[str, Any]:
     """Compare a report (and caption counts, and a label-shuffled report) with the planted truth."""
     flagged = {(r.word, r.attribute, r.group) for r in groups[groups["flagged"]].itertuples()}
     planted = [(p["word"], p["attribute"], p["group"]) for p in truth["planted"]]
@@ -68,12 +69,24 @@ def validate(groups, truth: dict, *, counts=None, null_groups=None, alpha: float
         "planted_words_other_flags": [dict(zip(("word", "attribute", "group"), t)) for t in off_target],
         "targets": TARGETS,
     }
+    if "flagged_vs_controls" in groups:
+        vs = {(r.word, r.attribute, r.group) for r in groups[groups["flagged_vs_controls"]].itertuples()}
+        out["vs_controls"] = {
+            "recall": sum(t in vs for t in planted) / len(planted) if planted else float("nan"),
+            "missed": [dict(zip(("word", "attribute", "group"), t)) for t in planted if t not in vs],
+            "false_positive_rate": (float(control_rows["flagged_vs_controls"].mean()) if len(control_rows)
+                                    else float("nan")),
+            "unadjusted_p_below_alpha_on_control_words": (float((control_rows["p_vs_controls"] <= alpha).mean())
+                                                          if len(control_rows) else float("nan")),
+        }
     if counts is not None:
         out["captions"] = compare_caption_counts(counts, truth)
     if null_groups is not None:
         share = float(null_groups["flagged"].mean())
         out["null"] = {"n_rows": int(len(null_groups)), "flagged": int(null_groups["flagged"].sum()),
                        "flagged_share": share, "at_most_alpha": share <= alpha}
+        if null_words is not None and "p_max_skew" in null_words:
+            out["null"]["p_max_skew_below_alpha"] = float((null_words["p_max_skew"] <= alpha).mean())
     out["passed"] = bool(out["recall"] >= TARGETS["recall"]
                          and out["false_positive_rate"] <= TARGETS["false_positive_rate"]
                          and out.get("captions", {}).get("exact", True)
@@ -184,7 +197,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
     truth = json.loads(Path(world.truth).read_text())
     paths["truth"] = out / "truth.json"
     _io.write_json(paths["truth"], truth)
-    validation = validate(report.groups, truth, counts=counts.table, null_groups=null.groups)
+    validation = validate(report.groups, truth, counts=counts.table, null_groups=null.groups, null_words=null.words)
     validation["model"] = model_spec
     validation["retrained"] = retrain
     validation["timings"] = timings

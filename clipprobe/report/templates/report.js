@@ -1,7 +1,6 @@
 (function () {
   "use strict";
   function num(v, d) { return (typeof v === "number" && isFinite(v)) ? v.toFixed(d) : "\u2014"; }
-  function ci(p, d) { return (p && typeof p[0] === "number" && typeof p[1] === "number") ? "[" + p[0].toFixed(d) + ", " + p[1].toFixed(d) + "]" : ""; }
   function tint(v) {
     if (typeof v !== "number" || !isFinite(v) || v === 0) return "";
     var a = Math.min(Math.abs(v) / 1.5, 1) * 0.45;
@@ -88,14 +87,17 @@
       cell(tr, r.attribute);
       cell(tr, r.top_group);
       cell(tr, num(r.max_skew, 2), { num: true, bg: tint(r.max_skew) });
-      cell(tr, ci(r.max_skew_ci, 2));
+      cell(tr, num(r.max_skew_excess, 2), { num: true, bg: tint(r.max_skew_excess) });
+      cell(tr, num(r.p_max_skew, 3), { num: true });
       cell(tr, num(r.min_skew, 2), { num: true, bg: tint(r.min_skew) });
       cell(tr, num(r.norm_entropy, 3), { num: true });
-      cell(tr, ci(r.norm_entropy_ci, 3));
+      cell(tr, num(r.norm_entropy_mm, 3), { num: true });
       cell(tr, num(r.kl_to_base, 3), { num: true });
-      cell(tr, num(r.ndkl, 3), { num: true });
+      cell(tr, num(r.ndkl_at_k, 3), { num: true });
+      cell(tr, num(r.ndkl_full, 3), { num: true });
       cell(tr, num(r.stability, 2), { num: true });
       cell(tr, String(r.n_flagged === null ? "\u2014" : r.n_flagged), { num: true });
+      cell(tr, String(r.n_flagged_vs_controls === null ? "\u2014" : r.n_flagged_vs_controls), { num: true });
       frag.appendChild(tr);
     });
     body.replaceChildren(frag);
