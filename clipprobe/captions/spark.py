@@ -11,8 +11,9 @@ numba pass, pyarrow), so a zip of the sources (``spark.submit.pyFiles``) cannot
 work: every node needs a Python of the driver's minor version with clipprobe
 installed, plus the fsspec backend of the input URLs (``s3fs`` for ``s3://``,
 ``gcsfs`` for ``gs://``). The usual way is one packed environment shipped with
-the job (``venv-pack`` or ``conda-pack``, then ``spark.archives`` and
-``PYSPARK_PYTHON`` pointing into it; see the README). Before any scan, a
+the job (``conda-pack`` or ``venv-pack``, then ``--spark-conf
+spark.archives=ENV.tar.gz#environment`` and ``PYSPARK_PYTHON=./environment/bin/python``;
+see the README). Before any scan, a
 one-task job (:func:`preflight`) imports clipprobe and its compiled parts on an
 executor, builds the scan's worker state there and opens the backends; if any
 of it fails, the run stops with one message saying what the nodes need.
