@@ -469,7 +469,7 @@ def test_cli_models_json_and_table(tmp_path):
     cached = runner.invoke(cli, ["models", "--cached", "--cache-dir", str(tmp_path)])
     assert cached.exit_code == 0, cached.output
     lines = cached.output.strip().splitlines()
-    assert lines[0].split() == ["model", "training", "data", "cached"]
+    assert lines[0].split() == ["model", "training", "data", "cached", "needs"]
     assert [ln.split()[0] for ln in lines[1:-1]] == ["ViT-B-32:openai", "ViT-B-32-quickgelu:openai"]
     assert lines[-1] == "2 models, 2 cached"
     bad = runner.invoke(cli, ["models", "--format", "yaml"])
@@ -521,3 +521,180 @@ def test_models_download_offline_says_what_is_missing():
     r = CliRunner().invoke(cli, ["--offline", "models", "--download", "ViT-B-32:openai"])
     assert r.exit_code == 1, r.output
     assert "ViT-B-32:openai is not in the local cache" in r.output and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------------------
+# Models whose text tower needs transformers (issue 11.3)
+
+
+def _without_transformers(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "transformers", None)   # what an installation without it gives
+
+
+def _hf_tokenizer_model(tmp_path, arch="TinyHF-test"):
+    config = write_tiny_config(tmp_path, arch, text_cfg={"hf_tokenizer_name": "bert-base-uncased"})
+    weights = write_tiny_weights(tmp_path, write_tiny_config(tmp_path / "plain", arch))
+    return config, weights, arch
+
+
+def test_hf_tokenizer_model_fails_before_any_weights_are_read(tmp_path, monkeypatch):
+    _without_transformers(monkeypatch)
+    monkeypatch.setattr(loading, "_create", lambda *a, **k: pytest.fail("weights loaded before the tokenizer check"))
+    config, weights, arch = _hf_tokenizer_model(tmp_path)
+    with pytest.raises(ModelError) as info:
+        load_model(f"{arch}:{weights}", model_config=str(config), device="cpu")
+    assert str(info.value) == M.catalog.MSG_NEEDS_TEXT_PACKAGE.format(
+        spec=f"{arch}:{weights}", package="transformers", why="not installed")
+    assert "pip install 'clipprobe[hf-text]'" in str(info.value) and "clipprobe doctor" in str(info.value)
+
+
+def test_siglip_tag_says_what_is_missing_before_looking_for_weights(tmp_path, monkeypatch):
+    _without_transformers(monkeypatch)
+    with pytest.raises(ModelError) as info:
+        load_model("ViT-B-16-SigLIP:webli", device="cpu", offline=True, cache_dir=str(tmp_path))
+    assert str(info.value) == M.catalog.MSG_NEEDS_TEXT_PACKAGE.format(
+        spec="ViT-B-16-SigLIP:webli", package="transformers", why="not installed")
+    # An ordinary model is not concerned.
+    with pytest.raises(ModelError, match="is not in the local cache"):
+        load_model("ViT-B-32:openai", device="cpu", offline=True, cache_dir=str(tmp_path))
+
+
+def test_tokenizer_is_made_before_the_weights(tmp_path, monkeypatch):
+    """Where the quick check cannot see it (the package is importable by name but its import fails, or the
+    config comes from the Hub), the tokenizer still comes first and names the package."""
+    _without_transformers(monkeypatch)
+    monkeypatch.setattr(loading, "missing_text_packages", lambda packages: [])
+    monkeypatch.setattr(loading, "_create", lambda *a, **k: pytest.fail("weights loaded before the tokenizer"))
+    config, weights, arch = _hf_tokenizer_model(tmp_path)
+    with pytest.raises(ModelError) as info:
+        load_model(f"{arch}:{weights}", model_config=str(config), device="cpu")
+    assert str(info.value).startswith(f"model {arch}:{weights} needs the Python package 'transformers' for its "
+                                      "text tokenizer (")
+
+
+@pytest.mark.parametrize("text, package", [
+    ("T5Tokenizer requires the SentencePiece library but it was not found in your environment.", "sentencepiece"),
+    ("requires the protobuf library", "protobuf"),
+    ("something else", "transformers"),
+])
+def test_missing_package_named_from_the_import_error(text, package):
+    assert loading._missing_package(ImportError(text)) == package
+    assert loading._missing_package(ModuleNotFoundError("x", name="tiktoken.core")) == "tiktoken"
+
+
+def test_models_list_marks_the_models_that_need_transformers(monkeypatch):
+    import open_clip
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+
+    _without_transformers(monkeypatch)
+    rows = {r["spec"]: r for r in M.list_known_models()}
+    needing = {s for s, r in rows.items() if r["needs"]}
+    # Every pair whose architecture config names a Hugging Face tokenizer or text model (47 in open_clip 3.3).
+    expected = {f"{a}:{t}" for a, t in open_clip.list_pretrained()
+                if (open_clip.get_model_config(a)["text_cfg"].get("hf_tokenizer_name")
+                    or open_clip.get_model_config(a)["text_cfg"].get("hf_model_name"))}
+    assert needing == expected and len(needing) >= 40
+    assert rows["ViT-B-16-SigLIP:webli"]["needs"] == ["transformers"]
+    assert rows["ViT-B-16-SigLIP:webli"]["extra"] == "hf-text"
+    assert rows["ViT-B-16-SigLIP:webli"]["missing"] == ["transformers"]
+    assert rows["ViT-B-32:openai"]["needs"] == [] and rows["ViT-B-32:openai"]["extra"] == ""
+    out = CliRunner().invoke(cli, ["models", "--filter", "ViT-B-16-SigLIP:"])
+    assert out.exit_code == 0, out.output
+    lines = out.output.strip().splitlines()
+    assert lines[1].split()[0] == "ViT-B-16-SigLIP:webli" and lines[1].endswith("transformers (missing)")
+    assert lines[-1] == (f"{len(lines) - 3} models need transformers for their text tokenizer "
+                         "(not installed here: pip install 'clipprobe[hf-text]')")
+
+
+# ---------------------------------------------------------------------------
+# QuickGELU for weights files (issue 11.7)
+
+
+def _activations(encoder):
+    import torch
+    from open_clip.transformer import QuickGELU
+
+    return {type(m) for m in encoder.model.modules() if isinstance(m, (QuickGELU, torch.nn.GELU))}
+
+
+def test_quick_gelu_option_builds_the_file_with_quickgelu(tiny_model_files, tiny_encoder):
+    from open_clip.transformer import QuickGELU
+
+    from clipprobe.embeddings.cache import model_cache_key
+
+    config, weights, arch = tiny_model_files
+    quick = load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", quick_gelu=True)
+    assert _activations(quick) == {QuickGELU} and QuickGELU not in _activations(tiny_encoder)
+    assert quick.info()["quick_gelu_forced"] and not tiny_encoder.info()["quick_gelu_forced"]
+    batch = _image_batch(3)
+    assert not np.allclose(quick.encode_images(batch), tiny_encoder.encode_images(batch), atol=1e-4)
+    # Other vectors, so another cache folder.
+    assert model_cache_key(quick) != model_cache_key(tiny_encoder)
+
+
+def test_quick_gelu_option_is_for_files_and_folders_only():
+    with pytest.raises(ModelError) as info:
+        load_model("ViT-B-32:openai", device="cpu", quick_gelu=True, offline=True)
+    assert str(info.value) == loading.MSG_QUICK_GELU_PRETRAINED.format(spec="ViT-B-32:openai")
+
+
+def test_quickgelu_preprocess_tag_without_the_option_warns(tiny_model_files, caplog):
+    config, weights, arch = tiny_model_files
+    with caplog.at_level("WARNING", logger="clipprobe"):
+        load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", preprocess="openai")
+    hints = [r.getMessage() for r in caplog.records if "QuickGELU" in r.getMessage()]
+    assert len(hints) == 1 and hints[0].startswith(
+        f"preprocess 'openai' is that of weights trained with QuickGELU (") and "quick_gelu=True" in hints[0]
+    assert f"{arch}-quickgelu:PATH" in hints[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="clipprobe"):
+        load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", preprocess="openai", quick_gelu=True)
+        load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", preprocess="laion2b_s34b_b79k")
+    assert not [r for r in caplog.records if "QuickGELU" in r.getMessage()]
+
+
+def test_quickgelu_architecture_form_matches_the_option(tmp_path, tiny_model_files):
+    """The documented alternative: ARCH-quickgelu:PATH (an architecture config with quick_gelu: true)."""
+    config, weights, arch = tiny_model_files
+    quick_config = write_tiny_config(tmp_path, f"{arch}-quickgelu", quick_gelu=True)
+    by_arch = load_model(f"{arch}-quickgelu:{weights}", model_config=str(quick_config), device="cpu")
+    by_option = load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", quick_gelu=True)
+    batch = _image_batch(2)
+    np.testing.assert_allclose(by_arch.encode_images(batch), by_option.encode_images(batch), atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# `models --download` names the file it downloaded (issue 11.12)
+
+
+def test_models_download_prints_the_downloaded_file(tmp_path, monkeypatch, tiny_model_files):
+    """The download itself needs the network; what is checked is what happens around it: the spec is
+    not cached before, open_clip puts the file into the Hub cache, and the command names that file."""
+    import open_clip
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+
+    config, weights, arch = tiny_model_files
+    open_clip.add_model_config(config)
+    monkeypatch.setitem(open_clip.pretrained._PRETRAINED, arch,
+                        {"tiny": {"hf_hub": "test-org/tiny-clip/", "quick_gelu": False}})
+    monkeypatch.setattr(loading, "check_hub_reachable", lambda spec: None)
+    real_create = loading._create
+
+    def downloading_create(open_clip_, spec_, name, pretrained, *args):
+        _fake_hub_cache(tmp_path, "test-org/tiny-clip", {"open_clip_model.safetensors": weights})
+        downloaded = M.cached_pretrained_file(M.check_pretrained(f"{arch}:tiny"), str(tmp_path))
+        return real_create(open_clip_, spec_, name, downloaded, *args)
+
+    monkeypatch.setattr(loading, "_create", downloading_create)
+    monkeypatch.setattr("clipprobe.hub.env_offline", lambda: False)
+    result = CliRunner().invoke(cli, ["models", "--download", f"{arch}:tiny", "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    path = M.cached_pretrained_file(M.check_pretrained(f"{arch}:tiny"), str(tmp_path))
+    assert path is not None and result.output.strip() == f"{arch}:tiny: weights at {path}"
+    assert "download:" not in result.output

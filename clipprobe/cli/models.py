@@ -22,6 +22,7 @@ def models(fmt: str, text: str | None, only_cached: bool, cache_dir: str | None,
     Other --model forms: hf-hub:ORG/NAME, local-dir:PATH, ARCH:/path/to/weights.safetensors.
     """
     from clipprobe.models import list_known_models, load_model
+    from clipprobe.models.catalog import HF_TEXT_EXTRA
 
     if download:
         encoder = load_model(download, device="cpu", cache_dir=cache_dir)
@@ -41,8 +42,17 @@ def models(fmt: str, text: str | None, only_cached: bool, cache_dir: str | None,
         return
     width = max(len(r["spec"]) for r in rows)
     data_width = max(len(r["training_data"]) for r in rows)
-    click.echo(f"{'model':<{width}}  {'training data':<{data_width}}  cached")
+    click.echo(f"{'model':<{width}}  {'training data':<{data_width}}  cached  needs")
     for r in rows:
-        click.echo(f"{r['spec']:<{width}}  {r['training_data']:<{data_width}}  {'yes' if r['cached'] else 'no'}")
+        needs = ", ".join(p + (" (missing)" if p in r["missing"] else "") for p in r["needs"])
+        click.echo(f"{r['spec']:<{width}}  {r['training_data']:<{data_width}}  {'yes' if r['cached'] else 'no ':<6}"
+                   f"  {needs}".rstrip())
     n_cached = sum(r["cached"] for r in rows)
     click.echo(f"{len(rows)} models, {n_cached} cached")
+    needing = [r for r in rows if r["needs"]]
+    if needing:
+        packages = sorted({p for r in needing for p in r["needs"]})
+        missing = sorted({p for r in needing for p in r["missing"]})
+        state = (f"not installed here: pip install 'clipprobe[{HF_TEXT_EXTRA}]'" if missing
+                 else "installed")
+        click.echo(f"{len(needing)} models need {', '.join(packages)} for their text tokenizer ({state})")

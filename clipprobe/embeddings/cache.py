@@ -54,10 +54,14 @@ MSG_ALL_FAILED = "no image of dataset {spec!r} could be read ({n} failed, e.g. {
 
 
 def model_cache_key(encoder) -> str:
-    """Folder name for an encoder: its spec key, precision and a hash of its preprocessing."""
+    """Folder name for an encoder: its spec key, precision and a hash of its preprocessing (and of
+    QuickGELU where it was asked for a weights file or folder: it changes the vectors, not the weights)."""
     info = encoder.info() if hasattr(encoder, "info") else {}
     precision = str(info.get("precision", "fp32"))
-    settings = json.dumps({"precision": precision, "preprocess": info.get("preprocess")}, sort_keys=True, default=str)
+    settings = {"precision": precision, "preprocess": info.get("preprocess")}
+    if info.get("quick_gelu_forced") and info.get("kind") in ("file", "local-dir", "hf-hub"):
+        settings["quick_gelu"] = True
+    settings = json.dumps(settings, sort_keys=True, default=str)
     return f"{encoder.spec.key}__{precision}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
 
 

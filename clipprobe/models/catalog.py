@@ -1,7 +1,9 @@
-"""The model catalog: every pretrained (architecture, tag) pair open_clip knows, and what it was trained on."""
+"""The model catalog: every pretrained (architecture, tag) pair open_clip knows, what it was trained on,
+and which extra packages its text tokenizer needs."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 
@@ -38,6 +40,36 @@ _TRAINING_DATA: tuple[tuple[str, str], ...] = (
 )
 
 
+# A text tower that names a Hugging Face tokenizer (``text_cfg.hf_tokenizer_name``: SigLIP, SigLIP 2, the
+# multilingual XLM-R / NLLB / MT5 models, CLIPA's BERT) or a Hugging Face text model (``hf_model_name``) is
+# built by open_clip through transformers (SentencePiece-based vocabularies also need sentencepiece).
+HF_TEXT_EXTRA = "hf-text"
+HF_TEXT_PACKAGES = ("transformers",)
+MSG_NEEDS_TEXT_PACKAGE = (
+    "model {spec} needs the Python package {package!r} for its text tokenizer ({why}); install it with "
+    "pip install 'clipprobe[" + HF_TEXT_EXTRA + "]' (`clipprobe doctor` shows what this installation can do)"
+)
+
+
+def text_packages(model_cfg: dict | None, arch: str | None = None) -> tuple[str, ...]:
+    """Packages beyond the defaults that an architecture's text tower needs: ``("transformers",)`` or ``()``.
+
+    Read from the architecture config, as open_clip 3.3's ``get_tokenizer`` decides: a Hugging Face
+    tokenizer name or text model in ``text_cfg``, or (with no name) an architecture called ``*siglip*``.
+    """
+    text_cfg = (model_cfg or {}).get("text_cfg") or {}
+    if text_cfg.get("hf_tokenizer_name") or text_cfg.get("hf_model_name"):
+        return HF_TEXT_PACKAGES
+    if arch and "siglip" in arch.lower():
+        return HF_TEXT_PACKAGES
+    return ()
+
+
+def missing_text_packages(packages: tuple[str, ...]) -> list[str]:
+    """Those of ``packages`` that cannot be imported here."""
+    return [p for p in packages if importlib.util.find_spec(p) is None]
+
+
 def training_data(tag: str) -> str:
     """The training data a pretrained tag names, or ``"unknown"``."""
     tag = _clean_tag(tag)
@@ -52,14 +84,21 @@ def list_known_models(cache_dir: str | None = None) -> list[dict]:
     """Every (arch, tag) pair open_clip knows, with training data and local cache state.
 
     Each row: ``spec`` (``ARCH:TAG``), ``arch``, ``tag``, ``training_data``,
-    ``hf_hub`` (repo id or ""), ``cached`` (bool), ``cached_path`` (str or None).
+    ``hf_hub`` (repo id or ""), ``cached`` (bool), ``cached_path`` (str or None), ``needs`` (the
+    extra packages its text tokenizer needs, e.g. ``["transformers"]``), ``extra`` (the clipprobe
+    extra that installs them, or "") and ``missing`` (those of ``needs`` not installed here).
     """
     import open_clip  # noqa: PLC0415
 
     rows = []
+    installed: dict[str, bool] = {}
     for arch, tag in open_clip.list_pretrained():
         cfg = open_clip.get_pretrained_cfg(arch, tag)
         found = cached_pretrained_file(cfg, cache_dir)
+        needs = list(text_packages(open_clip.get_model_config(arch), arch))
+        for package in needs:
+            if package not in installed:
+                installed[package] = not missing_text_packages((package,))
         rows.append({
             "spec": f"{arch}:{tag}",
             "arch": arch,
@@ -68,6 +107,9 @@ def list_known_models(cache_dir: str | None = None) -> list[dict]:
             "hf_hub": os.path.split(cfg.get("hf_hub") or "")[0],
             "cached": found is not None,
             "cached_path": found,
+            "needs": needs,
+            "extra": HF_TEXT_EXTRA if needs else "",
+            "missing": [p for p in needs if not installed[p]],
         })
     return rows
 

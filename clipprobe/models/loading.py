@@ -6,6 +6,18 @@ on the network. Offline mode applies to the call only (:func:`clipprobe.hub.hub_
 ``weights_only=True`` is passed through open_clip 3.3's ``create_model`` -> ``load_checkpoint`` ->
 ``load_state_dict``; pretrained tags are fetched from the Hub, where open_clip prefers the
 ``.safetensors`` file.
+
+The tokenizer is created before the weights are loaded or downloaded: a model whose text tower
+names a Hugging Face tokenizer (SigLIP, the multilingual and CLIPA models: see
+:func:`~clipprobe.models.catalog.text_packages`) needs ``transformers`` (``pip install
+'clipprobe[hf-text]'``), and without it the load fails at once, before gigabytes are downloaded.
+
+QuickGELU: the activation has no weights, so weights trained with QuickGELU load into a GELU model
+without complaint and give wrong embeddings. Pretrained tags get it from their configuration. A
+fine-tuned weights file (``ARCH:PATH``) of a QuickGELU model (OpenAI, LAION-400M ViT-B-32, MetaCLIP,
+DFN, ...) needs ``quick_gelu=True``, or the ``-quickgelu`` architecture where open_clip has one
+(``ViT-B-32-quickgelu:/path/to/finetune.safetensors``); a preprocessing tag that belongs to QuickGELU
+weights (``preprocess="openai"``) without it logs a warning.
 """
 
 from __future__ import annotations
@@ -20,12 +32,16 @@ from typing import Any
 
 from clipprobe.errors import ModelError, did_you_mean
 from clipprobe.hub import hub_session
+from clipprobe.models.catalog import MSG_NEEDS_TEXT_PACKAGE, missing_text_packages, text_packages
 from clipprobe.models.encoder import Encoder
 from clipprobe.models.spec import DEFAULT_MODEL, LOCAL_DIR_PREFIX, ModelSpec, _as_spec, _clean_tag
 from clipprobe.models.weights import (
     MSG_NOT_CACHED,
     MSG_TORCHSCRIPT,
     MSG_DOWNLOAD_FAILED,
+    _HF_SAFE_WEIGHTS_NAME,
+    _HF_WEIGHTS_NAME,
+    _cached_hub_file,
     _check_local_dir,
     _check_weights_file,
     _hub_model_cached,
@@ -49,6 +65,15 @@ MSG_BAD_DEVICE = "unknown device {device!r}; use auto, cpu, cuda or cuda:N"
 MSG_NO_CUDA = "device {device!r} requested but CUDA is not available on this machine; use device 'cpu'"
 MSG_BAD_PRECISION = "unknown precision {precision!r}{hint}; valid: fp32, fp16, bf16"
 MSG_BAD_PREPROCESS = "unknown preprocess {name!r}{hint}; use 'model', 'default', a pretrained tag such as 'openai', or ARCH:TAG"
+MSG_QUICK_GELU_PRETRAINED = (
+    "quick_gelu=True is for weights files and folders; model {spec} is built with the activation its tag was "
+    "trained with"
+)
+MSG_QUICK_GELU_HINT = (
+    "preprocess {preprocess!r} is that of weights trained with QuickGELU ({example}); if {spec} was fine-tuned "
+    "from them, load it with quick_gelu=True (or as {arch}-quickgelu:PATH where open_clip has that architecture), "
+    "or its embeddings will be wrong"
+)
 MSG_AMBIGUOUS_PREPROCESS = (
     "preprocess tag {name!r} means different settings for different architectures ({archs}); name one as ARCH:TAG"
 )
@@ -213,6 +238,7 @@ def load_model(
     precision: str | None = None,
     preprocess: str | None = None,
     cache_dir: str | None = None,
+    quick_gelu: bool = False,
 ) -> Encoder:
     """Load a model spec into an :class:`Encoder`.
 
@@ -223,14 +249,80 @@ def load_model(
     ``preprocess``: see :func:`resolve_preprocess`; a bare weights file otherwise
     gets open_clip's default preprocessing.
     ``cache_dir``: Hugging Face / open_clip download cache (default: theirs).
+    ``quick_gelu``: build the architecture with QuickGELU, for a weights file or folder trained
+    with it (pretrained tags set it themselves); recorded, and part of the embedding cache key.
     """
     spec = _as_spec(spec)
+    if not isinstance(quick_gelu, bool):
+        raise ModelError(f"quick_gelu must be True or False, not {quick_gelu!r}")
     with hub_session(offline) as is_offline:
         return _load(spec, device=device, model_config=model_config, is_offline=is_offline, precision=precision,
-                     preprocess=preprocess, cache_dir=cache_dir)
+                     preprocess=preprocess, cache_dir=cache_dir, quick_gelu=quick_gelu)
 
 
-def _load(spec: ModelSpec, *, device, model_config, is_offline: bool, precision, preprocess, cache_dir) -> Encoder:
+def _check_text_packages(spec: ModelSpec, model_cfg: dict | None) -> None:
+    """Fail before anything is loaded when the model's tokenizer needs a package that is missing."""
+    missing = missing_text_packages(text_packages(model_cfg, spec.arch if spec.kind != "local-dir" else None))
+    if missing:
+        raise ModelError(MSG_NEEDS_TEXT_PACKAGE.format(spec=spec.canonical, package=missing[0],
+                                                       why="not installed"))
+
+
+def _local_model_cfg(spec: ModelSpec, open_clip, cache_dir) -> dict | None:
+    """The architecture config of a spec where it can be read without a download (None otherwise)."""
+    if spec.kind in ("pretrained", "file"):
+        return open_clip.get_model_config(spec.arch)
+    if spec.kind == "local-dir":
+        path = Path(spec.path).expanduser() / "open_clip_config.json"
+    else:
+        found = _cached_hub_file(spec.path, ["open_clip_config.json"], cache_dir)
+        if found is None:
+            return None
+        path = Path(found)
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("model_cfg")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _make_tokenizer(open_clip, spec: ModelSpec, name: str, cache_dir):
+    try:
+        return open_clip.get_tokenizer(name, cache_dir=cache_dir)
+    except ImportError as err:
+        raise ModelError(MSG_NEEDS_TEXT_PACKAGE.format(spec=spec.canonical, package=_missing_package(err),
+                                                       why=_first_line(err))) from None
+    except Exception as err:  # noqa: BLE001 (any failure becomes an actionable message)
+        raise ModelError(MSG_LOAD_FAILED.format(spec=spec.canonical, problem="tokenizer: " + _first_line(err))) from err
+
+
+_PACKAGE_WORDS = (("sentencepiece", "sentencepiece"), ("protobuf", "protobuf"), ("tiktoken", "tiktoken"),
+                  ("tokenizers", "tokenizers"), ("transformers", "transformers"))
+
+
+def _missing_package(err: ImportError) -> str:
+    """The package an ImportError of a tokenizer is about (transformers unless it names another)."""
+    name = (getattr(err, "name", None) or "").split(".")[0]
+    if name:
+        return name
+    text = str(err).lower()
+    return next((package for word, package in _PACKAGE_WORDS if word in text), "transformers")
+
+
+def _quick_gelu_tag(open_clip, preprocess_source: str) -> str | None:
+    """An example ARCH:TAG trained with QuickGELU whose preprocessing ``preprocess_source`` names, or None."""
+    if preprocess_source in ("model", "default"):
+        return None
+    if ":" in preprocess_source:
+        arch, tag = preprocess_source.split(":", 1)
+        return preprocess_source if (open_clip.get_pretrained_cfg(arch, tag) or {}).get("quick_gelu") else None
+    for arch in open_clip.list_pretrained_models_by_tag(preprocess_source):
+        if (open_clip.get_pretrained_cfg(arch, preprocess_source) or {}).get("quick_gelu"):
+            return f"{arch}:{preprocess_source}"
+    return None
+
+
+def _load(spec: ModelSpec, *, device, model_config, is_offline: bool, precision, preprocess, cache_dir,
+          quick_gelu: bool = False) -> Encoder:
     import open_clip  # noqa: PLC0415 (heavy; imported on use, inside the hub session)
 
     dev = resolve_device(device)
@@ -240,8 +332,16 @@ def _load(spec: ModelSpec, *, device, model_config, is_offline: bool, precision,
 
     create_kwargs: dict[str, Any] = {}
     quick_gelu_forced = False
+    if quick_gelu:
+        if spec.kind == "pretrained":
+            raise ModelError(MSG_QUICK_GELU_PRETRAINED.format(spec=spec.canonical))
+        quick_gelu_forced = True
+        create_kwargs["force_quick_gelu"] = True
+    if spec.kind == "file":
+        _check_arch(open_clip, spec.arch)
+    pcfg: dict = check_pretrained(spec) if spec.kind == "pretrained" else {}
+    _check_text_packages(spec, _local_model_cfg(spec, open_clip, cache_dir))
     if spec.kind == "pretrained":
-        pcfg = check_pretrained(spec)
         model_cfg = open_clip.get_model_config(spec.arch) or {}
         if pcfg.get("quick_gelu") and not model_cfg.get("quick_gelu"):
             # open_clip 3.3 only warns here; the weights were trained with QuickGELU.
@@ -279,19 +379,29 @@ def _load(spec: ModelSpec, *, device, model_config, is_offline: bool, precision,
         preprocess_source = "default"  # open_clip's defaults: a bare file carries none of its own
     if forced is not None:
         create_kwargs["force_preprocess_cfg"] = forced
+    if spec.kind != "pretrained" and not quick_gelu and not (open_clip.get_model_config(spec.arch or "") or {}).get(
+            "quick_gelu"):
+        example = _quick_gelu_tag(open_clip, preprocess_source)
+        if example is not None:
+            log.warning(MSG_QUICK_GELU_HINT.format(preprocess=preprocess, example=example, spec=spec.canonical,
+                                                   arch=spec.arch or "ARCH"))
 
+    # The tokenizer first: a missing package (transformers for Hugging Face tokenizers) fails the load
+    # before any weights are read or downloaded.
+    tokenizer = _make_tokenizer(open_clip, spec, name, cache_dir)
     model = _create(open_clip, spec, name, pretrained, dev, prec, cache_dir, create_kwargs)
     model.eval()
+    if weights_source.startswith("download:"):
+        weights_source = cached_pretrained_file(pcfg, cache_dir) or weights_source
+    elif spec.kind == "hf-hub":
+        weights_source = _cached_hub_file(spec.path, [_HF_SAFE_WEIGHTS_NAME, _HF_WEIGHTS_NAME], cache_dir) \
+            or weights_source
     from open_clip.model import get_model_preprocess_cfg
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     pp_cfg = dict(get_model_preprocess_cfg(model))
     known = {f.name for f in dataclasses.fields(PreprocessCfg)}
     transform = image_transform_v2(PreprocessCfg(**{k: v for k, v in pp_cfg.items() if k in known}), is_train=False)
-    try:
-        tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir)
-    except Exception as err:  # noqa: BLE001 (any failure becomes an actionable message)
-        raise ModelError(MSG_LOAD_FAILED.format(spec=spec.canonical, problem="tokenizer: " + _first_line(err))) from err
     encoder = Encoder(
         model=model,
         tokenizer=tokenizer,
