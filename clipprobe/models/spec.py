@@ -12,7 +12,11 @@ A spec names where the weights come from:
     open_clip's ``local-dir:`` schema reads.
 ``ARCH:PATH``
     a local weights file (``.safetensors``, or ``.pt``/``.pth``/``.bin``/``.ckpt``
-    holding a plain state dict) for a known architecture.
+    holding a plain state dict) for a known architecture. A fine-tuned checkpoint of
+    a model trained with QuickGELU (OpenAI's, LAION-400M ViT-B-32, MetaCLIP, DFN, ...)
+    must be built with it: name the ``-quickgelu`` architecture
+    (``ViT-B-32-quickgelu:/models/finetune.safetensors``) or load with
+    ``quick_gelu=True``; the activation has no weights, so nothing else would notice.
 """
 
 from __future__ import annotations
