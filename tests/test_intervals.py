@@ -284,3 +284,29 @@ def test_coverage_harness_small(tmp_path):
     assert table["coverage"].between(0.88, 1.0).all(), table.to_string()
     nulls = harness.null_uniformity(results)
     assert (nulls["below_005"] <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / 50)).all()
+
+
+def test_ratio_score_interval_equals_statsmodels_and_survives_its_boundary():
+    import warnings
+
+    from statsmodels.stats.proportion import confint_proportions_2indep
+
+    from clipprobe.analysis.intervals import ratio_score_interval
+
+    rng = np.random.default_rng(12)
+    n2 = rng.choice([12, 60, 100, 1000], size=300)
+    n1 = rng.integers(50, 11000, size=300)
+    x2 = rng.integers(1, n2)
+    x1 = rng.integers(1, n1)
+    lo, hi = ratio_score_interval(x1, n1, x2, n2)
+    for i in range(300):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = confint_proportions_2indep(int(x1[i]), int(n1[i]), int(x2[i]), int(n2[i]), method="score",
+                                              compare="ratio")
+        assert (lo[i], hi[i]) == pytest.approx(tuple(float(v) for v in want), rel=1e-6)
+    # statsmodels' cubic has complex roots when x2 == n2 (it returns a zero-width interval); ours does not
+    lo, hi = ratio_score_interval(100, 1900, 100, 100)
+    assert lo < 100 / 1900 < hi and hi / lo > 1.3
+    lo, hi = ratio_score_interval(np.array([0, 5]), 1900, np.array([100, 0]), 100)
+    assert lo[0] == 0.0 and np.isinf(hi[1]) and hi[0] > 0 and lo[1] > 0

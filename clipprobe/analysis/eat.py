@@ -148,7 +148,6 @@ def check_set(array, name: str, test: str = "", dim: int | None = None) -> "np.n
 
 def association(W, A, B) -> "np.ndarray":
     """``s(w, A, B)`` for every row ``w`` of ``W``: mean cosine to ``A`` minus mean cosine to ``B``."""
-    import numpy as np
 
     W, A, B = (_unit(v) for v in (W, A, B))
     return W @ A.mean(axis=0) - W @ B.mean(axis=0)

@@ -12,8 +12,9 @@ counts how often each interval holds the true value (README, "Statistics"). What
   top-k and the rest of the dataset, ``base = f p_top + (1 - f) p_rest`` with ``f = k / N``, so
   ``skew = -ln(f + (1 - f) rho)`` is a decreasing function of ``rho = p_rest / p_top``, the ratio of
   the group's share among the other ``N - k`` images to its share in the top-k. Its interval is the
-  **Koopman score interval** for that ratio of two binomial proportions (statsmodels'
-  ``confint_proportions_2indep``, Miettinen-Nurminen variance), mapped through the function. Dividing
+  **Koopman score interval** for that ratio of two binomial proportions (Miettinen-Nurminen variance;
+  :func:`ratio_score_interval`, equal to statsmodels' ``confint_proportions_2indep`` where that is
+  defined), mapped through the function. Dividing
   a share interval by a fixed base share instead over-covers (0.99) when k is a large fraction of N,
   because the base share then moves with the top-k. No ``1/k`` is substituted for a count of 0: the
   lower end is ``-inf`` there. Against uniform shares (a fixed reference) the share interval is logged;
@@ -84,6 +85,62 @@ def skew_interval(share_low, share_high, reference_share) -> tuple["np.ndarray",
     return low, high
 
 
+def ratio_score_interval(x1, n1, x2, n2, *, level: float = 0.95) -> tuple["np.ndarray", "np.ndarray"]:
+    """The score interval for the ratio ``theta = p1 / p2`` of two independent binomial proportions
+    (Koopman 1984, with the Miettinen-Nurminen variance factor ``n / (n - 1)``, ``n = n1 + n2``): the
+    ``theta`` whose score test is not rejected at ``1 - level``. Vectorised over arrays.
+
+    statsmodels' ``confint_proportions_2indep(..., compare="ratio", method="score")`` computes the
+    same interval from the roots of a cubic; at ``x2 == n2`` its roots turn complex and the interval
+    collapses to a point, so the interval is found here by bisection of the score statistic, which is
+    defined everywhere. ``x2 == 0`` gives an upper end of ``inf``; ``x1 == 0`` a lower end of 0.
+    """
+    import numpy as np
+    from scipy.stats import norm
+
+    level = _check_level(level)
+    x1, n1, x2, n2 = (np.asarray(v, dtype=np.float64) for v in np.broadcast_arrays(x1, n1, x2, n2))
+    n = n1 + n2
+    crit = norm.isf((1.0 - level) / 2.0) ** 2 * n / (n - 1.0)
+    p1, p2 = x1 / n1, x2 / n2
+
+    def excess(log_theta):
+        """Score statistic minus the critical value at theta = exp(log_theta)."""
+        theta = np.exp(log_theta)
+        a = theta * n
+        b = -(theta * (n1 + x2) + x1 + n2)
+        c = x1 + x2
+        disc = np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0))
+        q2 = (-b - disc) / (2.0 * a)                  # restricted MLE of p2 under p1 = theta p2
+        q1 = theta * q2
+        var = q1 * (1.0 - q1) / n1 + theta * theta * q2 * (1.0 - q2) / n2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stat = (p1 - theta * p2) ** 2 / var
+        return np.where(var > 0, stat, np.where((p1 - theta * p2) == 0, 0.0, np.inf)) - crit
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = np.log(np.where((x1 > 0) & (x2 > 0), p1 / p2, 1.0))
+    far = 60.0                                          # exp(+-60): far beyond any ratio of counts
+
+    def bisect(lo, hi, inside_is_low: bool):
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            inside = excess(mid) <= 0
+            if inside_is_low:      # the interval's upper end: inside below it
+                lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid)
+            else:                  # the lower end: inside above it
+                lo, hi = np.where(inside, lo, mid), np.where(inside, mid, hi)
+        return 0.5 * (lo + hi)
+
+    centre_lo = np.where(x2 == 0, far, centre)           # theta-hat is infinite: search below infinity
+    centre_hi = np.where(x1 == 0, -far, centre)          # theta-hat is 0: search above 0
+    low = np.exp(bisect(np.full_like(centre, -far), centre_lo, inside_is_low=False))
+    high = np.exp(bisect(centre_hi, np.full_like(centre, far), inside_is_low=True))
+    low = np.where(x1 == 0, 0.0, low)
+    high = np.where(x2 == 0, np.inf, high)
+    return low, high
+
+
 def skew_interval_vs_base(counts, k: int, group_sizes, n_total: int, *, level: float = 0.95,
                           drawn=None) -> tuple["np.ndarray", "np.ndarray"]:
     """``(low, high)`` of ``skew = ln(share / base share)`` from a score interval for the ratio of the
@@ -93,40 +150,30 @@ def skew_interval_vs_base(counts, k: int, group_sizes, n_total: int, *, level: f
     (default ``k``; more when tied images are kept). NaN for groups absent from the dataset.
     """
     import numpy as np
-    from statsmodels.stats.proportion import confint_proportions_2indep
 
     level = _check_level(level)
-    c = np.asarray(counts, dtype=np.int64)
-    sizes = np.broadcast_to(np.asarray(group_sizes, dtype=np.int64), c.shape)
-    d = np.broadcast_to((np.full(c.shape[0], k) if drawn is None else np.asarray(drawn))[:, None], c.shape)
-    n = int(n_total)
+    c = np.asarray(counts, dtype=np.float64)
+    sizes = np.broadcast_to(np.asarray(group_sizes, dtype=np.float64), c.shape)
+    d = np.broadcast_to((np.full(c.shape[0], k) if drawn is None else np.asarray(drawn))[:, None],
+                        c.shape).astype(np.float64)
+    n = float(n_total)
+    present = sizes > 0
     low = np.full(c.shape, np.nan)
     high = np.full(c.shape, np.nan)
-    cache: dict[tuple[int, int, int], tuple[float, float]] = {}
-    for idx in zip(*np.nonzero(sizes > 0)):
-        a, size, dd = int(c[idx]), int(sizes[idx]), int(d[idx])
-        key = (a, size, dd)
-        if key not in cache:
-            cache[key] = _skew_bounds(a, size, dd, n, 1.0 - level, confint_proportions_2indep)
-        low[idx], high[idx] = cache[key]
+    whole = present & (d >= n)                     # the top-k is the whole dataset: skew 0 exactly
+    low[whole] = high[whole] = 0.0
+    use = present & (d < n)
+    if use.any():
+        # Few distinct (count, size, drawn) triples in a report: solve each once.
+        triples, inverse = np.unique(np.stack([c[use], sizes[use], d[use]]), axis=1, return_inverse=True)
+        a, size, dd = triples
+        rho_lo, rho_hi = ratio_score_interval(size - a, n - dd, a, dd, level=level)
+        f = dd / n
+        with np.errstate(divide="ignore"):
+            s_low = np.where(np.isinf(rho_hi), -np.inf, -np.log(f + (1 - f) * np.minimum(rho_hi, 1e300)))
+            s_high = -np.log(f + (1 - f) * rho_lo)
+        low[use], high[use] = s_low[inverse.ravel()], s_high[inverse.ravel()]
     return low, high
-
-
-def _skew_bounds(a: int, size: int, drawn: int, n: int, alpha: float, confint) -> tuple[float, float]:
-    import math
-    import warnings
-
-    f = drawn / n
-    rest, n_rest = size - a, n - drawn
-    if n_rest == 0:             # the top-k is the whole dataset: its shares are the base shares
-        return 0.0, 0.0
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        rho_lo, rho_hi = confint(rest, n_rest, a, drawn, method="score", compare="ratio", alpha=alpha)
-    rho_lo = max(float(rho_lo), 0.0)
-    rho_hi = float(rho_hi) if math.isfinite(float(rho_hi)) else math.inf
-    low = -math.inf if math.isinf(rho_hi) else -math.log(f + (1 - f) * rho_hi)
-    return low, -math.log(f + (1 - f) * rho_lo)
 
 
 def miller_madow(norm_entropy, counts, present, k: int) -> "np.ndarray":
@@ -162,5 +209,5 @@ def basic_interval(estimate, samples, *, level: float = 0.95) -> tuple["np.ndarr
     return 2.0 * t - q_hi, 2.0 * t - q_lo
 
 
-__all__ = ["SHARE_METHODS", "basic_interval", "miller_madow", "share_interval", "skew_interval",
-           "skew_interval_vs_base"]
+__all__ = ["SHARE_METHODS", "basic_interval", "miller_madow", "ratio_score_interval", "share_interval",
+           "skew_interval", "skew_interval_vs_base"]

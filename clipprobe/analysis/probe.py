@@ -212,8 +212,10 @@ def control_null(control_counts, k: int) -> "tuple[np.ndarray, np.ndarray, np.nd
         # Var = k p (1 - p) (1 + (k - 1) rho), rho = 1 / (a + b + 1)
         rho = (var / binomial - 1.0) / (k - 1) if k > 1 else np.zeros_like(p)
         total = np.where(rho > 0, 1.0 / rho - 1.0, np.inf)
-    a = np.where(np.isfinite(total), p * total, np.inf)
-    b = np.where(np.isfinite(total), (1 - p) * total, np.inf)
+    finite = np.isfinite(total)
+    safe = np.where(finite, total, 0.0)
+    a = np.where(finite, p * safe, np.inf)
+    b = np.where(finite, (1 - p) * safe, np.inf)
     return p, a, b
 
 

@@ -25,6 +25,7 @@ _COMMANDS = [
     ("clipprobe.cli.retrieve", "retrieve"),
     ("clipprobe.cli.report", "report"),
     ("clipprobe.cli.report", "crosscheck"),
+    ("clipprobe.cli.eat", "eat"),
     ("clipprobe.cli.models", "models"),
     ("clipprobe.cli.figures", "figures"),
     ("clipprobe.cli.figures", "compare"),

@@ -36,13 +36,20 @@ from clipprobe.cli._options import (
               help="'cosine' of normalised embeddings, or 'dot' with the raw image embedding (as oxai ranks).")
 @click.option("--controls", default="controls", show_default=True,
               help="Control words (a taxonomy name or file) for flagged_vs_controls; 'none' to skip.")
+@click.option("--eat", "eat", default=None, metavar="SUITE|FILE",
+              help="Also run association tests (a suite of `clipprobe eat list`, or your YAML file) with the same "
+                   "model into OUT/eat/; the HTML report shows them.")
+@click.option("--stimuli-root", type=click.Path(file_okay=False), default=None,
+              help="Local iEAT image folder for --eat (else fetched once from the iEAT repository).")
+@click.option("--oasis-root", type=click.Path(file_okay=False), default=None,
+              help="Local OASIS download for --eat suites with valence images.")
 @click.option("--captions-counts", type=click.Path(file_okay=False), default=None,
               help="Folder written by `clipprobe captions count`: join caption lift with retrieval skew.")
 @click.option("--figures/--no-figures", default=True, show_default=True)
 @click.option("--html/--no-html", default=True, show_default=True)
 @probe_options
 def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, permutations, ties, score,
-           controls, captions_counts, figures, html, **kwargs) -> None:
+           controls, eat, stimuli_root, oasis_root, captions_counts, figures, html, **kwargs) -> None:
     """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""
     from clipprobe.pipeline.report import ReportConfig, run_report
 
@@ -58,7 +65,8 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
         probe=pop_probe_config(kwargs), out=out, taxonomy=taxonomy, templates=templates, k=k,
         attributes=split_attributes(attributes) if attributes else None, bootstrap=bootstrap, seed=seed,
         alpha=alpha, reference=reference, permutations=permutations, ties=ties, score=score,
-        controls=None if controls.strip().lower() == "none" else controls, captions_counts=captions_counts,
+        controls=None if controls.strip().lower() == "none" else controls, eat=eat, stimuli_root=stimuli_root,
+        oasis_root=oasis_root, captions_counts=captions_counts,
         figures=figures, html=html,
     )
     result = run_report(config)

@@ -23,7 +23,7 @@ import hashlib
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from clipprobe.errors import DataError, UsageError
 
@@ -160,7 +160,6 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
     ``encoder``: an already loaded model (else ``config.model`` is loaded); ``fetch``/``base_url``: how
     iEAT images are downloaded (tests point them at a local folder).
     """
-    import numpy as np
 
     from clipprobe.analysis.eat import EatInput, EatSettings, run_eats
     from clipprobe.config import to_dict

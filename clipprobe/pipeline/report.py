@@ -57,6 +57,9 @@ class ReportConfig:
     ties: str = "index"                 # or "keep-all"
     score: str = "cosine"               # or "dot"
     controls: str | None = "controls"   # control word set (taxonomy name or file); None: no control test
+    eat: str | None = None              # an association-test suite name or YAML file, run into out/eat/
+    stimuli_root: str | None = None     # iEAT images (for eat)
+    oasis_root: str | None = None       # OASIS images (for eat)
     captions_counts: str | None = None
     figures: bool = True
     html: bool = True
@@ -121,6 +124,21 @@ def _settings_hash(probe: "Probe", config: ReportConfig, queries, neutral, contr
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _run_eat(config: ReportConfig, probe: "Probe", out: Path):
+    """The association tests of ``config.eat`` with the report's model, into ``out`` (the HTML page
+    includes them)."""
+    from clipprobe.pipeline.eat import EatConfig, run_eat
+
+    is_file = config.eat.endswith((".yaml", ".yml", ".json")) or Path(config.eat).expanduser().is_file()
+    pc = probe.config
+    eat_config = EatConfig(out=str(out), model=pc.model, model_config=pc.model_config, preprocess=pc.preprocess,
+                           suite=None if is_file else config.eat, tests_file=config.eat if is_file else None,
+                           seed=config.seed, stimuli_root=config.stimuli_root, oasis_root=config.oasis_root,
+                           cache_dir=pc.cache_dir, device=pc.device, precision=pc.precision,
+                           batch_size=pc.batch_size, num_workers=pc.num_workers, offline=pc.offline)
+    return run_eat(eat_config, encoder=probe.encoder)
+
+
 def _chunk_paths(parts: Path, i: int) -> dict[str, Path]:
     stem = f"chunk-{i:04d}"
     return {"groups": parts / f"{stem}-groups.parquet", "words": parts / f"{stem}-words.parquet"}
@@ -172,6 +190,10 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
         timer.seconds.update(probe.timings)
     attributes = probe.check_attributes(config.attributes or probe.default_attributes())
     probe.check_k(config.k)
+    if config.eat:
+        # Before the long part: stimuli that cannot be resolved fail now, not after the report.
+        with timer("eat"):
+            _run_eat(config, probe, out / "eat")
 
     settings = _settings_hash(probe, config, queries, neutral, controls, attributes)
     parts_dir = out / "parts" / settings

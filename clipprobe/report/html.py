@@ -419,6 +419,17 @@ def _words_section() -> str:
 </section>"""
 
 
+def _eat_section(report) -> str:
+    """The association tests run with ``clipprobe report --eat`` (the folder's ``eat/``), or nothing."""
+    folder = Path(report.path) / "eat"
+    if not (folder / "eat.parquet").is_file():
+        return ""
+    from clipprobe.report.eat import html_section, load_eat
+
+    table, _stimuli, record = load_eat(folder)
+    return html_section(table, record, alpha=report.run.get("alpha", 0.05))
+
+
 def _run_section(report) -> str:
     run = report.run
     timings = run.get("timings_s") or {}
@@ -500,17 +511,20 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
     source = _FigureSource(folder, _tables_mtime(report))
     sheets = _contact_sheets(report, image_loader, label_for, max_sheets, sheet_faces, sheets_max_bytes)
     blocks = sheets.blocks
+    eat = _eat_section(report)
     sections = [
         _summary_section(report),
         _figures_section(report, category_figures, source),
         _flagged_section(report, sheets.anchors, sheets.note),
         _sheets_section(blocks, sheets.left_out),
         _words_section(),
+        eat,
         _run_section(report),
     ]
     nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in (
         ("summary", "Summary"), ("figures", "Figures"), ("flagged", "Flagged pairs"),
-        *((("faces", "Faces"),) if blocks else ()), ("words", "All words"), ("run", "Run")))
+        *((("faces", "Faces"),) if blocks else ()), ("words", "All words"),
+        *((("eat", "Association tests"),) if eat else ()), ("run", "Run")))
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
