@@ -224,9 +224,8 @@ def count_captions(config: CountConfig) -> CountResult:
     cpu_before = _cpu_seconds()
     with timer("scan"):
         if config.engine == "spark":
-            from clipprobe.captions.spark import run_spark
-
             from clipprobe.captions.inputs import backend_packages
+            from clipprobe.captions.spark import run_spark
 
             stream = run_spark(spec, tasks, master=config.spark_master, workers=workers, task_file=task_file,
                                conf=config.spark_conf,
