@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("numba")
 
 import clipprobe
-from clipprobe.captions._jitcache import cache_dir, enable_cache
+from clipprobe._jitcache import cache_dir, enable_cache
 
 MODULE = """
 from numba import njit

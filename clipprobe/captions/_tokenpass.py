@@ -382,7 +382,7 @@ def token_pass(offsets, data, valid, defer, emit_all, defer_non_ascii, lower, cl
     local_taken a copy of taken. Compiled without numba's reference counting (it allocates nothing), as
     the counts of the arrays handed to the inlined helpers cost more than the pass itself. Cached on
     disk by :func:`clipprobe.captions.tokens._kernel` in clipprobe's cache folder, never next to this file
-    (:mod:`clipprobe.captions._jitcache`).
+    (:mod:`clipprobe._jitcache`).
     """
     slot_packed, slot_len, slot_vid, t_shift, vocab_bytes, vocab_offsets = vocab
     edge_key, edge_next, e_shift, state_term, n_seps, n_vocab, sep_bytes, sep_offsets = trie

@@ -340,12 +340,12 @@ _KERNEL = None
 
 def _kernel():
     """The compiled pass (:func:`clipprobe.captions._tokenpass.token_pass`), kept on disk in clipprobe's
-    cache folder (:mod:`clipprobe.captions._jitcache`), never in the installed package."""
+    cache folder (:mod:`clipprobe._jitcache`), never in the installed package."""
     global _KERNEL
     if _KERNEL is None:
         if not available():
             raise ImportError("the token matcher needs numba (pip install numba)")
-        from clipprobe.captions._jitcache import enable_cache
+        from clipprobe._jitcache import enable_cache
         from clipprobe.captions._tokenpass import token_pass
 
         enable_cache(token_pass)
