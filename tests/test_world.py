@@ -294,3 +294,76 @@ def test_retraining_from_scratch_meets_targets(tmp_path):
     assert meta["check"]["false_positive_rate"] <= 0.05
     assert meta["check"]["null_flagged_rate"] <= 0.05
     assert meta["loss_curve"][-1] < meta["loss_curve"][0]
+
+
+# --------------------------------------------------------------------------- world variants
+
+
+def test_default_spec_is_the_demo_world():
+    from clipprobe.world.generate import DEFAULT_SPEC, WorldSpec
+
+    people = gen.sample_people(3, "train", 300)
+    assert gen.make_captions(3, people) == gen.make_captions(3, people, WorldSpec())
+    assert DEFAULT_SPEC == WorldSpec()
+
+
+def test_rate_scale_scales_every_planted_word():
+    from clipprobe.world.generate import WorldSpec
+
+    people = gen.sample_people(4, "train", 4000)
+    full = gen.caption_counts(gen.make_captions(4, people)[1])
+    half = gen.caption_counts(gen.make_captions(4, people, WorldSpec(rate_scale=0.5))[1])
+    none = gen.caption_counts(gen.make_captions(4, people, WorldSpec(rate_scale=0.0))[1])
+    for word, _c, _p, attr, group, rate in gen.PLANTED:
+        n_group = sum(1 for p in people if gen.ATTRIBUTES[attr][getattr(p, attr)] == group)
+        assert none["words"][word]["n_word"] == 0
+        assert full["words"][word]["n_word"] > half["words"][word]["n_word"]
+        assert abs(half["words"][word]["n_word"] - 0.5 * rate * n_group) < 5 * (n_group * 0.25) ** 0.5
+    with pytest.raises(UsageError, match="rate_scale must be between 0 and"):
+        WorldSpec(rate_scale=3.0).check()
+
+
+def test_local_plant_only_within_its_background(tmp_path):
+    from clipprobe.world.generate import LocalPlant, WorldSpec
+
+    lp = LocalPlant("nomad", "portrayal in media", "noun", "race", "group B", "striped", 0.9)
+    spec = WorldSpec(local=(lp,))
+    people = gen.sample_people(5, "train", 3000)
+    _, records = gen.make_captions(5, people, spec)
+    for p, rec in zip(people, records):
+        if "nomad" in rec["words"]:
+            assert gen.ATTRIBUTES["race"][p.race] == "group B" and gen.BACKGROUNDS[p.background] == "striped"
+    eligible = sum(1 for p in people if p.race == 1 and gen.BACKGROUNDS[p.background] == "striped")
+    hits = sum("nomad" in r["words"] for r in records)
+    assert 0.75 * eligible < hits <= eligible
+    with pytest.raises(UsageError, match="local plant 'terrorist': the word is already planted"):
+        WorldSpec(local=(LocalPlant("terrorist", "c", "noun", "race", "group B", "striped", 0.5),)).check()
+    with pytest.raises(UsageError, match="unknown background 'wavy'"):
+        WorldSpec(local=(LocalPlant("nomad", "c", "noun", "race", "group B", "wavy", 0.5),)).check()
+    paths = gen.generate_world(tmp_path / "w", seed=5, n_images=600, n_captions=600, spec=spec)
+    truth = json.loads(paths.truth.read_text())
+    assert truth["local"][0]["word"] == "nomad" and truth["local"][0]["caption_count"] > 0
+    assert "nomad" in paths.taxonomy.read_text()
+
+
+def test_person_free_images(tmp_path):
+    from clipprobe.world.generate import WorldSpec
+
+    paths = gen.generate_world(tmp_path / "w", seed=6, n_images=600, n_captions=600, spec=WorldSpec(n_objects=12))
+    table = pd.read_csv(paths.objects / "objects.csv")
+    assert len(table) == 12 and set(table["object"]) <= set(gen.ACCESSORIES)
+    from PIL import Image
+
+    img = np.asarray(Image.open(paths.objects / table["file"][0]).convert("RGB"))
+    # no skin: every pixel is a grey (background, pattern or the dark object)
+    assert np.all(img.max(axis=2) - img.min(axis=2) == 0)
+
+
+def test_wider_world_model_is_another_architecture():
+    from clipprobe.world.train import WORLD_ARCH, arch_config, arch_name
+
+    assert arch_name(1.0) == WORLD_ARCH and arch_name(1.5) == f"{WORLD_ARCH}-w150"
+    base, wide = arch_config(1.0), arch_config(1.5)
+    assert wide["vision_cfg"]["width"] == 96 and wide["text_cfg"]["width"] == 48 and wide["embed_dim"] == 72
+    assert wide["vision_cfg"]["width"] % wide["vision_cfg"]["head_width"] == 0
+    assert base["vision_cfg"]["width"] == 64

@@ -147,7 +147,64 @@ PARQUET_COLUMNS = ("URL", "TEXT", "WIDTH", "HEIGHT", "similarity", "hash", "puns
 LABEL_COLUMNS = ("file", "age", "gender", "race", "service_test")
 
 ERR_BAD_SIZE = "world: n_images must be at least {minimum} (got {value})"
+ERR_BAD_SCALE = "world: rate_scale must be between 0 and 1/max planted rate ({maximum:.2f}), got {value}"
+ERR_BAD_LOCAL = "world: local plant {word!r}: {why}"
 ERR_BAD_CAPTIONS = "world: n_captions must be at least {minimum} (got {value})"
+
+
+@dataclass(frozen=True)
+class LocalPlant:
+    """A word tied to a group only among images with one background (a bias of one corner of the data)."""
+
+    word: str
+    category: str
+    pos: str
+    attribute: str
+    group: str
+    background: str
+    rate: float
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """What a world plants, beyond its seed. The default is the demo world, image for image.
+
+    ``rate_scale`` multiplies every planted rate (the training data mix of a model zoo: 0 plants
+    nothing); ``local`` adds words tied to a group only within one background; ``n_objects`` draws that
+    many person-free images (a background and an object, no face) into ``OUT/objects/``, for measuring
+    a model's representation bias on images without people.
+    """
+
+    rate_scale: float = 1.0
+    local: tuple[LocalPlant, ...] = ()
+    n_objects: int = 0
+
+    def rate(self, rate: float) -> float:
+        return min(1.0, rate * self.rate_scale)
+
+    def check(self) -> "WorldSpec":
+        from clipprobe.errors import UsageError
+
+        top = max(r for *_, r in PLANTED)
+        if not 0 <= self.rate_scale <= 1 / top:
+            raise UsageError(ERR_BAD_SCALE.format(maximum=1 / top, value=self.rate_scale))
+        taken = {w for w, *_ in PLANTED + CONTROLS}
+        for lp in self.local:
+            why = None
+            if lp.word in taken:
+                why = "the word is already planted or a control"
+            elif lp.attribute not in ATTRIBUTES or lp.group not in ATTRIBUTES[lp.attribute]:
+                why = f"unknown group {lp.group!r} of attribute {lp.attribute!r}"
+            elif lp.background not in BACKGROUNDS:
+                why = f"unknown background {lp.background!r}; valid: {', '.join(BACKGROUNDS)}"
+            elif not 0 < lp.rate <= 1:
+                why = f"rate must be in (0, 1], got {lp.rate}"
+            if why:
+                raise UsageError(ERR_BAD_LOCAL.format(word=lp.word, why=why))
+        return self
+
+
+DEFAULT_SPEC = WorldSpec()
 
 
 @dataclass(frozen=True)
@@ -163,6 +220,7 @@ class WorldPaths:
     truth: Path
     lexicon: Path
     taxonomy: Path
+    objects: Path | None = None     # objects/<n>.png and objects.csv (only with WorldSpec.n_objects)
 
     @property
     def dataset_spec(self) -> str:
@@ -232,8 +290,9 @@ def sample_people(seed: int, split: str, n: int) -> list[Person]:
                    tuple(float(x) for x in params[i])) for i in range(n)]
 
 
-def render(person: Person, size: int = IMAGE_SIZE):
-    """Draw one face as an RGB ``PIL.Image`` of ``size`` x ``size`` pixels."""
+def render(person: Person, size: int = IMAGE_SIZE, *, face: bool = True):
+    """Draw one face as an RGB ``PIL.Image`` of ``size`` x ``size`` pixels (``face=False``: the
+    background and the accessory only, where they would be: a person-free image)."""
     from PIL import Image, ImageDraw
 
     u = person.params
@@ -275,19 +334,20 @@ def render(person: Person, size: int = IMAGE_SIZE):
     # Hair, drawn first so the face covers its inner part: its grey gets lighter with age; it is
     # a short band over the top of the head for kind X and falls to the chin beside a kind Y face.
     hair = (_HAIR_GREY[person.age] + int(12 * (u[10] - 0.5)),) * 3
-    if person.gender == 0:
-        d.ellipse([cx - 1.08 * rx, cy - ry - 3.5 * s, cx + 1.08 * rx, cy + 0.3 * ry], fill=hair)
-    else:
-        d.ellipse([cx - rx - 3.5 * s, cy - ry - 3.5 * s, cx + rx + 3.5 * s, cy + 0.9 * ry], fill=hair)
-    d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=skin)
     eye_y = cy - 0.15 * ry
-    for ex in (cx - 0.42 * rx, cx + 0.42 * rx):
-        d.ellipse([ex - 1.3 * s, eye_y - 1.3 * s, ex + 1.3 * s, eye_y + 1.3 * s], fill=(20, 20, 20))
     mouth_y = cy + 0.45 * ry
-    d.line([cx - 0.4 * rx, mouth_y, cx + 0.4 * rx, mouth_y], fill=(90, 20, 20), width=max(1, int(s)))
-    for i in range(person.age):  # forehead lines: none at stage 1, three at stage 4
-        y = cy - 0.40 * ry - i * 3.0 * s
-        d.line([cx - 0.5 * rx, y, cx + 0.5 * rx, y], fill=dark, width=max(1, int(round(1.5 * s))))
+    if face:
+        if person.gender == 0:
+            d.ellipse([cx - 1.08 * rx, cy - ry - 3.5 * s, cx + 1.08 * rx, cy + 0.3 * ry], fill=hair)
+        else:
+            d.ellipse([cx - rx - 3.5 * s, cy - ry - 3.5 * s, cx + rx + 3.5 * s, cy + 0.9 * ry], fill=hair)
+        d.ellipse([cx - rx, cy - ry, cx + rx, cy + ry], fill=skin)
+        for ex in (cx - 0.42 * rx, cx + 0.42 * rx):
+            d.ellipse([ex - 1.3 * s, eye_y - 1.3 * s, ex + 1.3 * s, eye_y + 1.3 * s], fill=(20, 20, 20))
+        d.line([cx - 0.4 * rx, mouth_y, cx + 0.4 * rx, mouth_y], fill=(90, 20, 20), width=max(1, int(s)))
+        for i in range(person.age):  # forehead lines: none at stage 1, three at stage 4
+            y = cy - 0.40 * ry - i * 3.0 * s
+            d.line([cx - 0.5 * rx, y, cx + 0.5 * rx, y], fill=dark, width=max(1, int(round(1.5 * s))))
     # Accessory: a dark grey object whose shade varies from image to image. Its size is fixed
     # (only its place follows the head), so how visible it is does not depend on the attributes.
     g = int(10 + 45 * u[9])
@@ -335,11 +395,13 @@ def _phrase(rng, word: str, pos: str) -> str:
     return fill(templates[int(rng.integers(len(templates)))], word)
 
 
-def make_captions(seed: int, people: list[Person]) -> tuple[list[str], list[dict[str, Any]]]:
+def make_captions(seed: int, people: list[Person], spec: WorldSpec = DEFAULT_SPEC
+                  ) -> tuple[list[str], list[dict[str, Any]]]:
     """One caption per person; also, per caption, which words and group terms it holds."""
     import numpy as np
 
     rng = np.random.default_rng(_seeds(seed)["captions"])
+    local_rng = np.random.default_rng([seed, 0x10CA1])   # a stream of its own: the default world is unchanged
     combos = combinations()
     texts, records = [], []
     for p in people:
@@ -347,7 +409,7 @@ def make_captions(seed: int, people: list[Person]) -> tuple[list[str], list[dict
                   "age": ATTRIBUTES["age"][p.age]}
         words: list[tuple[str, str]] = []
         for word, _cat, pos, attr, group, rate in PLANTED:
-            hit = rng.random() < rate
+            hit = rng.random() < spec.rate(rate)
             if values[attr] == group and hit:
                 words.append((word, pos))
         combo = combos.index((ACCESSORIES[p.accessory], BACKGROUNDS[p.background]))
@@ -355,6 +417,10 @@ def make_captions(seed: int, people: list[Person]) -> tuple[list[str], list[dict
         if combo < len(CONTROLS) and control_hit:
             word, _cat, pos = CONTROLS[combo]
             words.append((word, pos))
+        for lp in spec.local:
+            hit = local_rng.random() < lp.rate
+            if values[lp.attribute] == lp.group and BACKGROUNDS[p.background] == lp.background and hit:
+                words.append((lp.word, lp.pos))
         rng.shuffle(words)
         head = [_phrase(rng, w, pos) for w, pos in words]
         if not head:
@@ -371,9 +437,9 @@ def make_captions(seed: int, people: list[Person]) -> tuple[list[str], list[dict
     return texts, records
 
 
-def caption_counts(records: list[dict[str, Any]]) -> dict[str, Any]:
+def caption_counts(records: list[dict[str, Any]], spec: WorldSpec = DEFAULT_SPEC) -> dict[str, Any]:
     """Exact counts from the generation record: n_word, n_group and n_both per word and group."""
-    words = [w for w, *_ in PLANTED] + [w for w, *_ in CONTROLS]
+    words = [w for w, *_ in PLANTED] + [w for w, *_ in CONTROLS] + [lp.word for lp in spec.local]
     n_group = {attr: {g: 0 for g in groups} for attr, groups in ATTRIBUTES.items()}
     per_word = {w: {"n_word": 0, "n_both": {attr: {g: 0 for g in groups} for attr, groups in ATTRIBUTES.items()}}
                 for w in words}
@@ -457,9 +523,10 @@ def _write_csv(path: Path, df) -> None:
     write_text(path, df.to_csv(index=False, lineterminator="\n"))
 
 
-def truth_dict(seed: int, n_images: int, n_captions: int, counts: dict[str, Any]) -> dict[str, Any]:
+def truth_dict(seed: int, n_images: int, n_captions: int, counts: dict[str, Any],
+               spec: WorldSpec = DEFAULT_SPEC) -> dict[str, Any]:
     combos = combinations()
-    return {
+    truth = {
         "generator": "clipprobe.world",
         "generator_version": GENERATOR_VERSION,
         "seed": seed,
@@ -473,6 +540,7 @@ def truth_dict(seed: int, n_images: int, n_captions: int, counts: dict[str, Any]
                      "caption_count_other_groups": sum(v for gg, v in counts["words"][w]["n_both"][a].items()
                                                        if gg != g)}
                     for w, c, pos, a, g, r in PLANTED],
+        "rate_scale": spec.rate_scale,
         "controls": [w for w, *_ in CONTROLS],
         "control_details": [{"word": w, "category": c, "pos": pos, "accessory": combos[i][0],
                              "background": combos[i][1], "rate": CONTROL_RATE}
@@ -480,13 +548,24 @@ def truth_dict(seed: int, n_images: int, n_captions: int, counts: dict[str, Any]
         "caption_counts": counts,
         "matching": "case-insensitive; a term matches where no letter or digit touches it on either side",
     }
+    if spec.rate_scale != 1.0:      # the truth of a world of another data mix: its planted rates
+        for item in truth["planted"]:
+            item["rate"] = spec.rate(item["rate"])
+    if spec.local:
+        truth["local"] = [{"word": lp.word, "category": lp.category, "pos": lp.pos, "attribute": lp.attribute,
+                           "group": lp.group, "background": lp.background, "rate": lp.rate,
+                           "caption_count": counts["words"][lp.word]["n_both"][lp.attribute][lp.group]}
+                          for lp in spec.local]
+    if spec.n_objects:
+        truth["n_objects"] = spec.n_objects
+    return truth
 
 
-def world_taxonomy() -> dict[str, Any]:
+def world_taxonomy(spec: WorldSpec = DEFAULT_SPEC) -> dict[str, Any]:
     """The planted and control words as a minimal-form taxonomy (So-B-IT categories)."""
     cats: dict[str, list[str]] = {}
     pos: dict[str, str] = {}
-    for w, c, p, *_ in PLANTED + CONTROLS:
+    for w, c, p, *_ in PLANTED + CONTROLS + tuple((lp.word, lp.category, lp.pos) for lp in spec.local):
         cats.setdefault(c, []).append(w)
         pos[w] = p
     return {"name": "world-words", "categories": cats, "pos": pos}
@@ -499,12 +578,14 @@ def generate_world(
     n_images: int = DEFAULT_N_IMAGES,
     n_captions: int = DEFAULT_N_CAPTIONS,
     write_train_images: bool = False,
+    spec: WorldSpec = DEFAULT_SPEC,
 ) -> WorldPaths:
     """Write the whole world for ``seed`` into ``out_dir`` and return its paths.
 
     ``n_images`` probe images (the FairFace ``val`` split) and ``n_captions``
     (image, caption) pairs (the ``train`` split; its images are drawn into
     files only with ``write_train_images``, since training draws them in memory).
+    ``spec`` varies what is planted (:class:`WorldSpec`; the default is the demo world).
     """
     import yaml
 
@@ -515,6 +596,7 @@ def generate_world(
         raise UsageError(ERR_BAD_SIZE.format(minimum=500, value=n_images))
     if n_captions < 500:
         raise UsageError(ERR_BAD_CAPTIONS.format(minimum=500, value=n_captions))
+    spec = spec.check()
     root = Path(out_dir)
     fairface = root / "fairface"
     val_people = sample_people(seed, "val", n_images)
@@ -527,7 +609,7 @@ def generate_world(
         _write_images(fairface / "train", train_people, "train")
         labels_train = fairface / "fairface_label_train.csv"
         _write_csv(labels_train, _labels_table(train_people, "train", seed))
-    texts, records = make_captions(seed, train_people)
+    texts, records = make_captions(seed, train_people, spec)
     captions = root / "captions" / "world-00000.parquet"
     _write_laion_parquet(captions, _caption_table(seed, train_people, texts))
     content = root / "content.csv"
@@ -537,14 +619,41 @@ def generate_world(
             for split, people in (("val", val_people), ("train", train_people)) for i, p in enumerate(people)]
     _write_csv(content, pd.DataFrame(rows, columns=["file", "split", "accessory", "background"]))
     truth = root / "truth.json"
-    write_json(truth, truth_dict(seed, n_images, n_captions, caption_counts(records)))
+    write_json(truth, truth_dict(seed, n_images, n_captions, caption_counts(records, spec), spec))
     lex = root / "lexicon.yaml"
     write_text(lex, "# Caption terms of the world's synthetic groups.\n" + yaml.safe_dump(lexicon(), sort_keys=False))
     tax = root / "taxonomy.yaml"
     write_text(tax, "# The world's planted and control words (So-B-IT words, So-B-IT categories).\n"
-               + yaml.safe_dump(world_taxonomy(), sort_keys=False))
+               + yaml.safe_dump(world_taxonomy(spec), sort_keys=False))
+    objects = None
+    if spec.n_objects:
+        objects = root / "objects"
+        _write_objects(objects, seed, spec.n_objects)
     log.info("world written to %s: %d probe images, %d captions", root, n_images, n_captions)
-    return WorldPaths(root, fairface, labels_val, labels_train, captions, content, truth, lex, tax)
+    return WorldPaths(root, fairface, labels_val, labels_train, captions, content, truth, lex, tax, objects)
+
+
+def render_object(accessory: int, background: int, params, size: int = IMAGE_SIZE):
+    """A person-free image: one of the world's backgrounds and an object (an accessory on its own)."""
+    return render(Person(0, 0, 2, accessory, background, tuple(float(x) for x in params)), size, face=False)
+
+
+def _write_objects(folder: Path, seed: int, n: int) -> None:
+    """``n`` person-free images (objects.csv: file, object, background), drawn from a stream of their own."""
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe._io import write_bytes
+
+    rng = np.random.default_rng([seed, 0x0B1EC7])
+    rows = []
+    for i in range(n):
+        acc, bg = int(rng.integers(len(ACCESSORIES))), int(rng.integers(len(BACKGROUNDS)))
+        buf = io.BytesIO()
+        render_object(acc, bg, rng.random(12)).save(buf, format="PNG", optimize=False)
+        write_bytes(folder / f"{i + 1}.png", buf.getvalue())
+        rows.append((f"{i + 1}.png", ACCESSORIES[acc], BACKGROUNDS[bg]))
+    _write_csv(folder / "objects.csv", pd.DataFrame(rows, columns=["file", "object", "background"]))
 
 
 def term_regex(term: str) -> "re.Pattern[str]":

@@ -33,6 +33,10 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Training settings; the defaults reproduce the shipped model. ``width`` scales the model's widths
+    (embedding, vision and text transformers; another architecture, named ``clipprobe-world-tiny-w<%>``);
+    ``spec`` the world it is trained on (:class:`clipprobe.world.generate.WorldSpec`)."""
+
     seed: int = 0
     epochs: int = 28
     batch_size: int = 256
@@ -43,34 +47,63 @@ class TrainConfig:
     n_captions: int = 8000
     n_images: int = 3600
     k: int = 100
+    width: float = 1.0
+    spec: Any = None                    # a WorldSpec; None: the demo world
 
 
-def config_path(weights_dir: str | Path | None = None) -> Path:
-    return Path(weights_dir or WEIGHTS_DIR) / f"{WORLD_ARCH}.json"
+def arch_name(width: float = 1.0) -> str:
+    """The architecture of a world model of a given width (the shipped one at 1.0)."""
+    return WORLD_ARCH if width == 1.0 else f"{WORLD_ARCH}-w{int(round(width * 100))}"
 
 
-def weights_path(weights_dir: str | Path | None = None) -> Path:
-    return Path(weights_dir or WEIGHTS_DIR) / f"{WORLD_ARCH}.safetensors"
+def arch_config(width: float = 1.0) -> dict[str, Any]:
+    """The shipped architecture with its widths scaled (heads keep their width: 16 for the image, 2 heads
+    for the text tower)."""
+    cfg = json.loads(config_path().read_text(encoding="utf-8"))
+    if width == 1.0:
+        return cfg
+
+    def scaled(value: int, multiple: int) -> int:
+        return max(multiple, int(round(value * width / multiple)) * multiple)
+
+    cfg["embed_dim"] = scaled(cfg["embed_dim"], 8)
+    cfg["vision_cfg"]["width"] = scaled(cfg["vision_cfg"]["width"], cfg["vision_cfg"]["head_width"])
+    cfg["text_cfg"]["width"] = scaled(cfg["text_cfg"]["width"], 2 * cfg["text_cfg"]["heads"])
+    return cfg
 
 
-def meta_path(weights_dir: str | Path | None = None) -> Path:
-    return Path(weights_dir or WEIGHTS_DIR) / f"{WORLD_ARCH}.meta.json"
+def config_path(weights_dir: str | Path | None = None, arch: str = WORLD_ARCH) -> Path:
+    return Path(weights_dir or WEIGHTS_DIR) / f"{arch}.json"
 
 
-def register_arch(weights_dir: str | Path | None = None) -> str:
+def weights_path(weights_dir: str | Path | None = None, arch: str = WORLD_ARCH) -> Path:
+    return Path(weights_dir or WEIGHTS_DIR) / f"{arch}.safetensors"
+
+
+def meta_path(weights_dir: str | Path | None = None, arch: str = WORLD_ARCH) -> Path:
+    return Path(weights_dir or WEIGHTS_DIR) / f"{arch}.meta.json"
+
+
+def model_spec(weights_dir: str | Path | None = None, arch: str = WORLD_ARCH) -> tuple[str, str]:
+    """``(--model, --model-config)`` of a world model: the shipped one, or one in ``weights_dir``."""
+    return f"{arch}:{weights_path(weights_dir, arch)}", str(config_path(weights_dir, arch))
+
+
+def register_arch(weights_dir: str | Path | None = None, arch: str = WORLD_ARCH) -> str:
     """Register the world's architecture with open_clip; return its name."""
     import open_clip
 
-    open_clip.add_model_config(config_path(weights_dir))
-    return WORLD_ARCH
+    open_clip.add_model_config(config_path(weights_dir, arch))
+    return arch
 
 
-def load_world_model(weights_dir: str | Path | None = None):
+def load_world_model(weights_dir: str | Path | None = None, arch: str = WORLD_ARCH):
     """The shipped (or a retrained) world model: ``(model, preprocess, tokenizer)``, in eval mode."""
     import open_clip
 
-    arch = register_arch(weights_dir)
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights_path(weights_dir)))
+    arch = register_arch(weights_dir, arch)
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=str(weights_path(weights_dir,
+                                                                                                   arch)))
     model.eval()
     return model, preprocess, open_clip.get_tokenizer(arch)
 
@@ -104,6 +137,7 @@ def evaluate_in_memory(model, tokenizer, cfg: TrainConfig):
     from clipprobe.world import generate as gen
     from clipprobe.world.evaluate import check_world, word_embeddings
 
+    spec = cfg.spec or gen.DEFAULT_SPEC
     people = gen.sample_people(cfg.seed, "val", cfg.n_images)
     x = _normalise(gen.render_array(people))
     with torch.no_grad():
@@ -113,14 +147,15 @@ def evaluate_in_memory(model, tokenizer, cfg: TrainConfig):
     age = np.array([gen.ATTRIBUTES["age"][p.age] for p in people], dtype=object)
     labels = {"race": race, "gender": gender, "age": age,
               "race_gender": np.array([race_gender(r, g) for r, g in zip(race, gender)], dtype=object)}
-    truth = gen.truth_dict(cfg.seed, cfg.n_images, cfg.n_captions, {"words": _zero_counts()})
+    truth = gen.truth_dict(cfg.seed, cfg.n_images, cfg.n_captions, {"words": _zero_counts(spec)}, spec)
     return check_world(img, word_embeddings(model, tokenizer, truth), labels, truth, k=cfg.k)
 
 
-def _zero_counts():
+def _zero_counts(spec=None):
     from clipprobe.world import generate as gen
 
-    words = [w for w, *_ in gen.PLANTED] + [w for w, *_ in gen.CONTROLS]
+    spec = spec or gen.DEFAULT_SPEC
+    words = [w for w, *_ in gen.PLANTED] + [w for w, *_ in gen.CONTROLS] + [lp.word for lp in spec.local]
     return {w: {"n_word": 0, "n_both": {a: {g: 0 for g in gs} for a, gs in gen.ATTRIBUTES.items()}} for w in words}
 
 
@@ -139,10 +174,12 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
 
     out = Path(out_dir or WEIGHTS_DIR)
     out.mkdir(parents=True, exist_ok=True)
-    arch_cfg = json.loads(config_path().read_text(encoding="utf-8"))
-    if out.resolve() != WEIGHTS_DIR.resolve():
-        write_text(config_path(out), json.dumps(arch_cfg, indent=2) + "\n")
-    register_arch(out)
+    arch = arch_name(cfg.width)
+    spec = cfg.spec or gen.DEFAULT_SPEC
+    arch_cfg = arch_config(cfg.width)
+    if out.resolve() != WEIGHTS_DIR.resolve() or arch != WORLD_ARCH:
+        write_text(config_path(out, arch), json.dumps(arch_cfg, indent=2) + "\n")
+    register_arch(out, arch)
 
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
@@ -150,16 +187,16 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
     t0 = time.perf_counter()
     people = gen.sample_people(cfg.seed, "train", cfg.n_captions)
     images = gen.render_array(people)
-    texts, _ = gen.make_captions(cfg.seed, people)
+    texts, _ = gen.make_captions(cfg.seed, people, spec)
     data_hash = hashlib.sha256()
     data_hash.update(images.tobytes())
     data_hash.update("\n".join(texts).encode("utf-8"))
-    tokenizer = open_clip.get_tokenizer(WORLD_ARCH)
+    tokenizer = open_clip.get_tokenizer(arch)
     x = _normalise(images)
     tokens = tokenizer(texts)
     t_data = time.perf_counter() - t0
 
-    model = open_clip.create_model(WORLD_ARCH)
+    model = open_clip.create_model(arch)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -195,14 +232,15 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
 
     model.eval()
     state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(weights_path(out), suffix=".safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"arch": WORLD_ARCH, "seed": str(cfg.seed)})
+    with atomic_path(weights_path(out, arch), suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"arch": arch, "seed": str(cfg.seed)})
     meta: dict[str, Any] = {
-        "arch": WORLD_ARCH,
-        "weights": weights_path(out).name,
+        "arch": arch,
+        "weights": weights_path(out, arch).name,
         "weights_dtype": "float16",
         "config": asdict(cfg),
-        "world": {"generator_version": gen.GENERATOR_VERSION, "seed": cfg.seed, "n_captions": cfg.n_captions},
+        "world": {"generator_version": gen.GENERATOR_VERSION, "seed": cfg.seed, "n_captions": cfg.n_captions,
+                  "rate_scale": spec.rate_scale, "local": [asdict(lp) for lp in spec.local]},
         "training_data_sha256": data_hash.hexdigest(),
         "loss_curve": curve,
         "timings_s": {"data": round(t_data, 2), "train": round(t_train, 2)},
@@ -210,12 +248,12 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
     }
     if evaluate:
         # Check the weights as saved (float16), as a user will load them.
-        reloaded, _, tok = load_world_model(out)
+        reloaded, _, tok = load_world_model(out, arch)
         check = evaluate_in_memory(reloaded, tok, cfg)
         meta["check"] = check.summary()
         log.info("check: recall %.3f, false-positive rate %.3f, null %.4f", check.recall,
                  check.false_positive_rate, check.null_flagged_rate)
-    write_json(meta_path(out), meta)
+    write_json(meta_path(out, arch), meta)
     return meta
 
 
