@@ -1,4 +1,4 @@
-"""The full coverage grid of benchmarks/coverage.py (issue 10): 500 datasets per cell, as in the README."""
+"""The full coverage grid of benchmarks/bench_coverage.py (issue 10): 500 datasets per cell, as in the README."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ CONSERVATIVE = {
 def test_every_published_interval_covers_in_every_cell():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import coverage as harness
+        import bench_coverage as harness
     finally:
         sys.path.pop(0)
     results = harness.run_grid(n_datasets=500, n_boot=0, seed=0)

@@ -269,10 +269,10 @@ def test_control_queries_flag_at_about_the_nominal_rate():
 
 
 def test_coverage_harness_small(tmp_path):
-    """A small run of benchmarks/coverage.py: the published intervals cover their population value."""
+    """A small run of benchmarks/bench_coverage.py: the published intervals cover their population value."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
-        import coverage as harness
+        import bench_coverage as harness
     finally:
         sys.path.pop(0)
     results = harness.run_grid(n_datasets=50, n_boot=0, seed=0, grid_n=(2000,), grid_k=(100,), permutations=200)

@@ -1,6 +1,6 @@
 """Intervals the report publishes, each chosen because its coverage was measured by simulation.
 
-``benchmarks/coverage.py`` draws datasets from a population whose top-k composition is known and
+``benchmarks/bench_coverage.py`` draws datasets from a population whose top-k composition is known and
 counts how often each interval holds the true value (README, "Statistics"). What passed:
 
 * a group's share of a word's top-k: the **Wilson score interval** on ``count / k`` (statsmodels'

@@ -15,8 +15,8 @@ For each cell of the grid (N, k, attribute, planting), ``--datasets`` datasets a
 interval's coverage of the true value is counted; p-values published under "no association"
 (``p_max_skew``, ``p_min_skew``) are checked for uniformity (Kolmogorov-Smirnov) on the ``none`` words.
 
-    python benchmarks/coverage.py                       # the full grid, 500 datasets per cell, 500 resamples
-    python benchmarks/coverage.py --datasets 100 --quick
+    python benchmarks/bench_coverage.py                       # the full grid, 500 datasets per cell, 500 resamples
+    python benchmarks/bench_coverage.py --datasets 100 --quick
 """
 
 from __future__ import annotations
