@@ -26,6 +26,7 @@ _COMMANDS = [
     ("clipprobe.cli.report", "report"),
     ("clipprobe.cli.report", "crosscheck"),
     ("clipprobe.cli.eat", "eat"),
+    ("clipprobe.cli.association", "association"),
     ("clipprobe.cli.models", "models"),
     ("clipprobe.cli.figures", "figures"),
     ("clipprobe.cli.figures", "compare"),

@@ -430,6 +430,16 @@ def _eat_section(report) -> str:
     return html_section(table, record, alpha=report.run.get("alpha", 0.05))
 
 
+def _association_section(report) -> str:
+    """Model RB/AB written by ``clipprobe association --out REPORT/association``, or nothing."""
+    folder = Path(report.path) / "association"
+    if not (folder / "run.json").is_file():
+        return ""
+    from clipprobe.report.association import html_section, load_association
+
+    return html_section(*load_association(folder))
+
+
 def _run_section(report) -> str:
     run = report.run
     timings = run.get("timings_s") or {}
@@ -511,7 +521,7 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
     source = _FigureSource(folder, _tables_mtime(report))
     sheets = _contact_sheets(report, image_loader, label_for, max_sheets, sheet_faces, sheets_max_bytes)
     blocks = sheets.blocks
-    eat = _eat_section(report)
+    eat = _eat_section(report) + _association_section(report)
     sections = [
         _summary_section(report),
         _figures_section(report, category_figures, source),
@@ -524,7 +534,8 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
     nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in (
         ("summary", "Summary"), ("figures", "Figures"), ("flagged", "Flagged pairs"),
         *((("faces", "Faces"),) if blocks else ()), ("words", "All words"),
-        *((("eat", "Association tests"),) if eat else ()), ("run", "Run")))
+        *((("eat", "Association tests"),) if 'id="eat"' in eat else ()),
+        *((("association", "Model RB/AB"),) if 'id="association"' in eat else ()), ("run", "Run")))
     page = (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         '<meta name="viewport" content="width=device-width, initial-scale=1">'

@@ -1,0 +1,201 @@
+"""A model's representation and association bias, as the WebLI-100B and SigLIP 2 papers measure them
+after Alabdulmohsin et al. (ICLR 2024):
+
+* **model RB**: on images without people (``objects``: a folder, e.g. ImageNet's validation images,
+  or a dataset spec), the share of images for which the model prefers the first label over the
+  second ("a photo of a man" over "a photo of a woman"), minus 0.5;
+* **model AB**: on a face dataset, for occupation pairs (librarian/scientist, nurse/doctor,
+  housekeeper/homeowner, receptionist/executive, secretary/manager by default), how often the model
+  prefers the first occupation, separately for the images of each of two groups (women, men), and
+  the difference.
+
+Intervals (Wilson for shares, Newcombe for the difference) come from
+:mod:`clipprobe.analysis.balance`, where their coverage is measured. Every prompt is recorded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipprobe.errors import DataError, UsageError
+from clipprobe.pipeline.probe import ProbeConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
+DEFAULT_RB_PROMPTS = ("a photo of a man", "a photo of a woman")
+FORMAT_VERSION = 1
+
+MSG_NO_OBJECTS = "objects: {where} holds no image files ({suffixes})"
+MSG_OBJECTS_MISSING = "objects: {where} does not exist"
+MSG_GROUPS = "groups: give two different groups of attribute {attribute!r}, got {groups}"
+MSG_UNKNOWN_GROUP = "groups: {group!r} is not a group of attribute {attribute!r} in the dataset; groups: {valid}"
+MSG_NOTHING = "nothing to measure: give a face dataset for AB, person-free images for RB, or both"
+MSG_MAX_OBJECTS = "max_objects must be a positive number, got {value}"
+
+
+@dataclasses.dataclass(frozen=True)
+class AssociationConfig:
+    """Settings of ``clipprobe association``."""
+
+    out: str
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+    objects: str | None = None              # person-free images: a folder, imagenet:DIR, folder:DIR, csv:PATH
+    max_objects: int | None = None          # a seeded random subset of the objects (None: all)
+    rb_prompts: tuple[str, str] = DEFAULT_RB_PROMPTS
+    ab: bool = True                         # measure AB on the probe's face dataset
+    attribute: str = "gender"
+    groups: tuple[str, str] = ("Female", "Male")
+    pairs: tuple[tuple[str, str], ...] | None = None   # None: the five default occupation pairs
+    templates: str = "default"
+    level: float = 0.95
+    seed: int = 0
+
+    def check(self) -> "AssociationConfig":
+        if not self.objects and not self.ab:
+            raise UsageError(MSG_NOTHING)
+        if len(self.groups) != 2 or self.groups[0] == self.groups[1]:
+            raise UsageError(MSG_GROUPS.format(attribute=self.attribute, groups=list(self.groups)))
+        if self.max_objects is not None and self.max_objects < 1:
+            raise UsageError(MSG_MAX_OBJECTS.format(value=self.max_objects))
+        if not 0 < self.level < 1:
+            raise UsageError(f"level must be between 0 and 1, got {self.level}")
+        self.probe.check()
+        return self
+
+
+@dataclasses.dataclass(frozen=True)
+class AssociationResult:
+    out: Path
+    rb: "pd.DataFrame | None"
+    ab: "pd.DataFrame | None"
+    run: dict
+    files: tuple[Path, ...]
+
+
+def object_images(where: str, cache_dir: str | None, *, max_objects: int | None = None, seed: int = 0):
+    """A dataset of person-free images: a face-dataset spec (``csv:``, ``fairface:``...), or a folder
+    (``imagenet:DIR``, ``folder:DIR`` or a plain path) whose image files are listed recursively."""
+    import numpy as np
+
+    from clipprobe._io import default_cache_dir, write_text
+    from clipprobe.faces import SCHEMES, load_dataset
+
+    scheme, sep, rest = where.partition(":")
+    if sep and scheme in SCHEMES:
+        dataset = load_dataset(where)
+        files = list(dataset.table["file"])
+        return dataset, files
+    folder = Path(rest if sep and scheme in ("imagenet", "folder") else where).expanduser()
+    if not folder.exists():
+        raise DataError(MSG_OBJECTS_MISSING.format(where=folder))
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.suffix in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(MSG_NO_OBJECTS.format(where=folder, suffixes=", ".join(sorted(set(IMAGE_SUFFIXES)))))
+    if max_objects is not None and len(files) > max_objects:
+        keep = np.sort(np.random.default_rng(seed).choice(len(files), size=max_objects, replace=False))
+        files = [files[i] for i in keep]
+    text = "file\n" + "\n".join('"' + f.replace('"', '""') + '"' for f in files) + "\n"
+    digest = hashlib.sha256((str(folder.resolve()) + "\0" + text).encode("utf-8")).hexdigest()[:16]
+    base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    manifest = base / "manifests" / f"objects-{digest}.csv"
+    if not manifest.is_file():
+        write_text(manifest, text)
+    return load_dataset(f"csv:{manifest}", image_root=folder), files
+
+
+def run_association(config: AssociationConfig, *, progress: bool | None = None) -> AssociationResult:
+    """Measure model RB and/or AB and write ``rb.parquet``, ``ab.parquet``, a figure and ``run.json``."""
+
+    from clipprobe.analysis.balance import DEFAULT_OCCUPATION_PAIRS, model_ab, model_rb
+    from clipprobe.embeddings.cache import embed_dataset
+    from clipprobe.models import load_model
+    from clipprobe.pipeline.embed import embed_texts
+    from clipprobe.pipeline.probe import open_probe
+    from clipprobe.report.association import write_association
+    from clipprobe.resources.prompts import make_query
+    from clipprobe.runinfo import StageTimer, run_record
+
+    config = config.check()
+    started = time.time()
+    timer = StageTimer()
+    pairs = tuple(tuple(p) for p in (config.pairs or DEFAULT_OCCUPATION_PAIRS))
+    rb_table = ab_table = None
+    probe = None
+    dataset_info = None
+    objects = None
+    if config.objects:      # the image list first: a wrong folder fails before any model loads
+        objects, _files = object_images(config.objects, config.probe.cache_dir, max_objects=config.max_objects,
+                                        seed=config.seed)
+    if config.ab:
+        probe = open_probe(config.probe, progress=progress)
+        timer.seconds.update(probe.timings)
+        probe.check_attributes([config.attribute])
+        present = sorted(set(probe.labels[config.attribute].astype(str)))
+        for group in config.groups:
+            if group not in present:
+                raise UsageError(MSG_UNKNOWN_GROUP.format(group=group, attribute=config.attribute,
+                                                          valid=", ".join(repr(g) for g in present)))
+        encoder = probe.encoder
+        dataset_info = probe.info()
+    else:
+        with timer("load_model"):
+            pc = config.probe
+            encoder = load_model(pc.model, device=pc.device, model_config=pc.model_config,
+                                 offline=pc.offline or None, preprocess=pc.preprocess, precision=pc.precision)
+    prompts = {}
+    if config.ab:
+        with timer("ab"):
+            queries = [make_query(w, templates=config.templates) for pair in pairs for w in pair]
+            texts = embed_texts(encoder, queries, cache_dir=config.probe.cache_dir)
+            prompts.update({q.word: list(q.prompts) for q in queries})
+            scores = probe.embeddings.vectors @ texts.vectors.T          # (N, 2P)
+            first, second = scores[:, 0::2], scores[:, 1::2]
+            ab = model_ab(first, second, probe.labels[config.attribute].astype(str).to_numpy(), pairs=pairs,
+                          group_names=config.groups, level=config.level)
+            ab_table = ab.frame()
+    n_objects_skipped = 0
+    if config.objects:
+        with timer("rb"):
+            emb = embed_dataset(encoder, objects, cache_dir=config.probe.cache_dir,
+                                batch_size=config.probe.batch_size, num_workers=config.probe.num_workers,
+                                progress=progress)
+            n_objects_skipped = len(emb.skipped)
+            labels = embed_texts(encoder, list(config.rb_prompts), cache_dir=config.probe.cache_dir)
+            s = emb.vectors @ labels.vectors.T
+            rb = model_rb(s[:, 0], s[:, 1], level=config.level)
+            rb_table = _rb_frame(rb, config.rb_prompts, config.objects)
+            prompts["rb"] = list(config.rb_prompts)
+    record = run_record(
+        "association", format_version=FORMAT_VERSION, config=_config_dict(config), model=encoder.info(),
+        dataset=dataset_info, timings=timer.seconds, started=started, prompts=prompts,
+        pairs=[list(p) for p in pairs], groups=list(config.groups), attribute=config.attribute,
+        objects={"where": config.objects, "n": int(rb_table["n"].iloc[0]) if rb_table is not None else 0,
+                 "skipped": n_objects_skipped} if config.objects else None,
+    )
+    files = write_association(config.out, rb_table, ab_table, record)
+    return AssociationResult(out=Path(config.out), rb=rb_table, ab=ab_table, run=record, files=tuple(files))
+
+
+def _rb_frame(rb, prompts, where) -> "pd.DataFrame":
+    import pandas as pd
+
+    return pd.DataFrame([{"objects": where, "first_label": prompts[0], "second_label": prompts[1], "n": rb.n,
+                          "ties": rb.n_ties, "share_first": rb.share_male, "rb": rb.rb, "rb_ci_low": rb.rb_low,
+                          "rb_ci_high": rb.rb_high}])
+
+
+def _config_dict(config: AssociationConfig) -> dict:
+    from clipprobe.config import to_dict
+
+    data = to_dict(dataclasses.replace(config, probe=ProbeConfig()))
+    data["probe"] = to_dict(config.probe)
+    return data

@@ -1,0 +1,119 @@
+"""The files of ``clipprobe association``: ``rb.parquet``, ``ab.parquet``, a figure, ``run.json``, and an
+HTML section (the report page shows it when the folder is the report's ``association/``)."""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from clipprobe.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+FILES = {"rb": "rb.parquet", "ab": "ab.parquet", "run": "run.json"}
+MSG_NOT_A_RUN = "{path} is not a folder written by `clipprobe association` (no run.json)"
+
+
+def association_plot(ab: "pd.DataFrame", *, ax=None):
+    """For each occupation pair: how often the first occupation is preferred, per group, with intervals."""
+    import numpy as np
+
+    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, style
+
+    share_cols = [c for c in ab.columns if c.startswith("share_") and not c.endswith(("_low", "_high"))]
+    with style():
+        if ax is None:
+            from matplotlib.figure import Figure
+
+            ax = Figure(figsize=(COLUMN_WIDTH, 0.8 + 0.35 * len(ab)), layout="constrained").add_subplot()
+        y = np.arange(len(ab))
+        for j, col in enumerate(share_cols):
+            group = col[len("share_"):]
+            low, high = ab[f"{col}_low"].to_numpy(float), ab[f"{col}_high"].to_numpy(float)
+            x = ab[col].to_numpy(float)
+            ax.errorbar(x, y + (j - 0.5) * 0.25, xerr=[x - low, high - x], fmt="o", ms=3.5, capsize=0,
+                        color=OKABE_ITO[j % len(OKABE_ITO)], label=group)
+        ax.axvline(0.5, color="0.6", lw=0.6, ls="--")
+        ax.set_yticks(y, [f"{a} / {b}" for a, b in zip(ab["first"], ab["second"])])
+        ax.set_ylim(len(ab) - 0.5, -0.5)
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("share of images where the first occupation is preferred")
+        ax.legend(fontsize=7, frameon=False)
+    return ax
+
+
+def write_association(out, rb: "pd.DataFrame | None", ab: "pd.DataFrame | None", record: dict) -> list[Path]:
+    """Write the tables, the figure (with AB) and, last, run.json."""
+    from clipprobe import _io
+
+    out = Path(out)
+    written = []
+    if rb is not None:
+        _io.write_parquet(out / FILES["rb"], rb)
+        written.append(out / FILES["rb"])
+    if ab is not None:
+        from clipprobe.report.figures import save_figure
+
+        _io.write_parquet(out / FILES["ab"], ab)
+        written.append(out / FILES["ab"])
+        written += save_figure(association_plot(ab).figure, out / "association")
+    _io.write_json(out / FILES["run"], record)
+    written.append(out / FILES["run"])
+    return written
+
+
+def load_association(path) -> tuple["pd.DataFrame | None", "pd.DataFrame | None", dict]:
+    import pandas as pd
+
+    path = Path(path)
+    if not (path / FILES["run"]).is_file():
+        raise DataError(MSG_NOT_A_RUN.format(path=path))
+    record = json.loads((path / FILES["run"]).read_text(encoding="utf-8"))
+    rb = pd.read_parquet(path / FILES["rb"]) if (path / FILES["rb"]).is_file() else None
+    ab = pd.read_parquet(path / FILES["ab"]) if (path / FILES["ab"]).is_file() else None
+    return rb, ab, record
+
+
+def html_section(rb, ab, record: dict) -> str:
+    """An HTML ``<section>`` with the model's RB and AB tables (every string escaped)."""
+    e = html.escape
+
+    def num(v, d=3):
+        try:
+            return f"{float(v):.{d}f}"
+        except (TypeError, ValueError):
+            return "—"
+
+    parts = ['<section id="association"><h2>Model representation and association bias</h2>']
+    if rb is not None and len(rb):
+        r = rb.iloc[0]
+        parts.append(f"<p>On {int(r['n'])} images without people ({e(str(r['objects']))}), the model prefers "
+                     f"&ldquo;{e(str(r['first_label']))}&rdquo; over &ldquo;{e(str(r['second_label']))}&rdquo; "
+                     f"for {float(r['share_first']):.1%} of them: RB = {num(r['rb'])} "
+                     f"[{num(r['rb_ci_low'])}, {num(r['rb_ci_high'])}] (0 = no preference).</p>")
+    if ab is not None and len(ab):
+        shares = [c for c in ab.columns if c.startswith("share_") and not c.endswith(("_low", "_high"))]
+        head = "".join(f"<th>{e(c[len('share_'):])}</th>" for c in shares)
+        rows = []
+        for _, r in ab.iterrows():
+            cells = "".join(f"<td class=\"num\">{num(r[c], 2)} [{num(r[c + '_low'], 2)}, {num(r[c + '_high'], 2)}]</td>"
+                            for c in shares)
+            rows.append(f"<tr><td>{e(str(r['first']))} / {e(str(r['second']))}</td>{cells}"
+                        f"<td class=\"num\">{num(r['diff'], 2)} [{num(r['diff_low'], 2)}, {num(r['diff_high'], 2)}]"
+                        "</td></tr>")
+        parts.append("<p>How often the model prefers the first occupation of each pair, per group of faces "
+                     "(95% intervals), and the difference:</p>"
+                     f"<table class=\"plain\"><thead><tr><th>Pair</th>{head}<th>Difference</th></tr></thead>"
+                     f"<tbody>{''.join(rows)}</tbody></table>")
+    prompts = record.get("prompts") or {}
+    if prompts:
+        parts.append("<details><summary>Prompts</summary><pre>"
+                     + e(json.dumps(prompts, indent=1, ensure_ascii=False)) + "</pre></details>")
+    parts.append("</section>")
+    return "".join(parts)
