@@ -35,8 +35,8 @@ def test_count_then_show(tmp_path):
     assert "terrorist: in 2 of 5 captions" in r.output and "- Arab terrorist's car" in r.output
     r = CliRunner().invoke(cli, ["captions", "show", str(out), "--word", "terorist", "--format", "json"])
     assert r.exit_code == 1
-    assert r.output.strip().splitlines()[-1].endswith("word 'terorist' is not in " + str(out) +
-                                                      " (did you mean 'terrorist'?)")
+    assert r.output.strip().splitlines()[-1].endswith("word 'terorist' is not in caption counts folder " + str(out)
+                                                      + " (did you mean 'terrorist'?)")
     r = CliRunner().invoke(cli, ["captions", "show", str(out), "--word", "nurse", "--format", "json"])
     data = json.loads(r.output)
     assert data["word"] == "nurse" and any(g["n_both"] == 1 and g["group"] == "Female" for g in data["groups"])

@@ -28,15 +28,15 @@ from clipprobe.errors import ClipprobeError, DataError, UsageError
 
 log = logging.getLogger(__name__)
 
-ERR_NO_INPUT = "--captions {pattern!r} matches no file"
-ERR_EMPTY_FOLDER = "--captions {pattern!r} is a folder with no .parquet file"
+ERR_NO_INPUT = "caption input {pattern!r} matches no file"
+ERR_EMPTY_FOLDER = "caption input {pattern!r} is a folder with no .parquet file"
 ERR_NO_FSSPEC = "{url}: reading URLs needs fsspec and its {protocol} backend (pip install 'clipprobe[{extra}]')"
-ERR_BACKEND = ("{url}: {protocol}:// paths need the package {package} (pip install {install}); with --engine spark "
-               "every executor needs it too")
+ERR_BACKEND = ("{url}: {protocol}:// paths need the package {package} (pip install {install}); with the spark "
+               "engine every executor needs it too")
 ERR_UNKNOWN_PROTOCOL = "{url}: unknown URL scheme {protocol!r} (no fsspec filesystem of that name)"
 ERR_LIST = "{url}: cannot be listed ({why})"
 ERR_TEXT_TYPE = ("{path}: caption column {column!r} holds {type}, not text (string or binary); "
-                 "name the caption column with --text-column")
+                 "name the caption column (text_column)")
 
 # fsspec protocols whose backend is a package of their own, and the clipprobe extra that installs it
 BACKEND_EXTRAS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs"),

@@ -42,7 +42,7 @@ MATCHERS = ("auto", "hyperscan", "tokens")   # tokens: clipprobe.captions.tokens
                                                # numba is installed, else hyperscan (the same counts either way)
 
 COUNTS_FORMAT_VERSION = 1   # the layout of a counts folder (cooccurrence.parquet, samples.parquet, parts/)
-ERR_NO_INPUTS = "no caption files given (use --captions PATH|GLOB|URL)"
+ERR_NO_INPUTS = "no caption files given (a path, glob, folder or URL)"
 ERR_NO_COLUMN = "{path}: no caption column {column!r}{tried}; columns: {columns}"
 ERR_UNREADABLE = "{path}: not a readable parquet file ({why})"
 ERR_NOTHING_READ = "no caption file could be read ({n} skipped; see {run_json})"

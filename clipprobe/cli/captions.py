@@ -9,8 +9,6 @@ import click
 
 _LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexicons`) or a path to a YAML/JSON "
                  "file. Default: fairface. The lexicon drives the result; ours is a starting point.")
-ERR_NO_COUNTS = "{path} has no cooccurrence.parquet (run `clipprobe captions count --out {path}` first)"
-ERR_NO_WORD = "word {word!r} is not in {path}{hint}"
 
 # Characters a terminal acts on instead of showing (C0 and C1 controls, DEL: escape sequences, cursor
 # moves, bells) and the Unicode controls that reorder or hide text (bidi embeddings, overrides, isolates)
@@ -68,26 +66,10 @@ def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark
 
 
 def _show(directory, word, attribute, n_samples, fmt):
-    from pathlib import Path
+    from clipprobe.captions.counts import word_counts
 
-    import pandas as pd
-
-    from clipprobe.errors import ClipprobeError, did_you_mean
-
-    path = Path(directory)
-    if not (path / "cooccurrence.parquet").exists():
-        raise ClipprobeError(ERR_NO_COUNTS.format(path=path))
-    table = pd.read_parquet(path / "cooccurrence.parquet")
-    words = list(dict.fromkeys(table["word"]))
-    match = [w for w in words if w.lower() == word.lower()]
-    if not match:
-        raise ClipprobeError(ERR_NO_WORD.format(word=word, path=path, hint=did_you_mean(word, words)))
-    rows = table[table["word"] == match[0]]
-    if attribute:
-        rows = rows[rows["attribute"] == attribute]
-    samples = pd.read_parquet(path / "samples.parquet") if (path / "samples.parquet").exists() else None
-    if samples is not None:
-        samples = samples[samples["word"] == match[0]]
+    found = word_counts(directory, word, attribute=attribute)
+    match, rows, samples = [found.word], found.cells, found.samples
     if fmt == "json":
         out = {"word": match[0], "groups": rows.to_dict(orient="records")}
         if samples is not None:

@@ -173,7 +173,7 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     out = Path(config.out)
     check_out_folder(out)
     if config.captions_counts:
-        from clipprobe.report.crosscheck import read_counts
+        from clipprobe.captions.counts import read_counts
 
         read_counts(config.captions_counts)  # fail before the long part when the folder is wrong
     taxonomy = get_taxonomy(config.taxonomy)

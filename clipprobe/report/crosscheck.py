@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from clipprobe.analysis.crosscheck import crosscheck
-from clipprobe.errors import DataError
+from clipprobe.captions.counts import read_counts
 
 log = logging.getLogger(__name__)
 
@@ -37,21 +36,6 @@ def crosscheck_scatter(joined, *, attribute: str | None = None, correlations=Non
     if len(rows):
         ax.legend(fontsize=6, markerscale=1.5, frameon=False, loc="best")
     return ax
-
-
-ERR_NO_COUNTS = "caption counts folder {path} has no cooccurrence.parquet (write it with `clipprobe captions count`)"
-
-
-def read_counts(counts_dir) -> Any:
-    """The ``cooccurrence.parquet`` table of a ``captions count`` folder."""
-    from pathlib import Path
-
-    import pandas as pd
-
-    path = Path(counts_dir) / "cooccurrence.parquet"
-    if not path.is_file():
-        raise DataError(ERR_NO_COUNTS.format(path=counts_dir))
-    return pd.read_parquet(path)
 
 
 def write_crosscheck(report_groups, counts_dir, out_dir, *, alpha: float = 0.05) -> list:
