@@ -3,7 +3,6 @@ HTML section (the report page shows it when the folder is the report's ``associa
 
 from __future__ import annotations
 
-import html
 import json
 import logging
 from pathlib import Path
@@ -82,21 +81,15 @@ def load_association(path) -> tuple["pd.DataFrame | None", "pd.DataFrame | None"
 
 def html_section(rb, ab, record: dict) -> str:
     """An HTML ``<section>`` with the model's RB and AB tables (every string escaped)."""
-    e = html.escape
-
-    def num(v, d=3):
-        try:
-            return f"{float(v):.{d}f}"
-        except (TypeError, ValueError):
-            return "—"
+    from clipprobe.report.formatting import e, num
 
     parts = ['<section id="association"><h2>Model representation and association bias</h2>']
     if rb is not None and len(rb):
         r = rb.iloc[0]
         parts.append(f"<p>On {int(r['n'])} images without people ({e(str(r['objects']))}), the model prefers "
                      f"&ldquo;{e(str(r['first_label']))}&rdquo; over &ldquo;{e(str(r['second_label']))}&rdquo; "
-                     f"for {float(r['share_first']):.1%} of them: RB = {num(r['rb'])} "
-                     f"[{num(r['rb_ci_low'])}, {num(r['rb_ci_high'])}] (0 = no preference).</p>")
+                     f"for {float(r['share_first']):.1%} of them: RB = {num(r['rb'], 3)} "
+                     f"[{num(r['rb_ci_low'], 3)}, {num(r['rb_ci_high'], 3)}] (0 = no preference).</p>")
     if ab is not None and len(ab):
         shares = [c for c in ab.columns if c.startswith("share_") and not c.endswith(("_low", "_high"))]
         head = "".join(f"<th>{e(c[len('share_'):])}</th>" for c in shares)

@@ -15,7 +15,6 @@ returns the section the HTML report includes; every string from a test file is e
 from __future__ import annotations
 
 import base64
-import html
 import io
 import logging
 import math
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from clipprobe.errors import DataError
+from clipprobe.report.formatting import e as _e
+from clipprobe.report.formatting import num as _num
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -255,18 +256,6 @@ def load_eat(path: str | os.PathLike) -> tuple["pd.DataFrame", "pd.DataFrame", d
 
 # ----------------------------------------------------------------------------------------------
 # HTML
-
-
-def _e(value) -> str:
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(value, digits: int = 2) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    return f"{v:.{digits}f}" if math.isfinite(v) else "—"
 
 
 def _p(value) -> str:

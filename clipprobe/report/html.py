@@ -26,7 +26,6 @@ import base64
 import functools
 import importlib.resources
 import dataclasses
-import html
 import io
 import json
 import logging
@@ -36,6 +35,8 @@ from typing import Callable
 
 from clipprobe._io import write_text
 from clipprobe.errors import UsageError
+from clipprobe.report.formatting import e
+from clipprobe.report.formatting import num as _num
 from clipprobe.report.store import CATEGORY_SEP
 
 log = logging.getLogger(__name__)
@@ -64,19 +65,6 @@ def _template(name: str) -> str:
     return (importlib.resources.files("clipprobe.report") / "templates" / name).read_text(encoding="utf-8")
 
 
-def e(value) -> str:
-    """HTML-escape any value (quotes included)."""
-    return html.escape("" if value is None else str(value), quote=True)
-
-
-def _num(value, digits: int = 2) -> str:
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        return "—"
-    if not math.isfinite(v):
-        return "—"
-    return f"{v:.{digits}f}"
 
 
 def _ci(low, high, digits: int = 2) -> str:
