@@ -264,3 +264,94 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert embed.default_cache_dir() == tmp_path / "home" / ".cache" / "clipprobe"
+
+
+# --------------------------------------------------------------------------- issue 12.10 / 12.7
+
+
+def test_a_folder_keeps_the_batch_size_it_was_started_with(tiny_encoder, ff, tmp_path):
+    """A resume with another batch size computes the remaining shards in the batches of the first run, so the
+    arrays are those of an uninterrupted run with the first size."""
+    reference = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "ref", batch_size=3, shard_size=7,
+                                    num_workers=0, progress=False)
+    seen = []
+
+    def stop_after_shard_zero(record):
+        seen.append(record)
+        if len(seen) == 3:
+            raise _Stop()
+
+    with pytest.raises(KeyboardInterrupt):
+        embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "run", batch_size=3, shard_size=7,
+                            num_workers=0, progress=False, on_batch=stop_after_shard_zero)
+    resumed = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "run", batch_size=5, shard_size=7,
+                                  num_workers=0, progress=False)
+    assert resumed.timings["batch_size"] == 3
+    assert [b["images"] for b in resumed.timings["per_batch"]] == [3, 3, 1] * 2 + [2]   # rows 7-20, 21-22
+    assert np.array_equal(resumed.vectors, reference.vectors)
+    manifest = __import__("json").loads((resumed.cache_dir / embed.MANIFEST).read_text())
+    assert manifest["batch_size"] == 3
+
+
+def test_a_folder_without_a_recorded_batch_size_records_this_runs(tiny_encoder, ff, tmp_path):
+    import json
+
+    first = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, batch_size=4, shard_size=8, num_workers=0,
+                                progress=False)
+    manifest_path = first.cache_dir / embed.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["batch_size"]
+    manifest_path.write_text(json.dumps(manifest))
+    again = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, batch_size=6, shard_size=8, num_workers=0,
+                                progress=False)
+    assert again.timings["batch_size"] == 6
+    assert json.loads(manifest_path.read_text())["batch_size"] == 6
+
+
+def test_a_huge_image_is_skipped_with_its_size_and_no_warning(tiny_encoder, tmp_path, capfd):
+    from test_faces import _bomb_jpeg
+
+    root = facegen.write_fairface(tmp_path / "ff", n=6, size=36)
+    _bomb_jpeg(root / "val" / "4.jpg")
+    ds = faces.load_dataset(f"fairface:{root}")
+    emb = embed.embed_dataset(tiny_encoder, ds, cache_dir=tmp_path / "c", batch_size=2, num_workers=1,
+                              progress=False)
+    assert emb.rows.tolist() == [0, 1, 2, 4, 5]
+    assert emb.skipped == [{"row": 3, "file": "val/4.jpg", "reason": "DataError: " + faces.MSG_IMAGE_TOO_LARGE.format(
+        width=12000, height=12000, limit=faces.MAX_IMAGE_PIXELS)}]
+    assert "DecompressionBomb" not in capfd.readouterr().err
+
+
+def test_read_only_text_cache_still_embeds_new_prompts(tiny_encoder, tmp_path, caplog):
+    """A shared cache that cannot be written: the new prompts are embedded and used, with a warning."""
+    from test_io import _as_other_user, _unwritable_folder
+
+    prompts = ["a photo of a nurse", "a photo of a pilot"]
+    expected = tiny_encoder.encode_text(prompts)
+
+    class Precomputed(Counting):
+        # The forked child must not run torch (its thread pool does not survive a fork).
+        def encode_text(self, texts):
+            self.text_calls.append(list(texts))
+            return expected[[prompts.index(t) for t in texts]]
+
+    folder = _unwritable_folder()
+    try:
+        def child():
+            vecs = embed.embed_texts(Precomputed(tiny_encoder), prompts, cache_dir=folder)
+            return f"{vecs.shape} {np.array_equal(vecs, expected)}"
+
+        code, out = _as_other_user(child)
+        assert code == 0, out
+        assert out == "(2, 32) True"
+        assert list(folder.iterdir()) == []
+    finally:
+        os.chmod(folder, 0o755)
+    caplog.set_level("WARNING", logger="clipprobe")
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    (readonly / embed.model_cache_key(tiny_encoder)).write_text("a file where the folder should be")
+    vecs = embed.embed_texts(tiny_encoder, ["a photo of a thief"], cache_dir=readonly)
+    assert vecs.shape == (1, 32)
+    assert any("1 new prompt embedding(s) are used but not cached: cannot write" in r.getMessage()
+               for r in caplog.records)

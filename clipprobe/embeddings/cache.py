@@ -1,11 +1,14 @@
 """Resumable, batched image and text embedding with an on-disk cache.
 
-Layout (the clip-retrieval one, plus a manifest)::
+Layout (shards of vectors with their metadata, in folders named as clip-retrieval names them, but
+not clip-retrieval's format: its tools cannot read these folders, nor can these read theirs)::
 
-    CACHE/<model key>/<dataset fingerprint>/
-        cache.json                       what this folder holds (model, dataset, rows, shard size)
+    CACHE/<model key>/<dataset fingerprint>-f<format>/
+        cache.json                       what this folder holds (model, dataset, rows, shard size,
+                                         batch size)
         img_emb/img_emb_00000.npy        float32 (n_ok, dim), L2-normalised, rows in dataset order
-        metadata/metadata_00000.parquet  row, file, status ("ok" | "error"), reason, norm (of the raw
+        metadata/metadata_00000.parquet  one row per dataset row of the shard, failed images included:
+                                         row, file, status ("ok" | "error"), reason, norm (of the raw
                                          embedding, for dot-product scoring)
         done.json                        written once every shard exists
     CACHE/<model key>/text/text_<hash>.npy + text_<hash>.parquet   prompt embeddings
@@ -18,11 +21,20 @@ metadata file exists (written after its vectors), so a run stopped at any point
 a shard boundary and are cut the same way on every run, so a resumed run ends
 with exactly the arrays of an uninterrupted one.
 
+The batch size belongs to the folder, like the shard size: a model's output for an image can
+differ in the last bits with the size of the batch it was computed in (the matrix kernels block
+differently), so a folder keeps the batch size it was started with (recorded in ``cache.json``),
+and a rerun or resume that asks for another one uses the recorded size and says so. Delete the
+folder to embed with another batch size.
+
 Decoding and preprocessing run in DataLoader worker processes; an image that
 fails to decode becomes a marker, is counted and listed, and the run goes on.
 
 The model key is the model spec's key plus the precision and a hash of the
 preprocessing settings, since both change the vectors.
+
+New prompt embeddings are added to the text cache; where it cannot be written (a read-only
+shared cache) they are used without being stored, with a warning.
 """
 
 from __future__ import annotations
@@ -190,8 +202,8 @@ def _write_shard(root: Path, s: int, vectors, meta_records: list[dict]) -> None:
     write_parquet(meta_path, meta)
 
 
-def _prepare_root(root: Path, encoder, dataset, shard_size: int) -> int:
-    """Create or check the manifest; return the shard size in force for this folder."""
+def _prepare_root(root: Path, encoder, dataset, shard_size: int, batch_size: int) -> tuple[int, int]:
+    """Create or check the manifest; return the shard size and batch size in force for this folder."""
     from clipprobe._io import write_json
 
     manifest_path = root / MANIFEST
@@ -208,18 +220,27 @@ def _prepare_root(root: Path, encoder, dataset, shard_size: int) -> int:
         stored_size = int(stored["shard_size"])
         if stored_size != shard_size:
             log.info("cache %s uses shard size %d; keeping it", root, stored_size)
-        return stored_size
+        stored_batch = stored.get("batch_size")
+        if not isinstance(stored_batch, int) or isinstance(stored_batch, bool) or stored_batch < 1:
+            # Written before folders recorded it: from now on, the size of this run.
+            write_json(manifest_path, {**stored, "batch_size": batch_size})
+            stored_batch = batch_size
+        elif stored_batch != batch_size:
+            log.info("cache %s was started with batch size %d; keeping it so that every shard is computed alike "
+                     "(delete the folder to use %d)", root, stored_batch, batch_size)
+        return stored_size, stored_batch
     info = encoder.info() if hasattr(encoder, "info") else {"spec": encoder.spec.raw}
     write_json(manifest_path, {
         "format": CACHE_FORMAT,
         "n_rows": len(dataset),
         "shard_size": shard_size,
+        "batch_size": batch_size,
         "embed_dim": int(getattr(encoder, "embed_dim", 0) or 0),
         "model": {k: info.get(k) for k in ("spec", "canonical", "key", "precision", "preprocess", "preprocess_source")},
         "model_key": model_cache_key(encoder),
         "dataset": dataset.summary() if hasattr(dataset, "summary") else {"spec": dataset.spec},
     })
-    return shard_size
+    return shard_size, batch_size
 
 
 # --------------------------------------------------------------------------- main entry
@@ -251,7 +272,9 @@ def embed_dataset(
 ) -> ImageEmbeddings:
     """Embed every image of ``dataset`` with ``encoder``, reusing finished cache shards.
 
-    ``progress``: None shows a bar only on a terminal, True/False force it.
+    ``batch_size`` applies to a new cache folder; a folder keeps the batch size it was started
+    with (see the module docstring). ``progress``: None shows a bar only on a terminal, True/False
+    force it.
     ``on_batch`` is called after each batch with that batch's timings (after the
     shard it completes, if any, is on disk); raising in it stops the run like Ctrl-C.
     """
@@ -269,7 +292,7 @@ def embed_dataset(
     t_start = time.perf_counter()
     root = embeddings_dir(encoder, dataset, cache_dir)
     n = len(dataset)
-    shard_size = _prepare_root(root, encoder, dataset, shard_size)
+    shard_size, batch_size = _prepare_root(root, encoder, dataset, shard_size, batch_size)
     n_shards = math.ceil(n / shard_size)
     bounds = [(s, s * shard_size, min(n, (s + 1) * shard_size)) for s in range(n_shards)]
     loaded: dict[int, tuple] = {}
@@ -483,10 +506,15 @@ def embed_texts(encoder, texts: list[str], *, cache_dir: str | os.PathLike | Non
     known = _read_text_cache(folder)
     missing = list(dict.fromkeys(t for t in texts if t not in known))
     if missing:
+        from clipprobe._io import WriteError
+
         vectors = np.ascontiguousarray(encoder.encode_text(missing), dtype=np.float32)
         digest = hashlib.sha256("\0".join(missing).encode("utf-8")).hexdigest()[:16]
-        write_npy(folder / f"text_{digest}.npy", vectors)
-        write_parquet(folder / f"text_{digest}.parquet", pd.DataFrame({"text": missing}))
+        try:
+            write_npy(folder / f"text_{digest}.npy", vectors)
+            write_parquet(folder / f"text_{digest}.parquet", pd.DataFrame({"text": missing}))
+        except WriteError as err:
+            log.warning("%d new prompt embedding(s) are used but not cached: %s", len(missing), err)
         known.update(zip(missing, vectors))
         log.info("embedded %d new prompt(s); %d from the cache", len(missing), len(set(texts)) - len(missing))
     dim = int(getattr(encoder, "embed_dim", 0) or 0)
