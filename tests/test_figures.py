@@ -465,3 +465,52 @@ def test_load_report_refuses_a_mixed_folder(tmp_path):
         load_report(d)
     r = CliRunner().invoke(cli, ["figures", str(d), "--out", str(tmp_path / "figs")])
     assert r.exit_code == 1 and "incomplete or mixed" in r.output and "Traceback" not in r.output
+
+
+# --------------------------------------------------------------------------- issue 12.7 / 12.10
+
+
+def test_dollar_signs_in_words_and_categories_are_drawn_literally(tmp_path):
+    """A word with $...$ is not math text: every figure is written and its labels read as in the taxonomy."""
+    words = {r"$\bogus{$ man": r"money $$", "$5 a day": r"money $$", "thief": "crime"}
+    d = make_report(tmp_path / "r", words=words, images=False, n_boot=5)
+    report = load_report(d)
+    paths = figures.write_report_figures(report, tmp_path / "figs", figure_set="all", formats=("png",))
+    assert len(paths) >= 4 and all(p.stat().st_size > 0 for p in paths)
+    ax = figures.word_skew_dots(report.groups, "money $$", "race", max_words=0)
+    labels = {t.get_text() for t in ax.get_yticklabels()}
+    assert labels == {r"\$\bogus{\$ man", r"\$5 a day"}
+    assert ax.get_title().startswith(r"money \$\$: skew by group")
+    ax.figure.canvas.draw()   # math text would fail here on the first word
+    assert figures.short("$5 a day") == r"\$5 a day" and figures.literal("a $b$") == r"a \$b\$"
+
+
+def test_stale_temporaries_in_the_figures_folder_are_removed(report, tmp_path):
+    import os
+    import time
+
+    out = tmp_path / "figs"
+    out.mkdir()
+    stale = out / ".heatmap_skew_race.png.k3j9x0ab.tmp"
+    stale.write_bytes(b"half a png")
+    os.utime(stale, (time.time() - 3600, time.time() - 3600))
+    fresh = out / ".other.png.a1b2c3d4.tmp"   # a concurrent run's, written after this run began
+    started = time.time() - 60
+    fresh.write_bytes(b"being written")
+    figures.write_report_figures(report, out, figure_set="core", formats=("png",), started=started)
+    assert not stale.exists() and fresh.exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".") and p != fresh]
+
+
+@pytest.mark.parametrize("command", ["figures", "compare"])
+def test_cli_out_naming_an_existing_file_is_a_one_line_error(report_dir, tmp_path, command):
+    taken = tmp_path / "figures.png"
+    taken.write_bytes(b"an image")
+    args = [command, str(report_dir)] + ([str(report_dir)] if command == "compare" else [])
+    res = CliRunner().invoke(cli, args + ["--out", str(taken)])
+    assert res.exit_code == 2, res.output
+    assert res.output.strip() == f"Error: --out {taken} is an existing file; give a folder (it is created if needed)"
+    assert taken.read_bytes() == b"an image"
+    res = CliRunner().invoke(cli, args + ["--out", str(taken / "sub")])
+    assert res.exit_code == 2
+    assert res.output.strip() == f"Error: --out {taken / 'sub'}: {taken} is an existing file, not a folder"

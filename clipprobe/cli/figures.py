@@ -6,6 +6,22 @@ from pathlib import Path
 
 import click
 
+MSG_OUT_IS_FILE = "--out {path} is an existing file; give a folder (it is created if needed)"
+MSG_OUT_BELOW_FILE = "--out {out}: {path} is an existing file, not a folder"
+
+
+def _check_out(out: Path) -> None:
+    """--out must name a folder: refuse an existing file before anything is read or drawn."""
+    from clipprobe.errors import UsageError
+
+    if out.exists() and not out.is_dir():
+        raise UsageError(MSG_OUT_IS_FILE.format(path=out))
+    for parent in out.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(MSG_OUT_BELOW_FILE.format(out=out, path=parent))
+            break
+
 
 @click.command("figures")
 @click.argument("report_dir", type=click.Path(path_type=Path))
@@ -31,6 +47,7 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
     from clipprobe.report.figures import slug, write_report_figures
     from clipprobe.report.store import load_report
 
+    _check_out(out)
     report = load_report(report_dir)
     valid_words = sorted(set(report.words["word"]))
     for word in words:
@@ -73,6 +90,7 @@ def compare(report_dirs, out: Path, names, formats) -> None:
 
     if names and len(names) != len(report_dirs):
         raise UsageError(f"--name given {len(names)} times for {len(report_dirs)} reports; give one per report")
+    _check_out(out)
     reports = [load_report(d) for d in report_dirs]
     result = compare_reports(reports, names=list(names) if names else None)
     paths = write_comparison(result, out, formats=formats or ("png", "pdf"))

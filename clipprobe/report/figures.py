@@ -117,10 +117,16 @@ def _check_attribute(df, attribute: str) -> None:
         raise one_of(attribute, present, "attribute")
 
 
+def literal(text) -> str:
+    """``text`` as matplotlib should show it, character for character: ``$`` escaped, so that a word
+    such as ``$5 a day`` or ``$x$`` is not read as math text (which draws it otherwise or fails)."""
+    return str(text).replace("$", r"\$")
+
+
 def short(label, limit: int = 28) -> str:
-    """A tick label no longer than ``limit`` characters (long ones end with an ellipsis)."""
+    """A tick label no longer than ``limit`` characters (long ones end with an ellipsis), shown literally."""
     text = str(label)
-    return text if len(text) <= limit else text[: limit - 1] + "…"
+    return literal(text if len(text) <= limit else text[: limit - 1] + "…")
 
 
 def _ticks(labels) -> list[str]:
@@ -200,7 +206,7 @@ def skew_heatmap(groups, attribute: str, *, categories: Sequence[str] | None = N
         ax.tick_params(length=0)
         for spine in ax.spines.values():
             spine.set_visible(False)
-        ax.set_title(f"Mean skew by category and group ({attribute})", **TITLE_AT_TOP)
+        ax.set_title(f"Mean skew by category and group ({literal(attribute)})", **TITLE_AT_TOP)
         if annotate is None:
             annotate = n_rows * n_cols <= 160
         if annotate:
@@ -343,7 +349,7 @@ def word_skew_dots(groups, category: str | None, attribute: str, *, words: Seque
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_xlabel(SKEW_LABEL)
         head = f"{short(category, 40)}: skew by group" if category is not None else "Most skewed words"
-        ax.set_title(f"{head} ({attribute})" + _shown_note(n, total, "most skewed"), **TITLE_AT_TOP)
+        ax.set_title(f"{head} ({literal(attribute)})" + _shown_note(n, total, "most skewed"), **TITLE_AT_TOP)
         ax.grid(axis="x", color="0.92", lw=0.5)
         ax.set_axisbelow(True)
         handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", ms=3.5, label="not flagged"))
@@ -573,11 +579,24 @@ def report_figures(report, *, attributes: Sequence[str] | None = None, categorie
 def write_report_figures(report, out_dir, *, attributes: Sequence[str] | None = None,
                          categories: Sequence[str] | None = None, figure_set: str = "core",
                          max_words: int | None = None, formats: Iterable[str] = ("png", "pdf"),
-                         dpi: int = PNG_DPI) -> list[Path]:
-    """Write the figures of one set (``"core"`` or ``"all"``) as PNG and vector PDF; return the paths."""
+                         dpi: int = PNG_DPI, started: float | None = None) -> list[Path]:
+    """Write the figures of one set (``"core"`` or ``"all"``) as PNG and vector PDF; return the paths.
+
+    Temporary files that a killed run left in ``out_dir`` (``.NAME.XXXXXXXX.tmp``) and that are
+    older than ``started`` (the ``time.time()`` at which the current run began; default: now) are
+    removed first.
+    """
+    import time
+
+    from clipprobe._io import clean_stale_temporaries
+
+    started = time.time() if started is None else started
     out_dir = Path(out_dir)
     _check_figure_set(figure_set)
     out_dir.mkdir(parents=True, exist_ok=True)
+    removed = clean_stale_temporaries(out_dir, before=started)
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), out_dir)
     formats = tuple(formats)
     paths: list[Path] = []
     for stem, _caption, fig in report_figures(report, attributes=attributes, categories=categories,
