@@ -250,31 +250,159 @@ def test_unequal_sizes_random_mode_matches_exact():
     assert abs(r.p_value - exact) < 5 * se + 1 / 50_000
 
 
-@pytest.mark.parametrize("N,k,method", [(10, 5, "bits"), (20, 7, "bits"), (12, 3, "fisher-yates"),
-                                        (16, 8, "fisher-yates"), (40, 20, "bits")])
-def test_samplers_draw_uniform_subsets(N, k, method):
-    """Powers of two as values: each subset has its own sum, so the draws can be counted subset by subset."""
+def _kernel_counts(N, k, plan, tests, n, seed=0, sampled=None):
+    """Counts of ``n`` kernel partitions of (N, k) with ``plan`` = (method, depth, numer), for tests whose
+    values are 0/1 indicators: test ``t`` counts the partitions holding every stimulus of ``tests[t]``."""
+    method, depth, numer = plan
+    kernel = eat._kernel()
+    W = -(-N // 64)
+    values = np.zeros((len(tests), 64 * W))
+    for t, members in enumerate(tests):
+        values[t, list(members)] = 1.0
+    size = np.array([len(m) for m in tests], dtype=float)
+    threshold = size - 0.5  # the partition's X side holds all of the test's stimuli
+    state = eat.block_state(seed, N, k, 0)
+    return kernel.random_counts(state, n, N, k, method, depth, numer, values, values.sum(axis=1), np.zeros(len(tests)),
+                                threshold, 0, np.uint64((1 << 32) % N))
+
+
+PLANS = {"bits 1/2": (0, 1, 1), "bits 1/4": (0, 2, 1), "bits 5/8": (0, 3, 5), "draw": (1, 0, 0)}
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
+@pytest.mark.parametrize("N,k", [(6, 3), (7, 2), (8, 5)])
+def test_kernel_partitions_are_uniform_over_subsets(N, k, plan):
+    """Chi-square over all C(N, k) subsets: each subset's count, by a test whose values indicate it."""
     from scipy.stats import chisquare
 
-    values = 2.0 ** np.arange(N)
-    sampler = eat._Sampler(values[None, :], N, k)
-    if method != sampler.method:
-        sampler.method = method
-        if method == "bits":
-            sampler._prepare_bits()
-    n = 120_000
-    sums, sampled_x = sampler.sums(np.random.default_rng(2), n)
-    sizes = Counter(bin(int(s)).count("1") for s in sums[0])
-    assert set(sizes) == {k if sampled_x else N - k}
-    total = math.comb(N, k)
-    counts = np.array(list(Counter(sums[0].tolist()).values()))
-    if total <= 20_000:  # every subset expected several times: chi-square over all of them
-        observed = np.concatenate([counts, np.zeros(total - len(counts))])
-        assert chisquare(observed).pvalue > 1e-3
-    else:  # too many subsets: the sums of the first 8 stimuli' membership must be Binomial-like balanced
-        member = np.array([[(int(s) >> i) & 1 for i in range(N)] for s in sums[0][:20_000]])
-        freq = member.mean(axis=0)
-        assert np.all(np.abs(freq - k / N) < 5 * math.sqrt(k / N * (1 - k / N) / 20_000))
+    subsets = list(itertools.combinations(range(N), k))
+    n = 2_000 * len(subsets)
+    counts = _kernel_counts(N, k, plan, subsets, n)
+    assert counts.sum() == n  # every partition is exactly one k-subset
+    assert chisquare(counts).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
+@pytest.mark.parametrize("N,k", [(70, 35), (130, 40), (200, 150)])
+def test_kernel_partitions_include_stimuli_and_pairs_evenly(N, k, plan):
+    """Several 64-bit words: each stimulus (word edges included) in X with probability k / N, pairs with
+    k (k - 1) / (N (N - 1)), also pairs across words."""
+    from scipy.stats import chisquare
+
+    singles = [(i,) for i in range(N)]
+    pairs = [(0, 1), (63, 64), (0, N - 1), (62, 127 % N), (N // 2, N - 2)]
+    n = 60_000
+    counts = _kernel_counts(N, k, plan, singles + pairs, n, seed=N)
+    single, pair = counts[:N], counts[N:]
+    assert single.sum() == n * k
+    assert chisquare(single).pvalue > 1e-3
+    q = k * (k - 1) / (N * (N - 1))
+    assert np.all(np.abs(pair - n * q) < 5 * math.sqrt(n * q * (1 - q)))
+
+
+def test_kernel_generator_is_xoshiro256plusplus():
+    """The raw outputs against a plain Python xoshiro256++ (Blackman and Vigna's reference algorithm)."""
+    mask = (1 << 64) - 1
+
+    def rotl(x, r):
+        return ((x << r) | (x >> (64 - r))) & mask
+
+    state = eat.block_state(7, 30, 12, 3)
+    s = [int(x) for x in state]
+    expected = []
+    for _ in range(1000):
+        expected.append((rotl((s[0] + s[3]) & mask, 23) + s[0]) & mask)
+        t = (s[1] << 17) & mask
+        s[2] ^= s[0]
+        s[3] ^= s[1]
+        s[1] ^= s[2]
+        s[0] ^= s[3]
+        s[2] ^= t
+        s[3] = rotl(s[3], 45)
+    assert eat._kernel().xoshiro_raw(state, 1000).tolist() == expected
+    assert eat._kernel().xoshiro_raw(np.array([1, 2, 3, 4], dtype=np.uint64), 1)[0] == 41943041
+
+
+def test_plan_depends_on_sizes_only_and_prefers_bits_when_balanced():
+    assert eat._plan(700, 350).method == 0 and eat._plan(700, 350).depth == 1
+    assert eat._plan(700, 5).method == 1  # a few stimuli: drawn one by one
+    assert eat._plan(700, 695) == eat._plan(700, 5)
+    assert eat._plan(12, 6).thresh32 == (1 << 32) % 12
+
+
+def test_results_do_not_depend_on_threads_or_on_other_tests():
+    """Several blocks of partitions and a group of more tests than one job counts: the same p-values with
+    1, 2 or 3 threads, and each test's p-value is the one it gets alone."""
+    rng = np.random.default_rng(21)
+    values = [rng.standard_normal(30) + np.r_[np.full(15, 0.02 * i), np.zeros(15)] for i in range(eat._TEST_SLICE + 9)]
+    values += [rng.standard_normal(90) for _ in range(3)]
+    n_x = [15] * (eat._TEST_SLICE + 9) + [30] * 3
+    n = 2 * eat.PERMUTATION_BLOCK + 1001
+    runs = [eat.permutation_tests(values, n_x, n_permutations=n, seed=4, n_jobs=j) for j in (1, 2, 3)]
+    assert runs[0] == runs[1] == runs[2]
+    assert not runs[0][0].exact and runs[0][0].n_permutations == n
+    for i in (0, eat._TEST_SLICE + 3, len(values) - 1):
+        alone = eat.permutation_test(values[i], n_x[i], n_permutations=n, seed=4, n_jobs=2)
+        assert alone == runs[0][i]
+
+
+@pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+def test_exact_enumeration_over_several_blocks(alternative):
+    """C(18, 9) = 48620 and C(20, 8) = 125970 partitions: the second spans two blocks, each started from
+    its first subset by unranking; counts equal brute force."""
+    rng = np.random.default_rng(8)
+    for N, k in ((18, 9), (20, 8), (20, 12)):
+        v = rng.standard_normal(N)
+        v[:k] += 0.3
+        r1 = eat.permutation_test(v, k, alternative=alternative, n_jobs=1)
+        r2 = eat.permutation_test(v, k, alternative=alternative, n_jobs=2)
+        assert r1 == r2 and r1.exact and r1.n_permutations == math.comb(N, k)
+        assert r1.p_value == pytest.approx(_brute_force_p(v, k, alternative), abs=1e-15)
+
+
+def test_unrank_combination_is_lexicographic():
+    for N, s in ((7, 3), (9, 1), (6, 6), (10, 4)):
+        combos = list(itertools.combinations(range(N), s))
+        assert [tuple(eat._unrank_combination(r, N, s)) for r in range(len(combos))] == combos
+
+
+_NO_PACKAGE_FILES = r"""
+import os, sys
+from pathlib import Path
+import numpy as np
+import clipprobe
+from clipprobe.analysis import eat
+pkg = Path(clipprobe.__file__).parent
+before = sorted(str(p) for p in pkg.rglob("*"))
+k = eat._kernel()
+eat.permutation_test(np.arange(8.0), 4)                         # exact kernel
+eat.permutation_test(np.arange(40.0), 20, n_permutations=1000)  # random kernel
+after = sorted(str(p) for p in pkg.rglob("*"))
+print(len(before), len(after), sorted(set(after) - set(before)))
+print(k.random_counts.stats.cache_path)
+print(sum(k.random_counts.stats.cache_misses.values()), sum(k.random_counts.stats.cache_hits.values()))
+"""
+
+
+def test_compiled_kernels_cached_outside_the_package(tmp_path):
+    """numba's files go to CLIPPROBE_CACHE/numba/..., none next to the package's modules (two processes: the
+    first compiles and writes the cache, the second loads it)."""
+    env = dict(os.environ, CLIPPROBE_CACHE=str(tmp_path / "cache"), PYTHONDONTWRITEBYTECODE="1")
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("NUMBA_CACHE_LOCATOR_CLASSES", None)
+    outputs = []
+    for _ in range(2):
+        r = subprocess.run([sys.executable, "-c", _NO_PACKAGE_FILES], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outputs.append(r.stdout.strip().splitlines())
+    for lines in outputs:
+        n_before, n_after, new = lines[0].split(" ", 2)
+        assert n_before == n_after and new == "[]"
+        assert lines[1].startswith(str(tmp_path / "cache" / "numba"))
+    assert outputs[0][2] == "1 0" and outputs[1][2] == "0 1"  # compiled, then loaded
+    cached = {p.suffix for p in (tmp_path / "cache").rglob("*") if p.is_file()}
+    assert cached == {".nbi", ".nbc"}
 
 
 def test_many_tests_share_partitions_and_match_single_runs():

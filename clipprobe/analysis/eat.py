@@ -23,28 +23,29 @@ norm: rows are L2-normalised here). With ``cos`` the cosine similarity:
 * BH over the tests of a run (:func:`run_eats`, with :func:`clipprobe.analysis.significance.bh_adjust`).
 
 Randomness. The random partitions of a test depend only on ``(seed, |X| + |Y|, |X|)`` and the block index:
-block ``b`` of ``PERMUTATION_BLOCK`` partitions draws from ``SeedSequence(seed, spawn_key=(N, n_x, b))``.
-Reruns are identical, whatever the number of threads, and tests of the same sizes share their partitions,
-which is what lets one pass serve many tests. Within a block a uniform ``n_x``-subset of the ``N`` pooled
-stimuli is drawn in one of two exact ways, picked by an estimate of their cost:
+block ``b`` of ``PERMUTATION_BLOCK`` partitions draws from a xoshiro256++ generator whose state is
+``SeedSequence(seed, spawn_key=(N, n_x, b)).generate_state(4, uint64)`` (:func:`block_state`). Reruns are
+identical, whatever the number of threads, and tests of the same sizes share their partitions, which is
+what lets one pass serve many tests. The pass is compiled (numba, :mod:`clipprobe.analysis._eatkernel`,
+cached in clipprobe's cache folder); within a block a uniform ``n_x``-subset of the ``N`` pooled stimuli
+is drawn in one of two exact ways, picked from ``(N, n_x)`` by an estimate of their cost (:func:`_plan`):
 
-* *bits with rejection*: the first ``H = N - t`` stimuli (``t = min(16, N)``) get one random bit each (raw
-  64-bit words, so 64 stimuli per draw); with ``c`` bits set, the last ``t`` stimuli must supply
-  ``j = n_x - c``; a uniform integer ``u < M`` (``M`` the largest feasible ``C(t, j)``) accepts the draw
-  when ``u < C(t, j)`` and then names the ``u``-th ``t``-bit pattern with ``j`` bits set. Every accepted
-  subset has probability ``2^-H / M``: uniform. Sums come from per-byte tables of subset sums (8 stimuli per
-  look-up). Fast when ``n_x`` is near ``N / 2``;
-* *partial Fisher-Yates*, vectorised over the partitions of a block: ``min(n_x, n_y)`` swap steps with
-  exact bounded integers (numpy's ``Generator.integers``).
+* *bits, then corrected*: every stimulus gets a random bit (probability 1/2, or 1/4, 3/4, ... when ``n_x``
+  is far from ``N / 2``), then uniformly drawn positions are cleared or set until ``n_x`` bits are set.
+  Every step treats the stimuli alike, so the subset is uniform. About ``N / 64`` raw words and
+  ``0.8 sqrt(N)`` bounded draws per partition when ``n_x`` is near ``N / 2``; the sums add eight values
+  per masked vector add;
+* *one by one*: the ``min(n_x, n_y)`` members of the smaller side drawn uniformly among those not drawn yet.
 
-Exact enumeration lists ``itertools.combinations`` of the smaller side. Many tests of the same sizes (the
-SC-WEAT of every stimulus) are summed with one matrix product of 0/1 membership rows and the tests' values.
+Exact enumeration walks the ``min(n_x, n_y)``-subsets in lexicographic order (``itertools.combinations``'s),
+each block from its first subset (:func:`_unrank_combination`). A job counts one block for up to
+``_TEST_SLICE`` tests of a group; the jobs of all groups share the threads.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import itertools
+import functools
 import logging
 import math
 import os
@@ -66,11 +67,7 @@ DEFAULT_CONFIDENCE = 0.95
 MIN_SET_SIZE = 2
 PERMUTATION_BLOCK = 65536  # partitions per seeded block (results do not depend on threads)
 TIE_RTOL = 1e-11  # ties: statistic >= observed - TIE_RTOL * sum|s|
-TAIL_BITS = 16  # stimuli drawn from a pattern table in the bits sampler
-_CANDIDATES = 8192  # candidate draws per round of the bits sampler
-_FEW_TESTS = 4  # up to this many tests of one size: table look-ups; more: one matrix product
-_GEMM_ROWS = 4096
-_FY_CELLS = 1 << 21  # cells of the (partitions x N) index array shuffled at once
+_TEST_SLICE = 256  # tests of one group counted per job (a group of thousands of tests is split over threads)
 
 MSG_TOO_FEW = "set {name} of test {test!r} has {n} stimulus/stimuli; an association test needs at least {min} per set"
 MSG_NOT_2D = "set {name} of test {test!r} must be a 2-d array of embeddings (rows), got shape {shape}"
@@ -84,6 +81,7 @@ MSG_CONFIDENCE = "confidence level must lie strictly between 0 and 1, not {value
 MSG_BOOTSTRAP = "number of bootstrap resamples must be at least 100, not {value!r}"
 MSG_SEED = "seed must be a non-negative integer, not {value!r}"
 MSG_POOLED = "test {test}: pooled values must be a 1-d finite array with 0 < n_x < its length ({n}), n_x = {n_x}"
+MSG_TOO_LARGE = "a permutation test over {n} pooled values is not supported (at most 2^31 - 1)"
 INTERVAL_METHODS = ("noncentral-t", "BCa", "percentile")
 DEFAULT_INTERVAL = "noncentral-t"
 MSG_CI_METHOD = "interval method {value!r} is not one of " + ", ".join(repr(m) for m in INTERVAL_METHODS)
@@ -214,8 +212,8 @@ def permutation_tests(values: Sequence, n_x: Sequence[int] | int, *, n_permutati
 
     ``values[i]`` is test ``i``'s pooled 1-d array (its ``n_x[i]`` X values first, then the Y values); the
     statistic is the sum of the X values. Tests with the same ``(len, n_x)`` share one pass over the same
-    partitions. ``n_jobs`` threads (default: the cores this process may use) work on blocks of partitions;
-    the result does not depend on it.
+    partitions. ``n_jobs`` threads (default: the cores this process may use) work on blocks of partitions
+    (of all groups at once); the result does not depend on it.
     """
     import numpy as np
 
@@ -232,13 +230,19 @@ def permutation_tests(values: Sequence, n_x: Sequence[int] | int, *, n_permutati
         if v.ndim != 1 or not 0 < k < v.size or not np.all(np.isfinite(v)):
             raise DataError(MSG_POOLED.format(test=names[i], n=v.size if v.ndim == 1 else v.shape, n_x=k))
         members.setdefault((v.size, k), []).append(i)
+    runs = [_GroupRun(_Group(N, k, np.vstack([values[i] for i in idx])), n_permutations, alternative, seed)
+            for (N, k), idx in members.items()]
+    jobs = [(g, job) for g, run in enumerate(runs) for job in run.jobs()]
+    kernel = _kernel() if jobs else None
+    counts = [np.zeros(run.n_tests, dtype=np.int64) for run in runs]
+    for g, rows, part in _run_jobs(jobs, kernel, _workers(n_jobs)):
+        counts[g][rows] += part
     out: list[PermutationResult | None] = [None] * len(values)
-    workers = _workers(n_jobs)
-    for (N, k), idx in members.items():
-        group = _Group(N, k, np.vstack([values[i] for i in idx]))
-        stats, p, n_used, exact = _group_pvalues(group, n_permutations, alternative, seed, workers)
+    for run, idx, c in zip(runs, members.values(), counts):
+        p = run.p_values(c)
         for j, i in enumerate(idx):
-            out[i] = PermutationResult(float(stats[j]), float(p[j]), int(n_used), bool(exact), alternative)
+            out[i] = PermutationResult(float(run.observed[j]), float(p[j]), int(run.n_used), bool(run.exact),
+                                       alternative)
     return tuple(out)  # type: ignore[arg-type]
 
 
@@ -256,256 +260,184 @@ def _workers(n_jobs: int | None) -> int:
     return _check_int(n_jobs, 1, "n_jobs must be a positive integer, not {value!r}")
 
 
-def _group_pvalues(group: _Group, n_permutations: int, alternative: str, seed: int, workers: int):
-    """(statistics, p-values, partitions used, exact) of every test of one group."""
-    import numpy as np
-
-    V = group.values
-    N, k = group.n_total, group.n_x
-    observed = V[:, :k].sum(axis=1)
-    total = V.sum(axis=1)
-    center = k * total / N
-    tol = TIE_RTOL * np.abs(V).sum(axis=1)
-    counter = _Counter(observed, total, center, tol, alternative, k)
-    n_partitions = math.comb(N, k)
-    if n_partitions <= n_permutations:
-        side = min(k, N - k)
-        blocks = _exact_blocks(N, side)
-        counts = _run_blocks(blocks, lambda blk: counter.count(_index_sums(V, blk), sampled_x=(side == k)), workers)
-        return observed, counts / n_partitions, n_partitions, True
-    sampler = _Sampler(V, N, k)
-    n_random = n_permutations - 1
-    n_blocks = -(-n_random // PERMUTATION_BLOCK)
-    sizes = [min(PERMUTATION_BLOCK, n_random - b * PERMUTATION_BLOCK) for b in range(n_blocks)]
-
-    def one(b: int):
-        rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(seed, spawn_key=(N, k, b))))
-        sums, sampled_x = sampler.sums(rng, sizes[b])
-        return counter.count(sums, sampled_x=sampled_x)
-
-    counts = _run_blocks(range(n_blocks), one, workers)
-    # The observed partition is one of the n: it always counts.
-    return observed, (counts + 1) / n_permutations, n_permutations, False
+_KERNEL = None
 
 
-def _run_blocks(blocks, func, workers: int):
-    import numpy as np
+def _kernel():
+    """The compiled pass (:mod:`clipprobe.analysis._eatkernel`), kept on disk in clipprobe's cache folder
+    (:mod:`clipprobe._jitcache`), never in the installed package."""
+    global _KERNEL
+    if _KERNEL is None:
+        from clipprobe._jitcache import enable_cache
+        from clipprobe.analysis import _eatkernel
 
-    blocks = list(blocks)
-    if workers <= 1 or len(blocks) <= 1:
-        parts = [func(b) for b in blocks]
-    else:
-        with ThreadPoolExecutor(max_workers=min(workers, len(blocks))) as pool:
-            parts = list(pool.map(func, blocks))
-    return np.sum(parts, axis=0)
+        for dispatcher in (_eatkernel.random_counts, _eatkernel.exact_counts):
+            enable_cache(dispatcher)
+        _KERNEL = _eatkernel
+    return _KERNEL
 
 
-class _Counter:
-    """Counts, per test, the partitions whose statistic is at least as extreme as the observed one."""
+def _run_jobs(jobs, kernel, workers: int):
+    """``(group, rows, counts)`` of every job, run on ``workers`` threads (the kernels release the GIL)."""
+    def one(item):
+        g, job = item
+        return g, job.rows, job(kernel)
 
-    def __init__(self, observed, total, center, tol, alternative: str, k: int) -> None:
-        self.observed, self.total, self.center, self.tol = observed, total, center, tol
-        self.alternative = alternative
-        self.k = k
+    if workers <= 1 or len(jobs) <= 1:
+        return [one(item) for item in jobs]
+    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        return list(pool.map(one, jobs))
 
-    def count(self, side_sums, *, sampled_x: bool):
-        """``side_sums`` (T, B): sums of the sampled side (X when ``sampled_x``, else Y)."""
-        stat = side_sums if sampled_x else self.total[:, None] - side_sums
-        obs, tol = self.observed[:, None], self.tol[:, None]
-        if self.alternative == "greater":
-            hit = stat >= obs - tol
-        elif self.alternative == "less":
-            hit = stat <= obs + tol
+
+_ALTERNATIVE_CODES = {"greater": 0, "less": 1, "two-sided": 2}  # as in clipprobe.analysis._eatkernel
+
+
+class _GroupRun:
+    """The permutation test of one group: its jobs (blocks of partitions x slices of tests) and p-values."""
+
+    def __init__(self, group: _Group, n_permutations: int, alternative: str, seed: int) -> None:
+        import numpy as np
+
+        V = group.values
+        N, k = group.n_total, group.n_x
+        self.N, self.k, self.seed = N, k, seed
+        self.n_tests = V.shape[0]
+        self.observed = V[:, :k].sum(axis=1)
+        self.total = V.sum(axis=1)
+        self.center = k * self.total / N
+        tol = TIE_RTOL * np.abs(V).sum(axis=1)
+        # a partition counts when its statistic is at least as extreme as the observed one, ties included
+        if alternative == "greater":
+            self.threshold = self.observed - tol
+        elif alternative == "less":
+            self.threshold = self.observed + tol
         else:
-            c = self.center[:, None]
-            hit = abs(stat - c) >= abs(obs - c) - tol
-        return hit.sum(axis=1)
+            self.threshold = abs(self.observed - self.center) - tol
+        self.alternative = _ALTERNATIVE_CODES[alternative]
+        n_partitions = math.comb(N, k)
+        self.exact = n_partitions <= n_permutations
+        self.n_used = n_partitions if self.exact else n_permutations
+        self.n_random = 0 if self.exact else n_permutations - 1
+        if self.exact:
+            self.values = np.ascontiguousarray(V)
+        else:
+            words = -(-N // 64)
+            self.values = np.zeros((V.shape[0], 64 * words))
+            self.values[:, :N] = V
+            self.plan = _plan(N, k)
+
+    def jobs(self) -> list["_Job"]:
+        n = self.n_used if self.exact else self.n_random
+        n_blocks = -(-n // PERMUTATION_BLOCK)
+        rows = [slice(lo, min(lo + _TEST_SLICE, self.n_tests)) for lo in range(0, self.n_tests, _TEST_SLICE)]
+        return [_Job(self, b, min(PERMUTATION_BLOCK, n - b * PERMUTATION_BLOCK), r)
+                for b in range(n_blocks) for r in rows]
+
+    def p_values(self, counts):
+        if self.exact:
+            return counts / self.n_used
+        # The observed partition is one of the n: it always counts.
+        return (counts + 1) / self.n_used
+
+
+@dataclasses.dataclass(frozen=True)
+class _Job:
+    """``size`` partitions of block ``block`` of one group, counted for the tests ``rows``."""
+
+    run: _GroupRun
+    block: int
+    size: int
+    rows: slice
+
+    def __call__(self, kernel):
+        import numpy as np
+
+        run, r = self.run, self.rows
+        if run.exact:
+            side = min(run.k, run.N - run.k)
+            first = np.array(_unrank_combination(self.block * PERMUTATION_BLOCK, run.N, side), dtype=np.int64)
+            return kernel.exact_counts(first, self.size, run.N, run.values[r], run.total[r], run.center[r],
+                                       run.threshold[r], run.alternative, side == run.k)
+        plan = run.plan
+        state = block_state(run.seed, run.N, run.k, self.block)
+        return kernel.random_counts(state, self.size, run.N, run.k, plan.method, plan.depth, plan.numer,
+                                    run.values[r], run.total[r], run.center[r], run.threshold[r], run.alternative,
+                                    np.uint64(plan.thresh32))
+
+
+def block_state(seed: int, N: int, k: int, block: int) -> "np.ndarray":
+    """The generator state (uint64[4], xoshiro256++) of block ``block`` of the random partitions of ``(N, k)``."""
+    import numpy as np
+
+    state = np.random.SeedSequence(seed, spawn_key=(N, k, block)).generate_state(4, np.uint64)
+    if not state.any():  # pragma: no cover - xoshiro's one forbidden state, probability 2^-256
+        state[0] = 1
+    return state
 
 
 # ------------------------------------------------------------------ exact enumeration
 
 
-def _exact_blocks(N: int, side: int):
-    """All ``side``-subsets of ``range(N)`` as (rows, side) index blocks, in lexicographic order."""
-    import numpy as np
-
-    combos = itertools.combinations(range(N), side)
-    dtype = np.int16 if N < 2**15 else np.int32
-    while True:
-        chunk = np.fromiter(itertools.chain.from_iterable(itertools.islice(combos, PERMUTATION_BLOCK)), dtype=dtype)
-        if chunk.size == 0:
-            return
-        yield chunk.reshape(-1, side)
-
-
-def _index_sums(V, idx):
-    """(T, B) sums of ``V[t, idx[b]]``; many tests: one matrix product with 0/1 membership rows."""
-    import numpy as np
-
-    T = V.shape[0]
-    if T <= _FEW_TESTS:
-        return np.stack([V[t].take(idx).sum(axis=1) for t in range(T)])
-    out = np.empty((T, idx.shape[0]))
-    for lo in range(0, idx.shape[0], _GEMM_ROWS):
-        part = idx[lo:lo + _GEMM_ROWS]
-        member = np.zeros((part.shape[0], V.shape[1]))
-        np.put_along_axis(member, part.astype(np.intp), 1.0, axis=1)
-        out[:, lo:lo + part.shape[0]] = (member @ V.T).T
-    return out
+def _unrank_combination(rank: int, N: int, side: int) -> list[int]:
+    """The ``rank``-th ``side``-subset of ``range(N)`` in lexicographic order (``itertools.combinations``'s)."""
+    combo, x = [], 0
+    for i in range(side):
+        while True:
+            c = math.comb(N - x - 1, side - i - 1)  # subsets with x at position i
+            if rank < c:
+                break
+            rank -= c
+            x += 1
+        combo.append(x)
+        x += 1
+    return combo
 
 
 # ------------------------------------------------------------------ random partitions
 
 
-def _popcount_words(words):
-    """Number of set bits of each row of a (B, W) uint64 array."""
+@dataclasses.dataclass(frozen=True)
+class _Plan:
+    """How the kernel draws uniform ``k``-subsets of ``N`` (see :mod:`clipprobe.analysis._eatkernel`).
+
+    ``method`` 0: initial bits set with probability ``numer / 2^depth``, then corrected to ``k`` bits;
+    1: the smaller side drawn stimulus by stimulus. ``thresh32 = 2^32 mod N``: the rejection bound of
+    uniform integers below ``N``.
+    """
+
+    method: int
+    depth: int
+    numer: int
+    thresh32: int
+    cost: float  # estimated nanoseconds per partition (one test)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan(N: int, k: int) -> _Plan:
+    """The cheaper exact way for ``(N, k)``, from an estimate of the draws each needs (a function of
+    ``(N, k)`` only, so tests of the same sizes see the same partitions whatever else runs with them)."""
     import numpy as np
 
-    if hasattr(np, "bitwise_count"):
-        counts = np.bitwise_count(words)
-        if counts.shape[1] == 1:
-            return counts[:, 0].astype(np.int64)
-        # a float32 matrix-vector product sums the few columns faster than an integer reduction (exact:
-        # the counts are small integers)
-        return (counts.astype(np.float32) @ np.ones(counts.shape[1], dtype=np.float32)).astype(np.int64)
-    table = np.array([bin(i).count("1") for i in range(256)], dtype=np.int64)  # pragma: no cover - numpy < 2
-    return table[words.view(np.uint8)].reshape(words.shape[0], -1).sum(axis=1)  # pragma: no cover
-
-
-class _Sampler:
-    """Uniform random ``k``-subsets of ``N`` pooled values and the sums they give (see the module docstring)."""
-
-    def __init__(self, V, N: int, k: int) -> None:
-        import numpy as np
-
-        self.V, self.N, self.k = V, N, k
-        self.side = min(k, N - k)
-        self.t = min(TAIL_BITS, N)
-        self.H = N - self.t
-        self.combs = np.array([math.comb(self.t, j) for j in range(self.t + 1)], dtype=np.int64)
-        feasible = [j for j in range(self.t + 1) if 0 <= k - j <= self.H]
-        self.M = int(max(self.combs[j] for j in feasible))  # u < M; accepted when u < C(t, j)
-        self.acceptance = self._acceptance()
-        n_words = -(-self.H // 64)
-        bits_cost = (5.0 * n_words + 12.0) / max(self.acceptance, 1e-12) + 3.0 * 8 * n_words + 10.0
-        fy_cost = 15.0 * self.side
-        self.method = "bits" if bits_cost < fy_cost else "fisher-yates"
-        if self.method == "bits":
-            self._prepare_bits()
-
-    def _acceptance(self) -> float:
-        """Probability that one draw of the bits sampler is accepted: sum_c P(c) C(t, k - c) / M."""
-        from scipy.stats import binom
-
-        total = 0.0
-        for j in range(self.t + 1):
-            c = self.k - j
-            if 0 <= c <= self.H:
-                total += float(binom.pmf(c, self.H, 0.5)) * float(self.combs[j]) / self.M
-        return total
-
-    def _prepare_bits(self) -> None:
-        import numpy as np
-
-        H, t, V = self.H, self.t, self.V
-        self.n_words = -(-H // 64)
-        self.n_bytes = self.n_words * 8
-        rem = H - 64 * (self.n_words - 1) if self.n_words else 0
-        self.last_mask = np.uint64((1 << rem) - 1) if 0 < rem < 64 else np.uint64(0xFFFFFFFFFFFFFFFF)
-        # Tail patterns sorted by number of bits set: the u-th pattern with j bits is patterns[offsets[j] + u].
-        patterns = np.arange(1 << t, dtype=np.int64)
-        pop = _popcount_words(patterns.astype(np.uint64)[:, None])
-        self.patterns = patterns[np.argsort(pop, kind="stable")]
-        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(pop, minlength=t + 1))]).astype(np.int64)
-        self.few = V.shape[0] <= _FEW_TESTS
-        if self.few:
-            bits8 = ((np.arange(256)[:, None] >> np.arange(8)) & 1).astype(np.float64)  # (256, 8)
-            padded = np.zeros((V.shape[0], self.n_bytes * 8))
-            padded[:, :H] = V[:, :H]
-            # tables[t, p, byte] = sum of test t's values at the set bits of head byte p
-            self.tables = np.einsum("bi,tpi->tpb", bits8, padded.reshape(V.shape[0], self.n_bytes, 8))
-            tail_bits = ((self.patterns[:, None] >> np.arange(t)) & 1).astype(np.float64)
-            self.tail_sums = V[:, H:] @ tail_bits.T  # (T, 2^t)
-
-    def sums(self, rng, n: int):
-        """(T, n) sums of the sampled side over ``n`` random partitions, and whether that side is X."""
-        import numpy as np
-
-        if self.method == "bits":
-            return self._bits_sums(rng, n), True
-        rows = max(1, _FY_CELLS // self.N)  # partitions per chunk: the shuffled rows stay a few MB
-        parts = [_index_sums(self.V, self._fisher_yates(rng, min(rows, n - lo))) for lo in range(0, n, rows)]
-        return np.concatenate(parts, axis=1), self.side == self.k
-
-    def _fisher_yates(self, rng, n: int):
-        import numpy as np
-
-        N, side = self.N, self.side
-        perm = np.tile(np.arange(N, dtype=np.int64), (n, 1))
-        flat = perm.reshape(-1)
-        base = np.arange(n, dtype=np.int64) * N
-        for i in range(side):
-            j = rng.integers(i, N, size=n)
-            a = base + i
-            b = base + j
-            vi = flat[a]
-            flat[a] = flat[b]
-            flat[b] = vi
-        return perm[:, :side]
-
-    def _draw_bits(self, rng, n: int):
-        """``n`` accepted draws: head words (n, W) and tail pattern indices (n,), in the order drawn."""
-        import numpy as np
-
-        words, tails, got = [], [], 0
-        while got < n:
-            if self.n_words:
-                w = rng.bit_generator.random_raw((_CANDIDATES, self.n_words))
-                w[:, -1] &= self.last_mask
-                c = _popcount_words(w)
-            else:
-                w = np.zeros((_CANDIDATES, 0), dtype=np.uint64)
-                c = np.zeros(_CANDIDATES, dtype=np.int64)
-            u = rng.integers(0, self.M, size=_CANDIDATES)
-            j = self.k - c
-            ok = (j >= 0) & (j <= self.t)
-            np.clip(j, 0, self.t, out=j)
-            ok &= u < self.combs[j]
-            keep = np.flatnonzero(ok)[: n - got]
-            words.append(w[keep])
-            tails.append(self.offsets[j[keep]] + u[keep])
-            got += keep.size
-        return np.concatenate(words), np.concatenate(tails)
-
-    def _bits_sums(self, rng, n: int):
-        import numpy as np
-
-        rows = max(1024, _FY_CELLS * 4 // max(1, self.n_bytes))  # partitions at once: a few MB of head bytes
-        if n > rows:
-            return np.concatenate([self._bits_sums(rng, min(rows, n - lo)) for lo in range(0, n, rows)], axis=1)
-        words, tails = self._draw_bits(rng, n)
-        V, H = self.V, self.H
-        if self.few:
-            out = self.tail_sums[:, tails]
-            if self.n_words:
-                byte_cols = np.ascontiguousarray(words.view(np.uint8).reshape(n, self.n_bytes).T)
-                for t in range(V.shape[0]):
-                    acc = out[t]
-                    tab = self.tables[t]
-                    for p in range(self.n_bytes):
-                        acc += tab[p][byte_cols[p]]
-            return out
-        out = np.empty((V.shape[0], n))
-        for lo in range(0, n, _GEMM_ROWS):
-            hi = min(n, lo + _GEMM_ROWS)
-            member = np.empty((hi - lo, self.N))
-            if self.n_words:
-                bits = np.unpackbits(np.ascontiguousarray(words[lo:hi]).view(np.uint8), axis=1, bitorder="little")
-                member[:, :H] = bits[:, :H]
-            pat = self.patterns[tails[lo:hi]]
-            member[:, H:] = (pat[:, None] >> np.arange(self.t)) & 1
-            out[:, lo:hi] = (member @ V.T).T
-        return out
+    if N >= 2**31:
+        raise DataError(MSG_TOO_LARGE.format(n=N))
+    side = min(k, N - k)
+    words = -(-N // 64)
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, N + 1))])
+    c = np.arange(N + 1)
+    # candidates drawn to move from c set bits to k: N (H(c) - H(k)) removing, N (H(N - c) - H(N - k)) adding
+    tries = np.where(c > k, N * (harmonic[c] - harmonic[k]), N * (harmonic[N - c] - harmonic[N - k]))
+    log_comb = np.array([math.lgamma(N + 1) - math.lgamma(i + 1) - math.lgamma(N - i + 1) for i in range(N + 1)])
+    thresh32 = (1 << 32) % N
+    best = _Plan(1, 0, 0, thresh32, float(10.0 + 2.5 * N * (harmonic[N] - harmonic[N - side]) + 2.0 * side))
+    for depth in (1, 2, 3):
+        for numer in range(1, 1 << depth, 2):
+            p = numer / (1 << depth)
+            pmf = np.exp(log_comb + c * math.log(p) + (N - c) * math.log1p(-p))  # Binomial(N, p)
+            expected = float(pmf @ tries)
+            cost = 10.0 + (4.0 * depth + 5.0) * words + 2.0 * expected
+            if cost < best.cost:
+                best = _Plan(0, depth, numer, thresh32, cost)
+    return best
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""The compiled permutation pass of :mod:`clipprobe.analysis.eat` (numba; imported only where it runs).
+
+One call counts, for every test of one group (tests with the same ``N`` pooled values and ``k`` of them in
+X), how many of ``n`` random ``k``-subsets give a statistic at least as extreme as the observed one. The
+random numbers come from xoshiro256++ (Blackman and Vigna), whose 256-bit state the caller seeds from a
+``numpy.random.SeedSequence``: the draws of a block depend on that state only.
+
+Two exact ways to draw a uniform ``k``-subset of ``range(N)``, picked by the caller from ``(N, k)``:
+
+* ``METHOD_BITS``: one random bit per stimulus (raw 64-bit words), then, while the number ``c`` of set bits
+  differs from ``k``, a uniform random position is drawn and cleared if it is set (``c > k``) or set if it
+  is clear (``c < k``); other positions are drawn again. Every step treats the ``N`` positions alike, so
+  the law of the final subset is invariant under permutations of the stimuli: uniform over ``k``-subsets.
+  About ``N / 64`` words plus ``0.4 sqrt(N)`` corrections per subset when ``k`` is near ``N / 2``. Sums
+  over the set bits: eight lanes at a time, each byte of a word selecting eight values (a masked vector
+  add where the CPU has one; :func:`_masked_sum`);
+* ``METHOD_DRAW``: the ``s = min(k, N - k)`` members of the smaller side drawn one by one, uniformly among
+  the positions not yet drawn (rejection against a stamp per position), summed by index. Cheap when ``s``
+  is small.
+
+Uniform integers below ``N`` come from 32-bit halves of the raw words (Lemire's multiply-and-shift with
+its exact rejection). Partitions are made ``BATCH`` at a time, then summed test by test, so that one test's
+values stay in the first-level cache when a group holds many tests (the SC-WEAT of every stimulus).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit
+from numba.core import cgutils, types
+from numba.extending import intrinsic
+
+METHOD_BITS = 0
+METHOD_DRAW = 1
+ALT_GREATER = 0
+ALT_LESS = 1
+ALT_TWO_SIDED = 2
+BATCH = 256  # partitions drawn before they are summed
+
+_M32 = np.uint64(0xFFFFFFFF)
+_S32 = np.uint64(32)
+_ONE = np.uint64(1)
+_LOW6 = np.uint64(63)
+_SIX = np.uint64(6)
+
+
+@intrinsic
+def _popcount(typingctx, value):
+    """Number of set bits of a uint64."""
+    def codegen(context, builder, signature, args):
+        return builder.ctpop(args[0])
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _masked_sum(typingctx, values, v_start, words, w_start, n_words):
+    """Sum of ``values[v_start + 64 w + j]`` over the set bits ``j`` of ``words[w_start + w]``, ``w < n_words``.
+
+    Each byte of a word selects eight consecutive values (bit ``j`` of the byte: value ``j``), added into one
+    of eight 8-lane accumulators; the accumulators and then their lanes are added in a fixed order, so the
+    result does not depend on the CPU's vector width. ``values`` must hold ``64 n_words`` values from
+    ``v_start`` (padded with zeros past the last stimulus).
+    """
+    sig = types.float64(values, types.intp, words, types.intp, types.intp)
+
+    def codegen(context, builder, signature, args):
+        vals = context.make_array(signature.args[0])(context, builder, args[0])
+        wds = context.make_array(signature.args[2])(context, builder, args[2])
+        vptr = builder.gep(vals.data, [args[1]])
+        wptr = builder.gep(wds.data, [args[3]])
+        dbl = ir.DoubleType()
+        vec = ir.VectorType(dbl, 8)
+        mask_t = ir.VectorType(ir.IntType(1), 8)
+        i64 = ir.IntType(64)
+        intp = context.get_value_type(types.intp)
+        zero = ir.Constant(vec, [0.0] * 8)
+        accs = [cgutils.alloca_once(builder, vec) for _ in range(8)]
+        for acc in accs:
+            builder.store(zero, acc)
+        with cgutils.for_range(builder, args[4]) as loop:
+            w = builder.load(builder.gep(wptr, [loop.index]))
+            base = builder.gep(vptr, [builder.mul(loop.index, ir.Constant(intp, 64))])
+            for b in range(8):
+                byte = builder.trunc(builder.lshr(w, ir.Constant(i64, 8 * b)), ir.IntType(8))
+                mask = builder.bitcast(byte, mask_t)
+                ptr = builder.bitcast(builder.gep(base, [ir.Constant(intp, 8 * b)]), vec.as_pointer())
+                v = builder.load(ptr, align=8)
+                acc = builder.load(accs[b])
+                builder.store(builder.fadd(acc, builder.select(mask, v, zero)), accs[b])
+        a = [builder.load(acc) for acc in accs]
+        while len(a) > 1:
+            a = [builder.fadd(a[i], a[i + 1]) for i in range(0, len(a), 2)]
+        lanes = [builder.extract_element(a[0], ir.Constant(ir.IntType(32), i)) for i in range(8)]
+        while len(lanes) > 1:
+            lanes = [builder.fadd(lanes[i], lanes[i + 1]) for i in range(0, len(lanes), 2)]
+        return lanes[0]
+
+    return sig, codegen
+
+
+@njit(inline="always")
+def _rotl(x, r):
+    return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
+
+
+@njit(inline="always")
+def _next(s0, s1, s2, s3):
+    """xoshiro256++: the next raw 64-bit output and the new state."""
+    out = _rotl(s0 + s3, 23) + s0
+    t = s1 << np.uint64(17)
+    s2 ^= s0
+    s3 ^= s1
+    s1 ^= s2
+    s0 ^= s3
+    s2 ^= t
+    s3 = _rotl(s3, 45)
+    return s0, s1, s2, s3, out
+
+
+@njit(nogil=True)
+def xoshiro_raw(state, n):
+    """``n`` raw outputs of xoshiro256++ from ``state`` (uint64[4]); for tests against a reference."""
+    s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
+    out = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        s0, s1, s2, s3, out[i] = _next(s0, s1, s2, s3)
+    return out
+
+
+@njit(inline="always")
+def _hit(stat, threshold, center, alternative):
+    if alternative == ALT_GREATER:
+        return stat >= threshold
+    if alternative == ALT_LESS:
+        return stat <= threshold
+    return abs(stat - center) >= threshold
+
+
+@njit(nogil=True)
+def random_counts(state, n, N, k, method, depth, numer, values, total, center, threshold, alternative, thresh32):
+    """Counts, per test, of ``n`` random ``k``-subsets whose statistic is as extreme as the observed one.
+
+    ``state``: uint64[4], the generator's seed state (not all zero). ``method``: ``METHOD_BITS`` (initial
+    bits set with probability ``numer / 2^depth``, ``numer`` odd) or ``METHOD_DRAW``. ``values``: (T, 64 W)
+    float64, the tests' pooled values padded with zeros (``W = ceil(N / 64)``). ``total``: (T,) sums of the
+    values. ``threshold``, ``center``: (T,) per test, see :func:`_hit`. ``thresh32``: ``2^32 mod N``, the
+    rejection bound of the bounded draws.
+    """
+    T = values.shape[0]
+    W = (N + 63) // 64
+    Nu = np.uint64(N)
+    ku = k
+    rem = N - 64 * (W - 1)
+    last = np.uint64(0xFFFFFFFFFFFFFFFF) if rem == 64 else (_ONE << np.uint64(rem)) - _ONE
+    s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
+    counts = np.zeros(T, dtype=np.int64)
+    side = min(k, N - k)
+    sampled_x = side == k
+    if method == METHOD_BITS:
+        masks = np.zeros((BATCH, W), dtype=np.uint64)
+        positions = np.zeros((1, 1), dtype=np.int64)
+    else:
+        masks = np.zeros((1, 1), dtype=np.uint64)
+        positions = np.zeros((BATCH, side), dtype=np.int64)
+    stamp = np.full(N, -1, dtype=np.int64)
+    done = 0
+    while done < n:
+        m = min(BATCH, n - done)
+        if method == METHOD_BITS:
+            for i in range(m):
+                c = 0
+                for w in range(W):
+                    # bits with probability numer / 2^depth: U < p compared digit by digit, 64 at once
+                    x = np.uint64(0)
+                    for j in range(depth):
+                        s0, s1, s2, s3, y = _next(s0, s1, s2, s3)
+                        x = (y | x) if (numer >> j) & 1 else (y & x)
+                    if w == W - 1:
+                        x &= last
+                    masks[i, w] = x
+                    c += np.int64(_popcount(x))
+                # branch-free steps: only the loop's exit depends on the random bits
+                remove = np.uint64(c > ku)
+                step = -1 if c > ku else 1
+                while c != ku:
+                    s0, s1, s2, s3, r = _next(s0, s1, s2, s3)
+                    for h in range(2):
+                        prod = ((r >> _S32) if h else (r & _M32)) * Nu
+                        pos = prod >> _S32
+                        wi = np.int64(pos >> _SIX)
+                        sh = pos & _LOW6
+                        x = masks[i, wi]
+                        flip = (((x >> sh) & _ONE) ^ remove ^ _ONE) & np.uint64((prod & _M32) >= thresh32) \
+                            & np.uint64(c != ku)
+                        masks[i, wi] = x ^ (flip << sh)
+                        c += step * np.int64(flip)
+        else:
+            for i in range(m):
+                tag = done + i
+                got = 0
+                while got < side:
+                    s0, s1, s2, s3, r = _next(s0, s1, s2, s3)
+                    for h in range(2):
+                        prod = ((r >> _S32) if h else (r & _M32)) * Nu
+                        if (prod & _M32) < thresh32:
+                            continue
+                        pos = np.int64(prod >> _S32)
+                        if stamp[pos] != tag:
+                            stamp[pos] = tag
+                            positions[i, got] = pos
+                            got += 1
+                            if got == side:
+                                break
+        for t in range(T):
+            thr = threshold[t]
+            cen = center[t]
+            tot = total[t]
+            hits = 0
+            if method == METHOD_BITS:
+                for i in range(m):
+                    stat = _masked_sum(values, t * 64 * W, masks, i * W, W)
+                    hits += _hit(stat, thr, cen, alternative)
+            else:
+                row = values[t]
+                for i in range(m):
+                    acc = 0.0
+                    for j in range(side):
+                        acc += row[positions[i, j]]
+                    stat = acc if sampled_x else tot - acc
+                    hits += _hit(stat, thr, cen, alternative)
+            counts[t] += hits
+        done += m
+    return counts
+
+
+@njit(nogil=True)
+def exact_counts(first, n, N, values, total, center, threshold, alternative, sampled_x):
+    """Counts, per test, over ``n`` consecutive ``s``-subsets in lexicographic order from ``first`` (int64[s]).
+
+    ``values``: (T, >= N) float64; the statistic is the subset's sum (``sampled_x``) or the total minus it.
+    """
+    T = values.shape[0]
+    s = first.shape[0]
+    combo = first.copy()
+    counts = np.zeros(T, dtype=np.int64)
+    for done in range(n):
+        if done:
+            i = s - 1
+            while combo[i] == N - s + i:
+                i -= 1
+            combo[i] += 1
+            for j in range(i + 1, s):
+                combo[j] = combo[j - 1] + 1
+        for t in range(T):
+            acc = 0.0
+            for j in range(s):
+                acc += values[t, combo[j]]
+            stat = acc if sampled_x else total[t] - acc
+            counts[t] += _hit(stat, threshold[t], center[t], alternative)
+    return counts
