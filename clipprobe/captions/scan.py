@@ -420,9 +420,14 @@ def _init_pool(spec: ScanSpec) -> None:
     _SPEC = spec
 
 
-def _pool_task(task: tuple[int, str, tuple[int, ...], str, int], stop: threading.Event | None = None):
-    task_id, path, row_groups, column, row_offset = task
+def _pool_task(task: tuple, stop: threading.Event | None = None, fn=None):
+    """Run one task: :func:`scan_chunk` on ``(id, path, row groups, column, first row)``, or ``fn(spec, task,
+    stop)`` where a caller gives its own chunk function (same task layout, extra items at the end)."""
+    task_id = task[0]
     try:
+        if fn is not None:
+            return task_id, fn(_SPEC, task, stop), None
+        _, path, row_groups, column, row_offset = task
         return task_id, scan_chunk(_SPEC, path, row_groups, column, row_offset, stop=stop), None
     except Stopped:
         raise
@@ -478,8 +483,12 @@ def _init_process(spec: ScanSpec, parent: int | None) -> None:
 
 
 def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], str, int]], workers: int,
-              ) -> Iterator[tuple[int, ChunkCounts | None, str | None]]:
+              fn=None) -> Iterator[tuple[int, ChunkCounts | None, str | None]]:
     """Yield (task id, counts or None, error or None) for each task, as they finish.
+
+    ``fn``: a module-level function ``fn(spec, task, stop)`` run on each task instead of
+    :func:`scan_chunk` (its result is yielded in place of the counts); it should leave its chunk at
+    the next record batch once ``stop`` (a ``threading.Event`` or None) is set, raising :class:`Stopped`.
 
     ``workers == 1`` scans in this process. Otherwise, with the token pass (which reads and counts
     without holding the GIL: pyarrow's reader and the compiled pass release it), a pool of ``workers``
@@ -493,7 +502,7 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
     if workers <= 1 or len(tasks) <= 1:
         _init_pool(spec)
         for task in tasks:
-            yield _pool_task(task)
+            yield _pool_task(task, None, fn)
         return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -507,7 +516,7 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
         stop = threading.Event()
         pool = ThreadPoolExecutor(max_workers=min(workers, len(tasks)), thread_name_prefix="clipprobe-scan")
         try:
-            futures = [pool.submit(_pool_task, t, stop) for t in tasks]
+            futures = [pool.submit(_pool_task, t, stop, fn) for t in tasks]
             for fut in as_completed(futures):
                 yield fut.result()
         finally:
@@ -537,7 +546,7 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
         try:
             pool = ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=ctx,
                                        initializer=_init_process, initargs=(spec, parent))
-            futures = [pool.submit(_pool_task, t) for t in tasks]
+            futures = [pool.submit(_pool_task, t, None, fn) for t in tasks]
         finally:
             if block:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})

@@ -48,11 +48,11 @@ ERR_EXECUTORS = ("the Spark executors cannot run the caption scan ({problems}); 
                  "cluster') or install 'clipprobe[spark]' on every node")
 
 
-def _scan_task(spec_value, task):
+def _scan_task(spec_value, task, fn=None):
     from clipprobe.captions.scan import _init_pool, _pool_task
 
     _init_pool(spec_value)
-    return _pool_task(task)
+    return _pool_task(task, None, fn)
 
 
 def spark_session(master: str | None, workers: int, conf: Sequence[str] = ()):
@@ -186,9 +186,10 @@ def preflight(sc, spec_broadcast, *, method: str, backends: Sequence[str] = (), 
 
 def run_spark(spec, tasks: Sequence[tuple], *, master: str | None, workers: int,
               task_file: Sequence[int] | None = None, session=None, backends: Sequence[str] = (),
-              conf: Sequence[str] = ()) -> Iterator[tuple[int, object, str | None]]:
+              conf: Sequence[str] = (), fn=None) -> Iterator[tuple[int, object, str | None]]:
     """Yield (task id, ChunkCounts or None, error or None) for every task, wave by wave, after
-    :func:`preflight` passed."""
+    :func:`preflight` passed. ``fn``: a module-level chunk function run instead of the count scan
+    (see :func:`clipprobe.captions.scan.run_local`)."""
     spark = session or spark_session(master, workers, conf)
     sc = spark.sparkContext
     own_log = None if session is not None else SESSION_LOG_LEVEL
@@ -210,7 +211,7 @@ def run_spark(spec, tasks: Sequence[tuple], *, master: str | None, workers: int,
             waves.append(current)
         for wave in waves:
             rdd = sc.parallelize(wave, numSlices=len(wave))
-            for result in rdd.map(lambda t: _scan_task(broadcast.value, t)).collect():
+            for result in rdd.map(lambda t: _scan_task(broadcast.value, t, fn)).collect():
                 yield result
     finally:
         broadcast.unpersist()
