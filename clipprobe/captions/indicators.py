@@ -1,0 +1,433 @@
+"""Per-caption indicators for data balancing: the groups of one attribute and the labels a caption mentions.
+
+For data RB/AB and M4 (:mod:`clipprobe.analysis.balance`) every caption needs two 0/1 vectors:
+
+* ``s``, which groups of one attribute it mentions: from the lexicon (a caption mentions a group when
+  it contains any of the group's terms, by the matching rule of :mod:`clipprobe.captions.matching`,
+  the rule ``captions count`` uses) or, for users who already have per-example attributes (an image
+  classifier's output), from a column of the parquet that holds each example's group name (null or
+  empty: no group);
+* ``y``, which labels it carries: the words of a taxonomy category, every word of a taxonomy, or a
+  user's word list, matched by the same rule.
+
+A chunk (some row groups of one parquet file) is read and matched exactly as ``captions count`` does
+(the same worker state: Hyperscan database, compiled token pass), then turned into a
+:class:`~clipprobe.analysis.balance.PatternTable` (the distinct ``(s, y, utility bin)`` rows with their
+counts) and each caption's row of that table. The two task functions here run on the local engine
+(:func:`clipprobe.captions.scan.run_local`) and on Spark (:func:`clipprobe.captions.spark.run_spark`)
+alike:
+
+* :func:`pattern_task`: the chunk's pattern table (mergeable: sum the chunks with ``merge_tables``);
+* :func:`weights_task`: the chunk's keep probabilities from a fitted solution and seeded keep flags,
+  written by the task itself as one parquet file (file, row group, row, key column, q, keep).
+
+The passes over many files (plan, resumable parts, engines) are in :mod:`clipprobe.captions.patterns`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from clipprobe.captions.scan import ScanSpec
+from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+LABELS_ALL = "all"
+MSG_ATTRIBUTE = "attribute {attribute!r} is not in lexicon {lexicon!r}{hint}; valid: {valid}"
+MSG_LABELS = ("labels {labels!r} is not a category of taxonomy {taxonomy!r}, {all!r} or a word-list file{hint}; "
+              "categories: {valid}")
+MSG_LABELS_FILE = "labels file {path}, line {line}: {why}"
+MSG_LABELS_EMPTY = "labels file {path} lists no label (one per line; '#' starts a comment)"
+MSG_LABELS_DUPLICATE = "labels file {path}, line {line}: {label!r} is the same label as line {first}"
+MSG_GROUPS_NEEDED = "attribute_column {column!r} needs the list of its groups (groups)"
+MSG_GROUPS_DUPLICATE = "groups: {group!r} is given twice"
+MSG_GROUP_VALUE = ("{path}: attribute column {column!r} holds {value!r} at row {row}, not one of the groups "
+                   "{groups} (null or empty means no group)")
+MSG_GROUP_TYPE = "{path}: attribute column {column!r} holds {type}, not group names (string)"
+MSG_UTILITY_MISSING = "{path}: utility column {column!r} has a missing value at row {row}"
+MSG_UTILITY_VALUE = "{path}: utility column {column!r} has {value!r} at row {row}; utilities must be positive"
+MSG_UTILITY_TYPE = "{path}: utility column {column!r} holds {type}, not numbers"
+MSG_CHANGED = "{path}: {problem}; the file changed since its patterns were counted (delete {parts} and rerun)"
+
+
+# ----------------------------------------------------------------------------------------------
+# what to match: the attribute's groups and the labels
+
+
+def attribute_groups(lexicon, attribute: str) -> dict[str, tuple[str, ...]]:
+    """group -> terms of one attribute of a lexicon, or a UsageError listing the lexicon's attributes."""
+    if attribute not in lexicon.attributes:
+        valid = list(lexicon.attributes)
+        raise UsageError(MSG_ATTRIBUTE.format(attribute=attribute, lexicon=lexicon.name,
+                                              hint=did_you_mean(attribute, valid),
+                                              valid=", ".join(repr(a) for a in valid)))
+    return dict(lexicon.attributes[attribute])
+
+
+def resolve_labels(labels: str, taxonomy) -> tuple[str, ...]:
+    """The label words: ``'all'`` (every word of the taxonomy), a category of the taxonomy
+    (case-insensitive, aliases accepted) or a word-list file (one label per line, ``#`` comments)."""
+    text = str(labels).strip()
+    if text.lower() == LABELS_ALL:
+        return _dedupe(taxonomy.words())
+    lowered = {c.lower(): c for c in taxonomy.categories}
+    lowered.update({a.lower(): c for a, c in taxonomy.aliases.items()})
+    if text.lower() in lowered:
+        return _dedupe(taxonomy.categories[lowered[text.lower()]])
+    path = Path(text).expanduser()
+    if path.is_file():
+        return read_label_file(path)
+    valid = list(taxonomy.categories)
+    raise UsageError(MSG_LABELS.format(labels=text, taxonomy=taxonomy.name, all=LABELS_ALL,
+                                       hint=did_you_mean(text, valid), valid=", ".join(repr(c) for c in valid)))
+
+
+def _dedupe(words: Sequence[str]) -> tuple[str, ...]:
+    """Words in order, the later of two that are the same term after normalisation left out."""
+    from clipprobe.captions.matching import normalise_term
+
+    seen: dict[str, str] = {}
+    for w in words:
+        seen.setdefault(normalise_term(w), w)
+    return tuple(seen.values())
+
+
+def read_label_file(path) -> tuple[str, ...]:
+    """Labels of a word-list file: one per line, blank lines and lines starting with '#' skipped."""
+    from clipprobe.captions.matching import TermError, normalise_term
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(MSG_LABELS_FILE.format(path=path, line=0, why=f"{type(err).__name__}: {err}")) from None
+    out: list[str] = []
+    first: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        label = line.strip()
+        if not label or label.startswith("#"):
+            continue
+        try:
+            norm = normalise_term(label)
+        except TermError as err:
+            raise DataError(MSG_LABELS_FILE.format(path=path, line=number, why=err)) from None
+        if norm in first:
+            raise DataError(MSG_LABELS_DUPLICATE.format(path=path, line=number, label=label, first=first[norm]))
+        first[norm] = number
+        out.append(label)
+    if not out:
+        raise DataError(MSG_LABELS_EMPTY.format(path=path))
+    return tuple(out)
+
+
+@dataclass
+class IndicatorSpec(ScanSpec):
+    """What a worker needs to turn a chunk into indicators: the scan's term space and matcher (words are
+    the labels; groups are the attribute's, or none when ``group_column`` gives them), and the columns.
+
+    ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (weights pass only);
+    ``seed``: of the keep flags.
+    """
+
+    attribute: str = ""
+    groups: tuple[str, ...] = ()
+    labels: tuple[str, ...] = ()
+    group_column: str | None = None
+    utility_column: str | None = None
+    key_column: str | None = None
+    seed: int = 0
+    fitted: Any = None
+    fitted_q: Any = None
+
+    def fingerprint(self) -> str:
+        """Hash of everything a chunk's patterns depend on (not the weights pass's settings)."""
+        import hashlib
+        import json
+
+        from clipprobe.captions.scan import TermSpace
+
+        blob = json.dumps({"format": PATTERNS_FORMAT, "space": TermSpace.from_dict(self.space).fingerprint(),
+                           "attribute": self.attribute, "groups": self.groups, "labels": self.labels,
+                           "group_column": self.group_column, "utility_column": self.utility_column},
+                          ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+PATTERNS_FORMAT = 1   # bump when the way a chunk becomes a pattern table changes: it is part of the resume key
+
+
+def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None, groups: Sequence[str],
+               labels: Sequence[str], method: str, group_column: str | None = None,
+               utility_column: str | None = None, key_column: str | None = None) -> IndicatorSpec:
+    """The spec of a scan for ``labels`` and the groups of ``attribute``: from their lexicon terms
+    (``group_terms``), or from ``group_column`` (then ``group_terms`` is None)."""
+    from clipprobe._io import default_cache_dir
+    from clipprobe.captions.matching import Matcher
+    from clipprobe.captions.scan import TermSpace
+    from clipprobe.resources.lexicon import Lexicon
+
+    groups = tuple(str(g) for g in groups)
+    for i, g in enumerate(groups):
+        if g in groups[:i]:
+            raise UsageError(MSG_GROUPS_DUPLICATE.format(group=g))
+    attrs = {attribute: {g: tuple(group_terms[g]) for g in groups}} if group_terms is not None else {}
+    space = TermSpace.build(list(labels), Lexicon(name="balance", attributes=attrs))
+    matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
+    return IndicatorSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=0, method=method,
+                         attribute=attribute, groups=groups, labels=tuple(labels), group_column=group_column,
+                         utility_column=utility_column, key_column=key_column)
+
+
+# ----------------------------------------------------------------------------------------------
+# one chunk
+
+
+@dataclass
+class ChunkIndicators:
+    """A chunk as a pattern table: ``table`` (PatternTable), ``ids`` (each caption's row of it),
+    ``rows`` / ``nulls`` (captions read, null captions), ``keys`` (the key column, weights pass),
+    ``row_group`` (each caption's row group), ``seconds`` (read, match, encode)."""
+
+    table: Any
+    ids: Any
+    rows: int
+    nulls: int
+    keys: Any = None
+    row_group: Any = None
+    seconds: dict[str, float] | None = None
+
+
+def _group_codes(column, groups: tuple[str, ...], path: str, name: str, first_row: int):
+    """Each row's group index (-1: none) from a column of group names; a name not in ``groups`` is an error."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    if pa.types.is_dictionary(t):
+        column = column.dictionary_decode()
+        t = column.type
+    if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+            or pa.types.is_null(t)):
+        raise DataError(MSG_GROUP_TYPE.format(path=path, column=name, type=t))
+    if pa.types.is_null(t):
+        return np.full(len(column), -1, np.int64)
+    column = column.cast(pa.large_string())
+    codes = pc.index_in(column, value_set=pa.array(list(groups), pa.large_string()))
+    present = pc.and_(pc.is_valid(column), pc.not_equal(column, ""))
+    unknown = pc.and_kleene(present, pc.is_null(codes)).fill_null(False)
+    if pc.any(unknown).as_py():
+        row = int(np.flatnonzero(unknown.to_numpy(zero_copy_only=False))[0])
+        raise DataError(MSG_GROUP_VALUE.format(path=path, column=name, value=column[row].as_py(),
+                                               row=first_row + row, groups=", ".join(repr(g) for g in groups)))
+    return codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _utility_values(column, path: str, name: str, first_row: int):
+    import numpy as np
+    import pyarrow as pa
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    if not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)):
+        raise DataError(MSG_UTILITY_TYPE.format(path=path, column=name, type=t))
+    if column.null_count:
+        row = int(np.flatnonzero(~np.asarray(column.is_valid()))[0])
+        raise DataError(MSG_UTILITY_MISSING.format(path=path, column=name, row=first_row + row))
+    u = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
+    bad = np.flatnonzero(~(np.isfinite(u) & (u > 0)))
+    if bad.size:
+        raise DataError(MSG_UTILITY_VALUE.format(path=path, column=name, value=float(u[bad[0]]),
+                                                 row=first_row + int(bad[0])))
+    return u
+
+
+def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], text_column: str,
+                     row_offset: int = 0, stop: threading.Event | None = None, *, with_keys: bool = False
+                     ) -> ChunkIndicators:
+    """Read and match one chunk (some row groups of one file) into its pattern table and caption ids.
+
+    ``row_offset``: the file row of the chunk's first row (for messages). ``with_keys``: also read the
+    key column (``spec.key_column``) and each row's row group. When ``stop`` is set the chunk is left
+    at its next record batch (:class:`~clipprobe.captions.scan.Stopped`).
+    """
+    import time
+
+    import numpy as np
+
+    from clipprobe.captions.inputs import caption_array
+    from clipprobe.captions.scan import Stopped, _expand, _Worker, open_parquet
+
+    worker = _Worker.get(spec)
+    columns = [text_column]
+    for extra in (spec.group_column, spec.utility_column, spec.key_column if with_keys else None):
+        if extra is not None and extra not in columns:
+            columns.append(extra)
+    s_rows, s_cols, y_rows, y_cols, utils, keys = [], [], [], [], [], []
+    n = nulls = 0
+    t_read = t_match = 0.0
+    t0 = time.perf_counter()
+    if len(worker.footers) >= 256 and path not in worker.footers:
+        worker.footers.clear()
+    with open_parquet(path, worker.footers.get(path)) as pf:
+        worker.footers[path] = pf.metadata
+        sizes = [pf.metadata.row_group(i).num_rows for i in row_groups]
+        batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=columns,
+                                  use_threads=False)
+        while True:
+            if stop is not None and stop.is_set():
+                raise Stopped(path)
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            t_read += t1 - t0
+            text = caption_array(batch.column(text_column))
+            found = worker.matcher.scan(text)
+            terms = found.terms.astype(np.int64)
+            rows, words = _expand(found.rows, terms, worker.word_ptr, worker.word_idx)
+            y_rows.append(rows + n)
+            y_cols.append(words)
+            if spec.group_column is None:
+                rows, groups = _expand(found.rows, terms, worker.group_ptr, worker.group_idx)
+                s_rows.append(rows + n)
+                s_cols.append(groups)
+            else:
+                codes = _group_codes(batch.column(spec.group_column), spec.groups, path, spec.group_column,
+                                     row_offset + n)
+                has = np.flatnonzero(codes >= 0)
+                s_rows.append(has + n)
+                s_cols.append(codes[has])
+            if spec.utility_column is not None:
+                utils.append(_utility_values(batch.column(spec.utility_column), path, spec.utility_column,
+                                             row_offset + n))
+            if with_keys and spec.key_column is not None:
+                keys.append(batch.column(spec.key_column))
+            n += len(text)
+            nulls += found.n_nulls
+            t0 = time.perf_counter()
+            t_match += t0 - t1
+    t2 = time.perf_counter()
+    table, ids = encode_chunk(np.concatenate(s_rows) if s_rows else np.zeros(0, np.int64),
+                              np.concatenate(s_cols) if s_cols else np.zeros(0, np.int64),
+                              np.concatenate(y_rows) if y_rows else np.zeros(0, np.int64),
+                              np.concatenate(y_cols) if y_cols else np.zeros(0, np.int64),
+                              n, spec.groups, spec.labels, np.concatenate(utils) if utils else None)
+    out = ChunkIndicators(table, ids, n, nulls, seconds={"read": t_read, "match": t_match,
+                                                          "encode": time.perf_counter() - t2})
+    if with_keys:
+        import pyarrow as pa
+
+        out.row_group = np.repeat(np.asarray(list(row_groups), np.int32), sizes)
+        if spec.key_column is not None:
+            out.keys = pa.chunked_array(keys) if keys else None
+    log.debug("indicators of %s rows %d-%d", path, row_offset, row_offset + n)
+    return out
+
+
+def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility=None):
+    """:func:`~clipprobe.analysis.balance.encode_patterns` of ``n`` captions given as (row, column) pairs
+    (repeats allowed). Without a utility only the captions with an indicator are sorted; the others
+    are the one all-zero pattern."""
+    import numpy as np
+    from scipy import sparse
+
+    from clipprobe.analysis.balance import PatternTable, encode_patterns, merge_tables, table_lookup
+
+    k, r = len(groups), len(labels)
+    if utility is not None:
+        s = sparse.coo_array((np.ones(s_rows.size), (s_rows, s_cols)), shape=(n, k))
+        y = sparse.coo_array((np.ones(y_rows.size), (y_rows, y_cols)), shape=(n, r))
+        return encode_patterns(s, y, utility=utility, groups=groups, labels=labels)
+    some = np.zeros(n, bool)
+    some[s_rows] = True
+    some[y_rows] = True
+    marked = np.flatnonzero(some)
+    if marked.size == n:
+        s = sparse.coo_array((np.ones(s_rows.size), (s_rows, s_cols)), shape=(n, k))
+        y = sparse.coo_array((np.ones(y_rows.size), (y_rows, y_cols)), shape=(n, r))
+        return encode_patterns(s, y, groups=groups, labels=labels)
+    index = np.full(n, -1, np.int64)
+    index[marked] = np.arange(marked.size)
+    m = marked.size
+    s = sparse.coo_array((np.ones(s_rows.size), (index[s_rows], s_cols)), shape=(m, k))
+    y = sparse.coo_array((np.ones(y_rows.size), (index[y_rows], y_cols)), shape=(m, r))
+    part, part_ids = encode_patterns(s, y, groups=groups, labels=labels)
+    n_words = part.keys.shape[1]
+    empty = PatternTable(part.groups, part.labels, np.zeros((1, n_words), np.uint64), np.zeros(1, np.int32),
+                         np.asarray([n - m], np.int64), np.asarray([float(n - m)]), False)
+    table = merge_tables([part, empty])
+    ids = np.full(n, int(table_lookup(empty, table)[0]), np.int64)
+    ids[marked] = table_lookup(part, table)[part_ids]
+    return table, ids
+
+
+# ----------------------------------------------------------------------------------------------
+# the two task functions (local engine and Spark alike); a task is
+# (id, path, row groups, text column, first row[, weights file, source])
+
+
+def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """The chunk's pattern table and counts, or ``{"error": message}`` for bad data in it (a
+    ClipprobeError, e.g. a missing utility), which the caller raises: such data is not skipped."""
+    _, path, row_groups, column, row_offset = task[:5]
+    try:
+        chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop)
+    except ClipprobeError as err:
+        return {"error": str(err)}
+    return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
+            "seconds": chunk.seconds}
+
+
+def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """Keep probabilities and seeded keep flags of a chunk, written to the task's weights file.
+
+    Returns the chunk's summary: its rows, kept flags, the sum of q, and per row of its pattern table
+    the fitted table's row, the captions and the kept captions (or ``{"error": message}``).
+    """
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipprobe._io import atomic_path
+    from clipprobe.analysis.balance import keep_flags, row_keys, table_lookup
+
+    _, path, row_groups, column, row_offset, weights_file, source = task
+    try:
+        chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop, with_keys=True)
+        q_fit = spec.fitted_q
+        where = table_lookup(chunk.table, spec.fitted)
+        if (where < 0).any():
+            raise DataError(MSG_CHANGED.format(path=path, problem="it holds patterns the fit never saw",
+                                               parts=Path(weights_file).parent.parent))
+    except ClipprobeError as err:
+        return {"error": str(err)}
+    q = q_fit[where[chunk.ids]]
+    rows = row_offset + np.arange(chunk.rows, dtype=np.int64)
+    keep = keep_flags(q, row_keys(source, rows), spec.seed)
+    columns = {
+        "file": pa.DictionaryArray.from_arrays(pa.array(np.zeros(chunk.rows, np.int32)), pa.array([source])),
+        "row_group": pa.array(chunk.row_group, pa.int32()),
+        "row": pa.array(rows, pa.int64()),
+    }
+    if spec.key_column is not None:
+        keys = chunk.keys if chunk.keys is not None else pa.nulls(chunk.rows, pa.string())
+        if pa.types.is_large_string(keys.type) or pa.types.is_string_view(keys.type):
+            keys = keys.cast(pa.string())       # one schema for every part, whatever a file's string type
+        columns[spec.key_column] = keys
+    columns["q"] = pa.array(q, pa.float64())
+    columns["keep"] = pa.array(keep, pa.bool_())
+    with atomic_path(weights_file, suffix=".parquet") as tmp:
+        pq.write_table(pa.table(columns), tmp)
+    kept_rows = np.bincount(chunk.ids, weights=keep, minlength=chunk.table.n_rows).round().astype(np.int64)
+    return {"rows": chunk.rows, "nulls": chunk.nulls, "kept": int(keep.sum()), "q_sum": float(q.sum()),
+            "fit_rows": where, "count": chunk.table.count, "kept_rows": kept_rows, "seconds": chunk.seconds}

@@ -1,0 +1,430 @@
+"""The two passes of data balancing over parquet captions: count the patterns, then write the weights.
+
+:func:`plan_files` expands the inputs (as ``captions count`` does), reads the footers and checks the
+columns before anything is scanned. :func:`count_patterns` scans every file with
+:func:`~clipprobe.captions.indicators.pattern_task` (chunks of row groups, local engine or Spark) and
+stores each finished file's pattern table in ``PARTS/patterns/`` (keyed by the file's path, size and
+mtime and by everything its patterns depend on); a rerun skips those files, so another keep rate or
+eps refits without reading any caption. :func:`write_weights` runs
+:func:`~clipprobe.captions.indicators.weights_task` on every chunk: the task writes the chunk's
+weights file itself (``PARTS/weights/``; on Spark the executors write it, so the output folder must be
+on a filesystem every node sees) and the driver then records the chunk as done with its kept counts.
+:func:`publish_weights` gathers the chunk files, in input order, into one folder (a parquet dataset,
+as Spark writes one) that replaces the previous one at once.
+
+Every input file must be readable: a file that cannot be read stops the run with its name (a weights
+table that silently lacks a file would let its captions through unbalanced). Ctrl-C stops a pass at
+once (no chunk starts after it; parts already written stay) and so does ``kill -9``; a rerun resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from clipprobe.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+MSG_COLUMN = "{path}: no {what} column {column!r}{hint}; columns: {columns}"
+MSG_KEY_HINT = " (key_column=None writes no key column)"
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the passes run: ``engine`` 'local' or 'spark', ``workers`` (None: all cores), Spark's master
+    and session settings, rows per chunk and the matcher ('auto', 'tokens', 'hyperscan')."""
+
+    engine: str = "local"
+    workers: int | None = None
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
+    chunk_rows: int = 131_072
+    matcher: str = "auto"
+
+    def check(self) -> "EngineSettings":
+        from clipprobe.captions.run import ENGINES, ERR_ENGINE, ERR_MATCHER, ERR_SPARK_CONF, MATCHERS
+
+        if self.engine not in ENGINES:
+            raise UsageError(ERR_ENGINE.format(engine=self.engine))
+        if self.matcher not in MATCHERS:
+            raise UsageError(ERR_MATCHER.format(matcher=self.matcher))
+        for item in self.spark_conf:
+            key, eq, _ = item.partition("=")
+            if not eq or not key.strip():
+                raise UsageError(ERR_SPARK_CONF.format(item=item))
+        if self.workers is not None and self.workers < 1:
+            raise UsageError(f"workers must be 1 or more, got {self.workers}")
+        if self.chunk_rows < 1:
+            raise UsageError(f"chunk_rows must be 1 or more, got {self.chunk_rows}")
+        return self
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def method(self) -> str:
+        """The matcher that runs: 'tokens' where numba is installed (for 'auto'), else 'hyperscan'."""
+        from clipprobe.captions.run import ERR_NO_NUMBA
+        from clipprobe.captions.tokens import available
+
+        if self.matcher == "hyperscan":
+            return "hyperscan"
+        if not available():
+            if self.matcher == "tokens":
+                raise UsageError(ERR_NO_NUMBA)
+            return "hyperscan"
+        return "tokens"
+
+
+@dataclass
+class PlannedFile:
+    """One input file: path, identity, caption column, row groups and the key of its pattern part."""
+
+    path: str
+    size: int | None
+    mtime: Any
+    column: str
+    row_groups: list[int]
+    rows_per_group: list[int]
+    key: str = ""
+
+    @property
+    def rows(self) -> int:
+        return int(sum(self.rows_per_group))
+
+
+def _numeric(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_decimal(t)
+
+
+def _textual(t) -> bool:
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t)
+
+
+def plan_files(captions: Sequence[str], text_column: str | None, spec) -> list[PlannedFile]:
+    """The input files with their footers read and their columns checked (nothing scanned yet)."""
+    from clipprobe.captions.indicators import MSG_GROUP_TYPE, MSG_UTILITY_TYPE
+    from clipprobe.captions.inputs import check_text_type, expand_inputs
+    from clipprobe.captions.run import ERR_NO_INPUTS, ERR_UNREADABLE, _read_footers, resolve_column
+
+    if not captions:
+        raise UsageError(ERR_NO_INPUTS)
+    paths = expand_inputs(captions)
+    fingerprint = spec.fingerprint()
+    out = []
+    for path, footer in zip(paths, _read_footers(paths)):
+        if isinstance(footer, DataError):
+            raise footer
+        if isinstance(footer, str):
+            raise DataError(footer if footer.startswith(path) else ERR_UNREADABLE.format(path=path, why=footer))
+        info, names, schema = footer
+        column = resolve_column(names, text_column, path)
+        check_text_type(path, column, schema.field(column).type)
+        shown = ", ".join(names[:20])
+        for what, name, ok, bad in (("attribute", spec.group_column, _textual, MSG_GROUP_TYPE),
+                                    ("utility", spec.utility_column, _numeric, MSG_UTILITY_TYPE),
+                                    ("key", spec.key_column, None, None)):
+            if name is None:
+                continue
+            if name not in names:
+                from clipprobe.errors import did_you_mean
+
+                hint = did_you_mean(name, names) + (MSG_KEY_HINT if what == "key" else "")
+                raise DataError(MSG_COLUMN.format(path=path, what=what, column=name, hint=hint, columns=shown))
+            if ok is not None and not ok(schema.field(name).type):
+                raise DataError(bad.format(path=path, column=name, type=schema.field(name).type))
+        planned = PlannedFile(info.path, info.size, info.mtime, column, info.row_groups, info.rows_per_group)
+        blob = json.dumps([planned.path, planned.size, planned.mtime, fingerprint, column], default=str)
+        planned.key = hashlib.sha256(blob.encode()).hexdigest()[:24]
+        out.append(planned)
+    return out
+
+
+def _chunks(info: PlannedFile, chunk_rows: int) -> list[tuple[tuple[int, ...], int]]:
+    from clipprobe.captions.run import FileInfo, _chunks as chunks
+
+    return chunks(FileInfo(info.path, info.size, info.mtime, row_groups=info.row_groups,
+                           rows_per_group=info.rows_per_group), chunk_rows)
+
+
+def _stream(spec, tasks, task_file, files, settings: EngineSettings, fn):
+    if settings.engine == "spark":
+        from clipprobe.captions.inputs import backend_packages
+        from clipprobe.captions.spark import run_spark
+
+        return run_spark(spec, tasks, master=settings.spark_master, workers=settings.n_workers, task_file=task_file,
+                         conf=settings.spark_conf, backends=backend_packages(f.path for f in files), fn=fn)
+    from clipprobe.captions.scan import prepare_worker, run_local
+
+    if tasks:
+        prepare_worker(spec, settings.n_workers)
+    return run_local(spec, tasks, settings.n_workers, fn=fn)
+
+
+def _consume(stream, n_tasks: int, desc: str, on_result, path_of) -> None:
+    """Feed each (task id, result) to ``on_result``; a failed task (unreadable data) is fatal, naming
+    the file (``path_of(task id)``)."""
+    from clipprobe.captions.run import ERR_UNREADABLE
+    from clipprobe.captions.scan import progress
+
+    bar = progress(stream, total=n_tasks, desc=desc)
+    try:
+        for task_id, result, error in bar:
+            if error is not None:
+                raise DataError(ERR_UNREADABLE.format(path=path_of(task_id), why=error))
+            if "error" in result:
+                raise DataError(result["error"])
+            on_result(task_id, result)
+    finally:
+        # Ctrl-C or an error: no chunk starts after this; what is written stays for the rerun
+        stream.close()
+        if hasattr(bar, "close"):
+            bar.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# pass 1: the pattern tables
+
+
+@dataclass
+class PatternPass:
+    """The merged pattern table of all files, per-file summaries, and what this run scanned."""
+
+    table: Any
+    files: list[dict[str, Any]]
+    rows: int
+    nulls: int
+    rows_scanned: int = 0
+    worker_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _save_table(path: Path, table, totals) -> None:
+    import numpy as np
+
+    from clipprobe._io import atomic_path
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=table.keys, ubin=table.ubin, count=table.count, u_sum=table.u_sum,
+                     totals=np.asarray(totals, np.int64))
+
+
+def _load_table(path: Path, spec):
+    import numpy as np
+
+    from clipprobe.analysis.balance import PatternTable
+
+    with np.load(path, allow_pickle=False) as z:
+        n_words = max(1, -(-(len(spec.groups) + len(spec.labels)) // 64))
+        keys = z["keys"]
+        if keys.ndim != 2 or keys.shape[1] != n_words:
+            raise DataError(f"{path}: a pattern part of another layout; delete the parts folder and rerun")
+        table = PatternTable(tuple(spec.groups), tuple(spec.labels), keys.astype(np.uint64), z["ubin"].astype(np.int32),
+                             z["count"].astype(np.int64), z["u_sum"].astype(np.float64),
+                             spec.utility_column is not None)
+        return table, [int(x) for x in z["totals"]]
+
+
+def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings) -> PatternPass:
+    """Pass 1: each file's pattern table (stored in ``parts_dir/patterns``), all of them merged."""
+    from clipprobe.analysis.balance import merge_tables
+    from clipprobe.captions.indicators import pattern_task
+    from clipprobe.captions.run import _interrupt_deferred
+
+    folder = Path(parts_dir) / "patterns"
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [f for f in files if not (folder / f"{f.key}.npz").exists()]
+    log.info("%d files: %d counted before, %d to scan", len(files), len(files) - len(todo), len(todo))
+    tasks, task_file = [], []
+    for fi, info in enumerate(todo):
+        for row_groups, first in _chunks(info, settings.chunk_rows):
+            tasks.append((len(tasks), info.path, row_groups, info.column, first))
+            task_file.append(fi)
+    pending = [0] * len(todo)
+    for fi in task_file:
+        pending[fi] += 1
+    results: dict[int, dict[int, Any]] = {fi: {} for fi in range(len(todo))}
+    seconds: dict[str, float] = {}
+    scanned = [0]
+
+    def on_result(task_id, result):
+        fi = task_file[task_id]
+        results[fi][task_id] = result
+        scanned[0] += result["rows"]
+        for k, v in (result.get("seconds") or {}).items():
+            seconds[k] = seconds.get(k, 0.0) + v
+        if len(results[fi]) == pending[fi]:
+            parts = [results[fi][t] for t in sorted(results[fi])]
+            table = merge_tables([p["table"] for p in parts])
+            totals = [sum(p["rows"] for p in parts), sum(p["nulls"] for p in parts),
+                      sum(p["row_groups"] for p in parts)]
+            with _interrupt_deferred():        # a part is written whole, then Ctrl-C acts
+                _save_table(folder / f"{todo[fi].key}.npz", table, totals)
+            results[fi] = {}
+
+    if tasks:
+        stream = _stream(spec, tasks, task_file, todo, settings, pattern_task)
+        _consume(stream, len(tasks), "patterns", on_result, lambda task_id: tasks[task_id][1])
+    tables, summaries, rows, nulls = [], [], 0, 0
+    for info in files:
+        table, (n_rows, n_nulls, n_groups) = _load_table(folder / f"{info.key}.npz", spec)
+        tables.append(table)
+        rows += n_rows
+        nulls += n_nulls
+        summaries.append({"path": info.path, "size": info.size, "text_column": info.column, "row_groups": n_groups,
+                          "rows": n_rows, "nulls": n_nulls, "patterns": table.n_rows,
+                          "part": f"parts/patterns/{info.key}.npz"})
+    if not tables:
+        raise DataError("no caption file to balance")
+    return PatternPass(merge_tables(tables), summaries, rows, nulls, scanned[0],
+                       {k: round(v, 4) for k, v in seconds.items()})
+
+
+# ----------------------------------------------------------------------------------------------
+# pass 2: the weights
+
+
+def solution_key(table, q, extra: Sequence[Any] = ()) -> str:
+    """A hash of a fitted table, its keep probabilities and the settings of the weights (seed, key column)."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for a in (table.keys, table.ubin, table.count, np.asarray(q, np.float64)):
+        h.update(np.ascontiguousarray(a).tobytes())
+    h.update(json.dumps([list(table.groups), list(table.labels), *extra], default=str).encode())
+    return h.hexdigest()[:24]
+
+
+@dataclass
+class WeightsPass:
+    """The chunk weight files in input order, and per row of the fitted table the captions counted and
+    kept by the flags; totals of rows, kept flags and q."""
+
+    chunk_files: list[Path]
+    count: Any
+    kept: Any
+    rows: int
+    n_kept: int
+    q_sum: float
+    rows_scanned: int = 0
+    worker_seconds: dict[str, float] = field(default_factory=dict)
+
+
+def _save_marker(path: Path, result) -> None:
+    import numpy as np
+
+    from clipprobe._io import atomic_path
+
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, fit_rows=np.asarray(result["fit_rows"], np.int64), count=np.asarray(result["count"], np.int64),
+                     kept_rows=np.asarray(result["kept_rows"], np.int64),
+                     totals=np.asarray([result["rows"], result["kept"], result["nulls"]], np.int64),
+                     q_sum=np.asarray([result["q_sum"]], np.float64))
+
+
+def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings, key: str) -> WeightsPass:
+    """Pass 2: every chunk's weights file (``parts_dir/weights``), for the fitted table in ``spec``.
+
+    ``key``: :func:`solution_key` of the fit; chunks already written for it are not scanned again.
+    """
+    import numpy as np
+
+    from clipprobe.captions.indicators import weights_task
+    from clipprobe.captions.run import _interrupt_deferred
+
+    folder = (Path(parts_dir) / "weights").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    order: list[Path] = []
+    tasks, task_file, todo_files = [], [], []
+    for info in files:
+        added = False
+        for row_groups, first in _chunks(info, settings.chunk_rows):
+            blob = json.dumps([info.key, list(row_groups), first, key])
+            name = hashlib.sha256(blob.encode()).hexdigest()[:24]
+            order.append(folder / f"{name}.parquet")
+            if (folder / f"{name}.npz").exists() and (folder / f"{name}.parquet").exists():
+                continue
+            if not added:
+                todo_files.append(info)
+                added = True
+            tasks.append((len(tasks), info.path, row_groups, info.column, first, str(folder / f"{name}.parquet"),
+                          info.path))
+            task_file.append(len(todo_files) - 1)
+    log.info("weights: %d chunks, %d to write", len(order), len(tasks))
+    seconds: dict[str, float] = {}
+    scanned = [0]
+
+    def on_result(task_id, result):
+        scanned[0] += result["rows"]
+        for k, v in (result.get("seconds") or {}).items():
+            seconds[k] = seconds.get(k, 0.0) + v
+        with _interrupt_deferred():
+            _save_marker(Path(tasks[task_id][5]).with_suffix(".npz"), result)
+
+    if tasks:
+        stream = _stream(spec, tasks, task_file, todo_files, settings, weights_task)
+        _consume(stream, len(tasks), "weights", on_result, lambda task_id: tasks[task_id][1])
+    n_fit = spec.fitted.n_rows
+    count = np.zeros(n_fit, np.int64)
+    kept = np.zeros(n_fit, np.int64)
+    rows = n_kept = 0
+    q_sum = 0.0
+    for path in order:
+        with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
+            np.add.at(count, z["fit_rows"], z["count"])
+            np.add.at(kept, z["fit_rows"], z["kept_rows"])
+            r, k, _ = (int(x) for x in z["totals"])
+            rows += r
+            n_kept += k
+            q_sum += float(z["q_sum"][0])
+    return WeightsPass(order, count, kept, rows, n_kept, q_sum, scanned[0],
+                       {k: round(v, 4) for k, v in seconds.items()})
+
+
+def publish_weights(chunk_files: Sequence[Path], dest) -> Path:
+    """Gather the chunk files as ``dest/part-NNNNN.parquet`` (hard links where possible) in a new folder
+    that then replaces ``dest``: a reader sees the old folder or the new one, never a half-filled one."""
+    import shutil
+    import tempfile
+
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        for i, src in enumerate(chunk_files):
+            target = tmp / f"part-{i:05d}.parquet"
+            try:
+                os.link(src, target)
+            except OSError:
+                shutil.copyfile(src, target)
+        os.chmod(tmp, 0o777 & ~_umask())
+        old = None
+        if dest.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+            os.replace(dest, old / dest.name)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def _umask() -> int:
+    from clipprobe._io import process_umask
+
+    return process_umask()
