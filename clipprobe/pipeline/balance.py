@@ -1,0 +1,248 @@
+"""``balance measure`` and ``balance fit`` as functions: representation and association bias of caption data,
+and M4 keep probabilities that balance it (Alabdulmohsin et al., ICLR 2024).
+
+:func:`measure_bias`: one scan of the captions counts the distinct (groups, labels) patterns per file
+(:mod:`clipprobe.captions.patterns`), and data RB/AB with intervals are computed on the pattern table
+(:func:`clipprobe.analysis.balance.data_bias`). :func:`fit_balance`: the same scan, the M4 solve on the
+pattern table (its cost does not depend on the number of captions), then a second pass that writes
+each caption's keep probability and seeded keep flag; the statistics are recomputed on the kept data
+(weighted by q, and as the flags keep it). Every setting is checked, the lexicon, taxonomy, target and
+every file's columns are read before the first caption is: bad input fails before anything is written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from clipprobe.captions.patterns import EngineSettings
+from clipprobe.errors import DataError, UsageError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MSG_GROUPS_WITHOUT_COLUMN = "groups are read from the lexicon; give groups only with attribute_column"
+MSG_NO_GROUPS = "attribute_column {column!r}: give its groups (at least two)"
+MSG_SEED = "seed must be 0 or more, got {value}"
+MSG_LEVEL = "level={value!r} must be strictly between 0 and 1"
+MSG_CHANGED = ("the second pass found other patterns than the first ({problem}): the captions changed during "
+               "the run; delete {parts} and rerun")
+
+
+@dataclasses.dataclass(frozen=True)
+class BalanceConfig:
+    """Settings of ``balance measure`` / ``balance fit``.
+
+    ``attribute``: an attribute of the lexicon (its groups are found by their terms), or, with
+    ``attribute_column``, the name of the attribute whose per-example group names (``groups``) that
+    column holds. ``labels``: a category of ``taxonomy``, ``'all'`` or a word-list file. ``target``:
+    ``'uniform'`` or (group, share) pairs. Fit only: ``keep`` (the target keep rate), ``eps_r``,
+    ``eps_a``, ``scale``, ``utility`` (a column of positive utilities), ``key`` (a column copied into
+    the weights, None for none), ``seed`` (of the keep flags).
+    """
+
+    captions: tuple[str, ...]
+    out: str
+    attribute: str = "gender"
+    labels: str = "occupation"
+    taxonomy: str | None = None
+    lexicon: str | None = None
+    attribute_column: str | None = None
+    groups: tuple[str, ...] | None = None
+    text_column: str | None = None
+    target: Any = "uniform"
+    level: float = 0.95
+    keep: float = 0.9
+    eps_r: float = 0.01
+    eps_a: float = 0.01
+    scale: str = "conditional"
+    utility: str | None = None
+    key: str | None = "URL"
+    seed: int = 0
+    engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+
+    def check(self) -> "BalanceConfig":
+        from clipprobe.analysis.balance import MSG_SCALE, MSG_UNIT, SCALES
+
+        for name in ("keep", "eps_r", "eps_a"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise UsageError(MSG_UNIT.format(name=name, value=value))
+        if not isinstance(self.level, (int, float)) or not 0 < self.level < 1:
+            raise UsageError(MSG_LEVEL.format(value=self.level))
+        if self.scale not in SCALES:
+            raise UsageError(MSG_SCALE.format(value=self.scale, choices=", ".join(map(repr, SCALES))))
+        if self.seed < 0:
+            raise UsageError(MSG_SEED.format(value=self.seed))
+        if self.attribute_column is None and self.groups is not None:
+            raise UsageError(MSG_GROUPS_WITHOUT_COLUMN)
+        if self.attribute_column is not None and (not self.groups or len(self.groups) < 2):
+            raise UsageError(MSG_NO_GROUPS.format(column=self.attribute_column))
+        self.engine.check()
+        return self
+
+    def target_value(self):
+        return self.target if isinstance(self.target, str) else dict(self.target)
+
+
+@dataclasses.dataclass
+class Prepared:
+    spec: Any
+    files: list
+    target: Any
+    lexicon: str | None
+    taxonomy: str
+    timer: Any
+    started: float
+
+
+def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
+    """Everything checked and read before the first caption: lexicon, labels, target, files' columns."""
+    from clipprobe.analysis.balance import resolve_target
+    from clipprobe.captions.indicators import attribute_groups, build_spec, resolve_labels
+    from clipprobe.captions.patterns import plan_files
+    from clipprobe.resources.lexicon import get_lexicon
+    from clipprobe.resources.taxonomy import get_taxonomy
+    from clipprobe.runinfo import StageTimer
+
+    config = config.check()
+    started = time.time()
+    timer = StageTimer()
+    with timer("plan"):
+        taxonomy = get_taxonomy(config.taxonomy)
+        labels = resolve_labels(config.labels, taxonomy)
+        lexicon_name = None
+        if config.attribute_column is None:
+            lexicon = get_lexicon(config.lexicon)
+            group_terms = attribute_groups(lexicon, config.attribute)
+            groups = tuple(group_terms)
+            lexicon_name = lexicon.name
+        else:
+            group_terms, groups = None, tuple(config.groups)
+        pi = resolve_target(config.target_value(), groups)
+        method = config.engine.method()
+    with timer("compile"):
+        spec = build_spec(attribute=config.attribute, group_terms=group_terms, groups=groups, labels=labels,
+                          method=method, group_column=config.attribute_column,
+                          utility_column=config.utility if fit else None, key_column=config.key if fit else None)
+    with timer("plan"):
+        files = plan_files(config.captions, config.text_column, spec)
+    log.info("%d files, attribute %r (%d groups), %d labels", len(files), config.attribute, len(groups), len(labels))
+    return Prepared(spec, files, pi, lexicon_name, taxonomy.name, timer, started)
+
+
+@dataclasses.dataclass(frozen=True)
+class BalanceResult:
+    """What a run wrote: the output folder, the bias tables (``data`` blocks), the run record, the files."""
+
+    out: Path
+    groups: Any
+    cells: Any
+    run: dict
+    files: tuple[Path, ...]
+    solution: Any = None
+
+
+def _record(command: str, config: BalanceConfig, prep: Prepared, patterns, **results) -> dict:
+    from clipprobe.config import to_dict
+    from clipprobe.report.balance import MENTION_NOTE
+    from clipprobe.runinfo import run_record
+
+    spec = prep.spec
+    return run_record(
+        command, format_version=FORMAT_VERSION, config=to_dict(config), timings=prep.timer.seconds,
+        started=prep.started, engine=config.engine.engine, matcher=spec.method,
+        workers=config.engine.n_workers, attribute=config.attribute,
+        groups_from=("column " + repr(config.attribute_column)) if config.attribute_column else "lexicon",
+        lexicon=prep.lexicon, taxonomy=prep.taxonomy, groups=list(spec.groups), labels=list(spec.labels),
+        target=[float(x) for x in prep.target], mentions=MENTION_NOTE,
+        files=patterns.files, n_files=len(patterns.files), rows=patterns.rows, nulls=patterns.nulls,
+        patterns=patterns.table.n_rows, rows_scanned_this_run={"patterns": patterns.rows_scanned},
+        worker_seconds={"patterns": patterns.worker_seconds}, **results)
+
+
+def _bias_summary(bias) -> dict:
+    return {"rb_max": bias.rb_max, "rb_argmax": bias.rb_argmax, "ab_max": bias.ab_max,
+            "ab_argmax": list(bias.ab_argmax) if bias.ab_argmax else None, "n_examples": bias.n_examples,
+            "n_mention": bias.n_mention, "n_multi": bias.n_multi}
+
+
+def measure_bias(config: BalanceConfig) -> BalanceResult:
+    """Data RB and AB of the captions: ``bias_groups.parquet``, ``bias_cells.parquet``,
+    ``patterns.parquet``, a figure and ``run.json`` in ``config.out``."""
+    from clipprobe.analysis.balance import data_bias
+    from clipprobe.captions.patterns import count_patterns
+    from clipprobe.report.balance import bias_frames, patterns_frame, write_balance
+
+    prep = _prepare(config, fit=False)
+    out = Path(config.out)
+    with prep.timer("patterns"):
+        patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine)
+    with prep.timer("stats"):
+        before = data_bias(patterns.table, prep.target, level=config.level)
+        groups, cells = bias_frames({"before": before})
+    record = _record("balance measure", config, prep, patterns, before=_bias_summary(before))
+    with prep.timer("write"):
+        files = write_balance(out, {"groups": groups, "cells": cells, "patterns": patterns_frame(patterns.table)},
+                              record)
+    return BalanceResult(out, groups, cells, record, tuple(files))
+
+
+def fit_balance(config: BalanceConfig) -> BalanceResult:
+    """M4 keep probabilities (see the module docstring); raises
+    :class:`~clipprobe.analysis.balance.BalanceInfeasible` (with the largest feasible keep rate) when
+    the constraints cannot be met at ``config.keep``."""
+    import numpy as np
+
+    from clipprobe.analysis.balance import data_bias, m4_solve
+    from clipprobe.captions.patterns import count_patterns, publish_weights, solution_key, write_weights
+    from clipprobe.report.balance import FILES, bias_frames, patterns_frame, write_balance
+
+    prep = _prepare(config, fit=True)
+    out = Path(config.out)
+    with prep.timer("patterns"):
+        patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine)
+    table = patterns.table
+    with prep.timer("solve"):
+        solution = m4_solve(table, prep.target, keep=config.keep, eps_r=config.eps_r, eps_a=config.eps_a,
+                            scale=config.scale)
+    spec = dataclasses.replace(prep.spec, fitted=table, fitted_q=solution.q, seed=config.seed)
+    key = solution_key(table, solution.q, [config.seed, config.key])
+    with prep.timer("weights"):
+        weights = write_weights(spec, prep.files, out / "parts", config.engine, key)
+    if not np.array_equal(weights.count, table.count):
+        bad = int(np.flatnonzero(weights.count != table.count)[0])
+        raise DataError(MSG_CHANGED.format(problem=f"pattern {bad}: {int(table.count[bad])} captions, then "
+                                                   f"{int(weights.count[bad])}", parts=out / "parts"))
+    with prep.timer("stats"):
+        before = data_bias(table, prep.target, level=config.level)
+        after = data_bias(table, prep.target, q=solution.q, level=config.level)
+        kept = data_bias(table, prep.target, q=weights.kept / np.maximum(table.count, 1), level=config.level)
+        groups, cells = bias_frames({"before": before, "after": after, "kept": kept})
+    fit = {
+        "keep_target": config.keep, "keep_rate": solution.keep_rate, "max_keep": solution.max_keep,
+        "kept_by_flags": weights.n_kept, "kept_share_by_flags": weights.n_kept / max(weights.rows, 1),
+        "objective": solution.objective, "dual_objective": solution.dual_objective,
+        "max_violation": solution.max_violation, "converged": solution.converged,
+        "n_evaluations": solution.n_evaluations, "solver": solution.message,
+        "max_residual_r": float(np.nanmax(np.abs(solution.residual_r))) if solution.residual_r.size else 0.0,
+        "max_residual_a": (float(np.nanmax(np.abs(solution.residual_a)))
+                           if np.isfinite(solution.residual_a).any() else 0.0),
+        "eps_r": config.eps_r, "eps_a": config.eps_a, "scale": config.scale, "seed": config.seed,
+        "weights": FILES["weights"], "weights_parts": len(weights.chunk_files), "solution_key": key,
+    }
+    record = _record("balance fit", config, prep, patterns, fit=fit, before=_bias_summary(before),
+                     after=_bias_summary(after), kept=_bias_summary(kept))
+    record["rows_scanned_this_run"]["weights"] = weights.rows_scanned
+    record["worker_seconds"]["weights"] = weights.worker_seconds
+    with prep.timer("write"):
+        (out / FILES["run"]).unlink(missing_ok=True)
+        publish_weights(weights.chunk_files, out / FILES["weights"])
+        tables = {"groups": groups, "cells": cells, "patterns": patterns_frame(table, solution.q, weights.kept),
+                  "residuals": solution.residual_frame(), "convergence": solution.log.frame()}
+        files = write_balance(out, tables, record)
+    record["timings_s"] = prep.timer.as_dict()
+    return BalanceResult(out, groups, cells, record, (out / FILES["weights"], *files), solution)
