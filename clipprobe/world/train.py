@@ -35,7 +35,9 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 class TrainConfig:
     """Training settings; the defaults reproduce the shipped model. ``width`` scales the model's widths
     (embedding, vision and text transformers; another architecture, named ``clipprobe-world-tiny-w<%>``);
-    ``spec`` the world it is trained on (:class:`clipprobe.world.generate.WorldSpec`)."""
+    ``spec`` the world it is trained on (:class:`clipprobe.world.generate.WorldSpec`); ``keep`` a
+    ``weights.parquet`` written by ``clipprobe balance fit`` on the world's caption file, whose keep
+    flags select the (image, caption) pairs trained on (:func:`kept_rows`)."""
 
     seed: int = 0
     epochs: int = 28
@@ -49,6 +51,8 @@ class TrainConfig:
     k: int = 100
     width: float = 1.0
     spec: Any = None                    # a WorldSpec; None: the demo world
+    keep: str | None = None             # weights.parquet of `clipprobe balance fit` on the world's captions:
+                                        # train on the captions its keep flags keep (None: on all of them)
 
 
 def arch_name(width: float = 1.0) -> str:
@@ -117,6 +121,30 @@ def _normalise(images):
     mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
     return (x - mean) / std
+
+
+MSG_KEEP_ROWS = ("keep: {path} holds weights for {got} captions (rows {rows}); the world of this training has "
+                 "{n} captions (rows 0..{last}), written to one caption file")
+
+
+def kept_rows(path: str | Path, n: int):
+    """Sorted rows (caption indices) whose keep flag is set in a ``weights.parquet`` (a file or a folder)
+    of ``clipprobe balance fit`` on the world's one caption file of ``n`` rows."""
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe.errors import DataError, UsageError
+
+    try:
+        table = pd.read_parquet(path, columns=["file", "row", "keep"])
+    except (OSError, ValueError, KeyError) as err:
+        raise DataError(f"keep: {path} is not a weights table of `clipprobe balance fit` ({err})") from None
+    rows = table["row"].to_numpy(np.int64)
+    files = table["file"].astype(str).nunique()
+    if files != 1 or len(rows) != n or not np.array_equal(np.sort(rows), np.arange(n)):
+        shown = f"{rows.min()}..{rows.max()}" if len(rows) else "none"
+        raise UsageError(MSG_KEEP_ROWS.format(path=path, got=len(rows), rows=shown, n=n, last=n - 1))
+    return np.sort(rows[table["keep"].to_numpy(bool)])
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -188,6 +216,11 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
     people = gen.sample_people(cfg.seed, "train", cfg.n_captions)
     images = gen.render_array(people)
     texts, _ = gen.make_captions(cfg.seed, people, spec)
+    if cfg.keep is not None:             # the pairs whose caption the balancing keeps
+        rows = kept_rows(cfg.keep, len(texts))
+        images = images[rows]
+        texts = [texts[i] for i in rows]
+        log.info("training on %d of %d captions (keep flags of %s)", len(texts), cfg.n_captions, cfg.keep)
     data_hash = hashlib.sha256()
     data_hash.update(images.tobytes())
     data_hash.update("\n".join(texts).encode("utf-8"))
@@ -246,6 +279,8 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
         "timings_s": {"data": round(t_data, 2), "train": round(t_train, 2)},
         "versions": package_versions(),
     }
+    if cfg.keep is not None:
+        meta["world"]["n_trained"] = len(texts)
     if evaluate:
         # Check the weights as saved (float16), as a user will load them.
         reloaded, _, tok = load_world_model(out, arch)
@@ -262,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m clipprobe.world.train", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(WEIGHTS_DIR), help="folder for weights, config and meta")
     for name, value in asdict(defaults).items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+        ap.add_argument(f"--{name.replace('_', '-')}", type=str if name == "keep" else type(value), default=value)
     ap.add_argument("--no-check", action="store_true", help="skip the check against the world's truth")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
