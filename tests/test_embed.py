@@ -355,3 +355,39 @@ def test_read_only_text_cache_still_embeds_new_prompts(tiny_encoder, tmp_path, c
     assert vecs.shape == (1, 32)
     assert any("1 new prompt embedding(s) are used but not cached: cannot write" in r.getMessage()
                for r in caplog.records)
+
+
+def test_cpu_threads_follow_the_free_cores(monkeypatch, tiny_encoder):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 1.0, 1.0))
+    assert embed.free_cores() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
+    assert embed.free_cores() == 1
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 1.0, 1.0))
+    assert embed.free_cores() == 4
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 1.0, 1.0))
+        with embed.cpu_threads(tiny_encoder) as n:
+            assert n == 2 and torch.get_num_threads() == 2
+        assert torch.get_num_threads() == 4
+        monkeypatch.setenv("OMP_NUM_THREADS", "3")     # the user decides
+        with embed.cpu_threads(tiny_encoder) as n:
+            assert n == 4 and torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_embedding_records_the_threads_it_used(monkeypatch, tiny_encoder, ff, tmp_path):
+    import torch
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(embed, "free_cores", lambda: 1)
+    seen = []
+    emb = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, batch_size=8, num_workers=0, progress=False,
+                              on_batch=lambda record: seen.append(torch.get_num_threads()))
+    assert emb.timings["torch_threads"] == 1 and set(seen) == {1}
