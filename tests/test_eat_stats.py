@@ -250,19 +250,19 @@ def test_unequal_sizes_random_mode_matches_exact():
     assert abs(r.p_value - exact) < 5 * se + 1 / 50_000
 
 
-def _kernel_counts(N, k, plan, tests, n, seed=0, sampled=None):
+def _kernel_counts(N, k, plan, tests, n, seed=0, tiled=None):
     """Counts of ``n`` kernel partitions of (N, k) with ``plan`` = (method, depth, numer), for tests whose
     values are 0/1 indicators: test ``t`` counts the partitions holding every stimulus of ``tests[t]``."""
     method, depth, numer = plan
     kernel = eat._kernel()
-    W = -(-N // 64)
-    values = np.zeros((len(tests), 64 * W))
+    indicators = np.zeros((len(tests), N))
     for t, members in enumerate(tests):
-        values[t, list(members)] = 1.0
-    size = np.array([len(m) for m in tests], dtype=float)
+        indicators[t, list(members)] = 1.0
+    values, tiled = eat._layout(indicators, False, tiled)
+    size = indicators.sum(axis=1)
     threshold = size - 0.5  # the partition's X side holds all of the test's stimuli
     state = eat.block_state(seed, N, k, 0)
-    return kernel.random_counts(state, n, N, k, method, depth, numer, values, values.sum(axis=1), np.zeros(len(tests)),
+    return kernel.random_counts(state, n, N, k, method, depth, numer, values, tiled, size, np.zeros(len(tests)),
                                 threshold, 0, np.uint64((1 << 32) % N))
 
 
@@ -280,6 +280,8 @@ def test_kernel_partitions_are_uniform_over_subsets(N, k, plan):
     counts = _kernel_counts(N, k, plan, subsets, n)
     assert counts.sum() == n  # every partition is exactly one k-subset
     assert chisquare(counts).pvalue > 1e-3
+    # the same partitions whichever way the values are laid out
+    assert np.array_equal(_kernel_counts(N, k, plan, subsets, n, tiled=not len(subsets) >= eat._TILED_TESTS), counts)
 
 
 @pytest.mark.parametrize("plan", PLANS.values(), ids=PLANS.keys())
@@ -293,6 +295,7 @@ def test_kernel_partitions_include_stimuli_and_pairs_evenly(N, k, plan):
     pairs = [(0, 1), (63, 64), (0, N - 1), (62, 127 % N), (N // 2, N - 2)]
     n = 60_000
     counts = _kernel_counts(N, k, plan, singles + pairs, n, seed=N)
+    assert np.array_equal(_kernel_counts(N, k, plan, singles + pairs, n, seed=N, tiled=False), counts)
     single, pair = counts[:N], counts[N:]
     assert single.sum() == n * k
     assert chisquare(single).pvalue > 1e-3

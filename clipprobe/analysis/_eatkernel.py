@@ -37,6 +37,7 @@ ALT_GREATER = 0
 ALT_LESS = 1
 ALT_TWO_SIDED = 2
 BATCH = 256  # partitions drawn before they are summed
+TILE_BATCH = 16  # partitions summed per pass over eight tests' values (tiled layout)
 
 _M32 = np.uint64(0xFFFFFFFF)
 _S32 = np.uint64(32)
@@ -99,6 +100,57 @@ def _masked_sum(typingctx, values, v_start, words, w_start, n_words):
     return sig, codegen
 
 
+@intrinsic
+def _ctz(typingctx, value):
+    """Count trailing zeros of a nonzero uint64."""
+    def codegen(context, builder, signature, args):
+        return builder.cttz(args[0], ir.Constant(ir.IntType(1), 0))
+    return types.uint64(types.uint64), codegen
+
+
+@intrinsic
+def _tile_sum(typingctx, values, row_len, col, positions, p_start, count, out):
+    """``out[l] = sum_j values[positions[p_start + j] * row_len + col + l]`` for the eight lanes ``l``, ``j <
+    count``: one 8-lane vector add per position, into four accumulators (position ``j`` into ``j mod 4``
+    for ``j < 4 (count // 4)``, the rest into the first), added as ``(a0 + a1) + (a2 + a3)``. ``values``
+    must hold eight values from ``col`` in every row."""
+    sig = types.void(values, types.intp, types.intp, positions, types.intp, types.intp, out)
+
+    def codegen(context, builder, signature, args):
+        vals = context.make_array(signature.args[0])(context, builder, args[0])
+        pos = context.make_array(signature.args[3])(context, builder, args[3])
+        res = context.make_array(signature.args[6])(context, builder, args[6])
+        intp = args[1].type
+        vec = ir.VectorType(ir.DoubleType(), 8)
+        base = builder.gep(vals.data, [args[2]])
+        pptr = builder.gep(pos.data, [args[4]])
+        accs = [cgutils.alloca_once(builder, vec) for _ in range(4)]
+        for acc in accs:
+            builder.store(ir.Constant(vec, [0.0] * 8), acc)
+
+        def add(j, acc):
+            row = builder.load(builder.gep(pptr, [j]))
+            if row.type.width < intp.width:
+                row = builder.sext(row, intp)
+            ptr = builder.bitcast(builder.gep(base, [builder.mul(row, args[1])]), vec.as_pointer())
+            builder.store(builder.fadd(builder.load(acc), builder.load(ptr, align=8)), acc)
+
+        four = ir.Constant(intp, 4)
+        quads = builder.udiv(args[5], four)
+        with cgutils.for_range(builder, quads) as loop:
+            j0 = builder.mul(loop.index, four)
+            for a in range(4):
+                add(builder.add(j0, ir.Constant(intp, a)), accs[a])
+        with cgutils.for_range(builder, builder.sub(args[5], builder.mul(quads, four))) as loop:
+            add(builder.add(builder.mul(quads, four), loop.index), accs[0])
+        a = [builder.load(acc) for acc in accs]
+        total = builder.fadd(builder.fadd(a[0], a[1]), builder.fadd(a[2], a[3]))
+        builder.store(total, builder.bitcast(res.data, vec.as_pointer()), align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(inline="always")
 def _rotl(x, r):
     return (x << np.uint64(r)) | (x >> np.uint64(64 - r))
@@ -138,32 +190,32 @@ def _hit(stat, threshold, center, alternative):
 
 
 @njit(nogil=True)
-def random_counts(state, n, N, k, method, depth, numer, values, total, center, threshold, alternative, thresh32):
+def random_counts(state, n, N, k, method, depth, numer, values, tiled, total, center, threshold, alternative,
+                  thresh32):
     """Counts, per test, of ``n`` random ``k``-subsets whose statistic is as extreme as the observed one.
 
     ``state``: uint64[4], the generator's seed state (not all zero). ``method``: ``METHOD_BITS`` (initial
-    bits set with probability ``numer / 2^depth``, ``numer`` odd) or ``METHOD_DRAW``. ``values``: (T, 64 W)
-    float64, the tests' pooled values padded with zeros (``W = ceil(N / 64)``). ``total``: (T,) sums of the
-    values. ``threshold``, ``center``: (T,) per test, see :func:`_hit`. ``thresh32``: ``2^32 mod N``, the
-    rejection bound of the bounded draws.
+    bits set with probability ``numer / 2^depth``, ``numer`` odd) or ``METHOD_DRAW``. ``values``: the T
+    tests' pooled values, either as rows, (T, 64 W) float64 padded with zeros (``W = ceil(N / 64)``), or
+    ``tiled``: (N ceil(T / 8), 8), tests ``8 u`` to ``8 u + 7`` in rows ``N u`` to ``N u + N - 1``, a test per
+    column (zeros past the last test), for many tests: eight at a time per vector add.
+    ``total``: (T,) sums of the values. ``threshold``, ``center``: (T,) per test, see :func:`_hit`.
+    ``thresh32``: ``2^32 mod N``, the rejection bound of the bounded draws. The partitions drawn do not
+    depend on ``values`` or ``tiled``.
     """
-    T = values.shape[0]
+    T = total.shape[0]
     W = (N + 63) // 64
     Nu = np.uint64(N)
-    ku = k
     rem = N - 64 * (W - 1)
     last = np.uint64(0xFFFFFFFFFFFFFFFF) if rem == 64 else (_ONE << np.uint64(rem)) - _ONE
     s0, s1, s2, s3 = state[0], state[1], state[2], state[3]
     counts = np.zeros(T, dtype=np.int64)
     side = min(k, N - k)
     sampled_x = side == k
-    if method == METHOD_BITS:
-        masks = np.zeros((BATCH, W), dtype=np.uint64)
-        positions = np.zeros((1, 1), dtype=np.int64)
-    else:
-        masks = np.zeros((1, 1), dtype=np.uint64)
-        positions = np.zeros((BATCH, side), dtype=np.int64)
+    masks = np.zeros((BATCH if method == METHOD_BITS else 1, W), dtype=np.uint64)
+    positions = np.zeros((BATCH if tiled or method == METHOD_DRAW else 1, side), dtype=np.int32)
     stamp = np.full(N, -1, dtype=np.int64)
+    lanes = np.zeros(8)
     done = 0
     while done < n:
         m = min(BATCH, n - done)
@@ -181,9 +233,9 @@ def random_counts(state, n, N, k, method, depth, numer, values, total, center, t
                     masks[i, w] = x
                     c += np.int64(_popcount(x))
                 # branch-free steps: only the loop's exit depends on the random bits
-                remove = np.uint64(c > ku)
-                step = -1 if c > ku else 1
-                while c != ku:
+                remove = np.uint64(c > k)
+                step = -1 if c > k else 1
+                while c != k:
                     s0, s1, s2, s3, r = _next(s0, s1, s2, s3)
                     for h in range(2):
                         prod = ((r >> _S32) if h else (r & _M32)) * Nu
@@ -192,9 +244,17 @@ def random_counts(state, n, N, k, method, depth, numer, values, total, center, t
                         sh = pos & _LOW6
                         x = masks[i, wi]
                         flip = (((x >> sh) & _ONE) ^ remove ^ _ONE) & np.uint64((prod & _M32) >= thresh32) \
-                            & np.uint64(c != ku)
+                            & np.uint64(c != k)
                         masks[i, wi] = x ^ (flip << sh)
                         c += step * np.int64(flip)
+                if tiled:  # the members of the smaller side, in increasing order
+                    got = 0
+                    for w in range(W):
+                        x = masks[i, w] if sampled_x else ~masks[i, w] & (last if w == W - 1 else ~np.uint64(0))
+                        while x:
+                            positions[i, got] = np.int32(64 * w + np.int64(_ctz(x)))
+                            got += 1
+                            x &= x - _ONE
         else:
             for i in range(m):
                 tag = done + i
@@ -208,28 +268,38 @@ def random_counts(state, n, N, k, method, depth, numer, values, total, center, t
                         pos = np.int64(prod >> _S32)
                         if stamp[pos] != tag:
                             stamp[pos] = tag
-                            positions[i, got] = pos
+                            positions[i, got] = np.int32(pos)
                             got += 1
                             if got == side:
                                 break
-        for t in range(T):
-            thr = threshold[t]
-            cen = center[t]
-            tot = total[t]
-            hits = 0
-            if method == METHOD_BITS:
-                for i in range(m):
-                    stat = _masked_sum(values, t * 64 * W, masks, i * W, W)
-                    hits += _hit(stat, thr, cen, alternative)
-            else:
-                row = values[t]
-                for i in range(m):
-                    acc = 0.0
-                    for j in range(side):
-                        acc += row[positions[i, j]]
-                    stat = acc if sampled_x else tot - acc
-                    hits += _hit(stat, thr, cen, alternative)
-            counts[t] += hits
+        if tiled:
+            for lo in range(0, m, TILE_BATCH):  # a few partitions' members and eight tests' values: in L1
+                for t0 in range(0, T, 8):
+                    for i in range(lo, min(m, lo + TILE_BATCH)):
+                        _tile_sum(values, 8, t0 * N, positions, i * side, side, lanes)
+                        for lane in range(min(8, T - t0)):
+                            t = t0 + lane
+                            stat = lanes[lane] if sampled_x else total[t] - lanes[lane]
+                            counts[t] += _hit(stat, threshold[t], center[t], alternative)
+        else:
+            for t in range(T):
+                thr = threshold[t]
+                cen = center[t]
+                tot = total[t]
+                hits = 0
+                if method == METHOD_BITS:
+                    for i in range(m):
+                        stat = _masked_sum(values, t * 64 * W, masks, i * W, W)
+                        hits += _hit(stat, thr, cen, alternative)
+                else:
+                    row = values[t]
+                    for i in range(m):
+                        acc = 0.0
+                        for j in range(side):
+                            acc += row[positions[i, j]]
+                        stat = acc if sampled_x else tot - acc
+                        hits += _hit(stat, thr, cen, alternative)
+                counts[t] += hits
         done += m
     return counts
 

@@ -68,6 +68,7 @@ MIN_SET_SIZE = 2
 PERMUTATION_BLOCK = 65536  # partitions per seeded block (results do not depend on threads)
 TIE_RTOL = 1e-11  # ties: statistic >= observed - TIE_RTOL * sum|s|
 _TEST_SLICE = 256  # tests of one group counted per job (a group of thousands of tests is split over threads)
+_TILED_TESTS = 32  # from this many tests in a job, their values are read eight tests at a time
 
 MSG_TOO_FEW = "set {name} of test {test!r} has {n} stimulus/stimuli; an association test needs at least {min} per set"
 MSG_NOT_2D = "set {name} of test {test!r} must be a 2-d array of embeddings (rows), got shape {shape}"
@@ -318,26 +319,45 @@ class _GroupRun:
         self.exact = n_partitions <= n_permutations
         self.n_used = n_partitions if self.exact else n_permutations
         self.n_random = 0 if self.exact else n_permutations - 1
-        if self.exact:
-            self.values = np.ascontiguousarray(V)
-        else:
-            words = -(-N // 64)
-            self.values = np.zeros((V.shape[0], 64 * words))
-            self.values[:, :N] = V
+        self.V = V
+        if not self.exact:
             self.plan = _plan(N, k)
 
     def jobs(self) -> list["_Job"]:
         n = self.n_used if self.exact else self.n_random
         n_blocks = -(-n // PERMUTATION_BLOCK)
-        rows = [slice(lo, min(lo + _TEST_SLICE, self.n_tests)) for lo in range(0, self.n_tests, _TEST_SLICE)]
-        return [_Job(self, b, min(PERMUTATION_BLOCK, n - b * PERMUTATION_BLOCK), r)
-                for b in range(n_blocks) for r in rows]
+        jobs = []
+        for lo in range(0, self.n_tests, _TEST_SLICE):
+            rows = slice(lo, min(lo + _TEST_SLICE, self.n_tests))
+            values, tiled = _layout(self.V[rows], self.exact)
+            jobs += [_Job(self, b, min(PERMUTATION_BLOCK, n - b * PERMUTATION_BLOCK), rows, values, tiled)
+                     for b in range(n_blocks)]
+        return jobs
 
     def p_values(self, counts):
         if self.exact:
             return counts / self.n_used
         # The observed partition is one of the n: it always counts.
         return (counts + 1) / self.n_used
+
+
+def _layout(V, exact: bool, tiled: bool | None = None):
+    """The values of some tests as the kernel reads them, and whether tiled: rows (padded to whole 64-bit
+    words in random mode), or tiles of eight tests (column by column) when there are many tests (one vector
+    add serves eight). ``tiled``: force one layout (random mode)."""
+    import numpy as np
+
+    T, N = V.shape
+    if exact:
+        return np.ascontiguousarray(V), False
+    if tiled if tiled is not None else T >= _TILED_TESTS:
+        tiles = -(-T // 8)
+        padded = np.zeros((8 * tiles, N))
+        padded[:T] = V
+        return np.ascontiguousarray(padded.reshape(tiles, 8, N).transpose(0, 2, 1).reshape(tiles * N, 8)), True
+    rows = np.zeros((T, 64 * -(-N // 64)))
+    rows[:, :N] = V
+    return rows, False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -348,6 +368,8 @@ class _Job:
     block: int
     size: int
     rows: slice
+    values: "np.ndarray"  # the tests' values as the kernel reads them (_GroupRun._layout)
+    tiled: bool
 
     def __call__(self, kernel):
         import numpy as np
@@ -356,13 +378,13 @@ class _Job:
         if run.exact:
             side = min(run.k, run.N - run.k)
             first = np.array(_unrank_combination(self.block * PERMUTATION_BLOCK, run.N, side), dtype=np.int64)
-            return kernel.exact_counts(first, self.size, run.N, run.values[r], run.total[r], run.center[r],
+            return kernel.exact_counts(first, self.size, run.N, self.values, run.total[r], run.center[r],
                                        run.threshold[r], run.alternative, side == run.k)
         plan = run.plan
         state = block_state(run.seed, run.N, run.k, self.block)
         return kernel.random_counts(state, self.size, run.N, run.k, plan.method, plan.depth, plan.numer,
-                                    run.values[r], run.total[r], run.center[r], run.threshold[r], run.alternative,
-                                    np.uint64(plan.thresh32))
+                                    self.values, self.tiled, run.total[r], run.center[r], run.threshold[r],
+                                    run.alternative, np.uint64(plan.thresh32))
 
 
 def block_state(seed: int, N: int, k: int, block: int) -> "np.ndarray":
