@@ -82,6 +82,8 @@ def _common(func):
                      help="A setting of the Spark session (repeatable), e.g. spark.archives=env.tar.gz#environment."),
         click.option("--matcher", type=click.Choice(["auto", "hyperscan", "tokens"]), default="auto",
                      show_default=True, help="Caption matcher (identical results)."),
+        click.option("--figure/--no-figure", default=True, show_default=True,
+                     help="Draw OUT/balance.png and .pdf (RB per group, the largest AB cells)."),
         click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
     ]
     for option in reversed(options):
@@ -112,7 +114,8 @@ def _config(kwargs, **fit):
                          attribute=kwargs.pop("attribute"), labels=kwargs.pop("labels"),
                          taxonomy=kwargs.pop("taxonomy"), lexicon=kwargs.pop("lexicon"), attribute_column=column,
                          groups=group_tuple, text_column=kwargs.pop("text_column"),
-                         target=parse_target(kwargs.pop("target")), level=kwargs.pop("level"), engine=engine, **fit)
+                         target=parse_target(kwargs.pop("target")), level=kwargs.pop("level"),
+                         figure=kwargs.pop("figure"), engine=engine, **fit)
 
 
 def _run(fn, config):

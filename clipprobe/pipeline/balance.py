@@ -41,7 +41,7 @@ class BalanceConfig:
     column holds. ``labels``: a category of ``taxonomy``, ``'all'`` or a word-list file. ``target``:
     ``'uniform'`` or (group, share) pairs. Fit only: ``keep`` (the target keep rate), ``eps_r``,
     ``eps_a``, ``scale``, ``utility`` (a column of positive utilities), ``key`` (a column copied into
-    the weights, None for none), ``seed`` (of the keep flags).
+    the weights, None for none), ``seed`` (of the keep flags). ``figure``: draw ``balance.png``/``.pdf``.
     """
 
     captions: tuple[str, ...]
@@ -62,6 +62,7 @@ class BalanceConfig:
     utility: str | None = None
     key: str | None = "URL"
     seed: int = 0
+    figure: bool = True
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
 
     def check(self) -> "BalanceConfig":
@@ -187,7 +188,7 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
     record = _record("balance measure", config, prep, patterns, before=_bias_summary(before))
     with prep.timer("write"):
         files = write_balance(out, {"groups": groups, "cells": cells, "patterns": patterns_frame(patterns.table)},
-                              record)
+                              record, figure=config.figure)
     return BalanceResult(out, groups, cells, record, tuple(files))
 
 
@@ -243,6 +244,6 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
         publish_weights(weights.chunk_files, out / FILES["weights"])
         tables = {"groups": groups, "cells": cells, "patterns": patterns_frame(table, solution.q, weights.kept),
                   "residuals": solution.residual_frame(), "convergence": solution.log.frame()}
-        files = write_balance(out, tables, record)
+        files = write_balance(out, tables, record, figure=config.figure)
     record["timings_s"] = prep.timer.as_dict()
     return BalanceResult(out, groups, cells, record, (out / FILES["weights"], *files), solution)

@@ -162,9 +162,10 @@ def balance_figure(groups: "pd.DataFrame", cells: "pd.DataFrame", *, top: int = 
     return fig
 
 
-def write_balance(out, tables: dict[str, "pd.DataFrame"], record: dict) -> list[Path]:
+def write_balance(out, tables: dict[str, "pd.DataFrame"], record: dict, *, figure: bool = True) -> list[Path]:
     """Write the tables present in ``tables`` (keys of :data:`FILES`), the figure (from ``groups`` and
-    ``cells``) and, last, ``run.json``. A ``run.json`` left from an earlier run is removed first."""
+    ``cells``; unless ``figure`` is false) and, last, ``run.json``. A ``run.json`` left from an earlier
+    run is removed first, and so is the figure of an earlier run when none is drawn."""
     from clipprobe import _io
 
     out = Path(out)
@@ -175,12 +176,16 @@ def write_balance(out, tables: dict[str, "pd.DataFrame"], record: dict) -> list[
         if name in tables:
             _io.write_parquet(out / FILES[name], tables[name])
             written.append(out / FILES[name])
-    try:
-        from clipprobe.report.figures import save_figure
+    if not figure:
+        for suffix in (".png", ".pdf"):
+            (out / (FILES["figure"] + suffix)).unlink(missing_ok=True)
+    else:
+        try:
+            from clipprobe.report.figures import save_figure
 
-        written += save_figure(balance_figure(tables["groups"], tables["cells"]), out / FILES["figure"])
-    except ImportError as err:   # matplotlib missing: the tables are the result
-        log.warning("no figure: %s", err)
+            written += save_figure(balance_figure(tables["groups"], tables["cells"]), out / FILES["figure"])
+        except ImportError as err:   # matplotlib missing: the tables are the result
+            log.warning("no figure: %s", err)
     _io.write_json(out / FILES["run"], record)
     written.append(out / FILES["run"])
     return written
