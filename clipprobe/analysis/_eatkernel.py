@@ -7,20 +7,23 @@ random numbers come from xoshiro256++ (Blackman and Vigna), whose 256-bit state 
 
 Two exact ways to draw a uniform ``k``-subset of ``range(N)``, picked by the caller from ``(N, k)``:
 
-* ``METHOD_BITS``: one random bit per stimulus (raw 64-bit words), then, while the number ``c`` of set bits
-  differs from ``k``, a uniform random position is drawn and cleared if it is set (``c > k``) or set if it
-  is clear (``c < k``); other positions are drawn again. Every step treats the ``N`` positions alike, so
-  the law of the final subset is invariant under permutations of the stimuli: uniform over ``k``-subsets.
-  About ``N / 64`` words plus ``0.4 sqrt(N)`` corrections per subset when ``k`` is near ``N / 2``. Sums
-  over the set bits: eight lanes at a time, each byte of a word selecting eight values (a masked vector
-  add where the CPU has one; :func:`_masked_sum`);
+* ``METHOD_BITS``: one random bit per stimulus (set with probability ``numer / 2^depth``, from ``depth`` raw
+  64-bit words per 64 stimuli: 1/2 from one word, 1/4 or 3/4 from two, ...), then, while the number ``c``
+  of set bits differs from ``k``, a uniform random position is drawn and cleared if it is set (``c > k``)
+  or set if it is clear (``c < k``); other positions are drawn again. Every step treats the ``N``
+  positions alike, so the law of the final subset is invariant under permutations of the stimuli: uniform
+  over ``k``-subsets. With ``k`` near ``N / 2``: ``N / 64`` words and about ``0.4 sqrt(N)`` corrections
+  (twice as many positions drawn) per subset, without a branch that depends on the bits;
 * ``METHOD_DRAW``: the ``s = min(k, N - k)`` members of the smaller side drawn one by one, uniformly among
-  the positions not yet drawn (rejection against a stamp per position), summed by index. Cheap when ``s``
-  is small.
+  the positions not yet drawn (rejection against a stamp per position). Cheap when ``s`` is small.
 
 Uniform integers below ``N`` come from 32-bit halves of the raw words (Lemire's multiply-and-shift with
-its exact rejection). Partitions are made ``BATCH`` at a time, then summed test by test, so that one test's
-values stay in the first-level cache when a group holds many tests (the SC-WEAT of every stimulus).
+its exact rejection). Partitions are made ``BATCH`` at a time, then summed. Few tests: test by test, the
+values in rows; with ``METHOD_BITS`` each byte of a subset's bits selects eight values for one masked
+vector add (:func:`_masked_sum`). Many tests (``tiled``): the members of the smaller side are listed and
+each adds one row of eight tests' values (:func:`_tile_sum`), ``TILE_BATCH`` partitions per pass over
+eight tests, so that what is read stays in the first-level cache. Every sum is added in an order fixed
+by the code (not by the CPU's vector width or the number of threads).
 """
 
 from __future__ import annotations
@@ -182,6 +185,8 @@ def xoshiro_raw(state, n):
 
 @njit(inline="always")
 def _hit(stat, threshold, center, alternative):
+    """Whether a partition counts: ``threshold`` is ``observed - tol`` (greater), ``observed + tol`` (less)
+    or ``|observed - center| - tol`` (two-sided)."""
     if alternative == ALT_GREATER:
         return stat >= threshold
     if alternative == ALT_LESS:
