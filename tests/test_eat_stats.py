@@ -8,7 +8,6 @@ import math
 import os
 import subprocess
 import sys
-from collections import Counter
 
 import numpy as np
 import pytest
@@ -237,6 +236,24 @@ def _exact_p_by_sums(v, n_x):
         rs = np.sort(rs)
         hits += int(np.sum(len(rs) - np.searchsorted(rs, obs - tol - ls, side="left")))
     return hits / math.comb(N, n_x)
+
+
+@pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+@pytest.mark.parametrize("N,k", [(16, 8), (22, 4), (18, 13)])
+def test_random_mode_matches_exact_for_every_alternative(N, k, alternative):
+    """A budget below C(N, k) forces random partitions: the p-value is within Monte Carlo error of the exact
+    one (brute force), for every alternative and sampling way."""
+    rng = np.random.default_rng(N * k)
+    v = rng.standard_normal(N)
+    v[:k] += 0.5
+    exact = _brute_force_p(v, k, alternative)
+    n = 4_000
+    assert n < math.comb(N, k)
+    r = eat.permutation_test(v, k, n_permutations=n, alternative=alternative, seed=2)
+    assert not r.exact and r.n_permutations == n
+    se = math.sqrt(exact * (1 - exact) / n)
+    assert abs(r.p_value - exact) < 5 * se + 1 / n
+    assert {eat._plan(N, k).method for N, k in ((16, 8), (22, 4), (18, 13))} == {0, 1}
 
 
 def test_unequal_sizes_random_mode_matches_exact():

@@ -221,6 +221,7 @@ def permutation_tests(values: Sequence, n_x: Sequence[int] | int, *, n_permutati
     n_permutations = check_permutations(n_permutations)
     alternative = check_alternative(alternative)
     seed = check_seed(seed)
+    workers = _workers(n_jobs)
     values = [np.asarray(v, dtype=np.float64) for v in values]
     if isinstance(n_x, (int, np.integer)):
         n_x = [int(n_x)] * len(values)
@@ -236,7 +237,7 @@ def permutation_tests(values: Sequence, n_x: Sequence[int] | int, *, n_permutati
     jobs = [(g, job) for g, run in enumerate(runs) for job in run.jobs()]
     kernel = _kernel() if jobs else None
     counts = [np.zeros(run.n_tests, dtype=np.int64) for run in runs]
-    for g, rows, part in _run_jobs(jobs, kernel, _workers(n_jobs)):
+    for g, rows, part in _run_jobs(jobs, kernel, workers):
         counts[g][rows] += part
     out: list[PermutationResult | None] = [None] * len(values)
     for run, idx, c in zip(runs, members.values(), counts):
