@@ -120,6 +120,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise WriteError(MSG_WRITE_FAILED.format(path=path, reason=_reason(err))) from None
 
 
+def ensure_dir(path: str | os.PathLike) -> Path:
+    """Create folder ``path`` (and its parents) if needed; a failure (read-only, not writable, a file in
+    the way) is a :class:`WriteError` naming the folder. Returns the path."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WriteError(MSG_WRITE_FAILED.format(path=path, reason=_reason(err))) from None
+    return path
+
+
 def clean_stale_temporaries(folder: str | os.PathLike, before: float | None = None) -> list[Path]:
     """Remove the temporary files of :func:`atomic_path` in ``folder`` last modified before ``before``.
 

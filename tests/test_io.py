@@ -176,6 +176,16 @@ def test_output_path_below_a_file_is_a_one_line_error(tmp_path):
         write_json(tmp_path / "taken" / "x.json", {})
 
 
+def test_ensure_dir_failures_are_one_line(tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    assert _io.ensure_dir(tmp_path / "a" / "b") == tmp_path / "a" / "b" and (tmp_path / "a" / "b").is_dir()
+    with pytest.raises(WriteError) as info:
+        _io.ensure_dir(tmp_path / "taken" / "sub")
+    assert str(info.value) == f"cannot write {tmp_path / 'taken' / 'sub'}: Not a directory"
+    with pytest.raises(WriteError, match=r"^cannot write .*taken: File exists$"):
+        _io.ensure_dir(tmp_path / "taken")
+
+
 # --------------------------------------------------------------------------- stale temporaries
 
 
