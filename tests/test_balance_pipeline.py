@@ -345,3 +345,48 @@ def test_train_keep_reads_the_flags(tmp_path):
     with pytest.raises(UsageError) as err:
         kept_rows(tmp_path / "w.parquet", 6)
     assert str(err.value) == MSG_KEEP_ROWS.format(path=tmp_path / "w.parquet", got=5, rows="0..4", n=6, last=5)
+
+
+@pytest.mark.parametrize("n, k, r, with_utility", [(1000, 2, 5, False), (1000, 3, 70, True), (4000, 2, 167, False),
+                                                   (0, 2, 3, False), (10, 2, 3, False), (300, 1, 1, True)])
+def test_chunk_encoder_equals_encode_patterns(n, k, r, with_utility):
+    """The scan's encoder (bit keys from pairs, hashed rows) against the core's dense-matrix encoder."""
+    from clipprobe.captions.indicators import encode_chunk
+
+    rng = np.random.default_rng(n + k + r)
+    ns, ny = int(rng.integers(0, n // 2 + 1)), int(rng.integers(0, n + 1))
+    sr, sc = rng.integers(0, max(n, 1), ns), rng.integers(0, k, ns)
+    yr, yc = rng.integers(0, max(n, 1), ny), rng.integers(0, r, ny)
+    u = rng.uniform(0.1, 5, n) if with_utility else None
+    groups, labels = [f"g{i}" for i in range(k)], [f"l{i}" for i in range(r)]
+    got, ids = encode_chunk(sr, sc, yr, yc, n, groups, labels, u)
+    s = np.zeros((n, k), int)
+    s[sr, sc] = 1
+    y = np.zeros((n, r), int)
+    y[yr, yc] = 1
+    want, want_ids = balance.encode_patterns(s, y, utility=u, groups=groups, labels=labels)
+    for name in ("keys", "ubin", "count"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+    np.testing.assert_allclose(got.u_sum, want.u_sum)
+    np.testing.assert_array_equal(ids, want_ids)
+
+
+def test_distinct_rows_falls_back_on_a_hash_collision(monkeypatch):
+    from clipprobe.captions.indicators import _distinct_rows
+
+    rng = np.random.default_rng(0)
+    keys = rng.integers(0, 4, size=(500, 3)).astype(np.uint64)
+    first, inv = _distinct_rows(keys)
+    np.testing.assert_array_equal(first[inv], keys)
+    calls = []
+    real = np.array_equal
+
+    def collide(a, b, *args, **kw):        # the check after hashing reports a collision once
+        calls.append(1)
+        return False if len(calls) == 1 else real(a, b, *args, **kw)
+
+    monkeypatch.setattr(np, "array_equal", collide)
+    uniq, inv2 = _distinct_rows(keys)
+    monkeypatch.undo()
+    assert calls and len(uniq) == len(first)
+    np.testing.assert_array_equal(uniq[inv2], keys)

@@ -17,9 +17,11 @@ counts) and each caption's row of that table. The two task functions here run on
 (:func:`clipprobe.captions.scan.run_local`) and on Spark (:func:`clipprobe.captions.spark.run_spark`)
 alike:
 
-* :func:`pattern_task`: the chunk's pattern table (mergeable: sum the chunks with ``merge_tables``);
-* :func:`weights_task`: the chunk's keep probabilities from a fitted solution and seeded keep flags,
-  written by the task itself as one parquet file (file, row group, row, key column, q, keep).
+* :func:`pattern_task`: the chunk's pattern table (mergeable: sum the chunks with ``merge_tables``),
+  stored with each caption's row of it in a chunk file;
+* :func:`weights_task`: from that chunk file and a fitted solution, each caption's keep probability
+  and seeded keep flag, written by the task itself as one parquet file (file, row group, row, key
+  column, q, keep): no caption is read or matched a second time.
 
 The passes over many files (plan, resumable parts, engines) are in :mod:`clipprobe.captions.patterns`.
 """
@@ -190,15 +192,12 @@ def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None
 @dataclass
 class ChunkIndicators:
     """A chunk as a pattern table: ``table`` (PatternTable), ``ids`` (each caption's row of it),
-    ``rows`` / ``nulls`` (captions read, null captions), ``keys`` (the key column, weights pass),
-    ``row_group`` (each caption's row group), ``seconds`` (read, match, encode)."""
+    ``rows`` / ``nulls`` (captions read, null captions), ``seconds`` (read, match, encode)."""
 
     table: Any
     ids: Any
     rows: int
     nulls: int
-    keys: Any = None
-    row_group: Any = None
     seconds: dict[str, float] | None = None
 
 
@@ -251,13 +250,11 @@ def _utility_values(column, path: str, name: str, first_row: int):
 
 
 def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], text_column: str,
-                     row_offset: int = 0, stop: threading.Event | None = None, *, with_keys: bool = False
-                     ) -> ChunkIndicators:
+                     row_offset: int = 0, stop: threading.Event | None = None) -> ChunkIndicators:
     """Read and match one chunk (some row groups of one file) into its pattern table and caption ids.
 
-    ``row_offset``: the file row of the chunk's first row (for messages). ``with_keys``: also read the
-    key column (``spec.key_column``) and each row's row group. When ``stop`` is set the chunk is left
-    at its next record batch (:class:`~clipprobe.captions.scan.Stopped`).
+    ``row_offset``: the file row of the chunk's first row (for messages). When ``stop`` is set the chunk
+    is left at its next record batch (:class:`~clipprobe.captions.scan.Stopped`).
     """
     import time
 
@@ -268,10 +265,10 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
 
     worker = _Worker.get(spec)
     columns = [text_column]
-    for extra in (spec.group_column, spec.utility_column, spec.key_column if with_keys else None):
+    for extra in (spec.group_column, spec.utility_column):
         if extra is not None and extra not in columns:
             columns.append(extra)
-    s_rows, s_cols, y_rows, y_cols, utils, keys = [], [], [], [], [], []
+    s_rows, s_cols, y_rows, y_cols, utils = [], [], [], [], []
     n = nulls = 0
     t_read = t_match = 0.0
     t0 = time.perf_counter()
@@ -279,7 +276,6 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
         worker.footers.clear()
     with open_parquet(path, worker.footers.get(path)) as pf:
         worker.footers[path] = pf.metadata
-        sizes = [pf.metadata.row_group(i).num_rows for i in row_groups]
         batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=columns,
                                   use_threads=False)
         while True:
@@ -310,8 +306,6 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
             if spec.utility_column is not None:
                 utils.append(_utility_values(batch.column(spec.utility_column), path, spec.utility_column,
                                              row_offset + n))
-            if with_keys and spec.key_column is not None:
-                keys.append(batch.column(spec.key_column))
             n += len(text)
             nulls += found.n_nulls
             t0 = time.perf_counter()
@@ -324,66 +318,121 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
                               n, spec.groups, spec.labels, np.concatenate(utils) if utils else None)
     out = ChunkIndicators(table, ids, n, nulls, seconds={"read": t_read, "match": t_match,
                                                           "encode": time.perf_counter() - t2})
-    if with_keys:
-        import pyarrow as pa
-
-        out.row_group = np.repeat(np.asarray(list(row_groups), np.int32), sizes)
-        if spec.key_column is not None:
-            out.keys = pa.chunked_array(keys) if keys else None
     log.debug("indicators of %s rows %d-%d", path, row_offset, row_offset + n)
     return out
 
 
-def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility=None):
-    """:func:`~clipprobe.analysis.balance.encode_patterns` of ``n`` captions given as (row, column) pairs
-    (repeats allowed). Without a utility only the captions with an indicator are sorted; the others
-    are the one all-zero pattern."""
+def _distinct_rows(keys):
+    """``(distinct rows, inverse)`` of a ``(m, W)`` uint64 array. Rows of several words are told apart by a
+    64-bit hash of their words (one sort of m numbers instead of a sort of m rows); a collision, checked,
+    falls back to the exact row sort."""
     import numpy as np
-    from scipy import sparse
 
-    from clipprobe.analysis.balance import PatternTable, encode_patterns, merge_tables, table_lookup
+    if keys.shape[1] == 1:
+        uniq, inv = np.unique(keys[:, 0], return_inverse=True)
+        return uniq[:, None], inv.reshape(-1)
+    with np.errstate(over="ignore"):
+        h = np.zeros(keys.shape[0], np.uint64)
+        for w in range(keys.shape[1]):
+            z = (h ^ keys[:, w]) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(w + 1)
+            z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+            h = z ^ (z >> np.uint64(31))
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    inv = inv.reshape(-1)
+    uniq = keys[first]
+    if not np.array_equal(uniq[inv], keys):        # two patterns with one hash: sort the rows themselves
+        uniq, inv = np.unique(keys, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+    return uniq, inv
 
-    k, r = len(groups), len(labels)
+
+def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility=None):
+    """``(table, ids)`` of ``n`` captions given as (row, column) pairs of their group and label indicators
+    (repeats allowed): the same table and ids as :func:`~clipprobe.analysis.balance.encode_patterns` on
+    the dense matrices (tested), built for the scan's sparse output: the captions' bit keys are set
+    pair by pair, and only the captions with an indicator (or, with a utility, all) are sorted."""
+    import numpy as np
+
+    from clipprobe.analysis.balance import UTILITY_BINS_PER_OCTAVE, PatternTable, merge_tables, table_lookup
+
+    groups, labels = tuple(groups), tuple(labels)
+    k = len(groups)
+    n_words = max(1, -(-(k + len(labels)) // 64))
+    cols = np.concatenate([np.asarray(s_cols, np.int64), np.asarray(y_cols, np.int64) + k])
+    rows = np.concatenate([np.asarray(s_rows, np.int64), np.asarray(y_rows, np.int64)])
+    keys = np.zeros((n, n_words), np.uint64)
+    np.bitwise_or.at(keys.reshape(-1), rows * n_words + cols // 64,
+                     np.left_shift(np.uint64(1), (cols % 64).astype(np.uint64)))
     if utility is not None:
-        s = sparse.coo_array((np.ones(s_rows.size), (s_rows, s_cols)), shape=(n, k))
-        y = sparse.coo_array((np.ones(y_rows.size), (y_rows, y_cols)), shape=(n, r))
-        return encode_patterns(s, y, utility=utility, groups=groups, labels=labels)
-    some = np.zeros(n, bool)
-    some[s_rows] = True
-    some[y_rows] = True
-    marked = np.flatnonzero(some)
-    if marked.size == n:
-        s = sparse.coo_array((np.ones(s_rows.size), (s_rows, s_cols)), shape=(n, k))
-        y = sparse.coo_array((np.ones(y_rows.size), (y_rows, y_cols)), shape=(n, r))
-        return encode_patterns(s, y, groups=groups, labels=labels)
-    index = np.full(n, -1, np.int64)
-    index[marked] = np.arange(marked.size)
-    m = marked.size
-    s = sparse.coo_array((np.ones(s_rows.size), (index[s_rows], s_cols)), shape=(m, k))
-    y = sparse.coo_array((np.ones(y_rows.size), (index[y_rows], y_cols)), shape=(m, r))
-    part, part_ids = encode_patterns(s, y, groups=groups, labels=labels)
-    n_words = part.keys.shape[1]
-    empty = PatternTable(part.groups, part.labels, np.zeros((1, n_words), np.uint64), np.zeros(1, np.int32),
-                         np.asarray([n - m], np.int64), np.asarray([float(n - m)]), False)
-    table = merge_tables([part, empty])
-    ids = np.full(n, int(table_lookup(empty, table)[0]), np.int64)
-    ids[marked] = table_lookup(part, table)[part_ids]
-    return table, ids
+        u = np.asarray(utility, np.float64)
+        ubin = np.floor(np.log2(u) * UTILITY_BINS_PER_OCTAVE).astype(np.int32)
+        code = np.column_stack([keys, (ubin.astype(np.int64) + 2**31).astype(np.uint64)])
+        uniq, inv = np.unique(code, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        count = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+        table = PatternTable(groups, labels, np.ascontiguousarray(uniq[:, :n_words]),
+                             (uniq[:, n_words].astype(np.int64) - 2**31).astype(np.int32), count,
+                             np.bincount(inv, weights=u, minlength=len(uniq)), True)
+        canonical = merge_tables([table])
+        return canonical, table_lookup(table, canonical)[inv]
+    marked = np.flatnonzero(keys.any(axis=1))
+    uniq, inv = _distinct_rows(keys[marked])
+    count = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
+    n_empty = n - marked.size
+    empty = 1 if n_empty else 0                # the all-zero pattern, when some caption has no indicator
+    table = PatternTable(groups, labels, np.concatenate([np.zeros((empty, n_words), np.uint64), uniq]),
+                         np.zeros(len(uniq) + empty, np.int32),
+                         np.concatenate([[n_empty] * empty, count]).astype(np.int64),
+                         np.concatenate([[n_empty] * empty, count]).astype(np.float64), False)
+    canonical = merge_tables([table])
+    where = table_lookup(table, canonical)
+    ids = np.full(n, where[0] if empty else -1, np.int64)
+    ids[marked] = where[empty:][inv]
+    return canonical, ids
 
 
 # ----------------------------------------------------------------------------------------------
-# the two task functions (local engine and Spark alike); a task is
-# (id, path, row groups, text column, first row[, weights file, source])
+# the two task functions (local engine and Spark alike). A pattern task is
+# (id, path, row groups, text column, first row, chunk file); a weights task adds
+# (weights file, source, rows per row group).
+
+
+def save_chunk(path, table, ids) -> None:
+    """A chunk's pattern table and its captions' rows of it (the smallest integer type that holds them)."""
+    import numpy as np
+
+    from clipprobe._io import atomic_path
+
+    dtype = np.uint8 if table.n_rows <= 2**8 else np.uint16 if table.n_rows <= 2**16 else np.int64
+    with atomic_path(path, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, keys=table.keys, ubin=table.ubin, count=table.count, u_sum=table.u_sum,
+                     ids=np.asarray(ids).astype(dtype))
+
+
+def load_chunk(path, spec: IndicatorSpec):
+    """``(table, ids)`` as :func:`save_chunk` wrote them."""
+    import numpy as np
+
+    from clipprobe.analysis.balance import PatternTable
+
+    with np.load(path, allow_pickle=False) as z:
+        table = PatternTable(tuple(spec.groups), tuple(spec.labels), z["keys"].astype(np.uint64),
+                             z["ubin"].astype(np.int32), z["count"].astype(np.int64), z["u_sum"].astype(np.float64),
+                             spec.utility_column is not None)
+        return table, z["ids"].astype(np.int64)
 
 
 def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
-    """The chunk's pattern table and counts, or ``{"error": message}`` for bad data in it (a
+    """Match a chunk, store its pattern table and caption ids in the task's chunk file (for the weights
+    pass) and return the table and counts, or ``{"error": message}`` for bad data in it (a
     ClipprobeError, e.g. a missing utility), which the caller raises: such data is not skipped."""
-    _, path, row_groups, column, row_offset = task[:5]
+    _, path, row_groups, column, row_offset, chunk_file = task[:6]
     try:
         chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop)
     except ClipprobeError as err:
         return {"error": str(err)}
+    save_chunk(chunk_file, chunk.table, chunk.ids)
     return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
             "seconds": chunk.seconds}
 
@@ -391,43 +440,55 @@ def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
 def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     """Keep probabilities and seeded keep flags of a chunk, written to the task's weights file.
 
-    Returns the chunk's summary: its rows, kept flags, the sum of q, and per row of its pattern table
-    the fitted table's row, the captions and the kept captions (or ``{"error": message}``).
+    The captions' patterns come from the chunk file of the pattern pass (no caption is read again);
+    only the key column is read. Returns the chunk's summary: its rows, kept flags, the sum of q, and
+    per row of its pattern table the fitted table's row, the captions and the kept captions (or
+    ``{"error": message}``).
     """
+    import time
+
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from clipprobe._io import atomic_path
     from clipprobe.analysis.balance import keep_flags, row_keys, table_lookup
+    from clipprobe.captions.scan import Stopped, open_parquet
 
-    _, path, row_groups, column, row_offset, weights_file, source = task
+    _, path, row_groups, column, row_offset, chunk_file, weights_file, source, sizes = task
+    if stop is not None and stop.is_set():
+        raise Stopped(path)
+    t0 = time.perf_counter()
     try:
-        chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop, with_keys=True)
-        q_fit = spec.fitted_q
-        where = table_lookup(chunk.table, spec.fitted)
+        table, ids = load_chunk(chunk_file, spec)
+        where = table_lookup(table, spec.fitted)
         if (where < 0).any():
             raise DataError(MSG_CHANGED.format(path=path, problem="it holds patterns the fit never saw",
-                                               parts=Path(weights_file).parent.parent))
+                                               parts=Path(chunk_file).parent))
     except ClipprobeError as err:
         return {"error": str(err)}
-    q = q_fit[where[chunk.ids]]
-    rows = row_offset + np.arange(chunk.rows, dtype=np.int64)
+    n = ids.size
+    q = spec.fitted_q[where[ids]]
+    rows = row_offset + np.arange(n, dtype=np.int64)
     keep = keep_flags(q, row_keys(source, rows), spec.seed)
     columns = {
-        "file": pa.DictionaryArray.from_arrays(pa.array(np.zeros(chunk.rows, np.int32)), pa.array([source])),
-        "row_group": pa.array(chunk.row_group, pa.int32()),
+        "file": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([source])),
+        "row_group": pa.array(np.repeat(np.asarray(list(row_groups), np.int32), sizes), pa.int32()),
         "row": pa.array(rows, pa.int64()),
     }
+    t1 = time.perf_counter()
     if spec.key_column is not None:
-        keys = chunk.keys if chunk.keys is not None else pa.nulls(chunk.rows, pa.string())
+        with open_parquet(path) as pf:
+            keys = pf.read_row_groups(list(row_groups), columns=[spec.key_column], use_threads=False).column(0)
         if pa.types.is_large_string(keys.type) or pa.types.is_string_view(keys.type):
             keys = keys.cast(pa.string())       # one schema for every part, whatever a file's string type
         columns[spec.key_column] = keys
+    t2 = time.perf_counter()
     columns["q"] = pa.array(q, pa.float64())
     columns["keep"] = pa.array(keep, pa.bool_())
     with atomic_path(weights_file, suffix=".parquet") as tmp:
         pq.write_table(pa.table(columns), tmp)
-    kept_rows = np.bincount(chunk.ids, weights=keep, minlength=chunk.table.n_rows).round().astype(np.int64)
-    return {"rows": chunk.rows, "nulls": chunk.nulls, "kept": int(keep.sum()), "q_sum": float(q.sum()),
-            "fit_rows": where, "count": chunk.table.count, "kept_rows": kept_rows, "seconds": chunk.seconds}
+    kept_rows = np.bincount(ids, weights=keep, minlength=table.n_rows).round().astype(np.int64)
+    return {"rows": n, "kept": int(keep.sum()), "q_sum": float(q.sum()), "fit_rows": where, "count": table.count,
+            "kept_rows": kept_rows, "seconds": {"weights": (t1 - t0) + (time.perf_counter() - t2),
+                                                "read_key": t2 - t1}}

@@ -2,13 +2,16 @@
 
 :func:`plan_files` expands the inputs (as ``captions count`` does), reads the footers and checks the
 columns before anything is scanned. :func:`count_patterns` scans every file with
-:func:`~clipprobe.captions.indicators.pattern_task` (chunks of row groups, local engine or Spark) and
-stores each finished file's pattern table in ``PARTS/patterns/`` (keyed by the file's path, size and
-mtime and by everything its patterns depend on); a rerun skips those files, so another keep rate or
-eps refits without reading any caption. :func:`write_weights` runs
-:func:`~clipprobe.captions.indicators.weights_task` on every chunk: the task writes the chunk's
-weights file itself (``PARTS/weights/``; on Spark the executors write it, so the output folder must be
-on a filesystem every node sees) and the driver then records the chunk as done with its kept counts.
+:func:`~clipprobe.captions.indicators.pattern_task` (chunks of row groups, local engine or Spark): each
+task stores its chunk's pattern table and its captions' rows of that table (one small integer per
+caption) in ``PARTS/patterns/chunks/``, and the driver stores each finished file's merged table in
+``PARTS/patterns/`` (keyed by the file's path, size and mtime and by everything its patterns depend
+on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
+:func:`write_weights` runs :func:`~clipprobe.captions.indicators.weights_task` on every chunk: from the
+chunk file and the fitted solution it computes each caption's q and keep flag without reading the
+captions again (only the key column), writes the chunk's weights file itself (``PARTS/weights/``), and
+the driver then records the chunk as done with its kept counts. On Spark the executors write the chunk
+and weights files, so the output folder must be on a filesystem every node sees.
 :func:`publish_weights` gathers the chunk files, in input order, into one folder (a parquet dataset,
 as Spark writes one) that replaces the previous one at once.
 
@@ -159,7 +162,11 @@ def _chunks(info: PlannedFile, chunk_rows: int) -> list[tuple[tuple[int, ...], i
                            rows_per_group=info.rows_per_group), chunk_rows)
 
 
-def _stream(spec, tasks, task_file, files, settings: EngineSettings, fn):
+def _chunk_file(folder: Path, info: PlannedFile, index: int) -> Path:
+    return folder / "chunks" / f"{info.key}-{index:05d}.npz"
+
+
+def _stream(spec, tasks, task_file, files, settings: EngineSettings, fn, prepare: bool = True):
     if settings.engine == "spark":
         from clipprobe.captions.inputs import backend_packages
         from clipprobe.captions.spark import run_spark
@@ -168,7 +175,7 @@ def _stream(spec, tasks, task_file, files, settings: EngineSettings, fn):
                          conf=settings.spark_conf, backends=backend_packages(f.path for f in files), fn=fn)
     from clipprobe.captions.scan import prepare_worker, run_local
 
-    if tasks:
+    if tasks and prepare:
         prepare_worker(spec, settings.n_workers)
     return run_local(spec, tasks, settings.n_workers, fn=fn)
 
@@ -243,14 +250,19 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
     from clipprobe.captions.indicators import pattern_task
     from clipprobe.captions.run import _interrupt_deferred
 
-    folder = Path(parts_dir) / "patterns"
-    folder.mkdir(parents=True, exist_ok=True)
-    todo = [f for f in files if not (folder / f"{f.key}.npz").exists()]
+    folder = (Path(parts_dir) / "patterns").resolve()
+    (folder / "chunks").mkdir(parents=True, exist_ok=True)
+
+    def done(info):
+        return (folder / f"{info.key}.npz").exists() and all(
+            _chunk_file(folder, info, i).exists() for i in range(len(_chunks(info, settings.chunk_rows))))
+
+    todo = [f for f in files if not done(f)]
     log.info("%d files: %d counted before, %d to scan", len(files), len(files) - len(todo), len(todo))
     tasks, task_file = [], []
     for fi, info in enumerate(todo):
-        for row_groups, first in _chunks(info, settings.chunk_rows):
-            tasks.append((len(tasks), info.path, row_groups, info.column, first))
+        for i, (row_groups, first) in enumerate(_chunks(info, settings.chunk_rows)):
+            tasks.append((len(tasks), info.path, row_groups, info.column, first, str(_chunk_file(folder, info, i))))
             task_file.append(fi)
     pending = [0] * len(todo)
     for fi in task_file:
@@ -331,7 +343,7 @@ def _save_marker(path: Path, result) -> None:
         with open(tmp, "wb") as fh:
             np.savez(fh, fit_rows=np.asarray(result["fit_rows"], np.int64), count=np.asarray(result["count"], np.int64),
                      kept_rows=np.asarray(result["kept_rows"], np.int64),
-                     totals=np.asarray([result["rows"], result["kept"], result["nulls"]], np.int64),
+                     totals=np.asarray([result["rows"], result["kept"]], np.int64),
                      q_sum=np.asarray([result["q_sum"]], np.float64))
 
 
@@ -346,12 +358,14 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
     from clipprobe.captions.run import _interrupt_deferred
 
     folder = (Path(parts_dir) / "weights").resolve()
+    patterns = (Path(parts_dir) / "patterns").resolve()
     folder.mkdir(parents=True, exist_ok=True)
     order: list[Path] = []
     tasks, task_file, todo_files = [], [], []
     for info in files:
         added = False
-        for row_groups, first in _chunks(info, settings.chunk_rows):
+        sizes = dict(zip(info.row_groups, info.rows_per_group))
+        for i, (row_groups, first) in enumerate(_chunks(info, settings.chunk_rows)):
             blob = json.dumps([info.key, list(row_groups), first, key])
             name = hashlib.sha256(blob.encode()).hexdigest()[:24]
             order.append(folder / f"{name}.parquet")
@@ -360,8 +374,8 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
             if not added:
                 todo_files.append(info)
                 added = True
-            tasks.append((len(tasks), info.path, row_groups, info.column, first, str(folder / f"{name}.parquet"),
-                          info.path))
+            tasks.append((len(tasks), info.path, row_groups, info.column, first, str(_chunk_file(patterns, info, i)),
+                          str(folder / f"{name}.parquet"), info.path, [sizes[g] for g in row_groups]))
             task_file.append(len(todo_files) - 1)
     log.info("weights: %d chunks, %d to write", len(order), len(tasks))
     seconds: dict[str, float] = {}
@@ -372,10 +386,10 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
         for k, v in (result.get("seconds") or {}).items():
             seconds[k] = seconds.get(k, 0.0) + v
         with _interrupt_deferred():
-            _save_marker(Path(tasks[task_id][5]).with_suffix(".npz"), result)
+            _save_marker(Path(tasks[task_id][6]).with_suffix(".npz"), result)
 
     if tasks:
-        stream = _stream(spec, tasks, task_file, todo_files, settings, weights_task)
+        stream = _stream(spec, tasks, task_file, todo_files, settings, weights_task, prepare=False)
         _consume(stream, len(tasks), "weights", on_result, lambda task_id: tasks[task_id][1])
     n_fit = spec.fitted.n_rows
     count = np.zeros(n_fit, np.int64)
@@ -386,7 +400,7 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
         with np.load(path.with_suffix(".npz"), allow_pickle=False) as z:
             np.add.at(count, z["fit_rows"], z["count"])
             np.add.at(kept, z["fit_rows"], z["kept_rows"])
-            r, k, _ = (int(x) for x in z["totals"])
+            r, k = (int(x) for x in z["totals"])
             rows += r
             n_kept += k
             q_sum += float(z["q_sum"][0])
