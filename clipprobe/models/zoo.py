@@ -1,0 +1,622 @@
+"""The model zoo: what is known about each model before it is run (architecture, size, training data,
+published downstream performance), for a sweep over many models and its upstream-factor analysis.
+
+One row per model (:data:`ZOO_COLUMNS`), every value with its source, from data tables shipped in
+``zoo_data/`` (``zoo_data/PROVENANCE.md``):
+
+* **architecture family** (:data:`ARCH_FAMILIES`, first match of the architecture name) and
+  **parameters** (image tower, text tower, total, in millions): open_clip's ``model_profile.csv``;
+  for the architectures it lacks, ``counted_params.csv``, counted from open_clip's architecture
+  configs on PyTorch's meta device (no weights; :func:`count_params` recounts one, and ``python -m
+  clipprobe.models.zoo --count-params OUT.csv`` rebuilds the table); a custom architecture (a registered
+  JSON config) is counted on first use.
+* **pretraining dataset**, its **family** (the families of Ghate et al. 2025: ``openai_wit``, ``laion``,
+  ``datacomp``, ``commonpool``, ``dfn``, ``metaclip``, ``webli``, ``merged2b``, ``yfcc15m``,
+  ``cc12m``) and **size** (image-text pairs): ``datasets.csv``, one pattern per pretrained tag, each
+  size with its source. Tags whose data is not documented there (``meta``, ``v1``, ``mrl``, ...) say
+  ``unknown``.
+* **samples seen**: parsed from the tag (``laion2b_s34b_b79k``: 34e9; ``laion400m_e32``: 32 epochs x
+  the dataset size), or CLIP_benchmark's exact count where it lists the model, or the CLIP paper's
+  12.8e9 for OpenAI's models.
+* **downstream performance**: ImageNet-1k and the 38-dataset average from open_clip's results table
+  (121 pairs); VTAB and VTAB+ from CLIP_benchmark's table (open_clip pairs) and the scaling-laws table
+  of Cherti et al. (CVPR 2023) for their 29 checkpoints (recognised by file name in ``ARCH:PATH``
+  specs). A model with none of these has ``performance_note = "no published performance"``;
+  :func:`zoo_table` never drops a model.
+
+A user CSV (``spec`` or ``model`` column, any of :data:`USER_COLUMNS`, and any further numeric
+columns as performance measures) fills or overrides values for its models; its values are marked
+``user``. The CSV that ``clipprobe models --format csv`` writes is such a file.
+
+Only the standard library is imported at module level.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+
+from clipprobe.errors import DataError, ModelError, did_you_mean
+from clipprobe.models.spec import ModelSpec, _clean_tag, _safe, parse_model_spec
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+DATA_DIR = Path(__file__).resolve().parent / "zoo_data"
+
+ZOO_COLUMNS = (
+    "spec", "arch", "tag", "kind", "model_key", "arch_family",
+    "params_image_m", "params_text_m", "params_total_m", "params_source",
+    "dataset", "dataset_family", "dataset_size", "dataset_size_source",
+    "samples_seen", "samples_seen_source",
+    "imagenet1k", "avg38", "openclip_results_source",
+    "vtab", "vtab_plus", "vtab_source",
+    "performance_note", "model_config", "preprocess",
+)
+# Columns a user CSV may give (in addition to performance columns of its own).
+USER_COLUMNS = ("spec", "model", "model_config", "preprocess", "arch_family", "dataset", "dataset_family",
+                "dataset_size", "samples_seen", "params_image_m", "params_text_m", "params_total_m")
+# Named performance measures: column of the zoo table -> what it is.
+PERFORMANCE = {
+    "vtab+": "vtab_plus", "vtab": "vtab", "imagenet1k": "imagenet1k", "avg38": "avg38",
+}
+PERFORMANCE_LABELS = {
+    "vtab_plus": "VTAB+ (CLIP_benchmark; Cherti et al. 2023)", "vtab": "VTAB (CLIP_benchmark; Cherti et al. 2023)",
+    "imagenet1k": "ImageNet-1k zero-shot top-1 (open_clip results table)",
+    "avg38": "average over 38 datasets (open_clip results table)",
+}
+NO_PERFORMANCE = "no published performance"
+UNKNOWN = "unknown"
+OPENCLIP_RESULTS_SOURCE = "open_clip docs/openclip_results.csv @ 89fb801"
+CLIP_BENCHMARK_SOURCE = "CLIP_benchmark probe_benchmark/probe_openclip_results.csv @ 48de38c"
+SCALING_LAWS_SOURCE = "LAION-AI/scaling-laws-openclip zeroshot_results.csv @ 652b1e7"
+PROFILE_SOURCE = "open_clip docs/model_profile.csv @ 89fb801"
+COUNTED_SOURCE = "counted from the open_clip architecture config (meta device, no weights)"
+OPENAI_SAMPLES = 12.8e9   # Radford et al. 2021: 32 epochs over 400M pairs; as in scaling-laws-openclip's table
+
+# Architecture families (first match of the architecture name wins).
+ARCH_FAMILIES: tuple[tuple[str, str], ...] = (
+    (r"^RN\d", "ResNet"),
+    (r"^convnext", "ConvNeXt"),
+    (r"^EVA", "EVA"),
+    (r"^coca_", "CoCa"),
+    (r"^MobileCLIP", "MobileCLIP"),
+    (r"^ViTamin", "ViTamin"),
+    (r"^PE-Core", "PE-Core"),
+    (r"(^|-)ViT-", "ViT"),
+    (r"^nllb-clip", "ViT"),
+)
+
+MSG_USER_CSV = "model table {path}: {problem}"
+MSG_USER_VALUE = "model table {path}, row {row} ({spec}): column {column!r} must be a number, not {value!r}"
+MSG_UNKNOWN_PAIR = "unknown model {spec!r}{hint}"
+MSG_NO_SPEC_COLUMN = "has no 'spec' or 'model' column (columns: {columns})"
+MSG_DUPLICATE = "model {spec!r} appears twice (rows {first} and {second})"
+
+
+# --------------------------------------------------------------------------- shipped tables
+
+
+def _read_csv(name: str) -> list[dict[str, str]]:
+    with open(DATA_DIR / name, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _num(value: Any) -> float | None:
+    """A finite float, or None for empty / unparseable / non-finite values."""
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        out = float(value)
+    else:
+        text = str(value).strip()
+        if not text:
+            return None
+        try:
+            out = float(text)
+        except ValueError:
+            return None
+    return out if math.isfinite(out) else None
+
+
+@lru_cache(maxsize=1)
+def _profile() -> dict[str, tuple[float | None, float | None, float | None, str]]:
+    out: dict[str, tuple[float | None, float | None, float | None, str]] = {}
+    for r in _read_csv("model_profile.csv"):
+        out[r["model"]] = (_num(r["image_mparams"]), _num(r["text_mparams"]), _num(r["mparams"]), PROFILE_SOURCE)
+    for r in _read_csv("counted_params.csv"):
+        out.setdefault(r["arch"], (_num(r["image_mparams"]), _num(r["text_mparams"]), _num(r["mparams"]),
+                                   f"{COUNTED_SOURCE}, open_clip {r['open_clip_version']}"))
+    return out
+
+
+@lru_cache(maxsize=1)
+def _datasets() -> list[dict[str, Any]]:
+    rows = []
+    for r in _read_csv("datasets.csv"):
+        rows.append({"pattern": re.compile(r["tag_pattern"]), "dataset": r["dataset"], "family": r["family"],
+                     "size": _num(r["size"]), "size_source": r["size_source"]})
+    return rows
+
+
+@lru_cache(maxsize=1)
+def _openclip_results() -> dict[tuple[str, str], dict[str, float | None]]:
+    out = {}
+    for r in _read_csv("openclip_results.csv"):
+        out[(r["name"], _clean_tag(r["pretrained"]))] = {
+            "imagenet1k": _num(r["ImageNet 1k"]), "avg38": _num(r["Average perf. on 38 datasets"]),
+            "params_total_m": _num(r["params (M)"])}
+    return out
+
+
+@lru_cache(maxsize=1)
+def _vtab() -> dict[str, dict[str, Any]]:
+    """VTAB / VTAB+ by key: ``ARCH TAG`` for open_clip pairs, the checkpoint file name for Cherti et al.'s."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in _read_csv("clip_benchmark_vtab.csv"):
+        name = r["model_fullname"]
+        arch, _, rest = name.partition(" ")
+        key = rest if rest.startswith("Model-") else f"{arch} {_clean_tag(rest)}"
+        entry = out.setdefault(key, {"source": CLIP_BENCHMARK_SOURCE, "samples_seen": _num(r["samples_seen"])})
+        entry["vtab_plus" if r["downstream_dataset"] == "vtab+" else "vtab"] = _num(r["acc1"])
+    for r in _read_csv("scaling_laws_vtab.csv"):
+        key = r["name"] if r["name"].startswith("Model-") else f"{r['arch']} {_clean_tag(r['name'])}"
+        if key in out and out[key]["source"] == CLIP_BENCHMARK_SOURCE:
+            continue   # the same numbers (CLIP_benchmark ran the scaling-laws evaluation); keep one source
+        entry = out.setdefault(key, {"source": SCALING_LAWS_SOURCE, "samples_seen": _num(r["samples_seen"])})
+        entry["vtab_plus" if r["downstream_dataset"] == "vtab+" else "vtab"] = _num(r["acc1"])
+    return out
+
+
+@lru_cache(maxsize=1)
+def _scaling_laws_models() -> dict[str, dict[str, str]]:
+    return {r["name"]: r for r in _read_csv("scaling_laws_models.csv")}
+
+
+# --------------------------------------------------------------------------- facts of one model
+
+
+def arch_family(arch: str | None) -> str:
+    """The family of an architecture name (:data:`ARCH_FAMILIES`), or ``"unknown"``."""
+    for pattern, family in ARCH_FAMILIES:
+        if arch and re.search(pattern, arch):
+            return family
+    return UNKNOWN
+
+
+_SAMPLES_RE = re.compile(r"(?:^|_)s(\d+(?:\.\d+)?)([kmb])(?:_|$)")
+_BATCH_RE = re.compile(r"(?:^|_)b(\d+)k(?:_|$)")
+_EPOCHS_RE = re.compile(r"(?:^|_)e(\d+)(?:_|$)")
+_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9}
+_CHERTI_RE = re.compile(r"^Model-[^_]+_Data-(\d+[MB])_Samples-(\d+[MB])_")
+
+
+def parse_tag(tag: str) -> dict[str, float | None]:
+    """Samples seen, batch size and epochs written in a pretrained tag (None where absent).
+
+    ``laion2b_s34b_b79k`` -> samples_seen 34e9, batch_size 79e3; ``laion400m_e32`` -> epochs 32.
+    """
+    tag = _clean_tag(tag)
+    m = _SAMPLES_RE.search(tag)
+    b = _BATCH_RE.search(tag)
+    e = _EPOCHS_RE.search(tag)
+    return {"samples_seen": float(m.group(1)) * _SCALE[m.group(2)] if m else None,
+            "batch_size": float(b.group(1)) * 1e3 if b else None,
+            "epochs": float(e.group(1)) if e else None}
+
+
+def dataset_of(tag: str) -> dict[str, Any]:
+    """Dataset name, family, size (image-text pairs) and the size's source for a pretrained tag."""
+    tag = _clean_tag(tag)
+    for row in _datasets():
+        if row["pattern"].search(tag):
+            return {"dataset": row["dataset"], "dataset_family": row["family"], "dataset_size": row["size"],
+                    "dataset_size_source": row["size_source"] if row["size"] is not None else UNKNOWN}
+    return {"dataset": UNKNOWN, "dataset_family": UNKNOWN, "dataset_size": None, "dataset_size_source": UNKNOWN}
+
+
+def _cherti_dataset(name: str) -> dict[str, Any] | None:
+    m = _CHERTI_RE.match(name)
+    if not m:
+        return None
+    data = m.group(1)
+    tag = {"80M": "laion80m", "400M": "laion400m", "2B": "laion2b"}.get(data)
+    return dataset_of(tag) if tag else None
+
+
+def count_params(arch: str) -> tuple[float, float, float]:
+    """(image, text, total) parameters in millions of a registered open_clip architecture, counted on the
+    meta device (no memory, no weights). A text tower built by transformers needs its config from the
+    Hub and may fail offline (ModelError)."""
+    import open_clip
+    import torch
+    from open_clip.model import CLIP, CustomTextCLIP
+
+    cfg = open_clip.get_model_config(arch)
+    if not cfg:
+        names = open_clip.list_models()
+        raise ModelError(f"unknown model architecture {arch!r}{did_you_mean(arch, names)}")
+    cfg = dict(cfg)
+    custom = bool(cfg.pop("custom_text", False)) or "hf_model_name" in (cfg.get("text_cfg") or {})
+    cfg.pop("quick_gelu", None)
+    try:
+        with torch.device("meta"):
+            model = (CustomTextCLIP if custom else CLIP)(**cfg)
+    except Exception as err:  # noqa: BLE001 - any failure is one line naming the architecture
+        raise ModelError(f"could not count the parameters of {arch}: {type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}") from None
+    image = sum(p.numel() for p in model.visual.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    return round(image / 1e6, 2), round((total - image) / 1e6, 2), round(total / 1e6, 2)
+
+
+def params_of(arch: str | None, *, count: bool = True) -> dict[str, Any]:
+    """Parameters (millions) of an architecture and their source; counted when not in the tables."""
+    none = {"params_image_m": None, "params_text_m": None, "params_total_m": None}
+    if not arch:
+        return {**none, "params_source": UNKNOWN}
+    found = _profile().get(arch)
+    if found is not None:
+        return {"params_image_m": found[0], "params_text_m": found[1], "params_total_m": found[2],
+                "params_source": found[3]}
+    if not count:
+        return {**none, "params_source": "not counted"}
+    try:
+        image, text, total = _counted(arch)
+    except ModelError as err:
+        return {**none, "params_source": f"{UNKNOWN}: {err}"}
+    return {"params_image_m": image, "params_text_m": text, "params_total_m": total, "params_source": COUNTED_SOURCE}
+
+
+@lru_cache(maxsize=256)
+def _counted(arch: str) -> tuple[float, float, float]:
+    return count_params(arch)
+
+
+def model_key(spec: str | ModelSpec) -> str:
+    """A folder name for a model spec, the same on every machine that reads the same model list.
+
+    Pretrained and Hub models: their spec key (``ViT-B-32__laion2b_s34b_b79k``). Weights files and
+    folders: architecture (or folder) and file name plus a hash of the spec as written (unlike the
+    embedding cache's key, not of the file's modification time: shards on several machines must agree).
+    """
+    spec = spec if isinstance(spec, ModelSpec) else parse_model_spec(spec)
+    if spec.kind in ("pretrained", "hf-hub"):
+        return spec.key
+    digest = hashlib.sha256(spec.canonical.encode("utf-8")).hexdigest()[:8]
+    stem = Path(spec.path or "").expanduser().name or "model"
+    stem = stem.rsplit(".", 1)[0] if spec.kind == "file" else stem
+    prefix = spec.arch if spec.kind == "file" else "local-dir"
+    return _safe(f"{prefix}__{stem}__{digest}")
+
+
+def describe_model(spec: str, *, count: bool = True) -> dict[str, Any]:
+    """The zoo row of one spec (shipped facts only; see :func:`zoo_table` for user values)."""
+    parsed = parse_model_spec(spec)
+    arch = parsed.arch
+    tag = _clean_tag(parsed.tag) if parsed.tag else None
+    row: dict[str, Any] = {c: None for c in ZOO_COLUMNS}
+    row.update(spec=parsed.canonical, arch=arch, tag=tag, kind=parsed.kind, model_key=model_key(parsed),
+               arch_family=arch_family(arch))
+    row.update(params_of(arch, count=count))
+    file_name = Path(parsed.path).name if parsed.kind == "file" and parsed.path else None
+    if tag is not None:
+        row.update(dataset_of(tag))
+    elif file_name and _cherti_dataset(file_name):
+        row.update(_cherti_dataset(file_name))
+        row["dataset_size_source"] = row["dataset_size_source"] + " (dataset from the checkpoint's file name)"
+    else:
+        row.update(dataset=UNKNOWN, dataset_family=UNKNOWN, dataset_size=None, dataset_size_source=UNKNOWN)
+    _fill_samples(row, tag, file_name)
+    _fill_performance(row, arch, tag, file_name)
+    return row
+
+
+def _fill_samples(row: dict, tag: str | None, file_name: str | None) -> None:
+    vt = _vtab().get(file_name) if file_name else (_vtab().get(f"{row['arch']} {tag}") if tag else None)
+    parsed = parse_tag(tag) if tag else {"samples_seen": None, "epochs": None}
+    if parsed["samples_seen"] is not None:
+        row["samples_seen"], row["samples_seen_source"] = parsed["samples_seen"], "pretrained tag"
+    elif vt is not None and vt.get("samples_seen") is not None:
+        row["samples_seen"], row["samples_seen_source"] = vt["samples_seen"], vt["source"]
+    elif tag == "openai":
+        row["samples_seen"], row["samples_seen_source"] = OPENAI_SAMPLES, "Radford et al. 2021 (32 epochs x 400M)"
+    elif parsed["epochs"] is not None and row.get("dataset_size"):
+        row["samples_seen"] = parsed["epochs"] * row["dataset_size"]
+        row["samples_seen_source"] = "pretrained tag: epochs x dataset size"
+    elif file_name and file_name in _scaling_laws_models():
+        m = re.match(r"^(\d+)([MB])$", _scaling_laws_models()[file_name]["samples_seen_pretty"])
+        if m:
+            row["samples_seen"] = float(m.group(1)) * (1e9 if m.group(2) == "B" else 1e6)
+            row["samples_seen_source"] = "scaling-laws-openclip trained_models_info.csv (rounded)"
+    if row.get("samples_seen") is None:
+        row["samples_seen_source"] = UNKNOWN
+
+
+def _fill_performance(row: dict, arch: str | None, tag: str | None, file_name: str | None) -> None:
+    res = _openclip_results().get((arch, tag)) if tag else None
+    if res is not None:
+        row["imagenet1k"], row["avg38"] = res["imagenet1k"], res["avg38"]
+        row["openclip_results_source"] = OPENCLIP_RESULTS_SOURCE
+    vt = _vtab().get(file_name) if file_name else (_vtab().get(f"{arch} {tag}") if tag else None)
+    if vt is not None:
+        row["vtab"], row["vtab_plus"], row["vtab_source"] = vt.get("vtab"), vt.get("vtab_plus"), vt["source"]
+    _performance_note(row)
+
+
+def _performance_note(row: dict, given: Sequence[str] = ()) -> None:
+    """``published: vtab+, imagenet1k`` (shipped tables), ``given: COLUMN`` (a user's table), or
+    :data:`NO_PERFORMANCE`."""
+    sources = {c: row.get(f"{'vtab' if c.startswith('vtab') else 'openclip_results'}_source") or ""
+               for c in PERFORMANCE.values()}
+    published = [name for name, col in PERFORMANCE.items()
+                 if row.get(col) is not None and not str(sources[col]).startswith("user")]
+    user = [name for name, col in PERFORMANCE.items()
+            if row.get(col) is not None and str(sources[col]).startswith("user")] + list(given)
+    parts = ([f"published: {', '.join(published)}"] if published else []) + (
+        [f"given: {', '.join(user)}"] if user else [])
+    row["performance_note"] = "; ".join(parts) if parts else NO_PERFORMANCE
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def known_specs() -> list[str]:
+    """Every ``ARCH:TAG`` pair of ``open_clip.list_pretrained()``."""
+    import open_clip
+
+    return [f"{arch}:{tag}" for arch, tag in open_clip.list_pretrained()]
+
+
+@dataclass(frozen=True)
+class UserTable:
+    """A user's model CSV: its specs in order, and per spec the values it gives (numbers parsed)."""
+
+    path: str
+    specs: tuple[str, ...]
+    values: Mapping[str, Mapping[str, Any]]
+    performance_columns: tuple[str, ...]
+
+
+def read_user_table(path: str | Path) -> UserTable:
+    """Read a model CSV (a ``spec`` or ``model`` column; see the module docstring)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise DataError(MSG_USER_CSV.format(path=p, problem="does not exist"))
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(MSG_USER_CSV.format(path=p, problem=f"cannot be read ({err})")) from None
+    reader = csv.DictReader(io.StringIO(text))
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    spec_col = "spec" if "spec" in columns else ("model" if "model" in columns else None)
+    if spec_col is None:
+        raise DataError(MSG_USER_CSV.format(path=p, problem=MSG_NO_SPEC_COLUMN.format(columns=", ".join(columns))))
+    zoo_own = set(ZOO_COLUMNS) - set(USER_COLUMNS)
+    numeric = {"dataset_size", "samples_seen", "params_image_m", "params_text_m", "params_total_m"}
+    perf_cols: list[str] = []
+    for c in columns:
+        if c in USER_COLUMNS or c == spec_col:
+            continue
+        if c in PERFORMANCE.values() or (c not in zoo_own and not c.endswith("_source")):
+            perf_cols.append(c)
+    specs: list[str] = []
+    values: dict[str, dict[str, Any]] = {}
+    first_row: dict[str, int] = {}
+    for i, raw in enumerate(reader, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
+        spec = row.get(spec_col, "")
+        if not spec or spec.startswith("#"):
+            continue
+        parsed = parse_model_spec(spec)
+        key = parsed.canonical
+        if key in first_row:
+            raise DataError(MSG_USER_CSV.format(path=p, problem=MSG_DUPLICATE.format(spec=spec, first=first_row[key],
+                                                                                    second=i)))
+        first_row[key] = i
+        given: dict[str, Any] = {}
+        for c in columns:
+            if c == spec_col or c not in row or row[c] == "":
+                continue
+            if c in numeric or c in perf_cols:
+                number = _num(row[c])
+                if number is None:
+                    if c in perf_cols and c not in PERFORMANCE.values():
+                        continue     # a non-numeric extra column is not a performance measure
+                    raise DataError(MSG_USER_VALUE.format(path=p, row=i, spec=spec, column=c, value=row[c]))
+                given[c] = number
+            elif c in USER_COLUMNS:
+                given[c] = row[c]
+        specs.append(spec)
+        values[key] = given
+    perf_cols = [c for c in perf_cols if any(c in v for v in values.values())]
+    return UserTable(path=str(p), specs=tuple(specs), values=values, performance_columns=tuple(perf_cols))
+
+
+def zoo_table(specs: Iterable[str] | None = None, *, user: UserTable | str | Path | None = None,
+              count: bool = True) -> "pd.DataFrame":
+    """One row per model (:data:`ZOO_COLUMNS`, plus any performance columns of the user table).
+
+    ``specs``: the models (default: every ``open_clip.list_pretrained()`` pair, then the user table's
+    other specs); ``user``: a model CSV whose values fill or override the shipped ones for its models
+    (marked ``user``). ``count``: count the parameters of architectures not in the shipped tables
+    (False leaves them empty, ``params_source = "not counted"``).
+    """
+    import pandas as pd
+
+    table = user if isinstance(user, UserTable) or user is None else read_user_table(user)
+    if specs is None:
+        specs = known_specs() + [s for s in (table.specs if table else ()) if s not in set(known_specs())]
+    rows = []
+    seen: set[str] = set()
+    for spec in specs:
+        row = describe_model(spec, count=count)
+        if row["spec"] in seen:
+            continue
+        seen.add(row["spec"])
+        if table is not None and row["spec"] in table.values:
+            apply_user_values(row, table.values[row["spec"]], source=f"user ({Path(table.path).name})",
+                              performance_columns=table.performance_columns)
+        rows.append(row)
+    extra = list(table.performance_columns) if table else []
+    columns = list(ZOO_COLUMNS) + [c for c in extra if c not in ZOO_COLUMNS]
+    df = pd.DataFrame.from_records(rows, columns=columns)
+    for c in ("params_image_m", "params_text_m", "params_total_m", "dataset_size", "samples_seen", "imagenet1k",
+              "avg38", "vtab", "vtab_plus", *[c for c in extra if c not in ZOO_COLUMNS]):
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    return df
+
+
+def apply_user_values(row: dict, given: Mapping[str, Any], *, source: str = "user",
+                      performance_columns: Sequence[str] = ()) -> None:
+    """Fill or override a zoo row with a user's values, marking their sources ``source``."""
+    for key, value in given.items():
+        if key in ("spec", "model"):
+            continue
+        row[key] = value
+        if key == "dataset_size":
+            row["dataset_size_source"] = source
+        elif key == "samples_seen":
+            row["samples_seen_source"] = source
+        elif key.startswith("params_"):
+            row["params_source"] = source
+        elif key in ("vtab", "vtab_plus"):
+            row["vtab_source"] = source
+        elif key in ("imagenet1k", "avg38"):
+            row["openclip_results_source"] = source
+    extra = [c for c in performance_columns if c in given and c not in PERFORMANCE.values()]
+    _performance_note(row, extra)
+
+
+def performance_column(name: str, columns: Sequence[str]) -> str:
+    """The zoo-table column of a performance measure: ``vtab+``, ``vtab``, ``imagenet1k``, ``avg38`` or a
+    user column name."""
+    from clipprobe.errors import UsageError
+
+    column = PERFORMANCE.get(name, name)
+    if column not in columns or column in set(ZOO_COLUMNS) - set(PERFORMANCE.values()):
+        valid = list(PERFORMANCE) + [c for c in columns if c not in ZOO_COLUMNS]
+        raise UsageError(f"unknown performance measure {name!r}{did_you_mean(name, valid)}; valid: "
+                         + ", ".join(valid))
+    return column
+
+
+def format_zoo(df: "pd.DataFrame", fmt: str = "table") -> str:
+    """The zoo table as text: ``table`` (aligned columns, the main facts), ``json`` (records, NaN as
+    null) or ``csv`` (every column; readable back as a model CSV)."""
+    import pandas as pd
+
+    if fmt == "csv":
+        return df.to_csv(index=False, lineterminator="\n")
+    if fmt == "json":
+        records = json.loads(df.to_json(orient="records", double_precision=10))
+        return json.dumps(records, indent=2)
+    if fmt != "table":
+        from clipprobe.errors import one_of
+
+        raise one_of(fmt, ("table", "json", "csv"), "format")
+    shown = ["spec", "arch_family", "params_total_m", "dataset", "dataset_size", "samples_seen", "imagenet1k",
+             "vtab_plus"]
+
+    def cell(col: str, value: Any) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "-"
+        if col in ("dataset_size", "samples_seen"):
+            return _human(float(value))
+        if col == "params_total_m":
+            return f"{float(value):.1f}M"
+        if col in ("imagenet1k", "vtab_plus"):
+            return f"{float(value):.3f}"
+        return str(value)
+
+    body = [[cell(c, v) for c, v in zip(shown, r)] for r in df[shown].itertuples(index=False, name=None)]
+    header = ["model", "family", "params", "dataset", "size", "seen", "ImageNet", "VTAB+"]
+    widths = [max([len(header[i])] + [len(b[i]) for b in body]) for i in range(len(header))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)).rstrip() for b in body]
+    n_perf = int((df["performance_note"] != NO_PERFORMANCE).sum()) if len(df) else 0
+    lines.append(f"{len(df)} models; {n_perf} with published performance, {len(df) - n_perf} without")
+    _ = pd  # (pandas is used through df)
+    return "\n".join(lines)
+
+
+def _human(n: float) -> str:
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):
+        if n >= scale:
+            return f"{n / scale:.3g}{suffix}"
+    return f"{n:.3g}"
+
+
+def check_known(specs: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split specs into those that name a model (a known ``ARCH:TAG`` pair or another spec form) and
+    messages for unknown pairs, each with close matches (nothing is loaded)."""
+    import open_clip
+
+    pairs = set(open_clip.list_pretrained(as_str=True))
+    archs = set(open_clip.list_models())
+    ok, problems = [], []
+    for spec in specs:
+        try:
+            parsed = parse_model_spec(spec)
+        except ModelError as err:
+            problems.append(str(err))
+            continue
+        if parsed.kind == "pretrained" and f"{parsed.arch}:{parsed.tag}" not in pairs and \
+                f"{parsed.arch}:{_clean_tag(parsed.tag or '')}" not in pairs:
+            choices = sorted(pairs) if parsed.arch not in archs else [
+                f"{parsed.arch}:{t}" for t in open_clip.list_pretrained_tags_by_model(parsed.arch)]
+            problems.append(MSG_UNKNOWN_PAIR.format(spec=spec, hint=did_you_mean(spec, choices)))
+            continue
+        ok.append(spec)
+    return ok, problems
+
+
+def write_counted_params(out: str | Path) -> int:
+    """Count the parameters of every pretrained architecture missing from model_profile.csv into a CSV
+    (the shipped ``counted_params.csv``); return the number of rows."""
+    import open_clip
+
+    from clipprobe._io import write_text
+
+    profile = {r["model"] for r in _read_csv("model_profile.csv")}
+    archs = sorted({a for a, _ in open_clip.list_pretrained()} - profile)
+    lines = ["arch,image_mparams,text_mparams,mparams,open_clip_version"]
+    for arch in archs:
+        try:
+            image, text, total = count_params(arch)
+        except ModelError as err:
+            log.warning("%s", err)
+            continue
+        lines.append(f"{arch},{image},{text},{total},{open_clip.__version__}")
+    write_text(out, "\n".join(lines) + "\n")
+    return len(lines) - 1
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m clipprobe.models.zoo")
+    ap.add_argument("--count-params", metavar="OUT.csv", required=True,
+                    help="write the parameter counts of the architectures model_profile.csv lacks")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    n = write_counted_params(args.count_params)
+    log.info("wrote %d architectures to %s", n, args.count_params)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from clipprobe.models import zoo as _module
+
+    raise SystemExit(_module._main())
