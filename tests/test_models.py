@@ -698,3 +698,26 @@ def test_models_download_prints_the_downloaded_file(tmp_path, monkeypatch, tiny_
     path = M.cached_pretrained_file(M.check_pretrained(f"{arch}:tiny"), str(tmp_path))
     assert path is not None and result.output.strip() == f"{arch}:tiny: weights at {path}"
     assert "download:" not in result.output
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("transformers") is None,
+                    reason="transformers is not installed (the hf-text extra)")
+def test_hf_tokenizer_model_loads_with_the_hf_text_extra(tmp_path):
+    """With transformers installed, a text tower that names a Hugging Face tokenizer loads and embeds
+    (a tiny WordPiece vocabulary saved locally stands in for a Hub tokenizer)."""
+    from tokenizers import Tokenizer, models as tok_models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "photo", "of", "nurse",
+                                         "doctor", "##s"])}
+    tok = Tokenizer(tok_models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
+                            sep_token="[SEP]", mask_token="[MASK]").save_pretrained(str(tmp_path / "tok"))
+    config = write_tiny_config(tmp_path, "TinyHFTok-test", text_cfg={"hf_tokenizer_name": str(tmp_path / "tok")})
+    weights = write_tiny_weights(tmp_path, write_tiny_config(tmp_path / "plain", "TinyHFTok-test"))
+    enc = load_model(f"TinyHFTok-test:{weights}", model_config=str(config), device="cpu", offline=True)
+    assert type(enc.tokenizer).__name__ == "HFTokenizer"
+    assert enc.tokenizer(["a photo of nurses"])[0][:5].tolist() == [5, 6, 7, 8, 10]
+    assert enc.encode_text(["a photo of a nurse", "a photo of doctors"]).shape == (2, 32)
