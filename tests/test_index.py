@@ -197,3 +197,32 @@ def test_cli_index_build_missing_dataset(tiny_model_files, tmp_path):
                                       "--dataset", f"fairface:{tmp_path / 'missing'}", "--device", "cpu"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines() == [f"Error: dataset folder {tmp_path / 'missing'} does not exist"]
+
+
+def test_index_file_too_large_or_disk_full_is_a_one_line_error(tmp_path):
+    """FAISS reports a failed write as a RuntimeError; it is the one-line WriteError of every other file."""
+    import signal
+
+    from test_io import _in_child
+
+    from clipprobe._io import WriteError
+
+    rng = np.random.default_rng(0)
+    index = I.build_index(_unit(rng, 5000, 64), kind="flat", gpu="never")
+    target = tmp_path / "index.faiss"
+
+    def child():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        try:
+            I.save_index(index, target)
+        except WriteError as err:
+            return f"WriteError: {err}"
+        return "no error"
+
+    code, out = _in_child(child)
+    assert code == 0, out
+    assert out == f"WriteError: cannot write {target}: File too large"
+    assert list(tmp_path.iterdir()) == []

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +189,15 @@ def save_index(index, path: str | Path) -> Path:
         index = faiss.index_gpu_to_cpu(index)
     path = Path(path)
     with atomic_path(path, suffix=".faiss") as tmp:
-        faiss.write_index(index, str(tmp))
+        try:
+            faiss.write_index(index, str(tmp))
+        except RuntimeError as err:
+            # FAISS reports a failed write (disk full, file too large) as a RuntimeError whose message ends
+            # with the system's reason in parentheses; make it the OSError that atomic_path reports.
+            found = re.search(r"write error in .*\(([^()]*)\)\s*$", str(err).strip())
+            if found is None:
+                raise
+            raise OSError(found.group(1)) from None
     return path
 
 
