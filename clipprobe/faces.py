@@ -697,9 +697,12 @@ def _split_files(spec: str, builder, split: str) -> list[str] | None:
     return [str(f) for f in files[split]]
 
 
-def _builder_module(builder) -> str:
-    """The packaged ``datasets`` module that reads the builder's files (``parquet``, ``csv``, ...)."""
-    return type(builder).__module__.split(".")[-1]
+def _builder_module(builder) -> str | None:
+    """The packaged ``datasets`` module that reads the builder's files (``parquet``, ``csv``, ...), or None."""
+    from datasets.packaged_modules import _PACKAGED_DATASETS_MODULES
+
+    name = type(builder).__module__.split(".")[-1]
+    return name if name in _PACKAGED_DATASETS_MODULES else None
 
 
 def _load_files(module: str, files: list[str], split: str):
@@ -715,9 +718,10 @@ def _hf_from_repo_folder(spec: str, folder: Path, config: str | None, split: str
     try:
         builder = datasets.load_dataset_builder(str(folder), config)
         files = _split_files(spec, builder, split)
-        if files is None:
+        module = _builder_module(builder)
+        if files is None or module is None:
             return datasets.load_dataset(str(folder), config, split=split), f"folder:{folder.resolve()}:{config}"
-        ds = _load_files(_builder_module(builder), files, split)
+        ds = _load_files(module, files, split)
     except ClipprobeError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure here means "cannot be read"; say which and why
@@ -776,9 +780,10 @@ def _hf_from_hub(spec: str, name: str, config: str | None, split: str, offline: 
         else:
             builder = datasets.load_dataset_builder(name, config)
             urls = _split_files(spec, builder, split)
-            if urls is None or not all(u.startswith("hf://datasets/") for u in urls):
+            module = _builder_module(builder)
+            if urls is None or module is None or not all(u.startswith("hf://datasets/") for u in urls):
                 return datasets.load_dataset(name, config, split=split), f"hub:{name}:{config}"
-            record = {"name": name, "config": config, "split": split, "module": _builder_module(builder),
+            record = {"name": name, "config": config, "split": split, "module": module,
                       "files": [dict(zip(("repo_id", "revision", "path"), _parse_hub_url(u))) for u in urls]}
         local = [_hub_download(f["repo_id"], f["path"], f["revision"], offline) for f in record["files"]]
         ds = _load_files(record["module"], local, split)
