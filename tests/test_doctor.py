@@ -117,3 +117,22 @@ def test_gpu_machine_sees_cuda_and_says_where_faiss_searches():
     assert checks["cuda"].status == "ok" and torch.cuda.get_device_name(0) in checks["cuda"].detail
     assert checks["faiss"].status in ("ok", "limited")
     assert ("GPU search" in checks["faiss"].detail) != (checks["faiss"].status == "limited")
+
+
+def test_every_extra_named_in_advice_exists_in_setup_cfg(checks):
+    """The advice says pip install 'clipprobe[X]': X must be an extra of setup.cfg (a misspelt extra installs
+    nothing, silently)."""
+    import configparser
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    parser = configparser.ConfigParser()
+    parser.read(root / "setup.cfg")
+    extras = set(parser["options.extras_require"])
+    named = set()
+    for path in (root / "clipprobe").rglob("*.py"):
+        named |= set(re.findall(r"clipprobe\[([A-Za-z0-9_-]+)\]", path.read_text(encoding="utf-8")))
+    named |= {re.search(r"clipprobe\[([^\]]+)\]", c.fix).group(1) for c in checks if "clipprobe[" in c.fix}
+    assert {"hf", "hf-text", "cpu", "gpu", "spark", "s3", "gcs", "azure"} <= named
+    assert named <= extras, f"extras named but not in setup.cfg: {sorted(named - extras)}"
