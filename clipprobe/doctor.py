@@ -201,7 +201,7 @@ def check_java() -> Check:
         return Check("java", "missing", "no java on PATH" + (f" (JAVA_HOME={home} has no bin/java)" if home else ""),
                      enables, fix)
     try:
-        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=20)
+        out = subprocess.run([java, "-version"], capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.TimeoutExpired) as err:
         return Check("java", "error", f"{java}: {_first_line(err)}", enables, fix)
     text = (out.stderr or out.stdout).strip().splitlines()

@@ -302,7 +302,7 @@ def test_several_duplicated_images_are_counted(tmp_path):
 
 
 def test_utkface_copies_in_several_folders_are_one_face_each(tmp_path):
-    d, names = facegen.write_utkface(tmp_path / "utk" / "UTKFace")            # aligned crops
+    _, names = facegen.write_utkface(tmp_path / "utk" / "UTKFace")            # aligned crops
     facegen.write_utkface(tmp_path / "utk" / "crop_part1", seed=0)              # the same crops again
     wild = tmp_path / "utk" / "part1"
     for i, name in enumerate(names[:5]):                                        # in-the-wild originals

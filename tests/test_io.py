@@ -87,7 +87,7 @@ def test_a_bug_in_the_writer_is_not_called_a_write_failure(tmp_path):
             raise KeyError("bug")
     with pytest.raises(FileNotFoundError):
         with atomic_path(tmp_path / "y.json"):
-            open(tmp_path / "missing-input.txt")
+            (tmp_path / "missing-input.txt").read_text()
     assert list(tmp_path.iterdir()) == []
 
 

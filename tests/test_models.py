@@ -648,7 +648,7 @@ def test_quickgelu_preprocess_tag_without_the_option_warns(tiny_model_files, cap
         load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", preprocess="openai")
     hints = [r.getMessage() for r in caplog.records if "QuickGELU" in r.getMessage()]
     assert len(hints) == 1 and hints[0].startswith(
-        f"preprocess 'openai' is that of weights trained with QuickGELU (") and "quick_gelu=True" in hints[0]
+        "preprocess 'openai' is that of weights trained with QuickGELU (") and "quick_gelu=True" in hints[0]
     assert f"{arch}-quickgelu:PATH" in hints[0]
     caplog.clear()
     with caplog.at_level("WARNING", logger="clipprobe"):
