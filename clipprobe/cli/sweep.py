@@ -1,0 +1,184 @@
+"""`clipprobe sweep`: the report and association tests of many models; `sweep merge`; `sweep analyze`."""
+
+from __future__ import annotations
+
+import click
+
+from clipprobe.cli._options import DATASET_HELP, check_choice, check_count, check_fraction, split_attributes
+
+EPILOG = """\b
+Examples:
+  clipprobe sweep --models all --dataset fairface:/data/fairface --probes report,eat --out sweeps/zoo
+  clipprobe sweep --models zoo.csv --shard 3/16 --dataset fairface:/data/fairface --out sweeps/zoo
+  clipprobe sweep merge sweeps/zoo
+  clipprobe sweep analyze sweeps/zoo --performance vtab+
+"""
+
+
+def _split(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Repeated and comma-separated values, in order, once each."""
+    out: list[str] = []
+    for value in values:
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return tuple(dict.fromkeys(out))
+
+
+@click.group("sweep", invoke_without_command=True, epilog=EPILOG)
+@click.option("--models", "models", multiple=True,
+              help="Models: 'all' (every open_clip pretrained pair), a model CSV (a spec or model column, optional "
+                   "model_config, preprocess and metadata columns: `clipprobe models --format csv` writes one), or "
+                   "specs; repeat or comma-separate.")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Sweep folder (shared by every shard; a rerun resumes).")
+@click.option("--probes", default="report,eat", show_default=True, help="What to run per model: report, eat.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Run only the I-th of N shares of the models (1 <= I <= N), e.g. a slurm array task.")
+@click.option("--models-per-pass", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Models loaded together; their images are decoded once for all of them.")
+@click.option("--no-retry-failed", is_flag=True, help="Skip models that failed in an earlier run of this folder.")
+@click.option("--dataset", default=None, help=DATASET_HELP)
+@click.option("--split", default="validation", show_default=True, help="validation or train.")
+@click.option("--image-root", type=click.Path(file_okay=False), default=None,
+              help="Folder that image paths of a csv: dataset are relative to.")
+@click.option("--taxonomy", default=None, help="Report: taxonomy name or YAML/JSON file (default: sobit).")
+@click.option("--templates", default="default", show_default=True, help="Report: default, ensemble, or a file.")
+@click.option("--k", type=int, default=100, show_default=True, help="Report: faces retrieved per word.")
+@click.option("--attributes", default=None, help="Report: comma-separated attributes (default: all present).")
+@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Report: bootstrap resamples.")
+@click.option("--permutations", type=int, default=1000, show_default=True,
+              help="Report: label shuffles for the MaxSkew null.")
+@click.option("--controls", default="controls", show_default=True, help="Report: control words, or 'none'.")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Report: false discovery rate.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random step.")
+@click.option("--model-figures/--no-model-figures", default=False, show_default=True,
+              help="Write each model's figures and HTML page (and the association tests' forest plot).")
+@click.option("--suite", default=None, help="Association tests: a shipped suite (default ghate2025).")
+@click.option("--tests", "tests_file", type=click.Path(dir_okay=False), default=None,
+              help="Association tests: your own YAML test file instead of a suite.")
+@click.option("--eat-permutations", type=click.IntRange(min=2), default=1_000_000, show_default=True,
+              help="Association tests: permutation budget per test.")
+@click.option("--sc-permutations", type=click.IntRange(min=2), default=10_000, show_default=True,
+              help="Association tests: permutation budget of the per-stimulus SC-WEAT.")
+@click.option("--paper-signs", is_flag=True, help="Association tests: Ghate et al.'s sign for the Gender tests.")
+@click.option("--stimuli-root", type=click.Path(file_okay=False), default=None, help="Local iEAT image folder.")
+@click.option("--oasis-root", type=click.Path(file_okay=False), default=None, help="Local OASIS download.")
+@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+              help="Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe); share it between shards "
+                   "on one machine.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
+              help="Model precision (default: fp16 on CUDA, fp32 on the CPU).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
+              help="Image decoding workers (default: number of cores).")
+@click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
+@click.pass_context
+def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, dataset, split, image_root, taxonomy,
+          templates, k, attributes, bootstrap, permutations, controls, alpha, seed, model_figures, suite, tests_file,
+          eat_permutations, sc_permutations, paper_signs, stimuli_root, oasis_root, cache_dir, device, precision,
+          batch_size, num_workers, offline) -> None:
+    """Run the report and the association tests over many models (resumable, shardable)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from clipprobe.hub import env_offline, set_process_offline
+    from clipprobe.pipeline.eat import EatConfig
+    from clipprobe.pipeline.probe import ProbeConfig
+    from clipprobe.pipeline.report import ReportConfig
+    from clipprobe.pipeline.sweep import PROBES, SweepConfig, parse_shard, run_sweep
+
+    if out is None:
+        raise click.UsageError("missing option '--out' (the sweep folder)")
+    model_list = _split(models)
+    if not model_list:
+        raise click.UsageError("missing option '--models' (all, a model CSV, or specs)")
+    probe_list = _split((probes,))
+    for p in probe_list:
+        check_choice("--probes", p, PROBES)
+    parse_shard(shard)
+    check_fraction("--alpha", alpha)
+    check_count("--bootstrap", bootstrap)
+    check_count("--seed", seed)
+    check_count("--k", k, 1)
+    check_count("--permutations", permutations, 1)
+    if suite is not None and tests_file is not None:
+        raise click.UsageError("give --suite or --tests, not both")
+    offline = offline or env_offline()
+    set_process_offline(offline)
+    probe = ProbeConfig(dataset=dataset, split=split, image_root=image_root, cache_dir=cache_dir, device=device,
+                        precision=precision, batch_size=batch_size, num_workers=num_workers, offline=offline)
+    report = ReportConfig(probe=probe, taxonomy=taxonomy, templates=templates, k=k,
+                          attributes=split_attributes(attributes) if attributes else None, bootstrap=bootstrap,
+                          seed=seed, alpha=alpha, permutations=permutations,
+                          controls=None if controls.strip().lower() == "none" else controls,
+                          figures=model_figures, html=model_figures)
+    eat = EatConfig(out="", suite=suite, tests_file=tests_file, permutations=eat_permutations,
+                    sc_permutations=sc_permutations, seed=seed, paper_signs=paper_signs, stimuli_root=stimuli_root,
+                    oasis_root=oasis_root, figures=model_figures)
+    config = SweepConfig(out=out, models=model_list, probes=probe_list, report=report, eat=eat, shard=shard,
+                         models_per_pass=models_per_pass, retry_failed=not no_retry_failed)
+    result = run_sweep(config)
+    click.echo(f"sweep {result.shard[0]}/{result.shard[1]}: {len(result.done)} model(s) finished, "
+               f"{len(result.skipped)} finished before, {len(result.failed)} failed, {len(result.unknown)} unknown")
+    for spec, reason in list(result.failed.items()) + list(result.unknown.items()):
+        click.echo(f"  {spec}: {reason}")
+    click.echo(f"  {result.out}  (next: clipprobe sweep merge {result.out})")
+
+
+@sweep.command("merge")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Where to write sweep.parquet and models.parquet (default: the first folder).")
+def merge_command(folders, out) -> None:
+    """Merge sweep folders (one, or one per machine) into sweep.parquet; other settings are refused."""
+    from clipprobe.pipeline.sweep import merge_sweep
+
+    result = merge_sweep(folders, out=out)
+    rec = result.record
+    click.echo(f"merged {rec['n_models']} model(s): {rec['n_ok']} finished, {rec['n_failed']} failed; "
+               f"{rec['n_rows']} rows")
+    click.echo(f"  {result.out / 'sweep.parquet'}")
+
+
+@sweep.command("analyze")
+@click.argument("folder", type=click.Path(file_okay=False))
+@click.option("--performance", default="vtab+", show_default=True,
+              help="Downstream performance to correlate with: vtab+, vtab, imagenet1k, avg38, a column of the model "
+                   "CSV or of --performance-csv, or 'none'.")
+@click.option("--performance-csv", type=click.Path(dir_okay=False), default=None,
+              help="CSV with a spec (or model) column and performance columns, for models without published ones.")
+@click.option("--measure", "measures", multiple=True,
+              help="probe:measure to model (repeat; default eat:effect_size and report:max_skew_excess).")
+@click.option("--min-family-rows", type=click.IntRange(min=1), default=30, show_default=True,
+              help="Families with fewer rows are pooled as 'other' (Ghate et al.: 30).")
+@click.option("--min-family-models", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Families with fewer models are pooled as 'other'.")
+@click.option("--reference-dataset-family", default=None, help="Reference level (default: the smallest datasets).")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default: FOLDER/analysis.")
+@click.option("--figures/--no-figures", default=True, show_default=True)
+def analyze_command(folder, performance, performance_csv, measures, min_family_rows, min_family_models,
+                    reference_dataset_family, out, figures) -> None:
+    """Upstream factors (mixed model) and correlation with downstream performance."""
+    from clipprobe.analysis.factors import FactorSettings
+    from clipprobe.pipeline.sweep import DEFAULT_MEASURES, analyze_sweep
+
+    settings = FactorSettings(min_family_rows=min_family_rows, min_family_models=min_family_models,
+                              reference_dataset_family=reference_dataset_family)
+    result = analyze_sweep(folder, performance=None if performance.strip().lower() == "none" else performance,
+                           performance_csv=performance_csv, measures=_split(measures) or DEFAULT_MEASURES,
+                           settings=settings, out=out, figures=figures)
+    for key, fit in result.fits.items():
+        click.echo(f"{key}: {fit.n_models} models, {fit.n_rows} rows, {fit.n_groups} groups"
+                   + ("" if fit.converged else " (did not converge)"))
+        for r in fit.coefficients.itertuples(index=False):
+            if r.term == "Intercept":
+                continue
+            click.echo(f"  {r.term:<34} {r.estimate:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  p = {r.p_value:.3g}")
+        for note in fit.notes:
+            click.echo(f"  note: {note}")
+    if result.correlations is not None:
+        c = result.correlations
+        sig = c[c["pearson_q"] <= 0.05]
+        click.echo(f"correlations with {performance}: {len(sig)} of {len(c)} with q <= 0.05 (Pearson)")
+    for path in result.files:
+        if path.suffix in (".html", ".parquet"):
+            click.echo(f"  {path}")

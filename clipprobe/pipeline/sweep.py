@@ -1,0 +1,879 @@
+"""A sweep: the report and the association tests of many models over one face dataset, resumable and
+shardable; the merge of its folders; the upstream-factor analysis.
+
+:func:`run_sweep`
+    resolves the model list (``all``: every ``open_clip.list_pretrained()`` pair; a model CSV; specs),
+    lists unknown models with close matches and goes on with the rest, keeps this shard's models
+    (:func:`shard_models`: the models sorted by folder key, every N-th from the I-th, so N machines or GPUs
+    split the zoo with nothing shared but the folder), and runs each model's probes into
+    ``DIR/models/<model key>/`` (layout in :mod:`clipprobe.report.sweep`). Models are loaded
+    ``models_per_pass`` at a time; their images go through :func:`clipprobe.embeddings.shared.embed_shared`,
+    which decodes and preprocesses each image once per distinct preprocessing and feeds every model of the
+    pass; then each model's report (:func:`clipprobe.pipeline.report.run_report`) and association tests
+    (:func:`clipprobe.pipeline.eat.run_eat`) run from the embedding cache.
+
+    Resumable at two levels: a model whose ``run.json`` says ``ok`` (with this sweep's settings) is
+    skipped; an interrupted model resumes from its embedding-cache shards and report chunks. A model that
+    fails (no weights, out of memory, an unreadable file) gets a ``run.json`` with status ``failed`` and its
+    reason, and the sweep goes on; a rerun tries it again (``retry_failed``). Ctrl-C stops at once: what is
+    finished is on disk, and a rerun continues from it. The first shard writes ``DIR/sweep.json`` (the
+    settings, with the dataset's fingerprint); a shard with other settings is refused.
+
+:func:`merge_sweep`
+    reads one or more sweep folders (a shared one, or one per machine) into ``sweep.parquet`` and
+    ``models.parquet``, refusing folders written with other settings.
+
+:func:`analyze_sweep`
+    fits the mixed model of :mod:`clipprobe.analysis.factors` to the association tests' effect sizes and to
+    report measures, correlates them with a performance measure, and writes ``DIR/analysis/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean
+from clipprobe.pipeline.eat import EatConfig
+from clipprobe.pipeline.report import ReportConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+PROBES = ("report", "eat")
+ALL = "all"
+STATUS_OK = "ok"
+STATUS_FAILED = "failed"
+DEFAULT_MEASURES = ("eat:effect_size", "report:max_skew_excess")
+
+MSG_SHARD = "shard must be I/N with 1 <= I <= N (e.g. 3/16), not {value!r}"
+MSG_PROBES = "probes must be a non-empty selection of {valid}, not {value!r}"
+MSG_NO_MODELS = "no models to run: {why}"
+MSG_OTHER_SETTINGS = ("sweep folder {path} was written with other settings (differs in: {keys}); use another "
+                      "folder or the same settings")
+MSG_MERGE_SETTINGS = ("cannot merge {a} and {b}: they were written with other settings (differs in: {keys})")
+MSG_MERGE_NOTHING = "no finished model in {paths}"
+MSG_PER_PASS = "models_per_pass must be a positive whole number, not {value!r}"
+MSG_MEASURE = "unknown measure {value!r}{hint}; measures of this sweep: {valid}"
+MSG_PERFORMANCE_CSV = "performance table {path}: {problem}"
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def parse_shard(value: "str | tuple[int, int] | None") -> tuple[int, int]:
+    """``"3/16"`` -> (3, 16); None -> (1, 1). One-based: the first of N shards is 1/N."""
+    if value is None:
+        return 1, 1
+    if isinstance(value, tuple):
+        i, n = value
+    else:
+        text = str(value).strip()
+        parts = text.split("/")
+        if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+            raise UsageError(MSG_SHARD.format(value=value))
+        i, n = int(parts[0]), int(parts[1])
+    if isinstance(i, bool) or isinstance(n, bool) or not (1 <= i <= n):
+        raise UsageError(MSG_SHARD.format(value=value if isinstance(value, str) else f"{i}/{n}"))
+    return int(i), int(n)
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepConfig:
+    """Settings of one sweep (or one shard of it).
+
+    ``models``: specs (``ARCH:TAG``, ``ARCH:PATH``, ...), ``"all"``, or paths of model CSVs (a ``spec`` or
+    ``model`` column; optional ``model_config``, ``preprocess`` and metadata columns:
+    :func:`clipprobe.models.zoo.read_user_table`). ``report``: the report settings every model runs with
+    (its ``probe`` names the dataset, cache, device and precision; its model is replaced per model);
+    ``eat``: the association-test settings (suite or test file; model and ``out`` replaced per model).
+    ``shard``: ``"I/N"``. ``models_per_pass``: models loaded together, whose images are decoded once.
+    """
+
+    out: str
+    models: tuple[str, ...] = ()
+    probes: tuple[str, ...] = PROBES
+    report: ReportConfig = dataclasses.field(default_factory=lambda: ReportConfig(figures=False, html=False))
+    eat: EatConfig = dataclasses.field(default_factory=lambda: EatConfig(out="", figures=False))
+    shard: str | None = None
+    models_per_pass: int = 4
+    retry_failed: bool = True
+
+    def check(self) -> "SweepConfig":
+        if not self.probes or any(p not in PROBES for p in self.probes) or len(set(self.probes)) != len(self.probes):
+            raise UsageError(MSG_PROBES.format(valid=", ".join(PROBES), value=",".join(self.probes)))
+        parse_shard(self.shard)
+        if isinstance(self.models_per_pass, bool) or not isinstance(self.models_per_pass, int) or \
+                self.models_per_pass < 1:
+            raise UsageError(MSG_PER_PASS.format(value=self.models_per_pass))
+        if "report" in self.probes:
+            self.report.check()
+        else:
+            self.report.probe.check()
+        if "eat" in self.probes:
+            self.eat.check()
+        return self
+
+
+def settings_record(config: SweepConfig, dataset: Any) -> dict:
+    """What must be equal for two shards' results to be merged: the probes, their settings (model, output
+    folder, devices and workers left out) and the dataset (spec, split, fingerprint)."""
+    from clipprobe.config import to_dict
+    from clipprobe.pipeline.probe import ProbeConfig
+
+    probe = config.report.probe
+    report = to_dict(dataclasses.replace(config.report, probe=ProbeConfig(), out=""))
+    for key in ("probe", "figures", "html"):      # outputs that do not change a number
+        report.pop(key, None)
+    eat = to_dict(dataclasses.replace(config.eat, out="", model="", model_config=None, preprocess=None))
+    for key in ("cache_dir", "device", "batch_size", "num_workers", "offline", "n_jobs", "figures"):
+        eat.pop(key, None)
+    return {
+        "format_version": _sweep_format(),
+        "probes": sorted(config.probes),
+        "dataset": {"spec": probe.dataset, "split": probe.split, "fingerprint": getattr(dataset, "fingerprint", None)},
+        "precision": probe.precision,
+        "report": report if "report" in config.probes else None,
+        "eat": eat if "eat" in config.probes else None,
+    }
+
+
+def _sweep_format() -> int:
+    from clipprobe.report.sweep import FORMAT_VERSION
+
+    return FORMAT_VERSION
+
+
+def settings_hash(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode("utf-8")).hexdigest()[:16]
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for key in sorted(set(a) | set(b)):
+            out += _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".") or "settings"]
+
+
+def _shown_keys(keys: list[str]) -> str:
+    return ", ".join(keys[:6]) + (f" and {len(keys) - 6} more" if len(keys) > 6 else "")
+
+
+def check_settings_file(out: Path, settings: dict) -> None:
+    """Create ``out/sweep.json`` with ``settings``, or check that the one there is the same."""
+    from clipprobe import _io
+    from clipprobe.report.sweep import SETTINGS_FILE, read_json
+
+    path = out / SETTINGS_FILE
+    payload = {"settings": settings, "settings_hash": settings_hash(settings)}
+    if not path.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
+        _io.write_json(tmp, payload)
+        try:
+            os.link(tmp, path)          # create only if absent: two shards starting together agree on one file
+        except FileExistsError:
+            pass
+        except OSError:                 # a file system without hard links
+            if not path.exists():
+                _io.write_json(path, payload)
+        finally:
+            tmp.unlink(missing_ok=True)
+    stored = read_json(path, "sweep settings")
+    if stored.get("settings_hash") != payload["settings_hash"]:
+        keys = _differences(stored.get("settings") or {}, settings)
+        raise ClipprobeError(MSG_OTHER_SETTINGS.format(path=out, keys=_shown_keys(keys)))
+
+
+# --------------------------------------------------------------------------- the model list
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelEntry:
+    """One model of the sweep: its spec, its folder key, and what a model CSV said about it."""
+
+    spec: str
+    key: str
+    model_config: str | None = None
+    preprocess: str | None = None
+    user: dict = dataclasses.field(default_factory=dict)
+    problem: str | None = None          # why the model cannot be run (an unknown ARCH:TAG pair, a bad spec)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelList:
+    entries: tuple[ModelEntry, ...]     # every model, those with a problem included
+    user_tables: tuple = ()
+
+    @property
+    def unknown(self) -> tuple[ModelEntry, ...]:
+        return tuple(e for e in self.entries if e.problem is not None)
+
+    @property
+    def performance_columns(self) -> tuple[str, ...]:
+        cols: list[str] = []
+        for t in self.user_tables:
+            cols += [c for c in t.performance_columns if c not in cols]
+        return tuple(cols)
+
+
+def _is_table(item: str) -> bool:
+    return item.lower().endswith((".csv", ".tsv")) or (Path(item).expanduser().is_file()
+                                                      and not item.lower().endswith((".safetensors", ".pt", ".pth",
+                                                                                     ".bin", ".ckpt")))
+
+
+def resolve_models(items: Sequence[str]) -> ModelList:
+    """The sweep's models in the order given, each once (see :class:`SweepConfig`); unknown ``ARCH:TAG``
+    pairs and malformed specs are listed, with close matches, instead of stopping the sweep."""
+    from clipprobe.errors import ModelError
+    from clipprobe.models.spec import _safe, parse_model_spec
+    from clipprobe.models.zoo import check_known, known_specs, model_key, read_user_table
+
+    entries: dict[str, ModelEntry] = {}
+    tables = []
+    for item in items:
+        item = str(item).strip()
+        if not item:
+            continue
+        if item == ALL:
+            specs = [(s, {}) for s in known_specs()]
+        elif _is_table(item):
+            table = read_user_table(item)
+            tables.append(table)
+            base = Path(table.path).parent
+            specs = []
+            for s in table.specs:
+                given = dict(table.values[parse_model_spec(s).canonical])
+                for col in ("model_config",):
+                    if given.get(col) and not Path(given[col]).expanduser().is_absolute():
+                        given[col] = str((base / given[col]).resolve())
+                specs.append((s, given))
+        else:
+            specs = [(item, {})]
+        ok, problems = check_known([s for s, _ in specs])
+        ok_set = set(ok)
+        bad_iter = iter(problems)
+        for spec, given in specs:
+            if spec not in ok_set:
+                message = next(bad_iter)
+                try:
+                    key = model_key(spec)
+                except ModelError:
+                    key = _safe(spec)
+                entries.setdefault(spec, ModelEntry(spec=spec, key=key, problem=message))
+                continue
+            parsed = parse_model_spec(spec)
+            spec_c = parsed.canonical
+            if spec_c in entries:
+                continue
+            entries[spec_c] = ModelEntry(spec=spec_c, key=model_key(parsed), model_config=given.get("model_config"),
+                                         preprocess=given.get("preprocess"), user=given)
+    keys: dict[str, str] = {}
+    for e in entries.values():
+        if e.key in keys:
+            raise UsageError(f"models {keys[e.key]!r} and {e.spec!r} would share the folder {e.key!r}")
+        keys[e.key] = e.spec
+    return ModelList(entries=tuple(entries.values()), user_tables=tuple(tables))
+
+
+def shard_models(entries: Sequence[ModelEntry], shard: tuple[int, int]) -> list[ModelEntry]:
+    """This shard's models: sorted by folder key, every N-th starting with the I-th (one-based)."""
+    i, n = shard
+    ordered = sorted(entries, key=lambda e: e.key)
+    return ordered[i - 1::n]
+
+
+# --------------------------------------------------------------------------- one sweep run
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """What one :func:`run_sweep` call did (one shard)."""
+
+    out: Path
+    shard: tuple[int, int]
+    done: list[str]
+    skipped: list[str]
+    failed: dict[str, str]
+    unknown: dict[str, str]
+    timings: dict[str, dict]
+    record: dict
+
+
+def _model_dir(out: Path, key: str) -> Path:
+    from clipprobe.report.sweep import MODELS_DIR
+
+    return out / MODELS_DIR / key
+
+
+def _finished(out: Path, entry: ModelEntry, digest: str, retry_failed: bool) -> str | None:
+    """The status of a model already in the folder with these settings ("ok" / "failed"), else None."""
+    from clipprobe.report.sweep import RUN_FILE
+
+    path = _model_dir(out, entry.key) / RUN_FILE
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if record.get("settings_hash") != digest:
+        return None
+    status = record.get("status")
+    if status == STATUS_FAILED and retry_failed:
+        return None
+    return status
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    line = text[0] if text else ""
+    return f"{line}" if isinstance(err, ClipprobeError) else f"{type(err).__name__}: {line}".rstrip(": ")
+
+
+def _metadata(entry: ModelEntry, encoder=None) -> dict:
+    """The zoo row of a model, with the values of its model CSV and, where the tables have none, its
+    parameters counted from the loaded model."""
+    from clipprobe.models.zoo import apply_user_values, describe_model
+
+    row = describe_model(entry.spec, count=False)
+    if entry.user:
+        apply_user_values(row, entry.user, source="user (model table)",
+                          performance_columns=tuple(k for k in entry.user if k not in row))
+    if encoder is not None and row.get("params_total_m") is None and hasattr(encoder, "model"):
+        model = encoder.model
+        visual = getattr(model, "visual", None)
+        total = sum(p.numel() for p in model.parameters())
+        image = sum(p.numel() for p in visual.parameters()) if visual is not None else 0
+        row.update(params_image_m=round(image / 1e6, 4), params_text_m=round((total - image) / 1e6, 4),
+                   params_total_m=round(total / 1e6, 4), params_source="counted from the loaded model")
+    if encoder is not None:
+        row["precision"] = encoder.info().get("precision")
+    return row
+
+
+def _write_model_record(out: Path, entry: ModelEntry, *, status: str, reason: str | None, digest: str,
+                        shard: tuple[int, int], metadata: dict, timings: dict, config_record: dict,
+                        model_info: dict | None = None, dataset_info: dict | None = None) -> dict:
+    from clipprobe import _io
+    from clipprobe.report.sweep import FORMAT_VERSION, RUN_FILE
+    from clipprobe.runinfo import run_record
+
+    timings = {**timings, "total": round(sum(v for k, v in timings.items() if k != "total"), 3)}
+    record = run_record("sweep model", config=config_record, format_version=FORMAT_VERSION, model=model_info,
+                        dataset=dataset_info, timings=timings, spec=entry.spec, model_key=entry.key, status=status,
+                        reason=reason, settings_hash=digest, shard=f"{shard[0]}/{shard[1]}", metadata=metadata)
+    _io.write_json(_model_dir(out, entry.key) / RUN_FILE, record)
+    return record
+
+
+def _eat_datasets(config: SweepConfig, cache_base: Path) -> list:
+    """The image datasets of the association tests (resolved once; downloads happen here)."""
+    from clipprobe.pipeline.eat import _manifest_dataset, load_suite
+    from clipprobe.resources.eat import IEAT_BASE_URL, Resolver
+
+    suite = load_suite(config.eat)
+    pc = config.report.probe
+    resolver = Resolver(stimuli_root=config.eat.stimuli_root, oasis_root=config.eat.oasis_root,
+                        cache_dir=pc.cache_dir, base_url=IEAT_BASE_URL, offline=pc.offline)
+    tests = [t for t in resolver.resolve(suite.tests) if t.unavailable is None]
+    datasets: dict[str, Any] = {}
+    for t in tests:
+        for stim in t.sets.values():
+            if stim.modality != "image":
+                continue
+            ds = stim.dataset if stim.dataset is not None else _manifest_dataset(stim, cache_base)
+            datasets.setdefault(f"{ds.spec}\0{ds.fingerprint}", ds)
+    return list(datasets.values())
+
+
+def run_sweep(config: SweepConfig, *, progress: bool | None = None) -> SweepResult:
+    """Run this shard of the sweep (see the module docstring)."""
+    from tqdm.auto import tqdm
+
+    from clipprobe import _io
+    from clipprobe.config import to_dict
+    from clipprobe.embeddings.cache import default_cache_dir
+    from clipprobe.faces import load_dataset
+    from clipprobe.report.sweep import SHARDS_DIR
+    from clipprobe.runinfo import StageTimer, run_record
+
+    config = config.check()
+    started = time.time()
+    shard = parse_shard(config.shard)
+    out = Path(config.out)
+    pc = config.report.probe
+    timer = StageTimer()
+    with timer("resolve_models"):
+        models = resolve_models(config.models)
+    if not models.entries:
+        raise UsageError(MSG_NO_MODELS.format(why="the model list is empty"))
+    for entry in models.unknown:
+        log.warning("%s; the sweep goes on without it", entry.problem)
+    assigned = shard_models(models.entries, shard)
+    mine = [e for e in assigned if e.problem is None]
+    unknown_mine = [e for e in assigned if e.problem is not None]
+    with timer("load_dataset"):
+        dataset = load_dataset(pc.dataset, split=pc.split, image_root=pc.image_root, offline=pc.offline or None)
+    settings = settings_record(config, dataset)
+    digest = settings_hash(settings)
+    check_settings_file(out, settings)
+    config_record = to_dict(dataclasses.replace(config, report=ReportConfig(), eat=EatConfig(out="")))
+    config_record["report"] = to_dict(dataclasses.replace(config.report, probe=dataclasses.replace(pc)))
+    config_record["report"]["probe"] = to_dict(pc)
+    config_record["eat"] = to_dict(config.eat)
+
+    failed: dict[str, str] = {}
+    unknown: dict[str, str] = {}
+    for entry in unknown_mine:
+        _write_model_record(out, entry, status=STATUS_FAILED, reason=entry.problem, digest=digest, shard=shard,
+                            metadata={"spec": entry.spec}, timings={}, config_record=config_record)
+        unknown[entry.spec] = entry.problem
+    todo, skipped = [], []
+    for entry in mine:
+        status = _finished(out, entry, digest, config.retry_failed)
+        if status is None:
+            todo.append(entry)
+        else:
+            skipped.append(entry.spec)
+            if status == STATUS_FAILED:
+                failed[entry.spec] = "failed before (retry_failed is off)"
+    log.info("sweep shard %d/%d: %d model(s), %d finished before, %d to run%s", shard[0], shard[1], len(mine),
+             len(skipped), len(todo), f", {len(unknown_mine)} unknown" if unknown_mine else "")
+
+    cache_base = Path(pc.cache_dir).expanduser() if pc.cache_dir else default_cache_dir()
+    eat_datasets = []
+    if "eat" in config.probes and todo:
+        with timer("resolve_stimuli"):
+            eat_datasets = _eat_datasets(config, cache_base)
+    done: list[str] = []
+    timings: dict[str, dict] = {}
+    n_total = len(todo)
+    bar = tqdm(total=n_total, unit="model", desc=f"sweep {shard[0]}/{shard[1]}",
+               disable=None if progress is None else not progress)
+    try:
+        for start in range(0, len(todo), config.models_per_pass):
+            batch = todo[start:start + config.models_per_pass]
+            results = _run_pass(batch, config, dataset, eat_datasets, out=out, digest=digest, shard=shard,
+                                config_record=config_record, progress=progress)
+            for entry, (status, reason, seconds) in zip(batch, results):
+                timings[entry.spec] = seconds
+                if status == STATUS_OK:
+                    done.append(entry.spec)
+                else:
+                    failed[entry.spec] = reason
+                bar.update(1)
+                n_left = n_total - len(done) - len([e for e in todo if e.spec in failed])
+                log.info("sweep: %s %s in %.1f s (%s); %d done, %d failed, %d left", entry.spec,
+                         "finished" if status == STATUS_OK else f"FAILED ({reason})", seconds.get("total", 0.0),
+                         ", ".join(f"{k} {v:.1f}" for k, v in seconds.items() if k != "total"), len(done),
+                         len([e for e in todo if e.spec in failed]), n_left)
+    finally:
+        bar.close()
+    record = run_record("sweep", config=config_record, format_version=_sweep_format(), dataset=dataset.summary(),
+                        timings=timer.as_dict(), started=started, shard=f"{shard[0]}/{shard[1]}",
+                        settings_hash=digest, models=[e.spec for e in mine], done=done, skipped=skipped,
+                        failed=failed, unknown=unknown, per_model_s=timings)
+    _io.write_json(out / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}" / "run.json", record)
+    return SweepResult(out=out, shard=shard, done=done, skipped=skipped, failed=failed, unknown=unknown,
+                       timings=timings, record=record)
+
+
+def _load(entry: ModelEntry, pc) -> Any:
+    from clipprobe.models import load_model
+
+    return load_model(entry.spec, device=pc.device, model_config=entry.model_config, offline=pc.offline or None,
+                      preprocess=entry.preprocess, precision=pc.precision)
+
+
+def _run_pass(batch: list[ModelEntry], config: SweepConfig, dataset, eat_datasets: list, *, out: Path, digest: str,
+              shard: tuple[int, int], config_record: dict, progress) -> list[tuple[str, str | None, dict]]:
+    """Load a pass of models, embed their images together, run each model's probes; one result per model."""
+    from clipprobe.embeddings.shared import embed_shared
+
+    pc = config.report.probe
+    results: list[Any] = [None] * len(batch)
+    encoders: dict[int, Any] = {}
+    seconds: list[dict] = [{} for _ in batch]
+    for i, entry in enumerate(batch):
+        t0 = time.perf_counter()
+        try:
+            encoders[i] = _load(entry, pc)
+        except (ClipprobeError, RuntimeError, OSError, ValueError, MemoryError, ImportError) as err:
+            results[i] = _fail(out, entry, err, digest, shard, config_record, seconds[i])
+        seconds[i]["load_model"] = round(time.perf_counter() - t0, 3)
+    embeddings: dict[int, Any] = {}
+    if encoders:
+        order = sorted(encoders)
+        t0 = time.perf_counter()
+        shared = embed_shared([encoders[i] for i in order], dataset, cache_dir=pc.cache_dir, batch_size=pc.batch_size,
+                              num_workers=pc.num_workers, progress=progress)
+        alive = [encoders[i] for j, i in enumerate(order) if j not in shared.failed]
+        for extra in eat_datasets:
+            more = embed_shared(alive, extra,
+                                cache_dir=pc.cache_dir, batch_size=config.eat.batch_size,
+                                num_workers=pc.num_workers, progress=False)
+            if more.failed:
+                log.warning("%d model(s) failed on the association tests' images; their tests will report it",
+                            len(more.failed))
+        elapsed = time.perf_counter() - t0
+        forward_total = sum(shared.forward_s) or 1.0
+        for j, i in enumerate(order):
+            # the shared pass's wall time, split over its models by their share of the forward passes
+            seconds[i]["embed_shared"] = round(elapsed * shared.forward_s[j] / forward_total, 3)
+            if j in shared.failed:
+                results[i] = _fail(out, batch[i], RuntimeError(shared.failed[j]), digest, shard, config_record,
+                                   seconds[i], encoder=encoders.pop(i))
+            else:
+                embeddings[i] = shared.embeddings[j]
+    for i in sorted(encoders):
+        results[i] = _run_probes(batch[i], encoders[i], embeddings[i], dataset, config, out=out, digest=digest,
+                                 shard=shard, config_record=config_record, seconds=seconds[i], progress=progress)
+    encoders.clear()
+    _free_memory(pc.device)
+    return [(r[0], r[1], {**s, "total": round(sum(v for v in s.values()), 3)}) for r, s in zip(results, seconds)]
+
+
+def _free_memory(device: str) -> None:
+    gc.collect()
+    if str(device).startswith(("cuda", "auto")):
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _fail(out: Path, entry: ModelEntry, err: BaseException, digest: str, shard, config_record: dict, seconds: dict,
+          encoder=None) -> tuple[str, str]:
+    reason = _first_line(err)
+    log.debug("model %s failed", entry.spec, exc_info=err)
+    _write_model_record(out, entry, status=STATUS_FAILED, reason=reason, digest=digest, shard=shard,
+                        metadata=_metadata(entry, encoder), timings=seconds, config_record=config_record,
+                        model_info=encoder.info() if encoder is not None else None)
+    return STATUS_FAILED, reason
+
+
+def _run_probes(entry: ModelEntry, encoder, embeddings, dataset, config: SweepConfig, *, out: Path, digest: str,
+                shard, config_record: dict, seconds: dict, progress) -> tuple[str, str | None]:
+    """One model's report and association tests, from its (cached) embeddings."""
+    from clipprobe.pipeline.eat import run_eat
+    from clipprobe.pipeline.probe import Probe
+    from clipprobe.pipeline.report import run_report
+
+    pc = dataclasses.replace(config.report.probe, model=entry.spec, model_config=entry.model_config,
+                             preprocess=entry.preprocess, index="flat")
+    folder = _model_dir(out, entry.key)
+    try:
+        if "report" in config.probes:
+            t0 = time.perf_counter()
+            probe = Probe(config=pc, encoder=encoder, dataset=dataset, embeddings=embeddings, labels=embeddings.labels,
+                          files=embeddings.files, timings={})
+            run_report(dataclasses.replace(config.report, probe=pc, out=str(folder / "report")), probe=probe,
+                       progress=progress)
+            seconds["report"] = round(time.perf_counter() - t0, 3)
+        if "eat" in config.probes:
+            t0 = time.perf_counter()
+            eat_config = dataclasses.replace(config.eat, out=str(folder / "eat"), model=entry.spec,
+                                             model_config=entry.model_config, preprocess=entry.preprocess,
+                                             cache_dir=pc.cache_dir, device=pc.device, precision=pc.precision,
+                                             num_workers=pc.num_workers, offline=pc.offline)
+            run_eat(eat_config, encoder=encoder, progress=progress)
+            seconds["eat"] = round(time.perf_counter() - t0, 3)
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:  # noqa: BLE001 - one model's failure is recorded with its reason; the sweep goes on
+        return _fail(out, entry, err, digest, shard, config_record, seconds, encoder=encoder)
+    _write_model_record(out, entry, status=STATUS_OK, reason=None, digest=digest, shard=shard,
+                        metadata=_metadata(entry, encoder), timings=seconds, config_record=config_record,
+                        model_info=encoder.info(), dataset_info=dataset.summary())
+    return STATUS_OK, None
+
+
+# --------------------------------------------------------------------------- merge
+
+
+@dataclasses.dataclass
+class MergeResult:
+    out: Path
+    table: "pd.DataFrame"
+    models: "pd.DataFrame"
+    record: dict
+
+
+def merge_sweep(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike | None = None) -> MergeResult:
+    """Merge sweep folders into ``sweep.parquet`` and ``models.parquet`` (in ``out``, default the first folder).
+
+    Every folder must hold a ``sweep.json`` with the same settings hash; a model finished in several
+    folders is taken from the first that has it finished.
+    """
+    import pandas as pd
+
+    from clipprobe import _io
+    from clipprobe.report.sweep import (MODEL_COLUMNS, MODELS_DIR, MODELS_FILE, MSG_NOT_A_SWEEP, RUN_FILE,
+                                        SETTINGS_FILE, SWEEP_FILE, finish_sweep_table, model_table, read_json)
+    from clipprobe.runinfo import StageTimer, run_record
+
+    if not folders:
+        raise UsageError("give at least one sweep folder to merge")
+    timer = StageTimer()
+    paths = [Path(f) for f in folders]
+    settings = []
+    for p in paths:
+        if not (p / SETTINGS_FILE).is_file():
+            raise DataError(MSG_NOT_A_SWEEP.format(path=p, file=SETTINGS_FILE))
+        settings.append(read_json(p / SETTINGS_FILE, "sweep settings"))
+    for p, s in zip(paths[1:], settings[1:]):
+        if s.get("settings_hash") != settings[0].get("settings_hash"):
+            keys = _differences(settings[0].get("settings") or {}, s.get("settings") or {})
+            raise ClipprobeError(MSG_MERGE_SETTINGS.format(a=paths[0], b=p, keys=_shown_keys(keys)))
+    digest = settings[0].get("settings_hash")
+    records: dict[str, tuple[Path, dict]] = {}
+    for p in paths:
+        for run in sorted((p / MODELS_DIR).glob(f"*/{RUN_FILE}")):
+            record = read_json(run, "model record")
+            if record.get("settings_hash") != digest:
+                log.warning("%s was written with other settings; left out", run.parent)
+                continue
+            key = record.get("model_key") or run.parent.name
+            prev = records.get(key)
+            if prev is None or (prev[1].get("status") != STATUS_OK and record.get("status") == STATUS_OK):
+                records[key] = (run.parent, record)
+    if not records:
+        raise DataError(MSG_MERGE_NOTHING.format(paths=", ".join(str(p) for p in paths)))
+    extra: list[str] = []
+    for _, record in records.values():
+        for k in (record.get("metadata") or {}):
+            if k not in extra and _is_extra_performance(k, record["metadata"][k]):
+                extra.append(k)
+    extra = sorted(extra)
+    frames, model_rows = [], []
+    with timer("read"):
+        for key in sorted(records):
+            folder, record = records[key]
+            meta = record.get("metadata") or {}
+            if record.get("status") == STATUS_OK:
+                frames.append(model_table(folder, record, extra))
+            model_rows.append({"model": record.get("spec"), "model_key": key, "status": record.get("status"),
+                               "reason": record.get("reason"), "shard": record.get("shard"),
+                               "seconds": (record.get("timings_s") or {}).get("total"),
+                               **{c: meta.get(c) for c in MODEL_COLUMNS[6:]}})
+    table = finish_sweep_table(frames, extra)
+    models = pd.DataFrame(model_rows, columns=list(MODEL_COLUMNS))
+    for c in ("seconds", "params_total_m", "dataset_size"):
+        models[c] = pd.to_numeric(models[c], errors="coerce").astype("float64")
+    target = Path(out) if out is not None else paths[0]
+    with timer("write"):
+        _io.write_parquet(target / SWEEP_FILE, table)
+        _io.write_parquet(target / MODELS_FILE, models)
+    n_ok = int((models["status"] == STATUS_OK).sum())
+    record = run_record("sweep merge", config={"folders": [str(p) for p in paths], "out": str(target)},
+                        format_version=_sweep_format(), timings=timer.as_dict(), settings_hash=digest,
+                        settings=settings[0].get("settings"), n_models=len(models), n_ok=n_ok,
+                        n_failed=len(models) - n_ok, n_rows=len(table), performance_columns=extra)
+    _io.write_json(target / RUN_FILE, record)
+    log.info("merged %d model(s) (%d finished) into %s: %d rows", len(models), n_ok, target / SWEEP_FILE, len(table))
+    return MergeResult(out=target, table=table, models=models, record=record)
+
+
+def _is_extra_performance(key: str, value: Any) -> bool:
+    from clipprobe.models.zoo import USER_COLUMNS, ZOO_COLUMNS
+
+    if key in ZOO_COLUMNS or key in USER_COLUMNS or key == "precision":
+        return False
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# --------------------------------------------------------------------------- analyze
+
+
+@dataclasses.dataclass
+class AnalysisResult:
+    out: Path
+    table: "pd.DataFrame"
+    fits: dict[str, Any]
+    correlations: "pd.DataFrame | None"
+    record: dict
+    files: list[Path]
+
+
+def _split_measure(text: str) -> tuple[str, str]:
+    probe, sep, measure = text.partition(":")
+    if not sep:
+        probe, measure = ("eat", text) if text == "effect_size" else ("report", text)
+    return probe, measure
+
+
+def _read_performance_csv(path: str | os.PathLike) -> "pd.DataFrame":
+    import pandas as pd
+
+    from clipprobe.models.spec import parse_model_spec
+
+    p = Path(path).expanduser()
+    try:
+        df = pd.read_csv(p)
+    except (OSError, ValueError) as err:
+        raise DataError(MSG_PERFORMANCE_CSV.format(path=p, problem=f"cannot be read ({err})")) from None
+    col = "spec" if "spec" in df.columns else ("model" if "model" in df.columns else None)
+    if col is None:
+        raise DataError(MSG_PERFORMANCE_CSV.format(path=p, problem="has no 'spec' or 'model' column"))
+    df = df.rename(columns={col: "model"})
+    df["model"] = [parse_model_spec(str(s)).canonical for s in df["model"]]
+    return df
+
+
+def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+",
+                  measures: Sequence[str] = DEFAULT_MEASURES, performance_csv: str | None = None,
+                  settings=None, out: str | os.PathLike | None = None, figures: bool = True,
+                  max_scatter: int = 12) -> AnalysisResult:
+    """Fit the upstream-factor model per measure and correlate with ``performance`` (see the module docstring).
+
+    ``measures``: ``probe:measure`` names (``eat:effect_size``, ``report:max_skew_excess``, ...); those the
+    sweep lacks are skipped with a note. ``performance``: ``vtab+``, ``vtab``, ``imagenet1k``, ``avg38``, a
+    column of the model CSV or of ``performance_csv`` (a CSV with ``spec``/``model`` and that column), or None.
+    A measure whose mixed model cannot be fitted (too few models) raises :class:`DataError`; so does an
+    empty sweep.
+    """
+    import pandas as pd
+
+    from clipprobe import _io
+    from clipprobe.analysis.factors import FactorSettings, fit_factors, performance_correlations
+    from clipprobe.models.zoo import PERFORMANCE, PERFORMANCE_LABELS
+    from clipprobe.report.sweep import (ANALYSIS_DIR, ANALYSIS_FILE, HTML_FILE, MODELS_FILE, REPORT_MEASURES, RUN_FILE,
+                                        analysis_html, analysis_table, coefficient_plot, load_sweep_table,
+                                        scatter_plot)
+    from clipprobe.runinfo import StageTimer, run_record
+
+    settings = (settings or FactorSettings()).check()
+    timer = StageTimer()
+    folder = Path(folder)
+    table = load_sweep_table(folder)
+    models = pd.read_parquet(folder / MODELS_FILE) if (folder / MODELS_FILE).is_file() else pd.DataFrame(
+        columns=["model", "status", "reason"])
+    if table.empty:
+        raise DataError(MSG_NO_MODELS.format(why=f"{folder / 'sweep.parquet'} has no rows (no model finished)"))
+    if performance_csv:
+        perf = _read_performance_csv(performance_csv)
+        new = [c for c in perf.columns if c != "model"]
+        table = table.drop(columns=[c for c in new if c in table.columns]).merge(perf, on="model", how="left")
+    perf_col = None
+    if performance:
+        perf_col = PERFORMANCE.get(performance, performance)
+        if perf_col not in table.columns:
+            valid = list(PERFORMANCE) + [c for c in table.columns if c not in PERFORMANCE.values() and
+                                         pd.api.types.is_float_dtype(table[c]) and c not in
+                                         ("value", "ci_low", "ci_high", "p_value", "q_value", "params_image_m",
+                                          "params_text_m", "params_total_m", "dataset_size", "samples_seen")]
+            raise UsageError(f"unknown performance measure {performance!r}{did_you_mean(performance, valid)}; "
+                             f"valid: {', '.join(valid)}")
+    available = sorted({f"{p}:{m}" for p, m in zip(table["probe"], table["measure"])})
+    fits: dict[str, Any] = {}
+    sections: dict[str, list] = {"coefficients": [], "random": [], "correlations": [], "notes": []}
+    plots: list[dict] = []
+    corr_frames = []
+    for name in measures:
+        probe, measure = _split_measure(name)
+        key = f"{probe}:{measure}"
+        if key not in available:
+            if (probe == "report" and measure in REPORT_MEASURES) or (probe, measure) == ("eat", "effect_size"):
+                sections["notes"].append(pd.DataFrame({"probe": [probe], "measure": [measure],
+                                                       "note": [f"{key} is not in this sweep"]}))
+                continue
+            raise UsageError(MSG_MEASURE.format(value=name, hint=did_you_mean(key, available),
+                                                valid=", ".join(available)))
+        rows = table[(table["probe"] == probe) & (table["measure"] == measure)].copy()
+        with timer(f"fit {key}"):
+            fit = fit_factors(rows, settings=settings)
+        fits[key] = fit
+        coef = fit.coefficients.assign(probe=probe, measure=measure)
+        sections["coefficients"].append(coef)
+        sections["random"].append(fit.random.assign(probe=probe, measure=measure))
+        if fit.notes:
+            sections["notes"].append(pd.DataFrame({"probe": probe, "measure": measure, "note": list(fit.notes)}))
+        plot = None
+        if figures:
+            plot = coefficient_plot(fit.coefficients, title=f"{probe}: {measure}")
+        plots.append({"probe": probe, "measure": measure, "fit": fit, "ax": plot})
+        if perf_col is not None:
+            with timer(f"correlations {key}"):
+                corr = performance_correlations(rows, perf_col)
+            corr_frames.append(corr.assign(probe=probe, measure=measure, performance=performance))
+    correlations = None
+    if corr_frames:
+        from clipprobe.analysis.significance import bh_adjust
+
+        correlations = pd.concat(corr_frames, ignore_index=True)
+        # one BH family over the whole table (every measure's tests)
+        correlations["pearson_q"] = bh_adjust(correlations["pearson_p"].to_numpy(dtype=float))
+        correlations["spearman_q"] = bh_adjust(correlations["spearman_p"].to_numpy(dtype=float))
+        n_perf = int(table.dropna(subset=[perf_col])["model"].nunique())
+        if n_perf < 3:
+            sections["notes"].append(pd.DataFrame({"probe": [None], "measure": [None], "note": [
+                f"only {n_perf} model(s) have {performance}; correlations need at least 3"]}))
+        sections["correlations"].append(correlations)
+    target = Path(out) if out is not None else folder / ANALYSIS_DIR
+    long = analysis_table({k: (pd.concat(v, ignore_index=True) if v else None) for k, v in sections.items()})
+    files: list[Path] = []
+    with timer("write"):
+        _io.write_parquet(target / ANALYSIS_FILE, long)
+        files.append(target / ANALYSIS_FILE)
+        scatter_png: list[tuple[str, str]] = []
+        html_fits = []
+        from clipprobe.report.figures import save_figure
+        from clipprobe.report.sweep import _png
+
+        for item in plots:
+            png = None
+            if item["ax"] is not None:
+                files += save_figure(item["ax"].figure, target / "figures" / f"coefficients-{item['probe']}-"
+                                     f"{_slug(item['measure'])}")
+                png = _png(item["ax"])
+            html_fits.append({"probe": item["probe"], "measure": item["measure"], "fit": item["fit"], "plot": png})
+        if figures and correlations is not None:
+            ranked = correlations.dropna(subset=["pearson_r"]).sort_values("pearson_p", kind="stable")
+            for r in ranked.head(max_scatter).itertuples(index=False):
+                rows = table[(table["probe"] == r.probe) & (table["measure"] == r.measure) & (table["test"] == r.test)
+                             & (table["order"] == r.order)]
+                caption = (f"{r.probe} {r.measure}: {r.test} ({r.order}) against {performance}: r = {r.pearson_r:.2f}, "
+                           f"q = {r.pearson_q:.2g}")
+                ax = scatter_plot(rows, perf_col, title=f"{r.test} ({r.order})",
+                                  label=PERFORMANCE_LABELS.get(perf_col, performance))
+                files += save_figure(ax.figure, target / "figures" / f"scatter-{_slug(r.probe)}-{_slug(r.measure)}-"
+                                     f"{_slug(r.test)}-{_slug(r.order)}", formats=("png",))
+                scatter_png.append((caption, _png(ax)))
+        record = run_record("sweep analyze", config={"folder": str(folder), "performance": performance,
+                                                     "performance_csv": performance_csv, "measures": list(measures),
+                                                     "settings": dataclasses.asdict(settings)},
+                            format_version=_sweep_format(), timings=timer.as_dict(),
+                            n_models=int(table["model"].nunique()),
+                            fits={k: {"n_rows": f.n_rows, "n_models": f.n_models, "n_groups": f.n_groups,
+                                      "terms": list(f.terms), "references": f.references, "converged": f.converged,
+                                      "notes": list(f.notes)} for k, f in fits.items()})
+        html = analysis_html(title=f"Upstream factors: {folder.name}", fits=html_fits, correlations=correlations,
+                             performance=performance, models=models, scatter=scatter_png, record=record)
+        _io.write_text(target / HTML_FILE, html)
+        files.append(target / HTML_FILE)
+        _io.write_json(target / RUN_FILE, record)
+        files.append(target / RUN_FILE)
+    return AnalysisResult(out=target, table=long, fits=fits, correlations=correlations, record=record, files=files)
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "x"
+
+
+__all__ = ["DEFAULT_MEASURES", "ModelEntry", "PROBES", "SweepConfig", "SweepResult", "analyze_sweep", "merge_sweep",
+           "parse_shard", "resolve_models", "run_sweep", "settings_record", "shard_models"]

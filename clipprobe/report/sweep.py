@@ -1,0 +1,363 @@
+"""The sweep folder's tables, figures and HTML page.
+
+A sweep folder (written by :func:`clipprobe.pipeline.sweep.run_sweep`, one shard or many)::
+
+    DIR/sweep.json                      the settings every shard ran with (shards refuse other settings)
+    DIR/models/<model key>/run.json     one model: status ("ok" or "failed" with its reason), metadata, timings
+    DIR/models/<model key>/report/      the So-B-IT report of that model (``clipprobe report``'s folder)
+    DIR/models/<model key>/eat/         its association tests (``clipprobe eat``'s folder)
+    DIR/shards/<i>-of-<n>/run.json      what each shard did (models done, skipped, failed; timings)
+    DIR/sweep.parquet, DIR/models.parquet, DIR/run.json      written by ``sweep merge``
+    DIR/analysis/                       written by ``sweep analyze``: analysis.parquet, figures/, analysis.html,
+                                        run.json
+
+``sweep.parquet`` (:data:`SWEEP_COLUMNS` plus the metadata columns :data:`META_COLUMNS` and any performance
+columns of a user model table): one row per model and association test (``probe = "eat"``, ``measure =
+"effect_size"``, ``test`` and ``order`` the test's), and per model, report measure, category and attribute
+(``probe = "report"``, ``measure`` one of :data:`REPORT_MEASURES`, ``test`` the So-B-IT category or
+``all``, ``order`` the attribute; ``value`` the mean over the category's words). ``models.parquet``: one row
+per model with its status, reason and timings; failed and unknown models are listed there, never dropped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from clipprobe.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SETTINGS_FILE = "sweep.json"
+SWEEP_FILE = "sweep.parquet"
+MODELS_FILE = "models.parquet"
+MODELS_DIR = "models"
+SHARDS_DIR = "shards"
+ANALYSIS_DIR = "analysis"
+ANALYSIS_FILE = "analysis.parquet"
+HTML_FILE = "analysis.html"
+RUN_FILE = "run.json"
+
+REPORT_MEASURES = ("max_skew", "max_skew_excess", "min_skew", "min_skew_excess", "norm_entropy_mm", "ndkl_at_k",
+                   "share_flagged", "share_flagged_vs_controls")
+ALL_CATEGORIES = "all"
+SWEEP_COLUMNS = ("model", "model_key", "probe", "measure", "test", "order", "category", "value", "ci_low", "ci_high",
+                 "p_value", "q_value", "n")
+META_COLUMNS = ("arch", "tag", "kind", "arch_family", "params_image_m", "params_text_m", "params_total_m",
+                "params_source", "dataset", "dataset_family", "dataset_size", "samples_seen", "imagenet1k", "avg38",
+                "vtab", "vtab_plus", "precision")
+MODEL_COLUMNS = ("model", "model_key", "status", "reason", "shard", "seconds", "arch_family", "dataset_family",
+                 "params_total_m", "dataset_size", "performance_note")
+ANALYSIS_COLUMNS = ("section", "probe", "measure", "term", "estimate", "std_error", "z", "p_value", "ci_low",
+                    "ci_high", "kind", "test", "order", "performance", "n_models", "pearson_r", "pearson_p",
+                    "pearson_q", "spearman_rho", "spearman_p", "spearman_q", "component", "variance", "note")
+
+MSG_NOT_A_SWEEP = "{path} is not a sweep folder (no {file}); run `clipprobe sweep ... --out {path}` first"
+MSG_NOT_MERGED = "{path} has no {file}; run `clipprobe sweep merge {path}` first"
+MSG_BAD_FILE = "{path} cannot be read: {error}"
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(MSG_BAD_FILE.format(path=path, error=f"{what}: {err}")) from None
+
+
+def report_rows(words: "pd.DataFrame") -> "pd.DataFrame":
+    """Per (measure, category, attribute) the mean over the category's words (and over all words, category
+    ``all``), from a report's ``words.parquet``."""
+    import pandas as pd
+
+    from clipprobe.report.store import explode_categories
+
+    w = words.copy()
+    w["share_flagged"] = (w["n_flagged"] > 0).astype(float)
+    w["share_flagged_vs_controls"] = (w["n_flagged_vs_controls"] > 0).astype(float)
+    measures = [m for m in REPORT_MEASURES if m in w.columns]
+    exploded = explode_categories(w)
+    frames = []
+    for cats, part in ((True, exploded), (False, w.assign(category=ALL_CATEGORIES))):
+        g = part.groupby(["category", "attribute"], sort=True)
+        means = g[measures].mean()
+        counts = g.size()
+        long = means.stack(future_stack=True).rename("value").reset_index()
+        long = long.rename(columns={long.columns[2]: "measure"})
+        long["n"] = [int(counts[(c, a)]) for c, a in zip(long["category"], long["attribute"])]
+        frames.append(long)
+    out = pd.concat(frames, ignore_index=True)
+    return pd.DataFrame({"probe": "report", "measure": out["measure"], "test": out["category"],
+                         "order": out["attribute"], "category": out["category"], "value": out["value"].astype(float),
+                         "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan, "q_value": math.nan,
+                         "n": out["n"].astype("int64")})
+
+
+def eat_rows(table: "pd.DataFrame") -> "pd.DataFrame":
+    """One row per computed association test, from an ``eat.parquet``."""
+    import pandas as pd
+
+    t = table[table["available"]]
+    return pd.DataFrame({"probe": "eat", "measure": "effect_size", "test": t["test"].astype(str),
+                         "order": t["order"].astype(str), "category": t["family"].fillna("").astype(str),
+                         "value": t["effect_size"].astype(float), "ci_low": t["effect_ci_low"].astype(float),
+                         "ci_high": t["effect_ci_high"].astype(float), "p_value": t["p_value"].astype(float),
+                         "q_value": t["q_value"].astype(float),
+                         "n": (t["n_x"] + t["n_y"]).astype("int64")}).reset_index(drop=True)
+
+
+def model_table(model_dir: Path, record: Mapping[str, Any], extra_columns: Sequence[str] = ()) -> "pd.DataFrame":
+    """The long rows of one finished model folder, with its metadata columns."""
+    import pandas as pd
+
+    frames = []
+    if (model_dir / "report" / "words.parquet").is_file():
+        from clipprobe.report.store import load_report
+
+        frames.append(report_rows(load_report(model_dir / "report").words))
+    if (model_dir / "eat" / "eat.parquet").is_file():
+        from clipprobe.report.eat import load_eat
+
+        frames.append(eat_rows(load_eat(model_dir / "eat")[0]))
+    if not frames:
+        return pd.DataFrame(columns=list(SWEEP_COLUMNS))
+    rows = pd.concat(frames, ignore_index=True)
+    meta = record.get("metadata") or {}
+    rows.insert(0, "model_key", record.get("model_key"))
+    rows.insert(0, "model", record.get("spec"))
+    for c in list(META_COLUMNS) + [c for c in extra_columns if c not in META_COLUMNS]:
+        rows[c] = meta.get(c)
+    return rows
+
+
+def finish_sweep_table(frames: list["pd.DataFrame"], extra_columns: Sequence[str] = ()) -> "pd.DataFrame":
+    """Join the models' rows into one table with a fixed column order and a deterministic row order."""
+    import pandas as pd
+
+    columns = list(SWEEP_COLUMNS) + list(META_COLUMNS) + [c for c in extra_columns if c not in META_COLUMNS]
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("value", "ci_low", "ci_high") else "object")
+                             for c in columns})
+    df = pd.concat(frames, ignore_index=True)
+    for c in columns:
+        if c not in df.columns:
+            df[c] = None
+    numeric = ("value", "ci_low", "ci_high", "p_value", "q_value", "params_image_m", "params_text_m",
+               "params_total_m", "dataset_size", "samples_seen", "imagenet1k", "avg38", "vtab", "vtab_plus",
+               *extra_columns)
+    for c in numeric:
+        df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
+    df["n"] = pd.to_numeric(df["n"], errors="coerce").fillna(0).astype("int64")
+    for c in columns:
+        if c not in numeric and c != "n":
+            df[c] = df[c].astype(object).where(df[c].notna(), None)
+    df = df[columns].sort_values(["probe", "measure", "test", "order", "model_key"], kind="stable")
+    return df.reset_index(drop=True)
+
+
+def load_sweep_table(folder: str | Path) -> "pd.DataFrame":
+    import pandas as pd
+
+    path = Path(folder) / SWEEP_FILE
+    if not path.is_file():
+        raise DataError(MSG_NOT_MERGED.format(path=folder, file=SWEEP_FILE))
+    try:
+        return pd.read_parquet(path)
+    except (OSError, ValueError) as err:
+        raise DataError(MSG_BAD_FILE.format(path=path, error=err)) from None
+
+
+def analysis_table(sections: Mapping[str, "pd.DataFrame"]) -> "pd.DataFrame":
+    """One long table of every section (coefficients, random effects, correlations, notes)."""
+    import pandas as pd
+
+    frames = []
+    for name, df in sections.items():
+        if df is None or not len(df):
+            continue
+        part = df.copy()
+        part.insert(0, "section", name)
+        frames.append(part)
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(ANALYSIS_COLUMNS))
+    for c in ANALYSIS_COLUMNS:
+        if c not in out.columns:
+            out[c] = None
+    out = out[list(ANALYSIS_COLUMNS)]
+    for c in ("estimate", "std_error", "z", "p_value", "ci_low", "ci_high", "pearson_r", "pearson_p", "pearson_q",
+              "spearman_rho", "spearman_p", "spearman_q", "variance"):
+        out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
+    out["n_models"] = pd.to_numeric(out["n_models"], errors="coerce").astype("Int64")
+    for c in ("section", "probe", "measure", "term", "kind", "test", "order", "performance", "component", "note"):
+        out[c] = out[c].astype(object).where(out[c].notna(), None)
+    return out
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def coefficient_plot(coefficients: "pd.DataFrame", *, ax=None, title: str | None = None):
+    """Fixed effects (not the intercept) with their intervals, one row per term; returns the Axes."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, style
+
+    coefs = coefficients[coefficients["term"] != "Intercept"].reset_index(drop=True)
+    with style():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.9 + 0.22 * max(1, len(coefs))), layout="constrained")
+        y = list(range(len(coefs)))[::-1]
+        significant = coefs["p_value"] <= 0.05
+        for yi, (_, r), sig in zip(y, coefs.iterrows(), significant):
+            colour = OKABE_ITO[1] if sig else OKABE_ITO[0]
+            ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=colour, linewidth=1.2)
+            ax.plot([r["estimate"]], [yi], "o", color=colour, markersize=3.5)
+        ax.axvline(0, color="0.5", linewidth=0.6, linestyle="--")
+        ax.set_yticks(y)
+        ax.set_yticklabels([str(t) for t in coefs["term"]])
+        ax.set_xlabel("coefficient (95% interval; orange: p <= 0.05)")
+        if title:
+            ax.set_title(title, loc="left")
+    return ax
+
+
+def scatter_plot(df: "pd.DataFrame", performance: str, *, ax=None, title: str | None = None,
+                 label: str | None = None):
+    """Bias (``value``) against a performance column, one point per model, coloured by dataset family."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from clipprobe.report.figures import COLUMN_WIDTH, series_style, style
+
+    data = df[[performance, "value", "dataset_family"]].dropna(subset=[performance, "value"])
+    with style():
+        if ax is None:
+            _, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.8), layout="constrained")
+        for i, (family, part) in enumerate(sorted(data.groupby(data["dataset_family"].fillna("unknown")),
+                                                  key=lambda kv: str(kv[0]))):
+            colour, marker = series_style(i)
+            ax.scatter(part[performance], part["value"], s=10, color=colour, marker=marker, label=str(family))
+        ax.set_xlabel(label or performance)
+        ax.set_ylabel("value")
+        if len(data):
+            ax.legend(loc="best", fontsize=5, markerscale=0.8)
+        if title:
+            ax.set_title(title, loc="left")
+    return ax
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return "—"
+    if not math.isfinite(v):
+        return "—"
+    return f"{v:.2g}" if v != 0 and abs(v) < 10 ** -digits else f"{v:.{digits}f}"
+
+
+def _png(ax) -> str:
+    from clipprobe.report.figures import PNG_DPI
+
+    buf = io.BytesIO()
+    ax.figure.savefig(buf, format="png", dpi=PNG_DPI)
+    import matplotlib.pyplot as plt
+
+    plt.close(ax.figure)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}"
+       "table{border-collapse:collapse;margin:0.5em 0 1.5em}td,th{border-bottom:1px solid #ddd;padding:2px 8px;"
+       "text-align:left;font-size:0.9em}th{background:#f4f4f4}.note{color:#555}img{max-width:100%}")
+
+
+def analysis_html(*, title: str, fits: Sequence[Mapping[str, Any]], correlations: "pd.DataFrame | None",
+                  performance: str | None, models: "pd.DataFrame", scatter: Sequence[tuple[str, str]] = (),
+                  record: Mapping[str, Any] | None = None) -> str:
+    """The analysis page: every string from the sweep (model names, tests, notes) escaped.
+
+    ``fits``: dicts with ``probe``, ``measure``, ``fit`` (a FactorFit or None), ``error`` (why not),
+    ``plot`` (base64 PNG or None); ``scatter``: (caption, base64 PNG) pairs.
+    """
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+             f"<style>{CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    ok = models[models["status"] == "ok"] if len(models) else models
+    parts.append(f"<p>{len(ok)} of {len(models)} models finished. Mixed model (statsmodels MixedLM, REML): "
+                 "value ~ log10 params + architecture family + dataset family + log10 dataset size; groups = "
+                 "test x order; random intercept and slopes on the z-scored log params and log dataset size "
+                 "(Ghate et al., NAACL 2025).</p>")
+    for item in fits:
+        parts.append(f"<h2>{_e(item['probe'])}: {_e(item['measure'])}</h2>")
+        fit = item.get("fit")
+        if fit is None:
+            parts.append(f"<p class='note'>Not fitted: {_e(item.get('error'))}</p>")
+            continue
+        parts.append(f"<p>{fit.n_rows} rows, {fit.n_models} models, {fit.n_groups} groups; references: "
+                     + ", ".join(f"{_e(k.replace('_', ' '))} = {_e(v)}" for k, v in fit.references.items())
+                     + ("" if fit.converged else "; <strong>did not converge</strong>") + ".</p>")
+        if fit.notes:
+            parts.append("<ul class='note'>" + "".join(f"<li>{_e(n)}</li>" for n in fit.notes) + "</ul>")
+        if item.get("plot"):
+            parts.append(f"<figure><img alt='coefficients of {_e(item['measure'])}' "
+                         f"src='data:image/png;base64,{item['plot']}'></figure>")
+        rows = [[_e(r.term), _num(r.estimate), _num(r.std_error), _num(r.z, 2), _num(r.p_value),
+                 f"[{_num(r.ci_low)}, {_num(r.ci_high)}]"] for r in fit.coefficients.itertuples(index=False)]
+        parts.append(_table(["term", "estimate", "SE", "z", "p", "95% interval"], rows))
+        rows = [[_e(r.component), _num(r.variance, 4)] for r in fit.random.itertuples(index=False)]
+        parts.append(_table(["random effect", "variance"], rows))
+    if correlations is not None and len(correlations):
+        parts.append(f"<h2>Correlation with {_e(performance)}</h2><p>Pearson and Spearman across models; "
+                     "two-sided p; q: Benjamini-Hochberg over the table.</p>")
+        rows = [[_e(r.probe), _e(r.measure), _e(r.test), _e(r.order), str(r.n_models), _num(r.pearson_r),
+                 _num(r.pearson_p), _num(r.pearson_q), _num(r.spearman_rho), _num(r.spearman_p), _num(r.spearman_q)]
+                for r in correlations.itertuples(index=False)]
+        parts.append(_table(["probe", "measure", "test", "order", "models", "r", "p", "q", "rho", "p", "q"], rows))
+    for caption, png in scatter:
+        parts.append(f"<figure><img alt='{_e(caption)}' src='data:image/png;base64,{png}'>"
+                     f"<figcaption>{_e(caption)}</figcaption></figure>")
+    failed = models[models["status"] != "ok"] if len(models) else models
+    if len(failed):
+        parts.append("<h2>Models that did not finish</h2>")
+        parts.append(_table(["model", "status", "reason"],
+                            [[_e(r.model), _e(r.status), _e(r.reason)] for r in failed.itertuples(index=False)]))
+    if record:
+        parts.append(f"<p class='note'>clipprobe {_e(record.get('clipprobe_version'))}, "
+                     f"{_e(record.get('started'))}.</p>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+__all__ = ["ANALYSIS_COLUMNS", "META_COLUMNS", "MODEL_COLUMNS", "REPORT_MEASURES", "SWEEP_COLUMNS", "analysis_html",
+           "analysis_table", "coefficient_plot", "eat_rows", "finish_sweep_table", "load_sweep_table", "model_table",
+           "report_rows", "scatter_plot"]
