@@ -1040,11 +1040,12 @@ class _DualResult:
 
 
 def _dual_solve(system: _System, pat, cnt, u_rows, eta: float, *, tol: float, max_iter: int, lam0,
-                newton_steps: int = 50, restarts: int = 5) -> _DualResult:
+                newton_steps: int = 50, restarts: int = 5, callback=None) -> _DualResult:
     """Maximise the concave dual: L-BFGS-B (bounds ``lambda >= 0``), then projected Newton steps.
 
     ``pat``: pattern of each row (None: every row is its own pattern); ``cnt`` / ``u_rows``: examples
     and mean utility per row. State: the duals only; every evaluation recomputes ``q`` from them.
+    ``callback(lam, phase)``: called with the duals of every evaluation (the benchmark replays them).
     """
     import numpy as np
     from scipy.optimize import minimize
@@ -1056,6 +1057,8 @@ def _dual_solve(system: _System, pat, cnt, u_rows, eta: float, *, tol: float, ma
     rows: list[tuple[float, float, float, float, str]] = []
 
     def state(lam, phase):
+        if callback is not None:
+            callback(lam, phase)
         t = at @ lam
         t_rows = t if pat is None else t[pat]
         q = np.clip(eta - t_rows / two_u, 0.0, 1.0)
