@@ -254,7 +254,7 @@ def _baseline(files, work) -> dict:
 
     from clipprobe._io import atomic_path
     from clipprobe.captions.indicators import load_chunk
-    from clipprobe.captions.patterns import count_patterns, plan_files
+    from clipprobe.captions.patterns import count_patterns
     from clipprobe.pipeline.balance import _prepare
 
     config = _config(files, work)
