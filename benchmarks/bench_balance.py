@@ -263,7 +263,7 @@ def _baseline(files, work) -> dict:
     passed = count_patterns(prep.spec, prep.files, work / "parts", config.engine)
     chunks = sorted((work / "parts" / "patterns" / "chunks").glob("*.npz"))
     order = {f.key: i for i, f in enumerate(prep.files)}
-    chunks.sort(key=lambda p: (order[p.name.rsplit("-", 1)[0]], p.name))
+    chunks.sort(key=lambda p: (order[p.name.split("-", 1)[0]], p.name))
     keys = []
     for path in chunks:
         table, ids = load_chunk(path, prep.spec)

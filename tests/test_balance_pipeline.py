@@ -188,7 +188,10 @@ def test_fit_constraints_hold_caption_by_caption(data, fitted):
 def test_chunks_workers_and_reruns_give_the_same_weights(data, fitted, tmp_path):
     root, _ = data
     result, out = fitted
+    fit_balance(config(root, tmp_path / "b", seed=7))
+    # the same folder chunked otherwise (and two workers): the patterns are counted again, the same weights
     again = fit_balance(config(root, tmp_path / "b", seed=7, engine=EngineSettings(workers=2, chunk_rows=97)))
+    assert again.run["rows_scanned_this_run"]["patterns"] == again.run["rows"]
     a = pd.read_parquet(out / "weights.parquet")
     b = pd.read_parquet(tmp_path / "b" / "weights.parquet")
     pd.testing.assert_frame_equal(a, b)

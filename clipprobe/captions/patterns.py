@@ -162,8 +162,10 @@ def _chunks(info: PlannedFile, chunk_rows: int) -> list[tuple[tuple[int, ...], i
                            rows_per_group=info.rows_per_group), chunk_rows)
 
 
-def _chunk_file(folder: Path, info: PlannedFile, index: int) -> Path:
-    return folder / "chunks" / f"{info.key}-{index:05d}.npz"
+def _chunk_file(folder: Path, info: PlannedFile, row_groups: Sequence[int], first: int) -> Path:
+    """The chunk file of some row groups of a file (named by the file's key, the first row and the
+    number of row groups: another chunking of the file never reads it)."""
+    return folder / "chunks" / f"{info.key}-{first:012d}-{len(row_groups)}.npz"
 
 
 def _stream(spec, tasks, task_file, files, settings: EngineSettings, fn, prepare: bool = True):
@@ -255,14 +257,15 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
 
     def done(info):
         return (folder / f"{info.key}.npz").exists() and all(
-            _chunk_file(folder, info, i).exists() for i in range(len(_chunks(info, settings.chunk_rows))))
+            _chunk_file(folder, info, rg, first).exists() for rg, first in _chunks(info, settings.chunk_rows))
 
     todo = [f for f in files if not done(f)]
     log.info("%d files: %d counted before, %d to scan", len(files), len(files) - len(todo), len(todo))
     tasks, task_file = [], []
     for fi, info in enumerate(todo):
-        for i, (row_groups, first) in enumerate(_chunks(info, settings.chunk_rows)):
-            tasks.append((len(tasks), info.path, row_groups, info.column, first, str(_chunk_file(folder, info, i))))
+        for row_groups, first in _chunks(info, settings.chunk_rows):
+            tasks.append((len(tasks), info.path, row_groups, info.column, first,
+                          str(_chunk_file(folder, info, row_groups, first))))
             task_file.append(fi)
     pending = [0] * len(todo)
     for fi in task_file:
@@ -365,7 +368,7 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
     for info in files:
         added = False
         sizes = dict(zip(info.row_groups, info.rows_per_group))
-        for i, (row_groups, first) in enumerate(_chunks(info, settings.chunk_rows)):
+        for row_groups, first in _chunks(info, settings.chunk_rows):
             blob = json.dumps([info.key, list(row_groups), first, key])
             name = hashlib.sha256(blob.encode()).hexdigest()[:24]
             order.append(folder / f"{name}.parquet")
@@ -374,8 +377,9 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
             if not added:
                 todo_files.append(info)
                 added = True
-            tasks.append((len(tasks), info.path, row_groups, info.column, first, str(_chunk_file(patterns, info, i)),
-                          str(folder / f"{name}.parquet"), info.path, [sizes[g] for g in row_groups]))
+            tasks.append((len(tasks), info.path, row_groups, info.column, first,
+                          str(_chunk_file(patterns, info, row_groups, first)), str(folder / f"{name}.parquet"),
+                          info.path, [sizes[g] for g in row_groups]))
             task_file.append(len(todo_files) - 1)
     log.info("weights: %d chunks, %d to write", len(order), len(tasks))
     seconds: dict[str, float] = {}
