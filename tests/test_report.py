@@ -142,6 +142,18 @@ def test_incompatible_report_folder(setup, tmp_path):
     assert r.exit_code == 1 and "format 0" in r.output and "use a new output folder" in r.output
 
 
+def test_report_folder_below_a_file_fails_before_any_work(setup, tmp_path, monkeypatch):
+    import clipprobe.pipeline.probe as probe_mod
+
+    taken = tmp_path / "notes.txt"
+    taken.write_text("mine")
+    monkeypatch.setattr(probe_mod, "open_probe", lambda *a, **k: pytest.fail("the probe was opened"))
+    r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(taken / "run"), "--no-figures", "--no-html"])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip() == f"Error: report folder {taken / 'run'} cannot be made: {taken} is a file, not a folder"
+    assert taken.read_text() == "mine"
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--attributes", "race,religion"], "unknown attribute 'religion'"),
     (["--k", "1000"], "k=1000 is larger than the dataset"),

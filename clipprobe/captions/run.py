@@ -135,7 +135,7 @@ def _chunks(info: FileInfo, chunk_rows: int) -> list[tuple[tuple[int, ...], int]
 
 def count_captions(config: CountConfig) -> CountResult:
     """Run `captions count`; see the module docstring."""
-    from clipprobe._io import write_json
+    from clipprobe._io import ensure_dir, write_json
     from clipprobe.resources.lexicon import get_lexicon
     from clipprobe.captions.matching import Matcher
     from clipprobe.captions.scan import ChunkCounts, ScanSpec, TermSpace, cap_samples
@@ -166,7 +166,7 @@ def count_captions(config: CountConfig) -> CountResult:
     started = time.time()
     out = Path(config.out)
     parts_dir = out / "parts"
-    parts_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(parts_dir)
 
     with timer("plan"):
         taxonomy = get_taxonomy(config.taxonomy)

@@ -28,6 +28,7 @@ _COMMANDS = [
     ("clipprobe.cli.eat", "eat"),
     ("clipprobe.cli.association", "association"),
     ("clipprobe.cli.models", "models"),
+    ("clipprobe.cli.doctor", "doctor"),
     ("clipprobe.cli.figures", "figures"),
     ("clipprobe.cli.figures", "compare"),
     ("clipprobe.cli.power", "power"),

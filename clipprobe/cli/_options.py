@@ -18,11 +18,16 @@ def probe_options(func: Callable) -> Callable:
         click.option("--model", default="ViT-B-32:openai", show_default=True, help=MODEL_HELP),
         click.option("--model-config", type=click.Path(dir_okay=False), default=None,
                      help="JSON config of a custom architecture; its file name is the architecture name."),
+        click.option("--quick-gelu", "quick_gelu", is_flag=True,
+                     help="Build a weights file or folder with QuickGELU (fine-tunes of OpenAI, LAION-400M ViT-B-32, "
+                          "MetaCLIP, DFN models); or name the ARCH-quickgelu architecture."),
         click.option("--preprocess", default=None,
                      help="Preprocessing for a bare weights file: a pretrained tag whose settings to use "
                           "(e.g. openai) or 'default'. Recorded in the output."),
         click.option("--dataset", default=None, help=DATASET_HELP),
         click.option("--split", default="validation", show_default=True, help="validation or train."),
+        click.option("--hf-config", "hf_config", default=None,
+                     help="Configuration of an hf: dataset (FairFace: 0.25, the default, or 1.25 padding)."),
         click.option("--image-root", type=click.Path(file_okay=False), default=None,
                      help="Folder that image paths of a csv: dataset are relative to."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
@@ -49,12 +54,22 @@ def pop_probe_config(kwargs: dict[str, Any]):
 
     offline = kwargs.pop("offline") or env_offline()
     set_process_offline(offline)
+    model, quick_gelu = kwargs.pop("model"), kwargs.pop("quick_gelu")
+    if quick_gelu:
+        from clipprobe.errors import UsageError
+        from clipprobe.models import parse_model_spec
+
+        if parse_model_spec(model).kind == "pretrained":
+            raise UsageError(f"--quick-gelu is for a weights file or folder; {model} is built with the activation "
+                             "its pretrained tag was trained with")
     return ProbeConfig(
-        model=kwargs.pop("model"),
+        model=model,
+        quick_gelu=quick_gelu,
         model_config=kwargs.pop("model_config"),
         preprocess=kwargs.pop("preprocess"),
         dataset=kwargs.pop("dataset"),
         split=kwargs.pop("split"),
+        hf_config=kwargs.pop("hf_config"),
         image_root=kwargs.pop("image_root"),
         cache_dir=kwargs.pop("cache_dir"),
         device=kwargs.pop("device"),

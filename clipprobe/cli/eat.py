@@ -55,6 +55,8 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--model", default="ViT-B-32:openai", show_default=True, help=MODEL_HELP)
 @click.option("--model-config", type=click.Path(dir_okay=False), default=None,
               help="JSON config of a custom architecture; its file name is the architecture name.")
+@click.option("--quick-gelu", "quick_gelu", is_flag=True,
+              help="Build a weights file or folder with QuickGELU (fine-tunes of OpenAI, MetaCLIP, DFN models).")
 @click.option("--preprocess", default=None, help="Preprocessing for a bare weights file (a pretrained tag or 'default').")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Embedding (and iEAT download) cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe).")
@@ -68,8 +70,8 @@ def _split(values: tuple[str, ...]) -> tuple[str, ...]:
 @click.option("--offline", is_flag=True, help="Never touch the network (model and iEAT images must be local).")
 @click.pass_context
 def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permutations, seed, ddof, two_sided,
-        interval, bootstrap, no_sc_weat, paper_signs, stimuli_root, oasis_root, model, model_config, preprocess, cache_dir,
-        device, precision, batch_size, num_workers, figures, offline) -> None:
+        interval, bootstrap, no_sc_weat, paper_signs, stimuli_root, oasis_root, model, model_config, quick_gelu,
+        preprocess, cache_dir, device, precision, batch_size, num_workers, figures, offline) -> None:
     """Embedding Association Tests: effect sizes, permutation p-values, intervals, per-stimulus SC-WEAT."""
     if ctx.invoked_subcommand is not None:
         return
@@ -81,7 +83,8 @@ def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permut
     offline = offline or env_offline()
     set_process_offline(offline)
     config = EatConfig(
-        out=out, model=model, model_config=model_config, preprocess=preprocess, suite=suite, tests_file=tests_file,
+        out=out, model=model, model_config=model_config, quick_gelu=quick_gelu, preprocess=preprocess, suite=suite,
+        tests_file=tests_file,
         tests=_split(test_names), orders=_split(orders), permutations=permutations, sc_permutations=sc_permutations,
         seed=seed, ddof=ddof, two_sided=two_sided, interval=None if interval == "none" else interval,
         bootstrap=bootstrap, sc_weat=not no_sc_weat,

@@ -150,7 +150,8 @@ def run_association(config: AssociationConfig, *, progress: bool | None = None) 
         with timer("load_model"):
             pc = config.probe
             encoder = load_model(pc.model, device=pc.device, model_config=pc.model_config,
-                                 offline=pc.offline or None, preprocess=pc.preprocess, precision=pc.precision)
+                                 offline=pc.offline or None, preprocess=pc.preprocess, precision=pc.precision,
+                                 quick_gelu=pc.quick_gelu)
     prompts = {}
     if config.ab:
         with timer("ab"):

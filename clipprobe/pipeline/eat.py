@@ -56,6 +56,7 @@ class EatConfig:
     out: str
     model: str = DEFAULT_MODEL
     model_config: str | None = None
+    quick_gelu: bool = False
     preprocess: str | None = None
     suite: str | None = None
     tests_file: str | None = None
@@ -187,7 +188,8 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
 
             encoder = load_model(config.model, device=config.device, model_config=config.model_config,
                                  offline=config.offline or None, preprocess=config.preprocess,
-                                 precision=config.precision)
+                                 precision=config.precision,
+                                 quick_gelu=config.quick_gelu)
     counting = _CountingEncoder(encoder)
 
     with timer("embed"):

@@ -46,9 +46,11 @@ class ProbeConfig:
 
     model: str = DEFAULT_MODEL
     model_config: str | None = None
+    quick_gelu: bool = False         # build a weights file or folder with QuickGELU
     preprocess: str | None = None
     dataset: str | None = None
     split: str = "validation"
+    hf_config: str | None = None     # configuration of an hf: dataset (FairFace: 0.25 or 1.25)
     image_root: str | None = None
     cache_dir: str | None = None
     device: str = "auto"
@@ -146,11 +148,12 @@ def open_probe(config: ProbeConfig, *, progress: bool | None = None) -> Probe:
     timings: dict[str, float] = {}
     start = time.perf_counter()
     dataset = load_dataset(config.dataset, split=config.split, image_root=config.image_root,
-                           offline=config.offline or None)
+                           offline=config.offline or None, hf_config=config.hf_config)
     timings["load_dataset"] = time.perf_counter() - start
     start = time.perf_counter()
     encoder = load_model(config.model, device=config.device, model_config=config.model_config,
-                         offline=config.offline or None, preprocess=config.preprocess, precision=config.precision)
+                         offline=config.offline or None, preprocess=config.preprocess, precision=config.precision,
+                         quick_gelu=config.quick_gelu)
     timings["load_model"] = time.perf_counter() - start
     start = time.perf_counter()
     embeddings = embed_dataset(encoder, dataset, cache_dir=config.cache_dir, batch_size=config.batch_size,
@@ -266,13 +269,13 @@ def build_index(config: ProbeConfig, *, progress: bool | None = None) -> dict:
 
 
 def dataset_group_sizes(spec: str, attribute: str, *, split: str = "validation", image_root: str | None = None,
-                        offline: bool | None = None) -> dict[str, int]:
+                        offline: bool | None = None, hf_config: str | None = None) -> dict[str, int]:
     """Group sizes of ``attribute`` in a face dataset's label file (images are not read)."""
     import numpy as np
 
     from clipprobe.faces import group_codes, load_dataset
 
-    dataset = load_dataset(spec, split=split, image_root=image_root, offline=offline)
+    dataset = load_dataset(spec, split=split, image_root=image_root, offline=offline, hf_config=hf_config)
     if attribute not in dataset.attributes():
         raise one_of(attribute, dataset.attributes(), f"attribute of dataset {spec!r}")
     codes, names = group_codes(dataset.table[attribute], attribute)

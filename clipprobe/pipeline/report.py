@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -131,7 +132,8 @@ def _run_eat(config: ReportConfig, probe: "Probe", out: Path):
 
     is_file = config.eat.endswith((".yaml", ".yml", ".json")) or Path(config.eat).expanduser().is_file()
     pc = probe.config
-    eat_config = EatConfig(out=str(out), model=pc.model, model_config=pc.model_config, preprocess=pc.preprocess,
+    eat_config = EatConfig(out=str(out), model=pc.model, model_config=pc.model_config, quick_gelu=pc.quick_gelu,
+                           preprocess=pc.preprocess,
                            suite=None if is_file else config.eat, tests_file=config.eat if is_file else None,
                            seed=config.seed, stimuli_root=config.stimuli_root, oasis_root=config.oasis_root,
                            cache_dir=pc.cache_dir, device=pc.device, precision=pc.precision,
@@ -169,6 +171,7 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     from clipprobe.resources.taxonomy import get_taxonomy
     from clipprobe.runinfo import StageTimer, run_record
 
+    started = time.time()
     config = config.check()
     out = Path(config.out)
     check_out_folder(out)
@@ -258,7 +261,8 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     label_of = (dict(zip(probe.files, probe.labels[shown].astype(str).agg(" ".join, axis=1)))
                 if config.html and shown else {})
     files = write_report(tables, out, run=run, figures=config.figures, html=config.html,
-                         image_loader=probe.load_image, label_for=label_of.get, timer=timer) + files
+                         image_loader=probe.load_image, label_for=label_of.get, timer=timer,
+                         started=started) + files
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
     return ReportResult(out=out, groups=tables.groups, words=tables.words, summary=tables.summary, run=run,
                         reused_chunks=reused, computed_chunks=computed, files=files)

@@ -233,8 +233,9 @@ def write_comparison(result: CompareResult, out_dir, *, formats: Sequence[str] =
     """Write the comparison tables (CSV and parquet), notes and figures to ``out_dir``."""
     from clipprobe.report import figures
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from clipprobe._io import ensure_dir
+
+    out_dir = ensure_dir(out_dir)
     paths: list[Path] = []
     for stem, df in (("compare_categories", result.categories), ("compare_correlations", result.correlations),
                      ("compare_words", result.words), ("compare_disagreements", result.disagreements)):

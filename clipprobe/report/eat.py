@@ -207,11 +207,10 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
 def write_eat_outputs(out: str | os.PathLike, table: "pd.DataFrame", stimuli: "pd.DataFrame", record: Mapping,
                       *, figures: bool = True, title: str | None = None) -> list[Path]:
     """Write the run folder (see the module docstring); all files appear together or none does."""
-    from clipprobe._io import write_json, write_parquet
+    from clipprobe._io import ensure_dir, write_json, write_parquet
     from clipprobe.report.figures import save_figure
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = ensure_dir(out)
     staging = Path(tempfile.mkdtemp(prefix=".eat-staging-", dir=out))
     try:
         names = [TABLE_FILE, STIMULI_FILE]

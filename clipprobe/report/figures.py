@@ -39,7 +39,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from clipprobe._io import atomic_path
+from clipprobe._io import atomic_path, ensure_dir
 from clipprobe.errors import UsageError, one_of
 from clipprobe.faces import ATTRIBUTES
 from clipprobe.report.store import CATEGORY_SEP, explode_categories
@@ -591,9 +591,8 @@ def write_report_figures(report, out_dir, *, attributes: Sequence[str] | None = 
     from clipprobe._io import clean_stale_temporaries
 
     started = time.time() if started is None else started
-    out_dir = Path(out_dir)
     _check_figure_set(figure_set)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(out_dir)
     removed = clean_stale_temporaries(out_dir, before=started)
     if removed:
         log.info("removed %d temporary file(s) left in %s by an interrupted run", len(removed), out_dir)

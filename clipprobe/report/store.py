@@ -49,6 +49,7 @@ MSG_BAD_TABLE = "{name} in report folder {path} cannot be read: {error}"
 MSG_MIXED = ("report folder {path} is incomplete or mixed: {name} does not match run.json (a run was interrupted "
              "while writing it?); rerun the report into this folder or a new one")
 MSG_OUT_NOT_FOLDER = "report folder {path} exists and is not a folder"
+MSG_OUT_UNDER_FILE = "report folder {path} cannot be made: {parent} is a file, not a folder"
 MSG_OUT_UNREADABLE = "report folder {path}: run.json is unreadable ({error})"
 MSG_OUT_OTHER_VERSION = ("report folder {path} was written with report format {found!r}; this clipprobe writes "
                          "format {expected}: use a new output folder")
@@ -136,6 +137,11 @@ def check_out_folder(out) -> None:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ClipprobeError(MSG_OUT_NOT_FOLDER.format(path=out))
+    for parent in out.parents:  # a file in the way is found now, not after the long part
+        if parent.exists():
+            if not parent.is_dir():
+                raise ClipprobeError(MSG_OUT_UNDER_FILE.format(path=out, parent=parent))
+            break
     run = out / FILES["run"]
     if run.exists():
         try:

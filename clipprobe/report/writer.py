@@ -16,13 +16,14 @@ log = logging.getLogger(__name__)
 
 def write_report(tables: "ReportTables", out, *, run: dict | None = None, figures: bool = True, html: bool = True,
                  image_loader: Callable | None = None, label_for: Callable[[str], str] | None = None,
-                 timer=None) -> list[Path]:
+                 timer=None, started: float | None = None) -> list[Path]:
     """Write a report folder from :class:`~clipprobe.analysis.probe.ReportTables`; returns the paths written.
 
     ``run`` is the run record (see :func:`clipprobe.runinfo.run_record`; a minimal one is made when
     None, as for tables computed from arrays). Figures and the HTML page are drawn from the tables in
     memory; ``image_loader``/``label_for`` supply faces for the HTML contact sheets. ``run.json`` is
-    written last, with the tables' checksums.
+    written last, with the tables' checksums. ``started`` (a ``time.time()``; default: now) is when the
+    run began: figure temporaries older than it, left by a killed run, are removed.
     """
     from clipprobe import _io
     from clipprobe.runinfo import StageTimer, run_record
@@ -47,7 +48,7 @@ def write_report(tables: "ReportTables", out, *, run: dict | None = None, figure
         from clipprobe.report.figures import write_report_figures
 
         with timer("figures"):
-            written += write_report_figures(report, out / "figures")
+            written += write_report_figures(report, out / "figures", started=started)
     if html:
         from clipprobe.report.html import write_html_report
 
