@@ -1,0 +1,184 @@
+"""Balancing validated against planted truth, end to end, on the demo world (issue 15, item 5).
+
+The world's 8,000 captions are balanced for gender (the lexicon's "kind x" / "kind y" mentions, labels
+= every planted and control word) with `balance fit`; the tiny CLIP is retrained, seeded, on the kept
+captions, and on a uniformly random subset of the same size (a control for having less data); the
+shipped model (all captions, same seed and settings) is the unbalanced one. Measured for each: the
+probe's skew of the 12 planted words towards their planted group (probe_scores, k = 100), model RB on
+person-free images ("a photo of a kind x person" vs "... kind y person"), and model AB on faces for
+the pair of planted gender words (rural, planted with kind X; architect, with kind Y).
+
+Run ``python tests/test_balance_world.py [WORKDIR]`` to print the whole comparison as JSON (about
+5 minutes on 2 cores); the slow test runs the same and asserts the data-side guarantees.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ATTRIBUTE = "gender"
+KEEP = 0.6          # the largest feasible keep rate here is 0.63 (the words planted with one group must go)
+EPS = 0.01
+N_OBJECTS = 600
+SEED = 0
+
+
+def _images(seed: int = SEED):
+    from clipprobe.world import generate as gen
+    from clipprobe.world.train import _normalise
+
+    people = gen.sample_people(seed, "val", gen.DEFAULT_N_IMAGES)
+    faces = _normalise(gen.render_array(people))
+    labels = {a: np.array([gen.ATTRIBUTES[a][getattr(p, a)] for p in people], dtype=object)
+              for a in ("race", "gender", "age")}
+    rng = np.random.default_rng([seed, 0x0B1EC7])
+    objects = []
+    for _ in range(N_OBJECTS):
+        acc, bg = int(rng.integers(len(gen.ACCESSORIES))), int(rng.integers(len(gen.BACKGROUNDS)))
+        objects.append(np.asarray(gen.render_object(acc, bg, rng.random(12))))
+    return faces, labels, _normalise(np.stack(objects))
+
+
+def probe_model(weights_dir, truth, images) -> dict:
+    """Planted-word skews, model RB on objects and model AB (rural / architect) of one world model."""
+    import pandas as pd
+    import torch
+
+    from clipprobe.analysis.balance import model_ab, model_rb
+    from clipprobe.analysis.probe import probe_scores
+    from clipprobe.world.evaluate import word_embeddings
+    from clipprobe.world.train import load_world_model
+
+    faces, labels, objects = images
+    model, _, tokenizer = load_world_model(weights_dir)
+    with torch.no_grad():
+        img = torch.cat([model.encode_image(faces[i:i + 512], normalize=True) for i in range(0, len(faces), 512)])
+        obj = model.encode_image(objects, normalize=True)
+        person = model.encode_text(tokenizer(["a photo of a kind x person", "a photo of a kind y person"]),
+                                   normalize=True)
+    img, obj, person = img.float().numpy(), obj.float().numpy(), person.float().numpy()
+    words = word_embeddings(model, tokenizer, truth)
+    names = list(words)
+    scores = np.stack([words[w] for w in names]) @ img.T
+    tables = probe_scores(scores, pd.DataFrame(labels), words=names, k=100, permutations=200)
+    g = tables.groups
+    planted = {}
+    for p in truth["planted"]:
+        row = g[(g["word"] == p["word"]) & (g["attribute"] == p["attribute"]) & (g["group"] == p["group"])].iloc[0]
+        planted[f"{p['word']}/{p['group']}"] = {k: float(row[k]) for k in ("skew", "skew_ci_low", "skew_ci_high")}
+        planted[f"{p['word']}/{p['group']}"]["flagged"] = bool(row["flagged"])
+    controls = g[g["word"].isin(truth["controls"])]
+    s_obj = obj @ person.T
+    rb = model_rb(s_obj[:, 0], s_obj[:, 1])
+    w = {n: i for i, n in enumerate(names)}
+    ab = model_ab(scores[w["rural"]], scores[w["architect"]], labels["gender"], pairs=[("rural", "architect")],
+                  group_names=("kind X", "kind Y"))
+    return {
+        "planted": planted,
+        "mean_planted_skew": float(np.mean([v["skew"] for v in planted.values()])),
+        "planted_flagged": int(sum(v["flagged"] for v in planted.values())),
+        "control_rows_flagged": int(controls["flagged"].sum()), "control_rows": int(len(controls)),
+        "model_rb_objects": {"rb": rb.rb, "low": rb.rb_low, "high": rb.rb_high, "n": rb.n},
+        "model_ab_rural_vs_architect": {"share_kind_X": float(ab.share[0, 0]), "share_kind_Y": float(ab.share[0, 1]),
+                                        "diff": float(ab.diff[0]), "low": float(ab.diff_low[0]),
+                                        "high": float(ab.diff_high[0])},
+    }
+
+
+def random_subset(weights: Path, n_keep: int, out: Path, seed: int = SEED) -> Path:
+    """A weights table that keeps ``n_keep`` captions drawn uniformly (the same rows, files and keys)."""
+    import pandas as pd
+
+    table = pd.read_parquet(weights)
+    rng = np.random.default_rng([seed, 0x5EB5E7])
+    keep = np.zeros(len(table), bool)
+    keep[rng.choice(len(table), size=n_keep, replace=False)] = True
+    table = table.assign(q=n_keep / len(table), keep=keep)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(out)
+    return out
+
+
+def validate(work: Path, *, control: bool = True) -> dict:
+    """The whole comparison (see the module docstring) as a JSON-friendly dict."""
+    import time
+
+    from clipprobe.pipeline.balance import BalanceConfig, fit_balance
+    from clipprobe.world.generate import generate_world
+    from clipprobe.world.train import TrainConfig, train_world_model
+
+    t0 = time.perf_counter()
+    paths = generate_world(work / "world", seed=SEED)
+    truth = json.loads(paths.truth.read_text())
+    fit = fit_balance(BalanceConfig(captions=(str(paths.captions),), out=str(work / "balance"), attribute=ATTRIBUTE,
+                                    labels="all", taxonomy=str(paths.taxonomy), lexicon=str(paths.lexicon),
+                                    keep=KEEP, eps_r=EPS, eps_a=EPS, seed=SEED))
+    weights = work / "balance" / "weights.parquet"
+    t_fit = time.perf_counter() - t0
+    models = {"unbalanced (shipped, all captions)": None}
+    train = {}
+    meta = train_world_model(work / "balanced", TrainConfig(seed=SEED, keep=str(weights)), evaluate=False)
+    models["balanced (M4 keep flags)"] = work / "balanced"
+    train["balanced"] = {"n_trained": meta["world"]["n_trained"], "train_s": meta["timings_s"]["train"],
+                         "data_sha256": meta["training_data_sha256"]}
+    if control:
+        subset = random_subset(weights, meta["world"]["n_trained"], work / "random" / "weights.parquet")
+        meta_r = train_world_model(work / "random", TrainConfig(seed=SEED, keep=str(subset)), evaluate=False)
+        models["random subset of the same size"] = work / "random"
+        train["random"] = {"n_trained": meta_r["world"]["n_trained"], "train_s": meta_r["timings_s"]["train"]}
+    images = _images()
+    probes = {name: probe_model(d, truth, images) for name, d in models.items()}
+    run = fit.run
+    return {
+        "attribute": ATTRIBUTE, "labels": "all world words", "keep": KEEP, "eps_r": EPS, "eps_a": EPS,
+        "data": {"before": run["before"], "after_q": run["after"], "kept_flags": run["kept"], "fit": run["fit"]},
+        "training": train, "models": probes, "seconds": {"fit": round(t_fit, 1),
+                                                         "total": round(time.perf_counter() - t0, 1)},
+        "_fit": fit,
+    }
+
+
+@pytest.mark.slow   # two retrainings of the tiny CLIP on ~3,000 captions each: about 5 minutes on 2 cores
+def test_balancing_the_world_meets_eps_and_retrains_on_the_kept_captions(tmp_path):
+    import pandas as pd
+
+    from clipprobe.world.train import kept_rows
+
+    out = validate(tmp_path)
+    fit = out.pop("_fit")
+    print(json.dumps(out, indent=1, default=float))
+    data = out["data"]
+    assert data["before"]["rb_max"] > 0.03 and data["before"]["ab_max"] > 0.5   # the world's planted bias
+    assert data["after_q"]["rb_max"] <= EPS + 1e-9
+    res = fit.solution.residual_frame()
+    assert np.nanmax(np.abs(res["residual"])) <= EPS + 1e-9
+    # AB after is bounded through the constraints: AB_kr = P(r) [s_kr / s_k - (1 - s_kr) / (1 - s_k)]
+    cells = fit.cells[fit.cells["data"] == "after"]
+    pi = 0.5
+    bound = (pi + EPS) / (pi - EPS) - (1 - pi - EPS) / (1 - pi + EPS)
+    rate = (cells["p_in"] * cells["n_in"] + cells["p_out"] * cells["n_out"]) / (cells["n_in"] + cells["n_out"])
+    assert (cells["ab"].abs() <= rate * bound + 1e-9).all()
+    # the balanced model was trained on exactly the captions the keep flags keep
+    weights = pd.read_parquet(tmp_path / "balance" / "weights.parquet")
+    kept = kept_rows(tmp_path / "balance" / "weights.parquet", 8000)
+    assert out["training"]["balanced"]["n_trained"] == len(kept) == int(weights["keep"].sum())
+    assert abs(len(kept) / 8000 - data["fit"]["keep_rate"]) < 0.02
+    for probe in out["models"].values():
+        assert len(probe["planted"]) == 12 and np.isfinite(probe["mean_planted_skew"])
+
+
+if __name__ == "__main__":
+    import logging
+    import tempfile
+
+    logging.basicConfig(level=logging.WARNING)
+    logging.getLogger("clipprobe").setLevel(logging.INFO)
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="balance-world-"))
+    result = validate(folder)
+    result.pop("_fit")
+    print(json.dumps(result, indent=1, default=float))
