@@ -175,6 +175,12 @@ def test_fit_constraints_hold_caption_by_caption(data, fitted):
     got = result.groups[result.groups["data"] == "after"]
     np.testing.assert_allclose(got["share"], after.share)
     assert np.abs(after.rb).max() <= 0.02 + 1e-9
+    # AB after is bounded through the two constraints: AB_kr = P(r) (s_kr / s_k - (1 - s_kr) / (1 - s_k)) with
+    # s_kr the group's share among the label's captions (within eps_a of pi) and s_k its share (within eps_r)
+    corners = [abs(a / b - (1 - a) / (1 - b)) for a in (0.5 - 0.03, 0.5 + 0.03) for b in (0.5 - 0.02, 0.5 + 0.02)]
+    rate = (q * m) @ y / (q @ m)
+    assert (np.abs(after.ab) <= rate[None, :] * max(corners) + 1e-9).all()
+    assert np.abs(after.ab).max() < np.abs(balance.data_bias_arrays(s, y).ab).max()
     kept = pd.read_parquet(out / "weights.parquet")["keep"].to_numpy().astype(float)
     realised = balance.data_bias_arrays(s, y, groups=("Male", "Female"), labels=LABELS, weights=kept)
     cells = result.cells[result.cells["data"] == "kept"]
