@@ -516,6 +516,38 @@ def _local_tables(part, words: Sequence[str], categories):
     return groups[list(GROUP_COLUMNS)], word_rows[list(WORD_COLUMNS)]
 
 
+def _control_columns(groups, controls, lab, attributes, k: int, ties: str) -> None:
+    """The control-query test of :func:`score_words` (``control_share``, ``p_vs_controls``), filled into
+    ``groups`` in place: the same functions on the same counts, evaluated once per distinct (count, group)
+    instead of once per row (the beta-binomial tail has no closed form, and a subset probe repeats it for
+    every word of every subset)."""
+    import numpy as np
+
+    from clipprobe.analysis.metrics import rank_topk
+    from clipprobe.analysis.probe import MSG_CONTROLS, _kept_counts, control_null, p_vs_controls
+
+    c = np.asarray(controls)
+    if c.ndim != 2 or c.shape[1] != lab.n_images or len(c) < 2:
+        raise DataError(MSG_CONTROLS.format(n_images=lab.n_images, shape=c.shape))
+    ids = rank_topk(c, k)
+    share = np.full(len(groups), np.nan)
+    p = np.full(len(groups), np.nan)
+    for a in attributes:
+        codes, names = lab.codes[a], lab.names[a]
+        control_counts, _ = _kept_counts(c, ids, codes, len(names), k, ties)
+        mean, alpha_, beta_ = control_null(control_counts, k)
+        rows = np.flatnonzero((groups["attribute"] == a).to_numpy())
+        lookup = {name: i for i, name in enumerate(names)}
+        g = groups["group"].iloc[rows].map(lookup).to_numpy(dtype=np.int64)
+        counts = groups["count"].to_numpy(dtype=np.int64)[rows]
+        pairs, inverse = np.unique(np.stack([counts, g]), axis=1, return_inverse=True)
+        values = p_vs_controls(pairs[0], k, mean[pairs[1]], alpha_[pairs[1]], beta_[pairs[1]])
+        p[rows] = values[inverse.ravel()]
+        share[rows] = mean[g]
+    groups["control_share"] = share
+    groups["p_vs_controls"] = p
+
+
 def _scope_tables(scores, lab, *, words, k, attributes, scope, subset, settings, alpha, categories, prompts,
                   files, neutral, controls, seed_key):
     """One scope: :func:`score_words` on its columns and label rows, the KL columns, the scope keys. The
@@ -525,8 +557,10 @@ def _scope_tables(scores, lab, *, words, k, attributes, scope, subset, settings,
 
     from clipprobe.analysis.probe import finish_tables, score_words
 
-    part = score_words(scores, lab, words=words, k=k, attributes=attributes, neutral=neutral, controls=controls,
+    part = score_words(scores, lab, words=words, k=k, attributes=attributes, neutral=neutral, controls=None,
                        prompts=prompts, files=files, **settings)
+    if controls is not None:
+        _control_columns(part.groups, controls, lab, attributes, k, settings["ties"])
     if scope == "global":
         tables = finish_tables([part], k=k, alpha=alpha, categories=categories)
         groups, words_df = tables.groups.copy(), tables.words.copy()
@@ -681,11 +715,15 @@ def _vs_global(groups: "pd.DataFrame", lab, *, level: float) -> "pd.DataFrame":
 
     from clipprobe.analysis.intervals import skew_interval
 
-    base = {}
+    import pandas as pd
+
+    keys, values = [], []
     for a in lab.attributes:
         counts = np.bincount(lab.codes[a], minlength=len(lab.names[a])) / lab.n_images
-        base.update({(a, g): float(c) for g, c in zip(lab.names[a], counts)})
-    gb = np.asarray([base.get((a, g), np.nan) for a, g in zip(groups["attribute"], groups["group"])])
+        keys += [(a, g) for g in lab.names[a]]
+        values += [float(c) for c in counts]
+    base = pd.Series(values, index=pd.MultiIndex.from_tuples(keys), dtype=np.float64)
+    gb = base.reindex(pd.MultiIndex.from_arrays([groups["attribute"], groups["group"]])).to_numpy(dtype=np.float64)
     kk = groups["k"].to_numpy(dtype=np.float64)
     floored = np.maximum(groups["count"].to_numpy(dtype=np.float64), 1.0) / kk
     with np.errstate(divide="ignore", invalid="ignore"):

@@ -1,0 +1,73 @@
+"""Coverage of the intervals that `clipprobe subsets` publishes, measured by simulation
+(benchmarks/bench_subsets.py --coverage): Spearman's rho across models, and the report's intervals at
+subset sizes. The full grids are slow tests; small versions run in the default suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _bench():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_subsets
+    finally:
+        sys.path.pop(0)
+    return bench_subsets
+
+
+def test_true_spearman_of_the_normal_copula():
+    from scipy import stats
+
+    b = _bench()
+    import numpy as np
+
+    x, y = b.draw_pairs(np.random.default_rng(0), 40_000, 0.6, "normal")
+    assert stats.spearmanr(x, y).statistic == pytest.approx(b.true_spearman(0.6, "normal"), abs=0.01)
+
+
+def test_fisher_interval_covers_in_a_small_grid():
+    """150 samples per cell (binomial SE about 0.018): a quick check that the published interval is not off."""
+    b = _bench()
+    for n, rho in ((10, 0.0), (20, 0.6)):
+        cov = b.rho_coverage(n, rho, "normal", 150, seed=1, methods=("fisher",))["fisher"]
+        assert 0.89 <= cov <= 0.995, (n, rho, cov)
+
+
+@pytest.mark.slow
+def test_fisher_interval_covers_across_the_grid():
+    """The published interval (Fisher-z, Bonett-Wright variance), 1000 samples per cell, normal and t(3)
+    copulas, 5 to 29 models, population rho 0 to 0.9: every cell within 0.93-0.97 from 8 models on
+    (README, "Statistics": the measured numbers, and which cells the bootstraps miss)."""
+    b = _bench()
+    grid = b.rho_coverage_grid(1000, seed=0, methods=("fisher",), grid_n=(8, 10, 15, 20, 29))
+    bad = grid[(grid["coverage"] < 0.93) | (grid["coverage"] > 0.97)]
+    assert bad.empty, bad.to_string()
+
+
+def test_local_intervals_cover_at_subset_sizes_quick():
+    b = _bench()
+    table = b.local_coverage(2000, 4, 3, k=100, seed=3)
+    assert set(table["statistic"]) == {"share", "skew", "skew_vs_global"}
+    assert set(table["N"]) == {500} and set(table["k"]) == {100}
+    assert (table["published"] == 1.0).all()
+    assert table["coverage"].mean() > 0.85, table.to_string()
+
+
+@pytest.mark.slow
+def test_local_intervals_cover_at_subset_sizes():
+    """Subsets of about 500 and 150 images, k fixed at 100 or the global fraction: the report's share and
+    skew intervals and the skew against the global base shares, 300 datasets per cell."""
+    b = _bench()
+    import pandas as pd
+
+    frames = [b.local_coverage(n_total, n_subsets, 300, k=100, k_mode=mode, seed=0)
+              for n_total, n_subsets in b.LOCAL_GRID for mode in ("fixed", "fraction")]
+    table = pd.concat(frames, ignore_index=True)
+    bad = table[(table["coverage"] < 0.93) | (table["coverage"] > 0.975)]
+    assert bad.empty, bad.to_string()
