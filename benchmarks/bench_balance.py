@@ -25,8 +25,9 @@ their ratio (target >= 20x), the solve time at each size (it should not grow wit
 and an extrapolation to LAION-2B (2.32e9 captions).
 
 End to end (``--end-to-end``): ``--captions`` LAION-schema captions (``clipprobe.captions.synth``: web
-alt-text shape, So-B-IT occupation words and FairFace-lexicon gender terms inserted, each file with
-another mix of words and of male and female terms, so gender and occupations are associated) in
+alt-text shape, So-B-IT occupation words and FairFace-lexicon gender terms inserted; each file is ten
+blocks, each block with another mix of words and of male and female terms, so gender and occupations
+are associated and any file is a sample of the whole) in
 ``--files`` parquet files of 100,000-row row groups, in a temporary folder. Attribute gender (FairFace
 lexicon), labels the So-B-IT occupations (167 words), keep --keep, eps --eps.
 
@@ -207,6 +208,9 @@ def main() -> None:
 
 
 
+MIXES = 10     # blocks of every file, each with another mix of words and terms
+
+
 def _generate_file(args):
     path, n, index, seed = args
     from clipprobe.captions.synth import realistic_captions, write_laion_parquet
@@ -218,10 +222,14 @@ def _generate_file(args):
     occupations = list(get_taxonomy().category("occupation"))
     gender = get_lexicon().attributes["gender"]
     male, female = list(gender["Male"]), list(gender["Female"])
-    start = (index * 37) % len(occupations)
-    words = (occupations[start:] + occupations[:start])[:60]          # each file: another mix of occupations
-    terms = male * (3 if index % 2 == 0 else 1) + female * (1 if index % 2 == 0 else 2)
-    caps = realistic_captions(n, words, terms, word_rate=0.25, term_rate=0.15, seed=seed * 1000 + index)
+    caps = []
+    for mix in range(MIXES):      # every file holds every mix: a file is a sample of the whole data
+        size = n // MIXES + (1 if mix < n % MIXES else 0)
+        start = (mix * 37) % len(occupations)
+        words = (occupations[start:] + occupations[:start])[:60]
+        terms = male * (3 if mix % 2 == 0 else 1) + female * (1 if mix % 2 == 0 else 2)
+        caps += realistic_captions(size, words, terms, word_rate=0.25, term_rate=0.15,
+                                   seed=(seed * 1000 + index) * MIXES + mix)
     write_laion_parquet(path, caps, row_group_size=100_000, seed=seed * 1000 + index)
     return path
 
@@ -389,17 +397,19 @@ def end_to_end() -> None:
         cpu_pattern = sum(ws["patterns"].values()) / run["rows"]
         cpu_weights = sum(ws["weights"].values()) / run["rows"]
         solve = a["timings"]["solve"]
-        print(f"\nper caption, CPU: pattern pass {cpu_pattern * 1e6:.2f} us (read "
+        print(f"\nper caption, worker seconds (thread time of all workers): pattern pass {cpu_pattern * 1e6:.2f} us "
+              f"(read "
               f"{ws['patterns'].get('read', 0) / run['rows'] * 1e6:.2f}, match "
               f"{ws['patterns'].get('match', 0) / run['rows'] * 1e6:.2f}, encode "
               f"{ws['patterns'].get('encode', 0) / run['rows'] * 1e6:.2f}), weights pass "
               f"{cpu_weights * 1e6:.2f} us")
-        print(f"LAION-2B ({LAION_2B:.3g} captions), extrapolated from these per-caption CPU costs (the solve "
-              f"grows with the patterns, not the captions: {solve:.1f} s here):")
+        print(f"LAION-2B ({LAION_2B:.3g} captions), extrapolated from these per-caption worker seconds, scaling "
+              f"linearly with cores (reading from local disk; an object store adds its own rate limit); the solve "
+              f"grows with the patterns, not the captions ({solve:.2f} s here):")
         for cores, where in ((ARGS.workers, f"this machine ({ARGS.workers} cores)"), (64, "one 64-core machine"),
                              (512, "a Spark cluster of 512 executor cores")):
-            hours = LAION_2B * (cpu_pattern + cpu_weights) / cores / 3600
-            print(f"  {where}: {hours:.2f} h of passes + the solve")
+            minutes = LAION_2B * (cpu_pattern + cpu_weights) / cores / 60
+            print(f"  {where}: {minutes:.0f} min of passes ({minutes / 60:.2f} h) + the solve")
         evals_b = b["evals"]
         per_eval = b["dual"] / evals_b / run["rows"]
         print(f"  per-caption dual on LAION-2B: {evals_b} evaluations x {per_eval * LAION_2B:.0f} s = "

@@ -8,8 +8,10 @@ probe's skew of the 12 planted words towards their planted group (probe_scores, 
 person-free images ("a photo of a kind x person" vs "... kind y person"), and model AB on faces for
 the pair of planted gender words (rural, planted with kind X; architect, with kind Y).
 
-Run ``python tests/test_balance_world.py [WORKDIR]`` to print the whole comparison as JSON (about
-5 minutes on 2 cores); the slow test runs the same and asserts the data-side guarantees.
+Run ``python tests/test_balance_world.py [WORKDIR [lexicon|column]]`` to print the whole comparison as
+JSON (about 5 minutes on 2 cores; ``column``: balance on each image's true gender, given as a column,
+instead of the captions' mentions); the slow test runs the lexicon variant and asserts the data-side
+guarantees.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import pytest
 
 ATTRIBUTE = "gender"
 KEEP = 0.6          # the largest feasible keep rate here is 0.63 (the words planted with one group must go)
+KEEP_COLUMN = 0.25  # with each image's true gender: 0.27
 EPS = 0.01
 N_OBJECTS = 600
 SEED = 0
@@ -104,20 +107,43 @@ def random_subset(weights: Path, n_keep: int, out: Path, seed: int = SEED) -> Pa
     return out
 
 
-def validate(work: Path, *, control: bool = True) -> dict:
-    """The whole comparison (see the module docstring) as a JSON-friendly dict."""
+def labelled_captions(paths, out: Path) -> Path:
+    """The world's caption file with a column ``gender`` holding each image's true group (what a perfect
+    image classifier would give)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipprobe.world import generate as gen
+
+    table = pq.read_table(paths.captions)
+    people = gen.sample_people(SEED, "train", table.num_rows)
+    table = table.append_column(ATTRIBUTE, pa.array([gen.ATTRIBUTES[ATTRIBUTE][p.gender] for p in people]))
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, out / "world-00000.parquet")
+    return out / "world-00000.parquet"
+
+
+def validate(work: Path, *, control: bool = True, groups_from: str = "lexicon") -> dict:
+    """The whole comparison (see the module docstring) as a JSON-friendly dict. ``groups_from``:
+    ``"lexicon"`` (the captions' gender mentions) or ``"column"`` (each image's true gender, as a column:
+    the largest feasible keep rate is then 0.27, every caption of a planted gender word must go)."""
     import time
 
     from clipprobe.pipeline.balance import BalanceConfig, fit_balance
+    from clipprobe.world import generate as gen
     from clipprobe.world.generate import generate_world
     from clipprobe.world.train import TrainConfig, train_world_model
 
     t0 = time.perf_counter()
     paths = generate_world(work / "world", seed=SEED)
     truth = json.loads(paths.truth.read_text())
-    fit = fit_balance(BalanceConfig(captions=(str(paths.captions),), out=str(work / "balance"), attribute=ATTRIBUTE,
-                                    labels="all", taxonomy=str(paths.taxonomy), lexicon=str(paths.lexicon),
-                                    keep=KEEP, eps_r=EPS, eps_a=EPS, seed=SEED))
+    settings = dict(attribute=ATTRIBUTE, labels="all", taxonomy=str(paths.taxonomy), lexicon=str(paths.lexicon),
+                    keep=KEEP, eps_r=EPS, eps_a=EPS, seed=SEED)
+    captions = paths.captions
+    if groups_from == "column":
+        captions = labelled_captions(paths, work / "labelled")
+        settings.update(attribute_column=ATTRIBUTE, groups=gen.ATTRIBUTES[ATTRIBUTE], keep=KEEP_COLUMN)
+    fit = fit_balance(BalanceConfig(captions=(str(captions),), out=str(work / "balance"), **settings))
     weights = work / "balance" / "weights.parquet"
     t_fit = time.perf_counter() - t0
     models = {"unbalanced (shipped, all captions)": None}
@@ -135,7 +161,8 @@ def validate(work: Path, *, control: bool = True) -> dict:
     probes = {name: probe_model(d, truth, images) for name, d in models.items()}
     run = fit.run
     return {
-        "attribute": ATTRIBUTE, "labels": "all world words", "keep": KEEP, "eps_r": EPS, "eps_a": EPS,
+        "attribute": ATTRIBUTE, "groups_from": groups_from, "labels": "all world words", "keep": settings["keep"],
+        "eps_r": EPS, "eps_a": EPS,
         "data": {"before": run["before"], "after_q": run["after"], "kept_flags": run["kept"], "fit": run["fit"]},
         "training": train, "models": probes, "seconds": {"fit": round(t_fit, 1),
                                                          "total": round(time.perf_counter() - t0, 1)},
@@ -179,6 +206,6 @@ if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     logging.getLogger("clipprobe").setLevel(logging.INFO)
     folder = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="balance-world-"))
-    result = validate(folder)
+    result = validate(folder, groups_from=sys.argv[2] if len(sys.argv) > 2 else "lexicon")
     result.pop("_fit")
     print(json.dumps(result, indent=1, default=float))
