@@ -343,6 +343,23 @@ def _ci(low, high, digits: int = 2) -> str:
     return "" if "—" in (lo, hi) else f"[{lo}, {hi}]"
 
 
+def _cell(value) -> str:
+    """A table cell's text: strings escaped, whole numbers and flags as they are, other numbers rounded."""
+    import numbers
+
+    if isinstance(value, str):
+        return _e(value)
+    if isinstance(value, (bool, numbers.Integral)) or value is None:
+        return _e(value)
+    return _n(value)
+
+
+def _numeric(df, column) -> bool:
+    import pandas as pd
+
+    return bool(len(df)) and pd.api.types.is_numeric_dtype(df[column]) and not pd.api.types.is_bool_dtype(df[column])
+
+
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool] | None = None) -> str:
     numeric = numeric or [False] * len(headers)
     head = "".join(f"<th>{_e(h)}</th>" for h in headers)
@@ -404,9 +421,8 @@ def subsets_html(*, run: Mapping[str, Any], clusters: "pd.DataFrame", compositio
     if len(summary):
         cols = list(summary.columns)
         parts.append("<h2>Does the bias move between subsets?</h2>")
-        parts.append(_table(cols, [[_e(v) if isinstance(v, str) else _n(v) for v in row]
-                                   for row in summary.itertuples(index=False)],
-                            [not isinstance(summary[c].iloc[0], str) for c in cols]))
+        parts.append(_table(cols, [[_cell(v) for v in row] for row in summary.itertuples(index=False)],
+                            [_numeric(summary, c) for c in cols]))
     # words with the widest spread
     top = dispersion[dispersion["measure"] == "top_group_skew"].sort_values("range", ascending=False,
                                                                             kind="stable").head(HTML_ROWS)
@@ -506,17 +522,22 @@ def compare_html(*, run: Mapping[str, Any], transfer: "pd.DataFrame", correlatio
     if notes:
         parts.append("<details><summary>Notes (" + str(len(notes)) + ")</summary><ul>"
                      + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></details>")
-    parts.append("<h2>Models</h2>" + _table(["model", "spec"], [[_e(m.get("name")), _e(m.get("spec"))]
-                                                                 for m in models]))
+    glob = measures[measures["subset"] == "all"]
+    wide = glob.assign(column=glob["statistic"] + " (" + glob["attribute"] + ")").pivot_table(
+        index="model", columns="column", values="value", aggfunc="first", sort=False)
+    columns = list(wide.columns)
+    parts.append("<h2>Models (global values, means over words)</h2>" + _table(
+        ["model", "spec", *columns],
+        [[_e(m.get("name")), _e(m.get("spec"))] + [_n(wide.loc[m.get("name"), c]) if m.get("name") in wide.index
+                                                   else "—" for c in columns] for m in models],
+        [False, False] + [True] * len(columns)))
     parts.append("<h2>Global vs subset</h2>" + _table(
-        list(transfer.columns),
-        [[_e(v) if isinstance(v, str) else _n(v) for v in row] for row in transfer.itertuples(index=False)],
-        [not isinstance(transfer[c].iloc[0], str) if len(transfer) else False for c in transfer.columns]))
+        list(transfer.columns), [[_cell(v) for v in row] for row in transfer.itertuples(index=False)],
+        [_numeric(transfer, c) for c in transfer.columns]))
     if correlations is not None and len(correlations):
         parts.append("<h2>Between measures</h2>" + _table(
-            list(correlations.columns),
-            [[_e(v) if isinstance(v, str) else _n(v) for v in row] for row in correlations.itertuples(index=False)],
-            [not isinstance(correlations[c].iloc[0], str) for c in correlations.columns]))
+            list(correlations.columns), [[_cell(v) for v in row] for row in correlations.itertuples(index=False)],
+            [_numeric(correlations, c) for c in correlations.columns]))
     if figures:
         parts.append("<h2>Figures</h2>" + "".join(_figure(p, c) for c, p in figures.items()))
     parts.append("</main></body></html>")
