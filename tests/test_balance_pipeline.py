@@ -98,8 +98,8 @@ def all_captions(files):
 @pytest.mark.parametrize("matcher", ["tokens", "hyperscan"])
 def test_measure_equals_the_per_caption_oracle(data, tmp_path, matcher):
     root, files = data
-    result = measure_bias(config(root, tmp_path / "m", figure=matcher == "tokens",
-                                 engine=EngineSettings(workers=1, chunk_rows=250, matcher=matcher)))
+    result = measure_bias(config(root, tmp_path / "m", engine=EngineSettings(workers=1, chunk_rows=250,
+                                                                              matcher=matcher)))
     s, y = oracle(all_captions(files))
     want = balance.data_bias_arrays(s, y, groups=("Male", "Female"), labels=LABELS)
     got = result.groups[result.groups["data"] == "before"]
@@ -116,7 +116,7 @@ def test_measure_equals_the_per_caption_oracle(data, tmp_path, matcher):
     patterns = pd.read_parquet(tmp_path / "m" / "patterns.parquet")
     table, _ = balance.encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
     assert patterns["count"].sum() == len(s) and len(patterns) == table.n_rows
-    assert (tmp_path / "m" / "balance.png").exists() == (matcher == "tokens")
+    assert not (tmp_path / "m" / "balance.png").exists()
 
 
 @pytest.fixture(scope="module")
@@ -189,6 +189,25 @@ def test_fit_constraints_hold_caption_by_caption(data, fitted):
     assert np.nanmax(np.abs(res["residual"].to_numpy(float))) <= 0.03 + 1e-9
     conv = pd.read_parquet(out / "convergence.parquet")
     assert len(conv) == result.solution.n_evaluations and conv["max_violation"].iloc[-1] <= 1e-9
+
+
+def test_figure_shows_rb_and_the_largest_ab_cells_before_and_after(fitted, tmp_path):
+    from clipprobe.report.balance import ab_plot, rb_plot, write_balance
+
+    result, out = fitted
+    ax = rb_plot(result.groups)
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["Male", "Female"]
+    assert sorted(t.get_text() for t in ax.get_legend().get_texts()) == ["after", "before", "kept", "target"]
+    before = result.groups[result.groups["data"] == "before"]["share"].to_numpy()
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), before)
+    ax = ab_plot(result.cells, top=3)
+    cells = result.cells[result.cells["data"] == "before"]
+    top = cells.reindex(cells["ab"].abs().sort_values(ascending=False).index).head(3)
+    assert [t.get_text() for t in ax.get_yticklabels()] == [f"{g} / {lab}" for g, lab in zip(top["group"],
+                                                                                              top["label"])]
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), top["ab"].to_numpy())
+    files = write_balance(tmp_path, {"groups": result.groups, "cells": result.cells}, {"command": "test"})
+    assert (tmp_path / "balance.png").stat().st_size > 0 and files[-1].name == "run.json"
 
 
 def test_chunks_workers_and_reruns_give_the_same_weights(data, fitted, tmp_path):
