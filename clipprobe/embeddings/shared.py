@@ -117,12 +117,11 @@ def _embed_group(encoders: list, indices: list[int], dataset, *, cache_dir, batc
 
 def _run_pass(members, dataset, shard_size: int, batch_size: int, num_workers, progress,
               result: SharedEmbedding) -> int:
-    import numpy as np
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from clipprobe.embeddings.cache import _collate, _RowImages, _write_shard, default_num_workers
+    from clipprobe.embeddings.cache import _collate, _RowImages, cpu_threads, default_num_workers
 
     n = len(dataset)
     shards = sorted(set().union(*(todo for *_, todo in members)))
@@ -144,52 +143,63 @@ def _run_pass(members, dataset, shard_size: int, batch_size: int, num_workers, p
                         collate_fn=_collate, pin_memory=str(getattr(first, "device", "cpu")).startswith("cuda"),
                         **loader_kwargs)
     files = dataset.table["file"]
-    pending: dict[int, tuple[list, list]] = {}
-    current = None
-    n_decoded = 0
     log.info("embedding %d images once for %d model(s) with the same preprocessing", sum(map(len, batches)),
              len(members))
     bar = tqdm(total=sum(map(len, batches)), unit="img", desc=f"embedding x{len(members)}",
                disable=(None if progress is None else not progress))
     try:
-        for b, item in enumerate(loader):
-            s = shard_of_batch[b]
-            if s != current:
-                pending = {}
-                current = s
-            n_decoded += len(item["rows"])
-            failed = dict(item["failed"])
-            for index, enc, root, todo in members:
-                if s not in todo or index in result.failed:
-                    continue
-                vecs, meta = pending.setdefault(index, ([], []))
-                t0 = time.perf_counter()
-                try:
-                    out, norms = (enc.encode_images(item["images"], return_norms=True) if item["images"] is not None
-                                  else (None, None))
-                except (RuntimeError, MemoryError) as err:   # out of memory, a broken model: this one stops
-                    result.failed[index] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                    log.warning("model %s failed while embedding: %s", enc.spec.canonical, result.failed[index])
-                    continue
-                result.forward_s[index] += time.perf_counter() - t0
-                k = 0
-                for row in item["rows"]:
-                    if row in failed:
-                        meta.append({"row": row, "file": str(files.iat[row]), "status": "error", "reason": failed[row],
-                                     "norm": float("nan")})
-                    else:
-                        meta.append({"row": row, "file": str(files.iat[row]), "status": "ok", "reason": None,
-                                     "norm": float(norms[k])})
-                        k += 1
-                if out is not None:
-                    vecs.append(np.asarray(out, dtype=np.float32))
-                if item["rows"][-1] == min(n, (s + 1) * shard_size) - 1:
-                    dim = int(getattr(enc, "embed_dim", 0) or (vecs[0].shape[1] if vecs else 0))
-                    arr = np.concatenate(vecs) if vecs else np.zeros((0, dim), dtype=np.float32)
-                    _write_shard(root, s, np.ascontiguousarray(arr, dtype=np.float32), meta)
-            bar.update(len(item["rows"]))
+        with cpu_threads(first):      # torch's threads sized to the free cores, as embed_dataset does
+            n_decoded = _feed(loader, members, shard_of_batch, shard_size, n, files, result, bar)
     finally:
         bar.close()
+    return n_decoded
+
+
+def _feed(loader, members, shard_of_batch, shard_size: int, n: int, files, result: SharedEmbedding, bar) -> int:
+    """Feed each decoded batch to every member that needs its shard; write each member's finished shards."""
+    import numpy as np
+
+    from clipprobe.embeddings.cache import _write_shard
+
+    pending: dict[int, tuple[list, list]] = {}
+    current = None
+    n_decoded = 0
+    for b, item in enumerate(loader):
+        s = shard_of_batch[b]
+        if s != current:
+            pending = {}
+            current = s
+        n_decoded += len(item["rows"])
+        failed = dict(item["failed"])
+        for index, enc, root, todo in members:
+            if s not in todo or index in result.failed:
+                continue
+            vecs, meta = pending.setdefault(index, ([], []))
+            t0 = time.perf_counter()
+            try:
+                out, norms = (enc.encode_images(item["images"], return_norms=True) if item["images"] is not None
+                              else (None, None))
+            except (RuntimeError, MemoryError) as err:   # out of memory, a broken model: this one stops
+                result.failed[index] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                log.warning("model %s failed while embedding: %s", enc.spec.canonical, result.failed[index])
+                continue
+            result.forward_s[index] += time.perf_counter() - t0
+            k = 0
+            for row in item["rows"]:
+                if row in failed:
+                    meta.append({"row": row, "file": str(files.iat[row]), "status": "error", "reason": failed[row],
+                                 "norm": float("nan")})
+                else:
+                    meta.append({"row": row, "file": str(files.iat[row]), "status": "ok", "reason": None,
+                                 "norm": float(norms[k])})
+                    k += 1
+            if out is not None:
+                vecs.append(np.asarray(out, dtype=np.float32))
+            if item["rows"][-1] == min(n, (s + 1) * shard_size) - 1:
+                dim = int(getattr(enc, "embed_dim", 0) or (vecs[0].shape[1] if vecs else 0))
+                arr = np.concatenate(vecs) if vecs else np.zeros((0, dim), dtype=np.float32)
+                _write_shard(root, s, np.ascontiguousarray(arr, dtype=np.float32), meta)
+        bar.update(len(item["rows"]))
     return n_decoded
 
 
