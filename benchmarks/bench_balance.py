@@ -408,8 +408,9 @@ def end_to_end() -> None:
               f"grows with the patterns, not the captions ({solve:.2f} s here):")
         for cores, where in ((ARGS.workers, f"this machine ({ARGS.workers} cores)"), (64, "one 64-core machine"),
                              (512, "a Spark cluster of 512 executor cores")):
-            minutes = LAION_2B * (cpu_pattern + cpu_weights) / cores / 60
-            print(f"  {where}: {minutes:.0f} min of passes ({minutes / 60:.2f} h) + the solve")
+            seconds = LAION_2B * (cpu_pattern + cpu_weights) / cores
+            shown = f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+            print(f"  {where}: {shown} of passes + the solve")
         evals_b = b["evals"]
         per_eval = b["dual"] / evals_b / run["rows"]
         print(f"  per-caption dual on LAION-2B: {evals_b} evaluations x {per_eval * LAION_2B:.0f} s = "
