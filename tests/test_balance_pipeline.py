@@ -221,6 +221,10 @@ def test_chunks_workers_and_reruns_give_the_same_weights(data, fitted, tmp_path)
     b = pd.read_parquet(tmp_path / "b" / "weights.parquet")
     pd.testing.assert_frame_equal(a, b)
     pd.testing.assert_frame_equal(result.groups, again.groups)
+    # Hyperscan alone (worker processes write the chunk files)
+    fit_balance(config(root, tmp_path / "h", seed=7, engine=EngineSettings(workers=2, chunk_rows=150,
+                                                                           matcher="hyperscan")))
+    pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "h" / "weights.parquet"))
     # a rerun reads no caption for the patterns and no chunk for the weights
     rerun = fit_balance(config(root, tmp_path / "b", seed=7, engine=EngineSettings(workers=2, chunk_rows=97)))
     assert rerun.run["rows_scanned_this_run"] == {"patterns": 0, "weights": 0}
