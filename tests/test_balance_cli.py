@@ -61,6 +61,11 @@ def test_measure_and_fit_print_the_before_and_after_bias(root, tmp_path):
     import pandas as pd
 
     assert "URL" not in pd.read_parquet(tmp_path / "g" / "weights.parquet").columns
+    # a measure into a fit's folder leaves one run's files
+    r = invoke(root, "measure", "--out", str(tmp_path / "g"))
+    assert r.exit_code == 0, r.output
+    left = sorted(p.name for p in (tmp_path / "g").iterdir())
+    assert left == ["bias_cells.parquet", "bias_groups.parquet", "parts", "patterns.parquet", "run.json"], left
 
 
 @pytest.mark.parametrize("args, code, message", [

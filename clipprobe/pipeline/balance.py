@@ -187,6 +187,12 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
         groups, cells = bias_frames({"before": before})
     record = _record("balance measure", config, prep, patterns, before=_bias_summary(before))
     with prep.timer("write"):
+        import shutil
+
+        from clipprobe.report.balance import FILES
+
+        (out / FILES["run"]).unlink(missing_ok=True)
+        shutil.rmtree(out / FILES["weights"], ignore_errors=True)      # an earlier fit's, in the same folder
         files = write_balance(out, {"groups": groups, "cells": cells, "patterns": patterns_frame(patterns.table)},
                               record, figure=config.figure)
     return BalanceResult(out, groups, cells, record, tuple(files))

@@ -165,7 +165,8 @@ def balance_figure(groups: "pd.DataFrame", cells: "pd.DataFrame", *, top: int = 
 def write_balance(out, tables: dict[str, "pd.DataFrame"], record: dict, *, figure: bool = True) -> list[Path]:
     """Write the tables present in ``tables`` (keys of :data:`FILES`), the figure (from ``groups`` and
     ``cells``; unless ``figure`` is false) and, last, ``run.json``. A ``run.json`` left from an earlier
-    run is removed first, and so is the figure of an earlier run when none is drawn."""
+    run is removed first, and so are the tables and the figure of an earlier run that this one does not
+    write: the folder holds one run's files."""
     from clipprobe import _io
 
     out = Path(out)
@@ -176,6 +177,8 @@ def write_balance(out, tables: dict[str, "pd.DataFrame"], record: dict, *, figur
         if name in tables:
             _io.write_parquet(out / FILES[name], tables[name])
             written.append(out / FILES[name])
+        else:                       # a table of an earlier run of another command (a fit's, after a measure)
+            (out / FILES[name]).unlink(missing_ok=True)
     if not figure:
         for suffix in (".png", ".pdf"):
             (out / (FILES["figure"] + suffix)).unlink(missing_ok=True)
