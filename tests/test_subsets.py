@@ -19,14 +19,18 @@ GENDERS = ("Male", "Female")
 
 
 def make_data(n=900, n_words=6, seed=0, plant=None):
-    """Scores (words x images), labels, and a 3-way context of the images. ``plant``: (word index, group
-    index of race, context) -> the word prefers that race group only within that context."""
+    """Scores (words x images), labels, and a 3-way context of the images. Word 1 prefers Black everywhere;
+    word 3 prefers a different race group in each context (East Asian, White, Indian). ``plant``: (word
+    index, group index of race, context) -> the word prefers that race group only within that context."""
     rng = np.random.default_rng(seed)
     race = rng.choice(len(RACES), size=n, p=[0.4, 0.25, 0.2, 0.15])
     gender = rng.choice(2, size=n)
     context = rng.integers(0, 3, size=n)
     scores = rng.standard_normal((n_words, n))
     scores[1] += 1.2 * (race == 1)                           # a global association: word 1 -> Black everywhere
+    if n_words > 3:                                          # word 3: another group in each context
+        scores[3] += 2.0 * (((race == 2) & (context == 0)) | ((race == 0) & (context == 1))
+                            | ((race == 3) & (context == 2)))
     if plant is not None:
         w, g, c = plant
         scores[w] += 2.0 * ((race == g) & (context == c))
@@ -316,6 +320,22 @@ def test_the_local_plant_is_found_in_its_context_and_the_global_one_everywhere(l
     assert set(planted["subset"]) == {"ctx0"}
     glob = flagged[(flagged["word"] == "w1") & (flagged["group"] == "Black")]
     assert set(glob["subset"]) == {"ctx0", "ctx1", "ctx2"}
+
+
+def test_a_word_whose_top_group_changes_with_the_context(local):
+    """Word 3 prefers East Asian faces in ctx0, White in ctx1, Indian in ctx2: each subset flags its own
+    group as the top group, the dispersion says the flagged top group changes, and the global probe sees
+    a blend whose largest skew is smaller than any subset's."""
+    t = local["tables"]
+    w = t.words[(t.words["word"] == "w3") & (t.words["attribute"] == "race")].set_index("subset")
+    assert w.loc["ctx0", "top_group"] == "East Asian" and w.loc["ctx1", "top_group"] == "White"
+    assert w.loc["ctx2", "top_group"] == "Indian"
+    assert w.loc["all", "max_skew"] < min(w.loc[c, "max_skew"] for c in ("ctx0", "ctx1", "ctx2"))
+    d = t.dispersion[(t.dispersion["word"] == "w3") & (t.dispersion["attribute"] == "race")].iloc[0]
+    assert d["n_top_groups"] == 3 and d["flagged_top_group_changes"] and d["n_subsets_flagged"] == 3
+    assert set(d["flagged_top_groups"].split("; ")) == {"East Asian", "White", "Indian"}
+    w1 = t.dispersion[(t.dispersion["word"] == "w1") & (t.dispersion["attribute"] == "race")].iloc[0]
+    assert w1["flagged_top_groups"] == "Black" and not w1["flagged_top_group_changes"]
 
 
 def test_k_modes_and_skipped_subsets():
