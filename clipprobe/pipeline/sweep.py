@@ -288,6 +288,23 @@ def resolve_models(items: Sequence[str]) -> ModelList:
     return ModelList(entries=tuple(entries.values()), user_tables=tuple(tables))
 
 
+def preprocess_hint(entry: ModelEntry) -> str:
+    """What decides a pretrained pair's image tensors (image size, resize, crop, normalisation), read from
+    open_clip's tables without loading the model; other models (and forced preprocessing) sort after them.
+    Used only to put models that can share a decode pass next to each other."""
+    import open_clip
+
+    from clipprobe.models.spec import parse_model_spec
+
+    spec = parse_model_spec(entry.spec)
+    if spec.kind != "pretrained" or entry.preprocess:
+        return f"~{entry.preprocess or ''}|{entry.model_config or spec.arch or ''}"
+    cfg = open_clip.get_pretrained_cfg(spec.arch, spec.tag) or {}
+    size = ((open_clip.get_model_config(spec.arch) or {}).get("vision_cfg") or {}).get("image_size")
+    keys = ("mean", "std", "interpolation", "resize_mode")
+    return json.dumps({"size": size, **{k: cfg.get(k) for k in keys}}, sort_keys=True, default=str)
+
+
 def shard_models(entries: Sequence[ModelEntry], shard: tuple[int, int]) -> list[ModelEntry]:
     """This shard's models: sorted by folder key, every N-th starting with the I-th (one-based)."""
     i, n = shard
@@ -453,6 +470,8 @@ def run_sweep(config: SweepConfig, *, progress: bool | None = None) -> SweepResu
     log.info("sweep shard %d/%d: %d model(s), %d finished before, %d to run%s", shard[0], shard[1], len(mine),
              len(skipped), len(todo), f", {len(unknown_mine)} unknown" if unknown_mine else "")
 
+    # Models with the same preprocessing side by side, so that a pass shares one decode among as many as it can.
+    todo.sort(key=lambda e: (preprocess_hint(e), e.key))
     cache_base = Path(pc.cache_dir).expanduser() if pc.cache_dir else default_cache_dir()
     eat_datasets = []
     if "eat" in config.probes and todo:
