@@ -4,7 +4,10 @@ the bias to the data mix (significant, the right sign) and not to size.
 
 The zoo: three mixes (``WorldSpec(rate_scale=...)``: every planted rate scaled by 0.2, 0.6 and 1.2) crossed
 with two widths, trained from the same seed on the same images and captions (only the planted words'
-captions differ), a few epochs each (:data:`EPOCHS`, :data:`N_CAPTIONS`). Their model table names each mix a
+captions differ), a few epochs each (:data:`EPOCHS` over :data:`N_CAPTIONS` captions, batches of
+:data:`BATCH` with :data:`WARMUP` warm-up steps: with the demo's schedule a model of width 0.5 or 0.75 was
+still on its first plateau when training ended, so the small models had learnt less of every association,
+planted or not, and size looked like a factor). Their model table names each mix a
 dataset family (``mix0-low`` is the reference) with one dataset size (so that term is dropped); parameters are
 counted from the loaded models. The association tests pair each planted word's group with each other group of
 its attribute (X: the planted group's faces, Y: another group's, A: the word's prompts, B: control words'
@@ -36,6 +39,8 @@ MIXES = {"mix0-low": 0.2, "mix1-mid": 0.6, "mix2-high": 1.2}
 WIDTHS = (0.75, 1.0)
 EPOCHS = 8
 N_CAPTIONS = 3000
+BATCH = 128           # 23 steps an epoch: the demo's 40 warm-up steps of 256 would take half of such a short run
+WARMUP = 10
 N_IMAGES = 1200
 
 NOUN = ("a photo of {a} {word}", "{a} {word}", "portrait of {a} {word}", "the {word}")
@@ -76,8 +81,9 @@ def train_zoo(folder: Path, *, epochs: int = EPOCHS, n_captions: int = N_CAPTION
         for width in WIDTHS:
             out = folder / f"{family}-w{width}"
             start = time.perf_counter()
-            train_world_model(out, TrainConfig(epochs=epochs, n_captions=n_captions, width=width,
-                                               spec=WorldSpec(rate_scale=scale)), evaluate=False)
+            train_world_model(out, TrainConfig(epochs=epochs, n_captions=n_captions, width=width, batch_size=BATCH,
+                                               warmup_steps=WARMUP, spec=WorldSpec(rate_scale=scale)),
+                              evaluate=False)
             seconds[out.name] = round(time.perf_counter() - start, 1)
             spec, config = model_spec(out, arch_name(width))
             rows.append(f"{spec},{config},world-ViT,{family},{n_captions},{scale}")

@@ -62,11 +62,12 @@ ZOO_COLUMNS = (
     "samples_seen", "samples_seen_source",
     "imagenet1k", "avg38", "openclip_results_source",
     "vtab", "vtab_plus", "vtab_source",
-    "performance_note", "model_config", "preprocess",
+    "performance_note", "model_config", "preprocess", "quick_gelu",
 )
 # Columns a user CSV may give (in addition to performance columns of its own).
-USER_COLUMNS = ("spec", "model", "model_config", "preprocess", "arch_family", "dataset", "dataset_family",
-                "dataset_size", "samples_seen", "params_image_m", "params_text_m", "params_total_m")
+USER_COLUMNS = ("spec", "model", "model_config", "preprocess", "quick_gelu", "arch_family", "dataset",
+                "dataset_family", "dataset_size", "samples_seen", "params_image_m", "params_text_m", "params_total_m")
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # Named performance measures: column of the zoo table -> what it is.
 PERFORMANCE = {
     "vtab+": "vtab_plus", "vtab": "vtab", "imagenet1k": "imagenet1k", "avg38": "avg38",
@@ -436,6 +437,11 @@ def read_user_table(path: str | Path) -> UserTable:
                         continue     # a non-numeric extra column is not a performance measure
                     raise DataError(MSG_USER_VALUE.format(path=p, row=i, spec=spec, column=c, value=row[c]))
                 given[c] = number
+            elif c == "quick_gelu":
+                if row[c].lower() not in _TRUE + _FALSE:
+                    raise DataError(MSG_USER_CSV.format(path=p, problem=f"row {i} ({spec}): quick_gelu must be true "
+                                                                        f"or false, not {row[c]!r}"))
+                given[c] = row[c].lower() in _TRUE
             elif c in USER_COLUMNS:
                 given[c] = row[c]
         specs.append(spec)

@@ -134,13 +134,15 @@ def settings_record(config: SweepConfig, dataset: Any) -> dict:
     report = to_dict(dataclasses.replace(config.report, probe=ProbeConfig(), out=""))
     for key in ("probe", "figures", "html"):      # outputs that do not change a number
         report.pop(key, None)
-    eat = to_dict(dataclasses.replace(config.eat, out="", model="", model_config=None, preprocess=None))
+    eat = to_dict(dataclasses.replace(config.eat, out="", model="", model_config=None, preprocess=None,
+                                      quick_gelu=False))
     for key in ("cache_dir", "device", "batch_size", "num_workers", "offline", "n_jobs", "figures"):
         eat.pop(key, None)
     return {
         "format_version": _sweep_format(),
         "probes": sorted(config.probes),
-        "dataset": {"spec": probe.dataset, "split": probe.split, "fingerprint": getattr(dataset, "fingerprint", None)},
+        "dataset": {"spec": probe.dataset, "split": probe.split, "hf_config": probe.hf_config,
+                    "fingerprint": getattr(dataset, "fingerprint", None)},
         "precision": probe.precision,
         "report": report if "report" in config.probes else None,
         "eat": eat if "eat" in config.probes else None,
@@ -207,6 +209,7 @@ class ModelEntry:
     key: str
     model_config: str | None = None
     preprocess: str | None = None
+    quick_gelu: bool = False
     user: dict = dataclasses.field(default_factory=dict)
     problem: str | None = None          # why the model cannot be run (an unknown ARCH:TAG pair, a bad spec)
 
@@ -279,7 +282,8 @@ def resolve_models(items: Sequence[str]) -> ModelList:
             if spec_c in entries:
                 continue
             entries[spec_c] = ModelEntry(spec=spec_c, key=model_key(parsed), model_config=given.get("model_config"),
-                                         preprocess=given.get("preprocess"), user=given)
+                                         preprocess=given.get("preprocess"), quick_gelu=bool(given.get("quick_gelu")),
+                                         user=given)
     keys: dict[str, str] = {}
     for e in entries.values():
         if e.key in keys:
@@ -443,14 +447,12 @@ def run_sweep(config: SweepConfig, *, progress: bool | None = None) -> SweepResu
     mine = [e for e in assigned if e.problem is None]
     unknown_mine = [e for e in assigned if e.problem is not None]
     with timer("load_dataset"):
-        dataset = load_dataset(pc.dataset, split=pc.split, image_root=pc.image_root, offline=pc.offline or None)
+        dataset = load_dataset(pc.dataset, split=pc.split, image_root=pc.image_root, offline=pc.offline or None,
+                               hf_config=pc.hf_config)
     settings = settings_record(config, dataset)
     digest = settings_hash(settings)
     check_settings_file(out, settings)
-    config_record = to_dict(dataclasses.replace(config, report=ReportConfig(), eat=EatConfig(out="")))
-    config_record["report"] = to_dict(dataclasses.replace(config.report, probe=dataclasses.replace(pc)))
-    config_record["report"]["probe"] = to_dict(pc)
-    config_record["eat"] = to_dict(config.eat)
+    config_record = to_dict(config)          # report, its probe and eat as nested dicts
 
     failed: dict[str, str] = {}
     unknown: dict[str, str] = {}
@@ -514,7 +516,7 @@ def _load(entry: ModelEntry, pc) -> Any:
     from clipprobe.models import load_model
 
     return load_model(entry.spec, device=pc.device, model_config=entry.model_config, offline=pc.offline or None,
-                      preprocess=entry.preprocess, precision=pc.precision)
+                      preprocess=entry.preprocess, precision=pc.precision, quick_gelu=entry.quick_gelu)
 
 
 def _run_pass(batch: list[ModelEntry], config: SweepConfig, dataset, eat_datasets: list, *, out: Path, digest: str,
@@ -592,7 +594,7 @@ def _run_probes(entry: ModelEntry, encoder, embeddings, dataset, config: SweepCo
     from clipprobe.pipeline.report import run_report
 
     pc = dataclasses.replace(config.report.probe, model=entry.spec, model_config=entry.model_config,
-                             preprocess=entry.preprocess, index="flat")
+                             preprocess=entry.preprocess, quick_gelu=entry.quick_gelu, index="flat")
     folder = _model_dir(out, entry.key)
     try:
         if "report" in config.probes:
@@ -606,6 +608,7 @@ def _run_probes(entry: ModelEntry, encoder, embeddings, dataset, config: SweepCo
             t0 = time.perf_counter()
             eat_config = dataclasses.replace(config.eat, out=str(folder / "eat"), model=entry.spec,
                                              model_config=entry.model_config, preprocess=entry.preprocess,
+                                             quick_gelu=entry.quick_gelu,
                                              cache_dir=pc.cache_dir, device=pc.device, precision=pc.precision,
                                              num_workers=pc.num_workers, offline=pc.offline)
             run_eat(eat_config, encoder=encoder, progress=progress)
