@@ -193,7 +193,7 @@ def test_killed_at_random_points_and_rerun_gives_the_uninterrupted_result(small,
     out = tmp_path / "killed"
     rng = np.random.default_rng(0)
     kills = 0
-    for attempt in range(8):
+    for _ in range(8):
         proc = subprocess.Popen(_cli(_args(small, out)), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:

@@ -3,8 +3,6 @@ sources, a user CSV fills and overrides, and nothing is dropped."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 from pathlib import Path
@@ -108,7 +106,7 @@ def test_counted_parameters_match_open_clips_profile():
     """The meta-device count against open_clip's published profile (an independent measurement)."""
     profile = pd.read_csv(DATA / "model_profile.csv").set_index("model")
     for arch in ("ViT-B-32", "RN50"):
-        image, text, total = zoo.count_params(arch)
+        image, _text, total = zoo.count_params(arch)
         assert image == pytest.approx(profile.loc[arch, "image_mparams"], abs=0.02)
         assert total == pytest.approx(profile.loc[arch, "mparams"], abs=0.02)
 
@@ -137,7 +135,7 @@ def test_user_csv_fills_and_overrides_and_round_trips(tmp_path, table):
     records = json.loads(zoo.format_zoo(df, "json"))
     assert [r["spec"] for r in records] == list(df["spec"]) and records[2]["my_score"] is None
     text = zoo.format_zoo(df, "table")
-    assert text.splitlines()[-1] == "3 models; 3 with published performance, 0 without"
+    assert text.splitlines()[-1] == "3 models; 3 with downstream performance (published or given), 0 without"
 
 
 @pytest.mark.parametrize("content, message", [

@@ -32,7 +32,7 @@ import dataclasses
 import logging
 import math
 import warnings
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from clipprobe.errors import DataError, UsageError
 

@@ -521,8 +521,6 @@ def performance_column(name: str, columns: Sequence[str]) -> str:
 def format_zoo(df: "pd.DataFrame", fmt: str = "table") -> str:
     """The zoo table as text: ``table`` (aligned columns, the main facts), ``json`` (records, NaN as
     null) or ``csv`` (every column; readable back as a model CSV)."""
-    import pandas as pd
-
     if fmt == "csv":
         return df.to_csv(index=False, lineterminator="\n")
     if fmt == "json":
@@ -552,8 +550,8 @@ def format_zoo(df: "pd.DataFrame", fmt: str = "table") -> str:
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)).rstrip() for b in body]
     n_perf = int((df["performance_note"] != NO_PERFORMANCE).sum()) if len(df) else 0
-    lines.append(f"{len(df)} models; {n_perf} with published performance, {len(df) - n_perf} without")
-    _ = pd  # (pandas is used through df)
+    lines.append(f"{len(df)} models; {n_perf} with downstream performance (published or given), "
+                 f"{len(df) - n_perf} without")
     return "\n".join(lines)
 
 

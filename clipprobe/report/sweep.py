@@ -90,7 +90,7 @@ def report_rows(words: "pd.DataFrame") -> "pd.DataFrame":
     measures = [m for m in REPORT_MEASURES if m in w.columns]
     exploded = explode_categories(w)
     frames = []
-    for cats, part in ((True, exploded), (False, w.assign(category=ALL_CATEGORIES))):
+    for part in (exploded, w.assign(category=ALL_CATEGORIES)):
         g = part.groupby(["category", "attribute"], sort=True)
         means = g[measures].mean()
         counts = g.size()
@@ -310,8 +310,8 @@ def analysis_html(*, title: str, fits: Sequence[Mapping[str, Any]], correlations
     ``fits``: dicts with ``probe``, ``measure``, ``fit`` (a FactorFit or None), ``error`` (why not),
     ``plot`` (base64 PNG or None); ``scatter``: (caption, base64 PNG) pairs.
     """
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
-             f"<style>{CSS}</style></head><body>", f"<h1>{_e(title)}</h1>"]
+    parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+              f"<style>{CSS}</style></head><body>"), f"<h1>{_e(title)}</h1>"]
     ok = models[models["status"] == "ok"] if len(models) else models
     parts.append(f"<p>{len(ok)} of {len(models)} models finished. Mixed model (statsmodels MixedLM, REML): "
                  "value ~ log10 params + architecture family + dataset family + log10 dataset size; groups = "
