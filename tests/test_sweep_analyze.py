@@ -150,3 +150,20 @@ def test_a_user_performance_table_is_joined(tmp_path):
 def test_the_merged_table_has_a_fixed_schema(tmp_path):
     table = write_sweep(tmp_path / "s", odd_name=False)
     assert list(table.columns) == list(SWEEP_COLUMNS) + list(META_COLUMNS)
+
+
+def test_plots_show_the_fitted_numbers(analysed):
+    from clipprobe.report.sweep import coefficient_plot, scatter_plot
+
+    _, table, result = analysed
+    coefs = result.fits["eat:effect_size"].coefficients
+    ax = coefficient_plot(coefs)
+    shown = [t.get_text() for t in ax.get_yticklabels()][::-1]
+    assert shown == [t for t in coefs["term"] if t != "Intercept"]
+    first = coefs[coefs["term"] == shown[0]].iloc[0]
+    assert list(ax.lines[0].get_xdata()) == [first["ci_low"], first["ci_high"]]
+    rows = table[(table["probe"] == "eat") & (table["test"] == "word-0") & (table["order"] == "image-text")]
+    ax = scatter_plot(rows, "vtab_plus", ylabel="effect size")
+    points = np.concatenate([c.get_offsets() for c in ax.collections])
+    assert len(points) == 12 and ax.get_ylabel() == "effect size"
+    assert sorted(points[:, 1]) == sorted(rows["value"])

@@ -870,7 +870,8 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+
                 caption = (f"{r.probe} {r.measure}: {r.test} ({r.order}) against {performance}: r = {r.pearson_r:.2f}, "
                            f"q = {r.pearson_q:.2g}")
                 ax = scatter_plot(rows, perf_col, title=f"{r.test} ({r.order})",
-                                  label=PERFORMANCE_LABELS.get(perf_col, performance))
+                                  label=PERFORMANCE_LABELS.get(perf_col, performance),
+                                  ylabel=f"{r.measure.replace('_', ' ')} ({r.probe})")
                 files += save_figure(ax.figure, target / "figures" / f"scatter-{_slug(r.probe)}-{_slug(r.measure)}-"
                                      f"{_slug(r.test)}-{_slug(r.order)}", formats=("png",))
                 scatter_png.append((caption, _png(ax)))

@@ -230,14 +230,16 @@ def coefficient_plot(coefficients: "pd.DataFrame", *, ax=None, title: str | None
         ax.axvline(0, color="0.5", linewidth=0.6, linestyle="--")
         ax.set_yticks(y)
         ax.set_yticklabels([str(t) for t in coefs["term"]])
-        ax.set_xlabel("coefficient (95% interval; orange: p <= 0.05)")
+        ax.set_xlabel("coefficient, 95% interval")
+        ax.text(1.0, 1.0, "orange: p <= 0.05", transform=ax.transAxes, ha="right", va="bottom", fontsize=5.5,
+                color=OKABE_ITO[1])
         if title:
             ax.set_title(title, loc="left")
     return ax
 
 
 def scatter_plot(df: "pd.DataFrame", performance: str, *, ax=None, title: str | None = None,
-                 label: str | None = None):
+                 label: str | None = None, ylabel: str = "value"):
     """Bias (``value``) against a performance column, one point per model, coloured by dataset family."""
     import matplotlib
 
@@ -255,7 +257,7 @@ def scatter_plot(df: "pd.DataFrame", performance: str, *, ax=None, title: str | 
             colour, marker = series_style(i)
             ax.scatter(part[performance], part["value"], s=10, color=colour, marker=marker, label=str(family))
         ax.set_xlabel(label or performance)
-        ax.set_ylabel("value")
+        ax.set_ylabel(ylabel)
         if len(data):
             ax.legend(loc="best", fontsize=5, markerscale=0.8)
         if title:
