@@ -158,7 +158,7 @@ def test_plots_show_the_fitted_numbers(analysed):
     _, table, result = analysed
     coefs = result.fits["eat:effect_size"].coefficients
     ax = coefficient_plot(coefs)
-    shown = [t.get_text() for t in ax.get_yticklabels()][::-1]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
     assert shown == [t for t in coefs["term"] if t != "Intercept"]
     first = coefs[coefs["term"] == shown[0]].iloc[0]
     assert list(ax.lines[0].get_xdata()) == [first["ci_low"], first["ci_high"]]
