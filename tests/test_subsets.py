@@ -485,6 +485,8 @@ def test_correlate_measures_and_its_errors():
     assert ab["ci_low"] < ab["rho"] < ab["ci_high"] and ab["p_value"] < 0.01
     few = S.correlate_measures(wide.head(3), pairs=[("a", "b")])
     assert few["n_models"].iloc[0] == 3 and math.isnan(few["rho"].iloc[0])
+    some = S.correlate_measures(wide.head(6), pairs=[("a", "b")]).iloc[0]    # rho and p, no interval yet
+    assert math.isfinite(some["rho"]) and math.isfinite(some["p_value"]) and math.isnan(some["ci_low"])
     with pytest.raises(DataError, match="measures: model 'm0' is listed 2 times"):
         S.correlate_measures(pd.concat([wide, wide.head(1)]))
     with pytest.raises(DataError, match="needs a column 'model'"):

@@ -269,7 +269,7 @@ class CompareConfig:
     k_mode: str = "fixed"
     statistics: tuple[str, ...] = ("kl_recall", "max_skew_excess", "share_flagged")
     measures: str | None = None          # a CSV: model, then one column per measure (e.g. downstream bias)
-    interval: str = "fisher"
+    interval: str = "bca"
     level: float = 0.95
     n_boot: int = 2000
     permutations: int = 9999
