@@ -9,9 +9,9 @@ person-free images ("a photo of a kind x person" vs "... kind y person"), and mo
 the pair of planted gender words (rural, planted with kind X; architect, with kind Y).
 
 Run ``python tests/test_balance_world.py [WORKDIR [lexicon|column]]`` to print the whole comparison as
-JSON (about 5 minutes on 2 cores; ``column``: balance on each image's true gender, given as a column,
-instead of the captions' mentions); the slow test runs the lexicon variant and asserts the data-side
-guarantees.
+JSON (about 5 minutes on 2 idle cores, 30 on a loaded shared one; ``column``: balance on each image's
+true gender, given as a column, instead of the captions' mentions); the slow test runs the lexicon
+variant without the control model and asserts the data-side guarantees.
 """
 
 from __future__ import annotations
@@ -170,13 +170,13 @@ def validate(work: Path, *, control: bool = True, groups_from: str = "lexicon") 
     }
 
 
-@pytest.mark.slow   # two retrainings of the tiny CLIP on ~3,000 captions each: about 5 minutes on 2 cores
+@pytest.mark.slow   # one retraining of the tiny CLIP on 3,078 captions: about 3 minutes on 2 idle cores
 def test_balancing_the_world_meets_eps_and_retrains_on_the_kept_captions(tmp_path):
     import pandas as pd
 
     from clipprobe.world.train import kept_rows
 
-    out = validate(tmp_path)
+    out = validate(tmp_path, control=False)      # the random-subset control: run the script
     fit = out.pop("_fit")
     print(json.dumps(out, indent=1, default=float))
     data = out["data"]
