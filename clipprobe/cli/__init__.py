@@ -27,6 +27,8 @@ _COMMANDS = [
     ("clipprobe.cli.report", "crosscheck"),
     ("clipprobe.cli.eat", "eat"),
     ("clipprobe.cli.association", "association"),
+    ("clipprobe.cli.sweep", "sweep"),
+    ("clipprobe.cli.subsets", "subsets"),
     ("clipprobe.cli.models", "models"),
     ("clipprobe.cli.doctor", "doctor"),
     ("clipprobe.cli.figures", "figures"),
@@ -35,6 +37,7 @@ _COMMANDS = [
     ("clipprobe.cli.index", "index"),
     ("clipprobe.cli.captions", "captions"),
     ("clipprobe.cli.captions", "laion"),
+    ("clipprobe.cli.balance", "balance"),
 ]
 
 
