@@ -169,8 +169,7 @@ def write_balance(out, tables: dict[str, "pd.DataFrame"], record: dict, *, figur
     write: the folder holds one run's files."""
     from clipprobe import _io
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _io.ensure_dir(out)
     (out / FILES["run"]).unlink(missing_ok=True)
     written = []
     for name in ("groups", "cells", "patterns", "residuals", "convergence"):
