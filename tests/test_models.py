@@ -469,11 +469,39 @@ def test_cli_models_json_and_table(tmp_path):
     cached = runner.invoke(cli, ["models", "--cached", "--cache-dir", str(tmp_path)])
     assert cached.exit_code == 0, cached.output
     lines = cached.output.strip().splitlines()
-    assert lines[0].split() == ["model", "training", "data", "cached", "needs"]
-    assert [ln.split()[0] for ln in lines[1:-1]] == ["ViT-B-32:openai", "ViT-B-32-quickgelu:openai"]
-    assert lines[-1] == "2 models, 2 cached"
+    assert lines[0].split() == ["model", "family", "params", "dataset", "size", "seen", "ImageNet", "VTAB+",
+                                "cached", "needs"]
+    assert [ln.split()[0] for ln in lines[1:-2]] == ["ViT-B-32:openai", "ViT-B-32-quickgelu:openai"]
+    assert lines[1].split()[1:4] == ["ViT", "151.3M", "OpenAI"] and lines[1].split()[-1] == "yes"
+    assert lines[-1] == "2 of 2 cached"
     bad = runner.invoke(cli, ["models", "--format", "yaml"])
     assert bad.exit_code == 2
+
+
+def test_cli_models_csv_has_the_metadata_and_user_specs(tmp_path):
+    """`clipprobe models --format csv`: one row per pair plus the user's specs, every zoo column, readable back
+    as a model table with the same values."""
+    import open_clip
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+    from clipprobe.models import zoo
+
+    user = "ViT-B-32:" + str(tmp_path / "mine.safetensors")
+    result = CliRunner().invoke(cli, ["models", "--format", "csv", "--model", user, "--cache-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "zoo.csv"
+    path.write_text(result.output, encoding="utf-8")
+    df = pd.read_csv(path)
+    assert list(df["spec"]) == [f"{a}:{t}" for a, t in open_clip.list_pretrained()] + [user]
+    assert set(zoo.ZOO_COLUMNS) <= set(df.columns) and {"training_data", "cached", "needs"} <= set(df.columns)
+    row = df.set_index("spec").loc["ViT-B-32:laion2b_s34b_b79k"]
+    assert row["samples_seen"] == pytest.approx(34e9) and row["dataset_family"] == "laion" and row["dataset"] == "LAION-2B-en"
+    assert row["arch_family"] == "ViT" and row["imagenet1k"] > 0.6
+    assert df.set_index("spec").loc[user, "performance_note"] == zoo.NO_PERFORMANCE
+    back = zoo.zoo_table(list(df["spec"][:3]), user=zoo.read_user_table(path))
+    assert list(back["samples_seen"]) == pytest.approx(list(df["samples_seen"][:3]), nan_ok=True)
 
 
 # ---------------------------------------------------------------------------
@@ -606,7 +634,7 @@ def test_models_list_marks_the_models_that_need_transformers(monkeypatch):
     assert out.exit_code == 0, out.output
     lines = out.output.strip().splitlines()
     assert lines[1].split()[0] == "ViT-B-16-SigLIP:webli" and lines[1].endswith("transformers (missing)")
-    assert lines[-1] == (f"{len(lines) - 3} models need transformers for their text tokenizer "
+    assert lines[-1] == (f"{len(lines) - 4} models need transformers for their text tokenizer "
                          "(not installed here: pip install 'clipprobe[hf-text]')")
 
 

@@ -39,3 +39,7 @@ def test_wheel_contains_data(tmp_path):
     weights = [p for p in (ROOT / "clipprobe/world/weights").glob("*") if p.suffix in (".safetensors", ".json")]
     for p in weights:
         assert f"clipprobe/world/weights/{p.name}" in names
+    zoo = list((ROOT / "clipprobe/models/zoo_data").iterdir())
+    assert len(zoo) >= 8
+    for p in zoo:
+        assert f"clipprobe/models/zoo_data/{p.name}" in names

@@ -1,4 +1,4 @@
-"""`clipprobe models`: the pretrained open_clip models, their training data, cache state."""
+"""`clipprobe models`: every pretrained open_clip model (and any user spec) with its metadata and cache state."""
 
 from __future__ import annotations
 
@@ -8,51 +8,81 @@ import click
 
 
 @click.command("models")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help="table: the main facts; json and csv: every column (the csv reads back as a --models table "
+                   "of `clipprobe sweep`).")
 @click.option("--filter", "text", default=None,
-              help="Keep rows whose spec or training data contain TEXT (case-insensitive).")
+              help="Keep rows whose spec, training data or dataset contain TEXT (case-insensitive).")
 @click.option("--cached", "only_cached", is_flag=True, help="Only models whose weights are in the local cache.")
+@click.option("--model", "extra_specs", multiple=True, metavar="SPEC",
+              help="Add a model open_clip does not list (ARCH:/path/weights.safetensors, hf-hub:ORG/NAME, ...); "
+                   "repeatable.")
+@click.option("--table", "user_table", type=click.Path(dir_okay=False), default=None,
+              help="A model CSV (column spec or model; optional dataset_family, dataset_size, samples_seen, "
+                   "params_*, performance columns) whose values fill or override the shipped ones.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Hugging Face cache to look in (default: the huggingface_hub default, $HF_HOME).")
 @click.option("--download", "download", default=None, metavar="SPEC",
               help="Fetch the weights of a model (e.g. ViT-B-32:openai) into the cache, for later offline use.")
-def models(fmt: str, text: str | None, only_cached: bool, cache_dir: str | None, download: str | None) -> None:
-    """Pretrained models (ARCH:TAG for --model), training data, and whether weights are cached.
+def models(fmt: str, text: str | None, only_cached: bool, extra_specs: tuple[str, ...], user_table: str | None,
+           cache_dir: str | None, download: str | None) -> None:
+    """Pretrained models (ARCH:TAG for --model) with architecture family, parameters, pretraining data,
+    samples seen, published downstream performance and its source, and whether the weights are cached.
 
-    Other --model forms: hf-hub:ORG/NAME, local-dir:PATH, ARCH:/path/to/weights.safetensors.
+    Other --model forms: hf-hub:ORG/NAME, local-dir:PATH, ARCH:/path/to/weights.safetensors. Sources of
+    every value: clipprobe/models/zoo_data/PROVENANCE.md.
     """
     from clipprobe.models import list_known_models, load_model
     from clipprobe.models.catalog import HF_TEXT_EXTRA
+    from clipprobe.models.zoo import format_zoo, known_specs, read_user_table, zoo_table
 
     if download:
         encoder = load_model(download, device="cpu", cache_dir=cache_dir)
         click.echo(f"{download}: weights at {encoder.info().get('weights_source')}")
         return
-    rows = list_known_models(cache_dir=cache_dir)
+    state = {r["spec"]: r for r in list_known_models(cache_dir=cache_dir)}
+    user = read_user_table(user_table) if user_table else None
+    specs = list(known_specs())
+    for spec in list(extra_specs) + list(user.specs if user else ()):
+        if spec not in specs:
+            specs.append(spec)
+    df = zoo_table(specs, user=user)
+    known = [state.get(s) for s in df["spec"]]
+    df.insert(6, "training_data", [r["training_data"] if r else "" for r in known])
+    df["cached"] = [r["cached"] if r else None for r in known]
+    df["cached_path"] = [r["cached_path"] if r else None for r in known]
+    needs = [list(r["needs"]) if r else [] for r in known]
+    missing = [list(r["missing"]) if r else [] for r in known]
     if text:
         needle = text.lower()
-        rows = [r for r in rows if needle in r["spec"].lower() or needle in r["training_data"].lower()]
+        keep = [needle in f"{s}\n{t}\n{d}".lower()
+                for s, t, d in zip(df["spec"], df["training_data"], df["dataset"].fillna(""))]
+        df, needs, missing = (df[keep].reset_index(drop=True), [n for n, k in zip(needs, keep) if k],
+                              [m for m, k in zip(missing, keep) if k])
     if only_cached:
-        rows = [r for r in rows if r["cached"]]
+        keep = [bool(c) for c in df["cached"]]
+        df, needs, missing = (df[keep].reset_index(drop=True), [n for n, k in zip(needs, keep) if k],
+                              [m for m, k in zip(missing, keep) if k])
     if fmt == "json":
-        click.echo(json.dumps(rows, indent=2))
+        records = json.loads(format_zoo(df, "json"))
+        for record, n, m in zip(records, needs, missing):
+            record.update(needs=n, extra=HF_TEXT_EXTRA if n else "", missing=m)
+        click.echo(json.dumps(records, indent=2))
         return
-    if not rows:
+    df["needs"] = ["; ".join(n) for n in needs]
+    if fmt == "csv":
+        click.echo(format_zoo(df, "csv"), nl=False)
+        return
+    if df.empty:
         click.echo("no models match")
         return
-    width = max(len(r["spec"]) for r in rows)
-    data_width = max(len(r["training_data"]) for r in rows)
-    click.echo(f"{'model':<{width}}  {'training data':<{data_width}}  cached  needs")
-    for r in rows:
-        needs = ", ".join(p + (" (missing)" if p in r["missing"] else "") for p in r["needs"])
-        click.echo(f"{r['spec']:<{width}}  {r['training_data']:<{data_width}}  {'yes' if r['cached'] else 'no ':<6}"
-                   f"  {needs}".rstrip())
-    n_cached = sum(r["cached"] for r in rows)
-    click.echo(f"{len(rows)} models, {n_cached} cached")
-    needing = [r for r in rows if r["needs"]]
+    df["needs"] = [", ".join(p + (" (missing)" if p in m else "") for p in n) for n, m in zip(needs, missing)]
+    click.echo(format_zoo(df, "table"))
+    n_cached = int(sum(bool(c) for c in df["cached"]))
+    click.echo(f"{n_cached} of {len(df)} cached")
+    needing = [(n, m) for n, m in zip(needs, missing) if n]
     if needing:
-        packages = sorted({p for r in needing for p in r["needs"]})
-        missing = sorted({p for r in needing for p in r["missing"]})
-        state = (f"not installed here: pip install 'clipprobe[{HF_TEXT_EXTRA}]'" if missing
-                 else "installed")
-        click.echo(f"{len(needing)} models need {', '.join(packages)} for their text tokenizer ({state})")
+        packages = sorted({p for n, _ in needing for p in n})
+        absent = sorted({p for _, m in needing for p in m})
+        where = f"not installed here: pip install 'clipprobe[{HF_TEXT_EXTRA}]'" if absent else "installed"
+        click.echo(f"{len(needing)} models need {', '.join(packages)} for their text tokenizer ({where})")

@@ -542,10 +542,16 @@ def format_zoo(df: "pd.DataFrame", fmt: str = "table") -> str:
             return f"{float(value):.1f}M"
         if col in ("imagenet1k", "vtab_plus"):
             return f"{float(value):.3f}"
+        if col == "cached":
+            return "yes" if value else "no"
         return str(value)
 
-    body = [[cell(c, v) for c, v in zip(shown, r)] for r in df[shown].itertuples(index=False, name=None)]
     header = ["model", "family", "params", "dataset", "size", "seen", "ImageNet", "VTAB+"]
+    for col, title in (("cached", "cached"), ("needs", "needs")):     # columns `clipprobe models` adds
+        if col in df:
+            shown.append(col)
+            header.append(title)
+    body = [[cell(c, v) for c, v in zip(shown, r)] for r in df[shown].itertuples(index=False, name=None)]
     widths = [max([len(header[i])] + [len(b[i]) for b in body]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)).rstrip() for b in body]
