@@ -310,3 +310,21 @@ def test_ratio_score_interval_equals_statsmodels_and_survives_its_boundary():
     assert lo < 100 / 1900 < hi and hi / lo > 1.3
     lo, hi = ratio_score_interval(np.array([0, 5]), 1900, np.array([100, 0]), 100)
     assert lo[0] == 0.0 and np.isinf(hi[1]) and hi[0] > 0 and lo[1] > 0
+
+
+def test_share_interval_withheld_where_the_top_k_is_most_of_the_images():
+    """Wilson's interval was measured to cover up to k = N/2; beyond that the columns are empty (NaN) and the
+    skew interval against the base shares is still published."""
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe import probe_scores
+
+    rng = np.random.default_rng(0)
+    labels = pd.DataFrame({"gender": rng.choice(["Male", "Female"], size=150)})
+    scores = rng.standard_normal((3, 150))
+    half = probe_scores(scores, labels, words=["a", "b", "c"], k=75, bootstrap=0, permutations=50).groups
+    most = probe_scores(scores, labels, words=["a", "b", "c"], k=100, bootstrap=0, permutations=50).groups
+    assert half["share_ci_low"].notna().all() and half["share_ci_high"].notna().all()
+    assert most["share_ci_low"].isna().all() and most["share_ci_high"].isna().all()
+    assert np.isfinite(most["skew_ci_high"]).all()

@@ -71,5 +71,12 @@ def test_local_intervals_cover_at_subset_sizes():
     frames = [b.local_coverage(n_total, n_subsets, 300, k=100, k_mode=mode, seed=0)
               for n_total, n_subsets in b.LOCAL_GRID for mode in ("fixed", "fraction")]
     table = pd.concat(frames, ignore_index=True)
-    bad = table[(table["coverage"] < 0.93) | (table["coverage"] > 0.975)]
+    published = table[table["published"] > 0]
+    bad = published[(published["coverage"] < 0.93) | (published["coverage"] > 0.975)]
     assert bad.empty, bad.to_string()
+    # share intervals (and the skew against global shares made from them) are withheld where k > N/2 (150
+    # images, k = 100), and only there
+    withheld = table[table["published"] == 0]
+    assert set(zip(withheld["N"], withheld["k"], withheld["statistic"])) == {(150, 100, "share"),
+                                                                            (150, 100, "skew_vs_global")}
+    assert (table.loc[table["N"] == 500, "published"] == 1).all()

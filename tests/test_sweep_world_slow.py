@@ -1,16 +1,22 @@
 """Validation against planted truth: a zoo of tiny world models whose training-data mix (the planted rate of the
-biased captions) is the factor and whose width (parameters) is not. The sweep and its analysis must attribute
-the bias to the data mix (significant, the right sign) and not to size.
+biased captions) is the planted factor, crossed with their width (parameters). The sweep and its analysis must
+attribute the bias to the data mix: significant, the right sign, ordered as the planted rates, for both the
+association tests and the retrieval report.
+
+Width is not a null factor in this world, and the test does not pretend it is: in 8 epochs the wider model
+reaches a much lower contrastive loss than the narrower one trained on the same captions (final losses about
+1.3 vs 2.3 in every mix) and learns more of every association, planted or not. What the analysis must do with
+it is keep it apart from the data: the coefficient of ``log_params`` must have the sign the training losses
+give (lower loss, stronger associations), and the data-mix coefficients must be the same whether or not size
+is in the model (the two factors are crossed, so a correct fit separates them).
 
 The zoo: three mixes (``WorldSpec(rate_scale=...)``: every planted rate scaled by 0.2, 0.6 and 1.2) crossed
 with two widths, trained from the same seed on the same images and captions (only the planted words'
 captions differ), a few epochs each (:data:`EPOCHS` over :data:`N_CAPTIONS` captions, batches of
-:data:`BATCH` with :data:`WARMUP` warm-up steps: with the demo's schedule a model of width 0.5 or 0.75 was
-still on its first plateau when training ended, so the small models had learnt less of every association,
-planted or not, and size looked like a factor). Their model table names each mix a
-dataset family (``mix0-low`` is the reference) with one dataset size (so that term is dropped); parameters are
-counted from the loaded models. The association tests pair each planted word's group with each other group of
-its attribute (X: the planted group's faces, Y: another group's, A: the word's prompts, B: control words'
+:data:`BATCH` with :data:`WARMUP` warm-up steps). Their model table names each mix a dataset family
+(``mix0-low`` is the reference) with one dataset size (so that term is dropped); parameters are counted from
+the loaded models. The association tests pair each planted word's group with each other group of its
+attribute (X: the planted group's faces, Y: another group's, A: the word's prompts, B: control words'
 prompts), 53 tests per model.
 
 Also: a sweep killed with SIGKILL at random points and rerun gives the uninterrupted sweep's table, and
@@ -70,26 +76,27 @@ def pairwise_suite(truth: dict, dataset: str, path: Path) -> Path:
     return path
 
 
-def train_zoo(folder: Path, *, epochs: int = EPOCHS, n_captions: int = N_CAPTIONS) -> tuple[Path, dict]:
-    """Train the 6 models; write the model table; return (its path, seconds per model)."""
+def train_zoo(folder: Path, *, epochs: int = EPOCHS, n_captions: int = N_CAPTIONS) -> tuple[Path, dict, dict]:
+    """Train the 6 models; write the model table; return (its path, seconds per model, final loss per model)."""
     from clipprobe.world.generate import WorldSpec
     from clipprobe.world.train import TrainConfig, arch_name, model_spec, train_world_model
 
     rows = ["spec,model_config,arch_family,dataset_family,dataset_size,planted_rate_scale"]
-    seconds = {}
+    seconds, losses = {}, {}
     for family, scale in MIXES.items():
         for width in WIDTHS:
             out = folder / f"{family}-w{width}"
             start = time.perf_counter()
-            train_world_model(out, TrainConfig(epochs=epochs, n_captions=n_captions, width=width, batch_size=BATCH,
+            meta = train_world_model(out, TrainConfig(epochs=epochs, n_captions=n_captions, width=width, batch_size=BATCH,
                                                warmup_steps=WARMUP, spec=WorldSpec(rate_scale=scale)),
                               evaluate=False)
             seconds[out.name] = round(time.perf_counter() - start, 1)
+            losses[(family, width)] = meta["loss_curve"][-1]
             spec, config = model_spec(out, arch_name(width))
             rows.append(f"{spec},{config},world-ViT,{family},{n_captions},{scale}")
     table = folder / "zoo.csv"
     table.write_text("\n".join(rows) + "\n", encoding="utf-8")
-    return table, seconds
+    return table, seconds, losses
 
 
 def sweep_zoo(table: Path, folder: Path, *, n_images: int = N_IMAGES):
@@ -117,26 +124,46 @@ def sweep_zoo(table: Path, folder: Path, *, n_images: int = N_IMAGES):
     return result, analysis
 
 
-def check_attribution(analysis) -> dict:
-    fit = analysis.fits["eat:effect_size"]
-    coef = fit.coefficients.set_index("term")
-    summary = {t: {k: float(coef.loc[t, k]) for k in ("estimate", "p_value", "ci_low", "ci_high")} for t in coef.index}
-    assert fit.references["dataset_family"] == "mix0-low"
-    high, mid = coef.loc["dataset_family[mix2-high]"], coef.loc["dataset_family[mix1-mid]"]
-    assert high["estimate"] > 0 and high["p_value"] < 0.01, summary
-    assert high["estimate"] > mid["estimate"], summary
-    assert coef.loc["log_params", "p_value"] > 0.05, summary
+def check_attribution(analysis, losses: dict, sweep: Path) -> dict:
+    """The data mix is found (both measures), ordered as planted; size gets the sign the losses give; the mix
+    coefficients do not move when size leaves the model."""
+    from clipprobe.analysis.factors import fit_factors
+    from clipprobe.report.sweep import load_sweep_table
+
+    table = load_sweep_table(sweep)
+    summary = {}
+    for measure in ("eat:effect_size", "report:max_skew_excess"):
+        fit = analysis.fits[measure]
+        coef = fit.coefficients.set_index("term")
+        summary[measure] = {t: {k: float(coef.loc[t, k]) for k in ("estimate", "p_value", "ci_low", "ci_high")}
+                            for t in coef.index}
+        assert fit.references["dataset_family"] == "mix0-low"
+        high, mid = coef.loc["dataset_family[mix2-high]"], coef.loc["dataset_family[mix1-mid]"]
+        assert high["p_value"] < 0.01 and mid["p_value"] < 0.05, summary[measure]
+        assert high["estimate"] > mid["estimate"] > 0, summary[measure]
+        wider_learns_more = all(losses[(f, max(WIDTHS))] < losses[(f, min(WIDTHS))] for f in MIXES)
+        assert wider_learns_more, losses
+        assert coef.loc["log_params", "estimate"] > 0, summary[measure]
+        probe, name = measure.split(":")
+        rows = table[(table["probe"] == probe) & (table["measure"] == name)].assign(params_total_m=100.0)
+        without = fit_factors(rows)                  # one size for every model: the size term is dropped
+        assert "log_params" not in set(without.coefficients["term"])
+        alone = without.coefficients.set_index("term")
+        for term in ("dataset_family[mix2-high]", "dataset_family[mix1-mid]"):
+            assert abs(alone.loc[term, "estimate"] - coef.loc[term, "estimate"]) < coef.loc[term, "std_error"], \
+                (term, alone.loc[term].to_dict(), coef.loc[term].to_dict())
     return summary
 
 
-def test_the_analysis_attributes_the_bias_to_the_training_data_not_to_size(tmp_path):
+def test_the_analysis_attributes_the_bias_to_the_training_data(tmp_path):
     start = time.perf_counter()
-    table, seconds = train_zoo(tmp_path / "zoo")
+    table, seconds, losses = train_zoo(tmp_path / "zoo")
     trained = time.perf_counter() - start
     result, analysis = sweep_zoo(table, tmp_path)
     assert len(result.done) == 6, result.failed
-    summary = check_attribution(analysis)
+    summary = check_attribution(analysis, losses, tmp_path / "sweep")
     print(json.dumps({"train_s": seconds, "train_total_s": round(trained, 1),
+                      "final_loss": {f"{f}-w{w}": v for (f, w), v in losses.items()},
                       "sweep_and_analysis_s": round(time.perf_counter() - start - trained, 1),
                       "coefficients": summary}, indent=1))
 
@@ -188,7 +215,9 @@ def _merged(out: Path) -> pd.DataFrame:
 def test_killed_at_random_points_and_rerun_gives_the_uninterrupted_result(small, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}
     ref = tmp_path / "ref"
+    start = time.perf_counter()
     subprocess.run(_cli(_args(small, ref)), env=env, check=True, capture_output=True, timeout=900)
+    duration = time.perf_counter() - start          # kill points are fractions of it (machines differ in speed)
     expected = _merged(ref)
     out = tmp_path / "killed"
     rng = np.random.default_rng(0)
@@ -197,7 +226,7 @@ def test_killed_at_random_points_and_rerun_gives_the_uninterrupted_result(small,
         proc = subprocess.Popen(_cli(_args(small, out)), env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
         try:
-            proc.wait(timeout=float(rng.uniform(4, 25)))
+            proc.wait(timeout=float(rng.uniform(0.15, 0.6)) * duration)
             break                                    # finished before the kill
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -261,7 +261,8 @@ def score_words(
 
     from clipprobe.analysis.bootstrap import bootstrap_counts, bootstrap_metrics
     from clipprobe.analysis.extremes import extreme_skew_null
-    from clipprobe.analysis.intervals import miller_madow, share_interval, skew_interval, skew_interval_vs_base
+    from clipprobe.analysis.intervals import (SHARE_INTERVAL_MAX_FRACTION, miller_madow, share_interval, skew_interval,
+                                              skew_interval_vs_base)
     from clipprobe.analysis.metrics import c_asc, check_k, group_stats, ndkl, point_estimates, rank_topk, word_stats
     from clipprobe.analysis.significance import hypergeom_p
 
@@ -333,6 +334,8 @@ def score_words(
             max_null[rows], min_null[rows] = float(np.mean(null.max_skew)), float(np.mean(null.min_skew))
             p_max[rows], p_min[rows] = null.p_max(est["max_skew"][rows]), null.p_min(est["min_skew"][rows])
         share_lo, share_hi = share_interval(np.minimum(counts, k), k, level=level)
+        if k > SHARE_INTERVAL_MAX_FRACTION * n_images:             # not measured to cover there: withheld
+            share_lo, share_hi = np.full_like(share_lo, np.nan), np.full_like(share_hi, np.nan)
         if reference == "base":
             skew_lo, skew_hi = skew_interval_vs_base(counts, k, sizes, n_images, level=level, drawn=drawn)
         else:
