@@ -79,4 +79,5 @@ def test_local_intervals_cover_at_subset_sizes():
     withheld = table[table["published"] == 0]
     assert set(zip(withheld["N"], withheld["k"], withheld["statistic"])) == {(150, 100, "share"),
                                                                             (150, 100, "skew_vs_global")}
-    assert (table.loc[table["N"] == 500, "published"] == 1).all()
+    # elsewhere published for (nearly) every group: a rare age group absent from a subset has no skew interval
+    assert (table.loc[table["published"] > 0, "published"] > 0.95).all(), table.to_string()
