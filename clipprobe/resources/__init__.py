@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Callable, Generic, TypeVar
+from typing import Any, Callable, Generic, Mapping, Sequence, TypeVar
 
-from clipprobe.errors import ClipprobeError, did_you_mean
+from clipprobe.errors import ClipprobeError, DataError, did_you_mean
 
 T = TypeVar("T")
 
@@ -80,3 +80,22 @@ class Registry(Generic[T]):
         names = self.names()
         raise ClipprobeError(MSG_UNKNOWN.format(kind=self.kind, name=text, hint=did_you_mean(text, names),
                                                 names=", ".join(repr(n) for n in names), paths=self.paths))
+
+
+def read_data_mapping(path: str | Path, *, what: str, keys: Sequence[str], not_mapping: str,
+                      unknown_key: str) -> Mapping[str, Any]:
+    """A YAML/JSON data file whose top level is a mapping with only ``keys``.
+
+    ``what`` names the file in read errors ("taxonomy file"); ``not_mapping`` and ``unknown_key`` are the
+    caller's message templates (fields ``path``; ``path``, ``key`` and ``hint``).
+    """
+    from clipprobe._io import Bounded, read_mapping, shorten
+
+    data = read_mapping(path, what=what)
+    if not isinstance(data, Mapping):
+        raise DataError(not_mapping.format(path=path))
+    for key in data:
+        if key not in keys:
+            raise DataError(unknown_key.format(path=path, key=Bounded(key),
+                                               hint=did_you_mean(shorten(str(key), 60), keys)))
+    return data

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from clipprobe._io import Bounded, shorten
-from clipprobe.errors import DataError, did_you_mean
-from clipprobe.resources import Registry
+from clipprobe.errors import DataError
+from clipprobe.resources import Registry, read_data_mapping
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +99,13 @@ def get_lexicon(name_or_path: str | Path | None = None) -> Lexicon:
     return LEXICONS.get(name_or_path)
 
 
-def _read_mapping(path: Path) -> Mapping[str, Any]:
-    from clipprobe._io import read_mapping
-
-    data = read_mapping(path, what="lexicon file")
-    if not isinstance(data, Mapping):
-        raise DataError(ERR_NO_ATTRIBUTES.format(path=path))
-    return data
-
-
 def load_lexicon(path: str | Path) -> Lexicon:
     """Read and validate a lexicon file; every problem names the file and the entry."""
     from clipprobe.captions.matching import TermError, normalise_term
 
     path = Path(path)
-    data = _read_mapping(path)
-    for key in data:
-        if key not in _TOP_LEVEL_KEYS:
-            raise DataError(ERR_UNKNOWN_KEY.format(path=path, key=Bounded(key),
-                                                  hint=did_you_mean(shorten(str(key), 60), _TOP_LEVEL_KEYS)))
+    data = read_data_mapping(path, what="lexicon file", keys=_TOP_LEVEL_KEYS, not_mapping=ERR_NO_ATTRIBUTES,
+                             unknown_key=ERR_UNKNOWN_KEY)
     raw = data.get("attributes")
     if not isinstance(raw, Mapping) or not raw:
         raise DataError(ERR_NO_ATTRIBUTES.format(path=path))

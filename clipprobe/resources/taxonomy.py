@@ -31,9 +31,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from clipprobe._io import Bounded, shorten
+from clipprobe._io import Bounded
 from clipprobe.errors import ClipprobeError, DataError, did_you_mean
-from clipprobe.resources import Registry
+from clipprobe.resources import Registry, read_data_mapping
 
 log = logging.getLogger(__name__)
 
@@ -144,23 +144,11 @@ def get_taxonomy(name_or_path: str | Path | None = None) -> Taxonomy:
     return TAXONOMIES.get(name_or_path)
 
 
-def _read_mapping(path: Path) -> Mapping[str, Any]:
-    from clipprobe._io import read_mapping
-
-    data = read_mapping(path, what="taxonomy file")
-    if not isinstance(data, Mapping):
-        raise DataError(ERR_NO_CATEGORIES.format(path=path))
-    return data
-
-
 def load_taxonomy(path: str | Path) -> Taxonomy:
     """Read and validate a taxonomy file (JSON or YAML)."""
     path = Path(path)
-    data = _read_mapping(path)
-    for key in data:
-        if key not in _TOP_LEVEL_KEYS:
-            raise DataError(ERR_UNKNOWN_KEY.format(path=path, key=Bounded(key),
-                                                  hint=did_you_mean(shorten(str(key), 60), _TOP_LEVEL_KEYS)))
+    data = read_data_mapping(path, what="taxonomy file", keys=_TOP_LEVEL_KEYS, not_mapping=ERR_NO_CATEGORIES,
+                             unknown_key=ERR_UNKNOWN_KEY)
     raw = data.get("categories")
     if not isinstance(raw, Mapping) or not raw:
         raise DataError(ERR_NO_CATEGORIES.format(path=path))
