@@ -86,6 +86,14 @@ def attributes_option(default: str) -> Callable:
                         help="Comma-separated attributes: race, gender, age, race_gender.")
 
 
+def split_values(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Values of a repeatable option that may also be comma-separated, in order, once each."""
+    out: list[str] = []
+    for value in values:
+        out.extend(v.strip() for v in value.split(",") if v.strip())
+    return tuple(dict.fromkeys(out))
+
+
 def split_attributes(text: str) -> tuple[str, ...]:
     parts = tuple(a.strip() for a in text.split(",") if a.strip())
     if not parts:

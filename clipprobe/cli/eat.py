@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import MODEL_HELP
+from clipprobe.cli._options import MODEL_HELP, split_values
 
 EPILOG = """\b
 Examples:
@@ -13,14 +13,6 @@ Examples:
   clipprobe eat --tests my-tests.yaml --permutations 100000 --seed 0 --out eats/mine
   clipprobe eat list
 """
-
-
-def _split(values: tuple[str, ...]) -> tuple[str, ...]:
-    """Repeated and comma-separated values, in order, once each."""
-    out: list[str] = []
-    for value in values:
-        out.extend(v.strip() for v in value.split(",") if v.strip())
-    return tuple(dict.fromkeys(out))
 
 
 @click.group("eat", invoke_without_command=True, epilog=EPILOG)
@@ -85,7 +77,7 @@ def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permut
     config = EatConfig(
         out=out, model=model, model_config=model_config, quick_gelu=quick_gelu, preprocess=preprocess, suite=suite,
         tests_file=tests_file,
-        tests=_split(test_names), orders=_split(orders), permutations=permutations, sc_permutations=sc_permutations,
+        tests=split_values(test_names), orders=split_values(orders), permutations=permutations, sc_permutations=sc_permutations,
         seed=seed, ddof=ddof, two_sided=two_sided, interval=None if interval == "none" else interval,
         bootstrap=bootstrap, sc_weat=not no_sc_weat,
         paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, cache_dir=cache_dir,

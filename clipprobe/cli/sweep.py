@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import DATASET_HELP, check_choice, check_count, check_fraction, split_attributes
+from clipprobe.cli._options import DATASET_HELP, check_choice, check_count, check_fraction, split_attributes, split_values
 
 EPILOG = """\b
 Examples:
@@ -13,14 +13,6 @@ Examples:
   clipprobe sweep merge sweeps/zoo
   clipprobe sweep analyze sweeps/zoo --performance vtab+
 """
-
-
-def _split(values: tuple[str, ...]) -> tuple[str, ...]:
-    """Repeated and comma-separated values, in order, once each."""
-    out: list[str] = []
-    for value in values:
-        out.extend(v.strip() for v in value.split(",") if v.strip())
-    return tuple(dict.fromkeys(out))
 
 
 @click.group("sweep", invoke_without_command=True, epilog=EPILOG)
@@ -88,10 +80,10 @@ def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, dat
 
     if out is None:
         raise click.UsageError("missing option '--out' (the sweep folder)")
-    model_list = _split(models)
+    model_list = split_values(models)
     if not model_list:
         raise click.UsageError("missing option '--models' (all, a model CSV, or specs)")
-    probe_list = _split((probes,))
+    probe_list = split_values((probes,))
     for p in probe_list:
         check_choice("--probes", p, PROBES)
     parse_shard(shard)
@@ -164,7 +156,7 @@ def analyze_command(folder, performance, performance_csv, measures, min_family_r
     settings = FactorSettings(min_family_rows=min_family_rows, min_family_models=min_family_models,
                               reference_dataset_family=reference_dataset_family)
     result = analyze_sweep(folder, performance=None if performance.strip().lower() == "none" else performance,
-                           performance_csv=performance_csv, measures=_split(measures) or DEFAULT_MEASURES,
+                           performance_csv=performance_csv, measures=split_values(measures) or DEFAULT_MEASURES,
                            settings=settings, out=out, figures=figures)
     for key, fit in result.fits.items():
         click.echo(f"{key}: {fit.n_models} models, {fit.n_rows} rows, {fit.n_groups} groups"
