@@ -77,7 +77,8 @@ def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permut
     config = EatConfig(
         out=out, model=model, model_config=model_config, quick_gelu=quick_gelu, preprocess=preprocess, suite=suite,
         tests_file=tests_file,
-        tests=split_values(test_names), orders=split_values(orders), permutations=permutations, sc_permutations=sc_permutations,
+        tests=split_values(test_names), orders=split_values(orders), permutations=permutations,
+        sc_permutations=sc_permutations,
         seed=seed, ddof=ddof, two_sided=two_sided, interval=None if interval == "none" else interval,
         bootstrap=bootstrap, sc_weat=not no_sc_weat,
         paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, cache_dir=cache_dir,

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import click
 
 
@@ -51,38 +49,32 @@ def models(fmt: str, text: str | None, only_cached: bool, extra_specs: tuple[str
     df.insert(6, "training_data", [r["training_data"] if r else "" for r in known])
     df["cached"] = [r["cached"] if r else None for r in known]
     df["cached_path"] = [r["cached_path"] if r else None for r in known]
-    needs = [list(r["needs"]) if r else [] for r in known]
-    missing = [list(r["missing"]) if r else [] for r in known]
+    df["needs"] = [list(r["needs"]) if r else [] for r in known]
+    df["extra"] = [HF_TEXT_EXTRA if n else "" for n in df["needs"]]
+    df["missing"] = [list(r["missing"]) if r else [] for r in known]
     if text:
         needle = text.lower()
-        keep = [needle in f"{s}\n{t}\n{d}".lower()
-                for s, t, d in zip(df["spec"], df["training_data"], df["dataset"].fillna(""))]
-        df, needs, missing = (df[keep].reset_index(drop=True), [n for n, k in zip(needs, keep) if k],
-                              [m for m, k in zip(missing, keep) if k])
+        df = df[[needle in f"{s}\n{t}\n{d}".lower()
+                 for s, t, d in zip(df["spec"], df["training_data"], df["dataset"].fillna(""))]]
     if only_cached:
-        keep = [bool(c) for c in df["cached"]]
-        df, needs, missing = (df[keep].reset_index(drop=True), [n for n, k in zip(needs, keep) if k],
-                              [m for m, k in zip(missing, keep) if k])
+        df = df[[bool(c) for c in df["cached"]]]
+    df = df.reset_index(drop=True)
     if fmt == "json":
-        records = json.loads(format_zoo(df, "json"))
-        for record, n, m in zip(records, needs, missing):
-            record.update(needs=n, extra=HF_TEXT_EXTRA if n else "", missing=m)
-        click.echo(json.dumps(records, indent=2))
+        click.echo(format_zoo(df, "json"))
         return
-    df["needs"] = ["; ".join(n) for n in needs]
     if fmt == "csv":
-        click.echo(format_zoo(df, "csv"), nl=False)
+        click.echo(format_zoo(df.assign(needs=["; ".join(n) for n in df["needs"]],
+                                        missing=["; ".join(m) for m in df["missing"]]), "csv"), nl=False)
         return
     if df.empty:
         click.echo("no models match")
         return
-    df["needs"] = [", ".join(p + (" (missing)" if p in m else "") for p in n) for n, m in zip(needs, missing)]
-    click.echo(format_zoo(df, "table"))
-    n_cached = int(sum(bool(c) for c in df["cached"]))
-    click.echo(f"{n_cached} of {len(df)} cached")
-    needing = [(n, m) for n, m in zip(needs, missing) if n]
-    if needing:
-        packages = sorted({p for n, _ in needing for p in n})
-        absent = sorted({p for _, m in needing for p in m})
+    shown = [", ".join(p + (" (missing)" if p in m else "") for p in n) for n, m in zip(df["needs"], df["missing"])]
+    click.echo(format_zoo(df.assign(needs=shown), "table"))
+    click.echo(f"{int(sum(bool(c) for c in df['cached']))} of {len(df)} cached")
+    needing = df[[bool(n) for n in df["needs"]]]
+    if len(needing):
+        packages = sorted({p for n in needing["needs"] for p in n})
+        absent = sorted({p for m in needing["missing"] for p in m})
         where = f"not installed here: pip install 'clipprobe[{HF_TEXT_EXTRA}]'" if absent else "installed"
         click.echo(f"{len(needing)} models need {', '.join(packages)} for their text tokenizer ({where})")

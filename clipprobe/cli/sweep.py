@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import DATASET_HELP, check_choice, check_count, check_fraction, split_attributes, split_values
+from clipprobe.cli._options import (DATASET_HELP, check_choice, check_count, check_fraction, split_attributes,
+                                   split_values)
 
 EPILOG = """\b
 Examples:
