@@ -17,7 +17,7 @@ import time
 import pandas as pd
 import pytest
 from test_captions_count import LEXICON, TAXONOMY
-from test_captions_interrupt import Run, alive, children, wait_for, write_files
+from test_captions_interrupt import Run, kill_at_random_points, wait_for, write_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
@@ -96,24 +96,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(root, reference, tmp_pat
     seed = int(os.environ.get("CLIPPROBE_KILL_SEED", random.SystemRandom().randrange(2**32)))
     rng = random.Random(seed)
     out = tmp_path / "killed"
-    kills = []
-    for _ in range(KILLS):
-        proc = subprocess.Popen(command(root, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        at = rng.uniform(0.0, whole)
-        workers: set[int] = set()
-        end = time.monotonic() + at
-        while time.monotonic() < end and proc.poll() is None:
-            workers |= children(proc.pid)
-            time.sleep(0.01)
-        if proc.poll() is not None:
-            break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        kills.append(round(at, 2))
-        deadline = time.monotonic() + 15
-        while any(alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(alive(p) for p in workers), f"workers outlived the killed run (seed {seed})"
+    kills = kill_at_random_points(command(root, out), rng=rng, whole=whole, times=KILLS, seed=seed)
     final = subprocess.run(command(root, out), capture_output=True, text=True, timeout=900)
     assert final.returncode == 0, final.stderr
     same_outputs(out, ref, f"(seed {seed}, kills at {kills} s of a {whole:.1f} s run)")

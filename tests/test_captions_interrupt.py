@@ -157,6 +157,31 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def kill_at_random_points(argv: list[str], *, rng, whole: float, times: int, seed: int) -> list[float]:
+    """Start ``argv`` up to ``times`` times, each killed with SIGKILL at a random point of a ``whole``-second
+    run (stopping early when a run finishes first); assert that no worker process outlives a kill. Returns
+    the kill points in seconds."""
+    kills = []
+    for _ in range(times):
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        at = rng.uniform(0.0, whole)
+        workers: set[int] = set()
+        end = time.monotonic() + at
+        while time.monotonic() < end and proc.poll() is None:
+            workers |= children(proc.pid)
+            time.sleep(0.01)
+        if proc.poll() is not None:          # finished before the kill point: nothing left to interrupt
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        kills.append(round(at, 2))
+        deadline = time.monotonic() + 15
+        while any(alive(p) for p in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in workers), f"workers outlived the killed run (seed {seed})"
+    return kills
+
+
 @pytest.mark.slow   # writes 7.2M captions
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_worker_processes_die_with_a_killed_main_process(root, tmp_path):

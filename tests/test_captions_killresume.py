@@ -8,14 +8,13 @@ from __future__ import annotations
 import json
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
 
 import pytest
 from test_captions_count import LEXICON, TAXONOMY
-from test_captions_interrupt import alive, children, command, write_files
+from test_captions_interrupt import command, kill_at_random_points, write_files
 
 pytestmark = [pytest.mark.slow,       # a dozen runs of the command on 2.4M captions
               pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
@@ -50,24 +49,7 @@ def test_killed_runs_resume_to_the_uninterrupted_result(root, tmp_path, matcher)
     assert done.returncode == 0, done.stderr
 
     out = tmp_path / "killed"
-    kills = []
-    for _ in range(KILLS):
-        proc = subprocess.Popen(command(root, out, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        at = rng.uniform(0.0, whole)
-        workers: set[int] = set()
-        end = time.monotonic() + at
-        while time.monotonic() < end and proc.poll() is None:
-            workers |= children(proc.pid)
-            time.sleep(0.01)
-        if proc.poll() is not None:          # finished before the kill point: nothing left to interrupt
-            break
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-        kills.append(round(at, 2))
-        deadline = time.monotonic() + 15
-        while any(alive(p) for p in workers) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(alive(p) for p in workers), f"workers outlived the killed run (seed {seed})"
+    kills = kill_at_random_points(command(root, out, *extra), rng=rng, whole=whole, times=KILLS, seed=seed)
     final = subprocess.run(command(root, out, *extra), capture_output=True, text=True, timeout=600)
     assert final.returncode == 0, final.stderr
     context = f"seed {seed}, kills at {kills} s of a {whole:.1f} s run"
