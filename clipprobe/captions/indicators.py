@@ -261,7 +261,7 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
     import numpy as np
 
     from clipprobe.captions.inputs import caption_array
-    from clipprobe.captions.scan import Stopped, _expand, _Worker, open_parquet
+    from clipprobe.captions.scan import _expand, _Worker, batches_until_stopped, open_parquet
 
     worker = _Worker.get(spec)
     columns = [text_column]
@@ -278,13 +278,7 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
         worker.footers[path] = pf.metadata
         batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=columns,
                                   use_threads=False)
-        while True:
-            if stop is not None and stop.is_set():
-                raise Stopped(path)
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
+        for batch in batches_until_stopped(batches, stop, path):
             t1 = time.perf_counter()
             t_read += t1 - t0
             text = caption_array(batch.column(text_column))

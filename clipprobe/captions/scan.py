@@ -276,13 +276,7 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
         batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=[text_column],
                                   use_threads=False)
         row = row_offset
-        while True:
-            if stop is not None and stop.is_set():     # the run is stopping: leave this chunk unfinished
-                raise Stopped(path)
-            try:
-                batch = next(batches)
-            except StopIteration:
-                break
+        for batch in batches_until_stopped(batches, stop, path):
             t1 = time.perf_counter()
             t_read += t1 - t0
             column = caption_array(batch.column(0))
@@ -413,6 +407,19 @@ _SPEC: ScanSpec | None = None
 
 class Stopped(Exception):
     """A chunk left unfinished because its run is stopping (Ctrl-C)."""
+
+
+def batches_until_stopped(batches, stop, path):
+    """The record batches of ``batches`` in order; :class:`Stopped` (naming ``path``) as soon as ``stop`` is
+    set, checked before each batch is read, so a stopping run leaves its chunk unfinished."""
+    while True:
+        if stop is not None and stop.is_set():
+            raise Stopped(path)
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        yield batch
 
 
 def _init_pool(spec: ScanSpec) -> None:
