@@ -15,6 +15,17 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def world_cache(tmp_path_factory):
+    """One folder of trained world models per test run (CI sets CLIPPROBE_WORLD_CACHE for all its
+    steps), so that a world with the same configuration is trained once."""
+    from clipprobe.world.train import CACHE_ENV
+
+    if not os.environ.get(CACHE_ENV):
+        os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("worlds"))
+    return os.environ[CACHE_ENV]
+
+
 @pytest.fixture(scope="session")
 def tiny_model_files(tmp_path_factory):
     """(config_json_path, safetensors_weights_path, arch_name) of a tiny random CLIP.
@@ -33,3 +44,34 @@ def tiny_encoder(tiny_model_files):
 
     config, weights, arch = tiny_model_files
     return load_model(f"{arch}:{weights}", model_config=str(config), device="cpu")
+
+
+# --------------------------------------------------------------------------- the default suite's time budget
+# With CLIPPROBE_MAX_TEST_SECONDS set (CI sets 10), a test of the default suite whose setup, call and
+# teardown together take longer fails the run: it is made faster or marked slow.
+_SLOW_IDS: set[str] = set()
+_SECONDS: dict[str, float] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    _SLOW_IDS.update(item.nodeid for item in items if item.get_closest_marker("slow"))
+
+
+def pytest_runtest_logreport(report):
+    if report.nodeid not in _SLOW_IDS:
+        _SECONDS[report.nodeid] = _SECONDS.get(report.nodeid, 0.0) + report.duration
+
+
+def pytest_sessionfinish(session, exitstatus):
+    limit = os.environ.get("CLIPPROBE_MAX_TEST_SECONDS")
+    if not limit:
+        return
+    over = sorted(((s, n) for n, s in _SECONDS.items() if s > float(limit)), reverse=True)
+    if over:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        lines = [f"{len(over)} test(s) of the default suite took over {limit} s (mark them slow or make them faster):"]
+        lines += [f"  {s:6.1f} s  {n}" for s, n in over]
+        if reporter is not None:
+            reporter.write_line("\n".join(lines), red=True)
+        if session.exitstatus == 0:
+            session.exitstatus = 1

@@ -149,7 +149,6 @@ def make_report(
             neutral_skew = skews(shares(neutral))
             boot_shares = np.array([shares(b) for b in boot])
             boot_skews = np.array([skews(s) for s in boot_shares])
-            boot_entropy = np.array([norm_entropy(s) for s in boot_shares])
             sizes = np.rint(base * n_images).astype(int)
             p_over = stats.hypergeom.sf(count - 1, n_images, sizes, k)
             p_under = stats.hypergeom.cdf(count, n_images, sizes, k)
@@ -236,7 +235,6 @@ def make_report(
 
 
 def _summary(words, groups, rng, n_boot):
-    import numpy as np
     import pandas as pd
 
     ex = words.assign(category=words["category"].str.split("; ")).explode("category")

@@ -231,8 +231,8 @@ def test_bad_files(tmp_path):
         res.load_tests(_write_yaml(tmp_path / "empty.yaml", "tests: []\n"))
     with pytest.raises(DataError, match=r"unknown key 'test' \(did you mean 'tests'"):
         res.load_tests(_write_yaml(tmp_path / "typo.yaml", "test: []\n"))
-    dup = "tests:\n" + "".join(f"  - {{name: t, X: {{texts: [a, b]}}, Y: {{texts: [c, d]}}, A: {{texts: [e, f]}}, "
-                               f"B: {{texts: [g, h]}}}}\n" for _ in range(2))
+    dup = "tests:\n" + "".join("  - {name: t, X: {texts: [a, b]}, Y: {texts: [c, d]}, A: {texts: [e, f]}, "
+                               "B: {texts: [g, h]}}\n" for _ in range(2))
     with pytest.raises(DataError, match="appears twice"):
         res.load_tests(_write_yaml(tmp_path / "dup.yaml", dup))
 

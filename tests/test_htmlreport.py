@@ -204,7 +204,7 @@ def test_sheets_capped_by_count_in_q_order_with_note(tmp_path, drawn):
     assert html.escape(note) in text
     # a flagged word with a sheet links to it; one without has no link
     assert f'<a href="#faces-0">{html.escape(order[0])}</a>' in text
-    assert f'<a href="#faces-2">' not in text
+    assert '<a href="#faces-2">' not in text
 
     full = write_html_report(rep, tmp_path / "all.html").read_text(encoding="utf-8")
     assert _sheet_words(full) == order

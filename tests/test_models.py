@@ -5,9 +5,7 @@ from __future__ import annotations
 import contextlib
 import fractions
 import json
-import os
 import re
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,8 +19,7 @@ from clipprobe import models as M
 from clipprobe.models import loading, spec, weights
 from clipprobe.errors import ModelError
 from clipprobe.models import ModelSpec, load_model, parse_model_spec
-from tinyclip import (TINY_CONFIG, write_tiny_config, write_tiny_local_dir, write_tiny_model,
-                      write_tiny_weights)
+from tinyclip import (TINY_CONFIG, write_tiny_config, write_tiny_local_dir, write_tiny_weights)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -556,7 +553,6 @@ def test_models_download_offline_says_what_is_missing():
 
 
 def _without_transformers(monkeypatch):
-    import sys
 
     monkeypatch.setitem(sys.modules, "transformers", None)   # what an installation without it gives
 

@@ -248,7 +248,6 @@ def test_probe_rows_against_brute_force():
 def test_shipped_weights_load_and_meet_targets(full_world):
     """The shipped model, loaded through open_clip from config + safetensors, finds the planted bias."""
     import open_clip
-    import torch
 
     from clipprobe.world.evaluate import check_model_on_world
     from clipprobe.world.train import config_path, meta_path, weights_path

@@ -11,6 +11,11 @@ Weights are saved as float16 safetensors (the text tower keeps open_clip's full
 49,408-token vocabulary, which dominates the file), beside a copy of the config
 and ``<arch>.meta.json``: seed, hyper-parameters, a hash of the training data,
 the loss curve, timings, versions and the check against the world's truth.
+
+Trained models can be kept in a folder named by ``CLIPPROBE_WORLD_CACHE``: a training whose
+configuration, keep flags (by content), world generator, training code and library versions are all
+the same as a finished one copies that one's files instead of training again (the test suite and CI
+set it, so that one CI run trains each world once).
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ import argparse
 import hashlib
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,6 +36,7 @@ from clipprobe.world import WORLD_ARCH
 log = logging.getLogger(__name__)
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+CACHE_ENV = "CLIPPROBE_WORLD_CACHE"
 
 
 @dataclass(frozen=True)
@@ -187,9 +195,65 @@ def _zero_counts(spec=None):
     return {w: {"n_word": 0, "n_both": {a: {g: 0 for g in gs} for a, gs in gen.ATTRIBUTES.items()}} for w in words}
 
 
+def training_key(cfg: TrainConfig, *, evaluate: bool = True) -> str:
+    """A hash of everything that decides a training's output: the settings (the world spec included),
+    the content of the keep flags' file, the architecture, the generator and training code, and the
+    versions of the libraries that compute it."""
+    from clipprobe.runinfo import package_versions
+    from clipprobe.world import generate as gen
+
+    h = hashlib.sha256()
+    settings = asdict(cfg)
+    settings["spec"] = asdict(cfg.spec) if cfg.spec is not None else None
+    settings["keep"] = hashlib.sha256(Path(cfg.keep).read_bytes()).hexdigest() if cfg.keep else None
+    versions = package_versions()
+    h.update(json.dumps({"settings": settings, "arch": arch_config(cfg.width), "evaluate": evaluate,
+                         "generator": gen.GENERATOR_VERSION,
+                         "versions": {k: versions.get(k) for k in ("torch", "open_clip_torch", "numpy")}},
+                        sort_keys=True, default=str).encode())
+    for module in (gen.__file__, __file__):
+        h.update(Path(module).read_bytes())
+    return h.hexdigest()[:20]
+
+
+def _model_files(folder: Path, arch: str) -> list[Path]:
+    return [p for p in (config_path(folder, arch), weights_path(folder, arch), meta_path(folder, arch)) if p.is_file()]
+
+
 def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = TrainConfig(), *,
                       evaluate: bool = True) -> dict[str, Any]:
-    """Train from scratch and write weights, config and meta into ``out_dir``; return the meta."""
+    """Train from scratch and write weights, config and meta into ``out_dir``; return the meta.
+
+    With ``CLIPPROBE_WORLD_CACHE`` set, a finished training with the same :func:`training_key` is
+    copied from that folder instead, and a new one is stored there.
+    """
+    cache = os.environ.get(CACHE_ENV)
+    if not cache:
+        return _train(out_dir, cfg, evaluate=evaluate)
+    arch = arch_name(cfg.width)
+    out = Path(out_dir or WEIGHTS_DIR)
+    entry = Path(cache) / training_key(cfg, evaluate=evaluate)
+    if not meta_path(entry, arch).is_file():
+        meta = _train(out, cfg, evaluate=evaluate)
+        tmp = Path(cache) / f".{entry.name}.{os.getpid()}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for f in _model_files(out, arch):
+            shutil.copy2(f, tmp / f.name)
+        try:
+            os.replace(tmp, entry)
+        except OSError:              # another process stored the same training first
+            shutil.rmtree(tmp, ignore_errors=True)
+        return meta
+    log.info("world model %s: reusing the identical training in %s", arch, entry)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in _model_files(entry, arch):
+        shutil.copy2(f, out / f.name)
+    register_arch(out, arch)
+    return json.loads(meta_path(out, arch).read_text(encoding="utf-8"))
+
+
+def _train(out_dir: str | Path | None, cfg: TrainConfig, *, evaluate: bool) -> dict[str, Any]:
     import numpy as np
     import open_clip
     import torch

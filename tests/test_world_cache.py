@@ -1,0 +1,59 @@
+"""The cache of trained world models: keyed by everything that decides a training, reused only when equal."""
+
+from __future__ import annotations
+
+import json
+
+
+from clipprobe.world import train as T
+
+
+def _fake_training(calls):
+    def fake(out, cfg, *, evaluate):
+        calls.append(cfg)
+        arch = T.arch_name(cfg.width)
+        out.mkdir(parents=True, exist_ok=True)
+        T.config_path(out, arch).write_text(json.dumps(T.arch_config(cfg.width)))
+        T.weights_path(out, arch).write_bytes(f"weights of seed {cfg.seed}".encode())
+        meta = {"arch": arch, "seed": cfg.seed}
+        T.meta_path(out, arch).write_text(json.dumps(meta))
+        return meta
+    return fake
+
+
+def test_key_changes_with_settings_and_keep_file_content(tmp_path):
+    keep = tmp_path / "weights.parquet"
+    keep.write_bytes(b"one")
+    base = T.training_key(T.TrainConfig(keep=str(keep)))
+    assert base == T.training_key(T.TrainConfig(keep=str(keep)))
+    assert base != T.training_key(T.TrainConfig(keep=str(keep), seed=1))
+    assert base != T.training_key(T.TrainConfig(keep=str(keep)), evaluate=False)
+    assert base != T.training_key(T.TrainConfig(keep=str(keep), width=0.5))
+    moved = tmp_path / "elsewhere.parquet"
+    moved.write_bytes(b"one")
+    assert base == T.training_key(T.TrainConfig(keep=str(moved)))      # content, not path
+    keep.write_bytes(b"two")
+    assert base != T.training_key(T.TrainConfig(keep=str(keep)))
+
+
+def test_same_training_is_copied_and_another_is_trained(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(T, "_train", _fake_training(calls))
+    monkeypatch.setenv(T.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(T, "register_arch", lambda *a, **k: None)
+    first = T.train_world_model(tmp_path / "a", T.TrainConfig(seed=5))
+    again = T.train_world_model(tmp_path / "b", T.TrainConfig(seed=5))
+    assert len(calls) == 1 and first == again
+    assert T.weights_path(tmp_path / "b").read_bytes() == b"weights of seed 5"
+    T.train_world_model(tmp_path / "c", T.TrainConfig(seed=6))
+    assert len(calls) == 2
+    assert T.weights_path(tmp_path / "c").read_bytes() == b"weights of seed 6"
+
+
+def test_without_the_variable_every_call_trains(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(T, "_train", _fake_training(calls))
+    monkeypatch.delenv(T.CACHE_ENV, raising=False)
+    T.train_world_model(tmp_path / "a", T.TrainConfig())
+    T.train_world_model(tmp_path / "b", T.TrainConfig())
+    assert len(calls) == 2
