@@ -199,20 +199,5 @@ def miller_madow(norm_entropy, counts, present, k: int) -> "np.ndarray":
     return np.where(n_present >= 2, np.asarray(norm_entropy, dtype=np.float64) + correction, np.nan)
 
 
-def basic_interval(estimate, samples, *, level: float = 0.95) -> tuple["np.ndarray", "np.ndarray"]:
-    """The basic (reverse-percentile) bootstrap interval ``[2 t - q_hi, 2 t - q_lo]``.
-
-    ``samples`` are ``(B, ...)`` resampled values of the statistic whose full-data value is
-    ``estimate`` (shape ``...``); NaN samples are left out; a column without samples gives NaN.
-    """
-    import numpy as np
-
-    from clipprobe.analysis.bootstrap import percentile_interval
-
-    q_lo, q_hi = percentile_interval(samples, _check_level(level))
-    t = np.asarray(estimate, dtype=np.float64)
-    return 2.0 * t - q_hi, 2.0 * t - q_lo
-
-
-__all__ = ["SHARE_METHODS", "basic_interval", "miller_madow", "ratio_score_interval", "share_interval",
+__all__ = ["SHARE_METHODS", "miller_madow", "ratio_score_interval", "share_interval",
            "skew_interval", "skew_interval_vs_base"]

@@ -61,7 +61,6 @@ import colorsys
 import hashlib
 import io
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -654,9 +653,3 @@ def _write_objects(folder: Path, seed: int, n: int) -> None:
         write_bytes(folder / f"{i + 1}.png", buf.getvalue())
         rows.append((f"{i + 1}.png", ACCESSORIES[acc], BACKGROUNDS[bg]))
     _write_csv(folder / "objects.csv", pd.DataFrame(rows, columns=["file", "object", "background"]))
-
-
-def term_regex(term: str) -> "re.Pattern[str]":
-    """The matching rule for one term: case-insensitive, no letter or digit on either side."""
-    body = r"\s+".join(re.escape(part) for part in term.split())
-    return re.compile(rf"(?<![^\W_]){body}(?![^\W_])", re.IGNORECASE)
