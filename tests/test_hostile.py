@@ -123,12 +123,16 @@ def test_a_huge_test_file_and_a_huge_text_are_refused(tmp_path):
         res.load_tests(big)
     assert f"more than the limit of {_io.MAX_DATA_FILE_BYTES:,}" in str(err.value) and str(big) in str(err.value)
     long = _tests_yaml(tmp_path / "long.yaml", "{texts: [" + "y" * (res.MAX_STIMULUS_CHARS + 1) + ", b]}")
-    with pytest.raises(DataError, match=r"set X: stimulus 1 has 10,001 characters, more than the limit of 10,000"):
-        _resolve(long)
+    with pytest.raises(DataError, match=r"set X: stimulus 1 of 'texts' has 10,001 characters, more than the limit "
+                                         r"of 10,000"):
+        res.load_tests(long)
+    tmpl = _tests_yaml(tmp_path / "tmpl.yaml", "{words: [a, b], templates: ['{word}" + "z" * 10_000 + "']}")
+    with pytest.raises(DataError, match=r"set X: template 1 of 'templates' has 10,006 characters"):
+        res.load_tests(tmpl)
     seat = tmp_path / "s.jsonl"
     seat.write_text(json.dumps({"targ1": {"category": "T", "examples": ["z" * 20_000, "a"]}}))
     path = _tests_yaml(tmp_path / "seat.yaml", "{file: s.jsonl, key: targ1}")
-    with pytest.raises(DataError, match="stimulus 1 has 20,000 characters"):
+    with pytest.raises(DataError, match=r"stimulus 1 of \S+s.jsonl#targ1 has 20,000 characters"):
         _resolve(path)
 
 
@@ -406,9 +410,8 @@ def test_compare_csv_files_are_protected(tmp_path):
     from reportgen import make_report
 
     words = {"=nurse()": "@occupation", "chef": "-cooking", "lazy": "traits", "kind": "traits"}
-    a = load_report(make_report(tmp_path / "a", words=words, model="=A:x", seed=0, images=False, n_boot=5))
-    b = load_report(make_report(tmp_path / "b", words=words, model="B:y", seed=3, images=False, n_boot=5))
-    paths = write_comparison(compare_reports([a, b]), tmp_path / "w", formats=("png",))
+    folder = make_report(tmp_path / "a", words=words, model="=A:x", seed=0, images=False, n_boot=5, n_images=80)
+    paths = write_comparison(compare_reports([load_report(folder), load_report(folder)]), tmp_path / "w", formats=())
     written = [p for p in paths if p.suffix == ".csv"]
     assert len(written) == 4
     texts = {p.name: p.read_text(encoding="utf-8") for p in written}
@@ -456,7 +459,8 @@ def test_manifest_paths_inside_the_folder_resolve(tmp_path):
     for rel in ("a.png", "sub/b.png", "c.png"):
         _png(tmp_path / "m" / rel)
     (tmp_path / "m" / "list.csv").write_text("file\na.png\nsub/../c.png\nsub/b.png\n", encoding="utf-8")
-    spec = res.load_tests(_tests_yaml(tmp_path / "t.yaml", "{images: m/list.csv}", "{images: [p.png, q.png]}")).tests[0].X
+    path = _tests_yaml(tmp_path / "t.yaml", "{images: m/list.csv}", "{images: [p.png, q.png]}")
+    spec = res.load_tests(path).tests[0].X
     stim = res.Resolver(offline=True).resolve_set(spec)
     assert stim.items == tuple(str((tmp_path / "m" / rel).resolve()) for rel in ("a.png", "c.png", "sub/b.png"))
 
@@ -504,3 +508,23 @@ def test_null_mapping_and_other_non_text_stimuli_are_refused(tmp_path, value, sh
         with pytest.raises(DataError, match="not a text"):
             res.load_tests(_tests_yaml(tmp_path / "t.yaml", f"{{{kind}: [a, {yaml_value}]}}",
                                        "{images: [p.png, q.png]}" if kind == "images" else "{texts: [c, d]}"))
+
+
+def test_retrieve_csv_is_protected(tmp_path, tiny_model_files):
+    from facegen import write_fairface
+
+    root = write_fairface(tmp_path / "ff", n=12, size=24)
+    labels = pd.read_csv(root / "fairface_label_val.csv", dtype=str)
+    labels["team"] = ["=HYPERLINK(\"http://x\")", "-minus", "@at", "plain"] * 3
+    labels[["file", "team"]].to_csv(root / "teams.csv", index=False)
+    config, weights, arch = tiny_model_files
+    r = CliRunner().invoke(cli, ["retrieve", "--word", "nurse", "--k", "6", "--format", "csv", "--attributes", "team",
+                                 "--model", f"{arch}:{weights}", "--model-config", str(config), "--dataset",
+                                 f"csv:{root / 'teams.csv'}", "--cache-dir", str(tmp_path / "cache"), "--device",
+                                 "cpu", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    text = r.output[r.output.index("attribute,"):]
+    _no_formula_cell(text)
+    table = pd.read_csv(io.StringIO(text))
+    assert sorted(table["group"]) == sorted(["'=HYPERLINK(\"http://x\")", "'-minus", "'@at", "plain"])
+    assert (table["skew"] < 0).any() and table["skew"].dtype == float        # negative skews stay numbers

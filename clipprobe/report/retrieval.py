@@ -84,8 +84,8 @@ def format_table(r: Retrieval) -> str:
         lines.append(f"{printable(attribute):<{width}}  {'count':>5}  {'share':>6}  {'base':>6}  {'skew':>7}")
         for row in g.itertuples(index=False):
             mark = "  <- most over-represented" if row.group == top else ""
-            lines.append(f"{printable(row.group):<{width}}  {row.count:>5d}  {row.share:>6.3f}  {row.base_share:>6.3f}  "
-                         f"{row.skew:>+7.3f}{mark}")
+            lines.append(f"{printable(row.group):<{width}}  {row.count:>5d}  {row.share:>6.3f}  "
+                         f"{row.base_share:>6.3f}  {row.skew:>+7.3f}{mark}")
     if r.skipped:
         lines.append("")
         lines.append(f"{len(r.skipped)} image(s) could not be read and were left out (see --format json)")

@@ -72,6 +72,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from clipprobe._io import Bounded
 from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean
 from clipprobe.resources import Registry
 
@@ -146,8 +147,8 @@ MSG_FACES_N = "{where}: n must be a positive integer, not {value!r}"
 MSG_FACES_SEED = "{where}: seed must be an integer of 0 or more, not {value!r}"
 MSG_NOT_TEXT = ("{where}: stimulus {index} of {source} is {value} (null, true/false, a list or a mapping), not a "
                 "text; write texts as strings (quote them in YAML)")
-MSG_TOO_LONG = ("{where}: stimulus {index} has {n:,} characters, more than the limit of {limit:,} (text encoders "
-                "read the first few dozen words)")
+MSG_TOO_LONG = ("{where}: {what} {index} of {source} has {n:,} characters, more than the limit of {limit:,} (text "
+                "encoders read the first few dozen words)")
 MSG_SYMLINK_LOOP = ("{where}: {link} is a symbolic link to {target}, a folder that contains it (a loop); remove the "
                     "link or name a folder below it")
 MSG_WALK_LIMIT = "{where}: more than {limit:,} files and folders under {path}; name a smaller folder or a narrower glob"
@@ -412,9 +413,12 @@ def _parse_set(raw, base: Path, where: str, named: Mapping[str, SetSpec]) -> Set
     if templates is not None:
         if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
             raise DataError(MSG_SET_FORM.format(where=where, problem="'templates' must be a list of strings"))
-        for t in templates:
+        for i, t in enumerate(templates):
             if "{word}" not in t:
-                raise DataError(MSG_TEMPLATE.format(where=where, template=t))
+                raise DataError(MSG_TEMPLATE.format(where=where, template=Bounded(t)))
+            if len(t) > MAX_STIMULUS_CHARS:
+                raise DataError(MSG_TOO_LONG.format(where=where, what="template", index=i + 1, source="'templates'",
+                                                    n=len(t), limit=MAX_STIMULUS_CHARS))
         options["templates"] = tuple(templates)
     if kind == "file" and "key" not in options:
         raise DataError(MSG_TEST_FIELD.format(where=where, field="key (the list to read from the file)"))
@@ -802,23 +806,23 @@ def _apply_templates(words: Sequence[str], templates: Sequence[str] | None) -> l
 
 
 def _text_stimuli(items: Sequence[str], spec: SetSpec, source: str) -> Stimuli:
-    for i, item in enumerate(items):
-        if len(item) > MAX_STIMULUS_CHARS:
-            raise DataError(MSG_TOO_LONG.format(where=spec.where, index=i + 1, n=len(item), limit=MAX_STIMULUS_CHARS))
     items = tuple(" ".join(str(t).split()) for t in items)
     return Stimuli("text", items, items, spec.label, source)
 
 
 def _texts_of(values: Sequence[Any], where: str, source: str) -> list[str]:
     """The stimuli of a list as texts; numbers are written as text, anything else (null, a boolean, a
-    list, a mapping) is an error rather than the text "None" or "{'a': 1}"."""
-    from clipprobe._io import Bounded
-
+    list, a mapping) is an error rather than the text "None" or "{'a': 1}", and so is a text longer than
+    :data:`MAX_STIMULUS_CHARS`."""
     out = []
     for i, value in enumerate(values):
         if isinstance(value, bool) or not isinstance(value, (str, int, float)):
             raise DataError(MSG_NOT_TEXT.format(where=where, index=i + 1, source=source, value=Bounded(value)))
-        out.append(str(value))
+        text = str(value)
+        if len(text) > MAX_STIMULUS_CHARS:
+            raise DataError(MSG_TOO_LONG.format(where=where, what="stimulus", index=i + 1, source=source, n=len(text),
+                                                limit=MAX_STIMULUS_CHARS))
+        out.append(text)
     return out
 
 
@@ -951,7 +955,7 @@ def _manifest_images(path: Path, where: str) -> list[Path]:
     import csv
     import io
 
-    from clipprobe._io import Bounded, read_data_text, relative_inside
+    from clipprobe._io import read_data_text, relative_inside
 
     if not path.is_file():
         raise DataError(MSG_MISSING_PATH.format(where=where, what="image manifest", path=path))
