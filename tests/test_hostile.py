@@ -102,6 +102,17 @@ def test_symlinked_folders_are_followed_once(tmp_path):
         assert len(stim) == 14 and sorted(stim.items) == want
 
 
+def test_a_walk_over_too_many_entries_is_a_one_line_error(tmp_path, monkeypatch):
+    for i in range(6):
+        _png(tmp_path / "imgs" / f"d{i % 2}" / f"{i}.png", seed=i)
+    os.symlink("/", tmp_path / "imgs" / "root")               # a link to the whole file system
+    monkeypatch.setattr(res, "MAX_WALK_ENTRIES", 50)
+    path = _tests_yaml(tmp_path / "t.yaml", "{images: imgs}", "{images: [p.png, q.png]}")
+    with _within(20), pytest.raises(DataError, match=r"set X: more than 50 files and folders under \S+imgs; name a "
+                                                     r"smaller folder or a narrower glob$"):
+        _resolve(path)
+
+
 def test_the_double_star_glob_matches_as_glob_does(tmp_path):
     import glob
 
