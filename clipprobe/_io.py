@@ -12,8 +12,13 @@ folder that are older than the current run.
 
 Data files (taxonomies, prompt templates, lexicons, test suites) are read with
 :func:`read_mapping` / :func:`load_yaml`: YAML with the safe loader, refusing duplicate
-keys, aliases that expand beyond :data:`MAX_ALIAS_NODES` entries ("billion laughs")
-and nesting deeper than :data:`MAX_DEPTH`.
+keys, aliases that expand beyond :data:`MAX_ALIAS_NODES` entries ("billion laughs"),
+nesting deeper than :data:`MAX_DEPTH` and files larger than :data:`MAX_DATA_FILE_BYTES`.
+
+Paths listed inside a data file (an image manifest, a face dataset's label CSV) follow one
+rule, :func:`relative_inside`: relative, and not leading out of the file's root with ``..``.
+CSV files meant for spreadsheets are written with :func:`csv_text`: a text cell that a
+spreadsheet would run as a formula gets a leading single quote (OWASP's advice on CSV injection).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import contextlib
 import errno
 import json
 import os
+import posixpath
 import re
 import tempfile
 import time
@@ -120,6 +126,20 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise WriteError(MSG_WRITE_FAILED.format(path=path, reason=_reason(err))) from None
 
 
+def check_writable(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and check that a file can be made in it, before a run writes there;
+    a folder that cannot take files (read-only, not writable, a file in the way, disk full) is a
+    :class:`WriteError` naming it. Returns the path."""
+    folder = ensure_dir(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-check.", suffix=_TEMP_INFIX, dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise WriteError(MSG_WRITE_FAILED.format(path=folder, reason=_reason(err))) from None
+    return folder
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create folder ``path`` (and its parents) if needed; a failure (read-only, not writable, a file in
     the way) is a :class:`WriteError` naming the folder. Returns the path."""
@@ -169,6 +189,64 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV Injection"). Leading
+# single quotes are counted in, so that protect and unprotect are exact inverses ("'=x" <-> "''=x").
+_FORMULA_CELL = re.compile(r"^'*[=+\-@\t\r]")
+_PROTECTED_CELL = re.compile(r"^'+[=+\-@\t\r]")
+_NUMBER_CELL = re.compile(r"^[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?$|^[+-]?(inf|nan)$", re.IGNORECASE)
+
+
+def csv_protect(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a text value starting with ``=``, ``+``, ``-``, ``@``, a tab or
+    a carriage return gets a leading single quote; numbers (also written as text, ``-1.5``) and other
+    values are returned as they are."""
+    if isinstance(value, str) and _FORMULA_CELL.match(value) and not _NUMBER_CELL.match(value):
+        return "'" + value
+    return value
+
+
+def csv_unprotect(value: Any) -> Any:
+    """The value :func:`csv_protect` was given (for CSV files clipprobe reads back)."""
+    if isinstance(value, str) and _PROTECTED_CELL.match(value):
+        return value[1:]
+    return value
+
+
+def _text_columns(df) -> list:
+    import pandas as pd
+
+    return [c for c in df.columns
+            if pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c])
+            or isinstance(df[c].dtype, pd.CategoricalDtype)]
+
+
+def csv_text(df, **kwargs) -> str:
+    """``df.to_csv(index=False, **kwargs)`` with every text cell and column name passed through
+    :func:`csv_protect`; numeric columns are written as they are. Where a text cell holds a carriage
+    return (which the CSV writer leaves unquoted with ``\\n`` line ends, so that a spreadsheet starts a
+    new row there), every text cell is quoted."""
+    import csv
+
+    out = df.copy()
+    carriage_return = False
+    for column in _text_columns(df):
+        out[column] = out[column].astype(object).map(csv_protect)
+        carriage_return = carriage_return or any(isinstance(v, str) and "\r" in v for v in out[column])
+    out.columns = [csv_protect(c) for c in out.columns]
+    if carriage_return:
+        kwargs.setdefault("quoting", csv.QUOTE_NONNUMERIC)
+    return out.to_csv(index=False, **kwargs)
+
+
+def csv_unprotected(df):
+    """A table read from a CSV written by :func:`csv_text`, with its text cells and names restored."""
+    out = df.copy()
+    for column in _text_columns(df):
+        out[column] = out[column].map(csv_unprotect)
+    out.columns = [csv_unprotect(c) for c in out.columns]
+    return out
 
 
 def write_parquet(path: str | os.PathLike, df) -> None:
@@ -230,7 +308,13 @@ MAX_DEPTH = 50
 # Longest quoted value or parser message put into an error message.
 MAX_SHOWN = 200
 
+# Largest data file read (the shipped ones are below 100 kB): a larger one is refused before it is
+# parsed, so that a stray huge file costs a one-line error, not minutes.
+MAX_DATA_FILE_BYTES = 8 * 2**20
+
 MSG_UNREADABLE = "{what} {path} could not be read: {why}"
+WHY_TOO_LARGE = "it has {size:,} bytes, more than the limit of {limit:,} for a data file"
+WHY_NOT_UTF8 = "it is not UTF-8 text ({why})"
 WHY_ALIAS_BOMB = (
     "its aliases (*name) expand to more than {limit} entries; write the entries out instead of nesting aliases"
 )
@@ -404,6 +488,46 @@ def load_json(text: str, *, what: str, path: str | os.PathLike) -> Any:
         raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=shorten(str(err)))) from None
 
 
+def read_data_text(path: str | os.PathLike, *, what: str, limit: int = MAX_DATA_FILE_BYTES,
+                   encoding: str = "utf-8") -> str:
+    """The text of a data file: "{what} {path} does not exist" / "could not be read: {why}" (too large,
+    not UTF-8, unreadable) as one-line :class:`~clipprobe.errors.DataError`. A byte-order mark at the start
+    is dropped."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{what} {path} does not exist")
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=WHY_TOO_LARGE.format(size=size,
+                                                                                                limit=limit)))
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as err:
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=_reason(err))) from None
+    if len(data) > limit:  # grew, or not a regular file
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=WHY_TOO_LARGE.format(size=len(data),
+                                                                                            limit=limit)))
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as err:
+        why = WHY_NOT_UTF8.format(why=f"byte 0x{data[err.start]:02x} at offset {err.start}")
+        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=why)) from None
+    return text[1:] if text.startswith("\ufeff") else text
+
+
+def relative_inside(name: str) -> str | None:
+    """``name`` (a path listed in a data file) as a normalised relative POSIX path, or None where it is
+    empty, absolute (``/x``, ``C:x``, ``\\\\server``) or leads out of its root with ``..``. The one rule for
+    every list of files under a root (face datasets, image manifests)."""
+    if not isinstance(name, str) or not name.strip():
+        return None
+    norm = posixpath.normpath(name.replace("\\", "/"))
+    if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or norm == ".." or norm.startswith("../"):
+        return None
+    return norm
+
+
 def read_mapping(path: str | os.PathLike, *, what: str) -> Any:
     """Read a YAML or JSON data file (by suffix) and return its content.
 
@@ -412,12 +536,7 @@ def read_mapping(path: str | os.PathLike, *, what: str) -> Any:
     YAML is read with the safe loader and the checks of :func:`load_yaml`.
     """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{what} {path} does not exist")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError, ValueError) as err:
-        raise DataError(MSG_UNREADABLE.format(what=what, path=path, why=shorten(str(err).splitlines()[0]))) from None
+    text = read_data_text(path, what=what)
     if path.suffix == ".json":
         return load_json(text, what=what, path=path)
     return load_yaml(text, what=what, path=path)

@@ -3,12 +3,41 @@
 The CLI turns any :class:`ClipprobeError` into a one-line message on stderr and
 its ``exit_code`` (1 for bad input or a failed step, 2 for usage errors), with
 no traceback. Library code raises these and never prints.
+
+:func:`printable` is the one escaping of text from users' files (names, captions,
+paths) for a terminal: the CLI applies it to what it prints, to its log lines and
+to these messages.
 """
 
 from __future__ import annotations
 
 import difflib
 from typing import Iterable
+
+
+# Characters a terminal acts on instead of showing (C0 and C1 controls, DEL: escape sequences, cursor
+# moves, bells, line breaks) and the Unicode controls that reorder or hide text (bidi embeddings,
+# overrides, isolates, the Arabic letter mark).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def printable(text) -> str:
+    """``text`` for a terminal: controls and bidi controls written as visible escapes (``\\x1b``,
+    ``\\x0a``, ``\\u202e``), everything else as it is. Names, captions and paths from users' files may
+    hold anything: a window title, colours, or a line break that forges a line of output."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        cp = ord(ch)
+        if cp < 0x20 or 0x7F <= cp < 0xA0:
+            out.append(f"\\x{cp:02x}")
+        elif ch in _BIDI:
+            out.append(f"\\u{cp:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 class ClipprobeError(Exception):

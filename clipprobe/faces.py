@@ -69,6 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from clipprobe._io import relative_inside
 from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean
 from clipprobe.hub import hub_session
 
@@ -369,13 +370,8 @@ def _check_files(files, label_path: Path) -> None:
     for i, name in enumerate(files):
         if not isinstance(name, str) or not name.strip():
             raise DataError(MSG_EMPTY_PATH.format(row=i + first_row, path=label_path))
-        norm = posixpath.normpath(str(name).replace("\\", "/"))
-        if (
-            norm.startswith("/")
-            or re.match(r"^[A-Za-z]:", norm)
-            or norm == ".."
-            or norm.startswith("../")
-        ):
+        norm = relative_inside(name)
+        if norm is None:
             raise DataError(MSG_ESCAPES.format(row=i + first_row, path=label_path, file=name))
         lines.setdefault(norm, []).append(i + first_row)
     duplicated = [(norm, rows) for norm, rows in lines.items() if len(rows) > 1]

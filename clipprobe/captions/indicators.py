@@ -424,9 +424,9 @@ def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
     _, path, row_groups, column, row_offset, chunk_file = task[:6]
     try:
         chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop)
-    except ClipprobeError as err:
+        save_chunk(chunk_file, chunk.table, chunk.ids)
+    except ClipprobeError as err:  # bad data, or a chunk file that cannot be written (named in the message)
         return {"error": str(err)}
-    save_chunk(chunk_file, chunk.table, chunk.ids)
     return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
             "seconds": chunk.seconds}
 
@@ -480,8 +480,11 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     t2 = time.perf_counter()
     columns["q"] = pa.array(q, pa.float64())
     columns["keep"] = pa.array(keep, pa.bool_())
-    with atomic_path(weights_file, suffix=".parquet") as tmp:
-        pq.write_table(pa.table(columns), tmp)
+    try:
+        with atomic_path(weights_file, suffix=".parquet") as tmp:
+            pq.write_table(pa.table(columns), tmp)
+    except ClipprobeError as err:  # the weights file cannot be written (disk full): the message names it
+        return {"error": str(err)}
     kept_rows = np.bincount(ids, weights=keep, minlength=table.n_rows).round().astype(np.int64)
     return {"rows": n, "kept": int(keep.sum()), "q_sum": float(q.sum()), "fit_rows": where, "count": table.count,
             "kept_rows": kept_rows, "seconds": {"weights": (t1 - t0) + (time.perf_counter() - t2),

@@ -15,7 +15,7 @@ import sys
 import click
 
 from clipprobe import __version__
-from clipprobe.errors import ClipprobeError
+from clipprobe.errors import ClipprobeError, printable
 from clipprobe.hub import set_process_offline
 
 # (module, attribute) of each top-level command, in the order of `clipprobe --help`.
@@ -48,12 +48,20 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except ClipprobeError as err:
-            exc = click.ClickException(str(err))
+            exc = click.ClickException(printable(err))
             exc.exit_code = err.exit_code
             raise exc from None
         except KeyboardInterrupt:
             click.echo("Interrupted; finished work is kept and a rerun resumes from it.", err=True)
             ctx.exit(130)
+
+
+class _PrintableFormatter(logging.Formatter):
+    """Log lines with the names and paths in them escaped for the terminal (:func:`printable`); a
+    traceback below a line stays as it is."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -66,7 +74,9 @@ def cli(verbose: int, quiet: bool, offline: bool) -> None:
     # clipprobe's own messages at INFO by default; other libraries' (open_clip, faiss) only with -v.
     own = logging.WARNING if quiet else (logging.DEBUG if verbose > 1 else logging.INFO)
     others = logging.WARNING if verbose == 0 else own
-    logging.basicConfig(level=others, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_PrintableFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=others, handlers=[handler])
     logging.getLogger("clipprobe").setLevel(own)
     set_process_offline(offline)
 

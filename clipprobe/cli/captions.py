@@ -7,31 +7,10 @@ import signal
 
 import click
 
+from clipprobe.errors import printable
+
 _LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexicons`) or a path to a YAML/JSON "
                  "file. Default: fairface. The lexicon drives the result; ours is a starting point.")
-
-# Characters a terminal acts on instead of showing (C0 and C1 controls, DEL: escape sequences, cursor
-# moves, bells) and the Unicode controls that reorder or hide text (bidi embeddings, overrides, isolates)
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def printable(text) -> str:
-    """``text`` for a terminal: controls and bidi controls written as visible escapes (``\\x1b``,
-    ``\\u202e``), everything else as it is. Captions are scraped web text: they may hold anything."""
-    text = str(text)
-    if text.isprintable():
-        return text
-    out = []
-    for ch in text:
-        cp = ord(ch)
-        if cp < 0x20 or 0x7F <= cp < 0xA0:
-            out.append(f"\\x{cp:02x}")
-        elif ch in _BIDI:
-            out.append(f"\\u{cp:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
 
 def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
            matcher="auto", spark_conf=()):

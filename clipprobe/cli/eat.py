@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import MODEL_HELP, split_values
+from clipprobe.errors import printable
 
 EPILOG = """\b
 Examples:
@@ -87,21 +88,21 @@ def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permut
     run = run_eat(config)
     table = run.table
     done = table[table["available"]]
-    click.echo(f"eat: {len(done)} of {len(table)} tests computed ({run.record['suite']['name']}), "
+    click.echo(f"eat: {len(done)} of {len(table)} tests computed ({printable(run.record['suite']['name'])}), "
                f"{int((done['q_value'] <= 0.05).sum())} with q <= 0.05")
     for r in table.itertuples(index=False):
         if r.available:
             ci = (f" [{r.effect_ci_low:.2f}, {r.effect_ci_high:.2f}]"
                   if r.effect_ci_low == r.effect_ci_low else "")
-            click.echo(f"  {r.test:<28} {r.order:<10} d = {r.effect_size:6.2f}{ci}  p = {r.p_value:.3g}"
+            click.echo(f"  {printable(r.test):<28} {r.order:<10} d = {r.effect_size:6.2f}{ci}  p = {r.p_value:.3g}"
                        f"{' (exact)' if r.exact else ''}  q = {r.q_value:.3g}")
         else:
-            click.echo(f"  {r.test:<28} {r.order:<10} unavailable: {r.unavailable_reason}")
+            click.echo(f"  {printable(r.test):<28} {r.order:<10} unavailable: {printable(r.unavailable_reason)}")
     skipped = run.record["skipped_images"]["n"]
     if skipped:
         click.echo(f"  {skipped} unreadable image(s) skipped (listed in run.json)")
     for path in run.files:
-        click.echo(f"  {path}")
+        click.echo(f"  {printable(path)}")
 
 
 @eat.command("list")
@@ -113,11 +114,11 @@ def list_command(suite) -> None:
     names = [suite] if suite else list_suites()
     for name in names:
         s = get_suite(name)
-        click.echo(f"{s.name}: {len(s.tests)} tests")
+        click.echo(f"{printable(s.name)}: {len(s.tests)} tests")
         if s.description:
-            click.echo(f"  {s.description}")
+            click.echo(f"  {printable(s.description)}")
         for t in s.tests:
-            sizes = ", ".join(f"{k}: {v.label}" for k, v in t.sets.items())
-            extra = f"  [unavailable: {t.unavailable}]" if t.unavailable else ""
-            click.echo(f"  {t.name:<26} {ORDER_LABELS[t.order]:<16} {sizes}{extra}")
+            sizes = ", ".join(f"{k}: {printable(v.label)}" for k, v in t.sets.items())
+            extra = f"  [unavailable: {printable(t.unavailable)}]" if t.unavailable else ""
+            click.echo(f"  {printable(t.name):<26} {ORDER_LABELS[t.order]:<16} {sizes}{extra}")
         click.echo("")

@@ -63,8 +63,10 @@ def models(fmt: str, text: str | None, only_cached: bool, extra_specs: tuple[str
         click.echo(format_zoo(df, "json"))
         return
     if fmt == "csv":
-        click.echo(format_zoo(df.assign(needs=["; ".join(n) for n in df["needs"]],
-                                        missing=["; ".join(m) for m in df["missing"]]), "csv"), nl=False)
+        from clipprobe._io import csv_text
+
+        click.echo(csv_text(df.assign(needs=["; ".join(n) for n in df["needs"]],
+                                      missing=["; ".join(m) for m in df["missing"]]), lineterminator="\n"), nl=False)
         return
     if df.empty:
         click.echo("no models match")

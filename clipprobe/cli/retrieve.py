@@ -49,7 +49,7 @@ def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, score, **
     if fmt == "json":
         text = json.dumps(result.to_dict(), indent=2) + "\n"
     elif fmt == "csv":
-        text = result.groups_table().to_csv(index=False)
+        text = _io.csv_text(result.groups_table())
     else:
         text = format_table(result) + "\n"
     if out:

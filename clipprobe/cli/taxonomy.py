@@ -6,6 +6,8 @@ import json
 
 import click
 
+from clipprobe.errors import printable as _p
+
 _TAXONOMY_HELP = "Taxonomy name (see `clipprobe taxonomy list`) or path to a YAML/JSON file. Default: sobit."
 
 
@@ -26,13 +28,13 @@ def list_cmd(name: str | None, fmt: str) -> None:
     if fmt == "json":
         click.echo(json.dumps(summary, indent=2))
         return
-    width = max(len(c) for c in summary["categories"])
-    click.echo(f"taxonomy: {tax.name}  ({tax.source})")
+    width = max(len(_p(c)) for c in summary["categories"])
+    click.echo(f"taxonomy: {_p(tax.name)}  ({_p(tax.source)})")
     for category, n in summary["categories"].items():
-        click.echo(f"  {category:<{width}}  {n:>4}")
+        click.echo(f"  {_p(category):<{width}}  {n:>4}")
     click.echo(f"  {'unique words':<{width}}  {summary['unique_words']:>4}")
     if tax.note:
-        click.echo(f"note: {tax.note}")
+        click.echo(f"note: {_p(tax.note)}")
     click.echo(f"shipped taxonomies: {', '.join(list_taxonomies())}")
 
 
@@ -52,13 +54,13 @@ def show_cmd(category: str, name: str | None, fmt: str) -> None:
             {"word": r.text, "pos": r.pos, "categories": list(r.categories), "lists": list(r.lists)}
             for r in rows]}, indent=2))
         return
-    click.echo(f"{resolved} ({len(rows)} words, taxonomy {tax.name})")
-    width = max(len(r.text) for r in rows)
+    click.echo(f"{_p(resolved)} ({len(rows)} words, taxonomy {_p(tax.name)})")
+    width = max(len(_p(r.text)) for r in rows)
     for r in rows:
-        extra = f"  lists: {', '.join(r.lists)}" if r.lists else ""
-        also = [c for c in r.categories if c != resolved]
+        extra = f"  lists: {', '.join(map(_p, r.lists))}" if r.lists else ""
+        also = [_p(c) for c in r.categories if c != resolved]
         also_text = f"  also in: {', '.join(also)}" if also else ""
-        click.echo(f"  {r.text:<{width}}  {r.pos:<9}{extra}{also_text}")
+        click.echo(f"  {_p(r.text):<{width}}  {r.pos:<9}{extra}{also_text}")
 
 
 @taxonomy.command("validate")
@@ -70,7 +72,7 @@ def validate_cmd(path: str) -> None:
     tax = load_taxonomy(path)
     summary = tax.summary()
     guessed = [w for w, src in tax.pos_source.items() if src == "guessed"]
-    click.echo(f"{path}: valid taxonomy {tax.name!r}: {len(summary['categories'])} categories, "
+    click.echo(f"{_p(path)}: valid taxonomy {_p(repr(tax.name))}: {len(summary['categories'])} categories, "
                f"{summary['unique_words']} unique words")
     if guessed:
-        click.echo(f"part of speech guessed for: {', '.join(guessed)} (add a 'pos' mapping to set it)")
+        click.echo(f"part of speech guessed for: {', '.join(map(_p, guessed))} (add a 'pos' mapping to set it)")

@@ -28,6 +28,7 @@ MSG_GROUPS_WITHOUT_COLUMN = "groups are read from the lexicon; give groups only 
 MSG_NO_GROUPS = "attribute_column {column!r}: give its groups (at least two)"
 MSG_SEED = "seed must be 0 or more, got {value}"
 MSG_LEVEL = "level={value!r} must be strictly between 0 and 1"
+MSG_NO_CAPTIONS = "no captions to {what}: the caption file(s) ({files}) have no rows"
 MSG_CHANGED = ("the second pass found other patterns than the first ({problem}): the captions changed during "
                "the run; delete {parts} and rerun")
 
@@ -135,6 +136,13 @@ def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
     return Prepared(spec, files, pi, lexicon_name, taxonomy.name, timer, started)
 
 
+def _check_captions(patterns, what: str) -> None:
+    """Refuse an input without any caption (0-row files): there is nothing to measure or balance."""
+    if patterns.rows == 0 or patterns.table.n_rows == 0:
+        files = ", ".join(str(f["path"]) for f in patterns.files[:3]) + (", ..." if len(patterns.files) > 3 else "")
+        raise DataError(MSG_NO_CAPTIONS.format(what=what, files=files))
+
+
 @dataclasses.dataclass(frozen=True)
 class BalanceResult:
     """What a run wrote: the output folder, the bias tables (``data`` blocks), the run record, the files."""
@@ -178,10 +186,13 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
     from clipprobe.captions.patterns import count_patterns
     from clipprobe.report.balance import bias_frames, patterns_frame, write_balance
 
+    from clipprobe._io import check_writable
+
     prep = _prepare(config, fit=False)
-    out = Path(config.out)
+    out = check_writable(config.out)
     with prep.timer("patterns"):
         patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine)
+    _check_captions(patterns, "measure")
     with prep.timer("stats"):
         before = data_bias(patterns.table, prep.target, level=config.level)
         groups, cells = bias_frames({"before": before})
@@ -208,10 +219,13 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     from clipprobe.captions.patterns import count_patterns, publish_weights, solution_key, write_weights
     from clipprobe.report.balance import FILES, bias_frames, patterns_frame, write_balance
 
+    from clipprobe._io import check_writable
+
     prep = _prepare(config, fit=True)
-    out = Path(config.out)
+    out = check_writable(config.out)
     with prep.timer("patterns"):
         patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine)
+    _check_captions(patterns, "balance")
     table = patterns.table
     with prep.timer("solve"):
         solution = m4_solve(table, prep.target, keep=config.keep, eps_r=config.eps_r, eps_a=config.eps_a,

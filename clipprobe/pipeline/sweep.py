@@ -180,7 +180,7 @@ def check_settings_file(out: Path, settings: dict) -> None:
     path = out / SETTINGS_FILE
     payload = {"settings": settings, "settings_hash": settings_hash(settings)}
     if not path.exists():
-        out.mkdir(parents=True, exist_ok=True)
+        _io.check_writable(out)
         tmp = out / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
         _io.write_json(tmp, payload)
         try:

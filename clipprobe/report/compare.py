@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-from clipprobe._io import atomic_path, write_parquet
+from clipprobe._io import atomic_path, csv_text, write_parquet
 from clipprobe.errors import ClipprobeError, one_of
 from clipprobe.faces import ATTRIBUTES
 from clipprobe.report.store import explode_categories
@@ -241,7 +241,7 @@ def write_comparison(result: CompareResult, out_dir, *, formats: Sequence[str] =
                      ("compare_words", result.words), ("compare_disagreements", result.disagreements)):
         csv = out_dir / f"{stem}.csv"
         with atomic_path(csv) as tmp:
-            df.to_csv(tmp, index=False)
+            tmp.write_text(csv_text(df), encoding="utf-8")
         write_parquet(out_dir / f"{stem}.parquet", df)
         paths += [csv, out_dir / f"{stem}.parquet"]
     notes = out_dir / "compare_notes.txt"

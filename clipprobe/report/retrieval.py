@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
+from clipprobe.errors import printable
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
@@ -77,13 +79,13 @@ def format_table(r: Retrieval) -> str:
              f"({r.dataset['n_images']} images)   k = {r.k}"]
     for attribute, g in r.groups.items():
         top = r.top_group(attribute)
-        width = max(12, max(len(str(x)) for x in g["group"]))
+        width = max(12, max(len(printable(x)) for x in g["group"]))
         lines.append("")
-        lines.append(f"{attribute:<{width}}  {'count':>5}  {'share':>6}  {'base':>6}  {'skew':>7}")
+        lines.append(f"{printable(attribute):<{width}}  {'count':>5}  {'share':>6}  {'base':>6}  {'skew':>7}")
         for row in g.itertuples(index=False):
             mark = "  <- most over-represented" if row.group == top else ""
-            lines.append(f"{row.group:<{width}}  {row.count:>5d}  {row.share:>6.3f}  {row.base_share:>6.3f}  "
-                         f"{row.skew:>+7.3f}{mark}")
+            lines.append(f"{printable(row.group):<{width}}  {row.count:>5d}  {row.share:>6.3f}  "
+                         f"{row.base_share:>6.3f}  {row.skew:>+7.3f}{mark}")
     if r.skipped:
         lines.append("")
         lines.append(f"{len(r.skipped)} image(s) could not be read and were left out (see --format json)")

@@ -188,7 +188,9 @@ def load_report(path) -> Report:
         name = FILES[key]
         try:
             if name.endswith(".csv"):
-                df = pd.read_csv(path / name, keep_default_na=True)
+                from clipprobe._io import csv_unprotected
+
+                df = csv_unprotected(pd.read_csv(path / name, keep_default_na=True))
             else:
                 df = pd.read_parquet(path / name)
         except Exception as err:  # pyarrow and pandas raise many types for a corrupt file

@@ -42,7 +42,7 @@ def write_report(tables: "ReportTables", out, *, run: dict | None = None, figure
     with timer("write_tables"):
         _io.write_parquet(written[0], tables.groups)
         _io.write_parquet(written[1], tables.words)
-        _io.write_text(written[2], tables.summary.to_csv(index=False))
+        _io.write_text(written[2], _io.csv_text(tables.summary))
     report = Report(path=out, groups=tables.groups, words=tables.words, summary=tables.summary, run=run)
     if figures:
         from clipprobe.report.figures import write_report_figures

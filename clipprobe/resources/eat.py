@@ -16,8 +16,11 @@ A set is one mapping with one of these keys (``label:`` may be added to any of t
     a list in a data file: a SEAT test file (``.jsonl``, one JSON object, keys ``targ1``, ``targ2``,
     ``attr1``, ``attr2``, each ``{"category", "examples"}``) or a JSON/YAML mapping of lists (WEFE's
     ``WEAT.json``, ``nrc_vad_combinations.json``).
-``images: PATH`` (a folder, searched recursively; a glob such as ``imgs/*.jpg``; a CSV manifest with a
-``file``/``path``/``image`` column, paths relative to the CSV) or ``images: [paths]``.
+``images: PATH`` (a folder, searched recursively; a glob such as ``imgs/*.jpg`` or ``imgs/**/*.png``; a CSV
+manifest with a ``file``/``path``/``image`` column, paths relative to the CSV and inside its folder, as in a
+face dataset's label file) or ``images: [paths]``. Symbolic links to folders are followed, each folder
+once; a link back to a folder above it (a loop) is an error, and so is a walk over more than
+:data:`MAX_WALK_ENTRIES` files and folders.
 ``faces: DATASET`` with ``where: {column: value or [values]}``
     the images of a face dataset (any ``clipprobe`` dataset spec: ``fairface:ROOT``, ``csv:PATH``, ...)
     whose labels match; optional ``split`` and ``n`` (a seeded sample of that many, ``seed`` default 0).
@@ -59,6 +62,7 @@ anything is embedded, so a missing file or download fails at once, not halfway t
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import glob
 import hashlib
 import logging
@@ -68,6 +72,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from clipprobe._io import Bounded
 from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean
 from clipprobe.resources import Registry
 
@@ -139,6 +144,23 @@ MSG_OASIS_IMAGE = "{where}: OASIS image for theme {theme!r} not found under {roo
 MSG_OASIS_POLE = "{where}: oasis must be 'pleasant' or 'unpleasant', not {value!r}"
 MSG_OASIS_N = "{where}: n must be an integer between 2 and half of the {total} OASIS images, not {value!r}"
 MSG_FACES_N = "{where}: n must be a positive integer, not {value!r}"
+MSG_FACES_SEED = "{where}: seed must be an integer of 0 or more, not {value!r}"
+MSG_NOT_TEXT = ("{where}: stimulus {index} of {source} is {value} (null, true/false, a list or a mapping), not a "
+                "text; write texts as strings (quote them in YAML)")
+MSG_TOO_LONG = ("{where}: {what} {index} of {source} has {n:,} characters, more than the limit of {limit:,} (text "
+                "encoders read the first few dozen words)")
+MSG_SYMLINK_LOOP = ("{where}: {link} is a symbolic link to {target}, a folder that contains it (a loop); remove the "
+                    "link or name a folder below it")
+MSG_WALK_LIMIT = "{where}: more than {limit:,} files and folders under {path}; name a smaller folder or a narrower glob"
+MSG_MANIFEST = "{where}: image manifest {path}: {problem}"
+MSG_MANIFEST_ESCAPES = ("{where}: image manifest {path}, line {line}: image path {file!r} is absolute or leads out of "
+                        "the manifest's folder; list paths relative to it, inside it")
+
+# Longest text stimulus (characters): far more than any text encoder reads, a bound on what a file can make
+# the tokenizer chew through.
+MAX_STIMULUS_CHARS = 10_000
+# Most files and folders looked at under one ``images:`` folder or ``**`` glob.
+MAX_WALK_ENTRIES = 200_000
 
 
 # ----------------------------------------------------------------------------------------------
@@ -356,14 +378,14 @@ def _parse_set(raw, base: Path, where: str, named: Mapping[str, SetSpec]) -> Set
         spec = named[ref]
         return dataclasses.replace(spec, label=label or spec.label or ref)
     if kind in ("texts", "words"):
-        if not isinstance(value, list) or not all(isinstance(v, (str, int, float)) for v in value):
+        if not isinstance(value, list):
             raise DataError(MSG_SET_FORM.format(where=where, problem=f"'{kind}' must be a list of strings"))
-        value = tuple(str(v) for v in value)
+        value = tuple(_texts_of(value, where, f"'{kind}'"))
         if not value:
             raise DataError(MSG_EMPTY_SET.format(where=where))
     elif kind == "images":
         if isinstance(value, list):
-            value = tuple(str(v) for v in value)
+            value = tuple(_texts_of(value, where, "'images'"))
             if not value:
                 raise DataError(MSG_EMPTY_SET.format(where=where))
         elif not isinstance(value, str) or not value.strip():
@@ -376,17 +398,27 @@ def _parse_set(raw, base: Path, where: str, named: Mapping[str, SetSpec]) -> Set
     elif kind == "oasis":
         if value not in OASIS_POLES:
             raise DataError(MSG_OASIS_POLE.format(where=where, value=value))
-    elif kind == "faces" and "where" in options and not isinstance(options["where"], Mapping):
-        raise DataError(MSG_SET_FORM.format(where=where, problem="'where' must map label columns to values"))
+    elif kind == "faces":
+        if "where" in options and not isinstance(options["where"], Mapping):
+            raise DataError(MSG_SET_FORM.format(where=where, problem="'where' must map label columns to values"))
+        n, seed = options.get("n"), options.get("seed", 0)
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise DataError(MSG_FACES_N.format(where=where, value=n))
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise DataError(MSG_FACES_SEED.format(where=where, value=seed))
+        value = str(value)
     else:
         value = str(value)
     templates = options.get("templates")
     if templates is not None:
         if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
             raise DataError(MSG_SET_FORM.format(where=where, problem="'templates' must be a list of strings"))
-        for t in templates:
+        for i, t in enumerate(templates):
             if "{word}" not in t:
-                raise DataError(MSG_TEMPLATE.format(where=where, template=t))
+                raise DataError(MSG_TEMPLATE.format(where=where, template=Bounded(t)))
+            if len(t) > MAX_STIMULUS_CHARS:
+                raise DataError(MSG_TOO_LONG.format(where=where, what="template", index=i + 1, source="'templates'",
+                                                    n=len(t), limit=MAX_STIMULUS_CHARS))
         options["templates"] = tuple(templates)
     if kind == "file" and "key" not in options:
         raise DataError(MSG_TEST_FIELD.format(where=where, field="key (the list to read from the file)"))
@@ -409,14 +441,13 @@ def _default_label(kind: str, value, options: Mapping, base: Path) -> str:
 
 def _seat_category(path: Path, key: str) -> str | None:
     """The ``category`` of one set of a SEAT test file (its display label), if the file says one."""
-    import json
-
     if path.suffix != ".jsonl" or not path.is_file():
         return None
     try:
-        entry = json.loads(path.read_text(encoding="utf-8")).get(key)
-    except (OSError, ValueError, AttributeError):
+        data = _read_seat_file(path, "")
+    except DataError:
         return None  # reading it for real (resolution) reports the problem
+    entry = data.get(key)
     category = entry.get("category") if isinstance(entry, Mapping) else None
     return str(category) if category else None
 
@@ -558,13 +589,7 @@ class Resolver:
             raise DataError(MSG_MISSING_PATH.format(where=where, what="file", path=path))
         key = str(spec.options["key"])
         if path.suffix == ".jsonl":
-            import json
-
-            try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as err:
-                raise DataError(MSG_SET_FORM.format(where=where, problem=f"{path} could not be read: "
-                                                                         f"{str(err).splitlines()[0]}")) from None
+            data = _read_seat_file(path, where)
             lists = {k: v.get("examples") for k, v in data.items() if isinstance(v, Mapping)}
         else:
             data = read_mapping(path, what="stimulus file")
@@ -572,7 +597,7 @@ class Resolver:
         if key not in lists or not isinstance(lists[key], list):
             raise DataError(MSG_KEY_NOT_FOUND.format(where=where, path=path, key=key, hint=did_you_mean(key, lists),
                                                      keys=", ".join(lists)))
-        items = [str(v) for v in lists[key]]
+        items = _texts_of(lists[key], where, f"{path}#{key}")
         templates = spec.options.get("templates")
         items = _apply_templates(items, templates) if templates else items
         return _text_stimuli(items, spec, f"file:{_short_path(path)}#{key}")
@@ -588,13 +613,13 @@ class Resolver:
             text = value
             path = _resolve_path(text, spec.base)
             if any(ch in text for ch in "*?["):
-                paths = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+                paths = _glob_files(path, where)
                 if not paths:
                     raise DataError(MSG_NO_IMAGES.format(where=where, suffixes="matching the glob", path=path))
             elif path.suffix.lower() == ".csv":
                 paths = _manifest_images(path, where)
             elif path.is_dir():
-                paths = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                paths = sorted(p for p, _ in _walk_files(path, where) if p.suffix.lower() in IMAGE_SUFFIXES)
                 if not paths:
                     raise DataError(MSG_NO_IMAGES.format(where=where, suffixes=", ".join(IMAGE_SUFFIXES), path=path))
             else:
@@ -785,6 +810,113 @@ def _text_stimuli(items: Sequence[str], spec: SetSpec, source: str) -> Stimuli:
     return Stimuli("text", items, items, spec.label, source)
 
 
+def _texts_of(values: Sequence[Any], where: str, source: str) -> list[str]:
+    """The stimuli of a list as texts; numbers are written as text, anything else (null, a boolean, a
+    list, a mapping) is an error rather than the text "None" or "{'a': 1}", and so is a text longer than
+    :data:`MAX_STIMULUS_CHARS`."""
+    out = []
+    for i, value in enumerate(values):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise DataError(MSG_NOT_TEXT.format(where=where, index=i + 1, source=source, value=Bounded(value)))
+        text = str(value)
+        if len(text) > MAX_STIMULUS_CHARS:
+            raise DataError(MSG_TOO_LONG.format(where=where, what="stimulus", index=i + 1, source=source, n=len(text),
+                                                limit=MAX_STIMULUS_CHARS))
+        out.append(text)
+    return out
+
+
+def _read_seat_file(path: Path, where: str) -> Mapping:
+    """A SEAT test file: one JSON object (duplicate keys, excessive nesting, a huge or non-UTF-8 file are
+    one-line errors)."""
+    from clipprobe._io import load_json, read_data_text
+
+    what = f"{where}: SEAT file" if where else "SEAT file"
+    data = load_json(read_data_text(path, what=what), what=what, path=path)
+    if not isinstance(data, Mapping):
+        raise DataError(MSG_SET_FORM.format(where=where or str(path),
+                                            problem=f"{path} must hold one JSON object (targ1, targ2, attr1, attr2)"))
+    return data
+
+
+def _walk_files(top: Path, where: str) -> list[tuple[Path, tuple[str, ...]]]:
+    """Every file under folder ``top`` as (path, its parts below ``top``), sorted. Symbolic links to
+    folders are followed, each real folder once; a link to a folder that contains it is a loop (error);
+    more than :data:`MAX_WALK_ENTRIES` entries is an error."""
+    st = os.stat(top)
+    root = (st.st_dev, st.st_ino)
+    visited = {root}
+    stack: list[tuple[Path, tuple[str, ...], frozenset]] = [(top, (), frozenset([root]))]
+    files: list[tuple[Path, tuple[str, ...]]] = []
+    seen = followed = 0
+    while stack:
+        folder, rel, ancestors = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as err:
+            raise DataError(MSG_SET_FORM.format(where=where, problem=f"folder {folder} could not be read: "
+                                                                     f"{err.strerror or err}")) from None
+        seen += len(entries)
+        if seen > MAX_WALK_ENTRIES:
+            raise DataError(MSG_WALK_LIMIT.format(where=where, limit=MAX_WALK_ENTRIES, path=top))
+        for entry in entries:
+            path = Path(entry.path)
+            try:
+                if not entry.is_dir():
+                    if entry.is_file():
+                        files.append((path, rel + (entry.name,)))
+                    continue
+                info = entry.stat()
+            except OSError:  # a broken link, or gone meanwhile: not an image
+                continue
+            ident = (info.st_dev, info.st_ino)
+            if ident in ancestors:
+                raise DataError(MSG_SYMLINK_LOOP.format(where=where, link=path, target=os.path.realpath(path)))
+            if ident in visited:
+                continue  # the same folder reached again through a link: walked once
+            visited.add(ident)
+            followed += entry.is_symlink()
+            stack.append((path, rel + (entry.name,), ancestors | {ident}))
+    if followed:
+        log.info("%s: followed %d symbolic link(s) to folders under %s", where, followed, top)
+    return sorted(files)
+
+
+def _glob_files(pattern: Path, where: str) -> list[Path]:
+    """The files matching a glob (``**``: any number of folders, as :func:`glob.glob` with
+    ``recursive=True``), sorted; a ``**`` glob walks its folder as :func:`_walk_files` does."""
+    parts = pattern.parts
+    first = next(i for i, part in enumerate(parts) if any(ch in part for ch in "*?["))
+    if "**" not in parts[first:]:  # as deep as the pattern, no deeper: loops cannot make it endless
+        return sorted(Path(p) for p in glob.glob(str(pattern)) if Path(p).is_file())
+    top = Path(*parts[:first])
+    if not top.is_dir():
+        return []
+    wanted = parts[first:]
+    return [p for p, rel in _walk_files(top, where) if _glob_match(wanted, rel)]
+
+
+def _glob_match(pattern: Sequence[str], parts: Sequence[str]) -> bool:
+    """Whether path ``parts`` match glob ``pattern`` parts (``**``: zero or more parts; as in
+    :mod:`glob`, a wildcard does not match a name starting with a dot)."""
+    memo: dict[tuple[int, int], bool] = {}
+
+    def match(i: int, j: int) -> bool:
+        if (i, j) not in memo:
+            if i == len(pattern):
+                result = j == len(parts)
+            elif pattern[i] == "**":
+                result = match(i + 1, j) or (j < len(parts) and not parts[j].startswith(".") and match(i, j + 1))
+            else:
+                name = parts[j] if j < len(parts) else None
+                result = (name is not None and (not name.startswith(".") or pattern[i].startswith("."))
+                          and fnmatch.fnmatchcase(name, pattern[i]) and match(i + 1, j + 1))
+            memo[(i, j)] = result
+        return memo[(i, j)]
+
+    return match(0, 0)
+
+
 def _image_stimuli(paths: Sequence[Path], spec: SetSpec, source: str, root: Path | None = None) -> Stimuli:
     resolved = [Path(p).resolve() for p in paths]
     if root is None:
@@ -817,17 +949,42 @@ def _short_path(path: Path) -> str:
 
 
 def _manifest_images(path: Path, where: str) -> list[Path]:
+    """The images a CSV manifest lists: UTF-8 (a byte-order mark is fine), one header of distinct names,
+    paths relative to the CSV's folder and inside it (:func:`clipprobe._io.relative_inside`, the rule of
+    face datasets' label files)."""
     import csv
+    import io
+
+    from clipprobe._io import read_data_text, relative_inside
 
     if not path.is_file():
         raise DataError(MSG_MISSING_PATH.format(where=where, what="image manifest", path=path))
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        column = next((c for c in MANIFEST_COLUMNS if c in (reader.fieldnames or [])), None)
-        if column is None:
-            raise DataError(MSG_SET_FORM.format(where=where, problem=f"{path} has no image column (one of "
-                                                                     f"{', '.join(MANIFEST_COLUMNS)})"))
-        return [_resolve_path(row[column], path.parent) for row in reader if row.get(column)]
+    text = read_data_text(path, what=f"{where}: image manifest")
+    try:
+        rows = list(csv.reader(io.StringIO(text, newline="")))
+    except csv.Error as err:
+        raise DataError(MSG_MANIFEST.format(where=where, path=path, problem=f"not a CSV file ({err})")) from None
+    header = [c.strip() for c in rows[0]] if rows else []
+    repeated = sorted({c for c in header if header.count(c) > 1})
+    if repeated:
+        raise DataError(MSG_MANIFEST.format(where=where, path=path, problem=f"column {Bounded(repeated[0])!r} "
+                                                                           f"appears {header.count(repeated[0])} "
+                                                                           f"times in the header"))
+    column = next((c for c in MANIFEST_COLUMNS if c in header), None)
+    if column is None:
+        raise DataError(MSG_SET_FORM.format(where=where, problem=f"{path} has no image column (one of "
+                                                                 f"{', '.join(MANIFEST_COLUMNS)})"))
+    at = header.index(column)
+    paths = []
+    for line, row in enumerate(rows[1:], start=2):
+        name = row[at] if at < len(row) else ""
+        if not name:
+            continue
+        rel = relative_inside(name)
+        if rel is None:
+            raise DataError(MSG_MANIFEST_ESCAPES.format(where=where, path=path, line=line, file=Bounded(name)))
+        paths.append(path.parent / rel)
+    return paths
 
 
 def _ieat_local_root(root: Path) -> Path:
