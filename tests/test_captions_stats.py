@@ -248,3 +248,24 @@ def test_a_taxonomy_that_matches_nothing_is_an_error_naming_it(tmp_path):
     assert r.output.strip() == ("Error: taxonomy 'mini': none of its 7 words occurs in the 3 captions, so no "
                                 "word-group association is defined")
     assert not (out / "cooccurrence.parquet").exists()
+
+
+def test_strongest_words_and_heatmap_use_defined_rows_only(sparse):
+    """An old table gave an absent word log-odds +3 for every group: it topped the strongest words."""
+    from clipprobe.captions.figures import lift_heatmap, strongest_words
+
+    df, n = sparse
+    assert strongest_words(df, top=10) == ["terrorist"]                  # n_both >= 5 first
+    assert set(strongest_words(df, top=10, min_both=0)) == {"terrorist", "rare"}
+    old = df.drop(columns="status").copy()
+    a = old.n_both.to_numpy(float)
+    b, c = old.n_word - a, old.n_group - a
+    d = n - old.n_word - old.n_group + a
+    old["log_odds"] = np.log((a + 0.5) * (d + 0.5) / ((b + 0.5) * (c + 0.5)))
+    old["lift"] = old["lift"].fillna(1.0)
+    assert strongest_words(old, top=10) == ["terrorist"]                 # not "everywhere" (n_both 8000)
+    assert set(strongest_words(old, top=10, min_both=0)) == {"terrorist", "rare"}      # not "absent"
+    ax = lift_heatmap(old, words=["terrorist", "absent"])
+    data = ax.images[0].get_array()
+    assert data.mask[1].all()                                      # the absent word: every cell grey
+    assert list(data.mask[0]) == [False, False, True, True]        # terrorist: groups "none" and "all" grey

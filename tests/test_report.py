@@ -191,6 +191,9 @@ def test_crosscheck_joins_report_and_captions(setup, tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["crosscheck", str(setup["out"]), str(counts)])
     assert r.exit_code == 0, r.output
+    # 4 of the 10 words (nurse, engineer, lazy, doctor) and 3 groups (Male, Female, an age) occur in the captions
+    assert ("caption association defined for 12 of 180 rows; 6 of 10 words and 15 of 18 groups never occur in the "
+            "captions") in r.output
     joined = pd.read_parquet(setup["out"] / "crosscheck.parquet")
     row = joined[(joined["word"] == "nurse") & (joined["attribute"] == "gender") & (joined["group"] == "Female")]
     assert int(row["caption_n_both"].iloc[0]) == 30 and int(row["caption_n_word"].iloc[0]) == 30
@@ -199,6 +202,10 @@ def test_crosscheck_joins_report_and_captions(setup, tmp_path):
     assert float(row["skew"].iloc[0]) == pytest.approx(float(report_row["skew"].iloc[0]))
     data = json.loads((setup["out"] / "crosscheck.json").read_text())
     assert "gender" in data["spearman_skew_vs_caption_log_odds"]
+    assert data["spearman_skew_vs_caption_log_odds"]["gender"]["n"] == 8          # 4 words x Male, Female
+    assert data["words_absent"] == ["CEO", "aggressive", "ambitious", "mentally ill", "terrorist", "thief"]
+    absent = joined[joined["word"] == "terrorist"]
+    assert absent["caption_log_odds"].isna().all() and absent["caption_status"].str.startswith("word absent").all()
     assert (setup["out"] / "figures" / "crosscheck_gender.png").exists()
 
 
@@ -215,3 +222,27 @@ def test_report_model_label_is_short_for_a_weights_file(setup, tiny_model_files)
     report = load_report(setup["out"])
     assert report.model_label == f"{arch}:{weights.name}"
     assert str(weights) in report.model_spec
+
+
+def test_report_refuses_counts_with_too_few_defined_rows_early(setup, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import clipprobe.pipeline.probe as probe_mod
+
+    texts = ["a nurse and a woman"] * 5 + ["a man at the beach"] * 3
+    path = tmp_path / "laion" / "part-0.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"TEXT": texts}), path)
+    counts = tmp_path / "counts"
+    r = CliRunner().invoke(cli, ["captions", "count", "--captions", str(path), "--taxonomy",
+                                 str(setup["tmp"] / "small.yaml"), "--out", str(counts), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(probe_mod, "open_probe", lambda *a, **k: pytest.fail("the probe was opened"))
+    r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(tmp_path / "r"),
+                                 "--captions-counts", str(counts)])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip() == (f"Error: caption counts folder {counts}: 2 (word, attribute, group) row(s) in common "
+                                "with the report have a defined caption association, fewer than the 10 the "
+                                "cross-check needs (9 of 10 words and 16 of 18 groups never occur in the captions)")
+    assert not (tmp_path / "r" / "groups.parquet").exists()

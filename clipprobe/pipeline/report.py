@@ -175,13 +175,14 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     config = config.check()
     out = Path(config.out)
     check_out_folder(out)
-    if config.captions_counts:
-        from clipprobe.captions.counts import read_counts
-
-        read_counts(config.captions_counts)  # fail before the long part when the folder is wrong
     taxonomy = get_taxonomy(config.taxonomy)
     templates = get_template_set(config.templates)
     queries = make_queries(taxonomy, templates=templates)
+    if config.captions_counts:
+        from clipprobe.report.crosscheck import check_counts
+
+        # fail before the long part when the folder is wrong or has too few defined associations
+        check_counts(config.captions_counts, [q.word for q in queries], config.attributes)
     neutral = neutral_query(templates)
     controls = make_queries(config.controls, templates=templates) if config.controls else []
     timer = StageTimer()
