@@ -246,3 +246,39 @@ def test_report_refuses_counts_with_too_few_defined_rows_early(setup, tmp_path, 
                                 "with the report have a defined caption association, fewer than the 10 the "
                                 "cross-check needs (9 of 10 words and 16 of 18 groups never occur in the captions)")
     assert not (tmp_path / "r" / "groups.parquet").exists()
+
+
+def _summary(output):
+    return next(line for line in output.splitlines() if line.startswith("report: "))
+
+
+def test_summary_line_leads_with_the_flag_against_controls(setup):
+    run = json.loads((setup["out"] / "run.json").read_text())
+    groups = pd.read_parquet(setup["out"] / "groups.parquet")
+    assert run["controls_ran"] is True and run["headline_flag"] == "flagged_vs_controls"
+    assert run["n_flagged_vs_controls"] == int(groups["flagged_vs_controls"].sum())
+    assert run["n_flagged"] == int(groups["flagged"].sum())
+    line = _summary(setup["output"])
+    assert line == (f"report: 10 words x 4 attributes, {len(groups)} rows: {run['n_flagged_vs_controls']} flagged "
+                    f"against the control queries at FDR 0.05; {run['n_flagged']} with a top-k that is not a random "
+                    "sample of faces (hypergeometric test, FDR 0.05)")
+
+
+def test_controls_none_leaves_the_control_columns_null_and_says_so(setup, tmp_path):
+    import pyarrow.parquet as pq
+
+    base = [a if a != "60" else "0" for a in setup["base"]]           # no bootstrap: faster
+    out = tmp_path / "r"
+    r = CliRunner().invoke(cli, ["report", *base, "--out", str(out), "--controls", "none", "--permutations", "20",
+                                 "--no-figures", "--no-html"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    groups = pq.read_table(out / "groups.parquet")
+    for column in ("control_share", "p_vs_controls", "q_vs_controls", "flagged_vs_controls"):
+        assert groups.column(column).null_count == groups.num_rows, column
+    assert pq.read_table(out / "words.parquet").column("n_flagged_vs_controls").null_count == 40
+    assert pd.read_csv(out / "summary.csv")["share_flagged_vs_controls"].isna().all()
+    run = json.loads((out / "run.json").read_text())
+    assert run["controls_ran"] is False and run["n_flagged_vs_controls"] is None and run["controls"] is None
+    assert _summary(r.output).endswith("rows: no control test was run (no control queries), so none is flagged "
+                                       f"against them; {run['n_flagged']} with a top-k that is not a random sample "
+                                       "of faces (hypergeometric test, FDR 0.05)")

@@ -51,7 +51,7 @@ from clipprobe.cli._options import (
 def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, permutations, ties, score,
            controls, eat, stimuli_root, oasis_root, captions_counts, figures, html, **kwargs) -> None:
     """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""
-    from clipprobe.pipeline.report import ReportConfig, run_report
+    from clipprobe.pipeline.report import ReportConfig, run_report, summary_line
 
     check_fraction("--alpha", alpha)
     check_count("--bootstrap", bootstrap)
@@ -71,11 +71,14 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
     )
     result = run_report(config)
     run = result.run
-    click.echo(f"report: {run['taxonomy']['n_words']} words x {len(run['attributes'])} attributes, "
-               f"{run['n_rows']} rows, {run['n_flagged']} flagged at FDR {config.alpha} "
-               f"({run['n_flagged_vs_controls']} also against the control queries)")
+    click.echo(summary_line(run))
     if result.reused_chunks:
         click.echo(f"reused {result.reused_chunks} finished chunk(s), computed {result.computed_chunks}")
+    crosscheck_json = result.out / "crosscheck.json"
+    if captions_counts and crosscheck_json.is_file():
+        import json
+
+        click.echo(crosscheck_coverage_line(json.loads(crosscheck_json.read_text(encoding="utf-8"))))
     for path in result.files:
         click.echo(f"  {path}")
 
