@@ -269,3 +269,13 @@ def test_strongest_words_and_heatmap_use_defined_rows_only(sparse):
     data = ax.images[0].get_array()
     assert data.mask[1].all()                                      # the absent word: every cell grey
     assert list(data.mask[0]) == [False, False, True, True]        # terrorist: groups "none" and "all" grey
+
+
+def test_heatmap_of_a_table_without_a_defined_row_is_drawn_with_a_note():
+    from clipprobe.captions.figures import lift_heatmap
+
+    df = cooccurrence_table(["w", "v"], [("g", "a"), ("g", "b")], 2, [2, 0], [1, 0], [[1, 0], [0, 0]])
+    assert (df.status != "ok").all()
+    ax = lift_heatmap(df)
+    assert ax.images[0].get_array().mask.all() and [t.get_text() for t in ax.texts] == [
+        "no defined word-group association"]

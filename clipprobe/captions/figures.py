@@ -39,8 +39,11 @@ def lift_heatmap(table, *, top: int = 30, words=None, ax=None):
     ok = defined_rows(table)
     index = {(w, a, g): v for w, a, g, v in zip(ok["word"], ok["attribute"], ok["group"], ok["lift"])}
     with np.errstate(divide="ignore", invalid="ignore"):
-        data = np.array([[np.log2(index.get((w, a, g), np.nan)) for a, g in groups] for w in words], dtype=float)
+        data = np.array([[np.log2(index.get((w, a, g), np.nan)) for a, g in groups] for w in words],
+                        dtype=float).reshape(len(words), len(groups))
     data = np.ma.masked_invalid(np.clip(data, -LIFT_CLIP, LIFT_CLIP))
+    if not words:       # no defined association: an empty (grey) row, and a note
+        data = np.ma.masked_all((1, len(groups)))
     if ax is None:
         from matplotlib.figure import Figure
 

@@ -117,11 +117,11 @@ def _fmt(value, spec: str) -> str:
 
 def crosscheck_coverage_line(data: dict) -> str:
     """One line: how many joined rows have a defined caption association, and what is absent."""
-    line = (f"caption association defined for {data['n_defined']:,} of {data['n_rows']:,} rows; "
+    absent = data.get("groups_absent") or []
+    groups = ""
+    if absent:
+        groups = " (groups: " + ", ".join(absent[:8]) + (f" and {len(absent) - 8} more" if len(absent) > 8 else "") + ")"
+    return (f"caption association defined for {data['n_defined']:,} of {data['n_rows']:,} rows; "
             f"{data['n_words_absent']:,} of {data['n_words']:,} words and {data['n_groups_absent']} of "
-            f"{data['n_groups']} groups never occur in the captions (left out)")
-    if data.get("groups_absent"):
-        shown = data["groups_absent"][:8]
-        line += ": " + ", ".join(shown) + (f" and {len(data['groups_absent']) - 8} more" if len(data["groups_absent"]) > 8
-                                           else "")
-    return line
+            f"{data['n_groups']} groups never occur in the captions{groups}; the other rows are left out of the "
+            "correlations and figures")
