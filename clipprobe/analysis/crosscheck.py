@@ -64,7 +64,6 @@ def crosscheck(report_groups, cooccurrence, *, alpha: float = 0.05, min_rows: in
     joined rows have a defined caption association.
     """
     import numpy as np
-    import pandas as pd
     from scipy.stats import spearmanr
 
     from clipprobe.captions.stats import STATUS_OK, with_status
