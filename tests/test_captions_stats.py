@@ -11,7 +11,7 @@ from scipy.stats import fisher_exact
 from statsmodels.stats.contingency_tables import Table2x2
 from statsmodels.stats.multitest import multipletests
 
-from clipprobe.captions.stats import COLUMNS, cooccurrence_table
+from clipprobe.captions.stats import CI_MIN_EXPECTED, COLUMNS, cooccurrence_table, log_odds_interval
 
 
 @pytest.fixture()
@@ -54,8 +54,71 @@ def test_log_odds_and_interval_match_statsmodels(table):
         d = n - r.n_word - r.n_group + r.n_both
         t = Table2x2(np.array([[a, b], [c, d]], dtype=float) + 0.5)
         assert r.log_odds == pytest.approx(t.log_oddsratio, rel=1e-12)
+        if _smallest_expected(a, b, c, d) < CI_MIN_EXPECTED:
+            assert np.isnan(r.log_odds_ci_low) and np.isnan(r.log_odds_ci_high)
+            continue
         assert r.log_odds_ci_low == pytest.approx(t.log_oddsratio - 1.96 * t.log_oddsratio_se, rel=1e-12)
         assert r.log_odds_ci_high == pytest.approx(t.log_oddsratio + 1.96 * t.log_oddsratio_se, rel=1e-12)
+
+
+def _smallest_expected(a, b, c, d):
+    """The smallest expected cell count of a 2x2 table under independence given its margins, cell by cell."""
+    n = a + b + c + d
+    rows, cols = (a + b, c + d), (a + c, b + d)
+    return min(r * q / n for r in rows for q in cols)
+
+
+def test_interval_withheld_exactly_where_a_cell_expects_fewer_than_ten(table):
+    df, _ = table
+    assert df.log_odds_ci_low.isna().any() and df.log_odds_ci_low.notna().any()   # the fixture has both kinds
+    lo, low, high = log_odds_interval([0, 10, 10], [100, 100, 99], [1000, 1000, 1000], 10000)
+    assert np.isfinite(lo).all()
+    # expected co-occurrences 10, 10 and 9.9: the last is withheld
+    assert np.isfinite(low[:2]).all() and np.isnan(low[2]) and np.isnan(high[2])
+
+
+def _coverage(n_captions, p_word, p_group, odds_ratio, replicates, rng):
+    """Coverage of the published log-odds intervals over multinomial tables, and the share published."""
+    from scipy.optimize import brentq
+
+    def cells(p11):
+        return np.array([p11, p_word - p11, p_group - p11, 1 - p_word - p_group + p11])
+
+    lo, hi = max(0.0, p_word + p_group - 1) + 1e-15, min(p_word, p_group) - 1e-15
+    p11 = brentq(lambda m: np.log(m * cells(m)[3] / (cells(m)[1] * cells(m)[2])) - np.log(odds_ratio), lo, hi)
+    x = rng.multinomial(n_captions, cells(p11), size=replicates)
+    a, b, c, d = x.T
+    nw, ng = a + b, a + c
+    defined = (nw > 0) & (nw < n_captions) & (ng > 0) & (ng < n_captions)
+    est, low, high = log_odds_interval(a[defined], nw[defined], ng[defined], n_captions)
+    shown = np.isfinite(low)
+    covered = (low[shown] <= np.log(odds_ratio)) & (np.log(odds_ratio) <= high[shown])
+    return covered.mean() if shown.sum() >= 200 else None, shown.mean()
+
+
+GRID = [(n, pw, pg, odds) for n in (10_000, 1_000_000) for pw in (1e-4, 1e-3, 1e-2, 0.1)
+        for pg in (0.02, 0.2, 0.5) for odds in (1.0, 2.0, 5.0, 10.0)]
+
+
+def test_log_odds_interval_coverage_small():
+    """Published intervals cover 0.93-0.97 in a few cells of the grid, small and large counts."""
+    rng = np.random.default_rng(11)
+    for n, pw, pg, odds in [(10_000, 0.01, 0.2, 2.0), (1_000_000, 1e-3, 0.5, 5.0), (10_000, 0.1, 0.02, 10.0)]:
+        coverage, _ = _coverage(n, pw, pg, odds, 3000, rng)
+        assert 0.93 <= coverage <= 0.97, (n, pw, pg, odds, coverage)
+
+
+@pytest.mark.slow
+def test_log_odds_interval_coverage_grid():
+    """Every cell of the grid where intervals are published (at least 200 of 4,000 tables) covers 0.93-0.97."""
+    rng = np.random.default_rng(12)
+    measured = []
+    for n, pw, pg, odds in GRID:
+        coverage, _ = _coverage(n, pw, pg, odds, 4000, rng)
+        if coverage is not None:
+            measured.append(coverage)
+            assert 0.93 <= coverage <= 0.97, (n, pw, pg, odds, coverage)
+    assert len(measured) >= 60
 
 
 def test_bh_over_all_rows(table):
@@ -113,7 +176,8 @@ def test_structural_zeros_are_null_with_a_status(sparse):
 def test_sampling_zero_keeps_a_finite_haldane_anscombe_estimate():
     """A zero cell with both margins positive is a sampling zero: 0.5 is added to every cell."""
     # a = 0, b = 0, c = 0 and d = 0 in turn, every margin positive
-    tables = {"a0": (0, 10, 10, 80), "b0": (10, 0, 10, 80), "c0": (10, 10, 0, 80), "d0": (10, 10, 80, 0)}
+    # (every cell expects at least 10 captions, so the interval is published)
+    tables = {"a0": (0, 100, 100, 800), "b0": (100, 0, 100, 800), "c0": (100, 100, 0, 800), "d0": (100, 100, 800, 0)}
     for name, (a, b, c, d) in tables.items():
         n = a + b + c + d
         df = cooccurrence_table(["w"], [("x", "g")], n, [a + b], [a + c], [[a]])
@@ -131,7 +195,8 @@ def test_sampling_zero_keeps_a_finite_haldane_anscombe_estimate():
         assert r.p_value == pytest.approx(fisher_exact([[a, b], [c, d]], alternative="greater").pvalue, rel=1e-9)
     # the value documented in the module
     r = cooccurrence_table(["w"], [("x", "g")], 100, [10], [10], [[0]]).iloc[0]
-    assert (round(r.log_odds, 2), round(r.log_odds_ci_low, 2), round(r.log_odds_ci_high, 2)) == (-1.01, -3.92, 1.90)
+    assert round(r.log_odds, 2) == -1.01
+    assert np.isnan(r.log_odds_ci_low) and np.isnan(r.log_odds_ci_high)      # that table expects one co-occurrence
 
 
 def test_defined_rows_match_statsmodels_and_bh_runs_over_them_only(sparse):
@@ -159,8 +224,12 @@ def test_undefined_is_null_in_parquet(sparse, tmp_path):
     write_parquet(tmp_path / "c.parquet", df)
     table = pq.read_table(tmp_path / "c.parquet")
     n_bad = int((df.status != "ok").sum())
-    for column in ("lift", "log_odds", "log_odds_ci_low", "log_odds_ci_high", "p_value", "q_value"):
+    for column in ("lift", "log_odds", "p_value", "q_value"):
         assert table.column(column).null_count == n_bad, column
+    # the interval is also null where it is withheld (a cell expecting fewer than 10 captions)
+    n_withheld = int(((df.status == "ok") & df.log_odds_ci_low.isna()).sum())
+    for column in ("log_odds_ci_low", "log_odds_ci_high"):
+        assert table.column(column).null_count == n_bad + n_withheld, column
     assert table.column("status").null_count == 0
 
 

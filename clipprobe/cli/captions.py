@@ -90,8 +90,9 @@ def _show(directory, word, attribute, n_samples, fmt):
         if why != STATUS_OK:
             click.echo(head + f"undefined ({why})")
         else:
-            click.echo(head + f"lift={r.lift:6.2f} log-odds={r.log_odds:6.2f} "
-                       f"[{r.log_odds_ci_low:.2f}, {r.log_odds_ci_high:.2f}] q={r.q_value:.2g}")
+            interval = ("[interval withheld: a cell expects < 10]" if r.log_odds_ci_low != r.log_odds_ci_low
+                        else f"[{r.log_odds_ci_low:.2f}, {r.log_odds_ci_high:.2f}]")
+            click.echo(head + f"lift={r.lift:6.2f} log-odds={r.log_odds:6.2f} {interval} q={r.q_value:.2g}")
         if samples is not None and n_samples > 0:
             cell = samples[(samples["attribute"] == r.attribute) & (samples["group"] == r.group)].head(n_samples)
             for s in cell.itertuples():
