@@ -463,6 +463,23 @@ def samples_frame(space, samples):
                          "caption": sample_texts(samples.column("caption").combine_chunks())}, columns=columns)
 
 
+def _input_files(config) -> dict[str, dict]:
+    """The taxonomy and lexicon files with the SHA-256 of their bytes (for the record: the parts are keyed by
+    the term set read from them, :meth:`TermSpace.fingerprint`, so an edit that changes no term reuses them)."""
+    from clipprobe._io import sha256_file
+    from clipprobe.resources.lexicon import LEXICONS
+    from clipprobe.resources.taxonomy import TAXONOMIES
+
+    out = {}
+    for role, registry, value in (("taxonomy", TAXONOMIES, config.taxonomy), ("lexicon", LEXICONS, config.lexicon)):
+        path = registry.file(value)
+        try:
+            out[role] = {"path": str(path), "sha256": sha256_file(path)}
+        except OSError:           # read a moment ago: gone since
+            out[role] = {"path": str(path), "sha256": None}
+    return out
+
+
 def _cpu_seconds() -> dict[str, float] | None:
     """CPU seconds so far of this process and of its finished child processes (None where unknown)."""
     try:
@@ -492,6 +509,7 @@ def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, t
         matcher=matcher,     # the one that ran (config.matcher may say "auto")
         workers=config.workers or os.cpu_count(),
         taxonomy=taxonomy.name, lexicon=lexicon.name, lexicon_source=lexicon.source,
+        inputs=_input_files(config),
         n_words=len(space.words), n_groups=len(space.groups), n_terms=len(space.terms),
         term_set=fingerprint,
         files=files,

@@ -185,9 +185,7 @@ def _registry_file(registry, value: str | None) -> Path | None:
     """The file behind a resource name or path, after loading it once (a bad file fails here, before any
     model is loaded, with the registry's own message)."""
     registry.get(value)
-    text = str(value) if value is not None else registry.default
-    found = registry.path(text)
-    return found if found is not None else Path(text).expanduser()
+    return registry.file(value)
 
 
 def input_files(config: SweepConfig) -> dict[str, dict[str, dict]]:
