@@ -286,9 +286,9 @@ def test_ieat_from_a_local_copy(tmp_path):
     victim.write_bytes(data[:-1] + b"\1")                 # the same size, another last byte
     with pytest.raises(DataError) as err:
         res.Resolver(stimuli_root=repo, ieat_manifest=manifest).resolve(suite.tests)
-    want = hashlib.sha256(data).hexdigest()
-    assert str(err.value) == res.MSG_IEAT_LOCAL_HASH.format(
-        where="test 'age' (image-text) set Y", path=victim, got=hashlib.sha256(data[:-1] + b"\1").hexdigest(), want=want)
+    want, got = hashlib.sha256(data).hexdigest(), hashlib.sha256(data[:-1] + b"\1").hexdigest()
+    assert str(err.value) == res.MSG_IEAT_LOCAL_HASH.format(where="test 'age' (image-text) set Y", path=victim,
+                                                            got=got, want=want)
 
 
 def test_padded_stand_ins_are_refused(tmp_path, caplog):

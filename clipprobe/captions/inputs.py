@@ -264,8 +264,9 @@ def _footer_digest(metadata) -> str:
 
 def caption_fingerprint(path: str, metadata=None) -> str:
     """The content fingerprint of a caption file (see the module docstring): the hash of a local file's
-    bytes (:func:`local_fingerprint`); for a URL ``url:<hex>``, a digest of its size, the store's checksum and write-time fields
-    and the footer (``metadata``: ``ParquetFile.metadata`` as read before, else it is read here)."""
+    bytes (:func:`local_fingerprint`); for a URL ``url:<hex>``, a digest of its size, the store's checksum
+    and write-time fields and the footer (``metadata``: ``ParquetFile.metadata`` as read before, else it is
+    read here)."""
     if not is_url(path):
         return local_fingerprint(path.removeprefix("file://"))
     fs, inner = url_filesystem(path)

@@ -121,7 +121,8 @@ def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, all
     for spec, reason in list(result.failed.items()) + list(result.unknown.items()):
         click.echo(f"  {spec}: {reason}")
     click.echo(f"  {result.out}  (next: clipprobe sweep merge {result.out})")
-    n_bad, n_all = len(result.failed) + len(result.unknown), len(result.record.get("models") or ()) + len(result.unknown)
+    n_bad = len(result.failed) + len(result.unknown)
+    n_all = len(result.record.get("models") or ()) + len(result.unknown)
     if n_bad and not allow_failures:
         from clipprobe.errors import ClipprobeError
 
