@@ -5,8 +5,8 @@ columns before anything is scanned. :func:`count_patterns` scans every file with
 :func:`~clipprobe.captions.indicators.pattern_task` (chunks of row groups, local engine or Spark): each
 task stores its chunk's pattern table and its captions' rows of that table (one small integer per
 caption) in ``PARTS/patterns/chunks/``, and the driver stores each finished file's merged table in
-``PARTS/patterns/`` (keyed by the file's path, size and mtime and by everything its patterns depend
-on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
+``PARTS/patterns/`` (keyed by the file's path, size and content fingerprint and by everything its patterns
+depend on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
 :func:`write_weights` runs :func:`~clipprobe.captions.indicators.weights_task` on every chunk: from the
 chunk file and the fitted solution it computes each caption's q and keep flag without reading the
 captions again (only the key column), writes the chunk's weights file itself (``PARTS/weights/``), and
@@ -96,6 +96,7 @@ class PlannedFile:
     row_groups: list[int]
     rows_per_group: list[int]
     key: str = ""
+    fingerprint: str = ""       # content fingerprint (clipprobe.captions.inputs.caption_fingerprint)
 
     @property
     def rows(self) -> int:
@@ -148,8 +149,9 @@ def plan_files(captions: Sequence[str], text_column: str | None, spec) -> list[P
                 raise DataError(MSG_COLUMN.format(path=path, what=what, column=name, hint=hint, columns=shown))
             if ok is not None and not ok(schema.field(name).type):
                 raise DataError(bad.format(path=path, column=name, type=schema.field(name).type))
-        planned = PlannedFile(info.path, info.size, info.mtime, column, info.row_groups, info.rows_per_group)
-        blob = json.dumps([planned.path, planned.size, planned.mtime, fingerprint, column], default=str)
+        planned = PlannedFile(info.path, info.size, info.mtime, column, info.row_groups, info.rows_per_group,
+                              fingerprint=info.fingerprint)
+        blob = json.dumps([planned.path, planned.size, planned.fingerprint, fingerprint, column], default=str)
         planned.key = hashlib.sha256(blob.encode()).hexdigest()[:24]
         out.append(planned)
     return out
