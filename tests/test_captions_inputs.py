@@ -199,9 +199,15 @@ def test_binary_captions_with_malformed_utf8_are_counted(setup, binary_type):
 
 
 def test_all_null_column_counts_nulls(setup):
+    """Only null captions: nothing to associate, an error naming the rows; run.json records the nulls."""
+    import json
+
     _write(setup / "n.parquet", pa.nulls(4))
-    result = _count(setup, [str(setup / "n.parquet")])
-    assert (result.run["captions"], result.run["nulls"]) == (0, 4)
+    with pytest.raises(DataError, match=r"^no captions to count: the 1 file\(s\) read hold 4 row\(s\), every caption null"):
+        _count(setup, [str(setup / "n.parquet")])
+    run = json.loads((setup / "out" / "run.json").read_text())
+    assert (run["captions"], run["nulls"]) == (0, 4)
+    assert not (setup / "out" / "cooccurrence.parquet").exists()
 
 
 @pytest.mark.parametrize("array", [pa.array([1, 2, 3], pa.int64()), pa.array([0.5, None, 1.0]),

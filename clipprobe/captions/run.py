@@ -52,6 +52,8 @@ ERR_ENGINE = "unknown engine {engine!r}; valid: 'local', 'spark'"
 ERR_MATCHER = "unknown matcher {matcher!r}; valid: 'auto', 'hyperscan', 'tokens'"
 ERR_SPARK_CONF = "--spark-conf {item!r} is not KEY=VALUE (e.g. spark.archives=env.tar.gz#environment)"
 ERR_NO_NUMBA = "matcher 'tokens' needs numba (pip install numba); use matcher 'hyperscan'"
+ERR_NO_CAPTIONS = ("no captions to count: the {n_files} file(s) read hold {rows:,} row(s), every caption null "
+                   "(see {run_json})")
 ERR_LEXICON_NO_MATCH = ("lexicon {name!r} ({source}) matches none of the {n:,} captions: no group occurs, so no "
                         "word-group association is defined (are its terms in the captions' language?)")
 ERR_TAXONOMY_NO_MATCH = ("taxonomy {name!r}: none of its {n_words} words occurs in the {n:,} captions, so no "
@@ -296,7 +298,12 @@ def count_captions(config: CountConfig) -> CountResult:
                                                  total, timer, worker_seconds, started, scan_cpu, method))
         raise DataError(ERR_NOTHING_READ.format(n=len(skipped), run_json=out / "run.json"))
 
-    # Nothing to associate: an error naming the input, not a table of undefined rows (nothing is written)
+    # Nothing to associate: an error naming the input, not a table of undefined rows (no table is written)
+    if total.n_captions == 0:
+        write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
+                                                 total, timer, worker_seconds, started, scan_cpu, method))
+        raise DataError(ERR_NO_CAPTIONS.format(n_files=len(files), rows=sum(f["rows"] for f in files),
+                                               run_json=out / "run.json"))
     if not total.n_group.any():
         raise DataError(ERR_LEXICON_NO_MATCH.format(name=lexicon.name, source=lexicon.source, n=total.n_captions))
     if not total.n_word.any():
