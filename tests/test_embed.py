@@ -415,8 +415,6 @@ def test_a_folder_keeps_its_threads_whatever_the_load(monkeypatch, tiny_encoder,
             embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "run", batch_size=8, shard_size=8,
                                 num_workers=0, on_batch=stop)
         embed.embed_texts(tiny_encoder, ["a photo of a person"], cache_dir=tmp_path / "run")
-    root = embed.embeddings_dir(tiny_encoder, ff, tmp_path / "run")
-    assert json.loads((root / "cache.json").read_text())["threads"] == 1
     seen = []
     with _torch_threads(2), caplog.at_level(logging.INFO, logger="clipprobe.embeddings.cache"):
         import torch
@@ -425,10 +423,12 @@ def test_a_folder_keeps_its_threads_whatever_the_load(monkeypatch, tiny_encoder,
                                       num_workers=0, on_batch=lambda r: seen.append(torch.get_num_threads()))
         texts = embed.embed_texts(tiny_encoder, prompts, cache_dir=tmp_path / "run")
         assert torch.get_num_threads() == 2                 # restored after
-    assert set(seen) == {1} and resumed.timings["torch_threads"] == 1 and resumed.timings["shards_reused"] == 1
-    assert "was started with 1 torch thread(s); using 1, not 2" in caplog.text
     np.testing.assert_array_equal(resumed.vectors.view(np.int32), reference.vectors.view(np.int32))
     np.testing.assert_array_equal(texts.view(np.int32), ref_texts.view(np.int32))
+    assert set(seen) == {1} and resumed.timings["torch_threads"] == 1 and resumed.timings["shards_reused"] == 1
+    assert "was started with 1 torch thread(s); using 1, not 2" in caplog.text
+    root = embed.embeddings_dir(tiny_encoder, ff, tmp_path / "run")
+    assert json.loads((root / "cache.json").read_text())["threads"] == 1
 
 
 # --------------------------------------------------------------------------- keyed by content

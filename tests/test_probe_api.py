@@ -113,7 +113,7 @@ def test_public_api_round_trip(world):
     emb = cp.embed_images(enc, faces, cache_dir=pc.cache_dir, num_workers=0)
     assert len(emb.labels) == len(emb.vectors) == len(faces) - 1   # the corrupt image is left out
     texts = cp.embed_texts(enc, cp.make_queries(str(world["tax"])), cache_dir=pc.cache_dir)
-    tables = cp.probe_scores(texts.vectors @ emb.vectors.T, emb.labels, words=texts.words, k=10)
+    tables = cp.probe_scores(cp.similarity_scores(texts.vectors, emb.vectors), emb.labels, words=texts.words, k=10)
     out = world["tmp"] / "api-report"
     cp.write_report(tables, out, html=False)
     back = cp.load_report(out)
@@ -331,3 +331,29 @@ def test_duplicate_embeddings_are_counted_in_a_warning(world, caplog):
     with caplog.at_level(logging.WARNING):
         check_embeddings(dataclasses.replace(emb, vectors=vectors), model="m", dataset="d")
     assert "3 of 89 image embeddings are exact copies of another image's (86 distinct" in caplog.text
+
+
+def test_a_report_rerun_after_an_image_changed_in_place_recomputes(world, tmp_path, caplog):
+    """Same file name, same byte size, other pixels: the embedding cache embeds it again and the report's
+    finished chunks (keyed by the embeddings themselves) are not reused."""
+    import logging
+    from dataclasses import replace
+
+    root = tmp_path / "ff"
+    shutil.copytree(world["root"], root)
+    files = sorted((root / "val").glob("*.jpg"), key=lambda p: p.stat().st_size)
+    large = files[-1]
+    original = large.read_bytes()
+    large.write_bytes(files[0].read_bytes().ljust(len(original), b"\0"))   # a JPEG decoder stops at its end
+    probe = replace(world["probe_config"], dataset=f"fairface:{root}", cache_dir=str(tmp_path / "cache"))
+    config = cp.ReportConfig(probe=probe, out=str(tmp_path / "rep"), taxonomy=str(world["tax"]), k=10,
+                             bootstrap=0, permutations=200, controls=None, figures=False, html=False)
+    cp.run_report(config)
+    large.write_bytes(original)                                            # back, in place: the same size
+    with caplog.at_level(logging.INFO, logger="clipprobe.embeddings.cache"):
+        again = cp.run_report(config)
+    assert "1 image(s) of fairface:" in caplog.text and again.computed_chunks == 1 and again.reused_chunks == 0
+    cp.run_report(replace(config, out=str(tmp_path / "fresh"),
+                          probe=replace(probe, cache_dir=str(tmp_path / "fresh-cache"))))
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "rep" / "groups.parquet"),
+                                  pd.read_parquet(tmp_path / "fresh" / "groups.parquet"))
