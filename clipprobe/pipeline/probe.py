@@ -4,10 +4,14 @@
 :func:`retrieve` answers one word. Base shares are shares of the images that could be embedded (an
 image that failed to decode can never be retrieved, so it is not part of the population either).
 
-One ranking rule everywhere: with the exact (``flat``) index a word's top-k is its ``k`` highest
-cosine similarities, ties broken by the lower image index (:func:`clipprobe.analysis.metrics.rank_topk`),
-in ``retrieve``, ``report`` and the bootstrap alike. The approximate FAISS indexes (``hnsw``, ``ivf``)
-are for very large image sets; they may miss a true neighbour, and the report says which was used.
+One score and one ranking rule everywhere: every command scores with :func:`similarities` (the exact dot
+product of the float32 embeddings rounded once to float32:
+:func:`clipprobe.analysis.metrics.similarity_scores`, the same bits for a word alone or among many, on
+any CPU), and with the exact (``flat``) index a word's top-k is its ``k`` highest scores, ties broken by
+the lower image index (:func:`clipprobe.analysis.metrics.rank_topk`), in ``retrieve``, ``report``,
+``subsets`` and the bootstrap alike. The approximate FAISS indexes (``hnsw``, ``ivf``) are for very
+large image sets; they may miss a true neighbour (the report says which was used), and the candidates
+they return are ordered by the same scores and rule.
 """
 
 from __future__ import annotations
