@@ -216,6 +216,23 @@ def test_similarity_scores_are_the_exact_dot_product_rounded_once():
     assert got[5, 9] == np.float32(1.0 + 2.0 ** -23)
 
 
+def test_similarity_scores_with_more_open_scores_than_the_buffer_holds():
+    """Orthogonal vectors: every score is 0 (or tiny) and the bound settles none, more than the compiled
+    pass lists; they are found again and summed exactly."""
+    from clipprobe.analysis.metrics import _similarity_scores
+
+    rng = np.random.default_rng(5)
+    queries = np.zeros((3, 8), dtype=np.float32)
+    queries[:, :4] = rng.standard_normal((3, 4))
+    images = np.zeros((500, 8), dtype=np.float32)
+    images[:, 4:] = rng.standard_normal((500, 4))
+    images[::50, 0] = np.float32(2.0 ** -30)                    # a few tiny non-zero scores
+    got, n_open = _similarity_scores(queries, images)
+    assert n_open > 1024
+    want = np.array([[_exact_f32(q, x) for x in images] for q in queries], dtype=np.float32)
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
 def test_a_score_is_the_same_alone_in_a_batch_and_at_any_image_position():
     """A float32 matrix product gives one word other last bits alone (a matrix-vector product) than among
     many (a matrix-matrix product), and a kernel's edge blocks treat the last images differently: near-ties
