@@ -106,6 +106,7 @@ def _settings_hash(probe: "Probe", config: ReportConfig, queries, neutral, contr
         "format_version": FORMAT_VERSION,
         "model": model_cache_key(probe.encoder),          # spec, precision and preprocessing
         "dataset": probe.dataset.fingerprint,
+        "embeddings": getattr(probe.embeddings, "digest", ""),   # the vectors themselves (images by content)
         "labels": hashlib.sha256(probe.labels.to_csv(index=False).encode("utf-8")).hexdigest()[:16],
         "n_images": probe.n_images,
         "queries": [[q.word, list(q.prompts)] for q in queries],
