@@ -17,6 +17,7 @@ they return are ordered by the same scores and rule.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -123,9 +124,11 @@ class Probe:
 
     def load_image(self, file: str):
         """The PIL image of one of the probe's files."""
-        return self.dataset.load_image(self._row_of()[str(file)])
+        return self.dataset.load_image(self._row_of[str(file)])
 
+    @functools.cached_property
     def _row_of(self) -> dict[str, int]:
+        """The dataset row of each file name (built once: contact sheets load hundreds of images)."""
         return {str(f): i for i, f in enumerate(self.dataset.table["file"])}
 
     def with_labels(self, labels: "pd.DataFrame") -> "Probe":
