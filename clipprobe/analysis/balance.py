@@ -140,7 +140,7 @@ MSG_KEYS = "keys: expected {n} integer keys (one per example), got {problem}"
 MSG_RANK_COUNTS = ("pattern {pattern}: {got} examples where the fit counted {want}; the data changed since its "
                    "patterns were counted")
 MSG_ASSIGN_ALL = ("assign_keep: got {n} examples, not the {fitted} the solution was fitted on (each pattern keeps "
-                  "round(q x count) of all its examples)")
+                  "q x count of all its examples, rounded)")
 MSG_SCORES = "{name}: expected {shape} finite scores, got {problem}"
 MSG_PAIRS = "pairs: {got} pairs for {n} score columns"
 MSG_GROUP_NAMES = "group_names: expected two distinct group names, got {got!r}"
@@ -1241,12 +1241,13 @@ def _residuals(system: _System, kept, n_labels: int):
 # ----------------------------------------------------------------------------------------------
 # weights per example and keep flags by rank within each pattern
 #
-# A pattern (row of the fitted table) of n_p examples with keep probability q_p keeps exactly
-# k_p = round(q_p n_p) of them (:func:`keep_counts`): the k_p first in the order of their rank key
-# (a 64-bit hash of the example's content, mixed with the seed; :func:`rank_keys`), ties (examples
-# with the same content) by their position (file ordinal << 40 | row). So the kept set meets every
-# constraint that q meets, up to one example per pattern, and the same examples keep the same flags
-# wherever their files are. Over many chunks and workers the k_p-th example of a pattern is found in
+# A pattern (row of the fitted table) of n_p examples with keep probability q_p keeps k_p of them,
+# q_p n_p rounded down or up (:func:`flag_counts`: systematic rounding in blocks of the same groups,
+# so the keep rate and each combination of groups are met within one example): the k_p first in the
+# order of their rank key (a 64-bit hash of the example's content, mixed with the seed;
+# :func:`rank_keys`), ties (examples with the same content) by their position (file ordinal << 40 |
+# row). So the kept set meets every constraint that q meets, up to one example per pattern, and the
+# same examples keep the same flags wherever their files are. Over many chunks and workers the k_p-th example of a pattern is found in
 # two light passes over the stored hashes: a histogram of the rank keys per pattern
 # (:func:`rank_histogram`, merged by :func:`rank_boundaries`), then the examples in each pattern's
 # boundary bucket (:func:`rank_candidates`, :func:`rank_thresholds`); :func:`rank_keep` sets the flags.
@@ -1383,14 +1384,61 @@ def positions(file_ordinal: int, rows) -> "np.ndarray":
     return (np.int64(file_ordinal) << np.int64(POSITION_ROW_BITS)) | r
 
 
-def keep_counts(q, count) -> "np.ndarray":
-    """``(P,)`` int64 examples each pattern keeps: ``round(q_p n_p)``, halves up. ``q_p n_p`` is first
-    rounded to 1e-6 examples, so that a last-bit difference in ``q`` cannot move a half across."""
+def keep_counts(q, count, blocks=None) -> "np.ndarray":
+    """``(P,)`` int64 examples each pattern keeps: ``q_p n_p`` rounded down or up by systematic rounding.
+
+    Patterns are grouped by ``blocks`` (``(P,)`` integer codes, e.g. :func:`group_signature`; None:
+    each pattern its own block) and taken in order of their index; with ``C_p`` the running sum of
+    ``q n`` within the block, pattern ``p`` keeps ``floor(C_p + 1/2) - floor(C_{p-1} + 1/2)``. So each
+    pattern keeps within one example of ``q_p n_p`` (``round(q_p n_p)``, halves up, when it is alone
+    in its block), and each block keeps ``round`` of its ``q`` mass: rounding every pattern on its own
+    would instead keep every single-example pattern with ``q >= 1/2``. ``q n`` is counted in exact
+    integer millionths of an example (``rint(q n 10^6)``), so no last-bit difference in ``q`` moves a
+    half across and the sums do not depend on their order.
+    """
     import numpy as np
 
     c = np.asarray(count, np.int64)
-    qc = np.round(np.asarray(q, np.float64) * c, 6)
-    return np.clip(np.floor(qc + 0.5), 0, c).astype(np.int64)
+    qq = np.asarray(q, np.float64)
+    if qq.shape != c.shape or c.ndim != 1:
+        raise DataError(MSG_WEIGHTS.format(n=c.size, what="pattern", problem=f"shape {qq.shape}"))
+    micro = np.rint(qq * c * 1e6).astype(np.int64)
+    b = np.arange(c.size, dtype=np.int64) if blocks is None else np.asarray(blocks, np.int64)
+    if b.shape != c.shape:
+        raise DataError(MSG_WEIGHTS.format(n=c.size, what="pattern", problem=f"{b.size} block codes"))
+    order = np.lexsort((np.arange(c.size), b))
+    run = np.cumsum(micro[order])
+    first = np.concatenate([[True], b[order][1:] != b[order][:-1]]) if c.size else np.zeros(0, bool)
+    base = np.maximum.accumulate(np.where(first, np.arange(c.size), 0)) if c.size else np.zeros(0, np.int64)
+    start = (run - micro[order])[base]                       # the running sum before the block
+    within = run - start
+    edge = (within + 500_000) // 1_000_000
+    prev = np.where(first, 0, np.concatenate([[0], edge[:-1]]))
+    k = np.empty(c.size, np.int64)
+    k[order] = edge - prev
+    return np.clip(k, 0, c)
+
+
+def group_signature(table: PatternTable) -> "np.ndarray":
+    """``(P,)`` int64 code of each row's groups (the same code for the same combination of groups),
+    numbered in the canonical order of the combinations."""
+    import numpy as np
+
+    k = table.n_groups
+    keys = table.keys[:, : (k - 1) // 64 + 1].copy()
+    for w in range(keys.shape[1]):
+        bits = min(64, k - 64 * w)
+        if bits < 64:
+            keys[:, w] &= np.uint64((1 << bits) - 1)
+    _, code = _group_rows(keys, np.zeros(table.n_rows, np.int32))
+    return code
+
+
+def flag_counts(solution: BalanceSolution) -> "np.ndarray":
+    """``(P,)`` the examples the keep flags keep of each row of the solution's table:
+    :func:`keep_counts` of ``q`` in blocks of the same groups, so each combination of groups (those
+    that mention none among them) keeps within one example of its ``q`` mass."""
+    return keep_counts(solution.q, solution.table.count, group_signature(solution.table))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -1430,13 +1478,15 @@ class KeepRanks:
         return cls(**{name: np.asarray(d[name], dt) for name, dt in dtypes.items() if name in d})
 
 
-def rank_plan(q, count) -> KeepRanks:
-    """The :class:`KeepRanks` of patterns with keep probabilities ``q`` and ``count`` examples (no
-    boundaries yet)."""
+def rank_plan(k, count) -> KeepRanks:
+    """The :class:`KeepRanks` of patterns that keep ``k`` of their ``count`` examples (e.g.
+    :func:`flag_counts`), without boundaries yet."""
     import numpy as np
 
     c = np.asarray(count, np.int64)
-    k = keep_counts(q, c)
+    k = np.asarray(k, np.int64)
+    if k.shape != c.shape or (k < 0).any() or (k > c).any():
+        raise DataError(MSG_WEIGHTS.format(n=c.size, what="pattern", problem="kept counts outside [0, count]"))
     bits = np.clip(np.ceil(np.log2(np.maximum(c, 1)) / 2), 0, 30).astype(np.int64)
     return KeepRanks(k, c, bits)
 
@@ -1590,7 +1640,7 @@ def assign_keep(solution: BalanceSolution, table: PatternTable, ids, hashes, *, 
 
     ``hashes``: ``(n,)`` content hashes (:func:`content_hashes`); ``position``: ``(n,)`` distinct
     int64 tie-breaks for examples of equal content (default: their index). Each pattern keeps
-    ``round(q n)`` examples, the first by :func:`rank_keys` (the same functions as the chunked passes).
+    :func:`flag_counts` examples, the first by :func:`rank_keys` (the same functions as the chunked passes).
     """
     import numpy as np
 
@@ -1602,7 +1652,7 @@ def assign_keep(solution: BalanceSolution, table: PatternTable, ids, hashes, *, 
     if keys.shape != rows.shape:
         raise DataError(MSG_KEYS.format(n=rows.size, problem=f"{keys.size} hashes"))
     pos = np.arange(rows.size, dtype=np.int64) if position is None else np.asarray(position, np.int64)
-    ranks = rank_plan(solution.q, solution.table.count)
+    ranks = rank_plan(flag_counts(solution), solution.table.count)
     ranks = rank_boundaries(ranks, *rank_histogram(ranks, rows, keys))
     ranks = rank_thresholds(ranks, *rank_candidates(ranks, rows, keys, pos))
     return solution.q[rows], rank_keep(ranks, rows, keys, pos)
@@ -1746,7 +1796,8 @@ def model_ab(first_scores, second_scores, groups, *, pairs: Sequence[Sequence[st
 __all__ = [
     "BalanceInfeasible", "BalanceSolution", "ConvergenceLog", "DataBias", "KeepRanks", "ModelAB", "ModelRB",
     "PatternTable", "assign_keep", "bias_from_sums", "combine_hashes", "content_hashes", "data_bias",
-    "data_bias_arrays", "encode_patterns", "fitted_rows", "hash_strings", "keep_counts", "keep_probabilities",
+    "data_bias_arrays", "encode_patterns", "fitted_rows", "flag_counts", "group_signature", "hash_strings",
+    "keep_counts", "keep_probabilities",
     "m4_solve", "max_keep_rate", "merge_tables", "model_ab", "model_rb", "newcombe_interval", "positions",
     "rank_boundaries", "rank_candidates", "rank_histogram", "rank_keep", "rank_keys", "rank_plan",
     "rank_thresholds", "resolve_target", "table_lookup", "wilson_interval",

@@ -21,7 +21,7 @@ alike:
   stored with each caption's row of it in a chunk file;
 * :func:`rank_histogram_task` and :func:`rank_candidates_task`: after the solve, from that chunk file,
   the two light passes that find, for each pattern, which of its captions the keep flags keep (the
-  ``round(q x count)`` first by a hash of their content: :mod:`clipprobe.analysis.balance`);
+  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.balance`);
 * :func:`weights_task`: from that chunk file and a fitted solution, each caption's keep probability
   and keep flag, written by the task itself as one parquet file (file, row group, row, key column, q,
   keep): no caption is read or matched a second time.
@@ -142,7 +142,8 @@ class IndicatorSpec(ScanSpec):
     ``hash_text`` / ``hash_columns``: what each caption's content hash covers (the caption text, then
     these columns, in order; neither: no hashes, as for ``balance measure``).
     ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (passes after the
-    solve); ``seed``: of the rank order of the keep flags; ``ranks``: the
+    solve); ``keep_counts``: the captions each of its rows keeps; ``seed``: of the rank order of the keep
+    flags; ``ranks``: the
     :class:`~clipprobe.analysis.balance.KeepRanks` of the pass that runs.
     """
 
@@ -157,6 +158,7 @@ class IndicatorSpec(ScanSpec):
     seed: int = 0
     fitted: Any = None
     fitted_q: Any = None
+    keep_counts: Any = None
     ranks: Any = None
 
     @property
@@ -557,7 +559,7 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
 
     The captions' patterns and content hashes come from the chunk file of the pattern pass (no caption
     is read again); only the key column is read. A caption is kept when its rank in its pattern is
-    below the pattern's ``round(q x count)`` (``spec.ranks``, see
+    below the pattern's kept count (``spec.ranks``, see
     :func:`~clipprobe.analysis.balance.rank_keep`). Returns the chunk's summary: its rows, kept flags,
     the sum of q, and per row of its pattern table the fitted table's row, the captions and the kept
     captions (or ``{"error": message}``).

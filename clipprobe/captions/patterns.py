@@ -8,8 +8,8 @@ caption) in ``PARTS/patterns/chunks/``, and the driver stores each finished file
 ``PARTS/patterns/`` (keyed by the file's path, size and mtime and by everything its patterns depend
 on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
 :func:`keep_ranks` finds, for each pattern of the fitted table, which of its captions the keep flags keep
-(the ``round(q x count)`` first by the rank key, a hash of each caption's content stored by the pattern
-pass): a histogram of the rank keys per pattern and then the captions of each pattern's boundary bucket,
+(the first by the rank key, a hash of each caption's content stored by the pattern pass, as many as
+``q x count`` rounded down or up): a histogram of the rank keys per pattern and then the captions of each pattern's boundary bucket,
 two light passes over the chunk files on the same engine, summed by the driver
 (:mod:`clipprobe.analysis.balance`) and stored in ``PARTS/weights/ranks-KEY.npz``.
 :func:`write_weights` runs :func:`~clipprobe.captions.indicators.weights_task` on every chunk: from the
@@ -366,8 +366,8 @@ class RankPass:
 
 
 def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings, key: str) -> RankPass:
-    """Which captions of each pattern the keep flags keep: the ``round(q x count)`` first of the pattern
-    by rank key (``spec.fitted``, ``spec.fitted_q``, ``spec.seed``), found from the chunk files of the
+    """Which captions of each pattern the keep flags keep: the ``spec.keep_counts`` first of the pattern
+    by rank key (``spec.fitted``, ``spec.seed``; None: ``round(spec.fitted_q x count)``), found from the chunk files of the
     pattern pass by two light passes on the engine (a histogram of the rank keys per pattern, then the
     captions of each pattern's boundary bucket). Stored in ``parts_dir/weights/ranks-KEY.npz``; a rerun
     with the same ``key`` reads it."""
@@ -377,7 +377,7 @@ def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSe
     import numpy as np
 
     from clipprobe._io import atomic_path
-    from clipprobe.analysis.balance import KeepRanks, rank_boundaries, rank_plan, rank_thresholds
+    from clipprobe.analysis.balance import KeepRanks, keep_counts, rank_boundaries, rank_plan, rank_thresholds
     from clipprobe.captions.indicators import rank_candidates_task, rank_histogram_task
     from clipprobe.captions.run import _interrupt_deferred
 
@@ -389,7 +389,8 @@ def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSe
             ranks = KeepRanks.from_arrays({name: z[name] for name in z.files if name != "boundary"})
             return RankPass(ranks, int(z["boundary"][0]))
     t0 = time.perf_counter()
-    ranks = rank_plan(spec.fitted_q, spec.fitted.count)
+    counts = spec.fitted.count
+    ranks = rank_plan(keep_counts(spec.fitted_q, counts) if spec.keep_counts is None else spec.keep_counts, counts)
     pairs = _chunk_tasks(files, (Path(parts_dir) / "patterns").resolve(), settings)
     tasks, task_file = [t for t, _ in pairs], [f for _, f in pairs]
     read = [0]

@@ -166,8 +166,8 @@ def _echo_result(result, fmt: str, blocks) -> None:
                    f"{fit['max_keep']:.4f}); q meets the constraints within {fit['max_violation']:.1e} "
                    f"(largest |residual| representation {fit['max_residual_r']:.4f}, association "
                    f"{fit['max_residual_a']:.4f}; eps {fit['eps_r']:g} / {fit['eps_a']:g})")
-        click.echo(f"kept by the flags: {fit['kept_by_flags']:,} ({fit['kept_share_by_flags']:.4f}), round(q x count) "
-                   f"per pattern: largest |residual| representation {fit['max_residual_r_kept']:.4f}, association "
+        click.echo(f"kept by the flags: {fit['kept_by_flags']:,} ({fit['kept_share_by_flags']:.4f}), q x count per "
+                   f"pattern rounded: largest |residual| representation {fit['max_residual_r_kept']:.4f}, association "
                    f"{fit['max_residual_a_kept']:.4f}; over their bound: {fit['violated_r_kept']} of "
                    f"{fit['constraints_r']} and {fit['violated_a_kept']} of {fit['constraints_a']} "
                    f"(rounding: up to one caption per pattern)")
@@ -211,7 +211,7 @@ def measure_cmd(fmt, **kwargs):
               help="Seed of the keep flags' rank order (another seed keeps another set of captions with the same "
                    "counts per pattern).")
 def fit_cmd(fmt, keep, eps_r, eps_a, scale, utility, key, id_column, seed, **kwargs):
-    """M4 keep probabilities and keep flags (round(q x count) per pattern); OUT/weights.parquet, before/after
+    """M4 keep probabilities and keep flags (q x count per pattern, rounded); OUT/weights.parquet, before/after
     RB/AB, residuals."""
     _one_blas_thread()
     from clipprobe.pipeline.balance import fit_balance

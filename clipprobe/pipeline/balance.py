@@ -5,8 +5,8 @@ and M4 keep probabilities that balance it (Alabdulmohsin et al., ICLR 2024).
 (:mod:`clipprobe.captions.patterns`), and data RB/AB with intervals are computed on the pattern table
 (:func:`clipprobe.analysis.balance.data_bias`). :func:`fit_balance`: the same scan (which also hashes
 each caption's content), the M4 solve on the pattern table (its cost grows with the number of distinct
-patterns, not with the captions), the keep ranks (each pattern keeps ``round(q x count)`` captions, the
-first by a hash of their content), then a pass that writes each caption's keep probability and keep
+patterns, not with the captions), the keep ranks (each pattern keeps ``q x count`` captions rounded down
+or up, the first by a hash of their content), then a pass that writes each caption's keep probability and keep
 flag; the statistics and the constraints are recomputed on the kept data (weighted by q, and as the
 flags keep it). Every setting is checked, the lexicon, taxonomy, target and
 every file's columns are read before the first caption is: bad input fails before anything is written.
@@ -190,7 +190,7 @@ def _bias_summary(bias) -> dict:
 
 def _flag_summary(residuals) -> dict:
     """The constraints on the captions the flags keep: largest |residual| per kind, and how many exceed
-    their bound (the flags keep round(q x count) of each pattern, so up to one caption per pattern off q)."""
+    their bound (the flags keep q x count of each pattern rounded down or up: up to one caption per pattern off q)."""
     import numpy as np
 
     out = {}
@@ -237,7 +237,7 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     the constraints cannot be met at ``config.keep``."""
     import numpy as np
 
-    from clipprobe.analysis.balance import data_bias, keep_counts, m4_solve
+    from clipprobe.analysis.balance import data_bias, flag_counts, m4_solve
     from clipprobe.captions.patterns import count_patterns, keep_ranks, publish_weights, solution_key, write_weights
     from clipprobe.report.balance import FILES, bias_frames, patterns_frame, write_balance
 
@@ -249,7 +249,8 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     with prep.timer("solve"):
         solution = m4_solve(table, prep.target, keep=config.keep, eps_r=config.eps_r, eps_a=config.eps_a,
                             scale=config.scale)
-    spec = dataclasses.replace(prep.spec, fitted=table, fitted_q=solution.q, seed=config.seed)
+    want = flag_counts(solution)
+    spec = dataclasses.replace(prep.spec, fitted=table, fitted_q=solution.q, keep_counts=want, seed=config.seed)
     hash_text, hash_columns = config.hashed()
     key = solution_key(table, solution.q, [config.seed, config.key, hash_text, list(hash_columns),
                                            [f.key for f in prep.files]])
@@ -258,7 +259,6 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     spec = dataclasses.replace(spec, ranks=ranked.ranks)
     with prep.timer("weights"):
         weights = write_weights(spec, prep.files, out / "parts", config.engine, key)
-    want = keep_counts(solution.q, table.count)
     for what, got, expected in (("captions", weights.count, table.count), ("kept captions", weights.kept, want)):
         if not np.array_equal(got, expected):
             bad = int(np.flatnonzero(got != expected)[0])
@@ -280,7 +280,8 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
         "max_residual_a": (float(np.nanmax(np.abs(solution.residual_a)))
                            if np.isfinite(solution.residual_a).any() else 0.0),
         **_flag_summary(residuals), "flags": {
-            "rule": "each pattern keeps round(q x count) captions, the first by a seeded hash of their content",
+            "rule": ("each pattern keeps q x count captions rounded down or up (systematic rounding in blocks of "
+                     "the same groups), the first by a seeded hash of their content"),
             "hash_of": config.hash_description(), "seed": config.seed,
             "patterns_split": int(ranked.ranks.split.sum()), "boundary_captions": ranked.boundary_captions},
         "eps_r": config.eps_r, "eps_a": config.eps_a, "scale": config.scale, "seed": config.seed,
