@@ -523,7 +523,13 @@ def test_splitmix64_matches_its_published_sequence():
     assert int(B._mix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF == py_mix(0)
 
 
-def test_hash_strings_matches_a_plain_python_implementation(monkeypatch):
+@pytest.mark.parametrize("compiled", [True, False])
+def test_hash_strings_matches_a_plain_python_implementation(monkeypatch, compiled):
+    if compiled:
+        pytest.importorskip("numba")
+        assert B._hash_kernel() is not None
+    else:
+        monkeypatch.setattr(B, "_HASH_KERNEL", [None])
     rng = np.random.default_rng(20)
     values = [None, "", "a", "ab" * 4, "ab" * 4 + "c", "élève 👩‍⚕️", b"\xff\xfe", "x" * 63, "x" * 64, "x" * 65]
     values += [bytes(rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8)) for _ in range(300)]

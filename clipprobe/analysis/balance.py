@@ -1294,13 +1294,17 @@ def hash_strings(offsets, data, valid=None) -> "np.ndarray":
     lens = np.diff(off)
     if (lens < 0).any() or off[0] < 0 or off[-1] > buf.size:
         raise DataError("hash_strings: offsets must be non-decreasing and within the data")
-    start = 0
-    while start < n:
-        # a block of strings of about _HASH_BLOCK_BYTES (at least one string)
-        stop = int(np.searchsorted(off, off[start] + _HASH_BLOCK_BYTES, side="right")) - 1
-        stop = min(max(stop, start + 1), n)
-        out[start:stop] = _hash_block(off[start:stop + 1], lens[start:stop], buf)
-        start = stop
+    kernel = _hash_kernel()
+    if kernel is not None:
+        kernel.hash_block(np.ascontiguousarray(off), np.ascontiguousarray(buf), np.uint64(_LEN_TAG), out)
+    else:
+        start = 0
+        while start < n:
+            # a block of strings of about _HASH_BLOCK_BYTES (at least one string)
+            stop = int(np.searchsorted(off, off[start] + _HASH_BLOCK_BYTES, side="right")) - 1
+            stop = min(max(stop, start + 1), n)
+            out[start:stop] = _hash_block(off[start:stop + 1], buf)
+            start = stop
     if valid is not None:
         ok = np.asarray(valid, bool).reshape(-1)
         if ok.shape != (n,):
@@ -1309,27 +1313,62 @@ def hash_strings(offsets, data, valid=None) -> "np.ndarray":
     return out
 
 
-def _hash_block(off, lens, buf):
+_HASH_KERNEL: list = []           # [module or None] once looked up
+
+
+def _hash_kernel():
+    """The compiled hash (:mod:`clipprobe.analysis._hashkernel`, in clipprobe's numba cache folder) where
+    numba is installed, else None (the numpy path: the same hashes, several times slower)."""
+    if not _HASH_KERNEL:
+        try:
+            from clipprobe._jitcache import enable_cache
+            from clipprobe.analysis import _hashkernel
+        except ImportError:
+            _HASH_KERNEL.append(None)
+        else:
+            enable_cache(_hashkernel.hash_block)
+            _HASH_KERNEL.append(_hashkernel)
+    return _HASH_KERNEL[0]
+
+
+def _hash_block(off, buf):
+    """:func:`hash_strings` of the strings ``buf[off[i]:off[i + 1]]``: each 8-byte word is read where it
+    starts (one of eight shifted uint64 views of the bytes) and its bytes past the string's end masked."""
     import numpy as np
 
+    lens = np.diff(off)
     n = lens.size
     nw = (lens + 7) // 8
-    wstart = np.zeros(n + 1, np.int64)
-    np.cumsum(nw, out=wstart[1:])
-    total = int(wstart[-1])
-    padded = np.zeros(total * 8, np.uint8)
-    n_bytes = int(off[-1] - off[0])
-    if n_bytes:
-        dest = np.arange(n_bytes, dtype=np.int64) + np.repeat(wstart[:-1] * 8 - (off[:-1] - off[0]), lens)
-        padded[dest] = buf[off[0]:off[-1]]
+    total = int(nw.sum())
     acc = np.zeros(n, np.uint64)
     if total:
-        words = padded.view(np.dtype("<u8")).astype(np.uint64)
-        j = np.arange(total, dtype=np.int64) - np.repeat(wstart[:-1], nw)
-        terms = _mix64(words ^ _mix64(j.astype(np.uint64)))
+        base = int(off[0])
+        raw = np.zeros(int(off[-1]) - base + 16, np.uint8)
+        raw[: int(off[-1]) - base] = buf[base:int(off[-1])]
+        wstart = np.concatenate([[0], np.cumsum(nw)[:-1]])
+        owner = np.repeat(np.arange(n), nw)
+        j = np.arange(total, dtype=np.int64) - wstart[owner]
+        at = off[:-1][owner] - base + 8 * j                 # where each word starts in raw
+        words = np.empty(total, np.uint64)
+        shift = at % 8
+        for sft in range(8):
+            sel = np.flatnonzero(shift == sft)
+            if sel.size:
+                view = raw[sft: sft + 8 * ((raw.size - sft) // 8)].view(np.dtype("<u8"))
+                words[sel] = view[at[sel] // 8]
+        left = lens[owner] - 8 * j                           # bytes of the string from this word on
+        part = left < 8
+        words[part] &= (np.uint64(1) << (8 * left[part]).astype(np.uint64)) - np.uint64(1)
+        top = int(nw.max())
+        if top > len(_POSITION_MIX):
+            _POSITION_MIX[:] = list(_mix64(np.arange(max(top, 2 * len(_POSITION_MIX)), dtype=np.uint64)))
+        terms = _mix64(words ^ np.asarray(_POSITION_MIX[:top], np.uint64)[j])
         nonempty = nw > 0
-        acc[nonempty] = np.add.reduceat(terms, wstart[:-1][nonempty])
+        acc[nonempty] = np.add.reduceat(terms, wstart[nonempty])
     return _mix64(acc ^ _mix64(lens.astype(np.uint64) ^ np.uint64(_LEN_TAG)))
+
+
+_POSITION_MIX: list[int] = []     # mix(j) of word positions j, grown on demand
 
 
 def combine_hashes(hashes: Sequence["np.ndarray"]) -> "np.ndarray":
