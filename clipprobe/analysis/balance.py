@@ -56,11 +56,13 @@ every group ``k`` and label ``r``:
   ``eps`` of ``pi_k``. The kept data's ``rb_k`` is therefore within ``eps_r``. Captions that
   mention several groups in the target's proportions have ``c = 0`` but count in the denominator,
   so M4 may keep them above ``eta``.
-* ``scale="all"``: the constraints as written in the paper, ``|E[q c_k]| <= eps_r`` and
-  ``|E[q c_k y_r]| <= eps_a`` with ``E`` the mean over all ``n`` examples. On caption data where few
-  captions mention a group these bounds are loose.
+* ``scale="all"``: the form of the paper's constraints, ``|E[q c_k]| <= eps_r`` and
+  ``|E[q c_k y_r]| <= eps_a`` with ``E`` the mean over all ``n`` examples; an example that mentions
+  no group has ``c = 0`` (the paper's ``s_k - pi_k`` read literally would give it ``-pi_k``). On
+  caption data where few captions mention a group these bounds are loose: eps on the mean over all
+  examples is eps divided by the mentioning share on the group's share among them.
 
-The paper's update rules are not public. Here: the Lagrangian dual. For duals ``lambda >= 0`` of
+The paper's update rules are not reproduced. Here: the Lagrangian dual. For duals ``lambda >= 0`` of
 the linear constraints ``a_j . q <= b_j`` the minimiser over ``q`` is, example by example,
 ``q_i = clip(eta - (A^T lambda)_i / (2 u_i), 0, 1)``, which depends only on the example's
 ``(s, y)`` pattern and ``u_i``. The dual ``g(lambda)`` is concave and continuously differentiable
@@ -77,6 +79,15 @@ residuals.
 The requested keep rate ``eta`` is a target, not a constraint: the achieved mean keep rate is
 reported. If no ``q`` meets the constraints with mean ``>= eta`` (the largest feasible mean keep rate
 is a linear programme on the pattern table), :class:`BalanceInfeasible` says so and gives it.
+
+The constraints are hard. The paper describes its M4 as a dual decomposition with streaming updates of
+the duals and an enforcement level that makes the constraints soft; neither is reproduced here.
+
+Keep flags (:func:`flag_counts`, :func:`assign_keep` and the rank functions below): a model is trained
+on a kept set, not on ``q``. Each pattern keeps ``q n`` of its examples rounded down or up (systematic
+rounding within each combination of groups), the first by a seeded 64-bit hash of their content, so
+the kept set meets each constraint up to one example per pattern and does not depend on where the
+data sit or how they are chunked (:meth:`BalanceSolution.kept_residuals` gives its constraint values).
 
 Model RB and AB (:func:`model_rb`, :func:`model_ab`): the share of person-free images for which a
 model prefers "Male" over "Female", minus 0.5; for occupation pairs, how often it prefers the first
@@ -1247,8 +1258,9 @@ def _residuals(system: _System, kept, n_labels: int):
 # order of their rank key (a 64-bit hash of the example's content, mixed with the seed;
 # :func:`rank_keys`), ties (examples with the same content) by their position (file ordinal << 40 |
 # row). So the kept set meets every constraint that q meets, up to one example per pattern, and the
-# same examples keep the same flags wherever their files are. Over many chunks and workers the k_p-th example of a pattern is found in
-# two light passes over the stored hashes: a histogram of the rank keys per pattern
+# same examples keep the same flags wherever their files are. Over many chunks and workers the first
+# dropped example of a pattern is found in two light passes over the stored hashes: a histogram of the
+# rank keys per pattern
 # (:func:`rank_histogram`, merged by :func:`rank_boundaries`), then the examples in each pattern's
 # boundary bucket (:func:`rank_candidates`, :func:`rank_thresholds`); :func:`rank_keep` sets the flags.
 # :func:`assign_keep` runs the same functions on data held in memory.

@@ -9,9 +9,9 @@ caption) in ``PARTS/patterns/chunks/``, and the driver stores each finished file
 on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
 :func:`keep_ranks` finds, for each pattern of the fitted table, which of its captions the keep flags keep
 (the first by the rank key, a hash of each caption's content stored by the pattern pass, as many as
-``q x count`` rounded down or up): a histogram of the rank keys per pattern and then the captions of each pattern's boundary bucket,
-two light passes over the chunk files on the same engine, summed by the driver
-(:mod:`clipprobe.analysis.balance`) and stored in ``PARTS/weights/ranks-KEY.npz``.
+``q x count`` rounded down or up): a histogram of the rank keys per pattern and then the captions of
+each pattern's boundary bucket, two light passes over the chunk files on the same engine, summed by
+the driver (:mod:`clipprobe.analysis.balance`) and stored in ``PARTS/weights/ranks-KEY.npz``.
 :func:`write_weights` runs :func:`~clipprobe.captions.indicators.weights_task` on every chunk: from the
 chunk file and the fitted solution it computes each caption's q and keep flag without reading the
 captions again (only the key column), writes the chunk's weights file itself (``PARTS/weights/``), and
@@ -367,10 +367,10 @@ class RankPass:
 
 def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings, key: str) -> RankPass:
     """Which captions of each pattern the keep flags keep: the ``spec.keep_counts`` first of the pattern
-    by rank key (``spec.fitted``, ``spec.seed``; None: ``round(spec.fitted_q x count)``), found from the chunk files of the
-    pattern pass by two light passes on the engine (a histogram of the rank keys per pattern, then the
-    captions of each pattern's boundary bucket). Stored in ``parts_dir/weights/ranks-KEY.npz``; a rerun
-    with the same ``key`` reads it."""
+    by rank key (``spec.fitted``, ``spec.seed``; None: ``round(spec.fitted_q x count)``), found from
+    the chunk files of the pattern pass by two light passes on the engine (a histogram of the rank keys
+    per pattern, then the captions of each pattern's boundary bucket). Stored in
+    ``parts_dir/weights/ranks-KEY.npz``; a rerun with the same ``key`` reads it."""
     import dataclasses
     import time
 
