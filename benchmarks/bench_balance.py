@@ -433,7 +433,8 @@ def end_to_end() -> None:
               f"(read "
               f"{ws['patterns'].get('read', 0) / run['rows'] * 1e6:.2f}, match "
               f"{ws['patterns'].get('match', 0) / run['rows'] * 1e6:.2f}, encode "
-              f"{ws['patterns'].get('encode', 0) / run['rows'] * 1e6:.2f}), weights pass "
+              f"{ws['patterns'].get('encode', 0) / run['rows'] * 1e6:.2f}, content hash "
+              f"{ws['patterns'].get('hash', 0) / run['rows'] * 1e6:.2f}), weights pass "
               f"{cpu_weights * 1e6:.2f} us")
         print(f"LAION-2B ({LAION_2B:.3g} captions), extrapolated from these per-caption worker seconds, scaling "
               f"linearly with cores (reading from local disk; an object store adds its own rate limit); the solve "

@@ -99,6 +99,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -1326,21 +1327,23 @@ def hash_strings(offsets, data, valid=None) -> "np.ndarray":
 
 
 _HASH_KERNEL: list = []           # [module or None] once looked up
+_HASH_KERNEL_LOCK = threading.Lock()
 
 
 def _hash_kernel():
     """The compiled hash (:mod:`clipprobe.analysis._hashkernel`, in clipprobe's numba cache folder) where
     numba is installed, else None (the numpy path: the same hashes, several times slower)."""
-    if not _HASH_KERNEL:
-        try:
-            from clipprobe._jitcache import enable_cache
-            from clipprobe.analysis import _hashkernel
-        except ImportError:
-            _HASH_KERNEL.append(None)
-        else:
-            enable_cache(_hashkernel.hash_block)
-            _HASH_KERNEL.append(_hashkernel)
-    return _HASH_KERNEL[0]
+    with _HASH_KERNEL_LOCK:         # the scan's threads may ask at once
+        if not _HASH_KERNEL:
+            try:
+                from clipprobe._jitcache import enable_cache
+                from clipprobe.analysis import _hashkernel
+            except ImportError:
+                _HASH_KERNEL.append(None)
+            else:
+                enable_cache(_hashkernel.hash_block)
+                _HASH_KERNEL.append(_hashkernel)
+        return _HASH_KERNEL[0]
 
 
 def _hash_block(off, buf):
