@@ -259,7 +259,7 @@ def test_compare_draws_states_a_direction_only_where_the_ranges_are_apart():
     assert apart["mean_planted_skew"]["direction"] is None       # equal values: ranges overlap
 
 
-@pytest.mark.slow   # ten short trainings (2 epochs each) of the tiny CLIP: about 5 CPU-minutes
+@pytest.mark.slow   # ten short trainings (2 epochs: the harness, not a result): 26 min on a loaded 2-core machine
 def test_draws_report_the_spread_over_five_draws_per_condition(tmp_path):
     out = draws(tmp_path, n_draws=DRAWS, epochs=2)
     print(json.dumps(out, indent=1, default=float))

@@ -15,6 +15,7 @@ _M2 = np.uint64(0x94D049BB133111EB)
 _S30 = np.uint64(30)
 _S27 = np.uint64(27)
 _S31 = np.uint64(31)
+_B1, _B2, _B3, _B4, _B5, _B6, _B7 = (np.uint64(8 * b) for b in range(1, 8))
 
 
 @njit(nogil=True, cache=False)
@@ -27,19 +28,26 @@ def _mix(x):
 
 @njit(nogil=True, cache=False)
 def hash_block(off, buf, len_tag, out):
-    """``out[i]`` = the hash of ``buf[off[i]:off[i + 1]]`` (``off`` int64, ``buf`` uint8, ``out`` uint64)."""
+    """``out[i]`` = the hash of ``buf[off[i]:off[i + 1]]`` (``off`` int64, ``buf`` uint8, ``out`` uint64).
+    A whole word is assembled from its eight bytes in one expression (compiled to one load), the last,
+    partial one byte by byte."""
     for i in range(off.size - 1):
         start = off[i]
         end = off[i + 1]
         acc = np.uint64(0)
         j = np.uint64(0)
         p = start
-        while p < end:
-            word = np.uint64(0)
-            stop = min(p + 8, end)
-            for b in range(stop - p):
-                word |= np.uint64(buf[p + b]) << np.uint64(8 * b)
+        while p + 8 <= end:
+            word = (np.uint64(buf[p]) | (np.uint64(buf[p + 1]) << _B1) | (np.uint64(buf[p + 2]) << _B2)
+                    | (np.uint64(buf[p + 3]) << _B3) | (np.uint64(buf[p + 4]) << _B4)
+                    | (np.uint64(buf[p + 5]) << _B5) | (np.uint64(buf[p + 6]) << _B6)
+                    | (np.uint64(buf[p + 7]) << _B7))
             acc += _mix(word ^ _mix(j))
             j += np.uint64(1)
             p += 8
+        if p < end:
+            word = np.uint64(0)
+            for b in range(end - p):
+                word |= np.uint64(buf[p + b]) << np.uint64(8 * b)
+            acc += _mix(word ^ _mix(j))
         out[i] = _mix(acc ^ _mix(np.uint64(end - start) ^ len_tag))
