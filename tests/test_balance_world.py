@@ -276,7 +276,7 @@ def test_draws_report_the_spread_over_five_draws_per_condition(tmp_path):
     assert np.ptp([r["model_ab"] for r in m4]) > 0          # the training seed and the kept set move the model
 
 
-@pytest.mark.slow   # one retraining of the tiny CLIP on 3,078 captions: about 3 minutes on 2 idle cores
+@pytest.mark.slow   # one retraining of the tiny CLIP on 3,071 captions: about 3 minutes on 2 idle cores
 def test_balancing_the_world_meets_eps_and_retrains_on_the_kept_captions(tmp_path):
     import pandas as pd
 
