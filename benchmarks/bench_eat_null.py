@@ -11,7 +11,8 @@ in the embedding space, every sentence is a word in one of the templates plus no
     sentence noise. For each setting ``--reps`` tests go through ``run_eats``; the rate at which
     ``p_value`` (words permuted) and ``p_value_sentences`` (sentences permuted, the seed's test) fall at or
     below 0.05 and 0.01 is printed beside the binomial 95% band of a calibrated test. A few minutes on one core.
-(2) ``--coverage``: coverage of the two-sided 95% bootstrap interval of d over a grid: word-level variation
+(2) ``--coverage``: coverage of the two-sided 95% bootstrap interval of d (``--method``, default fisher-z)
+    over a grid: word-level variation
     off/on (word offsets' sd 0 or 1, 4 templates), attributes sampled (A and B drawn in every replicate;
     the interval resamples all four sets) or fixed (one A and B kept; the interval resamples X and Y, and the
     all-sets interval is shown beside it), equal or unequal sizes and spreads (Y 1.6x the words of X; X's
@@ -36,8 +37,10 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--permutations", type=int, default=2000, help="permutation budget per null test")
     ap.add_argument("--coverage", action="store_true", help="run the interval coverage grid (2) instead")
     ap.add_argument("--sizes", default="8,12,25", help="words per set in the coverage grid")
-    ap.add_argument("--method", default="BCa", choices=["BCa", "percentile"])
+    ap.add_argument("--method", default="fisher-z", choices=["fisher-z", "BCa", "percentile"],
+                    help="interval method (fisher-z is the one a run publishes; the others for comparison)")
     ap.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples in the coverage runs")
+    ap.add_argument("--attributes", default="sampled,fixed", help="which attribute settings of the grid to run")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads")
     return ap.parse_args()
@@ -90,7 +93,7 @@ def run_null(reps: int, n_permutations: int, seed: int) -> None:
           f"(about 1 in 10 rows may fall outside by chance with two levels)")
 
 
-def run_coverage(reps: int, sizes: list[int], method: str, resamples: int, seed: int) -> None:
+def run_coverage(reps: int, sizes: list[int], method: str, resamples: int, seed: int, attribute_kinds) -> None:
     half = 1.96 * math.sqrt(0.95 * 0.05 / reps)
     print(f"(2) coverage of two-sided 95% {method} intervals of d (stimuli resampled), {reps} replicates per row, "
           f"{resamples} bootstrap resamples; target 0.93-0.97 (a true 0.95 is observed within +-{half:.3f})")
@@ -99,6 +102,8 @@ def run_coverage(reps: int, sizes: list[int], method: str, resamples: int, seed:
     effects = (0.0, 0.8, 1.6)
     for i, (n, word_sd, attributes, unequal, effect) in enumerate(itertools.product(
             sizes, (0.0, 1.0), ("sampled", "fixed"), (False, True), effects)):
+        if attributes not in attribute_kinds:
+            continue
         t0 = time.perf_counter()
         resample = ("all",) if attributes == "sampled" else ("targets", "all")
         c = eatsim.interval_coverage(n_words=n, word_sd=word_sd, attributes=attributes, unequal=unequal,
@@ -116,7 +121,8 @@ def run_coverage(reps: int, sizes: list[int], method: str, resamples: int, seed:
 def main() -> int:
     t0 = time.perf_counter()
     if ARGS.coverage:
-        run_coverage(ARGS.reps, [int(s) for s in ARGS.sizes.split(",")], ARGS.method, ARGS.resamples, ARGS.seed)
+        run_coverage(ARGS.reps, [int(s) for s in ARGS.sizes.split(",")], ARGS.method, ARGS.resamples, ARGS.seed,
+                     ARGS.attributes.split(","))
     else:
         run_null(ARGS.reps, ARGS.permutations, ARGS.seed)
     try:

@@ -88,7 +88,7 @@ def test_run_writes_everything_and_a_rerun_embeds_nothing(tmp_path, model_args):
     first = table.set_index("test").loc["flowers-insects"]
     assert (first["order"], first["n_x"], first["n_y"], first["n_a"], first["n_b"]) == ("image-text", 4, 4, 2, 2)
     assert first["order_label"] == "image as target" and first["status"] == "computed"
-    assert bool(first["exact"]) and first["n_permutations"] == 70 and first["ci_method"] == "BCa"
+    assert bool(first["exact"]) and first["n_permutations"] == 70 and first["ci_method"] == "fisher-z"
     # 4 images per target set: fewer stimuli than a published interval needs, so it is withheld, and said
     assert first["effect_ci_low"] != first["effect_ci_low"] and "X (4), Y (4), A (2), B (2)" in first["ci_note"]
     assert (first["p_sides"], first["ci_sides"], first["ci_level"]) == ("one-sided", "two-sided", 0.95)
@@ -148,7 +148,8 @@ def test_a_set_left_with_one_image_fails_before_writing(tmp_path, model_args):
     (["--suite", "weat", "--order", "video", "--out", "OUT"], 2, "unknown order 'video'"),
     (["--suite", "ghate2025", "--order", "text-image", "--out", "OUT"], 1, "need --oasis-root"),
     (["--suite", "ghate2025", "--order", "text,text-image", "--strict", "--out", "OUT"], 1, "need --oasis-root"),
-    (["--suite", "weat", "--interval", "BCa", "--bootstrap", "50", "--out", "OUT"], 2, "at least 100"),
+    (["--suite", "weat", "--interval", "fisher-z", "--bootstrap", "50", "--out", "OUT"], 2, "at least 100"),
+    (["--suite", "weat", "--interval", "BCa", "--out", "OUT"], 2, "'BCa' is not one of 'fisher-z', 'none'"),
 ])
 def test_errors_are_one_line_and_write_nothing(tmp_path, model_args, args, code, text):
     out = tmp_path / "OUT"
@@ -254,7 +255,7 @@ def test_html_section_escapes_and_forest_plot(tmp_path):
         rows.append({c: None for c in report.EAT_COLUMNS} | {
             "test": name, "order": "text", "family": "", "available": True, "unavailable_reason": "",
             "n_x": 3, "n_y": 3, "n_a": 2, "n_b": 2, "effect_size": 0.5 + i, "effect_ci_low": 0.1,
-            "effect_ci_high": 0.9 + i, "ci_method": "BCa", "p_value": 0.01, "q_value": 0.02, "n_permutations": 20,
+            "effect_ci_high": 0.9 + i, "ci_method": "fisher-z", "p_value": 0.01, "q_value": 0.02, "n_permutations": 20,
             "exact": True, "alternative": "greater", "ddof": 1, "statistic": 0.1, "x_label": "<b>X</b>",
             "y_label": "Y", "a_label": "A & co", "b_label": "B", "n_skipped_images": 0, "note": "",
             "status": "computed", "p_sides": "one-sided", "ci_sides": "two-sided", "ci_level": 0.95, "ci_note": ""})
@@ -294,7 +295,7 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args):
     oasis = _oasis(tmp_path)
     out = tmp_path / "out"
     r = _run(["--suite", "ghate2025", "--stimuli-root", str(repo), "--oasis-root", str(oasis), "--out", str(out),
-              "--permutations", "20000", "--interval", "BCa", "--bootstrap", "200", "--sc-permutations", "200",
+              "--permutations", "20000", "--interval", "fisher-z", "--bootstrap", "200", "--sc-permutations", "200",
               *model_args])
     assert r.exit_code == 0, r.output
     table = pd.read_parquet(out / "eat.parquet")
@@ -309,7 +310,7 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args):
     assert tuple(sizes.loc[("insect-flower-weat1", "text-image"), ["n_x_texts", "n_y_texts"]]) == (350, 350)
     assert bool(sizes.loc[("age", "image"), "exact"]) and sizes.loc[("age", "image"), "n_permutations"] == 924
     done = table[table["available"]]
-    assert (done["ci_method"] == "BCa").all()
+    assert (done["ci_method"] == "fisher-z").all()
     shown = done[done["effect_ci_low"].notna()]
     assert (shown["effect_ci_low"] <= shown["effect_ci_high"]).all() and len(shown) >= 10
     withheld = done[done["effect_ci_low"].isna()]

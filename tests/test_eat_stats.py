@@ -517,8 +517,8 @@ def test_interval_is_scipys_bootstrap_of_rebuilt_sets(method):
     sets = _grouped_sets(6, sizes=((8, 3), (9, 2), (8, 2), (10, 1)))
     units = dict(zip("XYAB", (labels for _, labels in sets)))
     X, Y, A, B = (rows for rows, _ in sets)
-    ci = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, seed=3, method=method)
-    again = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, seed=3, method=method)
+    ci = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, min_stimuli=0, seed=3, method=method)
+    again = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, min_stimuli=0, seed=3, method=method)
     assert (ci.low, ci.high) == (again.low, again.high) and ci.low < ci.high and ci.note == ""
 
     def plain(ix, iy, ia, ib, axis=-1):
@@ -532,18 +532,75 @@ def test_interval_is_scipys_bootstrap_of_rebuilt_sets(method):
     assert (ci.low, ci.high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-9)
 
 
+def test_fisher_z_interval_from_scipys_bootstrap_distribution():
+    """The default interval by hand: scipy's bootstrap distribution of d (rebuilt sets, same rng), the point-
+    biserial correlation's Fisher z, a normal interval with the replicates' standard deviation, mapped back."""
+    from scipy.stats import bootstrap, norm
+
+    sets = _grouped_sets(13, sizes=((9, 3), (8, 2), (8, 2), (10, 1)))
+    units = dict(zip("XYAB", (labels for _, labels in sets)))
+    X, Y, A, B = (rows for rows, _ in sets)
+    ci = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, min_stimuli=0, seed=4, ddof=1)
+    assert ci.method == "fisher-z" and ci.low < ci.high and ci.note == ""
+
+    def plain(ix, iy, ia, ib, axis=-1):
+        shape = np.broadcast_shapes(ix.shape[:-1], iy.shape[:-1], ia.shape[:-1], ib.shape[:-1])
+        arrays = [np.broadcast_to(v, shape + v.shape[-1:]).reshape(-1, v.shape[-1]) for v in (ix, iy, ia, ib)]
+        return np.array([_resampled_d(sets, [a[r] for a in arrays]) for r in range(arrays[0].shape[0])]).reshape(shape)
+
+    rng = np.random.default_rng(np.random.SeedSequence(4, spawn_key=(0xB007,)))
+    data = tuple(np.arange(len(set(labels))) for _, labels in sets)
+    reps = bootstrap(data, plain, n_resamples=300, method="percentile", vectorized=True, rng=rng,
+                     batch=300).bootstrap_distribution
+    d = eat.effect_size(eat.association(X, A, B), eat.association(Y, A, B))
+    N, p = len(X) + len(Y), len(X) / (len(X) + len(Y))
+    c = math.sqrt(p * (1 - p) * N / (N - 1))
+    # c d is the point-biserial correlation of membership in X with s (ddof 1 both)
+    s = np.concatenate([eat.association(X, A, B), eat.association(Y, A, B)])
+    member = np.r_[np.ones(len(X)), np.zeros(len(Y))]
+    assert c * d == pytest.approx(np.corrcoef(member, s)[0, 1], rel=1e-10)
+    se = np.arctanh(c * reps).std(ddof=1)
+    z = np.arctanh(c * d)
+    q = norm.ppf(0.975)
+    assert (ci.low, ci.high) == pytest.approx((np.tanh(z - q * se) / c, np.tanh(z + q * se) / c), rel=1e-9)
+    with pytest.raises(UsageError) as err:
+        eat.run_eats([eat.EatInput("t", X, Y, A, B, units=units)], eat.EatSettings(ci_method="BCa"))
+    assert str(err.value) == eat.MSG_CI_UNPUBLISHED.format(value="BCa")
+
+
 def test_interval_withheld_below_the_measured_size_and_fixed_attributes():
-    sets = _grouped_sets(7, sizes=((8, 2), (8, 2), (5, 2), (9, 2)))
+    n = eat.MIN_INTERVAL_STIMULI
+    assert n == 25  # the smallest set size at which the coverage grid measured 0.93-0.97 (README)
+    sets = _grouped_sets(7, sizes=((n, 2), (n + 1, 2), (n - 13, 2), (n, 2)))
     units = dict(zip("XYAB", (labels for _, labels in sets)))
     X, Y, A, B = (rows for rows, _ in sets)
     ci = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200)
     assert math.isnan(ci.low) and math.isnan(ci.high)
-    assert ci.note == eat.MSG_CI_WITHHELD.format(sets="A (5)", min=eat.MIN_INTERVAL_STIMULI)
+    assert ci.note == eat.MSG_CI_WITHHELD.format(sets=f"A ({n - 13})", min=n)
+    # the rule counts words, not sentences: A has 24 sentences but 12 stimuli
+    assert len(A) == 2 * (n - 13)
     # A is not resampled with fixed attributes: then its size does not matter
     fixed = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200, resample="targets")
     assert fixed.low < fixed.high and fixed.resample == "targets" and fixed.note == ""
-    # the rule counts words, not sentences: 8 words x 2 templates is 16 rows but 8 stimuli
-    assert eat.MIN_INTERVAL_STIMULI <= 8
+    d = eat.effect_size(eat.association(X, A, B), eat.association(Y, A, B))
+    assert fixed.low < d < fixed.high
+    # fixed attributes: n - 1 of the n words of X and of Y are drawn (unbiased bootstrap variance of a mean)
+    from clipprobe.analysis.eat import _StimulusStatistic
+
+    calls = []
+    original = _StimulusStatistic.__call__
+
+    def spy(self, *samples, axis=-1):
+        calls.append(tuple(np.shape(x)[-1] for x in samples))
+        return original(self, *samples, axis=axis)
+
+    _StimulusStatistic.__call__ = spy
+    try:
+        eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200, resample="targets")
+        eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200, resample="all", min_stimuli=0)
+    finally:
+        _StimulusStatistic.__call__ = original
+    assert (n - 1, n) in calls and (n, n + 1, n - 13, n) in calls
     with pytest.raises(UsageError) as err:
         eat.effect_size_interval(X, Y, A, B, resample="some")
     assert str(err.value) == eat.MSG_RESAMPLE.format(value="some")
@@ -675,8 +732,8 @@ def test_run_eats_bh_and_fields():
         assert r.p_value_sentences == r.p_value and (r.n_x_texts, r.n_b_texts) == (8, 7)
         family = np.concatenate([r.sc_targets.p_value, r.sc_attributes.p_value])
         assert np.concatenate([r.sc_targets.q_value, r.sc_attributes.q_value]) == pytest.approx(bh_adjust(family))
-        # A has 6 stimuli, fewer than the interval needs: withheld, with the reason
-        assert not np.isfinite(r.ci_low) and "A (6)" in r.ci_note and r.ci_method == "BCa"
+        # 6 to 9 stimuli per set, fewer than the interval needs: withheld, with the reason
+        assert not np.isfinite(r.ci_low) and "A (6)" in r.ci_note and r.ci_method == "fisher-z"
     # the SC-WEAT q-values of a test do not depend on which other tests ran
     alone = eat.run_eats(tests[2:3], eat.EatSettings(n_permutations=5_000, n_bootstrap=200, sc_permutations=500))[0]
     assert alone.sc_targets.q_value == pytest.approx(res[2].sc_targets.q_value)

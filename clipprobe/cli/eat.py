@@ -33,8 +33,9 @@ Examples:
 @click.option("--ddof", type=click.IntRange(0, 1), default=1, show_default=True,
               help="Degrees of freedom of the effect size's standard deviation: 1 (Caliskan, sent-bias) or 0 (WEFE).")
 @click.option("--two-sided", is_flag=True, help="Two-sided p-values (default: one-sided, X more associated with A).")
-@click.option("--interval", type=click.Choice(["BCa", "percentile", "none"]), default="BCa", show_default=True,
-              help="Two-sided 95% interval of d: a bootstrap of the stimuli (words, images) of X, Y, A and B.")
+@click.option("--interval", type=click.Choice(["fisher-z", "none"]), default="fisher-z", show_default=True,
+              help="Two-sided 95% interval of d from a bootstrap of the stimuli (words, images) of X, Y, A and B "
+                   "(normal on the Fisher-z scale), or none.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=2000, show_default=True,
               help="Bootstrap resamples of --interval (at least 100).")
 @click.option("--fixed-attributes", is_flag=True,

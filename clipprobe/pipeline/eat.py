@@ -51,7 +51,8 @@ class EatConfig:
     test file; ``tests``/``orders``: keep only these test names / modality orders. ``permutations``: the
     budget of the permutation test (exact enumeration when the partitions are fewer);
     ``sc_permutations`` the same for the per-stimulus SC-WEAT. ``interval``: the bootstrap interval of d over
-    the stimuli (``BCa``, ``percentile``; None: no interval), ``bootstrap`` its resamples;
+    the stimuli (``fisher-z``, the one method whose coverage was measured within 0.93-0.97; None: no
+    interval), ``bootstrap`` its resamples;
     ``fixed_attributes``: the interval resamples the targets only (A and B are the population of interest).
     ``paper_signs``: Ghate et al.'s Gender sign (targets swapped). ``strict``: a test whose stimuli are
     missing (OASIS without ``oasis_root``) is an error instead of being skipped.
@@ -71,7 +72,7 @@ class EatConfig:
     seed: int = 0
     ddof: int = 1
     two_sided: bool = False
-    interval: str | None = "BCa"
+    interval: str | None = "fisher-z"
     bootstrap: int = 2000
     fixed_attributes: bool = False
     confidence: float = 0.95
@@ -100,6 +101,8 @@ class EatConfig:
         stats.check_ddof(self.ddof)
         if self.interval is not None and self.interval not in stats.INTERVAL_METHODS:
             raise UsageError(stats.MSG_CI_METHOD.format(value=self.interval))
+        if self.interval is not None and self.interval not in stats.PUBLISHED_INTERVALS:
+            raise UsageError(stats.MSG_CI_UNPUBLISHED.format(value=self.interval))
         if self.interval is not None and (
                 isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 100):
             raise UsageError(stats.MSG_BOOTSTRAP.format(value=self.bootstrap))

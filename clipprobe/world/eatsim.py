@@ -172,7 +172,7 @@ def null_rejection(*, n_words: int, n_templates: int, variance_ratio: float, rep
 
 
 def interval_coverage(*, n_words: int, word_sd: float, attributes: str, unequal: bool, effect: float, reps: int,
-                      resample: Sequence[str] = ("all",), method: str = "BCa", n_templates: int = 4,
+                      resample: Sequence[str] = ("all",), method: str = "fisher-z", n_templates: int = 4,
                       n_resamples: int = 1000, dim: int = 32, seed: int = 0, truth_words: int = 40_000) -> dict:
     """Share of ``reps`` intervals that hold the population's d, for each ``resample`` of the interval.
 
