@@ -314,6 +314,9 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args):
     shown = done[done["effect_ci_low"].notna()]
     assert (shown["effect_ci_low"] <= shown["effect_ci_high"]).all() and len(shown) >= 10
     withheld = done[done["effect_ci_low"].isna()]
-    assert (withheld[["n_x", "n_y", "n_a", "n_b"]].min(axis=1) < 8).all() and (withheld["ci_note"] != "").all()
+    from clipprobe.analysis.eat import MIN_INTERVAL_STIMULI
+
+    assert (withheld[["n_x", "n_y", "n_a", "n_b"]].min(axis=1) < MIN_INTERVAL_STIMULI).all()
+    assert (withheld["ci_note"] != "").all() and (shown[["n_x", "n_y", "n_a", "n_b"]].min(axis=1) >= 25).all()
     assert done["q_value"].notna().all() and (done["q_value"] >= done["p_value"] - 1e-12).all()
     assert "unavailable: set X (Instruments)" in r.output
