@@ -547,7 +547,9 @@ def _eat_datasets(config: SweepConfig, cache_base: Path) -> list:
     pc = config.report.probe
     resolver = Resolver(stimuli_root=config.eat.stimuli_root, oasis_root=config.eat.oasis_root,
                         cache_dir=pc.cache_dir, base_url=IEAT_BASE_URL, offline=pc.offline)
-    tests = [t for t in resolver.resolve(suite.tests) if t.unavailable is None]
+    # A test whose stimuli were not given (OASIS) is skipped as `eat` skips it, unless the run is strict.
+    tests = [t for t in resolver.resolve(suite.tests, skip_missing=not config.eat.strict)
+             if t.unavailable is None and t.sets is not None]
     datasets: dict[str, Any] = {}
     for t in tests:
         for stim in t.sets.values():
