@@ -827,7 +827,7 @@ def query_top_groups(scores, labels, attributes: Sequence[str], k: int, *, queri
     import numpy as np
     import pandas as pd
 
-    from clipprobe.analysis.metrics import point_estimates, rank_topk, word_stats
+    from clipprobe.analysis.metrics import rank_topk, reference_shares, word_stats
     from clipprobe.analysis.probe import _kept_counts
 
     s = np.asarray(scores)
@@ -835,11 +835,9 @@ def query_top_groups(scores, labels, attributes: Sequence[str], k: int, *, queri
     frames = []
     for a in attributes:
         codes, names = labels.codes[a], labels.names[a]
-        est = point_estimates(ids, codes, len(names), reference=reference)
-        top = est["top_group"]
-        if ties != "index":     # the images tied at the k-th score count too, as in score_words
-            counts, _ = _kept_counts(s, ids, codes, len(names), k, ties)
-            top = word_stats(counts, est["reference_share"][0], k, present=est["base_share"][0] > 0)["top_group"]
+        base = np.bincount(codes, minlength=len(names)) / len(codes)
+        counts, _ = _kept_counts(s, ids, codes, len(names), k, ties)     # with keep-all, the tied images too
+        top = word_stats(counts, reference_shares(reference, base_share=base), k, present=base > 0)["top_group"]
         group = np.asarray(list(names) + [None], dtype=object)[np.where(top >= 0, top, len(names))]
         frames.append(pd.DataFrame({"query": [str(q) for q in queries], "attribute": a, "top_group": group}))
     return pd.concat(frames, ignore_index=True)
