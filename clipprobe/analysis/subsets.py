@@ -38,19 +38,21 @@ shares stays (measured: 0.93-0.98 at 150 images and k = 100).
 top-k, ``p_a = r_a / sum r``, ``kl_recall = KL(p || uniform) = sum_a p_a ln(L p_a)`` over the ``L``
 groups present (nats; 0 when every group is recalled at the same rate; NaN when fewer than two groups
 are present). Since ``r_a`` is proportional to ``share_a / base_a``, it is the KL divergence from
-uniform of the normalised share-to-base ratios. This is this project's reading of Ramos et al.'s R@k
-bias measure, not a port of their code: a word's query has no ground-truth image, so every image of
-group ``a`` counts as relevant to it and ``r_a`` is the recall of that group. Under the other reading,
-R@k is retrieval recall in its usual sense (a caption query is a hit when its own paired image is in the
-top-k) computed per group of the pictured person, and its KL from uniform measures a gap in retrieval
-*accuracy* between groups; that needs image-caption pairs, is not defined for the taxonomy's words, and
-its values are not comparable with ``kl_recall``. (Nor is ``kl_recall`` the report's ``kl_to_base`` =
-KL(shares || base shares), which weights each group by its share of the top-k rather than equally.) With nothing planted it is positive (a divergence of
+uniform of the normalised share-to-base ratios. With nothing planted it is positive (a divergence of
 noisy proportions), so like MaxSkew it comes with a permutation null: labels shuffled against the
 images put a multivariate hypergeometric draw of labels in the top-k, the same for every word
 (``kl_recall_null`` its mean, ``kl_recall_excess``, and the one-sided ``p_kl_recall``). No interval is
 published for it (the statistic sits at its lower bound when nothing is planted, where the entropy
 intervals of the report failed their coverage check).
+
+This is this project's reading of Ramos et al.'s R@k bias measure, not a port of their code: a word's
+query has no ground-truth image, so every image of group ``a`` counts as relevant to it and ``r_a`` is
+the recall of that group. Under the other reading, R@k is retrieval recall in its usual sense (a caption
+query is a hit when its own paired image is in the top-k) computed per group of the pictured person, and
+its KL from uniform measures a gap in retrieval *accuracy* between groups; that needs image-caption
+pairs, is not defined for the taxonomy's words, and its values are not comparable with ``kl_recall``.
+(Nor is ``kl_recall`` the report's ``kl_to_base`` = KL(shares || base shares), which weights each group
+by its share of the top-k rather than equally.)
 
 **Top-group changes.** A word with no association at all changes its top group between subsets (its
 top group is noise), so the share of words whose top group changes says nothing by itself. Each word's
@@ -428,7 +430,9 @@ def kl_recall(counts, sizes) -> "np.ndarray":
     """``KL(p || uniform)`` of the normalised recalls ``p_a = r_a / sum r``, ``r_a = counts_a / sizes_a``.
 
     ``counts`` is ``(..., G)`` (top-k images per group), ``sizes`` ``(G,)`` (images per group in the
-    probed set); groups of size 0 are left out. Nats; NaN with fewer than two groups present.
+    probed set); groups of size 0 are left out. Nats; NaN with fewer than two groups present. This is this
+    project's reading of Ramos et al.'s R@k measure (every image of a group relevant to the word); read
+    as per-group retrieval accuracy on image-caption pairs it would be another quantity (module docstring).
     """
     import numpy as np
 

@@ -654,6 +654,6 @@ def write_compare(out, *, per_model: "pd.DataFrame", transfer: "pd.DataFrame",
 
 __all__ = [
     "COMPARE_FILES", "FILES", "FORMAT_VERSION", "SubsetsFolder", "check_out_folder", "clusters_table", "compare_html",
-    "headline", "interesting_words", "load_subsets", "skipped_text", "subset_heatmap", "subsets_html", "transfer_plot", "word_spread",
-    "write_compare", "write_sheets", "write_subset_figures", "write_subsets",
+    "headline", "interesting_words", "load_subsets", "skipped_text", "subset_heatmap", "subsets_html", "transfer_plot",
+    "word_spread", "write_compare", "write_sheets", "write_subset_figures", "write_subsets",
 ]
