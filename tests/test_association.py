@@ -150,3 +150,33 @@ def test_bad_input_is_one_line(world, tmp_path, extra, message):
     tmp, w = world
     r = CliRunner().invoke(cli, ["association", *_base(tmp, w), "--out", str(tmp_path / "x"), *extra])
     assert r.exit_code in (1, 2) and message in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.parametrize("settings, message", [
+    ({"person_threshold": 1.5}, "person_threshold must be between 0 and 1 (exclusive), got 1.5"),
+    ({"person_threshold": 0.0}, "person_threshold must be between 0 and 1 (exclusive), got 0.0"),
+    ({"person_prompts": ("a person", "a person")}, "person_prompts: give two different, non-empty prompts"),
+    ({"person_prompts": ("a person", " ")}, "person_prompts: give two different, non-empty prompts"),
+])
+def test_person_filter_settings_are_checked_before_anything_loads(settings, message):
+    from clipprobe.errors import UsageError
+    from clipprobe.pipeline.association import AssociationConfig
+
+    with pytest.raises(UsageError) as err:
+        AssociationConfig(out="x", objects="somewhere", **settings).check()
+    assert str(err.value).startswith(message)
+
+
+def test_person_probability_is_the_two_prompt_softmax():
+    from scipy.special import softmax
+
+    from clipprobe.pipeline.association import person_probability
+
+    rng = np.random.default_rng(0)
+    images = rng.standard_normal((50, 8))
+    prompts = rng.standard_normal((2, 8))
+    for scale in (1.0, 27.3, 100.0):
+        want = softmax(scale * images @ prompts.T, axis=1)[:, 0]
+        np.testing.assert_allclose(person_probability(images, prompts, scale), want, rtol=1e-12)
+    big = person_probability(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[1000.0, 0.0], [0.0, 1000.0]]), 100.0)
+    assert big[0] == 1.0 and big[1] == 0.0             # no overflow warning or NaN at extreme logits
