@@ -75,6 +75,7 @@ def test_the_report_page_shows_the_association_section(world, tmp_path):
     assert r.exit_code == 0, r.output
     page = (rep / "report.html").read_text()
     assert '<section id="association">' in page and 'href="#association"' in page
+    assert "Person filter: " in page and "a model&#x27;s own judgement, not a person detector" in page
 
 
 def test_the_person_filter_removes_what_the_model_takes_for_a_person(world, tmp_path):
