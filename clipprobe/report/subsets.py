@@ -8,7 +8,9 @@ A subsets folder holds::
     DIR/subsets.parquet        the report's group rows per subset (scope "local") and for the whole dataset
                                (scope "global", subset "all"), with the skew against the global base shares
     DIR/subset_words.parquet   the report's word rows per subset and globally, with the KL of recall@k
-    DIR/dispersion.parquet     per word, attribute and measure: the global value and the spread over subsets
+    DIR/dispersion.parquet     per word, attribute and measure: the global value and the spread over subsets,
+                               and whether its top group changes more often than the control queries' do
+    DIR/control_changes.parquet  each control query's top-group change rate (the null of that comparison)
     DIR/figures/               heatmaps word x subset, per-word spreads (PNG)
     DIR/sheets/<subset>.jpg    the subset's most typical faces (closest to its centroid)
     DIR/subsets.html           one self-contained page
@@ -45,7 +47,7 @@ COMPARE_COMMAND = "subsets compare"
 FILES = {
     "assignment": "assignment.parquet", "clusters": "clusters.parquet", "composition": "composition.parquet",
     "groups": "subsets.parquet", "words": "subset_words.parquet", "dispersion": "dispersion.parquet",
-    "html": "subsets.html", "run": "run.json",
+    "controls": "control_changes.parquet", "html": "subsets.html", "run": "run.json",
 }
 COMPARE_FILES = {
     "assignment": "assignment.parquet", "measures": "model_measures.parquet", "transfer": "transfer.parquet",
@@ -106,6 +108,7 @@ class SubsetsFolder:
     words: Any
     dispersion: Any
     run: dict
+    controls: Any = None       # control_changes.parquet (absent when the run had no control queries)
 
 
 def load_subsets(path) -> SubsetsFolder:
@@ -125,7 +128,57 @@ def load_subsets(path) -> SubsetsFolder:
         if not file.is_file():
             raise DataError(MSG_NOT_SUBSETS.format(path=path, file=FILES[key]))
         tables[key] = pd.read_parquet(file)
-    return SubsetsFolder(path=path, run=run, **tables)
+    controls = path / FILES["controls"]
+    return SubsetsFolder(path=path, run=run, **tables,
+                         controls=pd.read_parquet(controls) if controls.is_file() else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# the headline and what was skipped, as text (the command prints them, the page shows them)
+
+
+def _pct(value) -> str:
+    import math
+
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.0%}"
+
+
+def headline(summary_row: Mapping[str, Any], *, alpha: float) -> str:
+    """One attribute's line: words whose top group changes more often than the control queries' first,
+    the raw share second (a word with no association changes top group too)."""
+    r = summary_row
+    raw = (f"raw: top group changes in at least one subset for {_pct(r['share_top_group_changes'])} of words, "
+           f"in a median {_pct(r['median_top_group_change_rate'])} of subsets")
+    flagged = f"{_pct(r['share_flagged_top_group_changes'])} between flagged top groups"
+    n_controls = int(r.get("n_controls") or 0)
+    if not n_controls:
+        return (f"{r['attribute']}: no control queries to compare with, so no word is shown to change top group "
+                f"more than chance; {raw}; {flagged}")
+    n_more = int(round(float(r["share_top_group_changes_vs_controls"]) * int(r["n_words"])))
+    return (f"{r['attribute']}: top group changes across subsets more often than for the {n_controls} control "
+            f"queries for {n_more} of {int(r['n_words'])} words (q < {alpha}); {raw}, against "
+            f"{_pct(r['control_change_rate_min'])}-{_pct(r['control_change_rate_max'])} (median "
+            f"{_pct(r['control_change_rate_median'])}) for the control queries; {flagged}")
+
+
+def skipped_text(skipped: Mapping[str, Any] | None) -> str:
+    """What the analysis left out, in one line (from run.json's ``skipped``)."""
+    if not skipped:
+        return ""
+    parts = []
+    dropped, not_probed = skipped.get("dropped") or {}, skipped.get("not_probed") or {}
+    if not_probed.get("n_subsets"):
+        why = "; ".join(f"{s['subset']} ({s['n_images']} images): {s['why']}" for s in not_probed["subsets"][:5])
+        more = f"; {not_probed['n_subsets'] - 5} more" if not_probed["n_subsets"] > 5 else ""
+        parts.append(f"{not_probed['n_subsets']} subset(s) with {not_probed['n_images']} image(s) not probed "
+                     f"({why}{more})")
+    if dropped.get("n_subsets"):
+        parts.append(f"{dropped['n_subsets']} subset(s) with {dropped['n_images']} image(s) dropped below "
+                     f"min_size={skipped.get('min_size')}")
+    if (skipped.get("no_value") or {}).get("n_images"):
+        parts.append(f"{skipped['no_value']['n_images']} image(s) with no subset value")
+    probed = f"{skipped.get('n_images_probed')} of {skipped.get('n_images')} images probed"
+    return f"{probed}; skipped: " + ("; ".join(parts) if parts else "nothing")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -396,11 +449,16 @@ def subsets_html(*, run: Mapping[str, Any], clusters: "pd.DataFrame", compositio
                  f"<p>dataset {_e(dataset.get('spec', ''))}; subsets by {_e(config.get('by', ''))}, "
                  f"min_size {_e(config.get('min_size', ''))}; k = {_e(config.get('k', ''))} "
                  f"({_e(config.get('k_mode', ''))}); FDR {_e(config.get('alpha', ''))} over every local row</p>"
-                 "</header><main>")
+                 f"<p>{_e(skipped_text(run.get('skipped')))}</p></header><main>")
     parts.append("<p class=\"howto\">Each subset is probed on its own images: a word's top-k within the subset, "
                  "skews against the subset's own group shares, the report's intervals and tests, Benjamini-Hochberg "
                  "over every local row. kl_recall is KL(p || uniform) of the groups' normalised recall@k "
-                 "(0: every group recalled alike); its excess is over the label-shuffle null.</p>")
+                 "(0: every group recalled alike); its excess is over the label-shuffle null. It is this "
+                 "project's reading of Ramos et al.'s R@k measure: every image of a group counts as relevant to a "
+                 "word, so r_a is the share of group a's images in the word's top-k. Read as retrieval recall "
+                 "(a caption is a hit when its own paired image is in the top-k, per group of the pictured "
+                 "person), the measure would be a gap in retrieval accuracy, would need image-caption pairs, "
+                 "and would give other values.</p>")
     if notes:
         parts.append("<details><summary>Notes (" + str(len(notes)) + ")</summary><ul>"
                      + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></details>")
@@ -420,7 +478,13 @@ def subsets_html(*, run: Mapping[str, Any], clusters: "pd.DataFrame", compositio
     # dispersion summary
     if len(summary):
         cols = list(summary.columns)
-        parts.append("<h2>Does the bias move between subsets?</h2>")
+        alpha = config.get("alpha", 0.05)
+        parts.append("<h2>Does the bias move between subsets?</h2><p class=\"note\">A word with no association "
+                     "changes top group between subsets too, so each word's share of subsets where its top group "
+                     "is not the global one is compared with the control queries' shares (p-value with ties split "
+                     "at random, BH over words); the raw share comes second.</p><ul>"
+                     + "".join(f"<li>{_e(headline(r, alpha=alpha))}</li>" for r in summary.to_dict(orient="records"))
+                     + "</ul>")
         parts.append(_table(cols, [[_cell(v) for v in row] for row in summary.itertuples(index=False)],
                             [_numeric(summary, c) for c in cols]))
     # words with the widest spread
@@ -473,10 +537,13 @@ def write_subsets(out, tables, assignment_table: "pd.DataFrame", *, run: dict, t
     written = []
     with timer("write_tables"):
         for key, df in (("assignment", assignment_table), ("clusters", clusters), ("composition", tables.composition),
-                        ("groups", tables.groups), ("words", tables.words), ("dispersion", tables.dispersion)):
+                        ("groups", tables.groups), ("words", tables.words), ("dispersion", tables.dispersion),
+                        ("controls", tables.controls)):
+            if df is None:
+                continue
             _io.write_parquet(out / FILES[key], df)
             written.append(out / FILES[key])
-    summary = dispersion_summary(tables.dispersion)
+    summary = dispersion_summary(tables.dispersion, tables.controls)
     figure_paths: dict[str, Path] = {}
     if figures:
         with timer("figures"):
@@ -587,6 +654,6 @@ def write_compare(out, *, per_model: "pd.DataFrame", transfer: "pd.DataFrame",
 
 __all__ = [
     "COMPARE_FILES", "FILES", "FORMAT_VERSION", "SubsetsFolder", "check_out_folder", "clusters_table", "compare_html",
-    "interesting_words", "load_subsets", "subset_heatmap", "subsets_html", "transfer_plot", "word_spread",
-    "write_compare", "write_sheets", "write_subset_figures", "write_subsets",
+    "headline", "interesting_words", "load_subsets", "skipped_text", "subset_heatmap", "subsets_html", "transfer_plot",
+    "word_spread", "write_compare", "write_sheets", "write_subset_figures", "write_subsets",
 ]
