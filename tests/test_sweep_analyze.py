@@ -140,6 +140,10 @@ def test_cli_prints_the_coefficients_notes_and_n_per_correlation(tmp_path):
     assert "note: report:max_skew_excess" not in result.output
     assert "eat:effect_size word-0 (image-text): n = 12, r = +" in result.output
     assert result.output.count(": n = 12, r = ") == 12
+    result = invoke(["sweep", "analyze", str(folder), "--no-figures", "--performance", "none", "--spec", "per-test"])
+    assert result.exit_code == 0 and "(sizes per tenfold)" in result.output
+    record = json.loads((folder / "analysis" / "run.json").read_text())
+    assert record["config"]["spec"] == "per-test" and record["config"]["settings"]["groups"] == "test"
 
 
 def test_bad_performance_and_measure_names(tmp_path):
@@ -419,3 +423,13 @@ def test_an_out_folder_that_is_not_an_analysis_is_refused(tmp_path):
     result = invoke(["sweep", "analyze", str(folder), "--no-figures", "--out", str(other)])
     assert result.exit_code == 1 and "is not a `sweep analyze` folder" in result.output
     assert (other / "thesis.tex").read_text() == "keep me" and len(list(tmp_path.glob(".mine*"))) == 0
+
+
+def test_one_per_checkpoint_keeps_one_of_a_pair_and_lends_its_performance():
+    from clipprobe.pipeline.sweep import one_per_checkpoint
+
+    t = pd.DataFrame({"model": ["A", "B", "C", "D", "D"], "duplicate_of": ["B", "A", None, "E", "E"],
+                      "avg38": [0.5, np.nan, 0.2, 0.1, 0.1], "value": [1.0, 1.0, 2.0, 3.0, 4.0]})
+    kept, pairs = one_per_checkpoint(t)
+    assert pairs == {"A": "B"}                       # a table naming each for the other keeps one of them
+    assert list(kept["model"]) == ["B", "C", "D", "D"] and kept.loc[0, "avg38"] == 0.5   # B had none: A's

@@ -845,8 +845,11 @@ def one_per_checkpoint(table: "pd.DataFrame") -> tuple["pd.DataFrame", dict[str,
     {left-out model: kept model}."""
     present = set(table["model"].astype(str))
     pairs = {}
-    for model, dup in table.drop_duplicates("model")[["model", "duplicate_of"]].itertuples(index=False):
-        if dup is not None and str(dup) in present and str(dup) != str(model):
+    for model, dup in sorted(table.drop_duplicates("model")[["model", "duplicate_of"]].itertuples(index=False),
+                             key=lambda r: str(r[0])):
+        # a model named as kept by another is never itself left out (a table naming A for B and B for A keeps one)
+        if (dup is not None and str(dup) in present and str(dup) != str(model) and str(dup) not in pairs
+                and str(model) not in pairs.values()):
             pairs[str(model)] = str(dup)
     if not pairs:
         return table, {}

@@ -326,8 +326,11 @@ def model_description(fits: Sequence[Mapping[str, Any]], record: Mapping[str, An
                  f"{pooled}")
     text += " (Ghate et al., NAACL 2025)."
     signs = (record or {}).get("signs") or {}
-    if signs.get("convention") == "paper" and signs.get("tests"):
-        text += " Effect sizes in the paper's sign: the Gender tests multiplied by -1 (positive: female more pleasant)."
+    if signs.get("flipped"):
+        text += (f" Effect sizes in the {'paper' if signs.get('convention') == 'paper' else 'raw'} sign: "
+                 f"{len(signs['flipped'])} test(s) multiplied by -1 ({', '.join(signs['flipped'])}).")
+    elif signs.get("convention") == "paper" and signs.get("stored") == "paper":
+        text += " Effect sizes in the paper's sign, as the sweep stored them (targets swapped when it ran)."
     same = (record or {}).get("same_checkpoint") or {}
     if same:
         text += f" {len(same)} model(s) load the same checkpoint as another and count once."
