@@ -42,7 +42,7 @@ def crosscheck_scatter(joined, *, attribute: str | None = None, correlations=Non
         F.draw_zero_faces(ax, zero_y, colors=zero_colors)
         ax.axhline(0, color="0.6", lw=F.scaled(0.6), zorder=0)
         ax.axvline(0, color="0.6", lw=F.scaled(0.6), zorder=0)
-        ax.set_xlabel(F.SKEW_LABEL + ", model")
+        ax.set_xlabel(F.LABELS["skew"])
         ax.set_ylabel(F.LABELS["caption_log_odds"])
         title = "Model vs captions" + (f" ({F.literal(attribute)})" if attribute else "")
         if correlations and attribute in correlations and np.isfinite(correlations[attribute]["rho"]):
