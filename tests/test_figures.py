@@ -618,3 +618,34 @@ def test_filled_markers_and_core_attributes_follow_the_headline_flag(tmp_path, c
         assert (filled, hollow) == (int(race["flagged"].sum()), len(race) - filled)
         assert "not flagged (hypergeom.)" in labels
         assert "no control test was run" in top[0].caption
+
+
+def test_most_over_represented_groups_have_a_positive_mean_skew(report):
+    """The summary's "most over-represented groups": up to three groups of positive mean skew, largest first;
+    a group under-represented on average is never listed (by plain loops)."""
+    from clipprobe.analysis.probe import summarise
+
+    summary = summarise(report.groups, report.words)
+    sums, counts = defaultdict(float), defaultdict(int)
+    for row in report.groups.itertuples(index=False):
+        for cat in row.category.split("; "):
+            sums[cat, row.attribute, row.group] += row.skew
+            counts[cat, row.attribute, row.group] += 1
+    shortened = 0
+    for row in summary.itertuples(index=False):
+        means = {g: sums[key] / counts[key] for key in sums if key[:2] == (row.category, row.attribute)
+                 for g in [key[2]]}
+        over = sorted((g for g in means if means[g] > 0), key=lambda g: -means[g])[:3]
+        assert row.top_groups == "; ".join(f"{g} ({means[g]:+.2f})" for g in over)
+        assert "(-" not in row.top_groups
+        shortened += len(over) < min(3, len(means))
+    assert shortened > 0       # the fixture has categories where fewer than three groups are over-represented
+
+
+def test_subset_composition_lists_over_represented_groups_only():
+    from clipprobe.report.subsets import _composition_text
+
+    comp = pd.DataFrame({"subset": "s", "attribute": "gender", "group": ["Male", "Female", "Other"],
+                         "share": [0.7, 0.2, 0.1], "log_ratio": [0.34, -0.9, np.nan]})
+    assert _composition_text(comp, "s", "gender") == "Male 70% (+0.34)"
+    assert _composition_text(comp.assign(log_ratio=[-0.1, -0.2, -0.3]), "s", "gender") == ""

@@ -406,7 +406,7 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _composition_text(comp: "pd.DataFrame", subset: str, attribute: str, n: int = 3) -> str:
-    part = comp[(comp["subset"] == subset) & (comp["attribute"] == attribute) & comp["log_ratio"].notna()]
+    part = comp[(comp["subset"] == subset) & (comp["attribute"] == attribute) & (comp["log_ratio"] > 0)]
     part = part.sort_values("log_ratio", ascending=False, kind="stable").head(n)
     return "; ".join(f"{g} {s:.0%} ({r:+.2f})" for g, s, r in zip(part["group"], part["share"], part["log_ratio"]))
 
