@@ -82,8 +82,8 @@ _SCALED = ("font.size", "axes.titlesize", "axes.labelsize", "xtick.labelsize", "
 
 @dataclasses.dataclass(frozen=True)
 class FigureStyle:
-    """A figure style: figure sizes (inches) are the paper style's times ``size_scale``, text, marks and
-    lines (points) times ``font_scale``."""
+    """A figure style: figure widths (inches) are the paper style's times ``size_scale``; text, marks and
+    lines (points), and figure heights (mostly rows of text), times ``font_scale``."""
 
     name: str
     size_scale: float
@@ -179,13 +179,15 @@ def group_styles(groups: Sequence[str]) -> dict[str, tuple[str, str]]:
 
 
 def new_figure(width: float, height: float):
-    """A new Agg figure of ``width`` x ``height`` inches of the paper style (scaled to the active style),
-    laid out by the constrained layout engine."""
+    """A new Agg figure of ``width`` x ``height`` inches of the paper style, laid out by the constrained
+    layout engine; in another style the width is scaled by its ``size_scale``, the height (mostly rows of
+    text) by its ``font_scale``."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    scale = get_style().size_scale
-    fig = Figure(figsize=(width * scale, height * scale), layout="constrained")
+    chosen = get_style()
+    # heights are mostly rows of text: they grow with the text, widths with the style's size
+    fig = Figure(figsize=(width * chosen.size_scale, height * chosen.font_scale), layout="constrained")
     FigureCanvasAgg(fig)
     return fig
 

@@ -126,8 +126,8 @@ def skew_heatmap(groups, attribute: str, *, categories: Sequence[str] | None = N
     """Heatmap of category x group mean skew for one attribute, centred at 0.
 
     ``annotate`` writes the value in each cell (default: when there are at most
-    160 cells). More than :data:`HEATMAP_COLUMN_GROUPS` groups make it page-wide,
-    so the values stay legible. Returns the Axes; its image holds
+    160 cells and a value fits its cell; two decimals, one in narrow cells). More
+    than :data:`HEATMAP_COLUMN_GROUPS` groups make it page-wide. Returns the Axes; its image holds
     :func:`category_group_skew`.
     """
     import numpy as np
@@ -153,19 +153,29 @@ def skew_heatmap(groups, attribute: str, *, categories: Sequence[str] | None = N
         for spine in ax.spines.values():
             spine.set_visible(False)
         ax.set_title(f"Mean skew by category and group ({literal(attribute)})", **TITLE_AT_TOP)
+        digits = _cell_digits(ax.figure.get_figwidth() / get_style().size_scale, n_cols,
+                              max((len(str(c)) for c in table.index), default=1))
         if annotate is None:
-            annotate = n_rows * n_cols <= 160
+            annotate = n_rows * n_cols <= 160 and digits > 0
         if annotate:
             for i in range(n_rows):
                 for j in range(n_cols):
                     v = values[i, j]
                     if np.isfinite(v):
-                        ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=scaled(ANNOTATION_SIZE),
-                                color="white" if abs(v) > 0.6 * vmax else "black")
+                        ax.text(j, i, f"{v:.{max(digits, 1)}f}", ha="center", va="center",
+                                fontsize=scaled(ANNOTATION_SIZE), color="white" if abs(v) > 0.6 * vmax else "black")
         bar = ax.figure.colorbar(image, ax=ax, shrink=0.9, pad=0.02)
         bar.set_label(LABELS["mean_skew"])
         bar.outline.set_linewidth(scaled(0.4))
     return ax
+
+
+def _cell_digits(width: float, n_cols: int, label_chars: int) -> int:
+    """Decimals that fit a heatmap cell (2, 1, or 0: none) of a figure ``width`` paper-style inches wide
+    with ``n_cols`` columns, row labels of ``label_chars`` characters and a colour bar."""
+    cell = (width - 0.95 - 0.045 * min(label_chars, 28)) / max(n_cols, 1)
+    scale = get_style().font_scale / get_style().size_scale
+    return 2 if cell >= 0.34 * scale else 1 if cell >= 0.2 * scale else 0
 
 
 def heatmap_is_wide(n_groups: int) -> bool:
