@@ -649,3 +649,52 @@ def test_subset_composition_lists_over_represented_groups_only():
                          "share": [0.7, 0.2, 0.1], "log_ratio": [0.34, -0.9, np.nan]})
     assert _composition_text(comp, "s", "gender") == "Male 70% (+0.34)"
     assert _composition_text(comp.assign(log_ratio=[-0.1, -0.2, -0.3]), "s", "gender") == ""
+
+
+def test_cli_figures_style_paper_and_slides(report_dir, tmp_path):
+    """--style paper: a journal column (3.3 in) at 300 dpi, text 6.5-8 pt; --style slides: wider, larger text."""
+    widths = {}
+    for name in ("paper", "slides"):
+        out = tmp_path / name
+        res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(out), "--set", "core", "--attribute",
+                                       "gender", "--format", "png", "--style", name])
+        assert res.exit_code == 0, res.output
+        with Image.open(out / "entropy_by_category.png") as img:
+            widths[name] = img.size[0]
+        assert sorted(p.suffix for p in out.iterdir()) == [".png"] * 3
+    assert widths == {"paper": 990, "slides": round(figures.COLUMN_WIDTH * 1.4 * 300)}
+    res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(tmp_path / "x"), "--style", "poster"])
+    assert res.exit_code == 2 and "'poster' is not one of 'paper', 'slides'" in res.output
+    summary = load_report(report_dir).summary
+    for name, scale in (("paper", 1.0), ("slides", 1.6)):
+        with figures.use_style(name):
+            ax = figures.entropy_by_category(summary)
+        sizes = [ax.title.get_fontsize(), ax.xaxis.label.get_fontsize()] + [
+            t.get_fontsize() for t in ax.get_yticklabels()]
+        assert min(sizes) == pytest.approx(6.5 * scale) and max(sizes) == pytest.approx(8 * scale)
+    with pytest.raises(ClipprobeError, match="unknown figure style 'poster'"):
+        figures.write_report_figures(load_report(report_dir), tmp_path / "y", style_name="poster")
+
+
+def test_compare_names_models_by_short_names_never_paths(report):
+    import dataclasses
+
+    from clipprobe.report.compare import model_names, short_model_name
+
+    def with_model(model, folder="r"):
+        return dataclasses.replace(report, run={**report.run, "model": model}, path=report.path.parent / folder)
+
+    weights = {"spec": "ViT-B-32:/data/runs/long-run/epoch_32.pt", "kind": "file", "arch": "ViT-B-32",
+               "path": "/data/runs/long-run/epoch_32.pt"}
+    named = {"spec": "clipprobe-world-tiny:/x/y/clipprobe-world-tiny.safetensors", "kind": "file",
+             "arch": "clipprobe-world-tiny", "path": "/x/y/clipprobe-world-tiny.safetensors"}
+    folder = {"spec": "local-dir:/models/my-finetuned-clip", "kind": "local-dir", "path": "/models/my-finetuned-clip"}
+    assert short_model_name(with_model(weights)) == "ViT-B-32:epoch_32"
+    assert short_model_name(with_model(named)) == "clipprobe-world-tiny"
+    assert short_model_name(with_model(folder)) == "my-finetuned-clip"
+    assert short_model_name(with_model({"spec": "ViT-B-32:openai"})) == "ViT-B-32:openai"
+    assert short_model_name(with_model({"spec": "hf-hub:timm/ViT-B-16-SigLIP"})) == "hf-hub:timm/ViT-B-16-SigLIP"
+    assert short_model_name(with_model("RN50:/abs/path/rn50.pt")) == "RN50:rn50"
+    names = model_names([with_model(weights, "a"), with_model(weights, "b"), with_model(folder)])
+    assert names == ["ViT-B-32:epoch_32 (a)", "ViT-B-32:epoch_32 (b)", "my-finetuned-clip"]
+    assert not any("/" in n for n in names)

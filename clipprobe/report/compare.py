@@ -62,7 +62,7 @@ def short_model_name(report) -> str:
         return str(arch) if stem == arch else f"{arch}:{stem}"
     if kind == "local-dir" and path:
         return PurePath(str(path)).name or spec
-    if kind != "hf-hub" and ("/" in spec or "\\" in spec):
+    if kind != "hf-hub" and not spec.startswith("hf-hub:") and ("/" in spec or "\\" in spec):
         arch, sep, rest = spec.partition(":")
         if sep and "/" not in arch and "\\" not in arch:
             return f"{arch}:{PurePath(rest).stem}"
