@@ -444,7 +444,7 @@ def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
     """Per category and attribute: mean normalised entropy and MaxSkew excess over the null, the
     share of words with a flagged group (by the hypergeometric test and against the controls), and
     the most over-represented groups: up to three with the highest positive mean skew among the
-    category's words (empty when no group's mean skew is above 0)."""
+    category's words (null when no group's mean skew is above 0)."""
     import pandas as pd
 
     rows = []
@@ -454,7 +454,7 @@ def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
         gpart = g_exploded[(g_exploded["category"] == category) & (g_exploded["attribute"] == attribute)]
         mean_skew = gpart.groupby("group", sort=False)["skew"].mean().sort_values(ascending=False)
         over = mean_skew[mean_skew > 0]         # over-represented: a positive mean skew, none otherwise
-        top = "; ".join(f"{g} ({s:+.2f})" for g, s in over.head(3).items())
+        top = "; ".join(f"{g} ({s:+.2f})" for g, s in over.head(3).items()) or None
         rows.append({"category": category, "attribute": attribute, "n_words": len(part),
                      "mean_norm_entropy": float(part["norm_entropy"].mean()),
                      "mean_max_skew_excess": float(part["max_skew_excess"].mean()),
