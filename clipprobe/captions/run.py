@@ -7,7 +7,7 @@ scans them with the chosen engine and stores each finished file's counts
 atomically in ``OUT/parts/`` (keyed by the file's absolute path, size and
 mtime, the term set, the text column and the sample count). A rerun skips files
 whose part exists. When every file is done it writes ``cooccurrence.parquet``,
-``samples.parquet``, ``run.json`` and ``lift_heatmap.png`` (with its vector PDF and SVG).
+``samples.parquet``, ``run.json`` and ``lift_heatmap.png``.
 
 Ctrl-C (KeyboardInterrupt) stops the scan at once: no chunk starts after it,
 running ones stop at their next record batch (threads) or are terminated

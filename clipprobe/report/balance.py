@@ -8,7 +8,7 @@ its interval, the target share, ``rb = share - target`` with its interval), one 
 its interval), the same blocks. ``patterns.parquet``: the distinct (groups, labels) patterns with
 their captions (and q, kept captions after a fit). After a fit also ``residuals.parquet`` (each
 constraint's value on the kept data, its bound and duals) and ``convergence.parquet`` (one row per
-dual evaluation). ``balance.png``/``.pdf``/``.svg``: RB per group and the largest AB cells, before and after.
+dual evaluation). ``balance.png``/``.pdf``: RB per group and the largest AB cells, before and after.
 ``run.json`` is written last: a folder with it is complete.
 """
 

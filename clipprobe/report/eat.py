@@ -169,14 +169,14 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
     import numpy as np
 
     from clipprobe.report import figures as F
-    from clipprobe.resources.eat import ORDER_LABELS
+    from clipprobe.report.figures import OKABE_ITO, _errors, _new_axes, style
 
     n = len(table)
     labels = [F.short(label, 48) for label in _row_labels(table)]
-    with F.style():
+    with style():
         if ax is None:
             wide = max((len(label) for label in labels), default=0) > 30
-            ax = F.new_axes(F.PAGE_WIDTH if wide else F.COLUMN_WIDTH, max(1.8, 0.16 * n + 1.1))
+            ax = _new_axes(F.PAGE_WIDTH if wide else F.COLUMN_WIDTH, max(1.8, 0.16 * n + 1.1))
         y = np.arange(n)[::-1]
         d = table["effect_size"].to_numpy(dtype=float)
         lo = table["effect_ci_low"].to_numpy(dtype=float)
@@ -188,14 +188,12 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
             sel = avail & (table["order"].to_numpy() == order)
             if not sel.any():
                 continue
-            color, marker = F.series_style(i)
-            err = np.where(has_ci[sel], F._errors(d[sel], lo[sel], hi[sel]), 0.0)
-            ax.errorbar(d[sel], y[sel], xerr=err, fmt=marker, color=color, ms=F.scaled(3), lw=F.scaled(0.9),
-                        capsize=F.scaled(1.5), label=ORDER_LABELS.get(order, str(order)))
+            color = OKABE_ITO[i % len(OKABE_ITO)]
+            err = np.where(has_ci[sel], _errors(d[sel], lo[sel], hi[sel]), 0.0)
+            ax.errorbar(d[sel], y[sel], xerr=err, fmt="o", color=color, ms=3, lw=0.9, capsize=1.5, label=order)
         for yi in y[~avail]:
-            ax.text(0.0, yi, "unavailable", ha="center", va="center", fontsize=F.scaled(6), color="0.45",
-                    style="italic")
-        ax.axvline(0.0, color="0.5", lw=F.scaled(0.6), ls="--")
+            ax.text(0.0, yi, "unavailable", ha="center", va="center", fontsize=6, color="0.45", style="italic")
+        ax.axvline(0.0, color="0.5", lw=0.6, ls="--")
         ax.set_yticks(y)
         ax.set_yticklabels(labels)
         ax.set_ylim(-0.8, n - 0.2)
