@@ -159,7 +159,8 @@ def _eat_table():
                                        ("ieat-race-european-american-african-american", "image-text"),
                                        ("gender-career", "text-image"), ("age-valence", "image")]):
         rows.append({c: None for c in EAT_COLUMNS} | {
-            "test": name, "order": order, "available": i != 3, "effect_size": [1.2, -0.4, 0.3, np.nan][i],
+            "test": name, "order": order, "available": i != 3, "status": "unavailable" if i == 3 else "computed",
+            "effect_size": [1.2, -0.4, 0.3, np.nan][i],
             "effect_ci_low": [0.8, -0.9, -0.2, np.nan][i], "effect_ci_high": [1.6, 0.1, 0.8, np.nan][i]})
     return pd.DataFrame(rows)
 
