@@ -15,7 +15,7 @@ PACKAGE = ROOT / "clipprobe"
 # Layers from the bottom up; a module may import its own layer and the layers below it. The base
 # (errors, _io, config, runinfo, hub, data) is below everything.
 LAYERS = [
-    {"errors", "_io", "config", "runinfo", "hub", "data", "clipprobe", "_jitcache", "doctor"},
+    {"errors", "_io", "config", "runinfo", "hub", "data", "clipprobe", "_jitcache", "doctor", "figstyle"},
     {"faces", "models", "embeddings", "resources", "captions"},
     {"analysis"},
     {"report"},

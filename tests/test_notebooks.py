@@ -41,6 +41,6 @@ def test_report_figures_notebook_executes(tmp_path, monkeypatch):
     groups = pd.read_parquet(report / "groups.parquet")
     n_top = max(1, groups.loc[groups["flagged"], "attribute"].nunique())
     n_figures = 4 + 1 + n_top + 2 * 5
-    assert len(list(out.glob("*.png"))) == len(list(out.glob("*.pdf"))) == n_figures
+    assert len(list(out.glob("*.png"))) == len(list(out.glob("*.pdf"))) == len(list(out.glob("*.svg"))) == n_figures
     text = "".join(o.get("text", "") for c in code for o in c.outputs)
-    assert f"wrote {2 * n_figures} files" in text and "TinyCLIP-test:random" in text
+    assert f"wrote {3 * n_figures} files" in text and "TinyCLIP-test:random" in text

@@ -443,7 +443,8 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
 def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
     """Per category and attribute: mean normalised entropy and MaxSkew excess over the null, the
     share of words with a flagged group (by the hypergeometric test and against the controls), and
-    the groups with the highest mean skew among the category's words."""
+    the most over-represented groups: up to three with the highest positive mean skew among the
+    category's words (null when no group's mean skew is above 0)."""
     import pandas as pd
 
     rows = []
@@ -452,7 +453,8 @@ def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
     for (category, attribute), part in exploded.groupby(["category", "attribute"], sort=False):
         gpart = g_exploded[(g_exploded["category"] == category) & (g_exploded["attribute"] == attribute)]
         mean_skew = gpart.groupby("group", sort=False)["skew"].mean().sort_values(ascending=False)
-        top = "; ".join(f"{g} ({s:+.2f})" for g, s in mean_skew.head(3).items())
+        over = mean_skew[mean_skew > 0]         # over-represented: a positive mean skew, none otherwise
+        top = "; ".join(f"{g} ({s:+.2f})" for g, s in over.head(3).items()) or None
         rows.append({"category": category, "attribute": attribute, "n_words": len(part),
                      "mean_norm_entropy": float(part["norm_entropy"].mean()),
                      "mean_max_skew_excess": float(part["max_skew_excess"].mean()),

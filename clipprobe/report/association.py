@@ -21,30 +21,35 @@ MSG_NOT_A_RUN = "{path} is not a folder written by `clipprobe association` (no r
 
 
 def association_plot(ab: "pd.DataFrame", *, ax=None):
-    """For each occupation pair: how often the first occupation is preferred, per group, with intervals."""
+    """For each occupation pair: how often the first occupation is preferred, per group (colours and markers
+    in the group order of the table), with intervals; returns the Axes."""
     import numpy as np
 
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, style
+    from clipprobe.report import figures as F
 
     share_cols = [c for c in ab.columns if c.startswith("share_") and not c.endswith(("_low", "_high"))]
-    with style():
+    m = max(len(share_cols), 1)
+    offsets = np.linspace(-0.3, 0.3, m) * (m > 1)
+    with F.style():
         if ax is None:
-            from matplotlib.figure import Figure
-
-            ax = Figure(figsize=(COLUMN_WIDTH, 0.8 + 0.35 * len(ab)), layout="constrained").add_subplot()
+            ax = F.new_axes(F.COLUMN_WIDTH, 1.2 + (0.18 + 0.07 * m) * max(len(ab), 1))
         y = np.arange(len(ab))
         for j, col in enumerate(share_cols):
             group = col[len("share_"):]
-            low, high = ab[f"{col}_low"].to_numpy(float), ab[f"{col}_high"].to_numpy(float)
+            color, marker = F.series_style(j)
             x = ab[col].to_numpy(float)
-            ax.errorbar(x, y + (j - 0.5) * 0.25, xerr=[x - low, high - x], fmt="o", ms=3.5, capsize=0,
-                        color=OKABE_ITO[j % len(OKABE_ITO)], label=group)
-        ax.axvline(0.5, color="0.6", lw=0.6, ls="--")
-        ax.set_yticks(y, [f"{a} / {b}" for a, b in zip(ab["first"], ab["second"])])
+            ax.errorbar(x, y + offsets[j], xerr=F._errors(x, ab[f"{col}_low"], ab[f"{col}_high"]), fmt=marker,
+                        ms=F.scaled(3.5), capsize=0, lw=F.scaled(0.9), color=color, label=F.short(group, 24))
+        ax.axvline(0.5, color="0.6", lw=F.scaled(0.6), ls="--")
+        ax.set_yticks(y, [f"{F.short(a, 18)} / {F.short(b, 18)}" for a, b in zip(ab["first"], ab["second"])])
         ax.set_ylim(len(ab) - 0.5, -0.5)
         ax.set_xlim(0, 1)
-        ax.set_xlabel("share of images where the first occupation is preferred")
-        ax.legend(fontsize=7, frameon=False)
+        ax.set_xlabel("share preferring the first occupation")
+        ax.set_title("Association bias (AB) by group", **F.TITLE_AT_TOP)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.figure.legend(handles, labels, loc="outside lower center", ncol=F._legend_columns(ax.figure, labels),
+                             handletextpad=0.2, columnspacing=0.8)
     return ax
 
 

@@ -7,7 +7,7 @@ A run folder holds::
     DIR/stimuli.parquet   one row per text or image of every computed test (STIMULI_COLUMNS); ``unit`` is the
                           sampled stimulus (word, image) it belongs to
     DIR/run.json          the shared run record (clipprobe.runinfo), command "eat"
-    DIR/forest.png, DIR/forest.pdf   effect sizes with their intervals (with figures on)
+    DIR/forest.png, .pdf, .svg   effect sizes with their intervals (with figures on)
 
 :func:`write_eat_outputs` renders everything into a staging folder inside ``DIR`` and moves the files
 into place only when all of them exist, so an error leaves ``DIR`` as it was. :func:`html_section`
@@ -17,7 +17,6 @@ returns the section the HTML report includes; every string from a test file is e
 from __future__ import annotations
 
 import base64
-import io
 import logging
 import math
 import os
@@ -212,17 +211,21 @@ def _row_labels(table) -> list[str]:
 def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
     """Effect size of each test (dot) with its interval (line); unavailable tests are named, not drawn.
 
-    Rows top to bottom in table order, one colour per modality order (also named in each row's label);
-    returns the Axes (its y tick labels are the tests).
+    Rows top to bottom in table order, one colour per modality order (also named in each row's label and
+    in the legend); one column wide, both columns when a row's label is long. Returns the Axes (its y tick
+    labels are the tests).
     """
     import numpy as np
 
+    from clipprobe.report import figures as F
     from clipprobe.report.figures import OKABE_ITO, _errors, _new_axes, style
 
     n = len(table)
+    labels = [F.short(label, 48) for label in _row_labels(table)]
     with style():
         if ax is None:
-            ax = _new_axes(4.6, max(1.6, 0.16 * n + 0.9))
+            wide = max((len(label) for label in labels), default=0) > 30
+            ax = _new_axes(F.PAGE_WIDTH if wide else F.COLUMN_WIDTH, max(1.8, 0.16 * n + 1.1))
         y = np.arange(n)[::-1]
         d = table["effect_size"].to_numpy(dtype=float)
         lo = table["effect_ci_low"].to_numpy(dtype=float)
@@ -243,11 +246,15 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
             ax.text(0.0, yi, st, ha="center", va="center", fontsize=6, color="0.45", style="italic")
         ax.axvline(0.0, color="0.5", lw=0.6, ls="--")
         ax.set_yticks(y)
-        ax.set_yticklabels(_row_labels(table))
+        ax.set_yticklabels(labels)
         ax.set_ylim(-0.8, n - 0.2)
         ax.set_xlabel("effect size d" + (f" ({_ci_words(table)})" if has_ci.any() else ""))
         if title:
-            ax.set_title(title, loc="left", y=1.0, pad=6.0)
+            ax.set_title(F.literal(title), loc="left", y=1.0, pad=6.0)
+        handles, names = ax.get_legend_handles_labels()
+        if len(handles) > 1:
+            ax.figure.legend(handles, names, loc="outside lower center", ncol=F._legend_columns(ax.figure, names),
+                             handletextpad=0.2, columnspacing=0.8)
     return ax
 
 
@@ -291,7 +298,7 @@ def write_eat_outputs(out: str | os.PathLike, table: "pd.DataFrame", stimuli: "p
         write_parquet(staging / STIMULI_FILE, stimuli)
         if figures and len(table):
             ax = forest_plot(table, title=title)
-            for p in save_figure(ax.figure, staging / FOREST_STEM, formats=("png", "pdf")):
+            for p in save_figure(ax.figure, staging / FOREST_STEM):
                 names.append(p.name)
         write_json(staging / RUN_FILE, dict(record))
         names.append(RUN_FILE)  # last: its presence marks a finished folder
@@ -300,7 +307,7 @@ def write_eat_outputs(out: str | os.PathLike, table: "pd.DataFrame", stimuli: "p
             os.replace(staging / name, out / name)
             written.append(out / name)
         if not figures:
-            for suffix in (".png", ".pdf"):
+            for suffix in (".png", ".pdf", ".svg"):
                 stale = out / f"{FOREST_STEM}{suffix}"
                 if stale.exists():
                     stale.unlink()
@@ -361,12 +368,10 @@ def html_section(table: "pd.DataFrame", record: Mapping | None = None, *, figure
              "tests. n: stimuli in X/Y/A/B.")
     parts.append(f"<p>{intro}</p>")
     if figure and len(table):
-        from clipprobe.report.figures import PNG_DPI
+        from clipprobe.report.figures import png_bytes
 
         ax = forest_plot(table)
-        buf = io.BytesIO()
-        ax.figure.savefig(buf, format="png", dpi=PNG_DPI)
-        data = base64.b64encode(buf.getvalue()).decode("ascii")
+        data = base64.b64encode(png_bytes(ax.figure)).decode("ascii")
         parts.append(f'<figure><img alt="forest plot of effect sizes" src="data:image/png;base64,{data}">'
                      f"<figcaption>Effect sizes with their {_e(_ci_words(table))}s.</figcaption></figure>")
     p_head = {"one-sided": "p (one-sided)", "two-sided": "p (two-sided)"}

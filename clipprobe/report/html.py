@@ -126,11 +126,9 @@ def _skew_style(value) -> str:
 
 
 def _figure_png(fig, dpi: int = HTML_DPI) -> bytes:
-    from clipprobe.report.figures import PNG_COMPRESS_LEVEL
+    from clipprobe.report.figures import png_bytes
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
-    return buf.getvalue()
+    return png_bytes(fig, dpi=dpi)
 
 
 def _image_jpeg(img, quality: int = SHEET_QUALITY) -> bytes:

@@ -54,7 +54,7 @@ COMPARE_FILES = {
     "correlations": "correlations.parquet", "html": "compare.html", "run": "run.json",
 }
 FIGURE_WORDS = 8           # per-word spread figures: the words whose local values spread the most
-FIGURE_FORMATS = ("png",)
+FIGURE_FORMATS = ("png", "pdf", "svg")  # a PNG for the page, vector PDF and SVG for papers
 HEATMAP_WORDS = 40         # rows of a heatmap word x subset
 SHEET_THUMB = 64
 SHEET_COLUMNS = 10
@@ -198,11 +198,13 @@ def word_spread(groups: "pd.DataFrame", word: str, attribute: str, group: str | 
 
     ``group`` defaults to the word's top group in the global rows. The global value is the black
     diamond (its interval a grey band); each subset a dot with its interval; subsets where the row is
-    flagged (BH over every local row) are filled, the others hollow.
+    flagged (BH over every local row) are filled, the others hollow; a subset whose top-k holds no face
+    of the group has no skew: an ``x`` in the shaded strip at the left. Returns the Axes.
     """
     import numpy as np
+    from matplotlib.lines import Line2D
 
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, _errors, _new_axes, literal, short, style
+    from clipprobe.report import figures as F
 
     rows = groups[(groups["word"] == word) & (groups["attribute"] == attribute)]
     if rows.empty:
@@ -216,40 +218,62 @@ def word_spread(groups: "pd.DataFrame", word: str, attribute: str, group: str | 
         group = str(pick.sort_values("skew", ascending=False, kind="stable")["group"].iloc[0])
     rows = rows[rows["group"] == group]
     local = rows[rows["scope"] == "local"]
-    with style():
+    g = glob[glob["group"] == group] if not glob.empty else glob
+    color = F.OKABE_ITO[0]
+    with F.style():
         if ax is None:
-            ax = _new_axes(COLUMN_WIDTH, max(1.6, 0.9 + 0.16 * len(local)))
-        y = np.arange(len(local))[::-1]
-        err = _errors(local["skew"], local["skew_ci_low"], local["skew_ci_high"])
-        flagged = local["flagged"].to_numpy(dtype=bool)
-        ax.errorbar(local["skew"], y, xerr=err, fmt="none", ecolor=OKABE_ITO[0], elinewidth=0.8, capsize=0)
-        ax.scatter(local["skew"][flagged], y[flagged], color=OKABE_ITO[0], s=14, zorder=3, label="flagged")
-        ax.scatter(local["skew"][~flagged], y[~flagged], facecolor="white", edgecolor=OKABE_ITO[0], s=14, zorder=3,
-                   label="not flagged")
-        if not glob.empty:
-            g = glob[glob["group"] == group]
-            if not g.empty:
-                lo, hi = float(g["skew_ci_low"].iloc[0]), float(g["skew_ci_high"].iloc[0])
-                if np.isfinite(lo) and np.isfinite(hi):
-                    ax.axvspan(lo, hi, color="0.85", zorder=0, lw=0)
-                ax.axvline(float(g["skew"].iloc[0]), color="black", lw=0.8, zorder=1)
-                ax.plot([float(g["skew"].iloc[0])], [len(local) - 0.4 if len(local) else 0], marker="D",
-                        color="black", ms=4, zorder=4, label="global", clip_on=False)
-        ax.axvline(0.0, color="0.6", lw=0.5, ls=":")
-        ax.set_yticks(y, [short(s) for s in local["subset"]])
-        ax.set_xlabel(f"skew of {literal(group)} (subset's own base shares)")
-        ax.set_title(literal(f"{word} ({attribute}): global and per subset"), loc="left")
-        ax.legend(loc="lower right", fontsize=5.5)
+            ax = F.new_axes(F.COLUMN_WIDTH, max(1.8, 1.2 + 0.16 * len(local)))
+        y = np.arange(len(local))[::-1].astype(float)
+        zero = F.zero_faces(local)
+        measured = ~zero
+        skew = local["skew"].to_numpy(dtype=float)
+        err = F._errors(skew, local["skew_ci_low"], local["skew_ci_high"])
+        flagged = local["flagged"].to_numpy(dtype=bool) & measured
+        hollow = ~flagged & measured
+        if measured.any():
+            ax.errorbar(skew[measured], y[measured], xerr=err[:, measured], fmt="none", ecolor=color,
+                        elinewidth=F.scaled(0.8), capsize=0)
+        ax.scatter(skew[flagged], y[flagged], color=color, s=F.scaled(14), zorder=3)
+        ax.scatter(skew[hollow], y[hollow], facecolor="white", edgecolor=color, s=F.scaled(14), zorder=3)
+        values = [skew[measured], local["skew_ci_low"].to_numpy(float)[measured],
+                  local["skew_ci_high"].to_numpy(float)[measured]]
+        if not g.empty:
+            values += [g["skew"].to_numpy(float), g["skew_ci_low"].to_numpy(float), g["skew_ci_high"].to_numpy(float)]
+        F.set_skew_axis(ax, F.skew_limits(np.concatenate(values)))
+        F.draw_zero_faces(ax, y[zero])
+        handles = [Line2D([], [], ls="none", marker="o", color=color, ms=F.scaled(3.5), label="flagged"),
+                   Line2D([], [], ls="none", marker="o", mfc="white", mec=color, ms=F.scaled(3.5),
+                          label="not flagged")]
+        if not g.empty:
+            lo, hi = float(g["skew_ci_low"].iloc[0]), float(g["skew_ci_high"].iloc[0])
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.axvspan(lo, hi, color="0.88", zorder=0, lw=0)
+            ax.axvline(float(g["skew"].iloc[0]), color="black", lw=F.scaled(0.8), zorder=1)
+            ax.plot([float(g["skew"].iloc[0])], [len(local) - 0.4 if len(local) else 0], marker="D",
+                    color="black", ms=F.scaled(4), zorder=4)
+            handles.append(Line2D([], [], ls="none", marker="D", color="black", ms=F.scaled(3.5),
+                                  label="all images"))
+        if zero.any():
+            handles.append(F.zero_legend_handle())
+        ax.axvline(0.0, color="0.6", lw=F.scaled(0.5), ls=":")
+        ax.set_yticks(y, [F.short(s, 24) for s in local["subset"]])
+        ax.set_ylim(-0.6, len(local) - 0.2)
+        ax.set_xlabel(f"skew of {F.short(group, 24)} (subset's own base shares)")
+        ax.set_title(F.literal(f"{word} ({attribute}): all images and each subset"), loc="left", y=1.0, pad=6.0)
+        ax.figure.legend(handles=handles, loc="outside lower center",
+                         ncol=F._legend_columns(ax.figure, [h.get_label() for h in handles]),
+                         handletextpad=0.1, columnspacing=0.8)
     return ax
 
 
 def subset_heatmap(words: "pd.DataFrame", attribute: str, measure: str = "kl_recall", *,
                    rows: Sequence[str] | None = None, max_words: int = HEATMAP_WORDS, ax=None):
     """A heatmap word x subset of a word measure (``kl_recall``, ``max_skew_excess``, ...), the global
-    value in the first column; rows are ``rows`` or the words with the largest spread over subsets."""
+    value in the first column; rows are ``rows`` or the words with the largest spread over subsets.
+    Returns the Axes."""
     import numpy as np
 
-    from clipprobe.report.figures import PAGE_WIDTH, _new_axes, literal, short, style
+    from clipprobe.report import figures as F
 
     part = words[words["attribute"] == attribute]
     table = part.pivot_table(index="word", columns="subset", values=measure, aggfunc="first", sort=False)
@@ -262,45 +286,50 @@ def subset_heatmap(words: "pd.DataFrame", attribute: str, measure: str = "kl_rec
         rows = list(spread.sort_values(ascending=False, kind="stable").index[:max_words])
     table = table.reindex(list(rows))
     values = table.to_numpy(dtype=np.float64)
-    with style():
+    with F.style():
         if ax is None:
-            ax = _new_axes(min(PAGE_WIDTH, 1.6 + 0.28 * len(columns)), max(1.6, 0.8 + 0.14 * len(rows)))
+            width = F.COLUMN_WIDTH if len(columns) <= 8 else F.PAGE_WIDTH
+            ax = F.new_axes(width, max(1.8, 1.3 + 0.14 * len(rows)))
         finite = values[np.isfinite(values)]
         if measure.endswith("excess") or measure.startswith("skew") or measure.endswith("_skew"):
             bound = float(np.max(np.abs(finite))) if finite.size else 1.0
-            image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+            image = ax.imshow(values, aspect="auto", cmap=F._cmap(F.DIVERGING_CMAP), vmin=-bound, vmax=bound,
+                              interpolation="nearest")
         else:
-            image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
+            image = ax.imshow(values, aspect="auto", cmap=F._cmap("viridis"), interpolation="nearest",
                               vmin=0.0 if finite.size else None)
-        ax.set_xticks(range(len(columns)), [short(c, 12) for c in columns], rotation=90)
-        ax.set_yticks(range(len(rows)), [short(r) for r in rows])
+        ax.set_xticks(range(len(columns)), [F.short(c, 12) for c in columns], rotation=90)
+        ax.set_yticks(range(len(rows)), [F.short(r) for r in rows])
         if "all" in columns:
-            ax.axvline(0.5, color="white", lw=1.2)
-        ax.figure.colorbar(image, ax=ax, shrink=0.8).set_label(literal(measure))
-        ax.set_title(literal(f"{measure} ({attribute}): global, then each subset"), loc="left")
+            ax.axvline(0.5, color="white", lw=F.scaled(1.2))
+        ax.figure.colorbar(image, ax=ax, shrink=0.8).set_label(F.literal(measure))
+        ax.set_title(F.literal(f"{measure} ({attribute}): all images, then each subset"), loc="left", y=1.0,
+                     pad=6.0)
         ax.spines[:].set_visible(False)
     return ax
 
 
 def transfer_plot(transfer: "pd.DataFrame", attribute: str, statistic: str, *, ax=None):
-    """Spearman's rho (across models) between the global value and each subset's, with its interval."""
+    """Spearman's rho (across models) between the global value and each subset's, with its interval;
+    returns the Axes."""
     import numpy as np
 
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, _errors, _new_axes, literal, short, style
+    from clipprobe.report import figures as F
 
     part = transfer[(transfer["attribute"] == attribute) & (transfer["statistic"] == statistic)]
-    with style():
+    with F.style():
         if ax is None:
-            ax = _new_axes(COLUMN_WIDTH, max(1.6, 0.9 + 0.16 * len(part)))
+            ax = F.new_axes(F.COLUMN_WIDTH, max(1.8, 1.1 + 0.16 * len(part)))
         y = np.arange(len(part))[::-1]
-        ax.errorbar(part["rho"], y, xerr=_errors(part["rho"], part["ci_low"], part["ci_high"]), fmt="o", ms=3,
-                    color=OKABE_ITO[0], elinewidth=0.8)
-        ax.axvline(0.0, color="0.6", lw=0.5, ls=":")
+        ax.errorbar(part["rho"], y, xerr=F._errors(part["rho"], part["ci_low"], part["ci_high"]), fmt="o",
+                    ms=F.scaled(3), color=F.OKABE_ITO[0], elinewidth=F.scaled(0.8))
+        ax.axvline(0.0, color="0.6", lw=F.scaled(0.5), ls=":")
         ax.set_xlim(-1.05, 1.05)
-        ax.set_yticks(y, [short(s) for s in part["subset"]])
+        ax.set_yticks(y, [F.short(s, 24) for s in part["subset"]])
         n = int(part["n_models"].max()) if len(part) else 0
-        ax.set_xlabel(f"Spearman rho, global vs subset ({n} models)")
-        ax.set_title(literal(f"{statistic} ({attribute}): does the ranking survive?"), loc="left")
+        ax.set_xlabel(f"Spearman rho, all images vs subset ({n} models)")
+        ax.set_title(F.literal(f"{statistic} ({attribute}): does the ranking survive?"), loc="left", y=1.0,
+                     pad=6.0)
     return ax
 
 
@@ -430,7 +459,7 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _composition_text(comp: "pd.DataFrame", subset: str, attribute: str, n: int = 3) -> str:
-    part = comp[(comp["subset"] == subset) & (comp["attribute"] == attribute) & comp["log_ratio"].notna()]
+    part = comp[(comp["subset"] == subset) & (comp["attribute"] == attribute) & (comp["log_ratio"] > 0)]
     part = part.sort_values("log_ratio", ascending=False, kind="stable").head(n)
     return "; ".join(f"{g} {s:.0%} ({r:+.2f})" for g, s, r in zip(part["group"], part["share"], part["log_ratio"]))
 

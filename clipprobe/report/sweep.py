@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -217,58 +216,55 @@ def analysis_table(sections: Mapping[str, "pd.DataFrame"]) -> "pd.DataFrame":
 
 def coefficient_plot(coefficients: "pd.DataFrame", *, ax=None, title: str | None = None):
     """Fixed effects (not the intercept) with their intervals, one row per term; returns the Axes."""
-    import matplotlib
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, style
+    from clipprobe.report import figures as F
 
     coefs = coefficients[coefficients["term"] != "Intercept"].reset_index(drop=True)
-    with style():
+    with F.style():
         if ax is None:
-            _, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.9 + 0.22 * max(1, len(coefs))), layout="constrained")
+            ax = F.new_axes(F.COLUMN_WIDTH, 1.2 + 0.22 * max(1, len(coefs)))
         y = list(range(len(coefs)))[::-1]
         significant = coefs["p_value"] <= 0.05
         for yi, (_, r), sig in zip(y, coefs.iterrows(), significant):
-            colour = OKABE_ITO[1] if sig else OKABE_ITO[0]
-            ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=colour, linewidth=1.2)
-            ax.plot([r["estimate"]], [yi], "o", color=colour, markersize=3.5)
-        ax.axvline(0, color="0.5", linewidth=0.6, linestyle="--")
+            colour = F.OKABE_ITO[1] if sig else F.OKABE_ITO[0]
+            ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=colour, linewidth=F.scaled(1.2))
+            ax.plot([r["estimate"]], [yi], "o", color=colour, markersize=F.scaled(3.5))
+        ax.axvline(0, color="0.5", linewidth=F.scaled(0.6), linestyle="--")
         ax.set_yticks(y)
-        ax.set_yticklabels([str(t) for t in coefs["term"]])
+        ax.set_yticklabels([F.short(t, 36) for t in coefs["term"]])
         ax.set_xlabel("coefficient, 95% interval")
-        ax.text(1.0, 1.0, "orange: p <= 0.05", transform=ax.transAxes, ha="right", va="bottom", fontsize=5.5,
-                color=OKABE_ITO[1])
+        handles = [Line2D([], [], marker="o", color=F.OKABE_ITO[1], ms=F.scaled(3.5), label="p <= 0.05"),
+                   Line2D([], [], marker="o", color=F.OKABE_ITO[0], ms=F.scaled(3.5), label="p > 0.05")]
+        ax.figure.legend(handles=handles, loc="outside lower center", ncol=2, handletextpad=0.3)
         if title:
-            ax.set_title(title, loc="left")
+            ax.set_title(F.literal(title), loc="left", y=1.0, pad=6.0)
     return ax
 
 
 def scatter_plot(df: "pd.DataFrame", performance: str, *, ax=None, title: str | None = None,
                  label: str | None = None, ylabel: str = "value"):
-    """Bias (``value``) against a performance column, one point per model, coloured by dataset family."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from clipprobe.report.figures import COLUMN_WIDTH, series_style, style
+    """Bias (``value``) against a performance column, one point per model, coloured by dataset family;
+    returns the Axes."""
+    from clipprobe.report import figures as F
 
     data = df[[performance, "value", "dataset_family"]].dropna(subset=[performance, "value"])
-    with style():
+    with F.style():
         if ax is None:
-            _, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.8), layout="constrained")
+            ax = F.new_axes(F.COLUMN_WIDTH, F.COLUMN_WIDTH * 0.9)
         for i, (family, part) in enumerate(sorted(data.groupby(data["dataset_family"].fillna("unknown")),
                                                   key=lambda kv: str(kv[0]))):
-            colour, marker = series_style(i)
-            ax.scatter(part[performance], part["value"], s=10, color=colour, marker=marker, label=str(family))
-        ax.set_xlabel(label or performance)
-        ax.set_ylabel(ylabel)
-        if len(data):
-            ax.legend(loc="best", fontsize=5, markerscale=0.8)
+            colour, marker = F.series_style(i)
+            ax.scatter(part[performance], part["value"], s=F.scaled(10), color=colour, marker=marker,
+                       label=F.short(family, 24))
+        ax.set_xlabel(F.literal(label or performance))
+        ax.set_ylabel(F.literal(ylabel))
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.figure.legend(handles, labels, loc="outside lower center", ncol=F._legend_columns(ax.figure, labels),
+                             handletextpad=0.1, columnspacing=0.8)
         if title:
-            ax.set_title(title, loc="left")
+            ax.set_title(F.literal(title), loc="left", y=1.0, pad=6.0)
     return ax
 
 
@@ -290,14 +286,9 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _png(ax) -> str:
-    from clipprobe.report.figures import PNG_DPI
+    from clipprobe.report.figures import png_bytes
 
-    buf = io.BytesIO()
-    ax.figure.savefig(buf, format="png", dpi=PNG_DPI)
-    import matplotlib.pyplot as plt
-
-    plt.close(ax.figure)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(ax.figure)).decode("ascii")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
