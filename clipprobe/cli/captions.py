@@ -14,7 +14,7 @@ _LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexico
 
 def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
            matcher="auto", spark_conf=()):
-    from clipprobe.captions.run import CountConfig, count_captions
+    from clipprobe.pipeline.captions import CountConfig, count_captions
 
     config = CountConfig(captions=tuple(captions), out=out, taxonomy=taxonomy, lexicon=lexicon,
                          text_column=text_column, engine=engine, workers=workers, spark_master=spark_master,
