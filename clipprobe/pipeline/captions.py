@@ -3,7 +3,7 @@
 :func:`count_captions` checks the settings, reads the taxonomy and the lexicon, expands the inputs (paths,
 globs, folders, fsspec URLs; :mod:`clipprobe.captions.inputs`), plans, scans and merges the files with
 :mod:`clipprobe.captions.run` (a rerun skips the files whose part exists; Ctrl-C keeps the finished ones),
-computes the statistics (:mod:`clipprobe.captions.stats`) and writes ``cooccurrence.parquet``,
+computes the statistics (:mod:`clipprobe.analysis.cooccurrence`) and writes ``cooccurrence.parquet``,
 ``samples.parquet``, ``lift_heatmap.png`` and, last, ``run.json`` (:mod:`clipprobe.report.captions`).
 """
 
@@ -141,7 +141,7 @@ def count_captions(config: CountConfig) -> CountResult:
         raise DataError(ERR_TAXONOMY_NO_MATCH.format(name=taxonomy.name, n_words=len(space.words),
                                                      n=total.n_captions))
     with timer("stats"):
-        from clipprobe.captions.stats import cooccurrence_table
+        from clipprobe.analysis.cooccurrence import cooccurrence_table
 
         table = cooccurrence_table(space.words, space.groups, total.n_captions, total.n_word, total.n_group,
                                    total.n_both)

@@ -1,7 +1,7 @@
 """The files of ``clipprobe captions count``: the co-occurrence table, sample captions, the lift heatmap, ``run.json``.
 
 ``cooccurrence.parquet``: one row per (word, attribute, group) with its counts and statistics
-(:mod:`clipprobe.captions.stats`); ``samples.parquet``: a few captions per cell (word, attribute, group,
+(:mod:`clipprobe.analysis.cooccurrence`); ``samples.parquet``: a few captions per cell (word, attribute, group,
 file, row, caption); ``lift_heatmap.png``: :func:`clipprobe.captions.figures.save_lift_heatmap`;
 ``run.json``: the run record. :mod:`clipprobe.captions.counts` reads the folder back.
 """

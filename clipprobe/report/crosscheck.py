@@ -16,7 +16,7 @@ def crosscheck_scatter(joined, *, attribute: str | None = None, correlations=Non
     returns the Axes."""
     import numpy as np
 
-    from clipprobe.captions.stats import STATUS_OK
+    from clipprobe.analysis.cooccurrence import STATUS_OK
 
     rows = joined if attribute is None else joined[joined["attribute"] == attribute]
     if "caption_status" in rows.columns:
