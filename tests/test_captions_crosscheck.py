@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from clipprobe.captions.stats import cooccurrence_table
+from clipprobe.analysis.cooccurrence import cooccurrence_table
 from clipprobe.analysis.crosscheck import crosscheck
 from clipprobe.report.crosscheck import crosscheck_scatter
 from clipprobe.errors import DataError

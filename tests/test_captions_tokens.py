@@ -13,7 +13,7 @@ from test_captions_matching import TERMS, TRAPS, oracle_contains
 
 from clipprobe.captions import tokens
 from clipprobe.captions.matching import Matcher, normalise_term
-from clipprobe.captions.run import CountConfig, count_captions
+from clipprobe.pipeline.captions import CountConfig, count_captions
 from clipprobe.errors import UsageError
 
 pytest.importorskip("numba")       # a dependency; the pass is compiled by it

@@ -142,7 +142,7 @@ def reports(tmp_path_factory):
 
 
 def _cooccurrence(words, groups, seed=0):
-    from clipprobe.captions.stats import cooccurrence_table
+    from clipprobe.analysis.cooccurrence import cooccurrence_table
 
     rng = np.random.default_rng(seed)
     n_word = rng.integers(20, 200, size=len(words))

@@ -17,7 +17,7 @@ LIFT_CLIP = 3.0   # colour range of log2(lift): +/- 3 = 8x over / under the inde
 def strongest_words(table, top: int = 30, *, min_both: int = 5) -> list[str]:
     """Words with the largest log-odds for any group (cells with >= min_both captions first), among the
     rows whose association is defined (a word or group that occurs in no caption has no log-odds)."""
-    from clipprobe.captions.stats import defined_rows
+    from clipprobe.analysis.cooccurrence import defined_rows
 
     table = defined_rows(table)
     rows = table[table["n_both"] >= min_both]
@@ -34,7 +34,7 @@ def lift_heatmap(table, *, top: int = 30, words=None, ax=None):
     import numpy as np
 
     from clipprobe import figstyle as F
-    from clipprobe.captions.stats import defined_rows
+    from clipprobe.analysis.cooccurrence import defined_rows
 
     words = list(words) if words is not None else strongest_words(table, top)
     groups = list(dict.fromkeys(zip(table["attribute"], table["group"])))

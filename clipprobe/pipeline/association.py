@@ -30,6 +30,7 @@ from clipprobe.errors import DataError, UsageError
 from clipprobe.pipeline.probe import ProbeConfig
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pandas as pd
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ def crosscheck_scatter(joined, *, attribute: str | None = None, correlations=Non
     at the left. Returns the Axes."""
     import numpy as np
 
-    from clipprobe.captions.stats import STATUS_OK
+    from clipprobe.analysis.cooccurrence import STATUS_OK
     from clipprobe.report import figures as F
 
     rows = joined if attribute is None else joined[joined["attribute"] == attribute]

@@ -1118,14 +1118,6 @@ def describe_test(test: TestSpec) -> dict[str, Any]:
                      for k, s in test.sets.items()}}
 
 
-def stimuli_digest(stim: Stimuli) -> str:
-    """A short digest of a set's stimuli (identifies an image set's manifest in the cache)."""
-    h = hashlib.sha256()
-    for item in stim.items:
-        h.update(item.encode("utf-8") + b"\0")
-    return h.hexdigest()[:16]
-
-
 __all__ = [
     "IEAT_BASE_URL", "IEAT_COMMIT", "MissingStimuli", "ORDERS", "ORDER_LABELS", "ResolvedTest", "Resolver", "SetSpec", "Stimuli",
     "Suite", "TestSpec", "apply_paper_signs", "get_suite", "list_suites", "load_tests", "describe_test",

@@ -123,7 +123,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
              bootstrap: int = DEMO_BOOTSTRAP, progress: bool | None = None) -> DemoResult:
     """Run the whole pipeline offline on the planted world (see the module docstring)."""
     from clipprobe import _io
-    from clipprobe.captions.run import CountConfig, count_captions
+    from clipprobe.pipeline.captions import CountConfig, count_captions
     from clipprobe.pipeline.probe import ProbeConfig, open_probe, retrieve
     from clipprobe.pipeline.report import ReportConfig, run_report
     from clipprobe.report.retrieval import format_table, save_grid
