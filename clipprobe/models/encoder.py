@@ -116,6 +116,7 @@ class Encoder:
             "arch": self.spec.arch,
             "tag": self.spec.tag,
             "path": self.spec.path,
+            "shipped": self.spec.shipped,
             "device": self.device,
             "precision": self.precision,
             "dtype": self.dtype,
