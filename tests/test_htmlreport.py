@@ -12,6 +12,7 @@ import shutil
 import subprocess
 
 import numpy as np
+import pandas as pd
 
 import pytest
 from PIL import Image
@@ -460,3 +461,107 @@ def test_flagged_only_filter_runs_on_the_headline_flag(tmp_path, drawn, controls
     assert sorted(map(tuple, got["shown"])) == sorted(zip(want["word"], want["attribute"]))
     if controls:
         assert {word for word, _ in got["shown"]} == {"planted"} and (w["n_flagged"] > 0).sum() > len(want)
+
+
+# --------------------------------------------------------------------------- the caption cross-check section
+
+
+def _write_counts(report, folder, *, skip_group=None, seed=3):
+    """A `captions count` folder whose lexicon names the report's groups (but ``skip_group``)."""
+    from clipprobe._io import write_parquet
+    from clipprobe.captions.stats import cooccurrence_table
+
+    rng = np.random.default_rng(seed)
+    words = sorted(set(report.groups["word"]))
+    groups = [p for p in dict.fromkeys(zip(report.groups["attribute"], report.groups["group"])) if p[1] != skip_group]
+    n_word = rng.integers(40, 200, size=len(words))
+    n_group = rng.integers(300, 900, size=len(groups))
+    n_both = (np.minimum.outer(n_word, n_group) * rng.uniform(0, 0.5, size=(len(words), len(groups)))).astype(int)
+    write_parquet(folder / "cooccurrence.parquet", cooccurrence_table(words, groups, 5000, n_word, n_group, n_both))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def crosschecked(evil_report, tmp_path_factory):
+    """A copy of the evil report with a cross-check written into it (scatter plots left empty: fast)."""
+    from clipprobe.report import crosscheck as module
+
+    root = tmp_path_factory.mktemp("cross")
+    report_dir = root / "report"
+    shutil.copytree(evil_report.path, report_dir)
+    rep = load_report(report_dir)
+    counts = _write_counts(rep, root / FOLDER / "counts")
+    real = module.crosscheck_scatter
+    module.crosscheck_scatter = lambda joined, *, attribute=None, correlations=None, ax=None: ax
+    try:
+        module.write_crosscheck(rep.groups, counts, report_dir)
+    finally:
+        module.crosscheck_scatter = real
+    return rep, counts
+
+
+def test_crosscheck_has_its_section_with_escaped_strings(crosschecked, tmp_path, drawn):
+    from scipy.stats import spearmanr
+
+    rep, counts = crosschecked
+    text = write_html_report(rep, tmp_path / "after.html").read_text(encoding="utf-8")
+    for payload in PAYLOADS:
+        assert payload not in text, payload
+    assert '<a href="#captions">Captions</a>' in text and '<section id="captions">' in text
+    section = text.split('<section id="captions">')[1].split("</section>")[0]
+    assert html.escape(str(counts), quote=True) in section       # the counts folder, escaped
+    joined = pd.read_parquet(rep.path / "crosscheck.parquet")
+    for attribute, rows in joined.groupby("attribute"):
+        rho = spearmanr(rows["skew"], rows["caption_log_odds"]).statistic
+        assert f"<td>{attribute}</td><td class=\"num\" data-v=\"{rho:.7g}\">{rho:.3f}</td>" in section
+    # the figures written beside it are embedded, and the strongest caption associations listed
+    for attribute in joined["attribute"].unique():
+        png = (rep.path / "figures" / f"crosscheck_{attribute}.png").read_bytes()
+        assert base64.b64encode(png).decode() in section
+    top = joined.sort_values("caption_log_odds", ascending=False).iloc[0]
+    assert f">{html.escape(top.word, quote=True)}</td>" in section.split('id="crosscheck-top"')[1]
+
+
+def test_a_report_without_crosscheck_has_no_caption_section(evil_report, tmp_path, drawn):
+    text = write_html_report(evil_report, tmp_path / "a.html").read_text(encoding="utf-8")
+    assert 'id="captions"' not in text and 'href="#captions"' not in text
+
+
+def test_crosscheck_of_another_report_is_left_out(crosschecked, tmp_path, drawn):
+    rep, _ = crosschecked
+    folder = tmp_path / "r"
+    shutil.copytree(rep.path, folder)
+    rep = load_report(folder)
+    assert htmlreport.crosscheck_data(rep) is not None
+    record = json.loads((folder / "crosscheck.json").read_text())
+    other = rep.groups.assign(skew=rep.groups["skew"] + 0.5)      # a rerun of the report changed its rows
+    from clipprobe.report.crosscheck import groups_fingerprint
+
+    assert groups_fingerprint(other) != record["report_groups"] == groups_fingerprint(rep.groups)
+    (folder / "crosscheck.json").write_text(json.dumps({**record, "report_groups": groups_fingerprint(other)}))
+    assert htmlreport.crosscheck_data(rep) is None
+    assert 'id="captions"' not in write_html_report(rep, tmp_path / "a.html").read_text(encoding="utf-8")
+
+
+def test_crosscheck_with_a_lexicon_that_does_not_name_the_groups_is_an_error(tmp_path):
+    from clipprobe.errors import DataError
+    from clipprobe.report.crosscheck import MSG_GROUPS_MISMATCH, check_counts, write_crosscheck
+
+    rep = load_report(make_report(tmp_path / "r", images=False, k=30, n_boot=5))
+    missing = rep.groups_of("gender")[0]
+    counts = _write_counts(rep, tmp_path / "counts", skip_group=missing)
+    with pytest.raises(DataError) as err:
+        write_crosscheck(rep.groups, counts, tmp_path / "out")
+    have = sorted(g for g in rep.groups_of("gender") if g != missing)
+    assert str(err.value) == MSG_GROUPS_MISMATCH.format(
+        source=f"caption counts folder {counts}", attribute="gender", missing=repr(missing),
+        counts=", ".join(repr(g) for g in have))
+    assert not (tmp_path / "out").exists()
+    groups = {a: rep.groups_of(a) for a in rep.attributes}
+    with pytest.raises(DataError, match="the caption lexicon does not match the report"):
+        check_counts(counts, list(rep.words["word"]), groups=groups)
+    with pytest.raises(DataError, match="no attribute in common"):
+        check_counts(counts, list(rep.words["word"]), groups={"skin_tone": ["light", "dark"]})
+    # an attribute the lexicon lacks altogether (race_gender is derived) is only left out
+    only = _write_counts(rep, tmp_path / "only", skip_group=None)
+    check_counts(only, list(rep.words["word"]), groups={**groups, "hair": ["long", "short"]})
