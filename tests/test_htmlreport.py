@@ -565,3 +565,67 @@ def test_crosscheck_with_a_lexicon_that_does_not_name_the_groups_is_an_error(tmp
     # an attribute the lexicon lacks altogether (race_gender is derived) is only left out
     only = _write_counts(rep, tmp_path / "only", skip_group=None)
     check_counts(only, list(rep.words["word"]), groups={**groups, "hair": ["long", "short"]})
+
+
+# --------------------------------------------------------------------------- the index page of a folder of runs
+
+
+def test_index_links_every_page_of_the_runs_under_a_folder(evil_report, tmp_path):
+    from urllib.parse import quote
+
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+    from clipprobe.report.pages import find_runs, write_index
+
+    root = tmp_path / "runs"
+    shutil.copytree(evil_report.path, root / "reports" / FOLDER)
+    (root / "reports" / FOLDER / "report.html").write_text("<html></html>")
+    sub = root / "subsets" / "vit"
+    sub.mkdir(parents=True)
+    (sub / "run.json").write_text(json.dumps({"command": "subsets", "model": {"canonical": MODEL},
+                                              "dataset": {"spec": FOLDER}, "started": "2026-01-02T03:04:05"}))
+    for name in ("subsets.html", "compare.html"):
+        (sub / name).write_text("<html></html>")
+    (sub / "figures").mkdir()
+    (sub / "figures" / "local_skew.png").write_bytes(b"png")
+    (sub / "figures" / "local_skew.pdf").write_bytes(b"pdf")
+    (root / "cache" / "x").mkdir(parents=True)          # caches and partial results are not runs
+    (root / "cache" / "x" / "run.json").write_text(json.dumps({"command": "report"}))
+    (root / "notes").mkdir()
+    (root / "notes" / "run.json").write_text("{not json")  # unreadable records are skipped
+    (root / "retrieve-nurse.txt").write_text("table")
+
+    runs = find_runs(root)
+    assert [(r["path"], r["command"]) for r in runs] == [(f"reports/{FOLDER}", "report"), ("subsets/vit", "subsets")]
+    assert runs[1]["pages"] == ["subsets/vit/subsets.html", "subsets/vit/compare.html"]
+    assert runs[1]["figures"] == ["subsets/vit/figures/local_skew.pdf", "subsets/vit/figures/local_skew.png"]
+    assert runs[0]["model"] == MODEL and runs[1]["started"] == "2026-01-02 03:04"
+
+    result = CliRunner().invoke(cli, ["index", str(root)])
+    assert result.exit_code == 0, result.output
+    text = (root / "index.html").read_text(encoding="utf-8")
+    assert write_index(root).read_text(encoding="utf-8") == text     # the same page from the same folder
+    for payload in PAYLOADS:
+        assert payload not in text, payload
+    hrefs = re.findall(r'href="([^"]*)"', text)
+    for page in (f"reports/{FOLDER}/report.html", "subsets/vit/subsets.html", "subsets/vit/compare.html",
+                 "subsets/vit/figures/local_skew.png", "subsets/vit/figures/local_skew.pdf", "retrieve-nurse.txt"):
+        assert html.escape(quote(page, safe="/"), quote=True) in hrefs, page
+    assert all(not h.startswith(("/", "javascript:", "http")) and ".." not in h for h in hrefs)
+    assert "cache/x" not in text and "<script" not in text
+    assert "<script" not in text and html.escape(MODEL) in text
+
+
+def test_index_command_keeps_build_and_refuses_an_empty_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["index", "build", "--help"]).exit_code == 0
+    result = runner.invoke(cli, ["index", str(tmp_path)])
+    assert result.exit_code == 1 and f"no run folder (a folder with run.json written by clipprobe) under {tmp_path}" \
+        in result.output
+    result = runner.invoke(cli, ["index", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "does not exist" in result.output

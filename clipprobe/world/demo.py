@@ -12,6 +12,7 @@ functions the CLI calls:
     DIR/null-report/           the same report with the labels shuffled against the images
     DIR/truth.json             what was planted
     DIR/validation.json        how much of it the probe found, and what it flagged that was not planted
+    DIR/index.html             links every page and result above (`clipprobe index DIR` rewrites it)
 
 Validation (:func:`validate`): recall is the share of planted (word, attribute,
 group) triples the report flags; the false-positive rate is the share of the
@@ -207,4 +208,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
     validation["timings"] = timings
     paths["validation"] = out / "validation.json"
     _io.write_json(paths["validation"], validation)
+    from clipprobe.report.pages import write_index
+
+    paths["index"] = write_index(out)     # one page linking every page and result the demo wrote
     return DemoResult(out=out, validation=validation, paths=paths, timings=timings)
