@@ -69,6 +69,7 @@ def test_retrieval_of_planted_word_finds_its_group(demo):
     assert top["group"] == planted["group"]
 
 
+@pytest.mark.slow
 def test_walkthrough_notebook_runs(demo):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
