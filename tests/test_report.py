@@ -282,3 +282,28 @@ def test_controls_none_leaves_the_control_columns_null_and_says_so(setup, tmp_pa
     assert _summary(r.output).endswith("rows: no control test was run (no control queries), so none is flagged "
                                        f"against them; {run['n_flagged']} with a top-k that is not a random sample "
                                        "of faces (hypergeometric test, FDR 0.05)")
+
+
+def test_interval_ends_at_exact_bounds_are_exact():
+    """A count of 0 of k has a share interval starting at exactly 0 (and k of k ending at exactly 1): the Wilson
+    formula leaves 3.5e-18 in floating point, which a reader of the tables would take for a number."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from clipprobe.analysis.intervals import share_interval
+
+    counts = np.arange(0, 101)
+    for method in ("wilson", "jeffreys"):
+        lo, hi = share_interval(counts, 100, method=method)
+        assert lo[0] == 0.0 and hi[-1] == 1.0
+        ref_lo, ref_hi = proportion_confint(counts, 100, alpha=0.05, method=method)
+        np.testing.assert_allclose(lo[1:], ref_lo[1:], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(hi[:-1], ref_hi[:-1], rtol=0, atol=1e-15)
+        assert (lo[1:] > 1e-4).all() and (hi[:-1] < 1 - 1e-4).all()
+
+
+def test_report_tables_have_no_floating_residue_at_zero(setup):
+    groups = pd.read_parquet(setup["out"] / "groups.parquet")
+    zero = groups[groups["count"] == 0]
+    assert len(zero) and (zero["share_ci_low"] == 0.0).all()
+    lows = groups["share_ci_low"].to_numpy()
+    assert not ((lows > 0) & (lows < 1e-12)).any()
