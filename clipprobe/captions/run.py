@@ -36,6 +36,48 @@ from clipprobe.errors import ClipprobeError, DataError, UsageError
 
 log = logging.getLogger(__name__)
 
+# The first scan on a machine compiles the token pass (numba, about a minute); later runs load it from the
+# cache folder in a second. A compile that has not finished after NOTICE_AFTER_S says so, then how long it
+# has run every NOTICE_EVERY_S.
+MSG_COMPILING = "compiling the caption kernels once (about a minute; later runs load them from {cache}) ..."
+MSG_STILL_COMPILING = "still compiling the caption kernels ({seconds:.0f} s)"
+MSG_COMPILED = "caption kernels compiled in {seconds:.0f} s"
+NOTICE_AFTER_S = 2.0
+NOTICE_EVERY_S = 15.0
+
+
+@contextlib.contextmanager
+def compile_notice(after: float | None = None, every: float | None = None):
+    """Log :data:`MSG_COMPILING` when the block runs longer than ``after`` seconds, then its progress every
+    ``every`` seconds, and :data:`MSG_COMPILED` at the end (nothing when it was quick: loaded from the cache)."""
+    import threading
+
+    after = NOTICE_AFTER_S if after is None else after
+    every = NOTICE_EVERY_S if every is None else every
+    start = time.perf_counter()
+    done = threading.Event()
+    noticed = []
+
+    def watch() -> None:
+        if done.wait(after):
+            return
+        from clipprobe._jitcache import cache_dir
+
+        noticed.append(True)
+        log.info(MSG_COMPILING.format(cache=cache_dir()))
+        while not done.wait(every):
+            log.info(MSG_STILL_COMPILING.format(seconds=time.perf_counter() - start))
+
+    watcher = threading.Thread(target=watch, name="clipprobe-compile-notice", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        if noticed:
+            log.info(MSG_COMPILED.format(seconds=time.perf_counter() - start))
+
 DEFAULT_TEXT_COLUMN = "TEXT"
 FALLBACK_TEXT_COLUMNS = ("caption", "text")
 CHUNK_ROWS = 131_072      # row groups are grouped into tasks of about this many rows
@@ -191,7 +233,8 @@ def count_captions(config: CountConfig) -> CountResult:
             from clipprobe.captions.scan import prepare_worker
 
             # matcher, compiled pass and tables, before the scan (forked workers inherit them)
-            prepare_worker(spec, config.workers or os.cpu_count() or 1)
+            with compile_notice():
+                prepare_worker(spec, config.workers or os.cpu_count() or 1)
 
     skipped: list[dict[str, str]] = []
     done: dict[str, FileInfo] = {}
