@@ -37,7 +37,7 @@ def test_load_report_reads_tables_and_splits_categories(report):
     assert report.attributes[0] == "race"
     # "ceo" is in two categories, joined by "; ": both must be listed, and no joined string.
     assert report.categories == ["occupation", "status", "traits"]
-    assert report.words.loc[report.words["word"] == "ceo", "category"].iloc[0] == "occupation; status"
+    assert report.words.loc[report.words["word"] == "ceo", "category"].iloc[0] == ["occupation", "status"]
     assert report.model_spec == "TinyCLIP-test:random"
     assert report.groups["flagged"].dtype == bool
 
@@ -88,7 +88,7 @@ def _oracle_mean_skew(groups, attribute):
     for row in groups.itertuples(index=False):
         if row.attribute != attribute:
             continue
-        for cat in row.category.split("; "):
+        for cat in row.category:
             sums[cat, row.group] += row.skew
             counts[cat, row.group] += 1
     return {key: sums[key] / counts[key] for key in sums}
@@ -143,7 +143,7 @@ def test_entropy_by_category_plots_summary(report):
 def test_word_skew_dots_rows_points_and_flags(report):
     g = report.groups
     ax = figures.word_skew_dots(g, "status", "race")
-    rows = g[(g["attribute"] == "race") & g["category"].str.contains("status")]
+    rows = g[(g["attribute"] == "race") & g["category"].map(lambda c: "status" in c)]
     order = rows.groupby("word")["skew"].max().sort_values(ascending=False).index.tolist()
     assert [t.get_text() for t in ax.get_yticklabels()] == order
     points = np.concatenate([c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets")
@@ -165,7 +165,7 @@ def test_word_skew_dots_unknown_category(report):
 def test_stability_dots_one_point_per_word_and_attribute(report):
     ax = figures.stability_dots(report.words, category="occupation", attributes=["race", "gender"])
     w = report.words
-    rows = w[w["category"].str.contains("occupation") & w["attribute"].isin(["race", "gender"])]
+    rows = w[w["category"].map(lambda c: "occupation" in c) & w["attribute"].isin(["race", "gender"])]
     offsets = [c.get_offsets() for c in ax.collections]
     assert [len(o) for o in offsets] == [rows["word"].nunique()] * 2
     for o, attr in zip(offsets, ["race", "gender"]):
@@ -277,7 +277,7 @@ def _most_skewed(groups, attribute, category=None):
     """Words by their largest skew over the groups, largest first (plain loops)."""
     best = {}
     for row in groups.itertuples(index=False):
-        if row.attribute != attribute or (category and category not in row.category.split("; ")):
+        if row.attribute != attribute or (category and category not in row.category):
             continue
         best[row.word] = max(best.get(row.word, -np.inf), row.skew)
     return sorted(best, key=lambda w: (-best[w], w))   # ties: alphabetical
@@ -448,7 +448,7 @@ def test_top_words_restricted_to_categories(report):
     specs = figures.figure_specs(report, categories=["traits"])
     top = [s for s in specs if s.kind == "top_words"]
     assert top and all(s.stem.endswith("_traits") for s in top)
-    traits = {w for w, c in zip(report.words["word"], report.words["category"]) if "traits" in c.split("; ")}
+    traits = {w for w, c in zip(report.words["word"], report.words["category"]) if "traits" in c}
     for spec in top:
         shown = {t.get_text() for t in spec.draw().get_yticklabels()}
         assert shown == traits  # few words: all of them, and only them

@@ -336,6 +336,4 @@ def _main(argv=None) -> int:
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from clipprobe.models import catalog as _module
-
-    raise SystemExit(_module._main())
+    raise SystemExit(_main())

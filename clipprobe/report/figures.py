@@ -43,7 +43,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from clipprobe._io import atomic_path, ensure_dir
 from clipprobe.errors import UsageError, one_of
 from clipprobe.faces import ATTRIBUTES
-from clipprobe.report.store import CATEGORY_SEP, explode_categories
+from clipprobe.report.store import categories_of, explode_categories
 
 log = logging.getLogger(__name__)
 
@@ -505,7 +505,7 @@ def core_attributes(report, attributes: Sequence[str] | None = None) -> list[str
 
 def _in_categories(df, categories: Sequence[str]):
     wanted = set(categories)
-    keep = [bool(wanted.intersection(p.strip() for p in str(v).split(CATEGORY_SEP.strip()))) for v in df["category"]]
+    keep = [bool(wanted.intersection(categories_of(v))) for v in df["category"]]
     return df[keep]
 
 

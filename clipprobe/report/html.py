@@ -43,7 +43,7 @@ from clipprobe._io import write_text
 from clipprobe.errors import UsageError
 from clipprobe.report.formatting import e
 from clipprobe.report.formatting import num as _num
-from clipprobe.report.store import CATEGORY_SEP
+from clipprobe.report.store import categories_of, category_text, top_groups_of
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,8 @@ def _summary_section(report) -> str:
     rows = []
     s = report.summary.sort_values(["category", "attribute"])
     for r in s.itertuples(index=False):
-        top = r.top_groups if isinstance(r.top_groups, str) and r.top_groups else "—"
+        over = [t for t in top_groups_of(r.top_groups) if t["mean_skew"] is not None and t["mean_skew"] > 0]
+        top = "; ".join(f"{t['group']} ({t['mean_skew']:+.2f})" for t in over) or "none"
         rows.append([
             _td(r.category), _td(r.attribute), _td(str(r.n_words), num=r.n_words),
             _td(_num(r.mean_norm_entropy), num=r.mean_norm_entropy),
@@ -214,7 +215,7 @@ def _summary_section(report) -> str:
         ])
     headers = [("Category", "text"), ("Attribute", "text"), ("Words", "num"), ("Mean norm. entropy", "num"),
                ("Mean MaxSkew excess", "num"), ("Words flagged vs controls", "num"),
-               ("Not a random sample (hypergeometric)", "num"), ("Most over-represented groups", "text")]
+               ("Not a random sample (hypergeometric)", "num"), ("Most over-represented groups (mean skew > 0)", "text")]
     from clipprobe.analysis.probe import controls_ran
 
     shares = ("the share of words with at least one group flagged against the control queries, and, second, with "
@@ -274,7 +275,7 @@ def _flagged_section(report, sheets: dict[str, str], note: str | None) -> str:
             word_cell = f'<td title="{e(r.word)}"><a href="#{sheets[r.word]}">{e(r.word)}</a></td>'
         count = f"{int(r.count)}/{int(r.k)}" + (" (low count)" if bool(r.low_count) else "")
         rows.append([
-            word_cell, _td(r.category), _td(r.attribute), _td(r.group),
+            word_cell, _td(category_text(r.category)), _td(r.attribute), _td(r.group),
             _td(count, num=r.count), _td(_num(r.share), num=r.share),
             _td(_ci(r.share_ci_low, r.share_ci_high)),
             _td(_num(r.base_share), num=r.base_share),
@@ -381,7 +382,7 @@ def _contact_sheets(report, image_loader, label_for, max_sheets: int, faces: int
                        f"<b>{_num(p.skew)}</b></span>" for p in pairs.itertuples(index=False))
         anchor = f"faces-{len(out.blocks)}"
         out.anchors[word] = anchor
-        out.blocks.append(f'<div class="sheet" id="{anchor}"><h3>{e(word)} <small>{e(row["category"])}</small></h3>'
+        out.blocks.append(f'<div class="sheet" id="{anchor}"><h3>{e(word)} <small>{e(category_text(row["category"]))}</small></h3>'
                           f'<div class="tags">{tags}</div>'
                           f'<img alt="top faces for {e(word)}" src="data:image/jpeg;base64,{_b64(jpeg)}"></div>')
     left = len(order) - len(out.blocks)
@@ -420,8 +421,7 @@ def _words_payload(report) -> dict:
         if r["word"] not in prompts:
             prompts[r["word"]] = list(r["prompts"]) if r["prompts"] is not None else []
         rows.append({
-            "word": r["word"], "category": r["category"],
-            "categories": [c.strip() for c in str(r["category"]).split(CATEGORY_SEP.strip()) if c.strip()],
+            "word": r["word"], "category": category_text(r["category"]), "categories": categories_of(r["category"]),
             "attribute": r["attribute"], "top_group": r["top_group"], "max_skew": _round(r["max_skew"]),
             "max_skew_excess": _round(r["max_skew_excess"]), "p_max_skew": _round(r["p_max_skew"]),
             "min_skew": _round(r["min_skew"]), "norm_entropy": _round(r["norm_entropy"]),
