@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -629,3 +630,29 @@ def test_index_command_keeps_build_and_refuses_an_empty_folder(tmp_path):
         in result.output
     result = runner.invoke(cli, ["index", str(tmp_path / "missing")])
     assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_crosscheck_command_adds_the_section_to_an_existing_page(evil_report, tmp_path, monkeypatch, drawn):
+    from click.testing import CliRunner
+    from matplotlib.figure import Figure
+
+    from clipprobe.cli import cli
+    from clipprobe.report import crosscheck as module
+
+    # figures are tested above: here they are stubs
+    monkeypatch.setattr(module, "crosscheck_scatter", lambda joined, *, attribute=None, correlations=None, ax=None: ax)
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **kw: Path(path).write_bytes(DRAWN))
+    monkeypatch.setattr(htmlreport._FigureSource, "png", lambda self, spec: DRAWN)
+    shutil.copytree(evil_report.path, tmp_path / "r")
+    rep = load_report(tmp_path / "r")
+    (rep.path / "report.html").write_text("<html>an earlier page</html>")
+    counts = _write_counts(rep, tmp_path / "counts")
+    result = CliRunner().invoke(cli, ["crosscheck", str(rep.path), str(counts)])
+    assert result.exit_code == 0, result.output
+    assert 'id="captions"' in (rep.path / "report.html").read_text(encoding="utf-8")
+    assert f"  {rep.path / 'report.html'}" in result.output.splitlines()
+    # numbers printed rounded: rho to 3 decimals, p to 2 significant digits
+    lines = [ln for ln in result.output.splitlines() if "Spearman rho" in ln]
+    assert lines and all(re.fullmatch(r"\w+: Spearman rho\(skew, caption log-odds\) = -?\d\.\d{3} "
+                                      r"\(p = [-+.e\d]+, n = \d+\)", ln) for ln in lines), lines
+    assert not re.search(r"\d\.\d{6,}", result.output)
