@@ -656,3 +656,35 @@ def test_crosscheck_command_adds_the_section_to_an_existing_page(evil_report, tm
     assert lines and all(re.fullmatch(r"\w+: Spearman rho\(skew, caption log-odds\) = -?\d\.\d{3} "
                                       r"\(p = [-+.e\d]+, n = \d+\)", ln) for ln in lines), lines
     assert not re.search(r"\d\.\d{6,}", result.output)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium/chrome installed")
+def test_wide_tables_show_every_column_in_a_laptop_window(tmp_path, monkeypatch):
+    """At 1280 px every column of the flagged-pairs table fits its box: headers and text cells wrap instead of
+    pushing columns ("q vs controls") out of sight. Measured in the browser by a script added to a copy of
+    the page (the page itself runs only its own script)."""
+    words = {f"{w}-word-with-a-long-name": ("criminal justice", "education and wealth", "portrayal in media")
+             for w in ("first", "second", "third")}
+    plants = {w: ("race_gender", "Southeast Asian_Female", 12.0) for w in words}
+    rep = load_report(make_report(tmp_path / "r", words=words, plants=plants, images=False, k=30, n_boot=5))
+    monkeypatch.setattr(htmlreport._FigureSource, "png", lambda self, spec: DRAWN)     # figures are not measured
+    text = write_html_report(rep, tmp_path / "report.html").read_text(encoding="utf-8")
+    probe = ("<script>addEventListener('load', function () {"
+             "var out = [];"
+             "document.querySelectorAll('.tablewrap').forEach(function (w) {"
+             "  var t = w.querySelector('table');"
+             "  out.push((t.id || 'table') + ':' + (w.scrollWidth - w.clientWidth));"
+             "});"
+             "document.body.setAttribute('data-overflow', out.join(','));"
+             "});</script></body>")
+    page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text).replace("</body>", probe)
+    (tmp_path / "measured.html").write_text(page, encoding="utf-8")
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
+           "--window-size=1280,900", "--virtual-time-budget=3000", "--dump-dom", (tmp_path / "measured.html").as_uri()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    found = re.search(r'data-overflow="([^"]*)"', out.stdout)
+    assert found, out.stderr[-2000:]
+    overflow = dict(item.rsplit(":", 1) for item in found.group(1).split(","))
+    assert "flagged-table" in overflow and "summary-table" in overflow
+    assert {k: int(v) for k, v in overflow.items() if int(v) > 0} == {}
