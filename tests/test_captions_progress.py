@@ -10,15 +10,29 @@ import pytest
 from clipprobe.captions import run
 
 
-def test_a_slow_compile_is_announced_with_progress(caplog):
+def test_a_slow_compile_is_announced_with_progress(caplog, tmp_path, monkeypatch):
+    monkeypatch.setenv("CLIPPROBE_CACHE", str(tmp_path / "empty-cache"))    # nothing compiled yet
     caplog.set_level(logging.INFO, logger="clipprobe.captions.run")
     with run.compile_notice(after=0.05, every=0.1):
         time.sleep(0.45)
     messages = [r.getMessage() for r in caplog.records]
     assert messages[0].startswith("compiling the caption kernels once (about a minute; later runs load them from ")
-    still = [m for m in messages if m.startswith("still compiling the caption kernels (")]
+    still = [m for m in messages if m.startswith("still preparing the caption kernels (")]
     assert 2 <= len(still) <= 4
-    assert messages[-1].startswith("caption kernels compiled in ")
+    assert messages[-1].startswith("caption kernels ready in ")
+
+
+def test_a_slow_load_from_the_cache_is_not_called_a_compile(caplog, tmp_path, monkeypatch):
+    from clipprobe._jitcache import cache_dir
+
+    monkeypatch.setenv("CLIPPROBE_CACHE", str(tmp_path / "cache"))
+    (cache_dir() / "tokens_abc").mkdir(parents=True)
+    (cache_dir() / "tokens_abc" / "tokens.count-1.py311.nbi").write_bytes(b"index")
+    caplog.set_level(logging.INFO, logger="clipprobe.captions.run")
+    with run.compile_notice(after=0.05, every=10):
+        time.sleep(0.2)
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == f"loading the compiled caption kernels from {cache_dir()} ..."
 
 
 def test_a_quick_load_from_the_cache_says_nothing(caplog):
@@ -53,4 +67,5 @@ def test_captions_count_wraps_the_compile_in_the_notice(tmp_path, caplog, monkey
     r = CliRunner().invoke(cli, ["captions", "count", "--captions", str(path), "--taxonomy", str(taxonomy),
                                  "--out", str(tmp_path / "out"), "--workers", "1"])
     assert r.exit_code == 0, r.output
-    assert any(m.getMessage().startswith("compiling the caption kernels once") for m in caplog.records)
+    assert any(m.getMessage().startswith(("compiling the caption kernels once", "loading the compiled caption"))
+               for m in caplog.records)

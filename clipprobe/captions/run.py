@@ -40,16 +40,18 @@ log = logging.getLogger(__name__)
 # cache folder in a second. A compile that has not finished after NOTICE_AFTER_S says so, then how long it
 # has run every NOTICE_EVERY_S.
 MSG_COMPILING = "compiling the caption kernels once (about a minute; later runs load them from {cache}) ..."
-MSG_STILL_COMPILING = "still compiling the caption kernels ({seconds:.0f} s)"
-MSG_COMPILED = "caption kernels compiled in {seconds:.0f} s"
+MSG_LOADING = "loading the compiled caption kernels from {cache} ..."
+MSG_STILL_COMPILING = "still preparing the caption kernels ({seconds:.0f} s)"
+MSG_COMPILED = "caption kernels ready in {seconds:.0f} s"
 NOTICE_AFTER_S = 2.0
 NOTICE_EVERY_S = 15.0
 
 
 @contextlib.contextmanager
 def compile_notice(after: float | None = None, every: float | None = None):
-    """Log :data:`MSG_COMPILING` when the block runs longer than ``after`` seconds, then its progress every
-    ``every`` seconds, and :data:`MSG_COMPILED` at the end (nothing when it was quick: loaded from the cache)."""
+    """Log :data:`MSG_COMPILING` (or :data:`MSG_LOADING` where the cache folder holds compiled kernels) when
+    the block runs longer than ``after`` seconds, then its progress every ``every`` seconds, and
+    :data:`MSG_COMPILED` at the end (nothing when it was quick)."""
     import threading
 
     after = NOTICE_AFTER_S if after is None else after
@@ -64,7 +66,9 @@ def compile_notice(after: float | None = None, every: float | None = None):
         from clipprobe._jitcache import cache_dir
 
         noticed.append(True)
-        log.info(MSG_COMPILING.format(cache=cache_dir()))
+        folder = cache_dir()
+        cached = folder.is_dir() and any(folder.rglob("*.nbi"))     # numba's index files of compiled functions
+        log.info((MSG_LOADING if cached else MSG_COMPILING).format(cache=folder))
         while not done.wait(every):
             log.info(MSG_STILL_COMPILING.format(seconds=time.perf_counter() - start))
 
