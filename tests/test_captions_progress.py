@@ -26,9 +26,15 @@ def test_a_slow_load_from_the_cache_is_not_called_a_compile(caplog, tmp_path, mo
     from clipprobe._jitcache import cache_dir
 
     monkeypatch.setenv("CLIPPROBE_CACHE", str(tmp_path / "cache"))
-    (cache_dir() / "tokens_abc").mkdir(parents=True)
-    (cache_dir() / "tokens_abc" / "tokens.count-1.py311.nbi").write_bytes(b"index")
     caplog.set_level(logging.INFO, logger="clipprobe.captions.run")
+    (cache_dir() / "analysis_abc").mkdir(parents=True)      # another module's kernels are not the caption kernels
+    (cache_dir() / "analysis_abc" / "_eatkernel.exact_counts-1.py311.nbi").write_bytes(b"index")
+    with run.compile_notice(after=0.05, every=10):
+        time.sleep(0.2)
+    assert caplog.records[0].getMessage().startswith("compiling the caption kernels once")
+    caplog.clear()
+    (cache_dir() / "captions_abc").mkdir(parents=True)
+    (cache_dir() / "captions_abc" / "tokens.count-1.py311.nbi").write_bytes(b"index")
     with run.compile_notice(after=0.05, every=10):
         time.sleep(0.2)
     messages = [r.getMessage() for r in caplog.records]

@@ -67,7 +67,8 @@ def compile_notice(after: float | None = None, every: float | None = None):
 
         noticed.append(True)
         folder = cache_dir()
-        cached = folder.is_dir() and any(folder.rglob("*.nbi"))     # numba's index files of compiled functions
+        # numba's index files of the functions compiled from clipprobe/captions/ (one folder per source folder)
+        cached = folder.is_dir() and any(folder.glob("captions_*/*.nbi"))
         log.info((MSG_LOADING if cached else MSG_COMPILING).format(cache=folder))
         while not done.wait(every):
             log.info(MSG_STILL_COMPILING.format(seconds=time.perf_counter() - start))
