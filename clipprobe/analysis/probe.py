@@ -31,7 +31,7 @@ TIES = ("index", "keep-all")
 DEFAULT_PERMUTATIONS = 1000
 LOW_COUNT = 5                   # counts below this are marked low_count: their skew is unstable
 CATEGORY_SEP = "; "             # how a row's categories are written as text (summary.csv, old report folders)
-TOP_GROUPS = 3                  # groups of highest mean skew listed per category and attribute (top_groups)
+TOP_GROUPS = 3                  # over-represented groups (positive mean skew) listed per category and attribute
 NO_CATEGORY = "(all words)"     # the category of a word when none is given
 TOP_FILES_KEPT = 25
 
@@ -408,8 +408,8 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
     and ``share_flagged_vs_controls``), the flag counts per word and attribute, and the per-category summary.
 
     ``categories`` maps a word to its categories (a string or a sequence); each row's ``category`` is the
-    list of its word's categories. The summary's ``top_groups`` lists the :data:`TOP_GROUPS` groups of
-    highest mean skew as ``{"group", "mean_skew"}`` records.
+    list of its word's categories. The summary's ``top_groups`` lists up to :data:`TOP_GROUPS` groups of
+    highest positive mean skew (over-represented) as ``{"group", "mean_skew"}`` records; none: an empty list.
     """
     import numpy as np
     import pandas as pd
@@ -464,7 +464,8 @@ def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
     for (category, attribute), part in exploded.groupby(["category", "attribute"], sort=False):
         gpart = g_exploded[(g_exploded["category"] == category) & (g_exploded["attribute"] == attribute)]
         mean_skew = gpart.groupby("group", sort=False)["skew"].mean().sort_values(ascending=False)
-        top = [{"group": str(g), "mean_skew": float(s)} for g, s in mean_skew.head(TOP_GROUPS).items()]
+        over = mean_skew[mean_skew > 0]         # over-represented: a positive mean skew, none otherwise
+        top = [{"group": str(g), "mean_skew": float(s)} for g, s in over.head(TOP_GROUPS).items()]
         rows.append({"category": category, "attribute": attribute, "n_words": len(part),
                      "mean_norm_entropy": float(part["norm_entropy"].mean()),
                      "mean_max_skew_excess": float(part["max_skew_excess"].mean()),
