@@ -38,7 +38,7 @@ def test_load_report_reads_tables_and_splits_categories(report):
     assert report.attributes[0] == "race"
     # "ceo" is in two categories, joined by "; ": both must be listed, and no joined string.
     assert report.categories == ["occupation", "status", "traits"]
-    assert report.words.loc[report.words["word"] == "ceo", "category"].iloc[0] == "occupation; status"
+    assert report.words.loc[report.words["word"] == "ceo", "category"].iloc[0] == ["occupation", "status"]
     assert report.model_spec == "TinyCLIP-test:random"
     assert report.groups["flagged"].dtype == bool
 
@@ -89,7 +89,7 @@ def _oracle_mean_skew(groups, attribute):
     for row in groups.itertuples(index=False):
         if row.attribute != attribute:
             continue
-        for cat in row.category.split("; "):
+        for cat in row.category:
             sums[cat, row.group] += row.skew
             counts[cat, row.group] += 1
     return {key: sums[key] / counts[key] for key in sums}
@@ -148,7 +148,7 @@ def _zero_marks(ax):
 def test_word_skew_dots_rows_points_and_flags(report):
     g = report.groups
     ax = figures.word_skew_dots(g, "status", "race")
-    rows = g[(g["attribute"] == "race") & g["category"].str.contains("status")]
+    rows = g[(g["attribute"] == "race") & g["category"].map(lambda c: "status" in c)]
     order = rows.groupby("word")["skew"].max().sort_values(ascending=False).index.tolist()
     assert [t.get_text() for t in ax.get_yticklabels()] == order
     measured, zero = rows[rows["count"] > 0], rows[rows["count"] == 0]
@@ -211,7 +211,7 @@ def test_word_skew_dots_unknown_category(report):
 def test_stability_dots_one_point_per_word_and_attribute(report):
     ax = figures.stability_dots(report.words, category="occupation", attributes=["race", "gender"])
     w = report.words
-    rows = w[w["category"].str.contains("occupation") & w["attribute"].isin(["race", "gender"])]
+    rows = w[w["category"].map(lambda c: "occupation" in c) & w["attribute"].isin(["race", "gender"])]
     offsets = [c.get_offsets() for c in ax.collections]
     assert [len(o) for o in offsets] == [rows["word"].nunique()] * 2
     for o, attr in zip(offsets, ["race", "gender"]):
@@ -332,7 +332,7 @@ def _most_skewed(groups, attribute, category=None):
     """Words by their largest skew over the groups, largest first (plain loops)."""
     best = {}
     for row in groups.itertuples(index=False):
-        if row.attribute != attribute or (category and category not in row.category.split("; ")):
+        if row.attribute != attribute or (category and category not in row.category):
             continue
         best[row.word] = max(best.get(row.word, -np.inf), row.skew)
     return sorted(best, key=lambda w: (-best[w], w))   # ties: alphabetical
@@ -506,7 +506,7 @@ def test_top_words_restricted_to_categories(report):
     specs = figures.figure_specs(report, categories=["traits"])
     top = [s for s in specs if s.kind == "top_words"]
     assert top and all(s.stem.endswith("_traits") for s in top)
-    traits = {w for w, c in zip(report.words["word"], report.words["category"]) if "traits" in c.split("; ")}
+    traits = {w for w, c in zip(report.words["word"], report.words["category"]) if "traits" in c}
     for spec in top:
         drawn = spec.draw()
         if spec.wide:      # small multiples: a panel per word

@@ -548,17 +548,17 @@ def _kl_columns(groups, words, k: int, sizes: Mapping[str, "np.ndarray"], presen
 
 
 def _local_tables(part, words: Sequence[str], categories):
-    """A scored chunk's tables in the report's columns, categories joined as :func:`finish_tables` joins
-    them; the q-values and flag counts are filled in later, over the whole family of local rows."""
+    """A scored chunk's tables in the report's columns, each row's categories a list as in
+    :func:`finish_tables`; the q-values and flag counts are filled in later, over the whole family of local rows."""
     import numpy as np
 
-    from clipprobe.analysis.probe import CATEGORY_SEP, GROUP_COLUMNS, NO_CATEGORY, WORD_COLUMNS, _per_word
+    from clipprobe.analysis.probe import GROUP_COLUMNS, WORD_COLUMNS, category_lists
 
-    joined = {w: (CATEGORY_SEP.join(c) if isinstance(c, (list, tuple)) else str(c)) or NO_CATEGORY
-              for w, c in zip(words, _per_word(categories, list(words), str))}
-    groups = part.groups.assign(category=part.groups["word"].map(joined), q_over=np.nan, flagged=False,
-                                q_vs_controls=np.nan, flagged_vs_controls=False)
-    word_rows = part.words.assign(category=part.words["word"].map(joined), n_flagged=0, n_flagged_vs_controls=0)
+    lists = category_lists(categories, list(words))
+    groups = part.groups.assign(category=[list(lists[w]) for w in part.groups["word"]], q_over=np.nan,
+                                flagged=False, q_vs_controls=np.nan, flagged_vs_controls=False)
+    word_rows = part.words.assign(category=[list(lists[w]) for w in part.words["word"]], n_flagged=0,
+                                  n_flagged_vs_controls=0)
     return groups[list(GROUP_COLUMNS)], word_rows[list(WORD_COLUMNS)]
 
 

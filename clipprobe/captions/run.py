@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,53 @@ from clipprobe.captions.inputs import (ERR_NO_INPUT, caption_fingerprint, check_
 from clipprobe.errors import ClipprobeError, DataError
 
 log = logging.getLogger(__name__)
+
+# The first scan on a machine compiles the token pass (numba, about a minute); later runs load it from the
+# cache folder in a second. A compile that has not finished after NOTICE_AFTER_S says so, then how long it
+# has run every NOTICE_EVERY_S.
+MSG_COMPILING = "compiling the caption kernels once (about a minute; later runs load them from {cache}) ..."
+MSG_LOADING = "loading the compiled caption kernels from {cache} ..."
+MSG_STILL_COMPILING = "still preparing the caption kernels ({seconds:.0f} s)"
+MSG_COMPILED = "caption kernels ready in {seconds:.0f} s"
+NOTICE_AFTER_S = 2.0
+NOTICE_EVERY_S = 15.0
+
+
+@contextlib.contextmanager
+def compile_notice(after: float | None = None, every: float | None = None):
+    """Log :data:`MSG_COMPILING` (or :data:`MSG_LOADING` where the cache folder holds compiled kernels) when
+    the block runs longer than ``after`` seconds, then its progress every ``every`` seconds, and
+    :data:`MSG_COMPILED` at the end (nothing when it was quick)."""
+    import threading
+
+    after = NOTICE_AFTER_S if after is None else after
+    every = NOTICE_EVERY_S if every is None else every
+    start = time.perf_counter()
+    done = threading.Event()
+    noticed = []
+
+    def watch() -> None:
+        if done.wait(after):
+            return
+        from clipprobe._jitcache import cache_dir
+
+        noticed.append(True)
+        folder = cache_dir()
+        # numba's index files of the functions compiled from clipprobe/captions/ (one folder per source folder)
+        cached = folder.is_dir() and any(folder.glob("captions_*/*.nbi"))
+        log.info((MSG_LOADING if cached else MSG_COMPILING).format(cache=folder))
+        while not done.wait(every):
+            log.info(MSG_STILL_COMPILING.format(seconds=time.perf_counter() - start))
+
+    watcher = threading.Thread(target=watch, name="clipprobe-compile-notice", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        if noticed:
+            log.info(MSG_COMPILED.format(seconds=time.perf_counter() - start))
 
 DEFAULT_TEXT_COLUMN = "TEXT"
 FALLBACK_TEXT_COLUMNS = ("caption", "text")
@@ -119,7 +167,8 @@ def prepare_scan(space, *, samples: int, method: str, engine: str, workers: int 
         from clipprobe.captions.scan import prepare_worker
 
         # matcher, compiled pass and tables, before the scan (forked workers inherit them)
-        prepare_worker(spec, workers or os.cpu_count() or 1)
+        with compile_notice():
+            prepare_worker(spec, workers or os.cpu_count() or 1)
     return spec
 
 

@@ -327,6 +327,8 @@ def describe_model(spec: str, *, count: bool = True) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in ZOO_COLUMNS}
     row.update(spec=parsed.canonical, arch=arch, tag=tag, kind=parsed.kind, model_key=model_key(parsed),
                arch_family=arch_family(arch))
+    if parsed.shipped:
+        return _describe_shipped(row, parsed.shipped)
     row.update(params_of(arch, count=count))
     file_name = Path(parsed.path).name if parsed.kind == "file" and parsed.path else None
     if tag is not None:
@@ -339,6 +341,32 @@ def describe_model(spec: str, *, count: bool = True) -> dict[str, Any]:
     _fill_samples(row, tag, file_name)
     _fill_performance(row, arch, tag, file_name)
     row["duplicate_of"] = same_checkpoints().get(row["spec"])
+    return row
+
+
+def _describe_shipped(row: dict, name: str) -> dict:
+    """A shipped model's row (``demo``): parameters counted from its safetensors header, its training data
+    and samples seen from the ``.meta.json`` written beside the weights when it was trained."""
+    from clipprobe.models.catalog import safetensors_params
+    from clipprobe.models.spec import shipped_model
+
+    model = shipped_model(name)
+    counts = safetensors_params(model.weights_path)
+    image, total = counts.get("visual", 0), sum(counts.values())
+    source = f"counted from the safetensors header of {model.weights_path.name}"
+    row.update(arch_family="ViT", params_image_m=round(image / 1e6, 2), params_text_m=round((total - image) / 1e6, 2),
+               params_total_m=round(total / 1e6, 2), params_source=source, dataset=model.training_data,
+               dataset_family="synthetic", dataset_size=None, dataset_size_source=UNKNOWN, samples_seen=None,
+               samples_seen_source=UNKNOWN)
+    meta_path = model.directory / f"{model.arch}.meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
+        row.update(dataset_size=float(meta["n_captions"]), dataset_size_source=meta_path.name,
+                   samples_seen=float(meta["n_captions"] * meta["epochs"]),
+                   samples_seen_source=f"{meta_path.name}: epochs x captions")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass    # a retrained model without its record: sizes stay unknown
+    _performance_note(row)
     return row
 
 
@@ -392,10 +420,11 @@ def _performance_note(row: dict, given: Sequence[str] = ()) -> None:
 
 
 def known_specs() -> list[str]:
-    """Every ``ARCH:TAG`` pair of ``open_clip.list_pretrained()``."""
-    import open_clip
+    """Every ``ARCH:TAG`` pair of ``open_clip.list_pretrained()`` (from the shipped catalog where it matches
+    the installed open_clip: nothing heavy is imported)."""
+    from clipprobe.models.catalog import known_lists
 
-    return [f"{arch}:{tag}" for arch, tag in open_clip.list_pretrained()]
+    return [f"{arch}:{tag}" for arch, tag in known_lists(import_open_clip=True).pairs]
 
 
 @dataclass(frozen=True)
@@ -594,10 +623,11 @@ def _human(n: float) -> str:
 def check_known(specs: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split specs into those that name a model (a known ``ARCH:TAG`` pair or another spec form) and
     messages for unknown pairs, each with close matches (nothing is loaded)."""
-    import open_clip
+    from clipprobe.models.catalog import known_lists
 
-    pairs = set(open_clip.list_pretrained(as_str=True))
-    archs = set(open_clip.list_models())
+    lists = known_lists(import_open_clip=True)
+    pairs = {f"{a}:{t}" for a, t in lists.pairs}
+    archs = lists.archs
     ok, problems = [], []
     for spec in specs:
         try:
@@ -608,7 +638,7 @@ def check_known(specs: Sequence[str]) -> tuple[list[str], list[str]]:
         if parsed.kind == "pretrained" and f"{parsed.arch}:{parsed.tag}" not in pairs and \
                 f"{parsed.arch}:{_clean_tag(parsed.tag or '')}" not in pairs:
             choices = sorted(pairs) if parsed.arch not in archs else [
-                f"{parsed.arch}:{t}" for t in open_clip.list_pretrained_tags_by_model(parsed.arch)]
+                f"{parsed.arch}:{t}" for t in lists.tags(parsed.arch)]
             problems.append(MSG_UNKNOWN_PAIR.format(spec=spec, hint=did_you_mean(spec, choices)))
             continue
         ok.append(spec)

@@ -109,6 +109,10 @@ class EatConfig:
             raise UsageError(stats.MSG_BOOTSTRAP.format(value=self.bootstrap))
         if not 0 < self.confidence < 1:
             raise UsageError(stats.MSG_CONFIDENCE.format(value=self.confidence))
+        if self.model:
+            from clipprobe.models.catalog import check_model_name
+
+            check_model_name(self.model, model_config=self.model_config)   # before seconds of torch imports
         return self
 
     @property

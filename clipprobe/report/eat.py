@@ -183,8 +183,10 @@ def stimuli_table(tests: Sequence[Any], results: Mapping[tuple[str, str], Any],
                 "sc_p_value": np.asarray(pv, dtype=float), "sc_p_value_sentences": np.asarray(pv_rows, dtype=float),
                 "sc_q_value": np.asarray(qv, dtype=float), "sc_n_permutations": nperm,
             }))
-    if not frames:
-        return pd.DataFrame({c: [] for c in STIMULI_COLUMNS})
+    if not frames:   # the column types of a table with rows
+        numbers = {"association": "float64", "sc_effect_size": "float64", "sc_p_value": "float64",
+                   "sc_n_permutations": "int64"}
+        return pd.DataFrame({c: pd.Series(dtype=numbers.get(c, str)) for c in STIMULI_COLUMNS})
     df = pd.concat(frames, ignore_index=True)[list(STIMULI_COLUMNS)]
     df["sc_n_permutations"] = df["sc_n_permutations"].astype("int64")
     return df

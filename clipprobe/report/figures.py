@@ -48,7 +48,7 @@ from clipprobe.figstyle import (  # noqa: F401  (re-exported: the report modules
     draw_zero_faces, errors, fit_to_canvas, freeze_layout, get_style, group_styles, legend_columns, literal, new_axes,
     new_figure, outside_canvas, png_bytes, save_figure, save_figure_file, scaled, series_style, set_skew_axis, short,
     skew_limits, slug, style, ticks, use_style, zero_faces, zero_legend_handle)
-from clipprobe.report.store import CATEGORY_SEP, explode_categories
+from clipprobe.report.store import categories_of, explode_categories
 
 log = logging.getLogger(__name__)
 
@@ -557,7 +557,7 @@ def core_attributes(report, attributes: Sequence[str] | None = None) -> list[str
 
 def _in_categories(df, categories: Sequence[str]):
     wanted = set(categories)
-    keep = [bool(wanted.intersection(p.strip() for p in str(v).split(CATEGORY_SEP.strip()))) for v in df["category"]]
+    keep = [bool(wanted.intersection(categories_of(v))) for v in df["category"]]
     return df[keep]
 
 

@@ -154,10 +154,8 @@ def finish_sweep_table(frames: list["pd.DataFrame"], extra_columns: Sequence[str
 
     columns = list(SWEEP_COLUMNS) + list(META_COLUMNS) + [c for c in extra_columns if c not in META_COLUMNS]
     frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("value", "ci_low", "ci_high") else "object")
-                             for c in columns})
-    df = pd.concat(frames, ignore_index=True)
+    # no rows (every model failed): the same column types as a table with rows
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     for c in columns:
         if c not in df.columns:
             df[c] = None
