@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 from llvmlite import ir
-from numba import njit, prange
+from numba import njit
 from numba.core import types
 from numba.extending import intrinsic
 
@@ -28,45 +28,52 @@ def _half_to_float(typingctx, bits):
 
 
 @njit(inline="always")
-def _load_half(x, i, j):
-    return _half_to_float(x[i, j])
+def _tile_sums(buf, acc, t, dots, norms, i0, m):
+    """Dot products and squared norms of the ``m`` rows of a transposed tile, each summed in index order."""
+    d = buf.shape[0]
+    c = t.shape[0]
+    acc[:, :] = 0
+    for j in range(d):
+        for k in range(c):
+            w = t[k, j]
+            for r in range(TILE):
+                acc[k, r] += buf[j, r] * w
+        for r in range(TILE):
+            acc[c, r] += buf[j, r] * buf[j, r]
+    for r in range(m):
+        for k in range(c):
+            dots[i0 + r, k] = acc[k, r]
+        norms[i0 + r] = acc[c, r]
 
 
-@njit(inline="always")
-def _load_float(x, i, j):
-    return x[i, j]
-
-
-def _make(load):
-    @njit(parallel=True)
-    def kernel(x, t, dots, norms):
-        n, d = x.shape
-        c = t.shape[0]
-        n_tiles = (n + TILE - 1) // TILE
-        for tile in prange(n_tiles):
-            i0 = tile * TILE
-            m = min(TILE, n - i0)
-            buf = np.zeros((d, TILE), np.float32)
-            acc = np.zeros((c + 1, TILE), np.float32)
-            for r in range(m):
-                for j in range(d):
-                    buf[j, r] = load(x, i0 + r, j)
+@njit(nogil=True)
+def scores_half(x, t, dots, norms):
+    """``x``: (n, d) uint16, the bits of float16 embeddings."""
+    n, d = x.shape
+    buf = np.zeros((d, TILE), np.float32)
+    acc = np.empty((t.shape[0] + 1, TILE), np.float32)
+    for i0 in range(0, n, TILE):
+        m = min(TILE, n - i0)
+        buf[:, m:] = 0
+        for r in range(m):
             for j in range(d):
-                for k in range(c):
-                    w = t[k, j]
-                    for r in range(TILE):
-                        acc[k, r] += buf[j, r] * w
-                for r in range(TILE):
-                    acc[c, r] += buf[j, r] * buf[j, r]
-            for r in range(m):
-                for k in range(c):
-                    dots[i0 + r, k] = acc[k, r]
-                norms[i0 + r] = acc[c, r]
-    return kernel
+                buf[j, r] = _half_to_float(x[i0 + r, j])
+        _tile_sums(buf, acc, t, dots, norms, i0, m)
 
 
-scores_half = _make(_load_half)
-scores_float = _make(_load_float)
+@njit(nogil=True)
+def scores_float(x, t, dots, norms):
+    """``x``: (n, d) float32 embeddings."""
+    n, d = x.shape
+    buf = np.zeros((d, TILE), np.float32)
+    acc = np.empty((t.shape[0] + 1, TILE), np.float32)
+    for i0 in range(0, n, TILE):
+        m = min(TILE, n - i0)
+        buf[:, m:] = 0
+        for r in range(m):
+            for j in range(d):
+                buf[j, r] = x[i0 + r, j]
+        _tile_sums(buf, acc, t, dots, norms, i0, m)
 
 
 def enable_cache() -> None:
@@ -78,15 +85,21 @@ def enable_cache() -> None:
 
 
 def scores(x, t, dots, norms, threads: int = 1) -> None:
-    """Fill ``dots`` (n, C) and ``norms`` (n,) float32 for ``x`` (n, d) float16/float32 and ``t`` (C, d) float32."""
-    import numba
+    """Fill ``dots`` (n, C) and ``norms`` (n,) float32 for ``x`` (n, d) float16/float32 and ``t`` (C, d) float32.
 
-    previous = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-    try:
-        if x.dtype == np.float16:
-            scores_half(x.view(np.uint16), t, dots, norms)
-        else:
-            scores_float(x, t, dots, norms)
-    finally:
-        numba.set_num_threads(previous)
+    With ``threads > 1`` the rows are cut into that many runs of whole tiles, one per thread (the
+    kernels release the GIL); a row's numbers are the same either way."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    kernel, data = (scores_half, x.view(np.uint16)) if x.dtype == np.float16 else (scores_float, x)
+    n = data.shape[0]
+    n_tiles = -(-n // TILE)
+    threads = max(1, min(int(threads), n_tiles))
+    if threads == 1:
+        kernel(data, t, dots, norms)
+        return
+    per = -(-n_tiles // threads) * TILE
+    runs = [(a, min(a + per, n)) for a in range(0, n, per)]
+    with ThreadPoolExecutor(len(runs)) as pool:
+        for f in [pool.submit(kernel, data[a:b], t, dots[a:b], norms[a:b]) for a, b in runs]:
+            f.result()

@@ -242,7 +242,7 @@ def _done(path: Path, key: str) -> dict | None:
     if not path.is_file():
         return None
     try:
-        meta = pq.read_schema(path).metadata or {}
+        meta = pq.ParquetFile(path).metadata.metadata or {}
         stored = json.loads(meta.get(META_KEY, b"{}"))
     except (OSError, ValueError):
         return None
