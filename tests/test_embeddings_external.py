@@ -213,3 +213,17 @@ def test_column_lookup(tmp_path):
     with pytest.raises(DataError) as err:
         folder.find_column(("TEXT", "text"), "the captions")
     assert "has no column 'TEXT (the captions)'" in str(err.value)
+
+
+def test_reader_gives_back_pages_and_keeps_the_data(tmp_path):
+    rng = np.random.default_rng(3)
+    emb = rng.standard_normal((5000, 64)).astype(np.float16)
+    ext.write_embedding_folder(tmp_path / "e", [(emb, _meta(5000))])
+    folder = ext.open_embedding_folder(tmp_path / "e")
+    with folder.reader(folder.shards[0]) as rows:
+        assert rows.array.shape == (5000, 64) and not rows.array.flags.writeable
+        assert np.array_equal(rows.array[:2500], emb[:2500])
+        rows.release(2500)
+        assert rows._released > 0 and rows._released % 4096 == 0
+        assert np.array_equal(rows.array, emb)          # released pages read back from the file
+        rows.release(5000)

@@ -23,19 +23,21 @@ float16 or float32 (no pickled objects: the header is parsed, ``allow_pickle`` i
 long as its header says, every shard has the same dimension (and the model's, when given), and each
 shard's row count equals its metadata's.
 
-Rows are read through a memory map (:meth:`EmbeddingFolder.embeddings`): the folder is never loaded
-whole. Rows that are NaN or zero are found by the pass that reads them (the scores kernel of
+Rows are read through a memory map (:meth:`EmbeddingFolder.reader`): the folder is never loaded
+whole, and a pass gives back the pages of the rows it has finished, so its resident memory stays at about
+one block whatever the number of rows. Rows that are NaN or zero are found by the pass that reads them (the scores kernel of
 :mod:`clipprobe.analysis.zeroshot` flags them); checking them here would read every byte twice.
 Local folders only (fsspec URLs are not memory-mappable).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from clipprobe.errors import DataError, UsageError
 
@@ -119,6 +121,31 @@ class EmbeddingFolder:
         return np.memmap(shard.embeddings, dtype=np.dtype(shard.dtype).newbyteorder("<"), mode="r",
                          offset=shard.offset, shape=(shard.rows, shard.dim), order="C")
 
+    @contextlib.contextmanager
+    def reader(self, shard: Shard) -> Iterator["ShardRows"]:
+        """The shard memory-mapped for one pass from start to end: ``rows.array`` is the ``(rows, dim)``
+        array; ``rows.release(stop)`` gives back the pages of the rows before ``stop`` (they stay in the
+        page cache, not in this process's resident memory), so a pass over any number of rows holds
+        about one block of them."""
+        import mmap
+
+        import numpy as np
+
+        if shard.rows == 0:
+            yield ShardRows(np.zeros((0, shard.dim), shard.dtype), None, shard.offset, 0)
+            return
+        with open(shard.embeddings, "rb") as fh:
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        dtype = np.dtype(shard.dtype).newbyteorder("<")
+        array = np.frombuffer(mm, dtype=dtype, count=shard.rows * shard.dim, offset=shard.offset)
+        rows = ShardRows(array.reshape(shard.rows, shard.dim), mm, shard.offset, shard.dim * dtype.itemsize)
+        try:
+            yield rows
+        finally:
+            rows.array = array = None
+            with contextlib.suppress(BufferError):     # a caller still holds a view: closed when it goes
+                mm.close()
+
     def metadata(self, shard: Shard, columns: Sequence[str] | None = None):
         """The shard's metadata as a pyarrow Table (``columns``: those only)."""
         import pyarrow.parquet as pq
@@ -150,6 +177,30 @@ class EmbeddingFolder:
     def summary(self) -> dict:
         return {"root": str(self.root), "kind": self.kind, "shards": len(self.shards), "rows": self.rows,
                 "dim": self.dim, "dtypes": list(self.dtypes), "columns": list(self.columns)}
+
+
+@dataclasses.dataclass
+class ShardRows:
+    """A shard's rows through a read-only memory map (see :meth:`EmbeddingFolder.reader`)."""
+
+    array: "np.ndarray"
+    _map: object
+    _offset: int
+    _row_bytes: int
+    _released: int = 0
+
+    def release(self, stop: int) -> None:
+        """Drop the resident pages of rows ``< stop`` (``madvise(MADV_DONTNEED)`` where the OS has it)."""
+        import mmap
+
+        end = self._offset + stop * self._row_bytes
+        begin = self._released // mmap.PAGESIZE * mmap.PAGESIZE
+        end = end // mmap.PAGESIZE * mmap.PAGESIZE
+        if self._map is None or end <= begin or not hasattr(self._map, "madvise") \
+                or not hasattr(mmap, "MADV_DONTNEED"):
+            return
+        self._map.madvise(mmap.MADV_DONTNEED, begin, end - begin)
+        self._released = end
 
 
 def _rel(root: Path, path: Path) -> str:

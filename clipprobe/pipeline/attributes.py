@@ -279,7 +279,6 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
     column = attribute_column(prompts.attribute)
     both = both_column(prompts.attribute) if lexicon is not None else None
     prob_columns = [probability_column(n) for n in names]
-    emb = np.asarray(folder.embeddings(shard))
     pf = pq.ParquetFile(shard.metadata)
     wanted = [text_column] + ([key_column] if key_column is not None else [])
     arrow = pf.schema_arrow
@@ -291,14 +290,14 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
     first_invalid = None
     seconds = {"scores": 0.0, "metadata": 0.0, "write": 0.0}
     group_names = np.array(list(groups) + [None], dtype=object)
-    with atomic_path(dest, suffix=".parquet") as tmp:
+    with atomic_path(dest, suffix=".parquet") as tmp, folder.reader(shard) as rows:
         writer = pq.ParquetWriter(tmp, schema)
         try:
             start = 0
             for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=wanted, use_threads=False):
                 t0 = time.perf_counter()
                 n = batch.num_rows
-                result = classify(emb[start:start + n], classes, n_groups=k, scale=scale,
+                result = classify(rows.array[start:start + n], classes, n_groups=k, scale=scale,
                                   threshold=config.threshold, threads=config.threads(),
                                   name=f"embeddings {folder.root}: shard {shard.name}")
                 t1 = time.perf_counter()
@@ -328,6 +327,7 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
                 seconds["metadata"] += t2 - t1
                 seconds["write"] += time.perf_counter() - t2
                 start += n
+                rows.release(start)
             if counts["invalid"] and config.nan_rows == "error":
                 raise DataError(MSG_INVALID_ROWS.format(root=folder.root, path=shard.name, n=counts["invalid"],
                                                         row=first_invalid))
