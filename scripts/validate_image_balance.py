@@ -130,7 +130,7 @@ def _write_flags(template: Path, kept: np.ndarray, dest: Path) -> Path:
     return dest
 
 
-def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int) -> dict:
+def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int) -> dict:
     import pandas as pd
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -200,7 +200,8 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int) ->
     for name, flags in kept.items():
         result["data"][name] = data_association(texts, gender, flags)
         weights = _write_flags(template, flags, work / "train" / name / "weights.parquet")
-        meta = train_world_model(work / "model" / name, TrainConfig(seed=seed, keep=str(weights)), evaluate=False)
+        cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads)
+        meta = train_world_model(work / "model" / name, cfg, evaluate=False)
         probe = probe_model(work / "model" / name, truth, images)
         probe["n_trained"] = meta["world"]["n_trained"]
         probe["train_s"] = meta["timings_s"]["train"]
@@ -246,13 +247,16 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keep", type=float, default=0.25, help="target keep rate of both M4 runs")
     ap.add_argument("--both", action="store_true", help="also M4 on both_gender (caption's group, else image's)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="threads of the attribute pass")
+    ap.add_argument("--train-threads", type=int, default=1,
+                    help="torch threads of each training (1: a loaded machine; the shipped model used 2)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     for name in ("clipprobe", "validate_image_balance"):
         logging.getLogger(name).setLevel(logging.INFO)
     out = Path(args.out)
-    results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads)
+    results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads,
+                        train_threads=args.train_threads)
                for s in args.seeds]
     summary = summarise(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -25,8 +25,9 @@ shard's row count equals its metadata's.
 
 Rows are read through a memory map (:meth:`EmbeddingFolder.reader`): the folder is never loaded
 whole, and a pass gives back the pages of the rows it has finished, so its resident memory stays at about
-one block whatever the number of rows. Rows that are NaN or zero are found by the pass that reads them (the scores kernel of
-:mod:`clipprobe.analysis.zeroshot` flags them); checking them here would read every byte twice.
+one block whatever the number of rows. Rows that are NaN or zero are found by the pass that reads them
+(the scores kernel of :mod:`clipprobe.analysis.zeroshot` flags them); checking them here would read every
+byte twice.
 Local folders only (fsspec URLs are not memory-mappable).
 """
 
@@ -258,7 +259,8 @@ def _shard(root: Path, number: int, emb: Path, meta: Path) -> Shard:
     if dtype.hasobject or dtype.kind != "f" or dtype.itemsize not in (2, 4) or dtype.byteorder == ">":
         raise DataError(MSG_DTYPE.format(root=root, path=name, dtype=dtype.str if not dtype.hasobject else "objects"))
     if len(shape) != 2 or fortran:
-        raise DataError(MSG_SHAPE.format(root=root, path=name, shape=shape if not fortran else f"{shape} (Fortran order)"))
+        shown = shape if not fortran else f"{shape} (Fortran order)"
+        raise DataError(MSG_SHAPE.format(root=root, path=name, shape=shown))
     rows, dim = shape
     want = offset + rows * dim * dtype.itemsize
     size = emb.stat().st_size

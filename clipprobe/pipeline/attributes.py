@@ -453,3 +453,70 @@ def _config_dict(config: AttributeConfig) -> dict:
     data = to_dict(dataclasses.replace(config, probe=ProbeConfig()))
     data["probe"] = to_dict(config.probe)
     return data
+
+
+# ----------------------------------------------------------------------------------------------
+# balance measure|fit --attribute-source images|both
+
+SOURCES = ("captions", "images", "both")
+MSG_SOURCE = "attribute_source: source={value!r} is not one of " + ", ".join(map(repr, SOURCES[1:]))
+MSG_SOURCE_COLUMN = "attribute_source and attribute_column are two ways to give the groups: give one"
+MSG_SOURCE_ATTRIBUTE = ("attribute {attribute!r} is not the attribute of prompt set {prompts!r} ({want!r}): "
+                        "balance the prompt set's attribute or give another prompt set")
+MSG_SOURCE_CAPTIONS = ("captions come from the metadata of the embedding folder with attribute_source; "
+                       "do not give captions as well")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributeSource:
+    """Groups from the images for ``balance measure|fit``: ``source`` ``"images"`` (the image's group) or
+    ``"both"`` (the group the caption names where it names exactly one, else the image's), from the
+    attribute pass with ``attributes`` (its ``out`` is replaced by the balance run's ``OUT/attributes``)."""
+
+    source: str
+    attributes: AttributeConfig
+
+    def check(self) -> "AttributeSource":
+        if self.source not in SOURCES[1:]:
+            raise UsageError(MSG_SOURCE.format(value=self.source))
+        self.attributes.check()
+        return self
+
+
+def resolve_attribute_source(config):
+    """``(config, record)``: a :class:`~clipprobe.pipeline.balance.BalanceConfig` whose groups come from
+    the images rewritten to read the attribute pass's shard files with their group column, after running
+    the pass (resumable) into ``OUT/attributes``; ``record`` is what the balance run stores about it (the
+    classifier's accuracy per group included). A config without ``attribute_source`` comes back as it is."""
+    source = getattr(config, "attribute_source", None)
+    if source is None:
+        return config, None
+    from clipprobe.resources.attributes import get_attribute_prompts
+
+    source = source.check()
+    config.check()                  # the balance settings too, before the pass reads any image
+    if config.attribute_column is not None:
+        raise UsageError(MSG_SOURCE_COLUMN)
+    if config.captions:
+        raise UsageError(MSG_SOURCE_CAPTIONS)
+    prompts = get_attribute_prompts(source.attributes.prompts)
+    if prompts.attribute != config.attribute:
+        raise UsageError(MSG_SOURCE_ATTRIBUTE.format(attribute=config.attribute, prompts=prompts.name,
+                                                     want=prompts.attribute))
+    lexicon = None
+    if source.source == "both":
+        from clipprobe.resources.lexicon import get_lexicon
+
+        lexicon = get_lexicon(config.lexicon).name if config.lexicon is None else config.lexicon
+    attr_config = dataclasses.replace(source.attributes, out=str(Path(config.out) / "attributes"), lexicon=lexicon)
+    result = run_attributes(attr_config)
+    column = result.column if source.source == "images" else result.both_column
+    balanced = dataclasses.replace(config, captions=tuple(str(p) for p in result.shards), attribute_column=column,
+                                   groups=result.groups, text_column=result.text_column,
+                                   key=result.key_column if config.key is not None else None, attribute_source=None)
+    record = {"source": source.source, "column": column, "folder": str(result.out),
+              "embeddings": result.run["embeddings"], "model": result.run["model"].get("spec"),
+              "prompts": result.run["prompts"], "scale": result.run["scale"], "threshold": result.run["threshold"],
+              "calibration": result.run["calibration"], "calibration_note": result.run["calibration_note"],
+              "summary": result.run["summary"]}
+    return balanced, record
