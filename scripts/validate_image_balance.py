@@ -18,7 +18,9 @@ images):
    is), and a random subset of ``n`` of all 8,000 pairs is drawn (seeded);
 5. the planted association in each training set, on the images' *true* gender: P(rural | kind-X image)
    and P(rural | kind-Y image) (rural is planted with kind X), P(architect | kind Y / kind X);
-6. the tiny CLIP is retrained (seed ``s``) on each set and measured as in ``tests/test_balance_world.py``:
+6. the tiny CLIP is retrained (seed ``s``, ``--steps`` optimizer steps: as many as the shipped model's
+   28 epochs of 8,000 pairs, so that a small set is not also an undertrained model) on each set (the
+   ``both`` set only with ``--train-both``) and measured as in ``tests/test_balance_world.py``:
    the probe's skew of the planted words (k = 100), model RB on person-free images, model AB for rural vs
    architect on the probe faces.
 
@@ -130,7 +132,8 @@ def _write_flags(template: Path, kept: np.ndarray, dest: Path) -> Path:
     return dest
 
 
-def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int) -> dict:
+def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int,
+             steps: int, train_both: bool) -> dict:
     import pandas as pd
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -197,10 +200,15 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
                                                                  .to_numpy() == gender).mean()),
               "attribute_pass": attr.run["summary"], "fits": fitted,
               "data": {"all": data_association(texts, gender, np.ones(n_rows, bool))}, "models": {}}
+    batches = max(1, n // TrainConfig.batch_size)
+    epochs = max(TrainConfig.epochs, -(-steps // batches))      # the same number of steps as the shipped model
+    result["training"] = {"epochs": epochs, "steps": epochs * batches, "batch_size": TrainConfig.batch_size}
     for name, flags in kept.items():
         result["data"][name] = data_association(texts, gender, flags)
+        if name == "both" and not train_both:
+            continue
         weights = _write_flags(template, flags, work / "train" / name / "weights.parquet")
-        cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads)
+        cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads, epochs=epochs)
         meta = train_world_model(work / "model" / name, cfg, evaluate=False)
         probe = probe_model(work / "model" / name, truth, images)
         probe["n_trained"] = meta["world"]["n_trained"]
@@ -229,12 +237,13 @@ MEASURES = {
 
 def summarise(results: list[dict]) -> dict:
     conditions = list(results[0]["models"])
+    data_only = [c for c in results[0]["data"] if c not in conditions and c != "all"]
     out = {"seeds": [r["seed"] for r in results], "n_pairs": [r["n_pairs"] for r in results],
            "classifier_accuracy": [r["classifier"]["accuracy"] for r in results],
            "classifier_accuracy_gap": [r["classifier"]["accuracy_gap"] for r in results], "measures": {}}
     for name, fn in MEASURES.items():
         out["measures"][name] = {}
-        for c in conditions:
+        for c in conditions + (data_only + ["all"] if name.startswith("data") else []):
             values = [float(fn(r, c)) for r in results]
             out["measures"][name][c] = {"mean": float(np.mean(values)), "min": float(np.min(values)),
                                         "max": float(np.max(values)), "values": values}
@@ -248,6 +257,10 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", type=float, default=0.25, help="target keep rate of both M4 runs")
     ap.add_argument("--both", action="store_true", help="also M4 on both_gender (caption's group, else image's)")
     ap.add_argument("--threads", type=int, default=2, help="threads of the attribute pass")
+    ap.add_argument("--steps", type=int, default=868,
+                    help="optimizer steps of each training (868: the shipped model's 28 epochs of 8,000 pairs); "
+                         "the epochs are raised to reach them, at least 28")
+    ap.add_argument("--train-both", action="store_true", help="also retrain on the both_gender M4 set")
     ap.add_argument("--train-threads", type=int, default=1,
                     help="torch threads of each training (1: a loaded machine; the shipped model used 2)")
     args = ap.parse_args(argv)
@@ -256,7 +269,7 @@ def main(argv=None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     out = Path(args.out)
     results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads,
-                        train_threads=args.train_threads)
+                        train_threads=args.train_threads, steps=args.steps, train_both=args.train_both)
                for s in args.seeds]
     summary = summarise(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

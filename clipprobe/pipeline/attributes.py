@@ -291,7 +291,9 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
     seconds = {"scores": 0.0, "metadata": 0.0, "write": 0.0}
     group_names = np.array(list(groups) + [None], dtype=object)
     with atomic_path(dest, suffix=".parquet") as tmp, folder.reader(shard) as rows:
-        writer = pq.ParquetWriter(tmp, schema)
+        # dictionary pages and statistics only where they pay: the group columns, the probabilities
+        writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in (column, both) if c is not None],
+                                  write_statistics=prob_columns)
         try:
             start = 0
             for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=wanted, use_threads=False):
