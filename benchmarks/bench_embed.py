@@ -13,6 +13,12 @@ default, FairFace's size), this measures images per second of
 
 and prints ``pipeline / forward`` (the pipeline must not starve the model;
 target >= 0.85) and ``pipeline / one-by-one`` (target >= 1.5 on 2 CPU cores).
+
+The cost of keying the cache by content, in the same rounds: ``hash``, SHA-256 of every image's bytes
+(what a rerun does before it reuses a shard, and what the pipeline's workers do before decoding), as a
+share of the pipeline's time (target < 5%); ``rerun``, a second ``embed_dataset`` on the full cache
+(hashes every image, embeds nothing); and the model's ``fingerprint`` (SHA-256 of its weights in
+memory, its config and structure: part of the cache key) against the time to load the model.
 The three ways run round by round on separate generated datasets, in rotating
 order, so a change in machine load hits all of them alike. It also prints the
 model's busy share inside the pipeline (forward seconds / pipeline seconds),
@@ -130,7 +136,12 @@ def bench_model(name: str, datasets: list, work: Path, args) -> dict:
     On a shared machine the load changes over minutes; running the three ways
     round by round, in a rotating order, exposes each to the same conditions.
     """
+    t0 = time.perf_counter()
     encoder = load_encoder(name, work, args.device)
+    load_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    encoder.fingerprint()
+    fingerprint_s = time.perf_counter() - t0
     n = sum(len(d) for d in datasets)
     batches = [preprocessed_batches(encoder, d, args.batch_size) for d in datasets]
     encoder.encode_images(batches[0][0])  # warm-up (allocators, kernels)
@@ -139,6 +150,7 @@ def bench_model(name: str, datasets: list, work: Path, args) -> dict:
     seconds = {w: 0.0 for w in ways}
     stage = {"load_preprocess_s": 0.0, "wait_s": 0.0, "forward_s": 0.0, "write_s": 0.0}
     workers = None
+    hash_s = rerun_s = 0.0
     for r, dataset in enumerate(datasets):
         order = ways[r % len(ways):] + ways[:r % len(ways)]
         for way in order:
@@ -147,6 +159,8 @@ def bench_model(name: str, datasets: list, work: Path, args) -> dict:
                 for k in stage:
                     stage[k] += timings[k]
                 workers = timings["num_workers"]
+                hash_s += time_hash(dataset)
+                rerun_s += time_rerun(encoder, dataset, work / f"cache-{name}-{r}", args.batch_size)
             elif way == "forward":
                 t = time_forward(encoder, batches[r])
             else:
@@ -165,7 +179,30 @@ def bench_model(name: str, datasets: list, work: Path, args) -> dict:
     }
     if "one_by_one" in rate:
         result["pipeline_over_one_by_one"] = round(rate["pipeline"] / rate["one_by_one"], 3)
+    result.update({
+        "hash_s": round(hash_s, 4), "hash_over_pipeline": round(hash_s / seconds["pipeline"], 4),
+        "rerun_s": round(rerun_s, 4), "rerun_over_pipeline": round(rerun_s / seconds["pipeline"], 4),
+        "load_model_s": round(load_s, 3), "fingerprint_s": round(fingerprint_s, 3),
+    })
     return result
+
+
+def time_hash(dataset) -> float:
+    """Seconds to hash every image of ``dataset`` (as a rerun does before it reuses shards)."""
+    from clipprobe.embeddings.cache import content_digests
+
+    start = time.perf_counter()
+    content_digests(dataset, range(len(dataset)))
+    return time.perf_counter() - start
+
+
+def time_rerun(encoder, dataset, cache: Path, batch_size: int) -> float:
+    from clipprobe.embeddings.cache import embed_dataset
+
+    start = time.perf_counter()
+    emb = embed_dataset(encoder, dataset, cache_dir=cache, batch_size=batch_size, num_workers=0, progress=False)
+    assert emb.timings["n_embedded"] == 0, emb.timings
+    return time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -207,6 +244,12 @@ def main(argv=None) -> int:
             if "pipeline_over_one_by_one" in r:
                 print(f"  pipeline / one-by-one = {r['pipeline_over_one_by_one']:.3f}   (target >= 1.5)")
             print(f"  model busy share in the pipeline = {r['model_busy_share']:.3f}")
+            print(f"  hashing every image: {r['hash_s']:.3f} s = {100 * r['hash_over_pipeline']:.2f}% of the "
+                  f"pipeline's time (target < 5%)")
+            print(f"  rerun on the full cache (hashes, embeds nothing): {r['rerun_s']:.3f} s = "
+                  f"{100 * r['rerun_over_pipeline']:.2f}% of the pipeline's time")
+            print(f"  model fingerprint (weights, config, structure): {r['fingerprint_s']:.3f} s; "
+                  f"loading the model: {r['load_model_s']:.3f} s")
             print(f"  pipeline stages (s): {r['pipeline_stage_seconds']}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")

@@ -8,8 +8,8 @@ stays light)::
     faces  = cp.load_faces("fairface:/data/fairface")
     emb    = cp.embed_images(enc, faces)                 # cached, resumable
     texts  = cp.embed_texts(enc, cp.make_queries("sobit", templates="default"))
-    tables = cp.probe_scores(texts.vectors @ emb.vectors.T, emb.labels, words=texts.words, k=100,
-                             bootstrap=1000, seed=0)
+    scores = cp.similarity_scores(texts.vectors, emb.vectors)   # what every command ranks by
+    tables = cp.probe_scores(scores, emb.labels, words=texts.words, k=100, bootstrap=1000, seed=0)
     cp.write_report(tables, "reports/vitb32")
 
 :func:`probe_scores` works on similarities from any model or pipeline.
@@ -31,6 +31,7 @@ _API = {
     "make_queries": ("clipprobe.resources.prompts", "make_queries"),
     "make_query": ("clipprobe.resources.prompts", "make_query"),
     "probe_scores": ("clipprobe.analysis.probe", "probe_scores"),
+    "similarity_scores": ("clipprobe.analysis.metrics", "similarity_scores"),
     "ReportTables": ("clipprobe.analysis.probe", "ReportTables"),
     "write_report": ("clipprobe.report.writer", "write_report"),
     "load_report": ("clipprobe.report.store", "load_report"),

@@ -269,6 +269,20 @@ def read_npy(path: str | os.PathLike):
     return np.load(path, allow_pickle=False)
 
 
+HASH_BLOCK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes (hex), read in blocks (hashlib releases the GIL: threads hash in parallel)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(HASH_BLOCK):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _json_default(obj: Any):
     import numpy as np
 

@@ -206,8 +206,9 @@ class FaceDataset:
     ``table`` has a RangeIndex 0..N-1 (the *row* used everywhere else: cache
     shards, embeddings, results), a ``file`` column and the attribute columns.
     ``fingerprint`` is a hex digest of the label contents, the image list (with
-    file sizes for images on disk) and the split; the embedding cache is keyed
-    by it.
+    file sizes for images on disk) and the split: what a run records about its data.
+    The embedding cache goes by :attr:`images_key` (which images, where) and checks
+    each image's :meth:`content_digest` (what is in it).
     """
 
     spec: str
@@ -254,6 +255,41 @@ class FaceDataset:
             raise DataError(f"row {i} of {self.spec!r}: image column holds {type(value).__name__}, not an image")
         return decode_image(self.image_path(i))
 
+    @property
+    def images_key(self) -> str:
+        """A digest of which images these are and where: the kind, the split, the image folder (resolved)
+        and the image list in order (``hf``: the dataset's source and fingerprint). Labels and the images'
+        contents are not part of it: embeddings do not depend on labels, and the embedding cache checks
+        each image's :meth:`content_digest` itself, so that an edited image is embedded again alone."""
+        if self.root is None:
+            return _digest("images", self.kind, self.split, self.fingerprint)
+        h = hashlib.sha256()
+        for name in self.table["file"]:
+            h.update(name.encode("utf-8") + b"\n")
+        return _digest("images", self.kind, self.split, str(self.root.resolve()), h.hexdigest())
+
+    def content_digest(self, i: int) -> str:
+        """SHA-256 (hex) of image ``i``'s bytes as stored (the file, or the bytes in an ``hf`` dataset);
+        ``""`` when there is nothing to read (a missing file)."""
+        h = hashlib.sha256()
+        try:
+            if self._hf is not None:
+                value = self._hf[int(i)][self._hf_image_column]
+                if isinstance(value, dict) and value.get("bytes") is not None:
+                    h.update(value["bytes"])
+                    return h.hexdigest()
+                if not (isinstance(value, dict) and value.get("path")):
+                    return ""
+                path = value["path"]
+            else:
+                path = self.image_path(i)
+            with open(path, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+        except OSError:
+            return ""
+        return h.hexdigest()
+
     def summary(self) -> dict:
         """A JSON-friendly description (spec, split, size, fingerprint, skipped count)."""
         return {
@@ -263,6 +299,7 @@ class FaceDataset:
             "root": str(self.root) if self.root is not None else None,
             "n_images": len(self),
             "fingerprint": self.fingerprint,
+            "images_key": self.images_key,
             "attributes": self.attributes(),
             "n_skipped_at_load": len(self.skipped),
         }

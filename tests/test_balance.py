@@ -450,42 +450,217 @@ def test_grouped_and_per_example_dual_solves_agree():
 
 
 # ----------------------------------------------------------------------------------------------
-# weights and keep flags per example
+# weights and keep flags per example: round(q x count) per pattern, by rank of a content hash
+
+M64 = (1 << 64) - 1
 
 
-def test_keep_flags_do_not_depend_on_chunking_and_follow_q():
-    rng = np.random.default_rng(12)
-    n = 60_000
-    s, y = random_data(rng, n, 2, 2, p_none=0.6)
-    chunks = [(0, 7_000), (7_000, 31_000), (31_000, n)]
-    parts = [B.encode_patterns(s[a:b], y[a:b]) for a, b in chunks]
-    sol = B.m4_solve(B.merge_tables([t for t, _ in parts]), "uniform", keep=0.8, eps_r=0.02, eps_a=0.02)
-    full_table, full_ids = B.encode_patterns(s, y)
-    keys = B.row_keys("laion/part-00001.parquet", np.arange(n))
-    q_full, keep_full = B.assign_keep(sol, full_table, full_ids, keys, seed=7)
-    got_q, got_keep = [], []
-    for (a, b), (t, ids) in zip(chunks, parts):
-        q, keep = B.assign_keep(sol, t, ids, B.row_keys("laion/part-00001.parquet", np.arange(a, b)), seed=7)
-        got_q.append(q)
-        got_keep.append(keep)
-    assert np.array_equal(np.concatenate(got_q), q_full) and np.array_equal(np.concatenate(got_keep), keep_full)
-    # the flags are Bernoulli(q): kept count within 4 standard deviations
-    assert abs(keep_full.sum() - q_full.sum()) < 4 * np.sqrt((q_full * (1 - q_full)).sum())
-    other = B.keep_flags(q_full, keys, seed=8)
-    assert 0 < (other != keep_full).mean() < 0.5
-    assert B.keep_flags(np.ones(5), keys[:5]).all() and not B.keep_flags(np.zeros(5), keys[:5]).any()
-    assert len(set(keys.tolist())) == n
-    assert np.array_equal(B.string_keys(["a", "b"]), B.string_keys(["a", "b"]))
+def py_mix(x: int) -> int:
+    """splitmix64's finaliser in plain Python integers (the published algorithm)."""
+    z = (x + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
 
 
-def test_keys_use_splitmix64():
+def py_hash(value) -> int:
+    """The documented string hash, one string at a time in plain Python (the oracle of hash_strings)."""
+    if value is None:
+        return py_mix(B._NULL_TAG)
+    raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+    padded = raw + b"\0" * (-len(raw) % 8)
+    acc = 0
+    for j in range(len(padded) // 8):
+        acc = (acc + py_mix(int.from_bytes(padded[8 * j:8 * j + 8], "little") ^ py_mix(j))) & M64
+    return py_mix(acc ^ py_mix(len(raw) ^ B._LEN_TAG))
+
+
+def py_row_hash(*values) -> int:
+    r = B._ROW_TAG
+    for v in values:
+        r = py_mix(r ^ py_hash(v))
+    return r
+
+
+def py_counts(q, count, blocks=None):
+    """Systematic rounding from its definition, block by block and pattern by pattern (in index order):
+    each keeps floor(C_p + 1/2) - floor(C_{p-1} + 1/2) with C the running sum of q n within its block,
+    in integer millionths of an example."""
+    blocks = list(range(len(count))) if blocks is None else [int(b) for b in blocks]
+    out = [0] * len(count)
+    for block in sorted(set(blocks)):
+        running, before = 0, 0
+        for p in (p for p in range(len(count)) if blocks[p] == block):
+            running += int(round(float(q[p]) * int(count[p]) * 1e6))
+            edge = (running + 500_000) // 1_000_000
+            out[p] = edge - before
+            before = edge
+    return np.array(out)
+
+
+def py_signature(table):
+    """Each pattern's groups as one number, sum_k s_k 2^k (its order is the combinations' canonical order)."""
+    return [sum(1 << k for k in np.flatnonzero(row)) for row in table.s]
+
+
+def py_keep(pattern, hashes, position, q, count, seed, blocks=None):
+    """Keep flags from the definition: per pattern, sort by (seeded key, position), keep its count."""
+    key = [py_mix(int(h) ^ py_mix(seed)) for h in hashes]
+    keep = np.zeros(len(pattern), bool)
+    by_pattern: dict[int, list[int]] = {}
+    for i, p in enumerate(pattern):
+        by_pattern.setdefault(int(p), []).append(i)
+    kept = py_counts(q, count, blocks)
+    for p, members in by_pattern.items():
+        assert len(members) == count[p]
+        for i in sorted(members, key=lambda i: (key[i], int(position[i])))[:kept[p]]:
+            keep[i] = True
+    return keep
+
+
+def test_splitmix64_matches_its_published_sequence():
     # splitmix64's first output from state 0 (its published reference sequence starts 0xE220A8397B1DCDAF)
-    assert int(B._mix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF
-    keys = B.row_keys("a.parquet", np.arange(3))
-    assert np.array_equal(keys, B.row_keys("a.parquet", [0, 1, 2])) and len(set(keys.tolist())) == 3
-    assert not np.array_equal(keys, B.row_keys("b.parquet", np.arange(3)))
+    assert int(B._mix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF == py_mix(0)
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_hash_strings_matches_a_plain_python_implementation(monkeypatch, compiled):
+    if compiled:
+        pytest.importorskip("numba")
+        assert B._hash_kernel() is not None
+    else:
+        monkeypatch.setattr(B, "_HASH_KERNEL", [None])
+    rng = np.random.default_rng(20)
+    values = [None, "", "a", "ab" * 4, "ab" * 4 + "c", "élève 👩‍⚕️", b"\xff\xfe", "x" * 63, "x" * 64, "x" * 65]
+    values += [bytes(rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8)) for _ in range(300)]
+    want = np.array([py_hash(v) for v in values], np.uint64)
+    np.testing.assert_array_equal(B.content_hashes(values), np.array([py_row_hash(v) for v in values], np.uint64))
+    encoded = [b"" if v is None else (v.encode() if isinstance(v, str) else v) for v in values]
+    data = np.frombuffer(b"pre" + b"".join(encoded), np.uint8)      # offsets that do not start at 0
+    offsets = 3 + np.concatenate([[0], np.cumsum([len(b) for b in encoded])])
+    valid = np.array([v is not None for v in values])
+    np.testing.assert_array_equal(B.hash_strings(offsets, data, valid), want)
+    monkeypatch.setattr(B, "_HASH_BLOCK_BYTES", 7)                 # many blocks, some of one long string
+    np.testing.assert_array_equal(B.hash_strings(offsets, data, valid), want)
+    # the same text in another column order or with the columns joined gives another hash
+    assert B.content_hashes(["a"], ["b"])[0] != B.content_hashes(["b"], ["a"])[0]
+    assert B.content_hashes(["ab"], [""])[0] != B.content_hashes(["a"], ["b"])[0]
+    assert len(set(want.tolist())) == len(set(encoded) | {None})
+
+
+def test_keep_counts_round_systematically_within_blocks():
+    # one pattern per block: round half up, whatever the last bits of q
+    q = np.array([0.5, 0.5, 0.25, 0.0, 1.0, 0.7, 0.45 - 1e-16, 0.45 + 1e-16, 0.3])
+    count = np.array([3, 5, 2, 7, 9, 10, 10, 10, 0])
+    np.testing.assert_array_equal(B.keep_counts(q, count), [2, 3, 1, 0, 9, 7, 5, 5, 0])
+    # five single examples at q = 0.6 in one block keep three, not five (rounding each alone keeps them all)
+    np.testing.assert_array_equal(B.keep_counts(np.full(5, 0.6), np.ones(5, int), np.zeros(5)), [1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(B.keep_counts(np.full(5, 0.6), np.ones(5, int)), [1, 1, 1, 1, 1])
+    rng = np.random.default_rng(21)
+    q, count = rng.random(400), rng.integers(0, 6, 400)
+    blocks = rng.integers(0, 4, 400)
+    got = B.keep_counts(q, count, blocks)
+    np.testing.assert_array_equal(got, py_counts(q, count, blocks))
+    assert (np.abs(got - q * count) < 1).all()
+    for b in range(4):                                   # each block within one example of its q mass
+        assert abs(got[blocks == b].sum() - (q * count)[blocks == b].sum()) <= 0.5 + 1e-9
+
+
+def _keep_case(seed=12, n=6000):
+    rng = np.random.default_rng(seed)
+    s, y = random_data(rng, n, 2, 2, p_none=0.6)
+    table, ids = B.encode_patterns(s, y)
+    sol = B.m4_solve(table, "uniform", keep=0.8, eps_r=0.02, eps_a=0.02)
+    texts = [f"caption {int(i)}" for i in rng.integers(0, n // 2, n)]     # many repeated captions
+    urls = [f"https://x/{i % 997}.jpg" for i in range(n)]
+    return s, y, table, ids, sol, texts, urls
+
+
+def test_keep_flags_keep_round_q_count_of_each_pattern_by_content_rank():
+    s, y, table, ids, sol, texts, urls = _keep_case()
+    hashes = B.content_hashes(texts, urls)
+    q, keep = B.assign_keep(sol, table, ids, hashes, seed=7)
+    np.testing.assert_array_equal(q, sol.q[ids])
+    want = py_keep(ids, [py_row_hash(t, u) for t, u in zip(texts, urls)], np.arange(len(ids)), sol.q,
+                   table.count, 7, py_signature(table))
+    np.testing.assert_array_equal(keep, want)
+    kept = np.bincount(ids, weights=keep, minlength=table.n_rows)
+    np.testing.assert_array_equal(kept, B.flag_counts(sol))
+    assert np.abs(kept - sol.q * table.count).max() < 1
+    for sig in set(py_signature(table)):                 # each combination of groups: within one caption
+        sel = np.array(py_signature(table)) == sig
+        assert abs(kept[sel].sum() - (sol.q * table.count)[sel].sum()) <= 0.5 + 1e-9
+    # another seed: another set, the same counts; the same content ranks alike wherever it sits
+    _, other = B.assign_keep(sol, table, ids, hashes, seed=8)
+    assert (other != keep).any()
+    np.testing.assert_array_equal(np.bincount(ids, weights=other, minlength=table.n_rows), kept)
+    perm = np.random.default_rng(0).permutation(len(ids))
+    _, moved = B.assign_keep(sol, table, ids[perm], hashes[perm], seed=7, position=perm)
+    np.testing.assert_array_equal(moved, keep[perm])
+
+
+def test_chunked_rank_passes_equal_the_in_memory_flags():
+    """The histogram and boundary passes over chunks (any split, any order) give assign_keep's flags."""
+    s, y, table, ids, sol, texts, urls = _keep_case(seed=13, n=9000)
+    hashes = B.content_hashes(texts)                                # text only: repeats tie, position decides
+    _, want = B.assign_keep(sol, table, ids, hashes, seed=3)
+    bounds = [(0, 1234), (1234, 1235), (1235, 7000), (7000, 9000)]
+    chunks = []
+    for ordinal, (a, b) in enumerate(bounds):                     # each chunk its own file: positions differ
+        t, i = B.encode_patterns(s[a:b], y[a:b])
+        rows = B.fitted_rows(sol.table, t, i)
+        chunks.append((rows, B.rank_keys(hashes[a:b], 3), B.positions(ordinal, np.arange(b - a))))
+    ranks = B.rank_plan(B.flag_counts(sol), sol.table.count)
+    hist = [B.rank_histogram(ranks, p, k) for p, k, _ in reversed(chunks)]
+    ranks = B.rank_boundaries(ranks, np.concatenate([c for c, _ in hist]), np.concatenate([n for _, n in hist]))
+    cand = [B.rank_candidates(ranks, *c) for c in chunks[::-1]]
+    ranks = B.rank_thresholds(ranks, *(np.concatenate(parts) for parts in zip(*cand)))
+    got = np.concatenate([B.rank_keep(ranks, *c) for c in chunks])
+    pos = np.concatenate([c[2] for c in chunks])
+    want_here = py_keep(ids, [py_row_hash(t) for t in texts], pos, sol.q, table.count, 3, py_signature(table))
+    np.testing.assert_array_equal(got, want_here)
+    assert ranks.split.any() and sum(len(c[0]) for c in cand) < len(ids) / 4   # few boundary captions
+    np.testing.assert_array_equal(np.bincount(ids, weights=got, minlength=table.n_rows), B.flag_counts(sol))
+    assert (got != want).sum() < 0.05 * len(ids)       # other positions only reorder repeated captions
+    # a chunk missing from the histogram: its patterns do not add up, which is an error
+    with pytest.raises(DataError, match="the data changed"):
+        B.rank_boundaries(B.rank_plan(B.flag_counts(sol), sol.table.count), *hist[0])
+
+
+def test_flags_residuals_are_the_constraints_on_the_kept_set():
+    s, y, table, ids, sol, texts, urls = _keep_case(seed=14)
+    _, keep = B.assign_keep(sol, table, ids, B.content_hashes(texts, urls))
+    kept = np.bincount(ids, weights=keep, minlength=table.n_rows)
+    res_r, res_a = sol.kept_residuals(kept)
+    w, m = membership(s)
+    c = w - 0.5 * m[:, None]
+    kq = keep.astype(float)
+    np.testing.assert_allclose(res_r, kq @ c / (kq @ m))
+    for r in range(y.shape[1]):
+        np.testing.assert_allclose(res_a[:, r], (kq * y[:, r]) @ c / (kq @ (m * y[:, r])))
+    # each combination of groups keeps within half a caption of its q mass: the bound of the representation
+    # constraint (two groups: combinations none, Male, Female, both; c = 0 for none and both)
+    wp, mp = membership(table.s)
+    cp = wp - 0.5 * mp[:, None]
+    dq = (sol.q * table.count) @ mp
+    n_sig = len(set(py_signature(table)))
+    bound = (0.02 * dq + 0.5 * np.abs(cp).max(0) * n_sig) / (dq - 0.5 * n_sig)
+    assert (np.abs(res_r) <= bound).all()
+    frame = sol.residual_frame(kept=kept)
+    np.testing.assert_allclose(frame["residual_kept"].to_numpy()[:2], res_r)
+    np.testing.assert_allclose(sol.residual_frame()["residual"], frame["residual"])
+    with pytest.raises(DataError):
+        sol.kept_residuals(table.count + 1)
+
+
+def test_assign_keep_needs_all_the_fitted_examples():
+    s, y, table, ids, sol, texts, urls = _keep_case(seed=15, n=2000)
+    part, part_ids = B.encode_patterns(s[:1000], y[:1000])
+    with pytest.raises(DataError) as err:
+        B.assign_keep(sol, part, part_ids, B.content_hashes(texts[:1000]))
+    assert str(err.value) == B.MSG_ASSIGN_ALL.format(n=1000, fitted=2000)
     with pytest.raises(DataError, match="keys"):
-        B.row_keys("a.parquet", np.array([-1]))
+        B.positions(0, np.array([-1]))
 
 
 def test_unknown_patterns_are_refused():

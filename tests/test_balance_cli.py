@@ -58,6 +58,13 @@ def test_measure_and_fit_print_the_before_and_after_bias(root, tmp_path):
                "--key", "none", "--target", "Male=0.6,Female=0.4")
     assert r.exit_code == 0, r.output
     assert "keep rate 0." in r.output and "weights.parquet" in r.output
+    # the flags' own constraints are printed beside q's
+    flags = next(line for line in r.output.splitlines() if line.startswith("kept by the flags:"))
+    assert "q x count per pattern rounded" in flags and "over their bound:" in flags
+    r = invoke(root, "fit", "--out", str(tmp_path / "i"), "--keep", "0.5", "--eps-r", "0.05", "--eps-a", "0.05",
+               "--id-column", "SAMPLE_ID", "--format", "json")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["fit"]["flags"]["hash_of"] == "column 'SAMPLE_ID'"
     import pandas as pd
 
     assert "URL" not in pd.read_parquet(tmp_path / "g" / "weights.parquet").columns
@@ -83,6 +90,9 @@ def test_measure_and_fit_print_the_before_and_after_bias(root, tmp_path):
     (["measure", "--attribute-column", "who"], 2, "--attribute-column needs --groups"),
     (["measure", "--level", "1"], 2, "--level must be between 0 and 1"),
     (["fit", "--utility", "score"], 1, "no utility column 'score'"),
+    (["fit", "--id-column", "uid"], 1, "no id column 'uid'"),
+    (["fit", "--id-column", "similarity"], 1, "id column 'similarity' holds double; the keep flags hash each "
+                                               "caption's content, which needs text or integers"),
     (["fit", "--keep", "0.99", "--eps-r", "0.001", "--eps-a", "0.001"], 1,
      "the balance constraints (--eps-r 0.001, --eps-a 0.001) cannot be met at --keep 0.99: the largest feasible "
      "keep rate is 0."),

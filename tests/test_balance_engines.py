@@ -85,8 +85,14 @@ def test_spark_local2_equals_local_engine(tmp_path):
     spark = fit_balance(config(tmp_path, tmp_path / "spark", engine=EngineSettings(engine="spark", workers=2,
                                                                                    chunk_rows=300)))
     assert spark.run["engine"] == "spark"
+    # the keep flags: round(q x count) per pattern, found by the rank passes on each engine, bit for bit alike
+    assert spark.run["rows_scanned_this_run"]["ranks"] > 0 and local.run["rows_scanned_this_run"]["ranks"] > 0
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local" / "weights.parquet"),
                                   pd.read_parquet(tmp_path / "spark" / "weights.parquet"))
+    from clipprobe.analysis.balance import flag_counts
+
+    patterns = pd.read_parquet(tmp_path / "spark" / "patterns.parquet")
+    np.testing.assert_array_equal(patterns["kept"], flag_counts(spark.solution))
     pd.testing.assert_frame_equal(local.groups, spark.groups)
     pd.testing.assert_frame_equal(local.cells, spark.cells)
 

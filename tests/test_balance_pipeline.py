@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_captions_count import EXTRA, TRAPS
+from test_balance import py_counts, py_keep, py_row_hash, py_signature
 from test_captions_matching import oracle_contains
 
 from clipprobe.analysis import balance
@@ -126,14 +127,27 @@ def fitted(data, tmp_path_factory):
     return fit_balance(config(root, out, seed=7)), out
 
 
-def test_fit_writes_every_caption_its_oracle_q_and_seeded_flag(data, fitted):
+def oracle_flags(paths, q_oracle, fit_ids, count, seed, blocks, columns=("TEXT", "URL")):
+    """Keep flags from the definition, caption by caption: each pattern keeps q x count captions rounded
+    systematically in blocks of its groups, the first by (seeded hash of the content columns, file
+    ordinal << 40 | row), in plain Python."""
+    hashes, position = [], []
+    for ordinal, path in enumerate(paths):
+        table = pq.read_table(path, columns=list(columns)).to_pydict()
+        hashes += [py_row_hash(*values) for values in zip(*(table[c] for c in columns))]
+        position += [(ordinal << 40) | row for row in range(len(table[columns[0]]))]
+    return py_keep(fit_ids, hashes, position, q_oracle, count, seed, blocks)
+
+
+def test_fit_writes_every_caption_its_oracle_q_and_flag(data, fitted):
     root, files = data
     result, out = fitted
     caps = all_captions(files)
     s, y = oracle(caps)
     table, ids = balance.encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
     sol = result.solution
-    q_oracle = sol.q[balance.table_lookup(table, sol.table)][ids]
+    fit_ids = balance.table_lookup(table, sol.table)[ids]
+    q_oracle = sol.q[fit_ids]
     w = pd.read_parquet(out / "weights.parquet")
     assert sorted(p.name for p in (out / "weights.parquet").iterdir())[0] == "part-00000.parquet"
     assert list(w.columns) == ["file", "row_group", "row", "URL", "q", "keep"]
@@ -148,12 +162,93 @@ def test_fit_writes_every_caption_its_oracle_q_and_seeded_flag(data, fitted):
         np.testing.assert_array_equal(part["row"], np.arange(len(c)))
         np.testing.assert_array_equal(part["row_group"], np.arange(len(c)) // 97)
         assert part["URL"].tolist() == pq.read_table(path, columns=["URL"]).column(0).to_pylist()
-        keep = balance.keep_flags(q_oracle[start:start + len(c)], balance.row_keys(path, np.arange(len(c))), 7)
-        np.testing.assert_array_equal(part["keep"].to_numpy(), keep)
         start += len(c)
+    paths = [root / "data" / f"part-{i}.parquet" for i in range(len(files))]
+    want = oracle_flags(paths, sol.q, fit_ids, sol.table.count, 7, py_signature(sol.table))
+    np.testing.assert_array_equal(w["keep"].to_numpy(), want)
     run = json.loads((out / "run.json").read_text())
     assert run["fit"]["kept_by_flags"] == int(w["keep"].sum())
     assert run["fit"]["keep_rate"] == pytest.approx(q_oracle.mean())
+    assert run["fit"]["flags"]["hash_of"] == "caption text + column 'URL'"
+
+
+def test_flags_keep_round_q_count_per_pattern_and_their_constraints_are_recorded(data, fitted):
+    """The kept captions meet the constraints up to one caption per pattern (recomputed with numpy)."""
+    root, files = data
+    result, out = fitted
+    s, y = oracle(all_captions(files))
+    table, ids = balance.encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
+    sol = result.solution
+    fit_ids = balance.table_lookup(table, sol.table)[ids]
+    keep = pd.read_parquet(out / "weights.parquet")["keep"].to_numpy()
+    kept = np.bincount(fit_ids, weights=keep, minlength=sol.table.n_rows)
+    np.testing.assert_array_equal(kept, py_counts(sol.q, sol.table.count, py_signature(sol.table)))
+    assert np.abs(kept - sol.q * sol.table.count).max() < 1
+    assert abs(kept.sum() - sol.q @ sol.table.count) <= 4 * 0.5       # four combinations of two groups
+    patterns = pd.read_parquet(out / "patterns.parquet")
+    np.testing.assert_array_equal(patterns["kept"], kept)
+    # the constraints on the kept captions, from the flags and the oracle's indicators alone
+    j = s.sum(1)
+    m = (j > 0).astype(float)
+    c = s / np.maximum(j, 1)[:, None] - 0.5 * m[:, None]
+    k = keep.astype(float)
+    res_r = k @ c / (k @ m)
+    with np.errstate(invalid="ignore"):       # a label no kept mentioning caption carries: NaN, as recorded
+        res_a = np.stack([(k * y[:, r]) @ c / (k @ (m * y[:, r])) for r in range(y.shape[1])], 1)
+    res = pd.read_parquet(out / "residuals.parquet")
+    np.testing.assert_allclose(res["residual_kept"].to_numpy()[:2], res_r)
+    np.testing.assert_allclose(res["residual_kept"].to_numpy()[2:], res_a.ravel(), equal_nan=True)
+    fit = result.run["fit"]
+    assert fit["max_residual_r_kept"] == pytest.approx(np.abs(res_r).max())
+    assert fit["violated_r_kept"] == int((np.abs(res_r) > 0.02 + 1e-12).sum())
+    assert fit["violated_a_kept"] == int((np.abs(res_a[np.isfinite(res_a)]) > 0.03 + 1e-12).sum())
+    # each combination of groups keeps within half a caption of its q mass, which bounds the representation
+    # residual: at most half a caption off in each of the 'Male' and 'Female' combinations
+    mq = sol.table.s.any(1).astype(float)
+    dq = (sol.q * sol.table.count) @ mq
+    assert (np.abs(res_r) <= (0.02 * dq + 0.5 * 0.5 * 2) / (dq - 0.5 * 3)).all()
+
+
+def test_flags_do_not_depend_on_where_the_files_sit(data, fitted, tmp_path):
+    """The same files in another folder (copied), or the same captions shuffled into other files, keep
+    the same captions."""
+    import shutil
+
+    root, files = data
+    result, out = fitted
+    shutil.copytree(root / "data", tmp_path / "elsewhere" / "copy")
+    moved = fit_balance(config(root, tmp_path / "out", captions=(str(tmp_path / "elsewhere" / "copy"),), seed=7,
+                               engine=EngineSettings(workers=2, chunk_rows=97)))
+    a = pd.read_parquet(out / "weights.parquet")
+    b = pd.read_parquet(tmp_path / "out" / "weights.parquet")
+    assert (b["file"].astype(str) != a["file"].astype(str)).all()
+    np.testing.assert_array_equal(b["q"].to_numpy(), a["q"].to_numpy())
+    np.testing.assert_array_equal(b["keep"].to_numpy(), a["keep"].to_numpy())
+    pd.testing.assert_frame_equal(moved.groups, result.groups)
+    # shuffled into two files of other sizes, with an integer id column: the same captions are kept
+    src = pa.concat_tables([pq.read_table(root / "data" / f"part-{i}.parquet", columns=["URL", "TEXT"])
+                            for i in range(len(files))])
+    src = src.append_column("uid", pa.array(np.arange(src.num_rows, dtype=np.int64) * 7 + 3))
+    perm = np.random.default_rng(1).permutation(src.num_rows)
+    shuffled = src.take(pa.array(perm))
+    (tmp_path / "shuffled").mkdir()
+    pq.write_table(shuffled.slice(0, 1000), tmp_path / "shuffled" / "a.parquet", row_group_size=128)
+    pq.write_table(shuffled.slice(1000), tmp_path / "shuffled" / "b.parquet", row_group_size=300)
+    again = fit_balance(config(root, tmp_path / "shuf", captions=(str(tmp_path / "shuffled"),), seed=7))
+    c = pd.read_parquet(tmp_path / "shuf" / "weights.parquet")
+    assert set(c.loc[c["keep"], "URL"]) == set(a.loc[a["keep"], "URL"])
+    assert again.run["fit"]["kept_by_flags"] == result.run["fit"]["kept_by_flags"]
+    (tmp_path / "in-order").mkdir()
+    pq.write_table(src, tmp_path / "in-order" / "all.parquet", row_group_size=500)
+    kept = []
+    for name in ("shuffled", "in-order"):
+        run = fit_balance(config(root, tmp_path / f"id-{name}", captions=(str(tmp_path / name),), seed=7,
+                                 id_column="uid"))
+        assert run.run["fit"]["flags"]["hash_of"] == "column 'uid'"
+        w = pd.read_parquet(tmp_path / f"id-{name}" / "weights.parquet", columns=["URL", "keep"])
+        kept.append(set(w.loc[w["keep"], "URL"]))
+    assert kept[0] == kept[1]
+    assert kept[0] != set(a.loc[a["keep"], "URL"])       # another hash, another set of the same counts
 
 
 def test_fit_constraints_hold_caption_by_caption(data, fitted):
@@ -227,7 +322,7 @@ def test_chunks_workers_and_reruns_give_the_same_weights(data, fitted, tmp_path)
     pd.testing.assert_frame_equal(a, pd.read_parquet(tmp_path / "h" / "weights.parquet"))
     # a rerun reads no caption for the patterns and no chunk for the weights
     rerun = fit_balance(config(root, tmp_path / "b", seed=7, engine=EngineSettings(workers=2, chunk_rows=97)))
-    assert rerun.run["rows_scanned_this_run"] == {"patterns": 0, "weights": 0}
+    assert rerun.run["rows_scanned_this_run"] == {"patterns": 0, "ranks": 0, "weights": 0}
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b" / "weights.parquet"), b)
     # another keep rate: the patterns are not counted again, the weights are written again
     other = fit_balance(config(root, tmp_path / "b", seed=7, keep=0.5, engine=EngineSettings(workers=2, chunk_rows=97)))

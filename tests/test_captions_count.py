@@ -215,3 +215,14 @@ def test_default_taxonomy_and_lexicon_equal_oracle(tmp_path):
     for a, g in groups:
         assert t.loc[(t.attribute == a) & (t.group == g), "n_group"].iloc[0] == sum(has[(a, g)]), (a, g)
     assert t.n_word.sum() > 0 and t.n_both.sum() > 0
+
+
+def test_run_json_records_the_content_of_taxonomy_and_lexicon(world):
+    import hashlib
+
+    root, _ = world
+    count_captions(_config(root))
+    run = json.loads((root / "out" / "run.json").read_text())
+    assert run["inputs"] == {name: {"path": str(root / f"{short}.yaml"),
+                                    "sha256": hashlib.sha256((root / f"{short}.yaml").read_bytes()).hexdigest()}
+                             for name, short in (("taxonomy", "tax"), ("lexicon", "lex"))}

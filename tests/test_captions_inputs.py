@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 
 import numpy as np
 import pandas as pd
@@ -197,9 +199,15 @@ def test_binary_captions_with_malformed_utf8_are_counted(setup, binary_type):
 
 
 def test_all_null_column_counts_nulls(setup):
+    """Only null captions: nothing to associate, an error naming the rows; run.json records the nulls."""
+    import json
+
     _write(setup / "n.parquet", pa.nulls(4))
-    result = _count(setup, [str(setup / "n.parquet")])
-    assert (result.run["captions"], result.run["nulls"]) == (0, 4)
+    with pytest.raises(DataError, match=r"^no captions to count: the 1 file\(s\) read hold 4 row\(s\), every caption null"):
+        _count(setup, [str(setup / "n.parquet")])
+    run = json.loads((setup / "out" / "run.json").read_text())
+    assert (run["captions"], run["nulls"]) == (0, 4)
+    assert not (setup / "out" / "cooccurrence.parquet").exists()
 
 
 @pytest.mark.parametrize("array", [pa.array([1, 2, 3], pa.int64()), pa.array([0.5, None, 1.0]),
@@ -227,3 +235,139 @@ def test_caption_array_keeps_slices_and_nulls():
     with pytest.raises(TypeError):
         inputs.caption_array(pa.array(np.arange(3)))
 
+
+
+# --- content fingerprints: a replaced file is read again (issue 24) -----------------------------
+
+# Two caption lists of equal byte lengths whose counts differ ("thief" -> "chief", "woman" -> "wom4n").
+BEFORE = ["a thief and a man", "nurse woman", "CEO girl", "terrorist man", None, "arab nurse"] * 5
+AFTER = ["a chief and a man", "nurse wom4n", "CEO girl", "terrorist man", None, "arab nurse"] * 5
+
+
+def _plain(path, captions):
+    """Uncompressed, plain-encoded, no statistics: two files of equal-length captions have the same size
+    and the same footer (a fingerprint of footer and size could not tell them apart)."""
+    pq.write_table(pa.table({"TEXT": pa.array(captions, pa.string())}), path, compression="none",
+                   use_dictionary=False, write_statistics=False)
+
+
+def _replace_keeping_size_and_mtime(path, captions):
+    """Rewrite ``path`` with ``captions`` and give it back its modification time, as ``cp -p`` does."""
+    st = os.stat(path)
+    tmp = path.with_name("incoming.parquet")
+    _plain(tmp, captions)
+    os.replace(tmp, path)                  # rsync -a: a new file renamed over the old one
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert os.stat(path).st_size == st.st_size and os.stat(path).st_mtime_ns == st.st_mtime_ns
+
+
+@pytest.fixture()
+def memo_cache(tmp_path, monkeypatch):
+    """Fingerprints remembered in tmp_path (not the user's cache folder), however recently the files were
+    written."""
+    monkeypatch.setattr(inputs, "FINGERPRINT_MEMO", str(tmp_path / "memo"), raising=False)
+    monkeypatch.setattr(inputs, "RECENT_NS", 0, raising=False)
+    return tmp_path / "memo"
+
+
+def test_a_file_replaced_with_the_same_size_and_mtime_is_counted_again(setup, memo_cache, caplog):
+    (setup / "data").mkdir()
+    path, other = setup / "data" / "a.parquet", setup / "data" / "b.parquet"
+    _plain(path, BEFORE)
+    _plain(other, BEFORE[::-1])
+    _plain(setup / "after.parquet", AFTER)
+    assert pq.ParquetFile(path).metadata.equals(pq.ParquetFile(setup / "after.parquet").metadata)
+    first = _count(setup, [str(path), str(other)])
+    _check_against_oracle(first.table, BEFORE + BEFORE[::-1])
+    time.sleep(0.05)                       # past the kernel's timestamp tick
+    _replace_keeping_size_and_mtime(path, AFTER)
+    with caplog.at_level(logging.INFO, logger="clipprobe"):
+        again = _count(setup, [str(path), str(other)])
+    _check_against_oracle(again.table, AFTER + BEFORE[::-1])
+    assert again.run["rows_scanned_this_run"] == len(AFTER)        # the replaced file only
+    assert again.run["files"][0]["fingerprint"] != first.run["files"][0]["fingerprint"]
+    assert again.run["files"][1]["fingerprint"] == first.run["files"][1]["fingerprint"]
+    said = [r.getMessage() for r in caplog.records]
+    assert any("1 caption file(s) changed since the last run" in m and str(path) in m for m in said), said
+    assert any(m.startswith(f"caption file {path} changed since clipprobe last read it") for m in said), said
+
+
+def test_a_touched_file_with_the_same_content_is_not_counted_again(setup, memo_cache, monkeypatch):
+    path = setup / "a.parquet"
+    _plain(path, BEFORE)
+    first = _count(setup, [str(path)])
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))       # touch: new mtime, same bytes
+    again = _count(setup, [str(path)])
+    assert again.run["rows_scanned_this_run"] == 0
+    pd.testing.assert_frame_equal(again.table, first.table)
+    hashed = []
+    real = inputs.hash_file
+    monkeypatch.setattr(inputs, "hash_file", lambda p: hashed.append(p) or real(p))
+    third = _count(setup, [str(path)])          # unchanged since it was hashed: remembered, not read again
+    assert hashed == [] and third.run["rows_scanned_this_run"] == 0
+
+
+def test_the_hash_is_of_every_byte_and_a_recent_file_is_hashed_again(setup, tmp_path, monkeypatch):
+    xxhash = pytest.importorskip("xxhash")
+    monkeypatch.setattr(inputs, "FINGERPRINT_MEMO", str(tmp_path / "memo"), raising=False)
+    path = setup / "a.parquet"
+    path.write_bytes(bytes(range(256)) * 40_000)              # more than one read block
+    want = "xxh3_128:" + xxhash.xxh3_128(path.read_bytes()).hexdigest()
+    hashed = []
+    real = inputs.hash_file
+    monkeypatch.setattr(inputs, "hash_file", lambda p: hashed.append(p) or real(p))
+    assert inputs.local_fingerprint(str(path)) == want
+    assert inputs.local_fingerprint(str(path)) == want and len(hashed) == 2      # too fresh to be trusted
+    monkeypatch.setattr(inputs, "RECENT_NS", 0)
+    inputs.local_fingerprint(str(path))
+    assert inputs.local_fingerprint(str(path)) == want and len(hashed) == 3
+    data = bytearray(path.read_bytes())
+    data[5_000_000] ^= 1                                      # one bit, same size, mtime given back
+    st = path.stat()
+    time.sleep(0.05)                                          # past the kernel's timestamp tick
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert inputs.local_fingerprint(str(path)) == "xxh3_128:" + xxhash.xxh3_128(bytes(data)).hexdigest() != want
+
+
+def test_balance_reads_a_replaced_file_again(setup, memo_cache):
+    from test_balance_pipeline import LEXICON as BAL_LEXICON
+
+    from clipprobe.captions.patterns import EngineSettings
+    from clipprobe.pipeline.balance import BalanceConfig, measure_bias
+
+    (setup / "bal-lex.yaml").write_text(BAL_LEXICON)
+    (setup / "labels.txt").write_text("nurse\nthief\nCEO\n")
+    path = setup / "a.parquet"
+    _plain(path, BEFORE)
+
+    def measure(out):
+        return measure_bias(BalanceConfig(captions=(str(path),), out=str(setup / out), attribute="gender",
+                                          labels=str(setup / "labels.txt"), lexicon=str(setup / "bal-lex.yaml"),
+                                          figure=False, engine=EngineSettings(workers=1)))
+
+    before = measure("m")
+    time.sleep(0.05)
+    _replace_keeping_size_and_mtime(path, AFTER)
+    again = measure("m")
+    fresh = measure("fresh")
+    pd.testing.assert_frame_equal(again.cells, fresh.cells)
+    pd.testing.assert_frame_equal(again.groups, fresh.groups)
+    assert not before.groups.equals(fresh.groups)
+
+
+def test_a_replaced_url_is_counted_again(setup):
+    fsspec = pytest.importorskip("fsspec")
+    fs = fsspec.filesystem("memory")
+    try:
+        for captions in (BEFORE, AFTER):
+            buf = pa.BufferOutputStream()
+            _plain(buf, captions)
+            with fs.open("bucket/replaced/a.parquet", "wb") as fh:
+                fh.write(buf.getvalue().to_pybytes())
+            time.sleep(0.01)
+            result = _count(setup, ["memory://bucket/replaced/a.parquet"])
+            assert result.run["rows_scanned_this_run"] == len(captions)
+            _check_against_oracle(result.table, captions)
+    finally:
+        fs.rm("bucket/replaced", recursive=True)

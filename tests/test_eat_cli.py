@@ -213,15 +213,18 @@ def test_html_section_escapes_and_forest_plot(tmp_path):
 
 
 @pytest.mark.slow
-def test_ghate2025_suite_end_to_end(tmp_path, model_args):
+def test_ghate2025_suite_end_to_end(tmp_path, model_args, monkeypatch):
     """The 26 EATs with generated stand-ins for the images: iEAT files of the manifest's exact sizes in a
     local copy, an OASIS folder of 60 images; 24 computed, the two Instrument-Weapon image tests unavailable."""
     import pandas as pd
     from test_eat_resources import _ieat_repo, _oasis
 
+    from clipprobe.resources import eat as res
+
     categories = ("insect-flower/flower", "insect-flower/insect", "race/european-american", "race/african-american",
                   "gender/male", "gender/female", "age/young", "age/old")
-    repo, _ = _ieat_repo(tmp_path, categories)
+    repo, _, manifest = _ieat_repo(tmp_path, categories)
+    monkeypatch.setattr(res, "IEAT_MANIFEST", str(manifest))      # the stand-ins' hashes, not the images'
     oasis = _oasis(tmp_path)
     out = tmp_path / "out"
     r = _run(["--suite", "ghate2025", "--stimuli-root", str(repo), "--oasis-root", str(oasis), "--out", str(out),

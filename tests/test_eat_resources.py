@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import http.server
 import json
 import threading
@@ -240,8 +241,10 @@ def test_bad_files(tmp_path):
 # ------------------------------------------------------------------ iEAT images
 
 
-def _ieat_repo(tmp_path: Path, categories=("age/young", "age/old")) -> tuple[Path, dict[str, int]]:
-    """A local folder in the iEAT layout whose files have the manifest's exact sizes."""
+def _ieat_repo(tmp_path: Path, categories=("age/young", "age/old")) -> tuple[Path, dict[str, int], Path]:
+    """A local folder in the iEAT layout whose files are stand-ins of the manifest's exact sizes (zero-padded
+    PNGs), and a manifest of those stand-ins (path, bytes, their SHA-256) for the tests that resolve them:
+    the shipped manifest's hashes refuse them (test_padded_stand_ins_are_refused)."""
     sizes = {}
     with open(STIMULI / "ieat-manifest.csv", newline="") as fh:
         for row in csv.DictReader(fh):
@@ -249,9 +252,13 @@ def _ieat_repo(tmp_path: Path, categories=("age/young", "age/old")) -> tuple[Pat
             if cat in categories:
                 sizes[row["path"]] = int(row["bytes"])
     repo = tmp_path / "ieat"
+    rows = []
     for i, (rel, size) in enumerate(sorted(sizes.items())):
-        _png(repo / rel, seed=i, pad_to=size)
-    return repo, sizes
+        rows.append((rel, size, hashlib.sha256(_png(repo / rel, seed=i, pad_to=size).read_bytes()).hexdigest()))
+    manifest = tmp_path / "ieat-stand-ins.csv"
+    with open(manifest, "w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "bytes", "sha256"), *rows])
+    return repo, sizes, manifest
 
 
 AGE_YAML = """
@@ -265,20 +272,88 @@ tests:
 
 
 def test_ieat_from_a_local_copy(tmp_path):
-    repo, sizes = _ieat_repo(tmp_path)
+    repo, sizes, manifest = _ieat_repo(tmp_path)
     suite = res.load_tests(_write_yaml(tmp_path / "t.yaml", AGE_YAML))
     for root in (repo, repo / "data", repo / "data" / "experiments"):
-        t = res.Resolver(stimuli_root=root, offline=True).resolve(suite.tests)[0]
+        t = res.Resolver(stimuli_root=root, offline=True, ieat_manifest=manifest).resolve(suite.tests)[0]
         assert len(t.sets["X"]) == 6 and len(t.sets["Y"]) == 6
         assert t.sets["X"].display[0].startswith("data/experiments/age/young/")
     victim = repo / sorted(sizes)[0]
-    victim.write_bytes(victim.read_bytes()[:-1])
+    data = victim.read_bytes()
+    victim.write_bytes(data[:-1])
     with pytest.raises(DataError, match="instead of"):
-        res.Resolver(stimuli_root=repo).resolve(suite.tests)
+        res.Resolver(stimuli_root=repo, ieat_manifest=manifest).resolve(suite.tests)
+    victim.write_bytes(data[:-1] + b"\1")                 # the same size, another last byte
+    with pytest.raises(DataError) as err:
+        res.Resolver(stimuli_root=repo, ieat_manifest=manifest).resolve(suite.tests)
+    want, got = hashlib.sha256(data).hexdigest(), hashlib.sha256(data[:-1] + b"\1").hexdigest()
+    assert str(err.value) == res.MSG_IEAT_LOCAL_HASH.format(where="test 'age' (image-text) set Y", path=victim,
+                                                            got=got, want=want)
+
+
+def test_padded_stand_ins_are_refused(tmp_path, caplog):
+    """Files of the right sizes but other content (zero-padded PNGs) are not the iEAT images: the shipped
+    manifest's SHA-256 refuses them from a local copy, from a download, and from the download cache."""
+    repo, sizes, _ = _ieat_repo(tmp_path)
+    suite = res.load_tests(_write_yaml(tmp_path / "t.yaml", AGE_YAML))
+    first = sorted(r for r in sizes if "/young/" in r)[0]         # set X's first file, the first one checked
+    with pytest.raises(DataError) as err:
+        res.Resolver(stimuli_root=repo, offline=True).resolve(suite.tests)
+    pinned = {row["path"]: row["sha256"] for row in csv.DictReader(open(STIMULI / "ieat-manifest.csv"))}
+    assert str(err.value) == res.MSG_IEAT_LOCAL_HASH.format(
+        where="test 'age' (image-text) set X", path=repo / first,
+        got=hashlib.sha256((repo / first).read_bytes()).hexdigest(), want=pinned[first])
+
+    def fetch(url: str) -> bytes:
+        return (repo / url[len("https://example.test/ieat/"):]).read_bytes()
+
+    with pytest.raises(DataError) as err:
+        res.Resolver(cache_dir=tmp_path / "cache", fetch=fetch, base_url="https://example.test/ieat").resolve(
+            suite.tests)
+    assert str(err.value) == res.MSG_IEAT_HASH.format(
+        rel=first, got=hashlib.sha256((repo / first).read_bytes()).hexdigest(), want=pinned[first])
+    assert not any(p.is_file() for p in (tmp_path / "cache").rglob("*"))        # nothing kept
+    # a stand-in put into the download cache by hand is not taken for the image either
+    cache = tmp_path / "cache" / "stimuli" / "ieat-4d7639b"
+    (cache / first).parent.mkdir(parents=True)
+    (cache / first).write_bytes((repo / first).read_bytes())
+    with caplog.at_level("WARNING", logger="clipprobe"), pytest.raises(DataError, match="offline mode"):
+        res.Resolver(cache_dir=tmp_path / "cache", offline=True).resolve(suite.tests)
+    assert any(f"cached iEAT image {cache / first} has sha256" in r.getMessage() for r in caplog.records)
+
+
+def test_shipped_manifest_has_a_sha256_for_every_file_it_sizes():
+    with open(STIMULI / "ieat-manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 870 and list(rows[0]) == ["path", "bytes", "sha256"]
+    for row in rows:
+        if row["bytes"].isdigit():
+            assert len(row["sha256"]) == 64 and set(row["sha256"]) <= set("0123456789abcdef"), row
+        else:
+            assert row["sha256"] == "" and row["path"].endswith("professional2_google.jpg")
+    # 664 distinct images (iEAT uses some photos in several tests); one hash, one size
+    assert len({r["sha256"] for r in rows if r["sha256"]}) == 664
+    assert len({(r["sha256"], r["bytes"]) for r in rows if r["sha256"]}) == 664
+    # the first entry, checked by hand against the git blob of the pinned commit
+    assert rows[0] == {"path": "data/experiments/age/old/of1.jpg", "bytes": "6664",
+                       "sha256": "5463358f0636c8eee347c551823a6761ca72091f904023358c61a33e893014bd"}
+
+
+def test_a_manifest_without_hashes_checks_sizes_and_says_so(tmp_path, caplog):
+    repo, _, manifest = _ieat_repo(tmp_path)
+    rows = list(csv.DictReader(open(manifest)))
+    bare = tmp_path / "bare.csv"
+    with open(bare, "w", newline="") as fh:
+        csv.writer(fh).writerows([("path", "bytes"), *[(r["path"], r["bytes"]) for r in rows]])
+    suite = res.load_tests(_write_yaml(tmp_path / "t.yaml", AGE_YAML))
+    with caplog.at_level("WARNING", logger="clipprobe"):
+        t = res.Resolver(stimuli_root=repo, ieat_manifest=bare).resolve(suite.tests)[0]
+    assert len(t.sets["X"]) == 6
+    assert any("gives no sha256 for 12 file(s)" in r.getMessage() for r in caplog.records)
 
 
 def test_ieat_download_is_checked_cached_and_injectable(tmp_path):
-    repo, sizes = _ieat_repo(tmp_path)
+    repo, sizes, manifest = _ieat_repo(tmp_path)
     calls = []
 
     def fetch(url: str) -> bytes:
@@ -287,7 +362,8 @@ def test_ieat_download_is_checked_cached_and_injectable(tmp_path):
         return (repo / url[len("https://example.test/ieat/"):]).read_bytes()
 
     suite = res.load_tests(_write_yaml(tmp_path / "t.yaml", AGE_YAML))
-    r = res.Resolver(cache_dir=tmp_path / "cache", fetch=fetch, base_url="https://example.test/ieat")
+    r = res.Resolver(cache_dir=tmp_path / "cache", fetch=fetch, base_url="https://example.test/ieat",
+                     ieat_manifest=manifest)
     t = r.resolve(suite.tests)[0]
     assert len(calls) == 12 and len(r.downloaded) == 12
     cached = Path(t.sets["X"].items[0])
@@ -295,7 +371,7 @@ def test_ieat_download_is_checked_cached_and_injectable(tmp_path):
     assert cached.stat().st_size == sizes[t.sets["X"].display[0]]
     # a second resolver finds everything in the cache: no download, even offline
     again = res.Resolver(cache_dir=tmp_path / "cache", fetch=fetch, base_url="https://example.test/ieat",
-                         offline=True).resolve(suite.tests)[0]
+                         offline=True, ieat_manifest=manifest).resolve(suite.tests)[0]
     assert len(calls) == 12 and again.sets["X"].items == t.sets["X"].items
 
     # a wrong size is refused and nothing is kept
@@ -315,7 +391,7 @@ def test_ieat_download_is_checked_cached_and_injectable(tmp_path):
 
 def test_ieat_download_over_http(tmp_path):
     """The default fetcher against a local http.server holding the iEAT layout."""
-    repo, _ = _ieat_repo(tmp_path)
+    repo, _, manifest = _ieat_repo(tmp_path)
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(repo))
     handler.log_message = lambda *a, **k: None
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -324,7 +400,7 @@ def test_ieat_download_over_http(tmp_path):
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}/"
         suite = res.load_tests(_write_yaml(tmp_path / "t.yaml", AGE_YAML))
-        t = res.Resolver(cache_dir=tmp_path / "cache", base_url=base).resolve(suite.tests)[0]
+        t = res.Resolver(cache_dir=tmp_path / "cache", base_url=base, ieat_manifest=manifest).resolve(suite.tests)[0]
         assert len(t.sets["Y"]) == 6 and all(Path(p).is_file() for p in t.sets["Y"].items)
     finally:
         server.shutdown()
@@ -335,7 +411,7 @@ def test_ieat_manifest_entry_without_size_is_left_out():
     r = res.Resolver(offline=True)
     files = r._ieat_files()
     assert "data/experiments/gender/career/professional2_google.jpg" in r.broken
-    assert all("professional2_google" not in rel for rel, _ in files["gender/career"])
+    assert all("professional2_google" not in rel for rel, _, _ in files["gender/career"])
     assert {k: len(files[k]) for k in ("insect-flower/flower", "race/european-american", "gender/male",
                                        "age/old")} == {"insect-flower/flower": 35, "race/european-american": 6,
                                                        "gender/male": 40, "age/old": 6}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -82,12 +84,16 @@ def test_embeddings_match_direct_encoding_and_failures_are_listed(tiny_encoder, 
 
     # The shard layout, with metadata covering every row of its shard.
     root = emb.cache_dir
-    assert root == tmp_path / "c" / embed.model_cache_key(tiny_encoder) / f"{ff.fingerprint}-f{embed.CACHE_FORMAT}"
+    assert root == tmp_path / "c" / embed.model_cache_key(tiny_encoder) / f"{ff.images_key}-f{embed.CACHE_FORMAT}"
     assert sorted(p.name for p in (root / "img_emb").iterdir()) == [f"img_emb_0000{i}.npy" for i in range(3)]
     meta = pd.concat([pd.read_parquet(root / "metadata" / f"metadata_0000{i}.parquet") for i in range(3)])
     assert meta["row"].tolist() == list(range(23))
     assert meta["file"].tolist() == ff.table["file"].tolist()
     assert (meta["status"] == "error").sum() == 2
+    import hashlib
+
+    files = [ff.root / f for f in ff.table["file"]]
+    assert meta["sha256"].tolist() == [hashlib.sha256(f.read_bytes()).hexdigest() if f.exists() else "" for f in files]
     assert (root / "done.json").is_file() and (root / "cache.json").is_file()
     assert not list(root.rglob(".*.tmp*"))
     shard0 = np.load(root / "img_emb" / "img_emb_00000.npy", allow_pickle=False)
@@ -357,37 +363,218 @@ def test_read_only_text_cache_still_embeds_new_prompts(tiny_encoder, tmp_path, c
                for r in caplog.records)
 
 
-def test_cpu_threads_follow_the_free_cores(monkeypatch, tiny_encoder):
+@contextlib.contextmanager
+def _torch_threads(n: int):
     import torch
 
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
-    monkeypatch.setattr(os, "getloadavg", lambda: (2.6, 1.0, 1.0))
-    assert embed.free_cores() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (9.0, 1.0, 1.0))
-    assert embed.free_cores() == 1
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.2, 1.0, 1.0))
-    assert embed.free_cores() == 4
     before = torch.get_num_threads()
-    torch.set_num_threads(4)
+    torch.set_num_threads(n)
     try:
-        monkeypatch.setattr(os, "getloadavg", lambda: (2.0, 1.0, 1.0))
-        with embed.cpu_threads(tiny_encoder) as n:
-            assert n == 2 and torch.get_num_threads() == 2
-        assert torch.get_num_threads() == 4
-        monkeypatch.setenv("OMP_NUM_THREADS", "3")     # the user decides
-        with embed.cpu_threads(tiny_encoder) as n:
-            assert n == 4 and torch.get_num_threads() == 4
+        yield
     finally:
         torch.set_num_threads(before)
 
 
-def test_embedding_records_the_threads_it_used(monkeypatch, tiny_encoder, ff, tmp_path):
+def test_the_number_of_threads_changes_last_bits():
+    """Why a folder keeps its number of threads: 1 and 2 threads give other last bits for a batch of 7."""
     import torch
+    from tinyclip import write_tiny_model
+
+    from clipprobe.models import load_model
+
+    with tempfile.TemporaryDirectory() as d:
+        config, weights, arch = write_tiny_model(Path(d))
+        enc = load_model(f"{arch}:{weights}", model_config=str(config), device="cpu")
+        batch = torch.randn(7, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        out = {}
+        for n in (1, 2):
+            with _torch_threads(n):
+                out[n] = enc.encode_images(batch)
+    assert (out[1] != out[2]).any()
+
+
+def test_a_folder_keeps_its_threads_whatever_the_load(monkeypatch, tiny_encoder, ff, tmp_path, caplog):
+    """Started with 1 torch thread and resumed by a process with 2 (and an idle machine): every shard is still
+    computed with 1, so the vectors are those of an uninterrupted 1-thread run, bit for bit. Texts alike."""
+    import json
+    import logging
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(embed, "free_cores", lambda: 1)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+    prompts = [f"a photo of a {w}" for w in ("nurse", "thief", "cat", "dog", "CEO", "chef", "pilot")]
+    with _torch_threads(1):
+        reference = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "ref", batch_size=8, shard_size=8,
+                                        num_workers=0)
+        ref_texts = embed.embed_texts(tiny_encoder, prompts, cache_dir=tmp_path / "ref")
+
+        def stop(record):
+            raise _Stop()
+
+        with pytest.raises(KeyboardInterrupt):
+            embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "run", batch_size=8, shard_size=8,
+                                num_workers=0, on_batch=stop)
+        embed.embed_texts(tiny_encoder, ["a photo of a person"], cache_dir=tmp_path / "run")
     seen = []
-    emb = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path, batch_size=8, num_workers=0, progress=False,
-                              on_batch=lambda record: seen.append(torch.get_num_threads()))
-    assert emb.timings["torch_threads"] == 1 and set(seen) == {1}
+    with _torch_threads(2), caplog.at_level(logging.INFO, logger="clipprobe.embeddings.cache"):
+        import torch
+
+        resumed = embed.embed_dataset(tiny_encoder, ff, cache_dir=tmp_path / "run", batch_size=8, shard_size=8,
+                                      num_workers=0, on_batch=lambda r: seen.append(torch.get_num_threads()))
+        texts = embed.embed_texts(tiny_encoder, prompts, cache_dir=tmp_path / "run")
+        assert torch.get_num_threads() == 2                 # restored after
+    np.testing.assert_array_equal(resumed.vectors.view(np.int32), reference.vectors.view(np.int32))
+    np.testing.assert_array_equal(texts.view(np.int32), ref_texts.view(np.int32))
+    assert set(seen) == {1} and resumed.timings["torch_threads"] == 1 and resumed.timings["shards_reused"] == 1
+    assert "was started with 1 torch thread(s); using 1, not 2" in caplog.text
+    root = embed.embeddings_dir(tiny_encoder, ff, tmp_path / "run")
+    assert json.loads((root / "cache.json").read_text())["threads"] == 1
+
+
+# --------------------------------------------------------------------------- keyed by content
+
+
+def _bmp_images(root: Path, seed: int, rows=None) -> None:
+    """Rewrite the dataset's images as BMPs of one size (every file then has the same number of bytes)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = sorted((root / "val").glob("*.jpg"), key=lambda p: int(p.stem))
+    for i, path in enumerate(files):
+        arr = rng.integers(0, 256, size=(36, 36, 3), dtype=np.uint8)
+        if rows is None or i in rows:
+            Image.fromarray(arr).save(path, format="BMP")
+
+
+def _sizes(root: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_size for p in (root / "val").iterdir()}
+
+
+@pytest.fixture()
+def two_folders(tmp_path):
+    """Two copies of one dataset, same label file, same file names and byte sizes, other pixels."""
+    a = facegen.write_fairface(tmp_path / "a", n=20, size=36)
+    _bmp_images(a, seed=1)
+    b = tmp_path / "b"
+    import shutil
+
+    shutil.copytree(a, b)
+    _bmp_images(b, seed=2)
+    assert _sizes(a) == _sizes(b)
+    return a, b
+
+
+def test_two_folders_with_the_same_names_and_sizes_are_two_cache_entries(tiny_encoder, two_folders, tmp_path):
+    a, b = two_folders
+    ds_a, ds_b = faces.load_dataset(f"fairface:{a}"), faces.load_dataset(f"fairface:{b}")
+    assert ds_a.fingerprint == ds_b.fingerprint        # names, sizes and labels alike: only the pixels differ
+    emb_a = embed.embed_dataset(tiny_encoder, ds_a, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    counting = Counting(tiny_encoder)
+    emb_b = embed.embed_dataset(counting, ds_b, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    fresh_b = embed.embed_dataset(tiny_encoder, ds_b, cache_dir=tmp_path / "fresh", batch_size=8, num_workers=0)
+    assert counting.images_seen == 20 and emb_b.cache_dir != emb_a.cache_dir
+    np.testing.assert_array_equal(emb_b.vectors, fresh_b.vectors)
+    assert not np.allclose(emb_a.vectors, emb_b.vectors, atol=1e-3)
+
+
+def test_a_csv_dataset_with_another_image_root_is_another_entry(tiny_encoder, two_folders, tmp_path):
+    a, b = two_folders
+    label = tmp_path / "labels.csv"
+    label.write_text((a / "fairface_label_val.csv").read_text())
+    ds_a = faces.load_dataset(f"csv:{label}", image_root=a)
+    ds_b = faces.load_dataset(f"csv:{label}", image_root=b)
+    emb_a = embed.embed_dataset(tiny_encoder, ds_a, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    emb_b = embed.embed_dataset(tiny_encoder, ds_b, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    fresh_b = embed.embed_dataset(tiny_encoder, ds_b, cache_dir=tmp_path / "fresh", batch_size=8, num_workers=0)
+    np.testing.assert_array_equal(emb_b.vectors, fresh_b.vectors)
+    assert not np.allclose(emb_a.vectors, emb_b.vectors, atol=1e-3)
+
+
+def test_an_image_changed_in_place_is_embedded_again_alone(tiny_encoder, two_folders, tmp_path, caplog):
+    """Same name, same size, other pixels: the shard holding it is embedded again, the others are reused."""
+    import logging
+
+    a, _ = two_folders
+    ds = faces.load_dataset(f"fairface:{a}")
+    before = embed.embed_dataset(tiny_encoder, ds, cache_dir=tmp_path / "c", batch_size=4, shard_size=8,
+                                 num_workers=0)
+    sizes = _sizes(a)
+    _bmp_images(a, seed=3, rows={9})                    # val/10.jpg: row 9, in shard 1 (rows 8-15)
+    assert _sizes(a) == sizes
+    ds = faces.load_dataset(f"fairface:{a}")
+    counting = Counting(tiny_encoder)
+    with caplog.at_level(logging.INFO, logger="clipprobe.embeddings.cache"):
+        after = embed.embed_dataset(counting, ds, cache_dir=tmp_path / "c", batch_size=4, shard_size=8,
+                                    num_workers=0)
+    assert counting.images_seen == 8 and after.timings["shards_reused"] == 2
+    assert ("1 image(s) of fairface:" in caplog.text
+            and "changed since they were embedded (e.g. val/10.jpg): embedding shard(s) 1 again" in caplog.text)
+    fresh = embed.embed_dataset(tiny_encoder, ds, cache_dir=tmp_path / "fresh", batch_size=4, shard_size=8,
+                                num_workers=0)
+    np.testing.assert_array_equal(after.vectors, fresh.vectors)
+    changed = np.flatnonzero((after.vectors != before.vectors).any(axis=1)).tolist()
+    assert changed == [9]                               # the other images of shard 1 got their old vectors
+    assert after.digest != before.digest and after.digest == fresh.digest
+
+
+def test_the_shared_pass_embeds_a_changed_image_again(tiny_encoder, two_folders, tmp_path):
+    from clipprobe.embeddings.shared import embed_shared
+
+    a, _ = two_folders
+    ds = faces.load_dataset(f"fairface:{a}")
+    embed_shared([tiny_encoder], ds, cache_dir=tmp_path / "c", batch_size=4, num_workers=0, shard_size=8)
+    _bmp_images(a, seed=3, rows={2})
+    ds = faces.load_dataset(f"fairface:{a}")
+    counting = Counting(tiny_encoder)
+    again = embed_shared([counting], ds, cache_dir=tmp_path / "c", batch_size=4, num_workers=0, shard_size=8)
+    fresh = embed.embed_dataset(tiny_encoder, ds, cache_dir=tmp_path / "fresh", batch_size=4, shard_size=8,
+                                num_workers=0)
+    assert again.decoded == [8] and counting.images_seen == 8
+    np.testing.assert_array_equal(again.embeddings[0].vectors, fresh.vectors)
+
+
+def test_an_edited_model_config_is_another_model(tiny_model_files, ff, tmp_path, caplog):
+    """QuickGELU added to the architecture JSON: other vectors, so another folder, and a line that says why."""
+    import json
+    import logging
+
+    from clipprobe.models import load_model
+
+    config, weights, arch = tiny_model_files
+    cfg = tmp_path / "cfg" / config.name
+    cfg.parent.mkdir()
+    cfg.write_text(config.read_text())
+    plain = load_model(f"{arch}:{weights}", model_config=str(cfg), device="cpu")
+    first = embed.embed_dataset(plain, ff, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    cfg.write_text(json.dumps({**json.loads(config.read_text()), "quick_gelu": True}))
+    quick = load_model(f"{arch}:{weights}", model_config=str(cfg), device="cpu")
+    try:
+        with caplog.at_level(logging.INFO, logger="clipprobe.embeddings.cache"):
+            second = embed.embed_dataset(quick, ff, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    finally:
+        load_model(f"{arch}:{weights}", model_config=str(config), device="cpu")   # register the original again
+    assert embed.model_cache_key(quick) != embed.model_cache_key(plain)
+    assert second.timings["n_embedded"] == 21
+    assert not np.allclose(first.vectors, second.vectors, atol=1e-4)
+    assert "its config, structure differ from those of the embeddings cached in" in caplog.text
+
+
+def test_weights_with_the_same_size_and_date_are_told_apart_by_content(tiny_model_files, ff, tmp_path):
+    from tinyclip import write_tiny_weights
+
+    from clipprobe.models import load_model
+
+    config, _weights, arch = tiny_model_files
+    path = write_tiny_weights(tmp_path / "w", config, seed=1, name="model")
+    stat = path.stat()
+    first = load_model(f"{arch}:{path}", model_config=str(config), device="cpu")
+    emb1 = embed.embed_dataset(first, ff, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    other = write_tiny_weights(tmp_path / "w2", config, seed=2, name="model")
+    assert other.stat().st_size == stat.st_size
+    os.replace(other, path)
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = load_model(f"{arch}:{path}", model_config=str(config), device="cpu")
+    assert second.spec.key == first.spec.key          # the name, size and date say nothing changed
+    emb2 = embed.embed_dataset(second, ff, cache_dir=tmp_path / "c", batch_size=8, num_workers=0)
+    assert embed.model_cache_key(second) != embed.model_cache_key(first)
+    assert emb2.timings["n_embedded"] == 21 and not np.allclose(emb1.vectors, emb2.vectors, atol=1e-4)

@@ -62,6 +62,44 @@ def test_fingerprint_is_stable_and_tracks_labels_and_images(tmp_path):
     assert faces.load_dataset(f"fairface:{root}").fingerprint != fp1
 
 
+def test_images_key_is_where_the_images_are_and_which(tmp_path):
+    """The embedding cache's key for a dataset: the folder and the image list, not the labels or sizes
+    (contents are checked image by image: FaceDataset.content_digest)."""
+    root = facegen.write_fairface(tmp_path / "ff", n=8)
+    key = faces.load_dataset(f"fairface:{root}").images_key
+    assert faces.load_dataset(f"fairface:{root}").images_key == key
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    assert faces.load_dataset(f"fairface:{copy}").fingerprint == faces.load_dataset(f"fairface:{root}").fingerprint
+    assert faces.load_dataset(f"fairface:{copy}").images_key != key          # another folder, another entry
+    label = root / "fairface_label_val.csv"
+    label.write_text(label.read_text().replace("val/2.jpg,", "val/2.jpg,x", 1))
+    assert faces.load_dataset(f"fairface:{root}").images_key == key          # labels do not change embeddings
+    rows = _read_rows(label)
+    facegen.write_label_csv(label, rows[:-1])
+    assert faces.load_dataset(f"fairface:{root}").images_key != key          # another image list
+    csv_a = faces.load_dataset(f"csv:{copy / 'fairface_label_val.csv'}", image_root=copy)
+    csv_b = faces.load_dataset(f"csv:{copy / 'fairface_label_val.csv'}", image_root=root)
+    assert csv_a.images_key != csv_b.images_key
+
+
+def test_content_digest_is_the_sha256_of_the_bytes(tmp_path):
+    import hashlib
+
+    root = facegen.write_fairface(tmp_path / "ff", n=5, missing=(3,), corrupt=(1,))
+    ds = faces.load_dataset(f"fairface:{root}")
+    for i, name in enumerate(ds.table["file"]):
+        path = root / name
+        assert ds.content_digest(i) == (hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else "")
+    path, _ = facegen.write_hf_fairface(tmp_path / "hf", n=4)
+    hf = faces.load_dataset(f"hf:{path}")
+    digests = [hf.content_digest(i) for i in range(4)]
+    assert all(len(d) == 64 for d in digests) and len(set(digests)) == 4
+    raw = hf._hf[2][hf._hf_image_column]
+    expected = raw["bytes"] if raw.get("bytes") is not None else open(raw["path"], "rb").read()
+    assert digests[2] == hashlib.sha256(expected).hexdigest()
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(DataError, match=r"dataset folder .*nope does not exist"):
         faces.load_dataset(f"fairface:{tmp_path / 'nope'}")

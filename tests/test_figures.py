@@ -153,7 +153,7 @@ def test_word_skew_dots_rows_points_and_flags(report):
     assert sorted(points[:, 0]) == pytest.approx(sorted(rows["skew"]))
     filled = sum(len(c.get_offsets()) for c in ax.collections if type(c).__name__ == "PathCollection"
                  and len(c.get_offsets()) and tuple(c.get_facecolor()[0][:3]) != (1.0, 1.0, 1.0))
-    assert filled == int(rows["flagged"].sum())
+    assert filled == int(rows["flagged_vs_controls"].sum())     # the headline flag: against the controls
     assert "status" in ax.get_title() and "race" in ax.get_title()
 
 
@@ -185,7 +185,7 @@ def _flagged_attributes(report):
     """Attributes with at least one flagged pair, in the report's order (plain loop)."""
     seen = set()
     for row in report.groups.itertuples(index=False):
-        if row.flagged:
+        if row.flagged_vs_controls:          # the headline flag: against the control queries
             seen.add(row.attribute)
     return [a for a in report.attributes if a in seen]
 
@@ -226,7 +226,7 @@ def test_core_set_is_heatmaps_entropy_and_top_words_of_flagged_attributes(report
 def test_core_set_without_flagged_pairs_keeps_first_attribute(tmp_path):
     d = make_report(tmp_path / "r", words={"a": "c", "b": "c", "d": "e"}, images=False, n_boot=5, alpha=1e-12)
     rep = load_report(d)
-    assert not rep.groups["flagged"].any()
+    assert not rep.groups["flagged"].any() and not rep.groups["flagged_vs_controls"].any()
     stems = [s.stem for s in figures.figure_specs(rep)]
     assert [s for s in stems if s.startswith("top_words")] == ["top_words_skew_race"]
 
@@ -514,3 +514,45 @@ def test_cli_out_naming_an_existing_file_is_a_one_line_error(report_dir, tmp_pat
     res = CliRunner().invoke(cli, args + ["--out", str(taken / "sub")])
     assert res.exit_code == 2
     assert res.output.strip() == f"Error: --out {taken / 'sub'}: {taken} is an existing file, not a folder"
+
+
+def _filled_and_hollow(ax):
+    filled = hollow = 0
+    for c in ax.collections:
+        if type(c).__name__ == "PathCollection" and len(c.get_offsets()):
+            if tuple(c.get_facecolor()[0][:3]) == (1.0, 1.0, 1.0):
+                hollow += len(c.get_offsets())
+            else:
+                filled += len(c.get_offsets())
+    return filled, hollow
+
+
+@pytest.mark.parametrize("controls", [True, False])
+def test_filled_markers_and_core_attributes_follow_the_headline_flag(tmp_path, controls):
+    """Every query over-retrieves one group (faces cluster by appearance): the hypergeometric test flags it
+    for every word; filled markers are the pairs flagged against the controls wherever that test ran."""
+    from test_htmlreport import appearance_tables
+
+    from clipprobe.report.writer import write_report
+
+    write_report(appearance_tables(controls), tmp_path / "r", figures=False, html=False)
+    rep = load_report(tmp_path / "r")
+    g = rep.groups
+    race = g[g["attribute"] == "race"]
+    ax = figures.word_skew_dots(g, None, "race", max_words=0)
+    filled, hollow = _filled_and_hollow(ax)
+    labels = [t.get_text() for t in ax.figure.legends[0].get_texts()]
+    specs = figures.figure_specs(rep)
+    top = [s for s in specs if s.kind == "top_words"]
+    if controls:
+        assert (filled, hollow) == (int(race["flagged_vs_controls"].sum()), len(race) - filled)
+        assert int(race["flagged"].sum()) > filled
+        assert "not flagged vs controls" in labels
+        # gender has hypergeometric flags but none against the controls: no top-words plot of its own
+        assert g.loc[g["attribute"] == "gender", "flagged"].any()
+        assert [s.stem for s in top] == ["top_words_skew_race"]
+        assert top[0].caption.endswith("filled markers are pairs flagged against the control queries")
+    else:
+        assert (filled, hollow) == (int(race["flagged"].sum()), len(race) - filled)
+        assert "not flagged (hypergeom.)" in labels
+        assert "no control test was run" in top[0].caption

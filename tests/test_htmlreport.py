@@ -98,11 +98,13 @@ def test_page_is_self_contained(evil_html):
 
 def test_contact_sheets_embedded_for_flagged_words(evil_report, evil_html):
     _, text = evil_html
-    n_words = evil_report.groups.loc[evil_report.groups["flagged"], "word"].nunique()
+    # flagged: against the control queries (the headline flag, where that test ran)
+    headline = evil_report.groups["flagged_vs_controls"].astype(bool)
+    n_words = evil_report.groups.loc[headline, "word"].nunique()
     sheets = re.findall(r'src="data:image/jpeg;base64,([A-Za-z0-9+/=]+)"', text)
     assert len(sheets) == n_words
     n_figures = len(re.findall(r'src="data:image/png;base64,', text))
-    flagged_attrs = set(evil_report.groups.loc[evil_report.groups["flagged"], "attribute"])
+    flagged_attrs = set(evil_report.groups.loc[headline, "attribute"])
     # the core set: 4 heatmaps + entropy + a top-words plot per attribute with a flagged pair
     assert n_figures == 4 + 1 + len(flagged_attrs)
 
@@ -110,7 +112,7 @@ def test_contact_sheets_embedded_for_flagged_words(evil_report, evil_html):
 def test_category_figures_add_per_category_plots(evil_report, tmp_path, drawn):
     text = write_html_report(evil_report, tmp_path / "r.html", category_figures=True, reuse_figures=False,
                              max_sheets=0).read_text(encoding="utf-8")
-    flagged_attrs = set(evil_report.groups.loc[evil_report.groups["flagged"], "attribute"])
+    flagged_attrs = set(evil_report.groups.loc[evil_report.groups["flagged_vs_controls"].astype(bool), "attribute"])
     n_figures = len(re.findall(r'src="data:image/png;base64,', text))
     assert n_figures == len(drawn) == 4 + 1 + len(flagged_attrs) + 5 * len(evil_report.categories)
     assert text.count('<details class="catfig">') == len(evil_report.categories)
@@ -178,12 +180,13 @@ def test_html_reuses_figures_already_written(tmp_path, drawn):
 
 
 def _sheet_order_oracle(report):
-    """Flagged words by (lowest q over their flagged pairs, highest skew, word), by plain loops."""
+    """Words flagged against the controls by (lowest q vs controls over their flagged pairs, highest skew,
+    word), by plain loops."""
     best = {}
     for row in report.groups.itertuples(index=False):
-        if row.flagged:
+        if row.flagged_vs_controls:
             q, skew = best.get(row.word, (np.inf, -np.inf))
-            best[row.word] = (min(q, row.q_over), max(skew, row.skew))
+            best[row.word] = (min(q, row.q_vs_controls), max(skew, row.skew))
     return sorted(best, key=lambda w: (best[w][0], -best[w][1], w))
 
 
@@ -304,3 +307,156 @@ def test_headless_browser_renders_table_and_runs_no_injected_code(evil_report, e
     assert "<title>clipprobe report: &lt;/title&gt;" in dom
     # the filter options were added by the script
     assert '<option value="race">race</option>' in dom
+
+
+# --------------------------------------------------------------------------- the headline flag
+
+APPEARANCE_WORDS = ["planted", "w1", "w2", "w3", "w4", "w5"]
+
+
+def appearance_tables(controls: bool = True, seed: int = 0):
+    """Report tables where every query, control queries too, over-retrieves White and Male faces (faces
+    cluster by appearance), and one word also the group planted for it: the hypergeometric test flags the
+    common groups for every word, the test against the controls only the planted pair."""
+    import pandas as pd
+
+    from clipprobe.analysis.probe import probe_scores
+
+    rng = np.random.default_rng(seed)
+    n = 600
+    race = rng.choice(["White", "Black", "East Asian"], size=n, p=[0.4, 0.3, 0.3])
+    gender = rng.choice(["Male", "Female"], size=n)
+    common = 1.2 * (race == "White") + 0.8 * (gender == "Male")
+
+    def queries(m):
+        return common[None, :] + rng.normal(0, 1, size=(m, n))
+
+    scores = queries(len(APPEARANCE_WORDS))
+    scores[0] += 2.0 * (race == "Black")
+    ctrl = queries(40) if controls else None
+    return probe_scores(scores, pd.DataFrame({"race": race, "gender": gender}), words=APPEARANCE_WORDS, k=60,
+                        permutations=50, controls=ctrl, neutral=ctrl[0] if controls else None)
+
+
+def _appearance_report(tmp_path, controls: bool):
+    from clipprobe.report.writer import write_report
+
+    tables = appearance_tables(controls)
+    write_report(tables, tmp_path / "rep", figures=False, html=False)
+    return load_report(tmp_path / "rep")
+
+
+def _cards(text):
+    return re.findall(r'<div class="card"><span class="big">(.*?)</span><span>(.*?)</span></div>', text)
+
+
+def test_headlines_filter_and_sheets_use_the_flag_against_controls(tmp_path, drawn):
+    rep = _appearance_report(tmp_path, controls=True)
+    g = rep.groups
+    vs, hyper = g["flagged_vs_controls"].astype(bool), g["flagged"].astype(bool)
+    # the situation of the issue: many hypergeometric flags, few against the controls
+    assert vs.sum() >= 1 and hyper.sum() >= vs.sum() + 5
+    assert set(g.loc[vs, "word"]) == {"planted"} and hyper[g["word"] == "w3"].any()
+    assert rep.run["controls_ran"] is True and rep.run["headline_flag"] == "flagged_vs_controls"
+    assert (rep.run["n_flagged_vs_controls"], rep.run["n_flagged"]) == (int(vs.sum()), int(hyper.sum()))
+    text = write_html_report(rep, tmp_path / "r.html", image_loader=lambda f: Image.new("RGB", (8, 8)),
+                             max_sheets=50).read_text(encoding="utf-8")
+    cards = _cards(text)
+    flag_cards = [c for c in cards if "flagged" in c[1] or "hypergeometric" in c[1]]
+    assert flag_cards == [(str(int(vs.sum())), "pairs flagged vs controls"), ("1", "words flagged vs controls"),
+                          (str(int(hyper.sum())), "pairs not a random sample (hypergeometric)")]
+    # the "how to read" box says the control flag first
+    howto = re.search(r'<div class="howto">(.*?)</div>', text, re.S).group(1)
+    assert howto.index("control queries") < howto.index("hypergeometric")
+    assert htmlreport.HOWTO_CONTROLS in text
+    # the word table's "flagged only" filter uses the count against the controls
+    data = json.loads(_json_block(text))
+    assert data["flag"] == "n_flagged_vs_controls" and "flagged vs controls only</label>" in text
+    flagged_rows = [r for r in data["words"] if r["n_flagged_vs_controls"] > 0]
+    assert {r["word"] for r in flagged_rows} == {"planted"}
+    # faces: only for words flagged against the controls
+    assert _sheet_words(text) == ["planted"]
+    # the flagged table: the pairs flagged against the controls first and bold, every hypergeometric one after
+    section = re.search(r'<section id="flagged">(.*?)</section>', text, re.S).group(1)
+    assert f"<b>{int(vs.sum())} word-group pairs flagged</b>" in section
+    body = re.search(r"<tbody>(.*?)</tbody>", section, re.S).group(1)
+    rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    assert len(rows) == int((vs | hyper).sum())
+    bold = ['font-weight:600' in r for r in rows]
+    assert bold == sorted(bold, reverse=True) and sum(bold) == int(vs.sum())
+
+
+def test_without_controls_the_flags_are_null_and_the_page_says_no_test_ran(tmp_path, drawn):
+    import pyarrow.parquet as pq
+
+    from clipprobe.pipeline.report import summary_line
+
+    rep = _appearance_report(tmp_path, controls=False)
+    g = rep.groups
+    # null, not False: in the files and in the tables read back
+    for name, column in (("groups.parquet", "flagged_vs_controls"), ("groups.parquet", "q_vs_controls"),
+                         ("words.parquet", "n_flagged_vs_controls")):
+        table = pq.read_table(tmp_path / "rep" / name)
+        assert table.column(column).null_count == table.num_rows, column
+    assert g["flagged_vs_controls"].isna().all() and rep.words["n_flagged_vs_controls"].isna().all()
+    assert rep.summary["share_flagged_vs_controls"].isna().all()
+    assert rep.run["controls_ran"] is False and rep.run["n_flagged_vs_controls"] is None
+    assert rep.run["headline_flag"] == "flagged" and rep.run["n_flagged"] == int(g["flagged"].sum()) > 0
+    run = {**rep.run, "taxonomy": {"n_words": 6}}
+    line = summary_line(run)
+    assert "no control test was run" in line and f"{rep.run['n_flagged']} with a top-k that is not a random" in line
+    text = write_html_report(rep, tmp_path / "r.html", max_sheets=0).read_text(encoding="utf-8")
+    assert ("none", "control test (not run)") in _cards(text)
+    assert (str(rep.run["n_flagged"]), "pairs flagged, hypergeometric only") in _cards(text)
+    assert htmlreport.HOWTO_NO_CONTROLS in text
+    data = json.loads(_json_block(text))
+    assert data["flag"] == "n_flagged" and all(r["n_flagged_vs_controls"] is None for r in data["words"])
+    assert "No control test was run" in re.search(r'<section id="flagged">(.*?)</section>', text, re.S).group(1)
+
+
+NODE_RUN = r"""
+const fs = require("fs");
+const page = fs.readFileSync(process.argv[2], "utf8");
+const data = /<script type="application\/json" id="clipprobe-data">([\s\S]*?)<\/script>/.exec(page)[1];
+const code = /<script>([\s\S]*?)<\/script><\/body>/.exec(page)[1];
+function el() {
+  return { value: "", checked: false, children: [], listeners: {}, style: {}, attrs: {},
+    classList: { add() {}, remove() {}, contains() { return false; } },
+    addEventListener(t, f) { (this.listeners[t] = this.listeners[t] || []).push(f); },
+    appendChild(c) { this.children.push(c); return c; },
+    replaceChildren(f) { this.children = f ? f.children : []; },
+    setAttribute(k, v) { this.attrs[k] = v; }, getAttribute(k) { return this.attrs[k]; },
+    hasAttribute(k) { return k in this.attrs; } };
+}
+const els = { "clipprobe-data": { textContent: data } };
+global.document = { getElementById: (id) => els[id] || (els[id] = el()), querySelectorAll: () => [],
+  createElement: () => el(), createDocumentFragment: () => el(), body: el() };
+new Function(code)();
+const body = els["words-body"], box = els["words-flagged"];
+const all = body.children.length;
+box.checked = true;
+box.listeners.input.forEach((f) => f());
+console.log(JSON.stringify({ all: all, shown: body.children.map((tr) => [tr.children[0].textContent,
+  tr.children[2].textContent]) }));
+"""
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node installed")
+@pytest.mark.parametrize("controls", [True, False])
+def test_flagged_only_filter_runs_on_the_headline_flag(tmp_path, drawn, controls):
+    """The page's own script, run by node against a minimal document: ticking "flagged only" keeps the
+    (word, attribute) rows flagged against the controls (the hypergeometric flag where no control test ran)."""
+    rep = _appearance_report(tmp_path, controls=controls)
+    page = write_html_report(rep, tmp_path / "r.html", max_sheets=0)
+    script = tmp_path / "run.js"
+    script.write_text(NODE_RUN)
+    out = subprocess.run(["node", str(script), str(page)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout)
+    w = rep.words
+    column = "n_flagged_vs_controls" if controls else "n_flagged"
+    want = w[w[column].fillna(0) > 0]
+    assert got["all"] == len(w)
+    assert sorted(map(tuple, got["shown"])) == sorted(zip(want["word"], want["attribute"]))
+    if controls:
+        assert {word for word, _ in got["shown"]} == {"planted"} and (w["n_flagged"] > 0).sum() > len(want)

@@ -745,3 +745,39 @@ def test_hf_tokenizer_model_loads_with_the_hf_text_extra(tmp_path):
     assert type(enc.tokenizer).__name__ == "HFTokenizer"
     assert enc.tokenizer(["a photo of nurses"])[0][:5].tolist() == [5, 6, 7, 8, 10]
     assert enc.encode_text(["a photo of a nurse", "a photo of doctors"]).shape == (2, 32)
+
+
+# ---------------------------------------------------------------------------
+# What the embedding cache's model key stands for: the model as loaded (issue 24.4)
+
+
+def test_fingerprint_is_the_weights_in_memory_the_config_and_the_structure(tmp_path, tiny_model_files):
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    config, weights, arch = tiny_model_files
+    enc = load_model(f"{arch}:{weights}", model_config=str(config), device="cpu")
+    fp = enc.fingerprint()
+    # An independent digest of the same tensors, from the file.
+    state = load_file(str(weights))
+    h = hashlib.sha256()
+    for name in sorted(enc.model.state_dict()):
+        t = state[name] if name in state else enc.model.state_dict()[name]
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        h.update(t.contiguous().numpy().tobytes())
+    assert fp["weights_sha256"] == h.hexdigest()
+    # The same weights in another file format: the same digest (the content, not the file).
+    pt = write_tiny_weights(tmp_path / "pt", config, seed=0, fmt="pt")
+    same = load_model(f"{arch}:{pt}", model_config=str(config), device="cpu")
+    assert same.fingerprint() == fp and same.spec.key != enc.spec.key
+    # Other weights, QuickGELU, another precision: another digest.
+    other = load_model(f"{arch}:{write_tiny_weights(tmp_path / 'o', config, seed=5)}", model_config=str(config),
+                       device="cpu")
+    assert other.fingerprint()["weights_sha256"] != fp["weights_sha256"]
+    assert other.fingerprint()["config_sha256"] == fp["config_sha256"]
+    quick = load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", quick_gelu=True)
+    assert quick.fingerprint()["config_sha256"] != fp["config_sha256"]
+    assert quick.fingerprint()["structure_sha256"] != fp["structure_sha256"]
+    bf16 = load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", precision="bf16")
+    assert bf16.fingerprint()["weights_sha256"] != fp["weights_sha256"]

@@ -191,6 +191,9 @@ def test_crosscheck_joins_report_and_captions(setup, tmp_path):
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(cli, ["crosscheck", str(setup["out"]), str(counts)])
     assert r.exit_code == 0, r.output
+    # 4 of the 10 words (nurse, engineer, lazy, doctor) and 3 groups (Male, Female, an age) occur in the captions
+    assert ("caption association defined for 12 of 180 rows; 6 of 10 words and 15 of 18 groups never occur in the "
+            "captions") in r.output
     joined = pd.read_parquet(setup["out"] / "crosscheck.parquet")
     row = joined[(joined["word"] == "nurse") & (joined["attribute"] == "gender") & (joined["group"] == "Female")]
     assert int(row["caption_n_both"].iloc[0]) == 30 and int(row["caption_n_word"].iloc[0]) == 30
@@ -199,6 +202,10 @@ def test_crosscheck_joins_report_and_captions(setup, tmp_path):
     assert float(row["skew"].iloc[0]) == pytest.approx(float(report_row["skew"].iloc[0]))
     data = json.loads((setup["out"] / "crosscheck.json").read_text())
     assert "gender" in data["spearman_skew_vs_caption_log_odds"]
+    assert data["spearman_skew_vs_caption_log_odds"]["gender"]["n"] == 8          # 4 words x Male, Female
+    assert data["words_absent"] == ["CEO", "aggressive", "ambitious", "mentally ill", "terrorist", "thief"]
+    absent = joined[joined["word"] == "terrorist"]
+    assert absent["caption_log_odds"].isna().all() and absent["caption_status"].str.startswith("word absent").all()
     assert (setup["out"] / "figures" / "crosscheck_gender.png").exists()
 
 
@@ -215,3 +222,63 @@ def test_report_model_label_is_short_for_a_weights_file(setup, tiny_model_files)
     report = load_report(setup["out"])
     assert report.model_label == f"{arch}:{weights.name}"
     assert str(weights) in report.model_spec
+
+
+def test_report_refuses_counts_with_too_few_defined_rows_early(setup, tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import clipprobe.pipeline.probe as probe_mod
+
+    texts = ["a nurse and a woman"] * 5 + ["a man at the beach"] * 3
+    path = tmp_path / "laion" / "part-0.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"TEXT": texts}), path)
+    counts = tmp_path / "counts"
+    r = CliRunner().invoke(cli, ["captions", "count", "--captions", str(path), "--taxonomy",
+                                 str(setup["tmp"] / "small.yaml"), "--out", str(counts), "--workers", "1"])
+    assert r.exit_code == 0, r.output
+    monkeypatch.setattr(probe_mod, "open_probe", lambda *a, **k: pytest.fail("the probe was opened"))
+    r = CliRunner().invoke(cli, ["report", *setup["base"], "--out", str(tmp_path / "r"),
+                                 "--captions-counts", str(counts)])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip() == (f"Error: caption counts folder {counts}: 2 (word, attribute, group) row(s) in common "
+                                "with the report have a defined caption association, fewer than the 10 the "
+                                "cross-check needs (9 of 10 words and 16 of 18 groups never occur in the captions)")
+    assert not (tmp_path / "r" / "groups.parquet").exists()
+
+
+def _summary(output):
+    return next(line for line in output.splitlines() if line.startswith("report: "))
+
+
+def test_summary_line_leads_with_the_flag_against_controls(setup):
+    run = json.loads((setup["out"] / "run.json").read_text())
+    groups = pd.read_parquet(setup["out"] / "groups.parquet")
+    assert run["controls_ran"] is True and run["headline_flag"] == "flagged_vs_controls"
+    assert run["n_flagged_vs_controls"] == int(groups["flagged_vs_controls"].sum())
+    assert run["n_flagged"] == int(groups["flagged"].sum())
+    line = _summary(setup["output"])
+    assert line == (f"report: 10 words x 4 attributes, {len(groups)} rows: {run['n_flagged_vs_controls']} flagged "
+                    f"against the control queries at FDR 0.05; {run['n_flagged']} with a top-k that is not a random "
+                    "sample of faces (hypergeometric test, FDR 0.05)")
+
+
+def test_controls_none_leaves_the_control_columns_null_and_says_so(setup, tmp_path):
+    import pyarrow.parquet as pq
+
+    base = [a if a != "60" else "0" for a in setup["base"]]           # no bootstrap: faster
+    out = tmp_path / "r"
+    r = CliRunner().invoke(cli, ["report", *base, "--out", str(out), "--controls", "none", "--permutations", "20",
+                                 "--no-figures", "--no-html"], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    groups = pq.read_table(out / "groups.parquet")
+    for column in ("control_share", "p_vs_controls", "q_vs_controls", "flagged_vs_controls"):
+        assert groups.column(column).null_count == groups.num_rows, column
+    assert pq.read_table(out / "words.parquet").column("n_flagged_vs_controls").null_count == 40
+    assert pd.read_csv(out / "summary.csv")["share_flagged_vs_controls"].isna().all()
+    run = json.loads((out / "run.json").read_text())
+    assert run["controls_ran"] is False and run["n_flagged_vs_controls"] is None and run["controls"] is None
+    assert _summary(r.output).endswith("rows: no control test was run (no control queries), so none is flagged "
+                                       f"against them; {run['n_flagged']} with a top-k that is not a random sample "
+                                       "of faces (hypergeometric test, FDR 0.05)")

@@ -125,3 +125,27 @@ def test_unknown_model_tag_lists_close_matches():
 def test_index_build_then_retrieve_embeds_nothing(world):
     r = invoke(["index", "build", *world["base"]])
     assert r.exit_code == 0, r.output
+
+
+def test_an_approximate_index_orders_its_candidates_by_the_one_score_and_rule():
+    """hnsw/ivf pick the candidates; their order is that of the exact scores, ties by the lower image index
+    (FAISS's own scores and tie order can differ in the last bit from the scores the report ranks by)."""
+    import types
+
+    from clipprobe.analysis.metrics import rank_topk, similarity_scores
+    from clipprobe.embeddings.index import build_index
+    from clipprobe.pipeline.probe import topk
+
+    rng = np.random.default_rng(3)
+    vectors = rng.standard_normal((300, 16)).astype(np.float32)
+    for dup in (40, 41, 250, 299):
+        vectors[dup] = vectors[7]
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = (vectors[[7, 100]] + 0.05 * rng.standard_normal((2, 16))).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    scores = similarity_scores(queries, vectors)
+    probe = types.SimpleNamespace(index=build_index(vectors, kind="ivf", nlist=4, nprobe=4, gpu="never"),
+                                  check_k=lambda k: k)
+    got = topk(probe, scores, queries, 20)
+    np.testing.assert_array_equal(got, rank_topk(scores, 20))        # every cell visited: the exact set
+    assert list(got[0][:5]) == [7, 40, 41, 250, 299]

@@ -3,6 +3,7 @@ library: per-model folders, resume, failures recorded, unknown models listed, sh
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ import yaml
 from click.testing import CliRunner
 
 from clipprobe.cli import _Group, cli
+from clipprobe.cli import sweep as CLI
 from clipprobe.cli.sweep import sweep as sweep_group
 from clipprobe.pipeline import sweep as S
 from clipprobe.report.sweep import MODELS_DIR, REPORT_MEASURES, SETTINGS_FILE
@@ -80,7 +82,7 @@ def sweep_args(d: Path, out: Path, *extra: str) -> list[str]:
 def swept(setup):
     out = setup / "out"
     result = invoke(sweep_args(setup, out), catch_exceptions=False)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 1, result.output          # one model failed, one is unknown (see test_exit_codes)
     return out, result.output
 
 
@@ -109,10 +111,24 @@ def test_each_model_gets_its_folder_and_failures_are_recorded(setup, swept):
     assert shard["command"] == "sweep" and len(shard["done"]) == 2
 
 
+def test_exit_codes(setup, swept):
+    """Any failed or unknown model: the summary, then a one-line error and exit 1; --allow-failures: exit 0."""
+    out, output = swept
+    lines = output.strip().splitlines()
+    assert lines[-1] == "Error: " + CLI.MSG_FAILURES.format(n=2, total=4, shard="1/1")
+    assert any(line.startswith("  ViT-B-32:laion2b_s34b_b79kk: unknown model") for line in lines)
+    assert any("missing.safetensors" in line for line in lines[:-1])
+    result = invoke(sweep_args(setup, out, "--allow-failures", "--no-retry-failed"), catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "0 model(s) finished, 3 finished before, 1 failed, 1 unknown" in result.output
+    result = invoke(sweep_args(setup, out, "--no-retry-failed"), catch_exceptions=False)
+    assert result.exit_code == 1 and result.output.strip().splitlines()[-1] == lines[-1]
+
+
 def test_a_rerun_skips_finished_models_and_retries_failed_ones(setup, swept):
     out, _ = swept
     before = {k: (out / MODELS_DIR / k / "run.json").read_bytes() for k in records(out)}
-    result = invoke(sweep_args(setup, out), catch_exceptions=False)
+    result = invoke(sweep_args(setup, out, "--allow-failures"), catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "0 model(s) finished, 2 finished before, 1 failed, 1 unknown" in result.output
     after = records(out)
@@ -149,7 +165,7 @@ def test_shards_run_separately_equal_one_run(setup, swept, tmp_path):
     out, _ = swept
     split = tmp_path / "split"
     for i in (1, 2):
-        result = invoke(sweep_args(setup, split, "--shard", f"{i}/2"), catch_exceptions=False)
+        result = invoke(sweep_args(setup, split, "--shard", f"{i}/2", "--allow-failures"), catch_exceptions=False)
         assert result.exit_code == 0, result.output
     one = S.merge_sweep([out], out=tmp_path / "m1").table
     two = S.merge_sweep([split], out=tmp_path / "m2").table
@@ -207,3 +223,151 @@ def test_merge_of_a_folder_that_is_no_sweep(tmp_path):
 def test_the_sweep_and_its_merge_are_listed_in_help():
     result = invoke(["sweep", "--help"])
     assert result.exit_code == 0 and "merge" in result.output and "analyze" in result.output
+
+
+# --------------------------------------------------------------------------- inputs keyed by their content (issue 24)
+
+TEXT_TESTS = {"tests": [
+    {"name": "words", "X": {"texts": ["flower", "rose", "tulip"]}, "Y": {"texts": ["insect", "ant", "wasp"]},
+     "A": {"texts": ["love", "joy"]}, "B": {"texts": ["hate", "pain"]}},
+    {"name": "jobs", "X": {"texts": ["doctor", "nurse"]}, "Y": {"texts": ["chef", "farmer"]},
+     "A": {"texts": ["good", "kind"]}, "B": {"texts": ["bad", "cruel"]}},
+]}
+
+
+@pytest.fixture()
+def own(setup, tmp_path):
+    """The two working models, and a test file and taxonomy of this test's own, to be edited (text tests only:
+    the face images are embedded once, in the shared cache)."""
+    rows = (setup / "zoo.csv").read_text().splitlines()
+    (tmp_path / "zoo.csv").write_text("\n".join([rows[0]] + [r.replace(",m/", f",{setup / 'm'}/") for r in rows[1:3]])
+                                      + "\n")
+    shutil.copy(setup / "tax.yaml", tmp_path / "tax.yaml")
+    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(TEXT_TESTS), encoding="utf-8")
+    return tmp_path
+
+
+def own_args(setup, d, out, *extra):
+    args = sweep_args(setup, out, *extra)
+    for name in ("zoo.csv", "tax.yaml", "tests.yaml"):
+        args[args.index(str(setup / name))] = str(d / name)
+    return args
+
+
+def run_ok(args):
+    result = invoke(args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def swap_words_targets(path):
+    tests = yaml.safe_load(path.read_text())
+    t = tests["tests"][0]
+    t["X"], t["Y"] = t["Y"], t["X"]
+    path.write_text(yaml.safe_dump(tests), encoding="utf-8")
+
+
+def stamps(out, name):
+    return {k: (out / MODELS_DIR / k / name).stat().st_mtime_ns for k in records(out)}
+
+
+def test_an_edited_test_file_reruns_the_association_tests_and_keeps_the_reports(setup, own, caplog):
+    """The test file edited in place (targets swapped: every d of that test changes sign): the rerun runs the
+    association tests again, keeps the reports, and gives the table of a fresh run; a folder run before the
+    edit is not merged with one run after it."""
+    out = own / "out"
+    run_ok(own_args(setup, own, out))
+    before = S.merge_sweep([out], out=own / "m0").table
+    old_hash = hashlib.sha256((own / "tests.yaml").read_bytes()).hexdigest()
+    shutil.copytree(out, own / "old")
+    reports, eats = stamps(out, "report/words.parquet"), stamps(out, "eat/eat.parquet")
+    swap_words_targets(own / "tests.yaml")
+    with caplog.at_level("INFO", logger="clipprobe"):
+        result = run_ok(own_args(setup, own, out))
+    after = S.merge_sweep([out], out=own / "m1").table
+
+    def d(table, test):
+        rows = table[(table["probe"] == "eat") & (table["test"] == test)]
+        return rows.set_index("model_key")["value"].sort_index()
+
+    assert d(after, "words").to_numpy() == pytest.approx(-d(before, "words").to_numpy(), rel=1e-6)
+    assert (d(after, "words").abs() > 0.01).all()
+    pd.testing.assert_series_equal(d(after, "jobs"), d(before, "jobs"))
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"the test file {own / 'tests.yaml'} changed since sweep folder {out} was written")
+               and m.endswith("the association tests of every model run again, as they finish") for m in said), said
+    assert ("2 model(s) finished before with other inputs: the association tests run again, the reports kept"
+            in said), said
+    assert "2 model(s) finished, 0 finished before" in result.output
+    assert stamps(out, "report/words.parquet") == reports                       # not run again
+    assert all(stamps(out, "eat/eat.parquet")[k] != eats[k] for k in eats)
+    fresh = own / "fresh"
+    run_ok(own_args(setup, own, fresh))
+    pd.testing.assert_frame_equal(after, S.merge_sweep([fresh], out=own / "m2").table)
+    # a folder of the old content and one of the new, at the same path: refused, naming the file
+    new_hash = hashlib.sha256((own / "tests.yaml").read_bytes()).hexdigest()
+    result = invoke(["sweep", "merge", str(own / "old"), str(fresh)])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: " + S.MSG_MERGE_INPUT.format(
+        a=own / "old", b=fresh, what="test file", path=own / "tests.yaml", x=old_hash[:12], y=new_hash[:12])
+    # and a rerun without a change runs nothing
+    assert "0 model(s) finished, 2 finished before" in run_ok(own_args(setup, own, out)).output
+
+
+def test_an_edited_taxonomy_reruns_the_reports_and_keeps_the_tests(setup, own, caplog):
+    out = own / "out"
+    run_ok(own_args(setup, own, out))
+    before = S.merge_sweep([out], out=own / "m0").table
+    assert "behavioral" in set(before["test"])
+    eats = stamps(out, "eat/eat.parquet")
+    (own / "tax.yaml").write_text(yaml.safe_dump({"name": "mini", "categories": {
+        "occupation": ["doctor", "nurse", "chef"]}}), encoding="utf-8")          # a category deleted
+    with caplog.at_level("INFO", logger="clipprobe"):
+        run_ok(own_args(setup, own, out))
+    after = S.merge_sweep([out], out=own / "m1").table
+    assert "behavioral" not in set(after["test"]) and "occupation" in set(after["test"])
+    said = [r.getMessage() for r in caplog.records]
+    assert any(m.startswith(f"the taxonomy file {own / 'tax.yaml'} changed") and "the reports of every model" in m
+               for m in said), said
+    assert stamps(out, "eat/eat.parquet") == eats
+    fresh = own / "fresh"
+    run_ok(own_args(setup, own, fresh))
+    pd.testing.assert_frame_equal(after, S.merge_sweep([fresh], out=own / "m2").table)
+
+
+def test_a_shared_folder_half_rerun_after_an_edit_is_not_merged(setup, own):
+    """Shard 1/2 reran after the edit, shard 2/2 not yet: merging would mix two versions of the test file."""
+    out = own / "out"
+    run_ok(own_args(setup, own, out))
+    old = hashlib.sha256((own / "tests.yaml").read_bytes()).hexdigest()
+    swap_words_targets(own / "tests.yaml")
+    new = hashlib.sha256((own / "tests.yaml").read_bytes()).hexdigest()
+    run_ok(own_args(setup, own, out, "--shard", "1/2"))
+    result = invoke(["sweep", "merge", str(out)])
+    assert result.exit_code == 1
+    stale = [k for k, r in records(out).items() if r["inputs"]["eat"]["tests"]["sha256"] == old]
+    assert len(stale) == 1
+    assert result.output.strip() == "Error: " + S.MSG_MERGE_STALE.format(
+        folder=out, n=1, key=stale[0], what="test file", path=own / "tests.yaml", x=old[:12], y=new[:12])
+    run_ok(own_args(setup, own, out, "--shard", "2/2"))
+    assert {r["inputs"]["eat"]["tests"]["sha256"] for r in records(out).values()} == {new}
+    assert len(S.merge_sweep([out], out=own / "m1").table) > 0
+
+
+def test_a_folder_without_input_hashes_runs_every_model_again(setup, own, caplog):
+    """A folder of an older clipprobe records paths, not content: nothing in it can be trusted to be current."""
+    out = own / "out"
+    run_ok(own_args(setup, own, out))
+    stored = json.loads((out / SETTINGS_FILE).read_text())
+    stored["settings"].pop("inputs", None)
+    stored["settings_hash"] = S.settings_hash(stored["settings"])
+    (out / SETTINGS_FILE).write_text(json.dumps(stored))
+    for key, record in records(out).items():
+        for k in ("inputs", "probe_hashes", "kept"):
+            record.pop(k, None)
+        record["settings_hash"] = stored["settings_hash"]
+        (out / MODELS_DIR / key / "run.json").write_text(json.dumps(record))
+    with caplog.at_level("INFO", logger="clipprobe"):
+        result = run_ok(own_args(setup, own, out))
+    assert "2 model(s) finished, 0 finished before" in result.output
+    assert S.MSG_INPUTS_UNKNOWN % out in [r.getMessage() for r in caplog.records]

@@ -393,7 +393,8 @@ def score_words(
 def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, categories=None) -> ReportTables:
     """Join scored chunks of words: categories, Benjamini-Hochberg over every row (``q_over`` and
     ``flagged = q_over < alpha``; ``q_vs_controls`` and ``flagged_vs_controls`` the same against the
-    control queries), the flag counts per word and attribute, and the per-category summary.
+    control queries; null, not False, where no control test ran, and so are ``n_flagged_vs_controls``
+    and ``share_flagged_vs_controls``), the flag counts per word and attribute, and the per-category summary.
 
     ``categories`` maps a word to its categories (a string, joined by ``"; "``, or a sequence).
     """
@@ -422,10 +423,16 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
     groups["q_over"] = bh_adjust(groups["p_over"].to_numpy())
     groups["flagged"] = groups["q_over"] < alpha
     groups["q_vs_controls"] = bh_adjust(groups["p_vs_controls"].to_numpy())
-    groups["flagged_vs_controls"] = groups["q_vs_controls"] < alpha
+    # null (not False) where no control test ran: a nullable boolean, and a nullable count per word
+    groups["flagged_vs_controls"] = (groups["q_vs_controls"] < alpha).astype("boolean").mask(
+        groups["q_vs_controls"].isna())
     for column, flag in (("n_flagged", "flagged"), ("n_flagged_vs_controls", "flagged_vs_controls")):
         n = groups.groupby(["word", "attribute"], sort=False)[flag].sum()
         words[column] = [int(n.get((w, a), 0)) for w, a in zip(words["word"], words["attribute"])]
+    tested = groups.groupby(["word", "attribute"], sort=False)["q_vs_controls"].count()
+    words["n_flagged_vs_controls"] = pd.array(
+        [n if tested.get((w, a), 0) else pd.NA
+         for n, w, a in zip(words["n_flagged_vs_controls"], words["word"], words["attribute"])], dtype="Int64")
     groups = groups[list(GROUP_COLUMNS)]
     words = words[list(WORD_COLUMNS)]
     summary = summarise(groups, words)
@@ -450,9 +457,36 @@ def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
                      "mean_norm_entropy": float(part["norm_entropy"].mean()),
                      "mean_max_skew_excess": float(part["max_skew_excess"].mean()),
                      "share_flagged": float((part["n_flagged"] > 0).mean()),
-                     "share_flagged_vs_controls": float((part["n_flagged_vs_controls"] > 0).mean()),
+                     "share_flagged_vs_controls": _share_positive(part["n_flagged_vs_controls"]),
                      "top_groups": top})
     return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def _share_positive(counts) -> float:
+    """Share of the non-null counts above 0; NaN where every count is null (no control test ran)."""
+    tested = counts.dropna()
+    return float((tested.to_numpy(dtype="float64") > 0).mean()) if len(tested) else float("nan")
+
+
+def controls_ran(groups: "pd.DataFrame") -> bool:
+    """Whether the test against control queries ran for a report's rows (``p_vs_controls`` is not null
+    somewhere; ``controls=None`` / ``--controls none`` leaves it null everywhere)."""
+    return "p_vs_controls" in groups.columns and bool(groups["p_vs_controls"].notna().any())
+
+
+def headline_flag(groups: "pd.DataFrame") -> str:
+    """The flag that a report's headlines, filters and filled markers use: ``flagged_vs_controls`` where
+    the control test ran (is the group over-represented beyond what queries with no meaning retrieve?),
+    else ``flagged`` (the hypergeometric test alone: the word's top-k is not a random sample of faces)."""
+    return "flagged_vs_controls" if controls_ran(groups) else "flagged"
+
+
+def flag_mask(groups: "pd.DataFrame", column: str | None = None) -> "np.ndarray":
+    """A plain boolean array of a flag column (``column``, default :func:`headline_flag`); null is False."""
+    import numpy as np
+
+    column = column or headline_flag(groups)
+    return groups[column].astype("boolean").fillna(False).to_numpy(dtype=bool) if len(groups) else np.zeros(0, bool)
 
 
 def probe_scores(
@@ -538,5 +572,6 @@ def probe_scores(
 
 __all__ = [
     "GROUP_COLUMNS", "ProbeLabels", "ReportTables", "SUMMARY_COLUMNS", "WORD_COLUMNS", "WordScores",
-    "encode_labels", "finish_tables", "probe_scores", "score_words", "summarise",
+    "controls_ran", "encode_labels", "finish_tables", "flag_mask", "headline_flag", "probe_scores", "score_words",
+    "summarise",
 ]

@@ -353,6 +353,8 @@ def typical_members(vectors, assignment: Assignment, n: int = 20, centroids=None
     """Per subset, the indices of its ``n`` images most similar (cosine) to its centroid, most typical first."""
     import numpy as np
 
+    from clipprobe.analysis.metrics import similarity_scores
+
     v = np.asarray(vectors, dtype=np.float32)
     cents = assignment.centroids if centroids is None else centroids
     if cents is None:
@@ -360,7 +362,7 @@ def typical_members(vectors, assignment: Assignment, n: int = 20, centroids=None
     out = {}
     for i, name in enumerate(assignment.names):
         idx = assignment.members(i)
-        sims = v[idx] @ np.asarray(cents[i], dtype=np.float32)
+        sims = similarity_scores(np.asarray(cents[i], dtype=np.float32), v[idx])[0]   # the one scoring function
         order = np.argsort(-sims, kind="stable")[:n]
         out[name] = idx[order]
     return out

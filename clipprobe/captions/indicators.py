@@ -19,9 +19,15 @@ alike:
 
 * :func:`pattern_task`: the chunk's pattern table (mergeable: sum the chunks with ``merge_tables``),
   stored with each caption's row of it in a chunk file;
+* :func:`rank_histogram_task` and :func:`rank_candidates_task`: after the solve, from that chunk file,
+  the two light passes that find, for each pattern, which of its captions the keep flags keep (the
+  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.balance`);
 * :func:`weights_task`: from that chunk file and a fitted solution, each caption's keep probability
-  and seeded keep flag, written by the task itself as one parquet file (file, row group, row, key
-  column, q, keep): no caption is read or matched a second time.
+  and keep flag, written by the task itself as one parquet file (file, row group, row, key column, q,
+  keep): no caption is read or matched a second time.
+
+For a fit, the pattern pass also hashes each caption's content (its text and the key column, or an
+id column the user names; never the file's path), and stores the hashes in the chunk file.
 
 The passes over many files (plan, resumable parts, engines) are in :mod:`clipprobe.captions.patterns`.
 """
@@ -55,6 +61,7 @@ MSG_UTILITY_MISSING = "{path}: utility column {column!r} has a missing value at 
 MSG_UTILITY_VALUE = "{path}: utility column {column!r} has {value!r} at row {row}; utilities must be positive"
 MSG_UTILITY_TYPE = "{path}: utility column {column!r} holds {type}, not numbers"
 MSG_CHANGED = "{path}: {problem}; the file changed since its patterns were counted (delete {parts} and rerun)"
+MSG_NO_HASHES = "{path}: a chunk file without content hashes (written by another version); delete it and rerun"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,8 +139,12 @@ class IndicatorSpec(ScanSpec):
     """What a worker needs to turn a chunk into indicators: the scan's term space and matcher (words are
     the labels; groups are the attribute's, or none when ``group_column`` gives them), and the columns.
 
-    ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (weights pass only);
-    ``seed``: of the keep flags.
+    ``hash_text`` / ``hash_columns``: what each caption's content hash covers (the caption text, then
+    these columns, in order; neither: no hashes, as for ``balance measure``).
+    ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (passes after the
+    solve); ``keep_counts``: the captions each of its rows keeps; ``seed``: of the rank order of the keep
+    flags; ``ranks``: the
+    :class:`~clipprobe.analysis.balance.KeepRanks` of the pass that runs.
     """
 
     attribute: str = ""
@@ -142,9 +153,17 @@ class IndicatorSpec(ScanSpec):
     group_column: str | None = None
     utility_column: str | None = None
     key_column: str | None = None
+    hash_text: bool = False
+    hash_columns: tuple[str, ...] = ()
     seed: int = 0
     fitted: Any = None
     fitted_q: Any = None
+    keep_counts: Any = None
+    ranks: Any = None
+
+    @property
+    def hashes(self) -> bool:
+        return self.hash_text or bool(self.hash_columns)
 
     def fingerprint(self) -> str:
         """Hash of everything a chunk's patterns depend on (not the weights pass's settings)."""
@@ -155,19 +174,22 @@ class IndicatorSpec(ScanSpec):
 
         blob = json.dumps({"format": PATTERNS_FORMAT, "space": TermSpace.from_dict(self.space).fingerprint(),
                            "attribute": self.attribute, "groups": self.groups, "labels": self.labels,
-                           "group_column": self.group_column, "utility_column": self.utility_column},
+                           "group_column": self.group_column, "utility_column": self.utility_column,
+                           "hash_text": self.hash_text, "hash_columns": list(self.hash_columns)},
                           ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-PATTERNS_FORMAT = 1   # bump when the way a chunk becomes a pattern table changes: it is part of the resume key
+PATTERNS_FORMAT = 2   # bump when the way a chunk becomes a pattern table changes: it is part of the resume key
 
 
 def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None, groups: Sequence[str],
                labels: Sequence[str], method: str, group_column: str | None = None,
-               utility_column: str | None = None, key_column: str | None = None) -> IndicatorSpec:
+               utility_column: str | None = None, key_column: str | None = None, hash_text: bool = False,
+               hash_columns: Sequence[str] = ()) -> IndicatorSpec:
     """The spec of a scan for ``labels`` and the groups of ``attribute``: from their lexicon terms
-    (``group_terms``), or from ``group_column`` (then ``group_terms`` is None)."""
+    (``group_terms``), or from ``group_column`` (then ``group_terms`` is None). ``hash_text`` /
+    ``hash_columns``: what the content hash of each caption covers (see :class:`IndicatorSpec`)."""
     from clipprobe._io import default_cache_dir
     from clipprobe.captions.matching import Matcher
     from clipprobe.captions.scan import TermSpace
@@ -182,7 +204,8 @@ def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None
     matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
     return IndicatorSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=0, method=method,
                          attribute=attribute, groups=groups, labels=tuple(labels), group_column=group_column,
-                         utility_column=utility_column, key_column=key_column)
+                         utility_column=utility_column, key_column=key_column, hash_text=hash_text,
+                         hash_columns=tuple(hash_columns))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,13 +215,40 @@ def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None
 @dataclass
 class ChunkIndicators:
     """A chunk as a pattern table: ``table`` (PatternTable), ``ids`` (each caption's row of it),
-    ``rows`` / ``nulls`` (captions read, null captions), ``seconds`` (read, match, encode)."""
+    ``rows`` / ``nulls`` (captions read, null captions), ``seconds`` (read, match, encode, hash),
+    ``hashes`` (each caption's content hash, when the spec asks for them)."""
 
     table: Any
     ids: Any
     rows: int
     nulls: int
     seconds: dict[str, float] | None = None
+    hashes: Any = None
+
+
+def column_hashes(column):
+    """``(n,)`` uint64 content hash of each value of an Arrow column (text and binary as their bytes,
+    other types, e.g. integer ids, as Arrow's text form), by
+    :func:`~clipprobe.analysis.balance.hash_strings`: the same value gives the same hash whatever the
+    column's storage type (string, large_string, dictionary, view)."""
+    import numpy as np
+    import pyarrow as pa
+
+    from clipprobe.analysis.balance import hash_strings
+    from clipprobe.captions.inputs import _text_kind, caption_array
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    if _text_kind(column.type) is None:
+        column = column.cast(pa.large_string())
+    column = caption_array(column)
+    _, offsets, data = column.buffers()
+    width = np.int64 if pa.types.is_large_string(column.type) else np.int32
+    n = len(column)
+    off = np.frombuffer(offsets, width)[column.offset:column.offset + n + 1] if n else np.zeros(1, np.int64)
+    buf = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
+    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
+    return hash_strings(off, buf, valid)
 
 
 def _group_codes(column, groups: tuple[str, ...], path: str, name: str, first_row: int):
@@ -263,14 +313,16 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
     from clipprobe.captions.inputs import caption_array
     from clipprobe.captions.scan import _expand, _Worker, batches_until_stopped, open_parquet
 
+    from clipprobe.analysis.balance import combine_hashes
+
     worker = _Worker.get(spec)
     columns = [text_column]
-    for extra in (spec.group_column, spec.utility_column):
+    for extra in (spec.group_column, spec.utility_column, *spec.hash_columns):
         if extra is not None and extra not in columns:
             columns.append(extra)
-    s_rows, s_cols, y_rows, y_cols, utils = [], [], [], [], []
+    s_rows, s_cols, y_rows, y_cols, utils, hashes = [], [], [], [], [], []
     n = nulls = 0
-    t_read = t_match = 0.0
+    t_read = t_match = t_hash = 0.0
     t0 = time.perf_counter()
     if len(worker.footers) >= 256 and path not in worker.footers:
         worker.footers.clear()
@@ -300,18 +352,29 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
             if spec.utility_column is not None:
                 utils.append(_utility_values(batch.column(spec.utility_column), path, spec.utility_column,
                                              row_offset + n))
-            n += len(text)
-            nulls += found.n_nulls
             t0 = time.perf_counter()
             t_match += t0 - t1
+            if spec.hashes:
+                parts = [column_hashes(text)] if spec.hash_text else []
+                parts += [column_hashes(batch.column(name)) for name in spec.hash_columns]
+                hashes.append(combine_hashes(parts))
+                t1 = time.perf_counter()
+                t_hash += t1 - t0
+                t0 = t1
+            n += len(text)
+            nulls += found.n_nulls
     t2 = time.perf_counter()
     table, ids = encode_chunk(np.concatenate(s_rows) if s_rows else np.zeros(0, np.int64),
                               np.concatenate(s_cols) if s_cols else np.zeros(0, np.int64),
                               np.concatenate(y_rows) if y_rows else np.zeros(0, np.int64),
                               np.concatenate(y_cols) if y_cols else np.zeros(0, np.int64),
                               n, spec.groups, spec.labels, np.concatenate(utils) if utils else None)
-    out = ChunkIndicators(table, ids, n, nulls, seconds={"read": t_read, "match": t_match,
-                                                          "encode": time.perf_counter() - t2})
+    seconds = {"read": t_read, "match": t_match, "encode": time.perf_counter() - t2}
+    if spec.hashes:
+        seconds["hash"] = t_hash
+    out = ChunkIndicators(table, ids, n, nulls, seconds=seconds,
+                          hashes=(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)) if spec.hashes
+                          else None)
     log.debug("indicators of %s rows %d-%d", path, row_offset, row_offset + n)
     return out
 
@@ -386,26 +449,28 @@ def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility
 
 
 # ----------------------------------------------------------------------------------------------
-# the two task functions (local engine and Spark alike). A pattern task is
-# (id, path, row groups, text column, first row, chunk file); a weights task adds
-# (weights file, source, rows per row group).
+# the task functions (local engine and Spark alike). A pattern task is
+# (id, path, row groups, text column, first row, chunk file); a rank task adds (file ordinal,);
+# a weights task adds (weights file, source, rows per row group, file ordinal).
 
 
-def save_chunk(path, table, ids) -> None:
-    """A chunk's pattern table and its captions' rows of it (the smallest integer type that holds them)."""
+def save_chunk(path, table, ids, hashes=None) -> None:
+    """A chunk's pattern table, its captions' rows of it (the smallest integer type that holds them) and,
+    for a fit, their content hashes."""
     import numpy as np
 
     from clipprobe._io import atomic_path
 
     dtype = np.uint8 if table.n_rows <= 2**8 else np.uint16 if table.n_rows <= 2**16 else np.int64
+    extra = {} if hashes is None else {"hashes": np.asarray(hashes, np.uint64)}
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, keys=table.keys, ubin=table.ubin, count=table.count, u_sum=table.u_sum,
-                     ids=np.asarray(ids).astype(dtype))
+                     ids=np.asarray(ids).astype(dtype), **extra)
 
 
-def load_chunk(path, spec: IndicatorSpec):
-    """``(table, ids)`` as :func:`save_chunk` wrote them."""
+def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
+    """``(table, ids)`` as :func:`save_chunk` wrote them; with ``hashes``, ``(table, ids, hashes)``."""
     import numpy as np
 
     from clipprobe.analysis.balance import PatternTable
@@ -414,30 +479,90 @@ def load_chunk(path, spec: IndicatorSpec):
         table = PatternTable(tuple(spec.groups), tuple(spec.labels), z["keys"].astype(np.uint64),
                              z["ubin"].astype(np.int32), z["count"].astype(np.int64), z["u_sum"].astype(np.float64),
                              spec.utility_column is not None)
-        return table, z["ids"].astype(np.int64)
+        if not hashes:
+            return table, z["ids"].astype(np.int64)
+        if "hashes" not in z.files:
+            raise DataError(MSG_NO_HASHES.format(path=path))
+        return table, z["ids"].astype(np.int64), z["hashes"].astype(np.uint64)
 
 
 def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
-    """Match a chunk, store its pattern table and caption ids in the task's chunk file (for the weights
-    pass) and return the table and counts, or ``{"error": message}`` for bad data in it (a
-    ClipprobeError, e.g. a missing utility), which the caller raises: such data is not skipped."""
+    """Match a chunk, store its pattern table and caption ids (and content hashes) in the task's chunk
+    file (for the passes after the solve) and return the table and counts, or ``{"error": message}`` for
+    bad data in it (a ClipprobeError, e.g. a missing utility), which the caller raises: such data is not
+    skipped."""
     _, path, row_groups, column, row_offset, chunk_file = task[:6]
     try:
         chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop)
-        save_chunk(chunk_file, chunk.table, chunk.ids)
+        save_chunk(chunk_file, chunk.table, chunk.ids, chunk.hashes)
     except ClipprobeError as err:  # bad data, or a chunk file that cannot be written (named in the message)
         return {"error": str(err)}
     return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
             "seconds": chunk.seconds}
 
 
-def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
-    """Keep probabilities and seeded keep flags of a chunk, written to the task's weights file.
+def _ranked_chunk(spec: IndicatorSpec, path: str, chunk_file: str, row_offset: int, ordinal: int):
+    """``(table, ids, where, rank key, position)`` of a chunk's captions, from its chunk file (``where``:
+    the fitted table's row of each row of the chunk's table)."""
+    import numpy as np
 
-    The captions' patterns come from the chunk file of the pattern pass (no caption is read again);
-    only the key column is read. Returns the chunk's summary: its rows, kept flags, the sum of q, and
-    per row of its pattern table the fitted table's row, the captions and the kept captions (or
-    ``{"error": message}``).
+    from clipprobe.analysis.balance import positions, rank_keys, table_lookup
+
+    table, ids, hashes = load_chunk(chunk_file, spec, hashes=True)
+    where = table_lookup(table, spec.fitted)
+    if (where < 0).any():
+        raise DataError(MSG_CHANGED.format(path=path, problem="it holds patterns the fit never saw",
+                                           parts=Path(chunk_file).parent))
+    if hashes.size != ids.size:
+        raise DataError(MSG_CHANGED.format(path=path, problem=f"{ids.size} captions but {hashes.size} hashes",
+                                           parts=Path(chunk_file).parent))
+    rows = row_offset + np.arange(ids.size, dtype=np.int64)
+    return table, ids, where, rank_keys(hashes, spec.seed), positions(ordinal, rows)
+
+
+def rank_histogram_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """The chunk's captions per (pattern, rank-key bucket) (:func:`~clipprobe.analysis.balance.rank_histogram`),
+    from its chunk file: ``{"cells", "counts", "rows"}`` (or ``{"error": message}``)."""
+    from clipprobe.analysis.balance import rank_histogram
+    from clipprobe.captions.scan import Stopped
+
+    _, path, _, _, row_offset, chunk_file, ordinal = task
+    if stop is not None and stop.is_set():
+        raise Stopped(path)
+    try:
+        _, ids, where, keys, _ = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+    except ClipprobeError as err:
+        return {"error": str(err)}
+    cells, counts = rank_histogram(spec.ranks, where[ids], keys)
+    return {"cells": cells, "counts": counts, "rows": int(ids.size)}
+
+
+def rank_candidates_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """The chunk's captions in their pattern's boundary bucket
+    (:func:`~clipprobe.analysis.balance.rank_candidates`): ``{"pattern", "key", "pos", "rows"}``."""
+    from clipprobe.analysis.balance import rank_candidates
+    from clipprobe.captions.scan import Stopped
+
+    _, path, _, _, row_offset, chunk_file, ordinal = task
+    if stop is not None and stop.is_set():
+        raise Stopped(path)
+    try:
+        _, ids, where, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+    except ClipprobeError as err:
+        return {"error": str(err)}
+    p, k, q = rank_candidates(spec.ranks, where[ids], keys, pos)
+    return {"pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
+
+
+def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """Keep probabilities and keep flags of a chunk, written to the task's weights file.
+
+    The captions' patterns and content hashes come from the chunk file of the pattern pass (no caption
+    is read again); only the key column is read. A caption is kept when its rank in its pattern is
+    below the pattern's kept count (``spec.ranks``, see
+    :func:`~clipprobe.analysis.balance.rank_keep`). Returns the chunk's summary: its rows, kept flags,
+    the sum of q, and per row of its pattern table the fitted table's row, the captions and the kept
+    captions (or ``{"error": message}``).
     """
     import time
 
@@ -446,25 +571,22 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     import pyarrow.parquet as pq
 
     from clipprobe._io import atomic_path
-    from clipprobe.analysis.balance import keep_flags, row_keys, table_lookup
+    from clipprobe.analysis.balance import rank_keep
     from clipprobe.captions.scan import Stopped, open_parquet
 
-    _, path, row_groups, column, row_offset, chunk_file, weights_file, source, sizes = task
+    _, path, row_groups, column, row_offset, chunk_file, weights_file, source, sizes, ordinal = task
     if stop is not None and stop.is_set():
         raise Stopped(path)
     t0 = time.perf_counter()
     try:
-        table, ids = load_chunk(chunk_file, spec)
-        where = table_lookup(table, spec.fitted)
-        if (where < 0).any():
-            raise DataError(MSG_CHANGED.format(path=path, problem="it holds patterns the fit never saw",
-                                               parts=Path(chunk_file).parent))
+        table, ids, where, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
     except ClipprobeError as err:
         return {"error": str(err)}
+    pattern = where[ids]
     n = ids.size
-    q = spec.fitted_q[where[ids]]
+    q = spec.fitted_q[pattern]
+    keep = rank_keep(spec.ranks, pattern, keys, pos)
     rows = row_offset + np.arange(n, dtype=np.int64)
-    keep = keep_flags(q, row_keys(source, rows), spec.seed)
     columns = {
         "file": pa.DictionaryArray.from_arrays(pa.array(np.zeros(n, np.int32)), pa.array([source])),
         "row_group": pa.array(np.repeat(np.asarray(list(row_groups), np.int32), sizes), pa.int32()),
@@ -473,10 +595,10 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     t1 = time.perf_counter()
     if spec.key_column is not None:
         with open_parquet(path) as pf:
-            keys = pf.read_row_groups(list(row_groups), columns=[spec.key_column], use_threads=False).column(0)
-        if pa.types.is_large_string(keys.type) or pa.types.is_string_view(keys.type):
-            keys = keys.cast(pa.string())       # one schema for every part, whatever a file's string type
-        columns[spec.key_column] = keys
+            keys_col = pf.read_row_groups(list(row_groups), columns=[spec.key_column], use_threads=False).column(0)
+        if pa.types.is_large_string(keys_col.type) or pa.types.is_string_view(keys_col.type):
+            keys_col = keys_col.cast(pa.string())       # one schema for every part, whatever a file's string type
+        columns[spec.key_column] = keys_col
     t2 = time.perf_counter()
     columns["q"] = pa.array(q, pa.float64())
     columns["keep"] = pa.array(keep, pa.bool_())
@@ -486,6 +608,7 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     except ClipprobeError as err:  # the weights file cannot be written (disk full): the message names it
         return {"error": str(err)}
     kept_rows = np.bincount(ids, weights=keep, minlength=table.n_rows).round().astype(np.int64)
-    return {"rows": n, "kept": int(keep.sum()), "q_sum": float(q.sum()), "fit_rows": where, "count": table.count,
+    return {"rows": n, "kept": int(keep.sum()), "q_sum": float(q.sum()),
+            "fit_rows": where, "count": table.count,
             "kept_rows": kept_rows, "seconds": {"weights": (t1 - t0) + (time.perf_counter() - t2),
                                                 "read_key": t2 - t1}}

@@ -8,7 +8,15 @@
   files. A URL whose filesystem package is missing is a one-line error that
   names the package and the extra that installs it.
 * :func:`open_parquet` opens one of them; :func:`file_identity` gives its size
-  and modification stamp (part of the resume key).
+  and modification stamp; :func:`caption_fingerprint` its content fingerprint,
+  the resume key of everything computed from it (``captions count``'s parts,
+  ``balance``'s pattern tables): a local file's XXH3-128 hash of every byte
+  (remembered in the cache folder with its size, mtime, ctime and inode, so an
+  unchanged file is hashed once; ``cp -p`` and ``rsync -a`` keep the size and mtime of a replaced file but
+  not its ctime or inode), a URL's size, the object store's checksum (ETag, MD5,
+  CRC32C where it gives one) and write time, and the parquet footer (every column
+  chunk's offsets, sizes and min/max/null statistics): an object is not read
+  whole just to be recognised.
 * :func:`check_text_type` accepts caption columns of text (string, large
   string, string view, the binary kinds, dictionaries of those, all-null) and
   refuses numbers, booleans and nested types; :func:`caption_array` turns a
@@ -20,8 +28,11 @@
 from __future__ import annotations
 
 import glob
+import hashlib
+import json
 import logging
 import os
+import time
 from typing import Iterable
 
 from clipprobe.errors import ClipprobeError, DataError, UsageError
@@ -167,6 +178,105 @@ def file_identity(path: str) -> tuple[int | None, float | str | None]:
         return info.get("size"), (str(mtime) if mtime is not None else None)
     st = os.stat(path.removeprefix("file://"))
     return st.st_size, st.st_mtime_ns
+
+
+FINGERPRINT_MEMO = "fingerprints"       # folder of the cache folder: local files' SHA-256 by stat identity
+# fields of an fsspec ``info()`` that are the object store's own checksum of the content
+URL_CHECKSUMS = ("ETag", "etag", "md5Hash", "md5", "crc32c", "content_md5", "ContentMD5", "checksum",
+                 "ChecksumSHA256", "ChecksumCRC32C", "sha256")
+# ... and the times it stamps an object with when it is written (a client cannot set them)
+URL_STAMPS = ("mtime", "LastModified", "last_modified", "updated", "created", "modificationTime")
+MSG_CHANGED = ("caption file %s changed since clipprobe last read it (%s then, %s now): "
+               "what was computed from the old content is not reused")
+HASH_BLOCK = 1 << 22
+
+
+# A file whose ctime is this recent is not remembered: the kernel stamps times from a coarse clock (a few ms),
+# so a file rewritten within the same tick would keep the stamp (git's "racily clean" entries).
+RECENT_NS = 2_000_000_000
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def hash_file(path: str) -> str:
+    """``xxh3_128:<hex>`` of a file's bytes (``sha256:<hex>`` where xxhash is not installed). XXH3 is not a
+    cryptographic hash: it recognises a changed file (1 in 2**128 chance of missing a change), at about ten
+    times the speed of SHA-256 (benchmarks/bench_fingerprint.py), which keeps it a few per cent of a scan."""
+    try:
+        import xxhash
+    except ImportError:          # pragma: no cover - installed with datasets
+        from clipprobe._io import sha256_file
+
+        return "sha256:" + sha256_file(path)
+    h = xxhash.xxh3_128()
+    buf = bytearray(HASH_BLOCK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return "xxh3_128:" + h.hexdigest()
+
+
+def local_fingerprint(path: str) -> str:
+    """The hash of a local file (:func:`hash_file`), remembered in the cache folder under its real path with
+    its size, mtime, ctime, inode and device: while those stay, the file is not read again. A file replaced
+    with another of the same size and mtime (``cp -p``, ``rsync -a``) has another ctime or inode, so it is
+    hashed again; a changed hash is logged. A file changed less than :data:`RECENT_NS` ago is hashed on
+    every run until it settles."""
+    from clipprobe._io import default_cache_dir, write_json
+
+    real = os.path.realpath(path)
+    before = _stamp(os.stat(real))
+    memo = default_cache_dir() / FINGERPRINT_MEMO / (hashlib.sha256(real.encode("utf-8", "surrogateescape"))
+                                                     .hexdigest()[:32] + ".json")
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        known = None
+    if not isinstance(known, dict) or known.get("path") != real:
+        known = None
+    if known is not None and known.get("settled") and known.get("stamp") == before and \
+            isinstance(known.get("hash"), str):
+        return known["hash"]
+    digest = hash_file(real)
+    if _stamp(os.stat(real)) == before:          # not written to while it was read
+        settled = time.time_ns() - before[2] >= RECENT_NS
+        try:
+            write_json(memo, {"path": real, "stamp": before, "hash": digest, "settled": settled})
+        except (ClipprobeError, OSError) as err:     # a read-only cache folder: the next run hashes again
+            log.debug("fingerprint of %s not remembered: %s", path, err)
+    if known is not None and known.get("hash") not in (None, digest):
+        log.info(MSG_CHANGED, path, known["hash"], digest)
+    return digest
+
+
+def _footer_digest(metadata) -> str:
+    """SHA-256 of a parquet footer (the Thrift ``FileMetaData``: schema, row groups, every column chunk's
+    offsets, encodings, compressed and uncompressed sizes, min/max/null statistics, key-value metadata)."""
+    reduced = metadata.__reduce__()            # pyarrow pickles a footer as its serialised bytes
+    args = reduced[1] if isinstance(reduced, tuple) and len(reduced) > 1 else ()
+    if args and hasattr(args[0], "to_pybytes"):
+        return hashlib.sha256(args[0].to_pybytes()).hexdigest()
+    return hashlib.sha256(json.dumps(metadata.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def caption_fingerprint(path: str, metadata=None) -> str:
+    """The content fingerprint of a caption file (see the module docstring): the hash of a local file's
+    bytes (:func:`local_fingerprint`); for a URL ``url:<hex>``, a digest of its size, the store's checksum
+    and write-time fields and the footer (``metadata``: ``ParquetFile.metadata`` as read before, else it is
+    read here)."""
+    if not is_url(path):
+        return local_fingerprint(path.removeprefix("file://"))
+    fs, inner = url_filesystem(path)
+    info = fs.info(inner)
+    if metadata is None:
+        with open_parquet(path) as pf:
+            metadata = pf.metadata
+    store = {k: str(info[k]) for k in URL_CHECKSUMS + URL_STAMPS if info.get(k) is not None}
+    blob = json.dumps([info.get("size"), store, _footer_digest(metadata)], sort_keys=True)
+    return "url:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
 def open_parquet(path: str, metadata=None):

@@ -5,8 +5,13 @@ columns before anything is scanned. :func:`count_patterns` scans every file with
 :func:`~clipprobe.captions.indicators.pattern_task` (chunks of row groups, local engine or Spark): each
 task stores its chunk's pattern table and its captions' rows of that table (one small integer per
 caption) in ``PARTS/patterns/chunks/``, and the driver stores each finished file's merged table in
-``PARTS/patterns/`` (keyed by the file's path, size and mtime and by everything its patterns depend
-on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
+``PARTS/patterns/`` (keyed by the file's path, size and content fingerprint and by everything its patterns
+depend on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
+:func:`keep_ranks` finds, for each pattern of the fitted table, which of its captions the keep flags keep
+(the first by the rank key, a hash of each caption's content stored by the pattern pass, as many as
+``q x count`` rounded down or up): a histogram of the rank keys per pattern and then the captions of
+each pattern's boundary bucket, two light passes over the chunk files on the same engine, summed by
+the driver (:mod:`clipprobe.analysis.balance`) and stored in ``PARTS/weights/ranks-KEY.npz``.
 :func:`write_weights` runs :func:`~clipprobe.captions.indicators.weights_task` on every chunk: from the
 chunk file and the fitted solution it computes each caption's q and keep flag without reading the
 captions again (only the key column), writes the chunk's weights file itself (``PARTS/weights/``), and
@@ -36,6 +41,8 @@ log = logging.getLogger(__name__)
 
 MSG_COLUMN = "{path}: no {what} column {column!r}{hint}; columns: {columns}"
 MSG_KEY_HINT = " (key_column=None writes no key column)"
+MSG_HASH_TYPE = ("{path}: {what} column {column!r} holds {type}; the keep flags hash each caption's content, "
+                 "which needs text or integers (name another id column, or none)")
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ class PlannedFile:
     row_groups: list[int]
     rows_per_group: list[int]
     key: str = ""
+    fingerprint: str = ""       # content fingerprint (clipprobe.captions.inputs.caption_fingerprint)
 
     @property
     def rows(self) -> int:
@@ -114,6 +122,17 @@ def _textual(t) -> bool:
     if pa.types.is_dictionary(t):
         t = t.value_type
     return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t)
+
+
+def _hashable(t) -> bool:
+    """Text, binary or integer: what a caption's content hash can cover."""
+    import pyarrow as pa
+
+    from clipprobe.captions.inputs import _text_kind
+
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return _text_kind(t) is not None or pa.types.is_integer(t)
 
 
 def plan_files(captions: Sequence[str], text_column: str | None, spec) -> list[PlannedFile]:
@@ -136,9 +155,12 @@ def plan_files(captions: Sequence[str], text_column: str | None, spec) -> list[P
         column = resolve_column(names, text_column, path)
         check_text_type(path, column, schema.field(column).type)
         shown = ", ".join(names[:20])
-        for what, name, ok, bad in (("attribute", spec.group_column, _textual, MSG_GROUP_TYPE),
-                                    ("utility", spec.utility_column, _numeric, MSG_UTILITY_TYPE),
-                                    ("key", spec.key_column, None, None)):
+        hashed = getattr(spec, "hash_columns", ())
+        checks = [("attribute", spec.group_column, _textual, MSG_GROUP_TYPE),
+                  ("utility", spec.utility_column, _numeric, MSG_UTILITY_TYPE),
+                  ("key", spec.key_column, _hashable if spec.key_column in hashed else None, MSG_HASH_TYPE)]
+        checks += [("id", name, _hashable, MSG_HASH_TYPE) for name in hashed if name != spec.key_column]
+        for what, name, ok, bad in checks:
             if name is None:
                 continue
             if name not in names:
@@ -147,9 +169,10 @@ def plan_files(captions: Sequence[str], text_column: str | None, spec) -> list[P
                 hint = did_you_mean(name, names) + (MSG_KEY_HINT if what == "key" else "")
                 raise DataError(MSG_COLUMN.format(path=path, what=what, column=name, hint=hint, columns=shown))
             if ok is not None and not ok(schema.field(name).type):
-                raise DataError(bad.format(path=path, column=name, type=schema.field(name).type))
-        planned = PlannedFile(info.path, info.size, info.mtime, column, info.row_groups, info.rows_per_group)
-        blob = json.dumps([planned.path, planned.size, planned.mtime, fingerprint, column], default=str)
+                raise DataError(bad.format(path=path, what=what, column=name, type=schema.field(name).type))
+        planned = PlannedFile(info.path, info.size, info.mtime, column, info.row_groups, info.rows_per_group,
+                              fingerprint=info.fingerprint)
+        blob = json.dumps([planned.path, planned.size, planned.fingerprint, fingerprint, column], default=str)
         planned.key = hashlib.sha256(blob.encode()).hexdigest()[:24]
         out.append(planned)
     return out
@@ -312,7 +335,8 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
 
 
 def solution_key(table, q, extra: Sequence[Any] = ()) -> str:
-    """A hash of a fitted table, its keep probabilities and the settings of the weights (seed, key column)."""
+    """A hash of a fitted table, its keep probabilities and the settings of the weights (seed, key column,
+    what the content hash covers, the input files in order)."""
     import numpy as np
 
     h = hashlib.sha256()
@@ -320,6 +344,92 @@ def solution_key(table, q, extra: Sequence[Any] = ()) -> str:
         h.update(np.ascontiguousarray(a).tobytes())
     h.update(json.dumps([list(table.groups), list(table.labels), *extra], default=str).encode())
     return h.hexdigest()[:24]
+
+
+def _chunk_tasks(files: Sequence[PlannedFile], patterns: Path, settings: EngineSettings):
+    """Every chunk of every file as ``(task, file index)``: (id, path, row groups, column, first row,
+    chunk file, file ordinal)."""
+    out = []
+    for fi, info in enumerate(files):
+        for row_groups, first in _chunks(info, settings.chunk_rows):
+            out.append(((len(out), info.path, row_groups, info.column, first,
+                         str(_chunk_file(patterns, info, row_groups, first)), fi), fi))
+    return out
+
+
+@dataclass
+class RankPass:
+    """The keep ranks (:class:`~clipprobe.analysis.balance.KeepRanks`) with what finding them read."""
+
+    ranks: Any
+    boundary_captions: int = 0
+    rows_read: int = 0
+    seconds: float = 0.0
+
+
+def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings, key: str) -> RankPass:
+    """Which captions of each pattern the keep flags keep: the ``spec.keep_counts`` first of the pattern
+    by rank key (``spec.fitted``, ``spec.seed``; None: ``round(spec.fitted_q x count)``), found from
+    the chunk files of the pattern pass by two light passes on the engine (a histogram of the rank keys
+    per pattern, then the captions of each pattern's boundary bucket). Stored in
+    ``parts_dir/weights/ranks-KEY.npz``; a rerun with the same ``key`` reads it."""
+    import dataclasses
+    import time
+
+    import numpy as np
+
+    from clipprobe._io import atomic_path
+    from clipprobe.analysis.balance import KeepRanks, keep_counts, rank_boundaries, rank_plan, rank_thresholds
+    from clipprobe.captions.indicators import rank_candidates_task, rank_histogram_task
+    from clipprobe.captions.run import _interrupt_deferred
+
+    folder = (Path(parts_dir) / "weights").resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    stored = folder / f"ranks-{key}.npz"
+    if stored.exists():
+        with np.load(stored, allow_pickle=False) as z:
+            ranks = KeepRanks.from_arrays({name: z[name] for name in z.files if name != "boundary"})
+            return RankPass(ranks, int(z["boundary"][0]))
+    t0 = time.perf_counter()
+    counts = spec.fitted.count
+    ranks = rank_plan(keep_counts(spec.fitted_q, counts) if spec.keep_counts is None else spec.keep_counts, counts)
+    pairs = _chunk_tasks(files, (Path(parts_dir) / "patterns").resolve(), settings)
+    tasks, task_file = [t for t, _ in pairs], [f for _, f in pairs]
+    read = [0]
+    gathered: dict[str, list] = {"cells": [], "counts": [], "pattern": [], "key": [], "pos": []}
+
+    def keep(names):
+        def on_result(task_id, result):
+            if "cells" in names:            # captions whose stored hashes were ranked (read again by the 2nd pass)
+                read[0] += result["rows"]
+            for name in names:
+                gathered[name].append(result[name])
+        return on_result
+
+    def run(fn, names, desc):
+        if ranks.split.any() and tasks:
+            stream = _stream(dataclasses.replace(spec, ranks=ranks), tasks, task_file, files, settings, fn,
+                             prepare=False)
+            _consume(stream, len(tasks), desc, keep(names), lambda task_id: tasks[task_id][1])
+        return [np.concatenate(gathered[n]) if gathered[n] else None for n in names]
+
+    cells, counts = run(rank_histogram_task, ("cells", "counts"), "ranks")
+    ranks = rank_boundaries(ranks, _or_empty(cells, np.int64), _or_empty(counts, np.int64))
+    pattern, rank_key, pos = run(rank_candidates_task, ("pattern", "key", "pos"), "boundaries")
+    pattern = _or_empty(pattern, np.int64)
+    ranks = rank_thresholds(ranks, pattern, _or_empty(rank_key, np.uint64), _or_empty(pos, np.int64))
+    with _interrupt_deferred(), atomic_path(stored, suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, boundary=np.asarray([pattern.size], np.int64), **ranks.to_arrays())
+    log.info("keep ranks: %d of %d patterns keep some but not all of their captions; %d captions in "
+             "boundary buckets", int(ranks.split.sum()), ranks.k.size, pattern.size)
+    return RankPass(ranks, int(pattern.size), read[0], time.perf_counter() - t0)
+
+
+def _or_empty(values, dtype):
+    import numpy as np
+
+    return np.zeros(0, dtype) if values is None else np.asarray(values, dtype)
 
 
 @dataclass
@@ -351,7 +461,8 @@ def _save_marker(path: Path, result) -> None:
 
 
 def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings, key: str) -> WeightsPass:
-    """Pass 2: every chunk's weights file (``parts_dir/weights``), for the fitted table in ``spec``.
+    """Pass 2: every chunk's weights file (``parts_dir/weights``), for the fitted table and the keep
+    ranks in ``spec`` (:func:`keep_ranks`).
 
     ``key``: :func:`solution_key` of the fit; chunks already written for it are not scanned again.
     """
@@ -365,7 +476,7 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
     folder.mkdir(parents=True, exist_ok=True)
     order: list[Path] = []
     tasks, task_file, todo_files = [], [], []
-    for info in files:
+    for fi, info in enumerate(files):
         added = False
         sizes = dict(zip(info.row_groups, info.rows_per_group))
         for row_groups, first in _chunks(info, settings.chunk_rows):
@@ -379,7 +490,7 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
                 added = True
             tasks.append((len(tasks), info.path, row_groups, info.column, first,
                           str(_chunk_file(patterns, info, row_groups, first)), str(folder / f"{name}.parquet"),
-                          info.path, [sizes[g] for g in row_groups]))
+                          info.path, [sizes[g] for g in row_groups], fi))
             task_file.append(len(todo_files) - 1)
     log.info("weights: %d chunks, %d to write", len(order), len(tasks))
     seconds: dict[str, float] = {}

@@ -5,8 +5,10 @@
 checks each file's caption column type, splits files into chunks of row groups,
 scans them with the chosen engine and stores each finished file's counts
 atomically in ``OUT/parts/`` (keyed by the file's absolute path, size and
-mtime, the term set, the text column and the sample count). A rerun skips files
-whose part exists. When every file is done it writes ``cooccurrence.parquet``,
+content fingerprint (:func:`~clipprobe.captions.inputs.caption_fingerprint`), the
+term set, the text column and the sample count). A rerun skips files whose part
+exists; a file whose content changed is scanned again (logged), whatever its
+size and modification time say. When every file is done it writes ``cooccurrence.parquet``,
 ``samples.parquet``, ``run.json`` and ``lift_heatmap.png``.
 
 Ctrl-C (KeyboardInterrupt) stops the scan at once: no chunk starts after it,
@@ -28,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clipprobe.captions.inputs import (ERR_NO_INPUT, check_text_type, expand_inputs,  # noqa: F401  (public here too)
-                                       file_identity)
+from clipprobe.captions.inputs import (ERR_NO_INPUT, caption_fingerprint, check_text_type,  # noqa: F401
+                                       expand_inputs, file_identity)
 from clipprobe.errors import ClipprobeError, DataError, UsageError
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,12 @@ ERR_ENGINE = "unknown engine {engine!r}; valid: 'local', 'spark'"
 ERR_MATCHER = "unknown matcher {matcher!r}; valid: 'auto', 'hyperscan', 'tokens'"
 ERR_SPARK_CONF = "--spark-conf {item!r} is not KEY=VALUE (e.g. spark.archives=env.tar.gz#environment)"
 ERR_NO_NUMBA = "matcher 'tokens' needs numba (pip install numba); use matcher 'hyperscan'"
+ERR_NO_CAPTIONS = ("no captions to count: the {n_files} file(s) read hold {rows:,} row(s), every caption null "
+                   "(see {run_json})")
+ERR_LEXICON_NO_MATCH = ("lexicon {name!r} ({source}) matches none of the {n:,} captions: no group occurs, so no "
+                        "word-group association is defined (are its terms in the captions' language?)")
+ERR_TAXONOMY_NO_MATCH = ("taxonomy {name!r}: none of its {n_words} words occurs in the {n:,} captions, so no "
+                         "word-group association is defined")
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,7 @@ class FileInfo:
     path: str
     size: int | None
     mtime: float | None
+    fingerprint: str = ""           # content fingerprint (caption_fingerprint): the resume key, not mtime
     key: str = ""
     column: str = ""
     row_groups: list[int] = field(default_factory=list)
@@ -91,7 +100,7 @@ class CountResult:
 
 
 def part_key(info: FileInfo, fingerprint: str, column: str, samples: int) -> str:
-    blob = json.dumps([info.path, info.size, info.mtime, fingerprint, column, samples], default=str)
+    blob = json.dumps([info.path, info.size, info.fingerprint, fingerprint, column, samples], default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
@@ -206,6 +215,10 @@ def count_captions(config: CountConfig) -> CountResult:
                 done[path] = info
             else:
                 todo.append(info)
+    changed = _changed_since_last_run(out, todo)
+    if changed:
+        log.info("%d caption file(s) changed since the last run into %s (content fingerprint differs), scanned "
+                 "again: %s", len(changed), out, ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
     log.info("%d files: %d done before, %d to scan, %d skipped", len(paths), len(done), len(todo), len(skipped))
 
     tasks, task_file = [], []
@@ -277,14 +290,25 @@ def count_captions(config: CountConfig) -> CountResult:
             info = done[path]
             part = _read_part(parts_dir, info, len(space.words), len(space.groups))
             total.add(part, n_samples=config.samples)
-            files.append({"path": path, "size": info.size, "text_column": info.column,
-                          "row_groups": part.n_row_groups, "rows": part.n_rows, "captions": part.n_captions,
-                          "nulls": part.n_nulls, "part": f"parts/{info.key}.npz"})
+            files.append({"path": path, "size": info.size, "fingerprint": info.fingerprint,
+                          "text_column": info.column, "row_groups": part.n_row_groups, "rows": part.n_rows,
+                          "captions": part.n_captions, "nulls": part.n_nulls, "part": f"parts/{info.key}.npz"})
     if not files:
         write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
                                                  total, timer, worker_seconds, started, scan_cpu, method))
         raise DataError(ERR_NOTHING_READ.format(n=len(skipped), run_json=out / "run.json"))
 
+    # Nothing to associate: an error naming the input, not a table of undefined rows (no table is written)
+    if total.n_captions == 0:
+        write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
+                                                 total, timer, worker_seconds, started, scan_cpu, method))
+        raise DataError(ERR_NO_CAPTIONS.format(n_files=len(files), rows=sum(f["rows"] for f in files),
+                                               run_json=out / "run.json"))
+    if not total.n_group.any():
+        raise DataError(ERR_LEXICON_NO_MATCH.format(name=lexicon.name, source=lexicon.source, n=total.n_captions))
+    if not total.n_word.any():
+        raise DataError(ERR_TAXONOMY_NO_MATCH.format(name=taxonomy.name, n_words=len(space.words),
+                                                     n=total.n_captions))
     with timer("stats"):
         from clipprobe.captions.stats import cooccurrence_table
 
@@ -306,6 +330,16 @@ def count_captions(config: CountConfig) -> CountResult:
                       worker_seconds, started, scan_cpu, method)
     write_json(out / "run.json", run)
     return CountResult(out=out, table=table, run=run)
+
+
+def _changed_since_last_run(out: Path, todo: list[FileInfo]) -> list[str]:
+    """Paths of ``todo`` that the last run into ``out`` counted with other content (its run.json)."""
+    try:
+        previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
+        before = {f["path"]: f for f in previous.get("files") or () if isinstance(f, dict) and "path" in f}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+    return [i.path for i in todo if i.path in before and before[i.path].get("fingerprint") != i.fingerprint]
 
 
 def _why(err: BaseException) -> str:
@@ -333,6 +367,7 @@ def _read_footer(path: str):
             meta = pf.metadata
             info.row_groups = list(range(meta.num_row_groups))
             info.rows_per_group = [meta.row_group(i).num_rows for i in info.row_groups]
+        info.fingerprint = caption_fingerprint(path, meta)
     except ClipprobeError as err:
         return DataError(str(err))
     except Exception as err:  # corrupt footer, not parquet, permission: skipped and reported by the caller
@@ -445,6 +480,23 @@ def samples_frame(space, samples):
                          "caption": sample_texts(samples.column("caption").combine_chunks())}, columns=columns)
 
 
+def _input_files(config) -> dict[str, dict]:
+    """The taxonomy and lexicon files with the SHA-256 of their bytes (for the record: the parts are keyed by
+    the term set read from them, :meth:`TermSpace.fingerprint`, so an edit that changes no term reuses them)."""
+    from clipprobe._io import sha256_file
+    from clipprobe.resources.lexicon import LEXICONS
+    from clipprobe.resources.taxonomy import TAXONOMIES
+
+    out = {}
+    for role, registry, value in (("taxonomy", TAXONOMIES, config.taxonomy), ("lexicon", LEXICONS, config.lexicon)):
+        path = registry.file(value)
+        try:
+            out[role] = {"path": str(path), "sha256": sha256_file(path)}
+        except OSError:           # read a moment ago: gone since
+            out[role] = {"path": str(path), "sha256": None}
+    return out
+
+
 def _cpu_seconds() -> dict[str, float] | None:
     """CPU seconds so far of this process and of its finished child processes (None where unknown)."""
     try:
@@ -474,6 +526,7 @@ def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, t
         matcher=matcher,     # the one that ran (config.matcher may say "auto")
         workers=config.workers or os.cpu_count(),
         taxonomy=taxonomy.name, lexicon=lexicon.name, lexicon_source=lexicon.source,
+        inputs=_input_files(config),
         n_words=len(space.words), n_groups=len(space.groups), n_terms=len(space.terms),
         term_set=fingerprint,
         files=files,

@@ -167,8 +167,14 @@ def _echo_result(result, fmt: str, blocks) -> None:
     fit = run.get("fit")
     if fit:
         click.echo(f"keep rate {fit['keep_rate']:.4f} (target {fit['keep_target']:g}, largest feasible "
-                   f"{fit['max_keep']:.4f}); kept by the flags: {fit['kept_by_flags']:,} "
-                   f"({fit['kept_share_by_flags']:.4f}); constraints met within {fit['max_violation']:.1e}")
+                   f"{fit['max_keep']:.4f}); q meets the constraints within {fit['max_violation']:.1e} "
+                   f"(largest |residual| representation {fit['max_residual_r']:.4f}, association "
+                   f"{fit['max_residual_a']:.4f}; eps {fit['eps_r']:g} / {fit['eps_a']:g})")
+        click.echo(f"kept by the flags: {fit['kept_by_flags']:,} ({fit['kept_share_by_flags']:.4f}), q x count per "
+                   f"pattern rounded: largest |residual| representation {fit['max_residual_r_kept']:.4f}, association "
+                   f"{fit['max_residual_a_kept']:.4f}; over their bound: {fit['violated_r_kept']} of "
+                   f"{fit['constraints_r']} and {fit['violated_a_kept']} of {fit['constraints_a']} "
+                   f"(rounding: up to one caption per pattern)")
     click.echo(f"wrote {result.out}/: " + ", ".join(p.name for p in result.files))
 
 
@@ -207,10 +213,16 @@ def measure_cmd(fmt, **kwargs):
                    "to the keep rate.")
 @click.option("--key", default="URL", show_default=True, metavar="COLUMN",
               help="Column copied into weights.parquet to join the weights to the data ('none': no column).")
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the keep flags.")
+@click.option("--id-column", default=None, metavar="COLUMN",
+              help="A stable id column: the keep flags rank each pattern's captions by a hash of it alone "
+                   "(default: a hash of the caption text and the --key column; never the file's path).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Seed of the keep flags' rank order (another seed keeps another set of captions with the same "
+                   "counts per pattern).")
 @image_source_options
-def fit_cmd(fmt, keep, eps_r, eps_a, scale, utility, key, seed, **kwargs):
-    """M4 keep probabilities and seeded keep flags; OUT/weights.parquet, before/after RB/AB, residuals."""
+def fit_cmd(fmt, keep, eps_r, eps_a, scale, utility, key, id_column, seed, **kwargs):
+    """M4 keep probabilities and keep flags (q x count per pattern, rounded); OUT/weights.parquet, before/after
+    RB/AB, residuals."""
     _one_blas_thread()
     from clipprobe.cli._imageattr import echo_source, pop_image_source
     from clipprobe.pipeline.balance import fit_balance
@@ -220,7 +232,7 @@ def fit_cmd(fmt, keep, eps_r, eps_a, scale, utility, key, seed, **kwargs):
     _unit("--eps-r", eps_r)
     _unit("--eps-a", eps_a)
     config = _config(kwargs, keep=keep, eps_r=eps_r, eps_a=eps_a, scale=scale, utility=utility,
-                     key=None if key.lower() == "none" else key, seed=seed)
+                     key=None if key.lower() == "none" else key, id_column=id_column, seed=seed)
     result = _run(fit_balance, dataclasses.replace(config, attribute_source=source))
     _echo_result(result, fmt, ("before", "after", "kept"))
     echo_source(result.run, fmt)

@@ -35,8 +35,10 @@ def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark
                f"{run['row_groups']} row groups; {len(run['skipped'])} files skipped")
     for item in run["skipped"]:
         click.echo(f"  skipped: {printable(item['why'])}")
-    strongest = result.table.sort_values("log_odds", ascending=False).head(10)
-    click.echo("strongest word-group associations (log-odds):")
+    click.echo(defined_line(result.table))
+    strongest = strongest_rows(result.table)
+    click.echo("strongest word-group associations (log-odds):" if len(strongest) else
+               "no word-group association is defined")
     for r in strongest.itertuples():
         click.echo(f"  {printable(r.word):<24} {printable(r.attribute):>6}:{printable(r.group):<16} "
                    f"n_both={r.n_both:<8} lift={r.lift:7.2f} "
@@ -44,24 +46,53 @@ def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark
     click.echo(f"wrote {result.out}/cooccurrence.parquet, samples.parquet, run.json, lift_heatmap.png")
 
 
+def strongest_rows(table, n: int = 10):
+    """The ``n`` rows with the largest log-odds among those whose association is defined (a word or group
+    that occurs in no caption has none)."""
+    from clipprobe.captions.stats import defined_rows
+
+    return defined_rows(table).sort_values("log_odds", ascending=False, kind="stable").head(n)
+
+
+def defined_line(table) -> str:
+    """How many rows have a defined association, and how many words and groups occur in no caption."""
+    from clipprobe.captions.stats import defined_rows
+
+    words = table.groupby("word", sort=False)["n_word"].max()
+    groups = table.groupby(["attribute", "group"], sort=False)["n_group"].max()
+    return (f"{len(defined_rows(table)):,} of {len(table):,} word-group rows have a defined association; "
+            f"{int((words == 0).sum()):,} of {len(words):,} words and {int((groups == 0).sum())} of {len(groups)} "
+            "groups occur in no caption (their rows are undefined: status column)")
+
+
 def _show(directory, word, attribute, n_samples, fmt):
     from clipprobe.captions.counts import word_counts
 
+    from clipprobe.captions.stats import with_status
+
     found = word_counts(directory, word, attribute=attribute)
-    match, rows, samples = [found.word], found.cells, found.samples
+    match, rows, samples = [found.word], with_status(found.cells, adjust=False), found.samples
     if fmt == "json":
-        out = {"word": match[0], "groups": rows.to_dict(orient="records")}
+        records = [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}   # NaN: null
+                   for r in rows.to_dict(orient="records")]
+        out = {"word": match[0], "groups": records}
         if samples is not None:
             out["samples"] = samples.groupby(["attribute", "group"]).head(n_samples).to_dict(orient="records")
         click.echo(json.dumps(out, indent=2, default=float))
         return
     first = rows.iloc[0]
     click.echo(f"{printable(match[0])}: in {first.n_word:,} of {first.n_captions:,} captions")
-    for r in rows.itertuples():
-        click.echo(f"  {printable(r.attribute):>6}:{printable(r.group):<16} n_group={r.n_group:<9} "
-                   f"n_both={r.n_both:<7} "
-                   f"expected={r.expected:9.1f} lift={r.lift:6.2f} log-odds={r.log_odds:6.2f} "
-                   f"[{r.log_odds_ci_low:.2f}, {r.log_odds_ci_high:.2f}] q={r.q_value:.2g}")
+    from clipprobe.captions.stats import STATUS_OK
+
+    for r, why in zip(rows.itertuples(), rows["status"]):
+        head = (f"  {printable(r.attribute):>6}:{printable(r.group):<16} n_group={r.n_group:<9} "
+                f"n_both={r.n_both:<7} expected={r.expected:9.1f} ")
+        if why != STATUS_OK:
+            click.echo(head + f"undefined ({why})")
+        else:
+            interval = ("[interval withheld: a cell expects < 10]" if r.log_odds_ci_low != r.log_odds_ci_low
+                        else f"[{r.log_odds_ci_low:.2f}, {r.log_odds_ci_high:.2f}]")
+            click.echo(head + f"lift={r.lift:6.2f} log-odds={r.log_odds:6.2f} {interval} q={r.q_value:.2g}")
         if samples is not None and n_samples > 0:
             cell = samples[(samples["attribute"] == r.attribute) & (samples["group"] == r.group)].head(n_samples)
             for s in cell.itertuples():

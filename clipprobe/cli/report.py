@@ -51,7 +51,7 @@ from clipprobe.cli._options import (
 def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, permutations, ties, score,
            controls, eat, stimuli_root, oasis_root, captions_counts, figures, html, **kwargs) -> None:
     """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""
-    from clipprobe.pipeline.report import ReportConfig, run_report
+    from clipprobe.pipeline.report import ReportConfig, run_report, summary_line
 
     check_fraction("--alpha", alpha)
     check_count("--bootstrap", bootstrap)
@@ -71,11 +71,14 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
     )
     result = run_report(config)
     run = result.run
-    click.echo(f"report: {run['taxonomy']['n_words']} words x {len(run['attributes'])} attributes, "
-               f"{run['n_rows']} rows, {run['n_flagged']} flagged at FDR {config.alpha} "
-               f"({run['n_flagged_vs_controls']} also against the control queries)")
+    click.echo(summary_line(run))
     if result.reused_chunks:
         click.echo(f"reused {result.reused_chunks} finished chunk(s), computed {result.computed_chunks}")
+    crosscheck_json = result.out / "crosscheck.json"
+    if captions_counts and crosscheck_json.is_file():
+        import json
+
+        click.echo(crosscheck_coverage_line(json.loads(crosscheck_json.read_text(encoding="utf-8"))))
     for path in result.files:
         click.echo(f"  {path}")
 
@@ -85,17 +88,40 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
 @click.argument("counts_dir", type=click.Path(file_okay=False))
 @click.option("--alpha", type=float, default=0.05, show_default=True)
 def crosscheck(report_dir, counts_dir, alpha) -> None:
-    """Join a report's retrieval skew with caption co-occurrence (is it in the data too?)."""
+    """Join a report's retrieval skew with caption co-occurrence (is it in the data too?).
+
+    Only rows whose word and group both occur in the captions have a caption association; the others
+    are counted, kept in crosscheck.parquet with their caption_status, and left out of the correlations
+    and figures. Fewer than 10 such rows: an error.
+    """
+    import json
+
     from clipprobe.report.crosscheck import write_crosscheck
     from clipprobe.report.store import load_report
 
+    check_fraction("--alpha", alpha)
     report = load_report(report_dir)
     written = write_crosscheck(report.groups, counts_dir, report_dir, alpha=alpha)
-    import json
-
-    data = json.loads(open(written[1]).read())
+    data = json.loads(open(written[1], encoding="utf-8").read())
+    click.echo(crosscheck_coverage_line(data))
     for attribute, stats in (data["spearman_skew_vs_caption_log_odds"] or {}).items():
-        click.echo(f"{attribute}: Spearman rho(skew, caption log-odds) = {stats.get('rho')} "
-                   f"(p = {stats.get('p_value')}, n = {stats.get('n')})")
+        click.echo(f"{attribute}: Spearman rho(skew, caption log-odds) = {_fmt(stats.get('rho'), '.3f')} "
+                   f"(p = {_fmt(stats.get('p_value'), '.2g')}, n = {stats.get('n')})")
     for path in written:
         click.echo(f"  {path}")
+
+
+def _fmt(value, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def crosscheck_coverage_line(data: dict) -> str:
+    """One line: how many joined rows have a defined caption association, and what is absent."""
+    absent = data.get("groups_absent") or []
+    groups = ""
+    if absent:
+        groups = " (groups: " + ", ".join(absent[:8]) + (f" and {len(absent) - 8} more" if len(absent) > 8 else "") + ")"
+    return (f"caption association defined for {data['n_defined']:,} of {data['n_rows']:,} rows; "
+            f"{data['n_words_absent']:,} of {data['n_words']:,} words and {data['n_groups_absent']} of "
+            f"{data['n_groups']} groups never occur in the captions{groups}; the other rows are left out of the "
+            "correlations and figures")

@@ -7,6 +7,9 @@ import click
 from clipprobe.cli._options import (DATASET_HELP, check_choice, check_count, check_fraction, split_attributes,
                                    split_values)
 
+MSG_FAILURES = ("{n} of the {total} model(s) of shard {shard} failed or are unknown (listed above); the others are "
+                "finished. --allow-failures exits 0 in this case")
+
 EPILOG = """\b
 Examples:
   clipprobe sweep --models all --dataset fairface:/data/fairface --probes report,eat --out sweeps/zoo
@@ -29,6 +32,8 @@ Examples:
 @click.option("--models-per-pass", type=click.IntRange(min=1), default=4, show_default=True,
               help="Models loaded together; their images are decoded once for all of them.")
 @click.option("--no-retry-failed", is_flag=True, help="Skip models that failed in an earlier run of this folder.")
+@click.option("--allow-failures", is_flag=True,
+              help="Exit 0 when some models failed or are unknown (default: exit 1 after the summary).")
 @click.option("--dataset", default=None, help=DATASET_HELP)
 @click.option("--split", default="validation", show_default=True, help="validation or train.")
 @click.option("--image-root", type=click.Path(file_okay=False), default=None,
@@ -66,7 +71,8 @@ Examples:
               help="Image decoding workers (default: number of cores).")
 @click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
 @click.pass_context
-def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, dataset, split, image_root, taxonomy,
+def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, allow_failures, dataset, split,
+          image_root, taxonomy,
           templates, k, attributes, bootstrap, permutations, controls, alpha, seed, model_figures, suite, tests_file,
           eat_permutations, sc_permutations, paper_signs, stimuli_root, oasis_root, cache_dir, device, precision,
           batch_size, num_workers, offline) -> None:
@@ -115,6 +121,12 @@ def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, dat
     for spec, reason in list(result.failed.items()) + list(result.unknown.items()):
         click.echo(f"  {spec}: {reason}")
     click.echo(f"  {result.out}  (next: clipprobe sweep merge {result.out})")
+    n_bad = len(result.failed) + len(result.unknown)
+    n_all = len(result.record.get("models") or ()) + len(result.unknown)
+    if n_bad and not allow_failures:
+        from clipprobe.errors import ClipprobeError
+
+        raise ClipprobeError(MSG_FAILURES.format(n=n_bad, total=n_all, shard=f"{result.shard[0]}/{result.shard[1]}"))
 
 
 @sweep.command("merge")

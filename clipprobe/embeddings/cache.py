@@ -3,15 +3,31 @@
 Layout (shards of vectors with their metadata, in folders named as clip-retrieval names them, but
 not clip-retrieval's format: its tools cannot read these folders, nor can these read theirs)::
 
-    CACHE/<model key>/<dataset fingerprint>-f<format>/
-        cache.json                       what this folder holds (model, dataset, rows, shard size,
-                                         batch size)
+    CACHE/<model key>/<images key>-f<format>/
+        cache.json                       what this folder holds (model with its weights and config
+                                         digests, dataset, rows, shard size, batch size)
         img_emb/img_emb_00000.npy        float32 (n_ok, dim), L2-normalised, rows in dataset order
         metadata/metadata_00000.parquet  one row per dataset row of the shard, failed images included:
                                          row, file, status ("ok" | "error"), reason, norm (of the raw
-                                         embedding, for dot-product scoring)
+                                         embedding, for dot-product scoring), sha256 (of the image's
+                                         bytes when it was embedded; "" for a missing file)
         done.json                        written once every shard exists
     CACHE/<model key>/text/text_<hash>.npy + text_<hash>.parquet   prompt embeddings
+
+What a folder stands for (nothing is reused on a name, a size or a date alone):
+
+* the model key (:func:`model_cache_key`): the spec's key, the precision, the preprocessing, and the
+  model as loaded: a SHA-256 of every tensor of its state dict (the weights in memory, whatever file
+  or Hub snapshot they came from), of its configuration (an edited ``--model-config``, QuickGELU) and
+  of its module structure (:meth:`~clipprobe.models.encoder.Encoder.fingerprint`);
+* the images key (:attr:`~clipprobe.faces.FaceDataset.images_key`): the dataset kind, split, the
+  image folder (resolved) and the image list; two folders whose files have the same names and sizes
+  are two keys;
+* each image's content: the SHA-256 of its bytes is recorded per row, and before a shard is reused
+  every one of its images is hashed again and compared. A shard with a changed image is embedded
+  again (a log line says how many images changed and which shards are redone); the other shards are
+  reused. Hashing reads each image once (measured in ``benchmarks/bench_embed.py``: a few percent of
+  embedding with the tiny test model, well under 1% with ViT-B-32 on the CPU).
 
 Shard ``s`` covers the fixed dataset rows ``[s * shard_size, (s + 1) * shard_size)``.
 The rows of a shard's ``.npy`` are its metadata rows whose status is ``ok``, in
@@ -30,15 +46,16 @@ folder to embed with another batch size.
 Decoding and preprocessing run in DataLoader worker processes; an image that
 fails to decode becomes a marker, is counted and listed, and the run goes on.
 
-The model key is the model spec's key plus the precision and a hash of the
-preprocessing settings, since both change the vectors.
-
-Threads: on the CPU, torch runs as many threads as the machine has cores, and when other processes
-keep cores busy its threads wait on each other: measured on a 2-core machine with a load of 8, a
-ViT-B-32 forward pass on a batch of 8 took 5.8 s with torch's 2 threads and 1.9 s with 1 (at a
-batch of 64 both took 19 s). The embedding runs therefore use the cores that are free: those this
-process may run on, less the 1-minute load average, at least 1 and at most torch's own number
-(:func:`cpu_threads`), unless ``OMP_NUM_THREADS`` is set, which is then left to decide.
+Threads: the number of torch's CPU threads changes the last bits of some embeddings (measured with the
+tiny test model: 3 of the 7 images of a batch of 7 differ between 1 and 2 threads; batches of 1-4, 8,
+16 and 64 did not), and near-ties with them. So it belongs to the folder, like the batch size: a folder
+records the number it was started with (``threads`` in ``cache.json``: torch's own setting in that
+process, which is the cores it may use or ``OMP_NUM_THREADS``, never something that follows the
+machine's load), every shard is computed with it, and a rerun or resume whose torch has another
+setting uses the recorded one and says so. The text cache of a model keeps its number the same way
+(``text/cache.json``). Under load a forward pass with more threads than free cores is slow (measured on
+a 2-core machine with a load of 8: ViT-B-32 on a batch of 8 took 5.8 s with 2 threads, 1.9 s with 1):
+set ``OMP_NUM_THREADS`` before a new folder is started rather than letting the load decide.
 
 New prompt embeddings are added to the text cache; where it cannot be written (a read-only
 shared cache) they are used without being stored, with a warning.
@@ -62,7 +79,7 @@ from clipprobe.errors import DataError
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2   # 2: metadata holds each raw embedding's norm; folders of another format are left alone
+CACHE_FORMAT = 3   # 3: metadata holds each image's SHA-256; folders of another format are left alone
 MANIFEST = "cache.json"
 DONE = "done.json"
 
@@ -70,25 +87,38 @@ MSG_BAD_BATCH = "batch size must be a positive integer, not {value!r}"
 MSG_BAD_SHARD = "shard size must be a positive integer, not {value!r}"
 MSG_BAD_WORKERS = "number of workers must be 0 or more, not {value!r}"
 MSG_ALL_FAILED = "no image of dataset {spec!r} could be read ({n} failed, e.g. {file}: {reason})"
+META_COLUMNS = ("row", "file", "status", "reason", "norm", "sha256")
+HASH_THREADS = 8   # images hashed at once when shards are checked (reading files waits on the disk)
 
 
 
-def model_cache_key(encoder) -> str:
-    """Folder name for an encoder: its spec key, precision and a hash of its preprocessing (and of
-    QuickGELU where it was asked for a weights file or folder: it changes the vectors, not the weights)."""
+def model_settings(encoder) -> dict:
+    """What the model key stands for: precision, preprocessing, QuickGELU where forced on a file or folder,
+    and the model as loaded (digests of its weights, configuration and structure, where it has them)."""
     info = encoder.info() if hasattr(encoder, "info") else {}
     precision = str(info.get("precision", "fp32"))
     settings = {"precision": precision, "preprocess": info.get("preprocess")}
     if info.get("quick_gelu_forced") and info.get("kind") in ("file", "local-dir", "hf-hub"):
         settings["quick_gelu"] = True
-    settings = json.dumps(settings, sort_keys=True, default=str)
-    return f"{encoder.spec.key}__{precision}-{hashlib.sha256(settings.encode()).hexdigest()[:8]}"
+    fingerprint = getattr(encoder, "fingerprint", None)
+    if callable(fingerprint):
+        settings["model"] = fingerprint()
+    return settings
+
+
+def model_cache_key(encoder) -> str:
+    """Folder name for an encoder: its spec key, precision and a hash of :func:`model_settings` (the
+    preprocessing, and the weights, configuration and structure of the model as loaded)."""
+    settings = model_settings(encoder)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return f"{encoder.spec.key}__{settings['precision']}-{hashlib.sha256(text.encode()).hexdigest()[:8]}"
 
 
 def embeddings_dir(encoder, dataset, cache_dir: str | os.PathLike | None = None) -> Path:
     """The cache folder of ``dataset`` embedded by ``encoder``."""
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    return base / model_cache_key(encoder) / f"{dataset.fingerprint}-f{CACHE_FORMAT}"
+    key = getattr(dataset, "images_key", None) or dataset.fingerprint
+    return base / model_cache_key(encoder) / f"{key}-f{CACHE_FORMAT}"
 
 
 @dataclass
@@ -111,6 +141,7 @@ class ImageEmbeddings:
     labels: Any = None  # pandas.DataFrame (n_ok, attributes)
     files: tuple[str, ...] = ()
     norms: Any = None  # np.ndarray (n_ok,) float32: norms of the raw (unnormalised) embeddings
+    digest: str = ""   # SHA-256 of rows, vectors and norms: a key for what is computed from them
 
     def __len__(self) -> int:
         return int(len(self.rows))
@@ -124,7 +155,9 @@ class ImageEmbeddings:
 
 
 class _RowImages:
-    """Map-style dataset: row -> (row, tensor | None, error | None, seconds). Runs in workers."""
+    """Map-style dataset: row -> (row, tensor | None, error | None, seconds, sha256). Runs in workers.
+
+    The image's bytes are hashed just before it is decoded (the second read comes from the page cache)."""
 
     def __init__(self, dataset, preprocess) -> None:
         self.dataset = dataset
@@ -135,29 +168,57 @@ class _RowImages:
 
     def __getitem__(self, row: int):
         start = time.perf_counter()
+        digest = self.dataset.content_digest(row)
         try:
             tensor = self.preprocess(self.dataset.load_image(row))
         except Exception as err:  # noqa: BLE001 - one bad image is counted and listed, not fatal
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
-            return row, None, reason[:500], time.perf_counter() - start
-        return row, tensor, None, time.perf_counter() - start
+            return row, None, reason[:500], time.perf_counter() - start, digest
+        return row, tensor, None, time.perf_counter() - start, digest
 
 
 def _collate(items):
     """Stack the decoded images of a batch; keep failures aside."""
     import torch
 
-    ok_rows = [row for row, tensor, _, _ in items if tensor is not None]
-    tensors = [tensor for _, tensor, _, _ in items if tensor is not None]
-    failed = [(row, reason) for row, tensor, reason, _ in items if tensor is None]
+    ok_rows = [row for row, tensor, *_ in items if tensor is not None]
+    tensors = [tensor for _, tensor, *_ in items if tensor is not None]
+    failed = [(row, reason) for row, tensor, reason, *_ in items if tensor is None]
     batch = torch.stack(tensors) if tensors else None
     return {
         "rows": [row for row, *_ in items],
         "ok_rows": ok_rows,
         "images": batch,
         "failed": failed,
-        "load_s": sum(t for *_, t in items),
+        "load_s": sum(item[3] for item in items),
+        "sha256": {row: digest for row, *_, digest in items},
     }
+
+
+def _meta_records(batch: dict, norms, files) -> list[dict]:
+    """One metadata record per row of a decoded batch (``norms``: those of its decoded images, in order)."""
+    failed = dict(batch["failed"])
+    records, k = [], 0
+    for row in batch["rows"]:
+        record = {"row": row, "file": str(files.iat[row]), "sha256": batch["sha256"][row]}
+        if row in failed:
+            record.update(status="error", reason=failed[row], norm=float("nan"))
+        else:
+            record.update(status="ok", reason=None, norm=float(norms[k]))
+            k += 1
+        records.append(record)
+    return records
+
+
+def content_digests(dataset, rows) -> dict[int, str]:
+    """``{row: SHA-256 of its image}`` for ``rows``, hashed on a few threads (reading waits on the disk)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = list(rows)
+    if len(rows) < 64:
+        return {r: dataset.content_digest(r) for r in rows}
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        return dict(zip(rows, pool.map(dataset.content_digest, rows, chunksize=32)))
 
 
 # --------------------------------------------------------------------------- shard files
@@ -185,7 +246,7 @@ def _read_shard(root: Path, s: int, lo: int, hi: int):
         return None
     n_ok = int((meta["status"] == "ok").sum()) if "status" in meta else -1
     if (
-        "norm" not in meta
+        any(c not in meta for c in META_COLUMNS)
         or list(meta.get("row", [])) != list(range(lo, hi))
         or vectors.ndim != 2
         or len(vectors) != n_ok
@@ -203,15 +264,51 @@ def _write_shard(root: Path, s: int, vectors, meta_records: list[dict]) -> None:
 
     emb_path, meta_path = _shard_paths(root, s)
     write_npy(emb_path, vectors)
-    meta = pd.DataFrame.from_records(meta_records, columns=["row", "file", "status", "reason", "norm"])
+    meta = pd.DataFrame.from_records(meta_records, columns=list(META_COLUMNS))
     meta["row"] = meta["row"].astype("int64")
     meta["norm"] = meta["norm"].astype("float32")
     # The metadata file is written last: its presence marks the shard finished.
     write_parquet(meta_path, meta)
 
 
-def _prepare_root(root: Path, encoder, dataset, shard_size: int, batch_size: int) -> tuple[int, int]:
-    """Create or check the manifest; return the shard size and batch size in force for this folder."""
+def plan_shards(root: Path, dataset, bounds, digests: dict[int, str] | None = None) -> tuple[dict, list]:
+    """``(loaded, todo)``: the finished shards of ``root`` whose every image still has the recorded
+    SHA-256 (``{shard: (vectors, metadata)}``), and the ``(shard, lo, hi)`` to embed. ``digests`` holds the
+    images' hashes already computed (updated in place). Says in a log line which images changed."""
+    loaded: dict[int, tuple] = {}
+    todo = []
+    found = {}
+    for s, lo, hi in bounds:
+        shard = _read_shard(root, s, lo, hi)
+        if shard is None:
+            todo.append((s, lo, hi))
+        else:
+            found[(s, lo, hi)] = shard
+    digests = {} if digests is None else digests
+    wanted = [r for (_, lo, hi) in found for r in range(lo, hi) if r not in digests]
+    digests.update(content_digests(dataset, wanted))
+    changed = []
+    for (s, lo, hi), (vectors, meta) in found.items():
+        stored = meta["sha256"].tolist()
+        moved = [lo + i for i, d in enumerate(stored) if d != digests[lo + i]]
+        if moved:
+            changed.append((s, moved))
+            todo.append((s, lo, hi))
+        else:
+            loaded[s] = (vectors, meta)
+    if changed:
+        rows = [r for _, moved in changed for r in moved]
+        log.info("%d image(s) of %s changed since they were embedded (e.g. %s): embedding shard(s) %s again "
+                 "(%d images); %d shard(s) reused", len(rows), getattr(dataset, "spec", "the dataset"),
+                 dataset.table["file"].iat[rows[0]], ", ".join(str(s) for s, _ in changed),
+                 sum(hi - lo for s, lo, hi in todo if s in {c for c, _ in changed}), len(loaded))
+    todo.sort()
+    return loaded, todo
+
+
+def _prepare_root(root: Path, encoder, dataset, shard_size: int, batch_size: int) -> tuple[int, int, int | None]:
+    """Create or check the manifest; return the shard size, batch size and torch threads (None for a model
+    that does not run on the CPU) in force for this folder."""
     from clipprobe._io import write_json
 
     manifest_path = root / MANIFEST
@@ -236,19 +333,55 @@ def _prepare_root(root: Path, encoder, dataset, shard_size: int, batch_size: int
         elif stored_batch != batch_size:
             log.info("cache %s was started with batch size %d; keeping it so that every shard is computed alike "
                      "(delete the folder to use %d)", root, stored_batch, batch_size)
-        return stored_size, stored_batch
+        threads = process_threads(encoder)
+        stored_threads = stored.get("threads")
+        if threads is not None and (not isinstance(stored_threads, int) or stored_threads < 1):
+            # Started by a model on a GPU: the CPU's number from now on.
+            write_json(manifest_path, {**json.loads(manifest_path.read_text(encoding="utf-8")), "threads": threads})
+            stored_threads = threads
+        elif threads is not None and stored_threads != threads:
+            log.info("cache %s was started with %d torch thread(s); using %d, not %d, so that every shard is "
+                     "computed alike", root, stored_threads, stored_threads, threads)
+        return stored_size, stored_batch, (stored_threads if threads is not None else None)
     info = encoder.info() if hasattr(encoder, "info") else {"spec": encoder.spec.raw}
+    settings = model_settings(encoder)
+    _say_why_new(root, info.get("spec"), settings, dataset)
     write_json(manifest_path, {
         "format": CACHE_FORMAT,
         "n_rows": len(dataset),
         "shard_size": shard_size,
         "batch_size": batch_size,
+        "threads": process_threads(encoder),
         "embed_dim": int(getattr(encoder, "embed_dim", 0) or 0),
         "model": {k: info.get(k) for k in ("spec", "canonical", "key", "precision", "preprocess", "preprocess_source")},
         "model_key": model_cache_key(encoder),
+        "model_settings": settings,
         "dataset": dataset.summary() if hasattr(dataset, "summary") else {"spec": dataset.spec},
     })
-    return shard_size, batch_size
+    return shard_size, batch_size, process_threads(encoder)
+
+
+def _say_why_new(root: Path, spec, settings: dict, dataset) -> None:
+    """Log why a new folder is started when the same model spec has a folder for these images already
+    (its weights, configuration, structure, precision or preprocessing differ: named in the line)."""
+    base = root.parent.parent
+    now = json.loads(json.dumps(settings, default=str))
+    for other in sorted(base.glob(f"*/{root.name}/{MANIFEST}")):
+        if other.parent == root:
+            continue
+        try:
+            stored = json.loads(other.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(stored, dict) or (stored.get("model") or {}).get("spec") != spec:
+            continue
+        before = stored.get("model_settings") or {}
+        what = [k for k in ("precision", "preprocess", "quick_gelu") if before.get(k) != now.get(k)]
+        what += [k.replace("_sha256", "") for k in ("weights_sha256", "config_sha256", "structure_sha256")
+                 if (before.get("model") or {}).get(k) != (now.get("model") or {}).get(k)]
+        log.info("model %s: its %s differ from those of the embeddings cached in %s; embedding %s again",
+                 spec, ", ".join(what) or "settings", other.parent, getattr(dataset, "spec", "the images"))
+        return
 
 
 # --------------------------------------------------------------------------- main entry
@@ -262,40 +395,31 @@ def _check_positive(value, message: str) -> int:
     return value
 
 
-def free_cores() -> int:
-    """Cores this process may run on (CPU affinity) less the system's 1-minute load average, at least 1."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):
-        load = 0.0
-    return max(1, cores - int(round(load)))
+def process_threads(encoder) -> int | None:
+    """torch's CPU threads in this process (its own setting: the cores it may use, or ``OMP_NUM_THREADS``),
+    for a model on the CPU; None for a model elsewhere."""
+    import torch
+
+    if not str(getattr(encoder, "device", "cpu")).startswith("cpu"):
+        return None
+    return int(torch.get_num_threads())
 
 
 @contextlib.contextmanager
-def cpu_threads(encoder):
-    """Run a block with torch's CPU threads sized to :func:`free_cores` (for a model on the CPU, when
-    ``OMP_NUM_THREADS`` is not set); yields the number in force; restores torch's setting after."""
+def cpu_threads(threads: int | None):
+    """Run a block with torch's CPU threads set to ``threads`` (a cache folder's number; None: as they are);
+    yields the number in force; restores torch's setting after."""
     import torch
 
     before = torch.get_num_threads()
-    on_cpu = str(getattr(encoder, "device", "cpu")).startswith("cpu")
-    if not on_cpu or os.environ.get("OMP_NUM_THREADS"):
+    if threads is None or threads == before:
         yield before
         return
-    threads = min(before, free_cores())
-    if threads != before:
-        log.info("torch runs %d CPU thread(s) instead of %d: the other cores are busy (load average)", threads,
-                 before)
-        torch.set_num_threads(threads)
+    torch.set_num_threads(threads)
     try:
         yield threads
     finally:
-        if threads != before:
-            torch.set_num_threads(before)
+        torch.set_num_threads(before)
 
 
 def default_num_workers() -> int:
@@ -313,6 +437,7 @@ def embed_dataset(
     shard_size: int = 1024,
     progress: bool | None = None,
     on_batch: Callable[[dict], None] | None = None,
+    digests: dict[int, str] | None = None,
 ) -> ImageEmbeddings:
     """Embed every image of ``dataset`` with ``encoder``, reusing finished cache shards.
 
@@ -321,6 +446,8 @@ def embed_dataset(
     force it.
     ``on_batch`` is called after each batch with that batch's timings (after the
     shard it completes, if any, is on disk); raising in it stops the run like Ctrl-C.
+    ``digests``: ``{row: SHA-256}`` of images hashed earlier in this process (a shared pass over several
+    models hashes each image once); filled with those hashed here.
     """
     from clipprobe._io import write_json
 
@@ -336,29 +463,24 @@ def embed_dataset(
     t_start = time.perf_counter()
     root = embeddings_dir(encoder, dataset, cache_dir)
     n = len(dataset)
-    shard_size, batch_size = _prepare_root(root, encoder, dataset, shard_size, batch_size)
+    shard_size, batch_size, threads = _prepare_root(root, encoder, dataset, shard_size, batch_size)
     n_shards = math.ceil(n / shard_size)
     bounds = [(s, s * shard_size, min(n, (s + 1) * shard_size)) for s in range(n_shards)]
-    loaded: dict[int, tuple] = {}
-    todo = []
-    for s, lo, hi in bounds:
-        shard = _read_shard(root, s, lo, hi)
-        if shard is None:
-            todo.append((s, lo, hi))
-        else:
-            loaded[s] = shard
+    t_hash = time.perf_counter()
+    loaded, todo = plan_shards(root, dataset, bounds, digests)
+    hash_s = time.perf_counter() - t_hash
 
     timings: dict[str, Any] = {
         "n_rows": n, "n_shards": n_shards, "shard_size": shard_size, "shards_reused": n_shards - len(todo),
         "shards_written": 0, "n_embedded": 0, "n_failed_now": 0, "batches": 0, "batch_size": batch_size,
         "num_workers": 0, "load_preprocess_s": 0.0, "wait_s": 0.0, "forward_s": 0.0, "write_s": 0.0,
-        "per_batch": [],
+        "check_s": hash_s, "per_batch": [],
     }
     if todo:
         log.info("embedding %d of %d images (%d of %d shards cached) into %s",
                  sum(hi - lo for _, lo, hi in todo), n, n_shards - len(todo), n_shards, root)
-        with cpu_threads(encoder) as threads:
-            timings["torch_threads"] = threads
+        with cpu_threads(threads) as in_force:
+            timings["torch_threads"] = in_force
             _run(encoder, dataset, root, todo, batch_size, num_workers, progress, on_batch, timings)
     elif n_shards:
         log.info("all %d images of %s are cached in %s", n, dataset.spec, root)
@@ -374,7 +496,7 @@ def embed_dataset(
     if timings["n_embedded"]:
         busy = timings["total_s"]
         timings["images_per_s"] = timings["n_embedded"] / busy if busy > 0 else float("inf")
-    for key in ("load_preprocess_s", "wait_s", "forward_s", "write_s", "total_s"):
+    for key in ("load_preprocess_s", "wait_s", "forward_s", "write_s", "check_s", "total_s"):
         timings[key] = round(timings[key], 4)
     result.timings = timings
     table = dataset.table.iloc[result.rows]
@@ -436,15 +558,8 @@ def _run(encoder, dataset, root, todo, batch_size, num_workers, progress, on_bat
                           else (None, None))
             forward = time.perf_counter() - t0
             failed = dict(batch["failed"])
-            k = 0
-            for row in batch["rows"]:
-                if row in failed:
-                    meta.append({"row": row, "file": str(table_files.iat[row]), "status": "error",
-                                 "reason": failed[row], "norm": float("nan")})
-                else:
-                    meta.append({"row": row, "file": str(table_files.iat[row]), "status": "ok", "reason": None,
-                                 "norm": float(norms[k])})
-                    k += 1
+            meta.extend(_meta_records(batch, norms, table_files))
+            k = len(batch["rows"]) - len(failed)
             if out is not None:
                 vecs.append(np.asarray(out, dtype=np.float32))
             write = 0.0
@@ -493,13 +608,18 @@ def _load_all(root: Path, bounds, loaded: dict) -> ImageEmbeddings:
         for rec in meta.loc[~ok, ["row", "file", "reason"]].itertuples(index=False):
             skipped.append({"row": int(rec.row), "file": rec.file, "reason": rec.reason})
     dim = vectors[0].shape[1] if vectors else 0
-    return ImageEmbeddings(
+    result = ImageEmbeddings(
         vectors=np.concatenate(vectors) if vectors else np.zeros((0, dim), dtype=np.float32),
         rows=np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64),
         norms=np.concatenate(norms) if norms else np.zeros(0, dtype=np.float32),
         skipped=skipped,
         cache_dir=root,
     )
+    h = hashlib.sha256()
+    for arr in (result.rows, result.vectors, result.norms):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    result.digest = h.hexdigest()
+    return result
 
 
 # --------------------------------------------------------------------------- text
@@ -508,6 +628,31 @@ def _load_all(root: Path, bounds, loaded: dict) -> ImageEmbeddings:
 def _text_dir(encoder, cache_dir) -> Path:
     base = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return base / model_cache_key(encoder) / "text"
+
+
+def _text_threads(folder: Path, encoder) -> int | None:
+    """The torch threads the text cache of ``folder`` computes with: those recorded in its ``cache.json``,
+    else this process's (recorded now, where the folder can be written)."""
+    from clipprobe._io import WriteError, write_json
+
+    threads = process_threads(encoder)
+    if threads is None:
+        return None
+    manifest = folder / MANIFEST
+    try:
+        stored = json.loads(manifest.read_text(encoding="utf-8")).get("threads")
+    except (OSError, ValueError, AttributeError):
+        stored = None
+    if isinstance(stored, int) and not isinstance(stored, bool) and stored >= 1:
+        if stored != threads:
+            log.info("text cache %s was started with %d torch thread(s); using %d, not %d", folder, stored, stored,
+                     threads)
+        return stored
+    try:
+        write_json(manifest, {"threads": threads})
+    except WriteError:
+        pass            # a read-only cache: the new vectors are not stored either (said below)
+    return threads
 
 
 def _read_text_cache(folder: Path) -> dict:
@@ -554,7 +699,7 @@ def embed_texts(encoder, texts: list[str], *, cache_dir: str | os.PathLike | Non
     if missing:
         from clipprobe._io import WriteError
 
-        with cpu_threads(encoder):
+        with cpu_threads(_text_threads(folder, encoder)):
             vectors = np.ascontiguousarray(encoder.encode_text(missing), dtype=np.float32)
         digest = hashlib.sha256("\0".join(missing).encode("utf-8")).hexdigest()[:16]
         try:

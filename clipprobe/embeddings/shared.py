@@ -77,10 +77,11 @@ def embed_shared(encoders: Sequence, dataset, *, cache_dir: str | os.PathLike | 
     started = time.perf_counter()
     result = SharedEmbedding(embeddings=[None] * len(encoders), forward_s=[0.0] * len(encoders))
     result.groups = group_by_preprocess(encoders)
+    digests: dict[int, str] = {}     # each image hashed once for every encoder (shards are checked by content)
     for group in result.groups:
         decoded = _embed_group([encoders[i] for i in group], group, dataset, cache_dir=cache_dir,
                                batch_size=batch_size, num_workers=num_workers, shard_size=shard_size,
-                               progress=progress, result=result)
+                               progress=progress, result=result, digests=digests)
         result.decoded.append(decoded)
     result.timings["shared_pass_s"] = round(time.perf_counter() - started, 4)
     t0 = time.perf_counter()
@@ -89,33 +90,35 @@ def embed_shared(encoders: Sequence, dataset, *, cache_dir: str | os.PathLike | 
             continue
         # Every shard is cached now: this reads (and checks) them, and writes done.json.
         result.embeddings[i] = embed_dataset(enc, dataset, cache_dir=cache_dir, batch_size=batch_size,
-                                             num_workers=0, shard_size=shard_size, progress=False)
+                                             num_workers=0, shard_size=shard_size, progress=False,
+                                             digests=digests)
     result.timings["read_back_s"] = round(time.perf_counter() - t0, 4)
     return result
 
 
 def _embed_group(encoders: list, indices: list[int], dataset, *, cache_dir, batch_size: int, num_workers,
-                 shard_size: int, progress, result: SharedEmbedding) -> int:
+                 shard_size: int, progress, result: SharedEmbedding, digests: dict[int, str]) -> int:
     """One preprocessing group; returns the number of images decoded."""
-    from clipprobe.embeddings.cache import _prepare_root, _read_shard, embeddings_dir
+    from clipprobe.embeddings.cache import _prepare_root, embeddings_dir, plan_shards
 
     n = len(dataset)
     # A folder keeps the shard and batch size it was started with: encoders whose folders agree share a pass.
-    passes: dict[tuple[int, int], list[tuple[int, Any, Path, set[int]]]] = {}
+    passes: dict[tuple[int, int, int | None], list[tuple[int, Any, Path, set[int]]]] = {}
     for index, enc in zip(indices, encoders):
         root = embeddings_dir(enc, dataset, cache_dir)
-        size, batch = _prepare_root(root, enc, dataset, shard_size, batch_size)
+        size, batch, threads = _prepare_root(root, enc, dataset, shard_size, batch_size)
         n_shards = math.ceil(n / size)
-        todo = {s for s in range(n_shards) if _read_shard(root, s, s * size, min(n, (s + 1) * size)) is None}
+        bounds = [(s, s * size, min(n, (s + 1) * size)) for s in range(n_shards)]
+        todo = {s for s, _, _ in plan_shards(root, dataset, bounds, digests)[1]}
         if todo:
-            passes.setdefault((size, batch), []).append((index, enc, root, todo))
+            passes.setdefault((size, batch, threads), []).append((index, enc, root, todo))
     decoded = 0
-    for (size, batch), members in passes.items():
-        decoded += _run_pass(members, dataset, size, batch, num_workers, progress, result)
+    for (size, batch, threads), members in passes.items():
+        decoded += _run_pass(members, dataset, size, batch, threads, num_workers, progress, result)
     return decoded
 
 
-def _run_pass(members, dataset, shard_size: int, batch_size: int, num_workers, progress,
+def _run_pass(members, dataset, shard_size: int, batch_size: int, threads: int | None, num_workers, progress,
               result: SharedEmbedding) -> int:
     import torch
     from torch.utils.data import DataLoader
@@ -148,7 +151,7 @@ def _run_pass(members, dataset, shard_size: int, batch_size: int, num_workers, p
     bar = tqdm(total=sum(map(len, batches)), unit="img", desc=f"embedding x{len(members)}",
                disable=(None if progress is None else not progress))
     try:
-        with cpu_threads(first):      # torch's threads sized to the free cores, as embed_dataset does
+        with cpu_threads(threads):    # the folders' number of torch threads, as embed_dataset does
             n_decoded = _feed(loader, members, shard_of_batch, shard_size, n, files, result, bar)
     finally:
         bar.close()
@@ -159,7 +162,7 @@ def _feed(loader, members, shard_of_batch, shard_size: int, n: int, files, resul
     """Feed each decoded batch to every member that needs its shard; write each member's finished shards."""
     import numpy as np
 
-    from clipprobe.embeddings.cache import _write_shard
+    from clipprobe.embeddings.cache import _meta_records, _write_shard
 
     pending: dict[int, tuple[list, list]] = {}
     current = None
@@ -170,7 +173,6 @@ def _feed(loader, members, shard_of_batch, shard_size: int, n: int, files, resul
             pending = {}
             current = s
         n_decoded += len(item["rows"])
-        failed = dict(item["failed"])
         for index, enc, root, todo in members:
             if s not in todo or index in result.failed:
                 continue
@@ -184,15 +186,7 @@ def _feed(loader, members, shard_of_batch, shard_size: int, n: int, files, resul
                 log.warning("model %s failed while embedding: %s", enc.spec.canonical, result.failed[index])
                 continue
             result.forward_s[index] += time.perf_counter() - t0
-            k = 0
-            for row in item["rows"]:
-                if row in failed:
-                    meta.append({"row": row, "file": str(files.iat[row]), "status": "error", "reason": failed[row],
-                                 "norm": float("nan")})
-                else:
-                    meta.append({"row": row, "file": str(files.iat[row]), "status": "ok", "reason": None,
-                                 "norm": float(norms[k])})
-                    k += 1
+            meta.extend(_meta_records(item, norms, files))
             if out is not None:
                 vecs.append(np.asarray(out, dtype=np.float32))
             if item["rows"][-1] == min(n, (s + 1) * shard_size) - 1:

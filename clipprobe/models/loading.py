@@ -400,6 +400,7 @@ def _load(spec: ModelSpec, *, device, model_config, is_offline: bool, precision,
     from open_clip.transform import PreprocessCfg, image_transform_v2
 
     pp_cfg = dict(get_model_preprocess_cfg(model))
+    model_cfg = _built_config(open_clip, spec, cache_dir, create_kwargs)
     known = {f.name for f in dataclasses.fields(PreprocessCfg)}
     transform = image_transform_v2(PreprocessCfg(**{k: v for k, v in pp_cfg.items() if k in known}), is_train=False)
     encoder = Encoder(
@@ -413,9 +414,19 @@ def _load(spec: ModelSpec, *, device, model_config, is_offline: bool, precision,
         precision=prec,
         weights_source=weights_source,
         quick_gelu_forced=quick_gelu_forced,
+        model_cfg=model_cfg,
     )
     log.info("loaded %r", encoder)
     return encoder
+
+
+def _built_config(open_clip, spec: ModelSpec, cache_dir, create_kwargs: dict) -> dict:
+    """The architecture configuration the model was built from, as open_clip read it (after a
+    ``model_config`` file was registered, so an edit to that file shows here), with the settings forced
+    on top (QuickGELU, preprocessing): part of the embedding cache's model key."""
+    cfg = _local_model_cfg(spec, open_clip, cache_dir) or {}
+    return {"model_cfg": json.loads(json.dumps(cfg, default=str)),
+            "forced": {k: create_kwargs[k] for k in sorted(create_kwargs)}}
 
 
 def _create(open_clip, spec, name, pretrained, device, precision, cache_dir, kwargs):

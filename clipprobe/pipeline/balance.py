@@ -3,10 +3,12 @@ and M4 keep probabilities that balance it (Alabdulmohsin et al., ICLR 2024).
 
 :func:`measure_bias`: one scan of the captions counts the distinct (groups, labels) patterns per file
 (:mod:`clipprobe.captions.patterns`), and data RB/AB with intervals are computed on the pattern table
-(:func:`clipprobe.analysis.balance.data_bias`). :func:`fit_balance`: the same scan, the M4 solve on the
-pattern table (its cost does not depend on the number of captions), then a second pass that writes
-each caption's keep probability and seeded keep flag; the statistics are recomputed on the kept data
-(weighted by q, and as the flags keep it). Every setting is checked, the lexicon, taxonomy, target and
+(:func:`clipprobe.analysis.balance.data_bias`). :func:`fit_balance`: the same scan (which also hashes
+each caption's content), the M4 solve on the pattern table (its cost grows with the number of distinct
+patterns, not with the captions), the keep ranks (each pattern keeps ``q x count`` captions rounded down
+or up, the first by a hash of their content), then a pass that writes each caption's keep probability and keep
+flag; the statistics and the constraints are recomputed on the kept data (weighted by q, and as the
+flags keep it). Every setting is checked, the lexicon, taxonomy, target and
 every file's columns are read before the first caption is: bad input fails before anything is written.
 """
 
@@ -42,7 +44,9 @@ class BalanceConfig:
     column holds. ``labels``: a category of ``taxonomy``, ``'all'`` or a word-list file. ``target``:
     ``'uniform'`` or (group, share) pairs. Fit only: ``keep`` (the target keep rate), ``eps_r``,
     ``eps_a``, ``scale``, ``utility`` (a column of positive utilities), ``key`` (a column copied into
-    the weights, None for none), ``seed`` (of the keep flags). ``figure``: draw ``balance.png``/``.pdf``.
+    the weights, None for none), ``id_column`` (a stable id column: the keep flags hash it alone; None:
+    they hash the caption text and the ``key`` column), ``seed`` (of the keep flags' rank order).
+    ``figure``: draw ``balance.png``/``.pdf``.
     """
 
     captions: tuple[str, ...]
@@ -62,6 +66,7 @@ class BalanceConfig:
     scale: str = "conditional"
     utility: str | None = None
     key: str | None = "URL"
+    id_column: str | None = None
     seed: int = 0
     figure: bool = True
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
@@ -89,6 +94,16 @@ class BalanceConfig:
 
     def target_value(self):
         return self.target if isinstance(self.target, str) else dict(self.target)
+
+    def hashed(self) -> tuple[bool, tuple[str, ...]]:
+        """What each caption's content hash covers: (the caption text?, these columns)."""
+        if self.id_column is not None:
+            return False, (self.id_column,)
+        return True, (() if self.key is None else (self.key,))
+
+    def hash_description(self) -> str:
+        text, columns = self.hashed()
+        return " + ".join((["caption text"] if text else []) + [f"column {c!r}" for c in columns])
 
 
 @dataclasses.dataclass
@@ -127,10 +142,12 @@ def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
             group_terms, groups = None, tuple(config.groups)
         pi = resolve_target(config.target_value(), groups)
         method = config.engine.method()
+    hash_text, hash_columns = config.hashed() if fit else (False, ())
     with timer("compile"):
         spec = build_spec(attribute=config.attribute, group_terms=group_terms, groups=groups, labels=labels,
                           method=method, group_column=config.attribute_column,
-                          utility_column=config.utility if fit else None, key_column=config.key if fit else None)
+                          utility_column=config.utility if fit else None, key_column=config.key if fit else None,
+                          hash_text=hash_text, hash_columns=hash_columns)
     with timer("plan"):
         files = plan_files(config.captions, config.text_column, spec)
     log.info("%d files, attribute %r (%d groups), %d labels", len(files), config.attribute, len(groups), len(labels))
@@ -180,6 +197,22 @@ def _bias_summary(bias) -> dict:
             "n_mention": bias.n_mention, "n_multi": bias.n_multi}
 
 
+def _flag_summary(residuals) -> dict:
+    """The constraints on the captions the flags keep: largest |residual| per kind, and how many exceed
+    their bound (the flags keep q x count of each pattern rounded down or up: up to one caption per pattern off q)."""
+    import numpy as np
+
+    out = {}
+    for kind, short in (("representation", "r"), ("association", "a")):
+        part = residuals[residuals["constraint"] == kind]
+        values = np.abs(part["residual_kept"].to_numpy(float))
+        finite = np.isfinite(values)
+        out[f"max_residual_{short}_kept"] = float(values[finite].max()) if finite.any() else 0.0
+        out[f"violated_{short}_kept"] = int((values[finite] > part["bound"].to_numpy(float)[finite] + 1e-12).sum())
+        out[f"constraints_{short}"] = int(finite.sum())
+    return out
+
+
 def measure_bias(config: BalanceConfig) -> BalanceResult:
     """Data RB and AB of the captions: ``bias_groups.parquet``, ``bias_cells.parquet``,
     ``patterns.parquet``, a figure and ``run.json`` in ``config.out``."""
@@ -219,8 +252,8 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     the constraints cannot be met at ``config.keep``."""
     import numpy as np
 
-    from clipprobe.analysis.balance import data_bias, m4_solve
-    from clipprobe.captions.patterns import count_patterns, publish_weights, solution_key, write_weights
+    from clipprobe.analysis.balance import data_bias, flag_counts, m4_solve
+    from clipprobe.captions.patterns import count_patterns, keep_ranks, publish_weights, solution_key, write_weights
     from clipprobe.report.balance import FILES, bias_frames, patterns_frame, write_balance
 
     from clipprobe._io import check_writable
@@ -236,19 +269,27 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     with prep.timer("solve"):
         solution = m4_solve(table, prep.target, keep=config.keep, eps_r=config.eps_r, eps_a=config.eps_a,
                             scale=config.scale)
-    spec = dataclasses.replace(prep.spec, fitted=table, fitted_q=solution.q, seed=config.seed)
-    key = solution_key(table, solution.q, [config.seed, config.key])
+    want = flag_counts(solution)
+    spec = dataclasses.replace(prep.spec, fitted=table, fitted_q=solution.q, keep_counts=want, seed=config.seed)
+    hash_text, hash_columns = config.hashed()
+    key = solution_key(table, solution.q, [config.seed, config.key, hash_text, list(hash_columns),
+                                           [f.key for f in prep.files]])
+    with prep.timer("ranks"):
+        ranked = keep_ranks(spec, prep.files, out / "parts", config.engine, key)
+    spec = dataclasses.replace(spec, ranks=ranked.ranks)
     with prep.timer("weights"):
         weights = write_weights(spec, prep.files, out / "parts", config.engine, key)
-    if not np.array_equal(weights.count, table.count):
-        bad = int(np.flatnonzero(weights.count != table.count)[0])
-        raise DataError(MSG_CHANGED.format(problem=f"pattern {bad}: {int(table.count[bad])} captions, then "
-                                                   f"{int(weights.count[bad])}", parts=out / "parts"))
+    for what, got, expected in (("captions", weights.count, table.count), ("kept captions", weights.kept, want)):
+        if not np.array_equal(got, expected):
+            bad = int(np.flatnonzero(got != expected)[0])
+            raise DataError(MSG_CHANGED.format(problem=f"pattern {bad}: {int(expected[bad])} {what}, then "
+                                                       f"{int(got[bad])}", parts=out / "parts"))
     with prep.timer("stats"):
         before = data_bias(table, prep.target, level=config.level)
         after = data_bias(table, prep.target, q=solution.q, level=config.level)
         kept = data_bias(table, prep.target, q=weights.kept / np.maximum(table.count, 1), level=config.level)
         groups, cells = bias_frames({"before": before, "after": after, "kept": kept})
+        residuals = solution.residual_frame(kept=weights.kept)
     fit = {
         "keep_target": config.keep, "keep_rate": solution.keep_rate, "max_keep": solution.max_keep,
         "kept_by_flags": weights.n_kept, "kept_share_by_flags": weights.n_kept / max(weights.rows, 1),
@@ -258,18 +299,24 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
         "max_residual_r": float(np.nanmax(np.abs(solution.residual_r))) if solution.residual_r.size else 0.0,
         "max_residual_a": (float(np.nanmax(np.abs(solution.residual_a)))
                            if np.isfinite(solution.residual_a).any() else 0.0),
+        **_flag_summary(residuals), "flags": {
+            "rule": ("each pattern keeps q x count captions rounded down or up (systematic rounding in blocks of "
+                     "the same groups), the first by a seeded hash of their content"),
+            "hash_of": config.hash_description(), "seed": config.seed,
+            "patterns_split": int(ranked.ranks.split.sum()), "boundary_captions": ranked.boundary_captions},
         "eps_r": config.eps_r, "eps_a": config.eps_a, "scale": config.scale, "seed": config.seed,
         "weights": FILES["weights"], "weights_parts": len(weights.chunk_files), "solution_key": key,
     }
     record = _record("balance fit", config, prep, patterns, fit=fit, before=_bias_summary(before),
                      after=_bias_summary(after), kept=_bias_summary(kept), attribute_source=source)
+    record["rows_scanned_this_run"]["ranks"] = ranked.rows_read
     record["rows_scanned_this_run"]["weights"] = weights.rows_scanned
     record["worker_seconds"]["weights"] = weights.worker_seconds
     with prep.timer("write"):
         (out / FILES["run"]).unlink(missing_ok=True)
         publish_weights(weights.chunk_files, out / FILES["weights"])
         tables = {"groups": groups, "cells": cells, "patterns": patterns_frame(table, solution.q, weights.kept),
-                  "residuals": solution.residual_frame(), "convergence": solution.log.frame()}
+                  "residuals": residuals, "convergence": solution.log.frame()}
         files = write_balance(out, tables, record, figure=config.figure)
     record["timings_s"] = prep.timer.as_dict()
     return BalanceResult(out, groups, cells, record, (out / FILES["weights"], *files), solution)

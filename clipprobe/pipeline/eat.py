@@ -9,7 +9,8 @@
 3. load the model and embed: all texts in one call through the text cache
    (:func:`clipprobe.embeddings.cache.embed_texts`), each image set through the image cache
    (:func:`clipprobe.embeddings.cache.embed_dataset` on a ``csv:`` manifest of the set's files written
-   into ``CACHE/eat/manifests/``, so the cache key is the set's files and sizes). A rerun embeds nothing;
+   into ``CACHE/eat/manifests/``: the cache goes by the set's folder and files, each checked by its
+   SHA-256). A rerun embeds nothing;
 4. check that every set kept at least 2 stimuli after unreadable images were skipped (they are counted
    and listed in ``run.json``);
 5. compute every test in one vectorised pass (:func:`clipprobe.analysis.eat.run_eats`) and write the

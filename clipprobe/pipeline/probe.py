@@ -4,15 +4,20 @@
 :func:`retrieve` answers one word. Base shares are shares of the images that could be embedded (an
 image that failed to decode can never be retrieved, so it is not part of the population either).
 
-One ranking rule everywhere: with the exact (``flat``) index a word's top-k is its ``k`` highest
-cosine similarities, ties broken by the lower image index (:func:`clipprobe.analysis.metrics.rank_topk`),
-in ``retrieve``, ``report`` and the bootstrap alike. The approximate FAISS indexes (``hnsw``, ``ivf``)
-are for very large image sets; they may miss a true neighbour, and the report says which was used.
+One score and one ranking rule everywhere: every command scores with :func:`similarities` (the exact dot
+product of the float32 embeddings rounded once to float32:
+:func:`clipprobe.analysis.metrics.similarity_scores`, the same bits for a word alone or among many, on
+any CPU), and with the exact (``flat``) index a word's top-k is its ``k`` highest scores, ties broken by
+the lower image index (:func:`clipprobe.analysis.metrics.rank_topk`), in ``retrieve``, ``report``,
+``subsets`` and the bootstrap alike. The approximate FAISS indexes (``hnsw``, ``ivf``) are for very
+large image sets; they may miss a true neighbour (the report says which was used), and the candidates
+they return are ordered by the same scores and rule.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from pathlib import Path
@@ -38,6 +43,12 @@ SCORES = ("cosine", "dot")
 ERR_K_TOO_LARGE = "k={k} is larger than the dataset {dataset} ({n} images could be embedded)"
 ERR_K_POSITIVE = "k must be a positive number of images, got {k}"
 ERR_UNKNOWN_ATTRIBUTE = "unknown attribute {attribute!r}{hint} for dataset {dataset!r}; valid: {valid}"
+ERR_DEGENERATE = ("model {model} gave NaN, infinite or zero embeddings to {n} of {total} images of dataset {dataset} "
+                  "(first: {file}); nothing can be ranked by them (with precision fp16 or bf16, try fp32)")
+ERR_ALL_EQUAL = ("model {model} gave the same embedding to all {n} images of dataset {dataset}: every score would "
+                 "tie; check the model and its weights")
+WARN_DUPLICATES = ("%d of %d image embeddings are exact copies of another image's (%d distinct; duplicate images?): "
+                   "they get equal scores, and ties are broken by the lower image index")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,9 +124,11 @@ class Probe:
 
     def load_image(self, file: str):
         """The PIL image of one of the probe's files."""
-        return self.dataset.load_image(self._row_of()[str(file)])
+        return self.dataset.load_image(self._row_of[str(file)])
 
+    @functools.cached_property
     def _row_of(self) -> dict[str, int]:
+        """The dataset row of each file name (built once: contact sheets load hundreds of images)."""
         return {str(f): i for i, f in enumerate(self.dataset.table["file"])}
 
     def with_labels(self, labels: "pd.DataFrame") -> "Probe":
@@ -159,6 +172,7 @@ def open_probe(config: ProbeConfig, *, progress: bool | None = None) -> Probe:
     embeddings = embed_dataset(encoder, dataset, cache_dir=config.cache_dir, batch_size=config.batch_size,
                                num_workers=config.num_workers, progress=progress)
     timings["embed_images"] = time.perf_counter() - start
+    check_embeddings(embeddings, model=encoder.spec.canonical, dataset=dataset.spec)
     if embeddings.skipped:
         log.warning("%d image(s) could not be read and are left out (first: %s: %s)", len(embeddings.skipped),
                     embeddings.skipped[0].get("file"), embeddings.skipped[0].get("reason"))
@@ -171,6 +185,28 @@ def open_probe(config: ProbeConfig, *, progress: bool | None = None) -> Probe:
         timings["build_index"] = time.perf_counter() - start
     return Probe(config=config, encoder=encoder, dataset=dataset, embeddings=embeddings, labels=embeddings.labels,
                  files=embeddings.files, timings={k: round(v, 4) for k, v in timings.items()}, index=index)
+
+
+def check_embeddings(embeddings, *, model: str, dataset: str) -> None:
+    """Refuse image embeddings that cannot be ranked (NaN, infinite or zero rows; one embedding for every
+    image) with a one-line error; warn with the count of rows that are exact copies of another."""
+    import numpy as np
+
+    vectors = np.asarray(embeddings.vectors)
+    n = len(vectors)
+    if n == 0:
+        return
+    bad = ~np.isfinite(vectors).all(axis=1) | ~(vectors != 0).any(axis=1)
+    if bad.any():
+        first = embeddings.files[int(np.flatnonzero(bad)[0])] if len(embeddings.files) == n else "?"
+        raise ClipprobeError(ERR_DEGENERATE.format(model=model, n=int(bad.sum()), total=n, dataset=dataset,
+                                                   file=first))
+    rows = np.ascontiguousarray(vectors).view(np.dtype((np.void, vectors.dtype.itemsize * vectors.shape[1])))
+    distinct = len(np.unique(rows.ravel()))
+    if n > 1 and distinct == 1:
+        raise ClipprobeError(ERR_ALL_EQUAL.format(model=model, n=n, dataset=dataset))
+    if distinct < n:
+        log.warning(WARN_DUPLICATES, n - distinct, n, distinct)
 
 
 def query_vectors(probe: Probe, queries: Sequence["Query"]) -> "np.ndarray":
@@ -186,26 +222,39 @@ def similarities(probe: Probe, vectors: "np.ndarray", score: str = "cosine") -> 
     ``score="cosine"`` (default): cosine similarity of the L2-normalised embeddings. ``"dot"``: the
     dot product with the raw image embedding (the text still normalised), as oxai/debias-vision-lang
     ranks: cosine times the image embedding's norm, so images with larger embeddings rank higher.
+
+    Every command scores through this function and :func:`~clipprobe.analysis.metrics.similarity_scores`
+    (the exact dot product rounded once to float32), so a score is the same number whether its word is
+    scored alone (``retrieve``) or among hundreds (``report``, ``subsets``), on any CPU and thread count;
+    ``dot`` multiplies by the norm in float32, element by element (also exact rounding).
     """
     import numpy as np
 
+    from clipprobe.analysis.metrics import similarity_scores
+
     if score not in SCORES:
         raise one_of(score, SCORES, "score")
-    scores = np.asarray(vectors, dtype=np.float32) @ probe.embeddings.vectors.T
+    scores = similarity_scores(vectors, probe.embeddings.vectors)
     if score == "dot":
-        scores *= probe.embeddings.norms[None, :]
+        scores *= np.asarray(probe.embeddings.norms, dtype=np.float32)[None, :]
     return scores
 
 
 def topk(probe: Probe, scores: "np.ndarray", vectors: "np.ndarray", k: int) -> "np.ndarray":
     """``(W, k)`` ids of each query's top-k images, best first (the module's ranking rule)."""
+    import numpy as np
+
     from clipprobe.analysis.metrics import rank_topk
     from clipprobe.embeddings.index import search
 
     probe.check_k(k)
     if probe.index is None:
         return rank_topk(scores, k)
-    return search(probe.index, vectors, k)[1]
+    # An approximate index picks the candidates; they are ordered by the same scores and rule as above.
+    ids = search(probe.index, vectors, k)[1]
+    picked = np.take_along_axis(scores, ids, axis=1)
+    order = np.lexsort((ids, -picked), axis=1)
+    return np.take_along_axis(ids, order, axis=1)
 
 
 def retrieve(probe: Probe, word: "str | Query", *, k: int = DEFAULT_K, templates=None, taxonomy=None,

@@ -106,6 +106,7 @@ def _settings_hash(probe: "Probe", config: ReportConfig, queries, neutral, contr
         "format_version": FORMAT_VERSION,
         "model": model_cache_key(probe.encoder),          # spec, precision and preprocessing
         "dataset": probe.dataset.fingerprint,
+        "embeddings": getattr(probe.embeddings, "digest", ""),   # the vectors themselves (images by content)
         "labels": hashlib.sha256(probe.labels.to_csv(index=False).encode("utf-8")).hexdigest()[:16],
         "n_images": probe.n_images,
         "queries": [[q.word, list(q.prompts)] for q in queries],
@@ -157,6 +158,20 @@ def _read_chunk(paths: dict[str, Path], words: list[str]):
     return part if list(part.words["word"].drop_duplicates()) == words else None
 
 
+def summary_line(run: dict) -> str:
+    """The report's one-line summary from its run record: the pairs flagged against the control queries
+    first, then, labelled as what it is, the hypergeometric count (a word's top-k that is not a random
+    sample of faces, which any query's neighbourhood tends to be); where no control test ran, it says so."""
+    head = (f"report: {run['taxonomy']['n_words']} words x {len(run['attributes'])} attributes, "
+            f"{run['n_rows']} rows")
+    hyper = (f"{run['n_flagged']} with a top-k that is not a random sample of faces (hypergeometric test, "
+             f"FDR {run['alpha']})")
+    if run.get("controls_ran"):
+        return (f"{head}: {run['n_flagged_vs_controls']} flagged against the control queries at FDR "
+                f"{run['alpha']}; {hyper}")
+    return f"{head}: no control test was run (no control queries), so none is flagged against them; {hyper}"
+
+
 def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: bool | None = None) -> ReportResult:
     """Compute and write a full report (see the module docstring)."""
     from tqdm.auto import tqdm
@@ -175,13 +190,14 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
     config = config.check()
     out = Path(config.out)
     check_out_folder(out)
-    if config.captions_counts:
-        from clipprobe.captions.counts import read_counts
-
-        read_counts(config.captions_counts)  # fail before the long part when the folder is wrong
     taxonomy = get_taxonomy(config.taxonomy)
     templates = get_template_set(config.templates)
     queries = make_queries(taxonomy, templates=templates)
+    if config.captions_counts:
+        from clipprobe.report.crosscheck import check_counts
+
+        # fail before the long part when the folder is wrong or has too few defined associations
+        check_counts(config.captions_counts, [q.word for q in queries], config.attributes)
     neutral = neutral_query(templates)
     controls = make_queries(config.controls, templates=templates) if config.controls else []
     timer = StageTimer()
@@ -264,5 +280,6 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
                          image_loader=probe.load_image, label_for=label_of.get, timer=timer,
                          started=started) + files
     run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    log.info("%s", summary_line(run))
     return ReportResult(out=out, groups=tables.groups, words=tables.words, summary=tables.summary, run=run,
                         reused_chunks=reused, computed_chunks=computed, files=files)

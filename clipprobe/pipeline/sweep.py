@@ -19,9 +19,19 @@ shardable; the merge of its folders; the upstream-factor analysis.
     finished is on disk, and a rerun continues from it. The first shard writes ``DIR/sweep.json`` (the
     settings, with the dataset's fingerprint); a shard with other settings is refused.
 
+    The settings hold the SHA-256 of every file the probes read by name or path (:func:`input_files`: the
+    taxonomy, template and control-word files of the report; the test file or suite of the association tests
+    and the stimulus files, image manifests and iEAT manifest it names), and each model's ``run.json`` the
+    hash of each probe's settings and inputs (:func:`probe_hashes`). A rerun after such a file was edited is
+    not refused: it logs the file, records the new content in ``sweep.json``, and runs again the probe
+    that reads it, for every model (an edited test file: the association tests; an edited taxonomy: the
+    reports), keeping the other.
+
 :func:`merge_sweep`
     reads one or more sweep folders (a shared one, or one per machine) into ``sweep.parquet`` and
-    ``models.parquet``, refusing folders written with other settings.
+    ``models.parquet``, refusing folders written with other settings, folders whose input files differ in
+    content (naming the file), and a folder holding finished models run with another content of an input
+    file than its ``sweep.json`` records (a rerun of that folder recomputes them).
 
 :func:`analyze_sweep`
     fits the mixed model of :mod:`clipprobe.analysis.factors` to the association tests' effect sizes and to
@@ -62,6 +72,18 @@ MSG_OTHER_SETTINGS = ("sweep folder {path} was written with other settings (diff
                       "folder or the same settings")
 MSG_MERGE_SETTINGS = ("cannot merge {a} and {b}: they were written with other settings (differs in: {keys})")
 MSG_MERGE_NOTHING = "no finished model in {paths}"
+MSG_MERGE_INPUT = ("cannot merge {a} and {b}: the {what} {path} differs in content between them (sha256 {x}... "
+                   "and {y}...); run every shard with the same file")
+MSG_MERGE_STALE = ("cannot merge {folder}: {n} finished model(s) (e.g. {key}) were run with another content of the "
+                   "{what} {path} (sha256 {x}...) than its sweep.json records ({y}...); rerun `clipprobe sweep` "
+                   "with the same settings on {folder} to recompute them")
+MSG_INPUT_CHANGED = ("the %s %s changed since sweep folder %s was written (sha256 %s... then, %s... now): %s of "
+                     "every model run again, as they finish")
+MSG_INPUTS_UNKNOWN = ("sweep folder %s has no record of its input files' content (written by an older clipprobe): "
+                      "every model runs again")
+INPUT_WHAT = {"taxonomy": "taxonomy file", "templates": "template file", "controls": "control-word file",
+              "tests": "test file"}
+PROBE_LABELS = {"report": "the reports", "eat": "the association tests"}
 MSG_PER_PASS = "models_per_pass must be a positive whole number, not {value!r}"
 MSG_MEASURE = "unknown measure {value!r}{hint}; measures of this sweep: {valid}"
 MSG_PERFORMANCE_CSV = "performance table {path}: {problem}"
@@ -146,7 +168,100 @@ def settings_record(config: SweepConfig, dataset: Any) -> dict:
         "precision": probe.precision,
         "report": report if "report" in config.probes else None,
         "eat": eat if "eat" in config.probes else None,
+        "inputs": input_files(config),
     }
+
+
+def _file_record(path: Path) -> dict:
+    from clipprobe._io import sha256_file
+
+    try:
+        return {"path": str(path), "sha256": sha256_file(path)}
+    except OSError as err:
+        raise DataError(f"{path} cannot be read: {err.strerror or err}") from None
+
+
+def _registry_file(registry, value: str | None) -> Path | None:
+    """The file behind a resource name or path, after loading it once (a bad file fails here, before any
+    model is loaded, with the registry's own message)."""
+    registry.get(value)
+    return registry.file(value)
+
+
+def input_files(config: SweepConfig) -> dict[str, dict[str, dict]]:
+    """Per probe, the files its settings name, each as ``{"path", "sha256"}`` (SHA-256 of the bytes).
+
+    ``report``: its taxonomy, template set and control words (shipped ones too: a new clipprobe may change
+    them). ``eat``: the test file or suite, and the files its sets read: ``file:`` lists, ``images:`` CSV
+    manifests, the iEAT manifest, ``OASIS.csv`` under ``oasis_root``. Image files are not hashed here: the
+    embedding cache keys them.
+    """
+    out: dict[str, dict[str, dict]] = {}
+    if "report" in config.probes:
+        from clipprobe.resources.prompts import TEMPLATE_SETS
+        from clipprobe.resources.taxonomy import TAXONOMIES
+
+        r = config.report
+        files = {"taxonomy": _file_record(_registry_file(TAXONOMIES, r.taxonomy)),
+                 "templates": _file_record(_registry_file(TEMPLATE_SETS, r.templates))}
+        if r.controls:
+            files["controls"] = _file_record(_registry_file(TAXONOMIES, r.controls))
+        out["report"] = files
+    if "eat" in config.probes:
+        from clipprobe.pipeline.eat import load_suite
+        from clipprobe.resources.eat import IEAT_MANIFEST, OASIS_CSV, SUITES, _resolve_path, _stimuli_dir
+
+        e = config.eat
+        suite = load_suite(e)
+        tests = Path(e.tests_file).expanduser() if e.tests_file is not None else _registry_file(SUITES, e.suite)
+        files = {"tests": _file_record(tests)}
+        for test in suite.tests:
+            for spec in test.sets.values():
+                path = None
+                if spec.kind == "file":
+                    path = _resolve_path(str(spec.value), spec.base)
+                elif spec.kind == "images" and isinstance(spec.value, str) and spec.value.lower().endswith(".csv"):
+                    path = _resolve_path(spec.value, spec.base)
+                elif spec.kind == "ieat":
+                    path = _stimuli_dir() / IEAT_MANIFEST
+                elif spec.kind == "oasis" and e.oasis_root is not None:
+                    path = Path(e.oasis_root).expanduser() / OASIS_CSV
+                if path is not None and str(path) not in files and path.is_file():
+                    files[str(path)] = _file_record(path)
+        out["eat"] = files
+    return out
+
+
+def probe_hashes(settings: dict) -> dict[str, str]:
+    """Per probe, the hash of what its results depend on: the format, precision, its own settings and input
+    files, and (the report) the dataset. A probe whose hash is unchanged is not run again for a model."""
+    out = {}
+    for probe in settings.get("probes") or ():
+        part = {"format_version": settings.get("format_version"), "precision": settings.get("precision"),
+                probe: settings.get(probe), "inputs": (settings.get("inputs") or {}).get(probe)}
+        if probe == "report":
+            part["dataset"] = settings.get("dataset")
+        out[probe] = settings_hash(part)
+    return out
+
+
+def _input_changes(old: dict | None, new: dict | None) -> list[tuple[str, str, str, str, str | None, str | None]]:
+    """(probe, role, what, path, old sha256, new sha256) of every input file whose content or presence
+    differs between two ``inputs`` records (same paths; another path is another setting)."""
+    out = []
+    old, new = old or {}, new or {}
+    for probe in sorted(set(old) | set(new)):
+        a, b = old.get(probe) or {}, new.get(probe) or {}
+        for role in sorted(set(a) | set(b)):
+            x, y = a.get(role) or {}, b.get(role) or {}
+            if x.get("sha256") != y.get("sha256"):
+                out.append((probe, role, INPUT_WHAT.get(role, "stimulus file"), y.get("path") or x.get("path"),
+                            x.get("sha256"), y.get("sha256")))
+    return out
+
+
+def _short(digest: str | None) -> str:
+    return (digest or "none")[:12]
 
 
 def _sweep_format() -> int:
@@ -173,7 +288,9 @@ def _shown_keys(keys: list[str]) -> str:
 
 
 def check_settings_file(out: Path, settings: dict) -> None:
-    """Create ``out/sweep.json`` with ``settings``, or check that the one there is the same."""
+    """Create ``out/sweep.json`` with ``settings``, or check that the one there is the same. Where only the
+    content of input files differs, the new content is recorded (and logged, naming each file): the models
+    then run again what reads them (:func:`probe_hashes`)."""
     from clipprobe import _io
     from clipprobe.report.sweep import SETTINGS_FILE, read_json
 
@@ -193,9 +310,19 @@ def check_settings_file(out: Path, settings: dict) -> None:
         finally:
             tmp.unlink(missing_ok=True)
     stored = read_json(path, "sweep settings")
-    if stored.get("settings_hash") != payload["settings_hash"]:
-        keys = _differences(stored.get("settings") or {}, settings)
+    if stored.get("settings_hash") == payload["settings_hash"]:
+        return
+    before = stored.get("settings") or {}
+    keys = _differences(before, settings)
+    if not keys or not all(k == "inputs" or k.startswith("inputs.") for k in keys):
         raise ClipprobeError(MSG_OTHER_SETTINGS.format(path=out, keys=_shown_keys(keys)))
+    # only the content of input files changed: record it; each model runs again the probes that read them
+    if "inputs" not in before:
+        log.info(MSG_INPUTS_UNKNOWN, out)
+    else:
+        for probe, role, what, file, x, y in _input_changes(before.get("inputs"), settings.get("inputs")):
+            log.info(MSG_INPUT_CHANGED, what, file, out, _short(x), _short(y), PROBE_LABELS.get(probe, probe))
+    _io.write_json(path, payload)
 
 
 # --------------------------------------------------------------------------- the model list
@@ -339,23 +466,31 @@ def _model_dir(out: Path, key: str) -> Path:
     return out / MODELS_DIR / key
 
 
-def _finished(out: Path, entry: ModelEntry, digest: str, retry_failed: bool) -> str | None:
-    """The status of a model already in the folder with these settings ("ok" / "failed"), else None."""
+def _finished(out: Path, entry: ModelEntry, digest: str, retry_failed: bool,
+              hashes: dict[str, str] | None = None) -> tuple[str | None, tuple[str, ...]]:
+    """(status, probes kept) of a model already in the folder. The status is "ok" / "failed" where the model
+    ran with these settings (nothing to do), else None (run it). ``hashes`` (:func:`probe_hashes`): a model
+    that finished with other settings keeps the probes whose hash is unchanged (their folders are current)
+    and runs only the others."""
     from clipprobe.report.sweep import RUN_FILE
 
     path = _model_dir(out, entry.key) / RUN_FILE
     if not path.is_file():
-        return None
+        return None, ()
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    if record.get("settings_hash") != digest:
-        return None
+        return None, ()
     status = record.get("status")
+    if record.get("settings_hash") != digest:
+        before = record.get("probe_hashes") if status == STATUS_OK else None
+        if not isinstance(before, dict) or not hashes:
+            return None, ()
+        kept = tuple(p for p, h in hashes.items() if before.get(p) == h)
+        return None, (kept if len(kept) < len(hashes) else ())
     if status == STATUS_FAILED and retry_failed:
-        return None
-    return status
+        return None, ()
+    return status, ()
 
 
 def _first_line(err: BaseException) -> str:
@@ -387,7 +522,8 @@ def _metadata(entry: ModelEntry, encoder=None) -> dict:
 
 def _write_model_record(out: Path, entry: ModelEntry, *, status: str, reason: str | None, digest: str,
                         shard: tuple[int, int], metadata: dict, timings: dict, config_record: dict,
-                        model_info: dict | None = None, dataset_info: dict | None = None) -> dict:
+                        model_info: dict | None = None, dataset_info: dict | None = None,
+                        settings: dict | None = None, kept: tuple[str, ...] = ()) -> dict:
     from clipprobe import _io
     from clipprobe.report.sweep import FORMAT_VERSION, RUN_FILE
     from clipprobe.runinfo import run_record
@@ -395,7 +531,9 @@ def _write_model_record(out: Path, entry: ModelEntry, *, status: str, reason: st
     timings = {**timings, "total": round(sum(v for k, v in timings.items() if k != "total"), 3)}
     record = run_record("sweep model", config=config_record, format_version=FORMAT_VERSION, model=model_info,
                         dataset=dataset_info, timings=timings, spec=entry.spec, model_key=entry.key, status=status,
-                        reason=reason, settings_hash=digest, shard=f"{shard[0]}/{shard[1]}", metadata=metadata)
+                        reason=reason, settings_hash=digest, shard=f"{shard[0]}/{shard[1]}", metadata=metadata,
+                        probe_hashes=probe_hashes(settings) if settings else None,
+                        inputs=(settings or {}).get("inputs"), kept=list(kept))
     _io.write_json(_model_dir(out, entry.key) / RUN_FILE, record)
     return record
 
@@ -460,23 +598,32 @@ def run_sweep(config: SweepConfig, *, progress: bool | None = None) -> SweepResu
         _write_model_record(out, entry, status=STATUS_FAILED, reason=entry.problem, digest=digest, shard=shard,
                             metadata={"spec": entry.spec}, timings={}, config_record=config_record)
         unknown[entry.spec] = entry.problem
+    hashes = probe_hashes(settings)
     todo, skipped = [], []
+    kept: dict[str, tuple[str, ...]] = {}        # spec -> probes whose results are current (not run again)
     for entry in mine:
-        status = _finished(out, entry, digest, config.retry_failed)
+        status, keep = _finished(out, entry, digest, config.retry_failed, hashes)
         if status is None:
             todo.append(entry)
+            if keep:
+                kept[entry.spec] = keep
         else:
             skipped.append(entry.spec)
             if status == STATUS_FAILED:
                 failed[entry.spec] = "failed before (retry_failed is off)"
     log.info("sweep shard %d/%d: %d model(s), %d finished before, %d to run%s", shard[0], shard[1], len(mine),
              len(skipped), len(todo), f", {len(unknown_mine)} unknown" if unknown_mine else "")
+    for keep in sorted(set(kept.values())):
+        n = sum(1 for k in kept.values() if k == keep)
+        log.info("%d model(s) finished before with other inputs: %s run again, %s kept", n,
+                 ", ".join(PROBE_LABELS.get(p, p) for p in config.probes if p not in keep),
+                 ", ".join(PROBE_LABELS.get(p, p) for p in keep))
 
     # Models with the same preprocessing side by side, so that a pass shares one decode among as many as it can.
     todo.sort(key=lambda e: (preprocess_hint(e), e.key))
     cache_base = Path(pc.cache_dir).expanduser() if pc.cache_dir else default_cache_dir()
     eat_datasets = []
-    if "eat" in config.probes and todo:
+    if "eat" in config.probes and any("eat" not in kept.get(e.spec, ()) for e in todo):
         with timer("resolve_stimuli"):
             eat_datasets = _eat_datasets(config, cache_base)
     done: list[str] = []
@@ -488,7 +635,7 @@ def run_sweep(config: SweepConfig, *, progress: bool | None = None) -> SweepResu
         for start in range(0, len(todo), config.models_per_pass):
             batch = todo[start:start + config.models_per_pass]
             results = _run_pass(batch, config, dataset, eat_datasets, out=out, digest=digest, shard=shard,
-                                config_record=config_record, progress=progress)
+                                config_record=config_record, progress=progress, settings=settings, kept=kept)
             for entry, (status, reason, seconds) in zip(batch, results):
                 timings[entry.spec] = seconds
                 if status == STATUS_OK:
@@ -520,10 +667,13 @@ def _load(entry: ModelEntry, pc) -> Any:
 
 
 def _run_pass(batch: list[ModelEntry], config: SweepConfig, dataset, eat_datasets: list, *, out: Path, digest: str,
-              shard: tuple[int, int], config_record: dict, progress) -> list[tuple[str, str | None, dict]]:
-    """Load a pass of models, embed their images together, run each model's probes; one result per model."""
+              shard: tuple[int, int], config_record: dict, progress, settings: dict | None = None,
+              kept: dict[str, tuple[str, ...]] | None = None) -> list[tuple[str, str | None, dict]]:
+    """Load a pass of models, embed their images together, run each model's probes (but those in ``kept``);
+    one result per model."""
     from clipprobe.embeddings.shared import embed_shared
 
+    kept = kept or {}
     pc = config.report.probe
     results: list[Any] = [None] * len(batch)
     encoders: dict[int, Any] = {}
@@ -537,12 +687,15 @@ def _run_pass(batch: list[ModelEntry], config: SweepConfig, dataset, eat_dataset
         seconds[i]["load_model"] = round(time.perf_counter() - t0, 3)
     embeddings: dict[int, Any] = {}
     if encoders:
-        order = sorted(encoders)
+        # the face dataset for the models that run the report, the test images for those that run the tests
+        order = sorted(i for i in encoders if "report" in config.probes and "report" not in kept.get(batch[i].spec, ()))
         t0 = time.perf_counter()
         shared = embed_shared([encoders[i] for i in order], dataset, cache_dir=pc.cache_dir, batch_size=pc.batch_size,
-                              num_workers=pc.num_workers, progress=progress)
-        alive = [encoders[i] for j, i in enumerate(order) if j not in shared.failed]
-        for extra in eat_datasets:
+                              num_workers=pc.num_workers, progress=progress) if order else None
+        dead = {order[j] for j in shared.failed} if shared is not None else set()
+        alive = [encoders[i] for i in sorted(encoders) if i not in dead and "eat" in config.probes
+                 and "eat" not in kept.get(batch[i].spec, ())]
+        for extra in eat_datasets if alive else ():
             more = embed_shared(alive, extra,
                                 cache_dir=pc.cache_dir, batch_size=config.eat.batch_size,
                                 num_workers=pc.num_workers, progress=False)
@@ -550,7 +703,7 @@ def _run_pass(batch: list[ModelEntry], config: SweepConfig, dataset, eat_dataset
                 log.warning("%d model(s) failed on the association tests' images; their tests will report it",
                             len(more.failed))
         elapsed = time.perf_counter() - t0
-        forward_total = sum(shared.forward_s) or 1.0
+        forward_total = (sum(shared.forward_s) if shared is not None else 0.0) or 1.0
         for j, i in enumerate(order):
             # the shared pass's wall time, split over its models by their share of the forward passes
             seconds[i]["embed_shared"] = round(elapsed * shared.forward_s[j] / forward_total, 3)
@@ -560,8 +713,9 @@ def _run_pass(batch: list[ModelEntry], config: SweepConfig, dataset, eat_dataset
             else:
                 embeddings[i] = shared.embeddings[j]
     for i in sorted(encoders):
-        results[i] = _run_probes(batch[i], encoders[i], embeddings[i], dataset, config, out=out, digest=digest,
-                                 shard=shard, config_record=config_record, seconds=seconds[i], progress=progress)
+        results[i] = _run_probes(batch[i], encoders[i], embeddings.get(i), dataset, config, out=out, digest=digest,
+                                 shard=shard, config_record=config_record, seconds=seconds[i], progress=progress,
+                                 settings=settings, kept=kept.get(batch[i].spec, ()))
     encoders.clear()
     _free_memory(pc.device)
     return [(r[0], r[1], {**s, "total": round(sum(v for v in s.values()), 3)}) for r, s in zip(results, seconds)]
@@ -587,8 +741,9 @@ def _fail(out: Path, entry: ModelEntry, err: BaseException, digest: str, shard, 
 
 
 def _run_probes(entry: ModelEntry, encoder, embeddings, dataset, config: SweepConfig, *, out: Path, digest: str,
-                shard, config_record: dict, seconds: dict, progress) -> tuple[str, str | None]:
-    """One model's report and association tests, from its (cached) embeddings."""
+                shard, config_record: dict, seconds: dict, progress, settings: dict | None = None,
+                kept: tuple[str, ...] = ()) -> tuple[str, str | None]:
+    """One model's report and association tests (but the probes in ``kept``), from its (cached) embeddings."""
     from clipprobe.pipeline.eat import run_eat
     from clipprobe.pipeline.probe import Probe
     from clipprobe.pipeline.report import run_report
@@ -597,14 +752,14 @@ def _run_probes(entry: ModelEntry, encoder, embeddings, dataset, config: SweepCo
                              preprocess=entry.preprocess, quick_gelu=entry.quick_gelu, index="flat")
     folder = _model_dir(out, entry.key)
     try:
-        if "report" in config.probes:
+        if "report" in config.probes and "report" not in kept:
             t0 = time.perf_counter()
             probe = Probe(config=pc, encoder=encoder, dataset=dataset, embeddings=embeddings, labels=embeddings.labels,
                           files=embeddings.files, timings={})
             run_report(dataclasses.replace(config.report, probe=pc, out=str(folder / "report")), probe=probe,
                        progress=progress)
             seconds["report"] = round(time.perf_counter() - t0, 3)
-        if "eat" in config.probes:
+        if "eat" in config.probes and "eat" not in kept:
             t0 = time.perf_counter()
             eat_config = dataclasses.replace(config.eat, out=str(folder / "eat"), model=entry.spec,
                                              model_config=entry.model_config, preprocess=entry.preprocess,
@@ -619,7 +774,7 @@ def _run_probes(entry: ModelEntry, encoder, embeddings, dataset, config: SweepCo
         return _fail(out, entry, err, digest, shard, config_record, seconds, encoder=encoder)
     _write_model_record(out, entry, status=STATUS_OK, reason=None, digest=digest, shard=shard,
                         metadata=_metadata(entry, encoder), timings=seconds, config_record=config_record,
-                        model_info=encoder.info(), dataset_info=dataset.summary())
+                        model_info=encoder.info(), dataset_info=dataset.summary(), settings=settings, kept=kept)
     return STATUS_OK, None
 
 
@@ -637,8 +792,9 @@ class MergeResult:
 def merge_sweep(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike | None = None) -> MergeResult:
     """Merge sweep folders into ``sweep.parquet`` and ``models.parquet`` (in ``out``, default the first folder).
 
-    Every folder must hold a ``sweep.json`` with the same settings hash; a model finished in several
-    folders is taken from the first that has it finished.
+    Every folder must hold a ``sweep.json`` with the same settings hash (input files of other content are
+    named); a folder with finished models run on another content of an input file than its ``sweep.json``
+    records is refused; a model finished in several folders is taken from the first that has it finished.
     """
     import pandas as pd
 
@@ -656,22 +812,40 @@ def merge_sweep(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike 
         if not (p / SETTINGS_FILE).is_file():
             raise DataError(MSG_NOT_A_SWEEP.format(path=p, file=SETTINGS_FILE))
         settings.append(read_json(p / SETTINGS_FILE, "sweep settings"))
+    first = settings[0].get("settings") or {}
     for p, s in zip(paths[1:], settings[1:]):
         if s.get("settings_hash") != settings[0].get("settings_hash"):
-            keys = _differences(settings[0].get("settings") or {}, s.get("settings") or {})
+            other = s.get("settings") or {}
+            keys = _differences(first, other)
+            if keys and all(k == "inputs" or k.startswith("inputs.") for k in keys):
+                changes = _input_changes(first.get("inputs"), other.get("inputs"))
+                if changes:
+                    _, _, what, file, x, y = changes[0]
+                    raise ClipprobeError(MSG_MERGE_INPUT.format(a=paths[0], b=p, what=what, path=file, x=_short(x),
+                                                                y=_short(y)))
             raise ClipprobeError(MSG_MERGE_SETTINGS.format(a=paths[0], b=p, keys=_shown_keys(keys)))
     digest = settings[0].get("settings_hash")
     records: dict[str, tuple[Path, dict]] = {}
     for p in paths:
+        stale: list[tuple[str, tuple]] = []
         for run in sorted((p / MODELS_DIR).glob(f"*/{RUN_FILE}")):
             record = read_json(run, "model record")
             if record.get("settings_hash") != digest:
+                changes = _input_changes(first.get("inputs"), record.get("inputs")) \
+                    if record.get("status") == STATUS_OK and isinstance(record.get("inputs"), dict) else []
+                if changes:
+                    stale.append((record.get("model_key") or run.parent.name, changes[0]))
+                    continue
                 log.warning("%s was written with other settings; left out", run.parent)
                 continue
             key = record.get("model_key") or run.parent.name
             prev = records.get(key)
             if prev is None or (prev[1].get("status") != STATUS_OK and record.get("status") == STATUS_OK):
                 records[key] = (run.parent, record)
+        if stale:
+            key, (_, _, what, file, x, y) = stale[0]
+            raise ClipprobeError(MSG_MERGE_STALE.format(folder=p, n=len(stale), key=key, what=what, path=file,
+                                                        x=_short(y), y=_short(x)))
     if not records:
         raise DataError(MSG_MERGE_NOTHING.format(paths=", ".join(str(p) for p in paths)))
     extra: list[str] = []

@@ -3,11 +3,12 @@
 ``bias_groups.parquet``: data RB per group (share of the group among the captions that mention one,
 its interval, the target share, ``rb = share - target`` with its interval), one block of rows per
 ``data``: ``before`` (the captions as they are), ``after`` (weighted by the keep probabilities q) and
-``kept`` (the captions the seeded keep flags keep). ``bias_cells.parquet``: data AB per group x label
-(the label's rate among the group's captions and among the other groups', the difference ``ab`` with
-its interval), the same blocks. ``patterns.parquet``: the distinct (groups, labels) patterns with
-their captions (and q, kept captions after a fit). After a fit also ``residuals.parquet`` (each
-constraint's value on the kept data, its bound and duals) and ``convergence.parquet`` (one row per
+``kept`` (the captions the keep flags keep: ``q x count`` of each pattern, rounded).
+``bias_cells.parquet``: data AB per group x label (the label's rate among the group's captions and
+among the other groups', the difference ``ab`` with its interval), the same blocks.
+``patterns.parquet``: the distinct (groups, labels) patterns with their captions (and q, kept captions
+after a fit). After a fit also ``residuals.parquet`` (each constraint's value on the data weighted by
+q and on the captions the flags keep, its bound and duals) and ``convergence.parquet`` (one row per
 dual evaluation). ``balance.png``/``.pdf``: RB per group and the largest AB cells, before and after.
 ``run.json`` is written last: a folder with it is complete.
 """

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 import logging
 
-from clipprobe.analysis.crosscheck import crosscheck
+from clipprobe.analysis.crosscheck import MIN_ROWS, check_rows, coverage, crosscheck
 from clipprobe.captions.counts import read_counts
 
 log = logging.getLogger(__name__)
 
 
 def crosscheck_scatter(joined, *, attribute: str | None = None, correlations=None, ax=None):
-    """Skew (x) against caption log-odds (y), one colour per group; returns the Axes."""
+    """Skew (x) against caption log-odds (y), one colour per group, for the rows whose caption association
+    is defined (``caption_status == "ok"``: a word or group absent from the captions has no log-odds);
+    returns the Axes."""
     import numpy as np
 
+    from clipprobe.captions.stats import STATUS_OK
+
     rows = joined if attribute is None else joined[joined["attribute"] == attribute]
+    if "caption_status" in rows.columns:
+        rows = rows[rows["caption_status"] == STATUS_OK]
     if ax is None:
         from matplotlib.figure import Figure
 
@@ -38,11 +44,21 @@ def crosscheck_scatter(joined, *, attribute: str | None = None, correlations=Non
     return ax
 
 
-def write_crosscheck(report_groups, counts_dir, out_dir, *, alpha: float = 0.05) -> list:
+def check_counts(counts_dir, words, attributes=None, *, min_rows: int = MIN_ROWS) -> None:
+    """Refuse a ``captions count`` folder that cannot be cross-checked with a report of ``words``
+    (:func:`~clipprobe.analysis.crosscheck.check_rows`), before the report is computed."""
+    check_rows(read_counts(counts_dir), words, attributes, min_rows=min_rows,
+               source=f"caption counts folder {counts_dir}")
+
+
+def write_crosscheck(report_groups, counts_dir, out_dir, *, alpha: float = 0.05, min_rows: int = MIN_ROWS) -> list:
     """Join a report's groups with caption counts and write the table, correlations and figures.
 
-    Writes ``OUT/crosscheck.parquet`` (joined rows), ``OUT/crosscheck.json`` (Spearman
-    correlations per attribute and group) and ``OUT/figures/crosscheck_<attribute>.png/.pdf``.
+    Writes ``OUT/crosscheck.parquet`` (joined rows, with ``caption_status``), ``OUT/crosscheck.json``
+    (Spearman correlations per attribute and group over the rows with a defined caption association,
+    and :func:`~clipprobe.analysis.crosscheck.coverage`: how many rows are defined, which words and
+    groups never occur in the captions) and ``OUT/figures/crosscheck_<attribute>.png/.pdf``. Refuses
+    (:class:`~clipprobe.errors.DataError`, nothing written) with fewer than ``min_rows`` defined rows.
     Returns the paths written.
     """
     import math
@@ -53,7 +69,12 @@ def write_crosscheck(report_groups, counts_dir, out_dir, *, alpha: float = 0.05)
     from clipprobe._io import atomic_path, write_json, write_parquet
 
     out = Path(out_dir)
-    joined, correlations = crosscheck(report_groups, read_counts(counts_dir), alpha=alpha)
+    joined, correlations = crosscheck(report_groups, read_counts(counts_dir), alpha=alpha, min_rows=min_rows,
+                                      source=f"caption counts folder {counts_dir}")
+    cover = coverage(joined)
+    log.info("cross-check: %d of %d rows with a defined caption association; %d of %d words and %d of %d groups "
+             "never occur in the captions", cover["n_defined"], cover["n_rows"], cover["n_words_absent"],
+             cover["n_words"], cover["n_groups_absent"], cover["n_groups"])
 
     def clean(value):
         if isinstance(value, dict):
@@ -64,7 +85,7 @@ def write_crosscheck(report_groups, counts_dir, out_dir, *, alpha: float = 0.05)
 
     written = [out / "crosscheck.parquet", out / "crosscheck.json"]
     write_parquet(written[0], joined)
-    write_json(written[1], {"counts": str(counts_dir), "alpha": alpha, "n_rows": int(len(joined)),
+    write_json(written[1], {"counts": str(counts_dir), "alpha": alpha, **cover, "min_rows": min_rows,
                             "spearman_skew_vs_caption_log_odds": clean(correlations)})
     for attribute in sorted(set(joined["attribute"])):
         fig = Figure(figsize=(3.3, 3.0), layout="constrained")

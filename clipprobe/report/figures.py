@@ -16,7 +16,8 @@ Two sets of figures are written from a report (:func:`report_figures`):
 - ``"core"`` (what ``clipprobe report`` writes): a skew heatmap per attribute,
   the entropy-by-category plot, and for each attribute with a flagged pair (the
   first attribute when none has one) a dot plot of the most skewed words over
-  all categories;
+  all categories (flagged, and filled markers: by the test against the control
+  queries where it ran, else the hypergeometric test);
 - ``"all"`` (what ``clipprobe figures`` writes): the core set plus, per
   category, a word skew dot plot per attribute and a stability plot.
 
@@ -297,15 +298,20 @@ def word_skew_dots(groups, category: str | None, attribute: str, *, words: Seque
     """Per-word dot plot of each group's skew with its interval, for one category.
 
     One row per word (largest max skew first), one colour per group; filled
-    markers are flagged pairs (BH-adjusted ``q_over`` below alpha), hollow ones
-    are not. ``category=None`` takes the words of every category. ``max_words``
+    markers are flagged pairs by the headline flag (``flagged_vs_controls``, the
+    test against control queries, where it ran; else ``flagged``, the
+    hypergeometric test: :func:`clipprobe.analysis.probe.headline_flag`), hollow
+    ones are not; the legend says which flag. ``category=None`` takes the words of every category. ``max_words``
     keeps the most skewed words: by default as many as fit :data:`MAX_HEIGHT`,
     0 keeps them all; the title says when words were left out.
     """
     import numpy as np
     from matplotlib.lines import Line2D
 
+    from clipprobe.analysis.probe import flag_mask, headline_flag
+
     _check_attribute(groups, attribute)
+    flag = headline_flag(groups)
     rows = groups[groups["attribute"] == attribute]
     if category is not None:
         rows = explode_categories(rows)
@@ -339,7 +345,7 @@ def word_skew_dots(groups, category: str | None, attribute: str, *, words: Seque
             skew = part["skew"].to_numpy(dtype=float)
             ax.errorbar(skew, y, xerr=_errors(skew, part["skew_ci_low"], part["skew_ci_high"]),
                         fmt="none", ecolor=color, elinewidth=0.7, alpha=0.8)
-            flagged = part["flagged"].to_numpy(dtype=bool)
+            flagged = flag_mask(part, flag)
             ax.scatter(skew[flagged], y[flagged], s=12, marker=marker, color=color, lw=0.7, zorder=3)
             ax.scatter(skew[~flagged], y[~flagged], s=12, marker=marker, facecolors="white",
                        edgecolors=color, lw=0.7, zorder=3)
@@ -352,7 +358,8 @@ def word_skew_dots(groups, category: str | None, attribute: str, *, words: Seque
         ax.set_title(f"{head} ({literal(attribute)})" + _shown_note(n, total, "most skewed"), **TITLE_AT_TOP)
         ax.grid(axis="x", color="0.92", lw=0.5)
         ax.set_axisbelow(True)
-        handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", ms=3.5, label="not flagged"))
+        unflagged = "not flagged vs controls" if flag == "flagged_vs_controls" else "not flagged (hypergeom.)"
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="white", mec="0.3", ms=3.5, label=unflagged))
         ax.figure.legend(handles=handles, loc="outside lower center",
                          ncol=_legend_columns(ax.figure, [h.get_label() for h in handles]),
                          handletextpad=0.1, columnspacing=0.8)
@@ -485,10 +492,13 @@ def _check_figure_set(figure_set: str) -> None:
 
 
 def core_attributes(report, attributes: Sequence[str] | None = None) -> list[str]:
-    """Attributes that get a "most skewed words" plot: those with a flagged pair (else the first)."""
+    """Attributes that get a "most skewed words" plot: those with a flagged pair (by the headline flag:
+    :func:`clipprobe.analysis.probe.headline_flag`), else the first."""
+    from clipprobe.analysis.probe import flag_mask
+
     attributes = list(attributes) if attributes else report.attributes
     g = report.groups
-    flagged = set(g.loc[g["flagged"], "attribute"].astype(str))
+    flagged = set(g.loc[flag_mask(g), "attribute"].astype(str))
     chosen = [a for a in attributes if a in flagged]
     return chosen or attributes[:1]
 
@@ -543,10 +553,14 @@ def figure_specs(report, *, attributes: Sequence[str] | None = None, categories:
     top_rows = _in_categories(groups, categories) if categories else groups
     # Restricted to some categories, the plot is another figure: its file name says which.
     within = f"_{slug('-'.join(categories))}" if categories else ""
+    from clipprobe.analysis.probe import headline_flag
+
+    filled = ("flagged against the control queries" if headline_flag(groups) == "flagged_vs_controls"
+              else "flagged by the hypergeometric test (no control test was run)")
     for attr in core_attributes(report, attributes):
         limit = TOP_WORDS_MAX if max_words is None else max_words
         add(f"top_words_skew_{slug(attr)}{within}", f"Most skewed words: skew by group ({attr}); filled markers "
-            "are flagged pairs", _top_words_drawer(top_rows, attr, limit), "top_words")
+            f"are pairs {filled}", _top_words_drawer(top_rows, attr, limit), "top_words")
     if figure_set == "all":
         for cat in categories or valid_cats:
             for attr in attributes:

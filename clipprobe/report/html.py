@@ -11,6 +11,12 @@ markup; the word table's data travels as JSON inside
 ``textContent`` only (never ``innerHTML``), so no data value can become markup
 or code.
 
+Flags: every count, filter and filled marker uses the flag against the control
+queries (``flagged_vs_controls``) where that test ran; the hypergeometric flag
+(``flagged``: the top-k is not a random sample of faces) is shown second and
+labelled so. Without control queries the page says that no control test was
+run and uses the hypergeometric flag (:func:`clipprobe.analysis.probe.headline_flag`).
+
 Size and speed: the figures are the "core" set of :mod:`clipprobe.report.figures`
 (per-category plots only with ``category_figures=True``), taken from the PNG
 files already in the report's ``figures/`` folder when they are at least as new
@@ -202,18 +208,24 @@ def _summary_section(report) -> str:
             _td(r.category), _td(r.attribute), _td(str(r.n_words), num=r.n_words),
             _td(_num(r.mean_norm_entropy), num=r.mean_norm_entropy),
             _td(_num(r.mean_max_skew_excess), num=r.mean_max_skew_excess),
-            _td(_percent(r.share_flagged), num=r.share_flagged),
             _td(_percent(r.share_flagged_vs_controls), num=r.share_flagged_vs_controls),
+            _td(_percent(r.share_flagged), num=r.share_flagged),
             _td(top),
         ])
     headers = [("Category", "text"), ("Attribute", "text"), ("Words", "num"), ("Mean norm. entropy", "num"),
-               ("Mean MaxSkew excess", "num"), ("Words flagged", "num"), ("Flagged vs controls", "num"),
-               ("Most over-represented groups", "text")]
+               ("Mean MaxSkew excess", "num"), ("Words flagged vs controls", "num"),
+               ("Not a random sample (hypergeometric)", "num"), ("Most over-represented groups", "text")]
+    from clipprobe.analysis.probe import controls_ran
+
+    shares = ("the share of words with at least one group flagged against the control queries, and, second, with "
+              "a top-k that is not a random sample of faces (hypergeometric test)"
+              if controls_ran(report.groups) else
+              "the share of words with a top-k that is not a random sample of faces (hypergeometric test); no "
+              "control test was run, so the column against the control queries is empty")
     return ('<section id="summary"><h2>Category summary</h2>'
             '<p class="lead">Mean normalized entropy of the top-k over each attribute\'s groups '
             "(1 = as diverse as a uniform spread, 0 = a single group), mean MaxSkew above what shuffled labels "
-            "give, and the share of words with at least one flagged group: against random images "
-            "(hypergeometric) and against the control queries.</p>"
+            f"give, and {shares}.</p>"
             + _table(headers, rows, tid="summary-table") + "</section>")
 
 
@@ -228,8 +240,12 @@ def _figures_section(report, category_figures: bool, source: _FigureSource) -> s
     blocks = [_figure_block(s.caption, source.png(s), wide=s.wide) for s in specs if s.category is None]
     out = ['<section id="figures"><h2>Figures</h2><div class="figgrid">', *blocks, "</div>"]
     if category_figures:
+        from clipprobe.analysis.probe import controls_ran
+
+        which = ("flagged against the control queries" if controls_ran(report.groups)
+                 else "flagged by the hypergeometric test (no control test was run)")
         out.append('<h3>By category</h3><p class="lead">Skew of every group for the words of each category, with '
-                   "95% intervals (Wilson, measured to cover); filled markers are flagged pairs.</p>")
+                   f"95% intervals (Wilson, measured to cover); filled markers are pairs {which}.</p>")
         by_category: dict[str, list[str]] = {}
         for spec in specs:
             if spec.category is not None:
@@ -242,11 +258,17 @@ def _figures_section(report, category_figures: bool, source: _FigureSource) -> s
 
 
 def _flagged_section(report, sheets: dict[str, str], note: str | None) -> str:
+    from clipprobe.analysis.probe import controls_ran, flag_mask
+
     g = report.groups
-    flagged = g[g["flagged"]].sort_values(["skew", "word"], ascending=[False, True])
+    ran = controls_ran(g)
+    vs = flag_mask(g, "flagged_vs_controls")
+    hyper = flag_mask(g, "flagged")
+    shown = g.assign(by_controls=vs)[vs | hyper].sort_values(["by_controls", "skew", "word"], ascending=[False, False, True],
+                                                     kind="stable")
     alpha = report.run.get("alpha", "alpha")
     rows = []
-    for r in flagged.itertuples(index=False):
+    for r in shown.itertuples(index=False):
         word_cell = _td(r.word)
         if r.word in sheets:
             word_cell = f'<td title="{e(r.word)}"><a href="#{sheets[r.word]}">{e(r.word)}</a></td>'
@@ -259,19 +281,29 @@ def _flagged_section(report, sheets: dict[str, str], note: str | None) -> str:
             _td(_num(r.skew), num=r.skew, extra=_skew_style(r.skew)),
             _td(_ci(r.skew_ci_low, r.skew_ci_high)),
             _td(_num(r.skew_vs_neutral), num=r.skew_vs_neutral),
-            _td(f"{float(r.q_over):.2g}" if _num(r.q_over) != "—" else "—", num=r.q_over),
             _td(f"{float(r.q_vs_controls):.2g}" if _num(r.q_vs_controls) != "—" else "—", num=r.q_vs_controls,
-                extra=' style="font-weight:600"' if bool(r.flagged_vs_controls) else ""),
+                extra=' style="font-weight:600"' if r.by_controls else ""),
+            _td(f"{float(r.q_over):.2g}" if _num(r.q_over) != "—" else "—", num=r.q_over),
         ])
     headers = [("Word", "text"), ("Category", "text"), ("Attribute", "text"), ("Group", "text"),
                ("Count", "num"), ("Share", "num"), ("95% interval", "text"), ("Base share", "num"),
-               ("Skew", "num"), ("95% interval", "text"), ("Skew vs neutral", "num"), ("q (BH)", "num"),
-               ("q vs controls", "num")]
-    intro = (f'<p class="lead">{len(flagged)} word-group pairs where the group is over-represented in the '
-             f"top-k beyond chance (hypergeometric test, Benjamini-Hochberg q &lt; {e(alpha)}); "
-             f"{int(flagged['flagged_vs_controls'].sum())} of them also beyond what control queries (nonsense "
-             "and neutral words) retrieve (q vs controls, bold). A count below 5 is marked: its skew moves "
-             "a lot with one face.</p>")
+               ("Skew", "num"), ("95% interval", "text"), ("Skew vs neutral", "num"), ("q vs controls", "num"),
+               ("q hypergeometric", "num")]
+    n_vs, n_hyper, n_only = int(vs.sum()), int(hyper.sum()), int((hyper & ~vs).sum())
+    if ran:
+        intro = (f'<p class="lead"><b>{n_vs} word-group pairs flagged</b>: the group is over-represented in the '
+                 "word's top-k beyond what control queries (nonsense and neutral words) retrieve (q vs controls "
+                 f"&lt; {e(alpha)}, Benjamini-Hochberg; bold, listed first). Second, {n_hyper} pairs whose top-k is "
+                 "not a random sample of faces (hypergeometric test, q &lt; "
+                 f"{e(alpha)}), {n_only} of them only by that test: any query's neighbourhood clusters by "
+                 "appearance, so this alone is not evidence of a stereotype. A count below 5 is marked: its skew "
+                 "moves a lot with one face.</p>")
+    else:
+        intro = ('<p class="lead">No control test was run (no control queries), so no pair is flagged against '
+                 f"them. {n_hyper} word-group pairs have a top-k that is not a random sample of faces "
+                 f"(hypergeometric test, Benjamini-Hochberg q &lt; {e(alpha)}): any query's neighbourhood clusters "
+                 "by appearance, so this alone is not evidence of a stereotype. A count below 5 is marked: its "
+                 "skew moves a lot with one face.</p>")
     parts = ['<section id="flagged"><h2>Flagged word-group pairs</h2>', intro]
     parts.append(_table(headers, rows, tid="flagged-table") if rows else '<p class="empty">No flagged pairs.</p>')
     if note:
@@ -280,22 +312,29 @@ def _flagged_section(report, sheets: dict[str, str], note: str | None) -> str:
     return "".join(parts)
 
 
-def _sheets_section(blocks: list[str], left_out: str | None) -> str:
+def _sheets_section(blocks: list[str], left_out: str | None, controls: bool = True) -> str:
     if not blocks:
         return ""
     more = f'<p class="note">{e(left_out)}</p>' if left_out else ""
+    which = ("flagged against the control queries" if controls
+             else "flagged by the hypergeometric test (no control test was run)")
     return ('<section id="faces"><h2>Top faces of flagged words</h2>'
-            '<p class="lead">The top-ranked faces retrieved for each word with a flagged group, in rank order; '
+            f'<p class="lead">The top-ranked faces retrieved for each word with a group {which}, in rank order; '
             "words with the lowest q-value first.</p>" + more + "".join(blocks) + "</section>")
 
 
 def sheet_order(report) -> list[str]:
-    """Flagged words in the order their contact sheets are shown: lowest q, then highest skew, then word."""
+    """Flagged words (by the headline flag: against the control queries where that test ran, else the
+    hypergeometric test) in the order their contact sheets are shown: lowest q of that test, then highest
+    skew, then word."""
+    from clipprobe.analysis.probe import flag_mask, headline_flag
+
     g = report.groups
-    flagged = g[g["flagged"]]
+    flagged = g[flag_mask(g)]
     if flagged.empty:
         return []
-    per_word = flagged.groupby("word").agg(q=("q_over", "min"), skew=("skew", "max")).reset_index()
+    q = "q_vs_controls" if headline_flag(g) == "flagged_vs_controls" else "q_over"
+    per_word = flagged.groupby("word").agg(q=(q, "min"), skew=("skew", "max")).reset_index()
     per_word = per_word.sort_values(["q", "skew", "word"], ascending=[True, False, True], kind="stable")
     return per_word["word"].tolist()
 
@@ -319,7 +358,9 @@ def _contact_sheets(report, image_loader, label_for, max_sheets: int, faces: int
     loader = image_loader or dataset_loader(report.run)
     if loader is None:
         return _Sheets([], {}, note=NO_IMAGES_NOTE)
-    flagged = report.groups[report.groups["flagged"]]
+    from clipprobe.analysis.probe import flag_mask
+
+    flagged = report.groups[flag_mask(report.groups)]
     first_row = report.words.drop_duplicates("word").set_index("word")
     out = _Sheets([], {})
     failed = 0
@@ -360,6 +401,15 @@ def _round(value, digits: int = PAYLOAD_DIGITS):
     return round(v, digits) if math.isfinite(v) else v
 
 
+def _count(value):
+    """An int, or None for a null count (pandas NA, NaN, None)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return int(v) if math.isfinite(v) else None
+
+
 def _words_payload(report) -> dict:
     """The word table's data. Numbers are rounded to :data:`PAYLOAD_DIGITS` decimals (the table shows
     2-3; the exact values are in words.parquet); a word's prompts, the same for every attribute, are
@@ -378,19 +428,25 @@ def _words_payload(report) -> dict:
             "norm_entropy_mm": _round(r["norm_entropy_mm"]),
             "kl_to_base": _round(r["kl_to_base"]), "ndkl_at_k": _round(r["ndkl_at_k"]),
             "ndkl_full": _round(r["ndkl_full"]), "stability": _round(r["stability"]),
-            "n_flagged": r["n_flagged"], "n_flagged_vs_controls": r["n_flagged_vs_controls"],
+            "n_flagged": _count(r["n_flagged"]), "n_flagged_vs_controls": _count(r["n_flagged_vs_controls"]),
         })
-    return {"words": rows, "prompts": prompts, "attributes": report.attributes, "categories": report.categories}
+    from clipprobe.analysis.probe import controls_ran
+
+    # the "flagged only" filter uses the headline flag: against the control queries where that test ran
+    flag = "n_flagged_vs_controls" if controls_ran(report.groups) else "n_flagged"
+    return {"words": rows, "prompts": prompts, "attributes": report.attributes, "categories": report.categories,
+            "flag": flag}
 
 
-def _words_section() -> str:
+def _words_section(controls: bool = True) -> str:
+    label = "flagged vs controls only" if controls else "flagged only (hypergeometric: no control test)"
     return """<section id="words"><h2>All words</h2>
 <p class="lead">One row per word and attribute. Click a column header to sort; hover a word for its prompts.</p>
 <div class="controls">
  <input id="words-search" type="search" placeholder="Filter words, categories, groups" aria-label="Filter">
  <select id="words-attribute" aria-label="Attribute"><option value="">All attributes</option></select>
  <select id="words-category" aria-label="Category"><option value="">All categories</option></select>
- <label><input id="words-flagged" type="checkbox"> flagged only</label>
+ <label><input id="words-flagged" type="checkbox"> """ + label + """</label>
  <span id="words-count" class="count"></span>
 </div>
 <noscript><p class="note">The word table needs JavaScript.</p></noscript>
@@ -402,7 +458,8 @@ def _words_section() -> str:
  <th data-key="norm_entropy" tabindex="0">Norm. entropy</th><th data-key="norm_entropy_mm" tabindex="0">Corrected</th>
  <th data-key="kl_to_base" tabindex="0">KL</th><th data-key="ndkl_at_k" tabindex="0">NDKL@k</th>
  <th data-key="ndkl_full" tabindex="0">NDKL (all)</th><th data-key="stability" tabindex="0">Stability</th>
- <th data-key="n_flagged" tabindex="0">Flagged</th><th data-key="n_flagged_vs_controls" tabindex="0">vs controls</th>
+ <th data-key="n_flagged_vs_controls" tabindex="0">Flagged vs controls</th>
+ <th data-key="n_flagged" tabindex="0">Not random (hypergeom.)</th>
 </tr></thead><tbody id="words-body"></tbody></table></div>
 </section>"""
 
@@ -443,11 +500,28 @@ def _run_section(report) -> str:
             + e(json.dumps(_clean(run), indent=2, ensure_ascii=False)) + "</pre></details></section>")
 
 
+HOWTO_CONTROLS = (
+    "A pair is <i>flagged</i> when the group is over-represented in the word's top-k beyond what control "
+    "queries (nonsense and neutral words, prompted the same way) retrieve: a beta-binomial fitted to the "
+    "controls' counts, Benjamini-Hochberg adjusted over the whole report. Every count, filter and filled marker "
+    "on this page uses that flag. The hypergeometric test, shown second, asks less: is the top-k a random "
+    "sample of faces? Any query's neighbourhood clusters by appearance, so it flags even nonsense words (on the "
+    "demo world, 20% of their rows).")
+HOWTO_NO_CONTROLS = (
+    "No control test was run (the report was made without control queries), so nothing here is flagged "
+    "against them. The counts, filters and filled markers use the hypergeometric test alone: a pair is flagged "
+    "when the word's top-k is not a random sample of faces for that group (Benjamini-Hochberg adjusted over the "
+    "whole report). Any query's neighbourhood clusters by appearance, so this flags even nonsense words (on the "
+    "demo world, 20% of their rows): it is not evidence of a stereotype by itself.")
+
+
 def _header(report) -> str:
+    from clipprobe.analysis.probe import controls_ran, flag_mask
+
     run = report.run
     ds = run.get("dataset") if isinstance(run.get("dataset"), dict) else {}
-    n_flagged = int(report.groups["flagged"].sum())
-    words_flagged = report.groups.loc[report.groups["flagged"], "word"].nunique()
+    g = report.groups
+    hyper = flag_mask(g, "flagged")
     facts = [
         ("Model", report.model_spec), ("Dataset", ds.get("spec", "—")),
         ("Images", ds.get("n_images", "—")), ("k", run.get("k", "—")),
@@ -457,22 +531,26 @@ def _header(report) -> str:
         ("clipprobe", run.get("clipprobe_version", "—")),
     ]
     dl = "".join(f"<div><dt>{e(k)}</dt><dd>{e(v)}</dd></div>" for k, v in facts)
-    cards = [
-        (report.words["word"].nunique(), "words"), (len(report.categories), "categories"),
-        (len(report.attributes), "attributes"), (n_flagged, "flagged pairs"), (words_flagged, "words flagged"),
-    ]
+    cards = [(report.words["word"].nunique(), "words"), (len(report.categories), "categories"),
+             (len(report.attributes), "attributes")]
+    if controls_ran(g):
+        vs = flag_mask(g, "flagged_vs_controls")
+        cards += [(int(vs.sum()), "pairs flagged vs controls"), (g.loc[vs, "word"].nunique(), "words flagged vs controls"),
+                  (int(hyper.sum()), "pairs not a random sample (hypergeometric)")]
+        howto = HOWTO_CONTROLS
+    else:
+        cards += [("none", "control test (not run)"), (int(hyper.sum()), "pairs flagged, hypergeometric only"),
+                  (g.loc[hyper, "word"].nunique(), "words flagged, hypergeometric only")]
+        howto = HOWTO_NO_CONTROLS
     card_html = "".join(f'<div class="card"><span class="big">{e(v)}</span><span>{e(label)}</span></div>'
                         for v, label in cards)
     return (f'<header><div class="wrap"><p class="kicker">clipprobe bias report</p>'
             f"<h1>{e(report.model_label)}</h1><dl class=\"facts\">{dl}</dl></div></header>"
             f'<div class="wrap"><div class="cards">{card_html}</div>'
-            '<div class="howto"><b>How to read this report.</b> For each word, the top-k faces retrieved by the '
-            "model are compared with the dataset. <i>Skew</i> = ln(share in the top-k / share in the dataset): 0 "
-            "means proportional, +0.69 means twice as frequent, a group absent from the top-k uses share 1/k. "
-            "A pair is <i>flagged</i> when the group is over-represented beyond chance (hypergeometric test, "
-            "Benjamini-Hochberg adjusted over the whole report): the word's neighbourhood is not a random sample "
-            "of faces. <i>vs controls</i> asks more: is the group over-represented beyond what queries with no "
-            "meaning retrieve? A 95% interval is a range that holds the population value (the group's share among "
+            '<div class="howto"><b>How to read this report.</b> ' + howto + " For each word, the top-k faces "
+            "retrieved by the model are compared with the dataset. <i>Skew</i> = ln(share in the top-k / share in "
+            "the dataset): 0 means proportional, +0.69 means twice as frequent, a group absent from the top-k uses "
+            "share 1/k. A 95% interval is a range that holds the population value (the group's share among "
             "the model's top k/N of all faces like these) in 95% of datasets; its coverage was measured by "
             "simulation. MaxSkew is positive even with no bias at all, so it is shown with its <i>excess</i> over "
             "shuffled labels and a permutation p-value. Counts below 5 are marked low.</div>")
@@ -502,6 +580,8 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
                         ("sheets_max_bytes", sheets_max_bytes)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise UsageError(MSG_BAD_LIMIT.format(name=name, value=value))
+    from clipprobe.analysis.probe import controls_ran
+
     out_path = Path(out_path)
     folder = None
     if reuse_figures:
@@ -514,8 +594,8 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
         _summary_section(report),
         _figures_section(report, category_figures, source),
         _flagged_section(report, sheets.anchors, sheets.note),
-        _sheets_section(blocks, sheets.left_out),
-        _words_section(),
+        _sheets_section(blocks, sheets.left_out, controls_ran(report.groups)),
+        _words_section(controls_ran(report.groups)),
         eat,
         _run_section(report),
     ]

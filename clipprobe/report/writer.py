@@ -14,6 +14,19 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
+def flag_counts(groups) -> dict:
+    """What run.json records of the flags: ``n_rows``; ``controls_ran``; ``headline_flag`` (the flag the
+    summary line, the HTML page and the figures lead with: ``flagged_vs_controls`` where the control test
+    ran, else ``flagged``); ``n_flagged_vs_controls`` (None where no control test ran) and ``n_flagged``
+    (the hypergeometric test: the word's top-k is not a random sample of faces)."""
+    from clipprobe.analysis.probe import controls_ran, flag_mask, headline_flag
+
+    ran = controls_ran(groups)
+    return {"n_rows": int(len(groups)), "controls_ran": ran, "headline_flag": headline_flag(groups),
+            "n_flagged_vs_controls": int(flag_mask(groups, "flagged_vs_controls").sum()) if ran else None,
+            "n_flagged": int(flag_mask(groups, "flagged").sum())}
+
+
 def write_report(tables: "ReportTables", out, *, run: dict | None = None, figures: bool = True, html: bool = True,
                  image_loader: Callable | None = None, label_for: Callable[[str], str] | None = None,
                  timer=None, started: float | None = None) -> list[Path]:
@@ -35,9 +48,7 @@ def write_report(tables: "ReportTables", out, *, run: dict | None = None, figure
         run = run_record("report", format_version=FORMAT_VERSION,
                          config={"k": tables.k, "alpha": tables.alpha, "attributes": list(tables.attributes)},
                          k=tables.k, alpha=tables.alpha, attributes=list(tables.attributes))
-    run = {**run, "format_version": FORMAT_VERSION, "n_rows": int(len(tables.groups)),
-           "n_flagged": int(tables.groups["flagged"].sum()),
-           "n_flagged_vs_controls": int(tables.groups["flagged_vs_controls"].sum())}
+    run = {**run, "format_version": FORMAT_VERSION, **flag_counts(tables.groups)}
     written = [out / FILES["groups"], out / FILES["words"], out / FILES["summary"]]
     with timer("write_tables"):
         _io.write_parquet(written[0], tables.groups)

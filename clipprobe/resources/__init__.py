@@ -64,6 +64,12 @@ class Registry(Generic[T]):
         self._added[key] = path
         return key
 
+    def file(self, name_or_path: str | Path | None = None) -> Path:
+        """The file :meth:`get` reads for a name (default :attr:`default`) or a path (not read here)."""
+        text = str(name_or_path) if name_or_path is not None else self.default
+        found = self.path(text)
+        return found if found is not None else Path(text).expanduser()
+
     def is_path(self, text: str) -> bool:
         """Whether ``text`` names a file rather than a registered name."""
         p = Path(text).expanduser()

@@ -27,7 +27,8 @@ once; a link back to a folder above it (a loop) is an error, and so is a walk ov
 ``ieat: TEST/CATEGORY``
     an iEAT image category (Steed and Caliskan 2021), e.g. ``insect-flower/flower``: read from
     ``stimuli_root`` (a folder in the iEAT layout) or fetched once from github.com/ryansteed/ieat at
-    commit 4d7639b into the user cache, every file's size checked against ``ieat-manifest.csv``.
+    commit 4d7639b into the user cache, every file's size and SHA-256 checked against ``ieat-manifest.csv``
+    (a local copy's files too, on every run).
 ``oasis: pleasant`` or ``oasis: unpleasant``
     the 25 OASIS images (Kurdi et al. 2017) with the highest (lowest) ``Valence_mean`` in ``OASIS.csv``
     (ties broken by ``Theme``), read from ``oasis_root``; ``n`` changes 25.
@@ -136,6 +137,13 @@ MSG_IEAT_DOWNLOAD = ("iEAT image {rel} is not cached and could not be downloaded
                      + IEAT_REPO + " at commit 4d7639b (git clone, or its data/experiments folder) and point "
                      "--stimuli-root at the folder holding data/experiments")
 MSG_IEAT_SIZE = "downloaded iEAT image {rel} has {got} bytes, the manifest says {want}; not kept (try again)"
+MSG_IEAT_LOCAL_HASH = ("{where}: iEAT image {path} is not the file of " + IEAT_REPO + " at commit 4d7639b (sha256 "
+                       "{got}, the manifest says {want}); point --stimuli-root at an unmodified copy of the "
+                       "repository at that commit")
+MSG_IEAT_HASH = ("downloaded iEAT image {rel} has sha256 {got}, the manifest says {want}; not kept (the server did "
+                 "not send the file of " + IEAT_REPO + " at commit 4d7639b)")
+MSG_IEAT_NO_HASH = ("iEAT manifest %s gives no sha256 for %d file(s) (e.g. %s): they are checked by their size "
+                    "only")
 MSG_OASIS_ROOT = ("{where}: OASIS images need --oasis-root: download OASIS (Kurdi et al. 2017, osf.io/6pnd7, free "
                   "for research) and point --oasis-root at the folder holding OASIS.csv and the images/ folder")
 MSG_OASIS_CSV = "{where}: {path} does not exist; --oasis-root must hold OASIS.csv (and the images/ folder) of OASIS"
@@ -526,7 +534,7 @@ class Resolver:
         self.offline = offline
         self.ieat_manifest = Path(ieat_manifest) if ieat_manifest is not None else _stimuli_dir() / IEAT_MANIFEST
         self._cache: dict[tuple, Stimuli] = {}
-        self._manifest: dict[str, list[tuple[str, int]]] | None = None
+        self._manifest: dict[str, list[tuple[str, int, str | None]]] | None = None
         self._datasets: dict[tuple, Any] = {}
         self._oasis_data: Any = None
         self.downloaded: list[str] = []
@@ -638,25 +646,30 @@ class Resolver:
                                                      hint=did_you_mean(category, manifest), manifest=self.ieat_manifest))
         files = manifest[category]
         if self.stimuli_root is not None:
+            from clipprobe._io import sha256_file
+
             root = _ieat_local_root(self.stimuli_root)
             paths = []
-            for rel, size in files:
+            for rel, size, sha256 in files:
                 p = root / rel
                 got = p.stat().st_size if p.is_file() else "no"
                 if got != size:
                     raise DataError(MSG_IEAT_LOCAL.format(where=where, path=p, got=got, want=size))
+                if sha256 is not None and (digest := sha256_file(p)) != sha256:
+                    raise DataError(MSG_IEAT_LOCAL_HASH.format(where=where, path=p, got=digest, want=sha256))
                 paths.append(p)
         else:
             root = self._ieat_cache_root()
-            paths = [self._ieat_download(rel, size, root) for rel, size in files]
+            paths = [self._ieat_download(rel, size, sha256, root) for rel, size, sha256 in files]
         return _image_stimuli(paths, spec, f"ieat:{category}", root=root)
 
-    def _ieat_files(self) -> dict[str, list[tuple[str, int]]]:
-        """iEAT category -> [(path in the repository, bytes)], from the manifest."""
+    def _ieat_files(self) -> dict[str, list[tuple[str, int, str | None]]]:
+        """iEAT category -> [(path in the repository, bytes, sha256 or None)], from the manifest."""
         if self._manifest is None:
             import csv
 
-            manifest: dict[str, list[tuple[str, int]]] = {}
+            manifest: dict[str, list[tuple[str, int, str | None]]] = {}
+            unhashed: list[str] = []
             with open(self.ieat_manifest, newline="", encoding="utf-8") as fh:
                 for row in csv.DictReader(fh):
                     rel = row["path"]
@@ -667,7 +680,12 @@ class Resolver:
                     if not size.isdigit():  # no size: the object is missing upstream (one file at 4d7639b)
                         self.broken.append(rel)
                         continue
-                    manifest.setdefault(category, []).append((rel, int(size)))
+                    sha256 = (row.get("sha256") or "").strip().lower() or None
+                    if sha256 is None:
+                        unhashed.append(rel)
+                    manifest.setdefault(category, []).append((rel, int(size), sha256))
+            if unhashed:
+                log.warning(MSG_IEAT_NO_HASH, self.ieat_manifest, len(unhashed), unhashed[0])
             self._manifest = {k: sorted(v) for k, v in manifest.items()}
         return self._manifest
 
@@ -677,12 +695,16 @@ class Resolver:
         base = self.cache_dir if self.cache_dir is not None else default_cache_dir()
         return base / "stimuli" / f"ieat-{IEAT_COMMIT[:7]}"
 
-    def _ieat_download(self, rel: str, size: int, root: Path) -> Path:
-        from clipprobe._io import write_bytes
+    def _ieat_download(self, rel: str, size: int, sha256: str | None, root: Path) -> Path:
+        from clipprobe._io import sha256_file, write_bytes
 
         path = root / rel
         if path.is_file() and path.stat().st_size == size:
-            return path
+            digest = sha256_file(path) if sha256 is not None else None
+            if digest == sha256:
+                return path
+            log.warning("cached iEAT image %s has sha256 %s, the manifest says %s: fetched again", path, digest,
+                        sha256)
         if self.offline:
             raise DataError(MSG_IEAT_DOWNLOAD.format(rel=rel, why="offline mode"))
         url = self.base_url + rel
@@ -693,6 +715,8 @@ class Resolver:
             raise DataError(MSG_IEAT_DOWNLOAD.format(rel=rel, why=why)) from None
         if len(data) != size:
             raise DataError(MSG_IEAT_SIZE.format(rel=rel, got=len(data), want=size))
+        if sha256 is not None and (digest := hashlib.sha256(data).hexdigest()) != sha256:
+            raise DataError(MSG_IEAT_HASH.format(rel=rel, got=digest, want=sha256))
         write_bytes(path, data)
         self.downloaded.append(rel)
         log.info("fetched iEAT image %s (%d bytes)", rel, size)

@@ -61,6 +61,8 @@ class TrainConfig:
     spec: Any = None                    # a WorldSpec; None: the demo world
     keep: str | None = None             # weights.parquet of `clipprobe balance fit` on the world's captions:
                                         # train on the captions its keep flags keep (None: on all of them)
+    train_seed: int | None = None       # seed of the initialisation and batch order (None: seed); the world's
+                                        # images and captions are drawn with seed either way
 
 
 def arch_name(width: float = 1.0) -> str:
@@ -275,7 +277,8 @@ def _train(out_dir: str | Path | None, cfg: TrainConfig, *, evaluate: bool) -> d
 
     torch.set_num_threads(cfg.threads)
     torch.use_deterministic_algorithms(True)
-    torch.manual_seed(cfg.seed)
+    train_seed = cfg.seed if cfg.train_seed is None else cfg.train_seed
+    torch.manual_seed(train_seed)
     t0 = time.perf_counter()
     people = gen.sample_people(cfg.seed, "train", cfg.n_captions)
     images = gen.render_array(people)
@@ -300,7 +303,7 @@ def _train(out_dir: str | Path | None, cfg: TrainConfig, *, evaluate: bool) -> d
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     loss_fn = ClipLoss()
-    gen_order = torch.Generator().manual_seed(cfg.seed)
+    gen_order = torch.Generator().manual_seed(train_seed)
     n = len(texts)
     steps_per_epoch = n // cfg.batch_size
     total = steps_per_epoch * cfg.epochs
@@ -361,7 +364,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m clipprobe.world.train", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(WEIGHTS_DIR), help="folder for weights, config and meta")
     for name, value in asdict(defaults).items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=str if name == "keep" else type(value), default=value)
+        kind = str if name == "keep" else int if name == "train_seed" else type(value)
+        ap.add_argument(f"--{name.replace('_', '-')}", type=kind, default=value)
     ap.add_argument("--no-check", action="store_true", help="skip the check against the world's truth")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")

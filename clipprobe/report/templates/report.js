@@ -51,6 +51,8 @@
   var data = JSON.parse(document.getElementById("clipprobe-data").textContent);
   var rows = data.words;
   var prompts = data.prompts || {};
+  // the "flagged only" filter: against the control queries where that test ran, else the hypergeometric one
+  var flagKey = data.flag === "n_flagged" ? "n_flagged" : "n_flagged_vs_controls";
   // a word may be "constructor" or "__proto__": look up own keys only
   function own(obj, key) { return Object.prototype.hasOwnProperty.call(obj, key); }
   var body = document.getElementById("words-body");
@@ -74,7 +76,7 @@
     var shown = rows.filter(function (r) {
       if (attrSel.value && r.attribute !== attrSel.value) return false;
       if (catSel.value && r.categories.indexOf(catSel.value) < 0) return false;
-      if (flagged.checked && !(r.n_flagged > 0)) return false;
+      if (flagged.checked && !(r[flagKey] > 0)) return false;
       if (text && (r.word + " " + r.category + " " + r.top_group).toLowerCase().indexOf(text) < 0) return false;
       return true;
     });
@@ -96,8 +98,8 @@
       cell(tr, num(r.ndkl_at_k, 3), { num: true });
       cell(tr, num(r.ndkl_full, 3), { num: true });
       cell(tr, num(r.stability, 2), { num: true });
-      cell(tr, String(r.n_flagged === null ? "\u2014" : r.n_flagged), { num: true });
       cell(tr, String(r.n_flagged_vs_controls === null ? "\u2014" : r.n_flagged_vs_controls), { num: true });
+      cell(tr, String(r.n_flagged === null ? "\u2014" : r.n_flagged), { num: true });
       frag.appendChild(tr);
     });
     body.replaceChildren(frag);
