@@ -196,3 +196,17 @@ def test_settings_checked_before_anything_loads(setup, tmp_path):
         with pytest.raises(UsageError):
             run_attributes(_config(setup, tmp_path / "o", **bad))
     assert not (tmp_path / "o" / "run.json").exists() and not (tmp_path / "o" / "shards").exists()
+
+
+def test_caption_groups_with_a_term_of_two_groups(tmp_path):
+    import pyarrow as pa
+
+    from clipprobe.pipeline.attributes import AttributeConfig, _lexicon_matcher, caption_groups
+    from clipprobe.resources.attributes import get_attribute_prompts
+
+    lexicon = tmp_path / "lex.yaml"
+    lexicon.write_text("name: twoway\nattributes:\n  gender:\n    Male: [man, person]\n    Female: [woman, person]\n")
+    _, matcher, owner, _ = _lexicon_matcher(AttributeConfig(embeddings="e", out="o", lexicon=str(lexicon)),
+                                            get_attribute_prompts("gender"))
+    texts = pa.array(["a Woman", "a person", "the man", "a man and a woman", "manager", None, "woman, man's hat"])
+    assert caption_groups(matcher, owner, texts, 2).tolist() == [0, -1, 1, -1, -1, -1, -1]

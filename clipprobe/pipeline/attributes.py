@@ -180,11 +180,13 @@ def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, confi
 
 
 def _lexicon_matcher(config: AttributeConfig, prompts):
-    """(lexicon name, Matcher, term -> group index) for both_<attribute>, or None."""
+    """(lexicon name, Matcher, (terms, groups) bool matrix of which group each term names) for
+    both_<attribute>, or None. A term listed under two groups names both."""
     import numpy as np
 
+    from clipprobe._io import default_cache_dir
     from clipprobe.captions.indicators import attribute_groups
-    from clipprobe.captions.matching import Matcher
+    from clipprobe.captions.matching import Matcher, normalise_term
     from clipprobe.resources.lexicon import get_lexicon
 
     if config.lexicon is None:
@@ -196,34 +198,41 @@ def _lexicon_matcher(config: AttributeConfig, prompts):
                                                    got=sorted(terms), prompts=prompts.name,
                                                    want=sorted(prompts.group_names)))
     index = {g: k for k, g in enumerate(prompts.group_names)}
-    flat, owner = [], []
+    owners: dict[str, set[int]] = {}
     for g, ts in terms.items():
         for t in ts:
-            flat.append(t)
-            owner.append(index[g])
-    matcher = Matcher(flat)
-    return lexicon.name, matcher, np.asarray(owner, np.int64), lexicon
+            owners.setdefault(normalise_term(t), set()).add(index[g])
+    flat = sorted(owners)
+    owner = np.zeros((len(flat), len(index)), bool)
+    for i, t in enumerate(flat):
+        owner[i, sorted(owners[t])] = True
+    matcher = Matcher.cached(flat, default_cache_dir() / "hyperscan")
+    return lexicon.name, matcher, owner, lexicon
 
 
 def caption_groups(matcher, owner, texts, n_groups: int):
-    """``(n,)`` int64: the one group each caption names (-1: none or several), by the matching rule."""
+    """``(n,)`` int64: the one group each caption names (-1: none or several), by the matching rule;
+    ``owner`` is the (terms, groups) bool matrix of the groups each of the matcher's terms names."""
     import numpy as np
 
     from clipprobe.captions.matching import as_string_array
 
     found = matcher.scan(as_string_array(texts))
     n = len(texts)
-    named = np.zeros((n, n_groups), bool)
+    named = np.zeros((n, n_groups), np.int8)
     if len(found.rows):
-        named[np.asarray(found.rows, np.int64), owner[np.asarray(found.terms, np.int64)]] = True
+        np.maximum.at(named, np.asarray(found.rows, np.int64),
+                      owner[np.asarray(found.terms, np.int64)].astype(np.int8))
     count = named.sum(axis=1)
     return np.where(count == 1, named.argmax(axis=1), -1).astype(np.int64)
 
 
-def _settings_key(config: AttributeConfig, encoder_info: dict, prompts, scale: float, lexicon_name,
+def _settings_key(config: AttributeConfig, encoder, prompts, scale: float, lexicon_name,
                   text_column: str, key_column: str | None) -> str:
-    blob = json.dumps({"format": FORMAT_VERSION, "model": encoder_info.get("canonical") or encoder_info.get("spec"),
-                       "path": encoder_info.get("path"), "prompts": prompts.to_dict() | {"source": None},
+    from clipprobe.embeddings.cache import model_cache_key
+
+    blob = json.dumps({"format": FORMAT_VERSION, "model": model_cache_key(encoder),     # the weights' digest too
+                       "prompts": prompts.to_dict() | {"source": None},
                        "scale": scale, "threshold": config.threshold, "lexicon": lexicon_name,
                        "text": text_column, "key": key_column, "nan_rows": config.nan_rows}, sort_keys=True,
                       default=str)
@@ -402,7 +411,7 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
         log.info("attribute classifier on %s: accuracy %.3f (gap between groups %.3f)", dataset.spec,
                  calibration.accuracy, calibration.accuracy_gap)
     info = encoder.info()
-    settings = _settings_key(config, info, prompts, scale, lexicon[0] if lexicon else None, text_column, key_column)
+    settings = _settings_key(config, encoder, prompts, scale, lexicon[0] if lexicon else None, text_column, key_column)
     shard_dir = out / FILES["shards"]
     paths, per_shard = [], []
     n_skipped = 0
