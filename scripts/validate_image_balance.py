@@ -133,7 +133,7 @@ def _write_flags(template: Path, kept: np.ndarray, dest: Path) -> Path:
 
 
 def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int,
-             steps: int, train_both: bool) -> dict:
+             steps: int, train_both: bool, train: bool = True) -> dict:
     import pandas as pd
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -205,7 +205,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     result["training"] = {"epochs": epochs, "steps": epochs * batches, "batch_size": TrainConfig.batch_size}
     for name, flags in kept.items():
         result["data"][name] = data_association(texts, gender, flags)
-        if name == "both" and not train_both:
+        if not train or (name == "both" and not train_both):
             continue
         weights = _write_flags(template, flags, work / "train" / name / "weights.parquet")
         cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads, epochs=epochs)
@@ -236,12 +236,14 @@ MEASURES = {
 
 
 def summarise(results: list[dict]) -> dict:
-    conditions = list(results[0]["models"])
+    conditions = [c for c in results[0]["models"] if all(c in r["models"] for r in results)]
     data_only = [c for c in results[0]["data"] if c not in conditions and c != "all"]
     out = {"seeds": [r["seed"] for r in results], "n_pairs": [r["n_pairs"] for r in results],
            "classifier_accuracy": [r["classifier"]["accuracy"] for r in results],
            "classifier_accuracy_gap": [r["classifier"]["accuracy_gap"] for r in results], "measures": {}}
     for name, fn in MEASURES.items():
+        if not name.startswith("data") and not conditions:
+            continue
         out["measures"][name] = {}
         for c in conditions + (data_only + ["all"] if name.startswith("data") else []):
             values = [float(fn(r, c)) for r in results]
@@ -261,6 +263,8 @@ def main(argv=None) -> int:
                     help="optimizer steps of each training (868: the shipped model's 28 epochs of 8,000 pairs); "
                          "the epochs are raised to reach them, at least 28")
     ap.add_argument("--train-both", action="store_true", help="also retrain on the both_gender M4 set")
+    ap.add_argument("--no-train", dest="train", action="store_false",
+                    help="the data side only: no retraining (minutes instead of an hour per seed)")
     ap.add_argument("--train-threads", type=int, default=1,
                     help="torch threads of each training (1: a loaded machine; the shipped model used 2)")
     args = ap.parse_args(argv)
@@ -269,7 +273,8 @@ def main(argv=None) -> int:
         logging.getLogger(name).setLevel(logging.INFO)
     out = Path(args.out)
     results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads,
-                        train_threads=args.train_threads, steps=args.steps, train_both=args.train_both)
+                        train_threads=args.train_threads, steps=args.steps, train_both=args.train_both,
+                        train=args.train)
                for s in args.seeds]
     summary = summarise(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
