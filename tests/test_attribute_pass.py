@@ -210,3 +210,28 @@ def test_caption_groups_with_a_term_of_two_groups(tmp_path):
                                             get_attribute_prompts("gender"))
     texts = pa.array(["a Woman", "a person", "the man", "a man and a woman", "manager", None, "woman, man's hat"])
     assert caption_groups(matcher, owner, texts, 2).tolist() == [0, -1, 1, -1, -1, -1, -1]
+
+
+def test_attribute_source_checked_before_the_pass(setup, tmp_path):
+    import dataclasses
+
+    from clipprobe.errors import UsageError
+    from clipprobe.pipeline import attributes as pa_
+    from clipprobe.pipeline.balance import BalanceConfig, fit_balance
+
+    source = pa_.AttributeSource("images", _config(setup, ""))
+    base = BalanceConfig(captions=(), out=str(tmp_path / "o"), attribute="gender", attribute_source=source)
+    cases = [
+        (dataclasses.replace(base, attribute_source=pa_.AttributeSource("pixels", _config(setup, ""))),
+         pa_.MSG_SOURCE.format(value="pixels")),
+        (dataclasses.replace(base, attribute_column="g", groups=("a", "b")), pa_.MSG_SOURCE_COLUMN),
+        (dataclasses.replace(base, captions=("c.parquet",)), pa_.MSG_SOURCE_CAPTIONS),
+        (dataclasses.replace(base, attribute="race"),
+         pa_.MSG_SOURCE_ATTRIBUTE.format(attribute="race", prompts="gender", want="gender")),
+        (dataclasses.replace(base, keep=2.0), "keep=2.0 must be in (0, 1]"),
+    ]
+    for config, message in cases:
+        with pytest.raises(UsageError) as err:
+            fit_balance(config)
+        assert message in str(err.value)
+    assert not (tmp_path / "o" / "attributes").exists()
