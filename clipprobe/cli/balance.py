@@ -3,10 +3,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import signal
 
 import click
+
+from clipprobe.cli._imageattr import attributes_cmd, image_source_options
 
 MSG_UNIT_OPTION = "{option} must be in (0, 1], got {value}"
 MSG_TARGET_FORM = "--target must be 'uniform' or GROUP=SHARE,GROUP=SHARE,... got {value!r}"
@@ -57,8 +60,9 @@ def _unit(option: str, value: float) -> float:
 
 def _common(func):
     options = [
-        click.option("--captions", "captions_", multiple=True, required=True,
-                     help="Parquet files: a path, a glob, a folder or an fsspec URL (repeatable)."),
+        click.option("--captions", "captions_", multiple=True,
+                     help="Parquet files: a path, a glob, a folder or an fsspec URL (repeatable). Required unless "
+                          "--attribute-source images|both (then: the metadata of --embeddings)."),
         click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable)."),
         click.option("--attribute", default="gender", show_default=True,
                      help="Attribute of the lexicon whose groups are balanced (or the name of --attribute-column's)."),
@@ -181,13 +185,18 @@ def balance() -> None:
 
 @balance.command("measure")
 @_common
+@image_source_options
 def measure_cmd(fmt, **kwargs):
     """Data RB (per group) and AB (per group x label) with intervals; OUT/bias_groups.parquet, bias_cells.parquet."""
     _one_blas_thread()
+    from clipprobe.cli._imageattr import echo_source, pop_image_source
     from clipprobe.pipeline.balance import measure_bias
 
-    config = _config(kwargs)
-    _echo_result(_run(measure_bias, config), fmt, ("before",))
+    source = pop_image_source(kwargs)
+    config = dataclasses.replace(_config(kwargs), attribute_source=source)
+    result = _run(measure_bias, config)
+    _echo_result(result, fmt, ("before",))
+    echo_source(result.run, fmt)
 
 
 @balance.command("fit")
@@ -210,15 +219,23 @@ def measure_cmd(fmt, **kwargs):
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the keep flags' rank order (another seed keeps another set of captions with the same "
                    "counts per pattern).")
+@image_source_options
 def fit_cmd(fmt, keep, eps_r, eps_a, scale, utility, key, id_column, seed, **kwargs):
     """M4 keep probabilities and keep flags (q x count per pattern, rounded); OUT/weights.parquet, before/after
     RB/AB, residuals."""
     _one_blas_thread()
+    from clipprobe.cli._imageattr import echo_source, pop_image_source
     from clipprobe.pipeline.balance import fit_balance
 
+    source = pop_image_source(kwargs)
     _unit("--keep", keep)
     _unit("--eps-r", eps_r)
     _unit("--eps-a", eps_a)
     config = _config(kwargs, keep=keep, eps_r=eps_r, eps_a=eps_a, scale=scale, utility=utility,
                      key=None if key.lower() == "none" else key, id_column=id_column, seed=seed)
-    _echo_result(_run(fit_balance, config), fmt, ("before", "after", "kept"))
+    result = _run(fit_balance, dataclasses.replace(config, attribute_source=source))
+    _echo_result(result, fmt, ("before", "after", "kept"))
+    echo_source(result.run, fmt)
+
+
+balance.add_command(attributes_cmd)

@@ -70,6 +70,7 @@ class BalanceConfig:
     seed: int = 0
     figure: bool = True
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
+    attribute_source: Any = None    # groups from the images (clipprobe.pipeline.attributes.AttributeSource)
 
     def check(self) -> "BalanceConfig":
         from clipprobe.analysis.balance import MSG_SCALE, MSG_UNIT, SCALES
@@ -220,7 +221,9 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
     from clipprobe.report.balance import bias_frames, patterns_frame, write_balance
 
     from clipprobe._io import check_writable
+    from clipprobe.pipeline.attributes import resolve_attribute_source
 
+    config, source = resolve_attribute_source(config)
     prep = _prepare(config, fit=False)
     out = check_writable(config.out)
     with prep.timer("patterns"):
@@ -229,7 +232,8 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
     with prep.timer("stats"):
         before = data_bias(patterns.table, prep.target, level=config.level)
         groups, cells = bias_frames({"before": before})
-    record = _record("balance measure", config, prep, patterns, before=_bias_summary(before))
+    record = _record("balance measure", config, prep, patterns, before=_bias_summary(before),
+                     attribute_source=source)
     with prep.timer("write"):
         import shutil
 
@@ -253,7 +257,9 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     from clipprobe.report.balance import FILES, bias_frames, patterns_frame, write_balance
 
     from clipprobe._io import check_writable
+    from clipprobe.pipeline.attributes import resolve_attribute_source
 
+    config, source = resolve_attribute_source(config)
     prep = _prepare(config, fit=True)
     out = check_writable(config.out)
     with prep.timer("patterns"):
@@ -302,7 +308,7 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
         "weights": FILES["weights"], "weights_parts": len(weights.chunk_files), "solution_key": key,
     }
     record = _record("balance fit", config, prep, patterns, fit=fit, before=_bias_summary(before),
-                     after=_bias_summary(after), kept=_bias_summary(kept))
+                     after=_bias_summary(after), kept=_bias_summary(kept), attribute_source=source)
     record["rows_scanned_this_run"]["ranks"] = ranked.rows_read
     record["rows_scanned_this_run"]["weights"] = weights.rows_scanned
     record["worker_seconds"]["weights"] = weights.worker_seconds

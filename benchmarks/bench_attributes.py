@@ -1,0 +1,245 @@
+"""The attribute pass at scale: N generated 512-d float16 embeddings in clip-retrieval's layout.
+
+Measured in one process, on the same shards, each rate in rows per second (best of ``--repeat``):
+
+* ``read``: reading the .npy shards from disk (memory-mapped, every block copied into memory): the
+  rate any pass over the shards is bounded by;
+* ``numpy``: a plain numpy loop over the same shards: each block converted to float32, scored against
+  the class vectors with a matrix product, normalised, soft-maxed and arg-maxed;
+* ``kernel``: :func:`clipprobe.analysis.zeroshot.classify` over the memory-mapped shards (the scores
+  kernel, probabilities and hard labels), ``--threads`` threads;
+* ``pass``: the whole attribute pass, :func:`clipprobe.pipeline.attributes.run_attributes` with a tiny
+  random CLIP whose text tower gives 512-d vectors (three classes: two groups and "no person"): the checks,
+  the scores, the metadata's caption and url copied, and one parquet file written per shard.
+
+Printed: the rates and the ratios kernel/read, pass/read (target >= 0.5) and kernel/numpy. With
+``--memory``, the whole pass also runs in a fresh process for each size in ``--memory-rows`` and its peak
+resident memory (``ru_maxrss``) is printed: flat in the number of rows if the pass holds about one block.
+
+    python benchmarks/bench_attributes.py --rows 200000 --threads 1 2 --memory --memory-rows 200000 1000000
+
+The page cache is not dropped (that needs root): "from disk" is from the page cache after the first
+round, for every contender alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+DIM = 512
+SHARD_ROWS = 100_000
+BLOCK = 65_536
+
+
+def make_folder(root: Path, rows: int, shard_rows: int = SHARD_ROWS, seed: int = 0) -> Path:
+    """``rows`` unit-norm float16 embeddings in shards of ``shard_rows``, with caption and url metadata."""
+    import pandas as pd
+
+    from clipprobe._io import write_npy, write_parquet
+
+    rng = np.random.default_rng(seed)
+    n_shards = -(-rows // shard_rows)
+    width = len(str(n_shards - 1))
+    start = 0
+    for i in range(n_shards):
+        n = min(shard_rows, rows - start)
+        x = rng.standard_normal((n, DIM), dtype=np.float32)
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+        tag = str(i).zfill(width)
+        write_npy(root / "img_emb" / f"img_emb_{tag}.npy", x.astype(np.float16))
+        ids = np.arange(start, start + n)
+        write_parquet(root / "metadata" / f"metadata_{tag}.parquet",
+                      pd.DataFrame({"caption": [f"a photo number {i}" for i in ids],
+                                    "url": [f"https://example.invalid/{i}.jpg" for i in ids]}))
+        start += n
+    return root
+
+
+def _classes(seed: int = 1) -> np.ndarray:
+    t = np.random.default_rng(seed).standard_normal((3, DIM))
+    return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _shards(root: Path):
+    return sorted((root / "img_emb").glob("img_emb_*.npy"))
+
+
+def read_rate(root: Path) -> float:
+    t0 = time.perf_counter()
+    n = 0
+    for path in _shards(root):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        for i in range(0, len(arr), BLOCK):
+            block = np.array(arr[i:i + BLOCK])
+            n += len(block)
+    return n / (time.perf_counter() - t0)
+
+
+def numpy_rate(root: Path, t: np.ndarray, scale: float = 100.0) -> tuple[float, np.ndarray]:
+    t0 = time.perf_counter()
+    labels = []
+    for path in _shards(root):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        for i in range(0, len(arr), BLOCK):
+            x = np.asarray(arr[i:i + BLOCK], dtype=np.float32)
+            cos = (x @ t.T) / np.linalg.norm(x, axis=1, keepdims=True)
+            z = scale * (cos - cos.max(axis=1, keepdims=True))
+            p = np.exp(z)
+            p /= p.sum(axis=1, keepdims=True)
+            labels.append(cos.argmax(axis=1))
+    labels = np.concatenate(labels)
+    return len(labels) / (time.perf_counter() - t0), labels
+
+
+def kernel_rate(root: Path, t: np.ndarray, threads: int) -> tuple[float, np.ndarray]:
+    from clipprobe.analysis.zeroshot import classify
+    from clipprobe.embeddings.external import open_embedding_folder
+
+    t0 = time.perf_counter()
+    folder = open_embedding_folder(root, dim=DIM)
+    codes = []
+    for shard in folder.shards:
+        with folder.reader(shard) as rows:
+            for i in range(0, shard.rows, BLOCK):
+                codes.append(classify(rows.array[i:i + BLOCK], t, n_groups=2, scale=100.0, threads=threads).codes)
+                rows.release(i + BLOCK)
+    codes = np.concatenate(codes)
+    return len(codes) / (time.perf_counter() - t0), codes
+
+
+def tiny_model_512(folder: Path) -> tuple[str, str]:
+    from tinyclip import write_tiny_config, write_tiny_weights
+
+    config = write_tiny_config(folder, "TinyCLIP-bench512", embed_dim=DIM)
+    weights = write_tiny_weights(folder, config, seed=0)
+    return f"TinyCLIP-bench512:{weights}", str(config)
+
+
+def pass_once(root: Path, out: Path, model: tuple[str, str], threads: int) -> tuple[float, dict]:
+    import shutil
+
+    from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
+    from clipprobe.pipeline.probe import ProbeConfig
+
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    res = run_attributes(AttributeConfig(embeddings=str(root), out=str(out), workers=threads,
+                                         probe=ProbeConfig(model=model[0], model_config=model[1], device="cpu",
+                                                           cache_dir=str(out.parent / "cache"))))
+    elapsed = time.perf_counter() - t0
+    return res.run["embeddings"]["rows"] / elapsed, res.run["timings_s"]
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _memory_child(rows: int, work: Path, threads: int) -> None:
+    """Run in a fresh process: one pass over ``rows`` rows, after a warm-up pass over a small folder (the
+    imports, the model and the compiled kernels); print the resident memory before the pass and its peak
+    during the pass (Linux: the high-water mark is reset through /proc/self/clear_refs first)."""
+    import logging
+
+    logging.disable(logging.WARNING)
+    model = tiny_model_512(work / "model")
+    root = work / f"emb{rows}"
+    if not root.is_dir():
+        raise SystemExit(f"no folder {root}")
+    warm = work / "emb-warm"
+    if not warm.is_dir():
+        make_folder(warm, 1000)
+    pass_once(warm, work / "out-warm", model, threads)
+    before = _status_mib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")        # reset VmHWM to the current VmRSS
+        reset = True
+    except OSError:
+        reset = False
+    rate, _ = pass_once(root, work / f"out{rows}", model, threads)
+    print(json.dumps({"rows": rows, "rss_before_pass_mib": round(before, 1),
+                      "peak_rss_during_pass_mib": round(_status_mib("VmHWM"), 1) if reset else None,
+                      "peak_rss_process_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                      "rate": round(rate)}))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--memory", action="store_true",
+                    help="peak resident memory of the pass per size, in fresh processes")
+    ap.add_argument("--memory-rows", type=int, nargs="+", default=[200_000, 1_000_000])
+    ap.add_argument("--memory-only", action="store_true", help="skip the rates")
+    ap.add_argument("--work", default=None, help="folder for the generated shards (default: a temporary one)")
+    ap.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench-attributes-"))
+    if args._child is not None:
+        _memory_child(args._child, work, args.threads[0])
+        return 0
+    import logging
+
+    logging.disable(logging.WARNING)
+    root = work / f"emb{args.rows}"
+    if not root.is_dir():
+        make_folder(root, args.rows)
+    if args.memory_only:
+        args.repeat, args.threads = 0, args.threads[:1]
+    t = _classes()
+    model = tiny_model_512(work / "model")
+    best: dict[str, float] = {}
+    mismatched: dict[int, int] = {}
+    timings: dict = {}
+    result: dict = {"rows": args.rows, "dim": DIM, "shards": len(_shards(root)), "load_average": os.getloadavg()}
+    if args.repeat:
+        kernel_rate(root, t, 1)                  # compile (or load) the kernels, warm the page cache
+        pass_once(root, work / "out", model, 1)
+    for _ in range(args.repeat):
+        best["read"] = max(best.get("read", 0.0), read_rate(root))
+        rate, ref = numpy_rate(root, t)
+        best["numpy"] = max(best.get("numpy", 0.0), rate)
+        for th in args.threads:
+            rate, codes = kernel_rate(root, t, th)
+            mismatched[th] = int((np.where(codes == -1, 2, codes) != ref).sum())   # near-ties only
+            best[f"kernel_t{th}"] = max(best.get(f"kernel_t{th}", 0.0), rate)
+            rate, timings = pass_once(root, work / "out", model, th)
+            best[f"pass_t{th}"] = max(best.get(f"pass_t{th}", 0.0), rate)
+    result.update({"rates_rows_per_s": {k: round(v) for k, v in best.items()}, "ratios": {},
+                   "labels_differing_from_numpy": mismatched})
+    for th in (args.threads if args.repeat else []):
+        result["ratios"][f"kernel_t{th}/read"] = round(best[f"kernel_t{th}"] / best["read"], 3)
+        result["ratios"][f"pass_t{th}/read"] = round(best[f"pass_t{th}"] / best["read"], 3)
+        result["ratios"][f"kernel_t{th}/numpy"] = round(best[f"kernel_t{th}"] / best["numpy"], 3)
+        result["ratios"][f"pass_t{th}/numpy"] = round(best[f"pass_t{th}"] / best["numpy"], 3)
+    result["last_pass_timings_s"] = timings
+    if args.memory:
+        result["memory"] = []
+        for rows in args.memory_rows:
+            folder = work / f"emb{rows}"
+            if not folder.is_dir():
+                make_folder(folder, rows)
+            out = subprocess.run([sys.executable, __file__, "--work", str(work), "--threads", str(args.threads[0]),
+                                  "--_child", str(rows)], capture_output=True, text=True, check=True)
+            result["memory"].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

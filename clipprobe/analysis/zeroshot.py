@@ -1,0 +1,292 @@
+"""Zero-shot attribute classification of image embeddings, and how good (and how biased) the classifier is.
+
+Pure functions on arrays; no files, no models. An attribute classifier here is a CLIP model's text tower:
+each class (a group of the attribute, e.g. ``Female`` / ``Male``, and optionally classes that mean "no
+group", e.g. ``no person``) is the normalised mean of its prompts' text embeddings
+(:func:`class_vectors`), and an image embedding ``x`` gets
+
+* ``cos_c = x . t_c / |x|`` (:func:`class_scores`; float16 or float32 rows, any number of them, read
+  block by block: a memory-mapped LAION shard is never loaded whole);
+* soft probabilities ``p = softmax(scale * cos)`` over all classes (:func:`probabilities`; ``scale`` the
+  model's logit scale, 100 for OpenAI's CLIP). ``p_k`` for a group ``k`` is the image's ``E[s_k]`` in
+  the moments of Alabdulmohsin et al. (ICLR 2024); the mass of the "no group" classes is ``1 - sum_k p_k``;
+* a hard label (:func:`hard_labels`): the class with the highest cosine (the lower index on ties). A
+  "no group" class gives :data:`NONE`; a winning group whose probability is below ``threshold`` gives
+  :data:`UNSURE`; a row that is NaN, infinite or zero gives :data:`INVALID`. Only labels ``>= 0`` name a group.
+
+Every number is a pure function of the inputs: the dot products are summed in a fixed order
+(:mod:`clipprobe.analysis._zskernel`), so the same embeddings give the same labels on any CPU and thread
+count, and the probabilities are rounded to float32 from float64.
+
+:func:`classifier_accuracy` measures the classifier on a labelled face dataset: per true group its
+accuracy (Wilson interval, :func:`clipprobe.analysis.balance.wilson_interval`: images are independent
+draws), precision, the share it labels "no group" or unsure, the confusion matrix, and the shares of
+the groups among the images it labels against the true shares. The attribute classifier is itself
+biased; these numbers say how much, and they are stored with every run that uses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from clipprobe.errors import DataError, UsageError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+NONE = -1       # a "no group" class (e.g. "no person") won
+UNSURE = -2     # a group won with a probability below the threshold
+INVALID = -3    # the embedding is NaN, infinite or zero
+STATUS = {NONE: "none", UNSURE: "unsure", INVALID: "invalid"}
+BLOCK_ROWS = 65_536
+
+MSG_SHAPE = "{name}: expected a 2-d (n, dim) array, got shape {shape}"
+MSG_DIM = "{name} has dimension {got}, the class vectors {want}"
+MSG_DTYPE = "{name}: expected float16 or float32 embeddings, got {dtype}"
+MSG_CLASSES = "classes: expected finite (C, dim) class vectors with C >= 2, got {problem}"
+MSG_GROUPS = "n_groups={value!r} must be between 1 and the number of classes ({c})"
+MSG_SCALE = "scale={value!r} must be a positive finite number"
+MSG_THRESHOLD = "threshold={value!r} must be in [0, 1)"
+MSG_LEVEL = "level={value!r} must be strictly between 0 and 1"
+MSG_LENGTHS = "true labels ({n_true}) and predicted labels ({n_pred}) differ in length"
+MSG_NO_GROUP_IMAGES = "no image of the labelled data belongs to the groups {groups} (labels found: {found})"
+MSG_PROMPTS = "class {name!r}: no prompt vectors"
+
+
+@dataclasses.dataclass(frozen=True)
+class Scores:
+    """``cos`` ``(n, C)`` float32 cosine of each row with each class; ``valid`` ``(n,)`` bool (finite, nonzero)."""
+
+    cos: "np.ndarray"
+    valid: "np.ndarray"
+
+
+def class_vectors(prompt_vectors: Sequence["np.ndarray"], names: Sequence[str] | None = None) -> "np.ndarray":
+    """``(C, dim)`` float32 unit class vectors: each class's prompt embeddings (rows, any norm) normalised,
+    averaged and normalised again (CLIP's prompt ensembling)."""
+    import numpy as np
+
+    out = []
+    for i, v in enumerate(prompt_vectors):
+        v = np.asarray(v, np.float64)
+        if v.ndim == 1:
+            v = v[None, :]
+        if v.shape[0] == 0:
+            raise DataError(MSG_PROMPTS.format(name=names[i] if names else i))
+        v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        m = v.mean(axis=0)
+        out.append(m / np.linalg.norm(m))
+    return np.stack(out).astype(np.float32)
+
+
+def _check_classes(classes) -> "np.ndarray":
+    import numpy as np
+
+    t = np.asarray(classes)
+    if t.ndim != 2 or t.shape[0] < 2 or not np.issubdtype(t.dtype, np.floating) or not np.isfinite(t).all():
+        raise UsageError(MSG_CLASSES.format(problem=f"shape {t.shape}, dtype {t.dtype}"))
+    return np.ascontiguousarray(t, np.float32)
+
+
+def _check_rows(x, name: str, dim: int):
+    import numpy as np
+
+    if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+        x = np.asarray(x)
+    if len(x.shape) != 2:
+        raise DataError(MSG_SHAPE.format(name=name, shape=tuple(x.shape)))
+    if x.dtype not in (np.float16, np.float32):
+        raise DataError(MSG_DTYPE.format(name=name, dtype=x.dtype))
+    if x.shape[1] != dim:
+        raise DataError(MSG_DIM.format(name=name, got=x.shape[1], want=dim))
+    return x
+
+
+def class_scores(x, classes, *, threads: int = 1, block_rows: int = BLOCK_ROWS, name: str = "embeddings") -> Scores:
+    """Cosine of each row of ``x`` (``(n, dim)`` float16/float32, e.g. a memory map) with each class vector.
+
+    Read ``block_rows`` rows at a time; ``threads`` threads per block. A row that is NaN, infinite or
+    zero gets ``valid = False`` and cosines NaN.
+    """
+    import numpy as np
+
+    from clipprobe.analysis import _zskernel
+
+    t = _check_classes(classes)
+    x = _check_rows(x, name, t.shape[1])
+    n = int(x.shape[0])
+    dots = np.empty((n, t.shape[0]), np.float32)
+    norms = np.empty(n, np.float32)
+    _zskernel.enable_cache()
+    for start in range(0, n, block_rows):
+        block = np.ascontiguousarray(np.asarray(x[start:start + block_rows]))
+        _zskernel.scores(block, t, dots[start:start + len(block)], norms[start:start + len(block)], threads)
+    norm = np.sqrt(norms)
+    valid = np.isfinite(norm) & (norm > 0) & np.isfinite(dots).all(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = dots / norm[:, None]
+    cos[~valid] = np.nan
+    return Scores(cos, valid)
+
+
+def probabilities(cos, scale: float) -> "np.ndarray":
+    """``(n, C)`` float32 softmax of ``scale * cos`` (NaN rows stay NaN)."""
+    import numpy as np
+
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise UsageError(MSG_SCALE.format(value=scale)) from None
+    if not (np.isfinite(s) and s > 0):
+        raise UsageError(MSG_SCALE.format(value=scale))
+    z = np.asarray(cos, np.float64) * s
+    with np.errstate(invalid="ignore"):
+        z = z - z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        p = e / e.sum(axis=1, keepdims=True)
+    return p.astype(np.float32)
+
+
+def hard_labels(cos, probs, *, n_groups: int, threshold: float = 0.0) -> "np.ndarray":
+    """``(n,)`` int8: the group (``0..n_groups-1``) of the class with the highest cosine, or :data:`NONE`
+    (a class ``>= n_groups`` won), :data:`UNSURE` (its probability ``< threshold``), :data:`INVALID` (NaN row)."""
+    import numpy as np
+
+    cos = np.asarray(cos)
+    c = cos.shape[1]
+    if not isinstance(n_groups, (int, np.integer)) or not 1 <= n_groups <= c:
+        raise UsageError(MSG_GROUPS.format(value=n_groups, c=c))
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise UsageError(MSG_THRESHOLD.format(value=threshold))
+    valid = np.isfinite(cos).all(axis=1)
+    best = np.argmax(np.where(valid[:, None], cos, 0), axis=1)
+    codes = best.astype(np.int8)
+    codes[best >= n_groups] = NONE
+    p_best = np.take_along_axis(np.asarray(probs), best[:, None], axis=1)[:, 0]
+    codes[(codes >= 0) & (p_best < threshold)] = UNSURE
+    codes[~valid] = INVALID
+    return codes
+
+
+@dataclasses.dataclass(frozen=True)
+class Classification:
+    """``probs`` ``(n, C)`` float32, ``codes`` ``(n,)`` int8 (see :func:`hard_labels`), ``cos`` ``(n, C)``."""
+
+    probs: "np.ndarray"
+    codes: "np.ndarray"
+    cos: "np.ndarray"
+
+    def counts(self, groups: Sequence[str]) -> dict[str, int]:
+        """Rows per group and per status (none, unsure, invalid)."""
+        import numpy as np
+
+        out = {g: int(np.count_nonzero(self.codes == k)) for k, g in enumerate(groups)}
+        out.update({name: int(np.count_nonzero(self.codes == code)) for code, name in STATUS.items()})
+        return out
+
+    def soft_shares(self, n_groups: int) -> "np.ndarray":
+        """``(K,)`` the groups' shares from the soft probabilities: ``sum_i p_ik / sum_i sum_k p_ik`` over
+        the valid rows (``E[s_k]`` normalised over the group mass)."""
+        import numpy as np
+
+        p = self.probs[np.isfinite(self.probs).all(axis=1), :n_groups].astype(np.float64)
+        total = p.sum()
+        return p.sum(axis=0) / total if total > 0 else np.full(n_groups, np.nan)
+
+
+def classify(x, classes, *, n_groups: int, scale: float, threshold: float = 0.0, threads: int = 1,
+             name: str = "embeddings") -> Classification:
+    """:func:`class_scores`, :func:`probabilities` and :func:`hard_labels` in one call."""
+    scores = class_scores(x, classes, threads=threads, name=name)
+    probs = probabilities(scores.cos, scale)
+    return Classification(probs, hard_labels(scores.cos, probs, n_groups=n_groups, threshold=threshold), scores.cos)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClassifierAccuracy:
+    """How a zero-shot attribute classifier does on labelled images.
+
+    ``by_group``: one row per true group: ``n``, ``correct``, ``accuracy`` with its Wilson interval
+    (``accuracy_ci_low``/``_high``), ``precision`` (of the images it labels with the group, the share that
+    truly are) with its interval, ``none_rate`` / ``unsure_rate`` / ``invalid_rate`` (its images labelled
+    so), ``true_share`` (of the group's images among the labelled images) and ``predicted_share`` (of the
+    images labelled with the group among those labelled with any group). ``confusion``: true group x
+    predicted (groups, then none, unsure, invalid), counts. ``accuracy``: overall; ``accuracy_gap``:
+    highest minus lowest group accuracy (a point estimate). ``other_labels``: images of the data whose true
+    label is not one of the groups (not counted).
+    """
+
+    by_group: "pd.DataFrame"
+    confusion: "pd.DataFrame"
+    accuracy: float
+    accuracy_gap: float
+    n: int
+    other_labels: int
+
+    def summary(self) -> dict:
+        rows = self.by_group.to_dict(orient="records")
+        return {"accuracy": self.accuracy, "accuracy_gap": self.accuracy_gap, "n": self.n,
+                "other_labels": self.other_labels, "by_group": rows,
+                "confusion": {str(k): {str(c): int(v) for c, v in row.items()}
+                              for k, row in self.confusion.to_dict(orient="index").items()}}
+
+
+def classifier_accuracy(true_labels, codes, *, groups: Sequence[str], level: float = 0.95) -> ClassifierAccuracy:
+    """Accuracy and confusion per group of hard labels ``codes`` (:func:`hard_labels`) against the true
+    group names ``true_labels`` of the same images (see :class:`ClassifierAccuracy`)."""
+    import numpy as np
+    import pandas as pd
+    from scipy.stats import norm
+
+    from clipprobe.analysis.balance import wilson_interval
+
+    if not isinstance(level, (int, float)) or not 0 < level < 1:
+        raise UsageError(MSG_LEVEL.format(value=level))
+    z = float(norm.ppf(0.5 + level / 2))
+    true_labels = np.asarray(true_labels, dtype=object).astype(str)
+    codes = np.asarray(codes).astype(np.int64)
+    if true_labels.shape != codes.shape:
+        raise DataError(MSG_LENGTHS.format(n_true=len(true_labels), n_pred=len(codes)))
+    groups = tuple(str(g) for g in groups)
+    index = {g: k for k, g in enumerate(groups)}
+    true = np.array([index.get(t, -1) for t in true_labels], np.int64)
+    inside = true >= 0
+    if not inside.any():
+        found = sorted(set(true_labels.tolist()))[:10]
+        raise DataError(MSG_NO_GROUP_IMAGES.format(groups=", ".join(map(repr, groups)),
+                                                   found=", ".join(map(repr, found))))
+    t, c = true[inside], codes[inside]
+    k = len(groups)
+    columns = list(groups) + [STATUS[NONE], STATUS[UNSURE], STATUS[INVALID]]
+    col_of = np.where(c >= 0, c, np.select([c == NONE, c == UNSURE], [k, k + 1], k + 2))
+    confusion = np.zeros((k, k + 3), np.int64)
+    np.add.at(confusion, (t, col_of), 1)
+    n_true = confusion.sum(axis=1)
+    correct = np.diag(confusion[:, :k])
+    predicted = confusion[:, :k].sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = correct / n_true
+        prec = correct / predicted
+        acc_lo, acc_hi = wilson_interval(acc, n_true, z)
+        prec_lo, prec_hi = wilson_interval(prec, predicted, z)
+        by_group = pd.DataFrame({
+            "group": list(groups), "n": n_true, "correct": correct, "accuracy": acc,
+            "accuracy_ci_low": acc_lo, "accuracy_ci_high": acc_hi, "n_predicted": predicted, "precision": prec,
+            "precision_ci_low": prec_lo, "precision_ci_high": prec_hi,
+            "none_rate": confusion[:, k] / n_true, "unsure_rate": confusion[:, k + 1] / n_true,
+            "invalid_rate": confusion[:, k + 2] / n_true,
+            "true_share": n_true / n_true.sum(),
+            "predicted_share": predicted / predicted.sum() if predicted.sum() else np.full(k, np.nan),
+        })
+    accs = acc[n_true > 0]
+    return ClassifierAccuracy(
+        by_group=by_group,
+        confusion=pd.DataFrame(confusion, index=pd.Index(list(groups), name="true"), columns=columns),
+        accuracy=float(correct.sum() / n_true.sum()), accuracy_gap=float(accs.max() - accs.min()),
+        n=int(n_true.sum()), other_labels=int((~inside).sum()))

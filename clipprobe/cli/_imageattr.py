@@ -1,0 +1,161 @@
+"""Image-derived attributes on the command line: ``clipprobe balance attributes`` (the attribute pass alone)
+and the options of ``balance measure|fit --attribute-source images|both``."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+
+from clipprobe.cli._options import DATASET_HELP, MODEL_HELP, pop_probe_config, probe_options
+
+MSG_SOURCE_NEEDS = "--attribute-source {source} needs {option}"
+MSG_SOURCE_ONLY = "{option} is for --attribute-source images or both"
+MSG_CAPTIONS_NEEDED = "--captions is required (or --attribute-source images|both with --embeddings)"
+MSG_CAPTIONS_SOURCE = "--captions: with --attribute-source {source} the captions are the metadata of --embeddings"
+MSG_THRESHOLD = "--threshold must be in [0, 1), got {value}"
+
+_EMBEDDINGS_HELP = ("A clip-retrieval embedding folder (LAION's layout: img_emb/img_emb_N.npy beside "
+                    "metadata/metadata_N.parquet), computed with --model.")
+_PROMPTS_HELP = ("Attribute prompt set: a name (shipped: gender) or a YAML file (groups and their prompts, optional "
+                 "'none' classes such as 'no person').")
+_THRESHOLD_HELP = "A group whose probability is lower gives the image no group (0: the best class wins)."
+
+
+def _threshold(value: float) -> float:
+    from clipprobe.errors import UsageError
+
+    if not 0 <= value < 1:
+        raise UsageError(MSG_THRESHOLD.format(value=value))
+    return value
+
+
+def image_source_options(func: Callable) -> Callable:
+    """The options of ``--attribute-source`` for ``balance measure|fit``."""
+    options = [
+        click.option("--attribute-source", type=click.Choice(["captions", "images", "both"]), default="captions",
+                     show_default=True,
+                     help="Where each example's group comes from: the caption's words (lexicon), the image "
+                          "(zero-shot, from --embeddings), or both (the caption's group where it names one)."),
+        click.option("--embeddings", default=None, type=click.Path(file_okay=False), help=_EMBEDDINGS_HELP),
+        click.option("--attribute-prompts", default="gender", show_default=True, help=_PROMPTS_HELP),
+        click.option("--threshold", type=float, default=0.0, show_default=True, help=_THRESHOLD_HELP),
+        click.option("--model", default=None, help=MODEL_HELP + " Its text tower classifies the images."),
+        click.option("--model-config", type=click.Path(dir_okay=False), default=None,
+                     help="JSON config of a custom architecture."),
+        click.option("--dataset", default=None,
+                     help="Labelled face dataset the image classifier's accuracy is measured on (stored with the "
+                          "run). " + DATASET_HELP),
+        click.option("--split", default="validation", show_default=True, help="Split of --dataset."),
+        click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
+                     help="Embedding cache for --dataset (default $CLIPPROBE_CACHE or ~/.cache/clipprobe)."),
+        click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def pop_image_source(kwargs: dict[str, Any]):
+    """Remove the ``--attribute-source`` options from ``kwargs``: an AttributeSource, or None for captions.
+
+    Checks ``--captions`` against the source (the caller's ``--captions`` is optional for that reason)."""
+    from clipprobe.errors import UsageError
+    from clipprobe.pipeline.attributes import AttributeConfig, AttributeSource
+    from clipprobe.pipeline.probe import ProbeConfig
+
+    source = kwargs.pop("attribute_source")
+    values = {k: kwargs.pop(k) for k in ("embeddings", "attribute_prompts", "threshold", "model", "model_config",
+                                         "dataset", "split", "cache_dir", "device")}
+    if source == "captions":
+        for option, key, default in (("--embeddings", "embeddings", None), ("--model", "model", None),
+                                     ("--dataset", "dataset", None), ("--threshold", "threshold", 0.0),
+                                     ("--attribute-prompts", "attribute_prompts", "gender")):
+            if values[key] != default:
+                raise UsageError(MSG_SOURCE_ONLY.format(option=option))
+        if not kwargs.get("captions_"):
+            raise UsageError(MSG_CAPTIONS_NEEDED)
+        return None
+    if kwargs.get("captions_"):
+        raise UsageError(MSG_CAPTIONS_SOURCE.format(source=source))
+    for option, key in (("--embeddings", "embeddings"), ("--model", "model")):
+        if not values[key]:
+            raise UsageError(MSG_SOURCE_NEEDS.format(source=source, option=option))
+    probe = ProbeConfig(model=values["model"], model_config=values["model_config"], dataset=values["dataset"],
+                        split=values["split"], cache_dir=values["cache_dir"], device=values["device"])
+    attributes = AttributeConfig(embeddings=values["embeddings"], out="", probe=probe,
+                                 prompts=values["attribute_prompts"], threshold=_threshold(values["threshold"]))
+    return AttributeSource(source=source, attributes=attributes)
+
+
+@click.command("attributes")
+@click.option("--embeddings", required=True, type=click.Path(file_okay=False), help=_EMBEDDINGS_HELP)
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
+@click.option("--attribute-prompts", default="gender", show_default=True, help=_PROMPTS_HELP)
+@click.option("--threshold", type=float, default=0.0, show_default=True, help=_THRESHOLD_HELP)
+@click.option("--scale", type=float, default=None,
+              help="Softmax temperature of the soft probabilities (default: the model's logit scale).")
+@click.option("--lexicon", default=None,
+              help="Also write both_ATTRIBUTE: the group the caption names (by this lexicon) where it names one.")
+@click.option("--text-column", default=None, help="Metadata column of the captions (default caption, TEXT or text).")
+@click.option("--key-column", default=None, help="Metadata column copied as the key (default url or URL).")
+@click.option("--nan-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
+              help="Embedding rows that are NaN, infinite or zero: stop naming the shard, or count them and "
+                   "give them no group.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads of the scores (default: all cores).")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@probe_options
+def attributes_cmd(embeddings, out, attribute_prompts, threshold, scale, lexicon, text_column, key_column, nan_rows,
+                   threads, fmt, **kwargs):
+    """Each image's group from its embedding (zero-shot, the model's text tower), per shard beside its caption;
+    the classifier's accuracy per group on --dataset. Feed OUT/shards to `balance measure|fit
+    --attribute-column image_ATTRIBUTE`."""
+    import json
+
+    from clipprobe.errors import printable
+    from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
+
+    if scale is not None and not scale > 0:
+        from clipprobe.errors import UsageError
+
+        raise UsageError(f"--scale must be positive, got {scale}")
+    config = AttributeConfig(embeddings=embeddings, out=out, probe=pop_probe_config(kwargs), prompts=attribute_prompts,
+                             threshold=_threshold(threshold), scale=scale, lexicon=lexicon, text_column=text_column,
+                             key_column=key_column, nan_rows=nan_rows, workers=threads)
+    result = run_attributes(config)
+    run = result.run
+    if fmt == "json":
+        click.echo(json.dumps({k: v for k, v in run.items() if k not in ("versions", "shards")}, indent=2, default=str))
+        return
+    summary = run["summary"]
+    click.echo(f"{summary['rows']:,} images in {len(result.shards)} shard(s); attribute {run['attribute']!r}: "
+               + ", ".join(f"{printable(g)} {summary['counts'][g]:,}" for g in result.groups)
+               + f", none {summary['counts']['none']:,}, unsure {summary['counts']['unsure']:,}, "
+                 f"invalid {summary['counts']['invalid']:,}")
+    cal = run["calibration"]
+    if cal is None:
+        click.echo("classifier accuracy: not measured (give --dataset)")
+    else:
+        click.echo(f"classifier accuracy on {printable(run['dataset']['spec'])}: {cal['accuracy']:.3f} "
+                   f"(gap between groups {cal['accuracy_gap']:.3f})")
+        for row in cal["by_group"]:
+            click.echo(f"  {printable(row['group'])}: accuracy {row['accuracy']:.3f} [{row['accuracy_ci_low']:.3f}, "
+                       f"{row['accuracy_ci_high']:.3f}], precision {row['precision']:.3f}, none {row['none_rate']:.3f}")
+    click.echo(f"wrote {printable(result.out)}/: run.json, shards/ (column {result.column})")
+
+
+def echo_source(run: dict, fmt: str) -> None:
+    """The image classifier's accuracy, after a balance run whose groups came from the images."""
+    from clipprobe.errors import printable
+
+    source = run.get("attribute_source")
+    if not source or fmt == "json":
+        return
+    cal = source.get("calibration")
+    head = f"groups from the {source['source']} (column {source['column']}, {printable(source['folder'])})"
+    if cal is None:
+        click.echo(f"{head}; the image classifier's accuracy was not measured (give --dataset)")
+        return
+    click.echo(f"{head}; image classifier accuracy {cal['accuracy']:.3f} (gap between groups "
+               f"{cal['accuracy_gap']:.3f}): " + ", ".join(f"{printable(r['group'])} {r['accuracy']:.3f}"
+                                                          for r in cal["by_group"]))

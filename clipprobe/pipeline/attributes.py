@@ -1,0 +1,533 @@
+"""The attribute pass: each image's group from its embedding, written beside its caption.
+
+:func:`run_attributes` reads a clip-retrieval embedding folder (LAION's layout,
+:mod:`clipprobe.embeddings.external`), classifies every image embedding zero-shot with the model's text
+tower and a prompt set (:mod:`clipprobe.resources.attributes`, :mod:`clipprobe.analysis.zeroshot`), and
+writes, per shard, one parquet file row-aligned with the shard's metadata::
+
+    OUT/shards/attributes_<N>.parquet    the caption column and the key column (url) copied from the
+                                         metadata; image_<attribute> (the group, null when the image gets
+                                         none: "no person", unsure or an invalid row); p_<class> (float32
+                                         soft probability of each class); with a lexicon also
+                                         both_<attribute> (the group the caption names when it names
+                                         exactly one, else the image's)
+    OUT/calibration_groups.parquet       the classifier on a labelled face dataset: accuracy, precision,
+    OUT/calibration_confusion.parquet    rates of none/unsure per true group, confusion matrix
+    OUT/run.json                         settings, prompts, logit scale, calibration, per-shard counts
+
+``clipprobe balance measure|fit --attribute-column image_<attribute>`` reads the shard files as captions
+(``--attribute-source images`` runs this pass first and does exactly that).
+
+Before any image row is read: the folder's structure (:func:`~clipprobe.embeddings.external.open_embedding_folder`:
+shards paired with their metadata, no gap, dtype, row counts), the model's dimension against every shard,
+the metadata's columns, and the classifier's accuracy on the labelled dataset (``probe.dataset``; a run
+without one says so in ``run.json``). A shard with NaN, infinite or zero rows stops the run with one line
+naming the shard (``nan_rows="error"``, before that shard is written) or is counted and its rows get no
+group (``"skip"``). A shard's file is written atomically and records the settings it was made with; a
+rerun skips the shards already done with the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from clipprobe.errors import DataError, UsageError
+from clipprobe.pipeline.probe import ProbeConfig
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+NAN_ROWS = ("error", "skip")
+TEXT_COLUMNS = ("caption", "TEXT", "text")
+KEY_COLUMNS = ("url", "URL")
+DEFAULT_SCALE = 100.0          # CLIP's logit scale, for a model that does not have one
+BLOCK_ROWS = 65_536
+FILES = {"run": "run.json", "groups": "calibration_groups.parquet", "confusion": "calibration_confusion.parquet",
+         "shards": "shards"}
+META_KEY = b"clipprobe_attributes"
+
+MSG_NAN_ROWS = "nan_rows={value!r} is not one of " + ", ".join(map(repr, NAN_ROWS))
+MSG_THRESHOLD = "threshold={value!r} must be in [0, 1)"
+MSG_SCALE = "scale={value!r} must be a positive number"
+MSG_WORKERS = "workers={value!r} must be 1 or more"
+MSG_INVALID_ROWS = ("embeddings {root}: shard {path} has {n} row(s) that are NaN, infinite or zero (first: row {row}); "
+                    "fix the shard or rerun with nan_rows='skip' to leave them without a group")
+MSG_DATASET_GROUP = ("dataset {dataset}: attribute {attribute!r} has no images of group {group!r} of prompt set "
+                     "{prompts!r} (groups found: {found}); the classifier's accuracy cannot be measured")
+MSG_LEXICON_GROUPS = ("lexicon {lexicon!r}: attribute {attribute!r} has groups {got}, the prompt set {prompts!r} "
+                      "{want}: give a lexicon whose groups are the prompt set's")
+MSG_COLUMN_CLASH = "prompt set {prompts!r}: column {column!r} would be written twice (rename a class)"
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributeConfig:
+    """Settings of the attribute pass (see the module docstring).
+
+    ``probe``: the model (its text tower classifies; its dimension must be the embeddings') and the
+    labelled face dataset the classifier is measured on (``probe.dataset``; None: not measured).
+    ``prompts``: an attribute prompt set (name or path). ``threshold``: a group whose probability is lower
+    gives no group (0: the best class always wins). ``scale``: the softmax temperature (None: the model's
+    logit scale). ``lexicon``: also write ``both_<attribute>``. ``text_column`` / ``key_column``: metadata
+    columns copied into the output (None: the first of caption/TEXT/text, url/URL present). ``workers``:
+    threads of the scores pass (None: all cores).
+    """
+
+    embeddings: str
+    out: str
+    probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
+    prompts: str = "gender"
+    threshold: float = 0.0
+    scale: float | None = None
+    lexicon: str | None = None
+    text_column: str | None = None
+    key_column: str | None = None
+    nan_rows: str = "error"
+    workers: int | None = None
+    level: float = 0.95
+
+    def check(self) -> "AttributeConfig":
+        if self.nan_rows not in NAN_ROWS:
+            raise UsageError(MSG_NAN_ROWS.format(value=self.nan_rows))
+        if not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold < 1:
+            raise UsageError(MSG_THRESHOLD.format(value=self.threshold))
+        if self.scale is not None and (not isinstance(self.scale, (int, float)) or not self.scale > 0):
+            raise UsageError(MSG_SCALE.format(value=self.scale))
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise UsageError(MSG_WORKERS.format(value=self.workers))
+        if not 0 < self.level < 1:
+            raise UsageError(f"level={self.level!r} must be strictly between 0 and 1")
+        self.probe.check()
+        return self
+
+    def threads(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributeResult:
+    """What the pass wrote: ``shards`` (the per-shard files, in partition order), the attribute column's
+    name, the groups, the caption and key columns, the calibration (or None) and the run record."""
+
+    out: Path
+    shards: tuple[Path, ...]
+    column: str
+    both_column: str | None
+    groups: tuple[str, ...]
+    text_column: str
+    key_column: str | None
+    calibration: Any
+    run: dict
+
+
+def attribute_column(attribute: str) -> str:
+    """The column holding each image's group."""
+    return f"image_{attribute}"
+
+
+def both_column(attribute: str) -> str:
+    """The column holding the caption's group where it names one, else the image's."""
+    return f"both_{attribute}"
+
+
+def probability_column(name: str) -> str:
+    return f"p_{name}"
+
+
+def _logit_scale(encoder) -> float:
+    scale = getattr(getattr(encoder, "model", None), "logit_scale", None)
+    if scale is None:
+        return DEFAULT_SCALE
+    try:
+        return float(scale.detach().float().exp().item())
+    except AttributeError:
+        return DEFAULT_SCALE
+
+
+def _class_vectors(encoder, prompts, cache_dir):
+    from clipprobe.analysis.zeroshot import class_vectors
+    from clipprobe.embeddings.cache import embed_texts
+
+    texts = sorted({p for _, ps in prompts.classes for p in ps})
+    vectors = embed_texts(encoder, texts, cache_dir=cache_dir)
+    row = {t: i for i, t in enumerate(texts)}
+    names = [name for name, _ in prompts.classes]
+    return class_vectors([vectors[[row[p] for p in ps]] for _, ps in prompts.classes], names)
+
+
+def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, config: AttributeConfig):
+    """The classifier's accuracy on a labelled face dataset's images (checked: each group has images)."""
+    from clipprobe.analysis.zeroshot import classifier_accuracy, classify
+    from clipprobe.errors import one_of
+
+    if prompts.attribute not in labels.columns:
+        raise one_of(prompts.attribute, list(labels.columns), f"attribute of dataset {spec!r}")
+    truth = labels[prompts.attribute].astype(str).to_numpy()
+    present = sorted(set(truth.tolist()))
+    for group in prompts.group_names:
+        if group not in present:
+            raise DataError(MSG_DATASET_GROUP.format(dataset=spec, attribute=prompts.attribute, group=group,
+                                                     prompts=prompts.name, found=", ".join(map(repr, present[:20]))))
+    result = classify(vectors, classes, n_groups=len(prompts.groups), scale=scale, threshold=config.threshold,
+                      threads=config.threads(), name=f"dataset {spec}")
+    return classifier_accuracy(truth, result.codes, groups=prompts.group_names, level=config.level)
+
+
+def _lexicon_matcher(config: AttributeConfig, prompts):
+    """(lexicon name, Matcher, (terms, groups) bool matrix of which group each term names) for
+    both_<attribute>, or None. A term listed under two groups names both."""
+    import numpy as np
+
+    from clipprobe._io import default_cache_dir
+    from clipprobe.captions.indicators import attribute_groups
+    from clipprobe.captions.matching import Matcher, normalise_term
+    from clipprobe.resources.lexicon import get_lexicon
+
+    if config.lexicon is None:
+        return None
+    lexicon = get_lexicon(config.lexicon)
+    terms = attribute_groups(lexicon, prompts.attribute)
+    if tuple(sorted(terms)) != tuple(sorted(prompts.group_names)):
+        raise UsageError(MSG_LEXICON_GROUPS.format(lexicon=lexicon.name, attribute=prompts.attribute,
+                                                   got=sorted(terms), prompts=prompts.name,
+                                                   want=sorted(prompts.group_names)))
+    index = {g: k for k, g in enumerate(prompts.group_names)}
+    owners: dict[str, set[int]] = {}
+    for g, ts in terms.items():
+        for t in ts:
+            owners.setdefault(normalise_term(t), set()).add(index[g])
+    flat = sorted(owners)
+    owner = np.zeros((len(flat), len(index)), bool)
+    for i, t in enumerate(flat):
+        owner[i, sorted(owners[t])] = True
+    matcher = Matcher.cached(flat, default_cache_dir() / "hyperscan")
+    return lexicon.name, matcher, owner, lexicon
+
+
+def caption_groups(matcher, owner, texts, n_groups: int):
+    """``(n,)`` int64: the one group each caption names (-1: none or several), by the matching rule;
+    ``owner`` is the (terms, groups) bool matrix of the groups each of the matcher's terms names."""
+    import numpy as np
+
+    from clipprobe.captions.matching import as_string_array
+
+    found = matcher.scan(as_string_array(texts))
+    n = len(texts)
+    named = np.zeros((n, n_groups), np.int8)
+    if len(found.rows):
+        np.maximum.at(named, np.asarray(found.rows, np.int64),
+                      owner[np.asarray(found.terms, np.int64)].astype(np.int8))
+    count = named.sum(axis=1)
+    return np.where(count == 1, named.argmax(axis=1), -1).astype(np.int64)
+
+
+def _settings_key(config: AttributeConfig, encoder, prompts, scale: float, lexicon_name,
+                  text_column: str, key_column: str | None) -> str:
+    from clipprobe.embeddings.cache import model_cache_key
+
+    blob = json.dumps({"format": FORMAT_VERSION, "model": model_cache_key(encoder),     # the weights' digest too
+                       "prompts": prompts.to_dict() | {"source": None},
+                       "scale": scale, "threshold": config.threshold, "lexicon": lexicon_name,
+                       "text": text_column, "key": key_column, "nan_rows": config.nan_rows}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:20]
+
+
+def _shard_key(settings: str, shard) -> str:
+    stats = [(p.stat().st_size, p.stat().st_mtime_ns) for p in (shard.embeddings, shard.metadata)]
+    return f"{settings}:{shard.number}:{stats}"
+
+
+def _done(path: Path, key: str) -> dict | None:
+    """The counts stored in a finished shard file made with ``key``, else None."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        meta = pq.ParquetFile(path).metadata.metadata or {}
+        stored = json.loads(meta.get(META_KEY, b"{}"))
+    except (OSError, ValueError):
+        return None
+    return stored.get("counts") if stored.get("key") == key else None
+
+
+def _schema(text_column: str, key_column: str | None, text_type, key_type, column: str, both: str | None,
+            prob_columns: list[str]):
+    import pyarrow as pa
+
+    fields = [pa.field(text_column, text_type)]
+    if key_column is not None:
+        fields.append(pa.field(key_column, key_type))
+    fields.append(pa.field(column, pa.string()))
+    if both is not None:
+        fields.append(pa.field(both, pa.string()))
+    fields += [pa.field(c, pa.float32()) for c in prob_columns]
+    return pa.schema(fields)
+
+
+def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: float, config: AttributeConfig,
+               text_column: str, key_column: str | None, lexicon) -> dict:
+    """Classify one shard block by block and write its attribute file atomically; return its counts."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from clipprobe._io import atomic_path
+    from clipprobe.analysis.zeroshot import INVALID, STATUS, classify
+
+    groups = prompts.group_names
+    k = len(groups)
+    names = [name for name, _ in prompts.classes]
+    column = attribute_column(prompts.attribute)
+    both = both_column(prompts.attribute) if lexicon is not None else None
+    prob_columns = [probability_column(n) for n in names]
+    pf = pq.ParquetFile(shard.metadata)
+    wanted = [text_column] + ([key_column] if key_column is not None else [])
+    arrow = pf.schema_arrow
+    schema = _schema(text_column, key_column, arrow.field(text_column).type,
+                     arrow.field(key_column).type if key_column is not None else None, column, both, prob_columns)
+    counts = {g: 0 for g in groups} | {name: 0 for name in STATUS.values()}
+    soft = np.zeros(k, np.float64)
+    both_counts = {"from_caption": 0, "from_image": 0, "none": 0}
+    first_invalid = None
+    seconds = {"scores": 0.0, "metadata": 0.0, "write": 0.0}
+    group_names = np.array(list(groups) + [None], dtype=object)
+    with atomic_path(dest, suffix=".parquet") as tmp, folder.reader(shard) as rows:
+        # dictionary pages and statistics only where they pay: the group columns, the probabilities
+        writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in (column, both) if c is not None],
+                                  write_statistics=prob_columns)
+        try:
+            start = 0
+            for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=wanted, use_threads=False):
+                t0 = time.perf_counter()
+                n = batch.num_rows
+                result = classify(rows.array[start:start + n], classes, n_groups=k, scale=scale,
+                                  threshold=config.threshold, threads=config.threads(),
+                                  name=f"embeddings {folder.root}: shard {shard.name}")
+                t1 = time.perf_counter()
+                codes = result.codes.astype(np.int64)
+                bad = np.flatnonzero(codes == INVALID)
+                if bad.size and first_invalid is None:
+                    first_invalid = start + int(bad[0])
+                for g, c in result.counts(groups).items():
+                    counts[g] += c
+                valid = np.isfinite(result.probs).all(axis=1)
+                soft += result.probs[valid, :k].astype(np.float64).sum(axis=0)
+                image_group = group_names[np.where(codes >= 0, codes, k)]
+                arrays = [batch.column(0)] + ([batch.column(1)] if key_column is not None else [])
+                arrays.append(pa.array(image_group, pa.string()))
+                if lexicon is not None:
+                    _, matcher, owner, _ = lexicon
+                    named = caption_groups(matcher, owner, batch.column(0), k)
+                    chosen = np.where(named >= 0, named, codes)
+                    both_counts["from_caption"] += int((named >= 0).sum())
+                    both_counts["from_image"] += int(((named < 0) & (codes >= 0)).sum())
+                    both_counts["none"] += int(((named < 0) & (codes < 0)).sum())
+                    arrays.append(pa.array(group_names[np.where(chosen >= 0, chosen, k)], pa.string()))
+                arrays += [pa.array(result.probs[:, j]) for j in range(len(names))]
+                t2 = time.perf_counter()
+                writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
+                seconds["scores"] += t1 - t0
+                seconds["metadata"] += t2 - t1
+                seconds["write"] += time.perf_counter() - t2
+                start += n
+                rows.release(start)
+            if counts["invalid"] and config.nan_rows == "error":
+                raise DataError(MSG_INVALID_ROWS.format(root=folder.root, path=shard.name, n=counts["invalid"],
+                                                        row=first_invalid))
+            done = {"rows": shard.rows, "counts": counts, "soft_sum": [float(v) for v in soft],
+                    "first_invalid_row": first_invalid, "seconds": {k_: round(v, 4) for k_, v in seconds.items()}}
+            if lexicon is not None:
+                done["both"] = both_counts
+            writer.add_key_value_metadata({META_KEY: json.dumps({"key": key, "counts": done}).encode()})
+        finally:
+            writer.close()
+    return done
+
+
+def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> AttributeResult:
+    """Run the attribute pass (see the module docstring)."""
+    import numpy as np
+
+    from clipprobe._io import check_writable, write_json, write_parquet
+    from clipprobe.embeddings.cache import embed_dataset
+    from clipprobe.embeddings.external import MSG_DIM_MODEL, open_embedding_folder
+    from clipprobe.faces import load_dataset
+    from clipprobe.models import load_model
+    from clipprobe.resources.attributes import get_attribute_prompts
+    from clipprobe.runinfo import StageTimer, run_record
+
+    config = config.check()
+    started = time.time()
+    timer = StageTimer()
+    with timer("check"):
+        prompts = get_attribute_prompts(config.prompts)
+        folder = open_embedding_folder(config.embeddings)
+        text_column = folder.find_column(TEXT_COLUMNS, "the captions", given=config.text_column)
+        key_column = (folder.find_column(KEY_COLUMNS, "the key", given=config.key_column)
+                      if config.key_column is not None or any(c in folder.columns for c in KEY_COLUMNS) else None)
+        column = attribute_column(prompts.attribute)
+        names = [name for name, _ in prompts.classes]
+        written = [text_column, key_column, column, both_column(prompts.attribute)] + \
+            [probability_column(n) for n in names]
+        for i, c in enumerate(written):
+            if c is not None and c in written[:i]:
+                raise DataError(MSG_COLUMN_CLASH.format(prompts=prompts.name, column=c))
+        lexicon = _lexicon_matcher(config, prompts)
+    pc = config.probe
+    dataset = None
+    if pc.dataset:          # the label file first: a wrong dataset fails before the model loads
+        with timer("load_dataset"):
+            dataset = load_dataset(pc.dataset, split=pc.split, image_root=pc.image_root, offline=pc.offline or None,
+                                   hf_config=pc.hf_config)
+    else:
+        log.warning("no labelled dataset: the attribute classifier's accuracy is not measured")
+    out = check_writable(config.out)
+    with timer("load_model"):
+        encoder = load_model(pc.model, device=pc.device, model_config=pc.model_config, offline=pc.offline or None,
+                             preprocess=pc.preprocess, precision=pc.precision, quick_gelu=pc.quick_gelu)
+    if encoder.embed_dim != folder.dim:
+        raise DataError(MSG_DIM_MODEL.format(root=folder.root, path=folder.shards[0].name, dim=folder.dim,
+                                             want=encoder.embed_dim))
+    scale = float(config.scale) if config.scale is not None else _logit_scale(encoder)
+    with timer("classes"):
+        classes = _class_vectors(encoder, prompts, pc.cache_dir)
+    calibration = dataset_info = None
+    if dataset is not None:
+        with timer("embed_dataset"):
+            emb = embed_dataset(encoder, dataset, cache_dir=pc.cache_dir, batch_size=pc.batch_size,
+                                num_workers=pc.num_workers, progress=progress)
+        with timer("calibration"):
+            calibration = _calibrate(emb.labels, emb.vectors, dataset.spec, prompts, classes, scale, config)
+        dataset_info = {"spec": dataset.spec, "kind": dataset.kind, "split": dataset.split,
+                        "fingerprint": dataset.fingerprint, "n_images": len(emb.files), "skipped": len(emb.skipped)}
+        log.info("attribute classifier on %s: accuracy %.3f (gap between groups %.3f)", dataset.spec,
+                 calibration.accuracy, calibration.accuracy_gap)
+    info = encoder.info()
+    settings = _settings_key(config, encoder, prompts, scale, lexicon[0] if lexicon else None, text_column, key_column)
+    shard_dir = out / FILES["shards"]
+    paths, per_shard = [], []
+    n_skipped = 0
+    with timer("pass"):
+        for shard in folder.shards:
+            dest = shard_dir / ("attributes_" + shard.metadata.name[len("metadata_"):])
+            key = _shard_key(settings, shard)
+            done = _done(dest, key)
+            if done is None:
+                done = _one_shard(folder, shard, dest, key, classes, prompts, scale, config, text_column, key_column,
+                                  lexicon)
+            else:
+                n_skipped += 1
+            paths.append(dest)
+            per_shard.append({"shard": shard.name, "file": dest.name, **done})
+    groups = prompts.group_names
+    totals = {name: sum(s["counts"][name] for s in per_shard) for name in per_shard[0]["counts"]}
+    labelled = sum(totals[g] for g in groups)
+    soft = np.sum([s["soft_sum"] for s in per_shard], axis=0)
+    summary = {
+        "rows": folder.rows, "counts": totals,
+        "hard_shares": {g: (totals[g] / labelled if labelled else None) for g in groups},
+        "soft_shares": {g: (float(soft[k] / soft.sum()) if soft.sum() > 0 else None) for k, g in enumerate(groups)},
+        "shards_done_before": n_skipped,
+    }
+    if lexicon is not None:
+        summary["both"] = {k_: sum(s["both"][k_] for s in per_shard) for k_ in ("from_caption", "from_image", "none")}
+    record = run_record(
+        "balance attributes", format_version=FORMAT_VERSION, config=_config_dict(config), model=info,
+        dataset=dataset_info, timings=timer.seconds, started=started,
+        embeddings=folder.summary(), prompts=prompts.to_dict(), scale=scale, threshold=config.threshold,
+        attribute=prompts.attribute, groups=list(groups), column=column,
+        both_column=both_column(prompts.attribute) if lexicon else None, lexicon=lexicon[0] if lexicon else None,
+        text_column=text_column, key_column=key_column,
+        calibration=calibration.summary() if calibration is not None else None,
+        calibration_note=None if calibration is not None else "not measured: no labelled dataset was given",
+        summary=summary, shards=per_shard)
+    if calibration is not None:
+        write_parquet(out / FILES["groups"], calibration.by_group)
+        write_parquet(out / FILES["confusion"], calibration.confusion.reset_index())
+    write_json(out / FILES["run"], record)
+    return AttributeResult(out=out, shards=tuple(paths), column=column,
+                           both_column=both_column(prompts.attribute) if lexicon else None, groups=groups,
+                           text_column=text_column, key_column=key_column, calibration=calibration, run=record)
+
+
+def _config_dict(config: AttributeConfig) -> dict:
+    from clipprobe.config import to_dict
+
+    data = to_dict(dataclasses.replace(config, probe=ProbeConfig()))
+    data["probe"] = to_dict(config.probe)
+    return data
+
+
+# ----------------------------------------------------------------------------------------------
+# balance measure|fit --attribute-source images|both
+
+SOURCES = ("captions", "images", "both")
+MSG_SOURCE = "attribute_source: source={value!r} is not one of " + ", ".join(map(repr, SOURCES[1:]))
+MSG_SOURCE_COLUMN = "attribute_source and attribute_column are two ways to give the groups: give one"
+MSG_SOURCE_ATTRIBUTE = ("attribute {attribute!r} is not the attribute of prompt set {prompts!r} ({want!r}): "
+                        "balance the prompt set's attribute or give another prompt set")
+MSG_SOURCE_CAPTIONS = ("captions come from the metadata of the embedding folder with attribute_source; "
+                       "do not give captions as well")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttributeSource:
+    """Groups from the images for ``balance measure|fit``: ``source`` ``"images"`` (the image's group) or
+    ``"both"`` (the group the caption names where it names exactly one, else the image's), from the
+    attribute pass with ``attributes`` (its ``out`` is replaced by the balance run's ``OUT/attributes``)."""
+
+    source: str
+    attributes: AttributeConfig
+
+    def check(self) -> "AttributeSource":
+        if self.source not in SOURCES[1:]:
+            raise UsageError(MSG_SOURCE.format(value=self.source))
+        self.attributes.check()
+        return self
+
+
+def resolve_attribute_source(config):
+    """``(config, record)``: a :class:`~clipprobe.pipeline.balance.BalanceConfig` whose groups come from
+    the images rewritten to read the attribute pass's shard files with their group column, after running
+    the pass (resumable) into ``OUT/attributes``; ``record`` is what the balance run stores about it (the
+    classifier's accuracy per group included). A config without ``attribute_source`` comes back as it is."""
+    source = getattr(config, "attribute_source", None)
+    if source is None:
+        return config, None
+    from clipprobe.resources.attributes import get_attribute_prompts
+
+    source = source.check()
+    config.check()                  # the balance settings too, before the pass reads any image
+    if config.attribute_column is not None:
+        raise UsageError(MSG_SOURCE_COLUMN)
+    if config.captions:
+        raise UsageError(MSG_SOURCE_CAPTIONS)
+    prompts = get_attribute_prompts(source.attributes.prompts)
+    if prompts.attribute != config.attribute:
+        raise UsageError(MSG_SOURCE_ATTRIBUTE.format(attribute=config.attribute, prompts=prompts.name,
+                                                     want=prompts.attribute))
+    lexicon = None
+    if source.source == "both":
+        from clipprobe.resources.lexicon import get_lexicon
+
+        lexicon = get_lexicon(config.lexicon).name if config.lexicon is None else config.lexicon
+    attr_config = dataclasses.replace(source.attributes, out=str(Path(config.out) / "attributes"), lexicon=lexicon)
+    result = run_attributes(attr_config)
+    column = result.column if source.source == "images" else result.both_column
+    balanced = dataclasses.replace(config, captions=tuple(str(p) for p in result.shards), attribute_column=column,
+                                   groups=result.groups, text_column=result.text_column,
+                                   key=result.key_column if config.key is not None else None, attribute_source=None)
+    record = {"source": source.source, "column": column, "folder": str(result.out),
+              "embeddings": result.run["embeddings"], "model": result.run["model"].get("spec"),
+              "prompts": result.run["prompts"], "scale": result.run["scale"], "threshold": result.run["threshold"],
+              "calibration": result.run["calibration"], "calibration_note": result.run["calibration_note"],
+              "summary": result.run["summary"]}
+    return balanced, record

@@ -1,0 +1,133 @@
+"""`balance attributes` and `balance measure|fit --attribute-source images|both` through the CLI, with the
+tiny CLIP: the image route equals the composable one (the pass's shard files with --attribute-column), the
+classifier's accuracy is stored with the run, and bad option combinations fail in one line."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from clipprobe.cli import cli
+
+N = 240
+CAPTIONS = ("a woman reading a book", "a man and a woman at work", "a photo of a dog", "the man at work",
+            "ladies reading", "a doctor at work")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, tiny_model_files):
+    from facegen import write_fairface
+
+    from clipprobe.embeddings.external import write_embedding_folder
+
+    root = tmp_path_factory.mktemp("balimg")
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((N, 32)).astype(np.float16)
+    meta = pd.DataFrame({"image_path": [f"{i}.jpg" for i in range(N)],
+                         "caption": [CAPTIONS[i % len(CAPTIONS)] for i in range(N)],
+                         "url": [f"https://x.invalid/{i}.jpg" for i in range(N)]})
+    write_embedding_folder(root / "emb", [(emb[:120], meta[:120]), (emb[120:], meta[120:].reset_index(drop=True))])
+    write_fairface(root / "ff", n=28)
+    (root / "labels.txt").write_text("reading\nwork\ndoctor\ndog\n")
+    config, weights, arch = tiny_model_files
+    model = ["--model", f"{arch}:{weights}", "--model-config", str(config), "--device", "cpu",
+             "--cache-dir", str(root / "cache")]
+    return {"root": root, "model": model}
+
+
+def _run(args):
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    return result
+
+
+def _weights(folder):
+    table = pd.read_parquet(folder / "weights.parquet")
+    return table.sort_values(["file", "row"]).reset_index(drop=True)
+
+
+def test_fit_from_images_equals_the_attribute_column_route(setup, tmp_path):
+    root = setup["root"]
+    common = ["--labels", str(root / "labels.txt"), "--keep", "0.4", "--eps-r", "0.05", "--eps-a", "0.05",
+              "--no-figure"]
+    r = _run(["balance", "fit", "--attribute-source", "images", "--embeddings", str(root / "emb"),
+              "--dataset", f"fairface:{root / 'ff'}", "--out", str(tmp_path / "img"), *setup["model"], *common])
+    assert r.exit_code == 0, r.output
+    assert "groups from the images (column image_gender" in r.output and "image classifier accuracy" in r.output
+    run = json.loads((tmp_path / "img" / "run.json").read_text())
+    src = run["attribute_source"]
+    assert src["source"] == "images" and src["column"] == "image_gender"
+    assert src["calibration"]["n"] == 28 and set(src["calibration"]["confusion"]) == {"Female", "Male"}
+    assert run["groups"] == ["Female", "Male"] and run["groups_from"] == "column 'image_gender'"
+    shards = sorted((tmp_path / "img" / "attributes" / "shards").glob("attributes_*.parquet"))
+    assert len(shards) == 2
+    # the composable route: the pass's shard files as captions, their image_gender column as the groups
+    r2 = _run(["balance", "fit", *[a for s in shards for a in ("--captions", str(s))], "--attribute-column",
+               "image_gender", "--groups", "Female,Male", "--text-column", "caption", "--key", "url",
+               "--out", str(tmp_path / "col"), *common])
+    assert r2.exit_code == 0, r2.output
+    a, b = _weights(tmp_path / "img"), _weights(tmp_path / "col")
+    assert a["row"].tolist() == b["row"].tolist() and a["url"].tolist() == b["url"].tolist()
+    np.testing.assert_array_equal(a["q"].to_numpy(), b["q"].to_numpy())
+    assert json.loads((tmp_path / "col" / "run.json").read_text())["before"] == run["before"]
+    # the groups M4 balanced are the image classifier's: count them independently
+    labels = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+    counts = labels["image_gender"].value_counts()
+    assert run["before"]["n_mention"] == int(counts.sum())
+
+
+def test_measure_with_both_uses_the_captions_group_first(setup, tmp_path):
+    root = setup["root"]
+    r = _run(["balance", "measure", "--attribute-source", "both", "--embeddings", str(root / "emb"),
+              "--out", str(tmp_path / "both"), "--labels", str(root / "labels.txt"), "--no-figure",
+              *setup["model"]])
+    assert r.exit_code == 0, r.output
+    assert "not measured (give --dataset)" in r.output
+    run = json.loads((tmp_path / "both" / "run.json").read_text())
+    assert run["attribute_source"]["source"] == "both" and run["attribute_source"]["column"] == "both_gender"
+    assert run["attribute_source"]["calibration"] is None
+    shards = sorted((tmp_path / "both" / "attributes" / "shards").glob("*.parquet"))
+    got = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+    female = got["caption"].str.contains(r"\b(?:woman|ladies)\b")
+    male = got["caption"].str.contains(r"\bman\b")
+    named = np.where(female & ~male, "Female", np.where(male & ~female, "Male", None))
+    want = [n if n is not None else (None if pd.isna(g) else g) for n, g in zip(named, got["image_gender"])]
+    assert [None if pd.isna(v) else v for v in got["both_gender"]] == want
+    assert run["before"]["n_mention"] == sum(w is not None for w in want)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--attribute-source", "images", "--model", "x"], "--attribute-source images needs --embeddings"),
+    (["--attribute-source", "images", "--embeddings", "E"], "--attribute-source images needs --model"),
+    (["--attribute-source", "both", "--embeddings", "E", "--model", "x", "--captions", "c.parquet"],
+     "--captions: with --attribute-source both the captions are the metadata of --embeddings"),
+    (["--captions", "c.parquet", "--embeddings", "E"], "--embeddings is for --attribute-source images or both"),
+    (["--captions", "c.parquet", "--threshold", "0.5"], "--threshold is for --attribute-source images or both"),
+    ([], "--captions is required (or --attribute-source images|both with --embeddings)"),
+    (["--attribute-source", "images", "--embeddings", "E", "--model", "x", "--threshold", "1.5"],
+     "--threshold must be in [0, 1), got 1.5"),
+])
+def test_option_combinations(tmp_path, extra, message):
+    r = CliRunner().invoke(cli, ["balance", "fit", "--out", str(tmp_path / "o"), *extra])
+    assert r.exit_code == 2, r.output
+    assert message in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_attributes_command(setup, tmp_path):
+    root = setup["root"]
+    r = _run(["balance", "attributes", "--embeddings", str(root / "emb"), "--out", str(tmp_path / "a"),
+              "--dataset", f"fairface:{root / 'ff'}", "--threshold", "0.2", *setup["model"]])
+    assert r.exit_code == 0, r.output
+    run = json.loads((tmp_path / "a" / "run.json").read_text())
+    counts = run["summary"]["counts"]
+    assert f"{N:,} images in 2 shard(s)" in r.output
+    assert f"Female {counts['Female']:,}, Male {counts['Male']:,}" in r.output
+    assert "classifier accuracy on fairface:" in r.output and run["threshold"] == 0.2
+    bad = CliRunner().invoke(cli, ["balance", "attributes", "--embeddings", str(tmp_path / "none"),
+                                   "--out", str(tmp_path / "b"), *setup["model"]])
+    assert bad.exit_code == 1 and f"embeddings {tmp_path / 'none'}: no such folder" in bad.output
+    assert "Traceback" not in bad.output

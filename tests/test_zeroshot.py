@@ -1,0 +1,175 @@
+"""Zero-shot attribute classification on arrays: scores against a float64 oracle, probabilities against
+scipy, labels by their rules, accuracy and confusion against pandas and statsmodels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from clipprobe.analysis import zeroshot as zs
+from clipprobe.errors import DataError, UsageError
+
+
+def _unit(rng, c, d):
+    t = rng.standard_normal((c, d))
+    return (t / np.linalg.norm(t, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_scores_match_a_float64_oracle(dtype):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((701, 37)) * 3).astype(dtype)
+    t = _unit(rng, 3, 37)
+    got = zs.class_scores(x, t)
+    xf = x.astype(np.float64)
+    want = xf @ t.astype(np.float64).T / np.linalg.norm(xf, axis=1, keepdims=True)
+    assert got.valid.all()
+    np.testing.assert_allclose(got.cos, want, atol=2e-6)
+
+
+def test_scores_identical_for_any_block_size_and_thread_count():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1000, 64)).astype(np.float16)
+    t = _unit(rng, 4, 64)
+    a = zs.class_scores(x, t, threads=1, block_rows=65_536)
+    b = zs.class_scores(x, t, threads=2, block_rows=129)
+    c = zs.class_scores(x[::-1].copy(), t, threads=2, block_rows=77)
+    assert np.array_equal(a.cos, b.cos) and np.array_equal(a.cos, c.cos[::-1])
+    # each row summed in index order, in float32: the same as a sequential float32 loop
+    xs = x[:50].astype(np.float32)
+    seq = np.zeros((50, 4), np.float32)
+    nrm = np.zeros(50, np.float32)
+    for j in range(64):
+        seq += xs[:, j:j + 1] * t[:, j][None, :]
+        nrm += xs[:, j] * xs[:, j]
+    assert np.array_equal(a.cos[:50], seq / np.sqrt(nrm)[:, None])
+
+
+def test_nan_inf_and_zero_rows_are_invalid():
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((6, 8)).astype(np.float16)
+    x[1, 3] = np.nan
+    x[2] = 0
+    x[4, 0] = np.inf
+    s = zs.class_scores(x, _unit(rng, 2, 8))
+    assert s.valid.tolist() == [True, False, False, True, False, True]
+    assert np.isnan(s.cos[~s.valid]).all() and np.isfinite(s.cos[s.valid]).all()
+    p = zs.probabilities(s.cos, 100.0)
+    codes = zs.hard_labels(s.cos, p, n_groups=2)
+    assert (codes[~s.valid] == zs.INVALID).all() and (codes[s.valid] >= 0).all()
+
+
+def test_probabilities_are_scipy_softmax():
+    from scipy.special import softmax
+
+    rng = np.random.default_rng(3)
+    cos = rng.uniform(-0.3, 0.4, size=(200, 5))
+    p = zs.probabilities(cos, 57.3)
+    assert p.dtype == np.float32
+    np.testing.assert_allclose(p, softmax(57.3 * cos, axis=1), rtol=1e-6, atol=1e-7)
+    for bad in (0, -1, float("nan"), "x"):
+        with pytest.raises(UsageError):
+            zs.probabilities(cos, bad)
+
+
+def test_hard_labels_rules():
+    cos = np.array([[0.30, 0.20, 0.10],     # group 0
+                    [0.20, 0.30, 0.10],     # group 1
+                    [0.20, 0.10, 0.30],     # the "no group" class wins
+                    [0.25, 0.25, 0.10],     # tie: the lower index
+                    [0.201, 0.200, 0.10]])  # group 0 by a hair: unsure at a threshold
+    p = zs.probabilities(cos, 100.0)
+    assert zs.hard_labels(cos, p, n_groups=2).tolist() == [0, 1, zs.NONE, 0, 0]
+    assert zs.hard_labels(cos, p, n_groups=2, threshold=0.6).tolist() == [0, 1, zs.NONE, zs.UNSURE, zs.UNSURE]
+    assert zs.hard_labels(cos, p, n_groups=3).tolist() == [0, 1, 2, 0, 0]
+    for bad in (1.0, -0.1):
+        with pytest.raises(UsageError):
+            zs.hard_labels(cos, p, n_groups=2, threshold=bad)
+    with pytest.raises(UsageError):
+        zs.hard_labels(cos, p, n_groups=4)
+
+
+def test_classify_and_counts():
+    rng = np.random.default_rng(4)
+    t = _unit(rng, 3, 16)
+    x = (t[rng.integers(0, 3, 300)] + 0.3 * rng.standard_normal((300, 16))).astype(np.float16)
+    res = zs.classify(x, t, n_groups=2, scale=100.0, threshold=0.9)
+    counts = res.counts(["a", "b"])
+    assert sum(counts.values()) == 300
+    assert counts["a"] == int((res.codes == 0).sum()) and counts["none"] == int((res.codes == zs.NONE).sum())
+    shares = res.soft_shares(2)
+    want = res.probs[:, :2].astype(np.float64).sum(axis=0)
+    np.testing.assert_allclose(shares, want / want.sum())
+
+
+def test_class_vectors_ensemble():
+    rng = np.random.default_rng(5)
+    a = rng.standard_normal((3, 10)) * np.array([[1.0], [5.0], [0.2]])
+    b = rng.standard_normal((1, 10))
+    got = zs.class_vectors([a, b])
+    unit = a / np.linalg.norm(a, axis=1, keepdims=True)
+    want = unit.mean(axis=0) / np.linalg.norm(unit.mean(axis=0))
+    np.testing.assert_allclose(got[0], want, rtol=1e-6)
+    np.testing.assert_allclose(got[1], b[0] / np.linalg.norm(b[0]), rtol=1e-6)
+    with pytest.raises(DataError):
+        zs.class_vectors([a, np.zeros((0, 10))], ["a", "b"])
+
+
+def test_input_checks():
+    t = np.eye(2, 4, dtype=np.float32)
+    with pytest.raises(DataError, match="dimension 3"):
+        zs.class_scores(np.zeros((2, 3), np.float32), t)
+    with pytest.raises(DataError, match="float16 or float32"):
+        zs.class_scores(np.zeros((2, 4), np.float64), t)
+    with pytest.raises(DataError, match="2-d"):
+        zs.class_scores(np.zeros(4, np.float32), t)
+    with pytest.raises(UsageError):
+        zs.class_scores(np.zeros((2, 4), np.float32), t[:1])
+
+
+def test_accuracy_and_confusion_against_pandas_and_statsmodels():
+    from statsmodels.stats.proportion import proportion_confint
+
+    rng = np.random.default_rng(6)
+    n = 997
+    truth = rng.choice(["F", "M", "other"], size=n, p=[0.45, 0.45, 0.10])
+    codes = rng.choice([0, 1, zs.NONE, zs.UNSURE, zs.INVALID], size=n, p=[0.4, 0.4, 0.1, 0.07, 0.03])
+    # a biased classifier: right more often for F than for M
+    codes = np.where((truth == "F") & (rng.random(n) < 0.6), 0, codes)
+    codes = np.where((truth == "M") & (rng.random(n) < 0.3), 1, codes)
+    acc = zs.classifier_accuracy(truth, codes, groups=["F", "M"], level=0.9)
+    pred = pd.Series(codes).map({0: "F", 1: "M", zs.NONE: "none", zs.UNSURE: "unsure", zs.INVALID: "invalid"})
+    inside = truth != "other"
+    ct = pd.crosstab(pd.Series(truth[inside], name="true"), pd.Series(pred[inside].to_numpy(), name="pred"))
+    ct = ct.reindex(index=["F", "M"], columns=["F", "M", "none", "unsure", "invalid"], fill_value=0)
+    assert np.array_equal(acc.confusion.to_numpy(), ct.to_numpy())
+    assert acc.other_labels == int((~inside).sum()) and acc.n == int(inside.sum())
+    g = acc.by_group.set_index("group")
+    for k, name in enumerate(["F", "M"]):
+        rows = truth == name
+        correct = int((codes[rows] == k).sum())
+        assert g.loc[name, "correct"] == correct and g.loc[name, "n"] == rows.sum()
+        lo, hi = proportion_confint(correct, rows.sum(), alpha=0.1, method="wilson")
+        assert g.loc[name, "accuracy_ci_low"] == pytest.approx(lo, abs=1e-12)
+        assert g.loc[name, "accuracy_ci_high"] == pytest.approx(hi, abs=1e-12)
+        labelled = codes == k
+        assert g.loc[name, "precision"] == pytest.approx(((truth == name) & labelled).sum() / labelled[inside].sum())
+        assert g.loc[name, "none_rate"] == pytest.approx((codes[rows] == zs.NONE).mean())
+        assert g.loc[name, "true_share"] == pytest.approx(rows.sum() / inside.sum())
+    assert acc.accuracy == pytest.approx(sum(int((codes[truth == nm] == k).sum()) for k, nm in enumerate("FM"))
+                                         / inside.sum())
+    assert acc.accuracy_gap == pytest.approx(g["accuracy"].max() - g["accuracy"].min())
+    assert acc.accuracy_gap > 0.1                    # the planted bias shows
+    summary = acc.summary()
+    assert summary["confusion"]["F"]["none"] == int(ct.loc["F", "none"])
+
+
+def test_accuracy_errors():
+    with pytest.raises(DataError) as err:
+        zs.classifier_accuracy(["x", "y"], [0, 1], groups=["F", "M"])
+    assert str(err.value) == zs.MSG_NO_GROUP_IMAGES.format(groups="'F', 'M'", found="'x', 'y'")
+    with pytest.raises(DataError):
+        zs.classifier_accuracy(["F"], [0, 1], groups=["F", "M"])
+    with pytest.raises(UsageError):
+        zs.classifier_accuracy(["F"], [0], groups=["F", "M"], level=1.0)
