@@ -16,7 +16,7 @@ norm: rows are L2-normalised here). With ``cos`` the cosine similarity:
   association of each *stimulus* (its rows' mean ``s``): every partition moves all sentences of a word
   together (``p_value``). With one row per stimulus this is the seed's test over rows, which stays
   available for any test as ``p_value_sentences`` (rows permuted as if independent: under word-level
-  variation it rejects a true null far too often, see the README). When the number of partitions
+  variation it rejects a true null far too often, see docs/association-tests.md). When the number of partitions
   ``C(|X| + |Y|, |X|)`` is at most the budget ``n`` they are all enumerated (``exact``); otherwise ``n - 1``
   random partitions plus the observed one are used, so ``p >= 1 / n``. Ties count as exceedances: a
   partition counts when its statistic is at least the observed one minus ``1e-11 * sum |v|`` (sums of the
@@ -99,7 +99,7 @@ MSG_SEED = "seed must be a non-negative integer, not {value!r}"
 MSG_POOLED = "test {test}: pooled values must be a 1-d finite array with 0 < n_x < its length ({n}), n_x = {n_x}"
 MSG_TOO_LARGE = "a permutation test over {n} pooled values is not supported (at most 2^31 - 1)"
 INTERVAL_METHODS = ("fisher-z", "BCa", "percentile")
-PUBLISHED_INTERVALS = ("fisher-z",)  # the methods whose coverage was measured within 0.93-0.97 (the README)
+PUBLISHED_INTERVALS = ("fisher-z",)  # the methods whose coverage was measured within 0.93-0.97 (docs/association-tests.md)
 DEFAULT_INTERVAL = "fisher-z"
 RESAMPLE_SETS = ("all", "targets")  # which sets the interval's bootstrap resamples: X, Y, A, B or X, Y
 DEFAULT_RESAMPLE = "all"

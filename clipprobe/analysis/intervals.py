@@ -1,7 +1,7 @@
 """Intervals the report publishes, each chosen because its coverage was measured by simulation.
 
 ``benchmarks/bench_coverage.py`` draws datasets from a population whose top-k composition is known and
-counts how often each interval holds the true value (README, "Statistics"). What passed:
+counts how often each interval holds the true value (docs/probe.md, "Statistics"). What passed:
 
 * a group's share of a word's top-k: the **Wilson score interval** on ``count / k`` (statsmodels'
   ``proportion_confint``). Of the two intervals Brown, Cai and DasGupta (2001) recommend, Wilson's

@@ -12,7 +12,7 @@ The top-k of a word is its ``k`` highest scores, ties broken by the lower image 
 k-th score instead, shares still ``count / k``, as oxai/debias-vision-lang's ``nlargest(keep="all")``).
 
 What each column estimates, and which intervals are published (those whose coverage was measured
-by ``benchmarks/bench_coverage.py``), is in the README ("Statistics") and :mod:`clipprobe.analysis.intervals`.
+by ``benchmarks/bench_coverage.py``), is in docs/probe.md ("Statistics") and :mod:`clipprobe.analysis.intervals`.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ jackknife), published from :data:`MIN_MODELS_INTERVAL` models on. Its coverage w
 rho 0 to 0.9, 1000 samples per cell): 0.931-0.986 from 8 models on, the cells above 0.97 all at rho =
 0.9 (conservative); with 5 models it fell to 0.73. Fisher's z with Bonett and Wright's (2000) variance
 (``interval="fisher"``) covers 0.947-0.972 on the normal copula but 0.90 on the heavy-tailed one; the
-percentile bootstrap 0.936-0.987 from 8 models (README, "Statistics"). p-values are permutation tests
+percentile bootstrap 0.936-0.987 from 8 models (docs/probe.md, "Statistics"). p-values are permutation tests
 (exact up to 8 models), computed from :data:`MIN_MODELS` models on.
 """
 

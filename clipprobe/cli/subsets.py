@@ -133,7 +133,7 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
                    "downstream bias): correlated with clipprobe's global measures and with each other.")
 @click.option("--interval", type=click.Choice(["bca", "fisher", "percentile"]), default="bca", show_default=True,
               help="Interval of Spearman's rho over models, given from 8 models on (bca: the bootstrap whose "
-                   "coverage was measured 0.93-0.99; see README).")
+                   "coverage was measured 0.93-0.99; see docs/subsets.md).")
 @click.option("--level", type=float, default=0.95, show_default=True)
 @click.option("--n-boot", type=int, default=2000, show_default=True, help="Resamples for --interval bca/percentile.")
 @click.option("--permutations", type=int, default=9999, show_default=True,
