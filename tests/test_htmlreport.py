@@ -482,6 +482,15 @@ def _write_counts(report, folder, *, skip_group=None, seed=3):
     return folder
 
 
+def _empty_scatter(joined, *, attribute=None, correlations=None, ax=None):
+    """A stand-in for the cross-check's scatter plot (tested in test_captions_crosscheck): empty axes, fast."""
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(2, 2)).add_subplot()
+    return ax
+
+
 @pytest.fixture(scope="module")
 def crosschecked(evil_report, tmp_path_factory):
     """A copy of the evil report with a cross-check written into it (scatter plots left empty: fast)."""
@@ -493,7 +502,7 @@ def crosschecked(evil_report, tmp_path_factory):
     rep = load_report(report_dir)
     counts = _write_counts(rep, root / FOLDER / "counts")
     real = module.crosscheck_scatter
-    module.crosscheck_scatter = lambda joined, *, attribute=None, correlations=None, ax=None: ax
+    module.crosscheck_scatter = _empty_scatter
     try:
         module.write_crosscheck(rep.groups, counts, report_dir)
     finally:
@@ -640,7 +649,7 @@ def test_crosscheck_command_adds_the_section_to_an_existing_page(evil_report, tm
     from clipprobe.report import crosscheck as module
 
     # figures are tested above: here they are stubs
-    monkeypatch.setattr(module, "crosscheck_scatter", lambda joined, *, attribute=None, correlations=None, ax=None: ax)
+    monkeypatch.setattr(module, "crosscheck_scatter", _empty_scatter)
     monkeypatch.setattr(Figure, "savefig", lambda self, path, **kw: Path(path).write_bytes(DRAWN))
     monkeypatch.setattr(htmlreport._FigureSource, "png", lambda self, spec: DRAWN)
     shutil.copytree(evil_report.path, tmp_path / "r")
