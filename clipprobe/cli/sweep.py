@@ -189,7 +189,8 @@ def analyze_command(folder, performance, performance_csv, model_tables, measures
                                    **({"size_units": size_units} if size_units else {}))
     result = analyze_sweep(folder, performance=None if performance.strip().lower() == "none" else performance,
                            performance_csv=performance_csv, measures=split_values(measures) or DEFAULT_MEASURES,
-                           settings=settings, signs="raw" if raw_signs else "paper", model_tables=model_tables,
+                           spec=spec, settings=settings, signs="raw" if raw_signs else "paper",
+                           model_tables=model_tables,
                            out=out, figures=figures)
     signs = result.record.get("signs") or {}
     if signs.get("flipped"):
