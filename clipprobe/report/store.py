@@ -166,8 +166,9 @@ def top_groups_text(value) -> str:
 
 
 def summary_csv_frame(summary):
-    """The summary as summary.csv writes it: ``top_groups`` as text."""
-    return summary.assign(top_groups=[top_groups_text(v) for v in summary["top_groups"]])
+    """The summary as summary.csv writes it: ``top_groups`` as text (an empty cell where no group is listed,
+    which pandas reads back as null)."""
+    return summary.assign(top_groups=[top_groups_text(v) or None for v in summary["top_groups"]])
 
 
 def _sha256(path: Path) -> str:
