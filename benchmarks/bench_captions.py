@@ -134,7 +134,7 @@ def bench_read(path: Path, column: str, threads: int) -> tuple[float, float, int
 
 def bench_local(path: Path, out: Path, workers: int, matcher: str = "hyperscan", taxonomy=None, lexicon=None):
     """count_captions from scratch (parts removed); (result, scan wall s, scan CPU s, end-to-end wall s)."""
-    from clipprobe.captions.run import CountConfig, count_captions
+    from clipprobe.pipeline.captions import CountConfig, count_captions
 
     for part in (out / "parts").glob("*"):
         part.unlink()

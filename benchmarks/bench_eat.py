@@ -1,12 +1,13 @@
 """Benchmark: Embedding Association Tests, clipprobe against a per-permutation Python loop.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_eat.py [--permutations 1000000] [--threads 2]
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_eat.py --coverage [--reps 1000]
+
+(Calibration of the p-values and coverage of the interval: benchmarks/bench_eat_null.py.)
 
 Inputs are generated (no model): L2-normalised 512-d embeddings with the set sizes of the shipped
 ``ghate2025`` suite (the SEAT-NRC sentence sets, the iEAT image categories from ieat-manifest.csv, 25 + 25
-OASIS images; the two Instrument-Weapon image tests are unavailable there too), so "cached embeddings"
-here means arrays in memory.
+OASIS images; the two Instrument-Weapon image tests are unavailable there too), the sentence sets grouped
+into their words as the suite groups them, so "cached embeddings" here means arrays in memory.
 
 (1) The permutation p-value of each of the 24 computable tests, both ways, same inputs, same run:
     clipprobe (:func:`clipprobe.analysis.eat.permutation_tests`, all tests in one call; its compiled kernels
@@ -16,10 +17,9 @@ here means arrays in memory.
     exact the p-values must be identical (asserted). The baseline runs ``--baseline-permutations`` per
     random test and its time is scaled to the full budget (its cost per permutation is constant).
 (2) The whole suite with ``--permutations`` per test through :func:`clipprobe.analysis.eat.run_eats`:
-    effect sizes, p-values, BCa intervals (2,000 resamples), SC-WEAT of every stimulus (10,000
-    permutations), BH. Target: under 60 s on 2 cores.
-(3) ``--coverage``: coverage of the 95% intervals of d over the target stimuli (noncentral t, the
-    default; BCa and percentile bootstraps), by simulation against known populations (see :func:`coverage`).
+    effect sizes, p-values over words and over sentences, BCa intervals resampling the stimuli of all four
+    sets (2,000 resamples), SC-WEAT of every text and image (10,000 permutations), BH. Target: under 60 s
+    on 2 cores.
 """
 
 from __future__ import annotations
@@ -39,9 +39,6 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=2, help="BLAS threads and clipprobe's n_jobs")
     ap.add_argument("--target", type=float, default=60.0, help="seconds allowed for the whole suite")
     ap.add_argument("--skip-suite", action="store_true", help="only the p-value comparison (1)")
-    ap.add_argument("--coverage", action="store_true", help="run the interval coverage simulation (3) only")
-    ap.add_argument("--reps", type=int, default=1000, help="replicates per coverage setting")
-    ap.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples in the coverage runs")
     return ap.parse_args()
 
 
@@ -62,8 +59,9 @@ from clipprobe.analysis import eat  # noqa: E402
 # inputs
 
 
-def suite_sizes() -> list[tuple[str, int, int, int, int]]:
-    """(name, |X|, |Y|, |A|, |B|) of the computable tests of ghate2025, from the shipped data."""
+def suite_sizes() -> list[tuple]:
+    """(name, X, Y, A, B) of the computable tests of ghate2025, from the shipped data: each set its number of
+    rows, or the word of each row for sentence sets."""
     from clipprobe.resources.eat import Resolver, get_suite
 
     suite = get_suite("ghate2025")
@@ -80,23 +78,31 @@ def suite_sizes() -> list[tuple[str, int, int, int, int]]:
             elif spec.kind == "oasis":
                 n.append(int(spec.options.get("n", 25)))
             else:
-                n.append(len(resolver.resolve_set(spec)))
+                stim = resolver.resolve_set(spec)
+                n.append(stim.units if stim.units is not None else len(stim))
         sizes.append((f"{t.name} ({t.order})", *n))
     return sizes
 
 
 def generate(sizes, dim: int, seed: int) -> list[eat.EatInput]:
-    """Embeddings per test: targets and attributes around a shared centre, targets nudged apart."""
+    """Embeddings per test: targets and attributes around a shared centre, targets nudged apart; the
+    sentences of a word share the word's offset."""
     rng = np.random.default_rng(seed)
     tests = []
-    for name, nx, ny, na, nb in sizes:
+    for name, *spec in sizes:
         centre = rng.standard_normal(dim)
         shift = rng.standard_normal(dim) * 0.05
-        sets = []
-        for n, offset in ((nx, shift), (ny, -shift), (na, 0.0), (nb, 0.0)):
-            v = centre + offset + 0.8 * rng.standard_normal((n, dim))
+        sets, units = [], {}
+        for key, n, offset in zip("XYAB", spec, (shift, -shift, 0.0, 0.0)):
+            if isinstance(n, int):
+                v = centre + offset + 0.8 * rng.standard_normal((n, dim))
+            else:
+                codes = eat.stimulus_codes(n, len(n))
+                words = 0.5 * rng.standard_normal((int(codes.max()) + 1, dim))
+                v = centre + offset + words[codes] + 0.6 * rng.standard_normal((len(n), dim))
+                units[key] = n
             sets.append(v / np.linalg.norm(v, axis=1, keepdims=True))
-        tests.append(eat.EatInput(name, *sets))
+        tests.append(eat.EatInput(name, *sets, units=units or None))
     return tests
 
 
@@ -198,91 +204,7 @@ def suite(tests: list[eat.EatInput], n_permutations: int, threads: int, target: 
           f"{'met' if total < target else 'NOT met'}; machine load after: {_load()}")
 
 
-# ----------------------------------------------------------------------------------------------
-# coverage of the interval
-
-
-def _population(seed: int, dim: int, shift: float, planted: float):
-    """Centres of the four stimulus populations: a shared base, random offsets, and X/A, Y/B pulled together."""
-    rng = np.random.default_rng(seed)
-    base = rng.standard_normal(dim)
-    mu = {k: base + shift * rng.standard_normal(dim) for k in "XYAB"}
-    axis = rng.standard_normal(dim)
-    axis *= planted / np.linalg.norm(axis)
-    mu["X"], mu["A"], mu["Y"], mu["B"] = mu["X"] + axis, mu["A"] + axis, mu["Y"] - axis, mu["B"] - axis
-    return mu
-
-
-def _draw(mu, key: str, n: int, rng, noise: float = 1.0):
-    v = mu[key] + noise * rng.standard_normal((n, len(mu[key])))
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
-def _draw_target(mu, key: str, n: int, rng, kind: str, extra):
-    """X or Y stimuli: ``normal``; ``unequal`` (X spread 1.5, Y 0.7); ``bimodal`` (30% of X from a second centre)."""
-    if kind == "unequal":
-        return _draw(mu, key, n, rng, noise=1.5 if key == "X" else 0.7)
-    if kind == "bimodal" and key == "X":
-        first = _draw(mu, "X", n, rng)
-        second = _draw({"X": mu["X"] + extra}, "X", n, rng)
-        return np.where((rng.random(n) < 0.3)[:, None], second, first)
-    return _draw(mu, key, n, rng)
-
-
-def coverage(n_targets: int, n_attributes: int, reps: int, resamples: int, *, shift: float, planted: float,
-             seed: int, kind: str = "normal", dim: int = 32, pool: int = 200_000) -> dict[str, float]:
-    """Share of ``reps`` samples whose interval holds the effect size of their attribute sets.
-
-    Each replicate draws A and B (|A| = |B| = n_attributes) and X and Y (|X| = |Y| = n_targets) from fixed
-    populations. The quantity the interval estimates is the effect size of that A and B on the target
-    populations, computed on ``pool`` fresh draws of X and of Y (d over their 50/50 mixture).
-    """
-    mu = _population(seed, dim, shift, planted)
-    extra = np.random.default_rng(seed + 7).standard_normal(dim) * 1.5
-    pool_x = _draw_target(mu, "X", pool, np.random.default_rng(seed + 1000), kind, extra)
-    pool_y = _draw_target(mu, "Y", pool, np.random.default_rng(seed + 2000), kind, extra)
-    rng = np.random.default_rng(seed + 1)
-    hits = dict.fromkeys(eat.INTERVAL_METHODS, 0)
-    finite = dict.fromkeys(eat.INTERVAL_METHODS, 0)
-    truth = []
-    for r in range(reps):
-        A, B = _draw(mu, "A", n_attributes, rng), _draw(mu, "B", n_attributes, rng)
-        direction = A.mean(axis=0) - B.mean(axis=0)
-        sx, sy = pool_x @ direction, pool_y @ direction
-        d_true = float((sx.mean() - sy.mean()) / np.concatenate([sx, sy]).std())
-        truth.append(d_true)
-        X, Y = _draw_target(mu, "X", n_targets, rng, kind, extra), _draw_target(mu, "Y", n_targets, rng, kind, extra)
-        for method in eat.INTERVAL_METHODS:
-            ci = eat.effect_size_interval(X, Y, A, B, n_resamples=resamples, method=method, seed=r)
-            if np.isfinite(ci.low) and np.isfinite(ci.high):
-                finite[method] += 1
-                hits[method] += ci.low <= d_true <= ci.high
-    return {"d_true": float(np.mean(truth)), **{m: hits[m] / max(finite[m], 1) for m in hits},
-            **{f"n_{m}": finite[m] for m in hits}}
-
-
-def run_coverage(reps: int, resamples: int) -> None:
-    print(f"(3) coverage of 95% intervals of d over the target stimuli (attributes fixed), {reps} samples per row, "
-          f"{resamples} bootstrap resamples; target 0.93-0.97")
-    print(f"    {'targets':>8}{'|A|=|B|':>9}{'kind':>9}{'mean d':>8}" + "".join(f"{m:>14}" for m in eat.INTERVAL_METHODS))
-    settings = [(6, 25, 0.0, "normal"), (8, 8, 0.0, "normal"), (25, 25, 0.0, "normal"), (40, 25, 0.0, "normal"),
-                (100, 25, 0.0, "normal"), (350, 150, 0.0, "normal"),
-                (6, 25, 1.5, "normal"), (8, 8, 1.5, "normal"), (35, 25, 1.5, "normal"), (40, 25, 1.5, "normal"),
-                (350, 150, 1.5, "normal"),
-                (6, 25, 1.5, "unequal"), (8, 8, 0.0, "unequal"), (40, 25, 1.5, "unequal"),
-                (6, 25, 1.5, "bimodal"), (40, 25, 1.5, "bimodal")]
-    for i, (nt, na, planted, kind) in enumerate(settings):
-        t0 = time.perf_counter()
-        c = coverage(nt, na, reps, resamples, shift=0.35, planted=planted, seed=i, kind=kind)
-        half = 1.96 * math.sqrt(0.95 * 0.05 / reps)
-        print(f"    {nt:>8}{na:>9}{kind:>9}{c['d_true']:>8.2f}" + "".join(f"{c[m]:>14.3f}" for m in eat.INTERVAL_METHODS)
-              + f"   (+-{half:.3f}; {time.perf_counter() - t0:.0f} s)", flush=True)
-
-
 def main() -> int:
-    if ARGS.coverage:
-        run_coverage(ARGS.reps, ARGS.resamples)
-        return 0
     sizes = suite_sizes()
     tests = generate(sizes, ARGS.dim, ARGS.seed)
     compare(tests, ARGS.permutations, ARGS.baseline_permutations, ARGS.threads)

@@ -43,6 +43,9 @@ _API = {
     "get_taxonomy": ("clipprobe.resources.taxonomy", "get_taxonomy"),
     "get_template_set": ("clipprobe.resources.prompts", "get_template_set"),
     "get_lexicon": ("clipprobe.resources.lexicon", "get_lexicon"),
+    "report_figures": ("clipprobe.report.figures", "report_figures"),
+    "write_report_figures": ("clipprobe.report.figures", "write_report_figures"),
+    "run_demo": ("clipprobe.world.demo", "run_demo"),
 }
 
 __all__ = ["__version__", *_API]

@@ -250,7 +250,14 @@ def csv_unprotected(df):
 
 
 def write_parquet(path: str | os.PathLike, df) -> None:
-    """Write a pandas DataFrame to parquet atomically (no index column)."""
+    """Write a pandas DataFrame to parquet atomically (no index column).
+
+    A table with no rows keeps its column types: an object column, which would be written with
+    parquet's null type (there are no values to tell its type by), is written as text."""
+    if len(df) == 0:
+        text = [c for c in df.columns if df[c].dtype == object]
+        if text:
+            df = df.astype({c: "string" for c in text})
     with atomic_path(path, suffix=".parquet") as tmp:
         df.to_parquet(tmp, index=False)
 

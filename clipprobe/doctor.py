@@ -9,6 +9,12 @@ enables and, where it does not work, what to install. ``clipprobe doctor`` print
 about a missing package point to it.
 
 A check never raises: a package that is installed but fails to import is reported with its error.
+
+Two depths. By default (``deep=False``, under two seconds) packages are found and their versions read
+from their metadata, torch's CUDA build from its ``version.py`` and the GPUs from ``nvidia-smi -L``:
+nothing heavy is imported (torch alone takes seconds, open_clip more). With ``deep=True``
+(``clipprobe doctor --deep``) every package is imported and torch and FAISS are asked for their
+devices, which also finds an installation that is present but broken.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import importlib.util
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -92,11 +99,40 @@ def check_python() -> Check:
                                  f"{platform.system()} {platform.machine()}", "everything", required=True)
 
 
-def check_torch() -> Check:
+def _torch_build_cuda() -> str | None:
+    """The CUDA version torch was built for, read from its ``version.py`` without importing torch."""
+    spec = importlib.util.find_spec("torch")
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        try:
+            text = open(os.path.join(folder, "version.py"), encoding="utf-8").read()
+        except OSError:
+            continue
+        m = re.search(r"^cuda\s*(?::[^=]*)?=\s*['\"]([^'\"]+)['\"]", text, re.M)
+        return m.group(1) if m else None
+    return None
+
+
+def _nvidia_gpus() -> list[str] | None:
+    """GPU names from ``nvidia-smi -L`` (None: no NVIDIA driver tool on PATH, or it failed)."""
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=15, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    return [m.group(1).strip() for m in re.finditer(r"^GPU \d+: (.*?)(?: \(UUID:.*)?$", out.stdout, re.M)]
+
+
+def check_torch(deep: bool = True) -> Check:
     enables = "the models: embedding images and prompts (retrieve, report, index build, eat)"
     fix = "pip install torch torchvision (see pytorch.org for the build that matches your CUDA)"
     if importlib.util.find_spec("torch") is None:
         return Check("torch", "missing", "not installed", enables, fix, True)
+    if not deep:
+        return Check("torch", "ok", f"torch {_version('torch') or '(version unknown)'}", enables, "", True)
     try:
         import torch
     except Exception as err:  # noqa: BLE001
@@ -105,8 +141,10 @@ def check_torch() -> Check:
     return Check("torch", "ok", detail, enables, "", True)
 
 
-def check_cuda() -> Check:
+def check_cuda(deep: bool = True) -> Check:
     enables = "embedding on a GPU (fp16), much faster than the CPU"
+    if not deep:
+        return _check_cuda_fast(enables)
     try:
         import torch
     except Exception as err:  # noqa: BLE001
@@ -125,20 +163,48 @@ def check_cuda() -> Check:
     return Check("cuda", "ok", f"CUDA {torch.version.cuda}, {len(names)} GPU(s): {', '.join(names)}", enables)
 
 
-def check_open_clip() -> Check:
+def _check_cuda_fast(enables: str) -> Check:
+    if importlib.util.find_spec("torch") is None:
+        return Check("cuda", "missing", "torch is not installed", enables, "install torch")
+    built = _torch_build_cuda()
+    gpus = _nvidia_gpus()
+    if not gpus:
+        where = "no NVIDIA GPU found (nvidia-smi)" if gpus is not None else "no NVIDIA driver (no nvidia-smi on PATH)"
+        build = f"torch is built for CUDA {built}" if built else "this torch has no CUDA support"
+        return Check("cuda", "missing", f"{where}; {build}; embedding runs on the CPU", enables)
+    if not built:
+        return Check("cuda", "missing", f"{len(gpus)} GPU(s) ({', '.join(gpus)}) but this torch has no CUDA support; "
+                                        "embedding runs on the CPU", enables,
+                     "install a CUDA build of torch (see pytorch.org)")
+    return Check("cuda", "ok", f"CUDA {built} (torch build), {len(gpus)} GPU(s): {', '.join(gpus)}", enables)
+
+
+def check_open_clip(deep: bool = True) -> Check:
     return _import_check("open_clip", "open_clip", "the model zoo (every --model form)",
-                         "pip install 'open_clip_torch>=3.3,<4'", dists=("open_clip_torch",), required=True)
+                         "pip install 'open_clip_torch>=3.3,<4'", dists=("open_clip_torch",), required=True,
+                         do_import=deep)
 
 
 FAISS_DISTS = ("faiss-cpu", "faiss-gpu-cu12", "faiss-gpu-cu11", "faiss-gpu")
 
 
-def check_faiss(cuda_available: bool | None = None) -> Check:
+def check_faiss(cuda_available: bool | None = None, deep: bool = True) -> Check:
     enables = "the index of face embeddings (retrieve, report, index build)"
     fix = "pip install 'clipprobe[cpu]' (or 'clipprobe[gpu]' on a CUDA machine; not both)"
     installed = [d for d in FAISS_DISTS if _version(d) is not None]
     if importlib.util.find_spec("faiss") is None:
         return Check("faiss", "missing", "not installed", enables, fix, True)
+    if not deep:
+        names = ", ".join(f"{d} {_version(d)}" for d in installed) or "faiss"
+        if len(installed) > 1:
+            return Check("faiss", "error", f"{names} are all installed: they install the same module and conflict",
+                         enables, f"pip uninstall {' '.join(installed)}, then install one: {fix}", True)
+        if any("gpu" in d for d in installed):
+            return Check("faiss", "ok", f"{names}, GPU build", enables, "", True)
+        if cuda_available:
+            return Check("faiss", "limited", f"{names}, CPU search only (this machine has a CUDA GPU)", enables,
+                         "for GPU search: pip uninstall faiss-cpu && pip install 'clipprobe[gpu]'", True)
+        return Check("faiss", "ok", f"{names}, CPU search", enables, "", True)
     try:
         import faiss
     except Exception as err:  # noqa: BLE001
@@ -156,10 +222,10 @@ def check_faiss(cuda_available: bool | None = None) -> Check:
     return Check("faiss", "ok", f"{names}, CPU search", enables, "", True)
 
 
-def check_datasets() -> Check:
+def check_datasets(deep: bool = True) -> Check:
     return _import_check("datasets", "datasets",
                          "the default dataset (FairFace validation from Hugging Face) and hf: datasets",
-                         "pip install 'clipprobe[hf]'", required=False)
+                         "pip install 'clipprobe[hf]'", required=False, do_import=deep)
 
 
 def check_transformers() -> Check:
@@ -176,15 +242,15 @@ def check_transformers() -> Check:
                  enables)
 
 
-def check_hyperscan() -> Check:
+def check_hyperscan(deep: bool = True) -> Check:
     return _import_check("hyperscan", "hyperscan",
                          "caption terms that are not plain tokens, non-ASCII terms, --matcher hyperscan",
-                         "pip install hyperscan (wheels for Linux and macOS on x86-64 and arm64)")
+                         "pip install hyperscan (wheels for Linux and macOS on x86-64 and arm64)", do_import=deep)
 
 
-def check_numba() -> Check:
+def check_numba(deep: bool = True) -> Check:
     return _import_check("numba", "numba", "the caption token pass of captions count (the fast path)",
-                         "pip install numba")
+                         "pip install numba", do_import=deep)
 
 
 def check_pyspark() -> Check:
@@ -252,13 +318,23 @@ CHECKS: tuple[Callable[[], Check | list[Check]], ...] = (
 )
 
 
-def run_checks() -> list[Check]:
-    """Every check, in the order of :data:`CHECKS`; a check that itself fails is reported as an error."""
+# the checks that import their package (or ask it for devices) only when deep
+_DEEP = (check_torch, check_cuda, check_open_clip, check_datasets, check_hyperscan, check_numba)
+
+
+def run_checks(*, deep: bool = False) -> list[Check]:
+    """Every check, in the order of :data:`CHECKS`; a check that itself fails is reported as an error.
+
+    ``deep=False`` (the default) imports nothing heavy: packages are found, not imported; ``deep=True``
+    imports each one and asks torch and FAISS for their devices (seconds)."""
     checks: list[Check] = []
     cuda = None
     for fn in CHECKS:
         try:
-            result = fn(cuda) if fn is check_faiss else fn()
+            if fn is check_faiss:
+                result = fn(cuda, deep=deep)
+            else:
+                result = fn(deep=deep) if fn in _DEEP else fn()
         except Exception as err:  # noqa: BLE001 - the doctor reports, it does not crash
             result = Check(fn.__name__.removeprefix("check_"), "error", _first_line(err), "")
         for check in result if isinstance(result, list) else [result]:

@@ -164,10 +164,6 @@ def group_codes(values, attribute: str) -> tuple["np.ndarray", list[str]]:
     return codes, order
 
 
-def label_codes(table, attributes) -> dict[str, tuple["np.ndarray", list[str]]]:
-    """:func:`group_codes` of several columns of a label table: ``{attribute: (codes, names)}``."""
-    return {a: group_codes(table[a], a) for a in attributes}
-
 # Message templates (tests check them).
 MSG_BAD_SPEC = "dataset spec {spec!r} must look like SCHEME:WHERE with SCHEME one of {schemes}"
 MSG_UNKNOWN_SCHEME = "unknown dataset scheme {scheme!r} in {spec!r}{hint}; valid: {schemes}"

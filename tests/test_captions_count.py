@@ -13,7 +13,7 @@ import pytest
 from test_captions_matching import TRAPS, oracle_contains
 
 from clipprobe.captions import run as runmod
-from clipprobe.captions.run import CountConfig, count_captions
+from clipprobe.pipeline.captions import CountConfig, count_captions
 from clipprobe.captions.synth import realistic_captions, write_laion_parquet
 from clipprobe.errors import DataError
 

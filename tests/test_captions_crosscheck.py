@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from clipprobe.captions.stats import cooccurrence_table
+from clipprobe.analysis.cooccurrence import cooccurrence_table
 from clipprobe.analysis.crosscheck import crosscheck
 from clipprobe.report.crosscheck import crosscheck_scatter
 from clipprobe.errors import DataError
@@ -65,7 +65,7 @@ def test_scatter_returns_axes_with_the_data(tables):
     ax = crosscheck_scatter(joined, attribute="race", correlations=corr)
     xs = np.concatenate([c.get_offsets()[:, 0] for c in ax.collections])
     assert sorted(xs) == pytest.approx(sorted(joined[joined.attribute == "race"]["skew"]))
-    assert "rho=" in ax.get_title() and ax.get_xlabel() == "retrieval skew (model)"
+    assert "rho=" in ax.get_title() and ax.get_xlabel() == "skew = ln(share / base share)"   # as in every figure
 
 
 @pytest.fixture()

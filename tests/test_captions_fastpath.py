@@ -15,7 +15,7 @@ from test_captions_matching import TERMS, oracle_contains
 
 from clipprobe.captions import matching
 from clipprobe.captions.matching import WHITESPACE, Matcher, normalise_term
-from clipprobe.captions.run import CountConfig, count_captions
+from clipprobe.pipeline.captions import CountConfig, count_captions
 from clipprobe.captions.synth import realistic_captions, write_laion_parquet
 
 

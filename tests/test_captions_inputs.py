@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from test_captions_count import EXTRA, LEXICON, TAXONOMY, TRAPS, _check_against_oracle
 
 from clipprobe.captions import inputs
-from clipprobe.captions.run import CountConfig, count_captions
+from clipprobe.pipeline.captions import CountConfig, count_captions
 from clipprobe.captions.synth import write_laion_parquet
 from clipprobe.cli import cli
 from clipprobe.errors import DataError, UsageError

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from test_captions_count import LEXICON, TAXONOMY, TRAPS
 
-from clipprobe.captions.run import CountConfig, count_captions
+from clipprobe.pipeline.captions import CountConfig, count_captions
 from clipprobe.captions.synth import write_laion_parquet
 
 pytest.importorskip("pyspark")

@@ -11,7 +11,7 @@ from scipy.stats import fisher_exact
 from statsmodels.stats.contingency_tables import Table2x2
 from statsmodels.stats.multitest import multipletests
 
-from clipprobe.captions.stats import CI_MIN_EXPECTED, COLUMNS, cooccurrence_table, log_odds_interval
+from clipprobe.analysis.cooccurrence import CI_MIN_EXPECTED, COLUMNS, cooccurrence_table, log_odds_interval
 
 
 @pytest.fixture()
@@ -237,7 +237,7 @@ def test_with_status_reads_an_old_table_as_a_new_one(sparse):
     """A table written before the status column (absent rows with numbers, BH over every row) is
     corrected from its counts; a new table is unchanged."""
     from clipprobe.analysis.significance import bh_adjust
-    from clipprobe.captions.stats import defined_rows, with_status
+    from clipprobe.analysis.cooccurrence import defined_rows, with_status
 
     df, n = sparse
     pd.testing.assert_frame_equal(with_status(df), df)

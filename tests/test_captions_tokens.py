@@ -13,7 +13,7 @@ from test_captions_matching import TERMS, TRAPS, oracle_contains
 
 from clipprobe.captions import tokens
 from clipprobe.captions.matching import Matcher, normalise_term
-from clipprobe.captions.run import CountConfig, count_captions
+from clipprobe.pipeline.captions import CountConfig, count_captions
 from clipprobe.errors import UsageError
 
 pytest.importorskip("numba")       # a dependency; the pass is compiled by it
@@ -159,7 +159,7 @@ def test_without_numba_auto_and_workers_use_hyperscan(tmp_path, monkeypatch, cap
     from clipprobe.captions.synth import write_laion_parquet
 
     monkeypatch.setattr(tokens, "available", lambda: False)
-    write_laion_parquet(tmp_path / "a.parquet", ["a man", "a woman", None])
+    write_laion_parquet(tmp_path / "a.parquet", ["a man who is a terrorist", "a woman", None])
     res = count_captions(CountConfig(captions=(str(tmp_path / "a.parquet"),), out=str(tmp_path / "o"), workers=1))
     assert res.run["matcher"] == "hyperscan"
     space = TermSpace.build(["man"], _lexicon())

@@ -47,6 +47,18 @@ def test_demo_writes_the_usual_layouts(demo):
     assert str(out / "report" / "report.html") in output
 
 
+def test_demo_uses_the_shipped_model_by_name_and_writes_an_index(demo):
+    import re
+
+    out, output = demo
+    run = json.loads((out / "report" / "run.json").read_text())
+    assert run["model"]["canonical"] == "demo" and run["config"]["probe"]["model_config"] is None
+    index = (out / "index.html").read_text(encoding="utf-8")
+    hrefs = re.findall(r'href="([^"]*)"', index)
+    assert {"report/report.html", "captions/lift_heatmap.png", "retrieve-terrorist.png", "validation.json"} <= set(hrefs)
+    assert str(out / "index.html") in output
+
+
 def test_retrieval_of_planted_word_finds_its_group(demo):
     out, _ = demo
     data = json.loads((out / "retrieve-terrorist.json").read_text())
@@ -57,6 +69,7 @@ def test_retrieval_of_planted_word_finds_its_group(demo):
     assert top["group"] == planted["group"]
 
 
+@pytest.mark.slow
 def test_walkthrough_notebook_runs(demo):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

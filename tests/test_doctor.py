@@ -136,3 +136,38 @@ def test_every_extra_named_in_advice_exists_in_setup_cfg(checks):
     named |= {re.search(r"clipprobe\[([^\]]+)\]", c.fix).group(1) for c in checks if "clipprobe[" in c.fix}
     assert {"hf", "hf-text", "cpu", "gpu", "spark", "s3", "gcs", "azure"} <= named
     assert named <= extras, f"extras named but not in setup.cfg: {sorted(named - extras)}"
+
+
+def test_fast_checks_read_what_the_imports_would_say(monkeypatch):
+    """Without --deep, torch's version and CUDA build come from its files, the GPUs from nvidia-smi."""
+    import torch
+
+    fast, deep = doctor.check_torch(deep=False), doctor.check_torch(deep=True)
+    assert fast.ok and deep.ok and fast.detail.startswith("torch ")
+    assert torch.__version__.startswith(fast.detail.removeprefix("torch "))
+    assert doctor._torch_build_cuda() == torch.version.cuda
+    monkeypatch.setattr(doctor, "_nvidia_gpus", lambda: ["NVIDIA H100 80GB HBM3"])
+    monkeypatch.setattr(doctor, "_torch_build_cuda", lambda: "12.4")
+    check = doctor.check_cuda(deep=False)
+    assert (check.status, check.detail) == ("ok", "CUDA 12.4 (torch build), 1 GPU(s): NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(doctor, "_torch_build_cuda", lambda: None)
+    check = doctor.check_cuda(deep=False)
+    assert check.status == "missing" and check.fix == "install a CUDA build of torch (see pytorch.org)"
+    monkeypatch.setattr(doctor, "_nvidia_gpus", lambda: None)
+    assert doctor.check_cuda(deep=False).detail.startswith("no NVIDIA driver (no nvidia-smi on PATH)")
+
+
+def test_nvidia_smi_listing_is_parsed(monkeypatch, tmp_path):
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-1234)'\n"
+                   "echo 'GPU 1: NVIDIA A100-SXM4-40GB (UUID: GPU-5678)'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert doctor._nvidia_gpus() == ["NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-40GB"]
+
+
+def test_deep_command_imports_and_says_so():
+    result = CliRunner().invoke(doctor_command, ["--deep"])
+    assert result.exit_code == 0, result.output
+    assert "--deep` imports them" not in result.output
+    assert "CPU threads" in result.output   # torch was imported and asked

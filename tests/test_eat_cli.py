@@ -87,8 +87,13 @@ def test_run_writes_everything_and_a_rerun_embeds_nothing(tmp_path, model_args):
     assert set(REQUIRED) <= set(table.columns)
     first = table.set_index("test").loc["flowers-insects"]
     assert (first["order"], first["n_x"], first["n_y"], first["n_a"], first["n_b"]) == ("image-text", 4, 4, 2, 2)
-    assert bool(first["exact"]) and first["n_permutations"] == 70 and first["ci_method"] == "noncentral-t"
-    assert first["effect_ci_low"] < first["effect_size"] < first["effect_ci_high"]
+    assert first["order_label"] == "image as target" and first["status"] == "computed"
+    assert bool(first["exact"]) and first["n_permutations"] == 70 and first["ci_method"] == "fisher-z"
+    # 4 images per target set: fewer stimuli than a published interval needs, so it is withheld, and said
+    assert first["effect_ci_low"] != first["effect_ci_low"] and "X (4), Y (4), A (2), B (2)" in first["ci_note"]
+    assert (first["p_sides"], first["ci_sides"], first["ci_level"]) == ("one-sided", "two-sided", 0.95)
+    assert "[interval withheld]" in r.output and "p (one-sided) = " in r.output
+    assert "one-sided p (X more associated with A than Y is)" in r.output
     words = table.set_index("test").loc["words"]
     assert words["order"] == "text" and words["n_permutations"] == 20
     stimuli = pd.read_parquet(out / "stimuli.parquet")
@@ -142,7 +147,9 @@ def test_a_set_left_with_one_image_fails_before_writing(tmp_path, model_args):
     (["--suite", "weat", "--tests", "x.yaml", "--out", "OUT"], 2, "not both"),
     (["--suite", "weat", "--order", "video", "--out", "OUT"], 2, "unknown order 'video'"),
     (["--suite", "ghate2025", "--order", "text-image", "--out", "OUT"], 1, "need --oasis-root"),
-    (["--suite", "weat", "--interval", "BCa", "--bootstrap", "50", "--out", "OUT"], 2, "at least 100"),
+    (["--suite", "ghate2025", "--order", "text,text-image", "--strict", "--out", "OUT"], 1, "need --oasis-root"),
+    (["--suite", "weat", "--interval", "fisher-z", "--bootstrap", "50", "--out", "OUT"], 2, "at least 100"),
+    (["--suite", "weat", "--interval", "BCa", "--out", "OUT"], 2, "'BCa' is not one of 'fisher-z', 'none'"),
 ])
 def test_errors_are_one_line_and_write_nothing(tmp_path, model_args, args, code, text):
     out = tmp_path / "OUT"
@@ -151,6 +158,59 @@ def test_errors_are_one_line_and_write_nothing(tmp_path, model_args, args, code,
     assert r.exit_code == code, r.output
     assert text in r.output and "Traceback" not in r.output
     assert not out.exists()
+
+
+def test_missing_oasis_skips_those_tests_and_runs_the_rest(tmp_path, model_args):
+    import pandas as pd
+
+    out = tmp_path / "out"
+    r = _run(["--suite", "ghate2025", "--test", "age-names-weat10", "--order", "text,text-image", "--out", str(out),
+              "--permutations", "20000", "--interval", "none", "--no-sc-weat", "--no-figures", *model_args])
+    assert r.exit_code == 0, r.output
+    assert "1 of 2 tests computed" in r.output and "1 skipped" in r.output
+    assert "skipped: test 'age-names-weat10' (text-image) set A: OASIS images need --oasis-root" in r.output
+    table = pd.read_parquet(out / "eat.parquet").set_index("order")
+    assert list(table["status"]) == ["computed", "skipped"] and list(table["available"]) == [True, False]
+    assert table.loc["text-image", "unavailable_reason"].endswith("and the images/ folder")
+    # names x templates: 8 names per set, 8 sentences each; the attributes 25 NRC words x 6 sentences
+    row = table.loc["text"]
+    assert (row["n_x"], row["n_y"], row["n_a"], row["n_b"]) == (8, 8, 25, 25)
+    assert (row["n_x_texts"], row["n_y_texts"], row["n_a_texts"], row["n_b_texts"]) == (64, 64, 150, 150)
+    assert bool(row["exact"]) and row["n_permutations"] == 12870  # partitions of 16 names, not of 128 sentences
+    record = json.loads((out / "run.json").read_text())
+    assert record["skipped_tests"] == [{"test": "age-names-weat10", "order": "text-image",
+                                        "reason": table.loc["text-image", "unavailable_reason"]}]
+    assert record["tests"][0]["stimuli"] == {"X": 8, "Y": 8, "A": 25, "B": 25}
+
+
+def test_words_with_templates_permute_words(tmp_path, model_args):
+    import pandas as pd
+
+    tests = _tests_file(tmp_path / "in", extra="""  - name: templated
+    X: {words: [rose, tulip, daisy, lily], templates: ["This is a {word}.", "A {word} is here.", "I saw a {word}."]}
+    Y: {words: [ant, wasp, flea, moth], templates: ["This is a {word}.", "A {word} is here.", "I saw a {word}."]}
+    A: {words: [love, joy, peace], templates: ["This is {word}.", "That is {word}."]}
+    B: {words: [hate, war, grief], templates: ["This is {word}.", "That is {word}."]}
+""")
+    out = tmp_path / "out"
+    r = _run(["--tests", str(tests), "--test", "templated", "--out", str(out), "--permutations", "100000",
+              "--interval", "none", "--no-figures", *model_args])
+    assert r.exit_code == 0, r.output
+    row = pd.read_parquet(out / "eat.parquet").iloc[0]
+    assert (row["n_x"], row["n_y"], row["n_a"], row["n_b"]) == (4, 4, 3, 3)
+    assert (row["n_x_texts"], row["n_y_texts"], row["n_a_texts"], row["n_b_texts"]) == (12, 12, 6, 6)
+    assert bool(row["exact"]) and row["n_permutations"] == 70  # C(8, 4) word partitions, not C(24, 12)
+    stimuli = pd.read_parquet(out / "stimuli.parquet")
+    x = stimuli[stimuli["set"] == "X"]
+    assert list(x["unit"]) == [w for w in ("rose", "tulip", "daisy", "lily") for _ in range(3)]
+    assert x["stimulus"].iloc[1] == "A rose is here."
+    # the per-sentence SC-WEAT p-values permute the 6 attribute words (C(6, 3) = 20 partitions); their
+    # q-values are BH over this test's rows
+    from clipprobe.analysis.significance import bh_adjust
+
+    assert (stimuli["sc_n_permutations"] == 20).sum() == 24
+    assert stimuli["sc_q_value"].to_numpy() == pytest.approx(bh_adjust(stimuli["sc_p_value"].to_numpy()))
+    assert stimuli["sc_p_value_sentences"].notna().all()
 
 
 def test_weat_suite_text_test_is_exact(tmp_path, model_args):
@@ -195,19 +255,29 @@ def test_html_section_escapes_and_forest_plot(tmp_path):
         rows.append({c: None for c in report.EAT_COLUMNS} | {
             "test": name, "order": "text", "family": "", "available": True, "unavailable_reason": "",
             "n_x": 3, "n_y": 3, "n_a": 2, "n_b": 2, "effect_size": 0.5 + i, "effect_ci_low": 0.1,
-            "effect_ci_high": 0.9 + i, "ci_method": "BCa", "p_value": 0.01, "q_value": 0.02, "n_permutations": 20,
+            "effect_ci_high": 0.9 + i, "ci_method": "fisher-z", "p_value": 0.01, "q_value": 0.02, "n_permutations": 20,
             "exact": True, "alternative": "greater", "ddof": 1, "statistic": 0.1, "x_label": "<b>X</b>",
-            "y_label": "Y", "a_label": "A & co", "b_label": "B", "n_skipped_images": 0, "note": ""})
+            "y_label": "Y", "a_label": "A & co", "b_label": "B", "n_skipped_images": 0, "note": "",
+            "status": "computed", "p_sides": "one-sided", "ci_sides": "two-sided", "ci_level": 0.95, "ci_note": ""})
     rows.append(rows[1] | {"test": "gone", "available": False, "unavailable_reason": "images <not public>",
-                           "effect_size": np.nan, "effect_ci_low": np.nan, "effect_ci_high": np.nan})
+                           "effect_size": np.nan, "effect_ci_low": np.nan, "effect_ci_high": np.nan,
+                           "status": "unavailable", "order": "image-text"})
     table = pd.DataFrame(rows)
     html = report.html_section(table, {"suite": {"name": "s<1>"}, "config": {"ddof": 1}})
     assert "<script>alert" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "&lt;b&gt;X&lt;/b&gt;" in html and "A &amp; co" in html and "images &lt;not public&gt;" in html
     assert "s&lt;1&gt;" in html and 'src="data:image/png;base64,' in html
+    # sidedness said in the table's head: a one-sided p beside a two-sided interval
+    assert "<th>p (one-sided)</th>" in html and "<th>interval (two-sided)</th>" in html
+    assert "one-sided p (X more associated with A than Y is)" in html and "two-sided 95% interval" in html
     ax = report.forest_plot(table)
     labels = [t.get_text() for t in ax.get_yticklabels()]
-    assert labels == ["<script>alert(1)</script> (all text)", "plain (all text)", "gone (all text)"]
+    assert labels == ["<script>alert(1)</script> (all text)", "plain (all text)", "gone (image as target)"]
+    # each order's series is named as the table's order_label says (with its code when they differ)
+    assert [c.get_label() for c in ax.containers] == ["all text (text)"]
+    assert list(report.results_table([], {})["order_label"]) == []
+    assert report.order_label("image-text") == "image as target (image-text)"
+    assert "two-sided 95% interval" in ax.get_xlabel()
     xs = sorted(float(x) for line in ax.lines for x in np.atleast_1d(line.get_xdata()) if np.isfinite(x))
     assert 0.5 in xs and 1.5 in xs
 
@@ -228,7 +298,7 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args, monkeypatch):
     oasis = _oasis(tmp_path)
     out = tmp_path / "out"
     r = _run(["--suite", "ghate2025", "--stimuli-root", str(repo), "--oasis-root", str(oasis), "--out", str(out),
-              "--permutations", "20000", "--interval", "BCa", "--bootstrap", "200", "--sc-permutations", "200",
+              "--permutations", "20000", "--interval", "fisher-z", "--bootstrap", "200", "--sc-permutations", "200",
               *model_args])
     assert r.exit_code == 0, r.output
     table = pd.read_parquet(out / "eat.parquet")
@@ -237,10 +307,19 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args, monkeypatch):
     assert list(zip(gone["test"], gone["order"])) == [("instrument-weapon", "image"), ("instrument-weapon", "image-text")]
     sizes = table.set_index(["test", "order"])
     assert tuple(sizes.loc[("insect-flower", "image"), ["n_x", "n_y", "n_a", "n_b"]]) == (35, 35, 25, 25)
-    assert tuple(sizes.loc[("race", "image-text"), ["n_x", "n_y", "n_a", "n_b"]]) == (6, 6, 150, 150)
-    assert tuple(sizes.loc[("insect-flower-weat1", "text-image"), ["n_x", "n_y", "n_a", "n_b"]]) == (350, 350, 25, 25)
+    assert tuple(sizes.loc[("race", "image-text"), ["n_x", "n_y", "n_a", "n_b"]]) == (6, 6, 25, 25)
+    assert tuple(sizes.loc[("race", "image-text"), ["n_a_texts", "n_b_texts"]]) == (150, 150)
+    assert tuple(sizes.loc[("insect-flower-weat1", "text-image"), ["n_x", "n_y", "n_a", "n_b"]]) == (25, 25, 25, 25)
+    assert tuple(sizes.loc[("insect-flower-weat1", "text-image"), ["n_x_texts", "n_y_texts"]]) == (350, 350)
     assert bool(sizes.loc[("age", "image"), "exact"]) and sizes.loc[("age", "image"), "n_permutations"] == 924
     done = table[table["available"]]
-    assert (done["ci_method"] == "BCa").all() and (done["effect_ci_low"] <= done["effect_ci_high"]).all()
+    assert (done["ci_method"] == "fisher-z").all()
+    shown = done[done["effect_ci_low"].notna()]
+    assert (shown["effect_ci_low"] <= shown["effect_ci_high"]).all() and len(shown) >= 10
+    withheld = done[done["effect_ci_low"].isna()]
+    from clipprobe.analysis.eat import MIN_INTERVAL_STIMULI
+
+    assert (withheld[["n_x", "n_y", "n_a", "n_b"]].min(axis=1) < MIN_INTERVAL_STIMULI).all()
+    assert (withheld["ci_note"] != "").all() and (shown[["n_x", "n_y", "n_a", "n_b"]].min(axis=1) >= 25).all()
     assert done["q_value"].notna().all() and (done["q_value"] >= done["p_value"] - 1e-12).all()
     assert "unavailable: set X (Instruments)" in r.output

@@ -461,79 +461,251 @@ def test_sc_weat_against_brute_force():
     assert sc.exact and sc.n_permutations == math.comb(9, 5)
 
 
-def test_interval_statistic_and_reproducibility():
+def _grouped_sets(seed, sizes=((5, 3), (4, 3), (6, 2), (5, 2)), dim=6, word_sd=1.0):
+    """X, Y, A, B as words x templates: (rows, word labels) per set; a word's rows share its offset."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i, (n_words, n_templates) in enumerate(sizes):
+        centre = rng.standard_normal(dim) + 0.3 * i
+        offsets = word_sd * rng.standard_normal((n_words, dim))
+        rows = centre + offsets[:, None, :] + 0.5 * rng.standard_normal((n_words, n_templates, dim))
+        labels = [f"w{i}-{j}" for j in range(n_words) for _ in range(n_templates)]
+        out.append((rows.reshape(-1, dim), labels))
+    return out
+
+
+def _resampled_d(sets, draws):
+    """d of explicitly rebuilt sets: every drawn word brings all its rows (the oracle of the bootstrap)."""
+    rebuilt = []
+    for (rows, labels), draw in zip(sets, draws):
+        words = list(dict.fromkeys(labels))
+        rebuilt.append(np.concatenate([rows[[i for i, w in enumerate(labels) if w == words[j]]] for j in draw]))
+    X, Y, A, B = rebuilt
+    return eat.effect_size(eat.association(X, A, B), eat.association(Y, A, B))
+
+
+@pytest.mark.parametrize("resample", ["all", "targets"])
+def test_stimulus_bootstrap_statistic_against_rebuilt_sets(resample):
+    sets = _grouped_sets(5)
+    units = dict(zip("XYAB", (labels for _, labels in sets)))
+    unit_rows = {k: rows / np.linalg.norm(rows, axis=1, keepdims=True) for k, (rows, _) in zip("XYAB", sets)}
+    codes = {k: eat.stimulus_codes(units[k], len(unit_rows[k])) for k in "XYAB"}
+    stat = eat._StimulusStatistic(unit_rows["X"], unit_rows["Y"], unit_rows["A"], unit_rows["B"], codes, 1, resample)
+    n_words = [len(set(labels)) for _, labels in sets]
+    identity = [np.arange(n) for n in n_words]
+    X, Y, A, B = (rows for rows, _ in sets)
+    d = eat.effect_size(eat.association(X, A, B), eat.association(Y, A, B))
+    k = 4 if resample == "all" else 2
+    assert stat(*identity[:k]) == pytest.approx(d, rel=1e-12)
+    rng = np.random.default_rng(0)
+    draws = [rng.integers(0, n, (7, n)) for n in n_words]
+    batch = stat(*draws[:k])  # seven resamples at once
+    for r in range(7):
+        full = [draws[j][r] if j < k else identity[j] for j in range(4)]
+        assert batch[r] == pytest.approx(_resampled_d(sets, full), rel=1e-10)
+    # a jackknife sample (one word left out of X) and broadcasting over leading axes
+    left_out = [np.delete(identity[0], 2)[None, :]] + [i[None, :] for i in identity[1:k]]
+    assert stat(*left_out)[0] == pytest.approx(_resampled_d(sets, [np.delete(identity[0], 2)] + identity[1:]),
+                                               rel=1e-10)
+
+
+@pytest.mark.parametrize("method", ["BCa", "percentile"])
+def test_interval_is_scipys_bootstrap_of_rebuilt_sets(method):
+    """Our interval = scipy.stats.bootstrap over word indices with the plain statistic (rebuilt sets), same rng."""
     from scipy.stats import bootstrap
 
-    X, Y, A, B = _vector_inputs()
+    sets = _grouped_sets(6, sizes=((8, 3), (9, 2), (8, 2), (10, 1)))
+    units = dict(zip("XYAB", (labels for _, labels in sets)))
+    X, Y, A, B = (rows for rows, _ in sets)
+    ci = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, min_stimuli=0, seed=3, method=method)
+    again = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, min_stimuli=0, seed=3, method=method)
+    assert (ci.low, ci.high) == (again.low, again.high) and ci.low < ci.high and ci.note == ""
+
+    def plain(ix, iy, ia, ib, axis=-1):
+        shape = np.broadcast_shapes(ix.shape[:-1], iy.shape[:-1], ia.shape[:-1], ib.shape[:-1])
+        arrays = [np.broadcast_to(v, shape + v.shape[-1:]).reshape(-1, v.shape[-1]) for v in (ix, iy, ia, ib)]
+        return np.array([_resampled_d(sets, [a[r] for a in arrays]) for r in range(arrays[0].shape[0])]).reshape(shape)
+
+    rng = np.random.default_rng(np.random.SeedSequence(3, spawn_key=(0xB007,)))
+    data = tuple(np.arange(len(set(labels))) for _, labels in sets)
+    ref = bootstrap(data, plain, n_resamples=300, method=method, vectorized=True, rng=rng, batch=300)
+    assert (ci.low, ci.high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-9)
+
+
+def test_fisher_z_interval_from_scipys_bootstrap_distribution():
+    """The default interval by hand: scipy's bootstrap distribution of d (rebuilt sets, same rng), the point-
+    biserial correlation's Fisher z, a normal interval with the replicates' standard deviation, mapped back."""
+    from scipy.stats import bootstrap, norm
+
+    sets = _grouped_sets(13, sizes=((9, 3), (8, 2), (8, 2), (10, 1)))
+    units = dict(zip("XYAB", (labels for _, labels in sets)))
+    X, Y, A, B = (rows for rows, _ in sets)
+    ci = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=300, min_stimuli=0, seed=4, ddof=1)
+    assert ci.method == "fisher-z" and ci.low < ci.high and ci.note == ""
+
+    def plain(ix, iy, ia, ib, axis=-1):
+        shape = np.broadcast_shapes(ix.shape[:-1], iy.shape[:-1], ia.shape[:-1], ib.shape[:-1])
+        arrays = [np.broadcast_to(v, shape + v.shape[-1:]).reshape(-1, v.shape[-1]) for v in (ix, iy, ia, ib)]
+        return np.array([_resampled_d(sets, [a[r] for a in arrays]) for r in range(arrays[0].shape[0])]).reshape(shape)
+
+    rng = np.random.default_rng(np.random.SeedSequence(4, spawn_key=(0xB007,)))
+    data = tuple(np.arange(len(set(labels))) for _, labels in sets)
+    reps = bootstrap(data, plain, n_resamples=300, method="percentile", vectorized=True, rng=rng,
+                     batch=300).bootstrap_distribution
+    d = eat.effect_size(eat.association(X, A, B), eat.association(Y, A, B))
+    N, p = len(X) + len(Y), len(X) / (len(X) + len(Y))
+    c = math.sqrt(p * (1 - p) * N / (N - 1))
+    # c d is the point-biserial correlation of membership in X with s (ddof 1 both)
+    s = np.concatenate([eat.association(X, A, B), eat.association(Y, A, B)])
+    member = np.r_[np.ones(len(X)), np.zeros(len(Y))]
+    assert c * d == pytest.approx(np.corrcoef(member, s)[0, 1], rel=1e-10)
+    se = np.arctanh(c * reps).std(ddof=1)
+    z = np.arctanh(c * d)
+    q = norm.ppf(0.975)
+    assert (ci.low, ci.high) == pytest.approx((np.tanh(z - q * se) / c, np.tanh(z + q * se) / c), rel=1e-9)
+    with pytest.raises(UsageError) as err:
+        eat.run_eats([eat.EatInput("t", X, Y, A, B, units=units)], eat.EatSettings(ci_method="BCa"))
+    assert str(err.value) == eat.MSG_CI_UNPUBLISHED.format(value="BCa")
+
+
+def test_interval_withheld_below_the_measured_size_and_fixed_attributes():
+    n = eat.MIN_INTERVAL_STIMULI
+    assert n == 25  # the smallest set size at which the coverage grid measured 0.93-0.97 (README)
+    sets = _grouped_sets(7, sizes=((n, 2), (n + 1, 2), (n - 13, 2), (n, 2)))
+    units = dict(zip("XYAB", (labels for _, labels in sets)))
+    X, Y, A, B = (rows for rows, _ in sets)
+    ci = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200)
+    assert math.isnan(ci.low) and math.isnan(ci.high)
+    assert ci.note == eat.MSG_CI_WITHHELD.format(sets=f"A ({n - 13})", min=n)
+    # the rule counts words, not sentences: A has 24 sentences but 12 stimuli
+    assert len(A) == 2 * (n - 13)
+    # A is not resampled with fixed attributes: then its size does not matter
+    fixed = eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200, resample="targets")
+    assert fixed.low < fixed.high and fixed.resample == "targets" and fixed.note == ""
+    d = eat.effect_size(eat.association(X, A, B), eat.association(Y, A, B))
+    assert fixed.low < d < fixed.high
+    # fixed attributes: n - 1 of the n words of X and of Y are drawn (unbiased bootstrap variance of a mean)
+    from clipprobe.analysis.eat import _StimulusStatistic
+
+    calls = []
+    original = _StimulusStatistic.__call__
+
+    def spy(self, *samples, axis=-1):
+        calls.append(tuple(np.shape(x)[-1] for x in samples))
+        return original(self, *samples, axis=axis)
+
+    _StimulusStatistic.__call__ = spy
+    try:
+        eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200, resample="targets")
+        eat.effect_size_interval(X, Y, A, B, units=units, n_resamples=200, resample="all", min_stimuli=0)
+    finally:
+        _StimulusStatistic.__call__ = original
+    assert (n - 1, n) in calls and (n, n + 1, n - 13, n) in calls
+    with pytest.raises(UsageError) as err:
+        eat.effect_size_interval(X, Y, A, B, resample="some")
+    assert str(err.value) == eat.MSG_RESAMPLE.format(value="some")
+
+
+# ------------------------------------------------------------------ stimuli as the unit of the permutation
+
+
+def _word_level_brute_force(sx, sy, ux, uy, alternative="greater"):
+    """Enumerate every partition of the words of X u Y into |X| and |Y| words; each word's sentences move
+    together; the statistic is the sum over X's words of each word's mean association."""
+    words = [(u, s) for labels, values in ((ux, sx), (uy, sy)) for u in dict.fromkeys(labels)
+             for s in [np.asarray(values)[[i for i, v in enumerate(labels) if v == u]]]]
+    means = np.array([s.mean() for _, s in words])
+    n_x = len(dict.fromkeys(ux))
+    observed = means[:n_x].sum()
+    centre = n_x * means.mean()
+    stats = np.array([means[list(c)].sum() for c in itertools.combinations(range(len(words)), n_x)])
+    tol = eat.TIE_RTOL * np.abs(means).sum()
+    if alternative == "greater":
+        hits = stats >= observed - tol
+    elif alternative == "less":
+        hits = stats <= observed + tol
+    else:
+        hits = np.abs(stats - centre) >= abs(observed - centre) - tol
+    return hits.mean(), len(stats)
+
+
+@pytest.mark.parametrize("alternative", ["greater", "less", "two-sided"])
+def test_p_value_permutes_words_against_brute_force(alternative):
+    sets = _grouped_sets(8, sizes=((5, 4), (6, 4), (4, 3), (5, 3)))
+    (X, ux), (Y, uy), (A, ua), (B, ub) = sets
+    t = eat.EatInput("words", X, Y, A, B, units={"X": ux, "Y": uy, "A": ua, "B": ub})
+    r = eat.run_eats([t], eat.EatSettings(ci_method=None, sc_weat=False, alternative=alternative))[0]
     sx, sy = eat.association(X, A, B), eat.association(Y, A, B)
-    stat = eat._TargetsStatistic(ddof=1)
-    assert stat(sx, sy) == pytest.approx(-1.068033, abs=5e-7)
-    ix, iy = np.array([0, 0, 1, 3]), np.array([2, 2, 2, 1])
-    assert stat(sx[ix], sy[iy]) == pytest.approx(eat.effect_size(sx[ix], sy[iy]), rel=1e-12)
-    batch = stat(np.stack([sx[ix], sx]), np.stack([sy[iy], sy]))  # vectorised over resamples
-    assert batch == pytest.approx([eat.effect_size(sx[ix], sy[iy]), -1.068033], abs=5e-7)
-    a = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1, method="BCa")
-    b = eat.effect_size_interval(X, Y, A, B, n_resamples=500, seed=1, method="BCa")
-    assert (a.low, a.high) == (b.low, b.high) and a.method == "BCa" and a.low < a.high
-    # the same interval as scipy's bootstrap called directly on the associations with a plain statistic
-    rng = np.random.default_rng(np.random.SeedSequence(1, spawn_key=(0xB007,)))
-    ref = bootstrap((sx, sy), lambda x, y, axis: np.array([eat.effect_size(u, v) for u, v in
-                                                           zip(np.atleast_2d(x), np.atleast_2d(y))]).reshape(
-                        np.broadcast_shapes(x.shape[:-1], y.shape[:-1])),
-                    n_resamples=500, method="BCa", vectorized=True, rng=rng, batch=500)
-    assert (a.low, a.high) == pytest.approx((ref.confidence_interval.low, ref.confidence_interval.high), rel=1e-9)
+    p, n = _word_level_brute_force(sx, sy, ux, uy, alternative)
+    assert r.exact and r.n_permutations == n == math.comb(11, 5)
+    assert r.p_value == pytest.approx(p, abs=1e-15)
+    # with the same number of sentences per word, the seed's statistic (sum over X's sentences) orders the
+    # word partitions the same way: the brute force over sentences moved together agrees
+    words = list(dict.fromkeys(ux)) + list(dict.fromkeys(uy))
+    s_all, labels = np.concatenate([sx, sy]), list(ux) + list(uy)
+    by_word = [s_all[[i for i, v in enumerate(labels) if v == w]] for w in words]
+    sums = np.array([sum(by_word[j].sum() for j in c) for c in itertools.combinations(range(len(words)), 5)])
+    if alternative == "greater":
+        assert r.p_value == pytest.approx((sums >= sx.sum() - 1e-11 * np.abs(s_all).sum()).mean(), abs=1e-15)
+    # the seed's sentence-level test is still there, over the 44 sentences as if independent
+    rows = eat.permutation_test(s_all, len(sx), alternative=alternative)
+    assert r.p_value_sentences == rows.p_value and r.n_permutations_sentences == rows.n_permutations
+    assert (r.n_x, r.n_y, r.n_a, r.n_b) == (5, 6, 4, 5)
+    assert (r.n_x_texts, r.n_y_texts, r.n_a_texts, r.n_b_texts) == (20, 24, 12, 15)
+    assert r.effect_size == pytest.approx(eat.effect_size(sx, sy), rel=1e-12)  # d over sentences, as the seed
 
 
-def _nct_cdf_by_quadrature(t: float, df: int, ncp: float) -> float:
-    """P(T <= t) for T = (Z + ncp) / sqrt(V / df), V ~ chi2(df): one integral over V (not scipy's nct)."""
-    from scipy.integrate import quad
-    from scipy.stats import chi2, norm
-
-    return quad(lambda v: norm.cdf(t * math.sqrt(v / df) - ncp) * chi2.pdf(v, df), 0, np.inf, limit=200)[0]
-
-
-def _bisect(f, lo, hi, tol=1e-9):
-    flo = f(lo)
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        fm = f(mid)
-        if (fm < 0) == (flo < 0):
-            lo, flo = mid, fm
-        else:
-            hi = mid
-        if hi - lo < tol:
-            break
-    return (lo + hi) / 2
+def test_p_value_with_unequal_sentences_per_word_against_brute_force():
+    rng = np.random.default_rng(9)
+    X, Y, A, B = rng.standard_normal((11, 5)), rng.standard_normal((9, 5)) + 0.2, rng.standard_normal((6, 5)), \
+        rng.standard_normal((6, 5)) + 0.4
+    ux = ["a", "a", "a", "b", "c", "c", "d", "d", "d", "d", "e"]
+    uy = ["f", "g", "g", "h", "h", "h", "i", "j", "j"]
+    r = eat.run_eats([eat.EatInput("t", X, Y, A, B, units={"X": ux, "Y": uy})],
+                     eat.EatSettings(ci_method=None, sc_weat=False))[0]
+    p, n = _word_level_brute_force(eat.association(X, A, B), eat.association(Y, A, B), ux, uy)
+    assert r.exact and r.n_permutations == n == math.comb(10, 5) and r.p_value == pytest.approx(p, abs=1e-15)
+    assert (r.n_x, r.n_y, r.n_x_texts, r.n_y_texts, r.n_a, r.n_a_texts) == (5, 5, 11, 9, 6, 6)
 
 
-@pytest.mark.parametrize("n_x,n_y,shift", [(6, 6, 1.2), (8, 11, 0.3), (25, 25, -0.6)])
-def test_noncentral_t_interval_against_quadrature(n_x, n_y, shift):
-    rng = np.random.default_rng(n_x + n_y)
-    sx, sy = rng.standard_normal(n_x) + shift, rng.standard_normal(n_y)
-    low, high = eat.noncentral_t_interval(sx, sy, confidence=0.95)
-    N, df = n_x + n_y, n_x + n_y - 2
-    sp = math.sqrt(((n_x - 1) * sx.var(ddof=1) + (n_y - 1) * sy.var(ddof=1)) / df)
-    scale = math.sqrt(n_x * n_y / N)
-    t = (sx.mean() - sy.mean()) / sp * scale
-    ncp_low = _bisect(lambda c: (1 - _nct_cdf_by_quadrature(t, df, c)) - 0.025, t - 10, t + 10)
-    ncp_high = _bisect(lambda c: _nct_cdf_by_quadrature(t, df, c) - 0.025, t - 10, t + 10)
-    p = n_x / N
-    to_d = lambda delta: delta / math.sqrt(1 + p * (1 - p) * delta ** 2)  # noqa: E731
-    assert low == pytest.approx(to_d(ncp_low / scale), abs=1e-6)
-    assert high == pytest.approx(to_d(ncp_high / scale), abs=1e-6)
-    d = eat.effect_size(sx, sy)
-    assert low < d < high
+def test_random_word_partitions_match_exact_enumeration():
+    sets = _grouped_sets(10, sizes=((7, 3), (8, 3), (4, 2), (4, 2)))
+    (X, ux), (Y, uy), (A, ua), (B, ub) = sets
+    t = eat.EatInput("t", X, Y, A, B, units={"X": ux, "Y": uy, "A": ua, "B": ub})
+    exact = eat.run_eats([t], eat.EatSettings(ci_method=None, sc_weat=False))[0]
+    sampled = eat.run_eats([t], eat.EatSettings(ci_method=None, sc_weat=False, n_permutations=6000))[0]
+    assert exact.exact and not sampled.exact and sampled.n_permutations == 6000
+    assert abs(sampled.p_value - exact.p_value) < 4 * math.sqrt(exact.p_value * (1 - exact.p_value) / 6000) + 1e-3
 
 
-def test_mixture_effect_is_the_populations_effect_size():
-    """delta / sqrt(1 + p (1 - p) delta^2) is d over a p : 1 - p mix of two unit-variance normals."""
-    rng = np.random.default_rng(0)
-    for delta, p in ((1.5, 0.5), (0.7, 0.3), (-2.0, 0.6)):
-        n = 2_000_000
-        x = rng.standard_normal(int(n * p)) + delta
-        y = rng.standard_normal(n - int(n * p))
-        d = (x.mean() - y.mean()) / np.concatenate([x, y]).std()
-        assert float(eat._mixture_effect(delta, p)) == pytest.approx(d, abs=3e-3)
+def test_sc_weat_permutes_attribute_words_against_brute_force():
+    sets = _grouped_sets(11, sizes=((3, 2), (3, 2), (4, 3), (3, 3)))
+    (W, _), _, (A, ua), (B, ub) = sets
+    sc = eat.sc_weat(W, A, B, units_a=ua, units_b=ub, n_permutations=10_000)
+    An, Bn = (M / np.linalg.norm(M, axis=1, keepdims=True) for M in (A, B))
+    for i, w in enumerate(W / np.linalg.norm(W, axis=1, keepdims=True)):
+        ca, cb = An @ w, Bn @ w
+        p, n = _word_level_brute_force(ca, cb, ua, ub)
+        assert sc.p_value[i] == pytest.approx(p, abs=1e-15)
+        rows = eat.permutation_test(np.concatenate([ca, cb]), len(ca), n_permutations=10_000)
+        assert sc.p_value_sentences[i] == rows.p_value
+        assert sc.effect_size[i] == pytest.approx((ca.mean() - cb.mean()) / np.concatenate([ca, cb]).std(ddof=1))
+    assert sc.exact and sc.n_permutations == math.comb(7, 4) and sc.n_stimuli == 7
+    assert sc.q_value == pytest.approx(bh_adjust(sc.p_value))
+
+
+def test_units_checks():
+    sets = _grouped_sets(12)
+    (X, ux), (Y, uy), (A, ua), (B, ub) = sets
+    with pytest.raises(DataError) as err:
+        eat.run_eats([eat.EatInput("t", X, Y, A, B, units={"X": ux[:-1]})])
+    assert str(err.value) == eat.MSG_UNITS_LENGTH.format(test="t", name="X", got=len(ux) - 1, n=len(ux))
+    with pytest.raises(DataError) as err:
+        eat.run_eats([eat.EatInput("t", X, Y, A, B, units={"Z": ux})])
+    assert str(err.value) == eat.MSG_UNITS_SET.format(test="t", names="Z")
+    with pytest.raises(DataError) as err:  # 15 sentences of one word: one stimulus, nothing to permute
+        eat.run_eats([eat.EatInput("t", X, Y, A, B, units={"X": ["same"] * len(X)})])
+    assert str(err.value) == eat.MSG_TOO_FEW_UNITS.format(name="X", test="t", n=1, rows=len(X), min=2)
 
 
 def test_run_eats_bh_and_fields():
@@ -556,7 +728,15 @@ def test_run_eats_bh_and_fields():
                                                               eat.association(t.Y, t.A, t.B)))
         assert r.sc_targets.association == pytest.approx(np.concatenate([r.s_x, r.s_y]))
         assert len(r.sc_attributes.p_value) == 13 and r.sc_attributes.n_permutations == 500
-        assert r.ci_low <= r.effect_size <= r.ci_high or not np.isfinite(r.ci_low)
+        # one row per stimulus here: the stimulus-level and sentence-level tests are the same test
+        assert r.p_value_sentences == r.p_value and (r.n_x_texts, r.n_b_texts) == (8, 7)
+        family = np.concatenate([r.sc_targets.p_value, r.sc_attributes.p_value])
+        assert np.concatenate([r.sc_targets.q_value, r.sc_attributes.q_value]) == pytest.approx(bh_adjust(family))
+        # 6 to 9 stimuli per set, fewer than the interval needs: withheld, with the reason
+        assert not np.isfinite(r.ci_low) and "A (6)" in r.ci_note and r.ci_method == "fisher-z"
+    # the SC-WEAT q-values of a test do not depend on which other tests ran
+    alone = eat.run_eats(tests[2:3], eat.EatSettings(n_permutations=5_000, n_bootstrap=200, sc_permutations=500))[0]
+    assert alone.sc_targets.q_value == pytest.approx(res[2].sc_targets.q_value)
 
 
 # ------------------------------------------------------------------ bad input

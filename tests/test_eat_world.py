@@ -69,7 +69,7 @@ def test_planted_associations_have_large_effects(world, world_encoder, tmp_path)
     path = tmp_path / "planted.yaml"
     path.write_text(yaml.safe_dump({"tests": tests}), encoding="utf-8")
     run = run_eat(EatConfig(out=str(tmp_path / "out"), tests_file=str(path), cache_dir=str(tmp_path / "cache"),
-                            permutations=100_000, sc_permutations=1000, device="cpu",
+                            permutations=100_000, sc_permutations=1000, device="cpu", fixed_attributes=True,
                             num_workers=0), encoder=world_encoder)
     table = run.table.set_index("test")
     race = [f"{p['word']}-{p['group']}" for p in truth["planted"] if p["attribute"] == "race"]
@@ -77,6 +77,8 @@ def test_planted_associations_have_large_effects(world, world_encoder, tmp_path)
     for name in race:  # the seven race-planted words: every test large and significant
         row = table.loc[name]
         assert row["effect_size"] > 0.5 and row["effect_ci_low"] > 0 and row["q_value"] < 1e-3, name
+        # one prompt per stimulus here (texts), so the stimulus and sentence tests are one test
+        assert row["p_value_sentences"] == row["p_value"] and row["ci_resample"] == "targets", name
     # across all twelve planted words the direction is the planted one for most
     assert (table["effect_size"] > 0).sum() >= 10
     assert (table["q_value"] < 0.05).sum() >= 9

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
+from matplotlib.colors import to_rgb
 from PIL import Image
 
 from clipprobe.report import figures
@@ -37,7 +38,7 @@ def test_load_report_reads_tables_and_splits_categories(report):
     assert report.attributes[0] == "race"
     # "ceo" is in two categories, joined by "; ": both must be listed, and no joined string.
     assert report.categories == ["occupation", "status", "traits"]
-    assert report.words.loc[report.words["word"] == "ceo", "category"].iloc[0] == "occupation; status"
+    assert report.words.loc[report.words["word"] == "ceo", "category"].iloc[0] == ["occupation", "status"]
     assert report.model_spec == "TinyCLIP-test:random"
     assert report.groups["flagged"].dtype == bool
 
@@ -88,7 +89,7 @@ def _oracle_mean_skew(groups, attribute):
     for row in groups.itertuples(index=False):
         if row.attribute != attribute:
             continue
-        for cat in row.category.split("; "):
+        for cat in row.category:
             sums[cat, row.group] += row.skew
             counts[cat, row.group] += 1
     return {key: sums[key] / counts[key] for key in sums}
@@ -140,21 +141,66 @@ def test_entropy_by_category_plots_summary(report):
     assert not ax.containers  # no interval is drawn: none was measured to cover
 
 
+def _zero_marks(ax):
+    return [line for line in ax.get_lines() if line.get_label() == "_zero_faces"]
+
+
 def test_word_skew_dots_rows_points_and_flags(report):
     g = report.groups
     ax = figures.word_skew_dots(g, "status", "race")
-    rows = g[(g["attribute"] == "race") & g["category"].str.contains("status")]
+    rows = g[(g["attribute"] == "race") & g["category"].map(lambda c: "status" in c)]
     order = rows.groupby("word")["skew"].max().sort_values(ascending=False).index.tolist()
     assert [t.get_text() for t in ax.get_yticklabels()] == order
-    points = np.concatenate([c.get_offsets() for c in ax.collections if hasattr(c, "get_offsets")
-                             and len(c.get_offsets()) and c.get_offsets().shape[1] == 2
-                             and type(c).__name__ == "PathCollection"])
-    assert len(points) == len(rows)
-    assert sorted(points[:, 0]) == pytest.approx(sorted(rows["skew"]))
+    measured, zero = rows[rows["count"] > 0], rows[rows["count"] == 0]
+    assert len(zero) > 0                       # the fixture has groups with no face in a top-k
+    points = np.concatenate([c.get_offsets() for c in ax.collections if type(c).__name__ == "PathCollection"
+                             and len(c.get_offsets())])
+    assert len(points) == len(measured)        # a point per group with faces ...
+    assert sorted(points[:, 0]) == pytest.approx(sorted(measured["skew"]))
+    segments = sum(len(c.get_segments()) for c in ax.collections if type(c).__name__ == "LineCollection")
+    assert segments == len(measured)           # ... and an interval for each of them only
+    marks = _zero_marks(ax)                    # no face: an x in the strip, at the word's row, no skew
+    assert sum(len(m.get_ydata()) for m in marks) == len(zero)
+    assert all(m.get_marker() == "x" and set(m.get_xdata()) == {figures.ZERO_STRIP / 2} for m in marks)
+    ypos = {w: i for i, w in enumerate(order)}
+    ys = np.concatenate([m.get_ydata() for m in marks])
+    assert sorted(np.round(ys).astype(int)) == sorted(ypos[w] for w in zero["word"])
+    assert ax.get_xlim()[0] < min(measured["skew_ci_low"]) and "0 faces" in " ".join(
+        t.get_text() for t in ax.figure.legends[0].get_texts())
     filled = sum(len(c.get_offsets()) for c in ax.collections if type(c).__name__ == "PathCollection"
                  and len(c.get_offsets()) and tuple(c.get_facecolor()[0][:3]) != (1.0, 1.0, 1.0))
-    assert filled == int(rows["flagged_vs_controls"].sum())     # the headline flag: against the controls
+    assert filled == int(measured["flagged_vs_controls"].sum())     # the headline flag: against the controls
     assert "status" in ax.get_title() and "race" in ax.get_title()
+
+
+def test_word_skew_panels_small_multiples_of_race_and_gender(report):
+    """race_gender: one panel per word, a row per race, the genders as two series in the gender plots'
+    colours; the points are the skews of the groups with faces, the rest are "0 faces" marks."""
+    g = report.groups
+    fig = figures.word_skew_panels(g, None, "race_gender", max_words=5)
+    panels = [ax for ax in fig.axes if ax.get_title(loc="left")]
+    order = _most_skewed(g, "race_gender")[:5]
+    assert [ax.get_title(loc="left") for ax in panels] == order
+    races = list(dict.fromkeys(r.rsplit("_", 1)[0] for r in report.groups_of("race_gender")))
+    assert [t.get_text() for t in panels[0].get_yticklabels()] == races
+    gender_colors = [figures.series_style(i)[0] for i in range(2)]       # Male, Female as in the gender plots
+    for ax, word in zip(panels, order):
+        rows = g[(g["attribute"] == "race_gender") & (g["word"] == word)]
+        measured = rows[rows["count"] > 0]
+        pts = [c for c in ax.collections if type(c).__name__ == "PathCollection" and len(c.get_offsets())]
+        xy = np.concatenate([c.get_offsets() for c in pts])
+        assert sorted(xy[:, 0]) == pytest.approx(sorted(measured["skew"]))
+        for c in pts:
+            edge = c.get_edgecolor()[0][:3] if tuple(c.get_facecolor()[0][:3]) == (1.0, 1.0, 1.0) else \
+                c.get_facecolor()[0][:3]
+            assert any(np.allclose(edge, to_rgb(col)) for col in gender_colors)
+        for row in measured.itertuples():
+            race, gender = row.group.rsplit("_", 1)
+            y = races.index(race) + (-0.2 if gender == "Male" else 0.2)
+            assert any(np.allclose(p, (row.skew, y)) for p in xy), row.group
+        assert sum(len(m.get_ydata()) for m in _zero_marks(ax)) == int((rows["count"] == 0).sum())
+    assert panels[0].get_shared_x_axes().joined(panels[0], panels[-1])    # one skew scale for every panel
+    assert "race_gender" in fig._suptitle.get_text() and fig.get_figwidth() == pytest.approx(figures.PAGE_WIDTH)
 
 
 def test_word_skew_dots_unknown_category(report):
@@ -165,7 +211,7 @@ def test_word_skew_dots_unknown_category(report):
 def test_stability_dots_one_point_per_word_and_attribute(report):
     ax = figures.stability_dots(report.words, category="occupation", attributes=["race", "gender"])
     w = report.words
-    rows = w[w["category"].str.contains("occupation") & w["attribute"].isin(["race", "gender"])]
+    rows = w[w["category"].map(lambda c: "occupation" in c) & w["attribute"].isin(["race", "gender"])]
     offsets = [c.get_offsets() for c in ax.collections]
     assert [len(o) for o in offsets] == [rows["word"].nunique()] * 2
     for o, attr in zip(offsets, ["race", "gender"]):
@@ -190,7 +236,7 @@ def _flagged_attributes(report):
     return [a for a in report.attributes if a in seen]
 
 
-def test_write_report_figures_png_and_vector_pdf(report, tmp_path):
+def test_write_report_figures_png_beside_vector_pdf_and_svg(report, tmp_path):
     paths = figures.write_report_figures(report, tmp_path / "f", attributes=["gender"], categories=["traits"],
                                          figure_set="all")
     names = sorted(p.name for p in paths)
@@ -199,15 +245,24 @@ def test_write_report_figures_png_and_vector_pdf(report, tmp_path):
     assert names == sorted(f"{s}.{ext}" for s in ("heatmap_skew_gender", "entropy_by_category",
                                                    "top_words_skew_gender_traits",
                                                    "word_skew_traits_gender", "stability_traits")
-                           for ext in ("png", "pdf"))
+                           for ext in ("png", "pdf", "svg"))
     for p in paths:
         assert p.stat().st_size > 1000
     pdf = (tmp_path / "f" / "word_skew_traits_gender.pdf").read_bytes()
     assert pdf.startswith(b"%PDF") and b"/Subtype /Image" not in pdf  # vector, no raster inside
+    svg = (tmp_path / "f" / "word_skew_traits_gender.svg").read_text(encoding="utf-8")
+    assert svg.lstrip().startswith("<?xml") and "<image" not in svg   # vector, no raster inside
+    assert "Male" in svg and "traits: skew by group" in svg           # text stays text (svg.fonttype none)
     with Image.open(tmp_path / "f" / "word_skew_traits_gender.png") as img:
-        assert img.size[0] == round(figures.COLUMN_WIDTH * figures.PNG_DPI)  # column width at 200 dpi
-    assert figures.PNG_DPI == 200
+        assert img.size[0] == round(figures.COLUMN_WIDTH * 300)  # a journal column at 300 dpi: 990 px
+        assert img.info["dpi"] == pytest.approx((300, 300), abs=0.01)
+    assert figures.PNG_DPI == 300
     assert not list((tmp_path / "f").glob(".*tmp*"))  # atomic writes left nothing behind
+    again = tmp_path / "again"
+    figures.write_report_figures(report, again, attributes=["gender"], categories=["traits"], figure_set="all",
+                                 formats=("svg", "pdf"))
+    for p in again.iterdir():                        # the same figure gives the same vector files
+        assert p.read_bytes() == (tmp_path / "f" / p.name).read_bytes(), p.name
 
 
 def test_core_set_is_heatmaps_entropy_and_top_words_of_flagged_attributes(report, tmp_path):
@@ -218,9 +273,9 @@ def test_core_set_is_heatmaps_entropy_and_top_words_of_flagged_attributes(report
     want = ([f"heatmap_skew_{a}" for a in report.attributes] + ["entropy_by_category"]
             + [f"top_words_skew_{a}" for a in flagged])
     assert stems == sorted(want)
-    assert sorted(p.suffix for p in paths) == sorted([".pdf", ".png"] * len(want))
-    # the default of `clipprobe report` stays within ~20 files for any report
-    assert len(paths) <= 2 * (2 * len(report.attributes) + 1)
+    assert sorted(p.suffix for p in paths) == sorted([".pdf", ".png", ".svg"] * len(want))
+    # the default of `clipprobe report` stays within ~30 files for any report
+    assert len(paths) <= 3 * (2 * len(report.attributes) + 1)
 
 
 def test_core_set_without_flagged_pairs_keeps_first_attribute(tmp_path):
@@ -266,9 +321,9 @@ def test_save_figure_lays_out_once_for_png_and_pdf(report, tmp_path, monkeypatch
     frozen = ax.get_position().bounds
     assert len(calls) == 1
     paths = figures.save_figure(ax.figure, tmp_path / "w")
-    assert len(calls) == 1  # neither the PNG nor the PDF laid the figure out again
+    assert len(calls) == 1  # neither the PNG nor the PDF nor the SVG laid the figure out again
     assert ax.get_position().bounds == pytest.approx(frozen)
-    assert [p.suffix for p in paths] == [".png", ".pdf"]
+    assert [p.suffix for p in paths] == [".png", ".pdf", ".svg"]
     # the frozen layout is the constrained one: the axes moved in from the figure's default margins
     assert frozen != pytest.approx((0.125, 0.11, 0.775, 0.77))
 
@@ -277,7 +332,7 @@ def _most_skewed(groups, attribute, category=None):
     """Words by their largest skew over the groups, largest first (plain loops)."""
     best = {}
     for row in groups.itertuples(index=False):
-        if row.attribute != attribute or (category and category not in row.category.split("; ")):
+        if row.attribute != attribute or (category and category not in row.category):
             continue
         best[row.word] = max(best.get(row.word, -np.inf), row.skew)
     return sorted(best, key=lambda w: (-best[w], w))   # ties: alphabetical
@@ -291,7 +346,9 @@ def test_word_skew_dots_max_words_keeps_most_skewed_and_says_so(report):
     assert labels == order[:4]
     assert f"4 most skewed of {len(order)} words" in ax.get_title()
     points = sum(len(c.get_offsets()) for c in ax.collections if type(c).__name__ == "PathCollection")
-    assert points == 4 * len(report.groups_of("race"))
+    shown = g[(g["attribute"] == "race") & g["word"].isin(order[:4])]
+    assert points == int((shown["count"] > 0).sum())            # the groups with faces; the rest are marks
+    assert sum(len(m.get_ydata()) for m in _zero_marks(ax)) == int((shown["count"] == 0).sum())
     every = figures.word_skew_dots(g, None, "race", max_words=0)
     assert [t.get_text() for t in every.get_yticklabels()] == order
     assert "most skewed of" not in every.get_title()
@@ -397,7 +454,7 @@ def test_cli_figures_writes_files_and_contact_sheet(report_dir, tmp_path):
     n_figures = len(figures.figure_specs(load_report(report_dir), attributes=["gender"], categories=["status"],
                                          figure_set="all"))
     assert n_figures == 5  # heatmap, entropy, top words (the only attribute asked for), dot plot, stability
-    assert f"wrote {2 * n_figures + 1} files" in res.output
+    assert f"wrote {3 * n_figures + 1} files" in res.output     # png, pdf and svg each, and the sheet
 
 
 def test_cli_figures_core_set_max_words_and_html_reuse(report_dir, report, tmp_path, monkeypatch):
@@ -410,9 +467,10 @@ def test_cli_figures_core_set_max_words_and_html_reuse(report_dir, report, tmp_p
     res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(out), "--set", "core", "--html"])
     assert res.exit_code == 0, res.output
     specs = figures.figure_specs(report)
-    assert sorted(p.name for p in out.glob("*.p*")) == sorted(f"{s.stem}.{x}" for s in specs for x in ("png", "pdf"))
+    assert sorted(p.name for p in out.iterdir() if p.suffix in (".png", ".pdf", ".svg")) == sorted(
+        f"{s.stem}.{x}" for s in specs for x in ("png", "pdf", "svg"))
     assert drawn == []  # the page took every figure from the PNGs just written
-    assert f"wrote {2 * len(specs) + 1} files" in res.output
+    assert f"wrote {3 * len(specs) + 1} files" in res.output
     res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(tmp_path / "mw"), "--set", "core",
                                    "--attribute", "race", "--max-words", "3", "--format", "png"])
     assert res.exit_code == 0, res.output
@@ -448,9 +506,13 @@ def test_top_words_restricted_to_categories(report):
     specs = figures.figure_specs(report, categories=["traits"])
     top = [s for s in specs if s.kind == "top_words"]
     assert top and all(s.stem.endswith("_traits") for s in top)
-    traits = {w for w, c in zip(report.words["word"], report.words["category"]) if "traits" in c.split("; ")}
+    traits = {w for w, c in zip(report.words["word"], report.words["category"]) if "traits" in c}
     for spec in top:
-        shown = {t.get_text() for t in spec.draw().get_yticklabels()}
+        drawn = spec.draw()
+        if spec.wide:      # small multiples: a panel per word
+            shown = {ax.get_title(loc="left") for ax in drawn.axes if ax.get_title(loc="left")}
+        else:
+            shown = {t.get_text() for t in drawn.get_yticklabels()}
         assert shown == traits  # few words: all of them, and only them
     with pytest.raises(ClipprobeError, match="max_words must be 0 .* got -3"):
         figures.figure_specs(report, max_words=-3)
@@ -538,7 +600,7 @@ def test_filled_markers_and_core_attributes_follow_the_headline_flag(tmp_path, c
     write_report(appearance_tables(controls), tmp_path / "r", figures=False, html=False)
     rep = load_report(tmp_path / "r")
     g = rep.groups
-    race = g[g["attribute"] == "race"]
+    race = g[(g["attribute"] == "race") & (g["count"] > 0)]      # a group without faces has no marker
     ax = figures.word_skew_dots(g, None, "race", max_words=0)
     filled, hollow = _filled_and_hollow(ax)
     labels = [t.get_text() for t in ax.figure.legends[0].get_texts()]
@@ -551,8 +613,88 @@ def test_filled_markers_and_core_attributes_follow_the_headline_flag(tmp_path, c
         # gender has hypergeometric flags but none against the controls: no top-words plot of its own
         assert g.loc[g["attribute"] == "gender", "flagged"].any()
         assert [s.stem for s in top] == ["top_words_skew_race"]
-        assert top[0].caption.endswith("filled markers are pairs flagged against the control queries")
+        assert "filled markers are pairs flagged against the control queries;" in top[0].caption
     else:
         assert (filled, hollow) == (int(race["flagged"].sum()), len(race) - filled)
         assert "not flagged (hypergeom.)" in labels
         assert "no control test was run" in top[0].caption
+
+
+def test_most_over_represented_groups_have_a_positive_mean_skew(report):
+    """The summary's "most over-represented groups": up to three groups of positive mean skew, largest first;
+    a group under-represented on average is never listed (by plain loops)."""
+    from clipprobe.analysis.probe import summarise
+
+    summary = summarise(report.groups, report.words)
+    sums, counts = defaultdict(float), defaultdict(int)
+    for row in report.groups.itertuples(index=False):
+        for cat in row.category.split("; "):
+            sums[cat, row.attribute, row.group] += row.skew
+            counts[cat, row.attribute, row.group] += 1
+    shortened = 0
+    for row in summary.itertuples(index=False):
+        means = {g: sums[key] / counts[key] for key in sums if key[:2] == (row.category, row.attribute)
+                 for g in [key[2]]}
+        over = sorted((g for g in means if means[g] > 0), key=lambda g: -means[g])[:3]
+        assert row.top_groups == ("; ".join(f"{g} ({means[g]:+.2f})" for g in over) or None)
+        assert "(-" not in (row.top_groups or "")
+        shortened += len(over) < min(3, len(means))
+    assert shortened > 0       # the fixture has categories where fewer than three groups are over-represented
+
+
+def test_subset_composition_lists_over_represented_groups_only():
+    from clipprobe.report.subsets import _composition_text
+
+    comp = pd.DataFrame({"subset": "s", "attribute": "gender", "group": ["Male", "Female", "Other"],
+                         "share": [0.7, 0.2, 0.1], "log_ratio": [0.34, -0.9, np.nan]})
+    assert _composition_text(comp, "s", "gender") == "Male 70% (+0.34)"
+    assert _composition_text(comp.assign(log_ratio=[-0.1, -0.2, -0.3]), "s", "gender") == ""
+
+
+def test_cli_figures_style_paper_and_slides(report_dir, tmp_path):
+    """--style paper: a journal column (3.3 in) at 300 dpi, text 6.5-8 pt; --style slides: wider, larger text."""
+    widths = {}
+    for name in ("paper", "slides"):
+        out = tmp_path / name
+        res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(out), "--set", "core", "--attribute",
+                                       "gender", "--format", "png", "--style", name])
+        assert res.exit_code == 0, res.output
+        with Image.open(out / "entropy_by_category.png") as img:
+            widths[name] = img.size[0]
+        assert sorted(p.suffix for p in out.iterdir()) == [".png"] * 3
+    assert widths == {"paper": 990, "slides": round(figures.COLUMN_WIDTH * 1.4 * 300)}
+    res = CliRunner().invoke(cli, ["figures", str(report_dir), "--out", str(tmp_path / "x"), "--style", "poster"])
+    assert res.exit_code == 2 and "'poster' is not one of 'paper', 'slides'" in res.output
+    summary = load_report(report_dir).summary
+    for name, scale in (("paper", 1.0), ("slides", 1.6)):
+        with figures.use_style(name):
+            ax = figures.entropy_by_category(summary)
+        sizes = [ax.title.get_fontsize(), ax.xaxis.label.get_fontsize()] + [
+            t.get_fontsize() for t in ax.get_yticklabels()]
+        assert min(sizes) == pytest.approx(6.5 * scale) and max(sizes) == pytest.approx(8 * scale)
+    with pytest.raises(ClipprobeError, match="unknown figure style 'poster'"):
+        figures.write_report_figures(load_report(report_dir), tmp_path / "y", style_name="poster")
+
+
+def test_compare_names_models_by_short_names_never_paths(report):
+    import dataclasses
+
+    from clipprobe.report.compare import model_names, short_model_name
+
+    def with_model(model, folder="r"):
+        return dataclasses.replace(report, run={**report.run, "model": model}, path=report.path.parent / folder)
+
+    weights = {"spec": "ViT-B-32:/data/runs/long-run/epoch_32.pt", "kind": "file", "arch": "ViT-B-32",
+               "path": "/data/runs/long-run/epoch_32.pt"}
+    named = {"spec": "clipprobe-world-tiny:/x/y/clipprobe-world-tiny.safetensors", "kind": "file",
+             "arch": "clipprobe-world-tiny", "path": "/x/y/clipprobe-world-tiny.safetensors"}
+    folder = {"spec": "local-dir:/models/my-finetuned-clip", "kind": "local-dir", "path": "/models/my-finetuned-clip"}
+    assert short_model_name(with_model(weights)) == "ViT-B-32:epoch_32"
+    assert short_model_name(with_model(named)) == "clipprobe-world-tiny"
+    assert short_model_name(with_model(folder)) == "my-finetuned-clip"
+    assert short_model_name(with_model({"spec": "ViT-B-32:openai"})) == "ViT-B-32:openai"
+    assert short_model_name(with_model({"spec": "hf-hub:timm/ViT-B-16-SigLIP"})) == "hf-hub:timm/ViT-B-16-SigLIP"
+    assert short_model_name(with_model("RN50:/abs/path/rn50.pt")) == "RN50:rn50"
+    names = model_names([with_model(weights, "a"), with_model(weights, "b"), with_model(folder)])
+    assert names == ["ViT-B-32:epoch_32 (a)", "ViT-B-32:epoch_32 (b)", "my-finetuned-clip"]
+    assert not any("/" in n for n in names)

@@ -10,8 +10,10 @@ import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 import pytest
 from PIL import Image
@@ -460,3 +462,238 @@ def test_flagged_only_filter_runs_on_the_headline_flag(tmp_path, drawn, controls
     assert sorted(map(tuple, got["shown"])) == sorted(zip(want["word"], want["attribute"]))
     if controls:
         assert {word for word, _ in got["shown"]} == {"planted"} and (w["n_flagged"] > 0).sum() > len(want)
+
+
+# --------------------------------------------------------------------------- the caption cross-check section
+
+
+def _write_counts(report, folder, *, skip_group=None, seed=3):
+    """A `captions count` folder whose lexicon names the report's groups (but ``skip_group``)."""
+    from clipprobe._io import write_parquet
+    from clipprobe.analysis.cooccurrence import cooccurrence_table
+
+    rng = np.random.default_rng(seed)
+    words = sorted(set(report.groups["word"]))
+    groups = [p for p in dict.fromkeys(zip(report.groups["attribute"], report.groups["group"])) if p[1] != skip_group]
+    n_word = rng.integers(40, 200, size=len(words))
+    n_group = rng.integers(300, 900, size=len(groups))
+    n_both = (np.minimum.outer(n_word, n_group) * rng.uniform(0, 0.5, size=(len(words), len(groups)))).astype(int)
+    write_parquet(folder / "cooccurrence.parquet", cooccurrence_table(words, groups, 5000, n_word, n_group, n_both))
+    return folder
+
+
+def _empty_scatter(joined, *, attribute=None, correlations=None, ax=None):
+    """A stand-in for the cross-check's scatter plot (tested in test_captions_crosscheck): empty axes, fast."""
+    if ax is None:
+        from matplotlib.figure import Figure
+
+        ax = Figure(figsize=(2, 2)).add_subplot()
+    return ax
+
+
+@pytest.fixture(scope="module")
+def crosschecked(evil_report, tmp_path_factory):
+    """A copy of the evil report with a cross-check written into it (scatter plots left empty: fast)."""
+    from clipprobe.report import crosscheck as module
+
+    root = tmp_path_factory.mktemp("cross")
+    report_dir = root / "report"
+    shutil.copytree(evil_report.path, report_dir)
+    rep = load_report(report_dir)
+    counts = _write_counts(rep, root / FOLDER / "counts")
+    real = module.crosscheck_scatter
+    module.crosscheck_scatter = _empty_scatter
+    try:
+        module.write_crosscheck(rep.groups, counts, report_dir)
+    finally:
+        module.crosscheck_scatter = real
+    return rep, counts
+
+
+def test_crosscheck_has_its_section_with_escaped_strings(crosschecked, tmp_path, drawn):
+    from scipy.stats import spearmanr
+
+    rep, counts = crosschecked
+    text = write_html_report(rep, tmp_path / "after.html").read_text(encoding="utf-8")
+    for payload in PAYLOADS:
+        assert payload not in text, payload
+    assert '<a href="#captions">Captions</a>' in text and '<section id="captions">' in text
+    section = text.split('<section id="captions">')[1].split("</section>")[0]
+    assert html.escape(str(counts), quote=True) in section       # the counts folder, escaped
+    joined = pd.read_parquet(rep.path / "crosscheck.parquet")
+    for attribute, rows in joined.groupby("attribute"):
+        rho = spearmanr(rows["skew"], rows["caption_log_odds"]).statistic
+        assert f"<td>{attribute}</td><td class=\"num\" data-v=\"{rho:.7g}\">{rho:.3f}</td>" in section
+    # the figures written beside it are embedded, and the strongest caption associations listed
+    for attribute in joined["attribute"].unique():
+        png = (rep.path / "figures" / f"crosscheck_{attribute}.png").read_bytes()
+        assert base64.b64encode(png).decode() in section
+    top = joined.sort_values("caption_log_odds", ascending=False).iloc[0]
+    assert f">{html.escape(top.word, quote=True)}</td>" in section.split('id="crosscheck-top"')[1]
+
+
+def test_a_report_without_crosscheck_has_no_caption_section(evil_report, tmp_path, drawn):
+    text = write_html_report(evil_report, tmp_path / "a.html").read_text(encoding="utf-8")
+    assert 'id="captions"' not in text and 'href="#captions"' not in text
+
+
+def test_crosscheck_of_another_report_is_left_out(crosschecked, tmp_path, drawn):
+    rep, _ = crosschecked
+    folder = tmp_path / "r"
+    shutil.copytree(rep.path, folder)
+    rep = load_report(folder)
+    assert htmlreport.crosscheck_data(rep) is not None
+    record = json.loads((folder / "crosscheck.json").read_text())
+    other = rep.groups.assign(skew=rep.groups["skew"] + 0.5)      # a rerun of the report changed its rows
+    from clipprobe.report.crosscheck import groups_fingerprint
+
+    assert groups_fingerprint(other) != record["report_groups"] == groups_fingerprint(rep.groups)
+    (folder / "crosscheck.json").write_text(json.dumps({**record, "report_groups": groups_fingerprint(other)}))
+    assert htmlreport.crosscheck_data(rep) is None
+    assert 'id="captions"' not in write_html_report(rep, tmp_path / "a.html").read_text(encoding="utf-8")
+
+
+def test_crosscheck_with_a_lexicon_that_does_not_name_the_groups_is_an_error(tmp_path):
+    from clipprobe.errors import DataError
+    from clipprobe.report.crosscheck import MSG_GROUPS_MISMATCH, check_counts, write_crosscheck
+
+    rep = load_report(make_report(tmp_path / "r", images=False, k=30, n_boot=5))
+    missing = rep.groups_of("gender")[0]
+    counts = _write_counts(rep, tmp_path / "counts", skip_group=missing)
+    with pytest.raises(DataError) as err:
+        write_crosscheck(rep.groups, counts, tmp_path / "out")
+    have = sorted(g for g in rep.groups_of("gender") if g != missing)
+    assert str(err.value) == MSG_GROUPS_MISMATCH.format(
+        source=f"caption counts folder {counts}", attribute="gender", missing=repr(missing),
+        counts=", ".join(repr(g) for g in have))
+    assert not (tmp_path / "out").exists()
+    groups = {a: rep.groups_of(a) for a in rep.attributes}
+    with pytest.raises(DataError, match="the caption lexicon does not match the report"):
+        check_counts(counts, list(rep.words["word"]), groups=groups)
+    with pytest.raises(DataError, match="no attribute in common"):
+        check_counts(counts, list(rep.words["word"]), groups={"skin_tone": ["light", "dark"]})
+    # an attribute the lexicon lacks altogether (race_gender is derived) is only left out
+    only = _write_counts(rep, tmp_path / "only", skip_group=None)
+    check_counts(only, list(rep.words["word"]), groups={**groups, "hair": ["long", "short"]})
+
+
+# --------------------------------------------------------------------------- the index page of a folder of runs
+
+
+def test_index_links_every_page_of_the_runs_under_a_folder(evil_report, tmp_path):
+    from urllib.parse import quote
+
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+    from clipprobe.report.pages import find_runs, write_index
+
+    root = tmp_path / "runs"
+    shutil.copytree(evil_report.path, root / "reports" / FOLDER)
+    (root / "reports" / FOLDER / "report.html").write_text("<html></html>")
+    sub = root / "subsets" / "vit"
+    sub.mkdir(parents=True)
+    (sub / "run.json").write_text(json.dumps({"command": "subsets", "model": {"canonical": MODEL},
+                                              "dataset": {"spec": FOLDER}, "started": "2026-01-02T03:04:05"}))
+    for name in ("subsets.html", "compare.html"):
+        (sub / name).write_text("<html></html>")
+    (sub / "figures").mkdir()
+    (sub / "figures" / "local_skew.png").write_bytes(b"png")
+    (sub / "figures" / "local_skew.pdf").write_bytes(b"pdf")
+    (root / "cache" / "x").mkdir(parents=True)          # caches and partial results are not runs
+    (root / "cache" / "x" / "run.json").write_text(json.dumps({"command": "report"}))
+    (root / "notes").mkdir()
+    (root / "notes" / "run.json").write_text("{not json")  # unreadable records are skipped
+    (root / "retrieve-nurse.txt").write_text("table")
+
+    runs = find_runs(root)
+    assert [(r["path"], r["command"]) for r in runs] == [(f"reports/{FOLDER}", "report"), ("subsets/vit", "subsets")]
+    assert runs[1]["pages"] == ["subsets/vit/subsets.html", "subsets/vit/compare.html"]
+    assert runs[1]["figures"] == ["subsets/vit/figures/local_skew.pdf", "subsets/vit/figures/local_skew.png"]
+    assert runs[0]["model"] == MODEL and runs[1]["started"] == "2026-01-02 03:04"
+
+    result = CliRunner().invoke(cli, ["index", str(root)])
+    assert result.exit_code == 0, result.output
+    text = (root / "index.html").read_text(encoding="utf-8")
+    assert write_index(root).read_text(encoding="utf-8") == text     # the same page from the same folder
+    for payload in PAYLOADS:
+        assert payload not in text, payload
+    hrefs = re.findall(r'href="([^"]*)"', text)
+    for page in (f"reports/{FOLDER}/report.html", "subsets/vit/subsets.html", "subsets/vit/compare.html",
+                 "subsets/vit/figures/local_skew.png", "subsets/vit/figures/local_skew.pdf", "retrieve-nurse.txt"):
+        assert html.escape(quote(page, safe="/"), quote=True) in hrefs, page
+    assert all(not h.startswith(("/", "javascript:", "http")) and ".." not in h for h in hrefs)
+    assert "cache/x" not in text and "<script" not in text
+    assert "<script" not in text and html.escape(MODEL) in text
+
+
+def test_index_command_keeps_build_and_refuses_an_empty_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+
+    runner = CliRunner()
+    assert runner.invoke(cli, ["index", "build", "--help"]).exit_code == 0
+    result = runner.invoke(cli, ["index", str(tmp_path)])
+    assert result.exit_code == 1 and f"no run folder (a folder with run.json written by clipprobe) under {tmp_path}" \
+        in result.output
+    result = runner.invoke(cli, ["index", str(tmp_path / "missing")])
+    assert result.exit_code == 1 and "does not exist" in result.output
+
+
+def test_crosscheck_command_adds_the_section_to_an_existing_page(evil_report, tmp_path, monkeypatch, drawn):
+    from click.testing import CliRunner
+    from matplotlib.figure import Figure
+
+    from clipprobe.cli import cli
+    from clipprobe.report import crosscheck as module
+
+    # figures are tested above: here they are stubs
+    monkeypatch.setattr(module, "crosscheck_scatter", _empty_scatter)
+    monkeypatch.setattr(Figure, "savefig", lambda self, path, **kw: Path(path).write_bytes(DRAWN))
+    monkeypatch.setattr(htmlreport._FigureSource, "png", lambda self, spec: DRAWN)
+    shutil.copytree(evil_report.path, tmp_path / "r")
+    rep = load_report(tmp_path / "r")
+    (rep.path / "report.html").write_text("<html>an earlier page</html>")
+    counts = _write_counts(rep, tmp_path / "counts")
+    result = CliRunner().invoke(cli, ["crosscheck", str(rep.path), str(counts)])
+    assert result.exit_code == 0, result.output
+    assert 'id="captions"' in (rep.path / "report.html").read_text(encoding="utf-8")
+    assert f"  {rep.path / 'report.html'}" in result.output.splitlines()
+    # numbers printed rounded: rho to 3 decimals, p to 2 significant digits
+    lines = [ln for ln in result.output.splitlines() if "Spearman rho" in ln]
+    assert lines and all(re.fullmatch(r"\w+: Spearman rho\(skew, caption log-odds\) = -?\d\.\d{3} "
+                                      r"\(p = [-+.e\d]+, n = \d+\)", ln) for ln in lines), lines
+    assert not re.search(r"\d\.\d{6,}", result.output)
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium/chrome installed")
+def test_wide_tables_show_every_column_in_a_laptop_window(tmp_path, monkeypatch):
+    """At 1280 px every column of the flagged-pairs table fits its box: headers and text cells wrap instead of
+    pushing columns ("q vs controls") out of sight. Measured in the browser by a script added to a copy of
+    the page (the page itself runs only its own script)."""
+    words = {f"{w}-word-with-a-long-name": ("criminal justice", "education and wealth", "portrayal in media")
+             for w in ("first", "second", "third")}
+    plants = {w: ("race_gender", "Southeast Asian_Female", 12.0) for w in words}
+    rep = load_report(make_report(tmp_path / "r", words=words, plants=plants, images=False, k=30, n_boot=5))
+    monkeypatch.setattr(htmlreport._FigureSource, "png", lambda self, spec: DRAWN)     # figures are not measured
+    text = write_html_report(rep, tmp_path / "report.html").read_text(encoding="utf-8")
+    probe = ("<script>addEventListener('load', function () {"
+             "var out = [];"
+             "document.querySelectorAll('.tablewrap').forEach(function (w) {"
+             "  var t = w.querySelector('table');"
+             "  out.push((t.id || 'table') + ':' + (w.scrollWidth - w.clientWidth));"
+             "});"
+             "document.body.setAttribute('data-overflow', out.join(','));"
+             "});</script></body>")
+    page = re.sub(r'<meta http-equiv="Content-Security-Policy"[^>]*>', "", text).replace("</body>", probe)
+    (tmp_path / "measured.html").write_text(page, encoding="utf-8")
+    cmd = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+           "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'ud'}",
+           "--window-size=1280,900", "--virtual-time-budget=3000", "--dump-dom", (tmp_path / "measured.html").as_uri()]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    found = re.search(r'data-overflow="([^"]*)"', out.stdout)
+    assert found, out.stderr[-2000:]
+    overflow = dict(item.rsplit(":", 1) for item in found.group(1).split(","))
+    assert "flagged-table" in overflow and "summary-table" in overflow
+    assert {k: int(v) for k, v in overflow.items() if int(v) > 0} == {}

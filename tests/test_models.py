@@ -468,9 +468,10 @@ def test_cli_models_json_and_table(tmp_path):
     lines = cached.output.strip().splitlines()
     assert lines[0].split() == ["model", "family", "params", "dataset", "size", "seen", "ImageNet", "VTAB+",
                                 "cached", "needs"]
-    assert [ln.split()[0] for ln in lines[1:-2]] == ["ViT-B-32:openai", "ViT-B-32-quickgelu:openai"]
-    assert lines[1].split()[1:4] == ["ViT", "151.3M", "OpenAI"] and lines[1].split()[-1] == "yes"
-    assert lines[-1] == "2 of 2 cached"
+    # the shipped demo model first (installed with clipprobe), then the cached pairs
+    assert [ln.split()[0] for ln in lines[1:-2]] == ["demo", "ViT-B-32:openai", "ViT-B-32-quickgelu:openai"]
+    assert lines[2].split()[1:4] == ["ViT", "151.3M", "OpenAI"] and lines[2].split()[-1] == "yes"
+    assert lines[-1] == "3 of 3 cached"
     bad = runner.invoke(cli, ["models", "--format", "yaml"])
     assert bad.exit_code == 2
 
@@ -491,7 +492,7 @@ def test_cli_models_csv_has_the_metadata_and_user_specs(tmp_path):
     path = tmp_path / "zoo.csv"
     path.write_text(result.output, encoding="utf-8")
     df = pd.read_csv(path)
-    assert list(df["spec"]) == [f"{a}:{t}" for a, t in open_clip.list_pretrained()] + [user]
+    assert list(df["spec"]) == ["demo"] + [f"{a}:{t}" for a, t in open_clip.list_pretrained()] + [user]
     assert set(zoo.ZOO_COLUMNS) <= set(df.columns) and {"training_data", "cached", "needs"} <= set(df.columns)
     row = df.set_index("spec").loc["ViT-B-32:laion2b_s34b_b79k"]
     assert row["samples_seen"] == pytest.approx(34e9) and row["dataset_family"] == "laion" and row["dataset"] == "LAION-2B-en"
@@ -781,3 +782,104 @@ def test_fingerprint_is_the_weights_in_memory_the_config_and_the_structure(tmp_p
     assert quick.fingerprint()["structure_sha256"] != fp["structure_sha256"]
     bf16 = load_model(f"{arch}:{weights}", model_config=str(config), device="cpu", precision="bf16")
     assert bf16.fingerprint()["weights_sha256"] != fp["weights_sha256"]
+
+
+# The shipped demo model, and the catalog checked before torch is imported
+
+
+def test_demo_names_the_shipped_world_model():
+    from clipprobe.world import WORLD_ARCH
+    from clipprobe.world.train import config_path, weights_path
+
+    for raw in ("demo", " demo ", "DEMO"):
+        parsed = parse_model_spec(raw)
+        assert (parsed.kind, parsed.arch, parsed.shipped, parsed.canonical) == ("file", WORLD_ARCH, "demo", "demo")
+        assert Path(parsed.path) == weights_path() and parse_model_spec(parsed.canonical) == parse_model_spec("demo")
+    shipped = spec.shipped_model("demo")
+    assert shipped.weights_path == weights_path() and shipped.config_path == config_path()
+    with pytest.raises(ModelError) as info:
+        parse_model_spec("dem")
+    assert str(info.value) == spec.MSG_NO_COLON.format(raw="dem", default="ViT-B-32:openai")
+    assert "not a shipped model (demo)" in str(info.value)
+
+
+def test_demo_loads_without_a_model_config_and_equals_the_file_spec():
+    from clipprobe.world.train import model_spec
+
+    enc = load_model("demo", device="cpu", offline=True)
+    assert enc.info()["shipped"] == "demo" and enc.info()["canonical"] == "demo" and enc.embed_dim == 48
+    file_spec, config = model_spec()
+    same = load_model(file_spec, model_config=config, device="cpu", offline=True)
+    batch = _image_batch(2, size=enc.image_size[0])
+    np.testing.assert_array_equal(enc.encode_images(batch), same.encode_images(batch))
+    np.testing.assert_array_equal(enc.encode_text(["a photo of a doctor"]), same.encode_text(["a photo of a doctor"]))
+
+
+def test_shipped_catalog_equals_the_installed_open_clip():
+    """The catalog that lets a bad --model fail before open_clip is imported is open_clip's own lists (a new
+    open_clip release: rerun `python -m clipprobe.models.catalog --write`)."""
+    import open_clip
+
+    from clipprobe.models import catalog
+
+    shipped = catalog.shipped_catalog()
+    assert shipped["open_clip_version"] == open_clip.__version__
+    assert shipped == json.loads(json.dumps(catalog.build_catalog()))
+    assert [(p["arch"], p["tag"]) for p in shipped["pretrained"]] == open_clip.list_pretrained()
+    assert set(shipped["architectures"]) <= set(open_clip.list_models())
+    # everything the catalog check reads gives what open_clip itself says
+    lists = catalog._Lists(catalog=shipped)
+    for arch, tag in open_clip.list_pretrained()[::7]:
+        live = open_clip.get_pretrained_cfg(arch, tag)
+        assert lists.pretrained_cfg(arch, tag)["hf_hub"] == live["hf_hub"]
+        assert lists.tags(arch) == open_clip.list_pretrained_tags_by_model(arch)
+
+
+@pytest.mark.parametrize("raw", ["ViT-B-32:openaii", "ViT-B-3:openai", "ViT-Q-99:/x/w.safetensors",
+                                 "clipprobe-world-tiny-w50:openai", "TinyCLIP-tset:random"])
+def test_catalog_check_gives_the_message_of_the_live_check(raw, monkeypatch, tiny_encoder):
+    """Without open_clip imported, the shipped catalog refuses what load_model refuses, in the same words."""
+    from clipprobe.models import catalog
+
+    with pytest.raises(ModelError) as live:
+        load_model(raw, device="cpu")
+    monkeypatch.delitem(sys.modules, "open_clip")   # as in a fresh process: only the shipped lists
+    with pytest.raises(ModelError) as fast:
+        catalog.check_model_name(raw)
+    if raw.startswith("TinyCLIP"):   # registered in this process: the shipped lists cannot know it
+        assert str(fast.value).startswith("unknown model architecture 'TinyCLIP-tset'")
+    else:
+        assert str(fast.value) == str(live.value)
+
+
+def test_catalog_check_passes_good_specs_and_steps_aside_for_another_open_clip(tmp_path, monkeypatch):
+    from clipprobe.models import catalog
+
+    monkeypatch.delitem(sys.modules, "open_clip", raising=False)
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"x")
+    config = tmp_path / "MyArch.json"
+    config.write_text("{}")
+    for raw, model_config in (("ViT-B-32:openai", None), ("ViT-B-32:OpenAI", None), ("demo", None),
+                              (f"ViT-B-32:{weights}", None), (f"MyArch:{weights}", config), ("hf-hub:org/name", None)):
+        assert catalog.check_model_name(raw, model_config=model_config).raw == raw
+    with pytest.raises(ModelError, match="model config file not found"):
+        catalog.check_model_name(f"MyArch:{weights}", model_config=tmp_path / "Missing.json")
+    with pytest.raises(ModelError, match="weights file not found"):
+        catalog.check_model_name(f"ViT-B-32:{tmp_path / 'none.safetensors'}")
+    monkeypatch.setattr(catalog, "_installed_open_clip_version", lambda: "99.0")
+    assert catalog.known_lists() is None
+    assert catalog.check_model_name("ViT-B-32:not-a-tag-here").tag == "not-a-tag-here"   # left to open_clip
+
+
+def test_a_world_model_weights_file_needs_no_model_config(monkeypatch):
+    import open_clip
+    from open_clip import factory
+
+    from clipprobe.world import WORLD_ARCH
+    from clipprobe.world.train import weights_path
+
+    monkeypatch.delitem(factory._MODEL_CONFIGS, WORLD_ARCH, raising=False)   # as in a fresh process
+    assert WORLD_ARCH not in open_clip.list_models()
+    enc = load_model(f"{WORLD_ARCH}:{weights_path()}", device="cpu", offline=True)
+    assert enc.embed_dim == 48 and enc.info()["shipped"] is None

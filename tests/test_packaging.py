@@ -32,7 +32,7 @@ def test_wheel_contains_data(tmp_path):
     for required in ["clipprobe/data/taxonomy/sobit.json", "clipprobe/data/taxonomy/sobit-core.json",
                      "clipprobe/data/prompts/default.yaml", "clipprobe/data/prompts/ensemble.yaml",
                      "clipprobe/data/prompts/neutral.yaml", "clipprobe/data/prompts/attributes/gender.yaml",
-                     "clipprobe/cli/__init__.py"]:
+                     "clipprobe/cli/__init__.py", "clipprobe/models/open_clip_catalog.json"]:
         assert required in names, required
     shipped = [p.relative_to(ROOT) for p in (ROOT / "taxonomy").glob("*.yaml")]
     for p in shipped:

@@ -58,7 +58,30 @@ def test_files_and_columns(setup):
     assert run["controls"] == {"name": "controls", "n_queries": 220}
     # Each unique word once per attribute; a word in two categories keeps both.
     assert len(words) == 10 * 4
-    assert set(words.loc[words["word"] == "aggressive", "category"]) == {"criminal justice; behavioral"}
+    # category is a list column (list<string> in the parquet files), not a joined string
+    import pyarrow.parquet as pq
+
+    for name in ("groups.parquet", "words.parquet"):
+        assert str(pq.read_schema(out / name).field("category").type) in ("list<element: string>",
+                                                                            "large_list<element: large_string>")
+    assert all(list(c) == ["criminal justice", "behavioral"]
+               for c in words.loc[words["word"] == "aggressive", "category"])
+    assert all(list(c) == ["criminal justice"] for c in groups.loc[groups["word"] == "thief", "category"])
+    # top_groups is structured: records of group and mean skew, the three of highest mean skew
+    structured = pd.read_parquet(out / "summary.parquet")
+    assert "struct" in str(pq.read_schema(out / "summary.parquet").field("top_groups").type)
+    for row in structured.itertuples(index=False):
+        tops = list(row.top_groups)
+        gex = groups.explode("category")
+        part = gex[(gex["category"] == row.category) & (gex["attribute"] == row.attribute)]
+        means = part.groupby("group")["skew"].mean().sort_values(ascending=False)
+        over = means[means > 0]          # only over-represented groups: none is an empty list
+        assert len(tops) == min(3, len(over))
+        assert [t["mean_skew"] for t in tops] == pytest.approx(list(over.iloc[:3]), abs=1e-12)
+        assert all(t["mean_skew"] == pytest.approx(means[t["group"]], abs=1e-12) for t in tops)   # ties in any order
+    for text, records in zip(summary["top_groups"], structured["top_groups"]):
+        want = "; ".join(f"{t['group']} ({t['mean_skew']:+.2f})" for t in records)
+        assert (text if isinstance(text, str) else "") == want
     assert list(words.loc[words["word"] == "lazy", "prompts"].iloc[0]) == ["a photo of a lazy person"]
     assert run["format_version"] == FORMAT_VERSION and run["k"] == 15 and run["bootstrap"] == 60
     assert run["command"] == "report" and run["record_version"] == 1
@@ -282,3 +305,57 @@ def test_controls_none_leaves_the_control_columns_null_and_says_so(setup, tmp_pa
     assert _summary(r.output).endswith("rows: no control test was run (no control queries), so none is flagged "
                                        f"against them; {run['n_flagged']} with a top-k that is not a random sample "
                                        "of faces (hypergeometric test, FDR 0.05)")
+
+
+def test_interval_ends_at_exact_bounds_are_exact():
+    """A count of 0 of k has a share interval starting at exactly 0 (and k of k ending at exactly 1): the Wilson
+    formula leaves 3.5e-18 in floating point, which a reader of the tables would take for a number."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from clipprobe.analysis.intervals import share_interval
+
+    counts = np.arange(0, 101)
+    for method in ("wilson", "jeffreys"):
+        lo, hi = share_interval(counts, 100, method=method)
+        assert lo[0] == 0.0 and hi[-1] == 1.0
+        ref_lo, ref_hi = proportion_confint(counts, 100, alpha=0.05, method=method)
+        np.testing.assert_allclose(lo[1:], ref_lo[1:], rtol=0, atol=1e-15)
+        np.testing.assert_allclose(hi[:-1], ref_hi[:-1], rtol=0, atol=1e-15)
+        assert (lo[1:] > 1e-4).all() and (hi[:-1] < 1 - 1e-4).all()
+
+
+def test_report_tables_have_no_floating_residue_at_zero(setup):
+    groups = pd.read_parquet(setup["out"] / "groups.parquet")
+    zero = groups[groups["count"] == 0]
+    assert len(zero) and (zero["share_ci_low"] == 0.0).all()
+    lows = groups["share_ci_low"].to_numpy()
+    assert not ((lows > 0) & (lows < 1e-12)).any()
+
+
+def test_an_old_report_folder_reads_into_the_same_types(tmp_path):
+    """A folder written before categories were lists and top_groups records (categories joined by "; ",
+    no summary.parquet) loads with list categories and top_groups records."""
+    from clipprobe.report.store import load_report
+    from reportgen import make_report
+
+    folder = make_report(tmp_path / "old", words={"ceo": ("occupation", "status"), "nurse": "occupation"},
+                         images=False, n_boot=5)
+    assert not (folder / "summary.parquet").exists()
+    assert pd.read_parquet(folder / "words.parquet")["category"].map(type).eq(str).all()
+    report = load_report(folder)
+    assert report.words.loc[report.words["word"] == "ceo", "category"].iloc[0] == ["occupation", "status"]
+    assert report.categories == ["occupation", "status"]
+    assert all(isinstance(t, list) and all(set(r) == {"group", "mean_skew"} for r in t)
+               for t in report.summary["top_groups"])
+
+
+def test_top_groups_text_reads_back():
+    from clipprobe.report.store import top_groups_of, top_groups_text
+
+    records = [{"group": "Middle Eastern", "mean_skew": 0.4196}, {"group": "group (B)", "mean_skew": -1.5},
+               {"group": "x", "mean_skew": float("inf")}]
+    text = top_groups_text(records)
+    assert text == "Middle Eastern (+0.42); group (B) (-1.50); x (+inf)"
+    assert top_groups_of(text) == [{"group": "Middle Eastern", "mean_skew": 0.42}, {"group": "group (B)", "mean_skew": -1.5},
+                                   {"group": "x", "mean_skew": float("inf")}]
+    assert top_groups_of("White; Black") == [{"group": "White", "mean_skew": None}, {"group": "Black", "mean_skew": None}]

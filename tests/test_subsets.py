@@ -569,3 +569,180 @@ def test_typical_members_are_closest_to_the_centroid():
         idx = a.members(i)
         sims = x[idx] @ cents[i]
         assert list(typical[name]) == list(idx[np.argsort(-sims)[:5]])
+
+
+# ----------------------------------------------------------------------------------------------
+# top-group changes against the control queries
+
+
+def _brute_top_group(score_row, codes, names, k):
+    """The group of largest skew (floored count / k over the subset's base share) in a stable top-k."""
+    top = np.argsort(-score_row, kind="stable")[:k]
+    best, best_skew = None, -math.inf
+    for g, name in enumerate(names):
+        base = np.mean(codes == g)
+        if base == 0:
+            continue
+        skew = math.log(max(int(np.sum(codes[top] == g)), 1) / k / base)
+        if skew > best_skew:
+            best, best_skew = name, skew
+    return best
+
+
+def test_control_top_groups_and_change_rates_by_brute_force(local):
+    from clipprobe.analysis.probe import encode_labels
+
+    t, a, labels = local["tables"], local["assignment"], local["labels"]
+    lab = encode_labels(labels)
+    controls = local["controls"]
+    assert list(t.controls.columns) == list(S.CONTROL_CHANGE_COLUMNS)
+    assert len(t.controls) == len(controls) * 2
+    for attribute in ("race", "gender"):
+        names = lab.names[attribute]
+        codes = lab.codes[attribute]
+        for c in range(len(controls)):
+            glob = _brute_top_group(controls[c], codes, names, 40)
+            changed = [_brute_top_group(controls[c, a.members(i)], codes[a.members(i)], names, 40) != glob
+                       for i in range(len(a.names))]
+            row = t.controls[(t.controls["query"] == f"control {c + 1}") & (t.controls["attribute"] == attribute)]
+            assert row["top_group_global"].iloc[0] == glob
+            assert row["n_subsets"].iloc[0] == len(a.names)
+            assert row["top_group_change_rate"].iloc[0] == pytest.approx(np.mean(changed))
+
+
+def test_query_top_groups_are_the_reports_top_groups(local):
+    """The control queries' top groups are computed as score_words computes a word's, with either tie rule."""
+    from clipprobe.analysis.probe import encode_labels, score_words
+
+    s, labels = local["scores"], local["labels"]
+    lab = encode_labels(labels)
+    for ties in ("index", "keep-all"):
+        for reference in ("base", "uniform"):
+            words = score_words(s, lab, words=local["words"], k=40, permutations=20, ties=ties,
+                                reference=reference).words
+            mine = S.query_top_groups(s, lab, lab.attributes, 40, queries=local["words"], ties=ties,
+                                      reference=reference)
+            merged = words.merge(mine, left_on=["word", "attribute"], right_on=["query", "attribute"])
+            assert len(merged) == len(words)
+            assert (merged["top_group_x"] == merged["top_group_y"]).all()
+
+
+def test_word_change_rates_and_p_values_against_the_controls_by_brute_force(local):
+    from statsmodels.stats.multitest import multipletests
+
+    t = local["tables"]
+    w = t.words
+    glob = w[w["scope"] == "global"].set_index(["word", "attribute"])["top_group"]
+    d = t.dispersion.drop_duplicates(["word", "attribute"]).set_index(["word", "attribute"])
+    ps = []
+    for (word, attribute), part in w[w["scope"] == "local"].groupby(["word", "attribute"], sort=False):
+        rate = float(np.mean(part["top_group"].to_numpy() != glob[(word, attribute)]))
+        assert d.loc[(word, attribute), "top_group_change_rate"] == pytest.approx(rate)
+        c = t.controls[t.controls["attribute"] == attribute]["top_group_change_rate"].to_numpy()
+        u = S.tie_uniforms([f"{word}\0{attribute}"], 4)[0]
+        higher = sum(x > rate + 1e-12 for x in c)
+        same = sum(abs(x - rate) <= 1e-12 for x in c)
+        p = (1 + higher + math.floor(u * (same + 1))) / (len(c) + 1)
+        assert d.loc[(word, attribute), "p_changes_vs_controls"] == pytest.approx(p)
+        ps.append(((word, attribute), p))
+    q = multipletests([p for _k, p in ps], method="fdr_bh")[1]
+    for ((key, _p), qv) in zip(ps, q):
+        assert d.loc[key, "q_changes_vs_controls"] == pytest.approx(qv)
+        assert d.loc[key, "top_group_changes_vs_controls"] == (qv < 0.05)
+    summary = S.dispersion_summary(t.dispersion, t.controls).set_index("attribute")
+    race = t.controls[t.controls["attribute"] == "race"]["top_group_change_rate"]
+    assert summary.loc["race", "n_controls"] == 12
+    assert summary.loc["race", "control_change_rate_median"] == pytest.approx(race.median())
+    assert summary.loc["race", "control_change_rate_max"] == pytest.approx(race.max())
+    assert list(summary.columns[:5]) == ["n_words", "n_controls", "share_top_group_changes_vs_controls",
+                                         "share_top_group_changes", "median_top_group_change_rate"]
+
+
+def test_without_control_queries_nothing_is_compared():
+    scores, labels, context = make_data(n=600)
+    a = S.from_values(np.array(["a", "b", "c"])[context], min_size=1)
+    t = S.subset_scores(scores, labels, a, words=[f"w{i}" for i in range(6)], k=30, permutations=20)
+    assert t.controls is None
+    assert t.dispersion["p_changes_vs_controls"].isna().all()
+    assert not t.dispersion["top_group_changes_vs_controls"].any()
+    summary = S.dispersion_summary(t.dispersion)
+    assert (summary["n_controls"] == 0).all() and summary["share_top_group_changes_vs_controls"].isna().all()
+    with pytest.raises(DataError, match=r"control_words: 2 name\(s\) for 3 row\(s\) of controls"):
+        S.subset_scores(scores, labels, a, words=[f"w{i}" for i in range(6)], k=30, permutations=20,
+                        controls=scores[:3], control_words=["x", "y"])
+
+
+def test_the_change_p_value_is_exact_when_the_word_is_exchangeable_with_the_controls():
+    """Rates on few subsets tie often; with ties split at random, P(p <= a) = floor(a (C + 1)) / (C + 1)
+    for a rate drawn like the control queries' (the null), where counting ties against the word would
+    fall far below it."""
+    rng = np.random.default_rng(5)
+    n_controls, reps = 49, 20000
+    draws = rng.binomial(6, 0.7, size=(reps, n_controls + 1)) / 6
+    u = rng.random(reps)
+    p = np.array([S.changes_vs_controls(draws[i, :1], draws[i, 1:], uniforms=u[i:i + 1])[0] for i in range(reps)])
+    ties_count = np.array([(1 + np.sum(draws[i, 1:] >= draws[i, 0])) / (n_controls + 1) for i in range(reps)])
+    for level in (0.02, 0.05, 0.10, 0.30):
+        exact = math.floor(level * (n_controls + 1)) / (n_controls + 1)
+        share = float(np.mean(p <= level))
+        se = math.sqrt(exact * (1 - exact) / reps)
+        assert abs(share - exact) <= 4 * se, (level, share, exact)
+    assert float(np.mean(ties_count <= 0.10)) < 0.05          # the conservative rule the random split replaces
+    assert math.isnan(S.changes_vs_controls([np.nan], [0.5, 0.6])[0])
+    assert math.isnan(S.changes_vs_controls([0.5], [])[0])
+    assert S.changes_vs_controls([1.0], [0.2, 0.5, 0.9], uniforms=[0.99])[0] == pytest.approx(1 / 4)
+    assert S.changes_vs_controls([0.5], [0.5, 0.5, 0.9], uniforms=[0.99])[0] == pytest.approx(4 / 4)
+    assert S.changes_vs_controls([0.5], [0.5, 0.5, 0.9], uniforms=[0.0])[0] == pytest.approx(2 / 4)
+
+
+def test_tie_draws_depend_on_the_seed_and_the_key_only():
+    a = S.tie_uniforms(["nurse\0race", "CEO\0race"], 3)
+    b = S.tie_uniforms(["CEO\0race"], 3)
+    assert a[1] == b[0] and a[0] != a[1]
+    assert S.tie_uniforms(["CEO\0race"], 4)[0] != b[0]
+    assert ((a >= 0) & (a < 1)).all()
+
+
+@pytest.mark.slow
+def test_the_change_test_holds_its_level_in_null_worlds():
+    """Worlds with nothing planted (random scores for words and control queries, random labels and
+    subsets): a word is flagged as changing top group more often than the control queries at about the
+    level (measured over 24 worlds of 120 words and 120 control queries, 8 subsets, race and gender)."""
+    shares = {0.05: [], 0.10: []}
+    flagged = []
+    for rep in range(24):
+        rng = np.random.default_rng(700 + rep)
+        n, n_words, n_controls = 1000, 120, 120
+        race = rng.choice(4, size=n, p=[0.4, 0.25, 0.2, 0.15])
+        gender = rng.choice(2, size=n)
+        labels = pd.DataFrame({"race": np.asarray(RACES, dtype=object)[race],
+                               "gender": np.asarray(GENDERS, dtype=object)[gender]})
+        a = S.from_values(rng.integers(0, 8, size=n).astype(str), min_size=1)
+        t = S.subset_scores(rng.standard_normal((n_words, n)), labels, a, words=[f"w{i}" for i in range(n_words)],
+                            k=30, permutations=20, controls=rng.standard_normal((n_controls, n)), seed=rep)
+        d = t.dispersion.drop_duplicates(["word", "attribute"])
+        p = d["p_changes_vs_controls"].to_numpy()
+        for level in shares:
+            shares[level].append(float(np.mean(p <= level)))
+        flagged.append(float(d["top_group_changes_vs_controls"].mean()))
+    for level, values in shares.items():
+        exact = math.floor(level * 121) / 121
+        v = np.asarray(values)
+        se = v.std(ddof=1) / math.sqrt(len(v))
+        assert abs(v.mean() - exact) <= 3 * se + 0.002, (level, v.mean(), se)
+    assert np.mean(flagged) <= 0.05
+
+
+def test_what_was_skipped_is_counted():
+    """A subset dropped below min_size, one of k images (not probed), images with no value: each counted."""
+    scores, labels, _ = make_data(n=600)
+    values = np.array(["big"] * 400 + ["exact"] * 40 + ["small"] * 20 + [None] * 140, dtype=object)
+    a = S.from_values(values, min_size=30)
+    assert a.dropped == (("small", 20),)
+    t = S.subset_scores(scores, labels, a, words=[f"w{i}" for i in range(6)], k=40, permutations=20)
+    summary = S.skipped_summary(a, t.info)
+    assert summary["n_images"] == 600 and summary["n_images_probed"] == 400
+    assert summary["dropped"] == {"n_subsets": 1, "n_images": 20, "subsets": [{"subset": "small", "n_images": 20}]}
+    assert summary["not_probed"]["n_subsets"] == 1 and summary["not_probed"]["n_images"] == 40
+    assert "not more than k=40" in summary["not_probed"]["subsets"][0]["why"]
+    assert summary["no_value"] == {"n_images": 140}

@@ -173,3 +173,65 @@ def test_help_lists_compare(setup):
     assert r.exit_code == 0 and "compare" in r.output and "--by" in r.output
     r = CliRunner().invoke(setup["group"], ["subsets", "compare", "--help"])
     assert r.exit_code == 0 and "--measures" in r.output
+
+
+def test_the_headline_compares_top_group_changes_with_the_control_queries(setup):
+    """A word with no association changes top group too: the headline gives the words that change more
+    often than the control queries first, the raw share second, and the control queries' rates beside it."""
+    out = setup["tmp"] / "controls"
+    r = _run(setup, "--controls", "controls", "--by", "kmeans:3", "--min-size", "30", "--typical", "0",
+             "--no-figures", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "run.json").read_text())
+    n_controls = run["controls"]["n_queries"]
+    controls = pd.read_parquet(out / "control_changes.parquet")
+    assert len(controls) == 2 * n_controls and set(controls["attribute"]) == {"race", "gender"}
+    dispersion = pd.read_parquet(out / "dispersion.parquet").drop_duplicates(["word", "attribute"])
+    assert (dispersion["p_changes_vs_controls"] >= 1 / (n_controls + 1)).all()
+    for row in run["dispersion"]:
+        part = dispersion[dispersion["attribute"] == row["attribute"]]
+        n_more = int(part["top_group_changes_vs_controls"].sum())
+        c = controls[controls["attribute"] == row["attribute"]]["top_group_change_rate"]
+        line = next(line for line in r.output.splitlines() if line.strip().startswith(row["attribute"] + ":"))
+        assert (f"more often than for the {n_controls} control queries for {n_more} of {len(part)} words"
+                in line), line
+        assert line.index("control queries for") < line.index("raw: top group changes in at least one subset for "
+                                                              f"{part['top_group_changes'].mean():.0%} of words")
+        assert f"against {c.min():.0%}-{c.max():.0%}" in line
+    page = (out / "subsets.html").read_text()
+    assert "more often than for the" in page and "reading of Ramos et al.'s R@k" in page
+
+
+def test_the_headline_without_control_queries_says_so(setup):
+    line = next(line for line in setup["output"].splitlines() if line.strip().startswith("race:"))
+    assert "no control queries to compare with" in line and "raw: top group changes" in line
+
+
+def test_the_default_min_size_skips_no_subset_and_skips_are_reported(setup):
+    """k = 12: a subset of exactly 12 images has no top-k but the whole subset. With --min-size 12 it is
+    kept and not probed, and the output says so, with its images; the default min size (2 k = 24) drops it
+    with a count instead, and every kept subset is probed."""
+    table = pd.read_parquet(setup["out"] / "assignment.parquet")
+    table["subset"] = ["exact"] * 12 + ["rest"] * (len(table) - 12)
+    path = setup["tmp"] / "exact.csv"
+    table.to_csv(path, index=False)
+    out = setup["tmp"] / "exact-12"
+    r = _run(setup, "--by", f"file:{path}", "--min-size", "12", "--typical", "0", "--no-figures", "--no-html",
+             "--out", str(out))
+    assert r.exit_code == 0, r.output
+    skipped = json.loads((out / "run.json").read_text())["skipped"]
+    assert skipped["not_probed"]["n_subsets"] == 1 and skipped["not_probed"]["n_images"] == 12
+    assert skipped["n_images_probed"] == N_IMAGES - 1 - 12
+    assert (f"{N_IMAGES - 1 - 12} of {N_IMAGES - 1} images probed; skipped: 1 subset(s) with 12 image(s) not probed "
+            "(exact (12 images): 12 image(s), not more than k=12") in r.output
+    out = setup["tmp"] / "exact-default"
+    r = _run(setup, "--by", f"file:{path}", "--typical", "0", "--no-figures", "--no-html", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["min_size"] == 24 and run["skipped"]["min_size"] == 24
+    assert run["skipped"]["not_probed"]["n_subsets"] == 0
+    assert "skipped: 1 subset(s) with 12 image(s) dropped below min_size=24" in r.output
+    out = setup["tmp"] / "nothing-skipped"
+    r = _run(setup, "--by", "kmeans:2", "--typical", "0", "--no-figures", "--no-html", "--out", str(out))
+    assert r.exit_code == 0, r.output
+    assert f"{N_IMAGES - 1} of {N_IMAGES - 1} images probed; skipped: nothing" in r.output

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,12 @@ def test_compare_report_folders_and_errors(two):
     assert r.exit_code == 0, r.output
     transfer = pd.read_parquet(out / "transfer.parquet")
     assert (transfer["n_models"] == 2).all() and transfer["rho"].isna().all()   # too few models for a rho
+    default = two["tmp"] / "two-default"         # no --min-size: twice the largest k the reports recorded
+    r = CliRunner().invoke(group, ["subsets", "compare", *reports, "--by", "attribute:gender", "--out", str(default),
+                                   "--no-figures", "--no-html", "--statistics", "kl_recall"])
+    assert r.exit_code == 0, r.output
+    k = max(json.loads((Path(p) / "run.json").read_text())["k"] for p in reports)
+    assert json.loads((default / "run.json").read_text())["config"]["min_size"] == 2 * k
     r = CliRunner().invoke(group, ["subsets", "compare", reports[0], "--out", str(out)])
     assert r.exit_code == 2 and "compare needs at least two models' report folders, got 1" in r.output
     r = CliRunner().invoke(group, ["subsets", "compare", *reports])

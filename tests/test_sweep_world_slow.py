@@ -138,7 +138,7 @@ def check_attribution(analysis, losses: dict, sweep: Path) -> dict:
         summary[measure] = {t: {k: float(coef.loc[t, k]) for k in ("estimate", "p_value", "ci_low", "ci_high")}
                             for t in coef.index}
         assert fit.references["dataset_family"] == "mix0-low"
-        high, mid = coef.loc["dataset_family[mix2-high]"], coef.loc["dataset_family[mix1-mid]"]
+        high, mid = coef.loc["dataset_family[T.mix2-high]"], coef.loc["dataset_family[T.mix1-mid]"]
         assert high["p_value"] < 0.01 and mid["p_value"] < 0.05, summary[measure]
         assert high["estimate"] > mid["estimate"] > 0, summary[measure]
         wider_learns_more = all(losses[(f, max(WIDTHS))] < losses[(f, min(WIDTHS))] for f in MIXES)
@@ -149,7 +149,7 @@ def check_attribution(analysis, losses: dict, sweep: Path) -> dict:
         without = fit_factors(rows)                  # one size for every model: the size term is dropped
         assert "log_params" not in set(without.coefficients["term"])
         alone = without.coefficients.set_index("term")
-        for term in ("dataset_family[mix2-high]", "dataset_family[mix1-mid]"):
+        for term in ("dataset_family[T.mix2-high]", "dataset_family[T.mix1-mid]"):
             assert abs(alone.loc[term, "estimate"] - coef.loc[term, "estimate"]) < coef.loc[term, "std_error"], \
                 (term, alone.loc[term].to_dict(), coef.loc[term].to_dict())
     return summary

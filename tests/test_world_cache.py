@@ -34,6 +34,13 @@ def test_key_changes_with_settings_and_keep_file_content(tmp_path):
     assert base == T.training_key(T.TrainConfig(keep=str(moved)))      # content, not path
     keep.write_bytes(b"two")
     assert base != T.training_key(T.TrainConfig(keep=str(keep)))
+    # a keep file that is a folder (a parquet dataset, as `balance fit` writes weights.parquet): its files' content
+    folder = tmp_path / "weights-dir.parquet"
+    folder.mkdir()
+    (folder / "part-0.parquet").write_bytes(b"one")
+    first = T.training_key(T.TrainConfig(keep=str(folder)))
+    (folder / "part-1.parquet").write_bytes(b"two")
+    assert first != T.training_key(T.TrainConfig(keep=str(folder)))
 
 
 def test_same_training_is_copied_and_another_is_trained(tmp_path, monkeypatch):

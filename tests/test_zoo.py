@@ -76,8 +76,13 @@ def test_models_without_published_performance_say_so(table):
 
 def test_unknown_training_data_is_unknown_not_guessed(table):
     t = table.set_index("spec")
-    for spec in ("PE-Core-B-16:meta", "nllb-clip-base:v1"):
+    for spec in ("PE-Core-B-16:meta", "nllb-clip-base-siglip:mrl"):
         assert t.loc[spec, "dataset_family"] == "unknown" and math.isnan(t.loc[spec, "dataset_size"])
+    # NLLB-CLIP (kept by Ghate et al.): LAION-COCO-NLLB as its paper describes it, the source saying so
+    for spec in ("nllb-clip-base:v1", "nllb-clip-large-siglip:v1"):
+        row = t.loc[spec]
+        assert row["dataset_family"] == "laion" and row["dataset_size"] == 106_246 * 201
+        assert "Visheratin 2023" in row["dataset_size_source"] and "not published" in row["dataset_size_source"]
     known = table[table["dataset_family"] != "unknown"]
     assert known["dataset_size"].notna().mean() > 0.95
     assert (known["dataset_size_source"] != "unknown").sum() == known["dataset_size"].notna().sum()
@@ -175,3 +180,42 @@ def test_model_keys_do_not_depend_on_the_files_time(tmp_path):
     weights.write_bytes(b"xy")
     assert zoo.model_key(f"RN50:{weights}") == key
     assert zoo.model_key("ViT-B-32:openai") == "ViT-B-32__openai"
+
+
+def test_architecture_families_are_the_papers():
+    from tests.test_sweep_analyze import paper_arch_family     # the notebook's rules, written out independently
+
+    for arch in {a for a, _ in open_clip.list_pretrained()}:
+        assert zoo.arch_family(arch) == paper_arch_family(arch), arch
+    assert zoo.arch_family(None) == "unknown"
+    examples = {"ViT-B-16-plus-240": "Specialized ViT", "EVA01-g-14-plus": "EVA", "nllb-clip-large-siglip": "NLLB-CLIP",
+                "xlm-roberta-large-ViT-H-14": "Hybrid", "convnext_base_w": "ConvNeXt", "RN50x64": "ResNet",
+                "ViT-SO400M-14-SigLIP-384": "Specialized ViT", "ViT-L-14-CLIPA": "ViT", "coca_ViT-L-14": "CoCa",
+                "MobileCLIP-S1": "Other", "my-own-arch": "Other"}
+    assert {a: zoo.arch_family(a) for a in examples} == examples
+
+
+def test_same_checkpoint_pairs_are_what_open_clip_loads():
+    """The shipped table against a brute-force grouping of open_clip's registry by weights and activation."""
+    shipped = pd.read_csv(DATA / "same_checkpoint.csv", keep_default_na=False)
+    assert shipped.to_dict("records") == [{k: (v if v is not None else "") for k, v in r.items()}
+                                          for r in zoo.find_same_checkpoints()]
+    groups: dict = {}
+    for arch, tag in open_clip.list_pretrained():
+        cfg = open_clip.get_pretrained_cfg(arch, tag)
+        quick = bool(cfg.get("quick_gelu")) or bool((open_clip.get_model_config(arch) or {}).get("quick_gelu"))
+        groups.setdefault((cfg.get("hf_hub"), cfg.get("url"), quick), []).append(f"{arch}:{tag}")
+    pairs = [g for g in groups.values() if len(g) > 1]
+    assert len(pairs) == len(shipped) == 28 and all(len(g) == 2 for g in pairs)
+    named = {frozenset((r.spec, r.duplicate_of)) for r in shipped.itertuples(index=False)}
+    assert named == {frozenset(g) for g in pairs}
+    t = zoo.zoo_table(["RN50:openai", "RN50-quickgelu:openai", "ViT-B-32:laion2b_s34b_b79k"], count=False)
+    assert [None if pd.isna(v) else v for v in t["duplicate_of"]] == ["RN50-quickgelu:openai", None, None]
+
+
+def test_user_values_are_named_in_user_columns(tmp_path):
+    path = tmp_path / "zoo.csv"
+    path.write_text("spec,arch_family,dataset_size\nRN50:/w/rn50.pt,MyFamily,2e9\n", encoding="utf-8")
+    t = zoo.zoo_table(["RN50:/w/rn50.pt", "RN50:openai"], user=path, count=False)
+    assert [None if pd.isna(v) else v for v in t["user_columns"]] == ["arch_family;dataset_size", None]
+    assert t.loc[0, "arch_family"] == "MyFamily" and t.loc[1, "arch_family"] == "ResNet"

@@ -10,7 +10,7 @@ nothing about cause, and it is only as good as the caption lexicon.
 
 Only rows whose caption association is defined enter the correlations and the
 figures: a word or group that never occurs in the captions (or occurs in every
-caption) has no odds ratio (:mod:`clipprobe.captions.stats`); such rows stay in
+caption) has no odds ratio (:mod:`clipprobe.analysis.cooccurrence`); such rows stay in
 the joined table with ``caption_status`` saying why and null caption statistics.
 :func:`coverage` counts them; with fewer than :data:`MIN_ROWS` defined rows the
 cross-check refuses (:data:`ERR_TOO_FEW_ROWS`).
@@ -51,7 +51,7 @@ def crosscheck(report_groups, cooccurrence, *, alpha: float = 0.05, min_rows: in
     (other columns such as ``flagged`` and ``q_over`` are carried along).
     ``cooccurrence``: the ``cooccurrence.parquet`` table (its ``status`` is recomputed from the
     counts, so a table written before that column existed is read the same way:
-    :func:`clipprobe.captions.stats.with_status`). The join is inner on word
+    :func:`clipprobe.analysis.cooccurrence.with_status`). The join is inner on word
     (case-insensitive), attribute and group; ``caption_status`` is ``"ok"`` where the caption
     association is defined, and ``caption_flagged`` (null where it is not) is
     ``caption_q_value < alpha`` and a positive log-odds.
@@ -66,7 +66,7 @@ def crosscheck(report_groups, cooccurrence, *, alpha: float = 0.05, min_rows: in
     import numpy as np
     from scipy.stats import spearmanr
 
-    from clipprobe.captions.stats import STATUS_OK, with_status
+    from clipprobe.analysis.cooccurrence import STATUS_OK, with_status
 
     _require(report_groups, (*KEYS, "skew"), "report groups table")
     _require(cooccurrence, (*KEYS, *(c for c in CAPTION_COLUMNS if c != "status")), "co-occurrence table")
@@ -110,7 +110,7 @@ def check_rows(cooccurrence, words, attributes=None, *, min_rows: int = MIN_ROWS
     """Refuse, before a report is computed, caption counts that cannot give a cross-check of ``words``
     (and ``attributes``; None: all): the same rule as :func:`crosscheck`, on the counts' rows of those
     words (case-insensitive) instead of the join, which can only have fewer."""
-    from clipprobe.captions.stats import with_status
+    from clipprobe.analysis.cooccurrence import with_status
 
     _require(cooccurrence, (*KEYS, *(c for c in CAPTION_COLUMNS if c != "status")), "co-occurrence table")
     rows = with_status(cooccurrence).rename(columns={k: v for k, v in CAPTION_COLUMNS.items()})
@@ -125,7 +125,7 @@ def coverage(joined) -> dict[str, Any]:
     ``n_defined``; the joined words (``n_words``) and those that occur in no caption
     (``n_words_absent``, ``words_absent``); the joined (attribute, group) pairs (``n_groups``) and
     those that occur in no caption (``n_groups_absent``, ``groups_absent`` as ``"attribute:group"``)."""
-    from clipprobe.captions.stats import STATUS_OK
+    from clipprobe.analysis.cooccurrence import STATUS_OK
 
     words = joined.groupby(joined["word"].astype(str), sort=True)["caption_n_word"].max()
     groups = joined.groupby(["attribute", "group"], sort=True)["caption_n_group"].max()

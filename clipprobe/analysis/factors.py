@@ -3,21 +3,29 @@ bias with downstream performance (Ghate et al., NAACL 2025). Pure functions on D
 
 Input: one row per (model, test, order) with the response in ``value`` and the model's metadata
 (``model``, ``params_total_m`` in millions, ``dataset_size`` in image-text pairs, ``arch_family``,
-``dataset_family``); for the report's metrics ``test`` is a category and ``order`` an attribute.
+``dataset_family``); optionally ``category`` (the test's family: Gender, Race, ...) and ``checkpoint`` (the
+checkpoint a model loads, when two names load one: counted once). For the report's measures ``test`` is a
+category and ``order`` an attribute.
 
-:func:`fit_factors` fits the paper's linear mixed model with statsmodels' ``MixedLM`` (REML)::
+:func:`fit_factors` fits the linear mixed model of the paper with statsmodels' ``MixedLM`` (REML)::
 
-    value ~ log_params + arch_family + dataset_family + log_dataset_size
-    groups = test x order, random intercept and random slopes on z(log_params), z(log_dataset_size)
+    value ~ log_params + architecture_family + dataset_family + log_dataset_size
+    groups = test family x order; random intercept and random slopes on log_params and log_dataset_size
+    (unstructured covariance)
 
-``log`` is log10, centred over the rows fitted (a coefficient is the change per tenfold more parameters
-or pairs; centring changes only the intercept, which is then the reference families' value at the mean
-log size); ``z`` is the z-score over the rows fitted. Families are treatment-coded against a reference level (default: the
-dataset family with the smallest median dataset size, as the paper's cc12m; the architecture family with
-the most rows). A family with fewer than ``min_family_rows`` rows (the paper: 30) or fewer than
-``min_family_models`` models is pooled into ``other`` and a note says so. A model-level term that does
-not vary, or that is a linear combination of terms before it (e.g. dataset size within a zoo where every
-family has one size), is dropped with a note; so is its random slope. The model needs more models than
+By default (:data:`SPECS` ``paper``) as the paper's analysis notebook specifies it: ``log_params`` and
+``log_dataset_size`` are the natural logs z-scored over the rows fitted (population SD, as scikit-learn's
+StandardScaler), so a coefficient is the change per standard deviation of the log size; the groups are
+the test families (``category``) crossed with the orders (20 for the paper's 26 tests: its two or three
+text tests of one family share a group); an architecture family with fewer than ``min_family_rows`` rows
+(the paper: 30) or fewer than ``min_family_models`` checkpoints is pooled as ``Other`` and dataset
+families are never pooled; reference levels are the first by name (statsmodels' default: the paper's
+cc12m and CoCa; a pooled ``Other`` is never the reference unless it is the only level); terms are named as statsmodels' formula names them (``dataset_family[T.dfn]``) and the
+random part as its summary does (``Group Var``, ``Group x log_params Cov``, ...), so that
+:func:`paper_table` has the paper's layout. ``size_units="log10"`` fits the log10 sizes, centred (a
+coefficient per tenfold); ``groups="test"`` gives every test its own group; ``pool`` names the factors
+whose small families are pooled. A model-level term that does not vary, or that is a linear combination of
+terms before it, is dropped with a note; so is its random slope. The model needs more checkpoints than
 model-level terms (:data:`MSG_TOO_FEW_MODELS` says how many).
 
 :func:`performance_correlations`: per (test, order), Pearson's r and Spearman's rho of the value with a
@@ -42,30 +50,46 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-OTHER = "other"
-MIN_FAMILY_ROWS = 30     # Ghate et al. pooled families below 30 rows
+OTHER = "Other"
+MIN_FAMILY_ROWS = 30     # Ghate et al. pooled architecture families below 30 rows
 MIN_FAMILY_MODELS = 2
 MIN_CORRELATION_MODELS = 3
+FACTORS = ("arch_family", "dataset_family")
+TERM_NAMES = {"arch_family": "architecture_family", "dataset_family": "dataset_family"}   # the paper's names
+SIZE_TERMS = {"log_params": "params_total_m", "log_dataset_size": "dataset_size"}
+SIZE_UNITS = ("sd", "log10")
+GROUPINGS = ("family", "test")
 FACTOR_COLUMNS = ("model", "value", "test", "order", "params_total_m", "dataset_size", "arch_family",
                   "dataset_family")
+METADATA_COLUMNS = ("params_total_m", "dataset_size", "arch_family", "dataset_family")
 COEF_COLUMNS = ("term", "estimate", "std_error", "z", "p_value", "ci_low", "ci_high", "kind")
+RANDOM_COLUMNS = ("component", "estimate", "std_error")
+PAPER_COLUMNS = ("Coef.", "Std.Err.", "z", "P>|z|", "[0.025", "0.975]")
 CORR_COLUMNS = ("test", "order", "n_models", "pearson_r", "pearson_p", "pearson_q", "spearman_rho", "spearman_p",
                 "spearman_q")
+UNKNOWN = "unknown"
+GROUP = "Group"          # statsmodels' name of the random intercept
 
 MSG_MISSING_COLUMNS = "factor table lacks column(s) {missing}; it needs {needed}"
 MSG_TOO_FEW_MODELS = ("the mixed model needs at least {needed} models with known metadata for its {p} model-level "
                       "terms ({terms}); there are {n}{dropped}")
+MSG_NO_METADATA = ("the mixed model needs {columns} of every model it fits, and none of the {n} model(s) has all "
+                   "of them: {missing}; give them in a model table (columns {columns})")
 MSG_TOO_FEW_GROUPS = "the mixed model needs at least 2 (test, order) groups; there is {n}"
 MSG_NO_ROWS = "no rows to fit{why}"
 MSG_REFERENCE = "reference {what} {value!r} is not among the families fitted ({valid})"
 MSG_LEVEL = "level must be between 0 and 1, got {level}"
 MSG_MIN = "{name} must be a whole number of at least {minimum}, got {value!r}"
+MSG_CHOICE = "{name} must be one of {valid}, not {value!r}"
 
 
 @dataclasses.dataclass(frozen=True)
 class FactorSettings:
-    """How the mixed model is set up (see the module docstring)."""
+    """How the mixed model is set up (see the module docstring; the defaults are the paper's)."""
 
+    size_units: str = "sd"
+    groups: str = "family"
+    pool: tuple[str, ...] = ("arch_family",)
     min_family_rows: int = MIN_FAMILY_ROWS
     min_family_models: int = MIN_FAMILY_MODELS
     reference_dataset_family: str | None = None
@@ -80,7 +104,22 @@ class FactorSettings:
                 raise UsageError(MSG_MIN.format(name=name, minimum=minimum, value=value))
         if not 0 < self.level < 1:
             raise UsageError(MSG_LEVEL.format(level=self.level))
+        if self.size_units not in SIZE_UNITS:
+            raise UsageError(MSG_CHOICE.format(name="size_units", valid=", ".join(SIZE_UNITS), value=self.size_units))
+        if self.groups not in GROUPINGS:
+            raise UsageError(MSG_CHOICE.format(name="groups", valid=", ".join(GROUPINGS), value=self.groups))
+        for factor in self.pool:
+            if factor not in FACTORS:
+                raise UsageError(MSG_CHOICE.format(name="pool", valid=", ".join(FACTORS), value=factor))
         return self
+
+
+# The paper's specification, and clipprobe's per-test alternative (every test its own group, sizes per tenfold,
+# small families of both factors pooled).
+SPECS = {
+    "paper": FactorSettings(),
+    "per-test": FactorSettings(size_units="log10", groups="test", pool=FACTORS),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +127,11 @@ class FactorFit:
     """A fitted mixed model.
 
     ``coefficients``: one row per fixed effect (:data:`COEF_COLUMNS`; ``kind`` is ``intercept``,
-    ``numeric`` or the factor's name); ``random``: the random-effects variances and the residual
-    variance; ``notes``: every pooling, dropped term, dropped model and convergence warning, in words;
-    ``terms``: the model-level terms fitted; ``references``: the reference level of each factor.
+    ``numeric`` or the factor's name); ``random``: the random-effects variances and covariances in
+    statsmodels' names, with their standard errors, and the residual variance (``Scale``)
+    (:data:`RANDOM_COLUMNS`); ``notes``: every pooling, dropped term, dropped model and convergence
+    warning, in words; ``terms``: the model-level terms fitted; ``references``: the reference level of each
+    factor; ``sizes``: per size term, the mean and SD of the log used (to convert a coefficient).
     """
 
     coefficients: "pd.DataFrame"
@@ -104,6 +145,8 @@ class FactorFit:
     converged: bool
     log_likelihood: float
     pooled: dict[str, tuple[str, ...]]
+    settings: FactorSettings = FactorSettings()
+    sizes: dict = dataclasses.field(default_factory=dict)
 
 
 def _check_columns(df: "pd.DataFrame", needed: Sequence[str]) -> None:
@@ -112,92 +155,120 @@ def _check_columns(df: "pd.DataFrame", needed: Sequence[str]) -> None:
         raise DataError(MSG_MISSING_COLUMNS.format(missing=", ".join(missing), needed=", ".join(needed)))
 
 
+def _unit(df: "pd.DataFrame") -> str:
+    return "checkpoint" if "checkpoint" in df.columns else "model"
+
+
 def pool_families(df: "pd.DataFrame", column: str, *, min_rows: int, min_models: int) -> tuple["pd.Series", list[str]]:
-    """The family column with families below ``min_rows`` rows or ``min_models`` models renamed ``other``,
-    and the names pooled (sorted)."""
+    """The family column with families below ``min_rows`` rows or ``min_models`` models (checkpoints, where
+    ``df`` has a ``checkpoint`` column) renamed ``Other``, and the names pooled (sorted)."""
     rows = df.groupby(column, sort=True).size()
-    models = df.groupby(column, sort=True)["model"].nunique()
-    small = sorted(f for f in rows.index if rows[f] < min_rows or models[f] < min_models)
+    models = df.groupby(column, sort=True)[_unit(df)].nunique()
+    small = sorted(f for f in rows.index if (rows[f] < min_rows or models[f] < min_models) and f != OTHER)
     if not small:
         return df[column].astype(str), []
     return df[column].astype(str).where(~df[column].isin(small), OTHER), small
 
 
-def _zscore(x: "np.ndarray") -> "np.ndarray":
+def _size_term(values: "np.ndarray", units: str) -> tuple["np.ndarray", dict]:
+    """The size term: z-scored natural log (population SD, as StandardScaler) or centred log10."""
     import numpy as np
 
-    sd = float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
-    return (x - float(np.mean(x))) / sd if sd > 0 else np.zeros_like(x)
+    if units == "log10":
+        logs = np.log10(values)
+        return logs - logs.mean(), {"log": "log10", "mean": float(logs.mean()), "sd": 1.0}
+    logs = np.log(values)
+    sd = float(np.std(logs))
+    z = (logs - logs.mean()) / sd if sd > 0 else np.zeros_like(logs)
+    return z, {"log": "ln", "mean": float(logs.mean()), "sd": sd}
 
 
 def _design(df: "pd.DataFrame", settings: FactorSettings, notes: list[str], dropped_text: str = ""):
-    """Fixed-effect design (DataFrame), its term names, references, pooled families, random-slope columns."""
+    """Fixed-effect design (DataFrame), its term names, references, pooled families, random-slope columns,
+    size transforms."""
     import numpy as np
     import pandas as pd
 
     pooled: dict[str, tuple[str, ...]] = {}
     fam = {}
-    for column in ("arch_family", "dataset_family"):
-        series, small = pool_families(df, column, min_rows=settings.min_family_rows,
-                                      min_models=settings.min_family_models)
+    for column in FACTORS:
+        if column in settings.pool:
+            series, small = pool_families(df, column, min_rows=settings.min_family_rows,
+                                          min_models=settings.min_family_models)
+            if small:
+                pooled[column] = tuple(small)
+                notes.append(f"{TERM_NAMES[column].replace('_', ' ')} pooled as {OTHER!r} (fewer than "
+                             f"{settings.min_family_rows} rows or {settings.min_family_models} checkpoints): "
+                             f"{', '.join(small)}")
+        else:
+            series = df[column].astype(str)
         fam[column] = series
-        if small:
-            pooled[column] = tuple(small)
-            notes.append(f"{column.replace('_', ' ')} pooled as {OTHER!r} (fewer than {settings.min_family_rows} rows "
-                         f"or {settings.min_family_models} models): {', '.join(small)}")
     x = pd.DataFrame(index=df.index)
     x["Intercept"] = 1.0
-    # Centred (only the intercept changes; the optimiser is far better conditioned).
-    log_params = np.log10(df["params_total_m"].to_numpy(dtype=float) * 1e6)
-    x["log_params"] = log_params - log_params.mean()
     references: dict[str, str] = {}
-    size_median = df.groupby(fam["dataset_family"])["dataset_size"].median()
     for column, given in (("arch_family", settings.reference_arch_family),
                           ("dataset_family", settings.reference_dataset_family)):
         levels = sorted(fam[column].unique())
-        if given is not None:
-            if given not in levels:
-                raise UsageError(MSG_REFERENCE.format(what=column.replace("_", " "), value=given,
-                                                      valid=", ".join(levels)))
-            ref = given
-        elif column == "dataset_family":
-            ref = min(levels, key=lambda f: (float(size_median.get(f, math.inf)), f))
-        else:
-            counts = fam[column].value_counts()
-            ref = min(levels, key=lambda f: (-int(counts[f]), f))
+        if given is not None and given not in levels:
+            raise UsageError(MSG_REFERENCE.format(what=column.replace("_", " "), value=given, valid=", ".join(levels)))
+        named = [level for level in levels if level != OTHER] or levels
+        ref = given if given is not None else named[0]
         references[column] = ref
         for level in levels:
             if level != ref:
-                x[f"{column}[{level}]"] = (fam[column] == level).astype(float)
-    log_size = np.log10(df["dataset_size"].to_numpy(dtype=float))
-    x["log_dataset_size"] = log_size - log_size.mean()
+                x[f"{TERM_NAMES[column]}[T.{level}]"] = (fam[column] == level).astype(float)
+    sizes = {}
+    for term, column in SIZE_TERMS.items():
+        values, sizes[term] = _size_term(df[column].to_numpy(dtype=float) * (1e6 if column == "params_total_m"
+                                                                              else 1.0), settings.size_units)
+        x[term] = values
     varying = ["Intercept"]
     for column in x.columns[1:]:
         if np.ptp(x[column].to_numpy()) > 0:
             varying.append(column)
         else:
             notes.append(f"term {column} dropped: it does not vary across the models fitted")
-    n_models = int(df["model"].nunique())
+    n_models = int(df[_unit(df)].nunique())
     if n_models < len(varying) + 1:
         raise DataError(MSG_TOO_FEW_MODELS.format(needed=len(varying) + 1, p=len(varying), terms=", ".join(varying),
                                                   n=n_models, dropped=dropped_text))
-    # Keep a term only when it adds to the rank of the terms before it (aliased terms dropped).
+    # Keep a term only when it adds to the rank of the terms before it (aliased terms dropped). The terms are
+    # model-level: the distinct rows have the rank of the whole design.
+    distinct = x[varying].drop_duplicates().to_numpy()
     kept: list[str] = []
     rank = 0
     for column in varying:
-        trial = np.linalg.matrix_rank(x[kept + [column]].to_numpy())
+        trial = np.linalg.matrix_rank(distinct[:, [varying.index(c) for c in kept + [column]]])
         if trial > rank:
             kept.append(column)
             rank = trial
         else:
             notes.append(f"term {column} dropped: it is a combination of the terms before it")
     x = x[kept]
-    slopes = []
-    if settings.random_slopes:
-        for column in ("log_params", "log_dataset_size"):
-            if column in kept:
-                slopes.append(column)
-    return x, kept, references, pooled, slopes
+    slopes = [c for c in SIZE_TERMS if c in kept] if settings.random_slopes else []
+    return x, kept, references, pooled, slopes, {k: v for k, v in sizes.items() if k in kept}
+
+
+def _missing_metadata(data: "pd.DataFrame") -> dict[str, set]:
+    """Per metadata column, the models (or checkpoints) it is unknown for."""
+    import pandas as pd
+
+    missing = {}
+    for column in METADATA_COLUMNS:
+        if column in ("params_total_m", "dataset_size"):
+            bad = ~pd.to_numeric(data[column], errors="coerce").gt(0)
+        else:
+            bad = data[column].isna() | data[column].astype(str).isin((UNKNOWN, "", "None", "nan"))
+        missing[column] = set(data.loc[bad, "model"].astype(str))
+    return missing
+
+
+def _group_labels(data: "pd.DataFrame", groups: str) -> "pd.Series":
+    test = data["test"].astype(str)
+    if groups == "family" and "category" in data.columns:
+        category = data["category"].fillna("").astype(str)
+        test = category.where(category.str.len() > 0, test)
+    return test + " | " + data["order"].astype(str)
 
 
 def fit_factors(df: "pd.DataFrame", *, settings: FactorSettings = FactorSettings(),
@@ -216,39 +287,44 @@ def fit_factors(df: "pd.DataFrame", *, settings: FactorSettings = FactorSettings
     data = data[np.isfinite(pd.to_numeric(data[response], errors="coerce").to_numpy(dtype=float))]
     if data.empty:
         raise DataError(MSG_NO_ROWS.format(why=f" (no finite {response})"))
-    complete = (pd.to_numeric(data["params_total_m"], errors="coerce").gt(0)
-                & pd.to_numeric(data["dataset_size"], errors="coerce").gt(0)
-                & data["arch_family"].notna() & data["dataset_family"].notna()
-                & ~data["dataset_family"].astype(str).eq("unknown") & ~data["arch_family"].astype(str).eq("unknown"))
-    dropped_models = sorted(set(data.loc[~complete, "model"].astype(str)) - set(data.loc[complete, "model"].astype(str)))
+    missing = _missing_metadata(data)
+    complete = ~data["model"].astype(str).isin(set().union(*missing.values()))
+    all_models = set(data["model"].astype(str))
+    dropped_models = sorted(all_models - set(data.loc[complete, "model"].astype(str)))
+    what = "; ".join(f"{c} for {len(m)}" for c, m in missing.items() if m)
     if dropped_models:
         shown = ", ".join(dropped_models[:10]) + (f" and {len(dropped_models) - 10} more" if len(dropped_models) > 10
                                                   else "")
-        notes.append(f"{len(dropped_models)} model(s) left out for unknown parameters, dataset size or family: {shown}")
+        notes.append(f"{len(dropped_models)} model(s) left out for unknown metadata ({what}): {shown}")
     data = data[complete].reset_index(drop=True)
-    n_models = int(data["model"].nunique())
-    dropped_text = f" ({len(dropped_models)} more lack metadata)" if dropped_models else ""
     if data.empty:
-        raise DataError(MSG_TOO_FEW_MODELS.format(needed="?", p="?", terms="?", n=0, dropped=dropped_text))
+        raise DataError(MSG_NO_METADATA.format(columns=", ".join(METADATA_COLUMNS), n=len(all_models),
+                                               missing=f"unknown {what}"))
+    n_models = int(data[_unit(data)].nunique())
+    dropped_text = f" ({len(dropped_models)} more lack {what})" if dropped_models else ""
     data["params_total_m"] = data["params_total_m"].astype(float)
     data["dataset_size"] = data["dataset_size"].astype(float)
-    x, terms, references, pooled, slopes = _design(data, settings, notes, dropped_text)
+    x, terms, references, pooled, slopes, sizes = _design(data, settings, notes, dropped_text)
     needed_models = len(terms) + 1
     if n_models < needed_models:
         raise DataError(MSG_TOO_FEW_MODELS.format(needed=needed_models, p=len(terms), terms=", ".join(terms),
                                                   n=n_models, dropped=dropped_text))
-    groups = data["test"].astype(str) + " | " + data["order"].astype(str)
+    groups = _group_labels(data, settings.groups)
     n_groups = int(groups.nunique())
     if n_groups < 2:
         raise DataError(MSG_TOO_FEW_GROUPS.format(n=n_groups))
-    exog_re = pd.DataFrame({"Intercept": np.ones(len(data))}, index=data.index)
+    exog_re = pd.DataFrame({GROUP: np.ones(len(data))}, index=data.index)
     for column in slopes:
-        exog_re[f"z({column})"] = _zscore(x[column].to_numpy())
+        exog_re[column] = x[column].to_numpy()
     y = data[response].to_numpy(dtype=float)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = sm.MixedLM(y, x, groups=groups.to_numpy(), exog_re=exog_re)
-        result = model.fit(reml=True, method=["lbfgs", "powell", "cg"])
+        result = model.fit(reml=True, method=["lbfgs", "powell", "cg"], maxiter=1000)
+        try:
+            bse_all = np.asarray(result.bse, dtype=float)
+        except (ValueError, np.linalg.LinAlgError):
+            bse_all = np.full(len(result.params), np.nan)
     seen: set[str] = set()
     for w in caught:
         text = str(w.message).splitlines()[0] if str(w.message) else ""
@@ -262,13 +338,24 @@ def fit_factors(df: "pd.DataFrame", *, settings: FactorSettings = FactorSettings
         z = est / se
     p = 2 * stats.norm.sf(np.abs(z))
     q = stats.norm.ppf(0.5 + settings.level / 2)
-    kinds = ["intercept" if t == "Intercept" else (t.split("[", 1)[0] if "[" in t else "numeric") for t in terms]
+    kinds = ["intercept" if t == "Intercept" else ("numeric" if "[" not in t else
+                                                    {v: k for k, v in TERM_NAMES.items()}[t.split("[", 1)[0]])
+             for t in terms]
     coef = pd.DataFrame({"term": terms, "estimate": est[:k_fe], "std_error": se[:k_fe], "z": z[:k_fe],
                          "p_value": p[:k_fe], "ci_low": est[:k_fe] - q * se[:k_fe],
                          "ci_high": est[:k_fe] + q * se[:k_fe], "kind": kinds}, columns=list(COEF_COLUMNS))
     cov_re = np.asarray(result.cov_re, dtype=float)
-    random = pd.DataFrame({"component": list(exog_re.columns) + ["residual"],
-                           "variance": list(np.diag(cov_re)) + [float(result.scale)]})
+    names = list(exog_re.columns)
+    rows = []
+    jj = k_fe
+    for i in range(len(names)):
+        for j in range(i + 1):
+            label = f"{names[i]} Var" if i == j else f"{names[j]} x {names[i]} Cov"
+            se_re = math.sqrt(float(result.scale)) * bse_all[jj] if jj < len(bse_all) else math.nan
+            rows.append({"component": label, "estimate": float(cov_re[i, j]), "std_error": float(se_re)})
+            jj += 1
+    rows.append({"component": "Scale", "estimate": float(result.scale), "std_error": math.nan})
+    random = pd.DataFrame(rows, columns=list(RANDOM_COLUMNS))
     converged = bool(getattr(result, "converged", True))
     if not np.all(np.isfinite(se[:k_fe])):
         notes.append("some standard errors could not be computed (the fit is at a boundary); their p-values and "
@@ -277,7 +364,29 @@ def fit_factors(df: "pd.DataFrame", *, settings: FactorSettings = FactorSettings
         notes.append("the optimiser did not converge; read the estimates with care")
     return FactorFit(coefficients=coef, random=random, notes=tuple(notes), n_rows=int(len(data)), n_models=n_models,
                      n_groups=n_groups, terms=tuple(terms), references=references, converged=converged,
-                     log_likelihood=float(result.llf), pooled=pooled)
+                     log_likelihood=float(result.llf), pooled=pooled, settings=settings, sizes=sizes)
+
+
+def paper_table(fit: FactorFit) -> "pd.DataFrame":
+    """The fit in the layout of the paper's table (statsmodels' summary): one row per fixed effect, then the
+    random-effects variances and covariances, columns :data:`PAPER_COLUMNS` (NaN where the summary is blank),
+    indexed by term."""
+    import numpy as np
+    import pandas as pd
+
+    c = fit.coefficients
+    low, high = f"[{(1 - fit.settings.level) / 2:.3g}", f"{1 - (1 - fit.settings.level) / 2:.3g}]"
+    fixed = pd.DataFrame({"Coef.": c["estimate"].to_numpy(), "Std.Err.": c["std_error"].to_numpy(),
+                          "z": c["z"].to_numpy(), "P>|z|": c["p_value"].to_numpy(), low: c["ci_low"].to_numpy(),
+                          high: c["ci_high"].to_numpy()}, index=list(c["term"]))
+    r = fit.random[fit.random["component"] != "Scale"]
+    random = pd.DataFrame({"Coef.": r["estimate"].to_numpy(), "Std.Err.": r["std_error"].to_numpy()},
+                          index=list(r["component"]))
+    for col in fixed.columns[2:]:
+        random[col] = np.nan
+    out = pd.concat([fixed, random[list(fixed.columns)]])
+    out.index.name = "term"
+    return out
 
 
 # --------------------------------------------------------------------------- correlations
@@ -340,7 +449,8 @@ def performance_correlations(df: "pd.DataFrame", performance: str, *, by: Sequen
 
 
 def models_needed(df: "pd.DataFrame", *, settings: FactorSettings = FactorSettings()) -> int:
-    """How many models the mixed model would need for the families in ``df`` (before dropping terms)."""
+    """How many models (checkpoints) the mixed model would need for the families in ``df`` (before dropping
+    terms)."""
     import pandas as pd
 
     data = df[pd.to_numeric(df["params_total_m"], errors="coerce").gt(0)
@@ -348,12 +458,16 @@ def models_needed(df: "pd.DataFrame", *, settings: FactorSettings = FactorSettin
     if data.empty:
         return 4
     n_terms = 3   # intercept, log params, log dataset size
-    for column in ("arch_family", "dataset_family"):
-        series, _ = pool_families(data, column, min_rows=settings.min_family_rows,
-                                  min_models=settings.min_family_models)
+    for column in FACTORS:
+        if column in settings.pool:
+            series, _ = pool_families(data, column, min_rows=settings.min_family_rows,
+                                      min_models=settings.min_family_models)
+        else:
+            series = data[column].astype(str)
         n_terms += max(0, series.nunique() - 1)
     return n_terms + 1
 
 
-__all__ = ["COEF_COLUMNS", "CORR_COLUMNS", "FACTOR_COLUMNS", "FactorFit", "FactorSettings", "MSG_TOO_FEW_MODELS",
-           "fit_factors", "models_needed", "performance_correlations", "pool_families"]
+__all__ = ["COEF_COLUMNS", "CORR_COLUMNS", "FACTOR_COLUMNS", "FactorFit", "FactorSettings", "MSG_NO_METADATA",
+           "MSG_TOO_FEW_MODELS", "PAPER_COLUMNS", "RANDOM_COLUMNS", "SPECS", "fit_factors", "models_needed",
+           "paper_table", "performance_correlations", "pool_families"]

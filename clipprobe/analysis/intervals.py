@@ -1,7 +1,7 @@
 """Intervals the report publishes, each chosen because its coverage was measured by simulation.
 
 ``benchmarks/bench_coverage.py`` draws datasets from a population whose top-k composition is known and
-counts how often each interval holds the true value (README, "Statistics"). What passed:
+counts how often each interval holds the true value (docs/probe.md, "Statistics"). What passed:
 
 * a group's share of a word's top-k: the **Wilson score interval** on ``count / k`` (statsmodels'
   ``proportion_confint``). Of the two intervals Brown, Cai and DasGupta (2001) recommend, Wilson's
@@ -70,9 +70,10 @@ def share_interval(counts, k: int, *, level: float = 0.95, method: str = "wilson
     c = np.asarray(counts, dtype=np.float64)
     lo, hi = proportion_confint(c, int(k), alpha=1.0 - level, method=method)
     lo, hi = np.asarray(lo, dtype=np.float64), np.asarray(hi, dtype=np.float64)
-    if method == "jeffreys":
-        lo = np.where(c <= 0, 0.0, lo)
-        hi = np.where(c >= k, 1.0, hi)
+    # A count of 0 (of k) has lower end exactly 0 (and upper end exactly 1): Jeffreys by the end-point rule,
+    # Wilson by its formula, which in floating point leaves 3.5e-18 instead of 0.
+    lo = np.where(c <= 0, 0.0, lo)
+    hi = np.where(c >= k, 1.0, hi)
     return np.clip(lo, 0.0, 1.0), np.clip(hi, 0.0, 1.0)
 
 

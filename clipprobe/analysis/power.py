@@ -304,25 +304,27 @@ __all__ = [
 
 
 def power_plot(curve, *, k: int | None = None, ax=None):
-    """Power against planted ratio, one line per group (at one ``k``; the largest by default)."""
-    import matplotlib
+    """Power against planted ratio, one line per group (at one ``k``; the largest by default); returns the
+    Axes (one column wide, :mod:`clipprobe.figstyle`)."""
+    from clipprobe import figstyle as F
 
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
-
-    if ax is None:
-        ax = Figure(figsize=(3.3, 2.6), layout="constrained").add_subplot()
-    k = int(curve["k"].max()) if k is None else int(k)
-    part = curve[curve["k"] == k]
-    palette = ["#E69F00", "#56B4E9", "#009E73", "#F0E442", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
-    for i, (group, g) in enumerate(part.groupby("group", sort=False)):
-        share = float(g["base_share"].iloc[0])
-        ax.plot(g["ratio"], g["power"], marker="o", ms=3, lw=1.2, color=palette[i % len(palette)],
-                label=f"{group} ({share:.0%})")
-    ax.axhline(0.8, color="0.6", lw=0.8, ls="--")
-    ax.set_xlabel("planted share / base share")
-    ax.set_ylabel("P(flagged)")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"power at k = {k}", fontsize=9)
-    ax.legend(fontsize=6, frameon=False)
+    with F.style():
+        if ax is None:
+            ax = F.new_axes(F.COLUMN_WIDTH, 2.7)
+        k = int(curve["k"].max()) if k is None else int(k)
+        part = curve[curve["k"] == k]
+        for i, (group, g) in enumerate(part.groupby("group", sort=False)):
+            share = float(g["base_share"].iloc[0])
+            color, marker = F.series_style(i)
+            ax.plot(g["ratio"], g["power"], marker=marker, ms=F.scaled(3), lw=F.scaled(1.0), color=color,
+                    label=f"{F.short(group, 20)} ({share:.0%})")
+        ax.axhline(0.8, color="0.6", lw=F.scaled(0.6), ls="--")
+        ax.set_xlabel("planted share / base share")
+        ax.set_ylabel("P(flagged)")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"Power at k = {k}", **F.TITLE_AT_TOP)
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.figure.legend(handles, labels, loc="outside lower center", ncol=F.legend_columns(ax.figure, labels),
+                             handletextpad=0.2, columnspacing=1.4)
     return ax

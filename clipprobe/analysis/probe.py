@@ -12,7 +12,7 @@ The top-k of a word is its ``k`` highest scores, ties broken by the lower image 
 k-th score instead, shares still ``count / k``, as oxai/debias-vision-lang's ``nlargest(keep="all")``).
 
 What each column estimates, and which intervals are published (those whose coverage was measured
-by ``benchmarks/bench_coverage.py``), is in the README ("Statistics") and :mod:`clipprobe.analysis.intervals`.
+by ``benchmarks/bench_coverage.py``), is in docs/probe.md ("Statistics") and :mod:`clipprobe.analysis.intervals`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ REFERENCES = ("base", "uniform")
 TIES = ("index", "keep-all")
 DEFAULT_PERMUTATIONS = 1000
 LOW_COUNT = 5                   # counts below this are marked low_count: their skew is unstable
-CATEGORY_SEP = "; "
+CATEGORY_SEP = "; "             # how a row's categories are written as text (summary.csv, old report folders)
+TOP_GROUPS = 3                  # over-represented groups (positive mean skew) listed per category and attribute
 NO_CATEGORY = "(all words)"     # the category of a word when none is given
 TOP_FILES_KEPT = 25
 
@@ -164,6 +165,16 @@ def _as_scores(scores) -> "np.ndarray":
     if s.ndim != 2 or s.shape[0] == 0 or s.shape[1] == 0:
         raise DataError(MSG_SCORES_SHAPE.format(shape=s.shape))
     return s
+
+
+def category_lists(categories, words: Sequence[str]) -> dict[str, list[str]]:
+    """Each word's categories as a list (the ``category`` column: a list of strings per row): a word's
+    list or tuple as given, one string as a one-item list, none as ``[NO_CATEGORY]``."""
+    out = {}
+    for w, c in zip(words, _per_word(categories, list(words), str)):
+        items = [str(x) for x in c] if isinstance(c, (list, tuple)) else ([str(c)] if str(c) else [])
+        out[w] = [x for x in items if x] or [NO_CATEGORY]
+    return out
 
 
 def _per_word(value, words: Sequence[str], default) -> list:
@@ -396,7 +407,9 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
     control queries; null, not False, where no control test ran, and so are ``n_flagged_vs_controls``
     and ``share_flagged_vs_controls``), the flag counts per word and attribute, and the per-category summary.
 
-    ``categories`` maps a word to its categories (a string, joined by ``"; "``, or a sequence).
+    ``categories`` maps a word to its categories (a string or a sequence); each row's ``category`` is the
+    list of its word's categories. The summary's ``top_groups`` lists up to :data:`TOP_GROUPS` groups of
+    highest positive mean skew (over-represented) as ``{"group", "mean_skew"}`` records; none: an empty list.
     """
     import numpy as np
     import pandas as pd
@@ -416,10 +429,9 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
                                     kind="stable")].reset_index(drop=True)
     words = words.iloc[np.argsort([rank[k] for k in zip(words["attribute"], words["word"])],
                                   kind="stable")].reset_index(drop=True)
-    joined = {w: (CATEGORY_SEP.join(c) if isinstance(c, (list, tuple)) else str(c)) or NO_CATEGORY
-              for w, c in zip(word_order, _per_word(categories, word_order, str))}
-    groups["category"] = groups["word"].map(joined)
-    words["category"] = words["word"].map(joined)
+    lists = category_lists(categories, word_order)
+    groups["category"] = [list(lists[w]) for w in groups["word"]]
+    words["category"] = [list(lists[w]) for w in words["word"]]
     groups["q_over"] = bh_adjust(groups["p_over"].to_numpy())
     groups["flagged"] = groups["q_over"] < alpha
     groups["q_vs_controls"] = bh_adjust(groups["p_vs_controls"].to_numpy())
@@ -443,16 +455,18 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
 def summarise(groups: "pd.DataFrame", words: "pd.DataFrame") -> "pd.DataFrame":
     """Per category and attribute: mean normalised entropy and MaxSkew excess over the null, the
     share of words with a flagged group (by the hypergeometric test and against the controls), and
-    the groups with the highest mean skew among the category's words."""
+    the most over-represented groups: up to three with the highest positive mean skew among the
+    category's words (null when no group's mean skew is above 0)."""
     import pandas as pd
 
     rows = []
-    exploded = words.assign(category=words["category"].str.split(CATEGORY_SEP)).explode("category")
-    g_exploded = groups.assign(category=groups["category"].str.split(CATEGORY_SEP)).explode("category")
+    exploded = words.explode("category")
+    g_exploded = groups.explode("category")
     for (category, attribute), part in exploded.groupby(["category", "attribute"], sort=False):
         gpart = g_exploded[(g_exploded["category"] == category) & (g_exploded["attribute"] == attribute)]
         mean_skew = gpart.groupby("group", sort=False)["skew"].mean().sort_values(ascending=False)
-        top = "; ".join(f"{g} ({s:+.2f})" for g, s in mean_skew.head(3).items())
+        over = mean_skew[mean_skew > 0]         # over-represented: a positive mean skew, none otherwise
+        top = [{"group": str(g), "mean_skew": float(s)} for g, s in over.head(TOP_GROUPS).items()]
         rows.append({"category": category, "attribute": attribute, "n_words": len(part),
                      "mean_norm_entropy": float(part["norm_entropy"].mean()),
                      "mean_max_skew_excess": float(part["max_skew_excess"].mean()),

@@ -17,7 +17,9 @@ array side of that analysis, pure functions with no I/O:
   beside it; and the KL divergence of recall@k from uniform (:func:`kl_recall`), globally and per
   subset, with its permutation null.
 * **Dispersion** (:func:`dispersion`): per word and attribute, the spread of local values across
-  subsets (range, IQR) and whether the most over-represented group changes from subset to subset.
+  subsets (range, IQR) and whether the most over-represented group changes from subset to subset,
+  with the share of subsets where it differs from the global top group compared against the control
+  queries' shares (:func:`changes_vs_controls`; see "Top-group changes" below).
 * **Transfer across models** (:func:`correlate_measures`, :func:`ranking_transfer`): Spearman rank
   correlations between per-model bias measures (the global one against each subset's, or any two a
   user supplies), with intervals over models and permutation p-values.
@@ -43,6 +45,26 @@ images put a multivariate hypergeometric draw of labels in the top-k, the same f
 published for it (the statistic sits at its lower bound when nothing is planted, where the entropy
 intervals of the report failed their coverage check).
 
+This is this project's reading of Ramos et al.'s R@k bias measure, not a port of their code: a word's
+query has no ground-truth image, so every image of group ``a`` counts as relevant to it and ``r_a`` is
+the recall of that group. Under the other reading, R@k is retrieval recall in its usual sense (a caption
+query is a hit when its own paired image is in the top-k) computed per group of the pictured person, and
+its KL from uniform measures a gap in retrieval *accuracy* between groups; that needs image-caption
+pairs, is not defined for the taxonomy's words, and its values are not comparable with ``kl_recall``.
+(Nor is ``kl_recall`` the report's ``kl_to_base`` = KL(shares || base shares), which weights each group
+by its share of the top-k rather than equally.)
+
+**Top-group changes.** A word with no association at all changes its top group between subsets (its
+top group is noise), so the share of words whose top group changes says nothing by itself. Each word's
+``top_group_change_rate`` (the share of the subsets probed for the attribute where its local top group
+differs from its global one) is compared with the same rate of each control query (nonsense and neutral
+words, :mod:`clipprobe.analysis.probe`'s control queries) on the same subsets:
+``p_changes_vs_controls = (1 + #{controls with a higher rate} + J) / (C + 1)``, ``J`` drawn uniformly
+from ``0..T`` for the ``T`` controls with the same rate (seeded), so that under the null (the word is
+exchangeable with the control queries) ``P(p <= a) = floor(a (C + 1)) / (C + 1)`` exactly, ties and
+all; Benjamini-Hochberg over every (word, attribute) row gives ``q_changes_vs_controls`` and
+``top_group_changes_vs_controls``. With ``C`` control queries no p-value is below ``1 / (C + 1)``.
+
 **Intervals across models.** The Spearman correlation between two per-model measures gets a BCa
 bootstrap interval over models (Efron 1987: models resampled with replacement, the acceleration from the
 jackknife), published from :data:`MIN_MODELS_INTERVAL` models on. Its coverage was measured by
@@ -50,7 +72,7 @@ jackknife), published from :data:`MIN_MODELS_INTERVAL` models on. Its coverage w
 rho 0 to 0.9, 1000 samples per cell): 0.931-0.986 from 8 models on, the cells above 0.97 all at rho =
 0.9 (conservative); with 5 models it fell to 0.73. Fisher's z with Bonett and Wright's (2000) variance
 (``interval="fisher"``) covers 0.947-0.972 on the normal copula but 0.90 on the heavy-tailed one; the
-percentile bootstrap 0.936-0.987 from 8 models (README, "Statistics"). p-values are permutation tests
+percentile bootstrap 0.936-0.987 from 8 models (docs/probe.md, "Statistics"). p-values are permutation tests
 (exact up to 8 models), computed from :data:`MIN_MODELS` models on.
 """
 
@@ -92,7 +114,9 @@ DISPERSION_COLUMNS = (
     "word", "category", "attribute", "measure", "global", "n_subsets", "min", "q25", "median", "q75", "max",
     "range", "iqr", "subset_min", "subset_max", "top_group_global", "n_top_groups", "top_group_changes",
     "n_subsets_flagged", "flagged_top_groups", "flagged_top_group_changes",
+    "top_group_change_rate", "p_changes_vs_controls", "q_changes_vs_controls", "top_group_changes_vs_controls",
 )
+CONTROL_CHANGE_COLUMNS = ("query", "attribute", "n_subsets", "top_group_global", "top_group_change_rate")
 CORRELATION_COLUMNS = ("measure_a", "measure_b", "n_models", "rho", "ci_low", "ci_high", "ci_method", "p_value",
                        "q_value")
 TRANSFER_COLUMNS = ("attribute", "statistic", "subset", "n_models", "rho", "ci_low", "ci_high", "ci_method",
@@ -121,6 +145,7 @@ MSG_UNKNOWN_MEASURE = "measure {name!r} is not a column of the measures{hint}; c
 MSG_INTERVAL = "interval must be one of 'bca', 'fisher', 'percentile', got {value!r}"
 MSG_N_BOOT = "n_boot must be a whole number of at least 100, got {value!r}"
 MSG_LEVEL = "level must be between 0 and 1, got {value!r}"
+MSG_CONTROL_WORDS = "control_words: {n} name(s) for {n_rows} row(s) of controls"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -132,7 +157,8 @@ class Assignment:
     """Each image's subset: ``codes[i]`` is an index into ``names``, or -1 for an image in no subset.
 
     ``kind`` says where it came from (``kmeans``, ``attribute``, ``column``, ``file``); ``notes``
-    what was merged or dropped; ``centroids`` the unit-length centre of each subset for k-means.
+    what was merged or dropped; ``centroids`` the unit-length centre of each subset for k-means;
+    ``dropped`` the ``(name, images)`` of each subset dropped below ``min_size`` (its images are in none).
     """
 
     codes: "np.ndarray"
@@ -140,6 +166,7 @@ class Assignment:
     kind: str = "file"
     notes: tuple[str, ...] = ()
     centroids: "np.ndarray | None" = None
+    dropped: tuple[tuple[str, int], ...] = ()
 
     @property
     def n_images(self) -> int:
@@ -246,13 +273,16 @@ def _drop_small(assignment: Assignment, min_size: int) -> Assignment:
     if keep.size == 0:
         raise DataError(MSG_NO_SUBSETS.format(min_size=min_size, largest=int(sizes.max()) if sizes.size else 0))
     notes = list(assignment.notes)
+    dropped = list(assignment.dropped)
     for i in np.flatnonzero(sizes < min_size):
         notes.append(f"subset {assignment.names[i]!r} ({int(sizes[i])} images) is below min_size={min_size}: dropped")
+        dropped.append((str(assignment.names[i]), int(sizes[i])))
     remap = np.full(len(assignment.names) + 1, NO_SUBSET, dtype=np.int64)
     remap[keep] = np.arange(keep.size)
     codes = remap[assignment.codes]          # NO_SUBSET (-1) indexes the last entry, which stays -1
     centroids = assignment.centroids[keep] if assignment.centroids is not None else None
-    return Assignment(codes, tuple(assignment.names[i] for i in keep), assignment.kind, tuple(notes), centroids)
+    return Assignment(codes, tuple(assignment.names[i] for i in keep), assignment.kind, tuple(notes), centroids,
+                      tuple(dropped))
 
 
 def from_clusters(labels, centroids, *, min_size: int, small: str = "merge") -> Assignment:
@@ -402,7 +432,9 @@ def kl_recall(counts, sizes) -> "np.ndarray":
     """``KL(p || uniform)`` of the normalised recalls ``p_a = r_a / sum r``, ``r_a = counts_a / sizes_a``.
 
     ``counts`` is ``(..., G)`` (top-k images per group), ``sizes`` ``(G,)`` (images per group in the
-    probed set); groups of size 0 are left out. Nats; NaN with fewer than two groups present.
+    probed set); groups of size 0 are left out. Nats; NaN with fewer than two groups present. This is this
+    project's reading of Ramos et al.'s R@k measure (every image of a group relevant to the word); read
+    as per-group retrieval accuracy on image-caption pairs it would be another quantity (module docstring).
     """
     import numpy as np
 
@@ -453,7 +485,9 @@ class SubsetTables:
     the global base shares (:data:`VS_GLOBAL_COLUMNS`) last. ``q_over``/``flagged`` (and the control
     columns) of local rows are adjusted over every local row together. ``words``: the report's word
     columns, per subset, plus :data:`KL_COLUMNS`. ``info``: one row per subset (size, k, probed or
-    skipped and why); ``composition``: each subset's groups; ``dispersion``: see :func:`dispersion`.
+    skipped and why); ``composition``: each subset's groups; ``dispersion``: see :func:`dispersion`;
+    ``controls``: each control query's top-group change rate (:data:`CONTROL_CHANGE_COLUMNS`; None
+    without control queries).
     """
 
     groups: "pd.DataFrame"
@@ -465,6 +499,7 @@ class SubsetTables:
     k: int
     k_mode: str
     alpha: float
+    controls: "pd.DataFrame | None" = None
 
 
 @contextlib.contextmanager
@@ -513,17 +548,17 @@ def _kl_columns(groups, words, k: int, sizes: Mapping[str, "np.ndarray"], presen
 
 
 def _local_tables(part, words: Sequence[str], categories):
-    """A scored chunk's tables in the report's columns, categories joined as :func:`finish_tables` joins
-    them; the q-values and flag counts are filled in later, over the whole family of local rows."""
+    """A scored chunk's tables in the report's columns, each row's categories a list as in
+    :func:`finish_tables`; the q-values and flag counts are filled in later, over the whole family of local rows."""
     import numpy as np
 
-    from clipprobe.analysis.probe import CATEGORY_SEP, GROUP_COLUMNS, NO_CATEGORY, WORD_COLUMNS, _per_word
+    from clipprobe.analysis.probe import GROUP_COLUMNS, WORD_COLUMNS, category_lists
 
-    joined = {w: (CATEGORY_SEP.join(c) if isinstance(c, (list, tuple)) else str(c)) or NO_CATEGORY
-              for w, c in zip(words, _per_word(categories, list(words), str))}
-    groups = part.groups.assign(category=part.groups["word"].map(joined), q_over=np.nan, flagged=False,
-                                q_vs_controls=np.nan, flagged_vs_controls=False)
-    word_rows = part.words.assign(category=part.words["word"].map(joined), n_flagged=0, n_flagged_vs_controls=0)
+    lists = category_lists(categories, list(words))
+    groups = part.groups.assign(category=[list(lists[w]) for w in part.groups["word"]], q_over=np.nan,
+                                flagged=False, q_vs_controls=np.nan, flagged_vs_controls=False)
+    word_rows = part.words.assign(category=[list(lists[w]) for w in part.words["word"]], n_flagged=0,
+                                  n_flagged_vs_controls=0)
     return groups[list(GROUP_COLUMNS)], word_rows[list(WORD_COLUMNS)]
 
 
@@ -613,6 +648,7 @@ def subset_scores(
     files: Sequence[str] | None = None,
     include_global: bool = True,
     progress: bool | None = False,
+    control_words: Sequence[str] | None = None,
 ) -> SubsetTables:
     """The report's metrics within each subset, the KL of recall@k, and their dispersion.
 
@@ -621,6 +657,8 @@ def subset_scores(
     subset (or none). Each subset is probed on its own columns of ``scores`` and its own label rows
     (no re-retrieval: a subset's top-k are its images in the word's order), against its own base
     shares; BH runs over every local row together. ``bootstrap`` (only ``stability``) defaults to 0.
+    ``control_words`` name the rows of ``controls`` (default ``control 1``, ...); the control queries' top
+    groups per subset are the null of the top-group change rate (see the module docstring).
     """
     import numpy as np
     import pandas as pd
@@ -666,10 +704,20 @@ def subset_scores(
             seed_key=seed_key)
 
     g_frames, w_frames, info_rows, notes = [], [], [], list(assignment.notes)
+    control_tops = []
+    control_names = None
+    if control_m is not None:
+        control_names = ([str(c) for c in control_words] if control_words is not None
+                         else [f"control {i + 1}" for i in range(len(control_m))])
+        if len(control_names) != len(control_m):
+            raise DataError(MSG_CONTROL_WORDS.format(n=len(control_names), n_rows=len(control_m)))
     if include_global:
         gg, gw = run(None, lab, k, "global", GLOBAL, (0,), attributes)
         g_frames.append(gg)
         w_frames.append(gw)
+        if control_m is not None:
+            control_tops.append(query_top_groups(control_m, lab, attributes, k, queries=control_names, ties=ties,
+                                                 reference=reference).assign(scope="global", subset=GLOBAL))
     local_g, local_w = [], []
     with _quiet_absent_groups():
         for i, name in enumerate(tqdm(assignment.names, desc="subsets", unit="subset",
@@ -694,6 +742,9 @@ def subset_scores(
             gs, ws = run(idx, sub, k_s, "local", name, (1, i), attrs)
             local_g.append(gs)
             local_w.append(ws)
+            if control_m is not None:
+                control_tops.append(query_top_groups(control_m[:, idx], sub, attrs, k_s, queries=control_names,
+                                                     ties=ties, reference=reference).assign(scope="local", subset=name))
             info_rows.append((name, n_s, k_s, True, ",".join(attrs), note))
     if not local_g:
         raise DataError(MSG_NOTHING_PROBED.format(why="; ".join(notes[-3:]) or "no subsets"))
@@ -714,9 +765,30 @@ def subset_scores(
     info = pd.DataFrame(info_rows, columns=list(INFO_COLUMNS))
     info["n_images"] = info["n_images"].astype(np.int64)
     info["k"] = info["k"].astype(np.int64)
+    control_rates = (top_group_change_rates(pd.concat(control_tops, ignore_index=True))
+                     if control_m is not None and include_global else None)
     return SubsetTables(groups=groups, words=words_df, info=info, composition=composition(lab, assignment),
-                        dispersion=dispersion(groups, words_df), notes=tuple(notes), k=int(k), k_mode=k_mode,
-                        alpha=float(alpha))
+                        dispersion=dispersion(groups, words_df, controls=control_rates, alpha=alpha, seed=seed),
+                        notes=tuple(notes), k=int(k), k_mode=k_mode, alpha=float(alpha), controls=control_rates)
+
+
+def skipped_summary(assignment: Assignment, info: "pd.DataFrame") -> dict:
+    """What a subset analysis left out, counted: subsets dropped below ``min_size`` (their images in no
+    subset), subsets not probed and why (``info``: :attr:`SubsetTables.info`), and images with no subset
+    value; with the number of images probed."""
+    probed = info["probed"].to_numpy(dtype=bool)
+    dropped_images = sum(int(n) for _name, n in assignment.dropped)
+    not_probed = info[~probed]
+    return {
+        "n_images": assignment.n_images,
+        "n_images_probed": int(info["n_images"].to_numpy()[probed].sum()),
+        "dropped": {"n_subsets": len(assignment.dropped), "n_images": dropped_images,
+                    "subsets": [{"subset": name, "n_images": int(n)} for name, n in assignment.dropped]},
+        "not_probed": {"n_subsets": int(len(not_probed)), "n_images": int(not_probed["n_images"].sum()),
+                       "subsets": [{"subset": str(r.subset), "n_images": int(r.n_images), "why": str(r.note)}
+                                   for r in not_probed.itertuples(index=False)]},
+        "no_value": {"n_images": int((assignment.codes < 0).sum()) - dropped_images},
+    }
 
 
 def _vs_global(groups: "pd.DataFrame", lab, *, level: float) -> "pd.DataFrame":
@@ -749,11 +821,94 @@ def _vs_global(groups: "pd.DataFrame", lab, *, level: float) -> "pd.DataFrame":
 
 
 # ----------------------------------------------------------------------------------------------
+# top-group changes against the control queries
+
+
+def query_top_groups(scores, labels, attributes: Sequence[str], k: int, *, queries: Sequence[str],
+                     ties: str = "index", reference: str = "base") -> "pd.DataFrame":
+    """``query, attribute, top_group``: each query's top group (the group with the largest skew in its
+    top-k, the lowest code on ties), computed as :func:`clipprobe.analysis.probe.score_words` computes a
+    word's ``top_group``, without the rest of the statistics. ``labels`` is a
+    :class:`clipprobe.analysis.probe.ProbeLabels` of the scored images."""
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe.analysis.metrics import rank_topk, reference_shares, word_stats
+    from clipprobe.analysis.probe import _kept_counts
+
+    s = np.asarray(scores)
+    ids = rank_topk(s, k)
+    frames = []
+    for a in attributes:
+        codes, names = labels.codes[a], labels.names[a]
+        base = np.bincount(codes, minlength=len(names)) / len(codes)
+        counts, _ = _kept_counts(s, ids, codes, len(names), k, ties)     # with keep-all, the tied images too
+        top = word_stats(counts, reference_shares(reference, base_share=base), k, present=base > 0)["top_group"]
+        group = np.asarray(list(names) + [None], dtype=object)[np.where(top >= 0, top, len(names))]
+        frames.append(pd.DataFrame({"query": [str(q) for q in queries], "attribute": a, "top_group": group}))
+    return pd.concat(frames, ignore_index=True)
+
+
+def top_group_change_rates(tops: "pd.DataFrame") -> "pd.DataFrame":
+    """Per query and attribute (:data:`CONTROL_CHANGE_COLUMNS`): the share of the subsets where the query's
+    top group differs from its global one. ``tops``: :func:`query_top_groups` rows with ``scope``
+    (``global``/``local``) and ``subset``."""
+    import numpy as np
+
+    key = ["query", "attribute"]
+    glob = tops[tops["scope"] == "global"][key + ["top_group"]].rename(columns={"top_group": "top_group_global"})
+    local = tops[tops["scope"] == "local"].merge(glob, on=key, how="inner")
+    local["_changed"] = (local["top_group"] != local["top_group_global"]).astype(np.float64)
+    out = local.groupby(key, sort=False).agg(n_subsets=("_changed", "size"),
+                                             top_group_global=("top_group_global", "first"),
+                                             top_group_change_rate=("_changed", "mean")).reset_index()
+    out["n_subsets"] = out["n_subsets"].astype(np.int64)
+    return out[list(CONTROL_CHANGE_COLUMNS)]
+
+
+def tie_uniforms(keys: Sequence[str], seed=0) -> "np.ndarray":
+    """One uniform draw in [0, 1) per key, from the seed and the key's text alone (so a word's draw does
+    not depend on which other words are scored)."""
+    import zlib
+
+    import numpy as np
+
+    seed = [int(x) for x in np.atleast_1d(seed)]
+    return np.array([np.random.default_rng([*seed, 0x70C, zlib.crc32(str(key).encode("utf-8"))]).random()
+                     for key in keys], dtype=np.float64)
+
+
+def changes_vs_controls(rates, control_rates, *, uniforms=None, seed=0) -> "np.ndarray":
+    """Upper-tail p-values of top-group change rates against the control queries' rates.
+
+    ``p = (1 + #{controls > rate} + J) / (C + 1)``, ``J = floor(u (T + 1))`` for the ``T`` controls with
+    the same rate and ``u`` uniform on [0, 1) (``uniforms``, one per rate; default drawn from ``seed``):
+    the rank of the rate among the ``C + 1`` values with ties broken at random, so that a rate exchangeable
+    with the controls' gets ``P(p <= a) = floor(a (C + 1)) / (C + 1)``. NaN for a NaN rate or no controls.
+    """
+    import numpy as np
+
+    r = np.asarray(rates, dtype=np.float64)
+    c = np.sort(np.asarray(control_rates, dtype=np.float64).ravel())
+    c = c[np.isfinite(c)]
+    if uniforms is None:
+        uniforms = np.random.default_rng([*(int(x) for x in np.atleast_1d(seed)), 0x70C]).random(r.shape)
+    u = np.asarray(uniforms, dtype=np.float64)
+    eps = 1e-12
+    above = np.searchsorted(c, r + eps, side="right")
+    higher = c.size - above
+    ties = above - np.searchsorted(c, r - eps, side="left")
+    p = (1.0 + higher + np.floor(u * (ties + 1))) / (c.size + 1.0)
+    return np.where(np.isfinite(r) & (c.size > 0), p, np.nan)
+
+
+# ----------------------------------------------------------------------------------------------
 # dispersion across subsets
 
 
 def dispersion(groups: "pd.DataFrame", words: "pd.DataFrame",
-               measures: Sequence[str] = DISPERSION_MEASURES) -> "pd.DataFrame":
+               measures: Sequence[str] = DISPERSION_MEASURES, *, controls: "pd.DataFrame | None" = None,
+               alpha: float = 0.05, seed: int = 0) -> "pd.DataFrame":
     """Per (word, attribute, measure): the global value and the spread of the local ones.
 
     ``measures``: word columns (``kl_recall``, ``max_skew_excess``, ...) or ``top_group_skew``, the
@@ -764,7 +919,12 @@ def dispersion(groups: "pd.DataFrame", words: "pd.DataFrame",
     on each measure's row: ``top_group_global``, ``n_top_groups`` (distinct top groups over the
     subsets), ``top_group_changes`` (more than one), ``n_subsets_flagged`` (subsets where the top group
     is flagged), ``flagged_top_groups`` (those flagged top groups, ``"; "``-joined, in subset order)
-    and ``flagged_top_group_changes`` (more than one of them).
+    and ``flagged_top_group_changes`` (more than one of them); ``top_group_change_rate`` (the share of
+    subsets where the local top group is not the global one; NaN without a global row) and, against the
+    control queries' rates (``controls``, :func:`top_group_change_rates`), ``p_changes_vs_controls``
+    (:func:`changes_vs_controls`, the tie draw from ``seed``, the word and the attribute),
+    ``q_changes_vs_controls`` (BH over every word and attribute) and ``top_group_changes_vs_controls``
+    (``q < alpha``); NaN and False without controls.
     """
     import numpy as np
     import pandas as pd
@@ -777,7 +937,9 @@ def dispersion(groups: "pd.DataFrame", words: "pd.DataFrame",
     gtop = global_w[key + ["top_group"]].rename(columns={"top_group": "_top"})
     # the skew of the global top group (else the subset's own) in each subset, and in the global probe
     lw = local_w.merge(gtop, on=key, how="left")
+    has_global = lw["_top"].notna()
     lw["_top"] = lw["_top"].fillna(lw["top_group"])
+    lw["_changed"] = (lw["top_group"] != lw["_top"]).astype(np.float64).where(has_global)
     lg = local_g[["subset", "word", "attribute", "group", "skew", "flagged"]]
     lw = lw.merge(lg[["subset", "word", "attribute", "group", "skew"]].rename(
         columns={"group": "_top", "skew": "top_group_skew"}), on=["subset", "word", "attribute", "_top"], how="left")
@@ -798,6 +960,9 @@ def dispersion(groups: "pd.DataFrame", words: "pd.DataFrame",
     per_word["flagged_top_group_changes"] = flagged.groupby(key, sort=False)["top_group"].nunique().reindex(
         per_word.index).fillna(0) > 1
     per_word["top_group_global"] = gtop.set_index(key)["_top"].reindex(per_word.index)
+    per_word["top_group_change_rate"] = lw.groupby(key, sort=False)["_changed"].mean().reindex(
+        per_word.index).astype(np.float64)
+    per_word = _vs_controls(per_word, controls, alpha=alpha, seed=seed)
 
     long = lw.melt(id_vars=["subset", *key], value_vars=list(measures), var_name="measure", value_name="value")
     long = long[np.isfinite(long["value"].to_numpy(dtype=np.float64))]
@@ -822,19 +987,58 @@ def dispersion(groups: "pd.DataFrame", words: "pd.DataFrame",
     out = out.merge(per_word.reset_index(), on=key, how="left")
     out["n_subsets_flagged"] = out["n_subsets_flagged"].astype(np.int64)
     out["n_top_groups"] = out["n_top_groups"].astype(np.int64)
+    out["top_group_changes_vs_controls"] = out["top_group_changes_vs_controls"].astype(bool)
     return out[list(DISPERSION_COLUMNS)]
 
 
-def dispersion_summary(disp: "pd.DataFrame") -> "pd.DataFrame":
-    """Per attribute: words, the share whose top group changes across subsets (all, and among flagged
-    top groups), and the median range of each measure."""
+def _vs_controls(per_word: "pd.DataFrame", controls: "pd.DataFrame | None", *, alpha: float, seed: int
+                 ) -> "pd.DataFrame":
+    """The control-query columns of :func:`dispersion` on its per-(word, attribute) frame."""
+    import numpy as np
+
+    from clipprobe.analysis.significance import bh_adjust
+
+    p = np.full(len(per_word), np.nan)
+    if controls is not None and len(per_word):
+        words = per_word.index.get_level_values("word").astype(str)
+        attributes = per_word.index.get_level_values("attribute").astype(str)
+        rates = per_word["top_group_change_rate"].to_numpy(dtype=np.float64)
+        for a, part in controls.groupby("attribute", sort=False):
+            rows = np.flatnonzero(attributes == str(a))
+            u = tie_uniforms([f"{words[i]}\0{a}" for i in rows], seed)
+            p[rows] = changes_vs_controls(rates[rows], part["top_group_change_rate"].to_numpy(), uniforms=u)
+    q = bh_adjust(p)
+    out = per_word.copy()
+    out["p_changes_vs_controls"] = p
+    out["q_changes_vs_controls"] = q
+    out["top_group_changes_vs_controls"] = np.where(np.isfinite(q), q < alpha, False)
+    return out
+
+
+def dispersion_summary(disp: "pd.DataFrame", controls: "pd.DataFrame | None" = None) -> "pd.DataFrame":
+    """Per attribute: words and control queries; the share of words whose top group changes more often
+    than the control queries' do (q < alpha), then the raw share whose top group changes at all, the
+    median change rate of the words and the range and median of the control queries' rates; the share
+    whose flagged top group changes; and the median range of each measure."""
+    import math
+
+    import numpy as np
     import pandas as pd
 
     rows = []
     for attribute, part in disp.groupby("attribute", sort=False):
         per_word = part.drop_duplicates(["word", "attribute"])
-        row = {"attribute": attribute, "n_words": len(per_word),
+        c = (controls[controls["attribute"] == attribute]["top_group_change_rate"].to_numpy(dtype=np.float64)
+             if controls is not None else np.zeros(0))
+        rates = per_word["top_group_change_rate"].to_numpy(dtype=np.float64)
+        row = {"attribute": attribute, "n_words": len(per_word), "n_controls": int(c.size),
+               "share_top_group_changes_vs_controls": (float(per_word["top_group_changes_vs_controls"].mean())
+                                                       if c.size else math.nan),
                "share_top_group_changes": float(per_word["top_group_changes"].mean()),
+               "median_top_group_change_rate": float(np.nanmedian(rates)) if np.isfinite(rates).any() else math.nan,
+               "control_change_rate_min": float(c.min()) if c.size else math.nan,
+               "control_change_rate_median": float(np.median(c)) if c.size else math.nan,
+               "control_change_rate_max": float(c.max()) if c.size else math.nan,
                "share_flagged_top_group_changes": float(per_word["flagged_top_group_changes"].mean())}
         for measure, m in part.groupby("measure", sort=False):
             row[f"median_range_{measure}"] = float(m["range"].median())
@@ -1119,4 +1323,5 @@ __all__ = [
     "composition", "correlate_measures", "dispersion", "dispersion_summary", "fisher_interval", "from_clusters",
     "from_table", "from_values", "kl_recall", "kl_recall_null", "model_measures", "parse_by", "ranking_transfer",
     "rho_interval", "spearman", "spearman_p", "subset_k", "subset_scores", "typical_members",
+    "changes_vs_controls", "query_top_groups", "skipped_summary", "tie_uniforms", "top_group_change_rates",
 ]

@@ -7,10 +7,12 @@ Data flows one way::
     inputs.py (paths, globs, folders, fsspec URLs -> parquet files; caption column types)
         -> scan.py (row groups -> count arrays; local engine: threads, or processes for Hyperscan)
            spark.py (the same scan function in Spark tasks, after a pre-flight task)
-        -> run.py (resumable per-file parts, outputs) -> stats.py -> figures.py
+        -> run.py (resumable per-file parts, merged counts)
+        -> clipprobe.analysis.cooccurrence (the statistics) -> figures.py
 
-Public entry points: :func:`clipprobe.captions.run.count_captions` with a
-:class:`~clipprobe.captions.run.CountConfig`, :func:`~clipprobe.resources.lexicon.get_lexicon`,
+The command is wired in :mod:`clipprobe.pipeline.captions` (:func:`~clipprobe.pipeline.captions.count_captions`
+with a :class:`~clipprobe.pipeline.captions.CountConfig`); its files are written by
+:mod:`clipprobe.report.captions`. Public pieces: :func:`~clipprobe.resources.lexicon.get_lexicon`,
 :class:`~clipprobe.captions.matching.Matcher`. Heavy libraries are imported
 inside functions, so importing this package is cheap.
 """

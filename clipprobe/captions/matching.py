@@ -61,55 +61,16 @@ from __future__ import annotations
 
 import functools
 import logging
-import re
-import unicodedata
 from dataclasses import dataclass
 from typing import Sequence
 
+# The term side of the rule (case folding, word characters, whitespace, a term's canonical form) lives with
+# the resources whose terms it validates; changing it changes the rule.
+from clipprobe.resources.terms import WHITESPACE, TermError, fold_char, is_word_char, normalise_term
+
 log = logging.getLogger(__name__)
 
-RULE_VERSION = "1"  # bump when the rule changes: it is part of the resume key
-
-# Unicode White_Space (PropList.txt), the whitespace of rule 3.
-WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009"
-              "\u200a\u2028\u2029\u202f\u205f\u3000")
-_WS_SPLIT = re.compile("[" + re.escape(WHITESPACE) + "]+")
-
-
-class TermError(ValueError):
-    """A term that cannot be matched (empty, control characters)."""
-
-
-def fold_char(ch: str) -> str:
-    """The case-folded form of one character under rule 1."""
-    low = ch.lower()
-    if len(low) != 1 or low.isascii() != ch.isascii():
-        return ch
-    return low
-
-
-def fold(text: str) -> str:
-    """``text`` with every character folded by :func:`fold_char` (same length)."""
-    if text.isascii():
-        return text.lower()
-    return "".join(fold_char(c) for c in text)
-
-
-def is_word_char(ch: str) -> bool:
-    """A letter, digit or combining mark (rule 2)."""
-    return unicodedata.category(ch)[0] in "LNM"
-
-
-def normalise_term(term: str) -> str:
-    """A term's canonical form: folded, whitespace runs as one space, trimmed."""
-    parts = [p for p in _WS_SPLIT.split(term) if p]
-    if not parts:
-        raise TermError("empty term")
-    text = " ".join(parts)
-    for ch in text:
-        if unicodedata.category(ch) in ("Cc", "Cs") or ch in "\u200b\ufeff":
-            raise TermError(f"control character {ch!r}")
-    return fold(text)
+RULE_VERSION = "1"  # bump when the rule changes (here or in clipprobe.resources.terms): part of the resume key
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,15 +1,15 @@
-"""`captions count` as a function: inputs -> per-file parts -> co-occurrence table.
+"""The pieces of `captions count` below the pipeline: inputs -> per-file parts -> merged counts.
 
-:func:`count_captions` expands the inputs (paths, globs, folders, fsspec URLs;
-:mod:`clipprobe.captions.inputs`), reads the parquet footers (in threads),
-checks each file's caption column type, splits files into chunks of row groups,
-scans them with the chosen engine and stores each finished file's counts
-atomically in ``OUT/parts/`` (keyed by the file's absolute path, size and
-content fingerprint (:func:`~clipprobe.captions.inputs.caption_fingerprint`), the
-term set, the text column and the sample count). A rerun skips files whose part
-exists; a file whose content changed is scanned again (logged), whatever its
-size and modification time say. When every file is done it writes ``cooccurrence.parquet``,
-``samples.parquet``, ``run.json`` and ``lift_heatmap.png``.
+:func:`plan_counts` reads the parquet footers of the expanded inputs
+(:mod:`clipprobe.captions.inputs`; in threads), checks each file's caption column type and finds the files
+whose counts are stored in ``OUT/parts/`` already; :func:`prepare_scan` compiles the terms' matcher;
+:func:`scan_counts` splits the other files into chunks of row groups, scans them with the chosen engine and
+stores each finished file's counts atomically in ``OUT/parts/`` (keyed by the file's absolute path, size and
+content fingerprint (:func:`~clipprobe.captions.inputs.caption_fingerprint`), the term set, the text column
+and the sample count); :func:`merge_parts` adds the parts up. A rerun skips files whose part exists; a file
+whose content changed is scanned again (logged), whatever its size and modification time say. The command
+itself (the table, ``samples.parquet``, ``run.json``, ``lift_heatmap.png``) is
+:func:`clipprobe.pipeline.captions.count_captions`.
 
 Ctrl-C (KeyboardInterrupt) stops the scan at once: no chunk starts after it,
 running ones stop at their next record batch (threads) or are terminated
@@ -28,13 +28,59 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from clipprobe.captions.inputs import (ERR_NO_INPUT, caption_fingerprint, check_text_type,  # noqa: F401
                                        expand_inputs, file_identity)
-from clipprobe.errors import ClipprobeError, DataError, UsageError
+from clipprobe.errors import ClipprobeError, DataError
 
 log = logging.getLogger(__name__)
+
+# The first scan on a machine compiles the token pass (numba, about a minute); later runs load it from the
+# cache folder in a second. A compile that has not finished after NOTICE_AFTER_S says so, then how long it
+# has run every NOTICE_EVERY_S.
+MSG_COMPILING = "compiling the caption kernels once (about a minute; later runs load them from {cache}) ..."
+MSG_LOADING = "loading the compiled caption kernels from {cache} ..."
+MSG_STILL_COMPILING = "still preparing the caption kernels ({seconds:.0f} s)"
+MSG_COMPILED = "caption kernels ready in {seconds:.0f} s"
+NOTICE_AFTER_S = 2.0
+NOTICE_EVERY_S = 15.0
+
+
+@contextlib.contextmanager
+def compile_notice(after: float | None = None, every: float | None = None):
+    """Log :data:`MSG_COMPILING` (or :data:`MSG_LOADING` where the cache folder holds compiled kernels) when
+    the block runs longer than ``after`` seconds, then its progress every ``every`` seconds, and
+    :data:`MSG_COMPILED` at the end (nothing when it was quick)."""
+    import threading
+
+    after = NOTICE_AFTER_S if after is None else after
+    every = NOTICE_EVERY_S if every is None else every
+    start = time.perf_counter()
+    done = threading.Event()
+    noticed = []
+
+    def watch() -> None:
+        if done.wait(after):
+            return
+        from clipprobe._jitcache import cache_dir
+
+        noticed.append(True)
+        folder = cache_dir()
+        # numba's index files of the functions compiled from clipprobe/captions/ (one folder per source folder)
+        cached = folder.is_dir() and any(folder.glob("captions_*/*.nbi"))
+        log.info((MSG_LOADING if cached else MSG_COMPILING).format(cache=folder))
+        while not done.wait(every):
+            log.info(MSG_STILL_COMPILING.format(seconds=time.perf_counter() - start))
+
+    watcher = threading.Thread(target=watch, name="clipprobe-compile-notice", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        done.set()
+        watcher.join()
+        if noticed:
+            log.info(MSG_COMPILED.format(seconds=time.perf_counter() - start))
 
 DEFAULT_TEXT_COLUMN = "TEXT"
 FALLBACK_TEXT_COLUMNS = ("caption", "text")
@@ -47,39 +93,10 @@ COUNTS_FORMAT_VERSION = 1   # the layout of a counts folder (cooccurrence.parque
 ERR_NO_INPUTS = "no caption files given (a path, glob, folder or URL)"
 ERR_NO_COLUMN = "{path}: no caption column {column!r}{tried}; columns: {columns}"
 ERR_UNREADABLE = "{path}: not a readable parquet file ({why})"
-ERR_NOTHING_READ = "no caption file could be read ({n} skipped; see {run_json})"
 ERR_ENGINE = "unknown engine {engine!r}; valid: 'local', 'spark'"
 ERR_MATCHER = "unknown matcher {matcher!r}; valid: 'auto', 'hyperscan', 'tokens'"
 ERR_SPARK_CONF = "--spark-conf {item!r} is not KEY=VALUE (e.g. spark.archives=env.tar.gz#environment)"
 ERR_NO_NUMBA = "matcher 'tokens' needs numba (pip install numba); use matcher 'hyperscan'"
-ERR_NO_CAPTIONS = ("no captions to count: the {n_files} file(s) read hold {rows:,} row(s), every caption null "
-                   "(see {run_json})")
-ERR_LEXICON_NO_MATCH = ("lexicon {name!r} ({source}) matches none of the {n:,} captions: no group occurs, so no "
-                        "word-group association is defined (are its terms in the captions' language?)")
-ERR_TAXONOMY_NO_MATCH = ("taxonomy {name!r}: none of its {n_words} words occurs in the {n:,} captions, so no "
-                         "word-group association is defined")
-
-
-@dataclass(frozen=True)
-class CountConfig:
-    """Settings of one `captions count` run."""
-
-    captions: tuple[str, ...]
-    out: str
-    taxonomy: str | None = None
-    lexicon: str | None = None
-    text_column: str | None = None          # None: TEXT, falling back to caption / text
-    engine: str = "local"
-    workers: int | None = None              # None: all cores
-    spark_master: str | None = None
-    spark_conf: tuple[str, ...] = ()         # KEY=VALUE settings of the Spark session (spark.archives=...)
-    samples: int = 5
-    strict: bool = False
-    top_words: int = 30                      # rows of the heatmap
-    chunk_rows: int = CHUNK_ROWS
-    matcher: str = "auto"                    # see MATCHERS
-
-
 @dataclass
 class FileInfo:
     path: str
@@ -90,13 +107,6 @@ class FileInfo:
     column: str = ""
     row_groups: list[int] = field(default_factory=list)
     rows_per_group: list[int] = field(default_factory=list)
-
-
-@dataclass
-class CountResult:
-    out: Path
-    table: Any                     # pandas DataFrame (cooccurrence.parquet)
-    run: dict[str, Any]            # run.json
 
 
 def part_key(info: FileInfo, fingerprint: str, column: str, samples: int) -> str:
@@ -142,88 +152,63 @@ def _chunks(info: FileInfo, chunk_rows: int) -> list[tuple[tuple[int, ...], int]
     return out
 
 
-def count_captions(config: CountConfig) -> CountResult:
-    """Run `captions count`; see the module docstring."""
-    from clipprobe._io import ensure_dir, write_json
-    from clipprobe.resources.lexicon import get_lexicon
+def prepare_scan(space, *, samples: int, method: str, engine: str, workers: int | None):
+    """The :class:`~clipprobe.captions.scan.ScanSpec` of a scan for the terms of ``space``: their matcher
+    (compiled, or read from the cache folder), the sample count and the matcher that runs (``method``). For
+    the local engine the matcher, the compiled pass and its tables are made ready in this process first
+    (forked workers inherit them)."""
+    from clipprobe._io import default_cache_dir
     from clipprobe.captions.matching import Matcher
-    from clipprobe.captions.scan import ChunkCounts, ScanSpec, TermSpace, cap_samples
-    from clipprobe.runinfo import StageTimer
-    from clipprobe.resources.taxonomy import get_taxonomy
+    from clipprobe.captions.scan import ScanSpec
 
-    if config.engine not in ENGINES:
-        raise UsageError(ERR_ENGINE.format(engine=config.engine))
-    if not config.captions:
-        raise UsageError(ERR_NO_INPUTS)
-    if config.matcher not in MATCHERS:
-        raise UsageError(ERR_MATCHER.format(matcher=config.matcher))
-    for item in config.spark_conf:
-        key, eq, _ = item.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(ERR_SPARK_CONF.format(item=item))
-    method = config.matcher
-    if method in ("auto", "tokens"):
-        from clipprobe.captions.tokens import available
+    matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
+    spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=samples, method=method)
+    if engine == "local":
+        from clipprobe.captions.scan import prepare_worker
 
-        if not available():
-            if method == "tokens":
-                raise UsageError(ERR_NO_NUMBA)
-            method = "hyperscan"
-        else:
-            method = "tokens"
-    timer = StageTimer()
-    started = time.time()
-    out = Path(config.out)
-    parts_dir = out / "parts"
-    ensure_dir(parts_dir)
+        # matcher, compiled pass and tables, before the scan (forked workers inherit them)
+        with compile_notice():
+            prepare_worker(spec, workers or os.cpu_count() or 1)
+    return spec
 
-    with timer("plan"):
-        taxonomy = get_taxonomy(config.taxonomy)
-        lexicon = get_lexicon(config.lexicon)
-        space = TermSpace.build(taxonomy.words(), lexicon)
-        fingerprint = space.fingerprint()
-        paths = expand_inputs(config.captions)
-    with timer("compile"):
-        from clipprobe._io import default_cache_dir
 
-        matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
-        spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=config.samples,
-                        method=method)
-        if config.engine == "local":
-            from clipprobe.captions.scan import prepare_worker
-
-            # matcher, compiled pass and tables, before the scan (forked workers inherit them)
-            prepare_worker(spec, config.workers or os.cpu_count() or 1)
-
-    skipped: list[dict[str, str]] = []
+def plan_counts(paths: list[str], parts_dir: Path, *, term_set: str, text_column: str | None, samples: int,
+                strict: bool, skipped: list[dict[str, str]]) -> tuple[dict[str, FileInfo], list[FileInfo]]:
+    """``(done, todo)``: the files of ``paths`` whose part (for the term set ``term_set``, their caption
+    column and ``samples``) is in ``parts_dir`` already (``{path: info}``), and those to scan. Footers are
+    read in threads (I/O: object stores answer each request in tens of ms); the results are used in input
+    order, so errors and skips come out as from a loop. An unreadable file is added to ``skipped``
+    (an error under ``strict``)."""
     done: dict[str, FileInfo] = {}
     todo: list[FileInfo] = []
-    with timer("plan"):
-        # footers are read in threads (I/O: object stores answer each request in tens of ms); the
-        # results are used in input order, so errors and skips come out as from a loop
-        for path, footer in zip(paths, _read_footers(paths)):
-            if isinstance(footer, DataError):
-                raise footer
-            if isinstance(footer, str):
-                _skip(config, skipped, path, footer)
-                continue
-            info, names, schema = footer
-            info.column = resolve_column(names, config.text_column, path)
-            check_text_type(path, info.column, schema.field(info.column).type)
-            info.key = part_key(info, fingerprint, info.column, config.samples)
-            if (parts_dir / f"{info.key}.npz").exists():
-                done[path] = info
-            else:
-                todo.append(info)
-    changed = _changed_since_last_run(out, todo)
-    if changed:
-        log.info("%d caption file(s) changed since the last run into %s (content fingerprint differs), scanned "
-                 "again: %s", len(changed), out, ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else ""))
-    log.info("%d files: %d done before, %d to scan, %d skipped", len(paths), len(done), len(todo), len(skipped))
+    for path, footer in zip(paths, _read_footers(paths)):
+        if isinstance(footer, DataError):
+            raise footer
+        if isinstance(footer, str):
+            _skip(strict, skipped, path, footer)
+            continue
+        info, names, schema = footer
+        info.column = resolve_column(names, text_column, path)
+        check_text_type(path, info.column, schema.field(info.column).type)
+        info.key = part_key(info, term_set, info.column, samples)
+        if (parts_dir / f"{info.key}.npz").exists():
+            done[path] = info
+        else:
+            todo.append(info)
+    return done, todo
+
+
+def scan_counts(spec, space, todo: list[FileInfo], done: dict[str, FileInfo], parts_dir: Path, *, engine: str,
+                workers: int, spark_master: str | None, spark_conf: tuple[str, ...], chunk_rows: int,
+                samples: int, strict: bool, skipped: list[dict[str, str]]) -> dict[str, float]:
+    """Scan the files of ``todo`` in chunks of about ``chunk_rows`` rows with ``engine`` and write each
+    finished file's part (then add it to ``done``); a file that cannot be read is added to ``skipped``
+    (an error under ``strict``). Returns the workers' seconds per stage and ``rows_scanned``."""
+    from clipprobe.captions.scan import ChunkCounts, progress
 
     tasks, task_file = [], []
     for fi, info in enumerate(todo):
-        for row_groups, first in _chunks(info, config.chunk_rows):
+        for row_groups, first in _chunks(info, chunk_rows):
             tasks.append((len(tasks), info.path, row_groups, info.column, first))
             task_file.append(fi)
     per_file_tasks = [0] * len(todo)
@@ -232,107 +217,68 @@ def count_captions(config: CountConfig) -> CountResult:
     results: dict[int, dict[int, ChunkCounts]] = {fi: {} for fi in range(len(todo))}
     failed: dict[int, str] = {}
     worker_seconds: dict[str, float] = {"rows_scanned": 0.0}
-    workers = config.workers or os.cpu_count() or 1
+    if engine == "spark":
+        from clipprobe.captions.inputs import backend_packages
+        from clipprobe.captions.spark import run_spark
 
-    cpu_before = _cpu_seconds()
-    with timer("scan"):
-        if config.engine == "spark":
-            from clipprobe.captions.inputs import backend_packages
-            from clipprobe.captions.spark import run_spark
+        stream = run_spark(spec, tasks, master=spark_master, workers=workers, task_file=task_file, conf=spark_conf,
+                           backends=backend_packages(info.path for info in todo))
+    else:
+        from clipprobe.captions.scan import run_local
 
-            stream = run_spark(spec, tasks, master=config.spark_master, workers=workers, task_file=task_file,
-                               conf=config.spark_conf,
-                               backends=backend_packages(info.path for info in todo))
-        else:
-            from clipprobe.captions.scan import run_local
-
-            stream = run_local(spec, tasks, workers)
-        from clipprobe.captions.scan import progress
-
-        bar = progress(stream, total=len(tasks), desc="captions")
-        try:
-            for task_id, counts, error in bar:
-                fi = task_file[task_id]
-                info = todo[fi]
-                if error is not None:
-                    if fi not in failed:
-                        failed[fi] = error
-                        _skip(config, skipped, info.path, ERR_UNREADABLE.format(path=info.path, why=error))
-                    continue
-                results[fi][task_id] = counts
-                for k, v in counts.seconds.items():
-                    worker_seconds[k] = worker_seconds.get(k, 0.0) + v
-                worker_seconds["rows_scanned"] += counts.n_rows
-                if len(results[fi]) == per_file_tasks[fi] and fi not in failed:
-                    merged = ChunkCounts.zeros(len(space.words), len(space.groups))
-                    for tid in sorted(results[fi]):
-                        merged.add(results[fi][tid], n_samples=config.samples)
-                    with _interrupt_deferred():        # a part is written whole, then Ctrl-C acts
-                        _write_part(parts_dir, info, merged)
-                    done[info.path] = info
-                    results[fi] = {}
-        finally:
-            # Ctrl-C or --strict: the engine stops now (no chunk is started after this); the parts of the
-            # files finished so far are on disk, and a rerun resumes from them
-            stream.close()
-            if hasattr(bar, "close"):
-                bar.close()
-
-    cpu_after = _cpu_seconds()
-    scan_cpu = {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_after} if cpu_after else None
-
-    with timer("merge"):
-        total = ChunkCounts.zeros(len(space.words), len(space.groups))
-        files = []
-        for path in paths:  # input order: samples are the first ones in that order
-            if path not in done:
+        stream = run_local(spec, tasks, workers)
+    bar = progress(stream, total=len(tasks), desc="captions")
+    try:
+        for task_id, counts, error in bar:
+            fi = task_file[task_id]
+            info = todo[fi]
+            if error is not None:
+                if fi not in failed:
+                    failed[fi] = error
+                    _skip(strict, skipped, info.path, ERR_UNREADABLE.format(path=info.path, why=error))
                 continue
-            info = done[path]
-            part = _read_part(parts_dir, info, len(space.words), len(space.groups))
-            total.add(part, n_samples=config.samples)
-            files.append({"path": path, "size": info.size, "fingerprint": info.fingerprint,
-                          "text_column": info.column, "row_groups": part.n_row_groups, "rows": part.n_rows,
-                          "captions": part.n_captions, "nulls": part.n_nulls, "part": f"parts/{info.key}.npz"})
-    if not files:
-        write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
-                                                 total, timer, worker_seconds, started, scan_cpu, method))
-        raise DataError(ERR_NOTHING_READ.format(n=len(skipped), run_json=out / "run.json"))
-
-    # Nothing to associate: an error naming the input, not a table of undefined rows (no table is written)
-    if total.n_captions == 0:
-        write_json(out / "run.json", _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped,
-                                                 total, timer, worker_seconds, started, scan_cpu, method))
-        raise DataError(ERR_NO_CAPTIONS.format(n_files=len(files), rows=sum(f["rows"] for f in files),
-                                               run_json=out / "run.json"))
-    if not total.n_group.any():
-        raise DataError(ERR_LEXICON_NO_MATCH.format(name=lexicon.name, source=lexicon.source, n=total.n_captions))
-    if not total.n_word.any():
-        raise DataError(ERR_TAXONOMY_NO_MATCH.format(name=taxonomy.name, n_words=len(space.words),
-                                                     n=total.n_captions))
-    with timer("stats"):
-        from clipprobe.captions.stats import cooccurrence_table
-
-        table = cooccurrence_table(space.words, space.groups, total.n_captions, total.n_word, total.n_group,
-                                   total.n_both)
-    with timer("write"):
-        from clipprobe._io import write_parquet
-
-        write_parquet(out / "cooccurrence.parquet", table)
-        write_parquet(out / "samples.parquet", samples_frame(space, cap_samples(total.samples, config.samples)))
-    with timer("figure"):
-        try:
-            from clipprobe.captions.figures import save_lift_heatmap
-
-            save_lift_heatmap(table, out / "lift_heatmap.png", top=config.top_words)
-        except ImportError as err:
-            log.warning("no heatmap: %s", err)
-    run = _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer,
-                      worker_seconds, started, scan_cpu, method)
-    write_json(out / "run.json", run)
-    return CountResult(out=out, table=table, run=run)
+            results[fi][task_id] = counts
+            for k, v in counts.seconds.items():
+                worker_seconds[k] = worker_seconds.get(k, 0.0) + v
+            worker_seconds["rows_scanned"] += counts.n_rows
+            if len(results[fi]) == per_file_tasks[fi] and fi not in failed:
+                merged = ChunkCounts.zeros(len(space.words), len(space.groups))
+                for tid in sorted(results[fi]):
+                    merged.add(results[fi][tid], n_samples=samples)
+                with _interrupt_deferred():        # a part is written whole, then Ctrl-C acts
+                    _write_part(parts_dir, info, merged)
+                done[info.path] = info
+                results[fi] = {}
+    finally:
+        # Ctrl-C or --strict: the engine stops now (no chunk is started after this); the parts of the
+        # files finished so far are on disk, and a rerun resumes from them
+        stream.close()
+        if hasattr(bar, "close"):
+            bar.close()
+    return worker_seconds
 
 
-def _changed_since_last_run(out: Path, todo: list[FileInfo]) -> list[str]:
+def merge_parts(paths: list[str], done: dict[str, FileInfo], parts_dir: Path, space, samples: int):
+    """``(total, files)``: the counts of the finished files of ``paths`` added up (samples: the first ones in
+    input order), and one record per file (path, size, fingerprint, text column, row groups, rows,
+    captions, nulls, part)."""
+    from clipprobe.captions.scan import ChunkCounts
+
+    total = ChunkCounts.zeros(len(space.words), len(space.groups))
+    files = []
+    for path in paths:  # input order: samples are the first ones in that order
+        if path not in done:
+            continue
+        info = done[path]
+        part = _read_part(parts_dir, info, len(space.words), len(space.groups))
+        total.add(part, n_samples=samples)
+        files.append({"path": path, "size": info.size, "fingerprint": info.fingerprint,
+                      "text_column": info.column, "row_groups": part.n_row_groups, "rows": part.n_rows,
+                      "captions": part.n_captions, "nulls": part.n_nulls, "part": f"parts/{info.key}.npz"})
+    return total, files
+
+
+def changed_since_last_run(out: Path, todo: list[FileInfo]) -> list[str]:
     """Paths of ``todo`` that the last run into ``out`` counted with other content (its run.json)."""
     try:
         previous = json.loads((out / "run.json").read_text(encoding="utf-8"))
@@ -386,8 +332,8 @@ def _read_footers(paths: list[str]):
         return list(pool.map(_read_footer, paths))
 
 
-def _skip(config: CountConfig, skipped: list, path: str, message: str) -> None:
-    if config.strict:
+def _skip(strict: bool, skipped: list, path: str, message: str) -> None:
+    if strict:
         raise DataError(message)
     log.warning("skipped %s", message)
     skipped.append({"path": path, "why": message})
@@ -478,65 +424,3 @@ def samples_frame(space, samples):
     return pd.DataFrame({"word": words[w], "attribute": attributes[g], "group": groups[g],
                          "file": samples.column("file").to_pylist(), "row": samples.column("row").to_numpy(),
                          "caption": sample_texts(samples.column("caption").combine_chunks())}, columns=columns)
-
-
-def _input_files(config) -> dict[str, dict]:
-    """The taxonomy and lexicon files with the SHA-256 of their bytes (for the record: the parts are keyed by
-    the term set read from them, :meth:`TermSpace.fingerprint`, so an edit that changes no term reuses them)."""
-    from clipprobe._io import sha256_file
-    from clipprobe.resources.lexicon import LEXICONS
-    from clipprobe.resources.taxonomy import TAXONOMIES
-
-    out = {}
-    for role, registry, value in (("taxonomy", TAXONOMIES, config.taxonomy), ("lexicon", LEXICONS, config.lexicon)):
-        path = registry.file(value)
-        try:
-            out[role] = {"path": str(path), "sha256": sha256_file(path)}
-        except OSError:           # read a moment ago: gone since
-            out[role] = {"path": str(path), "sha256": None}
-    return out
-
-
-def _cpu_seconds() -> dict[str, float] | None:
-    """CPU seconds so far of this process and of its finished child processes (None where unknown)."""
-    try:
-        import resource
-    except ImportError:   # not on Windows
-        return None
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {"main": own.ru_utime + own.ru_stime, "workers": kids.ru_utime + kids.ru_stime}
-
-
-def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer, worker_seconds,
-                started, scan_cpu=None, matcher=None) -> dict[str, Any]:
-    from clipprobe.config import to_dict
-    from clipprobe.runinfo import run_record
-
-    scan_s = timer.seconds.get("scan", 0.0)
-    worker_seconds = dict(worker_seconds)
-    scanned = int(worker_seconds.pop("rows_scanned", 0))
-    return run_record(
-        "captions count",
-        format_version=COUNTS_FORMAT_VERSION,
-        config=to_dict(config),
-        timings=timer.seconds,
-        started=started,
-        engine=config.engine,
-        matcher=matcher,     # the one that ran (config.matcher may say "auto")
-        workers=config.workers or os.cpu_count(),
-        taxonomy=taxonomy.name, lexicon=lexicon.name, lexicon_source=lexicon.source,
-        inputs=_input_files(config),
-        n_words=len(space.words), n_groups=len(space.groups), n_terms=len(space.terms),
-        term_set=fingerprint,
-        files=files,
-        n_files=len(files),
-        row_groups=int(sum(f["row_groups"] for f in files)),
-        rows=int(total.n_rows), captions=int(total.n_captions), nulls=int(total.n_nulls),
-        skipped=skipped,
-        worker_seconds={k: round(v, 4) for k, v in worker_seconds.items()},
-        # CPU seconds of the scan stage: this process, and its worker processes (local engine)
-        scan_cpu_s=scan_cpu,
-        rows_scanned_this_run=scanned,
-        rows_per_s_scan=(round(scanned / scan_s) if scan_s > 0 and scanned else None),
-    )

@@ -13,7 +13,7 @@ installed, plus the fsspec backend of the input URLs (``s3fs`` for ``s3://``,
 ``gcsfs`` for ``gs://``). The usual way is one packed environment shipped with
 the job (``conda-pack`` or ``venv-pack``, then ``--spark-conf
 spark.archives=ENV.tar.gz#environment`` and ``PYSPARK_PYTHON=./environment/bin/python``;
-see the README). Before any scan, a
+see docs/captions.md). Before any scan, a
 one-task job (:func:`preflight`) imports clipprobe and its compiled parts on an
 executor, builds the scan's worker state there and opens the backends; if any
 of it fails, the run stops with one message saying what the nodes need.
@@ -44,7 +44,7 @@ SESSION_LOG_LEVEL = "WARN"      # Spark's log in sessions clipprobe starts (PySp
 ERR_NO_PYSPARK = "the spark engine needs pyspark (pip install 'clipprobe[spark]'): {why}"
 ERR_EXECUTORS = ("the Spark executors cannot run the caption scan ({problems}); every node needs Python {python} "
                  "with clipprobe {version} and its compiled parts (pyarrow, hyperscan, numba){backends}: ship a "
-                 "packed environment with spark.archives (venv-pack or conda-pack; README, 'Captions on a Spark "
+                 "packed environment with spark.archives (venv-pack or conda-pack; docs/captions.md, 'Captions on a Spark "
                  "cluster') or install 'clipprobe[spark]' on every node")
 
 

@@ -7,7 +7,8 @@ from typing import Any, Callable
 import click
 
 MODEL_HELP = ("Model: ARCH:TAG (open_clip pretrained pair, see `clipprobe models`), hf-hub:ORG/NAME, "
-              "local-dir:PATH, or ARCH:PATH to a local weights file. Default: ViT-B-32:openai.")
+              "local-dir:PATH, ARCH:PATH to a local weights file, or demo (the tiny CLIP of the offline demo "
+              "world, shipped; runs offline). Default: ViT-B-32:openai.")
 DATASET_HELP = ("Face dataset: fairface:ROOT, hf:HuggingFaceM4/FairFace, utkface:DIR or csv:PATH. "
                 "Default: FairFace validation from Hugging Face.")
 

@@ -14,7 +14,7 @@ _LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexico
 
 def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
            matcher="auto", spark_conf=()):
-    from clipprobe.captions.run import CountConfig, count_captions
+    from clipprobe.pipeline.captions import CountConfig, count_captions
 
     config = CountConfig(captions=tuple(captions), out=out, taxonomy=taxonomy, lexicon=lexicon,
                          text_column=text_column, engine=engine, workers=workers, spark_master=spark_master,
@@ -49,14 +49,14 @@ def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark
 def strongest_rows(table, n: int = 10):
     """The ``n`` rows with the largest log-odds among those whose association is defined (a word or group
     that occurs in no caption has none)."""
-    from clipprobe.captions.stats import defined_rows
+    from clipprobe.analysis.cooccurrence import defined_rows
 
     return defined_rows(table).sort_values("log_odds", ascending=False, kind="stable").head(n)
 
 
 def defined_line(table) -> str:
     """How many rows have a defined association, and how many words and groups occur in no caption."""
-    from clipprobe.captions.stats import defined_rows
+    from clipprobe.analysis.cooccurrence import defined_rows
 
     words = table.groupby("word", sort=False)["n_word"].max()
     groups = table.groupby(["attribute", "group"], sort=False)["n_group"].max()
@@ -68,7 +68,7 @@ def defined_line(table) -> str:
 def _show(directory, word, attribute, n_samples, fmt):
     from clipprobe.captions.counts import word_counts
 
-    from clipprobe.captions.stats import with_status
+    from clipprobe.analysis.cooccurrence import with_status
 
     found = word_counts(directory, word, attribute=attribute)
     match, rows, samples = [found.word], with_status(found.cells, adjust=False), found.samples
@@ -82,7 +82,7 @@ def _show(directory, word, attribute, n_samples, fmt):
         return
     first = rows.iloc[0]
     click.echo(f"{printable(match[0])}: in {first.n_word:,} of {first.n_captions:,} captions")
-    from clipprobe.captions.stats import STATUS_OK
+    from clipprobe.analysis.cooccurrence import STATUS_OK
 
     for r, why in zip(rows.itertuples(), rows["status"]):
         head = (f"  {printable(r.attribute):>6}:{printable(r.group):<16} n_group={r.n_group:<9} "

@@ -41,7 +41,7 @@ def demo(out, retrain, seed, bootstrap) -> None:
     click.echo("files:")
     labels = {"retrieve": "retrieval table", "grid": "contact sheet", "captions": "caption counts",
               "report": "report folder", "html": "HTML report (open in a browser)", "truth": "planted truth",
-              "validation": "validation"}
+              "validation": "validation", "index": "index page (open in a browser)"}
     for key, label in labels.items():
         if key in result.paths:
             click.echo(f"  {label:<32} {result.paths[key]}")

@@ -9,7 +9,10 @@ import click
 
 @click.command("doctor")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def doctor(fmt: str) -> None:
+@click.option("--deep", is_flag=True,
+              help="Also import every package and ask torch and FAISS for their devices (finds a broken "
+                   "installation; takes seconds). Without it, packages are found, not imported.")
+def doctor(fmt: str, deep: bool) -> None:
     """Check torch and CUDA, FAISS (CPU/GPU), datasets, transformers, hyperscan, numba, Java and PySpark,
     the fsspec backends and a browser; say what to install for what is missing.
 
@@ -17,7 +20,7 @@ def doctor(fmt: str) -> None:
     """
     from clipprobe.doctor import fixes, run_checks, to_dict
 
-    checks = run_checks()
+    checks = run_checks(deep=deep)
     if fmt == "json":
         click.echo(json.dumps(to_dict(checks), indent=2))
     else:
@@ -31,5 +34,7 @@ def doctor(fmt: str) -> None:
                 click.echo(f"  {fix}\n      for {enables}")
         else:
             click.echo("\neverything clipprobe can use is here")
+        if not deep:
+            click.echo("(packages found, not imported; `clipprobe doctor --deep` imports them to find a broken one)")
     if any(c.required and not c.ok for c in checks):
         click.get_current_context().exit(1)

@@ -34,11 +34,16 @@ Examples:
 @click.option("--ddof", type=click.IntRange(0, 1), default=1, show_default=True,
               help="Degrees of freedom of the effect size's standard deviation: 1 (Caliskan, sent-bias) or 0 (WEFE).")
 @click.option("--two-sided", is_flag=True, help="Two-sided p-values (default: one-sided, X more associated with A).")
-@click.option("--interval", type=click.Choice(["noncentral-t", "BCa", "none"]), default="noncentral-t",
-              show_default=True, help="95% interval of d over the target stimuli: noncentral t, BCa bootstrap, or none.")
+@click.option("--interval", type=click.Choice(["fisher-z", "none"]), default="fisher-z", show_default=True,
+              help="Two-sided 95% interval of d from a bootstrap of the stimuli (words, images) of X, Y, A and B "
+                   "(normal on the Fisher-z scale), or none.")
 @click.option("--bootstrap", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Bootstrap resamples of --interval BCa (at least 100).")
+              help="Bootstrap resamples of --interval (at least 100).")
+@click.option("--fixed-attributes", is_flag=True,
+              help="The interval resamples X and Y only: A and B are the whole population of interest.")
 @click.option("--no-sc-weat", is_flag=True, help="Skip the per-stimulus SC-WEAT statistics.")
+@click.option("--strict", is_flag=True,
+              help="Fail (exit 1) when a test's stimuli are missing (e.g. no --oasis-root) instead of skipping it.")
 @click.option("--paper-signs", is_flag=True,
               help="Report Gender tests with the sign of Ghate et al. (targets swapped: positive = female more pleasant).")
 @click.option("--stimuli-root", type=click.Path(file_okay=False), default=None,
@@ -63,7 +68,7 @@ Examples:
 @click.option("--offline", is_flag=True, help="Never touch the network (model and iEAT images must be local).")
 @click.pass_context
 def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permutations, seed, ddof, two_sided,
-        interval, bootstrap, no_sc_weat, paper_signs, stimuli_root, oasis_root, model, model_config, quick_gelu,
+        interval, bootstrap, fixed_attributes, no_sc_weat, strict, paper_signs, stimuli_root, oasis_root, model, model_config, quick_gelu,
         preprocess, cache_dir, device, precision, batch_size, num_workers, figures, offline) -> None:
     """Embedding Association Tests: effect sizes, permutation p-values, intervals, per-stimulus SC-WEAT."""
     if ctx.invoked_subcommand is not None:
@@ -81,23 +86,39 @@ def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permut
         tests=split_values(test_names), orders=split_values(orders), permutations=permutations,
         sc_permutations=sc_permutations,
         seed=seed, ddof=ddof, two_sided=two_sided, interval=None if interval == "none" else interval,
-        bootstrap=bootstrap, sc_weat=not no_sc_weat,
+        bootstrap=bootstrap, fixed_attributes=fixed_attributes, sc_weat=not no_sc_weat, strict=strict,
         paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, cache_dir=cache_dir,
         device=device, precision=precision, batch_size=batch_size, num_workers=num_workers, offline=offline, figures=figures,
     )
     run = run_eat(config)
+    _summary(run)
+
+
+def _summary(run) -> None:
+    """The run's tests, one line each, with what every number is (sidedness, units)."""
+    from clipprobe.report.eat import order_label, p_words
+
     table = run.table
     done = table[table["available"]]
+    n_skipped = int((table["status"] == "skipped").sum())
     click.echo(f"eat: {len(done)} of {len(table)} tests computed ({printable(run.record['suite']['name'])}), "
-               f"{int((done['q_value'] <= 0.05).sum())} with q <= 0.05")
+               f"{int((done['q_value'] <= 0.05).sum())} with q <= 0.05"
+               + (f", {n_skipped} skipped (listed below)" if n_skipped else ""))
+    if len(done):
+        level = done["ci_level"].dropna()
+        ci_text = f"two-sided {100 * float(level.iloc[0]):g}% interval of d" if len(level) else "no interval"
+        click.echo(f"  d [{ci_text}], {p_words(table)} over stimuli (words, images), q: BH over these tests; "
+                   "n = stimuli X/Y/A/B")
     for r in table.itertuples(index=False):
+        order = order_label(r.order)
         if r.available:
-            ci = (f" [{r.effect_ci_low:.2f}, {r.effect_ci_high:.2f}]"
-                  if r.effect_ci_low == r.effect_ci_low else "")
-            click.echo(f"  {printable(r.test):<28} {r.order:<10} d = {r.effect_size:6.2f}{ci}  p = {r.p_value:.3g}"
-                       f"{' (exact)' if r.exact else ''}  q = {r.q_value:.3g}")
+            ci = (f" [{r.effect_ci_low:.2f}, {r.effect_ci_high:.2f}]" if r.effect_ci_low == r.effect_ci_low
+                  else " [interval withheld]" if r.ci_note else "")
+            click.echo(f"  {printable(r.test):<28} {order:<28} n = {r.n_x}/{r.n_y}/{r.n_a}/{r.n_b}  "
+                       f"d = {r.effect_size:6.2f}{ci}"
+                       f"  p ({r.p_sides}) = {r.p_value:.3g}{' (exact)' if r.exact else ''}  q = {r.q_value:.3g}")
         else:
-            click.echo(f"  {printable(r.test):<28} {r.order:<10} unavailable: {printable(r.unavailable_reason)}")
+            click.echo(f"  {printable(r.test):<28} {order:<28} {r.status}: {printable(r.unavailable_reason)}")
     skipped = run.record["skipped_images"]["n"]
     if skipped:
         click.echo(f"  {skipped} unreadable image(s) skipped (listed in run.json)")

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import click
 
+from clipprobe.figstyle import DEFAULT_STYLE, FIGURE_FORMATS, FIGURE_STYLES
+
+STYLE_HELP = ("Figure style: " + "; ".join(f"{name}: {s.description}" for name, s in FIGURE_STYLES.items())
+              + ".")
 MSG_OUT_IS_FILE = "--out {path} is an existing file; give a folder (it is created if needed)"
 MSG_OUT_BELOW_FILE = "--out {out}: {path} is an existing file, not a folder"
 
@@ -30,8 +34,10 @@ def _check_out(out: Path) -> None:
 @click.option("--attribute", "attributes", multiple=True, help="Only this attribute (repeatable).")
 @click.option("--word", "words", multiple=True,
               help="Also draw a contact sheet of this word's top faces (needs the dataset images; repeatable).")
-@click.option("--format", "formats", type=click.Choice(["png", "pdf", "svg"]), multiple=True,
-              help="Output formats (default: png and pdf).")
+@click.option("--format", "formats", type=click.Choice(list(FIGURE_FORMATS)), multiple=True,
+              help="Output formats (repeatable; default: png at 300 dpi, pdf and svg).")
+@click.option("--style", "style_name", type=click.Choice(list(FIGURE_STYLES)), default=DEFAULT_STYLE,
+              show_default=True, help=STYLE_HELP)
 @click.option("--set", "figure_set", type=click.Choice(["all", "core"]), default="all", show_default=True,
               help="all: every category x attribute; core: what `clipprobe report` writes (heatmaps, entropy, "
                    "most skewed words).")
@@ -39,9 +45,12 @@ def _check_out(out: Path) -> None:
               help="Words per dot plot (default: as many as fit one page; 0: every word).")
 @click.option("--html", "html", is_flag=True,
               help="Also write the self-contained report.html into --out (using the PNGs just written).")
-def figures(report_dir: Path, out: Path, categories, attributes, words, formats, figure_set: str, max_words,
-            html: bool) -> None:
-    """Regenerate the paper figures of REPORT_DIR from its files alone."""
+def figures(report_dir: Path, out: Path, categories, attributes, words, formats, style_name: str, figure_set: str,
+            max_words, html: bool) -> None:
+    """Regenerate the paper figures of REPORT_DIR from its files alone.
+
+    Each figure is written as a PNG (300 dpi) beside a vector PDF and SVG, sized for a two-column paper
+    (--style paper: 3.3 in for one column, 6.9 in across both, text 6.5-8 pt) or for slides."""
     from clipprobe.report.contact import dataset_loader, save_image, word_sheet
     from clipprobe.errors import one_of
     from clipprobe.report.figures import slug, write_report_figures
@@ -54,7 +63,8 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
         if word not in valid_words:
             raise one_of(word, valid_words, "word")
     paths = write_report_figures(report, out, attributes=attributes or None, categories=categories or None,
-                                 figure_set=figure_set, max_words=max_words, formats=formats or ("png", "pdf"))
+                                 figure_set=figure_set, max_words=max_words, formats=formats or FIGURE_FORMATS,
+                                 style_name=style_name)
     if words:
         loader = dataset_loader(report.run)
         if loader is None:
@@ -70,7 +80,7 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
         from clipprobe.report.html import write_html_report
 
         # Restricted figures are other figures: let the page draw its own then.
-        restricted = bool(categories or attributes or max_words is not None)
+        restricted = bool(categories or attributes or max_words is not None or style_name != DEFAULT_STYLE)
         paths.append(write_html_report(report, out / "report.html", figures_dir=out,
                                        reuse_figures="png" in (formats or ("png",)) and not restricted))
     click.echo(f"wrote {len(paths)} files to {out}")
@@ -79,13 +89,17 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
 @click.command("compare")
 @click.argument("report_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for tables and figures.")
-@click.option("--name", "names", multiple=True, help="Display name per report, in order (default: model spec).")
-@click.option("--format", "formats", type=click.Choice(["png", "pdf", "svg"]), multiple=True,
-              help="Figure formats (default: png and pdf).")
-def compare(report_dirs, out: Path, names, formats) -> None:
+@click.option("--name", "names", multiple=True,
+              help="Display name per report, in order (default: a short model name, never a path).")
+@click.option("--format", "formats", type=click.Choice(list(FIGURE_FORMATS)), multiple=True,
+              help="Figure formats (repeatable; default: png at 300 dpi, pdf and svg).")
+@click.option("--style", "style_name", type=click.Choice(list(FIGURE_STYLES)), default=DEFAULT_STYLE,
+              show_default=True, help=STYLE_HELP)
+def compare(report_dirs, out: Path, names, formats, style_name: str) -> None:
     """Compare the reports of several models (on the words they share)."""
-    from clipprobe.report.compare import compare_reports, write_comparison
     from clipprobe.errors import UsageError
+    from clipprobe.figstyle import use_style
+    from clipprobe.report.compare import compare_reports, write_comparison
     from clipprobe.report.store import load_report
 
     if names and len(names) != len(report_dirs):
@@ -93,7 +107,8 @@ def compare(report_dirs, out: Path, names, formats) -> None:
     _check_out(out)
     reports = [load_report(d) for d in report_dirs]
     result = compare_reports(reports, names=list(names) if names else None)
-    paths = write_comparison(result, out, formats=formats or ("png", "pdf"))
+    with use_style(style_name):
+        paths = write_comparison(result, out, formats=formats or FIGURE_FORMATS)
     for note in result.notes:
         click.echo(f"note: {note}", err=True)
     corr = result.correlations

@@ -1,4 +1,5 @@
-"""`clipprobe index build`: embed a face dataset and build its FAISS index ahead of time."""
+"""`clipprobe index DIR`: one index.html linking every page of the runs in a folder; `clipprobe index build`:
+embed a face dataset and build its FAISS index ahead of time."""
 
 from __future__ import annotations
 
@@ -7,9 +8,35 @@ import click
 from clipprobe.cli._options import pop_probe_config, probe_options
 
 
-@click.group("index")
+class _IndexGroup(click.Group):
+    """``clipprobe index DIR`` is ``clipprobe index page DIR`` (any first argument that is not a command)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            args = ["page", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("index", cls=_IndexGroup, subcommand_metavar="DIR | COMMAND [ARGS]...")
 def index() -> None:
-    """Image embeddings and FAISS indexes, built ahead of time (retrieve reuses them)."""
+    """DIR: write DIR/index.html linking every page of the runs under DIR (reports, association tests,
+    subsets, balancing, sweeps, caption counts); build: image embeddings and FAISS indexes, built ahead of
+    time (retrieve reuses them)."""
+
+
+@index.command("page")
+@click.argument("folder", type=click.Path(file_okay=False))
+def page_cmd(folder: str) -> None:
+    """(Re)write FOLDER/index.html linking every run folder, HTML page and figure found under FOLDER
+    (`clipprobe index FOLDER` does the same)."""
+    from clipprobe.report.pages import find_runs, write_index
+
+    path = write_index(folder)
+    runs = find_runs(folder)
+    click.echo(f"{path}: {len(runs)} run folder(s), {sum(len(r['pages']) for r in runs)} page(s)")
+    for r in runs:
+        click.echo(f"  {r['path']:<40} {r['command']:<16} " + (", ".join(p.rsplit('/', 1)[-1] for p in r["pages"])
+                                                                or "-"))
 
 
 @index.command("build")

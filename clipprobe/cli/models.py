@@ -27,20 +27,25 @@ def models(fmt: str, text: str | None, only_cached: bool, extra_specs: tuple[str
     """Pretrained models (ARCH:TAG for --model) with architecture family, parameters, pretraining data,
     samples seen, published downstream performance and its source, and whether the weights are cached.
 
-    Other --model forms: hf-hub:ORG/NAME, local-dir:PATH, ARCH:/path/to/weights.safetensors. Sources of
-    every value: clipprobe/models/zoo_data/PROVENANCE.md.
+    The first row, demo, is the tiny CLIP shipped with clipprobe (trained on the offline demo world; it
+    runs offline, and knows only that world's synthetic faces). Other --model forms: hf-hub:ORG/NAME,
+    local-dir:PATH, ARCH:/path/to/weights.safetensors. Sources of every value:
+    clipprobe/models/zoo_data/PROVENANCE.md.
     """
-    from clipprobe.models import list_known_models, load_model
-    from clipprobe.models.catalog import HF_TEXT_EXTRA
+    from clipprobe.models.catalog import HF_TEXT_EXTRA, list_known_models, shipped_models
     from clipprobe.models.zoo import format_zoo, known_specs, read_user_table, zoo_table
 
     if download:
+        from clipprobe.models import load_model
+
         encoder = load_model(download, device="cpu", cache_dir=cache_dir)
         click.echo(f"{download}: weights at {encoder.info().get('weights_source')}")
         return
     state = {r["spec"]: r for r in list_known_models(cache_dir=cache_dir)}
+    for r in shipped_models():     # `demo`: shipped with clipprobe, runs offline
+        state[r["spec"]] = {**r, "cached_path": r["weights"], "needs": [], "missing": []}
     user = read_user_table(user_table) if user_table else None
-    specs = list(known_specs())
+    specs = [r["spec"] for r in shipped_models()] + list(known_specs())
     for spec in list(extra_specs) + list(user.specs if user else ()):
         if spec not in specs:
             specs.append(spec)

@@ -95,6 +95,7 @@ def crosscheck(report_dir, counts_dir, alpha) -> None:
     and figures. Fewer than 10 such rows: an error.
     """
     import json
+    from pathlib import Path
 
     from clipprobe.report.crosscheck import write_crosscheck
     from clipprobe.report.store import load_report
@@ -102,6 +103,11 @@ def crosscheck(report_dir, counts_dir, alpha) -> None:
     check_fraction("--alpha", alpha)
     report = load_report(report_dir)
     written = write_crosscheck(report.groups, counts_dir, report_dir, alpha=alpha)
+    html = Path(report_dir) / "report.html"
+    if html.is_file():    # the page gets its caption section (figures reused from the folder)
+        from clipprobe.report.html import write_html_report
+
+        written.append(write_html_report(report, html))
     data = json.loads(open(written[1], encoding="utf-8").read())
     click.echo(crosscheck_coverage_line(data))
     for attribute, stats in (data["spearman_skew_vs_caption_log_odds"] or {}).items():

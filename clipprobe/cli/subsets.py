@@ -31,9 +31,10 @@ def _check_by(by: str) -> str:
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (assignment, tables, figures, contact sheets, HTML).")
 @click.option("--by", default="kmeans:20", show_default=True, help=BY_HELP)
-@click.option("--min-size", type=int, default=100, show_default=True,
-              help="Smallest subset, in images; smaller k-means clusters are merged (see --small), other subsets "
-                   "dropped, with a note.")
+@click.option("--min-size", type=int, default=None,
+              help="Smallest subset, in images (default: 2 x --k, so that no subset is skipped for having k images "
+                   "or fewer); smaller k-means clusters are merged (see --small), other subsets dropped. What was "
+                   "skipped is printed and recorded in run.json.")
 @click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True,
               help="k-means clusters below --min-size: merge into the nearest cluster, or drop their images.")
 @click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON file (default: sobit).")
@@ -80,7 +81,8 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
     if out is None:
         raise UsageError(MSG_OUT_REQUIRED)
     _check_by(by)
-    check_count("--min-size", min_size, 1)
+    if min_size is not None:
+        check_count("--min-size", min_size, 1)
     check_count("--k", k, 1)
     check_count("--bootstrap", bootstrap)
     check_count("--seed", seed)
@@ -96,14 +98,15 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
         bootstrap=bootstrap, seed=seed, alpha=alpha, reference=reference, permutations=permutations, ties=ties,
         score=score, controls=None if controls.strip().lower() == "none" else controls, typical=typical,
         figures=figures, html=html)
+    from clipprobe.report.subsets import headline, skipped_text
+
     result = run_subsets(config)
     run = result.run
     click.echo(f"subsets: {run['n_probed']} of {run['n_subsets']} probed ({result.assignment.kind}); "
                f"{run['n_local_flagged']} of {run['n_local_rows']} local rows flagged at FDR {alpha}")
+    click.echo(f"  {skipped_text(run.get('skipped'))}")
     for row in run.get("dispersion", []):
-        click.echo(f"  {row['attribute']}: top group changes across subsets for "
-                   f"{row['share_top_group_changes']:.0%} of words "
-                   f"({row['share_flagged_top_group_changes']:.0%} among flagged top groups)")
+        click.echo(f"  {headline(row, alpha=alpha)}")
     for note in run.get("notes", [])[:10]:
         click.echo(f"  note: {note}")
     for path in result.files:
@@ -116,7 +119,8 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Output folder (default for one sweep folder: SWEEP/subsets-compare).")
 @click.option("--by", default="kmeans:20", show_default=True, help=BY_HELP)
-@click.option("--min-size", type=int, default=100, show_default=True)
+@click.option("--min-size", type=int, default=None,
+              help="Smallest subset, in images (default: 2 x the largest k the reports recorded).")
 @click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True)
 @click.option("--cluster-model", default=None,
               help="The model whose image embeddings k-means clusters (a model key or spec; default: the first). "
@@ -129,7 +133,7 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
                    "downstream bias): correlated with clipprobe's global measures and with each other.")
 @click.option("--interval", type=click.Choice(["bca", "fisher", "percentile"]), default="bca", show_default=True,
               help="Interval of Spearman's rho over models, given from 8 models on (bca: the bootstrap whose "
-                   "coverage was measured 0.93-0.99; see README).")
+                   "coverage was measured 0.93-0.99; see docs/subsets.md).")
 @click.option("--level", type=float, default=0.95, show_default=True)
 @click.option("--n-boot", type=int, default=2000, show_default=True, help="Resamples for --interval bca/percentile.")
 @click.option("--permutations", type=int, default=9999, show_default=True,
@@ -149,7 +153,8 @@ def compare(sources, out, by, min_size, small, cluster_model, k_mode, statistics
     from clipprobe.pipeline.subsets import CompareConfig, run_compare
 
     _check_by(by)
-    check_count("--min-size", min_size, 1)
+    if min_size is not None:
+        check_count("--min-size", min_size, 1)
     check_count("--n-boot", n_boot, 100)
     check_count("--permutations", permutations, 1)
     check_count("--seed", seed)

@@ -15,7 +15,7 @@ Examples:
   clipprobe sweep --models all --dataset fairface:/data/fairface --probes report,eat --out sweeps/zoo
   clipprobe sweep --models zoo.csv --shard 3/16 --dataset fairface:/data/fairface --out sweeps/zoo
   clipprobe sweep merge sweeps/zoo
-  clipprobe sweep analyze sweeps/zoo --performance vtab+
+  clipprobe sweep analyze sweeps/zoo
 """
 
 
@@ -146,44 +146,79 @@ def merge_command(folders, out) -> None:
 
 @sweep.command("analyze")
 @click.argument("folder", type=click.Path(file_okay=False))
-@click.option("--performance", default="vtab+", show_default=True,
-              help="Downstream performance to correlate with: vtab+, vtab, imagenet1k, avg38, a column of the model "
-                   "CSV or of --performance-csv, or 'none'.")
+@click.option("--performance", default="avg38", show_default=True,
+              help="Downstream performance to correlate with: avg38 (open_clip's 38-dataset average; 121 of the 196 "
+                   "pairs have it), imagenet1k, vtab+ or vtab (12 pairs and Cherti et al.'s checkpoints), a column "
+                   "of --model-table or --performance-csv, or 'none'.")
 @click.option("--performance-csv", type=click.Path(dir_okay=False), default=None,
               help="CSV with a spec (or model) column and performance columns, for models without published ones.")
+@click.option("--model-table", "model_tables", multiple=True, type=click.Path(dir_okay=False),
+              help="Model CSV (as for `sweep --models`) whose values (dataset, dataset_size, params_total_m, "
+                   "families, performance) replace the sweep's; repeat for several. Rerun with a fixed table to "
+                   "update the analysis.")
 @click.option("--measure", "measures", multiple=True,
               help="probe:measure to model (repeat; default eat:effect_size and report:max_skew_excess).")
+@click.option("--spec", "spec", type=click.Choice(["paper", "per-test"]), default="paper", show_default=True,
+              help="paper: Ghate et al.'s model (sizes per SD of the log, groups = test family x order, only "
+                   "architectures pooled); per-test: every test its own group, sizes per tenfold, both factors "
+                   "pooled.")
+@click.option("--size-units", type=click.Choice(["sd", "log10"]), default=None,
+              help="Size terms per standard deviation of the log (the paper) or per tenfold (log10); default: "
+                   "the spec's.")
+@click.option("--raw-signs", is_flag=True,
+              help="Effect sizes as the tests are defined (default: the paper's sign, Gender tests multiplied by -1).")
 @click.option("--min-family-rows", type=click.IntRange(min=1), default=30, show_default=True,
-              help="Families with fewer rows are pooled as 'other' (Ghate et al.: 30).")
+              help="Pooled families with fewer rows become 'Other' (Ghate et al.: 30).")
 @click.option("--min-family-models", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Families with fewer models are pooled as 'other'.")
-@click.option("--reference-dataset-family", default=None, help="Reference level (default: the smallest datasets).")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Default: FOLDER/analysis.")
+              help="Pooled families with fewer checkpoints become 'Other'.")
+@click.option("--reference-dataset-family", default=None,
+              help="Reference level (default: the first by name, as the paper's cc12m).")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Default: FOLDER/analysis (replaced whole).")
 @click.option("--figures/--no-figures", default=True, show_default=True)
-def analyze_command(folder, performance, performance_csv, measures, min_family_rows, min_family_models,
-                    reference_dataset_family, out, figures) -> None:
+def analyze_command(folder, performance, performance_csv, model_tables, measures, spec, size_units, raw_signs,
+                    min_family_rows, min_family_models, reference_dataset_family, out, figures) -> None:
     """Upstream factors (mixed model) and correlation with downstream performance."""
-    from clipprobe.analysis.factors import FactorSettings
+    import dataclasses
+
+    from clipprobe.analysis.factors import SPECS
     from clipprobe.pipeline.sweep import DEFAULT_MEASURES, analyze_sweep
 
-    settings = FactorSettings(min_family_rows=min_family_rows, min_family_models=min_family_models,
-                              reference_dataset_family=reference_dataset_family)
+    settings = dataclasses.replace(SPECS[spec], min_family_rows=min_family_rows, min_family_models=min_family_models,
+                                   reference_dataset_family=reference_dataset_family,
+                                   **({"size_units": size_units} if size_units else {}))
     result = analyze_sweep(folder, performance=None if performance.strip().lower() == "none" else performance,
                            performance_csv=performance_csv, measures=split_values(measures) or DEFAULT_MEASURES,
-                           settings=settings, out=out, figures=figures)
+                           spec=spec, settings=settings, signs="raw" if raw_signs else "paper",
+                           model_tables=model_tables,
+                           out=out, figures=figures)
+    signs = result.record.get("signs") or {}
+    if signs.get("flipped"):
+        click.echo(f"signs: the paper's (effect sizes of {len(signs['flipped'])} Gender test(s) multiplied by -1; "
+                   "--raw-signs for the tests as defined)")
+    same = result.record.get("same_checkpoint") or {}
+    if same:
+        click.echo(f"{len(same)} model(s) load the same checkpoint as another and count once")
     for key, fit in result.fits.items():
-        click.echo(f"{key}: {fit.n_models} models, {fit.n_rows} rows, {fit.n_groups} groups"
+        units = "per SD of the log" if fit.settings.size_units == "sd" else "per tenfold"
+        click.echo(f"{key}: {fit.n_models} models, {fit.n_rows} rows, {fit.n_groups} groups (sizes {units})"
                    + ("" if fit.converged else " (did not converge)"))
         for r in fit.coefficients.itertuples(index=False):
             if r.term == "Intercept":
                 continue
-            click.echo(f"  {r.term:<34} {r.estimate:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  p = {r.p_value:.3g}")
+            click.echo(f"  {r.term:<42} {r.estimate:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}]  p = {r.p_value:.3g}")
         for note in fit.notes:
             click.echo(f"  note: {note}")
     if result.correlations is not None:
         c = result.correlations
         sig = c[c["pearson_q"] <= 0.05]
         click.echo(f"correlations with {performance}: {len(sig)} of {len(c)} with q <= 0.05 (Pearson)")
+        for r in c.itertuples(index=False):
+            if r.pearson_r != r.pearson_r:
+                click.echo(f"  {r.probe}:{r.measure} {r.test} ({r.order}): n = {r.n_models}, too few models")
+                continue
+            click.echo(f"  {r.probe}:{r.measure} {r.test} ({r.order}): n = {r.n_models}, r = {r.pearson_r:+.3f}, "
+                       f"p = {r.pearson_p:.3g}, q = {r.pearson_q:.3g}")
     for path in result.files:
-        if path.suffix in (".html", ".parquet"):
+        if path.suffix in (".html", ".parquet", ".csv"):
             click.echo(f"  {path}")

@@ -395,6 +395,12 @@ def _check_positive(value, message: str) -> int:
     return value
 
 
+def check_sizes(batch_size, shard_size) -> None:
+    """Raise :class:`~clipprobe.errors.UsageError` unless both sizes are positive integers."""
+    _check_positive(batch_size, MSG_BAD_BATCH)
+    _check_positive(shard_size, MSG_BAD_SHARD)
+
+
 def process_threads(encoder) -> int | None:
     """torch's CPU threads in this process (its own setting: the cores it may use, or ``OMP_NUM_THREADS``),
     for a model on the CPU; None for a model elsewhere."""
@@ -451,8 +457,7 @@ def embed_dataset(
     """
     from clipprobe._io import write_json
 
-    _check_positive(batch_size, MSG_BAD_BATCH)
-    _check_positive(shard_size, MSG_BAD_SHARD)
+    check_sizes(batch_size, shard_size)
     if num_workers is None:
         num_workers = default_num_workers()
     elif isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
@@ -461,27 +466,22 @@ def embed_dataset(
         raise UsageError(MSG_BAD_WORKERS.format(value=num_workers))
 
     t_start = time.perf_counter()
-    root = embeddings_dir(encoder, dataset, cache_dir)
-    n = len(dataset)
-    shard_size, batch_size, threads = _prepare_root(root, encoder, dataset, shard_size, batch_size)
-    n_shards = math.ceil(n / shard_size)
-    bounds = [(s, s * shard_size, min(n, (s + 1) * shard_size)) for s in range(n_shards)]
-    t_hash = time.perf_counter()
-    loaded, todo = plan_shards(root, dataset, bounds, digests)
-    hash_s = time.perf_counter() - t_hash
+    plan = plan_folder(encoder, dataset, cache_dir, shard_size, batch_size, digests)
+    root, bounds, todo, loaded = plan.root, plan.bounds, plan.todo, plan.loaded
+    n, n_shards = len(dataset), len(plan.bounds)
 
     timings: dict[str, Any] = {
-        "n_rows": n, "n_shards": n_shards, "shard_size": shard_size, "shards_reused": n_shards - len(todo),
-        "shards_written": 0, "n_embedded": 0, "n_failed_now": 0, "batches": 0, "batch_size": batch_size,
+        "n_rows": n, "n_shards": n_shards, "shard_size": plan.shard_size, "shards_reused": n_shards - len(todo),
+        "shards_written": 0, "n_embedded": 0, "n_failed_now": 0, "batches": 0, "batch_size": plan.batch_size,
         "num_workers": 0, "load_preprocess_s": 0.0, "wait_s": 0.0, "forward_s": 0.0, "write_s": 0.0,
-        "check_s": hash_s, "per_batch": [],
+        "check_s": plan.check_s, "per_batch": [],
     }
     if todo:
         log.info("embedding %d of %d images (%d of %d shards cached) into %s",
                  sum(hi - lo for _, lo, hi in todo), n, n_shards - len(todo), n_shards, root)
-        with cpu_threads(threads) as in_force:
-            timings["torch_threads"] = in_force
-            _run(encoder, dataset, root, todo, batch_size, num_workers, progress, on_batch, timings)
+        embed_pass([PassTarget(encoder, root, {s for s, _, _ in todo})], dataset, shard_size=plan.shard_size,
+                   batch_size=plan.batch_size, threads=plan.threads, num_workers=num_workers, progress=progress,
+                   timings=timings, on_batch=on_batch)
     elif n_shards:
         log.info("all %d images of %s are cached in %s", n, dataset.spec, root)
 
@@ -489,7 +489,7 @@ def embed_dataset(
     if not (root / DONE).is_file() or todo:
         write_json(root / DONE, {
             "n_rows": n, "n_ok": len(result.rows), "n_failed": len(result.skipped), "n_shards": n_shards,
-            "shard_size": shard_size, "dataset": getattr(dataset, "spec", None),
+            "shard_size": plan.shard_size, "dataset": getattr(dataset, "spec", None),
             "fingerprint": getattr(dataset, "fingerprint", None), "model_key": model_cache_key(encoder),
         })
     timings["total_s"] = time.perf_counter() - t_start
@@ -513,82 +513,157 @@ def embed_dataset(
     return result
 
 
-def _run(encoder, dataset, root, todo, batch_size, num_workers, progress, on_batch, timings) -> None:
+@dataclass
+class FolderPlan:
+    """What a cache folder holds and lacks for one encoder and dataset (:func:`plan_folder`).
+
+    ``shard_size``, ``batch_size`` and ``threads`` are the folder's own (see the module docstring);
+    ``bounds`` lists every ``(shard, lo, hi)``; ``loaded`` the finished shards still valid
+    (``{shard: (vectors, metadata)}``); ``todo`` the ``(shard, lo, hi)`` to embed; ``check_s`` the seconds
+    spent checking the finished shards' images."""
+
+    root: Path
+    shard_size: int
+    batch_size: int
+    threads: int | None
+    bounds: list
+    loaded: dict
+    todo: list
+    check_s: float = 0.0
+
+
+def plan_folder(encoder, dataset, cache_dir, shard_size: int, batch_size: int,
+                digests: dict[int, str] | None = None) -> FolderPlan:
+    """Create or check the cache folder of ``dataset`` embedded by ``encoder`` and find the shards it lacks
+    (``digests``: the images' hashes already computed, updated in place; see :func:`plan_shards`)."""
+    root = embeddings_dir(encoder, dataset, cache_dir)
+    n = len(dataset)
+    shard_size, batch_size, threads = _prepare_root(root, encoder, dataset, shard_size, batch_size)
+    bounds = [(s, s * shard_size, min(n, (s + 1) * shard_size)) for s in range(math.ceil(n / shard_size))]
+    t_hash = time.perf_counter()
+    loaded, todo = plan_shards(root, dataset, bounds, digests)
+    return FolderPlan(root, shard_size, batch_size, threads, bounds, loaded, todo, time.perf_counter() - t_hash)
+
+
+@dataclass
+class PassTarget:
+    """One encoder fed by :func:`embed_pass`: its cache folder, the shards it lacks, its seconds of forward
+    passes, and why it stopped (None while it runs)."""
+
+    encoder: Any
+    root: Path
+    todo: set[int]
+    forward_s: float = 0.0
+    failed: str | None = None
+
+
+def embed_pass(targets: list[PassTarget], dataset, *, shard_size: int, batch_size: int, threads: int | None,
+               num_workers: int | None = None, progress: bool | None = None, desc: str = "embedding",
+               timings: dict | None = None, on_batch: Callable[[dict], None] | None = None,
+               isolate_failures: bool = False) -> int:
+    """The embedding loop, for one encoder or several with the same preprocessing and the same folder
+    settings (shard size, batch size, torch threads): decode every image of the shards some target lacks
+    once, in DataLoader workers, in batches that never cross a shard; feed each batch to every target that
+    lacks its shard; write each target's shards as they finish. Returns the number of images decoded.
+
+    ``timings`` (updated in place): batches, images, workers, seconds per stage (forward and write summed
+    over the targets) and one record per batch, which ``on_batch`` is given after the batch's shards are
+    on disk (raising in it stops the run like Ctrl-C). ``isolate_failures``: an encoder that raises
+    RuntimeError or MemoryError (out of memory, a broken model) is marked failed and left out of the rest
+    of the pass; otherwise the error ends the pass."""
     import numpy as np
     import torch
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    timings = {} if timings is None else timings
+    n = len(dataset)
     batches, shard_of_batch = [], []
-    for s, lo, hi in todo:
+    for s in sorted(set().union(*(t.todo for t in targets))):
+        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
         for start in range(lo, hi, batch_size):
             batches.append(list(range(start, min(hi, start + batch_size))))
             shard_of_batch.append(s)
-    n_todo = sum(hi - lo for _, lo, hi in todo)
-    workers = num_workers if len(batches) > 1 else 0
+    workers = default_num_workers() if num_workers is None else int(num_workers)
+    workers = workers if len(batches) > 1 else 0
     timings["num_workers"] = workers
     loader_kwargs: dict[str, Any] = {}
     if workers:
         loader_kwargs.update(prefetch_factor=4, persistent_workers=False)
         if "fork" in torch.multiprocessing.get_all_start_methods():
             loader_kwargs["multiprocessing_context"] = "fork"
+    first = targets[0].encoder
     loader = DataLoader(
-        _RowImages(dataset, encoder.preprocess),
+        _RowImages(dataset, first.preprocess),
         batch_sampler=batches,
         num_workers=workers,
         collate_fn=_collate,
-        pin_memory=str(getattr(encoder, "device", "cpu")).startswith("cuda"),
+        pin_memory=str(getattr(first, "device", "cpu")).startswith("cuda"),
         **loader_kwargs,
     )
-    bounds = {s: (lo, hi) for s, lo, hi in todo}
     table_files = dataset.table["file"]
-    vecs: list = []
-    meta: list[dict] = []
+    pending: dict[int, tuple[list, list]] = {}     # target -> (vectors, metadata records) of the current shard
     current = None
-    bar = tqdm(total=n_todo, unit="img", desc="embedding", disable=(None if progress is None else not progress))
+    n_decoded = 0
+    bar = tqdm(total=sum(map(len, batches)), unit="img", desc=desc,
+               disable=(None if progress is None else not progress))
     try:
-        wait_start = time.perf_counter()
-        for b, batch in enumerate(loader):
-            wait = time.perf_counter() - wait_start
-            s = shard_of_batch[b]
-            if s != current:
-                vecs, meta, current = [], [], s
-            t0 = time.perf_counter()
-            out, norms = (encoder.encode_images(batch["images"], return_norms=True) if batch["images"] is not None
-                          else (None, None))
-            forward = time.perf_counter() - t0
-            failed = dict(batch["failed"])
-            meta.extend(_meta_records(batch, norms, table_files))
-            k = len(batch["rows"]) - len(failed)
-            if out is not None:
-                vecs.append(np.asarray(out, dtype=np.float32))
-            write = 0.0
-            lo, hi = bounds[s]
-            if batch["rows"][-1] == hi - 1:
-                t1 = time.perf_counter()
-                dim = int(getattr(encoder, "embed_dim", 0) or (vecs[0].shape[1] if vecs else 0))
-                arr = np.concatenate(vecs) if vecs else np.zeros((0, dim), dtype=np.float32)
-                _write_shard(root, s, np.ascontiguousarray(arr, dtype=np.float32), meta)
-                write = time.perf_counter() - t1
-                timings["shards_written"] += 1
-            timings["batches"] += 1
-            timings["n_embedded"] += k
-            timings["n_failed_now"] += len(failed)
-            timings["load_preprocess_s"] += batch["load_s"]
-            timings["wait_s"] += wait
-            timings["forward_s"] += forward
-            timings["write_s"] += write
-            record = {"batch": b, "shard": s, "images": len(batch["rows"]), "failed": len(failed),
-                      "load_preprocess_s": round(batch["load_s"], 5), "wait_s": round(wait, 5),
-                      "forward_s": round(forward, 5), "write_s": round(write, 5)}
-            timings["per_batch"].append(record)
-            log.debug("batch %d: %s", b, record)
-            bar.update(len(batch["rows"]))
-            if on_batch is not None:
-                on_batch(record)
+        with cpu_threads(threads) as in_force:     # the folders' number of torch threads
+            timings["torch_threads"] = in_force
             wait_start = time.perf_counter()
+            for b, batch in enumerate(loader):
+                wait = time.perf_counter() - wait_start
+                s = shard_of_batch[b]
+                if s != current:
+                    pending, current = {}, s
+                n_decoded += len(batch["rows"])
+                last = batch["rows"][-1] == min(n, (s + 1) * shard_size) - 1
+                forward = write = 0.0
+                for i, target in enumerate(targets):
+                    if s not in target.todo or target.failed is not None:
+                        continue
+                    vecs, meta = pending.setdefault(i, ([], []))
+                    enc = target.encoder
+                    t0 = time.perf_counter()
+                    try:
+                        out, norms = (enc.encode_images(batch["images"], return_norms=True)
+                                      if batch["images"] is not None else (None, None))
+                    except (RuntimeError, MemoryError) as err:   # out of memory, a broken model
+                        if not isolate_failures:
+                            raise
+                        target.failed = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                        log.warning("model %s failed while embedding: %s", enc.spec.canonical, target.failed)
+                        continue
+                    seconds = time.perf_counter() - t0
+                    target.forward_s += seconds
+                    forward += seconds
+                    meta.extend(_meta_records(batch, norms, table_files))
+                    if out is not None:
+                        vecs.append(np.asarray(out, dtype=np.float32))
+                    if last:
+                        t1 = time.perf_counter()
+                        dim = int(getattr(enc, "embed_dim", 0) or (vecs[0].shape[1] if vecs else 0))
+                        arr = np.concatenate(vecs) if vecs else np.zeros((0, dim), dtype=np.float32)
+                        _write_shard(target.root, s, np.ascontiguousarray(arr, dtype=np.float32), meta)
+                        write += time.perf_counter() - t1
+                        timings["shards_written"] = timings.get("shards_written", 0) + 1
+                n_failed = len(batch["failed"])
+                for key, value in (("batches", 1), ("n_embedded", len(batch["rows"]) - n_failed),
+                                   ("n_failed_now", n_failed), ("load_preprocess_s", batch["load_s"]),
+                                   ("wait_s", wait), ("forward_s", forward), ("write_s", write)):
+                    timings[key] = timings.get(key, 0) + value
+                record = {"batch": b, "shard": s, "images": len(batch["rows"]), "failed": n_failed,
+                          "load_preprocess_s": round(batch["load_s"], 5), "wait_s": round(wait, 5),
+                          "forward_s": round(forward, 5), "write_s": round(write, 5)}
+                timings.setdefault("per_batch", []).append(record)
+                log.debug("batch %d: %s", b, record)
+                bar.update(len(batch["rows"]))
+                if on_batch is not None:
+                    on_batch(record)
+                wait_start = time.perf_counter()
     finally:
         bar.close()
+    return n_decoded
 
 
 def _load_all(root: Path, bounds, loaded: dict) -> ImageEmbeddings:

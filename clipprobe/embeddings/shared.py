@@ -6,9 +6,10 @@ is the same work for every model whose preprocessing is the same (most open_clip
 OpenAI's 224-pixel bicubic resize, crop and normalisation). :func:`embed_shared` groups the encoders by
 their preprocessing (:func:`preprocess_key`), decodes each image of the dataset once per group in
 DataLoader workers, feeds each batch to every encoder of the group whose cache lacks it, and writes each
-encoder's shards into its own folder of the embedding cache (:mod:`clipprobe.embeddings.cache`), exactly
-as :func:`~clipprobe.embeddings.cache.embed_dataset` would: the same shards, the same batches (cut the
-same way inside each shard, with the batch size the folder was started with), the same files. So an
+encoder's shards into its own folder of the embedding cache (:mod:`clipprobe.embeddings.cache`). The loop
+is the one :func:`~clipprobe.embeddings.cache.embed_dataset` runs for one model
+(:func:`~clipprobe.embeddings.cache.embed_pass`): the same shards, the same batches (cut the same way
+inside each shard, with the batch size the folder was started with), the same files. So an
 encoder's cache is the same byte for byte whichever way it was filled, a run stopped at any point resumes
 from the finished shards of every encoder, and the final :func:`embed_dataset` calls only read.
 
@@ -21,12 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 log = logging.getLogger(__name__)
 
@@ -70,10 +69,9 @@ def embed_shared(encoders: Sequence, dataset, *, cache_dir: str | os.PathLike | 
                  progress: bool | None = None) -> SharedEmbedding:
     """Embed ``dataset`` with every encoder, decoding each image once per preprocessing group (see the
     module docstring). Returns each encoder's embeddings, read back through the cache."""
-    from clipprobe.embeddings.cache import MSG_BAD_BATCH, MSG_BAD_SHARD, _check_positive, embed_dataset
+    from clipprobe.embeddings.cache import check_sizes, embed_dataset
 
-    _check_positive(batch_size, MSG_BAD_BATCH)
-    _check_positive(shard_size, MSG_BAD_SHARD)
+    check_sizes(batch_size, shard_size)
     started = time.perf_counter()
     result = SharedEmbedding(embeddings=[None] * len(encoders), forward_s=[0.0] * len(encoders))
     result.groups = group_by_preprocess(encoders)
@@ -98,103 +96,31 @@ def embed_shared(encoders: Sequence, dataset, *, cache_dir: str | os.PathLike | 
 
 def _embed_group(encoders: list, indices: list[int], dataset, *, cache_dir, batch_size: int, num_workers,
                  shard_size: int, progress, result: SharedEmbedding, digests: dict[int, str]) -> int:
-    """One preprocessing group; returns the number of images decoded."""
-    from clipprobe.embeddings.cache import _prepare_root, embeddings_dir, plan_shards
+    """One preprocessing group: one :func:`~clipprobe.embeddings.cache.embed_pass` per folder setting;
+    returns the number of images decoded."""
+    from clipprobe.embeddings.cache import PassTarget, embed_pass, plan_folder
 
-    n = len(dataset)
     # A folder keeps the shard and batch size it was started with: encoders whose folders agree share a pass.
-    passes: dict[tuple[int, int, int | None], list[tuple[int, Any, Path, set[int]]]] = {}
+    passes: dict[tuple[int, int, int | None], list[tuple[int, PassTarget]]] = {}
     for index, enc in zip(indices, encoders):
-        root = embeddings_dir(enc, dataset, cache_dir)
-        size, batch, threads = _prepare_root(root, enc, dataset, shard_size, batch_size)
-        n_shards = math.ceil(n / size)
-        bounds = [(s, s * size, min(n, (s + 1) * size)) for s in range(n_shards)]
-        todo = {s for s, _, _ in plan_shards(root, dataset, bounds, digests)[1]}
-        if todo:
-            passes.setdefault((size, batch, threads), []).append((index, enc, root, todo))
+        plan = plan_folder(enc, dataset, cache_dir, shard_size, batch_size, digests)
+        if plan.todo:
+            target = PassTarget(enc, plan.root, {s for s, _, _ in plan.todo})
+            passes.setdefault((plan.shard_size, plan.batch_size, plan.threads), []).append((index, target))
     decoded = 0
     for (size, batch, threads), members in passes.items():
-        decoded += _run_pass(members, dataset, size, batch, threads, num_workers, progress, result)
+        targets = [target for _, target in members]
+        shards = set().union(*(t.todo for t in targets))
+        log.info("embedding %d images once for %d model(s) with the same preprocessing",
+                 sum(min(len(dataset), (s + 1) * size) - s * size for s in shards), len(targets))
+        decoded += embed_pass(targets, dataset, shard_size=size, batch_size=batch, threads=threads,
+                              num_workers=num_workers, progress=progress, desc=f"embedding x{len(targets)}",
+                              isolate_failures=True)
+        for index, target in members:
+            result.forward_s[index] += target.forward_s
+            if target.failed is not None:
+                result.failed[index] = target.failed
     return decoded
-
-
-def _run_pass(members, dataset, shard_size: int, batch_size: int, threads: int | None, num_workers, progress,
-              result: SharedEmbedding) -> int:
-    import torch
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-
-    from clipprobe.embeddings.cache import _collate, _RowImages, cpu_threads, default_num_workers
-
-    n = len(dataset)
-    shards = sorted(set().union(*(todo for *_, todo in members)))
-    batches, shard_of_batch = [], []
-    for s in shards:
-        lo, hi = s * shard_size, min(n, (s + 1) * shard_size)
-        for start in range(lo, hi, batch_size):
-            batches.append(list(range(start, min(hi, start + batch_size))))
-            shard_of_batch.append(s)
-    workers = default_num_workers() if num_workers is None else int(num_workers)
-    workers = workers if len(batches) > 1 else 0
-    loader_kwargs: dict[str, Any] = {}
-    if workers:
-        loader_kwargs.update(prefetch_factor=4, persistent_workers=False)
-        if "fork" in torch.multiprocessing.get_all_start_methods():
-            loader_kwargs["multiprocessing_context"] = "fork"
-    first = members[0][1]
-    loader = DataLoader(_RowImages(dataset, first.preprocess), batch_sampler=batches, num_workers=workers,
-                        collate_fn=_collate, pin_memory=str(getattr(first, "device", "cpu")).startswith("cuda"),
-                        **loader_kwargs)
-    files = dataset.table["file"]
-    log.info("embedding %d images once for %d model(s) with the same preprocessing", sum(map(len, batches)),
-             len(members))
-    bar = tqdm(total=sum(map(len, batches)), unit="img", desc=f"embedding x{len(members)}",
-               disable=(None if progress is None else not progress))
-    try:
-        with cpu_threads(threads):    # the folders' number of torch threads, as embed_dataset does
-            n_decoded = _feed(loader, members, shard_of_batch, shard_size, n, files, result, bar)
-    finally:
-        bar.close()
-    return n_decoded
-
-
-def _feed(loader, members, shard_of_batch, shard_size: int, n: int, files, result: SharedEmbedding, bar) -> int:
-    """Feed each decoded batch to every member that needs its shard; write each member's finished shards."""
-    import numpy as np
-
-    from clipprobe.embeddings.cache import _meta_records, _write_shard
-
-    pending: dict[int, tuple[list, list]] = {}
-    current = None
-    n_decoded = 0
-    for b, item in enumerate(loader):
-        s = shard_of_batch[b]
-        if s != current:
-            pending = {}
-            current = s
-        n_decoded += len(item["rows"])
-        for index, enc, root, todo in members:
-            if s not in todo or index in result.failed:
-                continue
-            vecs, meta = pending.setdefault(index, ([], []))
-            t0 = time.perf_counter()
-            try:
-                out, norms = (enc.encode_images(item["images"], return_norms=True) if item["images"] is not None
-                              else (None, None))
-            except (RuntimeError, MemoryError) as err:   # out of memory, a broken model: this one stops
-                result.failed[index] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-                log.warning("model %s failed while embedding: %s", enc.spec.canonical, result.failed[index])
-                continue
-            result.forward_s[index] += time.perf_counter() - t0
-            meta.extend(_meta_records(item, norms, files))
-            if out is not None:
-                vecs.append(np.asarray(out, dtype=np.float32))
-            if item["rows"][-1] == min(n, (s + 1) * shard_size) - 1:
-                dim = int(getattr(enc, "embed_dim", 0) or (vecs[0].shape[1] if vecs else 0))
-                arr = np.concatenate(vecs) if vecs else np.zeros((0, dim), dtype=np.float32)
-                _write_shard(root, s, np.ascontiguousarray(arr, dtype=np.float32), meta)
-        bar.update(len(item["rows"]))
-    return n_decoded
 
 
 __all__ = ["SharedEmbedding", "embed_shared", "group_by_preprocess", "preprocess_key"]

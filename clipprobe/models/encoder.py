@@ -148,6 +148,7 @@ class Encoder:
             "arch": self.spec.arch,
             "tag": self.spec.tag,
             "path": self.spec.path,
+            "shipped": self.spec.shipped,
             "device": self.device,
             "precision": self.precision,
             "dtype": self.dtype,

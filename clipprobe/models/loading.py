@@ -32,9 +32,19 @@ from typing import Any
 
 from clipprobe.errors import ModelError, did_you_mean
 from clipprobe.hub import hub_session
-from clipprobe.models.catalog import MSG_NEEDS_TEXT_PACKAGE, missing_text_packages, text_packages
+from clipprobe.models.catalog import (
+    MSG_CONFIG_MISSING,
+    MSG_NEEDS_TEXT_PACKAGE,
+    MSG_NO_TAGS,
+    MSG_UNKNOWN_ARCH,
+    MSG_UNKNOWN_TAG,
+    check_model_name,
+    missing_text_packages,
+    text_packages,
+)
 from clipprobe.models.encoder import Encoder
-from clipprobe.models.spec import DEFAULT_MODEL, LOCAL_DIR_PREFIX, ModelSpec, _as_spec, _clean_tag
+from clipprobe.models.spec import (DEFAULT_MODEL, LOCAL_DIR_PREFIX, ModelSpec, _as_spec, _clean_tag, shipped_arch,
+                                    shipped_model)
 from clipprobe.models.weights import (
     MSG_NOT_CACHED,
     MSG_TORCHSCRIPT,
@@ -55,10 +65,6 @@ log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "bf16")
 _PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode", "fill_color")
 
-MSG_UNKNOWN_ARCH = "unknown model architecture {arch!r}{hint}; `clipprobe models` lists the pretrained ones"
-MSG_UNKNOWN_TAG = "unknown pretrained tag {tag!r} for {arch}{hint}; tags for {arch}: {tags}"
-MSG_NO_TAGS = "architecture {arch} has no pretrained tags in open_clip; give weights as {arch}:/path/to/weights.safetensors"
-MSG_CONFIG_MISSING = "model config file not found: {path}"
 MSG_CONFIG_BAD = "model config {path} is not an open_clip architecture JSON ({problem})"
 MSG_LOAD_FAILED = "could not load model {spec}: {problem}"
 MSG_BAD_DEVICE = "unknown device {device!r}; use auto, cpu, cuda or cuda:N"
@@ -100,6 +106,16 @@ def register_model_config(path: str | os.PathLike) -> str:
     open_clip.add_model_config(cfg_path)
     log.info("registered architecture %s from %s", cfg_path.stem, cfg_path)
     return cfg_path.stem
+
+
+def _register_shipped(open_clip, spec: ModelSpec) -> None:
+    """Register the architecture config of a shipped model (``demo``, or a retrained copy's weights file
+    ``clipprobe-world-tiny:PATH``) with open_clip."""
+    shipped = shipped_model(spec.shipped) if spec.shipped else shipped_arch(spec.arch)
+    shipped.check()
+    if spec.arch not in open_clip.list_models():
+        open_clip.add_model_config(shipped.config_path)
+        log.debug("registered architecture %s of shipped model %s", spec.arch, shipped.name)
 
 
 def _check_arch(open_clip, arch: str) -> None:
@@ -255,6 +271,7 @@ def load_model(
     spec = _as_spec(spec)
     if not isinstance(quick_gelu, bool):
         raise ModelError(f"quick_gelu must be True or False, not {quick_gelu!r}")
+    check_model_name(spec, model_config=model_config)    # before torch and open_clip are imported (seconds)
     with hub_session(offline) as is_offline:
         return _load(spec, device=device, model_config=model_config, is_offline=is_offline, precision=precision,
                      preprocess=preprocess, cache_dir=cache_dir, quick_gelu=quick_gelu)
@@ -329,6 +346,8 @@ def _load(spec: ModelSpec, *, device, model_config, is_offline: bool, precision,
     prec = resolve_precision(precision, dev)
     if model_config is not None:
         register_model_config(model_config)
+    if spec.shipped or (model_config is None and spec.kind == "file" and shipped_arch(spec.arch) is not None):
+        _register_shipped(open_clip, spec)
 
     create_kwargs: dict[str, Any] = {}
     quick_gelu_forced = False

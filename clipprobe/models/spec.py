@@ -10,6 +10,10 @@ A spec names where the weights come from:
 ``local-dir:PATH``
     a folder holding ``open_clip_config.json`` and a weights file, the layout
     open_clip's ``local-dir:`` schema reads.
+``demo``
+    a model shipped inside the package (:data:`SHIPPED_MODELS`): ``demo`` is the tiny CLIP trained on
+    the offline demo world (``clipprobe demo``); its architecture config is registered with open_clip
+    when it loads, so no ``--model-config`` is needed. It knows only the demo world's synthetic faces.
 ``ARCH:PATH``
     a local weights file (``.safetensors``, or ``.pt``/``.pth``/``.bin``/``.ckpt``
     holding a plain state dict) for a known architecture. A fine-tuned checkpoint of
@@ -22,6 +26,7 @@ A spec names where the weights come from:
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import re
 from dataclasses import dataclass
@@ -39,13 +44,80 @@ HF_CONFIG_NAME = "open_clip_config.json"
 _HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 # Message templates (tests check them word for word).
-MSG_EMPTY_SPEC = "empty model spec; use ARCH:TAG (e.g. {default}), hf-hub:ORG/NAME, local-dir:PATH or ARCH:PATH"
-MSG_NO_COLON = (
-    "model spec {raw!r} has no ':'; use ARCH:TAG (e.g. {default}), hf-hub:ORG/NAME, local-dir:PATH "
-    "or ARCH:/path/to/weights.safetensors"
-)
+MSG_SHIPPED_MISSING = "shipped model {name!r}: {path} is missing from this installation of clipprobe (reinstall it)"
 MSG_EMPTY_PART = "model spec {raw!r} has an empty {part}; use ARCH:TAG, hf-hub:ORG/NAME, local-dir:PATH or ARCH:PATH"
 MSG_BAD_HUB_ID = "model spec {raw!r}: {hub_id!r} is not a Hugging Face Hub id of the form ORG/NAME"
+
+
+# ---------------------------------------------------------------------------
+# Models shipped inside the package
+
+
+@dataclass(frozen=True)
+class ShippedModel:
+    """A model whose weights and architecture config ship with clipprobe, named by one word.
+
+    The files are package data of ``package`` (in ``folder``), found without importing that package
+    (models/ sits below it in the layers): ``<arch>.safetensors`` and ``<arch>.json``.
+    """
+
+    name: str
+    arch: str
+    package: str
+    folder: str
+    description: str
+    training_data: str
+
+    @property
+    def directory(self) -> Path:
+        found = importlib.util.find_spec(self.package)
+        locations = list(found.submodule_search_locations or []) if found is not None else []
+        if not locations:
+            raise ModelError(MSG_SHIPPED_MISSING.format(name=self.name, path=self.package))
+        return Path(locations[0]) / self.folder
+
+    @property
+    def weights_path(self) -> Path:
+        return self.directory / f"{self.arch}.safetensors"
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / f"{self.arch}.json"
+
+    def check(self) -> None:
+        """Raise ModelError when a file of the model is missing (a broken installation)."""
+        for path in (self.weights_path, self.config_path):
+            if not path.is_file():
+                raise ModelError(MSG_SHIPPED_MISSING.format(name=self.name, path=path))
+
+
+# name -> model; each name is a complete --model value (no ':', so it never shadows another form)
+SHIPPED_MODELS: dict[str, ShippedModel] = {
+    "demo": ShippedModel(
+        name="demo", arch="clipprobe-world-tiny", package="clipprobe.world", folder="weights",
+        description="tiny CLIP trained on the offline demo world (clipprobe demo); knows only its synthetic faces",
+        training_data="clipprobe demo world (synthetic)"),
+}
+
+
+# Message templates (tests check them word for word); they name the shipped models.
+MSG_EMPTY_SPEC = ("empty model spec; use ARCH:TAG (e.g. {default}), hf-hub:ORG/NAME, local-dir:PATH, ARCH:PATH or "
+                  "a shipped model (" + ", ".join(SHIPPED_MODELS) + ")")
+MSG_NO_COLON = (
+    "model spec {raw!r} has no ':' and is not a shipped model (" + ", ".join(SHIPPED_MODELS) + "); use ARCH:TAG "
+    "(e.g. {default}), hf-hub:ORG/NAME, local-dir:PATH or ARCH:/path/to/weights.safetensors"
+)
+
+
+def shipped_model(name: str) -> ShippedModel | None:
+    """The shipped model called ``name`` (case-insensitive, surrounding spaces ignored), or None."""
+    return SHIPPED_MODELS.get(str(name).strip().lower())
+
+
+def shipped_arch(arch: str | None) -> ShippedModel | None:
+    """The shipped model whose architecture is ``arch`` (its config is registered without a model config
+    file, so ``clipprobe-world-tiny:PATH`` loads a retrained copy), or None."""
+    return next((m for m in SHIPPED_MODELS.values() if m.arch == arch), None)
 
 
 # ---------------------------------------------------------------------------
@@ -59,7 +131,8 @@ class ModelSpec:
     ``kind`` is one of :data:`KINDS`. ``arch`` is set for ``pretrained`` and
     ``file``; ``tag`` for ``pretrained``; ``path`` holds the weights file
     (``file``), the folder (``local-dir``) or the Hub repository id ``ORG/NAME``
-    (``hf-hub``).
+    (``hf-hub``). ``shipped`` names a model of :data:`SHIPPED_MODELS` (a ``file``
+    spec whose weights and config ship with clipprobe).
     """
 
     raw: str
@@ -67,10 +140,13 @@ class ModelSpec:
     arch: str | None = None
     tag: str | None = None
     path: str | None = None
+    shipped: str | None = None
 
     @property
     def canonical(self) -> str:
         """The spec written back in its standard form (``parse_model_spec`` reads it)."""
+        if self.shipped:
+            return self.shipped
         if self.kind == "pretrained":
             return f"{self.arch}:{self.tag}"
         if self.kind == "hf-hub":
@@ -154,6 +230,9 @@ def parse_model_spec(spec: str) -> ModelSpec:
     text = spec.strip()
     if not text:
         raise ModelError(MSG_EMPTY_SPEC.format(default=DEFAULT_MODEL))
+    shipped = shipped_model(text)
+    if shipped is not None:
+        return ModelSpec(raw=raw, kind="file", arch=shipped.arch, path=str(shipped.weights_path), shipped=shipped.name)
     if text.startswith(HF_HUB_PREFIX):
         hub_id = text[len(HF_HUB_PREFIX):].strip()
         if not hub_id:

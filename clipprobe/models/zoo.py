@@ -4,7 +4,8 @@ published downstream performance), for a sweep over many models and its upstream
 One row per model (:data:`ZOO_COLUMNS`), every value with its source, from data tables shipped in
 ``zoo_data/`` (``zoo_data/PROVENANCE.md``):
 
-* **architecture family** (:data:`ARCH_FAMILIES`, first match of the architecture name) and
+* **architecture family** (:data:`ARCH_FAMILIES`: the rules of Ghate et al. 2025, first match of the
+  architecture name; an architecture no rule names is ``Other``) and
   **parameters** (image tower, text tower, total, in millions): open_clip's ``model_profile.csv``;
   for the architectures it lacks, ``counted_params.csv``, counted from open_clip's architecture
   configs on PyTorch's meta device (no weights; :func:`count_params` recounts one, and ``python -m
@@ -23,6 +24,10 @@ One row per model (:data:`ZOO_COLUMNS`), every value with its source, from data 
   of Cherti et al. (CVPR 2023) for their 29 checkpoints (recognised by file name in ``ARCH:PATH``
   specs). A model with none of these has ``performance_note = "no published performance"``;
   :func:`zoo_table` never drops a model.
+* **one checkpoint, two names**: pairs that load the same weights with the same activation (``RN50:openai``
+  and ``RN50-quickgelu:openai``: clipprobe builds both with QuickGELU, as their tag was trained) name one
+  of the pair in ``duplicate_of`` (``same_checkpoint.csv``, built from open_clip's registry by ``python -m
+  clipprobe.models.zoo --same-checkpoints OUT.csv``); an analysis counts such a pair once.
 
 A user CSV (``spec`` or ``model`` column, any of :data:`USER_COLUMNS`, and any further numeric
 columns as performance measures) fills or overrides values for its models; its values are marked
@@ -62,11 +67,12 @@ ZOO_COLUMNS = (
     "samples_seen", "samples_seen_source",
     "imagenet1k", "avg38", "openclip_results_source",
     "vtab", "vtab_plus", "vtab_source",
-    "performance_note", "model_config", "preprocess", "quick_gelu",
+    "performance_note", "model_config", "preprocess", "quick_gelu", "duplicate_of", "user_columns",
 )
 # Columns a user CSV may give (in addition to performance columns of its own).
 USER_COLUMNS = ("spec", "model", "model_config", "preprocess", "quick_gelu", "arch_family", "dataset",
-                "dataset_family", "dataset_size", "samples_seen", "params_image_m", "params_text_m", "params_total_m")
+                "dataset_family", "dataset_size", "samples_seen", "params_image_m", "params_text_m", "params_total_m",
+                "duplicate_of")
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 # Named performance measures: column of the zoo table -> what it is.
 PERFORMANCE = {
@@ -86,18 +92,20 @@ PROFILE_SOURCE = "open_clip docs/model_profile.csv @ 89fb801"
 COUNTED_SOURCE = "counted from the open_clip architecture config (meta device, no weights)"
 OPENAI_SAMPLES = 12.8e9   # Radford et al. 2021: 32 epochs over 400M pairs; as in scaling-laws-openclip's table
 
-# Architecture families (first match of the architecture name wins).
+# Architecture families of Ghate et al. 2025 (their analysis notebook's rules, in its order; the first match
+# of the architecture name wins; an architecture no rule names is Other). Newer architectures follow the same
+# rules: ViTamin-* starts with ViT, SigLIP 2 is a specialised ViT, MobileCLIP and PE-Core are Other.
 ARCH_FAMILIES: tuple[tuple[str, str], ...] = (
-    (r"^RN\d", "ResNet"),
-    (r"^convnext", "ConvNeXt"),
+    (r"^coca", "CoCa"),
     (r"^EVA", "EVA"),
-    (r"^coca_", "CoCa"),
-    (r"^MobileCLIP", "MobileCLIP"),
-    (r"^ViTamin", "ViTamin"),
-    (r"^PE-Core", "PE-Core"),
-    (r"(^|-)ViT-", "ViT"),
-    (r"^nllb-clip", "ViT"),
+    (r"^nllb", "NLLB-CLIP"),
+    (r"roberta", "Hybrid"),                       # a RoBERTa / XLM-RoBERTa text tower with a ViT
+    (r"convnext", "ConvNeXt"),
+    (r"^RN", "ResNet"),
+    (r"SO400M|SigLIP|plus", "Specialized ViT"),
+    (r"^ViT", "ViT"),
 )
+OTHER_FAMILY = "Other"
 
 MSG_USER_CSV = "model table {path}: {problem}"
 MSG_USER_VALUE = "model table {path}, row {row} ({spec}): column {column!r} must be a number, not {value!r}"
@@ -189,11 +197,20 @@ def _scaling_laws_models() -> dict[str, dict[str, str]]:
 
 
 def arch_family(arch: str | None) -> str:
-    """The family of an architecture name (:data:`ARCH_FAMILIES`), or ``"unknown"``."""
+    """The family of an architecture name (:data:`ARCH_FAMILIES`; ``Other`` when no rule names it), or
+    ``"unknown"`` without a name."""
+    if not arch:
+        return UNKNOWN
     for pattern, family in ARCH_FAMILIES:
-        if arch and re.search(pattern, arch):
+        if re.search(pattern, arch):
             return family
-    return UNKNOWN
+    return OTHER_FAMILY
+
+
+@lru_cache(maxsize=1)
+def same_checkpoints() -> dict[str, str]:
+    """spec -> the spec of the same checkpoint an analysis keeps (``same_checkpoint.csv``)."""
+    return {r["spec"]: r["duplicate_of"] for r in _read_csv("same_checkpoint.csv")}
 
 
 _SAMPLES_RE = re.compile(r"(?:^|_)s(\d+(?:\.\d+)?)([kmb])(?:_|$)")
@@ -310,6 +327,8 @@ def describe_model(spec: str, *, count: bool = True) -> dict[str, Any]:
     row: dict[str, Any] = {c: None for c in ZOO_COLUMNS}
     row.update(spec=parsed.canonical, arch=arch, tag=tag, kind=parsed.kind, model_key=model_key(parsed),
                arch_family=arch_family(arch))
+    if parsed.shipped:
+        return _describe_shipped(row, parsed.shipped)
     row.update(params_of(arch, count=count))
     file_name = Path(parsed.path).name if parsed.kind == "file" and parsed.path else None
     if tag is not None:
@@ -321,6 +340,33 @@ def describe_model(spec: str, *, count: bool = True) -> dict[str, Any]:
         row.update(dataset=UNKNOWN, dataset_family=UNKNOWN, dataset_size=None, dataset_size_source=UNKNOWN)
     _fill_samples(row, tag, file_name)
     _fill_performance(row, arch, tag, file_name)
+    row["duplicate_of"] = same_checkpoints().get(row["spec"])
+    return row
+
+
+def _describe_shipped(row: dict, name: str) -> dict:
+    """A shipped model's row (``demo``): parameters counted from its safetensors header, its training data
+    and samples seen from the ``.meta.json`` written beside the weights when it was trained."""
+    from clipprobe.models.catalog import safetensors_params
+    from clipprobe.models.spec import shipped_model
+
+    model = shipped_model(name)
+    counts = safetensors_params(model.weights_path)
+    image, total = counts.get("visual", 0), sum(counts.values())
+    source = f"counted from the safetensors header of {model.weights_path.name}"
+    row.update(arch_family="ViT", params_image_m=round(image / 1e6, 2), params_text_m=round((total - image) / 1e6, 2),
+               params_total_m=round(total / 1e6, 2), params_source=source, dataset=model.training_data,
+               dataset_family="synthetic", dataset_size=None, dataset_size_source=UNKNOWN, samples_seen=None,
+               samples_seen_source=UNKNOWN)
+    meta_path = model.directory / f"{model.arch}.meta.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))["config"]
+        row.update(dataset_size=float(meta["n_captions"]), dataset_size_source=meta_path.name,
+                   samples_seen=float(meta["n_captions"] * meta["epochs"]),
+                   samples_seen_source=f"{meta_path.name}: epochs x captions")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass    # a retrained model without its record: sizes stay unknown
+    _performance_note(row)
     return row
 
 
@@ -374,10 +420,11 @@ def _performance_note(row: dict, given: Sequence[str] = ()) -> None:
 
 
 def known_specs() -> list[str]:
-    """Every ``ARCH:TAG`` pair of ``open_clip.list_pretrained()``."""
-    import open_clip
+    """Every ``ARCH:TAG`` pair of ``open_clip.list_pretrained()`` (from the shipped catalog where it matches
+    the installed open_clip: nothing heavy is imported)."""
+    from clipprobe.models.catalog import known_lists
 
-    return [f"{arch}:{tag}" for arch, tag in open_clip.list_pretrained()]
+    return [f"{arch}:{tag}" for arch, tag in known_lists(import_open_clip=True).pairs]
 
 
 @dataclass(frozen=True)
@@ -486,11 +533,15 @@ def zoo_table(specs: Iterable[str] | None = None, *, user: UserTable | str | Pat
 
 def apply_user_values(row: dict, given: Mapping[str, Any], *, source: str = "user",
                       performance_columns: Sequence[str] = ()) -> None:
-    """Fill or override a zoo row with a user's values, marking their sources ``source``."""
+    """Fill or override a zoo row with a user's values, marking their sources ``source`` (and naming the columns
+    given in ``user_columns``, so that a later analysis keeps them)."""
+    named = [c for c in str(row.get("user_columns") or "").split(";") if c]
     for key, value in given.items():
         if key in ("spec", "model"):
             continue
         row[key] = value
+        if key not in named:
+            named.append(key)
         if key == "dataset_size":
             row["dataset_size_source"] = source
         elif key == "samples_seen":
@@ -501,6 +552,7 @@ def apply_user_values(row: dict, given: Mapping[str, Any], *, source: str = "use
             row["vtab_source"] = source
         elif key in ("imagenet1k", "avg38"):
             row["openclip_results_source"] = source
+    row["user_columns"] = ";".join(named) or None
     extra = [c for c in performance_columns if c in given and c not in PERFORMANCE.values()]
     _performance_note(row, extra)
 
@@ -571,10 +623,11 @@ def _human(n: float) -> str:
 def check_known(specs: Sequence[str]) -> tuple[list[str], list[str]]:
     """Split specs into those that name a model (a known ``ARCH:TAG`` pair or another spec form) and
     messages for unknown pairs, each with close matches (nothing is loaded)."""
-    import open_clip
+    from clipprobe.models.catalog import known_lists
 
-    pairs = set(open_clip.list_pretrained(as_str=True))
-    archs = set(open_clip.list_models())
+    lists = known_lists(import_open_clip=True)
+    pairs = {f"{a}:{t}" for a, t in lists.pairs}
+    archs = lists.archs
     ok, problems = [], []
     for spec in specs:
         try:
@@ -585,7 +638,7 @@ def check_known(specs: Sequence[str]) -> tuple[list[str], list[str]]:
         if parsed.kind == "pretrained" and f"{parsed.arch}:{parsed.tag}" not in pairs and \
                 f"{parsed.arch}:{_clean_tag(parsed.tag or '')}" not in pairs:
             choices = sorted(pairs) if parsed.arch not in archs else [
-                f"{parsed.arch}:{t}" for t in open_clip.list_pretrained_tags_by_model(parsed.arch)]
+                f"{parsed.arch}:{t}" for t in lists.tags(parsed.arch)]
             problems.append(MSG_UNKNOWN_PAIR.format(spec=spec, hint=did_you_mean(spec, choices)))
             continue
         ok.append(spec)
@@ -613,16 +666,79 @@ def write_counted_params(out: str | Path) -> int:
     return len(lines) - 1
 
 
+SAME_CHECKPOINT_COLUMNS = ("spec", "duplicate_of", "weights", "activation", "note")
+
+
+def find_same_checkpoints() -> list[dict[str, str]]:
+    """Pairs of open_clip's registry that load the same weights with the same activation (the rows of
+    ``same_checkpoint.csv``): one row per spec that an analysis counts as its ``duplicate_of``.
+
+    The activation is the one clipprobe builds: QuickGELU where the architecture's config or the tag says
+    so (a tag trained with QuickGELU is loaded with it whatever the architecture's name). Of each group the
+    kept spec is the one with published performance, then the one whose architecture config names the
+    tag's activation, then the first by name.
+    """
+    import open_clip
+
+    results = _openclip_results()
+    groups: dict[tuple, list[tuple]] = {}
+    for arch, tag in open_clip.list_pretrained():
+        cfg = open_clip.get_pretrained_cfg(arch, tag) or {}
+        weights = tuple((k, str(cfg[k])) for k in sorted(cfg) if cfg.get(k) and (k in ("url", "hf_hub")
+                                                                                   or "file" in k))
+        if not weights:
+            continue
+        model_cfg = open_clip.get_model_config(arch) or {}
+        arch_quick, tag_quick = bool(model_cfg.get("quick_gelu")), bool(cfg.get("quick_gelu"))
+        quick = arch_quick or tag_quick
+        size = (model_cfg.get("vision_cfg") or {}).get("image_size")
+        rank = ((arch, _clean_tag(tag)) not in results, arch_quick != tag_quick, f"{arch}:{tag}")
+        groups.setdefault((weights, quick), []).append((rank, f"{arch}:{tag}", size))
+    rows = []
+    for (weights, quick), members in sorted(groups.items(), key=lambda kv: min(m[1] for m in kv[1])):
+        if len(members) < 2:
+            continue
+        members.sort()
+        keep = members[0]
+        for _, spec, size in members[1:]:
+            note = f"image size {size} vs {keep[2]}" if size != keep[2] else ""
+            rows.append({"spec": spec, "duplicate_of": keep[1], "weights": dict(weights).get("hf_hub")
+                         or dict(weights).get("url") or weights[0][1],
+                         "activation": "QuickGELU" if quick else "GELU", "note": note})
+    return sorted(rows, key=lambda r: r["spec"])
+
+
+def write_same_checkpoints(out: str | Path) -> int:
+    """Write :func:`find_same_checkpoints` as a CSV (the shipped ``same_checkpoint.csv``); the number of rows."""
+    from clipprobe._io import write_text
+
+    rows = find_same_checkpoints()
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(SAME_CHECKPOINT_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(out, buf.getvalue())
+    return len(rows)
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(prog="python -m clipprobe.models.zoo")
-    ap.add_argument("--count-params", metavar="OUT.csv", required=True,
+    ap.add_argument("--count-params", metavar="OUT.csv",
                     help="write the parameter counts of the architectures model_profile.csv lacks")
+    ap.add_argument("--same-checkpoints", metavar="OUT.csv",
+                    help="write the pairs that load the same weights with the same activation")
     args = ap.parse_args(argv)
+    if not args.count_params and not args.same_checkpoints:
+        ap.error("give --count-params OUT.csv and/or --same-checkpoints OUT.csv")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    n = write_counted_params(args.count_params)
-    log.info("wrote %d architectures to %s", n, args.count_params)
+    if args.count_params:
+        n = write_counted_params(args.count_params)
+        log.info("wrote %d architectures to %s", n, args.count_params)
+    if args.same_checkpoints:
+        n = write_same_checkpoints(args.same_checkpoints)
+        log.info("wrote %d specs to %s", n, args.same_checkpoints)
     return 0
 
 

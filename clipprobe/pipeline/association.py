@@ -3,7 +3,11 @@ after Alabdulmohsin et al. (ICLR 2024):
 
 * **model RB**: on images without people (``objects``: a folder, e.g. ImageNet's validation images,
   or a dataset spec), the share of images for which the model prefers the first label over the
-  second ("a photo of a man" over "a photo of a woman"), minus 0.5;
+  second ("a photo of a man" over "a photo of a woman"), minus 0.5. Nothing guarantees that such a
+  folder is person-free (ImageNet's is not), so by default the images the model itself takes for a
+  person are removed first (:func:`person_probability`: zero-shot, "a photo of a person" against "a
+  photo of an object" at the model's logit scale, removed above ``person_threshold``); the threshold,
+  the prompts and the count removed are recorded, and each image's probability is written;
 * **model AB**: on a face dataset, for occupation pairs (librarian/scientist, nurse/doctor,
   housekeeper/homeowner, receptionist/executive, secretary/manager by default), how often the model
   prefers the first occupation, separately for the images of each of two groups (women, men), and
@@ -26,12 +30,16 @@ from clipprobe.errors import DataError, UsageError
 from clipprobe.pipeline.probe import ProbeConfig
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
     import pandas as pd
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG", ".JPG", ".PNG")
 DEFAULT_RB_PROMPTS = ("a photo of a man", "a photo of a woman")
+DEFAULT_PERSON_PROMPTS = ("a photo of a person", "a photo of an object")
+DEFAULT_PERSON_THRESHOLD = 0.5
+MAX_LOGIT_SCALE = 100.0                  # open_clip clamps the learned scale to this in training
 FORMAT_VERSION = 1
 
 MSG_NO_OBJECTS = "objects: {where} holds no image files ({suffixes})"
@@ -40,6 +48,10 @@ MSG_GROUPS = "groups: give two different groups of attribute {attribute!r}, got 
 MSG_UNKNOWN_GROUP = "groups: {group!r} is not a group of attribute {attribute!r} in the dataset; groups: {valid}"
 MSG_NOTHING = "nothing to measure: give a face dataset for AB, person-free images for RB, or both"
 MSG_MAX_OBJECTS = "max_objects must be a positive number, got {value}"
+MSG_PERSON_THRESHOLD = "person_threshold must be between 0 and 1 (exclusive), got {value}"
+MSG_PERSON_PROMPTS = "person_prompts: give two different, non-empty prompts, got {prompts}"
+MSG_ALL_PEOPLE = ("objects: the person filter removed all {n} image(s) of {where} (P({prompt!r}) > {threshold}); "
+                  "give images without people, or turn the person filter off if they are known to be person-free")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +62,9 @@ class AssociationConfig:
     probe: ProbeConfig = dataclasses.field(default_factory=ProbeConfig)
     objects: str | None = None              # person-free images: a folder, imagenet:DIR, folder:DIR, csv:PATH
     max_objects: int | None = None          # a seeded random subset of the objects (None: all)
+    person_filter: bool = True              # remove the objects the model takes for a person (see the docstring)
+    person_prompts: tuple[str, str] = DEFAULT_PERSON_PROMPTS
+    person_threshold: float = DEFAULT_PERSON_THRESHOLD
     rb_prompts: tuple[str, str] = DEFAULT_RB_PROMPTS
     ab: bool = True                         # measure AB on the probe's face dataset
     attribute: str = "gender"
@@ -66,6 +81,11 @@ class AssociationConfig:
             raise UsageError(MSG_GROUPS.format(attribute=self.attribute, groups=list(self.groups)))
         if self.max_objects is not None and self.max_objects < 1:
             raise UsageError(MSG_MAX_OBJECTS.format(value=self.max_objects))
+        if not 0 < self.person_threshold < 1:
+            raise UsageError(MSG_PERSON_THRESHOLD.format(value=self.person_threshold))
+        prompts = tuple(str(x).strip() for x in self.person_prompts)
+        if len(prompts) != 2 or not all(prompts) or prompts[0] == prompts[1]:
+            raise UsageError(MSG_PERSON_PROMPTS.format(prompts=list(self.person_prompts)))
         if not 0 < self.level < 1:
             raise UsageError(f"level must be between 0 and 1, got {self.level}")
         self.probe.check()
@@ -79,6 +99,29 @@ class AssociationResult:
     ab: "pd.DataFrame | None"
     run: dict
     files: tuple[Path, ...]
+    objects_filter: "pd.DataFrame | None" = None     # file, p_person, removed (None without the filter)
+
+
+def logit_scale(encoder) -> float:
+    """The model's learned logit scale (``exp`` of its parameter, at most :data:`MAX_LOGIT_SCALE`);
+    :data:`MAX_LOGIT_SCALE` for a model without one."""
+    import math
+
+    param = getattr(getattr(encoder, "model", None), "logit_scale", None)
+    if param is None:
+        return MAX_LOGIT_SCALE
+    value = float(param.detach().float().exp().item()) if hasattr(param, "detach") else math.exp(float(param))
+    return min(value, MAX_LOGIT_SCALE)
+
+
+def person_probability(image_vectors, prompt_vectors, scale: float) -> "np.ndarray":
+    """Zero-shot ``P(person)`` of each image: the softmax, at logit scale ``scale``, of its cosine
+    similarities to the two prompt vectors (``(2, d)``: the person prompt first), taken at the first."""
+    import numpy as np
+    from scipy.special import expit
+
+    s = np.asarray(image_vectors, dtype=np.float64) @ np.asarray(prompt_vectors, dtype=np.float64).T
+    return expit(float(scale) * (s[:, 0] - s[:, 1]))      # the softmax of two logits, at the first
 
 
 def object_images(where: str, cache_dir: str | None, *, max_objects: int | None = None, seed: int = 0):
@@ -133,7 +176,7 @@ def run_association(config: AssociationConfig, *, progress: bool | None = None) 
     dataset_info = None
     objects = None
     if config.objects:      # the image list first: a wrong folder fails before any model loads
-        objects, _files = object_images(config.objects, config.probe.cache_dir, max_objects=config.max_objects,
+        objects, object_files = object_images(config.objects, config.probe.cache_dir, max_objects=config.max_objects,
                                         seed=config.seed)
     if config.ab:
         probe = open_probe(config.probe, progress=progress)
@@ -164,14 +207,19 @@ def run_association(config: AssociationConfig, *, progress: bool | None = None) 
                           group_names=config.groups, level=config.level)
             ab_table = ab.frame()
     n_objects_skipped = 0
+    filter_table = filter_record = None
     if config.objects:
         with timer("rb"):
             emb = embed_dataset(encoder, objects, cache_dir=config.probe.cache_dir,
                                 batch_size=config.probe.batch_size, num_workers=config.probe.num_workers,
                                 progress=progress)
             n_objects_skipped = len(emb.skipped)
+            vectors = emb.vectors
+            if config.person_filter:
+                vectors, filter_table, filter_record = _person_filter(
+                    encoder, vectors, [object_files[i] for i in emb.rows], config)
             labels = embed_texts(encoder, list(config.rb_prompts), cache_dir=config.probe.cache_dir)
-            s = emb.vectors @ labels.vectors.T
+            s = vectors @ labels.vectors.T
             rb = model_rb(s[:, 0], s[:, 1], level=config.level)
             rb_table = _rb_frame(rb, config.rb_prompts, config.objects)
             prompts["rb"] = list(config.rb_prompts)
@@ -180,10 +228,34 @@ def run_association(config: AssociationConfig, *, progress: bool | None = None) 
         dataset=dataset_info, timings=timer.seconds, started=started, prompts=prompts,
         pairs=[list(p) for p in pairs], groups=list(config.groups), attribute=config.attribute,
         objects={"where": config.objects, "n": int(rb_table["n"].iloc[0]) if rb_table is not None else 0,
-                 "skipped": n_objects_skipped} if config.objects else None,
+                 "skipped": n_objects_skipped,
+                 "person_filter": filter_record or {"on": False}} if config.objects else None,
     )
-    files = write_association(config.out, rb_table, ab_table, record)
-    return AssociationResult(out=Path(config.out), rb=rb_table, ab=ab_table, run=record, files=tuple(files))
+    files = write_association(config.out, rb_table, ab_table, record, objects_filter=filter_table)
+    return AssociationResult(out=Path(config.out), rb=rb_table, ab=ab_table, run=record, files=tuple(files),
+                             objects_filter=filter_table)
+
+
+def _person_filter(encoder, vectors, files, config: AssociationConfig):
+    """The object vectors the model does not take for a person, the per-image table and the record."""
+    import pandas as pd
+
+    from clipprobe.pipeline.embed import embed_texts
+
+    prompts = embed_texts(encoder, list(config.person_prompts), cache_dir=config.probe.cache_dir)
+    scale = logit_scale(encoder)
+    p = person_probability(vectors, prompts.vectors, scale)
+    removed = p > config.person_threshold
+    if removed.all():
+        raise DataError(MSG_ALL_PEOPLE.format(n=len(p), where=config.objects, prompt=config.person_prompts[0],
+                                              threshold=config.person_threshold))
+    table = pd.DataFrame({"file": [str(f) for f in files], "p_person": p, "removed": removed})
+    record = {"on": True, "prompts": list(config.person_prompts), "threshold": config.person_threshold,
+              "logit_scale": scale, "n_before": int(len(p)), "n_removed": int(removed.sum())}
+    if removed.any():
+        log.info("person filter: %d of %d object image(s) removed (P(%r) > %s)", int(removed.sum()), len(p),
+                 config.person_prompts[0], config.person_threshold)
+    return vectors[~removed], table, record
 
 
 def _rb_frame(rb, prompts, where) -> "pd.DataFrame":

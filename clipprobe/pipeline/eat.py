@@ -5,7 +5,9 @@
 1. read the tests (a shipped suite or a user's YAML file; :mod:`clipprobe.resources.eat`), select some,
    and apply the paper's sign convention if asked;
 2. resolve every set into concrete stimuli (texts, image files, face-dataset rows), downloading the
-   iEAT images if needed: a missing file or download fails here, before anything is embedded;
+   iEAT images if needed: a missing file or download fails here, before anything is embedded. A test
+   whose stimuli were not given (OASIS images without ``oasis_root``) is skipped with its reason and the
+   others run (``strict``: it is an error instead);
 3. load the model and embed: all texts in one call through the text cache
    (:func:`clipprobe.embeddings.cache.embed_texts`), each image set through the image cache
    (:func:`clipprobe.embeddings.cache.embed_dataset` on a ``csv:`` manifest of the set's files written
@@ -38,7 +40,7 @@ MANIFEST_FOLDER = ("eat", "manifests")
 MSG_SUITE_AND_FILE = "give a suite (--suite) or a test file (--tests), not both"
 MSG_SET_TOO_SMALL = ("test {test!r} ({order}) set {set}: only {n} of its {total} images could be read "
                      "(e.g. {file}: {reason}); a set needs at least 2")
-MSG_NOTHING_TO_RUN = "every selected test is unavailable ({reasons}); nothing to compute"
+MSG_NOTHING_TO_RUN = "no selected test can run ({reasons}); nothing to compute"
 MSG_BAD_CONFIG = "{name} must be {what}, not {value!r}"
 
 
@@ -49,9 +51,12 @@ class EatConfig:
     ``suite``: a shipped suite name (default ``ghate2025`` when no ``tests_file``); ``tests_file``: a YAML
     test file; ``tests``/``orders``: keep only these test names / modality orders. ``permutations``: the
     budget of the permutation test (exact enumeration when the partitions are fewer);
-    ``sc_permutations`` the same for the per-stimulus SC-WEAT. ``interval``: how the interval of d is
-    computed (``noncentral-t``, ``BCa``, ``percentile``; None: no interval), ``bootstrap`` its resamples for
-    the bootstrap methods. ``paper_signs``: Ghate et al.'s Gender sign (targets swapped).
+    ``sc_permutations`` the same for the per-stimulus SC-WEAT. ``interval``: the bootstrap interval of d over
+    the stimuli (``fisher-z``, the one method whose coverage was measured within 0.93-0.97; None: no
+    interval), ``bootstrap`` its resamples;
+    ``fixed_attributes``: the interval resamples the targets only (A and B are the population of interest).
+    ``paper_signs``: Ghate et al.'s Gender sign (targets swapped). ``strict``: a test whose stimuli are
+    missing (OASIS without ``oasis_root``) is an error instead of being skipped.
     """
 
     out: str
@@ -68,11 +73,13 @@ class EatConfig:
     seed: int = 0
     ddof: int = 1
     two_sided: bool = False
-    interval: str | None = "noncentral-t"
+    interval: str | None = "fisher-z"
     bootstrap: int = 2000
+    fixed_attributes: bool = False
     confidence: float = 0.95
     sc_weat: bool = True
     paper_signs: bool = False
+    strict: bool = False
     stimuli_root: str | None = None
     oasis_root: str | None = None
     cache_dir: str | None = None
@@ -95,16 +102,26 @@ class EatConfig:
         stats.check_ddof(self.ddof)
         if self.interval is not None and self.interval not in stats.INTERVAL_METHODS:
             raise UsageError(stats.MSG_CI_METHOD.format(value=self.interval))
-        if self.interval in ("BCa", "percentile") and (
+        if self.interval is not None and self.interval not in stats.PUBLISHED_INTERVALS:
+            raise UsageError(stats.MSG_CI_UNPUBLISHED.format(value=self.interval))
+        if self.interval is not None and (
                 isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 100):
             raise UsageError(stats.MSG_BOOTSTRAP.format(value=self.bootstrap))
         if not 0 < self.confidence < 1:
             raise UsageError(stats.MSG_CONFIDENCE.format(value=self.confidence))
+        if self.model:
+            from clipprobe.models.catalog import check_model_name
+
+            check_model_name(self.model, model_config=self.model_config)   # before seconds of torch imports
         return self
 
     @property
     def alternative(self) -> str:
         return "two-sided" if self.two_sided else "greater"
+
+    @property
+    def ci_resample(self) -> str:
+        return "targets" if self.fixed_attributes else "all"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +182,7 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
 
     from clipprobe.analysis.eat import EatInput, EatSettings, run_eats
     from clipprobe.config import to_dict
-    from clipprobe.report.eat import FORMAT_VERSION, results_table, stimuli_table, write_eat_outputs
+    from clipprobe.report.eat import FAMILIES, FORMAT_VERSION, results_table, stimuli_table, write_eat_outputs
     from clipprobe.resources.eat import IEAT_BASE_URL, Resolver, describe_test
     from clipprobe.runinfo import StageTimer, run_record
 
@@ -177,11 +194,16 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
         resolver = Resolver(stimuli_root=config.stimuli_root, oasis_root=config.oasis_root,
                             cache_dir=config.cache_dir, fetch=fetch, base_url=base_url or IEAT_BASE_URL,
                             offline=config.offline)
-        tests = resolver.resolve(suite.tests)
-    available = [t for t in tests if t.unavailable is None]
+        tests = resolver.resolve(suite.tests, skip_missing=not config.strict)
+    available = [t for t in tests if t.unavailable is None and t.skipped is None]
     if not available:
-        raise DataError(MSG_NOTHING_TO_RUN.format(reasons="; ".join(f"{t.name}: {t.unavailable}" for t in tests)))
-    log.info("eat: %d test(s) of %s, %d unavailable", len(tests), suite.name, len(tests) - len(available))
+        raise DataError(MSG_NOTHING_TO_RUN.format(
+            reasons="; ".join(f"{t.name}: {t.unavailable or t.skipped}" for t in tests)))
+    skipped_tests = [t for t in tests if t.skipped is not None]
+    log.info("eat: %d test(s) of %s, %d unavailable, %d skipped", len(tests), suite.name,
+             sum(t.unavailable is not None for t in tests), len(skipped_tests))
+    for t in skipped_tests:
+        log.warning("eat: skipped %s (%s): %s", t.name, t.order, t.skipped)
 
     with timer("load_model"):
         if encoder is None:
@@ -195,15 +217,16 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
 
     with timer("embed"):
         vectors, skipped = _embed_all(counting, available, config, progress)
-    kept_display, inputs, skipped_per_test = {}, [], {}
+    kept_display, kept_units, inputs, skipped_per_test = {}, {}, [], {}
     problems = []
     for t in available:
         key = (t.name, t.order)
-        arrays, shown, n_skipped = {}, {}, 0
+        arrays, shown, units, n_skipped = {}, {}, {}, 0
         for name, stim in t.sets.items():
             vec, ok = vectors[id(stim)]
             arrays[name] = vec
             shown[name] = [d for d, good in zip(stim.display, ok) if good]
+            units[name] = [u for u, good in zip(stim.units, ok) if good] if stim.units is not None else shown[name]
             lost = [s for s in skipped.get(id(stim), [])]
             n_skipped += len(lost)
             if len(vec) < 2:
@@ -211,20 +234,22 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
                 problems.append(MSG_SET_TOO_SMALL.format(test=t.name, order=t.order, set=name, n=len(vec),
                                                          total=len(stim), file=first["file"], reason=first["reason"]))
         kept_display[key] = shown
+        kept_units[key] = units
         skipped_per_test[key] = n_skipped
-        inputs.append(EatInput(name=f"{t.name} ({t.order})", **arrays))
+        inputs.append(EatInput(name=f"{t.name} ({t.order})", **arrays,
+                               units={k: u for k, u in units.items() if t.sets[k].units is not None}))
     if problems:
         raise DataError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
 
     with timer("statistics"):
         settings = EatSettings(ddof=config.ddof, n_permutations=config.permutations, alternative=config.alternative,
                                seed=config.seed, n_bootstrap=config.bootstrap, ci_method=config.interval,
-                               confidence=config.confidence,
+                               ci_resample=config.ci_resample, confidence=config.confidence,
                                sc_weat=config.sc_weat, sc_permutations=config.sc_permutations, n_jobs=config.n_jobs)
         results = run_eats(inputs, settings)
     by_key = {(t.name, t.order): r for t, r in zip(available, results)}
     table = results_table(tests, by_key, skipped_per_test)
-    stimuli = stimuli_table(tests, by_key, kept_display)
+    stimuli = stimuli_table(tests, by_key, kept_display, kept_units)
 
     skipped_list = []
     seen_files: set = set()
@@ -238,9 +263,13 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
         timings=timer.as_dict(), started=started,
         suite={"name": suite.name, "path": str(suite.path) if suite.path else None, "description": suite.description,
                "reference": suite.reference},
-        tests=[describe_test(t.spec) | {"sizes": {k: len(s) for k, s in (t.sets or {}).items()}} for t in tests],
+        tests=[describe_test(t.spec) | {"sizes": {k: len(s) for k, s in (t.sets or {}).items()},
+                                        "stimuli": {k: s.n_stimuli for k, s in (t.sets or {}).items()}}
+               for t in tests],
         n_tests=len(tests), n_available=len(available),
         unavailable=[{"test": t.name, "order": t.order, "reason": t.unavailable} for t in tests if t.unavailable],
+        skipped_tests=[{"test": t.name, "order": t.order, "reason": t.skipped} for t in skipped_tests],
+        families=FAMILIES,
         embedded={"texts": counting.n_texts, "images": counting.n_images},
         skipped_images={"n": len(skipped_list), "files": skipped_list[:200]},
         ieat_downloaded=len(resolver.downloaded),

@@ -74,6 +74,9 @@ class ProbeConfig:
     def check(self) -> "ProbeConfig":
         if self.index not in INDEX_KINDS:
             raise one_of(self.index, INDEX_KINDS, "index kind")
+        from clipprobe.models.catalog import check_model_name
+
+        check_model_name(self.model, model_config=self.model_config)   # before seconds of torch imports
         return self
 
 

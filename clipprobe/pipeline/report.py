@@ -209,6 +209,12 @@ def run_report(config: ReportConfig, *, probe: "Probe | None" = None, progress: 
         timer.seconds.update(probe.timings)
     attributes = probe.check_attributes(config.attributes or probe.default_attributes())
     probe.check_k(config.k)
+    if config.captions_counts:
+        from clipprobe.report.crosscheck import check_counts
+
+        # the lexicon must name the dataset's groups (checked before the long part, like the rows above)
+        check_counts(config.captions_counts, [q.word for q in queries], attributes,
+                     groups={a: list(dict.fromkeys(probe.labels[a].astype(str))) for a in attributes})
     if config.eat:
         # Before the long part: stimuli that cannot be resolved fail now, not after the report.
         with timer("eat"):

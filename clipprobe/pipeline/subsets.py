@@ -35,7 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 DEFAULT_BY = "kmeans:20"
-DEFAULT_MIN_SIZE = 100
+MIN_SIZE_PER_K = 2                       # default min_size: 2 k, so every subset is probed with its share intervals
 DEFAULT_TYPICAL = 20
 MSG_K = "k must be a positive number of images, got {k}"
 MSG_TYPICAL = "typical must be 0 or a positive number of images, got {value!r}"
@@ -63,7 +63,7 @@ class SubsetsConfig:
     probe: ProbeConfig = field(default_factory=ProbeConfig)
     out: str = "subsets"
     by: str = DEFAULT_BY
-    min_size: int = DEFAULT_MIN_SIZE
+    min_size: int | None = None          # None: default_min_size(k), every subset then probed (see there)
     small: str = "merge"                 # k-means clusters below min_size: merge into the nearest, or drop
     taxonomy: str | None = None
     templates: str = "default"
@@ -93,7 +93,8 @@ class SubsetsConfig:
         check_settings(alpha=self.alpha, bootstrap=self.bootstrap, seed=self.seed, reference=self.reference,
                        permutations=self.permutations, ties=self.ties)
         kind, value = parse_by(self.by)
-        check_min_size(self.min_size)
+        if self.min_size is not None:
+            check_min_size(self.min_size)
         if kind == "file" and not Path(str(value)).expanduser().is_file():
             raise DataError(MSG_ASSIGNMENT_FILE.format(path=value))
         if self.small not in SMALL_RULES:
@@ -110,6 +111,13 @@ class SubsetsConfig:
             raise UsageError(f"level must be between 0 and 1, got {self.level}")
         self.probe.check()
         return self
+
+
+def default_min_size(k: int) -> int:
+    """The default smallest subset for top-k probes: ``2 k`` images. A subset of ``k`` images or fewer has no
+    top-k that is not the whole subset (it would be skipped), and below ``2 k`` the share interval is withheld
+    (:data:`clipprobe.analysis.intervals.SHARE_INTERVAL_MAX_FRACTION`); from ``2 k`` on neither happens."""
+    return MIN_SIZE_PER_K * int(k)
 
 
 @dataclass
@@ -200,19 +208,21 @@ def probe_subsets(probe: "Probe", config: SubsetsConfig, assignment: "Assignment
             alpha=config.alpha, level=config.level, permutations=config.permutations, ties=config.ties,
             neutral=scores[n], controls=scores[n + 1:] if controls else None,
             categories={q.word: q.categories for q in words}, prompts=[q.prompts for q in words], files=probe.files,
-            progress=progress)
+            progress=progress, control_words=[q.word for q in controls] if controls else None)
 
 
 def run_subsets(config: SubsetsConfig, *, probe: "Probe | None" = None, progress: bool | None = None
                 ) -> SubsetsResult:
     """Compute and write a subsets folder (see the module docstring)."""
-    from clipprobe.analysis.subsets import typical_members
+    from clipprobe.analysis.subsets import skipped_summary, typical_members
     from clipprobe.config import to_dict
     from clipprobe.pipeline.probe import open_probe
     from clipprobe.report.subsets import COMMAND, FORMAT_VERSION, check_out_folder, write_subsets
     from clipprobe.runinfo import StageTimer, run_record
 
     config = config.check()
+    if config.min_size is None:
+        config = replace(config, min_size=default_min_size(config.k))
     out = Path(config.out)
     check_out_folder(out, COMMAND)
     queries = _queries(config)
@@ -242,6 +252,7 @@ def run_subsets(config: SubsetsConfig, *, probe: "Probe | None" = None, progress
         assignment={"kind": assignment.kind, "subsets": list(assignment.names),
                     "sizes": [int(s) for s in assignment.sizes], "in_no_subset": int((assignment.codes < 0).sum())},
         k=config.k, k_mode=config.k_mode, alpha=config.alpha, seed=config.seed,
+        skipped={**skipped_summary(assignment, tables.info), "min_size": config.min_size},
     )
     shown = [a for a in ("race", "gender", "age") if a in probe.attributes()]
     label_of = dict(zip(probe.files, probe.labels[shown].astype(str).agg(" ".join, axis=1))) if shown else {}
@@ -263,7 +274,7 @@ class CompareConfig:
     sources: tuple[str, ...] = ()
     out: str = "subsets-compare"
     by: str = DEFAULT_BY
-    min_size: int = DEFAULT_MIN_SIZE
+    min_size: int | None = None          # None: default_min_size of the largest k the reports recorded
     small: str = "merge"
     cluster_model: str | None = None     # whose embeddings k-means clusters (default: the first model)
     k_mode: str = "fixed"
@@ -287,7 +298,8 @@ class CompareConfig:
         from clipprobe.errors import one_of
 
         parse_by(self.by)
-        check_min_size(self.min_size)
+        if self.min_size is not None:
+            check_min_size(self.min_size)
         if self.small not in SMALL_RULES:
             raise UsageError(MSG_SMALL.format(value=self.small))
         if self.k_mode not in K_MODES:
@@ -408,6 +420,8 @@ def run_compare(config: CompareConfig, *, progress: bool | None = None) -> Compa
     if len(found) < 2:
         raise UsageError(MSG_FEW_SOURCES.format(n=len(found)))
     reports = [(name, load_report(path)) for name, path in found]
+    if config.min_size is None:
+        config = replace(config, min_size=default_min_size(max(int(r.run.get("k", DEFAULT_K)) for _n, r in reports)))
     names = [n for n, _ in reports]
     user = read_measures(config.measures) if config.measures else None
     first = 0
@@ -483,5 +497,5 @@ def run_compare(config: CompareConfig, *, progress: bool | None = None) -> Compa
                          files=files)
 
 
-__all__ = ["CompareConfig", "CompareResult", "SubsetsConfig", "SubsetsResult", "find_reports", "make_assignment",
-           "probe_subsets", "read_assignment_file", "run_compare", "run_subsets"]
+__all__ = ["CompareConfig", "CompareResult", "SubsetsConfig", "SubsetsResult", "default_min_size", "find_reports",
+           "make_assignment", "probe_subsets", "read_assignment_file", "run_compare", "run_subsets"]

@@ -34,8 +34,9 @@ shardable; the merge of its folders; the upstream-factor analysis.
     file than its ``sweep.json`` records (a rerun of that folder recomputes them).
 
 :func:`analyze_sweep`
-    fits the mixed model of :mod:`clipprobe.analysis.factors` to the association tests' effect sizes and to
-    report measures, correlates them with a performance measure, and writes ``DIR/analysis/``.
+    fits the mixed model of :mod:`clipprobe.analysis.factors` (the specification of Ghate et al. by default)
+    to the association tests' effect sizes (in the paper's sign convention by default) and to report measures,
+    one row per checkpoint, correlates them with a performance measure, and replaces ``DIR/analysis/``.
 """
 
 from __future__ import annotations
@@ -547,7 +548,9 @@ def _eat_datasets(config: SweepConfig, cache_base: Path) -> list:
     pc = config.report.probe
     resolver = Resolver(stimuli_root=config.eat.stimuli_root, oasis_root=config.eat.oasis_root,
                         cache_dir=pc.cache_dir, base_url=IEAT_BASE_URL, offline=pc.offline)
-    tests = [t for t in resolver.resolve(suite.tests) if t.unavailable is None]
+    # A test whose stimuli were not given (OASIS) is skipped as `eat` skips it, unless the run is strict.
+    tests = [t for t in resolver.resolve(suite.tests, skip_missing=not config.eat.strict)
+             if t.unavailable is None and t.sets is not None]
     datasets: dict[str, Any] = {}
     for t in tests:
         for stim in t.sets.values():
@@ -893,6 +896,17 @@ def _is_extra_performance(key: str, value: Any) -> bool:
 
 # --------------------------------------------------------------------------- analyze
 
+SIGNS = ("paper", "raw")
+DEFAULT_PERFORMANCE = "avg38"
+# Facts an analysis takes from the current zoo tables unless the sweep's model table gave them (user_columns).
+REFRESHED_COLUMNS = ("arch_family", "dataset", "dataset_family", "dataset_size", "params_image_m", "params_text_m",
+                     "params_total_m", "samples_seen", "imagenet1k", "avg38", "vtab", "vtab_plus", "duplicate_of")
+PERFORMANCE_FILL = ("imagenet1k", "avg38", "vtab", "vtab_plus")
+MSG_SIGNS = "signs must be one of {valid}, not {value!r}"
+MSG_SPEC = "unknown model specification {value!r}; valid: {valid}"
+MSG_NOT_ANALYSIS = ("{path} exists and is not a `sweep analyze` folder (no run.json of that command); give another "
+                    "out folder")
+
 
 @dataclasses.dataclass
 class AnalysisResult:
@@ -929,29 +943,215 @@ def _read_performance_csv(path: str | os.PathLike) -> "pd.DataFrame":
     return df
 
 
-def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+",
+def _usable(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float):
+        return value == value
+    return str(value) not in ("", "unknown", "nan", "None")
+
+
+def refresh_metadata(table: "pd.DataFrame", model_tables: Sequence[str | os.PathLike] = ()) -> tuple[
+        "pd.DataFrame", dict[str, int], list[str]]:
+    """The sweep table with each model's facts as the current zoo tables give them (architecture family by the
+    paper's rules, dataset, family, size, parameters, published performance, same-checkpoint pairs), except the
+    columns its model table gave when it ran (``user_columns``), then the values of ``model_tables`` (model
+    CSVs, as for a sweep) over everything. Returns the table, the number of models whose value changed per
+    column, and the model tables' performance columns.
+
+    A sweep written before ``user_columns`` was recorded keeps every stored value of a model that is not a
+    pretrained pair (only its missing values are filled)."""
+    import pandas as pd
+
+    from clipprobe.errors import ModelError
+    from clipprobe.models.spec import parse_model_spec
+    from clipprobe.models.zoo import describe_model, read_user_table
+
+    table = table.copy()
+    for c in REFRESHED_COLUMNS:
+        if c not in table.columns:
+            table[c] = None
+    tables = [read_user_table(t) for t in model_tables]
+    extra = [c for t in tables for c in t.performance_columns]
+    for c in extra:
+        if c not in table.columns:
+            table[c] = float("nan")
+    has_user_columns = "user_columns" in table.columns
+    first = table.drop_duplicates("model").set_index("model")
+    updates: dict[str, dict[str, Any]] = {}
+    changed: dict[str, int] = {}
+    for model, stored in first.iterrows():
+        try:
+            parsed = parse_model_spec(str(model))
+            fresh = describe_model(str(model), count=False)
+        except ModelError:
+            parsed, fresh = None, None
+        if has_user_columns:
+            named = {c for c in str(stored.get("user_columns") or "").split(";") if c}
+        else:
+            named = set(REFRESHED_COLUMNS) if parsed is None or parsed.kind != "pretrained" else set()
+        row = {}
+        for c in REFRESHED_COLUMNS:
+            value = stored.get(c)
+            if fresh is not None and _usable(fresh.get(c)) and (c not in named or not _usable(value)):
+                value = fresh.get(c)
+            row[c] = value
+        for t in tables:
+            given = t.values.get(parsed.canonical if parsed is not None else str(model))
+            for c, v in (given or {}).items():
+                if c in row or c in extra:
+                    row[c] = v
+        for c, v in row.items():
+            old = stored.get(c) if c in first.columns else None
+            if _usable(v) != _usable(old) or (_usable(v) and v != old):
+                changed[c] = changed.get(c, 0) + 1
+        updates[str(model)] = row
+    for c in list(REFRESHED_COLUMNS) + extra:
+        values = table["model"].map(lambda m, c=c: updates.get(str(m), {}).get(c))
+        if c in ("dataset", "arch_family", "dataset_family", "duplicate_of"):
+            table[c] = values.astype(object).where(values.map(_usable), None)
+        else:
+            table[c] = pd.to_numeric(values, errors="coerce").astype("float64")
+    return table, {c: n for c, n in changed.items() if n}, extra
+
+
+def one_per_checkpoint(table: "pd.DataFrame") -> tuple["pd.DataFrame", dict[str, str]]:
+    """Rows of a model that loads the same checkpoint as another model of the sweep (``duplicate_of``) left
+    out, its published performance filling the kept model's where that has none; returns the rows kept and
+    {left-out model: kept model}."""
+    present = set(table["model"].astype(str))
+    pairs = {}
+    for model, dup in sorted(table.drop_duplicates("model")[["model", "duplicate_of"]].itertuples(index=False),
+                             key=lambda r: str(r[0])):
+        # a model named as kept by another is never itself left out (a table naming A for B and B for A keeps one)
+        if (dup is not None and str(dup) in present and str(dup) != str(model) and str(dup) not in pairs
+                and str(model) not in pairs.values()):
+            pairs[str(model)] = str(dup)
+    if not pairs:
+        return table, {}
+    table = table.copy()
+    for model, kept in pairs.items():
+        source = table[table["model"] == model].iloc[0]
+        target = table["model"] == kept
+        for c in PERFORMANCE_FILL:
+            if c in table.columns and table.loc[target, c].isna().all() and source[c] == source[c]:
+                table.loc[target, c] = source[c]
+    return table[~table["model"].isin(list(pairs))].reset_index(drop=True), dict(sorted(pairs.items()))
+
+
+def _eat_settings(folder: Path) -> dict | None:
+    from clipprobe.report.sweep import RUN_FILE, SETTINGS_FILE, read_json
+
+    for name in (SETTINGS_FILE, RUN_FILE):
+        path = folder / name
+        if path.is_file():
+            settings = read_json(path, "sweep settings").get("settings")
+            if isinstance(settings, dict) and "eat" in settings:
+                return settings.get("eat") or {}
+    return None
+
+
+def apply_signs(table: "pd.DataFrame", folder: Path, signs: str) -> tuple["pd.DataFrame", dict]:
+    """Effect sizes in the sign convention ``signs``: ``paper`` (Ghate et al.: the effect sizes of the tests
+    their suite marks ``paper_sign: -1``, the Gender tests of ``ghate2025``, multiplied by -1; their p-values
+    stay those of the tests as defined, the paper's direction) or ``raw`` (as the tests are defined). The
+    sweep's settings say how it stored them (``paper_signs`` swaps the targets); returns the table and what
+    was done, for the run record."""
+    import numpy as np
+
+    from clipprobe.resources.eat import DEFAULT_SUITE, get_suite, load_tests
+
+    if signs not in SIGNS:
+        raise UsageError(MSG_SIGNS.format(valid=", ".join(SIGNS), value=signs))
+    eat = _eat_settings(folder)
+    record: dict[str, Any] = {"convention": signs}
+    if eat is None:
+        eat = {}
+        record["note"] = f"no sweep settings in {folder}: the tests are taken as {DEFAULT_SUITE}'s, stored with raw signs"
+    stored = "paper" if eat.get("paper_signs") else "raw"
+    record["stored"] = stored
+    source = eat.get("tests_file") or eat.get("suite") or DEFAULT_SUITE
+    try:
+        suite = load_tests(source) if eat.get("tests_file") else get_suite(source)
+    except ClipprobeError as err:
+        record.update(flipped=[], note=f"signs as stored: the tests' suite could not be read ({err})")
+        return table, record
+    marked = {(t.name, t.order) for t in suite.tests if t.paper_sign == -1}
+    record["suite"] = str(source)
+    record["tests"] = sorted(f"{name} ({order})" for name, order in marked)
+    if stored == signs or not marked:
+        record["flipped"] = []
+    else:
+        rows = (table["probe"] == "eat").to_numpy() & np.array(
+            [(t, o) in marked for t, o in zip(table["test"], table["order"])], dtype=bool)
+        table = table.copy()
+        low, high = table.loc[rows, "ci_low"].copy(), table.loc[rows, "ci_high"].copy()
+        table.loc[rows, "value"] = -table.loc[rows, "value"]
+        table.loc[rows, "ci_low"], table.loc[rows, "ci_high"] = -high, -low
+        record["flipped"] = sorted({f"{t} ({o})" for t, o in zip(table.loc[rows, "test"], table.loc[rows, "order"])})
+    record["p_values"] = ("as the tests are defined (the paper's direction: it flips the effect sizes only)"
+                          if stored == "raw" else "of the tests with their targets swapped (--paper-signs when the "
+                                                  "sweep ran): the other direction from the paper's")
+    return table, record
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    """Put the folder ``tmp`` where ``target`` is (an earlier analysis is replaced whole)."""
+    import shutil
+
+    from clipprobe.report.sweep import RUN_FILE, read_json
+
+    if target.exists():
+        record = read_json(target / RUN_FILE, "analysis record") if (target / RUN_FILE).is_file() else {}
+        if any(target.iterdir()) and record.get("command") != "sweep analyze":
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ClipprobeError(MSG_NOT_ANALYSIS.format(path=target))
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+
+
+def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = DEFAULT_PERFORMANCE,
                   measures: Sequence[str] = DEFAULT_MEASURES, performance_csv: str | None = None,
-                  settings=None, out: str | os.PathLike | None = None, figures: bool = True,
-                  max_scatter: int = 12) -> AnalysisResult:
+                  settings=None, spec: str = "paper", signs: str = "paper",
+                  model_tables: Sequence[str | os.PathLike] = (), out: str | os.PathLike | None = None,
+                  figures: bool = True, max_scatter: int = 12) -> AnalysisResult:
     """Fit the upstream-factor model per measure and correlate with ``performance`` (see the module docstring).
 
     ``measures``: ``probe:measure`` names (``eat:effect_size``, ``report:max_skew_excess``, ...); those the
-    sweep lacks are skipped with a note. ``performance``: ``vtab+``, ``vtab``, ``imagenet1k``, ``avg38``, a
-    column of the model CSV or of ``performance_csv`` (a CSV with ``spec``/``model`` and that column), or None.
-    A measure whose mixed model cannot be fitted (too few models) raises :class:`DataError`; so does an
-    empty sweep.
+    sweep lacks are skipped with a note. ``spec``: the model's specification (:data:`clipprobe.analysis.factors.
+    SPECS`: ``paper``, the default, or ``per-test``); ``settings`` (a FactorSettings), when given, is fitted
+    instead (and recorded with the spec's name).
+    ``signs``: the effect sizes' sign convention (:func:`apply_signs`; ``paper`` by default). Each model's
+    facts are refreshed from the zoo tables and ``model_tables`` (:func:`refresh_metadata`); a model that
+    loads the same checkpoint as another of the sweep counts once (:func:`one_per_checkpoint`).
+    ``performance``: ``avg38`` (default; open_clip's 38-dataset average, which most models have),
+    ``imagenet1k``, ``vtab+``, ``vtab``, a column of a model table or of ``performance_csv`` (a CSV with
+    ``spec``/``model`` and that column), or None. The folder ``out`` (default ``FOLDER/analysis``) is
+    replaced whole. A measure whose mixed model cannot be fitted (too few models, no metadata) raises
+    :class:`DataError`; so does an empty sweep.
     """
+    import shutil
+
     import pandas as pd
 
     from clipprobe import _io
-    from clipprobe.analysis.factors import FactorSettings, fit_factors, performance_correlations
+    from clipprobe.analysis.factors import SPECS, fit_factors, paper_table, performance_correlations
     from clipprobe.models.zoo import PERFORMANCE, PERFORMANCE_LABELS
     from clipprobe.report.sweep import (ANALYSIS_DIR, ANALYSIS_FILE, HTML_FILE, MODELS_FILE, REPORT_MEASURES, RUN_FILE,
                                         analysis_html, analysis_table, coefficient_plot, load_sweep_table,
                                         scatter_plot)
     from clipprobe.runinfo import StageTimer, run_record
 
-    settings = (settings or FactorSettings()).check()
+    if spec not in SPECS:
+        raise UsageError(MSG_SPEC.format(value=spec, valid=", ".join(SPECS)))
+    settings = (settings or SPECS[spec]).check()
+    if signs not in SIGNS:
+        raise UsageError(MSG_SIGNS.format(valid=", ".join(SIGNS), value=signs))
     timer = StageTimer()
     folder = Path(folder)
     table = load_sweep_table(folder)
@@ -959,6 +1159,8 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+
         columns=["model", "status", "reason"])
     if table.empty:
         raise DataError(MSG_NO_MODELS.format(why=f"{folder / 'sweep.parquet'} has no rows (no model finished)"))
+    with timer("metadata"):
+        table, changed, table_perf = refresh_metadata(table, model_tables)
     if performance_csv:
         perf = _read_performance_csv(performance_csv)
         new = [c for c in perf.columns if c != "model"]
@@ -973,9 +1175,24 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+
                                           "params_text_m", "params_total_m", "dataset_size", "samples_seen")]
             raise UsageError(f"unknown performance measure {performance!r}{did_you_mean(performance, valid)}; "
                              f"valid: {', '.join(valid)}")
+    table, sign_record = apply_signs(table, folder, signs)
+    table, same = one_per_checkpoint(table)
     available = sorted({f"{p}:{m}" for p, m in zip(table["probe"], table["measure"])})
     fits: dict[str, Any] = {}
     sections: dict[str, list] = {"coefficients": [], "random": [], "correlations": [], "notes": []}
+
+    def note(text: str, probe=None, measure=None) -> None:
+        sections["notes"].append(pd.DataFrame({"probe": [probe], "measure": [measure], "note": [text]}))
+
+    if same:
+        shown = ", ".join(f"{a} = {b}" for a, b in list(same.items())[:8]) + (
+            f" and {len(same) - 8} more" if len(same) > 8 else "")
+        note(f"{len(same)} model(s) load the same checkpoint as another model of the sweep and count once: {shown}")
+    if sign_record.get("flipped"):
+        note(f"effect sizes in the paper's sign (multiplied by -1): {', '.join(sign_record['flipped'])}")
+    if changed:
+        note("metadata from the current zoo tables and model tables: " + ", ".join(
+            f"{c} changed for {n} model(s)" for c, n in sorted(changed.items())))
     plots: list[dict] = []
     corr_frames = []
     for name in measures:
@@ -983,8 +1200,7 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+
         key = f"{probe}:{measure}"
         if key not in available:
             if (probe == "report" and measure in REPORT_MEASURES) or (probe, measure) == ("eat", "effect_size"):
-                sections["notes"].append(pd.DataFrame({"probe": [probe], "measure": [measure],
-                                                       "note": [f"{key} is not in this sweep"]}))
+                note(f"{key} is not in this sweep", probe, measure)
                 continue
             raise UsageError(MSG_MEASURE.format(value=name, hint=did_you_mean(key, available),
                                                 valid=", ".join(available)))
@@ -992,20 +1208,18 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+
         with timer(f"fit {key}"):
             fit = fit_factors(rows, settings=settings)
         fits[key] = fit
-        coef = fit.coefficients.assign(probe=probe, measure=measure)
-        sections["coefficients"].append(coef)
+        sections["coefficients"].append(fit.coefficients.assign(probe=probe, measure=measure))
         sections["random"].append(fit.random.assign(probe=probe, measure=measure))
-        if fit.notes:
-            sections["notes"].append(pd.DataFrame({"probe": probe, "measure": measure, "note": list(fit.notes)}))
-        plot = None
-        if figures:
-            plot = coefficient_plot(fit.coefficients, title=f"{probe}: {measure}")
+        for text in fit.notes:
+            note(text, probe, measure)
+        plot = coefficient_plot(fit.coefficients, title=f"{probe}: {measure}") if figures else None
         plots.append({"probe": probe, "measure": measure, "fit": fit, "ax": plot})
         if perf_col is not None:
             with timer(f"correlations {key}"):
                 corr = performance_correlations(rows, perf_col)
             corr_frames.append(corr.assign(probe=probe, measure=measure, performance=performance))
     correlations = None
+    n_perf = None
     if corr_frames:
         from clipprobe.analysis.significance import bh_adjust
 
@@ -1014,55 +1228,71 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = "vtab+
         correlations["pearson_q"] = bh_adjust(correlations["pearson_p"].to_numpy(dtype=float))
         correlations["spearman_q"] = bh_adjust(correlations["spearman_p"].to_numpy(dtype=float))
         n_perf = int(table.dropna(subset=[perf_col])["model"].nunique())
-        if n_perf < 3:
-            sections["notes"].append(pd.DataFrame({"probe": [None], "measure": [None], "note": [
-                f"only {n_perf} model(s) have {performance}; correlations need at least 3"]}))
+        note(f"{performance} is known for {n_perf} of {table['model'].nunique()} model(s) of the analysis"
+             + ("; correlations need at least 3" if n_perf < 3 else ""))
         sections["correlations"].append(correlations)
     target = Path(out) if out is not None else folder / ANALYSIS_DIR
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
     long = analysis_table({k: (pd.concat(v, ignore_index=True) if v else None) for k, v in sections.items()})
-    files: list[Path] = []
-    with timer("write"):
-        _io.write_parquet(target / ANALYSIS_FILE, long)
-        files.append(target / ANALYSIS_FILE)
-        scatter_png: list[tuple[str, str]] = []
-        html_fits = []
-        from clipprobe.report.figures import save_figure
-        from clipprobe.report.sweep import _png
+    written: list[str] = []
+    try:
+        with timer("write"):
+            _io.write_parquet(tmp / ANALYSIS_FILE, long)
+            written.append(ANALYSIS_FILE)
+            for key, fit in fits.items():
+                name = f"mixedlm-{_slug(key.replace(':', '-'))}.csv"
+                _io.write_text(tmp / name, paper_table(fit).to_csv(float_format="%.6g", lineterminator="\n"))
+                written.append(name)
+            scatter_png: list[tuple[str, str]] = []
+            html_fits = []
+            from clipprobe.report.figures import save_figure
+            from clipprobe.report.sweep import _png
 
-        for item in plots:
-            png = None
-            if item["ax"] is not None:
-                files += save_figure(item["ax"].figure, target / "figures" / f"coefficients-{item['probe']}-"
-                                     f"{_slug(item['measure'])}")
-                png = _png(item["ax"])
-            html_fits.append({"probe": item["probe"], "measure": item["measure"], "fit": item["fit"], "plot": png})
-        if figures and correlations is not None:
-            ranked = correlations.dropna(subset=["pearson_r"]).sort_values("pearson_p", kind="stable")
-            for r in ranked.head(max_scatter).itertuples(index=False):
-                rows = table[(table["probe"] == r.probe) & (table["measure"] == r.measure) & (table["test"] == r.test)
-                             & (table["order"] == r.order)]
-                caption = (f"{r.probe} {r.measure}: {r.test} ({r.order}) against {performance}: r = {r.pearson_r:.2f}, "
-                           f"q = {r.pearson_q:.2g}")
-                ax = scatter_plot(rows, perf_col, title=f"{r.test} ({r.order})",
-                                  label=PERFORMANCE_LABELS.get(perf_col, performance),
-                                  ylabel=f"{r.measure.replace('_', ' ')} ({r.probe})")
-                files += save_figure(ax.figure, target / "figures" / f"scatter-{_slug(r.probe)}-{_slug(r.measure)}-"
-                                     f"{_slug(r.test)}-{_slug(r.order)}", formats=("png",))
-                scatter_png.append((caption, _png(ax)))
-        record = run_record("sweep analyze", config={"folder": str(folder), "performance": performance,
-                                                     "performance_csv": performance_csv, "measures": list(measures),
-                                                     "settings": dataclasses.asdict(settings)},
-                            format_version=_sweep_format(), timings=timer.as_dict(),
-                            n_models=int(table["model"].nunique()),
-                            fits={k: {"n_rows": f.n_rows, "n_models": f.n_models, "n_groups": f.n_groups,
-                                      "terms": list(f.terms), "references": f.references, "converged": f.converged,
-                                      "notes": list(f.notes)} for k, f in fits.items()})
-        html = analysis_html(title=f"Upstream factors: {folder.name}", fits=html_fits, correlations=correlations,
-                             performance=performance, models=models, scatter=scatter_png, record=record)
-        _io.write_text(target / HTML_FILE, html)
-        files.append(target / HTML_FILE)
-        _io.write_json(target / RUN_FILE, record)
-        files.append(target / RUN_FILE)
+            for item in plots:
+                png = None
+                if item["ax"] is not None:
+                    paths = save_figure(item["ax"].figure, tmp / "figures" / f"coefficients-{item['probe']}-"
+                                        f"{_slug(item['measure'])}")
+                    written += [str(p.relative_to(tmp)) for p in paths]
+                    png = _png(item["ax"])
+                html_fits.append({"probe": item["probe"], "measure": item["measure"], "fit": item["fit"], "plot": png})
+            if figures and correlations is not None:
+                ranked = correlations.dropna(subset=["pearson_r"]).sort_values("pearson_p", kind="stable")
+                for r in ranked.head(max_scatter).itertuples(index=False):
+                    rows = table[(table["probe"] == r.probe) & (table["measure"] == r.measure)
+                                 & (table["test"] == r.test) & (table["order"] == r.order)]
+                    caption = (f"{r.probe} {r.measure}: {r.test} ({r.order}) against {performance}: n = {r.n_models}, "
+                               f"r = {r.pearson_r:.2f}, q = {r.pearson_q:.2g}")
+                    ax = scatter_plot(rows, perf_col, title=f"{r.test} ({r.order})",
+                                      label=PERFORMANCE_LABELS.get(perf_col, performance),
+                                      ylabel=f"{r.measure.replace('_', ' ')} ({r.probe})")
+                    paths = save_figure(ax.figure, tmp / "figures" / f"scatter-{_slug(r.probe)}-{_slug(r.measure)}-"
+                                        f"{_slug(r.test)}-{_slug(r.order)}", formats=("png",))
+                    written += [str(p.relative_to(tmp)) for p in paths]
+                    scatter_png.append((caption, _png(ax)))
+            record = run_record("sweep analyze", config={
+                                    "folder": str(folder), "performance": performance, "performance_csv": performance_csv,
+                                    "measures": list(measures), "spec": spec, "signs": signs,
+                                    "model_tables": [str(t) for t in model_tables],
+                                    "settings": dataclasses.asdict(settings)},
+                                format_version=_sweep_format(), timings=timer.as_dict(),
+                                n_models=int(table["model"].nunique()), signs=sign_record,
+                                same_checkpoint=same, metadata_changed=changed, performance_known=n_perf,
+                                fits={k: {"n_rows": f.n_rows, "n_models": f.n_models, "n_groups": f.n_groups,
+                                          "terms": list(f.terms), "references": f.references,
+                                          "converged": f.converged, "sizes": f.sizes, "notes": list(f.notes)}
+                                      for k, f in fits.items()})
+            html = analysis_html(title=f"Upstream factors: {folder.name}", fits=html_fits, correlations=correlations,
+                                 performance=performance, models=models, scatter=scatter_png, record=record)
+            _io.write_text(tmp / HTML_FILE, html)
+            written.append(HTML_FILE)
+            _io.write_json(tmp / RUN_FILE, record)
+            written.append(RUN_FILE)
+            _replace_folder(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    files = [target / w for w in written]
     return AnalysisResult(out=target, table=long, fits=fits, correlations=correlations, record=record, files=files)
 
 
@@ -1072,5 +1302,6 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "x"
 
 
-__all__ = ["DEFAULT_MEASURES", "ModelEntry", "PROBES", "SweepConfig", "SweepResult", "analyze_sweep", "merge_sweep",
-           "parse_shard", "resolve_models", "run_sweep", "settings_record", "shard_models"]
+__all__ = ["DEFAULT_MEASURES", "DEFAULT_PERFORMANCE", "ModelEntry", "PROBES", "SIGNS", "SweepConfig", "SweepResult",
+           "analyze_sweep", "apply_signs", "merge_sweep", "one_per_checkpoint", "parse_shard", "refresh_metadata",
+           "resolve_models", "run_sweep", "settings_record", "shard_models"]

@@ -82,52 +82,50 @@ def patterns_frame(table, q=None, kept=None) -> "pd.DataFrame":
 
 
 def rb_plot(groups: "pd.DataFrame", *, ax=None):
-    """Each group's share of the mentioning captions (with its interval) per ``data`` block, and the target."""
+    """Each group's share of the mentioning captions (with its interval) per ``data`` block, and the target;
+    returns the Axes (its legend, right of the plot, names the blocks)."""
     import numpy as np
 
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, short, style
+    from clipprobe.report import figures as F
 
-    with style():
+    with F.style():
         names = list(dict.fromkeys(groups["group"]))
         if ax is None:
-            from matplotlib.figure import Figure
-
-            ax = Figure(figsize=(COLUMN_WIDTH, 0.9 + 0.3 * len(names)), layout="constrained").add_subplot()
+            ax = F.new_axes(F.COLUMN_WIDTH, 1.0 + 0.3 * len(names))
         y = np.arange(len(names))
         blocks = [d for d in DATA_ORDER if d in set(groups["data"])]
         for j, name in enumerate(blocks):
             part = groups[groups["data"] == name].set_index("group").loc[names]
             x = part["share"].to_numpy(float)
-            lo, hi = part["share_low"].to_numpy(float), part["share_high"].to_numpy(float)
-            err = np.vstack([np.nan_to_num(x - lo), np.nan_to_num(hi - x)])
-            ax.errorbar(x, y + (j - (len(blocks) - 1) / 2) * 0.22, xerr=err, fmt="o", ms=3.5, capsize=0,
-                        color=OKABE_ITO[j % len(OKABE_ITO)], label=name)
+            color, marker = F.series_style(j)
+            ax.errorbar(x, y + (j - (len(blocks) - 1) / 2) * 0.22, xerr=F._errors(x, part["share_low"],
+                                                                                   part["share_high"]),
+                        fmt=marker, ms=F.scaled(3.5), capsize=0, lw=F.scaled(0.9), color=color, label=name)
         target = groups[groups["data"] == blocks[0]].set_index("group").loc[names, "target"].to_numpy(float)
-        ax.scatter(target, y, marker="|", s=120, color="0.3", label="target", zorder=0)
-        ax.set_yticks(y, [short(n) for n in names])
+        ax.scatter(target, y, marker="|", s=F.scaled(120), color="0.3", label="target", zorder=0)
+        ax.set_yticks(y, [F.short(n, 20) for n in names])
         ax.set_ylim(len(names) - 0.5, -0.5)
         ax.set_xlabel("share of the captions that mention a group")
-        ax.set_title("representation (RB)", fontsize=8)
-        ax.legend(fontsize=6, frameon=False)
+        ax.set_title("Representation (RB)", **F.TITLE_AT_TOP)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, handletextpad=0.2)
     return ax
 
 
 def ab_plot(cells: "pd.DataFrame", *, top: int = TOP_CELLS, ax=None):
-    """The ``top`` group x label cells of largest |AB| before balancing, with their AB per ``data`` block."""
+    """The ``top`` group x label cells of largest |AB| before balancing, with their AB per ``data`` block;
+    returns the Axes (its legend, right of the plot, names the blocks)."""
     import numpy as np
 
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, short, style
+    from clipprobe.report import figures as F
 
-    with style():
+    with F.style():
         blocks = [d for d in DATA_ORDER if d in set(cells["data"])]
         first = cells[cells["data"] == blocks[0]].copy()
         first["size"] = first["ab"].abs()
         chosen = first.dropna(subset=["ab"]).sort_values("size", ascending=False).head(top)
         keys = list(zip(chosen["group"], chosen["label"]))
         if ax is None:
-            from matplotlib.figure import Figure
-
-            ax = Figure(figsize=(COLUMN_WIDTH, 0.9 + 0.28 * max(len(keys), 1)), layout="constrained").add_subplot()
+            ax = F.new_axes(F.COLUMN_WIDTH, 1.0 + 0.28 * max(len(keys), 1))
         y = np.arange(len(keys))
         for j, name in enumerate(blocks):
             part = cells[cells["data"] == name].set_index(["group", "label"])
@@ -135,29 +133,27 @@ def ab_plot(cells: "pd.DataFrame", *, top: int = TOP_CELLS, ax=None):
                 break
             sel = part.loc[keys]
             x = sel["ab"].to_numpy(float)
-            lo, hi = sel["ab_low"].to_numpy(float), sel["ab_high"].to_numpy(float)
-            err = np.vstack([np.nan_to_num(x - lo), np.nan_to_num(hi - x)])
-            ax.errorbar(x, y + (j - (len(blocks) - 1) / 2) * 0.22, xerr=err, fmt="o", ms=3.5, capsize=0,
-                        color=OKABE_ITO[j % len(OKABE_ITO)], label=name)
-        ax.axvline(0.0, color="0.6", lw=0.6, ls="--")
-        ax.set_yticks(y, [f"{short(g, 16)} / {short(lab, 18)}" for g, lab in keys])
+            color, marker = F.series_style(j)
+            ax.errorbar(x, y + (j - (len(blocks) - 1) / 2) * 0.22, xerr=F._errors(x, sel["ab_low"], sel["ab_high"]),
+                        fmt=marker, ms=F.scaled(3.5), capsize=0, lw=F.scaled(0.9), color=color, label=name)
+        ax.axvline(0.0, color="0.6", lw=F.scaled(0.6), ls="--")
+        ax.set_yticks(y, [f"{F.short(g, 14)} / {F.short(lab, 16)}" for g, lab in keys])
         ax.set_ylim(len(keys) - 0.5, -0.5)
-        ax.set_xlabel("P(label | group) - P(label | other groups)")
-        ax.set_title("association (AB), largest cells", fontsize=8)
-        ax.legend(fontsize=6, frameon=False)
+        ax.set_xlabel("P(label | group) - P(label | others)")
+        ax.set_title("Association (AB), largest cells", **F.TITLE_AT_TOP)
+        if keys:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, handletextpad=0.2)
     return ax
 
 
 def balance_figure(groups: "pd.DataFrame", cells: "pd.DataFrame", *, top: int = TOP_CELLS):
-    """RB (left) and the largest AB cells (right) in one page-wide figure."""
-    from matplotlib.figure import Figure
-
-    from clipprobe.report.figures import PAGE_WIDTH, style
+    """RB (left) and the largest AB cells (right) in one page-wide figure; returns the Figure."""
+    from clipprobe.report import figures as F
 
     n = max(groups["group"].nunique(), min(top, len(cells)))
-    with style():
-        fig = Figure(figsize=(PAGE_WIDTH, 1.0 + 0.3 * n), layout="constrained")
-        left, right = fig.subplots(1, 2)
+    with F.style():
+        fig = F.new_figure(F.PAGE_WIDTH, 1.1 + 0.3 * n)
+        left, right = fig.subplots(1, 2, width_ratios=[1, 1.25])
     rb_plot(groups, ax=left)
     ab_plot(cells, top=top, ax=right)
     return fig
@@ -180,7 +176,7 @@ def write_balance(out, tables: dict[str, "pd.DataFrame"], record: dict, *, figur
         else:                       # a table of an earlier run of another command (a fit's, after a measure)
             (out / FILES[name]).unlink(missing_ok=True)
     if not figure:
-        for suffix in (".png", ".pdf"):
+        for suffix in (".png", ".pdf", ".svg"):
             (out / (FILES["figure"] + suffix)).unlink(missing_ok=True)
     else:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+import math
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,10 +48,32 @@ class CompareResult:
     notes: list[str]
 
 
+def short_model_name(report) -> str:
+    """A short display name of a report's model: the spec of a pretrained or Hub model
+    (``ViT-B-32:openai``), ``ARCH:file stem`` for a weights file (``ARCH`` alone when the file is named after
+    it), the folder name for a local folder; never a full path."""
+    from pathlib import PurePath
+
+    spec = report.model_spec
+    model = report.run.get("model") if isinstance(report.run.get("model"), dict) else {}
+    kind, path, arch = model.get("kind"), model.get("path"), model.get("arch")
+    if kind == "file" and path and arch:
+        stem = PurePath(str(path)).stem
+        return str(arch) if stem == arch else f"{arch}:{stem}"
+    if kind == "local-dir" and path:
+        return PurePath(str(path)).name or spec
+    if kind != "hf-hub" and not spec.startswith("hf-hub:") and ("/" in spec or "\\" in spec):
+        arch, sep, rest = spec.partition(":")
+        if sep and "/" not in arch and "\\" not in arch:
+            return f"{arch}:{PurePath(rest).stem}"
+        return PurePath(spec).name or spec
+    return spec
+
+
 def model_names(reports) -> list[str]:
-    """A distinct display name per report: the model spec, with the folder name where specs repeat."""
-    specs = [r.model_spec for r in reports]
-    names = [s if specs.count(s) == 1 else f"{s} ({r.path.name})" for s, r in zip(specs, reports)]
+    """A distinct display name per report: :func:`short_model_name`, with the folder name where names repeat."""
+    short = [short_model_name(r) for r in reports]
+    names = [s if short.count(s) == 1 else f"{s} ({r.path.name})" for s, r in zip(short, reports)]
     seen: dict[str, int] = {}
     out = []
     for name in names:
@@ -160,7 +183,7 @@ def _attribute_key(col):
 
 
 def compare_entropy_plot(result: CompareResult, attribute: str, *, ax=None):
-    """Mean normalized entropy per category, one colour per model (shared words only)."""
+    """Mean normalized entropy per category, one colour per model (shared words only); returns the Axes."""
     import numpy as np
 
     from clipprobe.report import figures
@@ -175,27 +198,29 @@ def compare_entropy_plot(result: CompareResult, attribute: str, *, ax=None):
     offsets = np.linspace(-0.25, 0.25, m) if m > 1 else [0.0]
     with figures.style():
         if ax is None:
-            ax = figures._new_axes(figures.COLUMN_WIDTH, 1.1 + 0.25 * max(n, 2))
+            ax = figures.new_axes(figures.COLUMN_WIDTH, 1.1 + 0.25 * max(n, 2) + 0.12 * math.ceil(m / 2))
         for j, name in enumerate(result.names):
             part = rows[rows["model"] == name].set_index("category").reindex(order)
             color, marker = figures.series_style(j)
-            ax.scatter(part["mean_norm_entropy"], np.arange(n) + offsets[j], s=12, color=color, marker=marker,
-                       label=figures.short(name, 40), zorder=3)
+            ax.scatter(part["mean_norm_entropy"], np.arange(n) + offsets[j], s=figures.scaled(12), color=color,
+                       marker=marker, label=figures.short(name, 32), zorder=3)
         ax.set_yticks(range(n), figures._ticks(order))
         ax.set_ylim(n - 0.5, -0.5)
         ax.set_xlim(0, 1.02)
-        ax.axvline(1.0, color="0.6", lw=0.6, ls="--", zorder=0)
-        ax.grid(axis="x", color="0.9", lw=0.5)
+        ax.axvline(1.0, color="0.6", lw=figures.scaled(0.6), ls="--", zorder=0)
+        ax.grid(axis="x", color="0.9", lw=figures.scaled(0.5))
         ax.set_axisbelow(True)
-        ax.set_xlabel("mean normalized entropy (1 = balanced)")
-        ax.set_title(f"Diversity of the top-k by model ({attribute})")
-        ax.figure.legend(*ax.get_legend_handles_labels(), loc="outside lower center",
-                         ncol=figures._legend_columns(ax.figure, result.names))
+        ax.set_xlabel(figures.LABELS["norm_entropy"])
+        ax.set_title(f"Diversity of the top-k by model ({figures.literal(attribute)})", **figures.TITLE_AT_TOP)
+        handles, labels = ax.get_legend_handles_labels()
+        ax.figure.legend(handles, labels, loc="outside lower center",
+                         ncol=figures._legend_columns(ax.figure, labels), handletextpad=0.1, columnspacing=0.8)
     return ax
 
 
 def compare_skew_scatter(result: CompareResult, attribute: str, model_a: str, model_b: str, *, ax=None):
-    """Word-level max skew of one model against another, with the identity line and Spearman rho."""
+    """Word-level max skew of one model against another, with the identity line and Spearman rho;
+    returns the Axes."""
     import numpy as np
 
     from clipprobe.report import figures
@@ -211,25 +236,26 @@ def compare_skew_scatter(result: CompareResult, attribute: str, model_a: str, mo
     rho = corr[(corr["attribute"] == attribute) & (corr["model_a"] == model_a) & (corr["model_b"] == model_b)]
     with figures.style():
         if ax is None:
-            ax = figures._new_axes(figures.COLUMN_WIDTH, figures.COLUMN_WIDTH)
-        ax.scatter(x, y, s=9, color=figures.OKABE_ITO[0], alpha=0.8, lw=0)
+            ax = figures.new_axes(figures.COLUMN_WIDTH, figures.COLUMN_WIDTH)
+        ax.scatter(x, y, s=figures.scaled(9), color=figures.OKABE_ITO[0], alpha=0.8, lw=0)
         finite = np.concatenate([x[np.isfinite(x)], y[np.isfinite(y)]])
         lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
         pad = 0.05 * (hi - lo or 1.0)
-        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=0.6, ls="--", zorder=0)
+        ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], color="0.6", lw=figures.scaled(0.6), ls="--", zorder=0)
         ax.set_xlim(lo - pad, hi + pad)
         ax.set_ylim(lo - pad, hi + pad)
         ax.set_aspect("equal")
-        ax.set_xlabel(f"max skew: {model_a}")
-        ax.set_ylabel(f"max skew: {model_b}")
+        label = figures.LABELS["max_skew"]
+        ax.set_xlabel(f"{label}, {figures.short(model_a, 36)}")
+        ax.set_ylabel(f"{label}, {figures.short(model_b, 36)}")
+        title = f"Max skew per word ({figures.literal(attribute)})"
         if not rho.empty and np.isfinite(rho["spearman_rho"].iloc[0]):
-            ax.set_title(f"{attribute}: Spearman rho = {rho['spearman_rho'].iloc[0]:.2f}")
-        else:
-            ax.set_title(attribute)
+            title += f"\nSpearman rho = {rho['spearman_rho'].iloc[0]:.2f}, {int(rho['n_words'].iloc[0])} words"
+        ax.set_title(title, **figures.TITLE_AT_TOP)
     return ax
 
 
-def write_comparison(result: CompareResult, out_dir, *, formats: Sequence[str] = ("png", "pdf")) -> list[Path]:
+def write_comparison(result: CompareResult, out_dir, *, formats: Sequence[str] | None = None) -> list[Path]:
     """Write the comparison tables (CSV and parquet), notes and figures to ``out_dir``."""
     from clipprobe.report import figures
 
@@ -248,6 +274,7 @@ def write_comparison(result: CompareResult, out_dir, *, formats: Sequence[str] =
     with atomic_path(notes) as tmp:
         tmp.write_text("".join(f"{n}\n" for n in result.notes) or "no notes\n", encoding="utf-8")
     paths.append(notes)
+    formats = figures.FIGURE_FORMATS if formats is None else tuple(formats)
     attributes = sorted(set(result.words["attribute"]), key=_attr_rank)
     for attr in attributes:
         ax = compare_entropy_plot(result, attr)

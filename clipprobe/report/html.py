@@ -43,7 +43,7 @@ from clipprobe._io import write_text
 from clipprobe.errors import UsageError
 from clipprobe.report.formatting import e
 from clipprobe.report.formatting import num as _num
-from clipprobe.report.store import CATEGORY_SEP
+from clipprobe.report.store import categories_of, category_text, top_groups_of
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,9 @@ def _skew_style(value) -> str:
 
 
 def _figure_png(fig, dpi: int = HTML_DPI) -> bytes:
-    from clipprobe.report.figures import PNG_COMPRESS_LEVEL
+    from clipprobe.report.figures import png_bytes
 
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, pil_kwargs={"compress_level": PNG_COMPRESS_LEVEL})
-    return buf.getvalue()
+    return png_bytes(fig, dpi=dpi)
 
 
 def _image_jpeg(img, quality: int = SHEET_QUALITY) -> bytes:
@@ -203,7 +201,8 @@ def _summary_section(report) -> str:
     rows = []
     s = report.summary.sort_values(["category", "attribute"])
     for r in s.itertuples(index=False):
-        top = r.top_groups if isinstance(r.top_groups, str) and r.top_groups else "—"
+        over = [t for t in top_groups_of(r.top_groups) if t["mean_skew"] is not None and t["mean_skew"] > 0]
+        top = "; ".join(f"{t['group']} ({t['mean_skew']:+.2f})" for t in over) or "none"
         rows.append([
             _td(r.category), _td(r.attribute), _td(str(r.n_words), num=r.n_words),
             _td(_num(r.mean_norm_entropy), num=r.mean_norm_entropy),
@@ -214,7 +213,7 @@ def _summary_section(report) -> str:
         ])
     headers = [("Category", "text"), ("Attribute", "text"), ("Words", "num"), ("Mean norm. entropy", "num"),
                ("Mean MaxSkew excess", "num"), ("Words flagged vs controls", "num"),
-               ("Not a random sample (hypergeometric)", "num"), ("Most over-represented groups", "text")]
+               ("Not a random sample (hypergeometric)", "num"), ("Most over-represented groups (mean skew > 0)", "text")]
     from clipprobe.analysis.probe import controls_ran
 
     shares = ("the share of words with at least one group flagged against the control queries, and, second, with "
@@ -274,7 +273,7 @@ def _flagged_section(report, sheets: dict[str, str], note: str | None) -> str:
             word_cell = f'<td title="{e(r.word)}"><a href="#{sheets[r.word]}">{e(r.word)}</a></td>'
         count = f"{int(r.count)}/{int(r.k)}" + (" (low count)" if bool(r.low_count) else "")
         rows.append([
-            word_cell, _td(r.category), _td(r.attribute), _td(r.group),
+            word_cell, _td(category_text(r.category)), _td(r.attribute), _td(r.group),
             _td(count, num=r.count), _td(_num(r.share), num=r.share),
             _td(_ci(r.share_ci_low, r.share_ci_high)),
             _td(_num(r.base_share), num=r.base_share),
@@ -381,7 +380,7 @@ def _contact_sheets(report, image_loader, label_for, max_sheets: int, faces: int
                        f"<b>{_num(p.skew)}</b></span>" for p in pairs.itertuples(index=False))
         anchor = f"faces-{len(out.blocks)}"
         out.anchors[word] = anchor
-        out.blocks.append(f'<div class="sheet" id="{anchor}"><h3>{e(word)} <small>{e(row["category"])}</small></h3>'
+        out.blocks.append(f'<div class="sheet" id="{anchor}"><h3>{e(word)} <small>{e(category_text(row["category"]))}</small></h3>'
                           f'<div class="tags">{tags}</div>'
                           f'<img alt="top faces for {e(word)}" src="data:image/jpeg;base64,{_b64(jpeg)}"></div>')
     left = len(order) - len(out.blocks)
@@ -420,8 +419,7 @@ def _words_payload(report) -> dict:
         if r["word"] not in prompts:
             prompts[r["word"]] = list(r["prompts"]) if r["prompts"] is not None else []
         rows.append({
-            "word": r["word"], "category": r["category"],
-            "categories": [c.strip() for c in str(r["category"]).split(CATEGORY_SEP.strip()) if c.strip()],
+            "word": r["word"], "category": category_text(r["category"]), "categories": categories_of(r["category"]),
             "attribute": r["attribute"], "top_group": r["top_group"], "max_skew": _round(r["max_skew"]),
             "max_skew_excess": _round(r["max_skew_excess"]), "p_max_skew": _round(r["p_max_skew"]),
             "min_skew": _round(r["min_skew"]), "norm_entropy": _round(r["norm_entropy"]),
@@ -483,6 +481,113 @@ def _association_section(report) -> str:
     from clipprobe.report.association import html_section, load_association
 
     return html_section(*load_association(folder))
+
+
+def _p(value) -> str:
+    """A p- or q-value in two significant digits (``< 1e-300`` for an underflow to 0)."""
+    if _num(value) == "—":
+        return "—"
+    v = float(value)
+    return "< 1e-300" if v == 0 else f"{v:.2g}"
+
+
+CROSSCHECK_TOP = 15   # rows of the table of the strongest caption associations
+
+
+def crosscheck_data(report):
+    """``(crosscheck.json, crosscheck.parquet table)`` of a report folder when they were made from this very
+    report (their recorded fingerprint of its groups matches), else None."""
+    folder = Path(report.path)
+    if not (folder / "crosscheck.json").is_file() or not (folder / "crosscheck.parquet").is_file():
+        return None
+    try:
+        data = json.loads((folder / "crosscheck.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("%s is unreadable; the page has no cross-check section", folder / "crosscheck.json")
+        return None
+    from clipprobe.report.crosscheck import groups_fingerprint
+
+    recorded = data.get("report_groups") if isinstance(data, dict) else None
+    if recorded is not None and recorded != groups_fingerprint(report.groups):
+        log.info("%s was made from another report than this folder's; the page leaves it out (rerun `clipprobe "
+                 "crosscheck`)", folder / "crosscheck.json")
+        return None
+    import pandas as pd
+
+    return data, pd.read_parquet(folder / "crosscheck.parquet")
+
+
+def _crosscheck_section(report) -> str:
+    """The caption cross-check (``report --captions-counts`` or ``clipprobe crosscheck``), or nothing."""
+    found = crosscheck_data(report)
+    if found is None:
+        return ""
+    data, joined = found
+    from clipprobe.analysis.probe import controls_ran
+
+    corr = data.get("spearman_skew_vs_caption_log_odds") or {}
+    rows = []
+    for attribute, c in corr.items():
+        c = c or {}
+        groups = c.get("by_group") or {}
+        detail = "; ".join(f"{g}: {_num(v.get('rho'))} (n = {v.get('n')})" for g, v in groups.items()
+                           if isinstance(v, dict))
+        rows.append([_td(attribute), _td(_num(c.get("rho"), 3), num=c.get("rho")), _td(_p(c.get("p_value")),
+                     num=c.get("p_value")), _td(str(c.get("n", "—")), num=c.get("n")), _td(detail)])
+    corr_table = _table([("Attribute", "text"), ("Spearman rho", "num"), ("p", "num"), ("Rows", "num"),
+                         ("By group: rho (rows)", "text")], rows, tid="crosscheck-table")
+    absent_words, absent_groups = data.get("words_absent") or [], data.get("groups_absent") or []
+
+    def listed(items, limit=12):
+        return ", ".join(e(x) for x in items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+    coverage = (f"{int(data.get('n_defined', 0)):,} of {int(data.get('n_rows', 0)):,} word-group rows have a caption "
+                f"association; {int(data.get('n_words_absent', 0))} of {int(data.get('n_words', 0))} words"
+                + (f" ({listed(absent_words)})" if absent_words else "")
+                + f" and {int(data.get('n_groups_absent', 0))} of {int(data.get('n_groups', 0))} groups"
+                + (f" ({listed(absent_groups)})" if absent_groups else "")
+                + " never occur in the captions and are left out of the correlations and figures.")
+    flag = "flagged_vs_controls" if controls_ran(report.groups) and "flagged_vs_controls" in joined else "flagged"
+    ok = joined[joined["caption_status"] == "ok"] if "caption_status" in joined else joined
+    top = ok.sort_values(["caption_log_odds", "word"], ascending=[False, True], kind="stable").head(CROSSCHECK_TOP)
+    top_rows = []
+    for r in top.to_dict("records"):
+        model_flag = r.get(flag)
+        top_rows.append([
+            _td(r["word"]), _td(r["attribute"]), _td(r["group"]),
+            _td(_num(r["skew"]), num=r["skew"], extra=_skew_style(r["skew"])),
+            _td("yes" if model_flag is True else ("no" if model_flag is False else "—")),
+            _td(f"{int(r['caption_n_both']):,}", num=r["caption_n_both"]),
+            _td(_num(r["caption_lift"]), num=r["caption_lift"]),
+            _td(_num(r["caption_log_odds"]), num=r["caption_log_odds"]),
+            _td(_ci(r.get("caption_log_odds_ci_low"), r.get("caption_log_odds_ci_high")) or "not published"),
+            _td(_p(r["caption_q_value"]), num=r["caption_q_value"]),
+        ])
+    flag_label = "Model flag vs controls" if flag == "flagged_vs_controls" else "Model flag (hypergeometric)"
+    top_table = _table([("Word", "text"), ("Attribute", "text"), ("Group", "text"), ("Skew", "num"),
+                        (flag_label, "text"), ("Captions with both", "num"), ("Lift", "num"),
+                        ("Log-odds", "num"), ("95% interval", "text"), ("q", "num")], top_rows,
+                       tid="crosscheck-top")
+    figures = []
+    for attribute in corr:
+        path = Path(report.path) / "figures" / f"crosscheck_{attribute}.png"
+        if path.is_file():
+            figures.append(_figure_block(f"Retrieval skew (model) against caption log-odds (data): {attribute}",
+                                         path.read_bytes()))
+    return ('<section id="captions"><h2>Is it in the captions too?</h2>'
+            '<p class="lead">The caption cross-check joins each word-group row of this report with its co-occurrence '
+            f"in the caption counts of <code>{e(data.get('counts', '—'))}</code>. Spearman's rho ranks retrieval skew "
+            "(the model) against caption log-odds (the data) over the rows where both are defined: a positive rho says "
+            "the model's associations follow the captions'. It says nothing about cause, and it is only as good as the "
+            f"caption lexicon. {coverage}</p>"
+            + corr_table
+            + (f'<div class="figgrid">{"".join(figures)}</div>' if figures else "")
+            + f"<h3>Strongest caption associations ({len(top_rows)} of {len(ok):,} rows, by log-odds)</h3>"
+            + '<p class="lead">Captions with both: how many captions name the word and the group; lift: their share '
+            "over what independence gives; the log-odds interval is published only where every cell of the 2x2 "
+            f"table expects at least 10 captions; q: Benjamini-Hochberg over every row (alpha {e(data.get('alpha', '—'))}).</p>"
+            + (top_table if top_rows else '<p class="empty">No row has a caption association.</p>')
+            + "</section>")
 
 
 def _run_section(report) -> str:
@@ -590,18 +695,21 @@ def write_html_report(report, out_path, *, image_loader: Callable | None = None,
     sheets = _contact_sheets(report, image_loader, label_for, max_sheets, sheet_faces, sheets_max_bytes)
     blocks = sheets.blocks
     eat = _eat_section(report) + _association_section(report)
+    captions = _crosscheck_section(report)
     sections = [
         _summary_section(report),
         _figures_section(report, category_figures, source),
         _flagged_section(report, sheets.anchors, sheets.note),
         _sheets_section(blocks, sheets.left_out, controls_ran(report.groups)),
         _words_section(controls_ran(report.groups)),
+        captions,
         eat,
         _run_section(report),
     ]
     nav = "".join(f'<a href="#{sid}">{label}</a>' for sid, label in (
         ("summary", "Summary"), ("figures", "Figures"), ("flagged", "Flagged pairs"),
         *((("faces", "Faces"),) if blocks else ()), ("words", "All words"),
+        *((("captions", "Captions"),) if captions else ()),
         *((("eat", "Association tests"),) if 'id="eat"' in eat else ()),
         *((("association", "Model RB/AB"),) if 'id="association"' in eat else ()), ("run", "Run")))
     page = (

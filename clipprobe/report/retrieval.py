@@ -66,6 +66,8 @@ class Retrieval:
 
 def model_label(model: dict) -> str:
     """A short model name for titles: ``ARCH:file name`` for a local weights file, else the spec."""
+    if model.get("shipped"):
+        return str(model["shipped"])
     if model.get("kind") == "file" and model.get("arch") and model.get("path"):
         return f"{model['arch']}:{Path(str(model['path'])).name}"
     return str(model.get("spec", ""))

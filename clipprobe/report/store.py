@@ -12,8 +12,12 @@ records the SHA-256 of each table; :func:`load_report` refuses a
 folder whose tables do not match it (a run killed while replacing an older report's files leaves
 such a mixed folder), so a half-replaced report is never drawn or compared.
 
-A word listed in two categories keeps both in its ``category`` field, joined by ``"; "``;
-:func:`explode_categories` gives one row per category for per-category aggregates.
+A word's ``category`` is a list of strings (a word listed in two categories has both), stored as a
+parquet list column; :func:`explode_categories` gives one row per category for per-category
+aggregates. The summary's ``top_groups`` is a list of ``{"group", "mean_skew"}`` records, stored in
+``summary.parquet``; ``summary.csv`` (for spreadsheets) writes both as text (``"a; b"``,
+``"group (+0.42); ..."``). Folders written before (categories joined by ``"; "``, no
+``summary.parquet``) are read into the same types.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2   # 2: run.json is the shared run record, with table checksums
 RUN_KEYS = ("format_version", "k")
-FILES = {"groups": "groups.parquet", "words": "words.parquet", "summary": "summary.csv", "run": "run.json"}
-TABLE_FILES = ("groups", "words", "summary")
+FILES = {"groups": "groups.parquet", "words": "words.parquet", "summary": "summary.csv", "run": "run.json",
+         "summary_table": "summary.parquet"}
+TABLE_FILES = ("groups", "words", "summary", "summary_table")
+REQUIRED_FILES = ("groups", "words", "summary", "run")     # summary.parquet: in folders written since it exists
 
 MSG_NO_FOLDER = "report folder {path} does not exist"
 MSG_NOT_FOLDER = "report folder {path} is not a folder"
@@ -101,21 +107,67 @@ class Report:
         return list(dict.fromkeys(rows["group"].astype(str)))
 
 
+def categories_of(value) -> list[str]:
+    """One row's categories as a list: a list or array as it is, a ``"; "``-joined string (a report folder
+    written before categories were lists) split."""
+    if isinstance(value, str):
+        return [p.strip() for p in value.split(CATEGORY_SEP.strip()) if p.strip()]
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    return [str(v) for v in value]
+
+
+def category_text(value) -> str:
+    """One row's categories as text: ``"a; b"``."""
+    return CATEGORY_SEP.join(categories_of(value))
+
+
 def split_categories(values) -> list[str]:
-    """Sorted distinct categories in a column of ``"; "``-joined category strings."""
+    """Sorted distinct categories in a ``category`` column (lists, or ``"; "``-joined strings)."""
     out: set[str] = set()
     for value in values:
-        out.update(part.strip() for part in str(value).split(CATEGORY_SEP.strip()) if part.strip())
+        out.update(categories_of(value))
     return sorted(out)
 
 
 def explode_categories(df):
-    """One row per category: a row whose category is ``"a; b"`` becomes two rows."""
+    """One row per category: a row whose categories are ``["a", "b"]`` becomes two rows."""
     out = df.copy()
-    out["category"] = [
-        [p.strip() for p in str(v).split(CATEGORY_SEP.strip()) if p.strip()] for v in out["category"]
-    ]
+    out["category"] = [categories_of(v) for v in out["category"]]
     return out.explode("category", ignore_index=True)
+
+
+def top_groups_of(value) -> list[dict]:
+    """One summary row's ``top_groups`` as ``[{"group", "mean_skew"}]``: records as they are (from parquet or
+    memory), or parsed from the text of summary.csv (``"g (+0.42); h (-0.10)"``; a name without a value,
+    as very old folders wrote, gets ``mean_skew`` None)."""
+    import re
+
+    if isinstance(value, str):
+        out = []
+        for part in value.split(CATEGORY_SEP.strip()):
+            part = part.strip()
+            if not part:
+                continue
+            m = re.match(r"^(.*) \(([+-]?(?:\d+(?:\.\d*)?|inf|nan))\)$", part)
+            out.append({"group": m.group(1), "mean_skew": float(m.group(2))} if m else
+                       {"group": part, "mean_skew": None})
+        return out
+    if value is None or (isinstance(value, float) and value != value):
+        return []
+    return [{"group": str(r["group"]), "mean_skew": None if r.get("mean_skew") is None else float(r["mean_skew"])}
+            for r in value]
+
+
+def top_groups_text(value) -> str:
+    """``top_groups`` as text: ``"g (+0.42); h (-0.10)"``."""
+    return CATEGORY_SEP.join(f"{r['group']} ({r['mean_skew']:+.2f})" if r["mean_skew"] is not None else r["group"]
+                             for r in top_groups_of(value))
+
+
+def summary_csv_frame(summary):
+    """The summary as summary.csv writes it: ``top_groups`` as text."""
+    return summary.assign(top_groups=[top_groups_text(v) for v in summary["top_groups"]])
 
 
 def _sha256(path: Path) -> str:
@@ -129,7 +181,7 @@ def _sha256(path: Path) -> str:
 def table_checksums(folder) -> dict[str, str]:
     """SHA-256 of each table file of a report folder (what run.json records under ``files``)."""
     folder = Path(folder)
-    return {FILES[key]: _sha256(folder / FILES[key]) for key in TABLE_FILES}
+    return {FILES[key]: _sha256(folder / FILES[key]) for key in TABLE_FILES if (folder / FILES[key]).is_file()}
 
 
 def check_out_folder(out) -> None:
@@ -166,9 +218,9 @@ def load_report(path) -> Report:
         raise DataError(MSG_NO_FOLDER.format(path=path))
     if not path.is_dir():
         raise DataError(MSG_NOT_FOLDER.format(path=path))
-    for name in FILES.values():
-        if not (path / name).is_file():
-            raise DataError(MSG_NO_FILE.format(path=path, name=name))
+    for key in REQUIRED_FILES:
+        if not (path / FILES[key]).is_file():
+            raise DataError(MSG_NO_FILE.format(path=path, name=FILES[key]))
 
     try:
         run = json.loads((path / FILES["run"]).read_text(encoding="utf-8"))
@@ -183,9 +235,14 @@ def load_report(path) -> Report:
     if missing_keys:
         raise DataError(MSG_MISSING_KEYS.format(path=path, keys=", ".join(missing_keys)))
 
+    recorded = run.get("files") if isinstance(run.get("files"), dict) else {}
+    structured = FILES["summary_table"] in recorded    # summary.parquet, with top_groups as records
     tables = {}
-    for key, columns in (("groups", GROUP_COLUMNS), ("words", WORD_COLUMNS), ("summary", SUMMARY_COLUMNS)):
+    for key, columns in (("groups", GROUP_COLUMNS), ("words", WORD_COLUMNS),
+                         ("summary_table" if structured else "summary", SUMMARY_COLUMNS)):
         name = FILES[key]
+        if not (path / name).is_file():
+            raise DataError(MSG_NO_FILE.format(path=path, name=name))
         try:
             if name.endswith(".csv"):
                 from clipprobe._io import csv_unprotected
@@ -198,16 +255,19 @@ def load_report(path) -> Report:
         missing = [c for c in columns if c not in df.columns]
         if missing:
             raise DataError(MSG_MISSING_COLUMNS.format(name=name, path=path, columns=", ".join(missing)))
-        tables[key] = df
-    recorded = run.get("files") if isinstance(run.get("files"), dict) else {}
+        tables["summary" if key == "summary_table" else key] = df
     for key in TABLE_FILES:
         name = FILES[key]
+        if key == "summary_table" and not structured:
+            continue
         if recorded.get(name) != _sha256(path / name):
             raise DataError(MSG_MIXED.format(path=path, name=name))
 
     for key in ("groups", "words"):
-        for col in ("word", "category", "attribute"):
+        for col in ("word", "attribute"):
             tables[key][col] = tables[key][col].astype(str)
+        tables[key]["category"] = [categories_of(v) for v in tables[key]["category"]]
+    tables["summary"]["top_groups"] = [top_groups_of(v) for v in tables["summary"]["top_groups"]]
     tables["groups"]["group"] = tables["groups"]["group"].astype(str)
     tables["groups"]["flagged"] = tables["groups"]["flagged"].astype(bool)
     tables["summary"]["category"] = tables["summary"]["category"].astype(str)

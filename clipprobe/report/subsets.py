@@ -8,7 +8,9 @@ A subsets folder holds::
     DIR/subsets.parquet        the report's group rows per subset (scope "local") and for the whole dataset
                                (scope "global", subset "all"), with the skew against the global base shares
     DIR/subset_words.parquet   the report's word rows per subset and globally, with the KL of recall@k
-    DIR/dispersion.parquet     per word, attribute and measure: the global value and the spread over subsets
+    DIR/dispersion.parquet     per word, attribute and measure: the global value and the spread over subsets,
+                               and whether its top group changes more often than the control queries' do
+    DIR/control_changes.parquet  each control query's top-group change rate (the null of that comparison)
     DIR/figures/               heatmaps word x subset, per-word spreads (PNG)
     DIR/sheets/<subset>.jpg    the subset's most typical faces (closest to its centroid)
     DIR/subsets.html           one self-contained page
@@ -45,14 +47,14 @@ COMPARE_COMMAND = "subsets compare"
 FILES = {
     "assignment": "assignment.parquet", "clusters": "clusters.parquet", "composition": "composition.parquet",
     "groups": "subsets.parquet", "words": "subset_words.parquet", "dispersion": "dispersion.parquet",
-    "html": "subsets.html", "run": "run.json",
+    "controls": "control_changes.parquet", "html": "subsets.html", "run": "run.json",
 }
 COMPARE_FILES = {
     "assignment": "assignment.parquet", "measures": "model_measures.parquet", "transfer": "transfer.parquet",
     "correlations": "correlations.parquet", "html": "compare.html", "run": "run.json",
 }
 FIGURE_WORDS = 8           # per-word spread figures: the words whose local values spread the most
-FIGURE_FORMATS = ("png",)
+FIGURE_FORMATS = ("png", "pdf", "svg")  # a PNG for the page, vector PDF and SVG for papers
 HEATMAP_WORDS = 40         # rows of a heatmap word x subset
 SHEET_THUMB = 64
 SHEET_COLUMNS = 10
@@ -106,6 +108,7 @@ class SubsetsFolder:
     words: Any
     dispersion: Any
     run: dict
+    controls: Any = None       # control_changes.parquet (absent when the run had no control queries)
 
 
 def load_subsets(path) -> SubsetsFolder:
@@ -125,7 +128,57 @@ def load_subsets(path) -> SubsetsFolder:
         if not file.is_file():
             raise DataError(MSG_NOT_SUBSETS.format(path=path, file=FILES[key]))
         tables[key] = pd.read_parquet(file)
-    return SubsetsFolder(path=path, run=run, **tables)
+    controls = path / FILES["controls"]
+    return SubsetsFolder(path=path, run=run, **tables,
+                         controls=pd.read_parquet(controls) if controls.is_file() else None)
+
+
+# ----------------------------------------------------------------------------------------------
+# the headline and what was skipped, as text (the command prints them, the page shows them)
+
+
+def _pct(value) -> str:
+    import math
+
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.0%}"
+
+
+def headline(summary_row: Mapping[str, Any], *, alpha: float) -> str:
+    """One attribute's line: words whose top group changes more often than the control queries' first,
+    the raw share second (a word with no association changes top group too)."""
+    r = summary_row
+    raw = (f"raw: top group changes in at least one subset for {_pct(r['share_top_group_changes'])} of words, "
+           f"in a median {_pct(r['median_top_group_change_rate'])} of subsets")
+    flagged = f"{_pct(r['share_flagged_top_group_changes'])} between flagged top groups"
+    n_controls = int(r.get("n_controls") or 0)
+    if not n_controls:
+        return (f"{r['attribute']}: no control queries to compare with, so no word is shown to change top group "
+                f"more than chance; {raw}; {flagged}")
+    n_more = int(round(float(r["share_top_group_changes_vs_controls"]) * int(r["n_words"])))
+    return (f"{r['attribute']}: top group changes across subsets more often than for the {n_controls} control "
+            f"queries for {n_more} of {int(r['n_words'])} words (q < {alpha}); {raw}, against "
+            f"{_pct(r['control_change_rate_min'])}-{_pct(r['control_change_rate_max'])} (median "
+            f"{_pct(r['control_change_rate_median'])}) for the control queries; {flagged}")
+
+
+def skipped_text(skipped: Mapping[str, Any] | None) -> str:
+    """What the analysis left out, in one line (from run.json's ``skipped``)."""
+    if not skipped:
+        return ""
+    parts = []
+    dropped, not_probed = skipped.get("dropped") or {}, skipped.get("not_probed") or {}
+    if not_probed.get("n_subsets"):
+        why = "; ".join(f"{s['subset']} ({s['n_images']} images): {s['why']}" for s in not_probed["subsets"][:5])
+        more = f"; {not_probed['n_subsets'] - 5} more" if not_probed["n_subsets"] > 5 else ""
+        parts.append(f"{not_probed['n_subsets']} subset(s) with {not_probed['n_images']} image(s) not probed "
+                     f"({why}{more})")
+    if dropped.get("n_subsets"):
+        parts.append(f"{dropped['n_subsets']} subset(s) with {dropped['n_images']} image(s) dropped below "
+                     f"min_size={skipped.get('min_size')}")
+    if (skipped.get("no_value") or {}).get("n_images"):
+        parts.append(f"{skipped['no_value']['n_images']} image(s) with no subset value")
+    probed = f"{skipped.get('n_images_probed')} of {skipped.get('n_images')} images probed"
+    return f"{probed}; skipped: " + ("; ".join(parts) if parts else "nothing")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -145,11 +198,13 @@ def word_spread(groups: "pd.DataFrame", word: str, attribute: str, group: str | 
 
     ``group`` defaults to the word's top group in the global rows. The global value is the black
     diamond (its interval a grey band); each subset a dot with its interval; subsets where the row is
-    flagged (BH over every local row) are filled, the others hollow.
+    flagged (BH over every local row) are filled, the others hollow; a subset whose top-k holds no face
+    of the group has no skew: an ``x`` in the shaded strip at the left. Returns the Axes.
     """
     import numpy as np
+    from matplotlib.lines import Line2D
 
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, _errors, _new_axes, literal, short, style
+    from clipprobe.report import figures as F
 
     rows = groups[(groups["word"] == word) & (groups["attribute"] == attribute)]
     if rows.empty:
@@ -163,40 +218,62 @@ def word_spread(groups: "pd.DataFrame", word: str, attribute: str, group: str | 
         group = str(pick.sort_values("skew", ascending=False, kind="stable")["group"].iloc[0])
     rows = rows[rows["group"] == group]
     local = rows[rows["scope"] == "local"]
-    with style():
+    g = glob[glob["group"] == group] if not glob.empty else glob
+    color = F.OKABE_ITO[0]
+    with F.style():
         if ax is None:
-            ax = _new_axes(COLUMN_WIDTH, max(1.6, 0.9 + 0.16 * len(local)))
-        y = np.arange(len(local))[::-1]
-        err = _errors(local["skew"], local["skew_ci_low"], local["skew_ci_high"])
-        flagged = local["flagged"].to_numpy(dtype=bool)
-        ax.errorbar(local["skew"], y, xerr=err, fmt="none", ecolor=OKABE_ITO[0], elinewidth=0.8, capsize=0)
-        ax.scatter(local["skew"][flagged], y[flagged], color=OKABE_ITO[0], s=14, zorder=3, label="flagged")
-        ax.scatter(local["skew"][~flagged], y[~flagged], facecolor="white", edgecolor=OKABE_ITO[0], s=14, zorder=3,
-                   label="not flagged")
-        if not glob.empty:
-            g = glob[glob["group"] == group]
-            if not g.empty:
-                lo, hi = float(g["skew_ci_low"].iloc[0]), float(g["skew_ci_high"].iloc[0])
-                if np.isfinite(lo) and np.isfinite(hi):
-                    ax.axvspan(lo, hi, color="0.85", zorder=0, lw=0)
-                ax.axvline(float(g["skew"].iloc[0]), color="black", lw=0.8, zorder=1)
-                ax.plot([float(g["skew"].iloc[0])], [len(local) - 0.4 if len(local) else 0], marker="D",
-                        color="black", ms=4, zorder=4, label="global", clip_on=False)
-        ax.axvline(0.0, color="0.6", lw=0.5, ls=":")
-        ax.set_yticks(y, [short(s) for s in local["subset"]])
-        ax.set_xlabel(f"skew of {literal(group)} (subset's own base shares)")
-        ax.set_title(literal(f"{word} ({attribute}): global and per subset"), loc="left")
-        ax.legend(loc="lower right", fontsize=5.5)
+            ax = F.new_axes(F.COLUMN_WIDTH, max(1.8, 1.2 + 0.16 * len(local)))
+        y = np.arange(len(local))[::-1].astype(float)
+        zero = F.zero_faces(local)
+        measured = ~zero
+        skew = local["skew"].to_numpy(dtype=float)
+        err = F._errors(skew, local["skew_ci_low"], local["skew_ci_high"])
+        flagged = local["flagged"].to_numpy(dtype=bool) & measured
+        hollow = ~flagged & measured
+        if measured.any():
+            ax.errorbar(skew[measured], y[measured], xerr=err[:, measured], fmt="none", ecolor=color,
+                        elinewidth=F.scaled(0.8), capsize=0)
+        ax.scatter(skew[flagged], y[flagged], color=color, s=F.scaled(14), zorder=3)
+        ax.scatter(skew[hollow], y[hollow], facecolor="white", edgecolor=color, s=F.scaled(14), zorder=3)
+        values = [skew[measured], local["skew_ci_low"].to_numpy(float)[measured],
+                  local["skew_ci_high"].to_numpy(float)[measured]]
+        if not g.empty:
+            values += [g["skew"].to_numpy(float), g["skew_ci_low"].to_numpy(float), g["skew_ci_high"].to_numpy(float)]
+        F.set_skew_axis(ax, F.skew_limits(np.concatenate(values)))
+        F.draw_zero_faces(ax, y[zero])
+        handles = [Line2D([], [], ls="none", marker="o", color=color, ms=F.scaled(3.5), label="flagged"),
+                   Line2D([], [], ls="none", marker="o", mfc="white", mec=color, ms=F.scaled(3.5),
+                          label="not flagged")]
+        if not g.empty:
+            lo, hi = float(g["skew_ci_low"].iloc[0]), float(g["skew_ci_high"].iloc[0])
+            if np.isfinite(lo) and np.isfinite(hi):
+                ax.axvspan(lo, hi, color="0.88", zorder=0, lw=0)
+            ax.axvline(float(g["skew"].iloc[0]), color="black", lw=F.scaled(0.8), zorder=1)
+            ax.plot([float(g["skew"].iloc[0])], [len(local) - 0.4 if len(local) else 0], marker="D",
+                    color="black", ms=F.scaled(4), zorder=4)
+            handles.append(Line2D([], [], ls="none", marker="D", color="black", ms=F.scaled(3.5),
+                                  label="all images"))
+        if zero.any():
+            handles.append(F.zero_legend_handle())
+        ax.axvline(0.0, color="0.6", lw=F.scaled(0.5), ls=":")
+        ax.set_yticks(y, [F.short(s, 24) for s in local["subset"]])
+        ax.set_ylim(-0.6, len(local) - 0.2)
+        ax.set_xlabel(f"skew of {F.short(group, 24)} (subset's own base shares)")
+        ax.set_title(F.literal(f"{word} ({attribute}): all images and each subset"), loc="left", y=1.0, pad=6.0)
+        ax.figure.legend(handles=handles, loc="outside lower center",
+                         ncol=F._legend_columns(ax.figure, [h.get_label() for h in handles]),
+                         handletextpad=0.1, columnspacing=0.8)
     return ax
 
 
 def subset_heatmap(words: "pd.DataFrame", attribute: str, measure: str = "kl_recall", *,
                    rows: Sequence[str] | None = None, max_words: int = HEATMAP_WORDS, ax=None):
     """A heatmap word x subset of a word measure (``kl_recall``, ``max_skew_excess``, ...), the global
-    value in the first column; rows are ``rows`` or the words with the largest spread over subsets."""
+    value in the first column; rows are ``rows`` or the words with the largest spread over subsets.
+    Returns the Axes."""
     import numpy as np
 
-    from clipprobe.report.figures import PAGE_WIDTH, _new_axes, literal, short, style
+    from clipprobe.report import figures as F
 
     part = words[words["attribute"] == attribute]
     table = part.pivot_table(index="word", columns="subset", values=measure, aggfunc="first", sort=False)
@@ -209,45 +286,50 @@ def subset_heatmap(words: "pd.DataFrame", attribute: str, measure: str = "kl_rec
         rows = list(spread.sort_values(ascending=False, kind="stable").index[:max_words])
     table = table.reindex(list(rows))
     values = table.to_numpy(dtype=np.float64)
-    with style():
+    with F.style():
         if ax is None:
-            ax = _new_axes(min(PAGE_WIDTH, 1.6 + 0.28 * len(columns)), max(1.6, 0.8 + 0.14 * len(rows)))
+            width = F.COLUMN_WIDTH if len(columns) <= 8 else F.PAGE_WIDTH
+            ax = F.new_axes(width, max(1.8, 1.3 + 0.14 * len(rows)))
         finite = values[np.isfinite(values)]
         if measure.endswith("excess") or measure.startswith("skew") or measure.endswith("_skew"):
             bound = float(np.max(np.abs(finite))) if finite.size else 1.0
-            image = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-bound, vmax=bound, interpolation="nearest")
+            image = ax.imshow(values, aspect="auto", cmap=F._cmap(F.DIVERGING_CMAP), vmin=-bound, vmax=bound,
+                              interpolation="nearest")
         else:
-            image = ax.imshow(values, aspect="auto", cmap="viridis", interpolation="nearest",
+            image = ax.imshow(values, aspect="auto", cmap=F._cmap("viridis"), interpolation="nearest",
                               vmin=0.0 if finite.size else None)
-        ax.set_xticks(range(len(columns)), [short(c, 12) for c in columns], rotation=90)
-        ax.set_yticks(range(len(rows)), [short(r) for r in rows])
+        ax.set_xticks(range(len(columns)), [F.short(c, 12) for c in columns], rotation=90)
+        ax.set_yticks(range(len(rows)), [F.short(r) for r in rows])
         if "all" in columns:
-            ax.axvline(0.5, color="white", lw=1.2)
-        ax.figure.colorbar(image, ax=ax, shrink=0.8).set_label(literal(measure))
-        ax.set_title(literal(f"{measure} ({attribute}): global, then each subset"), loc="left")
+            ax.axvline(0.5, color="white", lw=F.scaled(1.2))
+        ax.figure.colorbar(image, ax=ax, shrink=0.8).set_label(F.literal(measure))
+        ax.set_title(F.literal(f"{measure} ({attribute}): all images, then each subset"), loc="left", y=1.0,
+                     pad=6.0)
         ax.spines[:].set_visible(False)
     return ax
 
 
 def transfer_plot(transfer: "pd.DataFrame", attribute: str, statistic: str, *, ax=None):
-    """Spearman's rho (across models) between the global value and each subset's, with its interval."""
+    """Spearman's rho (across models) between the global value and each subset's, with its interval;
+    returns the Axes."""
     import numpy as np
 
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, _errors, _new_axes, literal, short, style
+    from clipprobe.report import figures as F
 
     part = transfer[(transfer["attribute"] == attribute) & (transfer["statistic"] == statistic)]
-    with style():
+    with F.style():
         if ax is None:
-            ax = _new_axes(COLUMN_WIDTH, max(1.6, 0.9 + 0.16 * len(part)))
+            ax = F.new_axes(F.COLUMN_WIDTH, max(1.8, 1.1 + 0.16 * len(part)))
         y = np.arange(len(part))[::-1]
-        ax.errorbar(part["rho"], y, xerr=_errors(part["rho"], part["ci_low"], part["ci_high"]), fmt="o", ms=3,
-                    color=OKABE_ITO[0], elinewidth=0.8)
-        ax.axvline(0.0, color="0.6", lw=0.5, ls=":")
+        ax.errorbar(part["rho"], y, xerr=F._errors(part["rho"], part["ci_low"], part["ci_high"]), fmt="o",
+                    ms=F.scaled(3), color=F.OKABE_ITO[0], elinewidth=F.scaled(0.8))
+        ax.axvline(0.0, color="0.6", lw=F.scaled(0.5), ls=":")
         ax.set_xlim(-1.05, 1.05)
-        ax.set_yticks(y, [short(s) for s in part["subset"]])
+        ax.set_yticks(y, [F.short(s, 24) for s in part["subset"]])
         n = int(part["n_models"].max()) if len(part) else 0
-        ax.set_xlabel(f"Spearman rho, global vs subset ({n} models)")
-        ax.set_title(literal(f"{statistic} ({attribute}): does the ranking survive?"), loc="left")
+        ax.set_xlabel(f"Spearman rho, all images vs subset ({n} models)")
+        ax.set_title(F.literal(f"{statistic} ({attribute}): does the ranking survive?"), loc="left", y=1.0,
+                     pad=6.0)
     return ax
 
 
@@ -377,7 +459,7 @@ def _figure(path: Path, caption: str) -> str:
 
 
 def _composition_text(comp: "pd.DataFrame", subset: str, attribute: str, n: int = 3) -> str:
-    part = comp[(comp["subset"] == subset) & (comp["attribute"] == attribute) & comp["log_ratio"].notna()]
+    part = comp[(comp["subset"] == subset) & (comp["attribute"] == attribute) & (comp["log_ratio"] > 0)]
     part = part.sort_values("log_ratio", ascending=False, kind="stable").head(n)
     return "; ".join(f"{g} {s:.0%} ({r:+.2f})" for g, s, r in zip(part["group"], part["share"], part["log_ratio"]))
 
@@ -396,11 +478,16 @@ def subsets_html(*, run: Mapping[str, Any], clusters: "pd.DataFrame", compositio
                  f"<p>dataset {_e(dataset.get('spec', ''))}; subsets by {_e(config.get('by', ''))}, "
                  f"min_size {_e(config.get('min_size', ''))}; k = {_e(config.get('k', ''))} "
                  f"({_e(config.get('k_mode', ''))}); FDR {_e(config.get('alpha', ''))} over every local row</p>"
-                 "</header><main>")
+                 f"<p>{_e(skipped_text(run.get('skipped')))}</p></header><main>")
     parts.append("<p class=\"howto\">Each subset is probed on its own images: a word's top-k within the subset, "
                  "skews against the subset's own group shares, the report's intervals and tests, Benjamini-Hochberg "
                  "over every local row. kl_recall is KL(p || uniform) of the groups' normalised recall@k "
-                 "(0: every group recalled alike); its excess is over the label-shuffle null.</p>")
+                 "(0: every group recalled alike); its excess is over the label-shuffle null. It is this "
+                 "project's reading of Ramos et al.'s R@k measure: every image of a group counts as relevant to a "
+                 "word, so r_a is the share of group a's images in the word's top-k. Read as retrieval recall "
+                 "(a caption is a hit when its own paired image is in the top-k, per group of the pictured "
+                 "person), the measure would be a gap in retrieval accuracy, would need image-caption pairs, "
+                 "and would give other values.</p>")
     if notes:
         parts.append("<details><summary>Notes (" + str(len(notes)) + ")</summary><ul>"
                      + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul></details>")
@@ -420,7 +507,13 @@ def subsets_html(*, run: Mapping[str, Any], clusters: "pd.DataFrame", compositio
     # dispersion summary
     if len(summary):
         cols = list(summary.columns)
-        parts.append("<h2>Does the bias move between subsets?</h2>")
+        alpha = config.get("alpha", 0.05)
+        parts.append("<h2>Does the bias move between subsets?</h2><p class=\"note\">A word with no association "
+                     "changes top group between subsets too, so each word's share of subsets where its top group "
+                     "is not the global one is compared with the control queries' shares (p-value with ties split "
+                     "at random, BH over words); the raw share comes second.</p><ul>"
+                     + "".join(f"<li>{_e(headline(r, alpha=alpha))}</li>" for r in summary.to_dict(orient="records"))
+                     + "</ul>")
         parts.append(_table(cols, [[_cell(v) for v in row] for row in summary.itertuples(index=False)],
                             [_numeric(summary, c) for c in cols]))
     # words with the widest spread
@@ -473,10 +566,13 @@ def write_subsets(out, tables, assignment_table: "pd.DataFrame", *, run: dict, t
     written = []
     with timer("write_tables"):
         for key, df in (("assignment", assignment_table), ("clusters", clusters), ("composition", tables.composition),
-                        ("groups", tables.groups), ("words", tables.words), ("dispersion", tables.dispersion)):
+                        ("groups", tables.groups), ("words", tables.words), ("dispersion", tables.dispersion),
+                        ("controls", tables.controls)):
+            if df is None:
+                continue
             _io.write_parquet(out / FILES[key], df)
             written.append(out / FILES[key])
-    summary = dispersion_summary(tables.dispersion)
+    summary = dispersion_summary(tables.dispersion, tables.controls)
     figure_paths: dict[str, Path] = {}
     if figures:
         with timer("figures"):
@@ -587,6 +683,6 @@ def write_compare(out, *, per_model: "pd.DataFrame", transfer: "pd.DataFrame",
 
 __all__ = [
     "COMPARE_FILES", "FILES", "FORMAT_VERSION", "SubsetsFolder", "check_out_folder", "clusters_table", "compare_html",
-    "interesting_words", "load_subsets", "subset_heatmap", "subsets_html", "transfer_plot", "word_spread",
-    "write_compare", "write_sheets", "write_subset_figures", "write_subsets",
+    "headline", "interesting_words", "load_subsets", "skipped_text", "subset_heatmap", "subsets_html", "transfer_plot",
+    "word_spread", "write_compare", "write_sheets", "write_subset_figures", "write_subsets",
 ]

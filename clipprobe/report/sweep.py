@@ -15,15 +15,20 @@ A sweep folder (written by :func:`clipprobe.pipeline.sweep.run_sweep`, one shard
 columns of a user model table): one row per model and association test (``probe = "eat"``, ``measure =
 "effect_size"``, ``test`` and ``order`` the test's), and per model, report measure, category and attribute
 (``probe = "report"``, ``measure`` one of :data:`REPORT_MEASURES`, ``test`` the So-B-IT category or
-``all``, ``order`` the attribute; ``value`` the mean over the category's words). ``models.parquet``: one row
-per model with its status, reason and timings; failed and unknown models are listed there, never dropped.
+``all``, ``order`` the attribute; ``value`` the mean over the category's words). Both models of a pair that
+loads one checkpoint keep their rows; ``duplicate_of`` marks the one an analysis leaves out. ``user_columns``
+names the metadata a model table gave. ``models.parquet``: one row per model with its status, reason and
+timings; failed and unknown models are listed there, never dropped.
+
+``DIR/analysis/`` (replaced whole by each ``sweep analyze``): ``analysis.parquet`` (:data:`ANALYSIS_COLUMNS`),
+``mixedlm-<probe>-<measure>.csv`` (each fit in the layout of the paper's table), ``figures/``,
+``analysis.html``, ``run.json`` (with the sign convention, the pairs counted once and the metadata refreshed).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
 import logging
 import math
@@ -55,12 +60,13 @@ SWEEP_COLUMNS = ("model", "model_key", "probe", "measure", "test", "order", "cat
                  "p_value", "q_value", "n")
 META_COLUMNS = ("arch", "tag", "kind", "arch_family", "params_image_m", "params_text_m", "params_total_m",
                 "params_source", "dataset", "dataset_family", "dataset_size", "samples_seen", "imagenet1k", "avg38",
-                "vtab", "vtab_plus", "precision")
+                "vtab", "vtab_plus", "precision", "duplicate_of", "user_columns")
 MODEL_COLUMNS = ("model", "model_key", "status", "reason", "shard", "seconds", "arch_family", "dataset_family",
-                 "params_total_m", "dataset_size", "performance_note")
+                 "params_total_m", "dataset_size", "performance_note", "duplicate_of")
+# coefficients: term ... kind; random: component, estimate, std_error; correlations: test ... spearman_q; notes: note
 ANALYSIS_COLUMNS = ("section", "probe", "measure", "term", "estimate", "std_error", "z", "p_value", "ci_low",
                     "ci_high", "kind", "test", "order", "performance", "n_models", "pearson_r", "pearson_p",
-                    "pearson_q", "spearman_rho", "spearman_p", "spearman_q", "component", "variance", "note")
+                    "pearson_q", "spearman_rho", "spearman_p", "spearman_q", "component", "note")
 
 MSG_NOT_A_SWEEP = "{path} is not a sweep folder (no {file}); run `clipprobe sweep ... --out {path}` first"
 MSG_NOT_MERGED = "{path} has no {file}; run `clipprobe sweep merge {path}` first"
@@ -148,10 +154,8 @@ def finish_sweep_table(frames: list["pd.DataFrame"], extra_columns: Sequence[str
 
     columns = list(SWEEP_COLUMNS) + list(META_COLUMNS) + [c for c in extra_columns if c not in META_COLUMNS]
     frames = [f for f in frames if len(f)]
-    if not frames:
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c in ("value", "ci_low", "ci_high") else "object")
-                             for c in columns})
-    df = pd.concat(frames, ignore_index=True)
+    # no rows (every model failed): the same column types as a table with rows
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame({c: pd.Series(dtype=object) for c in columns})
     for c in columns:
         if c not in df.columns:
             df[c] = None
@@ -197,7 +201,7 @@ def analysis_table(sections: Mapping[str, "pd.DataFrame"]) -> "pd.DataFrame":
             out[c] = None
     out = out[list(ANALYSIS_COLUMNS)]
     for c in ("estimate", "std_error", "z", "p_value", "ci_low", "ci_high", "pearson_r", "pearson_p", "pearson_q",
-              "spearman_rho", "spearman_p", "spearman_q", "variance"):
+              "spearman_rho", "spearman_p", "spearman_q"):
         out[c] = pd.to_numeric(out[c], errors="coerce").astype("float64")
     out["n_models"] = pd.to_numeric(out["n_models"], errors="coerce").astype("Int64")
     for c in ("section", "probe", "measure", "term", "kind", "test", "order", "performance", "component", "note"):
@@ -210,58 +214,55 @@ def analysis_table(sections: Mapping[str, "pd.DataFrame"]) -> "pd.DataFrame":
 
 def coefficient_plot(coefficients: "pd.DataFrame", *, ax=None, title: str | None = None):
     """Fixed effects (not the intercept) with their intervals, one row per term; returns the Axes."""
-    import matplotlib
+    from matplotlib.lines import Line2D
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from clipprobe.report.figures import COLUMN_WIDTH, OKABE_ITO, style
+    from clipprobe.report import figures as F
 
     coefs = coefficients[coefficients["term"] != "Intercept"].reset_index(drop=True)
-    with style():
+    with F.style():
         if ax is None:
-            _, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.9 + 0.22 * max(1, len(coefs))), layout="constrained")
+            ax = F.new_axes(F.COLUMN_WIDTH, 1.2 + 0.22 * max(1, len(coefs)))
         y = list(range(len(coefs)))[::-1]
         significant = coefs["p_value"] <= 0.05
         for yi, (_, r), sig in zip(y, coefs.iterrows(), significant):
-            colour = OKABE_ITO[1] if sig else OKABE_ITO[0]
-            ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=colour, linewidth=1.2)
-            ax.plot([r["estimate"]], [yi], "o", color=colour, markersize=3.5)
-        ax.axvline(0, color="0.5", linewidth=0.6, linestyle="--")
+            colour = F.OKABE_ITO[1] if sig else F.OKABE_ITO[0]
+            ax.plot([r["ci_low"], r["ci_high"]], [yi, yi], color=colour, linewidth=F.scaled(1.2))
+            ax.plot([r["estimate"]], [yi], "o", color=colour, markersize=F.scaled(3.5))
+        ax.axvline(0, color="0.5", linewidth=F.scaled(0.6), linestyle="--")
         ax.set_yticks(y)
-        ax.set_yticklabels([str(t) for t in coefs["term"]])
+        ax.set_yticklabels([F.short(t, 36) for t in coefs["term"]])
         ax.set_xlabel("coefficient, 95% interval")
-        ax.text(1.0, 1.0, "orange: p <= 0.05", transform=ax.transAxes, ha="right", va="bottom", fontsize=5.5,
-                color=OKABE_ITO[1])
+        handles = [Line2D([], [], marker="o", color=F.OKABE_ITO[1], ms=F.scaled(3.5), label="p <= 0.05"),
+                   Line2D([], [], marker="o", color=F.OKABE_ITO[0], ms=F.scaled(3.5), label="p > 0.05")]
+        ax.figure.legend(handles=handles, loc="outside lower center", ncol=2, handletextpad=0.3)
         if title:
-            ax.set_title(title, loc="left")
+            ax.set_title(F.literal(title), loc="left", y=1.0, pad=6.0)
     return ax
 
 
 def scatter_plot(df: "pd.DataFrame", performance: str, *, ax=None, title: str | None = None,
                  label: str | None = None, ylabel: str = "value"):
-    """Bias (``value``) against a performance column, one point per model, coloured by dataset family."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    from clipprobe.report.figures import COLUMN_WIDTH, series_style, style
+    """Bias (``value``) against a performance column, one point per model, coloured by dataset family;
+    returns the Axes."""
+    from clipprobe.report import figures as F
 
     data = df[[performance, "value", "dataset_family"]].dropna(subset=[performance, "value"])
-    with style():
+    with F.style():
         if ax is None:
-            _, ax = plt.subplots(figsize=(COLUMN_WIDTH, COLUMN_WIDTH * 0.8), layout="constrained")
+            ax = F.new_axes(F.COLUMN_WIDTH, F.COLUMN_WIDTH * 0.9)
         for i, (family, part) in enumerate(sorted(data.groupby(data["dataset_family"].fillna("unknown")),
                                                   key=lambda kv: str(kv[0]))):
-            colour, marker = series_style(i)
-            ax.scatter(part[performance], part["value"], s=10, color=colour, marker=marker, label=str(family))
-        ax.set_xlabel(label or performance)
-        ax.set_ylabel(ylabel)
-        if len(data):
-            ax.legend(loc="best", fontsize=5, markerscale=0.8)
+            colour, marker = F.series_style(i)
+            ax.scatter(part[performance], part["value"], s=F.scaled(10), color=colour, marker=marker,
+                       label=F.short(family, 24))
+        ax.set_xlabel(F.literal(label or performance))
+        ax.set_ylabel(F.literal(ylabel))
+        handles, labels = ax.get_legend_handles_labels()
+        if handles:
+            ax.figure.legend(handles, labels, loc="outside lower center", ncol=F._legend_columns(ax.figure, labels),
+                             handletextpad=0.1, columnspacing=0.8)
         if title:
-            ax.set_title(title, loc="left")
+            ax.set_title(F.literal(title), loc="left", y=1.0, pad=6.0)
     return ax
 
 
@@ -283,14 +284,9 @@ def _num(value: Any, digits: int = 3) -> str:
 
 
 def _png(ax) -> str:
-    from clipprobe.report.figures import PNG_DPI
+    from clipprobe.report.figures import png_bytes
 
-    buf = io.BytesIO()
-    ax.figure.savefig(buf, format="png", dpi=PNG_DPI)
-    import matplotlib.pyplot as plt
-
-    plt.close(ax.figure)
-    return base64.b64encode(buf.getvalue()).decode("ascii")
+    return base64.b64encode(png_bytes(ax.figure)).decode("ascii")
 
 
 def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -304,6 +300,32 @@ CSS = ("body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#2
        "text-align:left;font-size:0.9em}th{background:#f4f4f4}.note{color:#555}img{max-width:100%}")
 
 
+def model_description(fits: Sequence[Mapping[str, Any]], record: Mapping[str, Any] | None = None) -> str:
+    """One sentence on the model fitted (from the first fit's settings) and the sign convention."""
+    settings = next((item["fit"].settings for item in fits if item.get("fit") is not None), None)
+    text = ("Mixed model (statsmodels MixedLM, REML): value ~ log_params + architecture_family + dataset_family + "
+            "log_dataset_size")
+    if settings is not None:
+        units = ("log sizes z-scored (a coefficient per standard deviation)" if settings.size_units == "sd" else
+                 "log10 sizes, centred (a coefficient per tenfold)")
+        groups = "test family x order" if settings.groups == "family" else "test x order"
+        pooled = " and ".join(f.replace("_", " ").replace("arch", "architecture") for f in settings.pool) or "none"
+        text += (f"; {units}; groups = {groups}; random intercept and slopes on the size terms; families pooled as "
+                 f"Other below {settings.min_family_rows} rows or {settings.min_family_models} checkpoints: "
+                 f"{pooled}")
+    text += " (Ghate et al., NAACL 2025)."
+    signs = (record or {}).get("signs") or {}
+    if signs.get("flipped"):
+        text += (f" Effect sizes in the {'paper' if signs.get('convention') == 'paper' else 'raw'} sign: "
+                 f"{len(signs['flipped'])} test(s) multiplied by -1 ({', '.join(signs['flipped'])}).")
+    elif signs.get("convention") == "paper" and signs.get("stored") == "paper":
+        text += " Effect sizes in the paper's sign, as the sweep stored them (targets swapped when it ran)."
+    same = (record or {}).get("same_checkpoint") or {}
+    if same:
+        text += f" {len(same)} model(s) load the same checkpoint as another and count once."
+    return text
+
+
 def analysis_html(*, title: str, fits: Sequence[Mapping[str, Any]], correlations: "pd.DataFrame | None",
                   performance: str | None, models: "pd.DataFrame", scatter: Sequence[tuple[str, str]] = (),
                   record: Mapping[str, Any] | None = None) -> str:
@@ -315,10 +337,7 @@ def analysis_html(*, title: str, fits: Sequence[Mapping[str, Any]], correlations
     parts = [(f"<!doctype html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
               f"<style>{CSS}</style></head><body>"), f"<h1>{_e(title)}</h1>"]
     ok = models[models["status"] == "ok"] if len(models) else models
-    parts.append(f"<p>{len(ok)} of {len(models)} models finished. Mixed model (statsmodels MixedLM, REML): "
-                 "value ~ log10 params + architecture family + dataset family + log10 dataset size; groups = "
-                 "test x order; random intercept and slopes on the z-scored log params and log dataset size "
-                 "(Ghate et al., NAACL 2025).</p>")
+    parts.append(f"<p>{len(ok)} of {len(models)} models finished. {_e(model_description(fits, record))}</p>")
     for item in fits:
         parts.append(f"<h2>{_e(item['probe'])}: {_e(item['measure'])}</h2>")
         fit = item.get("fit")
@@ -336,11 +355,12 @@ def analysis_html(*, title: str, fits: Sequence[Mapping[str, Any]], correlations
         rows = [[_e(r.term), _num(r.estimate), _num(r.std_error), _num(r.z, 2), _num(r.p_value),
                  f"[{_num(r.ci_low)}, {_num(r.ci_high)}]"] for r in fit.coefficients.itertuples(index=False)]
         parts.append(_table(["term", "estimate", "SE", "z", "p", "95% interval"], rows))
-        rows = [[_e(r.component), _num(r.variance, 4)] for r in fit.random.itertuples(index=False)]
-        parts.append(_table(["random effect", "variance"], rows))
+        rows = [[_e(r.component), _num(r.estimate, 4), _num(r.std_error, 4)] for r in fit.random.itertuples(index=False)]
+        parts.append(_table(["random effect (co)variance", "estimate", "SE"], rows))
     if correlations is not None and len(correlations):
-        parts.append(f"<h2>Correlation with {_e(performance)}</h2><p>Pearson and Spearman across models; "
-                     "two-sided p; q: Benjamini-Hochberg over the table.</p>")
+        parts.append(f"<h2>Correlation with {_e(performance)}</h2><p>Pearson and Spearman across models (one point "
+                     "per checkpoint; n: the models with both values); two-sided p; q: Benjamini-Hochberg over the "
+                     "table.</p>")
         rows = [[_e(r.probe), _e(r.measure), _e(r.test), _e(r.order), str(r.n_models), _num(r.pearson_r),
                  _num(r.pearson_p), _num(r.pearson_q), _num(r.spearman_rho), _num(r.spearman_p), _num(r.spearman_q)]
                 for r in correlations.itertuples(index=False)]
@@ -362,4 +382,4 @@ def analysis_html(*, title: str, fits: Sequence[Mapping[str, Any]], correlations
 
 __all__ = ["ANALYSIS_COLUMNS", "META_COLUMNS", "MODEL_COLUMNS", "REPORT_MEASURES", "SWEEP_COLUMNS", "analysis_html",
            "analysis_table", "coefficient_plot", "eat_rows", "finish_sweep_table", "load_sweep_table", "model_table",
-           "report_rows", "scatter_plot"]
+           "model_description", "report_rows", "scatter_plot"]

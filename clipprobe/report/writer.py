@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from clipprobe.report.store import FILES, FORMAT_VERSION, Report, check_out_folder, table_checksums
+from clipprobe.report.store import (FILES, FORMAT_VERSION, Report, check_out_folder, summary_csv_frame,
+                                    table_checksums)
 
 if TYPE_CHECKING:  # pragma: no cover
     from clipprobe.analysis.probe import ReportTables
@@ -49,11 +50,12 @@ def write_report(tables: "ReportTables", out, *, run: dict | None = None, figure
                          config={"k": tables.k, "alpha": tables.alpha, "attributes": list(tables.attributes)},
                          k=tables.k, alpha=tables.alpha, attributes=list(tables.attributes))
     run = {**run, "format_version": FORMAT_VERSION, **flag_counts(tables.groups)}
-    written = [out / FILES["groups"], out / FILES["words"], out / FILES["summary"]]
+    written = [out / FILES["groups"], out / FILES["words"], out / FILES["summary"], out / FILES["summary_table"]]
     with timer("write_tables"):
         _io.write_parquet(written[0], tables.groups)
         _io.write_parquet(written[1], tables.words)
-        _io.write_text(written[2], _io.csv_text(tables.summary))
+        _io.write_text(written[2], _io.csv_text(summary_csv_frame(tables.summary)))
+        _io.write_parquet(written[3], tables.summary)
     report = Report(path=out, groups=tables.groups, words=tables.words, summary=tables.summary, run=run)
     if figures:
         from clipprobe.report.figures import write_report_figures

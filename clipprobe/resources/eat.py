@@ -469,8 +469,10 @@ class Stimuli:
     """The concrete stimuli of one set.
 
     ``items``: the texts, or the absolute image paths (for a face dataset without files, ``rows`` of
-    ``dataset`` instead). ``display``: one label per stimulus for the outputs (the text, or the path
-    relative to ``root``).
+    ``dataset`` instead). ``display``: one label per item for the outputs (the text, or the path
+    relative to ``root``). ``units``: the sampled stimulus each item belongs to (the word of a templated
+    sentence: words x templates, or a SEAT-style sentence list, see :func:`sentence_words`); None when
+    every item is a stimulus of its own (images, plain texts).
     """
 
     modality: str
@@ -481,18 +483,33 @@ class Stimuli:
     root: Path | None = None
     dataset: Any = None
     rows: tuple[int, ...] | None = None
+    units: tuple[str, ...] | None = None
 
     def __len__(self) -> int:
         return len(self.items)
 
+    @property
+    def n_stimuli(self) -> int:
+        """Sampled stimuli (words, images): what the association tests permute and resample."""
+        return len(set(self.units)) if self.units is not None else len(self.items)
+
+
+class MissingStimuli(DataError):
+    """A set's stimuli were not given (OASIS images without an OASIS folder): its test can be skipped."""
+
 
 @dataclasses.dataclass(frozen=True)
 class ResolvedTest:
-    """A test with its four sets resolved (all None when the test is unavailable)."""
+    """A test with its four sets resolved (None when the test is unavailable or skipped).
+
+    ``unavailable``: why it can never run (its stimuli were not published); ``skipped``: why it did not run
+    this time (its stimuli were not given; :class:`MissingStimuli`).
+    """
 
     spec: TestSpec
     sets: Mapping[str, Stimuli] | None
     unavailable: str | None = None
+    skipped: str | None = None
 
     __test__ = False
 
@@ -542,16 +559,24 @@ class Resolver:
 
     # -------------------------------------------------------------- tests
 
-    def resolve(self, tests: Iterable[TestSpec]) -> tuple[ResolvedTest, ...]:
-        """Every test with its stimuli; unavailable tests are kept with their reason."""
+    def resolve(self, tests: Iterable[TestSpec], *, skip_missing: bool = False) -> tuple[ResolvedTest, ...]:
+        """Every test with its stimuli; unavailable tests are kept with their reason. ``skip_missing``: a test
+        whose stimuli were not given (:class:`MissingStimuli`) is kept as skipped, with the reason, instead of
+        stopping everything."""
         out = []
         for test in tests:
             reason = test.unavailable
             if reason is not None:
                 out.append(ResolvedTest(test, None, reason))
                 continue
-            sets = {name: self.resolve_set(spec, f"test {test.name!r} ({test.order}) set {name}")
-                    for name, spec in test.sets.items()}
+            try:
+                sets = {name: self.resolve_set(spec, f"test {test.name!r} ({test.order}) set {name}")
+                        for name, spec in test.sets.items()}
+            except MissingStimuli as err:
+                if not skip_missing:
+                    raise
+                out.append(ResolvedTest(test, None, None, str(err)))
+                continue
             for a, b in (("X", "Y"), ("A", "B")):
                 shared = set(sets[a].items) & set(sets[b].items)
                 if shared:
@@ -586,8 +611,9 @@ class Resolver:
         return _text_stimuli(spec.value, spec, "texts")
 
     def _words(self, spec: SetSpec, where: str) -> Stimuli:
-        return _text_stimuli(_apply_templates(spec.value, spec.options.get("templates")), spec,
-                             f"words[{len(spec.value)}]")
+        templates = spec.options.get("templates")
+        return _text_stimuli(_apply_templates(spec.value, templates), spec, f"words[{len(spec.value)}]",
+                             units=_template_units(spec.value, templates))
 
     def _file(self, spec: SetSpec, where: str) -> Stimuli:
         from clipprobe._io import read_mapping
@@ -607,8 +633,14 @@ class Resolver:
                                                      keys=", ".join(lists)))
         items = _texts_of(lists[key], where, f"{path}#{key}")
         templates = spec.options.get("templates")
-        items = _apply_templates(items, templates) if templates else items
-        return _text_stimuli(items, spec, f"file:{_short_path(path)}#{key}")
+        if templates:
+            units = _template_units(items, templates)
+            items = _apply_templates(items, templates)
+        else:
+            units = sentence_words(items)
+            if units is None:
+                log.info("%s: not every sentence has a SEAT form; each sentence is a stimulus of its own", where)
+        return _text_stimuli(items, spec, f"file:{_short_path(path)}#{key}", units=units)
 
     # -------------------------------------------------------------- image sets
 
@@ -743,7 +775,7 @@ class Resolver:
             import pandas as pd
 
             if self.oasis_root is None:
-                raise DataError(MSG_OASIS_ROOT.format(where=where))
+                raise MissingStimuli(MSG_OASIS_ROOT.format(where=where))
             csv_path = self.oasis_root / OASIS_CSV
             if not csv_path.is_file():
                 raise DataError(MSG_OASIS_CSV.format(where=where, path=csv_path))
@@ -829,9 +861,66 @@ def _apply_templates(words: Sequence[str], templates: Sequence[str] | None) -> l
     return [t.replace("{word}", w) for w in words for t in templates]
 
 
-def _text_stimuli(items: Sequence[str], spec: SetSpec, source: str) -> Stimuli:
+def _text_stimuli(items: Sequence[str], spec: SetSpec, source: str, units: Sequence[str] | None = None) -> Stimuli:
     items = tuple(" ".join(str(t).split()) for t in items)
-    return Stimuli("text", items, items, spec.label, source)
+    units = tuple(units) if units is not None and len(set(units)) < len(items) else None
+    return Stimuli("text", items, items, spec.label, source, units=units)
+
+
+def _template_units(words: Sequence[str], templates: Sequence[str] | None) -> list[str] | None:
+    """The word of each sentence of :func:`_apply_templates` (word-major), or None without templates."""
+    return [str(w) for w in words for _ in templates] if templates else None
+
+
+# The sentence forms of SEAT (May et al. 2019) and of the NRC-VAD combinations: the word is the slot.
+_SEAT_SINGULAR = (
+    r"(?:This|That|There|Here|It) is (?:an? |the word )?(?P<w>.+)\.",
+    r"(?:The |An? )?(?P<w>.+) is (?:here|there|a person|a thing)\.",
+    r"The person's name is (?P<w>.+)\.",
+    r"(?:Here|There) (?P<w>he|she) is\.",
+    r"(?:This|That) (?:will|did|can|may) (?P<w>.+)\.",
+)
+_SEAT_PLURAL = (
+    r"(?:These|Those|They) are (?:the word )?(?P<w>.+)\.",
+    r"(?:The )?(?P<w>.+) are (?:here|there|people|things)\.",
+)
+_IRREGULAR_PLURALS = (("men", "man"), ("people", "person"), ("children", "child"))
+
+
+def sentence_words(sentences: Sequence[str]) -> list[str] | None:
+    """The word each sentence is built on, when every sentence has one of SEAT's forms ("This is a rose.",
+    "The roses are there.", "Roses are things.", "The person's name is Adam.", "This is the word joy."); None
+    otherwise. The word is the form's slot, lower-cased; a plural form counts as the singular word when the
+    same list has that singular ("roses" -> "rose", "men" -> "man", "daisies" -> "daisy").
+    """
+    import re
+
+    singular = [re.compile(f) for f in _SEAT_SINGULAR]
+    plural = [re.compile(f) for f in _SEAT_PLURAL]
+    slots = []
+    for text in sentences:
+        text = " ".join(str(text).split())
+        found = next(((m.group("w").lower(), False) for f in singular if (m := f.fullmatch(text))), None)
+        if found is None:
+            found = next(((m.group("w").lower(), True) for f in plural if (m := f.fullmatch(text))), None)
+        if found is None:
+            return None
+        slots.append(found)
+    known = {w for w, is_plural in slots if not is_plural}
+    return [next((s for s in _singulars(w) if s in known), w) if is_plural else w for w, is_plural in slots]
+
+
+def _singulars(word: str) -> list[str]:
+    out = [word[: -len(p)] + s for p, s in _IRREGULAR_PLURALS if word.endswith(p)]
+    if word.endswith("ies"):
+        out.append(word[:-3] + "y")
+    if word.endswith("ves"):
+        out += [word[:-3] + "f", word[:-3] + "fe"]
+    if word.endswith("es"):
+        out.append(word[:-2])
+    if word.endswith("s"):
+        out.append(word[:-1])
+    return out
 
 
 def _texts_of(values: Sequence[Any], where: str, source: str) -> list[str]:
@@ -1029,15 +1118,8 @@ def describe_test(test: TestSpec) -> dict[str, Any]:
                      for k, s in test.sets.items()}}
 
 
-def stimuli_digest(stim: Stimuli) -> str:
-    """A short digest of a set's stimuli (identifies an image set's manifest in the cache)."""
-    h = hashlib.sha256()
-    for item in stim.items:
-        h.update(item.encode("utf-8") + b"\0")
-    return h.hexdigest()[:16]
-
-
 __all__ = [
-    "IEAT_BASE_URL", "IEAT_COMMIT", "ORDERS", "ORDER_LABELS", "ResolvedTest", "Resolver", "SetSpec", "Stimuli",
+    "IEAT_BASE_URL", "IEAT_COMMIT", "MissingStimuli", "ORDERS", "ORDER_LABELS", "ResolvedTest", "Resolver", "SetSpec", "Stimuli",
     "Suite", "TestSpec", "apply_paper_signs", "get_suite", "list_suites", "load_tests", "describe_test",
+    "sentence_words",
 ]

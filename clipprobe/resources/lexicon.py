@@ -101,7 +101,7 @@ def get_lexicon(name_or_path: str | Path | None = None) -> Lexicon:
 
 def load_lexicon(path: str | Path) -> Lexicon:
     """Read and validate a lexicon file; every problem names the file and the entry."""
-    from clipprobe.captions.matching import TermError, normalise_term
+    from clipprobe.resources.terms import TermError, normalise_term
 
     path = Path(path)
     data = read_data_mapping(path, what="lexicon file", keys=_TOP_LEVEL_KEYS, not_mapping=ERR_NO_ATTRIBUTES,

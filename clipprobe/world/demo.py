@@ -12,6 +12,7 @@ functions the CLI calls:
     DIR/null-report/           the same report with the labels shuffled against the images
     DIR/truth.json             what was planted
     DIR/validation.json        how much of it the probe found, and what it flagged that was not planted
+    DIR/index.html             links every page and result above (`clipprobe index DIR` rewrites it)
 
 Validation (:func:`validate`): recall is the share of planted (word, attribute,
 group) triples the report flags; the false-positive rate is the share of the
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 DEMO_K = 100
 DEMO_BOOTSTRAP = 1000
 DEMO_WORD = "terrorist"
+DEMO_MODEL = "demo"          # the shipped world model's name (clipprobe.models.spec.SHIPPED_MODELS)
 TARGETS = {"recall": 0.9, "false_positive_rate": 0.05}
 
 
@@ -123,7 +125,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
              bootstrap: int = DEMO_BOOTSTRAP, progress: bool | None = None) -> DemoResult:
     """Run the whole pipeline offline on the planted world (see the module docstring)."""
     from clipprobe import _io
-    from clipprobe.captions.run import CountConfig, count_captions
+    from clipprobe.pipeline.captions import CountConfig, count_captions
     from clipprobe.pipeline.probe import ProbeConfig, open_probe, retrieve
     from clipprobe.pipeline.report import ReportConfig, run_report
     from clipprobe.report.retrieval import format_table, save_grid
@@ -155,8 +157,11 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
         weights_dir = out / "model"
         train_world_model(weights_dir, TrainConfig(seed=seed))
         done("train_model")
-    model_spec = f"{WORLD_ARCH}:{weights_path(weights_dir)}"
-    probe_config = ProbeConfig(model=model_spec, model_config=str(config_path(weights_dir)),
+    if retrain:
+        model_spec, model_config = f"{WORLD_ARCH}:{weights_path(weights_dir)}", str(config_path(weights_dir))
+    else:
+        model_spec, model_config = DEMO_MODEL, None     # the shipped weights, by name (`--model demo`)
+    probe_config = ProbeConfig(model=model_spec, model_config=model_config,
                                dataset=world.dataset_spec, cache_dir=str(out / "cache"), device="cpu",
                                offline=True, num_workers=0, batch_size=256)
 
@@ -203,4 +208,7 @@ def run_demo(out: str | Path, *, retrain: bool = False, seed: int = 0, k: int = 
     validation["timings"] = timings
     paths["validation"] = out / "validation.json"
     _io.write_json(paths["validation"], validation)
+    from clipprobe.report.pages import write_index
+
+    paths["index"] = write_index(out)     # one page linking every page and result the demo wrote
     return DemoResult(out=out, validation=validation, paths=paths, timings=timings)

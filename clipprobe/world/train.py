@@ -207,7 +207,7 @@ def training_key(cfg: TrainConfig, *, evaluate: bool = True) -> str:
     h = hashlib.sha256()
     settings = asdict(cfg)
     settings["spec"] = asdict(cfg.spec) if cfg.spec is not None else None
-    settings["keep"] = hashlib.sha256(Path(cfg.keep).read_bytes()).hexdigest() if cfg.keep else None
+    settings["keep"] = _content_sha256(Path(cfg.keep)) if cfg.keep else None
     versions = package_versions()
     h.update(json.dumps({"settings": settings, "arch": arch_config(cfg.width), "evaluate": evaluate,
                          "generator": gen.GENERATOR_VERSION,
@@ -216,6 +216,16 @@ def training_key(cfg: TrainConfig, *, evaluate: bool = True) -> str:
     for module in (gen.__file__, __file__):
         h.update(Path(module).read_bytes())
     return h.hexdigest()[:20]
+
+
+def _content_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (a parquet dataset): their relative paths and bytes."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for f in files:
+        h.update(str(f.relative_to(path)).encode() + b"\0" if f != path else b"")
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def _model_files(folder: Path, arch: str) -> list[Path]:
