@@ -25,9 +25,11 @@ images):
    architect on the probe faces.
 
 Run: ``python scripts/validate_image_balance.py --out DIR --seeds 0 1 2`` (prints and writes
-``DIR/summary.json``; resumable per seed: a finished seed's ``result.json`` is read back). About 5-10
-minutes per seed on a loaded 2-core machine. The summary gives, per condition and measure, the mean and
-the range (min-max) over the seeds: not a confidence interval.
+``DIR/summary.json``; resumable per seed: a finished seed's ``result.json`` is read back). With
+``--no-train`` a few minutes per seed; with the three retrainings of 870 steps about an hour per seed on a
+loaded 2-core machine (seeds can run as separate processes on the same ``--out``, one seed each; then run
+once more with all the seeds to write the summary). The summary gives, per condition and measure, the
+mean and the range (min-max) over the seeds: not a confidence interval.
 """
 
 from __future__ import annotations
