@@ -70,6 +70,6 @@ def test_readme_commands_in_sequence_in_one_clone(tmp_path):
     assert probe.returncode == 0 and probe.stdout.startswith(str(clone / "clipprobe" / "__init__.py")), probe.stderr
     test = clone / "tests" / "test_demo.py"
     r = subprocess.run([str(clone / ".venv" / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        f"{test}::test_walkthrough_notebook_runs"], cwd=elsewhere, env=env, capture_output=True,
+                        "-m", "slow", f"{test}::test_walkthrough_notebook_runs"], cwd=elsewhere, env=env, capture_output=True,
                        text=True, timeout=1800)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
