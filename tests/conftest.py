@@ -22,7 +22,12 @@ def world_cache(tmp_path_factory):
     from clipprobe.world.train import CACHE_ENV
 
     if not os.environ.get(CACHE_ENV):
-        os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("worlds"))
+        base = tmp_path_factory.getbasetemp()
+        if os.environ.get("PYTEST_XDIST_WORKER"):     # parallel workers (pytest -n) share one folder
+            base = base.parent
+        folder = base / "worlds"
+        folder.mkdir(parents=True, exist_ok=True)
+        os.environ[CACHE_ENV] = str(folder)
     return os.environ[CACHE_ENV]
 
 

@@ -64,3 +64,28 @@ def test_without_the_variable_every_call_trains(tmp_path, monkeypatch):
     T.train_world_model(tmp_path / "a", T.TrainConfig())
     T.train_world_model(tmp_path / "b", T.TrainConfig())
     assert len(calls) == 2
+
+
+def test_concurrent_runs_of_one_training_train_it_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    calls = []
+    fake = _fake_training(calls)
+
+    def slow(out, cfg, *, evaluate):
+        time.sleep(0.3)                     # the second run arrives while the first still trains
+        return fake(out, cfg, evaluate=evaluate)
+
+    monkeypatch.setattr(T, "_train", slow)
+    monkeypatch.setenv(T.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(T, "register_arch", lambda *a, **k: None)
+    results = {}
+    threads = [threading.Thread(target=lambda n=n: results.__setitem__(n, T.train_world_model(
+        tmp_path / n, T.TrainConfig(seed=7)))) for n in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and results["a"] == results["b"]
+    assert T.weights_path(tmp_path / "b").read_bytes() == T.weights_path(tmp_path / "a").read_bytes()

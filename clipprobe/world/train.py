@@ -21,6 +21,7 @@ set it, so that one CI run trains each world once).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -245,9 +246,31 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
     arch = arch_name(cfg.width)
     out = Path(out_dir or WEIGHTS_DIR)
     entry = Path(cache) / training_key(cfg, evaluate=evaluate)
+    with _training_lock(entry):            # a second process with the same key waits, then copies
+        return _train_or_copy(entry, out, arch, cfg, evaluate=evaluate)
+
+
+@contextlib.contextmanager
+def _training_lock(entry: Path):
+    """An exclusive lock on ``entry``'s training (POSIX ``flock``; elsewhere none: both may train, one stores)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _train_or_copy(entry: Path, out: Path, arch: str, cfg: TrainConfig, *, evaluate: bool) -> dict[str, Any]:
     if not meta_path(entry, arch).is_file():
         meta = _train(out, cfg, evaluate=evaluate)
-        tmp = Path(cache) / f".{entry.name}.{os.getpid()}.tmp"
+        tmp = entry.parent / f".{entry.name}.{os.getpid()}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         for f in _model_files(out, arch):
