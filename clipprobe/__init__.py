@@ -46,6 +46,17 @@ _API = {
     "report_figures": ("clipprobe.report.figures", "report_figures"),
     "write_report_figures": ("clipprobe.report.figures", "write_report_figures"),
     "run_demo": ("clipprobe.world.demo", "run_demo"),
+    # one function per method, one vocabulary (clipprobe/api.py)
+    "probe": ("clipprobe.api", "probe"),
+    "association_tests": ("clipprobe.api", "association_tests"),
+    "data_bias": ("clipprobe.api", "data_bias"),
+    "balance": ("clipprobe.api", "balance"),
+    "subsets": ("clipprobe.api", "subsets"),
+    "AssociationTables": ("clipprobe.api", "AssociationTables"),
+    "DataBiasTables": ("clipprobe.api", "DataBiasTables"),
+    "BalanceTables": ("clipprobe.api", "BalanceTables"),
+    "SubsetTables": ("clipprobe.analysis.subsets", "SubsetTables"),
+    "as_encoder": ("clipprobe.models", "as_encoder"),
 }
 
 __all__ = ["__version__", *_API]
