@@ -74,6 +74,7 @@ MSG_MODEL_UNUSED = ("model: the tests were given as embeddings, so there is noth
 MSG_BY_FORM = ("by: expected 'kmeans:N', 'attribute:NAME', 'column:NAME', 'file:PATH', an Assignment, or one "
                "subset name per image; got {got}")
 MSG_BY_NEEDS = "by: {by!r} needs {what}= ({why})"
+MSG_CONTENT = "content: {n} value(s) for {n_examples} example(s) (one per row of s and y)"
 MSG_BY_LENGTH = "by: {n} subset name(s) for {n_images} image(s) (columns of scores)"
 
 
@@ -435,7 +436,7 @@ def balance(
     if content is None:
         content = [str(i) for i in range(ids.size)]
     elif len(content) != ids.size:
-        raise DataError(f"content: {len(content)} value(s) for {ids.size} example(s)")
+        raise DataError(MSG_CONTENT.format(n=len(content), n_examples=ids.size))
     q, kept = bal.assign_keep(solution, table, ids, bal.content_hashes(content), seed=seed)
     kept_per_row = np.bincount(ids, weights=kept.astype(np.float64), minlength=table.n_rows)
     biases = {

@@ -194,6 +194,8 @@ def test_balance_equals_m4_solve_and_its_flags():
     assert {"residual", "residual_kept", "bound"} <= set(got.constraints.columns)
     other = cp.balance(s, y, keep=0.5, eps_r=0.05, eps_a=0.05, groups=GROUPS, seed=8)
     assert not np.array_equal(other.examples["keep"], got.examples["keep"])     # the seed picks the flags
+    with pytest.raises(DataError, match=r"content: 2 value\(s\) for 400 example\(s\)"):
+        cp.balance(s, y, keep=0.5, eps_r=0.05, eps_a=0.05, content=["a", "b"])
 
 
 # ------------------------------------------------------------------------------------------ subsets
