@@ -9,10 +9,14 @@ stays light)::
     emb    = cp.embed_images(enc, faces)                 # cached, resumable
     texts  = cp.embed_texts(enc, cp.make_queries("sobit", templates="default"))
     scores = cp.similarity_scores(texts.vectors, emb.vectors)   # what every command ranks by
-    tables = cp.probe_scores(scores, emb.labels, words=texts.words, k=100, bootstrap=1000, seed=0)
+    tables = cp.probe(scores, emb.labels, words=texts.words, k=100, bootstrap=1000, seed=0)
     cp.write_report(tables, "reports/vitb32")
 
-:func:`probe_scores` works on similarities from any model or pipeline.
+One function per method, in one vocabulary (:mod:`clipprobe.api`): :func:`probe`,
+:func:`association_tests`, :func:`data_bias`, :func:`balance`, :func:`subsets`; data first, options by
+keyword (``seed``, ``alpha``, ``level``, ``bootstrap``, ``permutations`` mean the same everywhere),
+frozen dataclasses of DataFrames out. A model is a spec, an encoder or an open_clip
+``(model, preprocess, tokenizer)`` (:func:`as_encoder`).
 """
 
 from __future__ import annotations
@@ -46,6 +50,17 @@ _API = {
     "report_figures": ("clipprobe.report.figures", "report_figures"),
     "write_report_figures": ("clipprobe.report.figures", "write_report_figures"),
     "run_demo": ("clipprobe.world.demo", "run_demo"),
+    # one function per method, one vocabulary (clipprobe/api.py)
+    "probe": ("clipprobe.api", "probe"),
+    "association_tests": ("clipprobe.api", "association_tests"),
+    "data_bias": ("clipprobe.api", "data_bias"),
+    "balance": ("clipprobe.api", "balance"),
+    "subsets": ("clipprobe.api", "subsets"),
+    "AssociationTables": ("clipprobe.api", "AssociationTables"),
+    "DataBiasTables": ("clipprobe.api", "DataBiasTables"),
+    "BalanceTables": ("clipprobe.api", "BalanceTables"),
+    "SubsetTables": ("clipprobe.analysis.subsets", "SubsetTables"),
+    "as_encoder": ("clipprobe.models", "as_encoder"),
 }
 
 __all__ = ["__version__", *_API]

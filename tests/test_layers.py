@@ -21,6 +21,7 @@ LAYERS = [
     {"captions"},
     {"report"},
     {"pipeline"},
+    {"api"},
     {"world"},
     {"cli"},
 ]

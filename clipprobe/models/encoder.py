@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from clipprobe.models.spec import ModelSpec
+from clipprobe.errors import ModelError
+from clipprobe.models.spec import BUILT, ModelSpec
 
 if TYPE_CHECKING:
     import numpy as np
 
 DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+_PRECISION_OF_DTYPE = {"torch.float32": "fp32", "torch.float16": "fp16", "torch.bfloat16": "bf16"}
+
+MSG_BUILT_MODEL = ("model: {what} has no encode_image and encode_text methods; give an open_clip model (as "
+                   "open_clip.create_model_and_transforms returns it)")
+MSG_BUILT_CALLABLE = "{name}: expected a callable (open_clip's {what}), got {type}"
+MSG_BUILT_DTYPE = "model: its parameters are {dtype}; clipprobe runs models in float32, float16 or bfloat16"
 
 class Encoder:
     """An open_clip model in eval mode with its tokenizer and image transform.
@@ -51,6 +58,42 @@ class Encoder:
         self.embed_dim = self._find_embed_dim()
         size = preprocess_cfg.get("size")
         self.image_size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+
+    @classmethod
+    def from_open_clip(cls, model: Any, preprocess: Callable, tokenizer: Callable, *, name: str | None = None
+                       ) -> "Encoder":
+        """An encoder around a model built elsewhere: ``model, _, preprocess =
+        open_clip.create_model_and_transforms(...)`` and ``tokenizer = open_clip.get_tokenizer(...)``.
+
+        The model is put in eval mode and used where its parameters are (device) and in their dtype
+        (precision); ``preprocess`` is the image transform used as given. ``name`` labels it in run
+        records and cache folders (default: the model's class name). The embedding cache keys it by a
+        digest of its weights, of the transform and of the tokenizer's type (:meth:`fingerprint`), so
+        two different models never share cached vectors.
+        """
+        if not (callable(getattr(model, "encode_image", None)) and callable(getattr(model, "encode_text", None))):
+            raise ModelError(MSG_BUILT_MODEL.format(what=type(model).__name__))
+        for value, arg, what in ((preprocess, "preprocess", "image transform"), (tokenizer, "tokenizer", "tokenizer")):
+            if not callable(value):
+                raise ModelError(MSG_BUILT_CALLABLE.format(name=arg, what=what, type=type(value).__name__))
+        first = next(iter(model.parameters()), None) if hasattr(model, "parameters") else None
+        device = str(first.device) if first is not None else "cpu"
+        dtype = str(first.dtype) if first is not None else "torch.float32"
+        if dtype not in _PRECISION_OF_DTYPE:
+            raise ModelError(MSG_BUILT_DTYPE.format(dtype=dtype))
+        model.eval()
+        visual = getattr(model, "visual", model)
+        cfg = dict(getattr(visual, "preprocess_cfg", None) or {})
+        size = cfg.get("size", getattr(visual, "image_size", None))
+        if size is not None:
+            cfg["size"] = list(size) if isinstance(size, (list, tuple)) else size
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+        label = str(name) if name else type(model).__name__
+        return cls(model=model, tokenizer=tokenizer, preprocess=preprocess, preprocess_cfg=cfg,
+                   preprocess_source="given", spec=ModelSpec(raw=label, kind=BUILT), device=device,
+                   precision=_PRECISION_OF_DTYPE[dtype], weights_source="given",
+                   model_cfg={"built": label, "preprocess": repr(preprocess),
+                              "tokenizer": f"{type(tokenizer).__module__}.{type(tokenizer).__qualname__}"})
 
     def _find_embed_dim(self) -> int:
         visual = getattr(self.model, "visual", None)

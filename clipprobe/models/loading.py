@@ -472,3 +472,25 @@ def _create(open_clip, spec, name, pretrained, device, precision, cache_dir, kwa
 
 
 _NETWORK_WORDS = re.compile(r"download|Failed initial config|connect|offline|resolve|HTTP|timed? ?out", re.IGNORECASE)
+
+
+MSG_MODEL_FORM = ("model: expected a model spec (such as {default} or demo), an Encoder, or an open_clip "
+                  "(model, preprocess, tokenizer) tuple; got {got}")
+
+
+def as_encoder(model: Any = DEFAULT_MODEL, **load_options: Any) -> Encoder:
+    """An :class:`Encoder` from any of the forms the Python API takes for a model.
+
+    ``model``: a model spec string or :class:`ModelSpec` (loaded with :func:`load_model` and
+    ``load_options``: ``device``, ``offline``, ``precision``, ...), an :class:`Encoder` (returned as it
+    is), or an already-built open_clip ``(model, preprocess, tokenizer)`` tuple
+    (:meth:`Encoder.from_open_clip`; ``load_options`` do not apply to it).
+    """
+    if isinstance(model, Encoder):
+        return model
+    if isinstance(model, (str, ModelSpec)):
+        return load_model(model, **load_options)
+    if isinstance(model, tuple) and len(model) == 3:
+        return Encoder.from_open_clip(*model)
+    got = f"a tuple of {len(model)}" if isinstance(model, tuple) else type(model).__name__
+    raise ModelError(MSG_MODEL_FORM.format(default=DEFAULT_MODEL, got=got))

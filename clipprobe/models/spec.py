@@ -37,6 +37,7 @@ from clipprobe.errors import ModelError
 DEFAULT_MODEL = "ViT-B-32:openai"
 
 KINDS = ("pretrained", "hf-hub", "local-dir", "file")
+BUILT = "built"   # the kind of an encoder made from a model built elsewhere (Encoder.from_open_clip); never parsed
 HF_HUB_PREFIX = "hf-hub:"
 LOCAL_DIR_PREFIX = "local-dir:"
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -132,7 +133,10 @@ class ModelSpec:
     ``file``; ``tag`` for ``pretrained``; ``path`` holds the weights file
     (``file``), the folder (``local-dir``) or the Hub repository id ``ORG/NAME``
     (``hf-hub``). ``shipped`` names a model of :data:`SHIPPED_MODELS` (a ``file``
-    spec whose weights and config ship with clipprobe).
+    spec whose weights and config ship with clipprobe). The kind :data:`BUILT` describes a
+    model built by the caller (:meth:`clipprobe.models.Encoder.from_open_clip`): ``raw`` is the
+    name it was given; it has no spec to parse back, and its cache key is the name (the embedding
+    cache adds a digest of its weights).
     """
 
     raw: str
@@ -147,6 +151,8 @@ class ModelSpec:
         """The spec written back in its standard form (``parse_model_spec`` reads it)."""
         if self.shipped:
             return self.shipped
+        if self.kind == BUILT:
+            return self.raw
         if self.kind == "pretrained":
             return f"{self.arch}:{self.tag}"
         if self.kind == "hf-hub":
@@ -165,6 +171,8 @@ class ModelSpec:
         """
         if self.kind == "pretrained":
             return _safe(f"{self.arch}__{_clean_tag(self.tag or '')}")
+        if self.kind == BUILT:
+            return _safe(f"built__{self.raw}")
         if self.kind == "hf-hub":
             return _safe("hf-hub__" + (self.path or "").replace("/", "__"))
         if self.kind == "local-dir":

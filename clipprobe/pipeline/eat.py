@@ -173,11 +173,12 @@ def load_suite(config: EatConfig):
 
 
 def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | None = None,
-            base_url: str | None = None, progress: bool | None = None) -> EatRun:
+            base_url: str | None = None, progress: bool | None = None, write: bool = True) -> EatRun:
     """Run the association tests of ``config`` (see the module docstring).
 
     ``encoder``: an already loaded model (else ``config.model`` is loaded); ``fetch``/``base_url``: how
-    iEAT images are downloaded (tests point them at a local folder).
+    iEAT images are downloaded (tests point them at a local folder); ``write=False``: compute only,
+    write no folder (``config.out`` is not used; the result's ``files`` is empty).
     """
 
     from clipprobe.analysis.eat import EatInput, EatSettings, run_eats
@@ -275,6 +276,9 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
         ieat_downloaded=len(resolver.downloaded),
         settings=dataclasses.asdict(settings),
     )
+    if not write:
+        return EatRun(out=Path(config.out), table=table, stimuli=stimuli, record=record, results=results,
+                      tests=tests, files=())
     with timer("write"):
         from clipprobe.report.retrieval import model_label
 

@@ -23,22 +23,35 @@ class TextEmbeddings:
     prompts: tuple[tuple[str, ...], ...]
 
 
+def _encoder(model):
+    """A spec or an open_clip ``(model, preprocess, tokenizer)`` tuple as an Encoder; anything else as given."""
+    from clipprobe.models.spec import ModelSpec
+
+    if isinstance(model, (str, tuple, ModelSpec)):
+        from clipprobe.models import as_encoder
+
+        return as_encoder(model)
+    return model
+
+
 def embed_images(encoder, faces, *, cache_dir: str | os.PathLike | None = None, batch_size: int = 64,
                  num_workers: int | None = None, progress: bool | None = None) -> "ImageEmbeddings":
     """Embed every image of a face dataset (cached and resumable; a second call embeds nothing).
 
     The result's ``vectors``, ``labels`` and ``files`` are row for row the images that decoded.
+    ``encoder``: a loaded model, a model spec, or an open_clip ``(model, preprocess, tokenizer)`` tuple
+    (:func:`clipprobe.models.as_encoder`).
     """
     from clipprobe.embeddings.cache import embed_dataset
 
-    return embed_dataset(encoder, faces, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers,
+    return embed_dataset(_encoder(encoder), faces, cache_dir=cache_dir, batch_size=batch_size, num_workers=num_workers,
                          progress=progress)
 
 
 def embed_texts(encoder, queries: Sequence["Query | str"], *,
                 cache_dir: str | os.PathLike | None = None) -> TextEmbeddings:
     """Query vectors of :class:`~clipprobe.resources.prompts.Query` objects (or of plain strings, each
-    its own prompt), through the per-model text cache."""
+    its own prompt), through the per-model text cache. ``encoder``: as for :func:`embed_images`."""
     import numpy as np
 
     from clipprobe.embeddings.cache import embed_texts as cached_text_vectors
@@ -46,6 +59,7 @@ def embed_texts(encoder, queries: Sequence["Query | str"], *,
 
     if isinstance(queries, str):
         raise TypeError("embed_texts takes a list of queries or strings, not one string")
+    encoder = _encoder(encoder)
     items = [q if isinstance(q, Query) else Query(str(q), (str(q),), "noun", (), False) for q in queries]
     texts = sorted({p for q in items for p in q.prompts})
     vectors = cached_text_vectors(encoder, texts, cache_dir=cache_dir)
