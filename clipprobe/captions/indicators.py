@@ -12,7 +12,7 @@ For data RB/AB and M4 (:mod:`clipprobe.analysis.balance`) every caption needs tw
 
 A chunk (some row groups of one parquet file) is read and matched exactly as ``captions count`` does
 (the same worker state: Hyperscan database, compiled token pass), then turned into a
-:class:`~clipprobe.analysis.balance.PatternTable` (the distinct ``(s, y, utility bin)`` rows with their
+:class:`~clipprobe.analysis.patterns.PatternTable` (the distinct ``(s, y, utility bin)`` rows with their
 counts) and each caption's row of that table. The two task functions here run on the local engine
 (:func:`clipprobe.captions.scan.run_local`) and on Spark (:func:`clipprobe.captions.spark.run_spark`)
 alike:
@@ -21,7 +21,7 @@ alike:
   stored with each caption's row of it in a chunk file;
 * :func:`rank_histogram_task` and :func:`rank_candidates_task`: after the solve, from that chunk file,
   the two light passes that find, for each pattern, which of its captions the keep flags keep (the
-  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.balance`);
+  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.keepflags`);
 * :func:`weights_task`: from that chunk file and a fitted solution, each caption's keep probability
   and keep flag, written by the task itself as one parquet file (file, row group, row, key column, q,
   keep): no caption is read or matched a second time.
@@ -144,7 +144,7 @@ class IndicatorSpec(ScanSpec):
     ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (passes after the
     solve); ``keep_counts``: the captions each of its rows keeps; ``seed``: of the rank order of the keep
     flags; ``ranks``: the
-    :class:`~clipprobe.analysis.balance.KeepRanks` of the pass that runs.
+    :class:`~clipprobe.analysis.keepflags.KeepRanks` of the pass that runs.
     """
 
     attribute: str = ""
@@ -229,12 +229,12 @@ class ChunkIndicators:
 def column_hashes(column):
     """``(n,)`` uint64 content hash of each value of an Arrow column (text and binary as their bytes,
     other types, e.g. integer ids, as Arrow's text form), by
-    :func:`~clipprobe.analysis.balance.hash_strings`: the same value gives the same hash whatever the
+    :func:`~clipprobe.analysis.keepflags.hash_strings`: the same value gives the same hash whatever the
     column's storage type (string, large_string, dictionary, view)."""
     import numpy as np
     import pyarrow as pa
 
-    from clipprobe.analysis.balance import hash_strings
+    from clipprobe.analysis.keepflags import hash_strings
     from clipprobe.captions.inputs import _text_kind, caption_array
 
     if isinstance(column, pa.ChunkedArray):
@@ -313,7 +313,7 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
     from clipprobe.captions.inputs import caption_array
     from clipprobe.captions.scan import _expand, _Worker, batches_until_stopped, open_parquet
 
-    from clipprobe.analysis.balance import combine_hashes
+    from clipprobe.analysis.keepflags import combine_hashes
 
     worker = _Worker.get(spec)
     columns = [text_column]
@@ -405,12 +405,12 @@ def _distinct_rows(keys):
 
 def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility=None):
     """``(table, ids)`` of ``n`` captions given as (row, column) pairs of their group and label indicators
-    (repeats allowed): the same table and ids as :func:`~clipprobe.analysis.balance.encode_patterns` on
+    (repeats allowed): the same table and ids as :func:`~clipprobe.analysis.patterns.encode_patterns` on
     the dense matrices (tested), built for the scan's sparse output: the captions' bit keys are set
     pair by pair, and only the captions with an indicator (or, with a utility, all) are sorted."""
     import numpy as np
 
-    from clipprobe.analysis.balance import UTILITY_BINS_PER_OCTAVE, PatternTable, merge_tables, table_lookup
+    from clipprobe.analysis.patterns import UTILITY_BINS_PER_OCTAVE, PatternTable, merge_tables, table_lookup
 
     groups, labels = tuple(groups), tuple(labels)
     k = len(groups)
@@ -473,7 +473,7 @@ def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
     """``(table, ids)`` as :func:`save_chunk` wrote them; with ``hashes``, ``(table, ids, hashes)``."""
     import numpy as np
 
-    from clipprobe.analysis.balance import PatternTable
+    from clipprobe.analysis.patterns import PatternTable
 
     with np.load(path, allow_pickle=False) as z:
         table = PatternTable(tuple(spec.groups), tuple(spec.labels), z["keys"].astype(np.uint64),
@@ -506,7 +506,8 @@ def _ranked_chunk(spec: IndicatorSpec, path: str, chunk_file: str, row_offset: i
     the fitted table's row of each row of the chunk's table)."""
     import numpy as np
 
-    from clipprobe.analysis.balance import positions, rank_keys, table_lookup
+    from clipprobe.analysis.keepflags import positions, rank_keys
+    from clipprobe.analysis.patterns import table_lookup
 
     table, ids, hashes = load_chunk(chunk_file, spec, hashes=True)
     where = table_lookup(table, spec.fitted)
@@ -521,9 +522,9 @@ def _ranked_chunk(spec: IndicatorSpec, path: str, chunk_file: str, row_offset: i
 
 
 def rank_histogram_task(spec: IndicatorSpec, task: tuple, stop=None):
-    """The chunk's captions per (pattern, rank-key bucket) (:func:`~clipprobe.analysis.balance.rank_histogram`),
+    """The chunk's captions per (pattern, rank-key bucket) (:func:`~clipprobe.analysis.keepflags.rank_histogram`),
     from its chunk file: ``{"cells", "counts", "rows"}`` (or ``{"error": message}``)."""
-    from clipprobe.analysis.balance import rank_histogram
+    from clipprobe.analysis.keepflags import rank_histogram
     from clipprobe.captions.scan import Stopped
 
     _, path, _, _, row_offset, chunk_file, ordinal = task
@@ -539,8 +540,8 @@ def rank_histogram_task(spec: IndicatorSpec, task: tuple, stop=None):
 
 def rank_candidates_task(spec: IndicatorSpec, task: tuple, stop=None):
     """The chunk's captions in their pattern's boundary bucket
-    (:func:`~clipprobe.analysis.balance.rank_candidates`): ``{"pattern", "key", "pos", "rows"}``."""
-    from clipprobe.analysis.balance import rank_candidates
+    (:func:`~clipprobe.analysis.keepflags.rank_candidates`): ``{"pattern", "key", "pos", "rows"}``."""
+    from clipprobe.analysis.keepflags import rank_candidates
     from clipprobe.captions.scan import Stopped
 
     _, path, _, _, row_offset, chunk_file, ordinal = task
@@ -560,7 +561,7 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     The captions' patterns and content hashes come from the chunk file of the pattern pass (no caption
     is read again); only the key column is read. A caption is kept when its rank in its pattern is
     below the pattern's kept count (``spec.ranks``, see
-    :func:`~clipprobe.analysis.balance.rank_keep`). Returns the chunk's summary: its rows, kept flags,
+    :func:`~clipprobe.analysis.keepflags.rank_keep`). Returns the chunk's summary: its rows, kept flags,
     the sum of q, and per row of its pattern table the fitted table's row, the captions and the kept
     captions (or ``{"error": message}``).
     """
@@ -571,7 +572,7 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     import pyarrow.parquet as pq
 
     from clipprobe._io import atomic_path
-    from clipprobe.analysis.balance import rank_keep
+    from clipprobe.analysis.keepflags import rank_keep
     from clipprobe.captions.scan import Stopped, open_parquet
 
     _, path, row_groups, column, row_offset, chunk_file, weights_file, source, sizes, ordinal = task
