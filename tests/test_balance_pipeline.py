@@ -456,11 +456,18 @@ def test_infeasible_keep_rate_names_the_largest_feasible_one(data, tmp_path):
 
 
 def test_engine_settings_are_checked():
+    from clipprobe.pipeline.captions import CountConfig
+
     for kw, message in [(dict(engine="dask"), "unknown engine 'dask'"), (dict(matcher="re"), "unknown matcher 're'"),
                         (dict(spark_conf=("novalue",)), "--spark-conf 'novalue' is not KEY=VALUE"),
                         (dict(workers=0), "workers must be 1 or more")]:
         with pytest.raises(ClipprobeError, match=message):
             EngineSettings(**kw).check()
+        if "workers" not in kw:         # `captions count` checks the same settings with the same messages
+            with pytest.raises(ClipprobeError, match=message):
+                CountConfig(captions=("a.parquet",), out="x", **kw).check()
+    with pytest.raises(UsageError, match="no caption files given"):
+        CountConfig(captions=(), out="x").check()
 
 
 def test_train_keep_reads_the_flags(tmp_path):
@@ -518,3 +525,31 @@ def test_distinct_rows_falls_back_on_a_hash_collision(monkeypatch):
     monkeypatch.undo()
     assert calls and len(uniq) == len(first)
     np.testing.assert_array_equal(uniq[inv2], keys)
+
+
+def test_rank_tasks_name_a_chunk_whose_patterns_the_fit_never_saw(tmp_path):
+    """The passes after the solve look each caption up in the fitted table (keepflags.fitted_rows); a chunk
+    with a pattern the fit never saw is an error naming its file and the parts to delete."""
+    from clipprobe.analysis.keepflags import content_hashes, rank_histogram, rank_keys, rank_plan
+    from clipprobe.captions.indicators import MSG_CHANGED, IndicatorSpec, rank_histogram_task, save_chunk
+
+    s = np.array([[1, 0], [0, 1], [1, 0], [1, 0]])
+    y = np.array([[1], [0], [0], [1]])
+    names = {"groups": ("a", "b"), "labels": ("l",)}
+    table, ids = encode_patterns(s, y, **names)
+    chunk = tmp_path / "parts" / "c.npz"
+    chunk.parent.mkdir()
+    hashes = content_hashes(["w", "x", "y", "z"])
+    save_chunk(chunk, table, ids, hashes)
+    task = (0, "data.parquet", (0,), "TEXT", 0, str(chunk), 0)
+    for fitted, _ in (encode_patterns(s, y, **names), encode_patterns(s[[0, 1, 3]], y[[0, 1, 3]], **names)):
+        ranks = rank_plan(fitted.count // 2, fitted.count)
+        spec = IndicatorSpec(space={}, matcher=b"", fitted=fitted, ranks=ranks, seed=3, **names)
+        got = rank_histogram_task(spec, task)
+        if fitted.n_rows == table.n_rows:
+            cells, counts = rank_histogram(ranks, table_lookup(table, fitted)[ids], rank_keys(hashes, 3))
+            np.testing.assert_array_equal(got["cells"], cells)
+            np.testing.assert_array_equal(got["counts"], counts)
+        else:       # caption 2's pattern (group a, no label) is not in this fit
+            assert got == {"error": MSG_CHANGED.format(path="data.parquet", problem="it holds patterns the fit "
+                                                       "never saw", parts=chunk.parent)}

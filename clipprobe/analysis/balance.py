@@ -67,7 +67,7 @@ the linear constraints ``a_j . q <= b_j`` the minimiser over ``q`` is, example b
 ``q_i = clip(eta - (A^T lambda)_i / (2 u_i), 0, 1)``, which depends only on the example's
 ``(s, y)`` pattern and ``u_i``. The dual ``g(lambda)`` is concave and continuously differentiable
 with gradient ``A q(lambda) - b``; it is maximised with L-BFGS-B (bounds ``lambda >= 0``) over a
-:class:`PatternTable` (distinct patterns with their counts), so one evaluation costs
+:class:`~clipprobe.analysis.patterns.PatternTable` (distinct patterns with their counts), so one evaluation costs
 ``O(patterns)``, not ``O(n)``. The gradient has kinks where some ``q`` reaches 0 or 1; L-BFGS-B
 gets near the optimum and projected Newton steps on the working set finish it (the dual is
 quadratic between kinks), restarting L-BFGS-B if it stalled. Strong duality holds (linear

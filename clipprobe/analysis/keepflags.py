@@ -44,6 +44,12 @@ MSG_RANK_COUNTS = ("pattern {pattern}: {got} examples where the fit counted {wan
 MSG_ASSIGN_ALL = ("assign_keep: got {n} examples, not the {fitted} the solution was fitted on (each pattern keeps "
                   "q x count of all its examples, rounded)")
 
+
+class UnknownPatterns(DataError):
+    """Examples whose ``(s, y)`` pattern is not in the fitted table (:func:`fitted_rows`): the data are not
+    the data the keep probabilities were fitted on."""
+
+
 _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
@@ -449,21 +455,22 @@ def rank_keep(ranks: KeepRanks, pattern, keys, pos) -> "np.ndarray":
 def keep_probabilities(solution: BalanceSolution, table: PatternTable, ids) -> "np.ndarray":
     """``(n,)`` keep probability of each example of a chunk, from the chunk's own ``(table, ids)``.
 
-    ``table`` and ``ids`` are what :func:`encode_patterns` returned for the chunk; its rows are
+    ``table`` and ``ids`` are what :func:`~clipprobe.analysis.patterns.encode_patterns` returned for the chunk; its rows are
     looked up in the fitted (merged) table. A pattern the fit never saw is a DataError.
     """
     return solution.q[fitted_rows(solution.table, table, ids)]
 
 
 def fitted_rows(fitted: PatternTable, table: PatternTable, ids) -> "np.ndarray":
-    """``(n,)`` the fitted table's row of each example of a chunk (``table``, ``ids``); DataError where absent."""
+    """``(n,)`` the fitted table's row of each example of a chunk (``table``, ``ids``);
+    :class:`UnknownPatterns` (a DataError) where absent."""
     import numpy as np
 
     where = table_lookup(table, fitted)
     rows = where[np.asarray(ids, np.int64)]
     missing = np.flatnonzero(rows < 0)
     if missing.size:
-        raise DataError(MSG_UNKNOWN_PATTERN.format(n=missing.size, row=int(missing[0])))
+        raise UnknownPatterns(MSG_UNKNOWN_PATTERN.format(n=missing.size, row=int(missing[0])))
     return rows
 
 
@@ -490,7 +497,7 @@ def assign_keep(solution: BalanceSolution, table: PatternTable, ids, hashes, *, 
     return solution.q[rows], rank_keep(ranks, rows, keys, pos)
 
 __all__ = [
-    "POSITION_ROW_BITS", "KeepRanks", "assign_keep", "combine_hashes", "content_hashes", "fitted_rows",
+    "POSITION_ROW_BITS", "KeepRanks", "UnknownPatterns", "assign_keep", "combine_hashes", "content_hashes", "fitted_rows",
     "flag_counts", "group_signature", "hash_strings", "keep_counts", "keep_probabilities", "positions",
     "rank_boundaries", "rank_candidates", "rank_histogram", "rank_keep", "rank_keys", "rank_plan",
     "rank_thresholds",

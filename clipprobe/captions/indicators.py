@@ -502,23 +502,32 @@ def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
 
 
 def _ranked_chunk(spec: IndicatorSpec, path: str, chunk_file: str, row_offset: int, ordinal: int):
-    """``(table, ids, where, rank key, position)`` of a chunk's captions, from its chunk file (``where``:
-    the fitted table's row of each row of the chunk's table)."""
+    """``(table, ids, pattern, rank key, position)`` of a chunk's captions, from its chunk file (``pattern``:
+    each caption's row of the fitted table, :func:`~clipprobe.analysis.keepflags.fitted_rows`)."""
     import numpy as np
 
-    from clipprobe.analysis.keepflags import positions, rank_keys
-    from clipprobe.analysis.patterns import table_lookup
+    from clipprobe.analysis.keepflags import UnknownPatterns, fitted_rows, positions, rank_keys
 
     table, ids, hashes = load_chunk(chunk_file, spec, hashes=True)
-    where = table_lookup(table, spec.fitted)
-    if (where < 0).any():
+    try:
+        pattern = fitted_rows(spec.fitted, table, ids)
+    except UnknownPatterns:
         raise DataError(MSG_CHANGED.format(path=path, problem="it holds patterns the fit never saw",
-                                           parts=Path(chunk_file).parent))
+                                           parts=Path(chunk_file).parent)) from None
     if hashes.size != ids.size:
         raise DataError(MSG_CHANGED.format(path=path, problem=f"{ids.size} captions but {hashes.size} hashes",
                                            parts=Path(chunk_file).parent))
     rows = row_offset + np.arange(ids.size, dtype=np.int64)
-    return table, ids, where, rank_keys(hashes, spec.seed), positions(ordinal, rows)
+    return table, ids, pattern, rank_keys(hashes, spec.seed), positions(ordinal, rows)
+
+
+def _table_rows(table, ids, pattern):
+    """``(table.n_rows,)`` the fitted table's row of each row of a chunk's table (every row holds a caption)."""
+    import numpy as np
+
+    where = np.full(table.n_rows, -1, np.int64)
+    where[ids] = pattern
+    return where
 
 
 def rank_histogram_task(spec: IndicatorSpec, task: tuple, stop=None):
@@ -531,10 +540,10 @@ def rank_histogram_task(spec: IndicatorSpec, task: tuple, stop=None):
     if stop is not None and stop.is_set():
         raise Stopped(path)
     try:
-        _, ids, where, keys, _ = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+        _, ids, pattern, keys, _ = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
     except ClipprobeError as err:
         return {"error": str(err)}
-    cells, counts = rank_histogram(spec.ranks, where[ids], keys)
+    cells, counts = rank_histogram(spec.ranks, pattern, keys)
     return {"cells": cells, "counts": counts, "rows": int(ids.size)}
 
 
@@ -548,10 +557,10 @@ def rank_candidates_task(spec: IndicatorSpec, task: tuple, stop=None):
     if stop is not None and stop.is_set():
         raise Stopped(path)
     try:
-        _, ids, where, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+        _, ids, pattern, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
     except ClipprobeError as err:
         return {"error": str(err)}
-    p, k, q = rank_candidates(spec.ranks, where[ids], keys, pos)
+    p, k, q = rank_candidates(spec.ranks, pattern, keys, pos)
     return {"pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
 
 
@@ -580,12 +589,11 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
         raise Stopped(path)
     t0 = time.perf_counter()
     try:
-        table, ids, where, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+        table, ids, pattern, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
     except ClipprobeError as err:
         return {"error": str(err)}
-    pattern = where[ids]
     n = ids.size
-    q = spec.fitted_q[pattern]
+    q = spec.fitted_q[pattern]                 # keep_probabilities: the fitted q of each caption's pattern
     keep = rank_keep(spec.ranks, pattern, keys, pos)
     rows = row_offset + np.arange(n, dtype=np.int64)
     columns = {
@@ -610,6 +618,6 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
         return {"error": str(err)}
     kept_rows = np.bincount(ids, weights=keep, minlength=table.n_rows).round().astype(np.int64)
     return {"rows": n, "kept": int(keep.sum()), "q_sum": float(q.sum()),
-            "fit_rows": where, "count": table.count,
+            "fit_rows": _table_rows(table, ids, pattern), "count": table.count,
             "kept_rows": kept_rows, "seconds": {"weights": (t1 - t0) + (time.perf_counter() - t2),
                                                 "read_key": t2 - t1}}

@@ -58,16 +58,9 @@ class EngineSettings:
     matcher: str = "auto"
 
     def check(self) -> "EngineSettings":
-        from clipprobe.captions.run import ENGINES, ERR_ENGINE, ERR_MATCHER, ERR_SPARK_CONF, MATCHERS
+        from clipprobe.captions.run import check_engine
 
-        if self.engine not in ENGINES:
-            raise UsageError(ERR_ENGINE.format(engine=self.engine))
-        if self.matcher not in MATCHERS:
-            raise UsageError(ERR_MATCHER.format(matcher=self.matcher))
-        for item in self.spark_conf:
-            key, eq, _ = item.partition("=")
-            if not eq or not key.strip():
-                raise UsageError(ERR_SPARK_CONF.format(item=item))
+        check_engine(self.engine, self.matcher, self.spark_conf)
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be 1 or more, got {self.workers}")
         if self.chunk_rows < 1:
