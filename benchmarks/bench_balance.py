@@ -96,7 +96,7 @@ import numpy as np  # noqa: E402
 from scipy import sparse  # noqa: E402
 import scipy.optimize  # noqa: E402,F401  (imported up front: import time is not solve time)
 
-from clipprobe.analysis import balance  # noqa: E402
+from clipprobe.analysis import balance, keepflags, patterns  # noqa: E402
 
 LAION_2B = 2.32e9
 
@@ -134,13 +134,13 @@ def timed(fn, *args, **kwargs):
 
 def run(n: int) -> dict:
     (s, y), t_gen = timed(generate, n, ARGS.labels, ARGS.seed)
-    (table, ids), t_encode = timed(balance.encode_patterns, s, y)
+    (table, ids), t_encode = timed(patterns.encode_patterns, s, y)
     # the scanner's way: one table per chunk (file), merged
     bounds = np.linspace(0, n, 11).astype(int)
     s_csr, y_csr = s.tocsr(), y.tocsr()
     t0 = time.perf_counter()
-    parts = [balance.encode_patterns(s_csr[a:b], y_csr[a:b])[0] for a, b in itertools.pairwise(bounds)]
-    merged = balance.merge_tables(parts)
+    parts = [patterns.encode_patterns(s_csr[a:b], y_csr[a:b])[0] for a, b in itertools.pairwise(bounds)]
+    merged = patterns.merge_tables(parts)
     t_chunks = time.perf_counter() - t0
     assert np.array_equal(merged.keys, table.keys) and np.array_equal(merged.count, table.count)
 
@@ -290,10 +290,10 @@ def _baseline(files, work) -> dict:
     for path in chunks:
         table, ids, h = load_chunk(path, prep.spec, hashes=True)
         keys.append(table.keys[ids])
-        fit_rows.append(balance.table_lookup(table, passed.table)[ids])
+        fit_rows.append(patterns.table_lookup(table, passed.table)[ids])
         hashes.append(h)
         first = int(path.name.split("-")[1])
-        pos.append(balance.positions(order[path.name.split("-", 1)[0]], first + np.arange(ids.size)))
+        pos.append(keepflags.positions(order[path.name.split("-", 1)[0]], first + np.arange(ids.size)))
     keys, fit_rows, hashes, pos = (np.concatenate(x) for x in (keys, fit_rows, hashes, pos))
     t_scan = time.perf_counter() - t0
     table = passed.table
@@ -319,14 +319,14 @@ def _baseline(files, work) -> dict:
     t1 = time.perf_counter()
     # the keep flags with every caption in memory: rank each pattern's captions by (seeded hash, position)
     # with one sort, keep round(q x count) of each (another implementation than (a)'s two rank passes)
-    rank_key = balance.rank_keys(hashes, ARGS.seed)
+    rank_key = keepflags.rank_keys(hashes, ARGS.seed)
     by = np.lexsort((pos, rank_key, fit_rows))
     start_of = np.searchsorted(fit_rows[by], np.arange(table.n_rows))
     rank = np.empty(fit_rows.size, np.int64)
     rank[by] = np.arange(fit_rows.size) - start_of[fit_rows[by]]
     q_pattern = np.zeros(table.n_rows)
     q_pattern[fit_rows] = q
-    keep_all = rank < balance.keep_counts(q_pattern, table.count, balance.group_signature(table))[fit_rows]
+    keep_all = rank < keepflags.keep_counts(q_pattern, table.count, keepflags.group_signature(table))[fit_rows]
     del rank_key, by, rank
 
     def write(i):

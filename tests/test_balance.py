@@ -1,4 +1,5 @@
-"""Data RB/AB, pattern tables, M4 balancing and model RB/AB (clipprobe.analysis.balance).
+"""Data RB/AB, pattern tables, M4 balancing, keep flags and model RB/AB (clipprobe.analysis: balance,
+patterns, keepflags, association, intervals).
 
 Oracles: per-example numpy written from the definitions, statsmodels' Wilson and Newcombe intervals,
 scipy's SLSQP on the per-example primal problem and HiGHS on a per-example LP. Coverage of the
@@ -16,7 +17,11 @@ from scipy.optimize import linprog, minimize
 from scipy.stats import binom
 from statsmodels.stats.proportion import confint_proportions_2indep, proportion_confint
 
+from clipprobe.analysis import association as A
 from clipprobe.analysis import balance as B
+from clipprobe.analysis import intervals as IV
+from clipprobe.analysis import keepflags as K
+from clipprobe.analysis import patterns as P
 from clipprobe.errors import ClipprobeError, DataError, UsageError
 
 Z95 = 1.959963984540054
@@ -187,8 +192,8 @@ def brute_bias(s, y, pi, q=None, min_events=B.MIN_EVENTS):
 def test_encode_dense_and_sparse_agree_and_ids_round_trip():
     rng = np.random.default_rng(0)
     s, y = random_data(rng, 500, 3, 70)           # 73 columns: two 64-bit words
-    table, ids = B.encode_patterns(s, y)
-    t2, ids2 = B.encode_patterns(sparse.csr_array(s), sparse.coo_array(y))
+    table, ids = P.encode_patterns(s, y)
+    t2, ids2 = P.encode_patterns(sparse.csr_array(s), sparse.coo_array(y))
     assert np.array_equal(table.keys, t2.keys) and np.array_equal(ids, ids2)
     assert table.keys.shape[1] == 2
     assert np.array_equal(table.s[ids], s.astype(bool)) and np.array_equal(table.y[ids], y.astype(bool))
@@ -201,13 +206,13 @@ def test_tables_merge_across_chunks_and_round_trip_as_arrays():
     rng = np.random.default_rng(1)
     s, y = random_data(rng, 900, 2, 5)
     u = rng.uniform(0.1, 3.0, 900)
-    full, ids = B.encode_patterns(s, y, utility=u)
-    parts = [B.encode_patterns(s[a:b], y[a:b], utility=u[a:b])[0] for a, b in ((0, 100), (100, 555), (555, 900))]
-    merged = B.merge_tables(parts[::-1])
+    full, ids = P.encode_patterns(s, y, utility=u)
+    parts = [P.encode_patterns(s[a:b], y[a:b], utility=u[a:b])[0] for a, b in ((0, 100), (100, 555), (555, 900))]
+    merged = P.merge_tables(parts[::-1])
     for name in ("keys", "ubin", "count"):
         assert np.array_equal(getattr(merged, name), getattr(full, name))
     assert np.allclose(merged.u_sum, full.u_sum)
-    back = B.PatternTable.from_arrays(full.to_arrays())
+    back = P.PatternTable.from_arrays(full.to_arrays())
     assert np.array_equal(back.keys, full.keys) and np.array_equal(back.count, full.count)
     # utility bins: 32 per octave, the mean utility of a row within 2.2% of each of its examples
     assert np.all(np.abs(full.u_mean[ids] / u - 1) < 2 ** (1 / 32) - 1)
@@ -217,12 +222,12 @@ def test_tables_merge_across_chunks_and_round_trip_as_arrays():
 def test_table_lookup_and_merge_refuse_other_layouts():
     rng = np.random.default_rng(2)
     s, y = random_data(rng, 50, 2, 3)
-    a, _ = B.encode_patterns(s, y, labels=["x", "y", "z"])
-    b, _ = B.encode_patterns(s, y, labels=["x", "y", "w"])
+    a, _ = P.encode_patterns(s, y, labels=["x", "y", "z"])
+    b, _ = P.encode_patterns(s, y, labels=["x", "y", "w"])
     with pytest.raises(DataError, match="cannot merge pattern tables with different labels"):
-        B.merge_tables([a, b])
-    sub, _ = B.encode_patterns(s[:10], y[:10], labels=["x", "y", "z"])
-    where = B.table_lookup(sub, a)
+        P.merge_tables([a, b])
+    sub, _ = P.encode_patterns(s[:10], y[:10], labels=["x", "y", "z"])
+    where = P.table_lookup(sub, a)
     assert np.array_equal(a.keys[where], sub.keys)
 
 
@@ -253,7 +258,7 @@ def test_data_bias_matches_per_example_definitions(weighted):
 def test_pattern_table_with_row_weights_equals_per_example_weights():
     rng = np.random.default_rng(4)
     s, y = random_data(rng, 2000, 2, 3)
-    table, ids = B.encode_patterns(s, y)
+    table, ids = P.encode_patterns(s, y)
     q_rows = rng.uniform(0.3, 1.0, table.n_rows)
     a = B.data_bias(table, q=q_rows)
     b = B.data_bias_arrays(s, y, weights=q_rows[ids])
@@ -355,7 +360,7 @@ def solve_case(seed, k, r, scale, utility):
     pi = rng.dirichlet(np.ones(k) * 3)
     u = rng.uniform(0.3, 3.0, n) if utility else None
     eps_r, eps_a = (0.03, 0.05) if scale == "conditional" else (0.01, 0.004)
-    table, ids = B.encode_patterns(s, y, utility=u)
+    table, ids = P.encode_patterns(s, y, utility=u)
     return s, y, pi, table, ids, eps_r, eps_a
 
 
@@ -415,7 +420,7 @@ def test_m4_on_realistic_captions_meets_eps_and_leaves_unmentioned_captions_at_k
     s[(u >= 0.12) & (u < 0.125)] = 1
     rate = np.where(s[:, [0]] == 1, [0.05, 0.01, 0.02], [0.01, 0.04, 0.02])
     y = (rng.random((n, 3)) < np.where(s.sum(1, keepdims=True) > 0, rate, 0.01)).astype(np.int8)
-    table, ids = B.encode_patterns(s, y)
+    table, ids = P.encode_patterns(s, y)
     sol = B.m4_solve(table, "uniform", keep=0.9, eps_r=0.01, eps_a=0.01)
     assert sol.converged and sol.max_violation <= 1e-9
     after = B.data_bias(table, q=sol.q)
@@ -466,17 +471,17 @@ def py_mix(x: int) -> int:
 def py_hash(value) -> int:
     """The documented string hash, one string at a time in plain Python (the oracle of hash_strings)."""
     if value is None:
-        return py_mix(B._NULL_TAG)
+        return py_mix(K._NULL_TAG)
     raw = value.encode("utf-8") if isinstance(value, str) else bytes(value)
     padded = raw + b"\0" * (-len(raw) % 8)
     acc = 0
     for j in range(len(padded) // 8):
         acc = (acc + py_mix(int.from_bytes(padded[8 * j:8 * j + 8], "little") ^ py_mix(j))) & M64
-    return py_mix(acc ^ py_mix(len(raw) ^ B._LEN_TAG))
+    return py_mix(acc ^ py_mix(len(raw) ^ K._LEN_TAG))
 
 
 def py_row_hash(*values) -> int:
-    r = B._ROW_TAG
+    r = K._ROW_TAG
     for v in values:
         r = py_mix(r ^ py_hash(v))
     return r
@@ -520,31 +525,31 @@ def py_keep(pattern, hashes, position, q, count, seed, blocks=None):
 
 def test_splitmix64_matches_its_published_sequence():
     # splitmix64's first output from state 0 (its published reference sequence starts 0xE220A8397B1DCDAF)
-    assert int(B._mix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF == py_mix(0)
+    assert int(K._mix64(np.array([0], np.uint64))[0]) == 0xE220A8397B1DCDAF == py_mix(0)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
 def test_hash_strings_matches_a_plain_python_implementation(monkeypatch, compiled):
     if compiled:
         pytest.importorskip("numba")
-        assert B._hash_kernel() is not None
+        assert K._hash_kernel() is not None
     else:
-        monkeypatch.setattr(B, "_HASH_KERNEL", [None])
+        monkeypatch.setattr(K, "_HASH_KERNEL", [None])
     rng = np.random.default_rng(20)
     values = [None, "", "a", "ab" * 4, "ab" * 4 + "c", "élève 👩‍⚕️", b"\xff\xfe", "x" * 63, "x" * 64, "x" * 65]
     values += [bytes(rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8)) for _ in range(300)]
     want = np.array([py_hash(v) for v in values], np.uint64)
-    np.testing.assert_array_equal(B.content_hashes(values), np.array([py_row_hash(v) for v in values], np.uint64))
+    np.testing.assert_array_equal(K.content_hashes(values), np.array([py_row_hash(v) for v in values], np.uint64))
     encoded = [b"" if v is None else (v.encode() if isinstance(v, str) else v) for v in values]
     data = np.frombuffer(b"pre" + b"".join(encoded), np.uint8)      # offsets that do not start at 0
     offsets = 3 + np.concatenate([[0], np.cumsum([len(b) for b in encoded])])
     valid = np.array([v is not None for v in values])
-    np.testing.assert_array_equal(B.hash_strings(offsets, data, valid), want)
-    monkeypatch.setattr(B, "_HASH_BLOCK_BYTES", 7)                 # many blocks, some of one long string
-    np.testing.assert_array_equal(B.hash_strings(offsets, data, valid), want)
+    np.testing.assert_array_equal(K.hash_strings(offsets, data, valid), want)
+    monkeypatch.setattr(K, "_HASH_BLOCK_BYTES", 7)                 # many blocks, some of one long string
+    np.testing.assert_array_equal(K.hash_strings(offsets, data, valid), want)
     # the same text in another column order or with the columns joined gives another hash
-    assert B.content_hashes(["a"], ["b"])[0] != B.content_hashes(["b"], ["a"])[0]
-    assert B.content_hashes(["ab"], [""])[0] != B.content_hashes(["a"], ["b"])[0]
+    assert K.content_hashes(["a"], ["b"])[0] != K.content_hashes(["b"], ["a"])[0]
+    assert K.content_hashes(["ab"], [""])[0] != K.content_hashes(["a"], ["b"])[0]
     assert len(set(want.tolist())) == len(set(encoded) | {None})
 
 
@@ -552,14 +557,14 @@ def test_keep_counts_round_systematically_within_blocks():
     # one pattern per block: round half up, whatever the last bits of q
     q = np.array([0.5, 0.5, 0.25, 0.0, 1.0, 0.7, 0.45 - 1e-16, 0.45 + 1e-16, 0.3])
     count = np.array([3, 5, 2, 7, 9, 10, 10, 10, 0])
-    np.testing.assert_array_equal(B.keep_counts(q, count), [2, 3, 1, 0, 9, 7, 5, 5, 0])
+    np.testing.assert_array_equal(K.keep_counts(q, count), [2, 3, 1, 0, 9, 7, 5, 5, 0])
     # five single examples at q = 0.6 in one block keep three, not five (rounding each alone keeps them all)
-    np.testing.assert_array_equal(B.keep_counts(np.full(5, 0.6), np.ones(5, int), np.zeros(5)), [1, 0, 1, 0, 1])
-    np.testing.assert_array_equal(B.keep_counts(np.full(5, 0.6), np.ones(5, int)), [1, 1, 1, 1, 1])
+    np.testing.assert_array_equal(K.keep_counts(np.full(5, 0.6), np.ones(5, int), np.zeros(5)), [1, 0, 1, 0, 1])
+    np.testing.assert_array_equal(K.keep_counts(np.full(5, 0.6), np.ones(5, int)), [1, 1, 1, 1, 1])
     rng = np.random.default_rng(21)
     q, count = rng.random(400), rng.integers(0, 6, 400)
     blocks = rng.integers(0, 4, 400)
-    got = B.keep_counts(q, count, blocks)
+    got = K.keep_counts(q, count, blocks)
     np.testing.assert_array_equal(got, py_counts(q, count, blocks))
     assert (np.abs(got - q * count) < 1).all()
     for b in range(4):                                   # each block within one example of its q mass
@@ -569,7 +574,7 @@ def test_keep_counts_round_systematically_within_blocks():
 def _keep_case(seed=12, n=6000):
     rng = np.random.default_rng(seed)
     s, y = random_data(rng, n, 2, 2, p_none=0.6)
-    table, ids = B.encode_patterns(s, y)
+    table, ids = P.encode_patterns(s, y)
     sol = B.m4_solve(table, "uniform", keep=0.8, eps_r=0.02, eps_a=0.02)
     texts = [f"caption {int(i)}" for i in rng.integers(0, n // 2, n)]     # many repeated captions
     urls = [f"https://x/{i % 997}.jpg" for i in range(n)]
@@ -578,58 +583,58 @@ def _keep_case(seed=12, n=6000):
 
 def test_keep_flags_keep_round_q_count_of_each_pattern_by_content_rank():
     s, y, table, ids, sol, texts, urls = _keep_case()
-    hashes = B.content_hashes(texts, urls)
-    q, keep = B.assign_keep(sol, table, ids, hashes, seed=7)
+    hashes = K.content_hashes(texts, urls)
+    q, keep = K.assign_keep(sol, table, ids, hashes, seed=7)
     np.testing.assert_array_equal(q, sol.q[ids])
     want = py_keep(ids, [py_row_hash(t, u) for t, u in zip(texts, urls)], np.arange(len(ids)), sol.q,
                    table.count, 7, py_signature(table))
     np.testing.assert_array_equal(keep, want)
     kept = np.bincount(ids, weights=keep, minlength=table.n_rows)
-    np.testing.assert_array_equal(kept, B.flag_counts(sol))
+    np.testing.assert_array_equal(kept, K.flag_counts(sol))
     assert np.abs(kept - sol.q * table.count).max() < 1
     for sig in set(py_signature(table)):                 # each combination of groups: within one caption
         sel = np.array(py_signature(table)) == sig
         assert abs(kept[sel].sum() - (sol.q * table.count)[sel].sum()) <= 0.5 + 1e-9
     # another seed: another set, the same counts; the same content ranks alike wherever it sits
-    _, other = B.assign_keep(sol, table, ids, hashes, seed=8)
+    _, other = K.assign_keep(sol, table, ids, hashes, seed=8)
     assert (other != keep).any()
     np.testing.assert_array_equal(np.bincount(ids, weights=other, minlength=table.n_rows), kept)
     perm = np.random.default_rng(0).permutation(len(ids))
-    _, moved = B.assign_keep(sol, table, ids[perm], hashes[perm], seed=7, position=perm)
+    _, moved = K.assign_keep(sol, table, ids[perm], hashes[perm], seed=7, position=perm)
     np.testing.assert_array_equal(moved, keep[perm])
 
 
 def test_chunked_rank_passes_equal_the_in_memory_flags():
     """The histogram and boundary passes over chunks (any split, any order) give assign_keep's flags."""
     s, y, table, ids, sol, texts, urls = _keep_case(seed=13, n=9000)
-    hashes = B.content_hashes(texts)                                # text only: repeats tie, position decides
-    _, want = B.assign_keep(sol, table, ids, hashes, seed=3)
+    hashes = K.content_hashes(texts)                                # text only: repeats tie, position decides
+    _, want = K.assign_keep(sol, table, ids, hashes, seed=3)
     bounds = [(0, 1234), (1234, 1235), (1235, 7000), (7000, 9000)]
     chunks = []
     for ordinal, (a, b) in enumerate(bounds):                     # each chunk its own file: positions differ
-        t, i = B.encode_patterns(s[a:b], y[a:b])
-        rows = B.fitted_rows(sol.table, t, i)
-        chunks.append((rows, B.rank_keys(hashes[a:b], 3), B.positions(ordinal, np.arange(b - a))))
-    ranks = B.rank_plan(B.flag_counts(sol), sol.table.count)
-    hist = [B.rank_histogram(ranks, p, k) for p, k, _ in reversed(chunks)]
-    ranks = B.rank_boundaries(ranks, np.concatenate([c for c, _ in hist]), np.concatenate([n for _, n in hist]))
-    cand = [B.rank_candidates(ranks, *c) for c in chunks[::-1]]
-    ranks = B.rank_thresholds(ranks, *(np.concatenate(parts) for parts in zip(*cand)))
-    got = np.concatenate([B.rank_keep(ranks, *c) for c in chunks])
+        t, i = P.encode_patterns(s[a:b], y[a:b])
+        rows = K.fitted_rows(sol.table, t, i)
+        chunks.append((rows, K.rank_keys(hashes[a:b], 3), K.positions(ordinal, np.arange(b - a))))
+    ranks = K.rank_plan(K.flag_counts(sol), sol.table.count)
+    hist = [K.rank_histogram(ranks, p, k) for p, k, _ in reversed(chunks)]
+    ranks = K.rank_boundaries(ranks, np.concatenate([c for c, _ in hist]), np.concatenate([n for _, n in hist]))
+    cand = [K.rank_candidates(ranks, *c) for c in chunks[::-1]]
+    ranks = K.rank_thresholds(ranks, *(np.concatenate(parts) for parts in zip(*cand)))
+    got = np.concatenate([K.rank_keep(ranks, *c) for c in chunks])
     pos = np.concatenate([c[2] for c in chunks])
     want_here = py_keep(ids, [py_row_hash(t) for t in texts], pos, sol.q, table.count, 3, py_signature(table))
     np.testing.assert_array_equal(got, want_here)
     assert ranks.split.any() and sum(len(c[0]) for c in cand) < len(ids) / 4   # few boundary captions
-    np.testing.assert_array_equal(np.bincount(ids, weights=got, minlength=table.n_rows), B.flag_counts(sol))
+    np.testing.assert_array_equal(np.bincount(ids, weights=got, minlength=table.n_rows), K.flag_counts(sol))
     assert (got != want).sum() < 0.05 * len(ids)       # other positions only reorder repeated captions
     # a chunk missing from the histogram: its patterns do not add up, which is an error
     with pytest.raises(DataError, match="the data changed"):
-        B.rank_boundaries(B.rank_plan(B.flag_counts(sol), sol.table.count), *hist[0])
+        K.rank_boundaries(K.rank_plan(K.flag_counts(sol), sol.table.count), *hist[0])
 
 
 def test_flags_residuals_are_the_constraints_on_the_kept_set():
     s, y, table, ids, sol, texts, urls = _keep_case(seed=14)
-    _, keep = B.assign_keep(sol, table, ids, B.content_hashes(texts, urls))
+    _, keep = K.assign_keep(sol, table, ids, K.content_hashes(texts, urls))
     kept = np.bincount(ids, weights=keep, minlength=table.n_rows)
     res_r, res_a = sol.kept_residuals(kept)
     w, m = membership(s)
@@ -655,23 +660,23 @@ def test_flags_residuals_are_the_constraints_on_the_kept_set():
 
 def test_assign_keep_needs_all_the_fitted_examples():
     s, y, table, ids, sol, texts, urls = _keep_case(seed=15, n=2000)
-    part, part_ids = B.encode_patterns(s[:1000], y[:1000])
+    part, part_ids = P.encode_patterns(s[:1000], y[:1000])
     with pytest.raises(DataError) as err:
-        B.assign_keep(sol, part, part_ids, B.content_hashes(texts[:1000]))
-    assert str(err.value) == B.MSG_ASSIGN_ALL.format(n=1000, fitted=2000)
+        K.assign_keep(sol, part, part_ids, K.content_hashes(texts[:1000]))
+    assert str(err.value) == K.MSG_ASSIGN_ALL.format(n=1000, fitted=2000)
     with pytest.raises(DataError, match="keys"):
-        B.positions(0, np.array([-1]))
+        K.positions(0, np.array([-1]))
 
 
 def test_unknown_patterns_are_refused():
     s = np.array([[1, 0], [0, 1], [0, 0]])
     y = np.array([[1], [0], [0]])
-    table, _ = B.encode_patterns(s, y)
+    table, _ = P.encode_patterns(s, y)
     sol = B.m4_solve(table, "uniform", keep=0.3, eps_r=0.2, eps_a=0.2)
-    other, ids = B.encode_patterns(np.array([[0, 0], [1, 1]]), np.array([[0], [1]]))
+    other, ids = P.encode_patterns(np.array([[0, 0], [1, 1]]), np.array([[0], [1]]))
     with pytest.raises(DataError) as err:
-        B.keep_probabilities(sol, other, ids)
-    assert str(err.value) == B.MSG_UNKNOWN_PATTERN.format(n=1, row=1)
+        K.keep_probabilities(sol, other, ids)
+    assert str(err.value) == K.MSG_UNKNOWN_PATTERN.format(n=1, row=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -682,7 +687,7 @@ def test_model_rb_matches_a_direct_count_and_wilson():
     rng = np.random.default_rng(13)
     male, female = rng.normal(size=500), rng.normal(size=500) - 0.2
     female[:3] = male[:3]                              # three ties count half
-    got = B.model_rb(male, female)
+    got = A.model_rb(male, female)
     wins = sum(1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(male, female))
     assert got.share_male == pytest.approx(wins / 500) and got.rb == pytest.approx(wins / 500 - 0.5)
     lo, hi = proportion_confint(wins, 500, method="wilson")
@@ -696,8 +701,8 @@ def test_model_ab_matches_a_direct_count_and_newcombe():
     groups = rng.choice(["Female", "Male", "unknown"], n, p=[0.45, 0.45, 0.1])
     first, second = rng.normal(size=(n, 5)), rng.normal(size=(n, 5))
     first[groups == "Female"] += 0.3
-    got = B.model_ab(first, second, groups)
-    assert got.pairs == B.DEFAULT_OCCUPATION_PAIRS and got.group_names == ("Female", "Male")
+    got = A.model_ab(first, second, groups)
+    assert got.pairs == A.DEFAULT_OCCUPATION_PAIRS and got.group_names == ("Female", "Male")
     for j in range(5):
         counts = []
         for g in ("Female", "Male"):
@@ -709,12 +714,12 @@ def test_model_ab_matches_a_direct_count_and_newcombe():
         assert got.diff_low[j] == pytest.approx(lo) and got.diff_high[j] == pytest.approx(hi)
     assert got.diff.mean() > 0.05
     frame = got.frame()
-    assert list(frame["first"]) == [p[0] for p in B.DEFAULT_OCCUPATION_PAIRS] and "diff_low" in frame
+    assert list(frame["first"]) == [p[0] for p in A.DEFAULT_OCCUPATION_PAIRS] and "diff_low" in frame
 
 
 def wilson_exact_coverage(n, p):
     x = np.arange(n + 1)
-    lo, hi = B.wilson_interval(x / n, n, Z95)
+    lo, hi = IV.wilson_interval(x / n, n, Z95)
     return float(binom.pmf(x, n, p)[(lo <= p) & (p <= hi)].sum())
 
 
@@ -728,9 +733,9 @@ def test_model_interval_coverage():
     reps = 4000
     for n1, n0, p1, p0 in ((300, 300, 0.6, 0.4), (1000, 800, 0.3, 0.3), (250, 400, 0.7, 0.55)):
         x1, x0 = rng.binomial(n1, p1, reps), rng.binomial(n0, p0, reps)
-        l1, h1 = B.wilson_interval(x1 / n1, n1, Z95)
-        l0, h0 = B.wilson_interval(x0 / n0, n0, Z95)
-        lo, hi = B.newcombe_interval(x1 / n1, l1, h1, x0 / n0, l0, h0)
+        l1, h1 = IV.wilson_interval(x1 / n1, n1, Z95)
+        l0, h0 = IV.wilson_interval(x0 / n0, n0, Z95)
+        lo, hi = IV.newcombe_interval(x1 / n1, l1, h1, x0 / n0, l0, h0)
         cov = ((lo <= p1 - p0) & (p1 - p0 <= hi)).mean()
         assert 0.93 <= cov <= 0.97, (n1, n0, p1, p0, cov)
 
@@ -742,23 +747,23 @@ def test_model_interval_coverage():
 def test_bad_indicators_and_utility():
     s = np.array([[1, 0], [0, 2]])
     with pytest.raises(DataError) as err:
-        B.encode_patterns(s, np.zeros((2, 1)))
-    assert str(err.value) == B.MSG_BINARY.format(name="s", value=2)
+        P.encode_patterns(s, np.zeros((2, 1)))
+    assert str(err.value) == P.MSG_BINARY.format(name="s", value=2)
     with pytest.raises(DataError) as err:
-        B.encode_patterns(np.eye(2), np.zeros((3, 1)))
-    assert str(err.value) == B.MSG_ROWS.format(name="y", got=3, other="s", n=2)
+        P.encode_patterns(np.eye(2), np.zeros((3, 1)))
+    assert str(err.value) == P.MSG_ROWS.format(name="y", got=3, other="s", n=2)
     with pytest.raises(DataError) as err:
-        B.encode_patterns(np.eye(2), np.zeros((2, 1)), utility=[1.0, -0.5])
-    assert str(err.value) == B.MSG_UTILITY.format(row=1, value=-0.5)
+        P.encode_patterns(np.eye(2), np.zeros((2, 1)), utility=[1.0, -0.5])
+    assert str(err.value) == P.MSG_UTILITY.format(row=1, value=-0.5)
     with pytest.raises(DataError, match="row 0 has nan"):
-        B.encode_patterns(np.eye(2), np.zeros((2, 1)), utility=[np.nan, 1.0])
+        P.encode_patterns(np.eye(2), np.zeros((2, 1)), utility=[np.nan, 1.0])
     with pytest.raises(DataError) as err:
-        B.encode_patterns(np.ones(3), np.zeros((3, 1)))
-    assert str(err.value) == B.MSG_NDIM.format(name="s", what="groups", shape=(3,))
+        P.encode_patterns(np.ones(3), np.zeros((3, 1)))
+    assert str(err.value) == P.MSG_NDIM.format(name="s", what="groups", shape=(3,))
 
 
 def test_bad_targets_and_parameters():
-    table, _ = B.encode_patterns(np.eye(2), np.eye(2), groups=["Male", "Female"])
+    table, _ = P.encode_patterns(np.eye(2), np.eye(2), groups=["Male", "Female"])
     with pytest.raises(UsageError) as err:
         B.m4_solve(table, {"Male": 0.6, "Female": 0.6})
     assert str(err.value) == B.MSG_TARGET_SUM.format(total=1.2)
@@ -787,21 +792,21 @@ def test_bad_targets_and_parameters():
 
 def test_bad_model_scores():
     with pytest.raises(DataError, match="female_scores"):
-        B.model_rb(np.zeros(4), np.zeros(5))
+        A.model_rb(np.zeros(4), np.zeros(5))
     with pytest.raises(DataError, match="NaN or infinite"):
-        B.model_rb(np.array([0.1, np.nan]), np.zeros(2))
+        A.model_rb(np.array([0.1, np.nan]), np.zeros(2))
     with pytest.raises(UsageError) as err:
-        B.model_ab(np.zeros((4, 2)), np.zeros((4, 2)), ["Female", "Male"] * 2)
-    assert str(err.value) == B.MSG_PAIRS.format(got=5, n=2)
+        A.model_ab(np.zeros((4, 2)), np.zeros((4, 2)), ["Female", "Male"] * 2)
+    assert str(err.value) == A.MSG_PAIRS.format(got=5, n=2)
     with pytest.raises(DataError) as err:
-        B.model_ab(np.zeros((4, 1)), np.zeros((4, 1)), ["Female"] * 4, pairs=[("nurse", "doctor")])
-    assert str(err.value) == B.MSG_GROUP_EMPTY.format(group="Male", found="'Female'")
+        A.model_ab(np.zeros((4, 1)), np.zeros((4, 1)), ["Female"] * 4, pairs=[("nurse", "doctor")])
+    assert str(err.value) == A.MSG_GROUP_EMPTY.format(group="Male", found="'Female'")
 
 
 def test_frames_and_degenerate_data():
     rng = np.random.default_rng(16)
     s, y = random_data(rng, 400, 3, 2)
-    table, _ = B.encode_patterns(s, y, groups=["a", "b", "c"], labels=["x", "z"])
+    table, _ = P.encode_patterns(s, y, groups=["a", "b", "c"], labels=["x", "z"])
     bias = B.data_bias(table)
     groups, cells = bias.group_frame(), bias.cell_frame()
     assert list(groups["group"]) == ["a", "b", "c"] and np.allclose(groups["rb"], bias.rb)
@@ -812,7 +817,7 @@ def test_frames_and_degenerate_data():
     assert frame.shape[0] == 3 + 6 and np.allclose(frame["residual"][:3], sol.residual_r)
     assert (np.abs(frame["residual"]) <= frame["bound"] + 1e-9).all()
     # nobody mentions a group: statistics are NaN, nothing can bind, q = keep
-    none, _ids = B.encode_patterns(np.zeros((20, 2)), rng.integers(0, 2, (20, 2)))
+    none, _ids = P.encode_patterns(np.zeros((20, 2)), rng.integers(0, 2, (20, 2)))
     empty = B.data_bias(none)
     assert np.isnan(empty.rb).all() and empty.rb_argmax is None and empty.n_mention == 0
     sol = B.m4_solve(none, keep=0.7)

@@ -89,7 +89,7 @@ def test_spark_local2_equals_local_engine(tmp_path):
     assert spark.run["rows_scanned_this_run"]["ranks"] > 0 and local.run["rows_scanned_this_run"]["ranks"] > 0
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "local" / "weights.parquet"),
                                   pd.read_parquet(tmp_path / "spark" / "weights.parquet"))
-    from clipprobe.analysis.balance import flag_counts
+    from clipprobe.analysis.keepflags import flag_counts
 
     patterns = pd.read_parquet(tmp_path / "spark" / "patterns.parquet")
     np.testing.assert_array_equal(patterns["kept"], flag_counts(spark.solution))

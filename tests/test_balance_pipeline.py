@@ -20,6 +20,7 @@ from test_balance import py_counts, py_keep, py_row_hash, py_signature
 from test_captions_matching import oracle_contains
 
 from clipprobe.analysis import balance
+from clipprobe.analysis.patterns import encode_patterns, table_lookup
 from clipprobe.captions.patterns import EngineSettings
 from clipprobe.captions.synth import write_laion_parquet
 from clipprobe.errors import ClipprobeError, DataError, UsageError
@@ -115,7 +116,7 @@ def test_measure_equals_the_per_caption_oracle(data, tmp_path, matcher):
     assert run["before"]["n_multi"] == int((s.sum(1) > 1).sum()) > 0
     assert "1/j" in run["mentions"]
     patterns = pd.read_parquet(tmp_path / "m" / "patterns.parquet")
-    table, _ = balance.encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
+    table, _ = encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
     assert patterns["count"].sum() == len(s) and len(patterns) == table.n_rows
     assert not (tmp_path / "m" / "balance.png").exists()
 
@@ -144,9 +145,9 @@ def test_fit_writes_every_caption_its_oracle_q_and_flag(data, fitted):
     result, out = fitted
     caps = all_captions(files)
     s, y = oracle(caps)
-    table, ids = balance.encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
+    table, ids = encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
     sol = result.solution
-    fit_ids = balance.table_lookup(table, sol.table)[ids]
+    fit_ids = table_lookup(table, sol.table)[ids]
     q_oracle = sol.q[fit_ids]
     w = pd.read_parquet(out / "weights.parquet")
     assert sorted(p.name for p in (out / "weights.parquet").iterdir())[0] == "part-00000.parquet"
@@ -177,9 +178,9 @@ def test_flags_keep_round_q_count_per_pattern_and_their_constraints_are_recorded
     root, files = data
     result, out = fitted
     s, y = oracle(all_captions(files))
-    table, ids = balance.encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
+    table, ids = encode_patterns(s, y, groups=("Male", "Female"), labels=LABELS)
     sol = result.solution
-    fit_ids = balance.table_lookup(table, sol.table)[ids]
+    fit_ids = table_lookup(table, sol.table)[ids]
     keep = pd.read_parquet(out / "weights.parquet")["keep"].to_numpy()
     kept = np.bincount(fit_ids, weights=keep, minlength=sol.table.n_rows)
     np.testing.assert_array_equal(kept, py_counts(sol.q, sol.table.count, py_signature(sol.table)))
@@ -352,7 +353,7 @@ def test_attribute_column_and_utility(data, tmp_path):
     result = fit_balance(cfg)
     s = np.stack([groups == g for g in ("A", "B", "C")], 1).astype(np.int8)
     y = np.array([[oracle_contains(c, w) for w in LABELS] for c in caps], dtype=np.int8)
-    t, ids = balance.encode_patterns(s, y, utility=util, groups=("A", "B", "C"), labels=LABELS)
+    t, ids = encode_patterns(s, y, utility=util, groups=("A", "B", "C"), labels=LABELS)
     want = balance.m4_solve(t, [0.4, 0.4, 0.2], keep=0.6, eps_r=0.05, eps_a=0.05)
     w = pd.read_parquet(tmp_path / "out" / "weights.parquet")
     np.testing.assert_allclose(w["q"].to_numpy(), want.q[ids], atol=1e-9)
@@ -455,11 +456,18 @@ def test_infeasible_keep_rate_names_the_largest_feasible_one(data, tmp_path):
 
 
 def test_engine_settings_are_checked():
+    from clipprobe.pipeline.captions import CountConfig
+
     for kw, message in [(dict(engine="dask"), "unknown engine 'dask'"), (dict(matcher="re"), "unknown matcher 're'"),
                         (dict(spark_conf=("novalue",)), "--spark-conf 'novalue' is not KEY=VALUE"),
                         (dict(workers=0), "workers must be 1 or more")]:
         with pytest.raises(ClipprobeError, match=message):
             EngineSettings(**kw).check()
+        if "workers" not in kw:         # `captions count` checks the same settings with the same messages
+            with pytest.raises(ClipprobeError, match=message):
+                CountConfig(captions=("a.parquet",), out="x", **kw).check()
+    with pytest.raises(UsageError, match="no caption files given"):
+        CountConfig(captions=(), out="x").check()
 
 
 def test_train_keep_reads_the_flags(tmp_path):
@@ -491,7 +499,7 @@ def test_chunk_encoder_equals_encode_patterns(n, k, r, with_utility):
     s[sr, sc] = 1
     y = np.zeros((n, r), int)
     y[yr, yc] = 1
-    want, want_ids = balance.encode_patterns(s, y, utility=u, groups=groups, labels=labels)
+    want, want_ids = encode_patterns(s, y, utility=u, groups=groups, labels=labels)
     for name in ("keys", "ubin", "count"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
     np.testing.assert_allclose(got.u_sum, want.u_sum)
@@ -517,3 +525,31 @@ def test_distinct_rows_falls_back_on_a_hash_collision(monkeypatch):
     monkeypatch.undo()
     assert calls and len(uniq) == len(first)
     np.testing.assert_array_equal(uniq[inv2], keys)
+
+
+def test_rank_tasks_name_a_chunk_whose_patterns_the_fit_never_saw(tmp_path):
+    """The passes after the solve look each caption up in the fitted table (keepflags.fitted_rows); a chunk
+    with a pattern the fit never saw is an error naming its file and the parts to delete."""
+    from clipprobe.analysis.keepflags import content_hashes, rank_histogram, rank_keys, rank_plan
+    from clipprobe.captions.indicators import MSG_CHANGED, IndicatorSpec, rank_histogram_task, save_chunk
+
+    s = np.array([[1, 0], [0, 1], [1, 0], [1, 0]])
+    y = np.array([[1], [0], [0], [1]])
+    names = {"groups": ("a", "b"), "labels": ("l",)}
+    table, ids = encode_patterns(s, y, **names)
+    chunk = tmp_path / "parts" / "c.npz"
+    chunk.parent.mkdir()
+    hashes = content_hashes(["w", "x", "y", "z"])
+    save_chunk(chunk, table, ids, hashes)
+    task = (0, "data.parquet", (0,), "TEXT", 0, str(chunk), 0)
+    for fitted, _ in (encode_patterns(s, y, **names), encode_patterns(s[[0, 1, 3]], y[[0, 1, 3]], **names)):
+        ranks = rank_plan(fitted.count // 2, fitted.count)
+        spec = IndicatorSpec(space={}, matcher=b"", fitted=fitted, ranks=ranks, seed=3, **names)
+        got = rank_histogram_task(spec, task)
+        if fitted.n_rows == table.n_rows:
+            cells, counts = rank_histogram(ranks, table_lookup(table, fitted)[ids], rank_keys(hashes, 3))
+            np.testing.assert_array_equal(got["cells"], cells)
+            np.testing.assert_array_equal(got["counts"], counts)
+        else:       # caption 2's pattern (group a, no label) is not in this fit
+            assert got == {"error": MSG_CHANGED.format(path="data.parquet", problem="it holds patterns the fit "
+                                                       "never saw", parts=chunk.parent)}

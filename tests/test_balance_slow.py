@@ -16,6 +16,8 @@ import pytest
 from scipy.stats import binom
 
 from clipprobe.analysis import balance as B
+from clipprobe.analysis import intervals as IV
+from clipprobe.analysis import patterns as P
 
 try:
     from test_balance import Z95, membership, population, population_truth
@@ -40,13 +42,13 @@ REPS = 10000
 
 def m4_weights(s, y, p):
     """M4's keep probabilities for the population itself (1e6 examples in its proportions)."""
-    table, ids = B.encode_patterns(s.astype(int), y.astype(int))
+    table, ids = P.encode_patterns(s.astype(int), y.astype(int))
     counts = np.round(p * 1e6).astype(np.int64)
-    pop = B.merge_tables([B.PatternTable(table.groups, table.labels, table.keys[ids], table.ubin[ids], counts,
+    pop = P.merge_tables([P.PatternTable(table.groups, table.labels, table.keys[ids], table.ubin[ids], counts,
                                          counts.astype(float), False)])
     keep = min(0.9, B.max_keep_rate(pop, eps_r=0.02, eps_a=0.02) - 0.01)
     sol = B.m4_solve(pop, keep=keep, eps_r=0.02, eps_a=0.02)
-    return sol.q[B.table_lookup(pop, sol.table)]
+    return sol.q[P.table_lookup(pop, sol.table)]
 
 
 def data_coverage_grid(reps: int = REPS):
@@ -91,7 +93,7 @@ def test_data_interval_coverage_grid():
 
 def wilson_exact_coverage(n, p):
     x = np.arange(n + 1)
-    lo, hi = B.wilson_interval(x / n, n, Z95)
+    lo, hi = IV.wilson_interval(x / n, n, Z95)
     return float(binom.pmf(x, n, p)[(lo <= p) & (p <= hi)].sum())
 
 
@@ -103,9 +105,9 @@ def model_coverage_grid(reps: int = 20000):
     for n1, n0 in ((100, 100), (300, 250), (1000, 1000), (2500, 2500)):
         for p1, p0 in ((0.5, 0.5), (0.6, 0.4), (0.3, 0.2), (0.8, 0.6), (0.25, 0.25)):
             x1, x0 = rng.binomial(n1, p1, reps), rng.binomial(n0, p0, reps)
-            l1, h1 = B.wilson_interval(x1 / n1, n1, Z95)
-            l0, h0 = B.wilson_interval(x0 / n0, n0, Z95)
-            lo, hi = B.newcombe_interval(x1 / n1, l1, h1, x0 / n0, l0, h0)
+            l1, h1 = IV.wilson_interval(x1 / n1, n1, Z95)
+            l0, h0 = IV.wilson_interval(x0 / n0, n0, Z95)
+            lo, hi = IV.newcombe_interval(x1 / n1, l1, h1, x0 / n0, l0, h0)
             newcombe[(n1, n0, p1, p0)] = float(((lo <= p1 - p0) & (p1 - p0 <= hi)).mean())
     return wilson, newcombe
 

@@ -60,7 +60,7 @@ def probe_model(weights_dir, truth, images) -> dict:
     import pandas as pd
     import torch
 
-    from clipprobe.analysis.balance import model_ab, model_rb
+    from clipprobe.analysis.association import model_ab, model_rb
     from clipprobe.analysis.probe import probe_scores
     from clipprobe.world.evaluate import word_embeddings
     from clipprobe.world.train import load_world_model

@@ -15,7 +15,7 @@ import pytest
 from scipy import stats
 
 from clipprobe.analysis.extremes import extreme_skew_null
-from clipprobe.analysis.intervals import miller_madow, share_interval, skew_interval
+from clipprobe.analysis.intervals import level_z, miller_madow, share_interval, skew_interval, wilson_interval
 from clipprobe.analysis.probe import control_null, p_vs_controls, probe_scores
 from clipprobe.errors import UsageError
 
@@ -35,6 +35,22 @@ def test_wilson_matches_the_formula():
     for c, a, b in zip(counts, lo, hi):
         want = _wilson(int(c), 100)
         assert (a, b) == pytest.approx(want, abs=1e-12)
+
+
+def test_the_two_wilson_intervals_agree_on_integer_counts():
+    """wilson_interval (the formula, for effective non-integer n) and share_interval (statsmodels) are one
+    interval: the same ends on integer counts, at several levels and sizes."""
+    for k, level in ((7, 0.9), (100, 0.95), (1000, 0.99)):
+        counts = np.unique(np.linspace(0, k, 25).round())
+        lo, hi = wilson_interval(counts / k, k, level_z(level))
+        want_lo, want_hi = share_interval(counts, k, level=level)
+        np.testing.assert_allclose(lo, want_lo, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(hi, want_hi, rtol=0, atol=1e-12)
+    assert level_z(0.95) == pytest.approx(1.959963984540054, abs=1e-12)
+    lo, hi = wilson_interval(np.array([0.5, np.nan]), np.array([0.0, 10.0]), 1.96)
+    assert np.isnan(lo).all() and np.isnan(hi).all()       # no examples, or no share: no interval
+    with pytest.raises(UsageError, match="strictly between 0 and 1"):
+        level_z(1.0)
 
 
 def test_jeffreys_matches_beta_quantiles_with_end_rule():

@@ -1,4 +1,4 @@
-"""The compiled string hash of :func:`clipprobe.analysis.balance.hash_strings` (numba; imported only where it
+"""The compiled string hash of :func:`clipprobe.analysis.keepflags.hash_strings` (numba; imported only where it
 runs). The same definition as the numpy path, string by string: the bytes as 8-byte little-endian words
 (the last one zero-padded), ``acc = sum_j mix(w_j ^ mix(j))`` modulo 2**64, ``mix(acc ^ mix(L ^ LEN_TAG))``
 with ``mix`` splitmix64's finaliser. Unsigned 64-bit arithmetic throughout (it wraps, on every CPU).

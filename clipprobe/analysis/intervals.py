@@ -29,6 +29,15 @@ counts how often each interval holds the true value (docs/probe.md, "Statistics"
   plug-in one: the plug-in entropy of k draws is biased low by about ``(m - 1) / 2k`` nats (m groups
   in the top-k), which the correction adds back (bias -1.5 SD -> -0.1 SD on FairFace's race groups).
 
+Balancing (:mod:`clipprobe.analysis.balance`), model RB/AB (:mod:`clipprobe.analysis.association`) and
+the zero-shot classifier's accuracy (:mod:`clipprobe.analysis.zeroshot`) use **Wilson's score interval on
+an effective sample size** (:func:`wilson_interval`; for a weighted share, :func:`weighted_share_interval`
+takes ``n_eff`` from the share's linearisation variance) and, for a difference of two shares,
+**Newcombe's hybrid score interval** (:func:`newcombe_interval`, with Zou and Donner's MOVER correlation
+term when the two estimates share examples). Their coverage is measured in ``tests/test_balance_slow.py``
+(see :mod:`clipprobe.analysis.balance`). :func:`wilson_interval` is the formula written out (it takes a
+non-integer ``n``); :func:`share_interval` calls statsmodels, and the two agree on integer counts (tested).
+
 MaxSkew and MinSkew get no interval either (a maximum of noisy skews is biased up when nothing is
 planted, and its bootstrap does not cover 0); see :mod:`clipprobe.analysis.extremes` for their
 permutation null.
@@ -46,6 +55,7 @@ if TYPE_CHECKING:  # pragma: no cover
 SHARE_METHODS = ("wilson", "jeffreys")
 SHARE_INTERVAL_MAX_FRACTION = 0.5     # share intervals are published for k <= this fraction of the images
 MSG_LEVEL = "level must be between 0 and 1, got {level}"
+MSG_Z_LEVEL = "level={level!r} must be strictly between 0 and 1"
 MSG_METHOD = "unknown share interval {method!r}; valid: 'wilson', 'jeffreys'"
 
 
@@ -200,5 +210,79 @@ def miller_madow(norm_entropy, counts, present, k: int) -> "np.ndarray":
     return np.where(n_present >= 2, np.asarray(norm_entropy, dtype=np.float64) + correction, np.nan)
 
 
-__all__ = ["SHARE_METHODS", "miller_madow", "ratio_score_interval", "share_interval",
-           "skew_interval", "skew_interval_vs_base"]
+# ----------------------------------------------------------------------------------------------
+# score intervals on effective sample sizes (balancing, model RB/AB, zero-shot accuracy)
+
+
+def level_z(level: float) -> float:
+    """The standard normal quantile of a two-sided interval at ``level`` (1.96 at 0.95)."""
+    from scipy.stats import norm
+
+    try:
+        lv = float(level)
+    except (TypeError, ValueError):
+        raise UsageError(MSG_Z_LEVEL.format(level=level)) from None
+    if not (0.0 < lv < 1.0):
+        raise UsageError(MSG_Z_LEVEL.format(level=level))
+    return float(norm.ppf(0.5 + lv / 2.0))
+
+
+def wilson_interval(p, n, z: float) -> tuple["np.ndarray", "np.ndarray"]:
+    """Wilson score interval for a share ``p`` out of ``n`` (``n`` may be an effective, non-integer size).
+
+    NaN where ``n <= 0`` or ``p`` is NaN. Equal to statsmodels' ``proportion_confint(x, n,
+    method='wilson')`` for integer counts ``x = p n``.
+    """
+    import numpy as np
+
+    p = np.asarray(p, np.float64)
+    n = np.asarray(n, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        z2n = z * z / n
+        centre = (p + z2n / 2) / (1 + z2n)
+        half = z / (1 + z2n) * np.sqrt(p * (1 - p) / n + z2n / (4 * n))
+    ok = (n > 0) & np.isfinite(p)
+    lo = np.where(ok, np.clip(centre - half, 0.0, 1.0), np.nan)
+    hi = np.where(ok, np.clip(centre + half, 0.0, 1.0), np.nan)
+    return lo, hi
+
+
+def newcombe_interval(p1, lo1, hi1, p0, lo0, hi0, rho=0.0) -> tuple["np.ndarray", "np.ndarray"]:
+    """Interval for ``p1 - p0`` from the two shares' own intervals: Newcombe's hybrid score interval
+    (method 10) for independent estimates, and its extension to correlated ones (MOVER, Zou and
+    Donner 2008) when ``rho``, the correlation of the two estimates, is not 0."""
+    import numpy as np
+
+    d = np.asarray(p1) - np.asarray(p0)
+    dl1, du1, dl0, du0 = p1 - lo1, hi1 - p1, p0 - lo0, hi0 - p0
+    lo = d - np.sqrt(np.maximum(dl1 ** 2 + du0 ** 2 - 2 * rho * dl1 * du0, 0.0))
+    hi = d + np.sqrt(np.maximum(du1 ** 2 + dl0 ** 2 - 2 * rho * du1 * dl0, 0.0))
+    return lo, hi
+
+
+def weighted_share_interval(total, weighted, sq_total, sq_num_parts, z):
+    """``(p, low, high, n_eff)`` of a share ``p = weighted / total``, a ratio of weighted sums, with
+    Wilson's interval on the effective sample size ``n_eff = p (1 - p) / var`` (``var`` its linearisation
+    variance; Kish's ``total^2 / sq_total`` where ``p`` is 0 or 1). Vectorised; NaN where ``total`` is 0.
+
+    ``sq_num_parts = (sum a^2 v, sum a^2 v^2)`` over the examples (weights ``a``, values ``v``),
+    ``sq_total = sum a^2``; the linearisation variance numerator is
+    ``sum a^2 (v - p)^2 = sum a^2 v^2 - 2 p sum a^2 v + p^2 sum a^2``.
+    """
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        p = np.where(total > 0, weighted / np.where(total > 0, total, 1.0), np.nan)
+        av, av2 = sq_num_parts
+        num = np.maximum(av2 - 2 * p * av + p * p * sq_total, 0.0)
+        var = num / (total * total)
+        kish = total * total / sq_total
+        pq = p * (1 - p)
+        n_eff = np.where((var > 1e-300) & (pq > 0), pq / var, kish)
+    n_eff = np.where(total > 0, n_eff, np.nan)
+    lo, hi = wilson_interval(p, n_eff, z)
+    return p, lo, hi, n_eff
+
+
+__all__ = ["SHARE_METHODS", "level_z", "miller_madow", "newcombe_interval", "ratio_score_interval", "share_interval",
+           "skew_interval", "skew_interval_vs_base", "weighted_share_interval", "wilson_interval"]

@@ -19,7 +19,7 @@ Every number is a pure function of the inputs: the dot products are summed in a 
 count, and the probabilities are rounded to float32 from float64.
 
 :func:`classifier_accuracy` measures the classifier on a labelled face dataset: per true group its
-accuracy (Wilson interval, :func:`clipprobe.analysis.balance.wilson_interval`: images are independent
+accuracy (Wilson interval, :func:`clipprobe.analysis.intervals.wilson_interval`: images are independent
 draws), precision, the share it labels "no group" or unsure, the confusion matrix, and the shares of
 the groups among the images it labels against the true shares. The attribute classifier is itself
 biased; these numbers say how much, and they are stored with every run that uses it.
@@ -244,7 +244,7 @@ def classifier_accuracy(true_labels, codes, *, groups: Sequence[str], level: flo
     import pandas as pd
     from scipy.stats import norm
 
-    from clipprobe.analysis.balance import wilson_interval
+    from clipprobe.analysis.intervals import wilson_interval
 
     if not isinstance(level, (int, float)) or not 0 < level < 1:
         raise UsageError(MSG_LEVEL.format(value=level))

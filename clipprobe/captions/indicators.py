@@ -12,7 +12,7 @@ For data RB/AB and M4 (:mod:`clipprobe.analysis.balance`) every caption needs tw
 
 A chunk (some row groups of one parquet file) is read and matched exactly as ``captions count`` does
 (the same worker state: Hyperscan database, compiled token pass), then turned into a
-:class:`~clipprobe.analysis.balance.PatternTable` (the distinct ``(s, y, utility bin)`` rows with their
+:class:`~clipprobe.analysis.patterns.PatternTable` (the distinct ``(s, y, utility bin)`` rows with their
 counts) and each caption's row of that table. The two task functions here run on the local engine
 (:func:`clipprobe.captions.scan.run_local`) and on Spark (:func:`clipprobe.captions.spark.run_spark`)
 alike:
@@ -21,7 +21,7 @@ alike:
   stored with each caption's row of it in a chunk file;
 * :func:`rank_histogram_task` and :func:`rank_candidates_task`: after the solve, from that chunk file,
   the two light passes that find, for each pattern, which of its captions the keep flags keep (the
-  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.balance`);
+  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.keepflags`);
 * :func:`weights_task`: from that chunk file and a fitted solution, each caption's keep probability
   and keep flag, written by the task itself as one parquet file (file, row group, row, key column, q,
   keep): no caption is read or matched a second time.
@@ -144,7 +144,7 @@ class IndicatorSpec(ScanSpec):
     ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (passes after the
     solve); ``keep_counts``: the captions each of its rows keeps; ``seed``: of the rank order of the keep
     flags; ``ranks``: the
-    :class:`~clipprobe.analysis.balance.KeepRanks` of the pass that runs.
+    :class:`~clipprobe.analysis.keepflags.KeepRanks` of the pass that runs.
     """
 
     attribute: str = ""
@@ -229,12 +229,12 @@ class ChunkIndicators:
 def column_hashes(column):
     """``(n,)`` uint64 content hash of each value of an Arrow column (text and binary as their bytes,
     other types, e.g. integer ids, as Arrow's text form), by
-    :func:`~clipprobe.analysis.balance.hash_strings`: the same value gives the same hash whatever the
+    :func:`~clipprobe.analysis.keepflags.hash_strings`: the same value gives the same hash whatever the
     column's storage type (string, large_string, dictionary, view)."""
     import numpy as np
     import pyarrow as pa
 
-    from clipprobe.analysis.balance import hash_strings
+    from clipprobe.analysis.keepflags import hash_strings
     from clipprobe.captions.inputs import _text_kind, caption_array
 
     if isinstance(column, pa.ChunkedArray):
@@ -313,7 +313,7 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
     from clipprobe.captions.inputs import caption_array
     from clipprobe.captions.scan import _expand, _Worker, batches_until_stopped, open_parquet
 
-    from clipprobe.analysis.balance import combine_hashes
+    from clipprobe.analysis.keepflags import combine_hashes
 
     worker = _Worker.get(spec)
     columns = [text_column]
@@ -405,12 +405,12 @@ def _distinct_rows(keys):
 
 def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility=None):
     """``(table, ids)`` of ``n`` captions given as (row, column) pairs of their group and label indicators
-    (repeats allowed): the same table and ids as :func:`~clipprobe.analysis.balance.encode_patterns` on
+    (repeats allowed): the same table and ids as :func:`~clipprobe.analysis.patterns.encode_patterns` on
     the dense matrices (tested), built for the scan's sparse output: the captions' bit keys are set
     pair by pair, and only the captions with an indicator (or, with a utility, all) are sorted."""
     import numpy as np
 
-    from clipprobe.analysis.balance import UTILITY_BINS_PER_OCTAVE, PatternTable, merge_tables, table_lookup
+    from clipprobe.analysis.patterns import UTILITY_BINS_PER_OCTAVE, PatternTable, merge_tables, table_lookup
 
     groups, labels = tuple(groups), tuple(labels)
     k = len(groups)
@@ -473,7 +473,7 @@ def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
     """``(table, ids)`` as :func:`save_chunk` wrote them; with ``hashes``, ``(table, ids, hashes)``."""
     import numpy as np
 
-    from clipprobe.analysis.balance import PatternTable
+    from clipprobe.analysis.patterns import PatternTable
 
     with np.load(path, allow_pickle=False) as z:
         table = PatternTable(tuple(spec.groups), tuple(spec.labels), z["keys"].astype(np.uint64),
@@ -502,55 +502,65 @@ def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
 
 
 def _ranked_chunk(spec: IndicatorSpec, path: str, chunk_file: str, row_offset: int, ordinal: int):
-    """``(table, ids, where, rank key, position)`` of a chunk's captions, from its chunk file (``where``:
-    the fitted table's row of each row of the chunk's table)."""
+    """``(table, ids, pattern, rank key, position)`` of a chunk's captions, from its chunk file (``pattern``:
+    each caption's row of the fitted table, :func:`~clipprobe.analysis.keepflags.fitted_rows`)."""
     import numpy as np
 
-    from clipprobe.analysis.balance import positions, rank_keys, table_lookup
+    from clipprobe.analysis.keepflags import UnknownPatterns, fitted_rows, positions, rank_keys
 
     table, ids, hashes = load_chunk(chunk_file, spec, hashes=True)
-    where = table_lookup(table, spec.fitted)
-    if (where < 0).any():
+    try:
+        pattern = fitted_rows(spec.fitted, table, ids)
+    except UnknownPatterns:
         raise DataError(MSG_CHANGED.format(path=path, problem="it holds patterns the fit never saw",
-                                           parts=Path(chunk_file).parent))
+                                           parts=Path(chunk_file).parent)) from None
     if hashes.size != ids.size:
         raise DataError(MSG_CHANGED.format(path=path, problem=f"{ids.size} captions but {hashes.size} hashes",
                                            parts=Path(chunk_file).parent))
     rows = row_offset + np.arange(ids.size, dtype=np.int64)
-    return table, ids, where, rank_keys(hashes, spec.seed), positions(ordinal, rows)
+    return table, ids, pattern, rank_keys(hashes, spec.seed), positions(ordinal, rows)
+
+
+def _table_rows(table, ids, pattern):
+    """``(table.n_rows,)`` the fitted table's row of each row of a chunk's table (every row holds a caption)."""
+    import numpy as np
+
+    where = np.full(table.n_rows, -1, np.int64)
+    where[ids] = pattern
+    return where
 
 
 def rank_histogram_task(spec: IndicatorSpec, task: tuple, stop=None):
-    """The chunk's captions per (pattern, rank-key bucket) (:func:`~clipprobe.analysis.balance.rank_histogram`),
+    """The chunk's captions per (pattern, rank-key bucket) (:func:`~clipprobe.analysis.keepflags.rank_histogram`),
     from its chunk file: ``{"cells", "counts", "rows"}`` (or ``{"error": message}``)."""
-    from clipprobe.analysis.balance import rank_histogram
+    from clipprobe.analysis.keepflags import rank_histogram
     from clipprobe.captions.scan import Stopped
 
     _, path, _, _, row_offset, chunk_file, ordinal = task
     if stop is not None and stop.is_set():
         raise Stopped(path)
     try:
-        _, ids, where, keys, _ = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+        _, ids, pattern, keys, _ = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
     except ClipprobeError as err:
         return {"error": str(err)}
-    cells, counts = rank_histogram(spec.ranks, where[ids], keys)
+    cells, counts = rank_histogram(spec.ranks, pattern, keys)
     return {"cells": cells, "counts": counts, "rows": int(ids.size)}
 
 
 def rank_candidates_task(spec: IndicatorSpec, task: tuple, stop=None):
     """The chunk's captions in their pattern's boundary bucket
-    (:func:`~clipprobe.analysis.balance.rank_candidates`): ``{"pattern", "key", "pos", "rows"}``."""
-    from clipprobe.analysis.balance import rank_candidates
+    (:func:`~clipprobe.analysis.keepflags.rank_candidates`): ``{"pattern", "key", "pos", "rows"}``."""
+    from clipprobe.analysis.keepflags import rank_candidates
     from clipprobe.captions.scan import Stopped
 
     _, path, _, _, row_offset, chunk_file, ordinal = task
     if stop is not None and stop.is_set():
         raise Stopped(path)
     try:
-        _, ids, where, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+        _, ids, pattern, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
     except ClipprobeError as err:
         return {"error": str(err)}
-    p, k, q = rank_candidates(spec.ranks, where[ids], keys, pos)
+    p, k, q = rank_candidates(spec.ranks, pattern, keys, pos)
     return {"pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
 
 
@@ -560,7 +570,7 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     The captions' patterns and content hashes come from the chunk file of the pattern pass (no caption
     is read again); only the key column is read. A caption is kept when its rank in its pattern is
     below the pattern's kept count (``spec.ranks``, see
-    :func:`~clipprobe.analysis.balance.rank_keep`). Returns the chunk's summary: its rows, kept flags,
+    :func:`~clipprobe.analysis.keepflags.rank_keep`). Returns the chunk's summary: its rows, kept flags,
     the sum of q, and per row of its pattern table the fitted table's row, the captions and the kept
     captions (or ``{"error": message}``).
     """
@@ -571,7 +581,7 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     import pyarrow.parquet as pq
 
     from clipprobe._io import atomic_path
-    from clipprobe.analysis.balance import rank_keep
+    from clipprobe.analysis.keepflags import rank_keep
     from clipprobe.captions.scan import Stopped, open_parquet
 
     _, path, row_groups, column, row_offset, chunk_file, weights_file, source, sizes, ordinal = task
@@ -579,12 +589,11 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
         raise Stopped(path)
     t0 = time.perf_counter()
     try:
-        table, ids, where, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+        table, ids, pattern, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
     except ClipprobeError as err:
         return {"error": str(err)}
-    pattern = where[ids]
     n = ids.size
-    q = spec.fitted_q[pattern]
+    q = spec.fitted_q[pattern]                 # keep_probabilities: the fitted q of each caption's pattern
     keep = rank_keep(spec.ranks, pattern, keys, pos)
     rows = row_offset + np.arange(n, dtype=np.int64)
     columns = {
@@ -609,6 +618,6 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
         return {"error": str(err)}
     kept_rows = np.bincount(ids, weights=keep, minlength=table.n_rows).round().astype(np.int64)
     return {"rows": n, "kept": int(keep.sum()), "q_sum": float(q.sum()),
-            "fit_rows": where, "count": table.count,
+            "fit_rows": _table_rows(table, ids, pattern), "count": table.count,
             "kept_rows": kept_rows, "seconds": {"weights": (t1 - t0) + (time.perf_counter() - t2),
                                                 "read_key": t2 - t1}}

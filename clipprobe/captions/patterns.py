@@ -11,7 +11,7 @@ depend on); a rerun skips those files, so another keep rate or eps refits withou
 (the first by the rank key, a hash of each caption's content stored by the pattern pass, as many as
 ``q x count`` rounded down or up): a histogram of the rank keys per pattern and then the captions of
 each pattern's boundary bucket, two light passes over the chunk files on the same engine, summed by
-the driver (:mod:`clipprobe.analysis.balance`) and stored in ``PARTS/weights/ranks-KEY.npz``.
+the driver (:mod:`clipprobe.analysis.keepflags`) and stored in ``PARTS/weights/ranks-KEY.npz``.
 :func:`write_weights` runs :func:`~clipprobe.captions.indicators.weights_task` on every chunk: from the
 chunk file and the fitted solution it computes each caption's q and keep flag without reading the
 captions again (only the key column), writes the chunk's weights file itself (``PARTS/weights/``), and
@@ -58,16 +58,9 @@ class EngineSettings:
     matcher: str = "auto"
 
     def check(self) -> "EngineSettings":
-        from clipprobe.captions.run import ENGINES, ERR_ENGINE, ERR_MATCHER, ERR_SPARK_CONF, MATCHERS
+        from clipprobe.captions.run import check_engine
 
-        if self.engine not in ENGINES:
-            raise UsageError(ERR_ENGINE.format(engine=self.engine))
-        if self.matcher not in MATCHERS:
-            raise UsageError(ERR_MATCHER.format(matcher=self.matcher))
-        for item in self.spark_conf:
-            key, eq, _ = item.partition("=")
-            if not eq or not key.strip():
-                raise UsageError(ERR_SPARK_CONF.format(item=item))
+        check_engine(self.engine, self.matcher, self.spark_conf)
         if self.workers is not None and self.workers < 1:
             raise UsageError(f"workers must be 1 or more, got {self.workers}")
         if self.chunk_rows < 1:
@@ -256,7 +249,7 @@ def _save_table(path: Path, table, totals) -> None:
 def _load_table(path: Path, spec):
     import numpy as np
 
-    from clipprobe.analysis.balance import PatternTable
+    from clipprobe.analysis.patterns import PatternTable
 
     with np.load(path, allow_pickle=False) as z:
         n_words = max(1, -(-(len(spec.groups) + len(spec.labels)) // 64))
@@ -271,7 +264,7 @@ def _load_table(path: Path, spec):
 
 def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings) -> PatternPass:
     """Pass 1: each file's pattern table (stored in ``parts_dir/patterns``), all of them merged."""
-    from clipprobe.analysis.balance import merge_tables
+    from clipprobe.analysis.patterns import merge_tables
     from clipprobe.captions.indicators import pattern_task
     from clipprobe.captions.run import _interrupt_deferred
 
@@ -359,7 +352,7 @@ def _chunk_tasks(files: Sequence[PlannedFile], patterns: Path, settings: EngineS
 
 @dataclass
 class RankPass:
-    """The keep ranks (:class:`~clipprobe.analysis.balance.KeepRanks`) with what finding them read."""
+    """The keep ranks (:class:`~clipprobe.analysis.keepflags.KeepRanks`) with what finding them read."""
 
     ranks: Any
     boundary_captions: int = 0
@@ -379,7 +372,7 @@ def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSe
     import numpy as np
 
     from clipprobe._io import atomic_path
-    from clipprobe.analysis.balance import KeepRanks, keep_counts, rank_boundaries, rank_plan, rank_thresholds
+    from clipprobe.analysis.keepflags import KeepRanks, keep_counts, rank_boundaries, rank_plan, rank_thresholds
     from clipprobe.captions.indicators import rank_candidates_task, rank_histogram_task
     from clipprobe.captions.run import _interrupt_deferred
 

@@ -97,6 +97,21 @@ ERR_ENGINE = "unknown engine {engine!r}; valid: 'local', 'spark'"
 ERR_MATCHER = "unknown matcher {matcher!r}; valid: 'auto', 'hyperscan', 'tokens'"
 ERR_SPARK_CONF = "--spark-conf {item!r} is not KEY=VALUE (e.g. spark.archives=env.tar.gz#environment)"
 ERR_NO_NUMBA = "matcher 'tokens' needs numba (pip install numba); use matcher 'hyperscan'"
+
+
+def check_engine(engine: str, matcher: str, spark_conf) -> None:
+    """UsageError for an unknown engine or matcher, or a Spark setting that is not KEY=VALUE (the checks every
+    command that scans captions shares)."""
+    from clipprobe.errors import UsageError
+
+    if engine not in ENGINES:
+        raise UsageError(ERR_ENGINE.format(engine=engine))
+    if matcher not in MATCHERS:
+        raise UsageError(ERR_MATCHER.format(matcher=matcher))
+    for item in spark_conf:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(ERR_SPARK_CONF.format(item=item))
 @dataclass
 class FileInfo:
     path: str

@@ -13,8 +13,8 @@ after Alabdulmohsin et al. (ICLR 2024):
   prefers the first occupation, separately for the images of each of two groups (women, men), and
   the difference.
 
-Intervals (Wilson for shares, Newcombe for the difference) come from
-:mod:`clipprobe.analysis.balance`, where their coverage is measured. Every prompt is recorded.
+The statistics are :mod:`clipprobe.analysis.association`'s; their intervals (Wilson for shares, Newcombe
+for the difference) come from :mod:`clipprobe.analysis.intervals`. Every prompt is recorded.
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def object_images(where: str, cache_dir: str | None, *, max_objects: int | None 
 def run_association(config: AssociationConfig, *, progress: bool | None = None) -> AssociationResult:
     """Measure model RB and/or AB and write ``rb.parquet``, ``ab.parquet``, a figure and ``run.json``."""
 
-    from clipprobe.analysis.balance import DEFAULT_OCCUPATION_PAIRS, model_ab, model_rb
+    from clipprobe.analysis.association import DEFAULT_OCCUPATION_PAIRS, model_ab, model_rb
     from clipprobe.embeddings.cache import embed_dataset
     from clipprobe.models import load_model
     from clipprobe.pipeline.embed import embed_texts

@@ -252,7 +252,8 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     the constraints cannot be met at ``config.keep``."""
     import numpy as np
 
-    from clipprobe.analysis.balance import data_bias, flag_counts, m4_solve
+    from clipprobe.analysis.balance import data_bias, m4_solve
+    from clipprobe.analysis.keepflags import flag_counts
     from clipprobe.captions.patterns import count_patterns, keep_ranks, publish_weights, solution_key, write_weights
     from clipprobe.report.balance import FILES, bias_frames, patterns_frame, write_balance
 

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipprobe.captions.run import (CHUNK_ROWS, COUNTS_FORMAT_VERSION, ENGINES, ERR_ENGINE, ERR_MATCHER,
-                                    ERR_NO_INPUTS, ERR_SPARK_CONF, MATCHERS)
+from clipprobe.captions.run import CHUNK_ROWS, COUNTS_FORMAT_VERSION, ERR_NO_INPUTS, check_engine
 from clipprobe.errors import DataError, UsageError
 
 log = logging.getLogger(__name__)
@@ -51,16 +50,9 @@ class CountConfig:
     matcher: str = "auto"                    # see clipprobe.captions.run.MATCHERS
 
     def check(self) -> "CountConfig":
-        if self.engine not in ENGINES:
-            raise UsageError(ERR_ENGINE.format(engine=self.engine))
+        check_engine(self.engine, self.matcher, self.spark_conf)
         if not self.captions:
             raise UsageError(ERR_NO_INPUTS)
-        if self.matcher not in MATCHERS:
-            raise UsageError(ERR_MATCHER.format(matcher=self.matcher))
-        for item in self.spark_conf:
-            key, eq, _ = item.partition("=")
-            if not eq or not key.strip():
-                raise UsageError(ERR_SPARK_CONF.format(item=item))
         return self
 
 
