@@ -536,9 +536,16 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
-    # Build the worker state (imports, matcher, term maps) before the workers start: forked ones inherit it.
-    worker = _Worker.get(spec)
-    if worker.counts_directly:
+    # The token pass runs in threads (as _Worker does: "tokens" where numba is installed), and so do the
+    # tasks of a run with that matcher (``fn``: they build a worker themselves where they match, none
+    # where they only read stored chunks). Hyperscan runs in processes: the worker state (imports,
+    # matcher, term maps) is built before they start, and forked ones inherit it.
+    from clipprobe.captions.tokens import available
+
+    threads = spec.method == "tokens" and available()
+    if not threads:
+        _Worker.get(spec)
+    if threads:
         # Threads share the worker state; its per-file sample bookkeeping (``taken``) only ever hands
         # a chunk the samples of chunks before it, whichever thread scanned them (see scan_chunk).
         _init_pool(spec)
