@@ -59,6 +59,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import os
 import time
 
@@ -82,6 +83,11 @@ def _parse() -> argparse.Namespace:
     ap.add_argument("--baseline", choices=("replay", "solve"), default="replay",
                     help="end to end, (b)'s dual: replay (a)'s iterations over every caption (default), or run "
                          "the solver itself per caption (its own L-BFGS-B path: often many more evaluations)")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="end to end: interleaved rounds of captions count, cold balance fit and --from-scan")
+    ap.add_argument("--target-cold", type=float, default=1.3, help="end to end: cold fit / captions count, at most")
+    ap.add_argument("--target-warm", type=float, default=0.3,
+                    help="end to end: balance fit --from-scan / captions count, at most")
     ap.add_argument("--data-dir", default=None,
                     help="end to end: keep the generated parquet here and reuse it (default: a temporary folder, "
                          "deleted at the end)")
@@ -367,6 +373,69 @@ def replay(system, cnt, eta: float, lams):
     return q
 
 
+def _count(files, out, for_balance: bool) -> dict:
+    from clipprobe.pipeline.captions import CountConfig, count_captions
+
+    result, total = timed(count_captions, CountConfig(captions=tuple(files), out=str(out), workers=ARGS.workers,
+                                                      for_balance=for_balance))
+    timings = result.run["timings_s"]
+    return {"total": total, "no_heatmap": total - timings.get("figure", 0.0), "timings": timings}
+
+
+def _fit(files, out, **kw) -> dict:
+    import dataclasses
+
+    from clipprobe.pipeline.balance import fit_balance
+
+    result, total = timed(fit_balance, dataclasses.replace(_config(files, out), **kw))
+    timings = result.run["timings_s"]
+    passes = sum(timings.get(k, 0.0) for k in ("patterns", "ranks", "weights"))
+    return {"total": total, "timings": timings, "passes": passes}
+
+
+def versus_count(files, work, baseline_total: float) -> None:
+    import pandas as pd
+
+    """`captions count` (plain and --for-balance), a cold `balance fit` and `balance fit --from-scan` of the same
+    files, --rounds interleaved rounds in this process; ratios against the plain count without its heatmap."""
+    _count(files[:1], work / "warm-up", False)        # the compiled kernels loaded, the files in the page cache
+    rows = []
+    for r in range(ARGS.rounds):
+        count = _count(files, work / f"count{r}", False)
+        scan = _count(files, work / f"scan{r}", True)
+        cold = _fit(files, work / f"cold{r}")
+        warm = _fit(files, work / f"warm{r}", from_scan=str(work / f"scan{r}"))
+        rows.append((count, scan, cold, warm))
+        print(f"\nround {r + 1}: captions count {count['total']:.2f} s ({count['no_heatmap']:.2f} s without its "
+              f"heatmap; scan {count['timings']['scan']:.2f} s), with --for-balance {scan['no_heatmap']:.2f} s "
+              f"(scan {scan['timings']['scan']:.2f} s)")
+        for name, fit in (("cold balance fit", cold), ("balance fit --from-scan", warm)):
+            print(f"  {name}: {fit['total']:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in fit["timings"].items())
+                  + f"); passes over the captions {fit['passes']:.2f} s")
+        w_cold = pd.read_parquet(work / f"cold{r}" / "weights.parquet")
+        w_warm = pd.read_parquet(work / f"warm{r}" / "weights.parquet")
+        assert w_cold.equals(w_warm), "--from-scan wrote other weights than the cold fit"
+    med = lambda values: float(np.median(values))  # noqa: E731
+    count = med([c["no_heatmap"] for c, _, _, _ in rows])
+    scan_stage = med([c["timings"]["scan"] for c, _, _, _ in rows])
+    cold = med([a["total"] for _, _, a, _ in rows])
+    warm = med([w["total"] for _, _, _, w in rows])
+    print(f"\nvs captions count (medians of {ARGS.rounds} rounds; the same weights for every caption cold and "
+          f"--from-scan: checked):")
+    print(f"  captions count {count:.2f} s end to end without its heatmap (scan stage {scan_stage:.2f} s); "
+          f"with --for-balance {med([s['no_heatmap'] for _, s, _, _ in rows]):.2f} s")
+    for name, value, passes, target in (
+            ("cold balance fit", cold, med([a["passes"] for _, _, a, _ in rows]), ARGS.target_cold),
+            ("balance fit --from-scan", warm, med([w["passes"] for _, _, _, w in rows]), ARGS.target_warm)):
+        ratio = value / count
+        print(f"  {name}: {value:.2f} s = {ratio:.2f}x the count (target <= {target:g}x: "
+              f"{'met' if ratio <= target else 'NOT met'}); its passes over the captions alone {passes:.2f} s = "
+              f"{passes / scan_stage:.2f}x the count's scan stage")
+    print(f"  per-caption baseline {baseline_total:.2f} s = {baseline_total / count:.2f}x the count")
+    print(json.dumps({"count": count, "count_scan": scan_stage, "cold": cold, "from_scan": warm,
+                      "baseline": baseline_total, "cold_ratio": cold / count, "from_scan_ratio": warm / count}))
+
+
 def _ours(files, out) -> dict:
     import json
 
@@ -378,7 +447,6 @@ def _ours(files, out) -> dict:
 
 
 def end_to_end() -> None:
-    import json
     import shutil
     import tempfile
     from pathlib import Path
@@ -450,6 +518,7 @@ def end_to_end() -> None:
               f"{per_eval * LAION_2B * evals_b / 3600:.1f} h on one core of this machine, with "
               f"{LAION_2B * 8 * 6 / 2**30:.0f} GiB of per-caption state (keys, q, counts, utilities)")
         print(json.dumps({"ratio": ratio, "a_total": a["total"], "b_total": b["total"]}))
+        versus_count(files, work, b["total"])
     finally:
         if not keep_data:
             shutil.rmtree(root, ignore_errors=True)

@@ -421,23 +421,25 @@ def balance(
     balance fit`` hashes captions. Raises :class:`~clipprobe.analysis.balance.BalanceInfeasible` when
     no weights meet the constraints at ``keep``.
 
-    :func:`clipprobe.analysis.balance.encode_patterns`, :func:`~clipprobe.analysis.balance.m4_solve`,
-    :func:`~clipprobe.analysis.balance.assign_keep` and :func:`~clipprobe.analysis.balance.data_bias`.
+    :func:`clipprobe.analysis.patterns.encode_patterns`, :func:`~clipprobe.analysis.balance.m4_solve`,
+    :func:`~clipprobe.analysis.keepflags.assign_keep` and :func:`~clipprobe.analysis.balance.data_bias`.
     """
     import numpy as np
     import pandas as pd
 
     from clipprobe.analysis import balance as bal
     from clipprobe.analysis.eat import check_seed
+    from clipprobe.analysis.keepflags import assign_keep, content_hashes
+    from clipprobe.analysis.patterns import encode_patterns
 
     check_seed(seed)
-    table, ids = bal.encode_patterns(s, y, utility=utility, groups=groups, labels=labels)
+    table, ids = encode_patterns(s, y, utility=utility, groups=groups, labels=labels)
     solution = bal.m4_solve(table, target, keep=keep, eps_r=eps_r, eps_a=eps_a, scale=scale)
     if content is None:
         content = [str(i) for i in range(ids.size)]
     elif len(content) != ids.size:
         raise DataError(MSG_CONTENT.format(n=len(content), n_examples=ids.size))
-    q, kept = bal.assign_keep(solution, table, ids, bal.content_hashes(content), seed=seed)
+    q, kept = assign_keep(solution, table, ids, content_hashes(content), seed=seed)
     kept_per_row = np.bincount(ids, weights=kept.astype(np.float64), minlength=table.n_rows)
     biases = {
         "before": bal.data_bias(table, target, level=level),

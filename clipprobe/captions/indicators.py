@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from clipprobe.captions.matches import column_hashes  # noqa: F401  (its home: the scan records the same hashes)
 from clipprobe.captions.scan import ScanSpec
 from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean
 
@@ -61,6 +62,7 @@ MSG_UTILITY_MISSING = "{path}: utility column {column!r} has a missing value at 
 MSG_UTILITY_VALUE = "{path}: utility column {column!r} has {value!r} at row {row}; utilities must be positive"
 MSG_UTILITY_TYPE = "{path}: utility column {column!r} holds {type}, not numbers"
 MSG_CHANGED = "{path}: {problem}; the file changed since its patterns were counted (delete {parts} and rerun)"
+MSG_BAD_MATCHES = "{path}: a matches file that does not fit its chunk; delete it (and its scan's part) and count again"
 MSG_NO_HASHES = "{path}: a chunk file without content hashes (written by another version); delete it and rerun"
 
 
@@ -144,7 +146,8 @@ class IndicatorSpec(ScanSpec):
     ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (passes after the
     solve); ``keep_counts``: the captions each of its rows keeps; ``seed``: of the rank order of the keep
     flags; ``ranks``: the
-    :class:`~clipprobe.analysis.keepflags.KeepRanks` of the pass that runs.
+    :class:`~clipprobe.analysis.keepflags.KeepRanks` of the pass that runs. ``scan_terms``: for
+    :func:`pattern_from_scan_task`, the map from a recorded scan's term indices to this spec's.
     """
 
     attribute: str = ""
@@ -160,6 +163,7 @@ class IndicatorSpec(ScanSpec):
     fitted_q: Any = None
     keep_counts: Any = None
     ranks: Any = None
+    scan_terms: Any = None       # from a recorded scan: each of its terms' index among this spec's terms (-1: none)
 
     @property
     def hashes(self) -> bool:
@@ -224,31 +228,6 @@ class ChunkIndicators:
     nulls: int
     seconds: dict[str, float] | None = None
     hashes: Any = None
-
-
-def column_hashes(column):
-    """``(n,)`` uint64 content hash of each value of an Arrow column (text and binary as their bytes,
-    other types, e.g. integer ids, as Arrow's text form), by
-    :func:`~clipprobe.analysis.keepflags.hash_strings`: the same value gives the same hash whatever the
-    column's storage type (string, large_string, dictionary, view)."""
-    import numpy as np
-    import pyarrow as pa
-
-    from clipprobe.analysis.keepflags import hash_strings
-    from clipprobe.captions.inputs import _text_kind, caption_array
-
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if _text_kind(column.type) is None:
-        column = column.cast(pa.large_string())
-    column = caption_array(column)
-    _, offsets, data = column.buffers()
-    width = np.int64 if pa.types.is_large_string(column.type) else np.int32
-    n = len(column)
-    off = np.frombuffer(offsets, width)[column.offset:column.offset + n + 1] if n else np.zeros(1, np.int64)
-    buf = np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)
-    valid = column.is_valid().to_numpy(zero_copy_only=False) if column.null_count else None
-    return hash_strings(off, buf, valid)
 
 
 def _group_codes(column, groups: tuple[str, ...], path: str, name: str, first_row: int):
@@ -496,6 +475,59 @@ def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
         chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop)
         save_chunk(chunk_file, chunk.table, chunk.ids, chunk.hashes)
     except ClipprobeError as err:  # bad data, or a chunk file that cannot be written (named in the message)
+        return {"error": str(err)}
+    return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
+            "seconds": chunk.seconds}
+
+
+def indicators_from_matches(spec: IndicatorSpec, matches_file: str) -> ChunkIndicators:
+    """A chunk's pattern table, caption ids and content hashes from the matches a ``captions count`` scan
+    recorded (:mod:`clipprobe.captions.matches`): the scan's terms mapped to this spec's
+    (``spec.scan_terms``), then the same indicators as :func:`chunk_indicators` (no caption is read)."""
+    import time
+
+    import numpy as np
+
+    from clipprobe.analysis.keepflags import combine_hashes
+    from clipprobe.captions.matches import load_matches
+    from clipprobe.captions.scan import TermSpace, _expand
+
+    t0 = time.perf_counter()
+    m = load_matches(matches_file)
+    n = m["n"]
+    if m["text"].size != n or (m["rows"].size and int(m["rows"].max()) >= n):
+        raise DataError(MSG_BAD_MATCHES.format(path=matches_file))
+    t1 = time.perf_counter()
+    mapped = np.asarray(spec.scan_terms, np.int64)[m["terms"]]
+    mine = mapped >= 0
+    rows, terms = m["rows"][mine], mapped[mine]
+    word_ptr, word_idx, group_ptr, group_idx = TermSpace.from_dict(spec.space).term_maps()
+    y_rows, y_cols = _expand(rows, terms, word_ptr, word_idx)
+    s_rows, s_cols = _expand(rows, terms, group_ptr, group_idx)
+    t2 = time.perf_counter()
+    table, ids = encode_chunk(s_rows, s_cols, y_rows, y_cols, n, spec.groups, spec.labels)
+    t3 = time.perf_counter()
+    hashes = None
+    if spec.hashes:
+        parts = [m["text"]] if spec.hash_text else []
+        parts += [m["columns"][name] for name in spec.hash_columns]
+        hashes = combine_hashes(parts)
+    return ChunkIndicators(table, ids, n, m["nulls"], hashes=hashes,
+                           seconds={"read": t1 - t0, "match": t2 - t1, "encode": t3 - t2,
+                                    "hash": time.perf_counter() - t3})
+
+
+def pattern_from_scan_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """:func:`pattern_task` from a recorded scan: the task's 7th item is the chunk's matches file."""
+    from clipprobe.captions.scan import Stopped
+
+    _, path, row_groups, _, _, chunk_file, matches_file = task[:7]
+    if stop is not None and stop.is_set():
+        raise Stopped(path)
+    try:
+        chunk = indicators_from_matches(spec, matches_file)
+        save_chunk(chunk_file, chunk.table, chunk.ids, chunk.hashes)
+    except ClipprobeError as err:
         return {"error": str(err)}
     return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
             "seconds": chunk.seconds}

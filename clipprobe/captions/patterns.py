@@ -262,10 +262,114 @@ def _load_table(path: Path, spec):
         return table, [int(x) for x in z["totals"]]
 
 
-def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings) -> PatternPass:
-    """Pass 1: each file's pattern table (stored in ``parts_dir/patterns``), all of them merged."""
+# ----------------------------------------------------------------------------------------------
+# a recorded scan (captions count --for-balance) in place of pass 1's reading and matching
+
+MSG_NOT_SCAN = "from_scan {folder}: not a finished `captions count --for-balance` folder ({why})"
+MSG_SCAN_TERMS = ("from_scan {folder}: its term set ({terms}) is not the one its run.json names, or was matched "
+                  "under another matching rule; count again")
+MSG_SCAN_MISSING = ("from_scan {folder}: the scan searched for none of {n} term(s) of this fit (e.g. {what} "
+                    "{term!r}); count with a taxonomy and lexicon that hold them, or fit without from_scan")
+MSG_SCAN_HASHES = ("from_scan {folder}: the keep flags hash {wanted}, the scan hashed the caption text and "
+                   "{had}; count with those columns hashed, or fit with a key/id column it hashed")
+MSG_SCAN_CHUNKS = "from_scan {folder}: scanned in chunks of {theirs} rows, this fit reads chunks of {ours} rows"
+MSG_SCAN_FILE = ("from_scan {folder}: holds no finished scan of {path} as it is now (its content, size or caption "
+                 "column {column!r} differ, or it was not counted there)")
+MSG_SCAN_COLUMN = ("from_scan reads what a caption scan recorded; {what} comes from the caption files: fit "
+                   "without from_scan")
+
+
+@dataclass
+class ScanSource:
+    """A recorded scan that pass 1 reads instead of the captions: its matches folder, each planned file's
+    matches key (by the file's pattern key), the map of its terms to the fit's, its rows per chunk."""
+
+    folder: Path
+    keys: dict[str, str]
+    term_map: Any
+    chunk_rows: int
+
+    def chunk(self, info: PlannedFile, row_groups: Sequence[int], first: int) -> Path:
+        from clipprobe.captions.matches import chunk_file
+
+        return chunk_file(self.folder, self.keys[info.key], row_groups, first)
+
+
+def open_scan(folder, spec, files: Sequence[PlannedFile], chunk_rows: int) -> ScanSource:
+    """Check that ``folder`` is a finished ``captions count --for-balance`` whose recording serves this fit,
+    and say where to read it; refuse, in one line, a scan of other files (or of these files with other
+    content or caption column), one that did not search for every term of ``spec``, that did not hash
+    the columns the keep flags hash, or that was cut into other chunks."""
+    import numpy as np
+
+    from clipprobe._io import relative_inside
+    from clipprobe.captions.matches import MATCHES_FORMAT, matches_key
+    from clipprobe.captions.scan import TermSpace
+
+    folder = Path(folder).expanduser()
+    for what, column in (("the attribute column", spec.group_column), ("the utility column", spec.utility_column)):
+        if column is not None:
+            raise UsageError(MSG_SCAN_COLUMN.format(what=f"{what} {column!r}"))
+    try:
+        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise DataError(MSG_NOT_SCAN.format(folder=folder, why=f"no readable run.json: {type(err).__name__}")) from None
+    record = run.get("for_balance") if isinstance(run, dict) else None
+    if not isinstance(run, dict) or run.get("command") != "captions count":
+        raise DataError(MSG_NOT_SCAN.format(folder=folder, why="its run.json is not a caption count's"))
+    if not isinstance(record, dict):
+        raise DataError(MSG_NOT_SCAN.format(folder=folder, why="counted without --for-balance"))
+    if record.get("format") != MATCHES_FORMAT:
+        raise DataError(MSG_NOT_SCAN.format(folder=folder, why=f"matches format {record.get('format')!r}, this "
+                                                               f"version reads {MATCHES_FORMAT}"))
+    term_set = str(run.get("term_set"))
+    terms_name, matches_dir = relative_inside(record.get("terms")), relative_inside(record.get("folder"))
+    if terms_name is None or matches_dir is None:
+        raise DataError(MSG_NOT_SCAN.format(folder=folder, why="its run.json names no matches folder inside it"))
+    try:
+        scanned = TermSpace.from_dict(json.loads((folder / terms_name).read_text(encoding="utf-8")))
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise DataError(MSG_NOT_SCAN.format(folder=folder, why=f"no readable term set: {type(err).__name__}")) from None
+    if scanned.fingerprint() != term_set:
+        raise DataError(MSG_SCAN_TERMS.format(folder=folder, terms=folder / terms_name))
+    mine = TermSpace.from_dict(spec.space)
+    index = {t: i for i, t in enumerate(scanned.terms)}
+    term_map = np.full(len(scanned.terms), -1, np.int64)
+    labels = set(mine.word_terms)
+    missing = []
+    for j, term in enumerate(mine.terms):
+        if term in index:
+            term_map[index[term]] = j
+        else:
+            missing.append((j, term))
+    if missing:
+        j, term = missing[0]
+        raise DataError(MSG_SCAN_MISSING.format(folder=folder, n=len(missing), term=term,
+                                                what="label" if j in labels else "group term"))
+    hashed = [str(c) for c in record.get("hash_columns") or ()]
+    if not set(spec.hash_columns) <= set(hashed):
+        wanted = " + ".join((["the caption text"] if spec.hash_text else []) + [repr(c) for c in spec.hash_columns])
+        raise DataError(MSG_SCAN_HASHES.format(folder=folder, wanted=wanted,
+                                               had=", ".join(map(repr, hashed)) or "no column"))
+    if record.get("chunk_rows") != chunk_rows:
+        raise DataError(MSG_SCAN_CHUNKS.format(folder=folder, theirs=record.get("chunk_rows"), ours=chunk_rows))
+    source = ScanSource((folder / matches_dir).resolve(), {}, term_map, chunk_rows)
+    for info in files:
+        source.keys[info.key] = matches_key(info.path, info.size, info.fingerprint, info.column, term_set, hashed)
+        if not all(source.chunk(info, rg, first).exists() for rg, first in _chunks(info, chunk_rows)):
+            raise DataError(MSG_SCAN_FILE.format(folder=folder, path=info.path, column=info.column))
+    return source
+
+
+def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings,
+                   source: ScanSource | None = None) -> PatternPass:
+    """Pass 1: each file's pattern table (stored in ``parts_dir/patterns``), all of them merged. With
+    ``source`` (:func:`open_scan`), each chunk's indicators come from the matches a caption count
+    recorded (no caption is read); the chunk files and tables are the same."""
+    import dataclasses
+
     from clipprobe.analysis.patterns import merge_tables
-    from clipprobe.captions.indicators import pattern_task
+    from clipprobe.captions.indicators import pattern_from_scan_task, pattern_task
     from clipprobe.captions.run import _interrupt_deferred
 
     folder = (Path(parts_dir) / "patterns").resolve()
@@ -280,8 +384,11 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
     tasks, task_file = [], []
     for fi, info in enumerate(todo):
         for row_groups, first in _chunks(info, settings.chunk_rows):
-            tasks.append((len(tasks), info.path, row_groups, info.column, first,
-                          str(_chunk_file(folder, info, row_groups, first))))
+            task = (len(tasks), info.path, row_groups, info.column, first, str(_chunk_file(folder, info, row_groups,
+                                                                                         first)))
+            if source is not None:
+                task += (str(source.chunk(info, row_groups, first)),)
+            tasks.append(task)
             task_file.append(fi)
     pending = [0] * len(todo)
     for fi in task_file:
@@ -306,7 +413,11 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
             results[fi] = {}
 
     if tasks:
-        stream = _stream(spec, tasks, task_file, todo, settings, pattern_task)
+        if source is None:
+            stream = _stream(spec, tasks, task_file, todo, settings, pattern_task)
+        else:
+            stream = _stream(dataclasses.replace(spec, scan_terms=source.term_map), tasks, task_file, todo, settings,
+                             pattern_from_scan_task, prepare=False)
         _consume(stream, len(tasks), "patterns", on_result, lambda task_id: tasks[task_id][1])
     tables, summaries, rows, nulls = [], [], 0, 0
     for info in files:

@@ -122,6 +122,23 @@ class FileInfo:
     column: str = ""
     row_groups: list[int] = field(default_factory=list)
     rows_per_group: list[int] = field(default_factory=list)
+    matches: str = ""               # the key of its recorded matches (for_balance), else ""
+
+
+@dataclass(frozen=True)
+class Recording:
+    """What a scan records for ``balance fit --from-scan`` (:mod:`clipprobe.captions.matches`): where,
+    for which term set, the columns hashed beside the captions, and the rows per chunk."""
+
+    folder: Path
+    term_set: str
+    columns: tuple[str, ...]
+    chunk_rows: int
+
+    def chunk_files(self, info: "FileInfo") -> list[Path]:
+        from clipprobe.captions.matches import chunk_file
+
+        return [chunk_file(self.folder, info.matches, rg, first) for rg, first in _chunks(info, self.chunk_rows)]
 
 
 def part_key(info: FileInfo, fingerprint: str, column: str, samples: int) -> str:
@@ -167,7 +184,8 @@ def _chunks(info: FileInfo, chunk_rows: int) -> list[tuple[tuple[int, ...], int]
     return out
 
 
-def prepare_scan(space, *, samples: int, method: str, engine: str, workers: int | None):
+def prepare_scan(space, *, samples: int, method: str, engine: str, workers: int | None,
+                 record_columns: tuple[str, ...] = ()):
     """The :class:`~clipprobe.captions.scan.ScanSpec` of a scan for the terms of ``space``: their matcher
     (compiled, or read from the cache folder), the sample count and the matcher that runs (``method``). For
     the local engine the matcher, the compiled pass and its tables are made ready in this process first
@@ -177,7 +195,8 @@ def prepare_scan(space, *, samples: int, method: str, engine: str, workers: int 
     from clipprobe.captions.scan import ScanSpec
 
     matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
-    spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=samples, method=method)
+    spec = ScanSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=samples, method=method,
+                    record_columns=tuple(record_columns))
     if engine == "local":
         from clipprobe.captions.scan import prepare_worker
 
@@ -188,12 +207,14 @@ def prepare_scan(space, *, samples: int, method: str, engine: str, workers: int 
 
 
 def plan_counts(paths: list[str], parts_dir: Path, *, term_set: str, text_column: str | None, samples: int,
-                strict: bool, skipped: list[dict[str, str]]) -> tuple[dict[str, FileInfo], list[FileInfo]]:
+                strict: bool, skipped: list[dict[str, str]], recording: Recording | None = None,
+                ) -> tuple[dict[str, FileInfo], list[FileInfo]]:
     """``(done, todo)``: the files of ``paths`` whose part (for the term set ``term_set``, their caption
     column and ``samples``) is in ``parts_dir`` already (``{path: info}``), and those to scan. Footers are
     read in threads (I/O: object stores answer each request in tens of ms); the results are used in input
     order, so errors and skips come out as from a loop. An unreadable file is added to ``skipped``
-    (an error under ``strict``)."""
+    (an error under ``strict``). With ``recording``, a file is done when its matches are stored too, and
+    a file without one of the hashed columns is an error."""
     done: dict[str, FileInfo] = {}
     todo: list[FileInfo] = []
     for path, footer in zip(paths, _read_footers(paths)):
@@ -206,7 +227,15 @@ def plan_counts(paths: list[str], parts_dir: Path, *, term_set: str, text_column
         info.column = resolve_column(names, text_column, path)
         check_text_type(path, info.column, schema.field(info.column).type)
         info.key = part_key(info, term_set, info.column, samples)
-        if (parts_dir / f"{info.key}.npz").exists():
+        finished = (parts_dir / f"{info.key}.npz").exists()
+        if recording is not None:
+            from clipprobe.captions.matches import matches_key
+
+            _check_hashed(path, recording.columns, names, schema)
+            info.matches = matches_key(info.path, info.size, info.fingerprint, info.column, term_set,
+                                       recording.columns)
+            finished = finished and all(p.exists() for p in recording.chunk_files(info))
+        if finished:
             done[path] = info
         else:
             todo.append(info)
@@ -215,16 +244,22 @@ def plan_counts(paths: list[str], parts_dir: Path, *, term_set: str, text_column
 
 def scan_counts(spec, space, todo: list[FileInfo], done: dict[str, FileInfo], parts_dir: Path, *, engine: str,
                 workers: int, spark_master: str | None, spark_conf: tuple[str, ...], chunk_rows: int,
-                samples: int, strict: bool, skipped: list[dict[str, str]]) -> dict[str, float]:
+                samples: int, strict: bool, skipped: list[dict[str, str]],
+                recording: Recording | None = None) -> dict[str, float]:
     """Scan the files of ``todo`` in chunks of about ``chunk_rows`` rows with ``engine`` and write each
     finished file's part (then add it to ``done``); a file that cannot be read is added to ``skipped``
-    (an error under ``strict``). Returns the workers' seconds per stage and ``rows_scanned``."""
+    (an error under ``strict``). With ``recording``, each chunk's task also writes its matches file.
+    Returns the workers' seconds per stage and ``rows_scanned``."""
+    from clipprobe.captions.matches import chunk_file
     from clipprobe.captions.scan import ChunkCounts, progress
 
     tasks, task_file = [], []
     for fi, info in enumerate(todo):
         for row_groups, first in _chunks(info, chunk_rows):
-            tasks.append((len(tasks), info.path, row_groups, info.column, first))
+            task = (len(tasks), info.path, row_groups, info.column, first)
+            if recording is not None:
+                task += (str(chunk_file(recording.folder, info.matches, row_groups, first)),)
+            tasks.append(task)
             task_file.append(fi)
     per_file_tasks = [0] * len(todo)
     for fi in task_file:
@@ -345,6 +380,28 @@ def _read_footers(paths: list[str]):
     with ThreadPoolExecutor(max_workers=min(FOOTER_THREADS, len(paths)),
                             thread_name_prefix="clipprobe-footer") as pool:
         return list(pool.map(_read_footer, paths))
+
+
+ERR_HASH_COLUMN = ("{path}: no column {column!r} to hash for balance fit --from-scan{hint}; columns: {columns} "
+                   "(name the columns to hash, or none)")
+ERR_HASH_TYPE = "{path}: column {column!r} holds {type}; content hashes need text or integers"
+
+
+def _check_hashed(path: str, columns, names: list[str], schema) -> None:
+    """Each column a recording hashes is in the file and holds text, binary or integers."""
+    import pyarrow as pa
+
+    from clipprobe.captions.inputs import _text_kind
+    from clipprobe.errors import did_you_mean
+
+    for column in columns:
+        if column not in names:
+            raise DataError(ERR_HASH_COLUMN.format(path=path, column=column, hint=did_you_mean(column, names),
+                                                   columns=", ".join(names[:20])))
+        t = schema.field(column).type
+        t = t.value_type if pa.types.is_dictionary(t) else t
+        if _text_kind(t) is None and not pa.types.is_integer(t):
+            raise DataError(ERR_HASH_TYPE.format(path=path, column=column, type=t))
 
 
 def _skip(strict: bool, skipped: list, path: str, message: str) -> None:

@@ -93,6 +93,7 @@ class ScanSpec:
     n_samples: int = 5
     batch_rows: int = BATCH_ROWS
     method: str = "hyperscan"      # or "tokens": clipprobe.captions.tokens.TokenMatcher (same results)
+    record_columns: tuple[str, ...] = ()   # with a task's matches file: columns whose content hashes it stores
 
 
 @dataclass
@@ -249,18 +250,26 @@ def open_parquet(path: str, metadata=None):
 
 
 def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column: str,
-               row_offset: int = 0, stop: threading.Event | None = None) -> ChunkCounts:
+               row_offset: int = 0, stop: threading.Event | None = None, record: str | None = None) -> ChunkCounts:
     """Count one chunk (some row groups of one parquet file). Raises on unreadable data.
 
     ``row_offset`` is the file row of the chunk's first row (for sample provenance). When ``stop`` is
-    set, the chunk is left at its next record batch (:class:`Stopped`).
+    set, the chunk is left at its next record batch (:class:`Stopped`). ``record``: a file that then
+    stores every (caption, term) match of the chunk and the content hashes of its captions and of
+    ``spec.record_columns`` (:mod:`clipprobe.captions.matches`, for ``balance fit --from-scan``); the
+    counts are the same.
     """
     import numpy as np
 
     worker = _Worker.get(spec)
+    recorder = None
+    if record is not None:
+        from clipprobe.captions.matches import Recorder
+
+        recorder = Recorder(spec.record_columns, text_column)
     space = worker.space
     out = ChunkCounts.zeros(len(space.words), len(space.groups))
-    t_read = t_match = t_count = 0.0
+    t_read = t_match = t_count = t_record = 0.0
     sample_parts: list = []
     # Samples are the first n_samples captions of each cell in file order. A cell that this process
     # already filled from earlier chunks of the file is full whatever the chunks in between hold, so
@@ -273,14 +282,18 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
         worker.footers.clear()
     with open_parquet(path, worker.footers.get(path)) as pf:
         worker.footers[path] = pf.metadata          # the next chunk of this file skips parsing it
-        batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=[text_column],
+        columns = [text_column] if recorder is None else recorder.columns
+        batches = pf.iter_batches(batch_size=spec.batch_rows, row_groups=list(row_groups), columns=columns,
                                   use_threads=False)
         row = row_offset
         for batch in batches_until_stopped(batches, stop, path):
             t1 = time.perf_counter()
             t_read += t1 - t0
             column = caption_array(batch.column(0))
-            if worker.counts_directly:
+            if recorder is not None:
+                # every match is kept: the pass that lists them all (the counts come out the same)
+                found, candidates = worker.matcher.scan(column), None
+            elif worker.counts_directly:
                 # the token pass counts as it matches; it leaves a few captions (if any) to count here
                 if taken is None and spec.n_samples > 0:
                     taken = np.zeros(len(space.words) * len(space.groups), np.int64)
@@ -292,6 +305,10 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
             t2 = time.perf_counter()
             t_match += t2 - t1
             taken = _count_batch(worker, found, column, row, out, sample_parts, taken, candidates)
+            if recorder is not None:
+                t3 = time.perf_counter()
+                recorder.add(found, column, batch)
+                t_record += time.perf_counter() - t3
             out.n_rows += len(column)
             out.n_captions += found.n_captions
             out.n_nulls += found.n_nulls
@@ -304,7 +321,11 @@ def scan_chunk(spec: ScanSpec, path: str, row_groups: Sequence[int], text_column
         import pyarrow as pa
 
         out.samples = sample_parts[0] if len(sample_parts) == 1 else pa.concat_tables(sample_parts)
-    out.seconds = {"read": t_read, "match": t_match, "count": t_count}
+    out.seconds = {"read": t_read, "match": t_match, "count": t_count - t_record}
+    if recorder is not None:
+        t3 = time.perf_counter()
+        recorder.save(record)
+        out.seconds["record"] = t_record + time.perf_counter() - t3
     if taken is not None:
         if len(worker.taken) >= 64 and file_key not in worker.taken:
             worker.taken.clear()
@@ -428,14 +449,15 @@ def _init_pool(spec: ScanSpec) -> None:
 
 
 def _pool_task(task: tuple, stop: threading.Event | None = None, fn=None):
-    """Run one task: :func:`scan_chunk` on ``(id, path, row groups, column, first row)``, or ``fn(spec, task,
+    """Run one task: :func:`scan_chunk` on ``(id, path, row groups, column, first row[, matches file])``, or ``fn(spec, task,
     stop)`` where a caller gives its own chunk function (same task layout, extra items at the end)."""
     task_id = task[0]
     try:
         if fn is not None:
             return task_id, fn(_SPEC, task, stop), None
-        _, path, row_groups, column, row_offset = task
-        return task_id, scan_chunk(_SPEC, path, row_groups, column, row_offset, stop=stop), None
+        _, path, row_groups, column, row_offset = task[:5]
+        record = task[5] if len(task) > 5 else None       # a matches file (captions count --for-balance)
+        return task_id, scan_chunk(_SPEC, path, row_groups, column, row_offset, stop=stop, record=record), None
     except Stopped:
         raise
     except Exception as err:  # reported per file by the caller, never silent
@@ -514,9 +536,16 @@ def run_local(spec: ScanSpec, tasks: Sequence[tuple[int, str, tuple[int, ...], s
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 
-    # Build the worker state (imports, matcher, term maps) before the workers start: forked ones inherit it.
-    worker = _Worker.get(spec)
-    if worker.counts_directly:
+    # The token pass runs in threads (as _Worker does: "tokens" where numba is installed), and so do the
+    # tasks of a run with that matcher (``fn``: they build a worker themselves where they match, none
+    # where they only read stored chunks). Hyperscan runs in processes: the worker state (imports,
+    # matcher, term maps) is built before they start, and forked ones inherit it.
+    from clipprobe.captions.tokens import available
+
+    threads = spec.method == "tokens" and available()
+    if not threads:
+        _Worker.get(spec)
+    if threads:
         # Threads share the worker state; its per-file sample bookkeeping (``taken``) only ever hands
         # a chunk the samples of chunks before it, whichever thread scanned them (see scan_chunk).
         _init_pool(spec)

@@ -86,6 +86,11 @@ def _common(func):
                      help="A setting of the Spark session (repeatable), e.g. spark.archives=env.tar.gz#environment."),
         click.option("--matcher", type=click.Choice(["auto", "hyperscan", "tokens"]), default="auto",
                      show_default=True, help="Caption matcher (identical results)."),
+        click.option("--from-scan", default=None, metavar="DIR", type=click.Path(file_okay=False),
+                     help="A `captions count --for-balance` folder of the same files: read each caption's recorded "
+                          "matches and content hashes instead of reading and matching the captions (same results; "
+                          "refused if DIR was counted from other files, content, caption column or without these "
+                          "labels' and groups' terms)."),
         click.option("--figure/--no-figure", default=True, show_default=True,
                      help="Draw OUT/balance.png and .pdf (RB per group, the largest AB cells)."),
         click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
@@ -119,7 +124,7 @@ def _config(kwargs, **fit):
                          taxonomy=kwargs.pop("taxonomy"), lexicon=kwargs.pop("lexicon"), attribute_column=column,
                          groups=group_tuple, text_column=kwargs.pop("text_column"),
                          target=parse_target(kwargs.pop("target")), level=kwargs.pop("level"),
-                         figure=kwargs.pop("figure"), engine=engine, **fit)
+                         figure=kwargs.pop("figure"), engine=engine, from_scan=kwargs.pop("from_scan"), **fit)
 
 
 _SMALL_BLAS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")

@@ -12,14 +12,18 @@ from clipprobe.errors import printable
 _LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexicons`) or a path to a YAML/JSON "
                  "file. Default: fairface. The lexicon drives the result; ours is a starting point.")
 
+MSG_HASH_OPTION = "--hash-column is for --for-balance (the columns hashed beside each recorded caption)"
+
+
 def _count(captions, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
-           matcher="auto", spark_conf=()):
+           matcher="auto", spark_conf=(), for_balance=False, hash_columns=("URL",)):
     from clipprobe.pipeline.captions import CountConfig, count_captions
 
     config = CountConfig(captions=tuple(captions), out=out, taxonomy=taxonomy, lexicon=lexicon,
                          text_column=text_column, engine=engine, workers=workers, spark_master=spark_master,
                          spark_conf=tuple(spark_conf),
-                         samples=samples, strict=strict, matcher=matcher)
+                         samples=samples, strict=strict, matcher=matcher, for_balance=for_balance,
+                         hash_columns=tuple(hash_columns))
     try:
         result = count_captions(config)
     except KeyboardInterrupt:
@@ -124,12 +128,23 @@ def captions() -> None:
 @click.option("--matcher", type=click.Choice(["auto", "hyperscan", "tokens"]), default="auto", show_default=True,
               help="auto: the compiled token pass (numba), else hyperscan where numba cannot be imported. "
                    "Both give identical counts.")
+@click.option("--for-balance", is_flag=True,
+              help="Also store each caption's matches and content hashes (OUT/parts/matches/, about ten bytes per "
+                   "caption), so that `balance fit --from-scan OUT` reads no caption again.")
+@click.option("--hash-column", "hash_columns", multiple=True, metavar="COLUMN",
+              help="With --for-balance: a column hashed beside each caption's text, as balance fit's --key or "
+                   "--id-column (repeatable; default URL; 'none': the caption text alone).")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, spark_conf, samples,
-              strict, matcher, fmt):
+              strict, matcher, for_balance, hash_columns, fmt):
     """Count captions that contain each word, each group, and both; write OUT/cooccurrence.parquet."""
+    from clipprobe.errors import UsageError
+
+    if hash_columns and not for_balance:
+        raise UsageError(MSG_HASH_OPTION)
+    columns = tuple(c for c in hash_columns if c.lower() != "none") if hash_columns else ("URL",)
     _count(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, samples, strict, fmt,
-           matcher, spark_conf)
+           matcher, spark_conf, for_balance, columns)
 
 
 @captions.command("show")

@@ -8,7 +8,9 @@ each caption's content), the M4 solve on the pattern table (its cost grows with 
 patterns, not with the captions), the keep ranks (each pattern keeps ``q x count`` captions rounded down
 or up, the first by a hash of their content), then a pass that writes each caption's keep probability and keep
 flag; the statistics and the constraints are recomputed on the kept data (weighted by q, and as the
-flags keep it). Every setting is checked, the lexicon, taxonomy, target and
+flags keep it). With ``from_scan`` (a ``captions count --for-balance`` folder of the same files), the
+scan's pass reads each caption's recorded matches and content hashes instead of the captions
+(:func:`clipprobe.captions.patterns.open_scan` refuses a scan that does not fit). Every setting is checked, the lexicon, taxonomy, target and
 every file's columns are read before the first caption is: bad input fails before anything is written.
 """
 
@@ -71,6 +73,7 @@ class BalanceConfig:
     figure: bool = True
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     attribute_source: Any = None    # groups from the images (clipprobe.pipeline.attributes.AttributeSource)
+    from_scan: str | None = None    # a `captions count --for-balance` folder of these files: its matches, no rescan
 
     def check(self) -> "BalanceConfig":
         from clipprobe.analysis.balance import MSG_SCALE, MSG_UNIT, SCALES
@@ -89,6 +92,13 @@ class BalanceConfig:
             raise UsageError(MSG_GROUPS_WITHOUT_COLUMN)
         if self.attribute_column is not None and (not self.groups or len(self.groups) < 2):
             raise UsageError(MSG_NO_GROUPS.format(column=self.attribute_column))
+        if self.from_scan is not None:
+            from clipprobe.captions.patterns import MSG_SCAN_COLUMN
+
+            for what, column in (("the attribute column", self.attribute_column),
+                                 ("the utility column", self.utility)):
+                if column is not None:
+                    raise UsageError(MSG_SCAN_COLUMN.format(what=f"{what} {column!r}"))
         self.engine.check()
         return self
 
@@ -115,6 +125,7 @@ class Prepared:
     taxonomy: str
     timer: Any
     started: float
+    source: Any = None          # the recorded scan read instead of the captions (from_scan)
 
 
 def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
@@ -148,10 +159,15 @@ def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
                           method=method, group_column=config.attribute_column,
                           utility_column=config.utility if fit else None, key_column=config.key if fit else None,
                           hash_text=hash_text, hash_columns=hash_columns)
+    source = None
     with timer("plan"):
         files = plan_files(config.captions, config.text_column, spec)
+        if config.from_scan is not None:
+            from clipprobe.captions.patterns import open_scan
+
+            source = open_scan(config.from_scan, spec, files, config.engine.chunk_rows)
     log.info("%d files, attribute %r (%d groups), %d labels", len(files), config.attribute, len(groups), len(labels))
-    return Prepared(spec, files, pi, lexicon_name, taxonomy.name, timer, started)
+    return Prepared(spec, files, pi, lexicon_name, taxonomy.name, timer, started, source)
 
 
 def _check_captions(patterns, what: str) -> None:
@@ -187,6 +203,7 @@ def _record(command: str, config: BalanceConfig, prep: Prepared, patterns, **res
         lexicon=prep.lexicon, taxonomy=prep.taxonomy, groups=list(spec.groups), labels=list(spec.labels),
         target=[float(x) for x in prep.target], mentions=MENTION_NOTE,
         files=patterns.files, n_files=len(patterns.files), rows=patterns.rows, nulls=patterns.nulls,
+        from_scan=None if prep.source is None else str(Path(config.from_scan).expanduser().resolve()),
         patterns=patterns.table.n_rows, rows_scanned_this_run={"patterns": patterns.rows_scanned},
         worker_seconds={"patterns": patterns.worker_seconds}, **results)
 
@@ -227,7 +244,7 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
     prep = _prepare(config, fit=False)
     out = check_writable(config.out)
     with prep.timer("patterns"):
-        patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine)
+        patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine, prep.source)
     _check_captions(patterns, "measure")
     with prep.timer("stats"):
         before = data_bias(patterns.table, prep.target, level=config.level)
@@ -264,7 +281,7 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     prep = _prepare(config, fit=True)
     out = check_writable(config.out)
     with prep.timer("patterns"):
-        patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine)
+        patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine, prep.source)
     _check_captions(patterns, "balance")
     table = patterns.table
     with prep.timer("solve"):

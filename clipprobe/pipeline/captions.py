@@ -48,6 +48,8 @@ class CountConfig:
     top_words: int = 30                      # rows of the heatmap
     chunk_rows: int = CHUNK_ROWS
     matcher: str = "auto"                    # see clipprobe.captions.run.MATCHERS
+    for_balance: bool = False                # also store each caption's matches (balance fit --from-scan)
+    hash_columns: tuple[str, ...] = ("URL",)  # for_balance: columns hashed beside each caption's text
 
     def check(self) -> "CountConfig":
         check_engine(self.engine, self.matcher, self.spark_conf)
@@ -89,14 +91,25 @@ def count_captions(config: CountConfig) -> CountResult:
         space = TermSpace.build(taxonomy.words(), lexicon)
         fingerprint = space.fingerprint()
         paths = expand_inputs(config.captions)
+    recording = None
+    if config.for_balance:
+        from clipprobe._io import write_json
+        from clipprobe.captions.matches import FOLDER, terms_file
+        from clipprobe.captions.run import Recording
+
+        recording = Recording((parts_dir / FOLDER).resolve(), fingerprint, tuple(config.hash_columns),
+                              config.chunk_rows)
+        ensure_dir(recording.folder)
+        if not terms_file(recording.folder, fingerprint).exists():
+            write_json(terms_file(recording.folder, fingerprint), space.to_dict())
     with timer("compile"):
         spec = prepare_scan(space, samples=config.samples, method=method, engine=config.engine,
-                            workers=config.workers)
+                            workers=config.workers, record_columns=recording.columns if recording else ())
 
     skipped: list[dict[str, str]] = []
     with timer("plan"):
         done, todo = plan_counts(paths, parts_dir, term_set=fingerprint, text_column=config.text_column,
-                                 samples=config.samples, strict=config.strict, skipped=skipped)
+                                 samples=config.samples, strict=config.strict, skipped=skipped, recording=recording)
     changed = changed_since_last_run(out, todo)
     if changed:
         log.info("%d caption file(s) changed since the last run into %s (content fingerprint differs), scanned "
@@ -108,7 +121,8 @@ def count_captions(config: CountConfig) -> CountResult:
         worker_seconds = scan_counts(spec, space, todo, done, parts_dir, engine=config.engine,
                                      workers=config.workers or os.cpu_count() or 1, spark_master=config.spark_master,
                                      spark_conf=config.spark_conf, chunk_rows=config.chunk_rows,
-                                     samples=config.samples, strict=config.strict, skipped=skipped)
+                                     samples=config.samples, strict=config.strict, skipped=skipped,
+                                     recording=recording)
     cpu_after = _cpu_seconds()
     scan_cpu = {k: round(cpu_after[k] - cpu_before[k], 3) for k in cpu_after} if cpu_after else None
 
@@ -117,7 +131,7 @@ def count_captions(config: CountConfig) -> CountResult:
 
     def record() -> dict[str, Any]:
         return _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer,
-                           worker_seconds, started, scan_cpu, method)
+                           worker_seconds, started, scan_cpu, method, recording)
 
     if not files:
         run_json = write_record(out, record())
@@ -178,7 +192,7 @@ def _cpu_seconds() -> dict[str, float] | None:
 
 
 def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, total, timer, worker_seconds,
-                started, scan_cpu=None, matcher=None) -> dict[str, Any]:
+                started, scan_cpu=None, matcher=None, recording=None) -> dict[str, Any]:
     from clipprobe.config import to_dict
     from clipprobe.runinfo import run_record
 
@@ -208,4 +222,16 @@ def _run_record(config, space, lexicon, taxonomy, fingerprint, files, skipped, t
         scan_cpu_s=scan_cpu,
         rows_scanned_this_run=scanned,
         rows_per_s_scan=(round(scanned / scan_s) if scan_s > 0 and scanned else None),
+        for_balance=_recording_record(recording),
     )
+
+
+def _recording_record(recording) -> dict[str, Any] | None:
+    """What ``balance fit --from-scan`` reads of a scan's recording (None: none made)."""
+    if recording is None:
+        return None
+    from clipprobe.captions.matches import FOLDER, MATCHES_FORMAT, terms_file
+
+    return {"format": MATCHES_FORMAT, "folder": f"parts/{FOLDER}", "hash_columns": list(recording.columns),
+            "chunk_rows": recording.chunk_rows,
+            "terms": f"parts/{FOLDER}/{terms_file(recording.folder, recording.term_set).name}"}
