@@ -180,6 +180,8 @@ def test_merge_builds_one_row_per_model_and_test_or_metric(setup, swept):
     table = pd.read_parquet(out / "sweep.parquet")
     models = pd.read_parquet(out / "models.parquet")
     assert set(models["status"]) == {"ok", "failed"} and len(models) == 4
+    merge_record = json.loads((out / "run.json").read_text())
+    assert merge_record["command"] == "sweep merge" and {"read", "write"} <= set(merge_record["timings_s"])
     eat = table[table["probe"] == "eat"]
     assert len(eat) == 2 * 2 and set(eat["test"]) == {"race-words", "words"}
     per_model = table.groupby("model").size()
