@@ -73,8 +73,8 @@ def setup(tmp_path_factory):
 
 def sweep_args(d: Path, out: Path, *extra: str) -> list[str]:
     return ["sweep", "--models", str(d / "zoo.csv"), "--dataset", f"fairface:{d / 'ff'}", "--out", str(out),
-            "--taxonomy", str(d / "tax.yaml"), "--tests", str(d / "tests.yaml"), "--k", "8", "--bootstrap", "0",
-            "--permutations", "20", "--controls", "none", "--eat-permutations", "200", "--sc-permutations", "20",
+            "--taxonomy", str(d / "tax.yaml"), "--tests", str(d / "tests.yaml"), "--k", "8", "--report-bootstrap", "0",
+            "--report-permutations", "20", "--controls", "none", "--eat-permutations", "200", "--sc-permutations", "20",
             "--cache-dir", str(d / "cache"), "--device", "cpu", "--workers", "0", "--batch-size", "8", *extra]
 
 
