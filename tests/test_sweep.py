@@ -73,8 +73,8 @@ def setup(tmp_path_factory):
 
 def sweep_args(d: Path, out: Path, *extra: str) -> list[str]:
     return ["sweep", "--models", str(d / "zoo.csv"), "--dataset", f"fairface:{d / 'ff'}", "--out", str(out),
-            "--taxonomy", str(d / "tax.yaml"), "--tests", str(d / "tests.yaml"), "--k", "8", "--bootstrap", "0",
-            "--permutations", "20", "--controls", "none", "--eat-permutations", "200", "--sc-permutations", "20",
+            "--taxonomy", str(d / "tax.yaml"), "--tests", str(d / "tests.yaml"), "--k", "8", "--report-bootstrap", "0",
+            "--report-permutations", "20", "--controls", "none", "--eat-permutations", "200", "--sc-permutations", "20",
             "--cache-dir", str(d / "cache"), "--device", "cpu", "--workers", "0", "--batch-size", "8", *extra]
 
 
@@ -180,6 +180,8 @@ def test_merge_builds_one_row_per_model_and_test_or_metric(setup, swept):
     table = pd.read_parquet(out / "sweep.parquet")
     models = pd.read_parquet(out / "models.parquet")
     assert set(models["status"]) == {"ok", "failed"} and len(models) == 4
+    merge_record = json.loads((out / "run.json").read_text())
+    assert merge_record["command"] == "sweep merge" and {"read", "write"} <= set(merge_record["timings_s"])
     eat = table[table["probe"] == "eat"]
     assert len(eat) == 2 * 2 and set(eat["test"]) == {"race-words", "words"}
     per_model = table.groupby("model").size()

@@ -201,8 +201,8 @@ def small(tmp_path_factory):
 
 def _args(d: Path, out: Path) -> list[str]:
     return ["sweep", "--models", str(d / "zoo.csv"), "--dataset", f"fairface:{d / 'ff'}", "--out", str(out),
-            "--taxonomy", str(d / "tax.yaml"), "--tests", str(d / "tests.yaml"), "--k", "10", "--bootstrap", "200",
-            "--permutations", "200", "--controls", "none", "--eat-permutations", "5000", "--sc-permutations", "200",
+            "--taxonomy", str(d / "tax.yaml"), "--tests", str(d / "tests.yaml"), "--k", "10", "--report-bootstrap", "200",
+            "--report-permutations", "200", "--controls", "none", "--eat-permutations", "5000", "--sc-permutations", "200",
             "--cache-dir", str(out) + "-cache", "--device", "cpu", "--batch-size", "8", "--models-per-pass", "2"]
 
 

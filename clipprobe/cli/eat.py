@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import MODEL_HELP, split_values
+from clipprobe.cli._options import (
+    bootstrap_option,
+    compute_options,
+    model_options,
+    permutations_option,
+    pop_compute,
+    pop_model,
+    pop_offline,
+    split_values,
+)
 from clipprobe.errors import printable
 
 EPILOG = """\b
@@ -25,10 +34,9 @@ Examples:
 @click.option("--test", "test_names", multiple=True, help="Run only these tests (repeat or comma-separate).")
 @click.option("--order", "orders", multiple=True,
               help="Run only these modality orders: text, image, image-text, text-image.")
-@click.option("--permutations", type=click.IntRange(min=2), default=1_000_000, show_default=True,
-              help="Permutation budget per test; exact enumeration when the partitions are fewer.")
-@click.option("--sc-permutations", type=click.IntRange(min=2), default=10_000, show_default=True,
-              help="Permutation budget of the per-stimulus SC-WEAT p-values.")
+@permutations_option(1_000_000, test="each test's effect size", minimum=2,
+                     more="; exact enumeration when the partitions of X and Y are fewer")
+@permutations_option(10_000, test="each stimulus's SC-WEAT effect size", name="--sc-permutations", minimum=2)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
               help="Seed of the random partitions and of the bootstrap (reruns are identical).")
 @click.option("--ddof", type=click.IntRange(0, 1), default=1, show_default=True,
@@ -37,8 +45,7 @@ Examples:
 @click.option("--interval", type=click.Choice(["fisher-z", "none"]), default="fisher-z", show_default=True,
               help="Two-sided 95% interval of d from a bootstrap of the stimuli (words, images) of X, Y, A and B "
                    "(normal on the Fisher-z scale), or none.")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="Bootstrap resamples of --interval (at least 100).")
+@bootstrap_option(2000, unit="the stimuli", what="d (--interval)", more="; at least 100")
 @click.option("--fixed-attributes", is_flag=True,
               help="The interval resamples X and Y only: A and B are the whole population of interest.")
 @click.option("--no-sc-weat", is_flag=True, help="Skip the per-stimulus SC-WEAT statistics.")
@@ -50,45 +57,29 @@ Examples:
               help="Local copy of the iEAT images (the folder holding data/experiments); default: fetch them once.")
 @click.option("--oasis-root", type=click.Path(file_okay=False), default=None,
               help="OASIS folder (OASIS.csv and images/), for the image valence attributes.")
-@click.option("--model", default="ViT-B-32:openai", show_default=True, help=MODEL_HELP)
-@click.option("--model-config", type=click.Path(dir_okay=False), default=None,
-              help="JSON config of a custom architecture; its file name is the architecture name.")
-@click.option("--quick-gelu", "quick_gelu", is_flag=True,
-              help="Build a weights file or folder with QuickGELU (fine-tunes of OpenAI, MetaCLIP, DFN models).")
-@click.option("--preprocess", default=None, help="Preprocessing for a bare weights file (a pretrained tag or 'default').")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Embedding (and iEAT download) cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-              help="Model precision (default: fp16 on CUDA, fp32 on the CPU).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
-              help="Image decoding workers (default: number of cores).")
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Write the forest plot (PNG, PDF).")
-@click.option("--offline", is_flag=True, help="Never touch the network (model and iEAT images must be local).")
+@model_options
+@compute_options(cache_help="Embedding (and iEAT download) cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe).",
+                 offline_help="Never touch the network (model and iEAT images must be local).")
 @click.pass_context
 def eat(ctx, out, suite, tests_file, test_names, orders, permutations, sc_permutations, seed, ddof, two_sided,
-        interval, bootstrap, fixed_attributes, no_sc_weat, strict, paper_signs, stimuli_root, oasis_root, model, model_config, quick_gelu,
-        preprocess, cache_dir, device, precision, batch_size, num_workers, figures, offline) -> None:
+        interval, bootstrap, fixed_attributes, no_sc_weat, strict, paper_signs, stimuli_root, oasis_root, figures,
+        **kwargs) -> None:
     """Embedding Association Tests: effect sizes, permutation p-values, intervals, per-stimulus SC-WEAT."""
     if ctx.invoked_subcommand is not None:
         return
-    from clipprobe.hub import env_offline, set_process_offline
     from clipprobe.pipeline.eat import EatConfig, run_eat
 
     if out is None:
         raise click.UsageError("missing option '--out' (the results folder)")
-    offline = offline or env_offline()
-    set_process_offline(offline)
+    offline = pop_offline(kwargs)
     config = EatConfig(
-        out=out, model=model, model_config=model_config, quick_gelu=quick_gelu, preprocess=preprocess, suite=suite,
-        tests_file=tests_file,
+        out=out, **pop_model(kwargs), **pop_compute(kwargs), suite=suite, tests_file=tests_file,
         tests=split_values(test_names), orders=split_values(orders), permutations=permutations,
         sc_permutations=sc_permutations,
         seed=seed, ddof=ddof, two_sided=two_sided, interval=None if interval == "none" else interval,
         bootstrap=bootstrap, fixed_attributes=fixed_attributes, sc_weat=not no_sc_weat, strict=strict,
-        paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, cache_dir=cache_dir,
-        device=device, precision=precision, batch_size=batch_size, num_workers=num_workers, offline=offline, figures=figures,
+        paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, offline=offline, figures=figures,
     )
     run = run_eat(config)
     _summary(run)

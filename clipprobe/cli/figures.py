@@ -6,10 +6,8 @@ from pathlib import Path
 
 import click
 
-from clipprobe.figstyle import DEFAULT_STYLE, FIGURE_FORMATS, FIGURE_STYLES
-
-STYLE_HELP = ("Figure style: " + "; ".join(f"{name}: {s.description}" for name, s in FIGURE_STYLES.items())
-              + ".")
+from clipprobe.cli._options import figure_output_options
+from clipprobe.figstyle import DEFAULT_STYLE, FIGURE_FORMATS
 MSG_OUT_IS_FILE = "--out {path} is an existing file; give a folder (it is created if needed)"
 MSG_OUT_BELOW_FILE = "--out {out}: {path} is an existing file, not a folder"
 
@@ -29,15 +27,11 @@ def _check_out(out: Path) -> None:
 
 @click.command("figures")
 @click.argument("report_dir", type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for the figures.")
+@figure_output_options("Folder for the figures.")
 @click.option("--category", "categories", multiple=True, help="Only this category (repeatable).")
 @click.option("--attribute", "attributes", multiple=True, help="Only this attribute (repeatable).")
 @click.option("--word", "words", multiple=True,
               help="Also draw a contact sheet of this word's top faces (needs the dataset images; repeatable).")
-@click.option("--format", "formats", type=click.Choice(list(FIGURE_FORMATS)), multiple=True,
-              help="Output formats (repeatable; default: png at 300 dpi, pdf and svg).")
-@click.option("--style", "style_name", type=click.Choice(list(FIGURE_STYLES)), default=DEFAULT_STYLE,
-              show_default=True, help=STYLE_HELP)
 @click.option("--set", "figure_set", type=click.Choice(["all", "core"]), default="all", show_default=True,
               help="all: every category x attribute; core: what `clipprobe report` writes (heatmaps, entropy, "
                    "most skewed words).")
@@ -88,13 +82,9 @@ def figures(report_dir: Path, out: Path, categories, attributes, words, formats,
 
 @click.command("compare")
 @click.argument("report_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Folder for tables and figures.")
+@figure_output_options("Folder for tables and figures.")
 @click.option("--name", "names", multiple=True,
               help="Display name per report, in order (default: a short model name, never a path).")
-@click.option("--format", "formats", type=click.Choice(list(FIGURE_FORMATS)), multiple=True,
-              help="Figure formats (repeatable; default: png at 300 dpi, pdf and svg).")
-@click.option("--style", "style_name", type=click.Choice(list(FIGURE_STYLES)), default=DEFAULT_STYLE,
-              show_default=True, help=STYLE_HELP)
 def compare(report_dirs, out: Path, names, formats, style_name: str) -> None:
     """Compare the reports of several models (on the words they share)."""
     from clipprobe.errors import UsageError

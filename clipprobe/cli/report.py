@@ -5,9 +5,11 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    bootstrap_option,
     check_choice,
     check_count,
     check_fraction,
+    permutations_option,
     pop_probe_config,
     probe_options,
     split_attributes,
@@ -21,14 +23,14 @@ from clipprobe.cli._options import (
 @click.option("--k", type=int, default=100, show_default=True)
 @click.option("--attributes", default=None,
               help="Comma-separated attributes (default: each of race, gender, age, race_gender in the dataset).")
-@click.option("--bootstrap", type=int, default=1000, show_default=True,
-              help="Bootstrap resamples of the face dataset for intervals (0: none).")
+@bootstrap_option(1000, unit="the face dataset", what="each group's share and skew",
+                  more=", and the top group's stability (0: none)")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (reruns are identical).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="False discovery rate for flagging.")
 @click.option("--reference", default="base", show_default=True,
               help="Skew against the dataset's group shares (base) or against equal representation (uniform).")
-@click.option("--permutations", type=int, default=1000, show_default=True,
-              help="Label shuffles for the null of MaxSkew and MinSkew (p_max_skew, max_skew_excess).")
+@permutations_option(1000, test="MaxSkew and MinSkew",
+                     more=": shuffles of the group labels over the images (p_max_skew, max_skew_excess)")
 @click.option("--ties", default="index", show_default=True,
               help="Images tied with the k-th score: 'index' keeps exactly k (lower image index first), "
                    "'keep-all' keeps every tied image (shares still count / k).")
@@ -54,10 +56,8 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
     from clipprobe.pipeline.report import ReportConfig, run_report, summary_line
 
     check_fraction("--alpha", alpha)
-    check_count("--bootstrap", bootstrap)
     check_count("--seed", seed)
     check_count("--k", k, 1)
-    check_count("--permutations", permutations, 1)
     check_choice("--reference", reference, ("base", "uniform"))
     check_choice("--ties", ties, ("index", "keep-all"))
     check_choice("--score", score, ("cosine", "dot"))

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import (DATASET_HELP, check_choice, check_count, check_fraction, split_attributes,
-                                   split_values)
+from clipprobe.cli._options import (
+    bootstrap_option,
+    check_choice,
+    check_count,
+    check_fraction,
+    compute_options,
+    dataset_options,
+    deprecated_alias,
+    permutations_option,
+    pop_compute,
+    pop_dataset,
+    pop_offline,
+    resolve_alias,
+    split_attributes,
+    split_values,
+)
 
+# --permutations and --bootstrap were the reports' counts here, and `eat`'s own counts in `clipprobe eat`: a sweep
+# runs both, so each count is named after its probe; the old spellings still work (hidden, with a warning).
+OLD_MEANINGS = {"--permutations": "the reports' MaxSkew/MinSkew null; --eat-permutations is the association tests'",
+                "--bootstrap": "the reports' intervals; --eat-bootstrap is the association tests'"}
 MSG_FAILURES = ("{n} of the {total} model(s) of shard {shard} failed or are unknown (listed above); the others are "
                 "finished. --allow-failures exits 0 in this case")
 
@@ -34,17 +52,17 @@ Examples:
 @click.option("--no-retry-failed", is_flag=True, help="Skip models that failed in an earlier run of this folder.")
 @click.option("--allow-failures", is_flag=True,
               help="Exit 0 when some models failed or are unknown (default: exit 1 after the summary).")
-@click.option("--dataset", default=None, help=DATASET_HELP)
-@click.option("--split", default="validation", show_default=True, help="validation or train.")
-@click.option("--image-root", type=click.Path(file_okay=False), default=None,
-              help="Folder that image paths of a csv: dataset are relative to.")
+@dataset_options
 @click.option("--taxonomy", default=None, help="Report: taxonomy name or YAML/JSON file (default: sobit).")
 @click.option("--templates", default="default", show_default=True, help="Report: default, ensemble, or a file.")
 @click.option("--k", type=int, default=100, show_default=True, help="Report: faces retrieved per word.")
 @click.option("--attributes", default=None, help="Report: comma-separated attributes (default: all present).")
-@click.option("--bootstrap", type=int, default=1000, show_default=True, help="Report: bootstrap resamples.")
-@click.option("--permutations", type=int, default=1000, show_default=True,
-              help="Report: label shuffles for the MaxSkew null.")
+@bootstrap_option(1000, name="--report-bootstrap", unit="the face dataset",
+                  what="each group's share and skew in the reports", more=" (0: none; `report --bootstrap`)")
+@permutations_option(1000, name="--report-permutations", test="MaxSkew and MinSkew in the reports",
+                     more=" (`report --permutations`)")
+@deprecated_alias("--bootstrap", "old_bootstrap")
+@deprecated_alias("--permutations", "old_permutations", minimum=1)
 @click.option("--controls", default="controls", show_default=True, help="Report: control words, or 'none'.")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Report: false discovery rate.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of every random step.")
@@ -53,33 +71,23 @@ Examples:
 @click.option("--suite", default=None, help="Association tests: a shipped suite (default ghate2025).")
 @click.option("--tests", "tests_file", type=click.Path(dir_okay=False), default=None,
               help="Association tests: your own YAML test file instead of a suite.")
-@click.option("--eat-permutations", type=click.IntRange(min=2), default=1_000_000, show_default=True,
-              help="Association tests: permutation budget per test.")
-@click.option("--sc-permutations", type=click.IntRange(min=2), default=10_000, show_default=True,
-              help="Association tests: permutation budget of the per-stimulus SC-WEAT.")
+@permutations_option(1_000_000, name="--eat-permutations", test="each association test's effect size", minimum=2,
+                     more=" (`eat --permutations`)")
+@permutations_option(10_000, name="--sc-permutations", test="each stimulus's SC-WEAT effect size", minimum=2)
+@bootstrap_option(2000, name="--eat-bootstrap", unit="the stimuli", what="each association test's d",
+                  more="; at least 100 (`eat --bootstrap`)")
 @click.option("--paper-signs", is_flag=True, help="Association tests: Ghate et al.'s sign for the Gender tests.")
 @click.option("--stimuli-root", type=click.Path(file_okay=False), default=None, help="Local iEAT image folder.")
 @click.option("--oasis-root", type=click.Path(file_okay=False), default=None, help="Local OASIS download.")
-@click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
-              help="Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe); share it between shards "
-                   "on one machine.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
-@click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
-              help="Model precision (default: fp16 on CUDA, fp32 on the CPU).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
-@click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
-              help="Image decoding workers (default: number of cores).")
-@click.option("--offline", is_flag=True, help="Never touch the network (same as HF_HUB_OFFLINE=1).")
+@compute_options(cache_help="Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe); share it between "
+                            "shards on one machine.")
 @click.pass_context
-def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, allow_failures, dataset, split,
-          image_root, taxonomy,
-          templates, k, attributes, bootstrap, permutations, controls, alpha, seed, model_figures, suite, tests_file,
-          eat_permutations, sc_permutations, paper_signs, stimuli_root, oasis_root, cache_dir, device, precision,
-          batch_size, num_workers, offline) -> None:
+def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, allow_failures, taxonomy, templates, k,
+          attributes, controls, alpha, seed, model_figures, suite, tests_file, paper_signs, stimuli_root, oasis_root,
+          **kwargs) -> None:
     """Run the report and the association tests over many models (resumable, shardable)."""
     if ctx.invoked_subcommand is not None:
         return
-    from clipprobe.hub import env_offline, set_process_offline
     from clipprobe.pipeline.eat import EatConfig
     from clipprobe.pipeline.probe import ProbeConfig
     from clipprobe.pipeline.report import ReportConfig
@@ -95,24 +103,25 @@ def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, all
         check_choice("--probes", p, PROBES)
     parse_shard(shard)
     check_fraction("--alpha", alpha)
-    check_count("--bootstrap", bootstrap)
     check_count("--seed", seed)
     check_count("--k", k, 1)
-    check_count("--permutations", permutations, 1)
     if suite is not None and tests_file is not None:
         raise click.UsageError("give --suite or --tests, not both")
-    offline = offline or env_offline()
-    set_process_offline(offline)
-    probe = ProbeConfig(dataset=dataset, split=split, image_root=image_root, cache_dir=cache_dir, device=device,
-                        precision=precision, batch_size=batch_size, num_workers=num_workers, offline=offline)
+    resolve_alias(ctx, kwargs, old="--permutations", dest="old_permutations", new="--report-permutations",
+                  param="report_permutations", meaning=OLD_MEANINGS["--permutations"])
+    resolve_alias(ctx, kwargs, old="--bootstrap", dest="old_bootstrap", new="--report-bootstrap",
+                  param="report_bootstrap", meaning=OLD_MEANINGS["--bootstrap"])
+    offline = pop_offline(kwargs)
+    probe = ProbeConfig(**pop_dataset(kwargs), **pop_compute(kwargs), offline=offline)
     report = ReportConfig(probe=probe, taxonomy=taxonomy, templates=templates, k=k,
-                          attributes=split_attributes(attributes) if attributes else None, bootstrap=bootstrap,
-                          seed=seed, alpha=alpha, permutations=permutations,
+                          attributes=split_attributes(attributes) if attributes else None,
+                          bootstrap=kwargs.pop("report_bootstrap"), seed=seed, alpha=alpha,
+                          permutations=kwargs.pop("report_permutations"),
                           controls=None if controls.strip().lower() == "none" else controls,
                           figures=model_figures, html=model_figures)
-    eat = EatConfig(out="", suite=suite, tests_file=tests_file, permutations=eat_permutations,
-                    sc_permutations=sc_permutations, seed=seed, paper_signs=paper_signs, stimuli_root=stimuli_root,
-                    oasis_root=oasis_root, figures=model_figures)
+    eat = EatConfig(out="", suite=suite, tests_file=tests_file, permutations=kwargs.pop("eat_permutations"),
+                    sc_permutations=kwargs.pop("sc_permutations"), bootstrap=kwargs.pop("eat_bootstrap"), seed=seed,
+                    paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, figures=model_figures)
     config = SweepConfig(out=out, models=model_list, probes=probe_list, report=report, eat=eat, shard=shard,
                          models_per_pass=models_per_pass, retry_failed=not no_retry_failed)
     result = run_sweep(config)

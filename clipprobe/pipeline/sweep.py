@@ -292,24 +292,10 @@ def check_settings_file(out: Path, settings: dict) -> None:
     """Create ``out/sweep.json`` with ``settings``, or check that the one there is the same. Where only the
     content of input files differs, the new content is recorded (and logged, naming each file): the models
     then run again what reads them (:func:`probe_hashes`)."""
-    from clipprobe import _io
-    from clipprobe.report.sweep import SETTINGS_FILE, read_json
+    from clipprobe.report.sweep import create_settings_file, read_json, write_settings_file
 
-    path = out / SETTINGS_FILE
     payload = {"settings": settings, "settings_hash": settings_hash(settings)}
-    if not path.exists():
-        _io.check_writable(out)
-        tmp = out / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
-        _io.write_json(tmp, payload)
-        try:
-            os.link(tmp, path)          # create only if absent: two shards starting together agree on one file
-        except FileExistsError:
-            pass
-        except OSError:                 # a file system without hard links
-            if not path.exists():
-                _io.write_json(path, payload)
-        finally:
-            tmp.unlink(missing_ok=True)
+    path = create_settings_file(out, payload)
     stored = read_json(path, "sweep settings")
     if stored.get("settings_hash") == payload["settings_hash"]:
         return
@@ -323,7 +309,7 @@ def check_settings_file(out: Path, settings: dict) -> None:
     else:
         for probe, role, what, file, x, y in _input_changes(before.get("inputs"), settings.get("inputs")):
             log.info(MSG_INPUT_CHANGED, what, file, out, _short(x), _short(y), PROBE_LABELS.get(probe, probe))
-    _io.write_json(path, payload)
+    write_settings_file(out, payload)
 
 
 # --------------------------------------------------------------------------- the model list
@@ -462,9 +448,9 @@ class SweepResult:
 
 
 def _model_dir(out: Path, key: str) -> Path:
-    from clipprobe.report.sweep import MODELS_DIR
+    from clipprobe.report.sweep import model_dir
 
-    return out / MODELS_DIR / key
+    return model_dir(out, key)
 
 
 def _finished(out: Path, entry: ModelEntry, digest: str, retry_failed: bool,
@@ -525,8 +511,7 @@ def _write_model_record(out: Path, entry: ModelEntry, *, status: str, reason: st
                         shard: tuple[int, int], metadata: dict, timings: dict, config_record: dict,
                         model_info: dict | None = None, dataset_info: dict | None = None,
                         settings: dict | None = None, kept: tuple[str, ...] = ()) -> dict:
-    from clipprobe import _io
-    from clipprobe.report.sweep import FORMAT_VERSION, RUN_FILE
+    from clipprobe.report.sweep import FORMAT_VERSION, write_model_record
     from clipprobe.runinfo import run_record
 
     timings = {**timings, "total": round(sum(v for k, v in timings.items() if k != "total"), 3)}
@@ -535,7 +520,7 @@ def _write_model_record(out: Path, entry: ModelEntry, *, status: str, reason: st
                         reason=reason, settings_hash=digest, shard=f"{shard[0]}/{shard[1]}", metadata=metadata,
                         probe_hashes=probe_hashes(settings) if settings else None,
                         inputs=(settings or {}).get("inputs"), kept=list(kept))
-    _io.write_json(_model_dir(out, entry.key) / RUN_FILE, record)
+    write_model_record(out, entry.key, record)
     return record
 
 
@@ -565,11 +550,10 @@ def run_sweep(config: SweepConfig, *, progress: bool | None = None) -> SweepResu
     """Run this shard of the sweep (see the module docstring)."""
     from tqdm.auto import tqdm
 
-    from clipprobe import _io
     from clipprobe.config import to_dict
     from clipprobe.embeddings.cache import default_cache_dir
     from clipprobe.faces import load_dataset
-    from clipprobe.report.sweep import SHARDS_DIR
+    from clipprobe.report.sweep import write_shard_record
     from clipprobe.runinfo import StageTimer, run_record
 
     config = config.check()
@@ -657,7 +641,7 @@ def run_sweep(config: SweepConfig, *, progress: bool | None = None) -> SweepResu
                         timings=timer.as_dict(), started=started, shard=f"{shard[0]}/{shard[1]}",
                         settings_hash=digest, models=[e.spec for e in mine], done=done, skipped=skipped,
                         failed=failed, unknown=unknown, per_model_s=timings)
-    _io.write_json(out / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}" / "run.json", record)
+    write_shard_record(out, shard, record)
     return SweepResult(out=out, shard=shard, done=done, skipped=skipped, failed=failed, unknown=unknown,
                        timings=timings, record=record)
 
@@ -801,9 +785,9 @@ def merge_sweep(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike 
     """
     import pandas as pd
 
-    from clipprobe import _io
-    from clipprobe.report.sweep import (MODEL_COLUMNS, MODELS_DIR, MODELS_FILE, MSG_NOT_A_SWEEP, RUN_FILE,
-                                        SETTINGS_FILE, SWEEP_FILE, finish_sweep_table, model_table, read_json)
+    from clipprobe.report.sweep import (MODEL_COLUMNS, MODELS_DIR, MSG_NOT_A_SWEEP, RUN_FILE,
+                                        SETTINGS_FILE, SWEEP_FILE, finish_sweep_table, model_table, read_json,
+                                        write_merged)
     from clipprobe.runinfo import StageTimer, run_record
 
     if not folders:
@@ -873,15 +857,12 @@ def merge_sweep(folders: Sequence[str | os.PathLike], *, out: str | os.PathLike 
     for c in ("seconds", "params_total_m", "dataset_size"):
         models[c] = pd.to_numeric(models[c], errors="coerce").astype("float64")
     target = Path(out) if out is not None else paths[0]
-    with timer("write"):
-        _io.write_parquet(target / SWEEP_FILE, table)
-        _io.write_parquet(target / MODELS_FILE, models)
     n_ok = int((models["status"] == STATUS_OK).sum())
     record = run_record("sweep merge", config={"folders": [str(p) for p in paths], "out": str(target)},
                         format_version=_sweep_format(), timings=timer.as_dict(), settings_hash=digest,
                         settings=settings[0].get("settings"), n_models=len(models), n_ok=n_ok,
                         n_failed=len(models) - n_ok, n_rows=len(table), performance_columns=extra)
-    _io.write_json(target / RUN_FILE, record)
+    write_merged(target, table, models, record)
     log.info("merged %d model(s) (%d finished) into %s: %d rows", len(models), n_ok, target / SWEEP_FILE, len(table))
     return MergeResult(out=target, table=table, models=models, record=record)
 
@@ -904,8 +885,6 @@ REFRESHED_COLUMNS = ("arch_family", "dataset", "dataset_family", "dataset_size",
 PERFORMANCE_FILL = ("imagenet1k", "avg38", "vtab", "vtab_plus")
 MSG_SIGNS = "signs must be one of {valid}, not {value!r}"
 MSG_SPEC = "unknown model specification {value!r}; valid: {valid}"
-MSG_NOT_ANALYSIS = ("{path} exists and is not a `sweep analyze` folder (no run.json of that command); give another "
-                    "out folder")
 
 
 @dataclasses.dataclass
@@ -1095,26 +1074,6 @@ def apply_signs(table: "pd.DataFrame", folder: Path, signs: str) -> tuple["pd.Da
     return table, record
 
 
-def _replace_folder(tmp: Path, target: Path) -> None:
-    """Put the folder ``tmp`` where ``target`` is (an earlier analysis is replaced whole)."""
-    import shutil
-
-    from clipprobe.report.sweep import RUN_FILE, read_json
-
-    if target.exists():
-        record = read_json(target / RUN_FILE, "analysis record") if (target / RUN_FILE).is_file() else {}
-        if any(target.iterdir()) and record.get("command") != "sweep analyze":
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise ClipprobeError(MSG_NOT_ANALYSIS.format(path=target))
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-
-
 def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = DEFAULT_PERFORMANCE,
                   measures: Sequence[str] = DEFAULT_MEASURES, performance_csv: str | None = None,
                   settings=None, spec: str = "paper", signs: str = "paper",
@@ -1135,16 +1094,12 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = DEFAUL
     replaced whole. A measure whose mixed model cannot be fitted (too few models, no metadata) raises
     :class:`DataError`; so does an empty sweep.
     """
-    import shutil
-
     import pandas as pd
 
-    from clipprobe import _io
-    from clipprobe.analysis.factors import SPECS, fit_factors, paper_table, performance_correlations
-    from clipprobe.models.zoo import PERFORMANCE, PERFORMANCE_LABELS
-    from clipprobe.report.sweep import (ANALYSIS_DIR, ANALYSIS_FILE, HTML_FILE, MODELS_FILE, REPORT_MEASURES, RUN_FILE,
-                                        analysis_html, analysis_table, coefficient_plot, load_sweep_table,
-                                        scatter_plot)
+    from clipprobe.analysis.factors import SPECS, fit_factors, performance_correlations
+    from clipprobe.models.zoo import PERFORMANCE
+    from clipprobe.report.sweep import (ANALYSIS_DIR, MODELS_FILE, REPORT_MEASURES, analysis_table, load_sweep_table,
+                                        write_analysis)
     from clipprobe.runinfo import StageTimer, run_record
 
     if spec not in SPECS:
@@ -1193,7 +1148,6 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = DEFAUL
     if changed:
         note("metadata from the current zoo tables and model tables: " + ", ".join(
             f"{c} changed for {n} model(s)" for c, n in sorted(changed.items())))
-    plots: list[dict] = []
     corr_frames = []
     for name in measures:
         probe, measure = _split_measure(name)
@@ -1212,8 +1166,6 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = DEFAUL
         sections["random"].append(fit.random.assign(probe=probe, measure=measure))
         for text in fit.notes:
             note(text, probe, measure)
-        plot = coefficient_plot(fit.coefficients, title=f"{probe}: {measure}") if figures else None
-        plots.append({"probe": probe, "measure": measure, "fit": fit, "ax": plot})
         if perf_col is not None:
             with timer(f"correlations {key}"):
                 corr = performance_correlations(rows, perf_col)
@@ -1232,74 +1184,24 @@ def analyze_sweep(folder: str | os.PathLike, *, performance: str | None = DEFAUL
              + ("; correlations need at least 3" if n_perf < 3 else ""))
         sections["correlations"].append(correlations)
     target = Path(out) if out is not None else folder / ANALYSIS_DIR
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     long = analysis_table({k: (pd.concat(v, ignore_index=True) if v else None) for k, v in sections.items()})
-    written: list[str] = []
-    try:
-        with timer("write"):
-            _io.write_parquet(tmp / ANALYSIS_FILE, long)
-            written.append(ANALYSIS_FILE)
-            for key, fit in fits.items():
-                name = f"mixedlm-{_slug(key.replace(':', '-'))}.csv"
-                _io.write_text(tmp / name, paper_table(fit).to_csv(float_format="%.6g", lineterminator="\n"))
-                written.append(name)
-            scatter_png: list[tuple[str, str]] = []
-            html_fits = []
-            from clipprobe.report.figures import save_figure
-            from clipprobe.report.sweep import _png
-
-            for item in plots:
-                png = None
-                if item["ax"] is not None:
-                    paths = save_figure(item["ax"].figure, tmp / "figures" / f"coefficients-{item['probe']}-"
-                                        f"{_slug(item['measure'])}")
-                    written += [str(p.relative_to(tmp)) for p in paths]
-                    png = _png(item["ax"])
-                html_fits.append({"probe": item["probe"], "measure": item["measure"], "fit": item["fit"], "plot": png})
-            if figures and correlations is not None:
-                ranked = correlations.dropna(subset=["pearson_r"]).sort_values("pearson_p", kind="stable")
-                for r in ranked.head(max_scatter).itertuples(index=False):
-                    rows = table[(table["probe"] == r.probe) & (table["measure"] == r.measure)
-                                 & (table["test"] == r.test) & (table["order"] == r.order)]
-                    caption = (f"{r.probe} {r.measure}: {r.test} ({r.order}) against {performance}: n = {r.n_models}, "
-                               f"r = {r.pearson_r:.2f}, q = {r.pearson_q:.2g}")
-                    ax = scatter_plot(rows, perf_col, title=f"{r.test} ({r.order})",
-                                      label=PERFORMANCE_LABELS.get(perf_col, performance),
-                                      ylabel=f"{r.measure.replace('_', ' ')} ({r.probe})")
-                    paths = save_figure(ax.figure, tmp / "figures" / f"scatter-{_slug(r.probe)}-{_slug(r.measure)}-"
-                                        f"{_slug(r.test)}-{_slug(r.order)}", formats=("png",))
-                    written += [str(p.relative_to(tmp)) for p in paths]
-                    scatter_png.append((caption, _png(ax)))
-            record = run_record("sweep analyze", config={
-                                    "folder": str(folder), "performance": performance, "performance_csv": performance_csv,
-                                    "measures": list(measures), "spec": spec, "signs": signs,
-                                    "model_tables": [str(t) for t in model_tables],
-                                    "settings": dataclasses.asdict(settings)},
-                                format_version=_sweep_format(), timings=timer.as_dict(),
-                                n_models=int(table["model"].nunique()), signs=sign_record,
-                                same_checkpoint=same, metadata_changed=changed, performance_known=n_perf,
-                                fits={k: {"n_rows": f.n_rows, "n_models": f.n_models, "n_groups": f.n_groups,
-                                          "terms": list(f.terms), "references": f.references,
-                                          "converged": f.converged, "sizes": f.sizes, "notes": list(f.notes)}
-                                      for k, f in fits.items()})
-            html = analysis_html(title=f"Upstream factors: {folder.name}", fits=html_fits, correlations=correlations,
-                                 performance=performance, models=models, scatter=scatter_png, record=record)
-            _io.write_text(tmp / HTML_FILE, html)
-            written.append(HTML_FILE)
-            _io.write_json(tmp / RUN_FILE, record)
-            written.append(RUN_FILE)
-            _replace_folder(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    files = [target / w for w in written]
+    with timer("write"):
+        record = run_record("sweep analyze", config={
+                                "folder": str(folder), "performance": performance, "performance_csv": performance_csv,
+                                "measures": list(measures), "spec": spec, "signs": signs,
+                                "model_tables": [str(t) for t in model_tables],
+                                "settings": dataclasses.asdict(settings)},
+                            format_version=_sweep_format(), timings=timer.as_dict(),
+                            n_models=int(table["model"].nunique()), signs=sign_record,
+                            same_checkpoint=same, metadata_changed=changed, performance_known=n_perf,
+                            fits={k: {"n_rows": f.n_rows, "n_models": f.n_models, "n_groups": f.n_groups,
+                                      "terms": list(f.terms), "references": f.references,
+                                      "converged": f.converged, "sizes": f.sizes, "notes": list(f.notes)}
+                                  for k, f in fits.items()})
+        files = write_analysis(target, long=long, fits=fits, table=table, correlations=correlations,
+                               performance=performance, performance_column=perf_col, models=models, record=record,
+                               title=f"Upstream factors: {folder.name}", figures=figures, max_scatter=max_scatter)
     return AnalysisResult(out=target, table=long, fits=fits, correlations=correlations, record=record, files=files)
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "x"
 
 
 __all__ = ["DEFAULT_MEASURES", "DEFAULT_PERFORMANCE", "ModelEntry", "PROBES", "SIGNS", "SweepConfig", "SweepResult",

@@ -32,10 +32,13 @@ import html
 import json
 import logging
 import math
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
-from clipprobe.errors import DataError
+from clipprobe.errors import ClipprobeError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -71,6 +74,8 @@ ANALYSIS_COLUMNS = ("section", "probe", "measure", "term", "estimate", "std_erro
 MSG_NOT_A_SWEEP = "{path} is not a sweep folder (no {file}); run `clipprobe sweep ... --out {path}` first"
 MSG_NOT_MERGED = "{path} has no {file}; run `clipprobe sweep merge {path}` first"
 MSG_BAD_FILE = "{path} cannot be read: {error}"
+MSG_NOT_ANALYSIS = ("{path} exists and is not a `sweep analyze` folder (no run.json of that command); give another "
+                    "out folder")
 
 
 # --------------------------------------------------------------------------- tables
@@ -380,6 +385,165 @@ def analysis_html(*, title: str, fits: Sequence[Mapping[str, Any]], correlations
     return "\n".join(parts)
 
 
+# --------------------------------------------------------------------------- writing the folder
+
+
+def slug(text: str) -> str:
+    """A file-name part from any text (tests, measures, orders): safe characters only, at most 60."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", str(text)).strip("-")[:60] or "x"
+
+
+def create_settings_file(out: Path, payload: Mapping[str, Any]) -> Path:
+    """Create ``out/sweep.json`` with ``payload`` unless it exists: two shards starting together agree on one
+    file (it is made by a hard link, which fails when the file is there). Returns its path."""
+    from clipprobe import _io
+
+    path = Path(out) / SETTINGS_FILE
+    if path.exists():
+        return path
+    _io.check_writable(out)
+    tmp = out / f".{SETTINGS_FILE}.{os.getpid()}.tmp"
+    _io.write_json(tmp, payload)
+    try:
+        os.link(tmp, path)          # create only if absent
+    except FileExistsError:
+        pass
+    except OSError:                 # a file system without hard links
+        if not path.exists():
+            _io.write_json(path, payload)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_settings_file(out: Path, payload: Mapping[str, Any]) -> Path:
+    """Replace ``out/sweep.json`` with ``payload`` (new content of the input files recorded)."""
+    from clipprobe import _io
+
+    path = Path(out) / SETTINGS_FILE
+    _io.write_json(path, payload)
+    return path
+
+
+def model_dir(out: Path, key: str) -> Path:
+    """The folder of one model of a sweep."""
+    return Path(out) / MODELS_DIR / key
+
+
+def write_model_record(out: Path, key: str, record: Mapping[str, Any]) -> Path:
+    """``out/models/<key>/run.json``: one model's status, metadata and timings."""
+    from clipprobe import _io
+
+    path = model_dir(out, key) / RUN_FILE
+    _io.write_json(path, record)
+    return path
+
+
+def write_shard_record(out: Path, shard: tuple[int, int], record: Mapping[str, Any]) -> Path:
+    """``out/shards/<i>-of-<n>/run.json``: what one shard did."""
+    from clipprobe import _io
+
+    path = Path(out) / SHARDS_DIR / f"{shard[0]}-of-{shard[1]}" / RUN_FILE
+    _io.write_json(path, record)
+    return path
+
+
+def write_merged(target: Path, table: "pd.DataFrame", models: "pd.DataFrame", record: dict) -> list[Path]:
+    """``sweep.parquet``, ``models.parquet`` and the merge's ``run.json`` (its ``timings_s`` gain ``write``)."""
+    from clipprobe import _io
+    from clipprobe.runinfo import StageTimer
+
+    target = Path(target)
+    timer = StageTimer()
+    with timer("write"):
+        _io.write_parquet(target / SWEEP_FILE, table)
+        _io.write_parquet(target / MODELS_FILE, models)
+    record["timings_s"] = {**record.get("timings_s", {}), **timer.as_dict()}
+    _io.write_json(target / RUN_FILE, record)
+    return [target / SWEEP_FILE, target / MODELS_FILE, target / RUN_FILE]
+
+
+def _replace_folder(tmp: Path, target: Path) -> None:
+    """Put the folder ``tmp`` where ``target`` is (an earlier analysis is replaced whole)."""
+    if target.exists():
+        record = read_json(target / RUN_FILE, "analysis record") if (target / RUN_FILE).is_file() else {}
+        if any(target.iterdir()) and record.get("command") != "sweep analyze":
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ClipprobeError(MSG_NOT_ANALYSIS.format(path=target))
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+
+
+def write_analysis(target: str | os.PathLike, *, long: "pd.DataFrame", fits: Mapping[str, Any],
+                   table: "pd.DataFrame", correlations: "pd.DataFrame | None", performance: str | None,
+                   performance_column: str | None, models: "pd.DataFrame", record: Mapping[str, Any], title: str,
+                   figures: bool = True, max_scatter: int = 12) -> list[Path]:
+    """The ``sweep analyze`` folder ``target``, replaced whole (a folder that is not an earlier analysis is
+    refused): ``analysis.parquet`` (``long``), ``mixedlm-<probe>-<measure>.csv`` per fit, with ``figures`` the
+    coefficient plots and the ``max_scatter`` strongest correlations (by Pearson p) against
+    ``performance_column`` of ``table``, ``analysis.html`` and ``run.json`` (``record``).
+
+    ``fits``: ``probe:measure`` -> FactorFit. Returns the files written."""
+    from clipprobe import _io
+    from clipprobe.analysis.factors import paper_table
+    from clipprobe.models.zoo import PERFORMANCE_LABELS
+
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    written: list[str] = []
+    try:
+        _io.write_parquet(tmp / ANALYSIS_FILE, long)
+        written.append(ANALYSIS_FILE)
+        for key, fit in fits.items():
+            name = f"mixedlm-{slug(key.replace(':', '-'))}.csv"
+            _io.write_text(tmp / name, paper_table(fit).to_csv(float_format="%.6g", lineterminator="\n"))
+            written.append(name)
+        scatter_png: list[tuple[str, str]] = []
+        html_fits = []
+        if figures:
+            from clipprobe.report.figures import save_figure
+        for key, fit in fits.items():
+            probe, _, measure = key.partition(":")
+            png = None
+            if figures:
+                ax = coefficient_plot(fit.coefficients, title=f"{probe}: {measure}")
+                paths = save_figure(ax.figure, tmp / "figures" / f"coefficients-{probe}-{slug(measure)}")
+                written += [str(p.relative_to(tmp)) for p in paths]
+                png = _png(ax)
+            html_fits.append({"probe": probe, "measure": measure, "fit": fit, "plot": png})
+        if figures and correlations is not None:
+            ranked = correlations.dropna(subset=["pearson_r"]).sort_values("pearson_p", kind="stable")
+            for r in ranked.head(max_scatter).itertuples(index=False):
+                rows = table[(table["probe"] == r.probe) & (table["measure"] == r.measure)
+                             & (table["test"] == r.test) & (table["order"] == r.order)]
+                caption = (f"{r.probe} {r.measure}: {r.test} ({r.order}) against {performance}: n = {r.n_models}, "
+                           f"r = {r.pearson_r:.2f}, q = {r.pearson_q:.2g}")
+                ax = scatter_plot(rows, performance_column, title=f"{r.test} ({r.order})",
+                                  label=PERFORMANCE_LABELS.get(performance_column, performance),
+                                  ylabel=f"{r.measure.replace('_', ' ')} ({r.probe})")
+                paths = save_figure(ax.figure, tmp / "figures" / f"scatter-{slug(r.probe)}-{slug(r.measure)}-"
+                                    f"{slug(r.test)}-{slug(r.order)}", formats=("png",))
+                written += [str(p.relative_to(tmp)) for p in paths]
+                scatter_png.append((caption, _png(ax)))
+        page = analysis_html(title=title, fits=html_fits, correlations=correlations, performance=performance,
+                             models=models, scatter=scatter_png, record=record)
+        _io.write_text(tmp / HTML_FILE, page)
+        written.append(HTML_FILE)
+        _io.write_json(tmp / RUN_FILE, dict(record))
+        written.append(RUN_FILE)
+        _replace_folder(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return [target / w for w in written]
+
+
 __all__ = ["ANALYSIS_COLUMNS", "META_COLUMNS", "MODEL_COLUMNS", "REPORT_MEASURES", "SWEEP_COLUMNS", "analysis_html",
-           "analysis_table", "coefficient_plot", "eat_rows", "finish_sweep_table", "load_sweep_table", "model_table",
-           "model_description", "report_rows", "scatter_plot"]
+           "analysis_table", "coefficient_plot", "create_settings_file", "eat_rows", "finish_sweep_table",
+           "load_sweep_table", "model_dir", "model_description", "model_table", "report_rows", "scatter_plot", "slug",
+           "write_analysis", "write_merged", "write_model_record", "write_settings_file", "write_shard_record"]
