@@ -175,16 +175,18 @@ def test_data_bias_equals_data_bias_arrays_and_calls_its_weights_weights():
 
 def test_balance_equals_m4_solve_and_its_flags():
     from clipprobe.analysis import balance as bal
+    from clipprobe.analysis.keepflags import assign_keep, content_hashes, flag_counts
+    from clipprobe.analysis.patterns import encode_patterns
 
     s, y = _captions()
     got = cp.balance(s, y, keep=0.5, eps_r=0.05, eps_a=0.05, groups=GROUPS, seed=7)
-    table, ids = bal.encode_patterns(s, y, groups=GROUPS)
+    table, ids = encode_patterns(s, y, groups=GROUPS)
     solution = bal.m4_solve(table, keep=0.5, eps_r=0.05, eps_a=0.05)
-    q, keep = bal.assign_keep(solution, table, ids, bal.content_hashes([str(i) for i in range(len(s))]), seed=7)
+    q, keep = assign_keep(solution, table, ids, content_hashes([str(i) for i in range(len(s))]), seed=7)
     assert list(got.examples.columns) == list(api.EXAMPLE_COLUMNS)
     np.testing.assert_array_equal(got.examples["q"], q)
     np.testing.assert_array_equal(got.examples["keep"], keep)
-    np.testing.assert_array_equal(np.bincount(ids, weights=keep, minlength=table.n_rows), bal.flag_counts(solution))
+    np.testing.assert_array_equal(np.bincount(ids, weights=keep, minlength=table.n_rows), flag_counts(solution))
     assert got.keep_rate == solution.keep_rate and got.converged
     after = got.groups[got.groups["data"] == "after"].drop(columns="data").reset_index(drop=True)
     pd.testing.assert_frame_equal(after, bal.data_bias(table, q=solution.q).group_frame())
