@@ -356,28 +356,48 @@ def kl_divergence(shares, reference_share) -> "np.ndarray":
         return np.where(use, p * np.log(ratio), 0.0).sum(axis=-1)
 
 
-def ndkl(topk_labels, reference_share, n_groups: int) -> "np.ndarray":
+_NDKL_KERNEL = None
+
+
+def _ndkl_kernel():
+    """The compiled pass (:mod:`clipprobe.analysis._ndklkernel`), cached in clipprobe's cache folder."""
+    global _NDKL_KERNEL
+    if _NDKL_KERNEL is None:
+        from clipprobe._jitcache import enable_cache
+        from clipprobe.analysis import _ndklkernel
+
+        enable_cache(_ndklkernel.ndkl_rows)
+        _NDKL_KERNEL = _ndklkernel
+    return _NDKL_KERNEL
+
+
+def ndkl(ranked_labels, reference_share, n_groups: int) -> "np.ndarray":
     """Normalised discounted KL divergence (Geyik et al. 2019) of each ranked list.
 
-    ``topk_labels`` is ``(W, k)`` group codes in rank order; ``reference_share`` is ``(G,)`` or
-    ``(W, G)``. ``NDKL = (1/Z) sum_{i=1..k} KL(P_i || reference) / log2(i + 1)`` with
-    ``Z = sum_{i=1..k} 1 / log2(i + 1)`` and ``P_i`` the group shares of the top ``i``; KL in nats.
+    ``ranked_labels`` is ``(W, n)`` group codes in rank order (a top-k or a whole ranking);
+    ``reference_share`` is ``(G,)`` or ``(W, G)``. ``NDKL = (1/Z) sum_{i=1..n} KL(P_i || reference) /
+    log2(i + 1)`` with ``Z = sum_{i=1..n} 1 / log2(i + 1)`` and ``P_i`` the group shares of the top ``i``;
+    KL in nats. One compiled pass of ``O(W n)`` (:mod:`clipprobe.analysis._ndklkernel`: each prefix's
+    KL divergence is updated from the one before).
     """
     import numpy as np
 
-    lab = np.asarray(topk_labels)
+    lab = np.asarray(ranked_labels)
     if lab.ndim == 1:
         lab = lab[None, :]
-    n_words, k = lab.shape
-    onehot = lab[:, :, None] == np.arange(n_groups)
-    cum = np.cumsum(onehot, axis=1, dtype=np.float64)  # (W, k, G)
-    ranks = np.arange(1, k + 1, dtype=np.float64)
-    prefix_shares = cum / ranks[None, :, None]
-    ref = np.asarray(reference_share, dtype=np.float64)
-    ref = ref[:, None, :] if ref.ndim == 2 else ref
-    kl = kl_divergence(prefix_shares, ref)  # (W, k)
-    discount = 1.0 / np.log2(ranks + 1.0)
-    return (kl * discount).sum(axis=1) / discount.sum()
+    n_words, n = lab.shape
+    lab = check_labels(lab.ravel(), n_groups).reshape(n_words, n)
+    ref = np.broadcast_to(np.asarray(reference_share, dtype=np.float64), (n_words, n_groups))
+    with np.errstate(divide="ignore"):
+        log_ref = np.ascontiguousarray(np.log(ref))
+    c = np.arange(n + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        clogc = np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0)
+    log_i = np.log(np.maximum(c, 1.0))
+    discount = 1.0 / np.log2(np.maximum(c, 1.0) + 1.0)         # index 0 unused
+    out = np.empty(n_words)
+    _ndkl_kernel().ndkl_rows(np.ascontiguousarray(lab, dtype=np.int64), log_ref, clogc, log_i, discount, out)
+    return out
 
 
 def word_stats(counts, reference_share, k: int, *, present=None, topk_labels=None) -> dict[str, "np.ndarray"]:
