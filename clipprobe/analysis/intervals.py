@@ -158,6 +158,8 @@ def skew_interval_vs_base(counts, k: int, group_sizes, n_total, *, level: float 
     """
     import numpy as np
 
+    from clipprobe.analysis.metrics import unique_columns
+
     level = _check_level(level)
     c = np.asarray(counts, dtype=np.float64)
     sizes = np.broadcast_to(np.asarray(group_sizes, dtype=np.float64), c.shape)
@@ -173,7 +175,7 @@ def skew_interval_vs_base(counts, k: int, group_sizes, n_total, *, level: float 
     use = present & (d < n)
     if use.any():
         # Few distinct (count, size, drawn, total) cells in a report: solve each once.
-        cells, inverse = np.unique(np.stack([c[use], sizes[use], d[use], n[use]]), axis=1, return_inverse=True)
+        cells, inverse = unique_columns(np.stack([c[use], sizes[use], d[use], n[use]]))
         a, size, dd, nn = cells
         rho_lo, rho_hi = ratio_score_interval(size - a, nn - dd, a, dd, level=level)
         f = dd / nn

@@ -290,7 +290,8 @@ class ScoredBlocks:
     """:func:`score_blocks`' tables, block after block (in each block attribute by attribute, words in
     their order, the present groups in their order), with each row's block; ``word_row`` is the row of
     ``words`` that each row of ``groups`` belongs to; ``counts[b][a]`` the ``(W, G)`` top-k counts,
-    ``sizes[b][a]`` the ``(G,)`` images per group and ``drawn[b][a]`` the ``(W,)`` images retrieved."""
+    ``sizes[b][a]`` the ``(G,)`` images per group, ``drawn[b][a]`` the ``(W,)`` images retrieved and
+    ``control_counts[b][a]`` the control queries' ``(C, G)`` top-k counts (empty without controls)."""
 
     groups: "pd.DataFrame"
     words: "pd.DataFrame"
@@ -300,6 +301,7 @@ class ScoredBlocks:
     counts: list
     sizes: list
     drawn: list
+    control_counts: list
 
 
 def _block_orders(order, blocks, n_blocks: int) -> list:
@@ -354,8 +356,8 @@ def score_blocks(
     from clipprobe.analysis.extremes import extreme_skew_null
     from clipprobe.analysis.intervals import (SHARE_INTERVAL_MAX_FRACTION, miller_madow, share_interval, skew_interval,
                                               skew_interval_vs_base)
-    from clipprobe.analysis.metrics import (c_asc, check_k, group_stats, ndkl, rank_topk, reference_shares,
-                                            topk_counts, word_stats)
+    from clipprobe.analysis.metrics import (c_asc_attributes, check_k, group_stats, ndkl, rank_topk, reference_shares,
+                                            topk_counts, unique_columns, word_stats)
     from clipprobe.analysis.significance import hypergeom_p
 
     check_settings(bootstrap=bootstrap, seed=seed, reference=reference, permutations=permutations, ties=ties)
@@ -414,11 +416,17 @@ def score_blocks(
         top = rankings[b][:, :TOP_FILES_KEPT]
         top_files.append([[str(f) for f in file_names[row]] for row in top] if file_names is not None
                          else [[str(int(i)) for i in row] for row in position[top]])
+    casc = []                      # C-ASC of every attribute of a block, from one pass over its similarities
+    for b, idx in enumerate(members):
+        codes_b = [lab.codes[a] if whole else lab.codes[a][idx] for a in attributes[b]]
+        casc.append(dict(zip(attributes[b], c_asc_attributes(cols[b], codes_b,
+                                                             [len(lab.names[a]) for a in attributes[b]]))))
     group_chunks: dict = {}
     word_chunks: dict = {}
     counts_out = [dict() for _ in range(n_blocks)]
     sizes_out = [dict() for _ in range(n_blocks)]
     drawn_out = [dict() for _ in range(n_blocks)]
+    control_out = [dict() for _ in range(n_blocks)]
     for a in all_attributes:
         in_a = [b for b in range(n_blocks) if a in attributes[b]]
         codes, names = lab.codes[a], lab.names[a]
@@ -448,6 +456,7 @@ def score_blocks(
             if control_scores is not None:
                 c_counts, _ = _kept_counts(control_s[b], control_ids[b], codes_b, g_n, k, ties)
                 c_mean, c_a, c_b = control_null(c_counts, k)
+                control_out[b][a] = c_counts
             else:
                 c_mean = c_a = c_b = np.full(g_n, np.nan)
             for key, value in (("counts", counts), ("ids_counts", ids_counts), ("drawn", drawn),
@@ -455,7 +464,7 @@ def score_blocks(
                                ("ref", np.broadcast_to(ref, (n_words, g_n))),
                                ("n", np.full(n_words, codes_b.size, dtype=np.int64)),
                                ("lab_top", codes[ids[b]]), ("vs_neutral", vs_neutral),
-                               ("casc", c_asc(cols[b], codes_b, g_n)),
+                               ("casc", casc[b][a]),
                                ("nd_full", ndkl(codes[rankings[b]], ref, g_n)),
                                ("c_mean", np.broadcast_to(c_mean, (n_words, g_n))),
                                ("c_a", np.broadcast_to(c_a, (n_words, g_n))),
@@ -509,7 +518,7 @@ def score_blocks(
             # the beta-binomial tail has no closed form: once per distinct (count, block, group)
             key = np.stack([counts.ravel(), np.repeat(np.arange(n_all) // n_words, g_n),
                             np.tile(np.arange(g_n), n_all)])
-            cells, inverse = np.unique(key, axis=1, return_inverse=True)
+            cells, inverse = unique_columns(key)
             rows = cells[1] * n_words
             values = p_vs_controls(cells[0], k, cat["c_mean"][rows, cells[2]], cat["c_a"][rows, cells[2]],
                                    cat["c_b"][rows, cells[2]])
@@ -569,7 +578,8 @@ def score_blocks(
     word_row = np.repeat(np.arange(len(keys) * n_words), np.repeat(n_present_of, n_words))
     return ScoredBlocks(groups=pd.DataFrame(group_cols), words=pd.DataFrame(word_cols),
                         group_block=np.repeat(block_of, g_sizes), word_block=np.repeat(block_of, n_words),
-                        word_row=word_row, counts=counts_out, sizes=sizes_out, drawn=drawn_out)
+                        word_row=word_row, counts=counts_out, sizes=sizes_out, drawn=drawn_out,
+                        control_counts=control_out)
 
 
 def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, categories=None) -> ReportTables:
@@ -609,13 +619,14 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
     # null (not False) where no control test ran: a nullable boolean, and a nullable count per word
     groups["flagged_vs_controls"] = (groups["q_vs_controls"] < alpha).astype("boolean").mask(
         groups["q_vs_controls"].isna())
+    keys = pd.MultiIndex.from_arrays([words["word"], words["attribute"]])
+    by = groups.groupby(["word", "attribute"], sort=False)
     for column, flag in (("n_flagged", "flagged"), ("n_flagged_vs_controls", "flagged_vs_controls")):
-        n = groups.groupby(["word", "attribute"], sort=False)[flag].sum()
-        words[column] = [int(n.get((w, a), 0)) for w, a in zip(words["word"], words["attribute"])]
-    tested = groups.groupby(["word", "attribute"], sort=False)["q_vs_controls"].count()
-    words["n_flagged_vs_controls"] = pd.array(
-        [n if tested.get((w, a), 0) else pd.NA
-         for n, w, a in zip(words["n_flagged_vs_controls"], words["word"], words["attribute"])], dtype="Int64")
+        words[column] = by[flag].sum().reindex(keys).fillna(0).to_numpy().astype(np.int64)
+    tested = by["q_vs_controls"].count().reindex(keys).fillna(0).to_numpy() > 0
+    counted = pd.array(words["n_flagged_vs_controls"].to_numpy(), dtype="Int64")
+    counted[~tested] = pd.NA
+    words["n_flagged_vs_controls"] = counted
     groups = groups[list(GROUP_COLUMNS)]
     words = words[list(WORD_COLUMNS)]
     summary = summarise(groups, words)

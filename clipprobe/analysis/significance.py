@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clipprobe.analysis.metrics import check_k
+from clipprobe.analysis.metrics import check_k, unique_columns
 from clipprobe.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -45,9 +45,7 @@ def hypergeom_p(counts, group_sizes, n_total, k: int) -> tuple["np.ndarray", "np
         raise DataError(MSG_SIZES.format(n=int(totals.max()) if totals.ndim else int(totals)))
     shape = c.shape
     # A report has many rows but few distinct (count, size, total) triples: evaluate each triple once.
-    triples, inverse = np.unique(np.stack([c.ravel(), sizes.ravel(), totals.ravel()]).astype(np.int64), axis=1,
-                                 return_inverse=True)
-    inverse = inverse.ravel()
+    triples, inverse = unique_columns(np.stack([c.ravel(), sizes.ravel(), totals.ravel()]).astype(np.int64))
     # scipy's (M, n, N) = (population, successes in population, draws).
     p_over = np.clip(hypergeom.sf(triples[0] - 1, triples[2], triples[1], k), 0.0, 1.0)[inverse].reshape(shape)
     p_under = np.clip(hypergeom.cdf(triples[0], triples[2], triples[1], k), 0.0, 1.0)[inverse].reshape(shape)

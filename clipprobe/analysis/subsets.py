@@ -82,7 +82,7 @@ import contextlib
 import dataclasses
 import logging
 import math
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import TYPE_CHECKING, Iterator, Mapping, Sequence
 
 from clipprobe.errors import DataError, UsageError, did_you_mean, one_of
 
@@ -547,7 +547,7 @@ def _kl_columns(scored, block_attributes: Sequence[Sequence[str]], k: int, *, pe
 
 
 def _category_column(words_col, words: Sequence[str], categories) -> list:
-    """Each row's categories as a list (a fresh list per row, as :func:`finish_tables` writes them)."""
+    """Each row's categories as a list (the rows of a word share its list)."""
     import pandas as pd
 
     from clipprobe.analysis.probe import category_lists
@@ -555,7 +555,7 @@ def _category_column(words_col, words: Sequence[str], categories) -> list:
     lists = category_lists(categories, list(words))
     per_word = [lists[w] for w in words]
     codes = pd.Index(list(words)).get_indexer(words_col)
-    return [list(per_word[c]) for c in codes.tolist()]
+    return [per_word[c] for c in codes.tolist()]
 
 
 def _scored_tables(scored, *, words, categories, subset_names, n_images, scope, kl):
@@ -689,8 +689,8 @@ def subset_scores(
         g_frames.append(gg)
         w_frames.append(gw)
         if control_m is not None:
-            control_tops.append(query_top_groups(control_m, lab, attributes, k, queries=control_names, ties=ties,
-                                                 reference=reference).assign(scope="global", subset=GLOBAL))
+            control_tops.append(_top_groups(scored.control_counts[0], lab, k, queries=control_names,
+                                            reference=reference).assign(scope="global", subset=GLOBAL))
     probed = []                               # (subset index, name, images, k, attributes)
     for i, name in enumerate(assignment.names):
         idx = assignment.members(i)
@@ -710,15 +710,11 @@ def subset_scores(
         if single:
             note = "single group of " + ", ".join(single) + ": not probed"
         probed.append((i, name, n_s, k_s, attrs))
-        if control_m is not None:
-            sub = ProbeLabels({a: lab.codes[a][idx] for a in attrs}, {a: lab.names[a] for a in attrs})
-            control_tops.append(query_top_groups(control_m[:, idx], sub, attrs, k_s, queries=control_names,
-                                                 ties=ties, reference=reference).assign(scope="local", subset=name))
         info_rows.append((name, n_s, k_s, True, ",".join(attrs), note))
     if not probed:
         raise DataError(MSG_NOTHING_PROBED.format(why="; ".join(notes[-3:]) or "no subsets"))
     # The subsets with the same k are scored together (every subset with k_mode="fixed").
-    local_g, local_w = {}, {}
+    local_g, local_w, local_tops = {}, {}, {}
     by_k = {}
     for entry in probed:
         by_k.setdefault(entry[3], []).append(entry)
@@ -732,6 +728,12 @@ def subset_scores(
             scored = score_blocks(s, lab, blocks, block_attrs, words=words, k=k_s, order=order, **settings)
             kl = _kl_columns(scored, block_attrs, k_s, permutations=permutations, seed=[int(seed)],
                              seed_keys=[(1, e[0]) for e in entries])
+            if control_m is not None:
+                for b, (i, name, _n, _k, attrs) in enumerate(entries):
+                    idx = assignment.members(i)
+                    sub = ProbeLabels({a: lab.codes[a][idx] for a in attrs}, {a: lab.names[a] for a in attrs})
+                    local_tops[i] = _top_groups(scored.control_counts[b], sub, k_s, queries=control_names,
+                                                reference=reference).assign(scope="local", subset=name)
             gs, ws = _scored_tables(scored, words=words, categories=categories, subset_names=[e[1] for e in entries],
                                     n_images=[e[2] for e in entries], scope="local", kl=kl)
             if len(by_k) == 1:
@@ -743,6 +745,7 @@ def subset_scores(
     if len(by_k) > 1:                         # back into the subsets' order
         lg = pd.concat([local_g[e[0]] for e in probed], ignore_index=True)
         lw = pd.concat([local_w[e[0]] for e in probed], ignore_index=True)
+    control_tops += [local_tops[e[0]] for e in probed if e[0] in local_tops]
     # One family: every local row together.
     lg["q_over"] = bh_adjust(lg["p_over"].to_numpy())
     lg["flagged"] = lg["q_over"] < alpha
@@ -825,19 +828,31 @@ def query_top_groups(scores, labels, attributes: Sequence[str], k: int, *, queri
     word's ``top_group``, without the rest of the statistics. ``labels`` is a
     :class:`clipprobe.analysis.probe.ProbeLabels` of the scored images."""
     import numpy as np
-    import pandas as pd
 
-    from clipprobe.analysis.metrics import rank_topk, reference_shares, word_stats
+    from clipprobe.analysis.metrics import rank_topk
     from clipprobe.analysis.probe import _kept_counts
 
     s = np.asarray(scores)
     ids = rank_topk(s, k)
-    frames = []
+    counts = {}
     for a in attributes:
+        counts[a], _ = _kept_counts(s, ids, labels.codes[a], len(labels.names[a]), k, ties)   # keep-all: ties too
+    return _top_groups(counts, labels, k, queries=queries, reference=reference)
+
+
+def _top_groups(counts: Mapping[str, "np.ndarray"], labels, k: int, *, queries: Sequence[str],
+                reference: str = "base") -> "pd.DataFrame":
+    """:func:`query_top_groups` from the queries' ``(C, G)`` top-k counts per attribute."""
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe.analysis.metrics import reference_shares, word_stats
+
+    frames = []
+    for a, c in counts.items():
         codes, names = labels.codes[a], labels.names[a]
         base = np.bincount(codes, minlength=len(names)) / len(codes)
-        counts, _ = _kept_counts(s, ids, codes, len(names), k, ties)     # with keep-all, the tied images too
-        top = word_stats(counts, reference_shares(reference, base_share=base), k, present=base > 0)["top_group"]
+        top = word_stats(c, reference_shares(reference, base_share=base), k, present=base > 0)["top_group"]
         group = np.asarray(list(names) + [None], dtype=object)[np.where(top >= 0, top, len(names))]
         frames.append(pd.DataFrame({"query": [str(q) for q in queries], "attribute": a, "top_group": group}))
     return pd.concat(frames, ignore_index=True)
