@@ -10,8 +10,9 @@ array side of that analysis, pure functions with no I/O:
   from a label column or an attribute (:func:`from_values`), or from a user's table
   (:func:`from_table`: every image of the dataset exactly once, no unknown image).
 * **Local metrics** (:func:`subset_scores`): within each subset, the report's own statistics
-  (:func:`clipprobe.analysis.probe.score_words` on the subset's columns of the score matrix and its
-  label rows: counts, shares, skews against the subset's base shares, the published intervals, the
+  (:func:`clipprobe.analysis.probe.score_blocks`: :func:`~clipprobe.analysis.probe.score_words` on the
+  subset's columns of the score matrix and its label rows, every subset at once, each subset's ranking
+  taken from the one sort of each word's scores: counts, shares, skews against the subset's base shares, the published intervals, the
   hypergeometric test, the control-query test, the MaxSkew/MinSkew permutation null), with
   Benjamini-Hochberg over the whole family of local rows; the skew against the global base shares
   beside it; and the KL divergence of recall@k from uniform (:func:`kl_recall`), globally and per
