@@ -746,3 +746,31 @@ def test_what_was_skipped_is_counted():
     assert summary["not_probed"]["n_subsets"] == 1 and summary["not_probed"]["n_images"] == 40
     assert "not more than k=40" in summary["not_probed"]["subsets"][0]["why"]
     assert summary["no_value"] == {"n_images": 140}
+
+
+@pytest.mark.parametrize("ties", ["index", "keep-all"])
+def test_tied_and_duplicated_images_rank_as_the_report_ranks_each_subset(ties):
+    """Each subset's ranking is taken from the one global ranking: with many tied scores and the same image
+    at several positions (ties broken by the lower index), every subset's rows are the report's on it."""
+    from clipprobe.analysis.probe import GROUP_COLUMNS, WORD_COLUMNS
+
+    scores, labels, context = make_data(n=400, n_words=5, seed=3)
+    scores = np.round(scores, 1)                                  # many ties at the k-th score
+    dup = np.arange(0, 400, 7)
+    scores[:, dup + 3 - (dup + 3 >= 400) * 400] = scores[:, dup]  # the same image again, further on
+    assignment = S.from_values(np.array(["a", "b", "c"])[context], min_size=50)
+    controls = np.round(np.random.default_rng(2).standard_normal((6, 400)), 1)
+    words = [f"w{i}" for i in range(5)]
+    t = S.subset_scores(scores, labels, assignment, words=words, k=30, permutations=50, controls=controls,
+                        ties=ties, seed=1)
+    adjusted = {"q_over", "flagged", "q_vs_controls", "flagged_vs_controls", "n_flagged", "n_flagged_vs_controls"}
+    for i, name in enumerate(assignment.names):
+        idx = assignment.members(i)
+        alone = probe_scores(scores[:, idx], labels.iloc[idx].reset_index(drop=True), words=words, k=30,
+                             permutations=50, controls=controls[:, idx], ties=ties, seed=1)
+        mine = t.groups[(t.groups["scope"] == "local") & (t.groups["subset"] == name)].reset_index(drop=True)
+        cols = [c for c in GROUP_COLUMNS if c not in adjusted]
+        pd.testing.assert_frame_equal(mine[cols], alone.groups[cols], check_exact=True)
+        mw = t.words[(t.words["scope"] == "local") & (t.words["subset"] == name)].reset_index(drop=True)
+        wcols = [c for c in WORD_COLUMNS if c not in adjusted]
+        pd.testing.assert_frame_equal(mw[wcols], alone.words[wcols], check_exact=True)

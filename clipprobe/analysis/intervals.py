@@ -157,22 +157,26 @@ def ratio_score_interval(x1, n1, x2, n2, *, level: float = 0.95) -> tuple["np.nd
     return low, high
 
 
-def skew_interval_vs_base(counts, k: int, group_sizes, n_total: int, *, level: float = 0.95,
+def skew_interval_vs_base(counts, k: int, group_sizes, n_total, *, level: float = 0.95,
                           drawn=None) -> tuple["np.ndarray", "np.ndarray"]:
     """``(low, high)`` of ``skew = ln(share / base share)`` from a score interval for the ratio of the
     group's share in the rest of the dataset to its share in the top-k (see the module docstring).
 
-    ``counts`` is ``(W, G)``; ``group_sizes`` ``(G,)``; ``drawn`` the images retrieved per word
-    (default ``k``; more when tied images are kept). NaN for groups absent from the dataset.
+    ``counts`` is ``(W, G)``; ``group_sizes`` ``(G,)`` or ``(W, G)``; ``n_total`` one number or ``(W,)``
+    (rows from several image sets at once); ``drawn`` the images retrieved per word (default ``k``; more
+    when tied images are kept). NaN for groups absent from the dataset.
     """
     import numpy as np
+
+    from clipprobe.analysis.metrics import unique_columns
 
     level = _check_level(level)
     c = np.asarray(counts, dtype=np.float64)
     sizes = np.broadcast_to(np.asarray(group_sizes, dtype=np.float64), c.shape)
     d = np.broadcast_to((np.full(c.shape[0], k) if drawn is None else np.asarray(drawn))[:, None],
                         c.shape).astype(np.float64)
-    n = float(n_total)
+    totals = np.asarray(n_total, dtype=np.float64)
+    n = np.broadcast_to(totals[:, None] if totals.ndim == 1 else totals, c.shape)
     present = sizes > 0
     low = np.full(c.shape, np.nan)
     high = np.full(c.shape, np.nan)
@@ -180,11 +184,11 @@ def skew_interval_vs_base(counts, k: int, group_sizes, n_total: int, *, level: f
     low[whole] = high[whole] = 0.0
     use = present & (d < n)
     if use.any():
-        # Few distinct (count, size, drawn) triples in a report: solve each once.
-        triples, inverse = np.unique(np.stack([c[use], sizes[use], d[use]]), axis=1, return_inverse=True)
-        a, size, dd = triples
-        rho_lo, rho_hi = ratio_score_interval(size - a, n - dd, a, dd, level=level)
-        f = dd / n
+        # Few distinct (count, size, drawn, total) cells in a report: solve each once.
+        cells, inverse = unique_columns(np.stack([c[use], sizes[use], d[use], n[use]]))
+        a, size, dd, nn = cells
+        rho_lo, rho_hi = ratio_score_interval(size - a, nn - dd, a, dd, level=level)
+        f = dd / nn
         with np.errstate(divide="ignore"):
             s_low = np.where(np.isinf(rho_hi), -np.inf, -np.log(f + (1 - f) * np.minimum(rho_hi, 1e300)))
             s_high = -np.log(f + (1 - f) * rho_lo)

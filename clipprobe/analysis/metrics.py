@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING
 from clipprobe.errors import DataError, UsageError, one_of
 
 if TYPE_CHECKING:  # pragma: no cover
+    from typing import Sequence
+
     import numpy as np
 
 log = logging.getLogger(__name__)
@@ -229,6 +231,33 @@ def _exact_dot_f32(a, b) -> "np.float32":
     return other if (side > 0) == (float(other) > float(near)) else near
 
 
+def unique_columns(rows) -> tuple["np.ndarray", "np.ndarray"]:
+    """``np.unique(rows, axis=1, return_inverse=True)`` for a ``(m, n)`` array of whole numbers (the same
+    columns in the same order, and each column's index among them), through one int64 key per column
+    where the values' ranges allow it (a sort of ``n`` integers instead of ``n`` records)."""
+    import numpy as np
+
+    arr = np.asarray(rows)
+    if arr.ndim != 2 or arr.shape[1] == 0:
+        cells, inverse = np.unique(arr, axis=1, return_inverse=True)
+        return cells, inverse.ravel()
+    whole = arr.astype(np.int64)
+    lo = whole.min(axis=1)
+    span = whole.max(axis=1) - lo + 1
+    if not np.array_equal(whole, arr) or float(np.prod(span.astype(np.float64))) >= 2.0 ** 62:
+        cells, inverse = np.unique(arr, axis=1, return_inverse=True)
+        return cells, inverse.ravel()
+    key = np.zeros(arr.shape[1], dtype=np.int64)
+    for i in range(arr.shape[0]):                       # the first row most significant: np.unique's order
+        key = key * span[i] + (whole[i] - lo[i])
+    keys, inverse = np.unique(key, return_inverse=True)
+    cells = np.empty((arr.shape[0], keys.size), dtype=np.int64)
+    for i in range(arr.shape[0] - 1, -1, -1):
+        keys, digit = np.divmod(keys, span[i])
+        cells[i] = digit + lo[i]
+    return cells.astype(arr.dtype), inverse.ravel()
+
+
 def rank_topk(scores, k: int) -> "np.ndarray":
     """``(W, k)`` int64 ids of each row's ``k`` highest scores, best first.
 
@@ -356,28 +385,48 @@ def kl_divergence(shares, reference_share) -> "np.ndarray":
         return np.where(use, p * np.log(ratio), 0.0).sum(axis=-1)
 
 
-def ndkl(topk_labels, reference_share, n_groups: int) -> "np.ndarray":
+_NDKL_KERNEL = None
+
+
+def _ndkl_kernel():
+    """The compiled pass (:mod:`clipprobe.analysis._ndklkernel`), cached in clipprobe's cache folder."""
+    global _NDKL_KERNEL
+    if _NDKL_KERNEL is None:
+        from clipprobe._jitcache import enable_cache
+        from clipprobe.analysis import _ndklkernel
+
+        enable_cache(_ndklkernel.ndkl_rows)
+        _NDKL_KERNEL = _ndklkernel
+    return _NDKL_KERNEL
+
+
+def ndkl(ranked_labels, reference_share, n_groups: int) -> "np.ndarray":
     """Normalised discounted KL divergence (Geyik et al. 2019) of each ranked list.
 
-    ``topk_labels`` is ``(W, k)`` group codes in rank order; ``reference_share`` is ``(G,)`` or
-    ``(W, G)``. ``NDKL = (1/Z) sum_{i=1..k} KL(P_i || reference) / log2(i + 1)`` with
-    ``Z = sum_{i=1..k} 1 / log2(i + 1)`` and ``P_i`` the group shares of the top ``i``; KL in nats.
+    ``ranked_labels`` is ``(W, n)`` group codes in rank order (a top-k or a whole ranking);
+    ``reference_share`` is ``(G,)`` or ``(W, G)``. ``NDKL = (1/Z) sum_{i=1..n} KL(P_i || reference) /
+    log2(i + 1)`` with ``Z = sum_{i=1..n} 1 / log2(i + 1)`` and ``P_i`` the group shares of the top ``i``;
+    KL in nats. One compiled pass of ``O(W n)`` (:mod:`clipprobe.analysis._ndklkernel`: each prefix's
+    KL divergence is updated from the one before).
     """
     import numpy as np
 
-    lab = np.asarray(topk_labels)
+    lab = np.asarray(ranked_labels)
     if lab.ndim == 1:
         lab = lab[None, :]
-    n_words, k = lab.shape
-    onehot = lab[:, :, None] == np.arange(n_groups)
-    cum = np.cumsum(onehot, axis=1, dtype=np.float64)  # (W, k, G)
-    ranks = np.arange(1, k + 1, dtype=np.float64)
-    prefix_shares = cum / ranks[None, :, None]
-    ref = np.asarray(reference_share, dtype=np.float64)
-    ref = ref[:, None, :] if ref.ndim == 2 else ref
-    kl = kl_divergence(prefix_shares, ref)  # (W, k)
-    discount = 1.0 / np.log2(ranks + 1.0)
-    return (kl * discount).sum(axis=1) / discount.sum()
+    n_words, n = lab.shape
+    lab = check_labels(lab.ravel(), n_groups).reshape(n_words, n)
+    ref = np.broadcast_to(np.asarray(reference_share, dtype=np.float64), (n_words, n_groups))
+    with np.errstate(divide="ignore"):
+        log_ref = np.ascontiguousarray(np.log(ref))
+    c = np.arange(n + 1, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        clogc = np.where(c > 0, c * np.log(np.where(c > 0, c, 1.0)), 0.0)
+    log_i = np.log(np.maximum(c, 1.0))
+    discount = 1.0 / np.log2(np.maximum(c, 1.0) + 1.0)         # index 0 unused
+    out = np.empty(n_words)
+    _ndkl_kernel().ndkl_rows(np.ascontiguousarray(lab, dtype=np.int64), log_ref, clogc, log_i, discount, out)
+    return out
 
 
 def word_stats(counts, reference_share, k: int, *, present=None, topk_labels=None) -> dict[str, "np.ndarray"]:
@@ -424,27 +473,37 @@ def c_asc(similarities, labels, n_groups: int) -> "np.ndarray":
     ``similarities`` is ``(W, N)``. NaN for a group absent from the dataset, for a group that holds
     every image, and for a word whose similarities are all equal.
     """
+    return c_asc_attributes(similarities, [labels], [n_groups])[0]
+
+
+def c_asc_attributes(similarities, labels: "Sequence", n_groups: "Sequence[int]") -> list:
+    """:func:`c_asc` of several attributes of the same images (``labels[i]`` with ``n_groups[i]`` groups),
+    the similarities' sums and spread computed once."""
     import numpy as np
 
-    lab = check_labels(labels, n_groups)
+    labs = [check_labels(lab, int(g)) for lab, g in zip(labels, n_groups)]
     sims = np.asarray(similarities, dtype=np.float64)
     if sims.ndim == 1:
         sims = sims[None, :]
-    if sims.ndim != 2 or sims.shape[1] != lab.size:
-        raise DataError(MSG_SHAPE.format(what="similarities", expected=f"(W, {lab.size})", got=sims.shape))
-    n_total = lab.size
-    sizes = np.bincount(lab, minlength=n_groups).astype(np.float64)
-    onehot = np.zeros((n_total, n_groups))
-    onehot[np.arange(n_total), lab] = 1.0
-    group_sum = sims @ onehot  # (W, G)
+    for lab in labs:
+        if sims.ndim != 2 or sims.shape[1] != lab.size:
+            raise DataError(MSG_SHAPE.format(what="similarities", expected=f"(W, {lab.size})", got=sims.shape))
     total = sims.sum(axis=1, keepdims=True)
     std = sims.std(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        mean_in = group_sum / sizes
-        mean_out = (total - group_sum) / (n_total - sizes)
-        out = (mean_in - mean_out) / std
-    valid = (sizes > 0) & (sizes < n_total)
-    return np.where(valid[None, :] & (std > 0), out, np.nan)
+    out = []
+    for lab, n_g in zip(labs, n_groups):
+        n_total = lab.size
+        sizes = np.bincount(lab, minlength=int(n_g)).astype(np.float64)
+        onehot = np.zeros((n_total, int(n_g)))
+        onehot[np.arange(n_total), lab] = 1.0
+        group_sum = sims @ onehot  # (W, G)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean_in = group_sum / sizes
+            mean_out = (total - group_sum) / (n_total - sizes)
+            values = (mean_in - mean_out) / std
+        valid = (sizes > 0) & (sizes < n_total)
+        out.append(np.where(valid[None, :] & (std > 0), values, np.nan))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -499,6 +558,7 @@ __all__ = [
     "REFERENCES",
     "base_shares",
     "c_asc",
+    "c_asc_attributes",
     "check_k",
     "check_labels",
     "group_stats",
@@ -510,5 +570,6 @@ __all__ = [
     "reference_shares",
     "similarity_scores",
     "topk_counts",
+    "unique_columns",
     "word_stats",
 ]

@@ -18,6 +18,7 @@ by ``benchmarks/bench_coverage.py``), is in docs/probe.md ("Statistics") and :mo
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from clipprobe.errors import DataError, UsageError, one_of
@@ -67,6 +68,7 @@ MSG_ALPHA = "alpha must be between 0 and 1, got {alpha}"
 MSG_BOOTSTRAP = "bootstrap must be 0 (no intervals) or a positive number of resamples, got {n}"
 MSG_SEED = "seed must be a non-negative integer, got {seed}"
 MSG_PERMUTATIONS = "permutations must be a positive number, got {n}"
+MSG_ORDER = "order: expected an array of image indices shaped like the scores {expected}, got {shape}"
 MSG_CONTROLS = "controls: expected an array of at least 2 control queries x {n_images} images, got shape {shape}"
 
 
@@ -261,11 +263,91 @@ def score_words(
     controls=None,
     prompts=None,
     files: Sequence[str] | None = None,
+    order=None,
 ) -> WordScores:
     """Point estimates, tests and intervals of some words (see :func:`probe_scores`).
 
     Each word's numbers depend only on its own row of ``scores``, on the controls and on the seed,
-    so words can be scored in chunks and the chunks joined by :func:`finish_tables`.
+    so words can be scored in chunks and the chunks joined by :func:`finish_tables`. ``order``: each
+    row's image indices best first (``rank_topk(scores, N)``: ties by the lower index), where the caller
+    has it already.
+    """
+    import numpy as np
+
+    check_settings(bootstrap=bootstrap, seed=seed, reference=reference, permutations=permutations, ties=ties)
+    s = _as_scores(scores)
+    lab = encode_labels(labels, attributes)
+    if lab.n_images != s.shape[1]:
+        raise DataError(MSG_LABEL_ROWS.format(n_labels=lab.n_images, n_images=s.shape[1]))
+    scored = score_blocks(s, lab, np.zeros(s.shape[1], dtype=np.int64), [lab.attributes], words=words, k=k,
+                          reference=reference, bootstrap=bootstrap, seed=seed, level=level, permutations=permutations,
+                          ties=ties, neutral=neutral, controls=controls, prompts=prompts, files=files, order=order)
+    return WordScores(groups=scored.groups, words=scored.words)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoredBlocks:
+    """:func:`score_blocks`' tables, block after block (in each block attribute by attribute, words in
+    their order, the present groups in their order), with each row's block; ``word_row`` is the row of
+    ``words`` that each row of ``groups`` belongs to; ``counts[b][a]`` the ``(W, G)`` top-k counts,
+    ``sizes[b][a]`` the ``(G,)`` images per group, ``drawn[b][a]`` the ``(W,)`` images retrieved and
+    ``control_counts[b][a]`` the control queries' ``(C, G)`` top-k counts (empty without controls)."""
+
+    groups: "pd.DataFrame"
+    words: "pd.DataFrame"
+    group_block: "np.ndarray"
+    word_block: "np.ndarray"
+    word_row: "np.ndarray"
+    counts: list
+    sizes: list
+    drawn: list
+    control_counts: list
+
+
+def _block_orders(order, blocks, n_blocks: int) -> list:
+    """Each block's ``(W, n_b)`` image indices in each row's rank order: the rows of ``order`` with the
+    other blocks' images taken out (a stable sort by block keeps the order within a block)."""
+    import numpy as np
+
+    n_words, n_images = order.shape
+    if n_blocks == 1 and (blocks == 0).all():
+        return [order]
+    dtype = np.int8 if n_blocks < 127 else (np.int16 if n_blocks < 32767 else np.int64)
+    code = np.where(blocks >= 0, blocks, n_blocks).astype(dtype)
+    by_block = np.take_along_axis(order, np.argsort(code[order], axis=1, kind="stable"), axis=1)
+    sizes = np.bincount(code, minlength=n_blocks + 1)
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    return [by_block[:, starts[b]:starts[b + 1]] for b in range(n_blocks)]
+
+
+def score_blocks(
+    scores,
+    lab: ProbeLabels,
+    blocks,
+    attributes: Sequence[Sequence[str]],
+    *,
+    words: Sequence[str],
+    k: int,
+    reference: str = "base",
+    bootstrap: int = 0,
+    seed: int = 0,
+    level: float = 0.95,
+    permutations: int = DEFAULT_PERMUTATIONS,
+    ties: str = "index",
+    neutral=None,
+    controls=None,
+    prompts=None,
+    files: Sequence[str] | None = None,
+    order=None,
+) -> ScoredBlocks:
+    """:func:`score_words` on several blocks of images at once, each block probed on its own images and
+    label rows as if it were the whole dataset (its own base shares, ``N`` and tests).
+
+    ``blocks`` is ``(N,)``: each image's block ``0..B-1`` (-1: in none); ``attributes[b]`` the attributes
+    probed in block ``b`` (the seeds of its permutation nulls follow their positions there). The ranking
+    is sorted once (``order``, or ``rank_topk(scores, N)``) and each block's ranking taken from it; the
+    statistics run over every block's rows together, each the same function of the same numbers as for a
+    block alone. Rows come block after block, as :func:`score_words` would give them block by block.
     """
     import numpy as np
     import pandas as pd
@@ -274,7 +356,8 @@ def score_words(
     from clipprobe.analysis.extremes import extreme_skew_null
     from clipprobe.analysis.intervals import (SHARE_INTERVAL_MAX_FRACTION, miller_madow, share_interval, skew_interval,
                                               skew_interval_vs_base)
-    from clipprobe.analysis.metrics import c_asc, check_k, group_stats, ndkl, point_estimates, rank_topk, word_stats
+    from clipprobe.analysis.metrics import (c_asc_attributes, check_k, group_stats, ndkl, rank_topk, reference_shares,
+                                            topk_counts, unique_columns, word_stats)
     from clipprobe.analysis.significance import hypergeom_p
 
     check_settings(bootstrap=bootstrap, seed=seed, reference=reference, permutations=permutations, ties=ties)
@@ -283,16 +366,17 @@ def score_words(
     words = [str(w) for w in words]
     if len(words) != n_words:
         raise DataError(MSG_WORDS.format(n_words=len(words), n_rows=n_words))
-    lab = encode_labels(labels, attributes)
     if lab.n_images != n_images:
         raise DataError(MSG_LABEL_ROWS.format(n_labels=lab.n_images, n_images=n_images))
-    k = check_k(k, n_images)
-    neutral_ids = None
+    blocks = np.asarray(blocks, dtype=np.int64)
+    n_blocks = len(attributes)
+    members = [np.flatnonzero(blocks == b) for b in range(n_blocks)]
+    for idx in members:
+        k = check_k(k, int(idx.size))
     if neutral is not None:
         nv = np.asarray(neutral)
         if nv.shape != (n_images,):
             raise DataError(MSG_NEUTRAL.format(n_images=n_images, shape=nv.shape))
-        neutral_ids = rank_topk(nv[None, :], k)[0]
     control_scores = None
     if controls is not None:
         control_scores = np.asarray(controls)
@@ -301,104 +385,201 @@ def score_words(
     if files is not None and len(files) != n_images:
         raise DataError(MSG_FILES.format(n_files=len(files), n_images=n_images))
     prompt_lists = _per_word(prompts, words, list)
-    attributes = lab.attributes
-
-    ids = rank_topk(s, k)
-    control_ids = rank_topk(control_scores, k) if control_scores is not None else None
-    full_rank = rank_topk(s, n_images)                                # (W, N): for NDKL over the whole ranking
-    boot = None
-    if bootstrap > 0:
-        boot = bootstrap_counts(s, dict(lab.codes), {a: len(lab.names[a]) for a in attributes}, k,
-                                n_boot=int(bootstrap), seed=int(seed))
-    top = ids[:, :TOP_FILES_KEPT]
-    top_files = ([[str(files[i]) for i in row] for row in top] if files is not None
-                 else [[str(int(i)) for i in row] for row in top])
-    nan_w = np.full(n_words, np.nan)
-    group_frames, word_rows = [], []
-    for a_index, a in enumerate(attributes):
-        codes, groups = lab.codes[a], lab.names[a]
-        g_n = len(groups)
-        est = point_estimates(ids, codes, g_n, reference=reference)
-        sizes = np.bincount(codes, minlength=g_n)
+    if order is None:
+        order = rank_topk(s, n_images)
+    else:
+        order = np.asarray(order)
+        if order.shape != s.shape:
+            raise DataError(MSG_ORDER.format(shape=order.shape, expected=s.shape))
+    whole = n_blocks == 1 and members[0].size == n_images
+    rankings = _block_orders(order, blocks, n_blocks)
+    position = np.zeros(n_images, dtype=np.int64)             # an image's index within its block
+    for idx in members:
+        position[idx] = np.arange(idx.size)
+    all_attributes = [a for a in lab.attributes if any(a in attrs for attrs in attributes)]
+    # What every attribute of a block shares: its columns, its top-k, its controls' top-k, its bootstrap.
+    cols, ids, local_ids, control_s, control_ids, neutral_ids, boots, top_files = [], [], [], [], [], [], [], []
+    file_names = None if files is None else np.asarray([str(f) for f in files], dtype=object)
+    for b, idx in enumerate(members):
+        s_b = s if whole else s[:, idx]
+        cols.append(s_b)
+        ids.append(rankings[b][:, :k])
+        local_ids.append(position[ids[b]] if not whole else ids[b])
+        if control_scores is not None:
+            control_s.append(control_scores if whole else control_scores[:, idx])
+            control_ids.append(rank_topk(control_s[b], k))
+        if neutral is not None:
+            neutral_ids.append(rank_topk((nv if whole else nv[idx])[None, :], k)[0])
+        boots.append(bootstrap_counts(s_b, {a: lab.codes[a][idx] for a in attributes[b]},
+                                      {a: len(lab.names[a]) for a in attributes[b]}, k, n_boot=int(bootstrap),
+                                      seed=int(seed)) if bootstrap > 0 else None)
+        top = rankings[b][:, :TOP_FILES_KEPT]
+        top_files.append([[str(f) for f in file_names[row]] for row in top] if file_names is not None
+                         else [[str(int(i)) for i in row] for row in position[top]])
+    casc = []                      # C-ASC of every attribute of a block, from one pass over its similarities
+    for b, idx in enumerate(members):
+        codes_b = [lab.codes[a] if whole else lab.codes[a][idx] for a in attributes[b]]
+        casc.append(dict(zip(attributes[b], c_asc_attributes(cols[b], codes_b,
+                                                             [len(lab.names[a]) for a in attributes[b]]))))
+    group_chunks: dict = {}
+    word_chunks: dict = {}
+    counts_out = [dict() for _ in range(n_blocks)]
+    sizes_out = [dict() for _ in range(n_blocks)]
+    drawn_out = [dict() for _ in range(n_blocks)]
+    control_out = [dict() for _ in range(n_blocks)]
+    for a in all_attributes:
+        in_a = [b for b in range(n_blocks) if a in attributes[b]]
+        codes, names = lab.codes[a], lab.names[a]
+        g_n = len(names)
+        per = {key: [] for key in ("counts", "ids_counts", "drawn", "sizes", "ref", "n", "lab_top", "vs_neutral",
+                                   "casc", "nd_full", "c_mean", "c_a", "c_b")}
+        for b in in_a:
+            idx = members[b]
+            codes_b = codes if whole else codes[idx]
+            sizes = np.bincount(codes_b, minlength=g_n)
+            base = sizes / codes_b.size
+            if (sizes == 0).any():
+                logging.getLogger("clipprobe.analysis.metrics").info("groups %s are absent from the dataset and are excluded from skew and entropy",
+                         np.flatnonzero(sizes == 0).tolist())
+            ref = reference_shares(reference, base_share=base)
+            ids_counts = topk_counts(ids[b], codes, g_n)
+            if ties == "index":
+                counts, drawn = ids_counts, np.full(n_words, k, dtype=np.int64)
+            else:
+                counts, drawn = _kept_counts(cols[b], local_ids[b], codes_b, g_n, k, ties)
+            if neutral is not None:
+                neutral_counts = topk_counts(neutral_ids[b][None, :], codes_b, g_n)[0]
+                n_ref = reference_shares("neutral", base_share=base, neutral_counts=neutral_counts, k=k)
+                vs_neutral = np.where(base > 0, group_stats(ids_counts, n_ref, k)["skew"], np.nan)
+            else:
+                vs_neutral = np.full((n_words, g_n), np.nan)
+            if control_scores is not None:
+                c_counts, _ = _kept_counts(control_s[b], control_ids[b], codes_b, g_n, k, ties)
+                c_mean, c_a, c_b = control_null(c_counts, k)
+                control_out[b][a] = c_counts
+            else:
+                c_mean = c_a = c_b = np.full(g_n, np.nan)
+            for key, value in (("counts", counts), ("ids_counts", ids_counts), ("drawn", drawn),
+                               ("sizes", np.broadcast_to(sizes, (n_words, g_n))),
+                               ("ref", np.broadcast_to(ref, (n_words, g_n))),
+                               ("n", np.full(n_words, codes_b.size, dtype=np.int64)),
+                               ("lab_top", codes[ids[b]]), ("vs_neutral", vs_neutral),
+                               ("casc", casc[b][a]),
+                               ("nd_full", ndkl(codes[rankings[b]], ref, g_n)),
+                               ("c_mean", np.broadcast_to(c_mean, (n_words, g_n))),
+                               ("c_a", np.broadcast_to(c_a, (n_words, g_n))),
+                               ("c_b", np.broadcast_to(c_b, (n_words, g_n)))):
+                per[key].append(value)
+            counts_out[b][a], sizes_out[b][a], drawn_out[b][a] = counts, sizes, drawn
+        cat = {key: np.concatenate(value) for key, value in per.items()}
+        counts, ids_counts, drawn, sizes, ref, n_rows = (cat[key] for key in ("counts", "ids_counts", "drawn", "sizes",
+                                                                            "ref", "n"))
         present_mask = sizes > 0
-        ref = est["reference_share"][0]
-        counts, drawn = _kept_counts(s, ids, codes, g_n, k, ties)
+        # point estimates, as metrics.point_estimates computes them, on every block's rows at once
+        g_stats = group_stats(ids_counts, ref, k)
+        est = word_stats(ids_counts, ref, k, present=present_mask, topk_labels=cat["lab_top"])
+        est.update(count=ids_counts, share=g_stats["share"], skew=np.where(present_mask, g_stats["skew"], np.nan))
         if ties != "index":     # the tied images count too; shares stay count / k (oxai's convention)
             g = group_stats(counts, ref, k)
-            w_stats = word_stats(counts, ref, k, present=present_mask, topk_labels=codes[ids])
+            w_stats = word_stats(counts, ref, k, present=present_mask, topk_labels=cat["lab_top"])
             est = {**est, "count": counts, "share": g["share"], "skew": np.where(present_mask, g["skew"], np.nan),
                    **{key: w_stats[key] for key in ("max_skew", "min_skew", "norm_entropy", "kl_to_base",
                                                       "top_group")}}
-        if neutral_ids is not None:
-            vs_neutral = point_estimates(ids, codes, g_n, reference="neutral", neutral_ids=neutral_ids)["skew"]
-        else:
-            vs_neutral = np.full((n_words, g_n), np.nan)
-        p_over = np.empty((n_words, g_n))
-        p_under = np.empty((n_words, g_n))
-        max_null, min_null = np.empty(n_words), np.empty(n_words)
-        p_max, p_min = np.empty(n_words), np.empty(n_words)
+        n_all = len(counts)
+        p_over, p_under = np.empty((n_all, g_n)), np.empty((n_all, g_n))
         for draws in np.unique(drawn):
             rows = drawn == draws
-            p_over[rows], p_under[rows] = hypergeom_p(counts[rows], sizes[None, :], n_images, int(draws))
-            null = extreme_skew_null(sizes, k, ref, n_perm=permutations, seed=int(seed) * 1000 + a_index,
-                                     draws=int(draws))
-            max_null[rows], min_null[rows] = float(np.mean(null.max_skew)), float(np.mean(null.min_skew))
-            p_max[rows], p_min[rows] = null.p_max(est["max_skew"][rows]), null.p_min(est["min_skew"][rows])
+            p_over[rows], p_under[rows] = hypergeom_p(counts[rows], sizes[rows], n_rows[rows, None], int(draws))
+        max_null, min_null, p_max, p_min = (np.empty(n_all) for _ in range(4))
+        for j, b in enumerate(in_a):
+            block_rows = slice(j * n_words, (j + 1) * n_words)
+            d_b = drawn[block_rows]
+            for draws in np.unique(d_b):
+                rows = np.flatnonzero(d_b == draws) + j * n_words
+                null = extreme_skew_null(sizes[rows[0]], k, ref[rows[0]], n_perm=permutations,
+                                         seed=int(seed) * 1000 + list(attributes[b]).index(a), draws=int(draws))
+                max_null[rows], min_null[rows] = float(np.mean(null.max_skew)), float(np.mean(null.min_skew))
+                p_max[rows], p_min[rows] = null.p_max(est["max_skew"][rows]), null.p_min(est["min_skew"][rows])
         share_lo, share_hi = share_interval(np.minimum(counts, k), k, level=level)
-        if k > SHARE_INTERVAL_MAX_FRACTION * n_images:             # not measured to cover there: withheld
-            share_lo, share_hi = np.full_like(share_lo, np.nan), np.full_like(share_hi, np.nan)
+        withheld = k > SHARE_INTERVAL_MAX_FRACTION * n_rows             # not measured to cover there
+        share_lo[withheld], share_hi[withheld] = np.nan, np.nan
         if reference == "base":
-            skew_lo, skew_hi = skew_interval_vs_base(counts, k, sizes, n_images, level=level, drawn=drawn)
+            skew_lo, skew_hi = skew_interval_vs_base(counts, k, sizes, n_rows, level=level, drawn=drawn)
         else:
-            skew_lo, skew_hi = skew_interval(share_lo, share_hi, est["reference_share"])
-        casc = c_asc(s, codes, g_n)
-        nd_full = np.concatenate([ndkl(codes[full_rank[i:i + 8]], ref, g_n) for i in range(0, n_words, 8)])
+            skew_lo, skew_hi = skew_interval(share_lo, share_hi, ref)
         mm = miller_madow(est["norm_entropy"], counts, present_mask, k)
-        if control_ids is not None:
-            control_counts, _ = _kept_counts(control_scores, control_ids, codes, g_n, k, ties)
-            c_mean, c_a, c_b = control_null(control_counts, k)
-            p_ctrl = p_vs_controls(counts, k, c_mean[None, :], c_a[None, :], c_b[None, :])
-            ctrl_share = np.broadcast_to(c_mean, (n_words, g_n))
+        stability = np.full(n_all, np.nan)
+        for j, b in enumerate(in_a):
+            if boots[b] is not None:
+                rows = slice(j * n_words, (j + 1) * n_words)
+                samples = bootstrap_metrics(boots[b][a], reference=reference)
+                stability[rows] = (samples["top_group"] == est["top_group"][rows][None, :]).mean(axis=0)
+        if control_scores is not None:
+            # the beta-binomial tail has no closed form: once per distinct (count, block, group)
+            key = np.stack([counts.ravel(), np.repeat(np.arange(n_all) // n_words, g_n),
+                            np.tile(np.arange(g_n), n_all)])
+            cells, inverse = unique_columns(key)
+            rows = cells[1] * n_words
+            values = p_vs_controls(cells[0], k, cat["c_mean"][rows, cells[2]], cat["c_a"][rows, cells[2]],
+                                   cat["c_b"][rows, cells[2]])
+            p_ctrl = values[inverse.ravel()].reshape(n_all, g_n)
         else:
-            p_ctrl = np.full((n_words, g_n), np.nan)
-            ctrl_share = np.full((n_words, g_n), np.nan)
-        stability = nan_w
-        if boot is not None:
-            samples = bootstrap_metrics(boot[a], reference=reference)
-            stability = (samples["top_group"] == est["top_group"][None, :]).mean(axis=0).astype(np.float64)
-        present = np.flatnonzero(present_mask)
-        n_present = len(present)
+            p_ctrl = np.full((n_all, g_n), np.nan)
+        for j, b in enumerate(in_a):
+            rows = slice(j * n_words, (j + 1) * n_words)
+            present = np.flatnonzero(present_mask[j * n_words])
+            n_present = len(present)
 
-        def per_group(values) -> "np.ndarray":   # (W, G) -> the present groups, word by word
-            return np.asarray(values)[:, present].ravel()
+            def per_group(values, rows=rows, present=present) -> "np.ndarray":   # the present groups, word by word
+                return np.asarray(values)[rows][:, present].ravel()
 
-        group_frames.append(pd.DataFrame({
-            "word": np.repeat(np.asarray(words, dtype=object), n_present), "attribute": a,
-            "group": np.tile(np.asarray([groups[i] for i in present], dtype=object), n_words), "k": k,
-            "count": per_group(counts).astype(np.int64),
-            "share": per_group(est["share"]), "base_share": per_group(est["base_share"]),
-            "skew": per_group(est["skew"]),
-            "p_over": per_group(p_over), "p_under": per_group(p_under),
-            "share_ci_low": per_group(share_lo), "share_ci_high": per_group(share_hi),
-            "skew_ci_low": per_group(skew_lo), "skew_ci_high": per_group(skew_hi),
-            "low_count": per_group(counts) < LOW_COUNT,
-            "c_asc": per_group(casc), "skew_vs_neutral": per_group(vs_neutral),
-            "control_share": per_group(ctrl_share), "p_vs_controls": per_group(p_ctrl),
-        }))
-        word_rows.append(pd.DataFrame({
-            "word": np.asarray(words, dtype=object), "attribute": a,
-            "prompts": [list(p) for p in prompt_lists],
-            "max_skew": est["max_skew"], "max_skew_null": max_null,
-            "max_skew_excess": est["max_skew"] - max_null, "p_max_skew": p_max,
-            "min_skew": est["min_skew"], "min_skew_null": min_null,
-            "min_skew_excess": est["min_skew"] - min_null, "p_min_skew": p_min,
-            "norm_entropy": est["norm_entropy"], "norm_entropy_mm": mm,
-            "kl_to_base": est["kl_to_base"], "ndkl_at_k": est["ndkl"], "ndkl_full": nd_full,
-            "top_group": np.asarray(groups, dtype=object)[est["top_group"]],
-            "stability": stability, "n_retrieved": drawn.astype(np.int64), "top_files": top_files,
-        }))
-    return WordScores(groups=pd.concat(group_frames, ignore_index=True),
-                      words=pd.concat(word_rows, ignore_index=True))
+            group_chunks[(b, a)] = {
+                "word": np.repeat(np.asarray(words, dtype=object), n_present), "attribute": np.full(
+                    n_words * n_present, a, dtype=object),
+                "group": np.tile(np.asarray([names[i] for i in present], dtype=object), n_words),
+                "k": np.full(n_words * n_present, k, dtype=np.int64),
+                "count": per_group(est["count"]).astype(np.int64),
+                "share": per_group(est["share"]), "base_share": per_group(sizes / n_rows[:, None]),
+                "skew": per_group(est["skew"]),
+                "p_over": per_group(p_over), "p_under": per_group(p_under),
+                "share_ci_low": per_group(share_lo), "share_ci_high": per_group(share_hi),
+                "skew_ci_low": per_group(skew_lo), "skew_ci_high": per_group(skew_hi),
+                "low_count": per_group(est["count"]) < LOW_COUNT,
+                "c_asc": per_group(cat["casc"]), "skew_vs_neutral": per_group(cat["vs_neutral"]),
+                "control_share": per_group(cat["c_mean"]), "p_vs_controls": per_group(p_ctrl),
+            }
+            word_chunks[(b, a)] = {
+                "word": np.asarray(words, dtype=object), "attribute": np.full(n_words, a, dtype=object),
+                "prompts": [list(p) for p in prompt_lists],
+                "max_skew": est["max_skew"][rows], "max_skew_null": max_null[rows],
+                "max_skew_excess": est["max_skew"][rows] - max_null[rows], "p_max_skew": p_max[rows],
+                "min_skew": est["min_skew"][rows], "min_skew_null": min_null[rows],
+                "min_skew_excess": est["min_skew"][rows] - min_null[rows], "p_min_skew": p_min[rows],
+                "norm_entropy": est["norm_entropy"][rows], "norm_entropy_mm": mm[rows],
+                "kl_to_base": est["kl_to_base"][rows], "ndkl_at_k": est["ndkl"][rows],
+                "ndkl_full": cat["nd_full"][rows],
+                "top_group": np.asarray(names, dtype=object)[est["top_group"][rows]],
+                "stability": stability[rows], "n_retrieved": drawn[rows].astype(np.int64),
+                "top_files": top_files[b],
+            }
+    keys = [(b, a) for b in range(n_blocks) for a in lab.attributes if a in attributes[b]]
+    g_sizes = np.array([len(group_chunks[key]["word"]) for key in keys], dtype=np.int64)
+    group_cols = {}
+    for col in group_chunks[keys[0]]:
+        group_cols[col] = np.concatenate([group_chunks[key][col] for key in keys])
+    word_cols = {}
+    for col in word_chunks[keys[0]]:
+        if col in ("prompts", "top_files"):
+            word_cols[col] = [row for key in keys for row in word_chunks[key][col]]
+        else:
+            word_cols[col] = np.concatenate([word_chunks[key][col] for key in keys])
+    block_of = np.array([b for b, _ in keys], dtype=np.int64)
+    n_present_of = g_sizes // n_words
+    word_row = np.repeat(np.arange(len(keys) * n_words), np.repeat(n_present_of, n_words))
+    return ScoredBlocks(groups=pd.DataFrame(group_cols), words=pd.DataFrame(word_cols),
+                        group_block=np.repeat(block_of, g_sizes), word_block=np.repeat(block_of, n_words),
+                        word_row=word_row, counts=counts_out, sizes=sizes_out, drawn=drawn_out,
+                        control_counts=control_out)
 
 
 def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, categories=None) -> ReportTables:
@@ -438,13 +619,14 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
     # null (not False) where no control test ran: a nullable boolean, and a nullable count per word
     groups["flagged_vs_controls"] = (groups["q_vs_controls"] < alpha).astype("boolean").mask(
         groups["q_vs_controls"].isna())
+    keys = pd.MultiIndex.from_arrays([words["word"], words["attribute"]])
+    by = groups.groupby(["word", "attribute"], sort=False)
     for column, flag in (("n_flagged", "flagged"), ("n_flagged_vs_controls", "flagged_vs_controls")):
-        n = groups.groupby(["word", "attribute"], sort=False)[flag].sum()
-        words[column] = [int(n.get((w, a), 0)) for w, a in zip(words["word"], words["attribute"])]
-    tested = groups.groupby(["word", "attribute"], sort=False)["q_vs_controls"].count()
-    words["n_flagged_vs_controls"] = pd.array(
-        [n if tested.get((w, a), 0) else pd.NA
-         for n, w, a in zip(words["n_flagged_vs_controls"], words["word"], words["attribute"])], dtype="Int64")
+        words[column] = by[flag].sum().reindex(keys).fillna(0).to_numpy().astype(np.int64)
+    tested = by["q_vs_controls"].count().reindex(keys).fillna(0).to_numpy() > 0
+    counted = pd.array(words["n_flagged_vs_controls"].to_numpy(), dtype="Int64")
+    counted[~tested] = pd.NA
+    words["n_flagged_vs_controls"] = counted
     groups = groups[list(GROUP_COLUMNS)]
     words = words[list(WORD_COLUMNS)]
     summary = summarise(groups, words)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from clipprobe.analysis.metrics import check_k
+from clipprobe.analysis.metrics import check_k, unique_columns
 from clipprobe.errors import DataError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -22,31 +22,33 @@ MSG_SIZES = "group_sizes must lie between 0 and n_total={n}"
 
 
 
-def hypergeom_p(counts, group_sizes, n_total: int, k: int) -> tuple["np.ndarray", "np.ndarray"]:
+def hypergeom_p(counts, group_sizes, n_total, k: int) -> tuple["np.ndarray", "np.ndarray"]:
     """``(p_over, p_under)`` for ``X ~ Hypergeom(n_total, group_size, k)``, broadcast elementwise.
 
     ``p_over = P(X >= count)`` and ``p_under = P(X <= count)`` (both include the observed count).
-    Groups of size 0 (absent from the dataset) get NaN. Float64 arrays of the broadcast shape.
+    ``n_total`` is one number or an array broadcast with the others (several image sets at once, e.g.
+    subsets of a dataset). Groups of size 0 (absent from the dataset) get NaN. Float64 arrays of the
+    broadcast shape.
     """
     import numpy as np
     from scipy.stats import hypergeom
 
     c = np.asarray(counts)
     sizes = np.asarray(group_sizes)
-    n_total, k = int(n_total), int(k)
-    check_k(k, n_total)
+    totals = np.asarray(n_total).astype(np.int64)
+    k = int(k)
+    check_k(k, int(totals.min()) if totals.size else 0)
     if np.any(c < 0) or np.any(c > k):
         raise DataError(MSG_COUNTS_RANGE.format(k=k))
-    if np.any(sizes < 0) or np.any(sizes > n_total):
-        raise DataError(MSG_SIZES.format(n=n_total))
-    c, sizes = np.broadcast_arrays(c, sizes)
+    c, sizes, totals = np.broadcast_arrays(c, sizes, totals)
+    if np.any(sizes < 0) or np.any(sizes > totals):
+        raise DataError(MSG_SIZES.format(n=int(totals.max()) if totals.ndim else int(totals)))
     shape = c.shape
-    # A report has many rows but few distinct (count, size) pairs: evaluate each pair once.
-    pairs, inverse = np.unique(np.stack([c.ravel(), sizes.ravel()]).astype(np.int64), axis=1, return_inverse=True)
-    inverse = inverse.ravel()
+    # A report has many rows but few distinct (count, size, total) triples: evaluate each triple once.
+    triples, inverse = unique_columns(np.stack([c.ravel(), sizes.ravel(), totals.ravel()]).astype(np.int64))
     # scipy's (M, n, N) = (population, successes in population, draws).
-    p_over = np.clip(hypergeom.sf(pairs[0] - 1, n_total, pairs[1], k), 0.0, 1.0)[inverse].reshape(shape)
-    p_under = np.clip(hypergeom.cdf(pairs[0], n_total, pairs[1], k), 0.0, 1.0)[inverse].reshape(shape)
+    p_over = np.clip(hypergeom.sf(triples[0] - 1, triples[2], triples[1], k), 0.0, 1.0)[inverse].reshape(shape)
+    p_under = np.clip(hypergeom.cdf(triples[0], triples[2], triples[1], k), 0.0, 1.0)[inverse].reshape(shape)
     absent = sizes == 0
     p_over = np.where(absent, np.nan, p_over)
     p_under = np.where(absent, np.nan, p_under)

@@ -10,8 +10,9 @@ array side of that analysis, pure functions with no I/O:
   from a label column or an attribute (:func:`from_values`), or from a user's table
   (:func:`from_table`: every image of the dataset exactly once, no unknown image).
 * **Local metrics** (:func:`subset_scores`): within each subset, the report's own statistics
-  (:func:`clipprobe.analysis.probe.score_words` on the subset's columns of the score matrix and its
-  label rows: counts, shares, skews against the subset's base shares, the published intervals, the
+  (:func:`clipprobe.analysis.probe.score_blocks`: :func:`~clipprobe.analysis.probe.score_words` on the
+  subset's columns of the score matrix and its label rows, every subset at once, each subset's ranking
+  taken from the one sort of each word's scores: counts, shares, skews against the subset's base shares, the published intervals, the
   hypergeometric test, the control-query test, the MaxSkew/MinSkew permutation null), with
   Benjamini-Hochberg over the whole family of local rows; the skew against the global base shares
   beside it; and the KL divergence of recall@k from uniform (:func:`kl_recall`), globally and per
@@ -521,108 +522,80 @@ def subset_k(k: int, n_subset: int, n_images: int, k_mode: str) -> int:
     return max(1, int(round(k * n_subset / n_images)))
 
 
-def _kl_columns(groups, words, k: int, sizes: Mapping[str, "np.ndarray"], present: Mapping[str, "np.ndarray"],
-                *, permutations: int, seed) -> "pd.DataFrame":
-    """KL-of-recall columns for the word rows of one scope (rows in ``words``' order)."""
+def _kl_columns(scored, block_attributes: Sequence[Sequence[str]], k: int, *, permutations: int, seed,
+                seed_keys: Sequence[tuple]) -> "np.ndarray":
+    """``(rows of scored.words, 4)``: the :data:`KL_COLUMNS` of every word row of :func:`score_blocks`' blocks,
+    block ``b`` drawing its nulls from ``[seed, *seed_keys[b], attribute index]``."""
+    import numpy as np
+
+    parts = []
+    for b, attrs in enumerate(block_attributes):
+        for a_index, a in enumerate(attrs):
+            size = scored.sizes[b][a]
+            present = size > 0
+            s = size[present]
+            observed = kl_recall(scored.counts[b][a][:, present], s)
+            drawn = scored.drawn[b][a]
+            null_mean = np.full(len(drawn), np.nan)
+            p = np.full(len(drawn), np.nan)
+            for d in np.unique(drawn):
+                rows = drawn == d
+                null = kl_recall_null(s, k, n_perm=permutations, seed=[*seed, *seed_keys[b], a_index], draws=int(d))
+                null_mean[rows] = float(np.mean(null)) if np.isfinite(null).any() else np.nan
+                p[rows] = _upper_p(null, observed[rows]) if np.isfinite(null).any() else np.nan
+            parts.append(np.column_stack([observed, null_mean, observed - null_mean, p]))
+    return np.concatenate(parts).astype(np.float64)
+
+
+def _category_column(words_col, words: Sequence[str], categories) -> list:
+    """Each row's categories as a list (the rows of a word share its list)."""
+    import pandas as pd
+
+    from clipprobe.analysis.probe import category_lists
+
+    lists = category_lists(categories, list(words))
+    per_word = [lists[w] for w in words]
+    codes = pd.Index(list(words)).get_indexer(words_col)
+    return [per_word[c] for c in codes.tolist()]
+
+
+def _scored_tables(scored, *, words, categories, subset_names, n_images, scope, kl):
+    """:func:`score_blocks`' frames in the subset tables' columns (scope keys first, KL columns on word rows);
+    local rows get their q-values and flag counts later, over the whole family of local rows."""
+    import numpy as np
+
+    from clipprobe.analysis.probe import GROUP_COLUMNS, WORD_COLUMNS
+
+    groups = scored.groups
+    word_rows = scored.words
+    groups = groups.assign(category=_category_column(groups["word"], words, categories), q_over=np.nan,
+                           flagged=False, q_vs_controls=np.nan, flagged_vs_controls=False)
+    word_rows = word_rows.assign(category=_category_column(word_rows["word"], words, categories), n_flagged=0,
+                                 n_flagged_vs_controls=0)
+    groups, word_rows = groups[list(GROUP_COLUMNS)], word_rows[list(WORD_COLUMNS)]
+    names = np.asarray(subset_names, dtype=object)
+    sizes = np.asarray(n_images, dtype=np.int64)
+    for df, block in ((groups, scored.group_block), (word_rows, scored.word_block)):
+        df.insert(0, "n_images", sizes[block])
+        df.insert(0, "subset", names[block])
+        df.insert(0, "scope", scope)
+    for j, col in enumerate(KL_COLUMNS):
+        word_rows[col] = kl[:, j]
+    return groups, word_rows
+
+
+def _runs(frame: "pd.DataFrame", columns: Sequence[str]) -> "np.ndarray":
+    """For each row, the number of the run of consecutive rows with the same values in ``columns``."""
     import numpy as np
     import pandas as pd
 
-    out = pd.DataFrame(index=words.index, columns=list(KL_COLUMNS), dtype=np.float64)
-    for a_index, (a, size) in enumerate(sizes.items()):
-        g_rows = groups[groups["attribute"] == a]
-        w_rows = words[words["attribute"] == a]
-        n_present = int(present[a].sum())
-        counts = g_rows["count"].to_numpy(dtype=np.int64).reshape(len(w_rows), n_present)
-        s = size[present[a]]
-        observed = kl_recall(counts, s)
-        drawn = w_rows["n_retrieved"].to_numpy(dtype=np.int64)
-        null_mean = np.full(len(w_rows), np.nan)
-        p = np.full(len(w_rows), np.nan)
-        for d in np.unique(drawn):
-            rows = drawn == d
-            null = kl_recall_null(s, k, n_perm=permutations, seed=[*seed, a_index], draws=int(d))
-            null_mean[rows] = float(np.mean(null)) if np.isfinite(null).any() else np.nan
-            p[rows] = _upper_p(null, observed[rows]) if np.isfinite(null).any() else np.nan
-        out.loc[w_rows.index] = np.column_stack([observed, null_mean, observed - null_mean, p])
-    return out.astype(np.float64)
-
-
-def _local_tables(part, words: Sequence[str], categories):
-    """A scored chunk's tables in the report's columns, each row's categories a list as in
-    :func:`finish_tables`; the q-values and flag counts are filled in later, over the whole family of local rows."""
-    import numpy as np
-
-    from clipprobe.analysis.probe import GROUP_COLUMNS, WORD_COLUMNS, category_lists
-
-    lists = category_lists(categories, list(words))
-    groups = part.groups.assign(category=[list(lists[w]) for w in part.groups["word"]], q_over=np.nan,
-                                flagged=False, q_vs_controls=np.nan, flagged_vs_controls=False)
-    word_rows = part.words.assign(category=[list(lists[w]) for w in part.words["word"]], n_flagged=0,
-                                  n_flagged_vs_controls=0)
-    return groups[list(GROUP_COLUMNS)], word_rows[list(WORD_COLUMNS)]
-
-
-def _control_columns(groups, controls, lab, attributes, k: int, ties: str) -> None:
-    """The control-query test of :func:`score_words` (``control_share``, ``p_vs_controls``), filled into
-    ``groups`` in place: the same functions on the same counts, evaluated once per distinct (count, group)
-    instead of once per row (the beta-binomial tail has no closed form, and a subset probe repeats it for
-    every word of every subset)."""
-    import numpy as np
-
-    from clipprobe.analysis.metrics import rank_topk
-    from clipprobe.analysis.probe import MSG_CONTROLS, _kept_counts, control_null, p_vs_controls
-
-    c = np.asarray(controls)
-    if c.ndim != 2 or c.shape[1] != lab.n_images or len(c) < 2:
-        raise DataError(MSG_CONTROLS.format(n_images=lab.n_images, shape=c.shape))
-    ids = rank_topk(c, k)
-    share = np.full(len(groups), np.nan)
-    p = np.full(len(groups), np.nan)
-    for a in attributes:
-        codes, names = lab.codes[a], lab.names[a]
-        control_counts, _ = _kept_counts(c, ids, codes, len(names), k, ties)
-        mean, alpha_, beta_ = control_null(control_counts, k)
-        rows = np.flatnonzero((groups["attribute"] == a).to_numpy())
-        lookup = {name: i for i, name in enumerate(names)}
-        g = groups["group"].iloc[rows].map(lookup).to_numpy(dtype=np.int64)
-        counts = groups["count"].to_numpy(dtype=np.int64)[rows]
-        pairs, inverse = np.unique(np.stack([counts, g]), axis=1, return_inverse=True)
-        values = p_vs_controls(pairs[0], k, mean[pairs[1]], alpha_[pairs[1]], beta_[pairs[1]])
-        p[rows] = values[inverse.ravel()]
-        share[rows] = mean[g]
-    groups["control_share"] = share
-    groups["p_vs_controls"] = p
-
-
-def _scope_tables(scores, lab, *, words, k, attributes, scope, subset, settings, alpha, categories, prompts,
-                  files, neutral, controls, seed_key):
-    """One scope: :func:`score_words` on its columns and label rows, the KL columns, the scope keys. The
-    global scope is finished as the report finishes it (its own BH family); a local one is left for the
-    family of every local row."""
-    import numpy as np
-
-    from clipprobe.analysis.probe import finish_tables, score_words
-
-    part = score_words(scores, lab, words=words, k=k, attributes=attributes, neutral=neutral, controls=None,
-                       prompts=prompts, files=files, **settings)
-    if controls is not None:
-        _control_columns(part.groups, controls, lab, attributes, k, settings["ties"])
-    if scope == "global":
-        tables = finish_tables([part], k=k, alpha=alpha, categories=categories)
-        groups, words_df = tables.groups.copy(), tables.words.copy()
-    else:
-        groups, words_df = _local_tables(part, words, categories)
-    sizes = {a: np.bincount(lab.codes[a], minlength=len(lab.names[a])) for a in attributes}
-    present = {a: s > 0 for a, s in sizes.items()}
-    kl = _kl_columns(groups, words_df, k, sizes, present, permutations=settings["permutations"],
-                     seed=[int(settings["seed"]), *seed_key])
-    for df in (groups, words_df):
-        df.insert(0, "n_images", int(lab.n_images))
-        df.insert(0, "subset", subset)
-        df.insert(0, "scope", scope)
-    for col in KL_COLUMNS:
-        words_df[col] = kl[col].to_numpy()
-    return groups, words_df
+    if not len(frame):
+        return np.zeros(0, dtype=np.int64)
+    changed = np.zeros(len(frame) - 1, dtype=bool)
+    for col in columns:
+        codes = pd.factorize(frame[col])[0]
+        changed |= codes[1:] != codes[:-1]
+    return np.concatenate([[0], np.cumsum(changed)]).astype(np.int64)
 
 
 def subset_scores(
@@ -664,9 +637,10 @@ def subset_scores(
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from clipprobe.analysis.metrics import check_k
+    from clipprobe.analysis.metrics import check_k, rank_topk
     from clipprobe.analysis.probe import (
-        MSG_DUPLICATE_WORDS, MSG_LABEL_ROWS, ProbeLabels, _as_scores, check_settings, encode_labels,
+        MSG_DUPLICATE_WORDS, MSG_LABEL_ROWS, ProbeLabels, WordScores, _as_scores, check_settings, encode_labels,
+        finish_tables, score_blocks,
     )
     from clipprobe.analysis.significance import bh_adjust
 
@@ -688,20 +662,10 @@ def subset_scores(
     k = check_k(k, n_images)
     attributes = lab.attributes
     settings = {"reference": reference, "bootstrap": bootstrap, "seed": seed, "level": level,
-                "permutations": permutations, "ties": ties}
-    neutral_v = None if neutral is None else np.asarray(neutral)
+                "permutations": permutations, "ties": ties, "neutral": neutral, "controls": controls,
+                "prompts": prompts, "files": files}
     control_m = None if controls is None else np.asarray(controls)
-    files_a = None if files is None else np.asarray([str(f) for f in files], dtype=object)
-
-    def run(cols, sub_lab, k_s, scope, name, seed_key, attrs):
-        return _scope_tables(
-            s[:, cols] if cols is not None else s, sub_lab, words=words, k=k_s, attributes=attrs, scope=scope,
-            subset=name, settings=settings, alpha=alpha,
-            categories=categories, prompts=prompts,
-            files=None if files_a is None else (list(files_a[cols]) if cols is not None else list(files_a)),
-            neutral=None if neutral_v is None else (neutral_v[cols] if cols is not None else neutral_v),
-            controls=None if control_m is None else (control_m[:, cols] if cols is not None else control_m),
-            seed_key=seed_key)
+    order = rank_topk(s, n_images)          # every word's ranking, sorted once: each subset's is taken from it
 
     g_frames, w_frames, info_rows, notes = [], [], [], list(assignment.notes)
     control_tops = []
@@ -712,53 +676,87 @@ def subset_scores(
         if len(control_names) != len(control_m):
             raise DataError(MSG_CONTROL_WORDS.format(n=len(control_names), n_rows=len(control_m)))
     if include_global:
-        gg, gw = run(None, lab, k, "global", GLOBAL, (0,), attributes)
+        scored = score_blocks(s, lab, np.zeros(n_images, dtype=np.int64), [attributes], words=words, k=k,
+                              order=order, **settings)
+        kl = _kl_columns(scored, [attributes], k, permutations=permutations, seed=[int(seed)], seed_keys=[(0,)])
+        tables = finish_tables([WordScores(scored.groups, scored.words)], k=k, alpha=alpha, categories=categories)
+        gg, gw = tables.groups.copy(), tables.words.copy()
+        for df in (gg, gw):
+            df.insert(0, "n_images", int(n_images))
+            df.insert(0, "subset", GLOBAL)
+            df.insert(0, "scope", "global")
+        for j, col in enumerate(KL_COLUMNS):
+            gw[col] = kl[:, j]
         g_frames.append(gg)
         w_frames.append(gw)
         if control_m is not None:
-            control_tops.append(query_top_groups(control_m, lab, attributes, k, queries=control_names, ties=ties,
-                                                 reference=reference).assign(scope="global", subset=GLOBAL))
-    local_g, local_w = [], []
-    with _quiet_absent_groups():
-        for i, name in enumerate(tqdm(assignment.names, desc="subsets", unit="subset",
-                                      disable=None if progress is None else not progress)):
-            idx = assignment.members(i)
-            n_s = int(idx.size)
-            k_s = subset_k(k, n_s, n_images, k_mode)
-            sub = ProbeLabels({a: lab.codes[a][idx] for a in attributes}, {a: lab.names[a] for a in attributes})
-            attrs = tuple(a for a in attributes if np.count_nonzero(np.bincount(sub.codes[a])) >= 2)
-            note = ""
-            if n_s <= k_s:
-                note = f"{n_s} image(s), not more than k={k_s}: no top-k that is not the whole subset"
-            elif not attrs:
-                note = "every attribute has a single group here"
-            if note:
-                notes.append(f"subset {name!r} skipped: {note}")
-                info_rows.append((name, n_s, k_s, False, "", note))
-                continue
-            single = [a for a in attributes if a not in attrs]
-            if single:
-                note = "single group of " + ", ".join(single) + ": not probed"
-            gs, ws = run(idx, sub, k_s, "local", name, (1, i), attrs)
-            local_g.append(gs)
-            local_w.append(ws)
-            if control_m is not None:
-                control_tops.append(query_top_groups(control_m[:, idx], sub, attrs, k_s, queries=control_names,
-                                                     ties=ties, reference=reference).assign(scope="local", subset=name))
-            info_rows.append((name, n_s, k_s, True, ",".join(attrs), note))
-    if not local_g:
+            control_tops.append(_top_groups(scored.control_counts[0], lab, k, queries=control_names,
+                                            reference=reference).assign(scope="global", subset=GLOBAL))
+    probed = []                               # (subset index, name, images, k, attributes)
+    for i, name in enumerate(assignment.names):
+        idx = assignment.members(i)
+        n_s = int(idx.size)
+        k_s = subset_k(k, n_s, n_images, k_mode)
+        attrs = tuple(a for a in attributes if np.count_nonzero(np.bincount(lab.codes[a][idx])) >= 2)
+        note = ""
+        if n_s <= k_s:
+            note = f"{n_s} image(s), not more than k={k_s}: no top-k that is not the whole subset"
+        elif not attrs:
+            note = "every attribute has a single group here"
+        if note:
+            notes.append(f"subset {name!r} skipped: {note}")
+            info_rows.append((name, n_s, k_s, False, "", note))
+            continue
+        single = [a for a in attributes if a not in attrs]
+        if single:
+            note = "single group of " + ", ".join(single) + ": not probed"
+        probed.append((i, name, n_s, k_s, attrs))
+        info_rows.append((name, n_s, k_s, True, ",".join(attrs), note))
+    if not probed:
         raise DataError(MSG_NOTHING_PROBED.format(why="; ".join(notes[-3:]) or "no subsets"))
-    lg = pd.concat(local_g, ignore_index=True)
-    lw = pd.concat(local_w, ignore_index=True)
+    # The subsets with the same k are scored together (every subset with k_mode="fixed").
+    local_g, local_w, local_tops = {}, {}, {}
+    by_k = {}
+    for entry in probed:
+        by_k.setdefault(entry[3], []).append(entry)
+    with _quiet_absent_groups():
+        for k_s, entries in tqdm(by_k.items(), desc="subsets", unit="k", disable=None if progress is None
+                                 else not progress):
+            blocks = np.full(n_images, -1, dtype=np.int64)
+            for b, (i, *_rest) in enumerate(entries):
+                blocks[assignment.codes == i] = b
+            block_attrs = [e[4] for e in entries]
+            scored = score_blocks(s, lab, blocks, block_attrs, words=words, k=k_s, order=order, **settings)
+            kl = _kl_columns(scored, block_attrs, k_s, permutations=permutations, seed=[int(seed)],
+                             seed_keys=[(1, e[0]) for e in entries])
+            if control_m is not None:
+                for b, (i, name, _n, _k, attrs) in enumerate(entries):
+                    idx = assignment.members(i)
+                    sub = ProbeLabels({a: lab.codes[a][idx] for a in attrs}, {a: lab.names[a] for a in attrs})
+                    local_tops[i] = _top_groups(scored.control_counts[b], sub, k_s, queries=control_names,
+                                                reference=reference).assign(scope="local", subset=name)
+            gs, ws = _scored_tables(scored, words=words, categories=categories, subset_names=[e[1] for e in entries],
+                                    n_images=[e[2] for e in entries], scope="local", kl=kl)
+            if len(by_k) == 1:
+                lg, lw = gs, ws
+                break
+            for b, e in enumerate(entries):
+                local_g[e[0]] = gs[scored.group_block == b]
+                local_w[e[0]] = ws[scored.word_block == b]
+    if len(by_k) > 1:                         # back into the subsets' order
+        lg = pd.concat([local_g[e[0]] for e in probed], ignore_index=True)
+        lw = pd.concat([local_w[e[0]] for e in probed], ignore_index=True)
+    control_tops += [local_tops[e[0]] for e in probed if e[0] in local_tops]
     # One family: every local row together.
     lg["q_over"] = bh_adjust(lg["p_over"].to_numpy())
     lg["flagged"] = lg["q_over"] < alpha
     lg["q_vs_controls"] = bh_adjust(lg["p_vs_controls"].to_numpy())
     lg["flagged_vs_controls"] = lg["q_vs_controls"] < alpha
+    # a word row's group rows are the run of group rows with its (subset, attribute, word)
+    word_row = _runs(lg, ["subset", "attribute", "word"])
     for column, flag in (("n_flagged", "flagged"), ("n_flagged_vs_controls", "flagged_vs_controls")):
-        n = lg.groupby(["subset", "word", "attribute"], sort=False)[flag].sum()
-        keys = pd.MultiIndex.from_arrays([lw["subset"], lw["word"], lw["attribute"]])
-        lw[column] = n.reindex(keys).fillna(0).astype(np.int64).to_numpy()
+        lw[column] = np.bincount(word_row, weights=lg[flag].to_numpy(dtype=np.float64),
+                                 minlength=len(lw)).astype(np.int64)
     groups = pd.concat(g_frames + [lg], ignore_index=True)
     words_df = pd.concat(w_frames + [lw], ignore_index=True)
     groups = _vs_global(groups, lab, level=level)
@@ -831,19 +829,31 @@ def query_top_groups(scores, labels, attributes: Sequence[str], k: int, *, queri
     word's ``top_group``, without the rest of the statistics. ``labels`` is a
     :class:`clipprobe.analysis.probe.ProbeLabels` of the scored images."""
     import numpy as np
-    import pandas as pd
 
-    from clipprobe.analysis.metrics import rank_topk, reference_shares, word_stats
+    from clipprobe.analysis.metrics import rank_topk
     from clipprobe.analysis.probe import _kept_counts
 
     s = np.asarray(scores)
     ids = rank_topk(s, k)
-    frames = []
+    counts = {}
     for a in attributes:
+        counts[a], _ = _kept_counts(s, ids, labels.codes[a], len(labels.names[a]), k, ties)   # keep-all: ties too
+    return _top_groups(counts, labels, k, queries=queries, reference=reference)
+
+
+def _top_groups(counts: Mapping[str, "np.ndarray"], labels, k: int, *, queries: Sequence[str],
+                reference: str = "base") -> "pd.DataFrame":
+    """:func:`query_top_groups` from the queries' ``(C, G)`` top-k counts per attribute."""
+    import numpy as np
+    import pandas as pd
+
+    from clipprobe.analysis.metrics import reference_shares, word_stats
+
+    frames = []
+    for a, c in counts.items():
         codes, names = labels.codes[a], labels.names[a]
         base = np.bincount(codes, minlength=len(names)) / len(codes)
-        counts, _ = _kept_counts(s, ids, codes, len(names), k, ties)     # with keep-all, the tied images too
-        top = word_stats(counts, reference_shares(reference, base_share=base), k, present=base > 0)["top_group"]
+        top = word_stats(c, reference_shares(reference, base_share=base), k, present=base > 0)["top_group"]
         group = np.asarray(list(names) + [None], dtype=object)[np.where(top >= 0, top, len(names))]
         frames.append(pd.DataFrame({"query": [str(q) for q in queries], "attribute": a, "top_group": group}))
     return pd.concat(frames, ignore_index=True)
