@@ -48,6 +48,26 @@ def probe_options(func: Callable) -> Callable:
     return func
 
 
+EMBEDDINGS_HELP = ("Folder of the dataset's image embeddings computed elsewhere, in clip-retrieval's layout "
+                   "(img_emb/img_emb_N.npy + metadata/metadata_N.parquet, as LAION ships them): the images are "
+                   "not embedded, only the text tower of --model is used (its dimension must match).")
+EMBEDDINGS_KEY_HELP = ("Metadata column of --embeddings naming each row's image, matched to the dataset's image "
+                       "paths by their trailing path (default: the first of image_path, path, file, filepath, "
+                       "key, url present).")
+
+
+def embeddings_options(func: Callable) -> Callable:
+    """``--embeddings DIR`` and ``--embeddings-key COLUMN`` (commands whose probe can read its image side
+    from a folder; :func:`pop_probe_config` puts them in the ProbeConfig)."""
+    func = click.option("--embeddings-key", "embeddings_key", default=None, metavar="COLUMN",
+                        help=EMBEDDINGS_KEY_HELP)(func)
+    return click.option("--embeddings", "embeddings", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                        help=EMBEDDINGS_HELP)(func)
+
+
+MSG_KEY_WITHOUT_EMBEDDINGS = "--embeddings-key {key} is given without --embeddings"
+
+
 def pop_probe_config(kwargs: dict[str, Any]):
     """Remove the probe options from a command's kwargs and build the ProbeConfig."""
     from clipprobe.hub import env_offline, set_process_offline
@@ -63,6 +83,11 @@ def pop_probe_config(kwargs: dict[str, Any]):
         if parse_model_spec(model).kind == "pretrained":
             raise UsageError(f"--quick-gelu is for a weights file or folder; {model} is built with the activation "
                              "its pretrained tag was trained with")
+    embeddings, embeddings_key = kwargs.pop("embeddings", None), kwargs.pop("embeddings_key", None)
+    if embeddings_key is not None and embeddings is None:
+        from clipprobe.errors import UsageError
+
+        raise UsageError(MSG_KEY_WITHOUT_EMBEDDINGS.format(key=embeddings_key))
     return ProbeConfig(
         model=model,
         quick_gelu=quick_gelu,
@@ -79,6 +104,8 @@ def pop_probe_config(kwargs: dict[str, Any]):
         num_workers=kwargs.pop("num_workers"),
         offline=offline,
         index=kwargs.pop("index_kind"),
+        embeddings=embeddings,
+        embeddings_key=embeddings_key,
     )
 
 
