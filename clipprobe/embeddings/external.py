@@ -401,21 +401,56 @@ def match_keys(keys: Sequence, files: Sequence[str]) -> "np.ndarray":
     A key names the file that is the longest trailing part of its path: ``/data/fairface/val/1.jpg``,
     ``val/1.jpg`` and ``https://host/fairface/val/1.jpg`` all name ``val/1.jpg`` (so the folder may have
     been made on another machine, under another root). Null and empty keys name nothing."""
-    import numpy as np
+    return _match(keys, _file_index(files))
 
+
+def _file_index(files: Sequence[str]) -> dict[str, int]:
     from clipprobe._io import relative_inside
 
-    index = {relative_inside(str(f)) or str(f): i for i, f in enumerate(files)}
+    return {relative_inside(str(f)) or str(f): i for i, f in enumerate(files)}
+
+
+def _no_key(key) -> bool:
+    return key is None or key == "" or (isinstance(key, float) and key != key)
+
+
+def _match(keys: Sequence, index: dict[str, int]) -> "np.ndarray":
+    import numpy as np
+
     out = np.full(len(keys), -1, np.int64)
     for j, key in enumerate(keys):
-        if key is None or (isinstance(key, float) and key != key):
+        if _no_key(key):
             continue
-        for tail in _trailing_paths(str(key)):
-            i = index.get(tail)
-            if i is not None:
-                out[j] = i
-                break
+        key = str(key)
+        i = index.get(key)                       # the common case: the key is the dataset's path
+        if i is None:
+            for tail in _trailing_paths(key):
+                i = index.get(tail)
+                if i is not None:
+                    break
+        if i is not None:
+            out[j] = i
     return out
+
+
+def _unit_rows(raw: "np.ndarray", block: int = 8192) -> tuple["np.ndarray", "np.ndarray", int]:
+    """``(vectors, norms, n_scaled)``: ``raw`` (float32, changed in place) L2-normalised row by row, each
+    row's norm (float64) and how many rows were scaled (those within :data:`UNIT_TOLERANCE` of unit
+    length are left as they are). In blocks, so the float64 copy stays small."""
+    import numpy as np
+
+    norms = np.empty(len(raw), np.float64)
+    scaled = 0
+    for lo in range(0, len(raw), block):
+        part = raw[lo:lo + block].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            n = np.sqrt(np.einsum("ij,ij->i", part, part))
+        norms[lo:lo + block] = n
+        scale = np.isfinite(n) & (n > 0) & (np.abs(n - 1.0) > UNIT_TOLERANCE)
+        if scale.any():
+            raw[lo:lo + block][scale] = (part[scale] / n[scale, None]).astype(np.float32)
+            scaled += int(scale.sum())
+    return raw, norms, scaled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -453,6 +488,7 @@ def dataset_embeddings(folder: EmbeddingFolder, dataset, *, key: str | None = No
     started = time.perf_counter()
     column = folder.find_column(KEY_COLUMNS, "the images' paths", given=key)
     files = [str(f) for f in dataset.table["file"]]
+    index = _file_index(files)
     n_data = len(files)
     owner = np.full(n_data, -1, np.int64)          # the folder row (global) of each dataset row
     no_key = unmatched = duplicates = 0
@@ -461,22 +497,21 @@ def dataset_embeddings(folder: EmbeddingFolder, dataset, *, key: str | None = No
     base = 0
     for s, shard in enumerate(folder.shards):
         keys = folder.metadata(shard, [column]).column(column).to_pylist()
-        hits = match_keys(keys, files)
-        for local, (k, i) in enumerate(zip(keys, hits)):
-            if first_key is None and k not in (None, ""):
-                first_key = k
-            if k is None or k == "":
-                no_key += 1
-            elif i < 0:
-                unmatched += 1
-                if len(examples["unmatched"]) < EXAMPLES:
-                    examples["unmatched"].append(str(k))
-            elif owner[i] >= 0:
-                duplicates += 1
-                if len(examples["duplicate"]) < EXAMPLES:
-                    examples["duplicate"].append(str(k))
-            else:
-                owner[i] = base + local
+        hits = _match(keys, index)
+        empty = np.fromiter((_no_key(k) for k in keys), bool, len(keys))
+        if first_key is None and not empty.all():
+            first_key = keys[int(np.flatnonzero(~empty)[0])]
+        no_key += int(empty.sum())
+        stray = np.flatnonzero(~empty & (hits < 0))
+        unmatched += len(stray)
+        examples["unmatched"] += [str(keys[j]) for j in stray[:EXAMPLES - len(examples["unmatched"])]]
+        found = np.flatnonzero(hits >= 0)
+        images, first = np.unique(hits[found], return_index=True)    # an image's first row in this shard
+        fresh = owner[images] < 0                                     # and not matched by an earlier shard
+        owner[images[fresh]] = base + found[first[fresh]]
+        repeated = np.setdiff1d(found, found[first[fresh]], assume_unique=True)
+        duplicates += len(repeated)
+        examples["duplicate"] += [str(keys[j]) for j in repeated[:EXAMPLES - len(examples["duplicate"])]]
         base += shard.rows
     matched_rows = np.flatnonzero(owner >= 0)
     if not len(matched_rows):
@@ -497,8 +532,7 @@ def dataset_embeddings(folder: EmbeddingFolder, dataset, *, key: str | None = No
         order = np.argsort(local_of[pick], kind="stable")     # read the shard front to back
         raw[pick[order]] = np.asarray(folder.embeddings(shard)[local_of[pick[order]]], dtype=np.float32)
     read_s = time.perf_counter() - start
-    with np.errstate(over="ignore", invalid="ignore"):
-        norms = np.linalg.norm(raw.astype(np.float64), axis=1)
+    raw, norms, n_scaled = _unit_rows(raw)
     valid = np.isfinite(raw).all(axis=1) & np.isfinite(norms) & (norms > 0)
     skipped = [{"row": int(r), "file": files[r], "reason": REASON_MISSING.format(root=folder.root, column=column)}
                for r in np.flatnonzero(owner < 0)]
@@ -511,10 +545,7 @@ def dataset_embeddings(folder: EmbeddingFolder, dataset, *, key: str | None = No
                                             shard=folder.shards[shard_of[bad[0]]].name, row=int(local_of[bad[0]])))
     skipped.sort(key=lambda rec: rec["row"])
     rows = matched_rows[valid]
-    vectors, norms = raw[valid], norms[valid]
-    scale = np.abs(norms - 1.0) > UNIT_TOLERANCE
-    if scale.any():
-        vectors[scale] = (vectors[scale].astype(np.float64) / norms[scale, None]).astype(np.float32)
+    vectors, norms = (raw, norms) if valid.all() else (raw[valid], norms[valid])
     fp_start = time.perf_counter()
     fingerprint = folder_fingerprint(folder)
     fingerprint_s = time.perf_counter() - fp_start
@@ -538,7 +569,7 @@ def dataset_embeddings(folder: EmbeddingFolder, dataset, *, key: str | None = No
         "n_dataset_rows_without_embedding": int((owner < 0).sum()),
         "n_embeddings_without_dataset_row": unmatched, "n_embeddings_without_key": no_key,
         "n_duplicate_embeddings": duplicates, "n_invalid_embeddings": int(len(bad)),
-        "n_normalised": int(scale.sum()),
+        "n_normalised": n_scaled,
         "examples": {k: v for k, v in examples.items() if v},
     }
     problems = [(record["n_dataset_rows_without_embedding"], "dataset image(s) have no embedding"),
