@@ -209,3 +209,21 @@ def test_counts_duplicates_invalid_rows_and_normalises(setup, tmp_path):
     reasons = {s["file"]: s["reason"] for s in emb.skipped}
     assert len(reasons) == N - 3 and "NaN, infinite or zero" in reasons["val/5.jpg"]
     assert "no embedding in" in reasons["val/3.jpg"]
+
+
+def test_the_images_are_never_read(setup, tmp_path):
+    """Only the text tower is used: a dataset whose label file is there but whose images are not gives
+    the same retrieval from the folder (matched by the key's trailing path, another root)."""
+    import shutil
+
+    labels = tmp_path / "labels-only"
+    labels.mkdir()
+    shutil.copy(setup["root"] / "fairface_label_val.csv", labels)
+    args = ["retrieve", "--word", "engineer", "--k", "6", "--format", "json", "--model", "demo", "--device", "cpu",
+            "--cache-dir", str(setup["tmp"] / "cache"), "--embeddings", str(setup["f32"])]
+    a = invoke([*args, "--dataset", f"fairface:{setup['root']}"])
+    b = invoke([*args, "--dataset", f"fairface:{labels}"])
+    assert a.exit_code == 0 and b.exit_code == 0, a.output + b.output
+    here, there = (json.loads(r.stdout[r.stdout.index("{"):]) for r in (a, b))
+    assert there["results"] == here["results"] and there["groups"] == here["groups"]
+    assert there["dataset"]["embeddings"]["n_matched"] == N - 1
