@@ -92,6 +92,26 @@ def probe_options(func: Callable) -> Callable:
     return _apply(func, options)
 
 
+EMBEDDINGS_HELP = ("Folder of the dataset's image embeddings computed elsewhere, in clip-retrieval's layout "
+                   "(img_emb/img_emb_N.npy + metadata/metadata_N.parquet, as LAION ships them): the images are "
+                   "not embedded, only the text tower of --model is used (its dimension must match).")
+EMBEDDINGS_KEY_HELP = ("Metadata column of --embeddings naming each row's image, matched to the dataset's image "
+                       "paths by their trailing path (default: the first of image_path, path, file, filepath, "
+                       "key, url present).")
+
+
+def embeddings_options(func: Callable) -> Callable:
+    """``--embeddings DIR`` and ``--embeddings-key COLUMN`` (commands whose probe can read its image side
+    from a folder; :func:`pop_probe_config` puts them in the ProbeConfig)."""
+    func = click.option("--embeddings-key", "embeddings_key", default=None, metavar="COLUMN",
+                        help=EMBEDDINGS_KEY_HELP)(func)
+    return click.option("--embeddings", "embeddings", type=click.Path(file_okay=False), default=None, metavar="DIR",
+                        help=EMBEDDINGS_HELP)(func)
+
+
+MSG_KEY_WITHOUT_EMBEDDINGS = "--embeddings-key {key} is given without --embeddings"
+
+
 def pop_offline(kwargs: dict[str, Any]) -> bool:
     """Remove --offline from a command's kwargs, apply it (or HF_HUB_OFFLINE) to the process, return it."""
     from clipprobe.hub import env_offline, set_process_offline
@@ -131,8 +151,13 @@ def pop_probe_config(kwargs: dict[str, Any]):
     from clipprobe.pipeline.probe import ProbeConfig
 
     offline = pop_offline(kwargs)
+    embeddings, embeddings_key = kwargs.pop("embeddings", None), kwargs.pop("embeddings_key", None)
+    if embeddings_key is not None and embeddings is None:
+        from clipprobe.errors import UsageError
+
+        raise UsageError(MSG_KEY_WITHOUT_EMBEDDINGS.format(key=embeddings_key))
     return ProbeConfig(**pop_model(kwargs), **pop_dataset(kwargs), **pop_compute(kwargs), offline=offline,
-                       index=kwargs.pop("index_kind"))
+                       index=kwargs.pop("index_kind"), embeddings=embeddings, embeddings_key=embeddings_key)
 
 
 # One meaning per spelling, in every command: --permutations is the number of permutation draws of a test's

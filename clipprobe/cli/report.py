@@ -9,6 +9,7 @@ from clipprobe.cli._options import (
     check_choice,
     check_count,
     check_fraction,
+    embeddings_options,
     permutations_option,
     pop_probe_config,
     probe_options,
@@ -50,6 +51,7 @@ from clipprobe.cli._options import (
 @click.option("--figures/--no-figures", default=True, show_default=True)
 @click.option("--html/--no-html", default=True, show_default=True)
 @probe_options
+@embeddings_options
 def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, permutations, ties, score,
            controls, eat, stimuli_root, oasis_root, captions_counts, figures, html, **kwargs) -> None:
     """Probe every word of a taxonomy: skew, tests, intervals, figures, HTML."""

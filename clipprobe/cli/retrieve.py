@@ -7,6 +7,7 @@ import click
 from clipprobe.cli._options import (
     attributes_option,
     check_choice,
+    embeddings_options,
     pop_probe_config,
     probe_options,
     split_attributes,
@@ -26,6 +27,7 @@ from clipprobe.cli._options import (
 @click.option("--score", default="cosine", show_default=True,
               help="'cosine' of normalised embeddings, or 'dot' with the raw image embedding (as oxai ranks).")
 @probe_options
+@embeddings_options
 def retrieve(word, k, templates, taxonomy, attributes, fmt, out, grid, score, **kwargs) -> None:
     """Retrieve the top-k faces for a word and show each group's share and skew."""
     import json

@@ -8,6 +8,7 @@ from clipprobe.cli._options import (
     check_choice,
     check_count,
     check_fraction,
+    embeddings_options,
     pop_probe_config,
     probe_options,
     split_attributes,
@@ -63,6 +64,7 @@ def _check_by(by: str) -> str:
 @click.option("--figures/--no-figures", default=True, show_default=True)
 @click.option("--html/--no-html", default=True, show_default=True)
 @probe_options
+@embeddings_options
 @click.pass_context
 def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attributes, bootstrap, seed, alpha,
             reference, permutations, ties, score, controls, typical, figures, html, **kwargs) -> None:

@@ -351,3 +351,234 @@ def write_embedding_folder(root: str | Path, shards: Sequence[tuple["np.ndarray"
         write_npy(root / f"{kind}_emb" / f"{kind}_emb_{tag}.npy", emb)
         write_parquet(root / "metadata" / f"metadata_{tag}.parquet", meta)
     return root
+
+
+# ----------------------------------------------------------------------------------------------
+# A face dataset's image embeddings from a folder: rows matched to the dataset's images by a key column
+
+KEY_COLUMNS = ("image_path", "path", "file", "filepath", "key", "url", "URL")
+UNIT_TOLERANCE = 1e-6      # a row this close to unit length is used as stored (normalising moves its last bits)
+HASH_BLOCK = 1 << 20
+EXAMPLES = 5
+
+MSG_NO_MATCH = ("embeddings {root}: no value of metadata column {column!r} names an image of dataset {dataset} "
+                "(e.g. {key!r}; the dataset lists {file!r}); give the column that holds the images' paths as the key")
+MSG_NO_VALID = ("embeddings {root}: all {n} embedding(s) matched to dataset {dataset} are NaN, infinite or zero "
+                "(first: {shard} row {row})")
+REASON_MISSING = "no embedding in {root} (key column {column!r})"
+REASON_INVALID = "its embedding ({shard} row {row}) is NaN, infinite or zero"
+
+
+def folder_fingerprint(folder: EmbeddingFolder) -> str:
+    """SHA-256 (24 hex digits) of the folder's content: every shard's embedding file and metadata file,
+    byte for byte, in partition order (file names and times do not count)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for shard in folder.shards:
+        for path in (shard.embeddings, shard.metadata):
+            part = hashlib.sha256()
+            with open(path, "rb") as fh:
+                for block in iter(lambda: fh.read(HASH_BLOCK), b""):
+                    part.update(block)
+            h.update(f"{shard.number}:{path.parent.name}:".encode() + part.digest())
+    return h.hexdigest()[:24]
+
+
+def _trailing_paths(key: str) -> list[str]:
+    """The trailing parts of a path or URL, longest first: ``/d/val/1.jpg`` -> ``d/val/1.jpg``,
+    ``val/1.jpg``, ``1.jpg`` (query strings and fragments of a URL left out)."""
+    text = key.replace("\\", "/")
+    if "://" in text:
+        text = text.split("://", 1)[1].split("?", 1)[0].split("#", 1)[0]
+    parts = [p for p in text.split("/") if p and p != "."]
+    return ["/".join(parts[i:]) for i in range(len(parts))]
+
+
+def match_keys(keys: Sequence, files: Sequence[str]) -> "np.ndarray":
+    """``(len(keys),)`` int64: the index in ``files`` of the image each key names, -1 where none.
+
+    A key names the file that is the longest trailing part of its path: ``/data/fairface/val/1.jpg``,
+    ``val/1.jpg`` and ``https://host/fairface/val/1.jpg`` all name ``val/1.jpg`` (so the folder may have
+    been made on another machine, under another root). Null and empty keys name nothing."""
+    return _match(keys, _file_index(files))
+
+
+def _file_index(files: Sequence[str]) -> dict[str, int]:
+    from clipprobe._io import relative_inside
+
+    return {relative_inside(str(f)) or str(f): i for i, f in enumerate(files)}
+
+
+def _no_key(key) -> bool:
+    return key is None or key == "" or (isinstance(key, float) and key != key)
+
+
+def _match(keys: Sequence, index: dict[str, int]) -> "np.ndarray":
+    import numpy as np
+
+    out = np.full(len(keys), -1, np.int64)
+    for j, key in enumerate(keys):
+        if _no_key(key):
+            continue
+        key = str(key)
+        i = index.get(key)                       # the common case: the key is the dataset's path
+        if i is None:
+            for tail in _trailing_paths(key):
+                i = index.get(tail)
+                if i is not None:
+                    break
+        if i is not None:
+            out[j] = i
+    return out
+
+
+def _unit_rows(raw: "np.ndarray", block: int = 8192) -> tuple["np.ndarray", "np.ndarray", int]:
+    """``(vectors, norms, n_scaled)``: ``raw`` (float32, changed in place) L2-normalised row by row, each
+    row's norm (float64) and how many rows were scaled (those within :data:`UNIT_TOLERANCE` of unit
+    length are left as they are). In blocks, so the float64 copy stays small."""
+    import numpy as np
+
+    norms = np.empty(len(raw), np.float64)
+    scaled = 0
+    for lo in range(0, len(raw), block):
+        part = raw[lo:lo + block].astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):
+            n = np.sqrt(np.einsum("ij,ij->i", part, part))
+        norms[lo:lo + block] = n
+        scale = np.isfinite(n) & (n > 0) & (np.abs(n - 1.0) > UNIT_TOLERANCE)
+        if scale.any():
+            raw[lo:lo + block][scale] = (part[scale] / n[scale, None]).astype(np.float32)
+            scaled += int(scale.sum())
+    return raw, norms, scaled
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMatch:
+    """The image embeddings of a face dataset read from a folder (:func:`dataset_embeddings`):
+    ``embeddings`` (an :class:`~clipprobe.embeddings.cache.ImageEmbeddings`, row for row with the dataset's
+    matched images) and ``record`` (what a run stores: the folder, its fingerprint, the key column and the
+    counts of every row that did not match)."""
+
+    embeddings: object
+    record: dict
+
+
+def dataset_embeddings(folder: EmbeddingFolder, dataset, *, key: str | None = None,
+                       cache_dir: str | Path | None = None) -> DatasetMatch:
+    """The embeddings of ``dataset``'s images from ``folder``, matched by the metadata column ``key``
+    (None: the first of :data:`KEY_COLUMNS` present) to the dataset's image paths (:func:`match_keys`).
+
+    Rows are read through the memory map, matched rows only. Per-row problems are counted, not fatal:
+    a dataset image without an embedding (it is left out of the population, as an image that fails to
+    decode is), an embedding whose key names no dataset image, a second embedding of the same image (the
+    first, in partition order, is used), an embedding that is NaN, infinite or zero (its image is left
+    out). No image matched at all: :class:`DataError`. Vectors are float32 and L2-normalised (a row within
+    :data:`UNIT_TOLERANCE` of unit length is used as stored); ``norms`` are the stored rows' norms.
+    ``cache_dir``: the clipprobe cache folder (an approximate index built on these vectors is kept under
+    ``<cache>/external/<fingerprint>``)."""
+    import hashlib
+    import time
+
+    import numpy as np
+
+    from clipprobe._io import default_cache_dir
+    from clipprobe.embeddings.cache import ImageEmbeddings
+
+    started = time.perf_counter()
+    column = folder.find_column(KEY_COLUMNS, "the images' paths", given=key)
+    files = [str(f) for f in dataset.table["file"]]
+    index = _file_index(files)
+    n_data = len(files)
+    owner = np.full(n_data, -1, np.int64)          # the folder row (global) of each dataset row
+    no_key = unmatched = duplicates = 0
+    examples: dict[str, list] = {"unmatched": [], "duplicate": []}
+    first_key = None
+    base = 0
+    for s, shard in enumerate(folder.shards):
+        keys = folder.metadata(shard, [column]).column(column).to_pylist()
+        hits = _match(keys, index)
+        empty = np.fromiter((_no_key(k) for k in keys), bool, len(keys))
+        if first_key is None and not empty.all():
+            first_key = keys[int(np.flatnonzero(~empty)[0])]
+        no_key += int(empty.sum())
+        stray = np.flatnonzero(~empty & (hits < 0))
+        unmatched += len(stray)
+        examples["unmatched"] += [str(keys[j]) for j in stray[:EXAMPLES - len(examples["unmatched"])]]
+        found = np.flatnonzero(hits >= 0)
+        images, first = np.unique(hits[found], return_index=True)    # an image's first row in this shard
+        fresh = owner[images] < 0                                     # and not matched by an earlier shard
+        owner[images[fresh]] = base + found[first[fresh]]
+        repeated = np.setdiff1d(found, found[first[fresh]], assume_unique=True)
+        duplicates += len(repeated)
+        examples["duplicate"] += [str(keys[j]) for j in repeated[:EXAMPLES - len(examples["duplicate"])]]
+        base += shard.rows
+    matched_rows = np.flatnonzero(owner >= 0)
+    if not len(matched_rows):
+        raise DataError(MSG_NO_MATCH.format(root=folder.root, column=column, dataset=dataset.spec,
+                                            key=first_key, file=files[0] if files else None))
+    match_s = time.perf_counter() - started
+
+    start = time.perf_counter()
+    raw = np.empty((len(matched_rows), folder.dim), np.float32)
+    sources = owner[matched_rows]
+    starts = np.cumsum([0] + [shard.rows for shard in folder.shards])
+    shard_of = np.searchsorted(starts, sources, side="right") - 1
+    local_of = sources - starts[shard_of]
+    for s, shard in enumerate(folder.shards):
+        pick = np.flatnonzero(shard_of == s)
+        if not len(pick):
+            continue
+        order = np.argsort(local_of[pick], kind="stable")     # read the shard front to back
+        raw[pick[order]] = np.asarray(folder.embeddings(shard)[local_of[pick[order]]], dtype=np.float32)
+    read_s = time.perf_counter() - start
+    raw, norms, n_scaled = _unit_rows(raw)
+    valid = np.isfinite(raw).all(axis=1) & np.isfinite(norms) & (norms > 0)
+    skipped = [{"row": int(r), "file": files[r], "reason": REASON_MISSING.format(root=folder.root, column=column)}
+               for r in np.flatnonzero(owner < 0)]
+    bad = np.flatnonzero(~valid)
+    for b in bad:
+        skipped.append({"row": int(matched_rows[b]), "file": files[matched_rows[b]],
+                        "reason": REASON_INVALID.format(shard=folder.shards[shard_of[b]].name, row=int(local_of[b]))})
+    if len(bad) == len(matched_rows):
+        raise DataError(MSG_NO_VALID.format(root=folder.root, n=len(bad), dataset=dataset.spec,
+                                            shard=folder.shards[shard_of[bad[0]]].name, row=int(local_of[bad[0]])))
+    skipped.sort(key=lambda rec: rec["row"])
+    rows = matched_rows[valid]
+    vectors, norms = (raw, norms) if valid.all() else (raw[valid], norms[valid])
+    fp_start = time.perf_counter()
+    fingerprint = folder_fingerprint(folder)
+    fingerprint_s = time.perf_counter() - fp_start
+
+    table = dataset.table.iloc[rows]
+    attributes = list(dataset.attributes()) if hasattr(dataset, "attributes") else []
+    result = ImageEmbeddings(
+        vectors=vectors, rows=rows.astype(np.int64), skipped=skipped, norms=norms.astype(np.float32),
+        cache_dir=(Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir())
+        / "external" / fingerprint,
+        labels=table[attributes].reset_index(drop=True), files=tuple(str(f) for f in table["file"]),
+        timings={"n_rows": n_data, "n_embedded": 0, "match_s": round(match_s, 4), "read_s": round(read_s, 4),
+                 "fingerprint_s": round(fingerprint_s, 4)})
+    h = hashlib.sha256()
+    for arr in (result.rows, result.vectors, result.norms):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    result.digest = h.hexdigest()
+    record = {
+        **folder.summary(), "fingerprint": fingerprint, "key_column": column,
+        "n_matched": int(len(rows)), "n_dataset_rows": n_data,
+        "n_dataset_rows_without_embedding": int((owner < 0).sum()),
+        "n_embeddings_without_dataset_row": unmatched, "n_embeddings_without_key": no_key,
+        "n_duplicate_embeddings": duplicates, "n_invalid_embeddings": int(len(bad)),
+        "n_normalised": n_scaled,
+        "examples": {k: v for k, v in examples.items() if v},
+    }
+    problems = [(record["n_dataset_rows_without_embedding"], "dataset image(s) have no embedding"),
+                (unmatched, "embedding(s) name no image of the dataset"), (no_key, "embedding(s) have no key"),
+                (duplicates, "embedding(s) repeat an image already matched (the first is used)"),
+                (len(bad), "matched embedding(s) are NaN, infinite or zero (their images are left out)")]
+    for n, what in problems:
+        if n:
+            log.warning("embeddings %s: %d %s", folder.root, n, what)
+    log.info("embeddings %s: %d of %d images of %s matched by %r (fingerprint %s)", folder.root, len(rows), n_data,
+             dataset.spec, column, fingerprint)
+    return DatasetMatch(embeddings=result, record=record)

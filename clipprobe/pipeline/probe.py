@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from clipprobe.errors import ClipprobeError, did_you_mean, one_of
+from clipprobe.errors import ClipprobeError, DataError, UsageError, did_you_mean, one_of
 from clipprobe.faces import ATTRIBUTES, RETRIEVE_ATTRIBUTES
 from clipprobe.models.spec import DEFAULT_MODEL
 
@@ -47,6 +47,7 @@ ERR_DEGENERATE = ("model {model} gave NaN, infinite or zero embeddings to {n} of
                   "(first: {file}); nothing can be ranked by them (with precision fp16 or bf16, try fp32)")
 ERR_ALL_EQUAL = ("model {model} gave the same embedding to all {n} images of dataset {dataset}: every score would "
                  "tie; check the model and its weights")
+ERR_KEY_WITHOUT_FOLDER = "embeddings_key={key!r} is given without an embeddings folder"
 WARN_DUPLICATES = ("%d of %d image embeddings are exact copies of another image's (%d distinct; duplicate images?): "
                    "they get equal scores, and ties are broken by the lower image index")
 
@@ -70,10 +71,14 @@ class ProbeConfig:
     num_workers: int | None = None
     offline: bool = False
     index: str = "flat"
+    embeddings: str | None = None        # a folder of the dataset's image embeddings made elsewhere (LAION layout)
+    embeddings_key: str | None = None    # its metadata column naming each row's image (None: the first known)
 
     def check(self) -> "ProbeConfig":
         if self.index not in INDEX_KINDS:
             raise one_of(self.index, INDEX_KINDS, "index kind")
+        if self.embeddings_key is not None and self.embeddings is None:
+            raise UsageError(ERR_KEY_WITHOUT_FOLDER.format(key=self.embeddings_key))
         from clipprobe.models.catalog import check_model_name
 
         check_model_name(self.model, model_config=self.model_config)   # before seconds of torch imports
@@ -87,6 +92,9 @@ class Probe:
     ``labels`` holds the attribute columns of the embedded images (row ``i`` is the image of
     ``embeddings.vectors[i]``) and ``files`` their file names; ``timings`` the seconds each stage of
     :func:`open_probe` took. ``index`` is the FAISS index of an approximate kind (None for ``flat``).
+    ``source``: where the image embeddings came from when they were read from a folder
+    (``config.embeddings``: the folder, its content fingerprint, the key column, the counts of rows
+    that did not match); None when the model embedded the images.
     """
 
     config: ProbeConfig
@@ -97,6 +105,7 @@ class Probe:
     files: tuple[str, ...]
     timings: dict[str, float]
     index: Any = None
+    source: dict | None = None
 
     @property
     def n_images(self) -> int:
@@ -150,33 +159,64 @@ class Probe:
     def info(self) -> dict:
         """What a run records about the dataset side of the probe."""
         ds = self.dataset
-        return {"spec": ds.spec, "kind": ds.kind, "split": ds.split, "root": str(ds.root) if ds.root else None,
+        info = {"spec": ds.spec, "kind": ds.kind, "split": ds.split, "root": str(ds.root) if ds.root else None,
                 "fingerprint": ds.fingerprint, "n_images": self.n_images, "n_rows": len(ds)}
+        if self.source is not None:
+            info["embeddings"] = self.source
+        return info
 
 
 def open_probe(config: ProbeConfig, *, progress: bool | None = None) -> Probe:
-    """Load the model, the dataset, the image embeddings (cached) and, for an approximate kind, the index."""
+    """Load the model, the dataset, the image embeddings (cached) and, for an approximate kind, the index.
+
+    With ``config.embeddings`` the image embeddings are read from that folder (clip-retrieval's layout,
+    :func:`clipprobe.embeddings.external.dataset_embeddings`: matched to the dataset's images by the
+    metadata column ``config.embeddings_key``) and only the model's text tower is used; the folder's
+    structure is checked before the model loads, its dimension against the model's right after."""
     from clipprobe.embeddings.cache import embed_dataset
     from clipprobe.faces import load_dataset
     from clipprobe.models import load_model
 
     config = config.check()
     timings: dict[str, float] = {}
+    folder = None
+    if config.embeddings is not None:
+        from clipprobe.embeddings.external import open_embedding_folder
+
+        start = time.perf_counter()
+        folder = open_embedding_folder(config.embeddings)    # a bad folder fails before anything loads
+        timings["check_embeddings"] = time.perf_counter() - start
     start = time.perf_counter()
     dataset = load_dataset(config.dataset, split=config.split, image_root=config.image_root,
                            offline=config.offline or None, hf_config=config.hf_config)
     timings["load_dataset"] = time.perf_counter() - start
+    if folder is not None:
+        from clipprobe.embeddings.external import KEY_COLUMNS
+
+        folder.find_column(KEY_COLUMNS, "the images' paths", given=config.embeddings_key)
     start = time.perf_counter()
     encoder = load_model(config.model, device=config.device, model_config=config.model_config,
                          offline=config.offline or None, preprocess=config.preprocess, precision=config.precision,
                          quick_gelu=config.quick_gelu)
     timings["load_model"] = time.perf_counter() - start
     start = time.perf_counter()
-    embeddings = embed_dataset(encoder, dataset, cache_dir=config.cache_dir, batch_size=config.batch_size,
-                               num_workers=config.num_workers, progress=progress)
-    timings["embed_images"] = time.perf_counter() - start
-    check_embeddings(embeddings, model=encoder.spec.canonical, dataset=dataset.spec)
-    if embeddings.skipped:
+    source = None
+    if folder is None:
+        embeddings = embed_dataset(encoder, dataset, cache_dir=config.cache_dir, batch_size=config.batch_size,
+                                   num_workers=config.num_workers, progress=progress)
+        timings["embed_images"] = time.perf_counter() - start
+    else:
+        from clipprobe.embeddings.external import MSG_DIM_MODEL, dataset_embeddings
+
+        if encoder.embed_dim != folder.dim:
+            raise DataError(MSG_DIM_MODEL.format(root=folder.root, path=folder.shards[0].name, dim=folder.dim,
+                                                      want=encoder.embed_dim))
+        match = dataset_embeddings(folder, dataset, key=config.embeddings_key, cache_dir=config.cache_dir)
+        embeddings, source = match.embeddings, match.record
+        timings["read_embeddings"] = time.perf_counter() - start
+    check_embeddings(embeddings, model=encoder.spec.canonical if folder is None else f"embeddings {folder.root}",
+                     dataset=dataset.spec)
+    if embeddings.skipped and folder is None:     # (the folder's unmatched rows: counted where they are read)
         log.warning("%d image(s) could not be read and are left out (first: %s: %s)", len(embeddings.skipped),
                     embeddings.skipped[0].get("file"), embeddings.skipped[0].get("reason"))
     index = None
@@ -187,7 +227,8 @@ def open_probe(config: ProbeConfig, *, progress: bool | None = None) -> Probe:
         index = index_for(embeddings, kind=config.index)  # reuses an index saved by `clipprobe index build`
         timings["build_index"] = time.perf_counter() - start
     return Probe(config=config, encoder=encoder, dataset=dataset, embeddings=embeddings, labels=embeddings.labels,
-                 files=embeddings.files, timings={k: round(v, 4) for k, v in timings.items()}, index=index)
+                 files=embeddings.files, timings={k: round(v, 4) for k, v in timings.items()}, index=index,
+                 source=source)
 
 
 def check_embeddings(embeddings, *, model: str, dataset: str) -> None:
