@@ -58,6 +58,28 @@ _SLOW_IDS: set[str] = set()
 _SECONDS: dict[str, float] = {}
 
 
+_WARMED: dict[str, float] = {}
+
+
+def pytest_configure(config):
+    # With the limit on, compile every kernel once before the first test (in the main process, before
+    # parallel workers start; they load the compiled kernels from the cache folder): tests/_warm.py.
+    if os.environ.get("CLIPPROBE_MAX_TEST_SECONDS") and not os.environ.get("PYTEST_XDIST_WORKER"):
+        import sys
+        from pathlib import Path
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from _warm import warm_kernels
+
+        _WARMED.update(warm_kernels())
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _WARMED:
+        terminalreporter.write_line("compiled kernels before the tests (s): "
+                                    + ", ".join(f"{k} {v}" for k, v in _WARMED.items()))
+
+
 def pytest_collection_modifyitems(config, items):
     _SLOW_IDS.update(item.nodeid for item in items if item.get_closest_marker("slow"))
 

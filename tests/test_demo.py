@@ -8,6 +8,8 @@ from click.testing import CliRunner
 
 from clipprobe.cli import cli
 
+# The whole demo (world, report, captions, retrieval; tens of seconds) runs once for the module: slow suite.
+pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
@@ -69,7 +71,6 @@ def test_retrieval_of_planted_word_finds_its_group(demo):
     assert top["group"] == planted["group"]
 
 
-@pytest.mark.slow
 def test_walkthrough_notebook_runs(demo):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -88,7 +89,6 @@ def test_walkthrough_notebook_runs(demo):
     assert not errors
 
 
-@pytest.mark.slow
 def test_retrained_world_model_meets_targets(tmp_path):
     r = CliRunner().invoke(cli, ["demo", "--out", str(tmp_path / "d"), "--retrain", "--bootstrap", "200"],
                            catch_exceptions=False)

@@ -404,6 +404,7 @@ print(sum(k.random_counts.stats.cache_misses.values()), sum(k.random_counts.stat
 """
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_compiled_kernels_cached_outside_the_package(tmp_path):
     """numba's files go to CLIPPROBE_CACHE/numba/..., none next to the package's modules (two processes: the
     first compiles and writes the cache, the second loads it)."""

@@ -265,6 +265,7 @@ def test_write_report_figures_png_beside_vector_pdf_and_svg(report, tmp_path):
         assert p.read_bytes() == (tmp_path / "f" / p.name).read_bytes(), p.name
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_core_set_is_heatmaps_entropy_and_top_words_of_flagged_attributes(report, tmp_path):
     flagged = _flagged_attributes(report)
     assert flagged and len(flagged) < len(report.attributes)  # the choice is visible in this report
@@ -457,6 +458,7 @@ def test_cli_figures_writes_files_and_contact_sheet(report_dir, tmp_path):
     assert f"wrote {3 * n_figures + 1} files" in res.output     # png, pdf and svg each, and the sheet
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_cli_figures_core_set_max_words_and_html_reuse(report_dir, report, tmp_path, monkeypatch):
     import clipprobe.report.html as htmlreport
 

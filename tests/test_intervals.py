@@ -284,6 +284,7 @@ def test_control_queries_flag_at_about_the_nominal_rate():
     assert g["flagged_vs_controls"].mean() < 0.02
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_coverage_harness_small(tmp_path):
     """A small run of benchmarks/bench_coverage.py: the published intervals cover their population value."""
     sys.path.insert(0, str(ROOT / "benchmarks"))

@@ -245,6 +245,7 @@ def test_probe_rows_against_brute_force():
         assert r["p_over"] == pytest.approx(hypergeom(400, size, 50).sf(count - 1))
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_shipped_weights_load_and_meet_targets(full_world):
     """The shipped model, loaded through open_clip from config + safetensors, finds the planted bias."""
     import open_clip
