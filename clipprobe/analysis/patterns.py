@@ -39,6 +39,9 @@ MSG_PROBABILITIES = ("{name}: soft group probabilities must be finite, in [0, 1]
 MSG_SOFT_VIRTUAL = "{name}: group {group!r} is not a quantised membership (expected e.g. {example!r})"
 
 MAX_SOFT_BINS = 1024
+MAX_SOFT_GROUPS = 4096
+MSG_SOFT_GROUPS = ("soft memberships of {k} groups in steps of 1/{bins} take {n} values, more than {most}: "
+                   "use fewer bins")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -315,10 +318,14 @@ def soft_group_names(groups: Sequence[str], bins: int) -> tuple[tuple[str, ...],
     """Every quantised membership of ``groups`` at ``bins`` with some group above 0: ``(names, levels)``,
     ``levels`` ``(G, K)`` int32 (``C(bins + K, K) - 1`` of them, in lexicographic order of the levels)."""
     import itertools
+    import math
 
     import numpy as np
 
     k = len(groups)
+    bins = check_soft_bins(bins)
+    if math.comb(bins + k, k) - 1 > MAX_SOFT_GROUPS:
+        raise UsageError(MSG_SOFT_GROUPS.format(k=k, bins=bins, n=math.comb(bins + k, k) - 1, most=MAX_SOFT_GROUPS))
     combos = [c for c in itertools.product(range(bins + 1), repeat=k) if 0 < sum(c) <= bins]
     levels = np.asarray(combos, np.int32).reshape(-1, k)
     return tuple(soft_group_name(row, groups, bins) for row in levels), levels
@@ -459,6 +466,6 @@ def table_lookup(table: PatternTable, into: PatternTable) -> "np.ndarray":
 
 
 
-__all__ = ["MAX_SOFT_BINS", "UTILITY_BINS_PER_OCTAVE", "PatternTable", "check_soft_bins", "encode_patterns",
+__all__ = ["MAX_SOFT_BINS", "MAX_SOFT_GROUPS", "UTILITY_BINS_PER_OCTAVE", "PatternTable", "check_soft_bins", "encode_patterns",
            "merge_tables", "quantise_probabilities", "soft_group_name", "soft_group_names", "soften_table",
            "table_lookup"]
