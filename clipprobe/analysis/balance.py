@@ -20,7 +20,11 @@ attribute an example mentions; ``y`` is an ``(n, R)`` 0/1 matrix: which of ``R``
   with ``pi``; "a man and a woman" is balanced on its own and is left alone by M4.
 
 With ``m = 1[caption mentions a group]`` and ``w`` the fractional membership, the centred indicator
-is ``c_k = w_k - pi_k m``. When every example mentions exactly one group (one-hot ``s``, e.g. the
+is ``c_k = w_k - pi_k m``. A soft table (:class:`~clipprobe.analysis.patterns.PatternTable` with
+``levels``) gives each example probabilities ``E[s_k]`` instead: then ``m = sum_k E[s_k]`` and
+``w_k m = E[s_k]``, and every statistic and constraint below takes them in place of the mention (0/1
+probabilities give exactly the hard results). Proxies (``proxies=``) are labels that get the association
+constraints but are left out of the reported statistics. When every example mentions exactly one group (one-hot ``s``, e.g. the
 output of an image classifier) ``w = s``, ``m = 1`` and every definition below is the paper's.
 
 Data statistics (:func:`data_bias`), over the mentioning captions, optionally weighted by keep

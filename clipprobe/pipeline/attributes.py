@@ -10,7 +10,10 @@ writes, per shard, one parquet file row-aligned with the shard's metadata::
                                          none: "no person", unsure or an invalid row); p_<class> (float32
                                          soft probability of each class); with a lexicon also
                                          both_<attribute> (the group the caption names when it names
-                                         exactly one, else the image's)
+                                         exactly one, else the image's); with soft_bins also
+                                         soft_<attribute> (and soft_both_<attribute>): each image's
+                                         E[s_k] over the groups in steps of 1/soft_bins, as a group
+                                         name such as "Female=5/16,Male=11/16" (balance's soft mode)
     OUT/calibration_groups.parquet       the classifier on a labelled face dataset: accuracy, precision,
     OUT/calibration_confusion.parquet    rates of none/unsure per true group, confusion matrix
     OUT/run.json                         settings, prompts, logit scale, calibration, per-shard counts
