@@ -105,3 +105,43 @@ def test_bad_options_are_one_line_errors(root, tmp_path, args, code, message):
     assert last.startswith("Error: ") and message in last, last
     assert "Traceback" not in r.output
     assert not (out / "run.json").exists()
+
+
+def test_a_proxy_is_constrained_but_not_reported(root, tmp_path):
+    """'nurse' stands in for a proxy here: 70 of its 70 one-group captions are skewed (20 man, 50 woman). With
+    --proxy nurse and labels CEO/engineer only, the kept captions' share of each group among those that say
+    nurse is within eps_a of the target (brute force over weights.parquet); without it, it is not."""
+    import numpy as np
+    import pandas as pd
+
+    words = root / "words.txt"
+    words.write_text("CEO\nengineer\n")
+
+    def fit(out, *extra):
+        r = invoke(root, "fit", "--out", str(out), "--labels", str(words), "--keep", "0.5", "--eps-r", "0.05",
+                   "--eps-a", "0.05", "--key", "none", *extra)
+        assert r.exit_code == 0, r.output
+        return r
+
+    def nurse_constraint(out):
+        w = pd.read_parquet(out / "weights.parquet").sort_values("row").reset_index(drop=True)
+        caps = pd.read_parquet(root / "data" / "a.parquet")["TEXT"]
+        nurse = caps.fillna("").str.contains("nurse").to_numpy()
+        woman = caps.fillna("").str.startswith("woman").to_numpy()
+        q = w["q"].to_numpy()
+        return abs((q * nurse * woman).sum() / (q * nurse).sum() - 0.5)
+
+    r = fit(tmp_path / "p", "--proxy", "nurse")
+    assert "proxies 0.0" in r.output
+    run = json.loads((tmp_path / "p" / "run.json").read_text())
+    assert run["proxies"] == ["nurse"] and run["labels"] == ["CEO", "engineer"]
+    assert nurse_constraint(tmp_path / "p") <= 0.05 + 1e-9
+    cells = pd.read_parquet(tmp_path / "p" / "bias_cells.parquet")
+    assert set(cells["label"]) == {"CEO", "engineer"}
+    res = pd.read_parquet(tmp_path / "p" / "residuals.parquet")
+    assert set(res.loc[res["label"] == "nurse", "constraint"]) == {"proxy"}
+    assert np.abs(res.loc[res["constraint"] == "proxy", "residual"]).max() <= 0.05 + 1e-9
+    fit(tmp_path / "n")
+    assert nurse_constraint(tmp_path / "n") > 0.1
+    r = invoke(root, "fit", "--out", str(tmp_path / "x"), "--labels", str(words), "--proxy", "CEO")
+    assert r.exit_code != 0 and "proxy 'CEO' is already one of the labels" in r.output

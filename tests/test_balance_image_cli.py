@@ -131,3 +131,55 @@ def test_attributes_command(setup, tmp_path):
                                    "--out", str(tmp_path / "b"), *setup["model"]])
     assert bad.exit_code == 1 and f"embeddings {tmp_path / 'none'}: no such folder" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_fit_on_soft_image_probabilities_meets_the_papers_moments(setup, tmp_path):
+    """--attribute-mode soft: M4 on each image's E[s_k] (quantised to 1/16). The data RB/AB before and the
+    constraints on the written q, recomputed per example with numpy from the pass's p_<group> columns."""
+    from clipprobe.analysis.patterns import quantise_probabilities
+
+    root = setup["root"]
+    eps = 0.05
+    r = _run(["balance", "fit", "--attribute-source", "images", "--attribute-mode", "soft", "--embeddings",
+              str(root / "emb"), "--out", str(tmp_path / "soft"), *setup["model"], "--labels",
+              str(root / "labels.txt"), "--keep", "0.4", "--eps-r", str(eps), "--eps-a", str(eps), "--no-figure"])
+    assert r.exit_code == 0, r.output
+    assert "soft: E[s_k] in steps of 1/16" in r.output
+    run = json.loads((tmp_path / "soft" / "run.json").read_text())
+    assert run["attribute_source"]["mode"] == "soft" and run["attribute_source"]["column"] == "soft_gender"
+    assert run["groups"] == ["Female", "Male"] and run["attribute_mode"].startswith("soft")
+    shards = sorted((tmp_path / "soft" / "attributes" / "shards").glob("attributes_*.parquet"))
+    table = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
+    p = quantise_probabilities(table[["p_Female", "p_Male"]].to_numpy(np.float64)
+                               / np.maximum(table[["p_Female", "p_Male"]].to_numpy(np.float64).sum(1), 1)[:, None],
+                               16) / 16
+    assert 0 < ((p > 0) & (p < 1)).mean()                    # really fractional
+    words = ["reading", "work", "doctor", "dog"]
+    y = np.array([[w in c.split() for w in words] for c in table["caption"]], np.float64)
+    m = p.sum(1)
+    share = p.sum(0) / m.sum()
+    assert run["before"]["rb_max"] == pytest.approx(np.abs(share - 0.5).max(), abs=1e-12)
+    p_in = (p.T @ y) / p.sum(0)[:, None]
+    p_out = ((m[:, None] - p).T @ y) / (m[:, None] - p).sum(0)[:, None]
+    assert run["before"]["ab_max"] == pytest.approx(np.nanmax(np.abs(p_in - p_out)), abs=1e-12)
+    # the written q meets the constraints (conditional scale) up to the solver's tolerance
+    w = pd.concat([pd.read_parquet(f) for f in sorted((tmp_path / "soft" / "weights.parquet").glob("*.parquet"))])
+    order = {s.name: i for i, s in enumerate(shards)}
+    w = w.assign(_f=w["file"].map(lambda f: order[f.rsplit("/", 1)[-1]])).sort_values(["_f", "row"])
+    q = w["q"].to_numpy()
+    c = p - 0.5 * m[:, None]
+    assert np.abs((q[:, None] * c).sum(0) / (q * m).sum()).max() <= eps + 1e-8
+    seen = (y * m[:, None]).sum(0) > 0
+    res_a = np.einsum("i,ik,ir->kr", q, c, y)[:, seen] / np.einsum("i,i,ir->r", q, m, y)[seen]
+    assert np.abs(res_a).max() <= eps + 1e-8
+    assert run["fit"]["max_residual_a"] == pytest.approx(np.abs(res_a).max(), abs=1e-9)
+
+
+def test_soft_mode_options_are_checked(setup, tmp_path):
+    root = setup["root"]
+    r = _run(["balance", "measure", "--captions", str(root / "labels.txt"), "--attribute-mode", "soft",
+              "--out", str(tmp_path / "x")])
+    assert r.exit_code != 0 and "--attribute-mode is for --attribute-source images or both" in r.output
+    r = _run(["balance", "measure", "--attribute-source", "images", "--attribute-mode", "soft", "--threshold",
+              "0.6", "--embeddings", str(root / "emb"), *setup["model"], "--out", str(tmp_path / "y")])
+    assert r.exit_code != 0 and "--threshold makes the hard labels" in r.output

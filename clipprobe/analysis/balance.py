@@ -20,7 +20,11 @@ attribute an example mentions; ``y`` is an ``(n, R)`` 0/1 matrix: which of ``R``
   with ``pi``; "a man and a woman" is balanced on its own and is left alone by M4.
 
 With ``m = 1[caption mentions a group]`` and ``w`` the fractional membership, the centred indicator
-is ``c_k = w_k - pi_k m``. When every example mentions exactly one group (one-hot ``s``, e.g. the
+is ``c_k = w_k - pi_k m``. A soft table (:class:`~clipprobe.analysis.patterns.PatternTable` with
+``levels``) gives each example probabilities ``E[s_k]`` instead: then ``m = sum_k E[s_k]`` and
+``w_k m = E[s_k]``, and every statistic and constraint below takes them in place of the mention (0/1
+probabilities give exactly the hard results). Proxies (``proxies=``) are labels that get the association
+constraints but are left out of the reported statistics. When every example mentions exactly one group (one-hot ``s``, e.g. the
 output of an image classifier) ``w = s``, ``m = 1`` and every definition below is the paper's.
 
 Data statistics (:func:`data_bias`), over the mentioning captions, optionally weighted by keep
@@ -118,6 +122,7 @@ MSG_TARGET_NAME = ("target: {value!r} is not a known target; give 'uniform', a m
 MSG_UNIT = "{name}={value!r} must be in (0, 1]"
 MSG_SCALE = "scale={value!r} is not one of {choices}"
 MSG_WEIGHTS = "q: expected {n} keep probabilities in [0, 1] (one per {what}), got {problem}"
+MSG_PROXY = "proxies: {proxy!r} is not one of the table's labels{hint}"
 MSG_INFEASIBLE = ("the balance constraints (eps_r={eps_r:g}, eps_a={eps_a:g}) cannot be met at keep rate {keep:g}: "
                   "the largest feasible keep rate is {max_keep:.4f}; lower the keep rate or loosen eps_r/eps_a")
 
@@ -288,7 +293,9 @@ def bias_from_sums(w, m, y, a1, a2, target, z: float, min_events: float = MIN_EV
     out["n_multi"] = a1 @ (m * (w.max(axis=1) < 1.0))
     # RB: values w_k on the mentioning rows
     tot = n_m[..., None]
-    share, lo, hi, n_eff = weighted_share_interval(tot, a1 @ wm, (a2 @ m)[..., None], (a2 @ wm, a2 @ (wm * wm)), z)
+    # second moments of the denominator m and of m x the numerator (m is 0/1 for mentions, fractional when soft)
+    share, lo, hi, n_eff = weighted_share_interval(tot, a1 @ wm, (a2 @ (m * m))[..., None],
+                                                   (a2 @ (wm * m[:, None]), a2 @ (wm * wm)), z)
     out.update(share=share, share_low=lo, share_high=hi, n_eff=n_eff)
     out["rb"] = share - target
     out["rb_low"] = lo - target
@@ -345,45 +352,66 @@ def _check_q(q, n: int, what: str) -> "np.ndarray":
     return arr
 
 
+def _label_subset(labels: Sequence[str], proxies) -> tuple[tuple[str, ...], "np.ndarray"]:
+    """(the labels that are not proxies, their columns); an unknown proxy name is an error."""
+    import numpy as np
+
+    proxies = tuple(proxies or ())
+    for name in proxies:
+        if name not in labels:
+            raise UsageError(MSG_PROXY.format(proxy=name, hint=did_you_mean(str(name), labels)))
+    cols = np.asarray([i for i, name in enumerate(labels) if name not in proxies], np.int64)
+    return tuple(labels[i] for i in cols), cols
+
+
 def data_bias(table: PatternTable, target="uniform", *, q=None, level: float = 0.95,
-              min_events: float = MIN_EVENTS) -> DataBias:
+              min_events: float = MIN_EVENTS, proxies: Sequence[str] = ()) -> DataBias:
     """Data RB and AB of the examples counted in ``table``, optionally weighted by ``q``.
 
     ``q``: ``(table.n_rows,)`` keep probabilities per table row (a :class:`BalanceSolution`'s ``q``),
-    for the statistics of the kept data ("after balancing"). Cost ``O(rows x labels)``.
+    for the statistics of the kept data ("after balancing"). ``proxies``: labels of the table that are
+    proxies of the attribute (constrained by M4, not reported): left out of the cells and of data AB;
+    :func:`data_bias` with ``proxies=()`` on the same table reports them. A soft table (``table.soft``)
+    uses each row's membership ``E[s_k]`` in place of the 0/1 mention. Cost ``O(rows x labels)``.
     """
     import numpy as np
 
     z = level_z(level)
     pi = resolve_target(target, table.groups)
+    labels, cols = _label_subset(table.labels, proxies)
     count = table.count.astype(np.float64)
     if q is None:
         a1, a2 = count, count
     else:
         qq = _check_q(q, table.n_rows, "table row")
         a1, a2 = count * qq, count * qq * qq
-    w, m, y = _features(table.keys, table.n_groups, table.n_labels)
-    return _make_bias(table.groups, table.labels, pi, level, q is not None,
-                      bias_from_sums(w, m, y, a1, a2, pi, z, min_events))
+    w, m, y = _features(table.keys, table.n_groups, table.n_labels, table.levels, table.bins)
+    return _make_bias(table.groups, labels, pi, level, q is not None,
+                      bias_from_sums(w, m, y[:, cols].tocsr(), a1, a2, pi, z, min_events))
 
 
 def data_bias_arrays(s, y, target="uniform", *, weights=None, groups=None, labels=None,
-                     level: float = 0.95, min_events: float = MIN_EVENTS) -> DataBias:
-    """:func:`data_bias` of per-example indicator arrays, optionally weighted per example (``weights`` in [0, 1])."""
+                     level: float = 0.95, min_events: float = MIN_EVENTS, soft_bins: int | None = None,
+                     proxies: Sequence[str] = ()) -> DataBias:
+    """:func:`data_bias` of per-example indicator arrays, optionally weighted per example (``weights`` in [0, 1]).
+
+    ``soft_bins``: ``s`` holds group probabilities ``E[s_k]`` (rows summing to at most 1), quantised to
+    ``1 / soft_bins`` (:func:`~clipprobe.analysis.patterns.encode_patterns`)."""
     import numpy as np
 
-    table, ids = encode_patterns(s, y, groups=groups, labels=labels)
+    table, ids = encode_patterns(s, y, groups=groups, labels=labels, soft_bins=soft_bins)
     z = level_z(level)
     pi = resolve_target(target, table.groups)
+    kept_labels, cols = _label_subset(table.labels, proxies)
     if weights is None:
         a1 = a2 = table.count.astype(np.float64)
     else:
         wq = _check_q(weights, ids.size, "example")
         a1 = np.bincount(ids, weights=wq, minlength=table.n_rows)
         a2 = np.bincount(ids, weights=wq * wq, minlength=table.n_rows)
-    w, m, yy = _features(table.keys, table.n_groups, table.n_labels)
-    return _make_bias(table.groups, table.labels, pi, level, weights is not None,
-                      bias_from_sums(w, m, yy, a1, a2, pi, z, min_events))
+    w, m, yy = _features(table.keys, table.n_groups, table.n_labels, table.levels, table.bins)
+    return _make_bias(table.groups, kept_labels, pi, level, weights is not None,
+                      bias_from_sums(w, m, yy[:, cols].tocsr(), a1, a2, pi, z, min_events))
 
 
 def _make_bias(groups, labels, pi, level, weighted, st) -> DataBias:
@@ -476,39 +504,52 @@ def _bits_coo(keys, lo: int, hi: int):
     return rows[order].astype(np.int64), cols[order]
 
 
-def _features(keys, n_groups: int, n_labels: int):
-    """(w (P, K) fractional membership, m (P,) mention indicator, y (P, R) CSR float64) of key rows."""
+def _features(keys, n_groups: int, n_labels: int, levels=None, bins: int = 0):
+    """(w (P, K) fractional membership, m (P,) mention indicator, y (P, R) CSR float64) of key rows.
+
+    Soft rows (``levels`` in units of ``1 / bins``): ``m`` is the row's total membership ``sum_k E[s_k]``
+    (its probability of being in the population) and ``w = E[s] / m``, so that ``w * m = E[s]``;
+    a row of 0/1 levels gives exactly the mention's ``w`` and ``m``."""
     import numpy as np
     from scipy import sparse
 
     p = keys.shape[0]
-    s = np.zeros((p, n_groups))
-    rows, cols = _bits_coo(keys, 0, n_groups)
-    s[rows, cols] = 1.0
-    w, m = _membership(s)
+    if levels is not None:
+        prob = np.asarray(levels, np.float64) / bins
+        m = prob.sum(axis=1)
+        w = prob / np.where(m > 0, m, 1.0)[:, None]
+    else:
+        s = np.zeros((p, n_groups))
+        rows, cols = _bits_coo(keys, 0, n_groups)
+        s[rows, cols] = 1.0
+        w, m = _membership(s)
     rows, cols = _bits_coo(keys, n_groups, n_groups + n_labels)
     y = sparse.csr_array((np.ones(rows.size), (rows, cols)), shape=(p, n_labels))
     return w, m, y
 
 
 def _build_system(keys, count, n_groups: int, n_labels: int, pi, eps_r: float, eps_a: float, scale: str,
-                  group: bool = True):
-    """(system, pattern of each row, examples per pattern) for rows ``keys`` with ``count`` examples.
+                  group: bool = True, levels=None, bins: int = 0):
+    """(system, pattern of each row, examples per pattern) for rows ``keys`` with ``count`` examples
+    (and soft ``levels`` in units of ``1 / bins``, see :func:`_features`).
 
     ``group=False`` keeps every row as its own pattern (the per-example baseline of the benchmark).
     """
     import numpy as np
     from scipy import sparse
 
+    from clipprobe.analysis.patterns import _with_levels
+
     count = np.asarray(count, np.float64)
     if group:
-        first, pat = _group_rows(keys, np.zeros(keys.shape[0], np.int32))
+        first, pat = _group_rows(_with_levels(keys, levels), np.zeros(keys.shape[0], np.int32))
         n_pat = np.bincount(pat, weights=count, minlength=first.size)
         keys = keys[first]
+        levels = None if levels is None else levels[first]
     else:
         pat, n_pat = None, count
-    w, m, y_all = _features(keys, n_groups, n_labels)
-    c = w - pi[None, :] * m[:, None]
+    w, m, y_all = _features(keys, n_groups, n_labels, levels, bins)
+    c = (w - pi[None, :]) * m[:, None]         # w m = E[s]: the mention's w, or the soft membership
     n = float(count.sum())
     cond = scale == "conditional"
     k = n_groups
@@ -552,6 +593,11 @@ def _build_system(keys, count, n_groups: int, n_labels: int, pi, eps_r: float, e
     return system, pat, n_pat
 
 
+def _table_system(table: PatternTable, pi, eps_r: float, eps_a: float, scale: str):
+    return _build_system(table.keys, table.count, table.n_groups, table.n_labels, pi, eps_r, eps_a, scale,
+                         levels=table.levels, bins=table.bins)
+
+
 def max_keep_rate(table: PatternTable, target="uniform", *, eps_r: float, eps_a: float,
                   scale: str = "conditional") -> float:
     """The largest mean keep probability of any ``q`` in ``[0, 1]`` meeting the M4 constraints (an LP).
@@ -562,8 +608,7 @@ def max_keep_rate(table: PatternTable, target="uniform", *, eps_r: float, eps_a:
     pi = resolve_target(target, table.groups)
     eps_r, eps_a = _check_unit("eps_r", eps_r), _check_unit("eps_a", eps_a)
     _check_scale(scale)
-    system, _, n_pat = _build_system(table.keys, table.count, table.n_groups, table.n_labels, pi, eps_r, eps_a,
-                                     scale)
+    system, _, n_pat = _table_system(table, pi, eps_r, eps_a, scale)
     return _max_keep(system, n_pat)
 
 
@@ -647,6 +692,7 @@ class BalanceSolution:
     n_evaluations: int
     message: str
     log: ConvergenceLog
+    proxies: tuple[str, ...] = ()
 
     def kept_residuals(self, kept) -> tuple["np.ndarray", "np.ndarray"]:
         """``(residual_r, residual_a)`` of the constraints on a kept set given as ``(table.n_rows,)``
@@ -655,8 +701,7 @@ class BalanceSolution:
 
         kept = _check_q(np.asarray(kept, np.float64) / np.maximum(self.table.count, 1), self.table.n_rows,
                         "table row") * self.table.count
-        system, pat, n_pat = _build_system(self.table.keys, self.table.count, self.table.n_groups,
-                                           self.table.n_labels, self.target, self.eps_r, self.eps_a, self.scale)
+        system, pat, n_pat = _table_system(self.table, self.target, self.eps_r, self.eps_a, self.scale)
         return _residuals(system, np.bincount(pat, weights=kept, minlength=n_pat.size), self.table.n_labels)
 
     def residual_frame(self, kept=None) -> "pd.DataFrame":
@@ -669,7 +714,8 @@ class BalanceSolution:
         groups, labels = self.table.groups, self.table.labels
         k, r = len(groups), len(labels)
         out = pd.DataFrame({
-            "constraint": ["representation"] * k + ["association"] * (k * r),
+            "constraint": ["representation"] * k + ["proxy" if name in self.proxies else "association"
+                                                     for _ in groups for name in labels],
             "group": list(groups) + list(np.repeat(np.asarray(groups, dtype=object), r)),
             "label": [None] * k + list(np.tile(np.asarray(labels, dtype=object), k)),
             "residual": np.concatenate([self.residual_r, self.residual_a.ravel()]),
@@ -804,24 +850,29 @@ def _newton(system: _System, pat, cnt, two_u, lam, state, *, tol: float, steps: 
 
 def m4_solve(table: PatternTable, target="uniform", *, keep: float = 0.9, eps_r: float = 0.01,
              eps_a: float = 0.01, scale: str = "conditional", tol: float = 1e-9, max_iter: int = 5000,
-             start: BalanceSolution | None = None) -> BalanceSolution:
+             start: BalanceSolution | None = None, proxies: Sequence[str] = ()) -> BalanceSolution:
     """Keep probabilities for the examples counted in ``table`` (M4, see the module docstring).
 
     ``keep``: the target keep rate ``eta``; ``eps_r`` / ``eps_a``: bounds of the representation and
     association constraints; ``scale``: ``'conditional'`` or ``'all'``; ``tol``: the largest
     constraint violation (share units) accepted as converged; ``max_iter``: L-BFGS-B iterations;
-    ``start``: a previous solution (same groups and labels) to warm-start from. Raises
+    ``start``: a previous solution (same groups and labels) to warm-start from; ``proxies``: labels of
+    the table that are proxies of the attribute (words or concepts that stand for a group, such as
+    "beard"): they get the association constraints as every label does (the paper's de-correlation
+    of proxies), and :meth:`BalanceSolution.residual_frame` lists them as ``proxy`` constraints. A soft
+    table (``table.soft``) enters every constraint with its membership ``E[s_k]``. Raises
     :class:`BalanceInfeasible` when no ``q`` meets the constraints with a mean keep rate of at least
     ``keep``. Cost independent of the number of examples: ``O(rows x labels per row)`` per evaluation.
     """
     import numpy as np
 
     pi = resolve_target(target, table.groups)
+    proxies = tuple(proxies or ())
+    _label_subset(table.labels, proxies)
     eta = _check_unit("keep", keep)
     eps_r, eps_a = _check_unit("eps_r", eps_r), _check_unit("eps_a", eps_a)
     _check_scale(scale)
-    system, pat, n_pat = _build_system(table.keys, table.count, table.n_groups, table.n_labels, pi, eps_r, eps_a,
-                                       scale)
+    system, pat, n_pat = _table_system(table, pi, eps_r, eps_a, scale)
     max_keep = _max_keep(system, n_pat)
     if max_keep < eta - 1e-7:
         raise BalanceInfeasible(MSG_INFEASIBLE.format(eps_r=eps_r, eps_a=eps_a, keep=eta, max_keep=max_keep),
@@ -850,7 +901,7 @@ def m4_solve(table: PatternTable, target="uniform", *, keep: float = 0.9, eps_r:
         table=table, target=pi, keep=eta, eps_r=eps_r, eps_a=eps_a, scale=scale, q=out.q, duals_r=lr,
         duals_a=duals_a, residual_r=res_r, residual_a=res_a, keep_rate=float(out.kept.sum() / system.n),
         max_keep=max_keep, objective=out.primal, dual_objective=out.dual, max_violation=out.max_violation,
-        converged=converged, n_evaluations=out.n_evaluations, message=out.message, log=out.log,
+        converged=converged, n_evaluations=out.n_evaluations, message=out.message, log=out.log, proxies=proxies,
     )
 
 

@@ -258,8 +258,8 @@ def keep_counts(q, count, blocks=None) -> "np.ndarray":
 
 
 def group_signature(table: PatternTable) -> "np.ndarray":
-    """``(P,)`` int64 code of each row's groups (the same code for the same combination of groups),
-    numbered in the canonical order of the combinations."""
+    """``(P,)`` int64 code of each row's groups (the same code for the same combination of groups; for a
+    soft table, the same membership levels), numbered in the canonical order of the combinations."""
     import numpy as np
 
     k = table.n_groups
@@ -268,6 +268,8 @@ def group_signature(table: PatternTable) -> "np.ndarray":
         bits = min(64, k - 64 * w)
         if bits < 64:
             keys[:, w] &= np.uint64((1 << bits) - 1)
+    if table.soft:
+        keys = np.concatenate([keys, table.levels.astype(np.uint64)], axis=1)
     _, code = _group_rows(keys, np.zeros(table.n_rows, np.int32))
     return code
 

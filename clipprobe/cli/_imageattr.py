@@ -14,6 +14,7 @@ MSG_SOURCE_ONLY = "{option} is for --attribute-source images or both"
 MSG_CAPTIONS_NEEDED = "--captions is required (or --attribute-source images|both with --embeddings)"
 MSG_CAPTIONS_SOURCE = "--captions: with --attribute-source {source} the captions are the metadata of --embeddings"
 MSG_THRESHOLD = "--threshold must be in [0, 1), got {value}"
+MSG_SOFT_THRESHOLD = "--threshold makes the hard labels; --attribute-mode soft balances the probabilities instead"
 
 _EMBEDDINGS_HELP = ("A clip-retrieval embedding folder (LAION's layout: img_emb/img_emb_N.npy beside "
                     "metadata/metadata_N.parquet), computed with --model.")
@@ -40,6 +41,13 @@ def image_source_options(func: Callable) -> Callable:
         click.option("--embeddings", default=None, type=click.Path(file_okay=False), help=_EMBEDDINGS_HELP),
         click.option("--attribute-prompts", default="gender", show_default=True, help=_PROMPTS_HELP),
         click.option("--threshold", type=float, default=0.0, show_default=True, help=_THRESHOLD_HELP),
+        click.option("--attribute-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True,
+                     help="hard: balance each image's label (its best group); soft: balance its probabilities "
+                          "E[s_k] (quantised to 1/--soft-bins), which the paper's moments allow; with a "
+                          "calibrated classifier they balance the true groups in expectation."),
+        click.option("--soft-bins", type=click.IntRange(min=1, max=1024), default=16, show_default=True,
+                     help="Steps of the soft probabilities (--attribute-mode soft): each is rounded to a multiple "
+                          "of 1/N."),
         click.option("--model", default=None, help=MODEL_HELP + " Its text tower classifies the images."),
         click.option("--model-config", type=click.Path(dir_okay=False), default=None,
                      help="JSON config of a custom architecture."),
@@ -66,11 +74,12 @@ def pop_image_source(kwargs: dict[str, Any]):
 
     source = kwargs.pop("attribute_source")
     values = {k: kwargs.pop(k) for k in ("embeddings", "attribute_prompts", "threshold", "model", "model_config",
-                                         "dataset", "split", "cache_dir", "device")}
+                                         "dataset", "split", "cache_dir", "device", "attribute_mode", "soft_bins")}
     if source == "captions":
         for option, key, default in (("--embeddings", "embeddings", None), ("--model", "model", None),
                                      ("--dataset", "dataset", None), ("--threshold", "threshold", 0.0),
-                                     ("--attribute-prompts", "attribute_prompts", "gender")):
+                                     ("--attribute-prompts", "attribute_prompts", "gender"),
+                                     ("--attribute-mode", "attribute_mode", "hard"), ("--soft-bins", "soft_bins", 16)):
             if values[key] != default:
                 raise UsageError(MSG_SOURCE_ONLY.format(option=option))
         if not kwargs.get("captions_"):
@@ -81,11 +90,14 @@ def pop_image_source(kwargs: dict[str, Any]):
     for option, key in (("--embeddings", "embeddings"), ("--model", "model")):
         if not values[key]:
             raise UsageError(MSG_SOURCE_NEEDS.format(source=source, option=option))
+    if values["attribute_mode"] == "soft" and values["threshold"] != 0.0:
+        raise UsageError(MSG_SOFT_THRESHOLD)
     probe = ProbeConfig(model=values["model"], model_config=values["model_config"], dataset=values["dataset"],
                         split=values["split"], cache_dir=values["cache_dir"], device=values["device"])
     attributes = AttributeConfig(embeddings=values["embeddings"], out="", probe=probe,
                                  prompts=values["attribute_prompts"], threshold=_threshold(values["threshold"]))
-    return AttributeSource(source=source, attributes=attributes)
+    return AttributeSource(source=source, attributes=attributes, mode=values["attribute_mode"],
+                           bins=values["soft_bins"])
 
 
 @click.command("attributes")
@@ -152,7 +164,9 @@ def echo_source(run: dict, fmt: str) -> None:
     if not source or fmt == "json":
         return
     cal = source.get("calibration")
-    head = f"groups from the {source['source']} (column {source['column']}, {printable(source['folder'])})"
+    mode = source.get("mode", "hard")
+    head = (f"groups from the {source['source']} (column {source['column']}, {printable(source['folder'])}"
+            + (f"; soft: E[s_k] in steps of 1/{source['bins']}" if mode == "soft" else "") + ")")
     if cal is None:
         click.echo(f"{head}; the image classifier's accuracy was not measured (give --dataset)")
         return

@@ -68,6 +68,11 @@ def _common(func):
                      help="Attribute of the lexicon whose groups are balanced (or the name of --attribute-column's)."),
         click.option("--labels", default="occupation", show_default=True,
                      help="Labels: a category of --taxonomy, 'all' (every word) or a word-list file (one per line)."),
+        click.option("--proxy", "proxies", multiple=True, metavar="WORD",
+                     help="A proxy of the attribute (a word that stands for a group, e.g. beard; repeatable): matched "
+                          "like a label and given the association constraints (the paper's de-correlation of "
+                          "proxies), but not reported among the labels. Its constraints are in residuals.parquet "
+                          "(constraint 'proxy')."),
         click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON path. Default: sobit."),
         click.option("--lexicon", default=None, help=_LEXICON_HELP),
         click.option("--attribute-column", default=None, metavar="COLUMN",
@@ -124,7 +129,8 @@ def _config(kwargs, **fit):
                          taxonomy=kwargs.pop("taxonomy"), lexicon=kwargs.pop("lexicon"), attribute_column=column,
                          groups=group_tuple, text_column=kwargs.pop("text_column"),
                          target=parse_target(kwargs.pop("target")), level=kwargs.pop("level"),
-                         figure=kwargs.pop("figure"), engine=engine, from_scan=kwargs.pop("from_scan"), **fit)
+                         figure=kwargs.pop("figure"), engine=engine, from_scan=kwargs.pop("from_scan"),
+                         proxies=tuple(p.strip() for p in kwargs.pop("proxies")), **fit)
 
 
 _SMALL_BLAS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -174,7 +180,9 @@ def _echo_result(result, fmt: str, blocks) -> None:
         click.echo(f"keep rate {fit['keep_rate']:.4f} (target {fit['keep_target']:g}, largest feasible "
                    f"{fit['max_keep']:.4f}); q meets the constraints within {fit['max_violation']:.1e} "
                    f"(largest |residual| representation {fit['max_residual_r']:.4f}, association "
-                   f"{fit['max_residual_a']:.4f}; eps {fit['eps_r']:g} / {fit['eps_a']:g})")
+                   f"{fit['max_residual_a']:.4f}"
+                   + (f", proxies {fit['max_residual_p']:.4f}" if "max_residual_p" in fit else "")
+                   + f"; eps {fit['eps_r']:g} / {fit['eps_a']:g})")
         click.echo(f"kept by the flags: {fit['kept_by_flags']:,} ({fit['kept_share_by_flags']:.4f}), q x count per "
                    f"pattern rounded: largest |residual| representation {fit['max_residual_r_kept']:.4f}, association "
                    f"{fit['max_residual_a_kept']:.4f}; over their bound: {fit['violated_r_kept']} of "

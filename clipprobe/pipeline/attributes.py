@@ -10,7 +10,10 @@ writes, per shard, one parquet file row-aligned with the shard's metadata::
                                          none: "no person", unsure or an invalid row); p_<class> (float32
                                          soft probability of each class); with a lexicon also
                                          both_<attribute> (the group the caption names when it names
-                                         exactly one, else the image's)
+                                         exactly one, else the image's); with soft_bins also
+                                         soft_<attribute> (and soft_both_<attribute>): each image's
+                                         E[s_k] over the groups in steps of 1/soft_bins, as a group
+                                         name such as "Female=5/16,Male=11/16" (balance's soft mode)
     OUT/calibration_groups.parquet       the classifier on a labelled face dataset: accuracy, precision,
     OUT/calibration_confusion.parquet    rates of none/unsure per true group, confusion matrix
     OUT/run.json                         settings, prompts, logit scale, calibration, per-shard counts
@@ -91,6 +94,7 @@ class AttributeConfig:
     nan_rows: str = "error"
     workers: int | None = None
     level: float = 0.95
+    soft_bins: int | None = None    # also write soft_<attribute>: each image's E[s_k], quantised to 1/soft_bins
 
     def check(self) -> "AttributeConfig":
         if self.nan_rows not in NAN_ROWS:
@@ -103,6 +107,10 @@ class AttributeConfig:
             raise UsageError(MSG_WORKERS.format(value=self.workers))
         if not 0 < self.level < 1:
             raise UsageError(f"level={self.level!r} must be strictly between 0 and 1")
+        if self.soft_bins is not None:
+            from clipprobe.analysis.patterns import check_soft_bins
+
+            check_soft_bins(self.soft_bins)
         self.probe.check()
         return self
 
@@ -124,6 +132,8 @@ class AttributeResult:
     key_column: str | None
     calibration: Any
     run: dict
+    soft_column: str | None = None
+    soft_both_column: str | None = None
 
 
 def attribute_column(attribute: str) -> str:
@@ -134,6 +144,39 @@ def attribute_column(attribute: str) -> str:
 def both_column(attribute: str) -> str:
     """The column holding the caption's group where it names one, else the image's."""
     return f"both_{attribute}"
+
+
+def soft_column(attribute: str, both: bool = False) -> str:
+    """The column holding each image's quantised membership E[s_k] as a group name
+    (:func:`~clipprobe.analysis.patterns.soft_group_name`); ``both``: the caption's group, one-hot, where it
+    names exactly one."""
+    return f"soft_both_{attribute}" if both else f"soft_{attribute}"
+
+
+def _soft_names(probs, k: int, groups, bins: int, named=None):
+    """Each row's quantised membership name (None: no group or an invalid row); ``named``: rows whose
+    caption names group ``named[i] >= 0`` get that group whole."""
+    import numpy as np
+
+    from clipprobe.analysis.patterns import quantise_probabilities, soft_group_names
+
+    names, levels = soft_group_names(groups, bins)
+    valid = np.isfinite(probs).all(axis=1)
+    p = np.where(valid[:, None], np.clip(probs[:, :k].astype(np.float64), 0.0, 1.0), 0.0)
+    total = p.sum(axis=1)
+    p = p / np.maximum(total, 1.0)[:, None]          # float32 softmax rounding may sum a hair above 1
+    lev = quantise_probabilities(p, bins, name="probabilities")
+    if named is not None:
+        one = named >= 0
+        lev[one] = 0
+        lev[np.flatnonzero(one), named[one]] = bins
+    # the index of each row's levels among all combinations (mixed radix bins + 1)
+    radix = (bins + 1) ** np.arange(k - 1, -1, -1, dtype=np.int64)
+    known = levels.astype(np.int64) @ radix              # ascending: the names are in lexicographic order
+    code = lev.astype(np.int64) @ radix
+    at = np.minimum(np.searchsorted(known, code), len(names) - 1)
+    at = np.where(known[at] == code, at, len(names))     # all levels 0: no group
+    return np.asarray(list(names) + [None], dtype=object)[at]
 
 
 def probability_column(name: str) -> str:
@@ -234,8 +277,8 @@ def _settings_key(config: AttributeConfig, encoder, prompts, scale: float, lexic
     blob = json.dumps({"format": FORMAT_VERSION, "model": model_cache_key(encoder),     # the weights' digest too
                        "prompts": prompts.to_dict() | {"source": None},
                        "scale": scale, "threshold": config.threshold, "lexicon": lexicon_name,
-                       "text": text_column, "key": key_column, "nan_rows": config.nan_rows}, sort_keys=True,
-                      default=str)
+                       "text": text_column, "key": key_column, "nan_rows": config.nan_rows}
+                      | ({"soft_bins": config.soft_bins} if config.soft_bins else {}), sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -259,7 +302,7 @@ def _done(path: Path, key: str) -> dict | None:
 
 
 def _schema(text_column: str, key_column: str | None, text_type, key_type, column: str, both: str | None,
-            prob_columns: list[str]):
+            prob_columns: list[str], soft: tuple[str, ...] = ()):
     import pyarrow as pa
 
     fields = [pa.field(text_column, text_type)]
@@ -269,6 +312,7 @@ def _schema(text_column: str, key_column: str | None, text_type, key_type, colum
     if both is not None:
         fields.append(pa.field(both, pa.string()))
     fields += [pa.field(c, pa.float32()) for c in prob_columns]
+    fields += [pa.field(c, pa.string()) for c in soft]
     return pa.schema(fields)
 
 
@@ -288,11 +332,15 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
     column = attribute_column(prompts.attribute)
     both = both_column(prompts.attribute) if lexicon is not None else None
     prob_columns = [probability_column(n) for n in names]
+    soft_cols: tuple[str, ...] = ()
+    if config.soft_bins:
+        soft_cols = (soft_column(prompts.attribute),) + ((soft_column(prompts.attribute, both=True),) if both else ())
     pf = pq.ParquetFile(shard.metadata)
     wanted = [text_column] + ([key_column] if key_column is not None else [])
     arrow = pf.schema_arrow
     schema = _schema(text_column, key_column, arrow.field(text_column).type,
-                     arrow.field(key_column).type if key_column is not None else None, column, both, prob_columns)
+                     arrow.field(key_column).type if key_column is not None else None, column, both, prob_columns,
+                     soft_cols)
     counts = {g: 0 for g in groups} | {name: 0 for name in STATUS.values()}
     soft = np.zeros(k, np.float64)
     both_counts = {"from_caption": 0, "from_image": 0, "none": 0}
@@ -301,7 +349,7 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
     group_names = np.array(list(groups) + [None], dtype=object)
     with atomic_path(dest, suffix=".parquet") as tmp, folder.reader(shard) as rows:
         # dictionary pages and statistics only where they pay: the group columns, the probabilities
-        writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in (column, both) if c is not None],
+        writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in (column, both, *soft_cols) if c is not None],
                                   write_statistics=prob_columns)
         try:
             start = 0
@@ -332,6 +380,11 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
                     both_counts["none"] += int(((named < 0) & (codes < 0)).sum())
                     arrays.append(pa.array(group_names[np.where(chosen >= 0, chosen, k)], pa.string()))
                 arrays += [pa.array(result.probs[:, j]) for j in range(len(names))]
+                if soft_cols:
+                    arrays.append(pa.array(_soft_names(result.probs, k, groups, config.soft_bins), pa.string()))
+                    if both is not None:
+                        arrays.append(pa.array(_soft_names(result.probs, k, groups, config.soft_bins, named),
+                                               pa.string()))
                 t2 = time.perf_counter()
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                 seconds["scores"] += t1 - t0
@@ -376,7 +429,8 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
         column = attribute_column(prompts.attribute)
         names = [name for name, _ in prompts.classes]
         written = [text_column, key_column, column, both_column(prompts.attribute)] + \
-            [probability_column(n) for n in names]
+            [probability_column(n) for n in names] + \
+            ([soft_column(prompts.attribute), soft_column(prompts.attribute, True)] if config.soft_bins else [])
         for i, c in enumerate(written):
             if c is not None and c in written[:i]:
                 raise DataError(MSG_COLUMN_CLASH.format(prompts=prompts.name, column=c))
@@ -455,7 +509,10 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     write_json(out / FILES["run"], record)
     return AttributeResult(out=out, shards=tuple(paths), column=column,
                            both_column=both_column(prompts.attribute) if lexicon else None, groups=groups,
-                           text_column=text_column, key_column=key_column, calibration=calibration, run=record)
+                           text_column=text_column, key_column=key_column, calibration=calibration, run=record,
+                           soft_column=soft_column(prompts.attribute) if config.soft_bins else None,
+                           soft_both_column=(soft_column(prompts.attribute, True)
+                                             if config.soft_bins and lexicon else None))
 
 
 def _config_dict(config: AttributeConfig) -> dict:
@@ -470,6 +527,8 @@ def _config_dict(config: AttributeConfig) -> dict:
 # balance measure|fit --attribute-source images|both
 
 SOURCES = ("captions", "images", "both")
+MODES = ("hard", "soft")
+MSG_MODE = "attribute_source: mode={value!r} is not one of " + ", ".join(map(repr, MODES))
 MSG_SOURCE = "attribute_source: source={value!r} is not one of " + ", ".join(map(repr, SOURCES[1:]))
 MSG_SOURCE_COLUMN = "attribute_source and attribute_column are two ways to give the groups: give one"
 MSG_SOURCE_ATTRIBUTE = ("attribute {attribute!r} is not the attribute of prompt set {prompts!r} ({want!r}): "
@@ -486,10 +545,18 @@ class AttributeSource:
 
     source: str
     attributes: AttributeConfig
+    mode: str = "hard"              # "soft": balance each image's E[s_k] (quantised to 1/bins), not its label
+    bins: int = 16
 
     def check(self) -> "AttributeSource":
         if self.source not in SOURCES[1:]:
             raise UsageError(MSG_SOURCE.format(value=self.source))
+        if self.mode not in MODES:
+            raise UsageError(MSG_MODE.format(value=self.mode))
+        if self.mode == "soft":
+            from clipprobe.analysis.patterns import check_soft_bins
+
+            check_soft_bins(self.bins)
         self.attributes.check()
         return self
 
@@ -519,13 +586,20 @@ def resolve_attribute_source(config):
         from clipprobe.resources.lexicon import get_lexicon
 
         lexicon = get_lexicon(config.lexicon).name if config.lexicon is None else config.lexicon
-    attr_config = dataclasses.replace(source.attributes, out=str(Path(config.out) / "attributes"), lexicon=lexicon)
+    soft = source.mode == "soft"
+    attr_config = dataclasses.replace(source.attributes, out=str(Path(config.out) / "attributes"), lexicon=lexicon,
+                                      soft_bins=source.bins if soft else None)
     result = run_attributes(attr_config)
-    column = result.column if source.source == "images" else result.both_column
+    if soft:
+        column = result.soft_column if source.source == "images" else result.soft_both_column
+    else:
+        column = result.column if source.source == "images" else result.both_column
     balanced = dataclasses.replace(config, captions=tuple(str(p) for p in result.shards), attribute_column=column,
                                    groups=result.groups, text_column=result.text_column,
-                                   key=result.key_column if config.key is not None else None, attribute_source=None)
-    record = {"source": source.source, "column": column, "folder": str(result.out),
+                                   key=result.key_column if config.key is not None else None, attribute_source=None,
+                                   soft_bins=source.bins if soft else 0)
+    record = {"source": source.source, "mode": source.mode, "bins": source.bins if soft else None,
+              "column": column, "folder": str(result.out),
               "embeddings": result.run["embeddings"], "model": result.run["model"].get("spec"),
               "prompts": result.run["prompts"], "scale": result.run["scale"], "threshold": result.run["threshold"],
               "calibration": result.run["calibration"], "calibration_note": result.run["calibration_note"],

@@ -33,6 +33,10 @@ MSG_NO_GROUPS = "attribute_column {column!r}: give its groups (at least two)"
 MSG_SEED = "seed must be 0 or more, got {value}"
 MSG_LEVEL = "level={value!r} must be strictly between 0 and 1"
 MSG_NO_CAPTIONS = "no captions to {what}: the caption file(s) ({files}) have no rows"
+MSG_PROXY_LABEL = "proxy {proxy!r} is already one of the labels: a word is a label or a proxy, not both"
+MSG_PROXY_DUPLICATE = "proxy {proxy!r} is given twice"
+MSG_PROXY_EMPTY = "proxies: {value!r} is not a word"
+MSG_SOFT_NEEDS_COLUMN = "soft group memberships (soft_bins) are read from an attribute column: give attribute_column"
 MSG_CHANGED = ("the second pass found other patterns than the first ({problem}): the captions changed during "
                "the run; delete {parts} and rerun")
 
@@ -48,7 +52,11 @@ class BalanceConfig:
     ``eps_a``, ``scale``, ``utility`` (a column of positive utilities), ``key`` (a column copied into
     the weights, None for none), ``id_column`` (a stable id column: the keep flags hash it alone; None:
     they hash the caption text and the ``key`` column), ``seed`` (of the keep flags' rank order).
-    ``figure``: draw ``balance.png``/``.pdf``.
+    ``figure``: draw ``balance.png``/``.pdf``. ``proxies``: words that stand for a group (e.g. "beard"),
+    matched like labels and given the association constraints, but left out of the reported labels.
+    ``soft_bins`` (> 0): the attribute column holds each example's quantised membership ``E[s_k]`` as a
+    name of :func:`~clipprobe.analysis.patterns.soft_group_name` over ``groups`` (the attribute pass's
+    ``soft_<attribute>`` column); M4 and the statistics use the memberships instead of one group.
     """
 
     captions: tuple[str, ...]
@@ -74,6 +82,8 @@ class BalanceConfig:
     engine: EngineSettings = dataclasses.field(default_factory=EngineSettings)
     attribute_source: Any = None    # groups from the images (clipprobe.pipeline.attributes.AttributeSource)
     from_scan: str | None = None    # a `captions count --for-balance` folder of these files: its matches, no rescan
+    proxies: tuple[str, ...] = ()
+    soft_bins: int = 0
 
     def check(self) -> "BalanceConfig":
         from clipprobe.analysis.balance import MSG_SCALE, MSG_UNIT, SCALES
@@ -92,6 +102,17 @@ class BalanceConfig:
             raise UsageError(MSG_GROUPS_WITHOUT_COLUMN)
         if self.attribute_column is not None and (not self.groups or len(self.groups) < 2):
             raise UsageError(MSG_NO_GROUPS.format(column=self.attribute_column))
+        if self.soft_bins:
+            from clipprobe.analysis.patterns import check_soft_bins
+
+            check_soft_bins(self.soft_bins)
+            if self.attribute_column is None:
+                raise UsageError(MSG_SOFT_NEEDS_COLUMN)
+        for i, proxy in enumerate(self.proxies):
+            if not isinstance(proxy, str) or not proxy.strip():
+                raise UsageError(MSG_PROXY_EMPTY.format(value=proxy))
+            if proxy in self.proxies[:i]:
+                raise UsageError(MSG_PROXY_DUPLICATE.format(proxy=proxy))
         if self.from_scan is not None:
             from clipprobe.captions.patterns import MSG_SCAN_COLUMN
 
@@ -126,6 +147,16 @@ class Prepared:
     timer: Any
     started: float
     source: Any = None          # the recorded scan read instead of the captions (from_scan)
+    groups: tuple[str, ...] = ()        # the attribute's groups (the engine's are quantised memberships when soft)
+    labels: tuple[str, ...] = ()        # the reported labels (the engine's are these, then the proxies)
+
+    def table(self, patterns, config: "BalanceConfig"):
+        """The pattern table to balance: the engine's, or its soft form (same rows, same order)."""
+        if not config.soft_bins:
+            return patterns.table
+        from clipprobe.analysis.patterns import soften_table
+
+        return soften_table(patterns.table, self.groups, config.soft_bins)
 
 
 def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
@@ -151,11 +182,20 @@ def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
             lexicon_name = lexicon.name
         else:
             group_terms, groups = None, tuple(config.groups)
-        pi = resolve_target(config.target_value(), groups)
+        real_groups = groups
+        if config.soft_bins:
+            from clipprobe.analysis.patterns import soft_group_names
+
+            groups = soft_group_names(real_groups, config.soft_bins)[0]
+        for proxy in config.proxies:
+            if proxy in labels:
+                raise UsageError(MSG_PROXY_LABEL.format(proxy=proxy))
+        pi = resolve_target(config.target_value(), real_groups)
         method = config.engine.method()
     hash_text, hash_columns = config.hashed() if fit else (False, ())
     with timer("compile"):
-        spec = build_spec(attribute=config.attribute, group_terms=group_terms, groups=groups, labels=labels,
+        spec = build_spec(attribute=config.attribute, group_terms=group_terms, groups=groups,
+                          labels=tuple(labels) + tuple(config.proxies),
                           method=method, group_column=config.attribute_column,
                           utility_column=config.utility if fit else None, key_column=config.key if fit else None,
                           hash_text=hash_text, hash_columns=hash_columns)
@@ -166,8 +206,10 @@ def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
             from clipprobe.captions.patterns import open_scan
 
             source = open_scan(config.from_scan, spec, files, config.engine.chunk_rows)
-    log.info("%d files, attribute %r (%d groups), %d labels", len(files), config.attribute, len(groups), len(labels))
-    return Prepared(spec, files, pi, lexicon_name, taxonomy.name, timer, started, source)
+    log.info("%d files, attribute %r (%d groups), %d labels, %d proxies", len(files), config.attribute,
+             len(real_groups), len(labels), len(config.proxies))
+    return Prepared(spec, files, pi, lexicon_name, taxonomy.name, timer, started, source, tuple(real_groups),
+                    tuple(labels))
 
 
 def _check_captions(patterns, what: str) -> None:
@@ -200,7 +242,9 @@ def _record(command: str, config: BalanceConfig, prep: Prepared, patterns, **res
         started=prep.started, engine=config.engine.engine, matcher=spec.method,
         workers=config.engine.n_workers, attribute=config.attribute,
         groups_from=("column " + repr(config.attribute_column)) if config.attribute_column else "lexicon",
-        lexicon=prep.lexicon, taxonomy=prep.taxonomy, groups=list(spec.groups), labels=list(spec.labels),
+        lexicon=prep.lexicon, taxonomy=prep.taxonomy, groups=list(prep.groups), labels=list(prep.labels),
+        proxies=list(config.proxies),
+        attribute_mode=(f"soft (E[s_k] in steps of 1/{config.soft_bins})" if config.soft_bins else "hard"),
         target=[float(x) for x in prep.target], mentions=MENTION_NOTE,
         files=patterns.files, n_files=len(patterns.files), rows=patterns.rows, nulls=patterns.nulls,
         from_scan=None if prep.source is None else str(Path(config.from_scan).expanduser().resolve()),
@@ -220,13 +264,30 @@ def _flag_summary(residuals) -> dict:
     import numpy as np
 
     out = {}
-    for kind, short in (("representation", "r"), ("association", "a")):
+    kinds = [("representation", "r"), ("association", "a")]
+    if (residuals["constraint"] == "proxy").any():
+        kinds.append(("proxy", "p"))
+    for kind, short in kinds:
         part = residuals[residuals["constraint"] == kind]
         values = np.abs(part["residual_kept"].to_numpy(float))
         finite = np.isfinite(values)
         out[f"max_residual_{short}_kept"] = float(values[finite].max()) if finite.any() else 0.0
         out[f"violated_{short}_kept"] = int((values[finite] > part["bound"].to_numpy(float)[finite] + 1e-12).sum())
         out[f"constraints_{short}"] = int(finite.sum())
+    return out
+
+
+def _association_maxima(solution) -> dict:
+    """Largest |residual| of the association constraints of the labels, and of the proxies (if any)."""
+    import numpy as np
+
+    is_proxy = np.asarray([name in solution.proxies for name in solution.table.labels], bool)
+    out = {}
+    for short, cols in (("a", ~is_proxy), ("p", is_proxy)):
+        if short == "p" and not is_proxy.any():
+            continue
+        part = np.abs(solution.residual_a[:, cols])
+        out[f"max_residual_{short}"] = float(np.nanmax(part)) if np.isfinite(part).any() else 0.0
     return out
 
 
@@ -246,8 +307,9 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
     with prep.timer("patterns"):
         patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine, prep.source)
     _check_captions(patterns, "measure")
+    table = prep.table(patterns, config)
     with prep.timer("stats"):
-        before = data_bias(patterns.table, prep.target, level=config.level)
+        before = data_bias(table, prep.target, level=config.level, proxies=config.proxies)
         groups, cells = bias_frames({"before": before})
     record = _record("balance measure", config, prep, patterns, before=_bias_summary(before),
                      attribute_source=source)
@@ -258,7 +320,7 @@ def measure_bias(config: BalanceConfig) -> BalanceResult:
 
         (out / FILES["run"]).unlink(missing_ok=True)
         shutil.rmtree(out / FILES["weights"], ignore_errors=True)      # an earlier fit's, in the same folder
-        files = write_balance(out, {"groups": groups, "cells": cells, "patterns": patterns_frame(patterns.table)},
+        files = write_balance(out, {"groups": groups, "cells": cells, "patterns": patterns_frame(table)},
                               record, figure=config.figure)
     return BalanceResult(out, groups, cells, record, tuple(files))
 
@@ -283,14 +345,15 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
     with prep.timer("patterns"):
         patterns = count_patterns(prep.spec, prep.files, out / "parts", config.engine, prep.source)
     _check_captions(patterns, "balance")
-    table = patterns.table
+    table = prep.table(patterns, config)       # row for row the engine's table (its soft form, if soft)
     with prep.timer("solve"):
         solution = m4_solve(table, prep.target, keep=config.keep, eps_r=config.eps_r, eps_a=config.eps_a,
-                            scale=config.scale)
+                            scale=config.scale, proxies=config.proxies)
     want = flag_counts(solution)
-    spec = dataclasses.replace(prep.spec, fitted=table, fitted_q=solution.q, keep_counts=want, seed=config.seed)
+    spec = dataclasses.replace(prep.spec, fitted=patterns.table, fitted_q=solution.q, keep_counts=want,
+                               seed=config.seed)
     hash_text, hash_columns = config.hashed()
-    key = solution_key(table, solution.q, [config.seed, config.key, hash_text, list(hash_columns),
+    key = solution_key(patterns.table, solution.q, [config.seed, config.key, hash_text, list(hash_columns),
                                            [f.key for f in prep.files]])
     with prep.timer("ranks"):
         ranked = keep_ranks(spec, prep.files, out / "parts", config.engine, key)
@@ -303,9 +366,11 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
             raise DataError(MSG_CHANGED.format(problem=f"pattern {bad}: {int(expected[bad])} {what}, then "
                                                        f"{int(got[bad])}", parts=out / "parts"))
     with prep.timer("stats"):
-        before = data_bias(table, prep.target, level=config.level)
-        after = data_bias(table, prep.target, q=solution.q, level=config.level)
-        kept = data_bias(table, prep.target, q=weights.kept / np.maximum(table.count, 1), level=config.level)
+        px = config.proxies
+        before = data_bias(table, prep.target, level=config.level, proxies=px)
+        after = data_bias(table, prep.target, q=solution.q, level=config.level, proxies=px)
+        kept = data_bias(table, prep.target, q=weights.kept / np.maximum(table.count, 1), level=config.level,
+                         proxies=px)
         groups, cells = bias_frames({"before": before, "after": after, "kept": kept})
         residuals = solution.residual_frame(kept=weights.kept)
     fit = {
@@ -315,8 +380,7 @@ def fit_balance(config: BalanceConfig) -> BalanceResult:
         "max_violation": solution.max_violation, "converged": solution.converged,
         "n_evaluations": solution.n_evaluations, "solver": solution.message,
         "max_residual_r": float(np.nanmax(np.abs(solution.residual_r))) if solution.residual_r.size else 0.0,
-        "max_residual_a": (float(np.nanmax(np.abs(solution.residual_a)))
-                           if np.isfinite(solution.residual_a).any() else 0.0),
+        **_association_maxima(solution),
         **_flag_summary(residuals), "flags": {
             "rule": ("each pattern keeps q x count captions rounded down or up (systematic rounding in blocks of "
                      "the same groups), the first by a seeded hash of their content"),

@@ -60,7 +60,8 @@ def bias_frames(biases: dict[str, object]) -> tuple["pd.DataFrame", "pd.DataFram
 
 def patterns_frame(table, q=None, kept=None) -> "pd.DataFrame":
     """One row per distinct pattern: its groups and labels (lists), utility bin, captions, mean utility,
-    and, after a fit, its keep probability and the captions the flags keep."""
+    for a soft table each group's membership (``membership_<group>``), and, after a fit, its keep
+    probability and the captions the flags keep."""
     import numpy as np
     import pandas as pd
 
@@ -74,6 +75,9 @@ def patterns_frame(table, q=None, kept=None) -> "pd.DataFrame":
         "count": table.count.astype(np.int64),
         "utility_mean": table.u_mean,
     })
+    if getattr(table, "soft", False):          # soft memberships E[s_k] (the groups above are those above 0)
+        for k, g in enumerate(table.groups):
+            out[f"membership_{g}"] = table.membership[:, k]
     if q is not None:
         out["q"] = np.asarray(q, np.float64)
     if kept is not None:
