@@ -235,13 +235,15 @@ def control_null(control_counts, k: int) -> "tuple[np.ndarray, np.ndarray, np.nd
 def p_vs_controls(counts, k, mean_share, a, b) -> "np.ndarray":
     """Upper-tail p-values of counts under the controls' beta-binomial (binomial where not overdispersed)."""
     import numpy as np
-    from scipy.stats import betabinom, binom
+    from scipy.stats import binom
+
+    from clipprobe.analysis.significance import betabinom_sf
 
     c = np.asarray(counts)
     kk = np.broadcast_to(np.asarray(k), c.shape)
     over = np.isfinite(a) & (a > 0) & (b > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p_bb = betabinom.sf(c - 1, kk, np.where(over, a, 1.0), np.where(over, b, 1.0))
+        p_bb = betabinom_sf(c - 1, kk, np.where(over, a, 1.0), np.where(over, b, 1.0))    # scipy's numbers
         p_bin = binom.sf(c - 1, kk, np.clip(mean_share, 0.0, 1.0))
     return np.clip(np.where(over, p_bb, p_bin), 0.0, 1.0)
 
