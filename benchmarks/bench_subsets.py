@@ -30,6 +30,7 @@ skew against the global base shares at subset sizes, with the population and the
 population is the dataset's).
 
     python benchmarks/bench_subsets.py [--n 10954] [--clusters 20] [--permutations 1000] [--seed 0]
+    python benchmarks/bench_subsets.py --skip-baseline --dump DIR      # then, after a change: --compare DIR
     python benchmarks/bench_subsets.py --coverage rho [--reps 1000]
     python benchmarks/bench_subsets.py --coverage local [--reps 300]
 """
