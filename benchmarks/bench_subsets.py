@@ -30,6 +30,7 @@ skew against the global base shares at subset sizes, with the population and the
 population is the dataset's).
 
     python benchmarks/bench_subsets.py [--n 10954] [--clusters 20] [--permutations 1000] [--seed 0]
+    python benchmarks/bench_subsets.py --skip-baseline --dump DIR      # then, after a change: --compare DIR
     python benchmarks/bench_subsets.py --coverage rho [--reps 1000]
     python benchmarks/bench_subsets.py --coverage local [--reps 300]
 """
@@ -105,6 +106,55 @@ def clipprobe_path(vectors, queries, labels, words, *, n_clusters, min_size, k, 
     times["total"] = time.perf_counter() - start
     times["cpu"] = time.process_time() - cpu
     return tables, assignment, times
+
+
+TABLES = ("groups", "words", "info", "composition", "dispersion", "controls")
+
+
+def _frame(tables, name: str) -> pd.DataFrame:
+    """A table as parquet stores it (list columns as lists, categorical columns as their values)."""
+    frame = getattr(tables, name).reset_index(drop=True)
+    return frame.assign(**{c: frame[c].astype(object) for c in frame.columns
+                           if isinstance(frame[c].dtype, pd.CategoricalDtype)})
+
+
+def dump_tables(tables, folder: Path) -> None:
+    """Write the tables of a run, to check a later run's tables against them (``--compare``)."""
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in TABLES:
+        if getattr(tables, name) is not None:
+            _frame(tables, name).to_parquet(folder / f"{name}.parquet")
+    (folder / "dtypes.json").write_text(json.dumps(_dtypes(tables)))
+
+
+def _dtypes(tables) -> dict:
+    return {name: {c: str(t) for c, t in getattr(tables, name).dtypes.items()} for name in TABLES
+            if getattr(tables, name) is not None}
+
+
+def compare_tables(tables, folder: Path) -> None:
+    """Every table equal, value for value (exact floats, NaN where NaN), to the one ``--dump`` wrote, with the
+    same columns and dtypes."""
+    import json
+
+    assert _dtypes(tables) == json.loads((folder / "dtypes.json").read_text()), "dtypes differ"
+    for name in TABLES:
+        if getattr(tables, name) is None:
+            continue
+        mine = pd.read_parquet(_frame(tables, name).pipe(_roundtrip))
+        theirs = pd.read_parquet(folder / f"{name}.parquet")
+        pd.testing.assert_frame_equal(mine, theirs, check_exact=True, obj=name)
+
+
+def _roundtrip(frame: pd.DataFrame):
+    import io
+
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer)
+    buffer.seek(0)
+    return buffer
 
 
 def floor_time(vectors, queries, n_words: int) -> tuple[float, float]:
@@ -272,6 +322,10 @@ def main() -> None:
     parser.add_argument("--controls", type=int, default=220)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-baseline", action="store_true")
+    parser.add_argument("--dump", type=Path, default=None,
+                        help="write clipprobe's tables (parquet) to this folder")
+    parser.add_argument("--compare", type=Path, default=None,
+                        help="check clipprobe's tables equal, bit for bit, those a --dump wrote to this folder")
     parser.add_argument("--coverage", choices=("rho", "local"), default=None,
                         help="measure interval coverage instead of speed")
     parser.add_argument("--reps", type=int, default=1000, help="samples per cell for --coverage")
@@ -324,6 +378,11 @@ def main() -> None:
                                                min_size=args.min_size, k=args.k, permutations=args.permutations,
                                                seed=args.seed)
     floor_wall2, floor_cpu2 = floor_time(vectors, queries, len(words))
+    if args.dump is not None:
+        dump_tables(tables, args.dump)
+    if args.compare is not None:
+        compare_tables(tables, args.compare)
+        print(f"tables identical to those in {args.compare}")
     floor_wall, floor_cpu = min(floor_wall, floor_wall2), min(floor_cpu, floor_cpu2)
     print(f"clipprobe: {times['total']:.1f} s wall, {times['cpu']:.1f} s CPU (k-means {times['kmeans']:.1f} s, scores {times['scores']:.2f} s, "
           f"local metrics for {int(tables.info['probed'].sum())} subsets + global {times['subset_scores']:.1f} s); "

@@ -489,14 +489,23 @@ def c_asc_attributes(similarities, labels: "Sequence", n_groups: "Sequence[int]"
         if sims.ndim != 2 or sims.shape[1] != lab.size:
             raise DataError(MSG_SHAPE.format(what="similarities", expected=f"(W, {lab.size})", got=sims.shape))
     total = sims.sum(axis=1, keepdims=True)
-    std = sims.std(axis=1, keepdims=True)
+    try:                                  # numpy >= 2: the mean from the sum above (the same numbers)
+        std = sims.std(axis=1, keepdims=True, mean=total / sims.shape[1])
+    except TypeError:
+        std = sims.std(axis=1, keepdims=True)
+    # every attribute's group sums from one product (one pass over the similarities)
+    widths = [int(g) for g in n_groups]
+    starts = np.concatenate([[0], np.cumsum(widths)]).astype(np.int64)
+    onehot = np.zeros((sims.shape[1], int(starts[-1])))
+    rows = np.arange(sims.shape[1])
+    for lab, start in zip(labs, starts):
+        onehot[rows, lab + start] = 1.0
+    sums = sims @ onehot  # (W, sum of G)
     out = []
-    for lab, n_g in zip(labs, n_groups):
+    for lab, n_g, start in zip(labs, n_groups, starts.tolist()):
         n_total = lab.size
         sizes = np.bincount(lab, minlength=int(n_g)).astype(np.float64)
-        onehot = np.zeros((n_total, int(n_g)))
-        onehot[np.arange(n_total), lab] = 1.0
-        group_sum = sims @ onehot  # (W, G)
+        group_sum = sums[:, start:start + int(n_g)]  # (W, G)
         with np.errstate(divide="ignore", invalid="ignore"):
             mean_in = group_sum / sizes
             mean_out = (total - group_sum) / (n_total - sizes)

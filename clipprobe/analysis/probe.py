@@ -235,13 +235,15 @@ def control_null(control_counts, k: int) -> "tuple[np.ndarray, np.ndarray, np.nd
 def p_vs_controls(counts, k, mean_share, a, b) -> "np.ndarray":
     """Upper-tail p-values of counts under the controls' beta-binomial (binomial where not overdispersed)."""
     import numpy as np
-    from scipy.stats import betabinom, binom
+    from scipy.stats import binom
+
+    from clipprobe.analysis.significance import betabinom_sf
 
     c = np.asarray(counts)
     kk = np.broadcast_to(np.asarray(k), c.shape)
     over = np.isfinite(a) & (a > 0) & (b > 0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        p_bb = betabinom.sf(c - 1, kk, np.where(over, a, 1.0), np.where(over, b, 1.0))
+        p_bb = betabinom_sf(c - 1, kk, np.where(over, a, 1.0), np.where(over, b, 1.0))    # scipy's numbers
         p_bin = binom.sf(c - 1, kk, np.clip(mean_share, 0.0, 1.0))
     return np.clip(np.where(over, p_bb, p_bin), 0.0, 1.0)
 
@@ -414,8 +416,7 @@ def score_blocks(
                                       {a: len(lab.names[a]) for a in attributes[b]}, k, n_boot=int(bootstrap),
                                       seed=int(seed)) if bootstrap > 0 else None)
         top = rankings[b][:, :TOP_FILES_KEPT]
-        top_files.append([[str(f) for f in file_names[row]] for row in top] if file_names is not None
-                         else [[str(int(i)) for i in row] for row in position[top]])
+        top_files.append(file_names[top].tolist() if file_names is not None else position[top].astype(str).tolist())
     casc = []                      # C-ASC of every attribute of a block, from one pass over its similarities
     for b, idx in enumerate(members):
         codes_b = [lab.codes[a] if whole else lab.codes[a][idx] for a in attributes[b]]
@@ -427,7 +428,10 @@ def score_blocks(
     sizes_out = [dict() for _ in range(n_blocks)]
     drawn_out = [dict() for _ in range(n_blocks)]
     control_out = [dict() for _ in range(n_blocks)]
-    for a in all_attributes:
+    all_names = [str(g) for a in all_attributes for g in lab.names[a]]
+    name_starts = np.cumsum([0] + [len(lab.names[a]) for a in all_attributes]).tolist()
+    for a_code, a in enumerate(all_attributes):
+        name_start = name_starts[a_code]
         in_a = [b for b in range(n_blocks) if a in attributes[b]]
         codes, names = lab.codes[a], lab.names[a]
         g_n = len(names)
@@ -534,9 +538,9 @@ def score_blocks(
                 return np.asarray(values)[rows][:, present].ravel()
 
             group_chunks[(b, a)] = {
-                "word": np.repeat(np.asarray(words, dtype=object), n_present), "attribute": np.full(
-                    n_words * n_present, a, dtype=object),
-                "group": np.tile(np.asarray([names[i] for i in present], dtype=object), n_words),
+                # text columns as codes: into words, all_attributes and the attributes' names laid end to end
+                "word": np.repeat(np.arange(n_words), n_present), "attribute": np.full(n_words * n_present, a_code),
+                "group": np.tile(present + name_start, n_words),
                 "k": np.full(n_words * n_present, k, dtype=np.int64),
                 "count": per_group(est["count"]).astype(np.int64),
                 "share": per_group(est["share"]), "base_share": per_group(sizes / n_rows[:, None]),
@@ -549,7 +553,7 @@ def score_blocks(
                 "control_share": per_group(cat["c_mean"]), "p_vs_controls": per_group(p_ctrl),
             }
             word_chunks[(b, a)] = {
-                "word": np.asarray(words, dtype=object), "attribute": np.full(n_words, a, dtype=object),
+                "word": np.arange(n_words), "attribute": np.full(n_words, a_code),
                 "prompts": [list(p) for p in prompt_lists],
                 "max_skew": est["max_skew"][rows], "max_skew_null": max_null[rows],
                 "max_skew_excess": est["max_skew"][rows] - max_null[rows], "p_max_skew": p_max[rows],
@@ -558,7 +562,7 @@ def score_blocks(
                 "norm_entropy": est["norm_entropy"][rows], "norm_entropy_mm": mm[rows],
                 "kl_to_base": est["kl_to_base"][rows], "ndkl_at_k": est["ndkl"][rows],
                 "ndkl_full": cat["nd_full"][rows],
-                "top_group": np.asarray(names, dtype=object)[est["top_group"][rows]],
+                "top_group": np.asarray(est["top_group"][rows]) % g_n + name_start,     # names[top] (-1: the last)
                 "stability": stability[rows], "n_retrieved": drawn[rows].astype(np.int64),
                 "top_files": top_files[b],
             }
@@ -576,10 +580,31 @@ def score_blocks(
     block_of = np.array([b for b, _ in keys], dtype=np.int64)
     n_present_of = g_sizes // n_words
     word_row = np.repeat(np.arange(len(keys) * n_words), np.repeat(n_present_of, n_words))
+    for cols_, text in ((group_cols, {"word": words, "attribute": all_attributes, "group": all_names}),
+                        (word_cols, {"word": words, "attribute": all_attributes, "top_group": all_names})):
+        for col, names_ in text.items():
+            cols_[col] = text_column(cols_[col], names_)
     return ScoredBlocks(groups=pd.DataFrame(group_cols), words=pd.DataFrame(word_cols),
                         group_block=np.repeat(block_of, g_sizes), word_block=np.repeat(block_of, n_words),
                         word_row=word_row, counts=counts_out, sizes=sizes_out, drawn=drawn_out,
                         control_counts=control_out)
+
+
+def text_column(codes, names: Sequence[str]):
+    """The column that pandas makes of ``np.asarray(names, dtype=object)[codes]`` (pandas' ``str`` dtype where
+    that is its default, else object), made from the codes: pyarrow decodes them without a Python string
+    per row."""
+    import numpy as np
+    import pandas as pd
+
+    dtype = pd.Series(np.asarray(["x"], dtype=object)).dtype
+    if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+        import pyarrow as pa
+
+        arr = pa.DictionaryArray.from_arrays(pa.array(np.asarray(codes, dtype=np.int32)),
+                                             pa.array([str(n) for n in names], type=pa.large_string()))
+        return pd.array(arr.dictionary_decode(), dtype=dtype)
+    return np.asarray(list(names), dtype=object)[np.asarray(codes, dtype=np.int64)]
 
 
 def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, categories=None) -> ReportTables:

@@ -3,6 +3,8 @@
 * :func:`hypergeom_p`: is a group over- or under-represented in a top-k compared with ``k`` images
   drawn at random (without replacement) from the dataset? ``X ~ Hypergeom(N, group size, k)``,
   ``p_over = P(X >= count)``, ``p_under = P(X <= count)``.
+* :func:`betabinom_sf`: ``scipy.stats.betabinom.sf`` at integer points, the same numbers with scipy's own
+  probability mass function evaluated once per distribution instead of once per point.
 * :func:`bh_adjust`: Benjamini-Hochberg adjusted p-values (``q``) over a whole family (all rows of a
   report); NaN entries are left out of the family and stay NaN.
 """
@@ -55,6 +57,47 @@ def hypergeom_p(counts, group_sizes, n_total, k: int) -> tuple["np.ndarray", "np
     return np.asarray(p_over, dtype=np.float64), np.asarray(p_under, dtype=np.float64)
 
 
+def betabinom_sf(x, n, a, b) -> "np.ndarray":
+    """``scipy.stats.betabinom.sf(x, n, a, b)`` for integer ``x`` and ``n``, bit for bit, broadcast elementwise.
+
+    scipy sums the probability mass function (its ``_pmf``) over ``0..x`` one point at a time (a Python
+    call per point); here ``_pmf`` runs once per distinct ``(n, a, b)`` on ``0..max(x)`` and each point sums
+    the same values with the same ``np.sum``. Points outside the support or with invalid parameters go to
+    scipy itself (which computes nothing for them).
+    """
+    import numpy as np
+    from scipy.stats import betabinom
+
+    x, n, a, b = np.broadcast_arrays(np.asarray(x), np.asarray(n), np.asarray(a, dtype=np.float64),
+                                     np.asarray(b, dtype=np.float64))
+    shape = x.shape
+    x, n, a, b = (v.ravel() for v in (x, n, a, b))
+    if not (np.issubdtype(x.dtype, np.integer) and np.issubdtype(n.dtype, np.integer)):
+        return np.asarray(betabinom.sf(x, n, a, b), dtype=np.float64).reshape(shape)
+    out = np.empty(x.shape, dtype=np.float64)
+    fast = (n >= 0) & np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0) & (x >= 0) & (x < n)
+    rest = np.flatnonzero(~fast)
+    if rest.size:
+        out[rest] = betabinom.sf(x[rest], n[rest], a[rest], b[rest])
+    cells = np.flatnonzero(fast)
+    if cells.size:
+        params = np.stack([n[cells].astype(np.float64), a[cells], b[cells]])
+        dists, inverse = np.unique(params, axis=1, return_inverse=True)
+        inverse = inverse.ravel()
+        top = np.zeros(dists.shape[1], dtype=np.int64)
+        np.maximum.at(top, inverse, x[cells])
+        m = np.arange(0, int(top.max()) + 1, dtype=np.float64)
+        # scipy's generic cdf: np.sum(_pmf(arange(0, x + 1), n, a, b)) with Python scalars n, a, b
+        with np.errstate(all="ignore"):
+            pmf = betabinom._pmf(m[None, :], dists[0].astype(np.int64)[:, None], dists[1][:, None],
+                                 dists[2][:, None])
+        rows, total = list(pmf), np.add.reduce          # np.sum's own reduction, on each point's prefix
+        values = np.array([total(rows[d][:xi + 1]) for d, xi in zip(inverse.tolist(), x[cells].tolist())],
+                          dtype=np.float64)
+        out[cells] = np.clip(1.0 - values, 0, 1)
+    return out.reshape(shape)
+
+
 def bh_adjust(p) -> "np.ndarray":
     """Benjamini-Hochberg adjusted p-values of an array of any shape (same shape back).
 
@@ -81,4 +124,4 @@ def bh_adjust(p) -> "np.ndarray":
     return q.reshape(arr.shape)
 
 
-__all__ = ["bh_adjust", "hypergeom_p"]
+__all__ = ["betabinom_sf", "bh_adjust", "hypergeom_p"]
