@@ -269,3 +269,22 @@ def test_bootstrap_intervals_reuse_given_samples():
     given = S.bootstrap_intervals(boot, top_group=top, samples=S.bootstrap_metrics(boot))
     for key in plain:
         np.testing.assert_array_equal(plain[key], given[key])
+
+
+def test_betabinom_sf_equals_scipy_bit_for_bit():
+    from clipprobe.analysis.significance import betabinom_sf
+
+    rng = np.random.default_rng(3)
+    n = rng.integers(0, 60, size=400)
+    x = rng.integers(-2, 64, size=400)                    # below, inside and above the support
+    a = rng.uniform(0.05, 30, size=400)
+    b = rng.uniform(0.05, 30, size=400)
+    a[:5] = [0.0, -1.0, np.inf, np.nan, 1.0]              # invalid parameters go to scipy's own handling
+    x[::7] = n[::7]                                       # the top of the support
+    n[::11], a[::11], b[::11] = 20, 2.5, 4.0              # one distribution shared by many points
+    want = scipy.stats.betabinom.sf(x, n, a, b)
+    got = betabinom_sf(x, n, a, b)
+    np.testing.assert_array_equal(got, want)              # exact, NaN where scipy gives NaN
+    assert got.shape == want.shape
+    grid = betabinom_sf(x.reshape(20, 20), n.reshape(20, 20), a.reshape(20, 20), b.reshape(20, 20))
+    np.testing.assert_array_equal(grid, want.reshape(20, 20))
