@@ -26,6 +26,7 @@ def _base(tmp, world):
             str(tmp / "cache"), "--device", "cpu", "--workers", "0", "--offline"]
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_rb_and_ab_on_the_world_against_a_direct_computation(world):
     from clipprobe.models import load_model
     from clipprobe.world.train import model_spec
@@ -62,6 +63,7 @@ def test_rb_and_ab_on_the_world_against_a_direct_computation(world):
     assert list(ab["first"]) == ["rural", "doctor"]
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_the_report_page_shows_the_association_section(world, tmp_path):
     tmp, w = world
     rep = tmp_path / "rep"

@@ -193,6 +193,7 @@ def test_no_matching_input_is_a_usage_error(tmp_path):
         count_captions(CountConfig(captions=(str(tmp_path / "*.parquet"),), out=str(tmp_path / "o")))
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_default_taxonomy_and_lexicon_equal_oracle(tmp_path):
     """So-B-IT words and the FairFace lexicon on realistic captions: engine == oracle."""
     from clipprobe.resources.lexicon import get_lexicon

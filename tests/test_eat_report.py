@@ -1,6 +1,7 @@
 """`clipprobe report --eat`: association tests with the report's model, shown in its HTML page."""
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from clipprobe.cli import cli
@@ -15,6 +16,7 @@ TESTS = """tests:
 """
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_report_runs_eat_and_the_page_shows_it(tmp_path, tiny_model_files):
     root = write_fairface(tmp_path / "ff", n=40)
     (tmp_path / "tests.yaml").write_text(TESTS)

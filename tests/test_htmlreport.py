@@ -143,6 +143,7 @@ def _pngs(text):
     return [base64.b64decode(b) for b in re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', text)]
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_html_reuses_figures_already_written(tmp_path, drawn):
     d = make_report(tmp_path / "r", images=False, k=30, n_boot=5)
     rep = load_report(d)

@@ -110,6 +110,7 @@ def test_labels_must_match_images():
         probe_scores(np.zeros((1, 5)), pd.DataFrame({"race": ["White"] * 4}), words=["a"], k=2)
 
 
+@pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_public_api_round_trip(world):
     config, weights, arch = None, None, None
     pc = world["probe_config"]
