@@ -19,9 +19,11 @@ alike:
 
 * :func:`pattern_task`: the chunk's pattern table (mergeable: sum the chunks with ``merge_tables``),
   stored with each caption's row of it in a chunk file;
-* :func:`rank_histogram_task` and :func:`rank_candidates_task`: after the solve, from that chunk file,
-  the two light passes that find, for each pattern, which of its captions the keep flags keep (the
-  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.keepflags`);
+* :func:`rank_window_task`: after the solve, from that chunk file, the light pass that finds, for each
+  pattern, which of its captions the keep flags keep (the first by a hash of their content, ``q x count``
+  of them rounded: :mod:`clipprobe.analysis.keepflags`), from a window of rank keys around the expected
+  boundary; :func:`rank_histogram_task` and :func:`rank_candidates_task`, the two exact passes for the
+  patterns whose window missed (rare);
 * :func:`weights_task`: from that chunk file and a fitted solution, each caption's keep probability
   and keep flag, written by the task itself as one parquet file (file, row group, row, key column, q,
   keep): no caption is read or matched a second time.
@@ -594,6 +596,24 @@ def rank_candidates_task(spec: IndicatorSpec, task: tuple, stop=None):
         return {"error": str(err)}
     p, k, q = rank_candidates(spec.ranks, pattern, keys, pos)
     return {"pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
+
+
+def rank_window_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """The chunk's part of the rank windows (:func:`~clipprobe.analysis.keepflags.window_scan`): per
+    pattern its captions and those below its window (``"seen"``, ``"below"``), and the captions inside
+    their pattern's window (``"pattern"``, ``"key"``, ``"pos"``)."""
+    from clipprobe.analysis.keepflags import window_scan
+    from clipprobe.captions.scan import Stopped
+
+    _, path, _, _, row_offset, chunk_file, ordinal = task
+    if stop is not None and stop.is_set():
+        raise Stopped(path)
+    try:
+        _, ids, pattern, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+    except ClipprobeError as err:
+        return {"error": str(err)}
+    seen, below, (p, k, q) = window_scan(spec.ranks, pattern, keys, pos)
+    return {"seen": seen, "below": below, "pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
 
 
 def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
