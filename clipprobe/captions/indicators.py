@@ -616,6 +616,21 @@ def rank_window_task(spec: IndicatorSpec, task: tuple, stop=None):
     return {"seen": seen, "below": below, "pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
 
 
+def _weights_writer(table) -> dict:
+    """Parquet settings of a weights file, for speed (the columns and values are the same whatever they are):
+    dictionary encoding where values repeat (the file, the row group, q: one value per pattern, and a
+    dictionary-typed key column), none for the row (delta-encoded: consecutive integers) or the key column
+    (mostly distinct values: a dictionary is built, then dropped); min/max statistics for every column
+    but the key (a reader can still skip by file, row group and row)."""
+    import pyarrow as pa
+
+    fixed = ("file", "row_group", "row", "q", "keep")
+    key = [name for name in table.column_names if name not in fixed]
+    dictionary = ["file", "row_group", "q"] + [n for n in key if pa.types.is_dictionary(table.schema.field(n).type)]
+    return {"use_dictionary": dictionary, "write_statistics": list(fixed),
+            "column_encoding": {"row": "DELTA_BINARY_PACKED"}}
+
+
 def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     """Keep probabilities and keep flags of a chunk, written to the task's weights file.
 
@@ -664,8 +679,9 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     columns["q"] = pa.array(q, pa.float64())
     columns["keep"] = pa.array(keep, pa.bool_())
     try:
+        out = pa.table(columns)
         with atomic_path(weights_file, suffix=".parquet") as tmp:
-            pq.write_table(pa.table(columns), tmp)
+            pq.write_table(out, tmp, **_weights_writer(out))
     except ClipprobeError as err:  # the weights file cannot be written (disk full): the message names it
         return {"error": str(err)}
     kept_rows = np.bincount(ids, weights=keep, minlength=table.n_rows).round().astype(np.int64)
