@@ -95,3 +95,47 @@ def test_a_fit_whose_windows_miss_writes_the_same_weights(data, tmp_path, monkey
     for name in ("patterns.parquet", "residuals.parquet", "bias_groups.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "wide" / name),
                                       pd.read_parquet(tmp_path / "narrow" / name))
+
+
+def test_the_chunk_cache_serves_what_the_file_holds(tmp_path):
+    """Chunks written while the cache is on are read back from memory as the file holds them; a file replaced
+    since is read from disk; the cache takes nothing past its limit and empties when stopped."""
+    from clipprobe.captions.indicators import ChunkCache, IndicatorSpec, load_chunk, save_chunk
+
+    names = {"groups": ("a", "b"), "labels": ("l",)}
+    spec = IndicatorSpec(space={}, matcher=b"", **names)
+    s = np.array([[1, 0], [0, 1], [1, 0], [1, 0]])
+    y = np.array([[1], [0], [0], [1]])
+    table, ids = P.encode_patterns(s, y, **names)
+    hashes = K.content_hashes(["w", "x", "y", "z"])
+    cache = ChunkCache(1 << 20)
+    import clipprobe.captions.indicators as I
+
+    old, I.CHUNK_CACHE = I.CHUNK_CACHE, cache
+    try:
+        cache.start()
+        path = tmp_path / "c.npz"
+        save_chunk(path, table, ids, hashes)
+        assert cache.get(path) is not None
+        t2, i2, h2 = load_chunk(path, spec, hashes=True)
+        np.testing.assert_array_equal(i2, ids)
+        np.testing.assert_array_equal(h2, hashes)
+        np.testing.assert_array_equal(t2.keys, table.keys)
+        # another chunk written to the same path by someone else: its identity changes, the disk wins
+        other, other_ids = P.encode_patterns(s[:2], y[:2], **names)
+        cache.on = False
+        save_chunk(path, other, other_ids, hashes[:2])
+        cache.on = True
+        assert cache.get(path) is None
+        np.testing.assert_array_equal(load_chunk(path, spec, hashes=True)[1], other_ids)
+        cache.start(limit=10)                      # too small for any chunk: nothing is held
+        save_chunk(tmp_path / "d.npz", table, ids, hashes)
+        assert cache.get(tmp_path / "d.npz") is None and cache.used == 0
+        cache.start()
+        save_chunk(tmp_path / "e.npz", table, ids, hashes)
+        assert cache.used > 0
+        cache.stop()
+        assert cache.get(tmp_path / "e.npz") is None and not cache.items
+        np.testing.assert_array_equal(load_chunk(tmp_path / "e.npz", spec)[1], ids)
+    finally:
+        I.CHUNK_CACHE = old

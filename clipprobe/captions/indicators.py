@@ -435,19 +435,87 @@ def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility
 # a weights task adds (weights file, source, rows per row group, file ordinal).
 
 
+class ChunkCache:
+    """The chunk files this process wrote lately, held in memory for the passes after the solve (which then
+    read no chunk file): the arrays of each, by path and the file's identity (inode, size, modification
+    time: a file replaced since is read from disk). Off until :meth:`start`; it fills up to ``limit``
+    bytes (the one :meth:`start` gives, else the one it was made with) and then takes no more (the passes read the chunks in the order they were written, so keeping
+    the first ones serves them; evicting the oldest would serve none); :meth:`stop` empties it."""
+
+    def __init__(self, limit: int):
+        self.default_limit = self.limit = limit
+        self.on = False
+        self.used = 0
+        self.items: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, limit: int | None = None) -> None:
+        with self.lock:
+            self.items.clear()
+            self.used = 0
+            self.limit = self.default_limit if limit is None else limit
+            self.on = self.limit > 0
+
+    def stop(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.used = 0
+            self.on = False
+
+    @staticmethod
+    def _identity(path) -> tuple[int, int, int] | None:
+        import os
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def put(self, path, arrays: dict[str, Any]) -> None:
+        if not self.on:
+            return
+        size = sum(a.nbytes for a in arrays.values())
+        identity = self._identity(path)
+        with self.lock:
+            if identity is None or self.used + size > self.limit:
+                return
+            for a in arrays.values():
+                a.flags.writeable = False
+            old = self.items.pop(str(path), None)
+            self.used += size - (0 if old is None else sum(a.nbytes for a in old[1].values()))
+            self.items[str(path)] = (identity, arrays)
+
+    def get(self, path) -> dict[str, Any] | None:
+        if not self.on:
+            return None
+        with self.lock:
+            held = self.items.get(str(path))
+        if held is None or self._identity(path) != held[0]:
+            return None
+        return held[1]
+
+
+CHUNK_CACHE = ChunkCache(256 << 20)
+
+
 def save_chunk(path, table, ids, hashes=None) -> None:
     """A chunk's pattern table, its captions' rows of it (the smallest integer type that holds them) and,
-    for a fit, their content hashes."""
+    for a fit, their content hashes (also kept in :data:`CHUNK_CACHE` where it is on)."""
     import numpy as np
 
     from clipprobe._io import atomic_path
 
     dtype = np.uint8 if table.n_rows <= 2**8 else np.uint16 if table.n_rows <= 2**16 else np.int64
-    extra = {} if hashes is None else {"hashes": np.asarray(hashes, np.uint64)}
+    arrays = {"keys": np.asarray(table.keys, np.uint64), "ubin": np.asarray(table.ubin, np.int32),
+              "count": np.asarray(table.count, np.int64), "u_sum": np.asarray(table.u_sum, np.float64),
+              "ids": np.asarray(ids).astype(dtype)}
+    if hashes is not None:
+        arrays["hashes"] = np.asarray(hashes, np.uint64)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, keys=table.keys, ubin=table.ubin, count=table.count, u_sum=table.u_sum,
-                     ids=np.asarray(ids).astype(dtype), **extra)
+            np.savez(fh, **arrays)
+    CHUNK_CACHE.put(path, {name: a.copy() for name, a in arrays.items()})
 
 
 def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
@@ -456,15 +524,26 @@ def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
 
     from clipprobe.analysis.patterns import PatternTable
 
-    with np.load(path, allow_pickle=False) as z:
+    held = CHUNK_CACHE.get(path)
+    with (_held(held) if held is not None else np.load(path, allow_pickle=False)) as z:
         table = PatternTable(tuple(spec.groups), tuple(spec.labels), z["keys"].astype(np.uint64),
                              z["ubin"].astype(np.int32), z["count"].astype(np.int64), z["u_sum"].astype(np.float64),
                              spec.utility_column is not None)
         if not hashes:
             return table, z["ids"].astype(np.int64)
-        if "hashes" not in z.files:
+        if "hashes" not in z:
             raise DataError(MSG_NO_HASHES.format(path=path))
-        return table, z["ids"].astype(np.int64), z["hashes"].astype(np.uint64)
+        return table, z["ids"].astype(np.int64), z["hashes"]
+
+
+class _held(dict):
+    """A cached chunk's arrays, used as ``np.load``'s result is (``with``, ``[name]``, ``in``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):

@@ -370,11 +370,16 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
     import dataclasses
 
     from clipprobe.analysis.patterns import merge_tables
-    from clipprobe.captions.indicators import pattern_from_scan_task, pattern_task
+    from clipprobe.captions.indicators import CHUNK_CACHE, pattern_from_scan_task, pattern_task
     from clipprobe.captions.run import _interrupt_deferred
 
     folder = (Path(parts_dir) / "patterns").resolve()
     (folder / "chunks").mkdir(parents=True, exist_ok=True)
+    # a fit's passes after the solve read the chunks this pass writes: held in memory where they run here
+    if getattr(spec, "hashes", False) and settings.engine == "local":
+        CHUNK_CACHE.start()
+    else:
+        CHUNK_CACHE.stop()
 
     def done(info):
         return (folder / f"{info.key}.npz").exists() and all(
@@ -595,7 +600,7 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
     """
     import numpy as np
 
-    from clipprobe.captions.indicators import weights_task
+    from clipprobe.captions.indicators import CHUNK_CACHE, weights_task
     from clipprobe.captions.run import _interrupt_deferred
 
     folder = (Path(parts_dir) / "weights").resolve()
@@ -630,9 +635,12 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
         with _interrupt_deferred():
             _save_marker(Path(tasks[task_id][6]).with_suffix(".npz"), result)
 
-    if tasks:
-        stream = _stream(spec, tasks, task_file, todo_files, settings, weights_task, prepare=False)
-        _consume(stream, len(tasks), "weights", on_result, lambda task_id: tasks[task_id][1])
+    try:
+        if tasks:
+            stream = _stream(spec, tasks, task_file, todo_files, settings, weights_task, prepare=False)
+            _consume(stream, len(tasks), "weights", on_result, lambda task_id: tasks[task_id][1])
+    finally:
+        CHUNK_CACHE.stop()          # the last pass that reads the chunks
     n_fit = spec.fitted.n_rows
     count = np.zeros(n_fit, np.int64)
     kept = np.zeros(n_fit, np.int64)
