@@ -139,3 +139,20 @@ def test_the_chunk_cache_serves_what_the_file_holds(tmp_path):
         np.testing.assert_array_equal(load_chunk(tmp_path / "e.npz", spec)[1], ids)
     finally:
         I.CHUNK_CACHE = old
+
+
+def test_a_fit_without_the_chunk_cache_writes_the_same_bytes(data, tmp_path, monkeypatch):  # noqa: F811
+    """The rank and weights passes read the chunks (and the key column) from memory or from disk alike:
+    the weights files are the same, byte for byte."""
+    import clipprobe.captions.indicators as I
+
+    root, _ = data
+    engine = EngineSettings(workers=2, chunk_rows=300)
+    fit_balance(config(root, tmp_path / "held", seed=2, engine=engine))
+    monkeypatch.setattr(I.CHUNK_CACHE, "default_limit", 0)
+    fit_balance(config(root, tmp_path / "disk", seed=2, engine=engine))
+    held = sorted((tmp_path / "held" / "weights.parquet").iterdir())
+    disk = sorted((tmp_path / "disk" / "weights.parquet").iterdir())
+    assert len(held) == len(disk) > 3
+    for a, b in zip(held, disk):
+        assert a.read_bytes() == b.read_bytes(), a.name

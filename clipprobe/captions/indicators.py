@@ -222,7 +222,8 @@ def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None
 class ChunkIndicators:
     """A chunk as a pattern table: ``table`` (PatternTable), ``ids`` (each caption's row of it),
     ``rows`` / ``nulls`` (captions read, null captions), ``seconds`` (read, match, encode, hash),
-    ``hashes`` (each caption's content hash, when the spec asks for them)."""
+    ``hashes`` (each caption's content hash, when the spec asks for them), ``key`` (the key column as
+    read, where the chunk's hashed columns include it: the weights pass need not read it again)."""
 
     table: Any
     ids: Any
@@ -230,6 +231,7 @@ class ChunkIndicators:
     nulls: int
     seconds: dict[str, float] | None = None
     hashes: Any = None
+    key: Any = None
 
 
 def _group_codes(column, groups: tuple[str, ...], path: str, name: str, first_row: int):
@@ -301,7 +303,8 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
     for extra in (spec.group_column, spec.utility_column, *spec.hash_columns):
         if extra is not None and extra not in columns:
             columns.append(extra)
-    s_rows, s_cols, y_rows, y_cols, utils, hashes = [], [], [], [], [], []
+    s_rows, s_cols, y_rows, y_cols, utils, hashes, key = [], [], [], [], [], [], []
+    keep_key = spec.key_column is not None and spec.key_column in spec.hash_columns
     n = nulls = 0
     t_read = t_match = t_hash = 0.0
     t0 = time.perf_counter()
@@ -339,6 +342,8 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
                 parts = [column_hashes(text)] if spec.hash_text else []
                 parts += [column_hashes(batch.column(name)) for name in spec.hash_columns]
                 hashes.append(combine_hashes(parts))
+                if keep_key:
+                    key.append(batch.column(spec.key_column))
                 t1 = time.perf_counter()
                 t_hash += t1 - t0
                 t0 = t1
@@ -355,9 +360,19 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
         seconds["hash"] = t_hash
     out = ChunkIndicators(table, ids, n, nulls, seconds=seconds,
                           hashes=(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)) if spec.hashes
-                          else None)
+                          else None, key=_key_array(key) if keep_key and key else None)
     log.debug("indicators of %s rows %d-%d", path, row_offset, row_offset + n)
     return out
+
+
+def _key_array(parts):
+    """The key column of a chunk as one array, as a weights file holds it (the string types as string)."""
+    import pyarrow as pa
+
+    column = pa.chunked_array(parts) if isinstance(parts, list) else parts
+    if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        column = column.cast(pa.string())       # one schema for every part, whatever a file's string type
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _distinct_rows(keys):
@@ -473,17 +488,19 @@ class ChunkCache:
         return st.st_ino, st.st_size, st.st_mtime_ns
 
     def put(self, path, arrays: dict[str, Any]) -> None:
+        """Hold a chunk's numpy arrays (made read-only) and, as ``"key"``, a ``(column name, Arrow array)``."""
         if not self.on:
             return
-        size = sum(a.nbytes for a in arrays.values())
+        size = sum(_nbytes(a) for a in arrays.values())
         identity = self._identity(path)
         with self.lock:
             if identity is None or self.used + size > self.limit:
                 return
             for a in arrays.values():
-                a.flags.writeable = False
+                if hasattr(a, "flags"):
+                    a.flags.writeable = False
             old = self.items.pop(str(path), None)
-            self.used += size - (0 if old is None else sum(a.nbytes for a in old[1].values()))
+            self.used += size - (0 if old is None else sum(_nbytes(a) for a in old[1].values()))
             self.items[str(path)] = (identity, arrays)
 
     def get(self, path) -> dict[str, Any] | None:
@@ -496,12 +513,17 @@ class ChunkCache:
         return held[1]
 
 
+def _nbytes(value) -> int:
+    return value.nbytes if hasattr(value, "nbytes") else _nbytes(value[1])
+
+
 CHUNK_CACHE = ChunkCache(256 << 20)
 
 
-def save_chunk(path, table, ids, hashes=None) -> None:
+def save_chunk(path, table, ids, hashes=None, key=None) -> None:
     """A chunk's pattern table, its captions' rows of it (the smallest integer type that holds them) and,
-    for a fit, their content hashes (also kept in :data:`CHUNK_CACHE` where it is on)."""
+    for a fit, their content hashes; all also kept in :data:`CHUNK_CACHE` where it is on, with ``key``
+    (``(column name, Arrow array)``, the key column as the chunk's weights file holds it; not stored)."""
     import numpy as np
 
     from clipprobe._io import atomic_path
@@ -515,7 +537,10 @@ def save_chunk(path, table, ids, hashes=None) -> None:
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **arrays)
-    CHUNK_CACHE.put(path, {name: a.copy() for name, a in arrays.items()})
+    held = {name: a.copy() for name, a in arrays.items()}
+    if key is not None:
+        held["key"] = key
+    CHUNK_CACHE.put(path, held)
 
 
 def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
@@ -554,7 +579,8 @@ def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
     _, path, row_groups, column, row_offset, chunk_file = task[:6]
     try:
         chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop)
-        save_chunk(chunk_file, chunk.table, chunk.ids, chunk.hashes)
+        save_chunk(chunk_file, chunk.table, chunk.ids, chunk.hashes,
+                   None if chunk.key is None else (spec.key_column, chunk.key))
     except ClipprobeError as err:  # bad data, or a chunk file that cannot be written (named in the message)
         return {"error": str(err)}
     return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
@@ -749,10 +775,13 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     }
     t1 = time.perf_counter()
     if spec.key_column is not None:
-        with open_parquet(path) as pf:
-            keys_col = pf.read_row_groups(list(row_groups), columns=[spec.key_column], use_threads=False).column(0)
-        if pa.types.is_large_string(keys_col.type) or pa.types.is_string_view(keys_col.type):
-            keys_col = keys_col.cast(pa.string())       # one schema for every part, whatever a file's string type
+        held = (CHUNK_CACHE.get(chunk_file) or {}).get("key")
+        if held is not None and held[0] == spec.key_column and len(held[1]) == n:
+            keys_col = held[1]                  # read by the pattern pass in this process
+        else:
+            with open_parquet(path) as pf:
+                keys_col = _key_array(pf.read_row_groups(list(row_groups), columns=[spec.key_column],
+                                                         use_threads=False).column(0))
         columns[spec.key_column] = keys_col
     t2 = time.perf_counter()
     columns["q"] = pa.array(q, pa.float64())
