@@ -36,9 +36,10 @@ lexicon), labels the So-B-IT occupations (167 words), keep --keep, eps --eps.
 
 (a) ``clipprobe.pipeline.balance.fit_balance`` from nothing (no parts): plan, pattern pass (read, match,
     encode and hash each chunk, store its caption ids and content hashes), M4 solve on the pattern table,
-    the two rank passes over the stored hashes (which captions each pattern's round(q x count) keeps),
-    weights pass (q and the keep flag of every caption, URL copied, one parquet file per chunk), the
-    before/after tables.
+    the rank pass over the stored hashes (which captions each pattern's round(q x count) keeps: a window of
+    rank keys around each pattern's expected boundary), weights pass (q and the keep flag of every caption,
+    URL copied, one parquet file per chunk), the before/after tables. On the local engine the rank and
+    weights passes read the chunks (and the URL column the pattern pass read) from memory.
 (b) a per-caption pipeline: the same pattern pass to get every caption's indicators (its time counted
     again), then every caption its own row (``_build_system(..., group=False)``) and the very same
     dual iterations: the duals of each of (a)'s evaluations, each evaluated over every caption as
@@ -324,7 +325,7 @@ def _baseline(files, work) -> dict:
     del flat
     t1 = time.perf_counter()
     # the keep flags with every caption in memory: rank each pattern's captions by (seeded hash, position)
-    # with one sort, keep round(q x count) of each (another implementation than (a)'s two rank passes)
+    # with one sort, keep round(q x count) of each (another implementation than (a)'s rank pass)
     rank_key = keepflags.rank_keys(hashes, ARGS.seed)
     by = np.lexsort((pos, rank_key, fit_rows))
     start_of = np.searchsorted(fit_rows[by], np.arange(table.n_rows))
