@@ -199,6 +199,16 @@ def _stream(spec, tasks, task_file, files, settings: EngineSettings, fn, prepare
     return run_local(spec, tasks, settings.n_workers, fn=fn)
 
 
+def _in_process(spec, settings: EngineSettings) -> bool:
+    """Whether the engine runs every task in this process (as :func:`~clipprobe.captions.scan.run_local`
+    does with one worker, or with the token pass in threads)."""
+    if settings.engine != "local":
+        return False
+    from clipprobe.captions.tokens import available
+
+    return settings.n_workers <= 1 or (spec.method == "tokens" and available())
+
+
 def _consume(stream, n_tasks: int, desc: str, on_result, path_of) -> None:
     """Feed each (task id, result) to ``on_result``; a failed task (unreadable data) is fatal, naming
     the file (``path_of(task id)``)."""
@@ -375,8 +385,9 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
 
     folder = (Path(parts_dir) / "patterns").resolve()
     (folder / "chunks").mkdir(parents=True, exist_ok=True)
-    # a fit's passes after the solve read the chunks this pass writes: held in memory where they run here
-    if getattr(spec, "hashes", False) and settings.engine == "local":
+    # a fit's passes after the solve read the chunks this pass writes: held in memory where every pass runs
+    # in this process (the local engine's threads; its worker processes would each hold their own)
+    if getattr(spec, "hashes", False) and _in_process(spec, settings):
         CHUNK_CACHE.start()
     else:
         CHUNK_CACHE.stop()
