@@ -36,9 +36,10 @@ lexicon), labels the So-B-IT occupations (167 words), keep --keep, eps --eps.
 
 (a) ``clipprobe.pipeline.balance.fit_balance`` from nothing (no parts): plan, pattern pass (read, match,
     encode and hash each chunk, store its caption ids and content hashes), M4 solve on the pattern table,
-    the two rank passes over the stored hashes (which captions each pattern's round(q x count) keeps),
-    weights pass (q and the keep flag of every caption, URL copied, one parquet file per chunk), the
-    before/after tables.
+    the rank pass over the stored hashes (which captions each pattern's round(q x count) keeps: a window of
+    rank keys around each pattern's expected boundary), weights pass (q and the keep flag of every caption,
+    URL copied, one parquet file per chunk), the before/after tables. On the local engine the rank and
+    weights passes read the chunks (and the URL column the pattern pass read) from memory.
 (b) a per-caption pipeline: the same pattern pass to get every caption's indicators (its time counted
     again), then every caption its own row (``_build_system(..., group=False)``) and the very same
     dual iterations: the duals of each of (a)'s evaluations, each evaluated over every caption as
@@ -324,7 +325,7 @@ def _baseline(files, work) -> dict:
     del flat
     t1 = time.perf_counter()
     # the keep flags with every caption in memory: rank each pattern's captions by (seeded hash, position)
-    # with one sort, keep round(q x count) of each (another implementation than (a)'s two rank passes)
+    # with one sort, keep round(q x count) of each (another implementation than (a)'s rank pass)
     rank_key = keepflags.rank_keys(hashes, ARGS.seed)
     by = np.lexsort((pos, rank_key, fit_rows))
     start_of = np.searchsorted(fit_rows[by], np.arange(table.n_rows))
@@ -373,13 +374,42 @@ def replay(system, cnt, eta: float, lams):
     return q
 
 
+STAGE_CPU: dict[str, float] = {}     # CPU seconds (all threads of this process) per stage of the last run
+
+
+def _record_stage_cpu() -> None:
+    """Have every stage timer (clipprobe.runinfo.StageTimer) also add its stage's CPU seconds to STAGE_CPU."""
+    import contextlib
+
+    from clipprobe import runinfo
+
+    plain = runinfo.StageTimer.__call__
+    if getattr(plain, "records_cpu", False):
+        return
+
+    @contextlib.contextmanager
+    def call(self, name):
+        t0 = time.process_time()
+        try:
+            with plain(self, name):
+                yield
+        finally:
+            STAGE_CPU[name] = STAGE_CPU.get(name, 0.0) + time.process_time() - t0
+
+    call.records_cpu = True
+    runinfo.StageTimer.__call__ = call
+
+
 def _count(files, out, for_balance: bool) -> dict:
     from clipprobe.pipeline.captions import CountConfig, count_captions
 
+    STAGE_CPU.clear()
+    cpu = time.process_time()
     result, total = timed(count_captions, CountConfig(captions=tuple(files), out=str(out), workers=ARGS.workers,
                                                       for_balance=for_balance))
+    cpu = time.process_time() - cpu - STAGE_CPU.get("figure", 0.0)     # without the heatmap, as the wall time
     timings = result.run["timings_s"]
-    return {"total": total, "no_heatmap": total - timings.get("figure", 0.0), "timings": timings}
+    return {"total": total, "no_heatmap": total - timings.get("figure", 0.0), "timings": timings, "cpu": cpu}
 
 
 def _fit(files, out, **kw) -> dict:
@@ -387,10 +417,12 @@ def _fit(files, out, **kw) -> dict:
 
     from clipprobe.pipeline.balance import fit_balance
 
+    cpu = time.process_time()
     result, total = timed(fit_balance, dataclasses.replace(_config(files, out), **kw))
+    cpu = time.process_time() - cpu         # CPU seconds of every thread of this process: less noisy under load
     timings = result.run["timings_s"]
     passes = sum(timings.get(k, 0.0) for k in ("patterns", "ranks", "weights"))
-    return {"total": total, "timings": timings, "passes": passes}
+    return {"total": total, "timings": timings, "passes": passes, "cpu": cpu}
 
 
 def versus_count(files, work, baseline_total: float) -> None:
@@ -398,6 +430,7 @@ def versus_count(files, work, baseline_total: float) -> None:
 
     """`captions count` (plain and --for-balance), a cold `balance fit` and `balance fit --from-scan` of the same
     files, --rounds interleaved rounds in this process; ratios against the plain count without its heatmap."""
+    _record_stage_cpu()
     _count(files[:1], work / "warm-up", False)        # the compiled kernels loaded, the files in the page cache
     rows = []
     for r in range(ARGS.rounds):
@@ -411,7 +444,7 @@ def versus_count(files, work, baseline_total: float) -> None:
               f"(scan {scan['timings']['scan']:.2f} s)")
         for name, fit in (("cold balance fit", cold), ("balance fit --from-scan", warm)):
             print(f"  {name}: {fit['total']:.2f} s (" + ", ".join(f"{k} {v:.2f}" for k, v in fit["timings"].items())
-                  + f"); passes over the captions {fit['passes']:.2f} s")
+                  + f"); passes over the captions {fit['passes']:.2f} s; CPU {fit['cpu']:.2f} s")
         w_cold = pd.read_parquet(work / f"cold{r}" / "weights.parquet")
         w_warm = pd.read_parquet(work / f"warm{r}" / "weights.parquet")
         assert w_cold.equals(w_warm), "--from-scan wrote other weights than the cold fit"
@@ -431,9 +464,15 @@ def versus_count(files, work, baseline_total: float) -> None:
         print(f"  {name}: {value:.2f} s = {ratio:.2f}x the count (target <= {target:g}x: "
               f"{'met' if ratio <= target else 'NOT met'}); its passes over the captions alone {passes:.2f} s = "
               f"{passes / scan_stage:.2f}x the count's scan stage")
+    count_cpu = med([c["cpu"] for c, _, _, _ in rows])
+    cold_cpu, warm_cpu = med([a["cpu"] for _, _, a, _ in rows]), med([w["cpu"] for _, _, _, w in rows])
+    print(f"  CPU seconds (all threads; less moved by a loaded machine than wall time): captions count "
+          f"{count_cpu:.2f} s without its heatmap, cold balance fit {cold_cpu:.2f} s = {cold_cpu / count_cpu:.2f}x, "
+          f"--from-scan {warm_cpu:.2f} s = {warm_cpu / count_cpu:.2f}x")
     print(f"  per-caption baseline {baseline_total:.2f} s = {baseline_total / count:.2f}x the count")
     print(json.dumps({"count": count, "count_scan": scan_stage, "cold": cold, "from_scan": warm,
-                      "baseline": baseline_total, "cold_ratio": cold / count, "from_scan_ratio": warm / count}))
+                      "baseline": baseline_total, "cold_ratio": cold / count, "from_scan_ratio": warm / count,
+                      "cpu": {"count": count_cpu, "cold": cold_cpu, "from_scan": warm_cpu}}))
 
 
 def _ours(files, out) -> dict:

@@ -300,6 +300,8 @@ class KeepRanks:
     need: "np.ndarray | None" = None
     t_key: "np.ndarray | None" = None
     t_pos: "np.ndarray | None" = None
+    lo: "np.ndarray | None" = None
+    hi: "np.ndarray | None" = None
 
     @property
     def split(self) -> "np.ndarray":
@@ -314,7 +316,7 @@ class KeepRanks:
         import numpy as np
 
         dtypes = {"k": np.int64, "count": np.int64, "bits": np.int64, "bucket": np.int64, "need": np.int64,
-                  "t_key": np.uint64, "t_pos": np.int64}
+                  "t_key": np.uint64, "t_pos": np.int64, "lo": np.uint64, "hi": np.uint64}
         return cls(**{name: np.asarray(d[name], dt) for name, dt in dtypes.items() if name in d})
 
 
@@ -440,6 +442,104 @@ def rank_thresholds(ranks: KeepRanks, pattern, keys, pos) -> KeepRanks:
     return dataclasses.replace(ranks, t_key=t_key, t_pos=t_pos)
 
 
+WINDOW_SIGMAS = 6.0                 # half-width of a rank window, in standard deviations of the first dropped rank
+WINDOW_MIN_SIGMAS = 3.0
+WINDOW_BUDGET = 1 << 23             # examples the driver may gather from all windows together (expected)
+
+
+def rank_windows(ranks: KeepRanks, sigmas: float | None = None, budget: int | None = None) -> KeepRanks:
+    """A window of rank keys ``[lo, hi]`` for each pattern that keeps some but not all of its examples,
+    meant to hold its first dropped example (``lo > hi`` elsewhere: an empty window).
+
+    Rank keys are seeded 64-bit hashes, spread uniformly, so the key of a pattern's ``k``-th example is
+    near the quantile ``k / count``: the window covers the ranks ``k -+ sigmas x sd`` (``sd`` the
+    binomial standard deviation ``sqrt(k (count - k) / count)``, plus one example). Where the windows
+    would hold more than ``budget`` examples in all (expected), ``sigmas`` shrinks (to no less than
+    ``WINDOW_MIN_SIGMAS``); None: ``WINDOW_SIGMAS``, ``WINDOW_BUDGET``. A window is only a guess: :func:`window_thresholds` says which ones hold
+    their pattern's first dropped example, and the rest take the exact passes (:func:`rank_histogram`,
+    :func:`rank_candidates`)."""
+    import numpy as np
+
+    sigmas = WINDOW_SIGMAS if sigmas is None else float(sigmas)
+    budget = WINDOW_BUDGET if budget is None else int(budget)
+    n = ranks.count.astype(np.float64)
+    k = ranks.k.astype(np.float64)
+    split = ranks.split
+    sd = np.sqrt(np.where(split, k * (n - k) / np.maximum(n, 1), 0.0))
+    expected = float(np.where(split, 2 * sigmas * sd + 3, 0.0).sum())
+    if expected > budget:
+        sigmas = max(min(sigmas, WINDOW_MIN_SIGMAS), sigmas * budget / expected)
+    width = sigmas * sd + 1.0
+    scale = 2.0 ** 64
+    lo_f = np.clip((k - width) / np.maximum(n, 1), 0.0, 1.0) * scale
+    hi_f = np.clip((k + 1 + width) / np.maximum(n, 1), 0.0, 1.0) * scale
+    top = np.float64(np.nextafter(scale, 0))              # the largest float64 below 2**64
+    lo = np.where(lo_f <= 0, np.uint64(0), np.minimum(lo_f, top).astype(np.uint64))
+    hi = np.where(hi_f >= scale, np.uint64(2**64 - 1), np.minimum(hi_f, top).astype(np.uint64))
+    lo = np.where(split, lo, np.uint64(1)).astype(np.uint64)
+    hi = np.where(split, hi, np.uint64(0)).astype(np.uint64)
+    return dataclasses.replace(ranks, lo=lo, hi=hi)
+
+
+def window_scan(ranks: KeepRanks, pattern, keys, pos):
+    """One chunk's part of the windows (:func:`rank_windows`): ``(seen, below, (pattern, key, pos))``,
+    the examples of each pattern and those with a key below its window (``(P,)`` int64 each), and the
+    examples inside their pattern's window."""
+    import numpy as np
+
+    if ranks.lo is None:
+        raise UsageError("window_scan needs the windows (rank_windows)")
+    p = _check_pattern(pattern, ranks.k.size)
+    keys = np.asarray(keys, np.uint64)
+    lo, hi = ranks.lo[p], ranks.hi[p]
+    n_p = ranks.k.size
+    seen = np.bincount(p, minlength=n_p).astype(np.int64)
+    below = np.bincount(p[keys < lo], minlength=n_p).astype(np.int64)
+    inside = np.flatnonzero((keys >= lo) & (keys <= hi))
+    return seen, below, (p[inside], keys[inside], np.asarray(pos, np.int64)[inside])
+
+
+def window_thresholds(ranks: KeepRanks, seen, below, pattern, keys, pos) -> tuple[KeepRanks, "np.ndarray"]:
+    """The first dropped example of each pattern whose window holds it, from all chunks' :func:`window_scan`
+    (``seen`` and ``below`` summed, the examples inside concatenated); and ``(P,)`` bool, the patterns
+    that keep some but not all and whose window missed (for the exact passes). Exact: every key below a
+    window sorts before every key inside it, and those after it, so where ``below <= k < below +
+    inside``, the first dropped example is the ``k - below``-th inside, in (key, position) order. A
+    pattern whose examples do not add up to its count is a DataError (the data changed)."""
+    import numpy as np
+
+    if ranks.lo is None:
+        raise UsageError("window_thresholds needs the windows (rank_windows)")
+    seen = np.asarray(seen, np.int64)
+    below = np.asarray(below, np.int64)
+    split = ranks.split
+    want = np.where(split, ranks.count, 0)
+    got = np.where(split, seen, 0)
+    if not np.array_equal(got, want):
+        bad = int(np.flatnonzero(got != want)[0])
+        raise DataError(MSG_RANK_COUNTS.format(pattern=bad, got=int(got[bad]), want=int(want[bad])))
+    p = np.asarray(pattern, np.int64)
+    keys = np.asarray(keys, np.uint64)
+    pos = np.asarray(pos, np.int64)
+    order = np.lexsort((pos, keys, p))
+    p, keys, pos = p[order], keys[order], pos[order]
+    if p.size > 1:
+        same = (p[1:] == p[:-1]) & (keys[1:] == keys[:-1]) & (pos[1:] == pos[:-1])
+        if same.any():
+            raise DataError("window_thresholds: two examples share a rank key and a position")
+    n_p = ranks.k.size
+    start = np.searchsorted(p, np.arange(n_p), side="left")
+    inside = np.searchsorted(p, np.arange(n_p), side="right") - start
+    at = ranks.k - below
+    hit = split & (at >= 0) & (at < inside)
+    t_key = np.zeros(n_p, np.uint64)
+    t_pos = np.zeros(n_p, np.int64)
+    i = start[hit] + at[hit]
+    t_key[hit] = keys[i]
+    t_pos[hit] = pos[i]
+    return dataclasses.replace(ranks, t_key=t_key, t_pos=t_pos), split & ~hit
+
+
 def rank_keep(ranks: KeepRanks, pattern, keys, pos) -> "np.ndarray":
     """``(n,)`` bool keep flags of a chunk's examples (their patterns, rank keys and positions)."""
     import numpy as np
@@ -502,5 +602,5 @@ __all__ = [
     "POSITION_ROW_BITS", "KeepRanks", "UnknownPatterns", "assign_keep", "combine_hashes", "content_hashes", "fitted_rows",
     "flag_counts", "group_signature", "hash_strings", "keep_counts", "keep_probabilities", "positions",
     "rank_boundaries", "rank_candidates", "rank_histogram", "rank_keep", "rank_keys", "rank_plan",
-    "rank_thresholds",
+    "rank_thresholds", "rank_windows", "window_scan", "window_thresholds",
 ]

@@ -19,9 +19,11 @@ alike:
 
 * :func:`pattern_task`: the chunk's pattern table (mergeable: sum the chunks with ``merge_tables``),
   stored with each caption's row of it in a chunk file;
-* :func:`rank_histogram_task` and :func:`rank_candidates_task`: after the solve, from that chunk file,
-  the two light passes that find, for each pattern, which of its captions the keep flags keep (the
-  first by a hash of their content, ``q x count`` of them rounded: :mod:`clipprobe.analysis.keepflags`);
+* :func:`rank_window_task`: after the solve, from that chunk file, the light pass that finds, for each
+  pattern, which of its captions the keep flags keep (the first by a hash of their content, ``q x count``
+  of them rounded: :mod:`clipprobe.analysis.keepflags`), from a window of rank keys around the expected
+  boundary; :func:`rank_histogram_task` and :func:`rank_candidates_task`, the two exact passes for the
+  patterns whose window missed (rare);
 * :func:`weights_task`: from that chunk file and a fitted solution, each caption's keep probability
   and keep flag, written by the task itself as one parquet file (file, row group, row, key column, q,
   keep): no caption is read or matched a second time.
@@ -220,7 +222,8 @@ def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None
 class ChunkIndicators:
     """A chunk as a pattern table: ``table`` (PatternTable), ``ids`` (each caption's row of it),
     ``rows`` / ``nulls`` (captions read, null captions), ``seconds`` (read, match, encode, hash),
-    ``hashes`` (each caption's content hash, when the spec asks for them)."""
+    ``hashes`` (each caption's content hash, when the spec asks for them), ``key`` (the key column as
+    read, where the chunk's hashed columns include it: the weights pass need not read it again)."""
 
     table: Any
     ids: Any
@@ -228,6 +231,7 @@ class ChunkIndicators:
     nulls: int
     seconds: dict[str, float] | None = None
     hashes: Any = None
+    key: Any = None
 
 
 def _group_codes(column, groups: tuple[str, ...], path: str, name: str, first_row: int):
@@ -299,7 +303,8 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
     for extra in (spec.group_column, spec.utility_column, *spec.hash_columns):
         if extra is not None and extra not in columns:
             columns.append(extra)
-    s_rows, s_cols, y_rows, y_cols, utils, hashes = [], [], [], [], [], []
+    s_rows, s_cols, y_rows, y_cols, utils, hashes, key = [], [], [], [], [], [], []
+    keep_key = spec.key_column is not None and spec.key_column in spec.hash_columns
     n = nulls = 0
     t_read = t_match = t_hash = 0.0
     t0 = time.perf_counter()
@@ -337,6 +342,8 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
                 parts = [column_hashes(text)] if spec.hash_text else []
                 parts += [column_hashes(batch.column(name)) for name in spec.hash_columns]
                 hashes.append(combine_hashes(parts))
+                if keep_key:
+                    key.append(batch.column(spec.key_column))
                 t1 = time.perf_counter()
                 t_hash += t1 - t0
                 t0 = t1
@@ -353,9 +360,19 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
         seconds["hash"] = t_hash
     out = ChunkIndicators(table, ids, n, nulls, seconds=seconds,
                           hashes=(np.concatenate(hashes) if hashes else np.zeros(0, np.uint64)) if spec.hashes
-                          else None)
+                          else None, key=_key_array(key) if keep_key and key else None)
     log.debug("indicators of %s rows %d-%d", path, row_offset, row_offset + n)
     return out
+
+
+def _key_array(parts):
+    """The key column of a chunk as one array, as a weights file holds it (the string types as string)."""
+    import pyarrow as pa
+
+    column = pa.chunked_array(parts) if isinstance(parts, list) else parts
+    if pa.types.is_large_string(column.type) or pa.types.is_string_view(column.type):
+        column = column.cast(pa.string())       # one schema for every part, whatever a file's string type
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
 
 
 def _distinct_rows(keys):
@@ -433,19 +450,97 @@ def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility
 # a weights task adds (weights file, source, rows per row group, file ordinal).
 
 
-def save_chunk(path, table, ids, hashes=None) -> None:
+class ChunkCache:
+    """The chunk files this process wrote lately, held in memory for the passes after the solve (which then
+    read no chunk file): the arrays of each, by path and the file's identity (inode, size, modification
+    time: a file replaced since is read from disk). Off until :meth:`start`; it fills up to ``limit``
+    bytes (the one :meth:`start` gives, else the one it was made with) and then takes no more (the passes read the chunks in the order they were written, so keeping
+    the first ones serves them; evicting the oldest would serve none); :meth:`stop` empties it."""
+
+    def __init__(self, limit: int):
+        self.default_limit = self.limit = limit
+        self.on = False
+        self.used = 0
+        self.items: dict[str, tuple[tuple[int, int, int], dict[str, Any]]] = {}
+        self.lock = threading.Lock()
+
+    def start(self, limit: int | None = None) -> None:
+        with self.lock:
+            self.items.clear()
+            self.used = 0
+            self.limit = self.default_limit if limit is None else limit
+            self.on = self.limit > 0
+
+    def stop(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.used = 0
+            self.on = False
+
+    @staticmethod
+    def _identity(path) -> tuple[int, int, int] | None:
+        import os
+
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def put(self, path, arrays: dict[str, Any]) -> None:
+        """Hold a chunk's numpy arrays (made read-only) and, as ``"key"``, a ``(column name, Arrow array)``."""
+        if not self.on:
+            return
+        size = sum(_nbytes(a) for a in arrays.values())
+        identity = self._identity(path)
+        with self.lock:
+            if identity is None or self.used + size > self.limit:
+                return
+            for a in arrays.values():
+                if hasattr(a, "flags"):
+                    a.flags.writeable = False
+            old = self.items.pop(str(path), None)
+            self.used += size - (0 if old is None else sum(_nbytes(a) for a in old[1].values()))
+            self.items[str(path)] = (identity, arrays)
+
+    def get(self, path) -> dict[str, Any] | None:
+        if not self.on:
+            return None
+        with self.lock:
+            held = self.items.get(str(path))
+        if held is None or self._identity(path) != held[0]:
+            return None
+        return held[1]
+
+
+def _nbytes(value) -> int:
+    return value.nbytes if hasattr(value, "nbytes") else _nbytes(value[1])
+
+
+CHUNK_CACHE = ChunkCache(256 << 20)
+
+
+def save_chunk(path, table, ids, hashes=None, key=None) -> None:
     """A chunk's pattern table, its captions' rows of it (the smallest integer type that holds them) and,
-    for a fit, their content hashes."""
+    for a fit, their content hashes; all also kept in :data:`CHUNK_CACHE` where it is on, with ``key``
+    (``(column name, Arrow array)``, the key column as the chunk's weights file holds it; not stored)."""
     import numpy as np
 
     from clipprobe._io import atomic_path
 
     dtype = np.uint8 if table.n_rows <= 2**8 else np.uint16 if table.n_rows <= 2**16 else np.int64
-    extra = {} if hashes is None else {"hashes": np.asarray(hashes, np.uint64)}
+    arrays = {"keys": np.asarray(table.keys, np.uint64), "ubin": np.asarray(table.ubin, np.int32),
+              "count": np.asarray(table.count, np.int64), "u_sum": np.asarray(table.u_sum, np.float64),
+              "ids": np.asarray(ids).astype(dtype)}
+    if hashes is not None:
+        arrays["hashes"] = np.asarray(hashes, np.uint64)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, keys=table.keys, ubin=table.ubin, count=table.count, u_sum=table.u_sum,
-                     ids=np.asarray(ids).astype(dtype), **extra)
+            np.savez(fh, **arrays)
+    held = {name: a.copy() for name, a in arrays.items()}
+    if key is not None:
+        held["key"] = key
+    CHUNK_CACHE.put(path, held)
 
 
 def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
@@ -454,15 +549,26 @@ def load_chunk(path, spec: IndicatorSpec, hashes: bool = False):
 
     from clipprobe.analysis.patterns import PatternTable
 
-    with np.load(path, allow_pickle=False) as z:
+    held = CHUNK_CACHE.get(path)
+    with (_held(held) if held is not None else np.load(path, allow_pickle=False)) as z:
         table = PatternTable(tuple(spec.groups), tuple(spec.labels), z["keys"].astype(np.uint64),
                              z["ubin"].astype(np.int32), z["count"].astype(np.int64), z["u_sum"].astype(np.float64),
                              spec.utility_column is not None)
         if not hashes:
             return table, z["ids"].astype(np.int64)
-        if "hashes" not in z.files:
+        if "hashes" not in z:
             raise DataError(MSG_NO_HASHES.format(path=path))
-        return table, z["ids"].astype(np.int64), z["hashes"].astype(np.uint64)
+        return table, z["ids"].astype(np.int64), z["hashes"]
+
+
+class _held(dict):
+    """A cached chunk's arrays, used as ``np.load``'s result is (``with``, ``[name]``, ``in``)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
 
 
 def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
@@ -473,7 +579,8 @@ def pattern_task(spec: IndicatorSpec, task: tuple, stop=None):
     _, path, row_groups, column, row_offset, chunk_file = task[:6]
     try:
         chunk = chunk_indicators(spec, path, row_groups, column, row_offset, stop)
-        save_chunk(chunk_file, chunk.table, chunk.ids, chunk.hashes)
+        save_chunk(chunk_file, chunk.table, chunk.ids, chunk.hashes,
+                   None if chunk.key is None else (spec.key_column, chunk.key))
     except ClipprobeError as err:  # bad data, or a chunk file that cannot be written (named in the message)
         return {"error": str(err)}
     return {"table": chunk.table, "rows": chunk.rows, "nulls": chunk.nulls, "row_groups": len(row_groups),
@@ -596,6 +703,39 @@ def rank_candidates_task(spec: IndicatorSpec, task: tuple, stop=None):
     return {"pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
 
 
+def rank_window_task(spec: IndicatorSpec, task: tuple, stop=None):
+    """The chunk's part of the rank windows (:func:`~clipprobe.analysis.keepflags.window_scan`): per
+    pattern its captions and those below its window (``"seen"``, ``"below"``), and the captions inside
+    their pattern's window (``"pattern"``, ``"key"``, ``"pos"``)."""
+    from clipprobe.analysis.keepflags import window_scan
+    from clipprobe.captions.scan import Stopped
+
+    _, path, _, _, row_offset, chunk_file, ordinal = task
+    if stop is not None and stop.is_set():
+        raise Stopped(path)
+    try:
+        _, ids, pattern, keys, pos = _ranked_chunk(spec, path, chunk_file, row_offset, ordinal)
+    except ClipprobeError as err:
+        return {"error": str(err)}
+    seen, below, (p, k, q) = window_scan(spec.ranks, pattern, keys, pos)
+    return {"seen": seen, "below": below, "pattern": p, "key": k, "pos": q, "rows": int(ids.size)}
+
+
+def _weights_writer(table) -> dict:
+    """Parquet settings of a weights file, for speed (the columns and values are the same whatever they are):
+    dictionary encoding where values repeat (the file, the row group, q: one value per pattern, and a
+    dictionary-typed key column), none for the row (delta-encoded: consecutive integers) or the key column
+    (mostly distinct values: a dictionary is built, then dropped); min/max statistics for every column
+    but the key (a reader can still skip by file, row group and row)."""
+    import pyarrow as pa
+
+    fixed = ("file", "row_group", "row", "q", "keep")
+    key = [name for name in table.column_names if name not in fixed]
+    dictionary = ["file", "row_group", "q"] + [n for n in key if pa.types.is_dictionary(table.schema.field(n).type)]
+    return {"use_dictionary": dictionary, "write_statistics": list(fixed),
+            "column_encoding": {"row": "DELTA_BINARY_PACKED"}}
+
+
 def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     """Keep probabilities and keep flags of a chunk, written to the task's weights file.
 
@@ -635,17 +775,21 @@ def weights_task(spec: IndicatorSpec, task: tuple, stop=None):
     }
     t1 = time.perf_counter()
     if spec.key_column is not None:
-        with open_parquet(path) as pf:
-            keys_col = pf.read_row_groups(list(row_groups), columns=[spec.key_column], use_threads=False).column(0)
-        if pa.types.is_large_string(keys_col.type) or pa.types.is_string_view(keys_col.type):
-            keys_col = keys_col.cast(pa.string())       # one schema for every part, whatever a file's string type
+        held = (CHUNK_CACHE.get(chunk_file) or {}).get("key")
+        if held is not None and held[0] == spec.key_column and len(held[1]) == n:
+            keys_col = held[1]                  # read by the pattern pass in this process
+        else:
+            with open_parquet(path) as pf:
+                keys_col = _key_array(pf.read_row_groups(list(row_groups), columns=[spec.key_column],
+                                                         use_threads=False).column(0))
         columns[spec.key_column] = keys_col
     t2 = time.perf_counter()
     columns["q"] = pa.array(q, pa.float64())
     columns["keep"] = pa.array(keep, pa.bool_())
     try:
+        out = pa.table(columns)
         with atomic_path(weights_file, suffix=".parquet") as tmp:
-            pq.write_table(pa.table(columns), tmp)
+            pq.write_table(out, tmp, **_weights_writer(out))
     except ClipprobeError as err:  # the weights file cannot be written (disk full): the message names it
         return {"error": str(err)}
     kept_rows = np.bincount(ids, weights=keep, minlength=table.n_rows).round().astype(np.int64)

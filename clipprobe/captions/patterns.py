@@ -9,9 +9,10 @@ caption) in ``PARTS/patterns/chunks/``, and the driver stores each finished file
 depend on); a rerun skips those files, so another keep rate or eps refits without reading any caption.
 :func:`keep_ranks` finds, for each pattern of the fitted table, which of its captions the keep flags keep
 (the first by the rank key, a hash of each caption's content stored by the pattern pass, as many as
-``q x count`` rounded down or up): a histogram of the rank keys per pattern and then the captions of
-each pattern's boundary bucket, two light passes over the chunk files on the same engine, summed by
-the driver (:mod:`clipprobe.analysis.keepflags`) and stored in ``PARTS/weights/ranks-KEY.npz``.
+``q x count`` rounded down or up): one light pass over the chunk files on the same engine counts each
+pattern's captions below a window of rank keys around the expected boundary and gathers those inside
+it; the driver ranks them (:mod:`clipprobe.analysis.keepflags`; a pattern whose window missed, which is
+rare, takes two exact passes more) and stores the result in ``PARTS/weights/ranks-KEY.npz``.
 :func:`write_weights` runs :func:`~clipprobe.captions.indicators.weights_task` on every chunk: from the
 chunk file and the fitted solution it computes each caption's q and keep flag without reading the
 captions again (only the key column), writes the chunk's weights file itself (``PARTS/weights/``), and
@@ -198,6 +199,16 @@ def _stream(spec, tasks, task_file, files, settings: EngineSettings, fn, prepare
     return run_local(spec, tasks, settings.n_workers, fn=fn)
 
 
+def _in_process(spec, settings: EngineSettings) -> bool:
+    """Whether the engine runs every task in this process (as :func:`~clipprobe.captions.scan.run_local`
+    does with one worker, or with the token pass in threads)."""
+    if settings.engine != "local":
+        return False
+    from clipprobe.captions.tokens import available
+
+    return settings.n_workers <= 1 or (spec.method == "tokens" and available())
+
+
 def _consume(stream, n_tasks: int, desc: str, on_result, path_of) -> None:
     """Feed each (task id, result) to ``on_result``; a failed task (unreadable data) is fatal, naming
     the file (``path_of(task id)``)."""
@@ -369,11 +380,17 @@ def count_patterns(spec, files: Sequence[PlannedFile], parts_dir, settings: Engi
     import dataclasses
 
     from clipprobe.analysis.patterns import merge_tables
-    from clipprobe.captions.indicators import pattern_from_scan_task, pattern_task
+    from clipprobe.captions.indicators import CHUNK_CACHE, pattern_from_scan_task, pattern_task
     from clipprobe.captions.run import _interrupt_deferred
 
     folder = (Path(parts_dir) / "patterns").resolve()
     (folder / "chunks").mkdir(parents=True, exist_ok=True)
+    # a fit's passes after the solve read the chunks this pass writes: held in memory where every pass runs
+    # in this process (the local engine's threads; its worker processes would each hold their own)
+    if getattr(spec, "hashes", False) and _in_process(spec, settings):
+        CHUNK_CACHE.start()
+    else:
+        CHUNK_CACHE.stop()
 
     def done(info):
         return (folder / f"{info.key}.npz").exists() and all(
@@ -474,8 +491,11 @@ class RankPass:
 def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSettings, key: str) -> RankPass:
     """Which captions of each pattern the keep flags keep: the ``spec.keep_counts`` first of the pattern
     by rank key (``spec.fitted``, ``spec.seed``; None: ``round(spec.fitted_q x count)``), found from
-    the chunk files of the pattern pass by two light passes on the engine (a histogram of the rank keys
-    per pattern, then the captions of each pattern's boundary bucket). Stored in
+    the chunk files of the pattern pass by one light pass on the engine: per pattern, its captions below
+    a window of rank keys around the expected boundary and those inside it
+    (:func:`~clipprobe.analysis.keepflags.rank_windows`). The patterns whose window misses (rare) take
+    two more passes (a histogram of their rank keys, then the captions of each one's boundary bucket).
+    Stored in
     ``parts_dir/weights/ranks-KEY.npz``; a rerun with the same ``key`` reads it."""
     import dataclasses
     import time
@@ -483,8 +503,9 @@ def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSe
     import numpy as np
 
     from clipprobe._io import atomic_path
-    from clipprobe.analysis.keepflags import KeepRanks, keep_counts, rank_boundaries, rank_plan, rank_thresholds
-    from clipprobe.captions.indicators import rank_candidates_task, rank_histogram_task
+    from clipprobe.analysis.keepflags import (KeepRanks, keep_counts, rank_boundaries, rank_plan, rank_thresholds,
+                                              rank_windows, window_thresholds)
+    from clipprobe.captions.indicators import rank_candidates_task, rank_histogram_task, rank_window_task
     from clipprobe.captions.run import _interrupt_deferred
 
     folder = (Path(parts_dir) / "weights").resolve()
@@ -496,38 +517,56 @@ def keep_ranks(spec, files: Sequence[PlannedFile], parts_dir, settings: EngineSe
             return RankPass(ranks, int(z["boundary"][0]))
     t0 = time.perf_counter()
     counts = spec.fitted.count
-    ranks = rank_plan(keep_counts(spec.fitted_q, counts) if spec.keep_counts is None else spec.keep_counts, counts)
+    planned = rank_plan(keep_counts(spec.fitted_q, counts) if spec.keep_counts is None else spec.keep_counts, counts)
     pairs = _chunk_tasks(files, (Path(parts_dir) / "patterns").resolve(), settings)
     tasks, task_file = [t for t, _ in pairs], [f for _, f in pairs]
     read = [0]
-    gathered: dict[str, list] = {"cells": [], "counts": [], "pattern": [], "key": [], "pos": []}
 
-    def keep(names):
+    def run(ranks, fn, names, desc, sums=()):
+        gathered: dict[str, list] = {name: [] for name in names}
+        summed = {name: np.zeros(ranks.k.size, np.int64) for name in sums}
+
         def on_result(task_id, result):
-            if "cells" in names:            # captions whose stored hashes were ranked (read again by the 2nd pass)
-                read[0] += result["rows"]
+            read[0] += result["rows"]
             for name in names:
                 gathered[name].append(result[name])
-        return on_result
+            for name in sums:
+                summed[name] += result[name]
 
-    def run(fn, names, desc):
         if ranks.split.any() and tasks:
             stream = _stream(dataclasses.replace(spec, ranks=ranks), tasks, task_file, files, settings, fn,
                              prepare=False)
-            _consume(stream, len(tasks), desc, keep(names), lambda task_id: tasks[task_id][1])
-        return [np.concatenate(gathered[n]) if gathered[n] else None for n in names]
+            _consume(stream, len(tasks), desc, on_result, lambda task_id: tasks[task_id][1])
+        return [summed[n] for n in sums] + [np.concatenate(gathered[n]) if gathered[n] else None for n in names]
 
-    cells, counts = run(rank_histogram_task, ("cells", "counts"), "ranks")
-    ranks = rank_boundaries(ranks, _or_empty(cells, np.int64), _or_empty(counts, np.int64))
-    pattern, rank_key, pos = run(rank_candidates_task, ("pattern", "key", "pos"), "boundaries")
+    # one pass: each pattern's captions below and inside a window of rank keys around its expected boundary
+    ranks = rank_windows(planned)
+    seen, below, pattern, rank_key, pos = run(ranks, rank_window_task, ("pattern", "key", "pos"), "ranks",
+                                              ("seen", "below"))
     pattern = _or_empty(pattern, np.int64)
-    ranks = rank_thresholds(ranks, pattern, _or_empty(rank_key, np.uint64), _or_empty(pos, np.int64))
+    ranks, missed = window_thresholds(ranks, seen, below, pattern, _or_empty(rank_key, np.uint64),
+                                      _or_empty(pos, np.int64))
+    boundary = int(pattern.size)
+    if missed.any():
+        # the patterns whose window missed its boundary (rare): a histogram of their rank keys, then the
+        # captions of each one's boundary bucket, exactly
+        log.info("keep ranks: %d pattern(s) outside their window; two more passes", int(missed.sum()))
+        exact = rank_plan(np.where(missed, planned.k, 0), counts)
+        cells, cell_counts = run(exact, rank_histogram_task, ("cells", "counts"), "ranks (exact)")
+        exact = rank_boundaries(exact, _or_empty(cells, np.int64), _or_empty(cell_counts, np.int64))
+        pattern, rank_key, pos = run(exact, rank_candidates_task, ("pattern", "key", "pos"), "boundaries")
+        pattern = _or_empty(pattern, np.int64)
+        exact = rank_thresholds(exact, pattern, _or_empty(rank_key, np.uint64), _or_empty(pos, np.int64))
+        boundary += int(pattern.size)
+        t_key, t_pos = ranks.t_key.copy(), ranks.t_pos.copy()
+        t_key[missed], t_pos[missed] = exact.t_key[missed], exact.t_pos[missed]
+        ranks = dataclasses.replace(ranks, t_key=t_key, t_pos=t_pos)
     with _interrupt_deferred(), atomic_path(stored, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
-            np.savez(fh, boundary=np.asarray([pattern.size], np.int64), **ranks.to_arrays())
+            np.savez(fh, boundary=np.asarray([boundary], np.int64), **ranks.to_arrays())
     log.info("keep ranks: %d of %d patterns keep some but not all of their captions; %d captions in "
-             "boundary buckets", int(ranks.split.sum()), ranks.k.size, pattern.size)
-    return RankPass(ranks, int(pattern.size), read[0], time.perf_counter() - t0)
+             "their windows", int(ranks.split.sum()), ranks.k.size, boundary)
+    return RankPass(ranks, boundary, read[0], time.perf_counter() - t0)
 
 
 def _or_empty(values, dtype):
@@ -572,7 +611,7 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
     """
     import numpy as np
 
-    from clipprobe.captions.indicators import weights_task
+    from clipprobe.captions.indicators import CHUNK_CACHE, weights_task
     from clipprobe.captions.run import _interrupt_deferred
 
     folder = (Path(parts_dir) / "weights").resolve()
@@ -607,9 +646,12 @@ def write_weights(spec, files: Sequence[PlannedFile], parts_dir, settings: Engin
         with _interrupt_deferred():
             _save_marker(Path(tasks[task_id][6]).with_suffix(".npz"), result)
 
-    if tasks:
-        stream = _stream(spec, tasks, task_file, todo_files, settings, weights_task, prepare=False)
-        _consume(stream, len(tasks), "weights", on_result, lambda task_id: tasks[task_id][1])
+    try:
+        if tasks:
+            stream = _stream(spec, tasks, task_file, todo_files, settings, weights_task, prepare=False)
+            _consume(stream, len(tasks), "weights", on_result, lambda task_id: tasks[task_id][1])
+    finally:
+        CHUNK_CACHE.stop()          # the last pass that reads the chunks
     n_fit = spec.fitted.n_rows
     count = np.zeros(n_fit, np.int64)
     kept = np.zeros(n_fit, np.int64)
