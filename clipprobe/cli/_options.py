@@ -165,6 +165,7 @@ def pop_probe_config(kwargs: dict[str, Any]):
 # several tests (sweep) names each count after its test (--report-permutations, --eat-permutations, ...).
 PERMUTATIONS_HELP = "Permutation draws of the null distribution of {test}{more}."
 BOOTSTRAP_HELP = "Bootstrap resamples of {unit} behind the intervals of {what}{more}."
+BOOTSTRAP_OTHER_HELP = "Bootstrap resamples of {unit} behind {behind}{more}."
 MSG_DEPRECATED = "{old} is deprecated: use {new} ({meaning})"
 MSG_ALIAS_CONFLICT = "{old} is the old spelling of {new}; give only {new}"
 
@@ -183,12 +184,15 @@ def permutations_option(default: int, *, test: str, more: str = "", name: str = 
                         help=PERMUTATIONS_HELP.format(test=test, more=more))
 
 
-def bootstrap_option(default: int, *, what: str, unit: str, more: str = "", name: str = "--bootstrap",
-                     minimum: int = 0) -> Callable:
+def bootstrap_option(default: int, *, unit: str, what: str = "", more: str = "", name: str = "--bootstrap",
+                     minimum: int = 0, behind: str | None = None) -> Callable:
     """The count of bootstrap resamples behind the intervals of ``what`` (``name`` as for
-    :func:`permutations_option`)."""
+    :func:`permutations_option`); ``behind`` replaces "the intervals of WHAT" where the resamples feed
+    another statistic (a stability) and no interval."""
+    text = (BOOTSTRAP_HELP.format(what=what, unit=unit, more=more) if behind is None
+            else BOOTSTRAP_OTHER_HELP.format(behind=behind, unit=unit, more=more))
     return click.option(name, type=int, default=default, show_default=True, callback=_count_callback(minimum),
-                        help=BOOTSTRAP_HELP.format(what=what, unit=unit, more=more))
+                        help=text)
 
 
 def deprecated_alias(old: str, dest: str, minimum: int = 0) -> Callable:

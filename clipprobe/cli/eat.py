@@ -100,16 +100,18 @@ def _summary(run) -> None:
         ci_text = f"two-sided {100 * float(level.iloc[0]):g}% interval of d" if len(level) else "no interval"
         click.echo(f"  d [{ci_text}], {p_words(table)} over stimuli (words, images), q: BH over these tests; "
                    "n = stimuli X/Y/A/B")
+    name_width = max([28] + [len(printable(t)) for t in table["test"]])
+    order_width = max([28] + [len(order_label(o)) for o in table["order"]])
     for r in table.itertuples(index=False):
         order = order_label(r.order)
         if r.available:
             ci = (f" [{r.effect_ci_low:.2f}, {r.effect_ci_high:.2f}]" if r.effect_ci_low == r.effect_ci_low
                   else " [interval withheld]" if r.ci_note else "")
-            click.echo(f"  {printable(r.test):<28} {order:<28} n = {r.n_x}/{r.n_y}/{r.n_a}/{r.n_b}  "
+            click.echo(f"  {printable(r.test):<{name_width}} {order:<{order_width}} n = {r.n_x}/{r.n_y}/{r.n_a}/{r.n_b}  "
                        f"d = {r.effect_size:6.2f}{ci}"
                        f"  p ({r.p_sides}) = {r.p_value:.3g}{' (exact)' if r.exact else ''}  q = {r.q_value:.3g}")
         else:
-            click.echo(f"  {printable(r.test):<28} {order:<28} {r.status}: {printable(r.unavailable_reason)}")
+            click.echo(f"  {printable(r.test):<{name_width}} {order:<{order_width}} {r.status}: {printable(r.unavailable_reason)}")
     skipped = run.record["skipped_images"]["n"]
     if skipped:
         click.echo(f"  {skipped} unreadable image(s) skipped (listed in run.json)")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    bootstrap_option,
     check_choice,
     check_count,
     check_fraction,
     embeddings_options,
+    permutations_option,
     pop_probe_config,
     probe_options,
     split_attributes,
@@ -46,15 +48,15 @@ def _check_by(by: str) -> str:
                    "k * subset size / dataset size, the global top fraction.")
 @click.option("--attributes", default=None,
               help="Comma-separated attributes (default: each of race, gender, age, race_gender in the dataset).")
-@click.option("--bootstrap", type=int, default=0, show_default=True,
-              help="Resamples for the top group's stability (the published intervals need none).")
+@bootstrap_option(0, unit="each subset's images", behind="the top group's stability only",
+                  more=" (the published intervals need none; 0: none)")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of k-means and of every random draw.")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
               help="False discovery rate, over every (subset, word, attribute, group) row together.")
 @click.option("--reference", default="base", show_default=True,
               help="Skew against each subset's own group shares (base) or equal representation (uniform).")
-@click.option("--permutations", type=int, default=1000, show_default=True,
-              help="Label shuffles for the nulls of MaxSkew/MinSkew and of the KL of recall@k.")
+@permutations_option(1000, test="MaxSkew, MinSkew and the KL of recall@k in each subset",
+                     more=": shuffles of the group labels over the subset's images")
 @click.option("--ties", default="index", show_default=True, help="'index' or 'keep-all' (as in `clipprobe report`).")
 @click.option("--score", default="cosine", show_default=True, help="'cosine' or 'dot' (as in `clipprobe report`).")
 @click.option("--controls", default="controls", show_default=True,
@@ -86,9 +88,7 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
     if min_size is not None:
         check_count("--min-size", min_size, 1)
     check_count("--k", k, 1)
-    check_count("--bootstrap", bootstrap)
     check_count("--seed", seed)
-    check_count("--permutations", permutations, 1)
     check_count("--typical", typical)
     check_fraction("--alpha", alpha)
     check_choice("--reference", reference, ("base", "uniform"))
@@ -137,9 +137,10 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
               help="Interval of Spearman's rho over models, given from 8 models on (bca: the bootstrap whose "
                    "coverage was measured 0.93-0.99; see docs/subsets.md).")
 @click.option("--level", type=float, default=0.95, show_default=True)
-@click.option("--n-boot", type=int, default=2000, show_default=True, help="Resamples for --interval bca/percentile.")
-@click.option("--permutations", type=int, default=9999, show_default=True,
-              help="Permutations for the p-value of rho (exact up to 8 models).")
+@bootstrap_option(2000, name="--n-boot", unit="the models", what="Spearman's rho (--interval bca, percentile)",
+                  minimum=100)
+@permutations_option(9999, test="Spearman's rho over models (its p-value)",
+                     more="; up to 8 models every permutation is used, an exact p-value")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Embedding cache (default: the one each report recorded).")
@@ -157,8 +158,6 @@ def compare(sources, out, by, min_size, small, cluster_model, k_mode, statistics
     _check_by(by)
     if min_size is not None:
         check_count("--min-size", min_size, 1)
-    check_count("--n-boot", n_boot, 100)
-    check_count("--permutations", permutations, 1)
     check_count("--seed", seed)
     check_fraction("--level", level)
     stats = tuple(s.strip() for s in statistics.split(",") if s.strip())
