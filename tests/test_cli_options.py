@@ -155,3 +155,31 @@ def test_bad_eat_options_are_one_line_usage_errors(tmp_path, args, message):
     r = CliRunner().invoke(cli, ["eat", "--suite", "weat", "--out", str(tmp_path / "o"), *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def _every_command(command=None, path=()):
+    command = command or cli
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _every_command(sub, (*path, name))
+
+
+def test_every_visible_option_of_every_command_says_what_it_does():
+    missing = [(" ".join(path), p.opts[0]) for path, command in _every_command() for p in command.params
+               if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()
+               and "--help" not in p.opts]
+    assert missing == []
+
+
+@pytest.mark.parametrize("option, text", [("--taxonomy", O.TAXONOMY_HELP), ("--model-config", O.MODEL_CONFIG_HELP),
+                                          ("--stimuli-root", O.STIMULI_ROOT_HELP),
+                                          ("--oasis-root", O.OASIS_ROOT_HELP), ("--batch-size", None)])
+def test_an_option_shared_by_several_commands_reads_the_same_in_each(option, text):
+    """One wording per option where the option means the same (a command may prefix its probe: sweep's
+    'Report: ...'); --taxonomy of `retrieve` is only for a word's part of speech and says so."""
+    helps = {" ".join(path): p.help for path, command in _every_command() for p in command.params
+             if isinstance(p, click.Option) and option in p.opts and not p.help.startswith("Report: ")
+             and path != ("retrieve",)}
+    assert len(helps) >= 2 and len(set(helps.values())) == 1, helps
+    assert text is None or set(helps.values()) == {text}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    OASIS_ROOT_HELP,
+    STIMULI_ROOT_HELP,
     bootstrap_option,
     compute_options,
     model_options,
@@ -54,9 +56,9 @@ Examples:
 @click.option("--paper-signs", is_flag=True,
               help="Report Gender tests with the sign of Ghate et al. (targets swapped: positive = female more pleasant).")
 @click.option("--stimuli-root", type=click.Path(file_okay=False), default=None,
-              help="Local copy of the iEAT images (the folder holding data/experiments); default: fetch them once.")
+              help=STIMULI_ROOT_HELP)
 @click.option("--oasis-root", type=click.Path(file_okay=False), default=None,
-              help="OASIS folder (OASIS.csv and images/), for the image valence attributes.")
+              help=OASIS_ROOT_HELP)
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Write the forest plot (PNG, PDF).")
 @model_options
 @compute_options(cache_help="Embedding (and iEAT download) cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe).",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    TAXONOMY_HELP,
     bootstrap_option,
     check_choice,
     check_count,
@@ -40,7 +41,7 @@ def _check_by(by: str) -> str:
                    "skipped is printed and recorded in run.json.")
 @click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True,
               help="k-means clusters below --min-size: merge into the nearest cluster, or drop their images.")
-@click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON file (default: sobit).")
+@click.option("--taxonomy", default=None, help=TAXONOMY_HELP)
 @click.option("--templates", default="default", show_default=True, help="default, ensemble, or your own file.")
 @click.option("--k", type=int, default=100, show_default=True, help="Images retrieved per word in each subset.")
 @click.option("--k-mode", type=click.Choice(["fixed", "fraction"]), default="fixed", show_default=True,
@@ -63,8 +64,8 @@ def _check_by(by: str) -> str:
               help="Control words (a taxonomy name or file) for flagged_vs_controls; 'none' to skip.")
 @click.option("--typical", type=int, default=20, show_default=True,
               help="Faces per subset in its contact sheet (0: none).")
-@click.option("--figures/--no-figures", default=True, show_default=True)
-@click.option("--html/--no-html", default=True, show_default=True)
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Write the figures.")
+@click.option("--html/--no-html", default=True, show_default=True, help="Write the self-contained HTML page.")
 @probe_options
 @embeddings_options
 @click.pass_context
@@ -123,11 +124,13 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
 @click.option("--by", default="kmeans:20", show_default=True, help=BY_HELP)
 @click.option("--min-size", type=int, default=None,
               help="Smallest subset, in images (default: 2 x the largest k the reports recorded).")
-@click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True)
+@click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True,
+              help="k-means clusters below --min-size: merge into the nearest cluster, or drop their images.")
 @click.option("--cluster-model", default=None,
               help="The model whose image embeddings k-means clusters (a model key or spec; default: the first). "
                    "Every model is then probed on the same subsets.")
-@click.option("--k-mode", type=click.Choice(["fixed", "fraction"]), default="fixed", show_default=True)
+@click.option("--k-mode", type=click.Choice(["fixed", "fraction"]), default="fixed", show_default=True,
+              help="fixed: each report's k in every subset; fraction: k * subset size / dataset size.")
 @click.option("--statistics", default="kl_recall,max_skew_excess,share_flagged", show_default=True,
               help="Per-model statistics (means over words) whose ranking is compared.")
 @click.option("--measures", type=click.Path(dir_okay=False), default=None,
@@ -136,17 +139,18 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
 @click.option("--interval", type=click.Choice(["bca", "fisher", "percentile"]), default="bca", show_default=True,
               help="Interval of Spearman's rho over models, given from 8 models on (bca: the bootstrap whose "
                    "coverage was measured 0.93-0.99; see docs/subsets.md).")
-@click.option("--level", type=float, default=0.95, show_default=True)
+@click.option("--level", type=float, default=0.95, show_default=True, help="Level of the interval of rho.")
 @bootstrap_option(2000, name="--n-boot", unit="the models", what="Spearman's rho (--interval bca, percentile)",
                   minimum=100)
 @permutations_option(9999, test="Spearman's rho over models (its p-value)",
                      more="; up to 8 models every permutation is used, an exact p-value")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of k-means, the bootstrap and the sampled permutations.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Embedding cache (default: the one each report recorded).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: what each report recorded).")
-@click.option("--figures/--no-figures", default=True, show_default=True)
-@click.option("--html/--no-html", default=True, show_default=True)
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Write the figures.")
+@click.option("--html/--no-html", default=True, show_default=True, help="Write the self-contained HTML page.")
 def compare(sources, out, by, min_size, small, cluster_model, k_mode, statistics, measures, interval, level, n_boot,
             permutations, seed, cache_dir, device, figures, html) -> None:
     """Across models (a sweep folder or report folders): does the ranking by global bias hold on each subset?"""
