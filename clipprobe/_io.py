@@ -240,6 +240,29 @@ def csv_text(df, **kwargs) -> str:
     return out.to_csv(index=False, **kwargs)
 
 
+def csv_records_text(columns, rows, *, lineterminator: str = "\n") -> str:
+    """:func:`csv_text` for rows given as dicts (no pandas): the header ``columns``, then one line per row;
+    text cells and names through :func:`csv_protect`, None (and NaN) as an empty cell, floats as Python
+    writes them (``8000.0``, as pandas does); every text cell quoted where one holds a carriage return."""
+    import csv
+    import io
+    import math
+
+    def cell(value: Any) -> Any:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return csv_protect(value) if isinstance(value, str) else value
+
+    body = [[cell(r.get(c)) for c in columns] for r in rows]
+    carriage_return = any(isinstance(v, str) and "\r" in v for line in body for v in line)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator=lineterminator,
+                        quoting=csv.QUOTE_NONNUMERIC if carriage_return else csv.QUOTE_MINIMAL)
+    writer.writerow([csv_protect(str(c)) for c in columns])
+    writer.writerows(body)
+    return buffer.getvalue()
+
+
 def csv_unprotected(df):
     """A table read from a CSV written by :func:`csv_text`, with its text cells and names restored."""
     out = df.copy()

@@ -50,6 +50,7 @@ TEST_COLUMNS = (
     "statistic", "p_value", "q_value", "flagged", "n_permutations", "exact",
     "p_value_rows", "n_permutations_rows", "exact_rows", "alternative", "ddof",
 )
+SKIPPED_COLUMNS = ("test", "status", "reason")
 SC_WEAT_COLUMNS = (
     "test", "side", "set", "row", "association", "effect_size", "p_value", "p_value_rows", "q_value", "flagged",
     "n_permutations", "exact",
@@ -71,6 +72,8 @@ MSG_SUITE_NEEDS_MODEL = "tests: {tests!r} names test files whose stimuli must be
 MSG_SUITE_ALTERNATIVE = "alternative {value!r}: the tests of a suite or test file run 'greater' or 'two-sided'"
 MSG_MODEL_UNUSED = ("model: the tests were given as embeddings, so there is nothing to embed; leave model out "
                     "or give a suite name or test file")
+MSG_ROOTS_UNUSED = ("stimuli_root, oasis_root: the tests were given as embeddings, so there are no images to find; "
+                    "leave them out or give a suite name or test file")
 MSG_BY_FORM = ("by: expected 'kmeans:N', 'attribute:NAME', 'column:NAME', 'file:PATH', an Assignment, or one "
                "subset name per image; got {got}")
 MSG_BY_NEEDS = "by: {by!r} needs {what}= ({why})"
@@ -147,12 +150,20 @@ class AssociationTables:
     and Y) against A vs B, and of each attribute row (``side="attributes"``, sets A and B) against X vs
     Y; ``row`` counts within its set; ``q_value`` BH over the rows of one test. No rows with
     ``sc_weat=False``. Definitions: :mod:`clipprobe.analysis.eat` and docs/association-tests.md.
+    ``skipped``: one row per test of a suite or test file that was not computed (:data:`SKIPPED_COLUMNS`):
+    ``status`` ``"unavailable"`` (its stimuli were never published) or ``"skipped"`` (its stimuli were not
+    given here, e.g. OASIS images), and the ``reason``; no rows for arrays given directly.
     """
 
     tests: "pd.DataFrame"
     sc_weat: "pd.DataFrame"
     alpha: float
     seed: int
+    skipped: "pd.DataFrame | None" = None
+
+    def __post_init__(self) -> None:
+        if self.skipped is None:
+            object.__setattr__(self, "skipped", _skipped_table(()))
 
 
 def _eat_inputs(tests) -> list:
@@ -181,7 +192,17 @@ def _eat_inputs(tests) -> list:
     raise UsageError(MSG_TESTS_FORM.format(got=type(tests).__name__))
 
 
-def _association_tables(results, alpha: float, seed: int) -> AssociationTables:
+def _skipped_table(resolved) -> "pd.DataFrame":
+    """The tests of a suite that were not computed, named as in the ``tests`` table (``NAME (ORDER)``)."""
+    import pandas as pd
+
+    rows = [{"test": f"{t.name} ({t.order})", "status": "unavailable" if t.unavailable else "skipped",
+             "reason": t.unavailable or t.skipped}
+            for t in resolved if t.unavailable is not None or t.skipped is not None]
+    return pd.DataFrame({c: pd.Series([r[c] for r in rows], dtype=object) for c in SKIPPED_COLUMNS})
+
+
+def _association_tables(results, alpha: float, seed: int, resolved=()) -> AssociationTables:
     import numpy as np
     import pandas as pd
 
@@ -214,7 +235,8 @@ def _association_tables(results, alpha: float, seed: int) -> AssociationTables:
             }))
     sc_weat = (pd.concat(frames, ignore_index=True) if frames
                else pd.DataFrame({c: pd.Series(dtype=object) for c in SC_WEAT_COLUMNS}))
-    return AssociationTables(tests=tests, sc_weat=sc_weat[list(SC_WEAT_COLUMNS)], alpha=alpha, seed=int(seed))
+    return AssociationTables(tests=tests, sc_weat=sc_weat[list(SC_WEAT_COLUMNS)], alpha=alpha, seed=int(seed),
+                             skipped=_skipped_table(resolved))
 
 
 def association_tests(
@@ -237,6 +259,8 @@ def association_tests(
     device: str = "auto",
     offline: bool = False,
     n_jobs: int | None = None,
+    stimuli_root: str | os.PathLike | None = None,
+    oasis_root: str | os.PathLike | None = None,
 ) -> AssociationTables:
     """Embedding association tests (effect size, permutation p-value, interval, SC-WEAT), in one pass.
 
@@ -246,7 +270,9 @@ def association_tests(
     :func:`clipprobe.analysis.eat.run_eats`; or a shipped suite name (``"weat"``, ``"ghate2025"``, ...) or
     a test file, whose stimuli ``model`` embeds (through the embedding cache in ``cache_dir``), computed
     by :func:`clipprobe.pipeline.eat.run_eat` without writing a folder. ``select`` keeps only the named
-    tests of a suite; ``paper_signs`` applies Ghate et al.'s sign convention.
+    tests of a suite; ``paper_signs`` applies Ghate et al.'s sign convention; ``stimuli_root``: a local
+    copy of the iEAT images, ``oasis_root``: the OASIS folder (without it the tests that need OASIS are
+    returned in ``skipped``, as are the tests whose stimuli were never published).
 
     ``permutations``: the budget of the permutation test over the stimuli of X u Y (exact enumeration
     when the partitions are fewer); ``sc_permutations`` the same for SC-WEAT; ``bootstrap``: resamples
@@ -282,12 +308,15 @@ def association_tests(
             bootstrap=bootstrap if bootstrap else DEFAULT_EAT_BOOTSTRAP, fixed_attributes=resample == "targets",
             confidence=level, sc_weat=sc_weat, paper_signs=paper_signs,
             cache_dir=None if cache_dir is None else str(cache_dir), device=device, offline=offline, figures=False,
-            n_jobs=n_jobs)
+            n_jobs=n_jobs, stimuli_root=None if stimuli_root is None else str(stimuli_root),
+            oasis_root=None if oasis_root is None else str(oasis_root))
         encoder = as_encoder(model, device=device, offline=offline or None)
         run = run_eat(config, encoder=encoder, write=False, progress=False)
-        return _association_tables(run.results, alpha, seed)
+        return _association_tables(run.results, alpha, seed, run.tests)
     if model is not None:
         raise UsageError(MSG_MODEL_UNUSED)
+    if stimuli_root is not None or oasis_root is not None:
+        raise UsageError(MSG_ROOTS_UNUSED)
     inputs = _eat_inputs(tests)
     settings = EatSettings(ddof=ddof, n_permutations=permutations, alternative=alternative, seed=seed,
                            n_bootstrap=bootstrap if bootstrap else DEFAULT_EAT_BOOTSTRAP, confidence=level,
@@ -564,5 +593,5 @@ def subsets(
 
 __all__ = [
     "AssociationTables", "BIAS_SUMMARY_COLUMNS", "BalanceTables", "DataBiasTables", "EXAMPLE_COLUMNS",
-    "SC_WEAT_COLUMNS", "TEST_COLUMNS", "association_tests", "balance", "data_bias", "probe", "subsets",
+    "SC_WEAT_COLUMNS", "SKIPPED_COLUMNS", "TEST_COLUMNS", "association_tests", "balance", "data_bias", "probe", "subsets",
 ]

@@ -214,10 +214,23 @@ def ticks(labels) -> list[str]:
 
 
 def legend_columns(fig, labels: Sequence[str]) -> int:
-    """As many legend columns as fit the figure's width at the legend font size."""
-    longest = max((len(str(label)) for label in labels), default=1)
-    per_column = (0.052 * longest + 0.3) * get_style().font_scale  # inches at 6.5 pt, with the marker and spacing
-    return max(1, min(len(labels), int((fig.get_figwidth() - 0.1) // per_column), 4))
+    """As many legend columns (at most 4) as fit the figure's width at the legend font size, each column as wide
+    as its longest label (matplotlib fills the columns in turn), then as few as keep that number of rows: four
+    labels in two rows of two, not three and one."""
+    import math
+
+    widths = [(0.052 * len(str(label)) + 0.3) * get_style().font_scale for label in labels]  # inches at 6.5 pt
+    if not widths:
+        return 1
+    room = fig.get_figwidth() - 0.1
+
+    def width(ncol: int) -> float:
+        rows = math.ceil(len(widths) / ncol)
+        return sum(max(widths[i:i + rows]) for i in range(0, len(widths), rows))
+
+    ncol = next((c for c in range(min(len(widths), 4), 0, -1) if width(c) <= room), 1)
+    rows = math.ceil(len(widths) / ncol)
+    return math.ceil(len(widths) / rows)
 
 
 def errors(center, low, high):

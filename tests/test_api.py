@@ -131,6 +131,7 @@ def test_association_tests_without_bootstrap_have_no_interval():
     ({"tests": 3}, UsageError, "expected a suite name"),
     ({"tests": "weat"}, UsageError, "give model= as well"),
     ({"tests": {"t": _eat_sets(0)}, "model": "demo"}, UsageError, "nothing to embed"),
+    ({"tests": {"t": _eat_sets(0)}, "oasis_root": "/data/oasis"}, UsageError, "no images to find"),
     ({"tests": {"t": _eat_sets(0)}, "alpha": 1.5}, UsageError, "alpha must be between 0 and 1"),
     ({"tests": {"t": _eat_sets(0)}, "bootstrap": -1}, UsageError, "bootstrap must be 0"),
 ])
@@ -318,3 +319,37 @@ def test_association_tests_with_a_built_model_equal_the_spec(tmp_path):
                                rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(by_built.sc_weat["effect_size"], by_spec.sc_weat["effect_size"], rtol=1e-5, atol=1e-6)
     assert by_spec.tests["effect_size"].abs().min() > 1e-3           # non-trivial values were compared
+
+
+def test_association_tests_return_the_tests_of_a_file_that_were_not_computed(tmp_path):
+    """A suite's unavailable test and a test whose OASIS images were not given are returned in `skipped` with
+    their reasons (they were only logged), named as the computed tests are; arrays given directly skip none."""
+    tests = tmp_path / "tests.yaml"
+    tests.write_text("""tests:
+  - name: words
+    X: {words: [rose, tulip, daisy]}
+    Y: {words: [ant, wasp, flea]}
+    A: {texts: [love, joy]}
+    B: {texts: [hate, war]}
+  - name: weapons
+    X: {unavailable: the words were never published, modality: text}
+    Y: {words: [ant, wasp, flea]}
+    A: {texts: [love, joy]}
+    B: {texts: [hate, war]}
+  - name: valence
+    X: {words: [rose, tulip, daisy]}
+    Y: {words: [ant, wasp, flea]}
+    A: {oasis: pleasant}
+    B: {oasis: unpleasant}
+""", encoding="utf-8")
+    got = cp.association_tests(tests, model="demo", cache_dir=tmp_path / "c", permutations=200, bootstrap=0,
+                               sc_weat=False, device="cpu", offline=True)
+    assert got.tests["test"].tolist() == ["words (text)"]
+    assert list(got.skipped.columns) == list(api.SKIPPED_COLUMNS)
+    rows = {r.test.split(" (")[0]: r for r in got.skipped.itertuples(index=False)}
+    assert sorted(rows) == ["valence", "weapons"] and got.skipped["test"].str.endswith(")").all()
+    assert rows["weapons"].status == "unavailable" and "the words were never published" in rows["weapons"].reason
+    assert rows["valence"].status == "skipped" and "OASIS" in rows["valence"].reason
+    assert set(got.skipped["test"]).isdisjoint(got.tests["test"])
+    direct = cp.association_tests({"t": _eat_sets(2)}, bootstrap=0, permutations=200, sc_weat=False)
+    assert direct.skipped.empty and list(direct.skipped.columns) == list(api.SKIPPED_COLUMNS)

@@ -74,3 +74,32 @@ def test_a_bad_model_is_refused_before_torch_is_imported(tmp_path):
     assert messages[2].startswith("Error: model spec 'ViT-B-32' has no ':' and is not a shipped model (demo)")
     assert messages[3].startswith("Error: weights file not found: /no/such/weights.safetensors")
     assert not (tmp_path / "r").exists() and not (tmp_path / "e").exists()
+
+
+def test_models_and_doctor_import_no_table_library(tmp_path):
+    """`clipprobe models` (every format, with a user table and a filter) and `clipprobe doctor` answer from
+    plain rows: pandas alone costs them seconds on a cold start, so neither it nor numpy or pyarrow is imported.
+    The output is the zoo table's (the same rows `zoo_table` gives as a DataFrame)."""
+    user = tmp_path / "user.csv"
+    user.write_text("spec,imagenet1k,my_score\nViT-B-32:openai,0.7,0.5\n", encoding="utf-8")
+    args = [["models"], ["models", "--format", "json", "--table", str(user), "--filter", "vit-b-32:openai"],
+            ["models", "--format", "csv", "--filter", "demo"], ["models", "--filter", "no-such-model"],
+            ["doctor"], ["doctor", "--format", "json"]]
+    table_libraries = ("pandas", "numpy", "pyarrow", "scipy", "torch", "open_clip", "numba")
+    outs, heavy = _imports_after(args, heavy=table_libraries)
+    assert heavy == [], f"imported: {heavy}"
+    assert [rc for rc, _ in outs[:4]] == [0, 0, 0, 0], outs
+    import json
+
+    from clipprobe.models.zoo import zoo_table
+
+    records = json.loads(outs[1][1])
+    assert [r["spec"] for r in records] == ["ViT-B-32:openai"]
+    assert records[0]["imagenet1k"] == 0.7 and records[0]["my_score"] == 0.5
+    assert records[0]["openclip_results_source"] == "user (user.csv)"
+    assert outs[2][1].splitlines()[1].startswith("demo,clipprobe-world-tiny,,file,")
+    assert outs[3][1].strip() == "no models match"
+    df = zoo_table(["demo"])      # the DataFrame the csv's row comes from: same values
+    first = dict(zip(outs[2][1].splitlines()[0].split(","), outs[2][1].splitlines()[1].split(",")))
+    assert float(first["params_total_m"]) == df.loc[0, "params_total_m"]
+    assert float(first["samples_seen"]) == df.loc[0, "samples_seen"] and first["cached"] == "True"

@@ -26,7 +26,8 @@ def _prefix(template: str) -> str:
     return template.split("{", 1)[0]
 
 
-@pytest.mark.parametrize("command", [("eat",), ("report",), ("sweep",)])
+@pytest.mark.parametrize("command", [("eat",), ("report",), ("sweep",), ("subsets",), ("subsets", "compare"),
+                                     ("demo",)])
 def test_each_count_option_has_the_one_meaning_of_its_spelling(command):
     params = _params(*command)
     for name, p in params.items():
@@ -34,8 +35,26 @@ def test_each_count_option_has_the_one_meaning_of_its_spelling(command):
             continue
         if name.endswith("-permutations") or name == "--permutations":
             assert p.help.startswith(_prefix(O.PERMUTATIONS_HELP)), (name, p.help)
-        if name.endswith("-bootstrap") or name == "--bootstrap":
+        if name.endswith("-bootstrap") or name in ("--bootstrap", "--n-boot"):
             assert p.help.startswith(_prefix(O.BOOTSTRAP_HELP)), (name, p.help)
+
+
+def test_subsets_count_options_keep_their_defaults_and_checks(tmp_path):
+    """The shared definitions changed the wording of subsets' counts, not their defaults or their limits."""
+    subsets, compare = _params("subsets"), _params("subsets", "compare")
+    assert (subsets["--bootstrap"].default, subsets["--permutations"].default) == (0, 1000)
+    assert (compare["--n-boot"].default, compare["--permutations"].default) == (2000, 9999)
+    assert "stability" in subsets["--bootstrap"].help and "intervals of" not in subsets["--bootstrap"].help
+    assert "exact" in compare["--permutations"].help
+    for args, message in [
+        (["subsets", "--out", str(tmp_path / "s"), "--permutations", "0"], "--permutations must be 1 or more, got 0"),
+        (["subsets", "--out", str(tmp_path / "s"), "--bootstrap", "-1"], "--bootstrap must be 0 or more, got -1"),
+        (["subsets", "compare", str(tmp_path), "--n-boot", "99"], "--n-boot must be 100 or more, got 99"),
+        (["subsets", "compare", str(tmp_path), "--permutations", "0"], "--permutations must be 1 or more, got 0"),
+    ]:
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
+    assert not (tmp_path / "s").exists()
 
 
 def test_the_sweep_names_each_count_after_its_probe():
@@ -136,3 +155,31 @@ def test_bad_eat_options_are_one_line_usage_errors(tmp_path, args, message):
     r = CliRunner().invoke(cli, ["eat", "--suite", "weat", "--out", str(tmp_path / "o"), *args])
     assert r.exit_code == 2, r.output
     assert message in r.output and "Traceback" not in r.output and not (tmp_path / "o").exists()
+
+
+def _every_command(command=None, path=()):
+    command = command or cli
+    yield path, command
+    if isinstance(command, click.Group):
+        for name, sub in command.commands.items():
+            yield from _every_command(sub, (*path, name))
+
+
+def test_every_visible_option_of_every_command_says_what_it_does():
+    missing = [(" ".join(path), p.opts[0]) for path, command in _every_command() for p in command.params
+               if isinstance(p, click.Option) and not p.hidden and not (p.help or "").strip()
+               and "--help" not in p.opts]
+    assert missing == []
+
+
+@pytest.mark.parametrize("option, text", [("--taxonomy", O.TAXONOMY_HELP), ("--model-config", O.MODEL_CONFIG_HELP),
+                                          ("--stimuli-root", O.STIMULI_ROOT_HELP),
+                                          ("--oasis-root", O.OASIS_ROOT_HELP), ("--batch-size", None)])
+def test_an_option_shared_by_several_commands_reads_the_same_in_each(option, text):
+    """One wording per option where the option means the same (a command may prefix its probe: sweep's
+    'Report: ...'); --taxonomy of `retrieve` is only for a word's part of speech and says so."""
+    helps = {" ".join(path): p.help for path, command in _every_command() for p in command.params
+             if isinstance(p, click.Option) and option in p.opts and not p.help.startswith("Report: ")
+             and path != ("retrieve",)}
+    assert len(helps) >= 2 and len(set(helps.values())) == 1, helps
+    assert text is None or set(helps.values()) == {text}

@@ -323,3 +323,28 @@ def test_ghate2025_suite_end_to_end(tmp_path, model_args, monkeypatch):
     assert (withheld["ci_note"] != "").all() and (shown[["n_x", "n_y", "n_a", "n_b"]].min(axis=1) >= 25).all()
     assert done["q_value"].notna().all() and (done["q_value"] >= done["p_value"] - 1e-12).all()
     assert "unavailable: set X (Instruments)" in r.output
+
+
+def test_forest_plot_marks_a_withheld_interval_as_an_open_dot():
+    """A test whose interval was computed but not published (ci_note) is drawn as an open dot, named in the legend,
+    so that a dot without a line does not read as a very precise estimate."""
+    import numpy as np
+    import pandas as pd
+
+    base = {c: None for c in report.EAT_COLUMNS} | {
+        "order": "text", "family": "", "available": True, "unavailable_reason": "", "n_x": 30, "n_y": 30, "n_a": 30,
+        "n_b": 30, "ci_method": "fisher-z", "p_value": 0.01, "q_value": 0.02, "status": "computed",
+        "p_sides": "one-sided", "ci_sides": "two-sided", "ci_level": 0.95}
+    table = pd.DataFrame([
+        base | {"test": "published", "effect_size": 0.4, "effect_ci_low": 0.1, "effect_ci_high": 0.7, "ci_note": ""},
+        base | {"test": "small", "effect_size": -0.6, "effect_ci_low": np.nan, "effect_ci_high": np.nan,
+                "ci_note": "not published: set(s) X (8) have fewer than 25 stimuli"},
+    ])
+    ax = report.forest_plot(table)
+    open_dots = [line for line in ax.lines if line.get_markerfacecolor() in ("white", (1.0, 1.0, 1.0, 1.0))
+                 and len(line.get_xdata())]
+    assert len(open_dots) == 1 and list(open_dots[0].get_xdata()) == [-0.6]
+    legend = ax.figure.legends[0]
+    assert "interval not published (ci_note)" in [t.get_text() for t in legend.get_texts()]
+    plain = report.forest_plot(table.assign(ci_note="", effect_ci_low=0.1, effect_ci_high=0.7))
+    assert not plain.figure.legends     # one order, nothing withheld: no legend, as before

@@ -328,3 +328,29 @@ def test_slides_style_fits_too(cases, tmp_path):
                                           pytest.approx(figstyle.PAGE_WIDTH * 1.4))
             figstyle.save_figure(fig, tmp_path / "s", formats=("png",), dpi=40)
             assert drawn_outside(fig) == [], name
+
+
+def test_legend_columns_fit_the_width_and_balance_the_rows():
+    """Columns as wide as their own longest label: the four attribute names fit one row of a one-column figure
+    (the longest label alone used to set every column's width, giving three and one); four labels that fit
+    only three to a row are laid out two and two; drawn, the legend stays inside the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    with figstyle.use_style("paper"), figstyle.style():
+        fig = Figure(figsize=(figstyle.COLUMN_WIDTH, 3.0))
+        FigureCanvasAgg(fig)
+        assert figstyle.legend_columns(fig, ["race", "gender", "age", "race_gender"]) == 4
+        wide = ["a label of thirteen"[:13] + str(i) for i in range(4)]
+        assert figstyle.legend_columns(fig, wide) == 2
+        assert figstyle.legend_columns(fig, ["x" * 80] * 3) == 1
+        assert figstyle.legend_columns(fig, list("abcdefg")) == 4
+        assert figstyle.legend_columns(fig, []) == 1
+        ax = fig.add_subplot()
+        for label in ["race", "gender", "age", "race_gender"]:
+            ax.plot([0, 1], [0, 1], "o", label=label)
+        legend = fig.legend(loc="lower center", ncol=figstyle.legend_columns(fig, ["race", "gender", "age",
+                                                                                    "race_gender"]))
+        renderer = fig.canvas.get_renderer()
+        box = legend.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width

@@ -294,3 +294,16 @@ def test_shown_is_bounded_and_exact_for_short_values():
     assert len(repr(_io.Bounded(nested))) <= 2 * 60 + 20
     assert len(repr(_io.Bounded("x" * 10_000))) <= 2 * 60 + 20
     assert json.dumps(1) == "1"
+
+
+@pytest.mark.parametrize("carriage_return", [False, True])
+def test_csv_records_text_writes_what_csv_text_writes_for_the_same_table(carriage_return):
+    """The pandas-free writer (`clipprobe models`) against the DataFrame one: formula cells protected, missing
+    values empty, floats and booleans as pandas writes them, quoting where a cell holds a carriage return."""
+    rows = [{"spec": "=cmd|x", "size": 8000.0, "score": 0.1 + 0.2, "cached": True, "note": "a, b"},
+            {"spec": "-1.5", "size": None, "score": float("nan"), "cached": None,
+             "note": "line\rbreak" if carriage_return else ""}]
+    columns = ["spec", "size", "score", "cached", "note"]
+    expected = _io.csv_text(pd.DataFrame.from_records(rows, columns=columns), lineterminator="\n")
+    assert _io.csv_records_text(columns, rows) == expected
+    assert "'=cmd|x" in expected

@@ -326,5 +326,5 @@ def power_plot(curve, *, k: int | None = None, ax=None):
         handles, labels = ax.get_legend_handles_labels()
         if handles:
             ax.figure.legend(handles, labels, loc="outside lower center", ncol=F.legend_columns(ax.figure, labels),
-                             handletextpad=0.2, columnspacing=1.4)
+                             handletextpad=0.5, columnspacing=1.4)
     return ax

@@ -7,7 +7,14 @@ from typing import Any, Callable
 
 import click
 
-from clipprobe.cli._options import DATASET_HELP, MODEL_HELP, pop_probe_config, probe_options
+from clipprobe.cli._options import (
+    DATASET_FORMS,
+    FORMAT_HELP,
+    MODEL_CONFIG_HELP,
+    MODEL_HELP,
+    pop_probe_config,
+    probe_options,
+)
 
 MSG_SOURCE_NEEDS = "--attribute-source {source} needs {option}"
 MSG_SOURCE_ONLY = "{option} is for --attribute-source images or both"
@@ -48,12 +55,13 @@ def image_source_options(func: Callable) -> Callable:
         click.option("--soft-bins", type=click.IntRange(min=1, max=1024), default=16, show_default=True,
                      help="Steps of the soft probabilities (--attribute-mode soft): each is rounded to a multiple "
                           "of 1/N."),
-        click.option("--model", default=None, help=MODEL_HELP + " Its text tower classifies the images."),
-        click.option("--model-config", type=click.Path(dir_okay=False), default=None,
-                     help="JSON config of a custom architecture."),
+        click.option("--model", default=None,
+                     help=MODEL_HELP + " Its text tower classifies the images (needed with --attribute-source "
+                                       "images or both)."),
+        click.option("--model-config", type=click.Path(dir_okay=False), default=None, help=MODEL_CONFIG_HELP),
         click.option("--dataset", default=None,
                      help="Labelled face dataset the image classifier's accuracy is measured on (stored with the "
-                          "run). " + DATASET_HELP),
+                          "run). " + DATASET_FORMS + " Without it the accuracy is not measured."),
         click.option("--split", default="validation", show_default=True, help="Split of --dataset."),
         click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
                      help="Embedding cache for --dataset (default $CLIPPROBE_CACHE or ~/.cache/clipprobe)."),
@@ -115,7 +123,8 @@ def pop_image_source(kwargs: dict[str, Any]):
               help="Embedding rows that are NaN, infinite or zero: stop naming the shard, or count them and "
                    "give them no group.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads of the scores (default: all cores).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 @probe_options
 def attributes_cmd(embeddings, out, attribute_prompts, threshold, scale, lexicon, text_column, key_column, nan_rows,
                    threads, fmt, **kwargs):

@@ -6,14 +6,24 @@ from typing import Any, Callable
 
 import click
 
+# The forms of --model and --dataset; the options' defaults are shown by click (show_default) or said by the
+# command where it has none.
 MODEL_HELP = ("Model: ARCH:TAG (open_clip pretrained pair, see `clipprobe models`), hf-hub:ORG/NAME, "
               "local-dir:PATH, ARCH:PATH to a local weights file, or demo (the tiny CLIP of the offline demo "
-              "world, shipped; runs offline). Default: ViT-B-32:openai.")
-DATASET_HELP = ("Face dataset: fairface:ROOT, hf:HuggingFaceM4/FairFace, utkface:DIR or csv:PATH. "
-                "Default: FairFace validation from Hugging Face.")
+              "world, shipped; runs offline).")
+DATASET_FORMS = "Face dataset: fairface:ROOT, hf:HuggingFaceM4/FairFace, utkface:DIR or csv:PATH."
+DATASET_HELP = DATASET_FORMS + " Default: FairFace validation from Hugging Face."
 
 
 CACHE_HELP = "Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe)."
+FORMAT_HELP = "table: text to read; json: the same for scripts."
+FORMAT_CSV_HELP = "table: text to read; json or csv: the same for scripts."
+ENGINE_HELP = "local: processes on this machine; spark: a Spark session (--spark-master, --spark-conf)."
+TAXONOMY_HELP = "Taxonomy name (see `clipprobe taxonomy list`) or YAML/JSON file (default: sobit)."
+MODEL_CONFIG_HELP = "JSON config of a custom architecture; its file name is the architecture name."
+STIMULI_ROOT_HELP = ("Local copy of the iEAT images (the folder holding data/experiments); default: fetch them "
+                     "once.")
+OASIS_ROOT_HELP = "OASIS folder (OASIS.csv and images/), for the image valence attributes."
 OFFLINE_HELP = "Never touch the network (same as HF_HUB_OFFLINE=1)."
 
 
@@ -26,8 +36,7 @@ def _apply(func: Callable, options: list[Callable]) -> Callable:
 def _model_options() -> list[Callable]:
     return [
         click.option("--model", default="ViT-B-32:openai", show_default=True, help=MODEL_HELP),
-        click.option("--model-config", type=click.Path(dir_okay=False), default=None,
-                     help="JSON config of a custom architecture; its file name is the architecture name."),
+        click.option("--model-config", type=click.Path(dir_okay=False), default=None, help=MODEL_CONFIG_HELP),
         click.option("--quick-gelu", "quick_gelu", is_flag=True,
                      help="Build a weights file or folder with QuickGELU (fine-tunes of OpenAI, LAION-400M ViT-B-32, "
                           "MetaCLIP, DFN models); or name the ARCH-quickgelu architecture."),
@@ -54,7 +63,8 @@ def _compute_options(cache_help: str) -> list[Callable]:
         click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
         click.option("--precision", type=click.Choice(["fp32", "fp16", "bf16"]), default=None,
                      help="Model precision (default: fp16 on CUDA, fp32 on the CPU)."),
-        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True,
+                     help="Images (or prompts) per forward pass of the model."),
         click.option("--workers", "num_workers", type=click.IntRange(min=0), default=None,
                      help="Image decoding workers (default: number of cores)."),
     ]
@@ -165,6 +175,7 @@ def pop_probe_config(kwargs: dict[str, Any]):
 # several tests (sweep) names each count after its test (--report-permutations, --eat-permutations, ...).
 PERMUTATIONS_HELP = "Permutation draws of the null distribution of {test}{more}."
 BOOTSTRAP_HELP = "Bootstrap resamples of {unit} behind the intervals of {what}{more}."
+BOOTSTRAP_OTHER_HELP = "Bootstrap resamples of {unit} behind {behind}{more}."
 MSG_DEPRECATED = "{old} is deprecated: use {new} ({meaning})"
 MSG_ALIAS_CONFLICT = "{old} is the old spelling of {new}; give only {new}"
 
@@ -183,12 +194,15 @@ def permutations_option(default: int, *, test: str, more: str = "", name: str = 
                         help=PERMUTATIONS_HELP.format(test=test, more=more))
 
 
-def bootstrap_option(default: int, *, what: str, unit: str, more: str = "", name: str = "--bootstrap",
-                     minimum: int = 0) -> Callable:
+def bootstrap_option(default: int, *, unit: str, what: str = "", more: str = "", name: str = "--bootstrap",
+                     minimum: int = 0, behind: str | None = None) -> Callable:
     """The count of bootstrap resamples behind the intervals of ``what`` (``name`` as for
-    :func:`permutations_option`)."""
+    :func:`permutations_option`); ``behind`` replaces "the intervals of WHAT" where the resamples feed
+    another statistic (a stability) and no interval."""
+    text = (BOOTSTRAP_HELP.format(what=what, unit=unit, more=more) if behind is None
+            else BOOTSTRAP_OTHER_HELP.format(behind=behind, unit=unit, more=more))
     return click.option(name, type=int, default=default, show_default=True, callback=_count_callback(minimum),
-                        help=BOOTSTRAP_HELP.format(what=what, unit=unit, more=more))
+                        help=text)
 
 
 def deprecated_alias(old: str, dest: str, minimum: int = 0) -> Callable:

@@ -32,7 +32,7 @@ from clipprobe.cli._options import pop_probe_config, probe_options
               help="Occupation pairs (default: librarian/scientist, nurse/doctor, housekeeper/homeowner, "
                    "receptionist/executive, secretary/manager).")
 @click.option("--templates", default="default", show_default=True, help="Prompt templates for the occupations.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --max-objects subset.")
 @probe_options
 def association(out, objects, max_objects, person_filter, person_prompts, person_threshold, rb_prompts, ab, attribute,
                 groups, pairs, templates, seed, **kwargs):

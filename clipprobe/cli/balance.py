@@ -10,6 +10,7 @@ import signal
 import click
 
 from clipprobe.cli._imageattr import attributes_cmd, image_source_options
+from clipprobe.cli._options import ENGINE_HELP, FORMAT_HELP, TAXONOMY_HELP
 
 MSG_UNIT_OPTION = "{option} must be in (0, 1], got {value}"
 MSG_TARGET_FORM = "--target must be 'uniform' or GROUP=SHARE,GROUP=SHARE,... got {value!r}"
@@ -73,7 +74,7 @@ def _common(func):
                           "like a label and given the association constraints (the paper's de-correlation of "
                           "proxies), but not reported among the labels. Its constraints are in residuals.parquet "
                           "(constraint 'proxy')."),
-        click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON path. Default: sobit."),
+        click.option("--taxonomy", default=None, help=TAXONOMY_HELP),
         click.option("--lexicon", default=None, help=_LEXICON_HELP),
         click.option("--attribute-column", default=None, metavar="COLUMN",
                      help="A column holding each example's group (e.g. from an image classifier; null: none), "
@@ -83,7 +84,8 @@ def _common(func):
         click.option("--target", default="uniform", show_default=True,
                      help="Target group distribution: uniform, or GROUP=SHARE,GROUP=SHARE,..."),
         click.option("--level", type=float, default=0.95, show_default=True, help="Level of the intervals."),
-        click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True),
+        click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+                     help=ENGINE_HELP),
         click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Threads or processes (local) or local[N] (spark). Default: all cores."),
         click.option("--spark-master", default=None, help="Spark master URL (default local[--workers])."),
@@ -98,7 +100,8 @@ def _common(func):
                           "labels' and groups' terms)."),
         click.option("--figure/--no-figure", default=True, show_default=True,
                      help="Draw OUT/balance.png and .pdf (RB per group, the largest AB cells)."),
-        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True),
+        click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+                     help=FORMAT_HELP),
     ]
     for option in reversed(options):
         func = option(func)

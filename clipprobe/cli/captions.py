@@ -7,6 +7,8 @@ import signal
 
 import click
 
+from clipprobe.cli._options import ENGINE_HELP, FORMAT_HELP, TAXONOMY_HELP
+
 from clipprobe.errors import printable
 
 _LEXICON_HELP = ("Lexicon of group terms: a name (see `clipprobe captions lexicons`) or a path to a YAML/JSON "
@@ -113,9 +115,10 @@ def captions() -> None:
               help="Parquet files: a path, a glob or an fsspec URL (repeatable).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
 @click.option("--text-column", default=None, help="Caption column (default TEXT, else caption or text).")
-@click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON path. Default: sobit.")
+@click.option("--taxonomy", default=None, help=TAXONOMY_HELP)
 @click.option("--lexicon", default=None, help=_LEXICON_HELP)
-@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True)
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help=ENGINE_HELP)
 @click.option("--workers", type=click.IntRange(min=1), default=None,
               help="Processes (local) or local[N] threads (spark). Default: all cores.")
 @click.option("--spark-master", default=None, help="Spark master URL (default local[--workers]).")
@@ -134,7 +137,8 @@ def captions() -> None:
 @click.option("--hash-column", "hash_columns", multiple=True, metavar="COLUMN",
               help="With --for-balance: a column hashed beside each caption's text, as balance fit's --key or "
                    "--id-column (repeatable; default URL; 'none': the caption text alone).")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, spark_master, spark_conf, samples,
               strict, matcher, for_balance, hash_columns, fmt):
     """Count captions that contain each word, each group, and both; write OUT/cooccurrence.parquet."""
@@ -151,8 +155,10 @@ def count_cmd(captions_, out, text_column, taxonomy, lexicon, engine, workers, s
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.option("--word", required=True, help="A taxonomy word (case-insensitive).")
 @click.option("--attribute", default=None, help="Only this attribute (race, gender, age).")
-@click.option("--samples", "n_samples", type=click.IntRange(min=0), default=3, show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--samples", "n_samples", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Example captions shown per (word, group) cell.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 def show_cmd(directory, word, attribute, n_samples, fmt):
     """A word's row per group in a counts DIRECTORY, with sample captions."""
     _show(directory, word, attribute, n_samples, fmt)
@@ -160,7 +166,8 @@ def show_cmd(directory, word, attribute, n_samples, fmt):
 
 @captions.command("lexicons")
 @click.option("--lexicon", default=None, help=_LEXICON_HELP)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 def lexicons_cmd(lexicon, fmt):
     """Shipped lexicons, and the groups and term counts of one."""
     from clipprobe.resources.lexicon import get_lexicon, list_lexicons

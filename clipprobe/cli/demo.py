@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import click
 
+from clipprobe.cli._options import bootstrap_option
+
 
 @click.command("demo")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for everything the demo writes.")
 @click.option("--retrain", is_flag=True, help="Retrain the world's tiny CLIP from scratch (a few minutes on CPU).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the world (and of the retraining).")
-@click.option("--bootstrap", type=click.IntRange(min=0), default=1000, show_default=True)
+@bootstrap_option(1000, unit="the world's faces", what="each group's share and skew in the demo's report",
+                  more=" (0: none)")
 def demo(out, retrain, seed, bootstrap) -> None:
     """Generate the planted world, probe it end to end, and check what was found against the truth."""
     from clipprobe.world.demo import TARGETS, run_demo

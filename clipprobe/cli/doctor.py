@@ -6,9 +6,12 @@ import json
 
 import click
 
+from clipprobe.cli._options import FORMAT_HELP
+
 
 @click.command("doctor")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 @click.option("--deep", is_flag=True,
               help="Also import every package and ask torch and FAISS for their devices (finds a broken "
                    "installation; takes seconds). Without it, packages are found, not imported.")

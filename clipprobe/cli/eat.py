@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    OASIS_ROOT_HELP,
+    STIMULI_ROOT_HELP,
     bootstrap_option,
     compute_options,
     model_options,
@@ -54,9 +56,9 @@ Examples:
 @click.option("--paper-signs", is_flag=True,
               help="Report Gender tests with the sign of Ghate et al. (targets swapped: positive = female more pleasant).")
 @click.option("--stimuli-root", type=click.Path(file_okay=False), default=None,
-              help="Local copy of the iEAT images (the folder holding data/experiments); default: fetch them once.")
+              help=STIMULI_ROOT_HELP)
 @click.option("--oasis-root", type=click.Path(file_okay=False), default=None,
-              help="OASIS folder (OASIS.csv and images/), for the image valence attributes.")
+              help=OASIS_ROOT_HELP)
 @click.option("--figures/--no-figures", default=True, show_default=True, help="Write the forest plot (PNG, PDF).")
 @model_options
 @compute_options(cache_help="Embedding (and iEAT download) cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe).",
@@ -100,16 +102,18 @@ def _summary(run) -> None:
         ci_text = f"two-sided {100 * float(level.iloc[0]):g}% interval of d" if len(level) else "no interval"
         click.echo(f"  d [{ci_text}], {p_words(table)} over stimuli (words, images), q: BH over these tests; "
                    "n = stimuli X/Y/A/B")
+    name_width = max([28] + [len(printable(t)) for t in table["test"]])
+    order_width = max([28] + [len(order_label(o)) for o in table["order"]])
     for r in table.itertuples(index=False):
         order = order_label(r.order)
         if r.available:
             ci = (f" [{r.effect_ci_low:.2f}, {r.effect_ci_high:.2f}]" if r.effect_ci_low == r.effect_ci_low
                   else " [interval withheld]" if r.ci_note else "")
-            click.echo(f"  {printable(r.test):<28} {order:<28} n = {r.n_x}/{r.n_y}/{r.n_a}/{r.n_b}  "
+            click.echo(f"  {printable(r.test):<{name_width}} {order:<{order_width}} n = {r.n_x}/{r.n_y}/{r.n_a}/{r.n_b}  "
                        f"d = {r.effect_size:6.2f}{ci}"
                        f"  p ({r.p_sides}) = {r.p_value:.3g}{' (exact)' if r.exact else ''}  q = {r.q_value:.3g}")
         else:
-            click.echo(f"  {printable(r.test):<28} {order:<28} {r.status}: {printable(r.unavailable_reason)}")
+            click.echo(f"  {printable(r.test):<{name_width}} {order:<{order_width}} {r.status}: {printable(r.unavailable_reason)}")
     skipped = run.record["skipped_images"]["n"]
     if skipped:
         click.echo(f"  {skipped} unreadable image(s) skipped (listed in run.json)")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import click
 
-from clipprobe.cli._options import pop_probe_config, probe_options
+from clipprobe.cli._options import FORMAT_HELP, pop_probe_config, probe_options
 
 
 class _IndexGroup(click.Group):
@@ -40,7 +40,8 @@ def page_cmd(folder: str) -> None:
 
 
 @index.command("build")
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 @probe_options
 def build_cmd(fmt: str, **kwargs) -> None:
     """Embed every image of the dataset (resuming a stopped run) and store its index."""

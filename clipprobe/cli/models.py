@@ -33,7 +33,7 @@ def models(fmt: str, text: str | None, only_cached: bool, extra_specs: tuple[str
     clipprobe/models/zoo_data/PROVENANCE.md.
     """
     from clipprobe.models.catalog import HF_TEXT_EXTRA, list_known_models, shipped_models
-    from clipprobe.models.zoo import format_zoo, known_specs, read_user_table, zoo_table
+    from clipprobe.models.zoo import format_zoo, known_specs, read_user_table, zoo_records
 
     if download:
         from clipprobe.models import load_model
@@ -49,39 +49,37 @@ def models(fmt: str, text: str | None, only_cached: bool, extra_specs: tuple[str
     for spec in list(extra_specs) + list(user.specs if user else ()):
         if spec not in specs:
             specs.append(spec)
-    df = zoo_table(specs, user=user)
-    known = [state.get(s) for s in df["spec"]]
-    df.insert(6, "training_data", [r["training_data"] if r else "" for r in known])
-    df["cached"] = [r["cached"] if r else None for r in known]
-    df["cached_path"] = [r["cached_path"] if r else None for r in known]
-    df["needs"] = [list(r["needs"]) if r else [] for r in known]
-    df["extra"] = [HF_TEXT_EXTRA if n else "" for n in df["needs"]]
-    df["missing"] = [list(r["missing"]) if r else [] for r in known]
+    # plain rows, not a DataFrame: `clipprobe models` answers without importing pandas
+    columns, rows = zoo_records(specs, user=user)
+    columns = columns[:6] + ["training_data"] + columns[6:] + ["cached", "cached_path", "needs", "extra", "missing"]
+    for row in rows:
+        r = state.get(row["spec"])
+        needs = list(r["needs"]) if r else []
+        row.update(training_data=r["training_data"] if r else "", cached=r["cached"] if r else None,
+                   cached_path=r["cached_path"] if r else None, needs=needs, extra=HF_TEXT_EXTRA if needs else "",
+                   missing=list(r["missing"]) if r else [])
     if text:
         needle = text.lower()
-        df = df[[needle in f"{s}\n{t}\n{d}".lower()
-                 for s, t, d in zip(df["spec"], df["training_data"], df["dataset"].fillna(""))]]
+        rows = [r for r in rows if needle in f"{r['spec']}\n{r['training_data']}\n{r['dataset'] or ''}".lower()]
     if only_cached:
-        df = df[[bool(c) for c in df["cached"]]]
-    df = df.reset_index(drop=True)
+        rows = [r for r in rows if r["cached"]]
     if fmt == "json":
-        click.echo(format_zoo(df, "json"))
+        click.echo(format_zoo(rows, "json", columns))
         return
     if fmt == "csv":
-        from clipprobe._io import csv_text
-
-        click.echo(csv_text(df.assign(needs=["; ".join(n) for n in df["needs"]],
-                                      missing=["; ".join(m) for m in df["missing"]]), lineterminator="\n"), nl=False)
+        joined = [{**r, "needs": "; ".join(r["needs"]), "missing": "; ".join(r["missing"])} for r in rows]
+        click.echo(format_zoo(joined, "csv", columns), nl=False)
         return
-    if df.empty:
+    if not rows:
         click.echo("no models match")
         return
-    shown = [", ".join(p + (" (missing)" if p in m else "") for p in n) for n, m in zip(df["needs"], df["missing"])]
-    click.echo(format_zoo(df.assign(needs=shown), "table"))
-    click.echo(f"{int(sum(bool(c) for c in df['cached']))} of {len(df)} cached")
-    needing = df[[bool(n) for n in df["needs"]]]
-    if len(needing):
-        packages = sorted({p for n in needing["needs"] for p in n})
-        absent = sorted({p for m in needing["missing"] for p in m})
+    shown = [{**r, "needs": ", ".join(p + (" (missing)" if p in r["missing"] else "") for p in r["needs"])}
+             for r in rows]
+    click.echo(format_zoo(shown, "table", columns))
+    click.echo(f"{sum(bool(r['cached']) for r in rows)} of {len(rows)} cached")
+    needing = [r for r in rows if r["needs"]]
+    if needing:
+        packages = sorted({p for r in needing for p in r["needs"]})
+        absent = sorted({p for r in needing for p in r["missing"]})
         where = f"not installed here: pip install 'clipprobe[{HF_TEXT_EXTRA}]'" if absent else "installed"
         click.echo(f"{len(needing)} models need {', '.join(packages)} for their text tokenizer ({where})")

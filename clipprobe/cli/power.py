@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from clipprobe.cli._options import FORMAT_CSV_HELP
+
 from clipprobe.errors import UsageError
 
 MSG_PAIRS = "{option}: expected NAME=VALUE pairs separated by commas, got {text!r}"
@@ -35,7 +37,7 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
               help="FairFace validation groups to use when no sizes or shares are given.")
 @click.option("--dataset", default=None,
               help="Face dataset whose label file gives the group sizes (fairface:ROOT, csv:PATH, ...).")
-@click.option("--split", default="validation", show_default=True)
+@click.option("--split", default="validation", show_default=True, help="Split of --dataset: validation or train.")
 @click.option("--dataset-size", type=click.IntRange(min=1), default=None,
               help="Number of images (default: FairFace validation, 10954).")
 @click.option("--base-shares", default=None, metavar="NAME=SHARE,...",
@@ -53,10 +55,11 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
               help="Override the number of rows in the BH family.")
 @click.option("--n-sim", type=click.IntRange(min=1), default=500, show_default=True,
               help="Simulated reports per point.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulations.")
 @click.option("--target-power", type=float, default=0.8, show_default=True,
               help="Power for the minimum detectable ratio table.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help=FORMAT_CSV_HELP)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the curve as CSV here.")
 @click.option("--figure", type=click.Path(dir_okay=False), default=None,
               help="Write the power curve figure (PNG or PDF, from the suffix).")

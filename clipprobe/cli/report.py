@@ -5,6 +5,9 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    OASIS_ROOT_HELP,
+    STIMULI_ROOT_HELP,
+    TAXONOMY_HELP,
     bootstrap_option,
     check_choice,
     check_count,
@@ -19,14 +22,14 @@ from clipprobe.cli._options import (
 
 @click.command("report")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Report folder (created; a rerun resumes).")
-@click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON file (default: sobit).")
+@click.option("--taxonomy", default=None, help=TAXONOMY_HELP)
 @click.option("--templates", default="default", show_default=True, help="default, ensemble, or your own file.")
-@click.option("--k", type=int, default=100, show_default=True)
+@click.option("--k", type=int, default=100, show_default=True, help="Faces retrieved per word.")
 @click.option("--attributes", default=None,
               help="Comma-separated attributes (default: each of race, gender, age, race_gender in the dataset).")
 @bootstrap_option(1000, unit="the face dataset", what="each group's share and skew",
                   more=", and the top group's stability (0: none)")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap (reruns are identical).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the bootstrap and of the permutation nulls (reruns are identical).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="False discovery rate for flagging.")
 @click.option("--reference", default="base", show_default=True,
               help="Skew against the dataset's group shares (base) or against equal representation (uniform).")
@@ -43,13 +46,13 @@ from clipprobe.cli._options import (
               help="Also run association tests (a suite of `clipprobe eat list`, or your YAML file) with the same "
                    "model into OUT/eat/; the HTML report shows them.")
 @click.option("--stimuli-root", type=click.Path(file_okay=False), default=None,
-              help="Local iEAT image folder for --eat (else fetched once from the iEAT repository).")
+              help=STIMULI_ROOT_HELP)
 @click.option("--oasis-root", type=click.Path(file_okay=False), default=None,
-              help="Local OASIS download for --eat suites with valence images.")
+              help=OASIS_ROOT_HELP)
 @click.option("--captions-counts", type=click.Path(file_okay=False), default=None,
               help="Folder written by `clipprobe captions count`: join caption lift with retrieval skew.")
-@click.option("--figures/--no-figures", default=True, show_default=True)
-@click.option("--html/--no-html", default=True, show_default=True)
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Write the figures into OUT/figures.")
+@click.option("--html/--no-html", default=True, show_default=True, help="Write the self-contained OUT/report.html.")
 @probe_options
 @embeddings_options
 def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, reference, permutations, ties, score,
@@ -88,7 +91,8 @@ def report(out, taxonomy, templates, k, attributes, bootstrap, seed, alpha, refe
 @click.command("crosscheck")
 @click.argument("report_dir", type=click.Path(file_okay=False))
 @click.argument("counts_dir", type=click.Path(file_okay=False))
-@click.option("--alpha", type=float, default=0.05, show_default=True)
+@click.option("--alpha", type=float, default=0.05, show_default=True,
+              help="False discovery rate for flagging a caption association (caption_flagged).")
 def crosscheck(report_dir, counts_dir, alpha) -> None:
     """Join a report's retrieval skew with caption co-occurrence (is it in the data too?).
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    FORMAT_CSV_HELP,
     attributes_option,
     check_choice,
     embeddings_options,
@@ -21,7 +22,8 @@ from clipprobe.cli._options import (
               help="Prompt templates: default, ensemble, or a path to your own YAML/text file.")
 @click.option("--taxonomy", default=None, help="Taxonomy name or file (for the word's part of speech).")
 @attributes_option("race,gender,race_gender")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv"]), default="table", show_default=True,
+              help=FORMAT_CSV_HELP)
 @click.option("--out", type=click.Path(dir_okay=False), default=None, help="Write the output here instead of stdout.")
 @click.option("--grid", type=click.Path(dir_okay=False), default=None, help="Write a contact sheet of the top-k faces (PNG).")
 @click.option("--score", default="cosine", show_default=True,

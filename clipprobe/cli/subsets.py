@@ -5,10 +5,13 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    TAXONOMY_HELP,
+    bootstrap_option,
     check_choice,
     check_count,
     check_fraction,
     embeddings_options,
+    permutations_option,
     pop_probe_config,
     probe_options,
     split_attributes,
@@ -38,7 +41,7 @@ def _check_by(by: str) -> str:
                    "skipped is printed and recorded in run.json.")
 @click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True,
               help="k-means clusters below --min-size: merge into the nearest cluster, or drop their images.")
-@click.option("--taxonomy", default=None, help="Taxonomy name or YAML/JSON file (default: sobit).")
+@click.option("--taxonomy", default=None, help=TAXONOMY_HELP)
 @click.option("--templates", default="default", show_default=True, help="default, ensemble, or your own file.")
 @click.option("--k", type=int, default=100, show_default=True, help="Images retrieved per word in each subset.")
 @click.option("--k-mode", type=click.Choice(["fixed", "fraction"]), default="fixed", show_default=True,
@@ -46,23 +49,23 @@ def _check_by(by: str) -> str:
                    "k * subset size / dataset size, the global top fraction.")
 @click.option("--attributes", default=None,
               help="Comma-separated attributes (default: each of race, gender, age, race_gender in the dataset).")
-@click.option("--bootstrap", type=int, default=0, show_default=True,
-              help="Resamples for the top group's stability (the published intervals need none).")
+@bootstrap_option(0, unit="each subset's images", behind="the top group's stability only",
+                  more=" (the published intervals need none; 0: none)")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of k-means and of every random draw.")
 @click.option("--alpha", type=float, default=0.05, show_default=True,
               help="False discovery rate, over every (subset, word, attribute, group) row together.")
 @click.option("--reference", default="base", show_default=True,
               help="Skew against each subset's own group shares (base) or equal representation (uniform).")
-@click.option("--permutations", type=int, default=1000, show_default=True,
-              help="Label shuffles for the nulls of MaxSkew/MinSkew and of the KL of recall@k.")
+@permutations_option(1000, test="MaxSkew, MinSkew and the KL of recall@k in each subset",
+                     more=": shuffles of the group labels over the subset's images")
 @click.option("--ties", default="index", show_default=True, help="'index' or 'keep-all' (as in `clipprobe report`).")
 @click.option("--score", default="cosine", show_default=True, help="'cosine' or 'dot' (as in `clipprobe report`).")
 @click.option("--controls", default="controls", show_default=True,
               help="Control words (a taxonomy name or file) for flagged_vs_controls; 'none' to skip.")
 @click.option("--typical", type=int, default=20, show_default=True,
               help="Faces per subset in its contact sheet (0: none).")
-@click.option("--figures/--no-figures", default=True, show_default=True)
-@click.option("--html/--no-html", default=True, show_default=True)
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Write the figures.")
+@click.option("--html/--no-html", default=True, show_default=True, help="Write the self-contained HTML page.")
 @probe_options
 @embeddings_options
 @click.pass_context
@@ -86,9 +89,7 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
     if min_size is not None:
         check_count("--min-size", min_size, 1)
     check_count("--k", k, 1)
-    check_count("--bootstrap", bootstrap)
     check_count("--seed", seed)
-    check_count("--permutations", permutations, 1)
     check_count("--typical", typical)
     check_fraction("--alpha", alpha)
     check_choice("--reference", reference, ("base", "uniform"))
@@ -123,11 +124,13 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
 @click.option("--by", default="kmeans:20", show_default=True, help=BY_HELP)
 @click.option("--min-size", type=int, default=None,
               help="Smallest subset, in images (default: 2 x the largest k the reports recorded).")
-@click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True)
+@click.option("--small", type=click.Choice(["merge", "drop"]), default="merge", show_default=True,
+              help="k-means clusters below --min-size: merge into the nearest cluster, or drop their images.")
 @click.option("--cluster-model", default=None,
               help="The model whose image embeddings k-means clusters (a model key or spec; default: the first). "
                    "Every model is then probed on the same subsets.")
-@click.option("--k-mode", type=click.Choice(["fixed", "fraction"]), default="fixed", show_default=True)
+@click.option("--k-mode", type=click.Choice(["fixed", "fraction"]), default="fixed", show_default=True,
+              help="fixed: each report's k in every subset; fraction: k * subset size / dataset size.")
 @click.option("--statistics", default="kl_recall,max_skew_excess,share_flagged", show_default=True,
               help="Per-model statistics (means over words) whose ranking is compared.")
 @click.option("--measures", type=click.Path(dir_okay=False), default=None,
@@ -136,16 +139,18 @@ def subsets(ctx, out, by, min_size, small, taxonomy, templates, k, k_mode, attri
 @click.option("--interval", type=click.Choice(["bca", "fisher", "percentile"]), default="bca", show_default=True,
               help="Interval of Spearman's rho over models, given from 8 models on (bca: the bootstrap whose "
                    "coverage was measured 0.93-0.99; see docs/subsets.md).")
-@click.option("--level", type=float, default=0.95, show_default=True)
-@click.option("--n-boot", type=int, default=2000, show_default=True, help="Resamples for --interval bca/percentile.")
-@click.option("--permutations", type=int, default=9999, show_default=True,
-              help="Permutations for the p-value of rho (exact up to 8 models).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--level", type=float, default=0.95, show_default=True, help="Level of the interval of rho.")
+@bootstrap_option(2000, name="--n-boot", unit="the models", what="Spearman's rho (--interval bca, percentile)",
+                  minimum=100)
+@permutations_option(9999, test="Spearman's rho over models (its p-value)",
+                     more="; up to 8 models every permutation is used, an exact p-value")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of k-means, the bootstrap and the sampled permutations.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), default=None,
               help="Embedding cache (default: the one each report recorded).")
 @click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: what each report recorded).")
-@click.option("--figures/--no-figures", default=True, show_default=True)
-@click.option("--html/--no-html", default=True, show_default=True)
+@click.option("--figures/--no-figures", default=True, show_default=True, help="Write the figures.")
+@click.option("--html/--no-html", default=True, show_default=True, help="Write the self-contained HTML page.")
 def compare(sources, out, by, min_size, small, cluster_model, k_mode, statistics, measures, interval, level, n_boot,
             permutations, seed, cache_dir, device, figures, html) -> None:
     """Across models (a sweep folder or report folders): does the ranking by global bias hold on each subset?"""
@@ -157,8 +162,6 @@ def compare(sources, out, by, min_size, small, cluster_model, k_mode, statistics
     _check_by(by)
     if min_size is not None:
         check_count("--min-size", min_size, 1)
-    check_count("--n-boot", n_boot, 100)
-    check_count("--permutations", permutations, 1)
     check_count("--seed", seed)
     check_fraction("--level", level)
     stats = tuple(s.strip() for s in statistics.split(",") if s.strip())

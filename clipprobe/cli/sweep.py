@@ -5,6 +5,8 @@ from __future__ import annotations
 import click
 
 from clipprobe.cli._options import (
+    OASIS_ROOT_HELP,
+    STIMULI_ROOT_HELP,
     bootstrap_option,
     check_choice,
     check_count,
@@ -77,8 +79,8 @@ Examples:
 @bootstrap_option(2000, name="--eat-bootstrap", unit="the stimuli", what="each association test's d",
                   more="; at least 100 (`eat --bootstrap`)")
 @click.option("--paper-signs", is_flag=True, help="Association tests: Ghate et al.'s sign for the Gender tests.")
-@click.option("--stimuli-root", type=click.Path(file_okay=False), default=None, help="Local iEAT image folder.")
-@click.option("--oasis-root", type=click.Path(file_okay=False), default=None, help="Local OASIS download.")
+@click.option("--stimuli-root", type=click.Path(file_okay=False), default=None, help=STIMULI_ROOT_HELP)
+@click.option("--oasis-root", type=click.Path(file_okay=False), default=None, help=OASIS_ROOT_HELP)
 @compute_options(cache_help="Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe); share it between "
                             "shards on one machine.")
 @click.pass_context
@@ -184,7 +186,8 @@ def merge_command(folders, out) -> None:
               help="Reference level (default: the first by name, as the paper's cc12m).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,
               help="Default: FOLDER/analysis (replaced whole).")
-@click.option("--figures/--no-figures", default=True, show_default=True)
+@click.option("--figures/--no-figures", default=True, show_default=True,
+              help="Draw the coefficient and scatter plots (and show them in analysis.html).")
 def analyze_command(folder, performance, performance_csv, model_tables, measures, spec, size_units, raw_signs,
                     min_family_rows, min_family_models, reference_dataset_family, out, figures) -> None:
     """Upstream factors (mixed model) and correlation with downstream performance."""

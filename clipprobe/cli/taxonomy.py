@@ -6,9 +6,11 @@ import json
 
 import click
 
+from clipprobe.cli._options import FORMAT_HELP, TAXONOMY_HELP
+
 from clipprobe.errors import printable as _p
 
-_TAXONOMY_HELP = "Taxonomy name (see `clipprobe taxonomy list`) or path to a YAML/JSON file. Default: sobit."
+_TAXONOMY_HELP = TAXONOMY_HELP
 
 
 @click.group("taxonomy")
@@ -18,7 +20,8 @@ def taxonomy() -> None:
 
 @taxonomy.command("list")
 @click.option("--taxonomy", "name", default=None, help=_TAXONOMY_HELP)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 def list_cmd(name: str | None, fmt: str) -> None:
     """Categories of a taxonomy with their word counts."""
     from clipprobe.resources.taxonomy import get_taxonomy, list_taxonomies
@@ -41,7 +44,8 @@ def list_cmd(name: str | None, fmt: str) -> None:
 @taxonomy.command("show")
 @click.argument("category")
 @click.option("--taxonomy", "name", default=None, help=_TAXONOMY_HELP)
-@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
+              help=FORMAT_HELP)
 def show_cmd(category: str, name: str | None, fmt: str) -> None:
     """The words of one CATEGORY, with part of speech and source lists."""
     from clipprobe.resources.taxonomy import get_taxonomy

@@ -497,6 +497,45 @@ def read_user_table(path: str | Path) -> UserTable:
     return UserTable(path=str(p), specs=tuple(specs), values=values, performance_columns=tuple(perf_cols))
 
 
+NUMERIC_COLUMNS = ("params_image_m", "params_text_m", "params_total_m", "dataset_size", "samples_seen",
+                   "imagenet1k", "avg38", "vtab", "vtab_plus")
+
+
+def _float_or_none(value: Any) -> float | None:
+    """A number as a float; None for a missing or unparseable value (as ``pd.to_numeric(errors="coerce")``)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(out) else out
+
+
+def zoo_records(specs: Iterable[str] | None = None, *, user: UserTable | str | Path | None = None,
+                count: bool = True) -> tuple[list[str], list[dict[str, Any]]]:
+    """The rows of :func:`zoo_table` as plain dicts, without pandas: ``(columns, rows)``; each row has every
+    column, numbers as floats or None."""
+    table = user if isinstance(user, UserTable) or user is None else read_user_table(user)
+    if specs is None:
+        specs = known_specs() + [s for s in (table.specs if table else ()) if s not in set(known_specs())]
+    extra = list(table.performance_columns) if table else []
+    columns = list(ZOO_COLUMNS) + [c for c in extra if c not in ZOO_COLUMNS]
+    numeric = set(NUMERIC_COLUMNS) | {c for c in extra if c not in ZOO_COLUMNS}
+    rows = []
+    seen: set[str] = set()
+    for spec in specs:
+        row = describe_model(spec, count=count)
+        if row["spec"] in seen:
+            continue
+        seen.add(row["spec"])
+        if table is not None and row["spec"] in table.values:
+            apply_user_values(row, table.values[row["spec"]], source=f"user ({Path(table.path).name})",
+                              performance_columns=table.performance_columns)
+        rows.append({c: (_float_or_none(row.get(c)) if c in numeric else row.get(c)) for c in columns})
+    return columns, rows
+
+
 def zoo_table(specs: Iterable[str] | None = None, *, user: UserTable | str | Path | None = None,
               count: bool = True) -> "pd.DataFrame":
     """One row per model (:data:`ZOO_COLUMNS`, plus any performance columns of the user table).
@@ -508,25 +547,10 @@ def zoo_table(specs: Iterable[str] | None = None, *, user: UserTable | str | Pat
     """
     import pandas as pd
 
-    table = user if isinstance(user, UserTable) or user is None else read_user_table(user)
-    if specs is None:
-        specs = known_specs() + [s for s in (table.specs if table else ()) if s not in set(known_specs())]
-    rows = []
-    seen: set[str] = set()
-    for spec in specs:
-        row = describe_model(spec, count=count)
-        if row["spec"] in seen:
-            continue
-        seen.add(row["spec"])
-        if table is not None and row["spec"] in table.values:
-            apply_user_values(row, table.values[row["spec"]], source=f"user ({Path(table.path).name})",
-                              performance_columns=table.performance_columns)
-        rows.append(row)
-    extra = list(table.performance_columns) if table else []
-    columns = list(ZOO_COLUMNS) + [c for c in extra if c not in ZOO_COLUMNS]
+    columns, rows = zoo_records(specs, user=user, count=count)
     df = pd.DataFrame.from_records(rows, columns=columns)
-    for c in ("params_image_m", "params_text_m", "params_total_m", "dataset_size", "samples_seen", "imagenet1k",
-              "avg38", "vtab", "vtab_plus", *[c for c in extra if c not in ZOO_COLUMNS]):
+    extra = [c for c in columns if c not in ZOO_COLUMNS]
+    for c in (*NUMERIC_COLUMNS, *extra):
         df[c] = pd.to_numeric(df[c], errors="coerce").astype("float64")
     return df
 
@@ -570,18 +594,30 @@ def performance_column(name: str, columns: Sequence[str]) -> str:
     return column
 
 
-def format_zoo(df: "pd.DataFrame", fmt: str = "table") -> str:
+def format_zoo(table: "pd.DataFrame | Sequence[Mapping[str, Any]]", fmt: str = "table",
+               columns: Sequence[str] | None = None) -> str:
     """The zoo table as text: ``table`` (aligned columns, the main facts), ``json`` (records, NaN as
-    null) or ``csv`` (every column; readable back as a model CSV)."""
-    if fmt == "csv":
-        return df.to_csv(index=False, lineterminator="\n")
-    if fmt == "json":
-        records = json.loads(df.to_json(orient="records", double_precision=10))
-        return json.dumps(records, indent=2)
-    if fmt != "table":
+    null) or ``csv`` (every column; readable back as a model CSV).
+
+    ``table``: a DataFrame of :func:`zoo_table`, or the rows of :func:`zoo_records` (dicts; ``columns``
+    their order, default the first row's keys): nothing here needs pandas."""
+    if fmt not in ("table", "json", "csv"):
         from clipprobe.errors import one_of
 
         raise one_of(fmt, ("table", "json", "csv"), "format")
+    if hasattr(table, "to_dict"):      # a DataFrame
+        columns = [str(c) for c in table.columns]
+        rows = [{c: _plain(v) for c, v in zip(columns, r)} for r in table.itertuples(index=False, name=None)]
+    else:
+        rows = [dict(r) for r in table]
+        columns = list(columns) if columns is not None else (list(rows[0]) if rows else list(ZOO_COLUMNS))
+    if fmt == "csv":
+        from clipprobe._io import csv_records_text
+
+        return csv_records_text(columns, rows)
+    if fmt == "json":
+        records = [{c: _json_value(r.get(c)) for c in columns} for r in rows]
+        return json.dumps(records, indent=2)
     shown = ["spec", "arch_family", "params_total_m", "dataset", "dataset_size", "samples_seen", "imagenet1k",
              "vtab_plus"]
 
@@ -600,17 +636,34 @@ def format_zoo(df: "pd.DataFrame", fmt: str = "table") -> str:
 
     header = ["model", "family", "params", "dataset", "size", "seen", "ImageNet", "VTAB+"]
     for col, title in (("cached", "cached"), ("needs", "needs")):     # columns `clipprobe models` adds
-        if col in df:
+        if col in columns:
             shown.append(col)
             header.append(title)
-    body = [[cell(c, v) for c, v in zip(shown, r)] for r in df[shown].itertuples(index=False, name=None)]
+    body = [[cell(c, r.get(c)) for c in shown] for r in rows]
     widths = [max([len(header[i])] + [len(b[i]) for b in body]) for i in range(len(header))]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(b, widths)).rstrip() for b in body]
-    n_perf = int((df["performance_note"] != NO_PERFORMANCE).sum()) if len(df) else 0
-    lines.append(f"{len(df)} models; {n_perf} with downstream performance (published or given), "
-                 f"{len(df) - n_perf} without")
+    n_perf = sum(r.get("performance_note") != NO_PERFORMANCE for r in rows)
+    lines.append(f"{len(rows)} models; {n_perf} with downstream performance (published or given), "
+                 f"{len(rows) - n_perf} without")
     return "\n".join(lines)
+
+
+def _plain(value: Any) -> Any:
+    """A DataFrame cell as a plain Python value (NaN as None; numpy scalars as Python numbers)."""
+    if hasattr(value, "item") and not isinstance(value, (list, tuple, dict, str)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """A cell for the JSON records: NaN and infinities as null, floats to 10 decimals (as pandas'
+    ``to_json(double_precision=10)``)."""
+    if isinstance(value, float):
+        return round(value, 10) if math.isfinite(value) else None
+    return value
 
 
 def _human(n: float) -> str:

@@ -210,6 +210,9 @@ def _row_labels(table) -> list[str]:
     return [f"{t} ({ORDER_LABELS.get(o, o)})" for t, o in zip(table["test"], table["order"])]
 
 
+WITHHELD_LABEL = "interval not published (ci_note)"
+
+
 def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
     """Effect size of each test (dot) with its interval (line); unavailable tests are named, not drawn.
 
@@ -234,6 +237,8 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
         hi = table["effect_ci_high"].to_numpy(dtype=float)
         avail = table["available"].to_numpy(dtype=bool) & np.isfinite(d)
         has_ci = avail & np.isfinite(lo) & np.isfinite(hi)
+        notes = table["ci_note"].fillna("").astype(str).to_numpy() if "ci_note" in table else np.full(n, "")
+        withheld = avail & ~has_ci & (notes != "")      # an interval computed but not published: open dot
         orders = list(dict.fromkeys(table["order"]))
         for i, order in enumerate(orders):
             sel = avail & (table["order"].to_numpy() == order)
@@ -243,6 +248,11 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
             err = np.where(has_ci[sel], _errors(d[sel], lo[sel], hi[sel]), 0.0)
             ax.errorbar(d[sel], y[sel], xerr=err, fmt="o", color=color, ms=3, lw=0.9, capsize=1.5,
                         label=order_label(order))
+            open_dots = sel & withheld
+            if open_dots.any():
+                ax.plot(d[open_dots], y[open_dots], "o", ms=3, mfc="white", mec=color, mew=0.9, zorder=3)
+        if withheld.any():
+            ax.plot([], [], "o", ms=3, mfc="white", mec="0.3", mew=0.9, label=WITHHELD_LABEL)
         status = table["status"].to_numpy() if "status" in table else np.where(avail, "computed", "unavailable")
         for yi, st in zip(y[~avail], status[~avail]):
             ax.text(0.0, yi, st, ha="center", va="center", fontsize=6, color="0.45", style="italic")
@@ -254,7 +264,10 @@ def forest_plot(table: "pd.DataFrame", *, ax=None, title: str | None = None):
         if title:
             ax.set_title(F.literal(title), loc="left", y=1.0, pad=6.0)
         handles, names = ax.get_legend_handles_labels()
-        if len(handles) > 1:
+        last = [i for i, name in enumerate(names) if name == WITHHELD_LABEL]     # the orders first
+        order = [i for i in range(len(names)) if i not in last] + last
+        handles, names = [handles[i] for i in order], [names[i] for i in order]
+        if len(handles) > 1 or withheld.any():
             ax.figure.legend(handles, names, loc="outside lower center", ncol=F._legend_columns(ax.figure, names),
                              handletextpad=0.2, columnspacing=0.8)
     return ax
