@@ -627,7 +627,12 @@ def resolve_attribute_source(config):
         from clipprobe.resources.lexicon import get_lexicon
 
         lexicon = get_lexicon(config.lexicon).name if config.lexicon is None else config.lexicon
-    attr_config = dataclasses.replace(source.attributes, out=str(Path(config.out) / "attributes"), lexicon=lexicon)
+    engine = getattr(config, "engine", None)        # the balance run's engine runs the pass too
+    engine_settings = {} if engine is None else {"engine": engine.engine, "workers": engine.workers,
+                                                  "spark_master": engine.spark_master,
+                                                  "spark_conf": tuple(engine.spark_conf)}
+    attr_config = dataclasses.replace(source.attributes, out=str(Path(config.out) / "attributes"), lexicon=lexicon,
+                                      **engine_settings)
     result = run_attributes(attr_config)
     column = result.column if source.source == "images" else result.both_column
     balanced = dataclasses.replace(config, captions=tuple(str(p) for p in result.shards), attribute_column=column,
