@@ -25,6 +25,10 @@ without one says so in ``run.json``). A shard with NaN, infinite or zero rows st
 naming the shard (``nan_rows="error"``, before that shard is written) or is counted and its rows get no
 group (``"skip"``). A shard's file is written atomically and records the settings it was made with; a
 rerun skips the shards already done with the same settings.
+
+Shards are the unit of work (:class:`ShardJob`, :func:`run_shard_job`): the local engine runs
+``workers`` of them at a time on threads, the Spark engine one task per shard
+(:mod:`clipprobe.pipeline.attrspark`); both write the same files, and a run resumes from either's.
 """
 
 from __future__ import annotations
