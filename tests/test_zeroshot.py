@@ -47,20 +47,21 @@ def test_scores_identical_for_any_block_size_and_thread_count():
 
 
 @pytest.mark.parametrize("dtype", [np.float16, np.float32])
-@pytest.mark.parametrize("shape", [(203, 37), (64, 16), (7, 8), (130, 520)])
-def test_transposed_tiles_sum_like_a_sequential_loop(dtype, shape):
-    """The 8 x 8 register transposition (rows and dimensions not multiples of 8 included) only moves
-    values: the dot products and norms are a sequential float32 loop's, bit for bit."""
+@pytest.mark.parametrize("shape, c", [((203, 37), 3), ((64, 16), 2), ((7, 8), 3), ((130, 520), 7), ((45, 24), 9)])
+def test_kernels_sum_like_a_sequential_loop(dtype, shape, c):
+    """The register kernel (runs of eight rows, 2..7 classes), the 8 x 8 register transposition of the
+    tiles (the other rows, other class counts), with rows and dimensions not multiples of 8, only
+    reorder the work: the dot products and norms are a sequential float32 loop's, bit for bit."""
     from clipprobe.analysis import _zskernel
 
     rng = np.random.default_rng(shape[0])
     n, d = shape
     x = (rng.standard_normal((n, d)) * 2).astype(dtype)
-    t = _unit(rng, 3, d)
-    dots, norms = np.empty((n, 3), np.float32), np.empty(n, np.float32)
-    _zskernel.scores(x, t, dots, norms)
+    t = _unit(rng, c, d)
+    dots, norms = np.empty((n, c), np.float32), np.empty(n, np.float32)
+    _zskernel.scores(x, t, dots, norms, threads=2)
     xs = x.astype(np.float32)
-    seq, nrm = np.zeros((n, 3), np.float32), np.zeros(n, np.float32)
+    seq, nrm = np.zeros((n, c), np.float32), np.zeros(n, np.float32)
     for j in range(d):
         seq += xs[:, j:j + 1] * t[:, j][None, :]
         nrm += xs[:, j] * xs[:, j]

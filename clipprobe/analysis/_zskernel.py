@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from llvmlite import ir
 from numba import njit
-from numba.core import types
+from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 TILE = 64
@@ -35,6 +35,7 @@ _B = (2, 3, 10, 11, 6, 7, 14, 15)
 _L = (0, 1, 2, 3, 8, 9, 10, 11)
 _H = (4, 5, 6, 7, 12, 13, 14, 15)
 SEQUENTIAL_SUM_CLASSES = 7      # numpy sums a row of fewer than 8 values left to right (beyond: pairwise)
+REGISTER_CLASSES = (2, 7)       # class counts whose eight-row sums run in registers (:func:`_rows8_half`)
 
 
 @intrinsic
@@ -92,6 +93,147 @@ def _transpose8_float(typingctx, src, src_step, dst, dst_step):
     return types.void(types.intp, types.intp, types.intp, types.intp), _transpose8_codegen(False)
 
 
+def _transpose_values(builder, r):
+    """The 8 x 8 transposition of eight <8 x float> vectors (``r[i][c]`` -> ``out[c][i]``)."""
+    i32 = ir.IntType(32)
+
+    def sh(a, b, mask):
+        return builder.shuffle_vector(a, b, ir.Constant(ir.VectorType(i32, 8), [ir.Constant(i32, m) for m in mask]))
+
+    t = [sh(r[0], r[1], _LO), sh(r[0], r[1], _HI), sh(r[2], r[3], _LO), sh(r[2], r[3], _HI),
+         sh(r[4], r[5], _LO), sh(r[4], r[5], _HI), sh(r[6], r[7], _LO), sh(r[6], r[7], _HI)]
+    u = [sh(t[0], t[2], _A), sh(t[0], t[2], _B), sh(t[1], t[3], _A), sh(t[1], t[3], _B),
+         sh(t[4], t[6], _A), sh(t[4], t[6], _B), sh(t[5], t[7], _A), sh(t[5], t[7], _B)]
+    return [sh(u[0], u[4], _L), sh(u[1], u[5], _L), sh(u[2], u[6], _L), sh(u[3], u[7], _L),
+            sh(u[0], u[4], _H), sh(u[1], u[5], _H), sh(u[2], u[6], _H), sh(u[3], u[7], _H)]
+
+
+def _rows8_codegen(n_classes: int, half: bool):
+    """Eight rows' dot products with ``n_classes`` class vectors and squared norms, the accumulators in
+    vector registers (one lane per row): the dimension walked in index order, ``acc = acc + x * w`` (a
+    float32 product, then a float32 sum: no fused multiply-add), exactly as :func:`_tile_sums` does."""
+    def codegen(context, builder, signature, args):
+        src, src_step, d, t_addr, t_step, dots, dots_step, norms = args[:8]
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        f32 = ir.FloatType()
+        f8 = ir.VectorType(f32, 8)
+        intp = src_step.type
+        size = 2 if half else 4
+        src_p = builder.inttoptr(src, i8p)
+        t_p = builder.inttoptr(t_addr, i8p)
+        zero = ir.Constant(f8, [0.0] * 8)
+        undef = ir.Constant(f8, ir.Undefined)
+        accs = [cgutils.alloca_once_value(builder, zero) for _ in range(n_classes + 1)]
+
+        def const(v):
+            return ir.Constant(intp, v)
+
+        def update(vecs, j_first):
+            """vecs[c]: dimension j_first + c of the eight rows."""
+            for c, v in enumerate(vecs):
+                j = builder.add(j_first, const(c))
+                for k in range(n_classes):
+                    off = builder.add(builder.mul(t_step, const(k)), builder.mul(j, const(4)))
+                    w = builder.load(builder.bitcast(builder.gep(t_p, [off]), f32.as_pointer()))
+                    w = builder.shuffle_vector(builder.insert_element(undef, w, ir.Constant(i32, 0)), undef,
+                                               ir.Constant(ir.VectorType(i32, 8), [ir.Constant(i32, 0)] * 8))
+                    builder.store(builder.fadd(builder.load(accs[k]), builder.fmul(v, w)), accs[k])
+                builder.store(builder.fadd(builder.load(accs[n_classes]), builder.fmul(v, v)), accs[n_classes])
+
+        def address(row, j):
+            return builder.gep(src_p, [builder.add(builder.mul(src_step, const(row)), builder.mul(j, const(size)))])
+
+        d8 = builder.mul(builder.udiv(d, const(8)), const(8))
+        with cgutils.for_range_slice(builder, const(0), d8, const(8), intp=intp) as (j0, _):
+            rows = []
+            for i in range(8):
+                p = address(i, j0)
+                if half:
+                    v = builder.load(builder.bitcast(p, ir.VectorType(ir.IntType(16), 8).as_pointer()), align=2)
+                    v = builder.fpext(builder.bitcast(v, ir.VectorType(ir.HalfType(), 8)), f8)
+                else:
+                    v = builder.load(builder.bitcast(p, f8.as_pointer()), align=4)
+                rows.append(v)
+            update(_transpose_values(builder, rows), j0)
+        with cgutils.for_range_slice(builder, d8, d, const(1), intp=intp) as (j, _):
+            v = zero
+            for i in range(8):
+                p = address(i, j)
+                if half:
+                    x = builder.load(builder.bitcast(p, ir.IntType(16).as_pointer()))
+                    x = builder.fpext(builder.bitcast(x, ir.HalfType()), f32)
+                else:
+                    x = builder.load(builder.bitcast(p, f32.as_pointer()))
+                v = builder.insert_element(v, x, ir.Constant(i32, i))
+            update([v], j)
+        dots_p = builder.inttoptr(dots, i8p)
+        norms_p = builder.inttoptr(norms, i8p)
+        for k in range(n_classes + 1):
+            acc = builder.load(accs[k])
+            for r in range(8):
+                if k < n_classes:
+                    p = builder.gep(dots_p, [builder.add(builder.mul(dots_step, const(r)), const(4 * k))])
+                else:
+                    p = builder.gep(norms_p, [const(4 * r)])
+                builder.store(builder.extract_element(acc, ir.Constant(i32, r)), builder.bitcast(p, f32.as_pointer()))
+        return context.get_dummy_value()
+    return codegen
+
+
+def _rows8_typer(half: bool):
+    def typer(typingctx, src, src_step, d, t_addr, t_step, dots, dots_step, norms, n_classes):
+        if not isinstance(n_classes, types.IntegerLiteral):
+            return None
+        sig = types.void(*([types.intp] * 8), n_classes)
+        return sig, _rows8_codegen(n_classes.literal_value, half)
+    return typer
+
+
+_rows8_half = intrinsic(_rows8_typer(True))
+_rows8_half.__doc__ = ("Eight rows of float16 bits at ``src`` (``src_step`` bytes apart), ``d`` dimensions, against "
+                       "``n_classes`` (a literal) class vectors at ``t_addr``: dot products to ``dots``, squared norms "
+                       "to ``norms`` (addresses; see :func:`_rows8_codegen`).")
+_rows8_float = intrinsic(_rows8_typer(False))
+
+
+def _make_eights(rows8):
+    """The loop of the register kernel ``rows8`` (:func:`_rows8_half` or :func:`_rows8_float`)."""
+
+    @njit(inline="always")
+    def eights(x, t, dots, norms):
+        """The rows of ``x`` in runs of eight, for 2..7 classes: the number of rows done (the rest go
+        through the tiles)."""
+        n, d = x.shape
+        c = t.shape[0]
+        if c < REGISTER_CLASSES[0] or c > REGISTER_CLASSES[1]:
+            return 0
+        n8 = n - n % 8
+        xa, ta, da, na = x.ctypes.data, t.ctypes.data, dots.ctypes.data, norms.ctypes.data
+        xs, ts, ds = x.strides[0], t.strides[0], dots.strides[0]
+        for i0 in range(0, n8, 8):
+            src, dst, nrm = xa + i0 * xs, da + i0 * ds, na + i0 * 4
+            if c == 2:      # the class count must be a literal: one specialised kernel each
+                rows8(src, xs, d, ta, ts, dst, ds, nrm, 2)
+            elif c == 3:
+                rows8(src, xs, d, ta, ts, dst, ds, nrm, 3)
+            elif c == 4:
+                rows8(src, xs, d, ta, ts, dst, ds, nrm, 4)
+            elif c == 5:
+                rows8(src, xs, d, ta, ts, dst, ds, nrm, 5)
+            elif c == 6:
+                rows8(src, xs, d, ta, ts, dst, ds, nrm, 6)
+            else:
+                rows8(src, xs, d, ta, ts, dst, ds, nrm, 7)
+        return n8
+
+    return eights
+
+
+_eights_half = _make_eights(_rows8_half)
+_eights_float = _make_eights(_rows8_float)
+
+
 @njit(inline="always")
 def _tile_sums(buf, acc, t, dots, norms, i0, m):
     """Dot products and squared norms of the ``m`` rows of a transposed tile, each summed in index order."""
@@ -144,7 +286,7 @@ def scores_half(x, t, dots, norms):
     n, d = x.shape
     buf = np.zeros((d, TILE), np.float32)
     acc = np.empty((t.shape[0] + 1, TILE), np.float32)
-    for i0 in range(0, n, TILE):
+    for i0 in range(_eights_half(x, t, dots, norms), n, TILE):
         m = min(TILE, n - i0)
         _fill_tile(x, buf, i0, m, True)
         _tile_sums(buf, acc, t, dots, norms, i0, m)
@@ -156,7 +298,7 @@ def scores_float(x, t, dots, norms):
     n, d = x.shape
     buf = np.zeros((d, TILE), np.float32)
     acc = np.empty((t.shape[0] + 1, TILE), np.float32)
-    for i0 in range(0, n, TILE):
+    for i0 in range(_eights_float(x, t, dots, norms), n, TILE):
         m = min(TILE, n - i0)
         _fill_tile(x, buf, i0, m, False)
         _tile_sums(buf, acc, t, dots, norms, i0, m)
