@@ -362,12 +362,21 @@ def finish(e, cos, n_groups, threshold, probs, codes):
             codes[i] = best
 
 
+_CACHED_IN: list = []      # the cache folder the kernels were last pointed at (once per process and folder)
+
+
 def enable_cache() -> None:
-    """Keep the compiled kernels in clipprobe's cache folder (see :mod:`clipprobe._jitcache`)."""
+    """Keep the compiled kernels in clipprobe's cache folder (see :mod:`clipprobe._jitcache`); a call
+    after the first with the same folder does nothing (the pass calls it for every block)."""
+    from clipprobe._jitcache import cache_dir
     from clipprobe._jitcache import enable_cache as cache
 
+    where = str(cache_dir())
+    if _CACHED_IN == [where]:
+        return
     for k in (scores_half, scores_float, logits, finish):
         cache(k)
+    _CACHED_IN[:] = [where]
 
 
 def scores(x, t, dots, norms, threads: int = 1) -> None:
