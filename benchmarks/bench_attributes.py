@@ -19,8 +19,8 @@ Measured in one process, on the same shards, each rate in rows per second (best 
 ``shards`` is the pass's rate over its shard stage alone (``run.json``'s ``timings_s.pass``: without
 the checks, the model's loading and the class vectors, a fixed cost of about 0.3 s here).
 
-Printed: the rates and the ratios kernel/read, pass/read and shards/read (target >= 0.5:
-``target_met_pass``, ``target_met_shards``), pass/read_alloc and kernel/numpy, and the process CPU
+Printed: the rates and the ratios kernel/read, pass/read and shards/read (target >= 0.5 at the best
+of ``--threads``: ``target_met_pass``, ``target_met_shards``), pass/read_alloc and kernel/numpy, and the process CPU
 seconds of the read, of the pass, of a rerun that finds every shard done (``fixed``: checks, model,
 class vectors) and their difference (``shards``), with the ratio read/shards of CPU seconds: on a
 shared machine the wall-clock ratio of a two-thread pass to a one-thread read depends on the load, the
@@ -272,14 +272,13 @@ def main(argv=None) -> int:
         result["ratios"][f"kernel_t{th}/numpy"] = round(best[f"kernel_t{th}"] / best["numpy"], 3)
         result["ratios"][f"pass_t{th}/numpy"] = round(best[f"pass_t{th}"] / best["numpy"], 3)
     if args.repeat:
-        top = max(args.threads)
         for th in args.threads:
             cpu[f"shards_t{th}"] = cpu[f"pass_t{th}"] - cpu["fixed"]
         result["cpu_seconds"] = {k: round(v, 3) for k, v in cpu.items()}
-        result["target"] = {"pass/read": 0.5, "pass": round(best[f"pass_t{top}"] / best["read"], 3),
-                            "shards": round(best[f"shards_t{top}"] / best["read"], 3),
-                            "target_met_pass": best[f"pass_t{top}"] / best["read"] >= 0.5,
-                            "target_met_shards": best[f"shards_t{top}"] / best["read"] >= 0.5,
+        whole = max(best[f"pass_t{th}"] for th in args.threads) / best["read"]
+        shards = max(best[f"shards_t{th}"] for th in args.threads) / best["read"]
+        result["target"] = {"pass/read": 0.5, "pass": round(whole, 3), "shards": round(shards, 3),
+                            "target_met_pass": whole >= 0.5, "target_met_shards": shards >= 0.5,
                             "read_cpu/shards_cpu": {th: round(cpu["read"] / cpu[f"shards_t{th}"], 3)
                                                     for th in args.threads}}
     result["last_pass_timings_s"] = timings
