@@ -7,15 +7,20 @@ vector width or on the number of threads: tiles of ``TILE`` rows are transposed 
 vector lanes run across rows, never across the dimension. float16 values are widened with LLVM's
 ``fpext`` (one ``vcvtph2ps`` on CPUs with F16C), which is exact.
 
-The transposition is done eight rows by eight dimensions at a time in vector registers (eight loads,
-the widening, a shuffle network, eight stores: :func:`_transpose8_half`, :func:`_transpose8_float`), the
-remaining rows and dimensions one value at a time; it only moves values, so the sums are the same as
-a value-by-value copy gives.
+With 2 to 7 classes, runs of eight rows never go through a buffer (:func:`_rows8_half`,
+:func:`_rows8_float`, LLVM IR written here): eight rows by eight dimensions are loaded, widened and
+transposed in vector registers, and each class's sum and the norm are vector registers with one lane
+per row, updated dimension by dimension in index order with a float32 product and a float32 sum (no
+fused multiply-add, as in the tiles). The class count is a compile-time constant of each of these
+kernels. The remaining rows (and other class counts) go through the tiles, whose transposition is also
+done eight by eight in registers (:func:`_transpose8_half`, :func:`_transpose8_float`). Both only
+reorder the work: every row's sums are the same operations in the same order.
 
-:func:`finish` turns a block's dot products and squared norms into cosines, the soft-max's shifted
-logits (exponentiated by numpy, as :func:`clipprobe.analysis.zeroshot.probabilities` does) and then the
-probabilities and hard labels, with the same operations in the same order as the numpy functions of
-:mod:`clipprobe.analysis.zeroshot` (so the same bits), without their temporary arrays.
+:func:`logits` and :func:`finish` turn a block's dot products and squared norms into cosines, the
+soft-max's shifted logits (exponentiated by numpy between the two, as
+:func:`clipprobe.analysis.zeroshot.probabilities` does) and then the probabilities and hard labels, with
+the same operations in the same order as the numpy functions of :mod:`clipprobe.analysis.zeroshot` (so
+the same bits), without their temporary arrays.
 """
 
 from __future__ import annotations
