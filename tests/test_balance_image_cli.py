@@ -183,3 +183,24 @@ def test_soft_mode_options_are_checked(setup, tmp_path):
     r = _run(["balance", "measure", "--attribute-source", "images", "--attribute-mode", "soft", "--threshold",
               "0.6", "--embeddings", str(root / "emb"), *setup["model"], "--out", str(tmp_path / "y")])
     assert r.exit_code != 0 and "--threshold makes the hard labels" in r.output
+
+
+def test_attributes_engine_options_checked_before_any_work(setup, tmp_path):
+    from clipprobe.captions.run import ERR_SPARK_CONF
+
+    root = setup["root"]
+    r = CliRunner().invoke(cli, ["balance", "attributes", "--embeddings", str(root / "emb"), "--out",
+                                 str(tmp_path / "a"), "--engine", "spark", "--spark-conf", "spark.archives",
+                                 *setup["model"]])
+    assert r.exit_code == 2 and ERR_SPARK_CONF.format(item="spark.archives") in r.output, r.output
+    assert not (tmp_path / "a").exists()
+    # the local engine with --threads 1 (one shard at a time) writes what the default run writes
+    one = _run(["balance", "attributes", "--embeddings", str(root / "emb"), "--out", str(tmp_path / "one"),
+                "--threads", "1", *setup["model"]])
+    two = _run(["balance", "attributes", "--embeddings", str(root / "emb"), "--out", str(tmp_path / "two"),
+                "--threads", "2", *setup["model"]])
+    assert one.exit_code == 0 and two.exit_code == 0, one.output + two.output
+    for name in ("attributes_0.parquet", "attributes_1.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "shards" / name),
+                                      pd.read_parquet(tmp_path / "two" / "shards" / name))
+    assert json.loads((tmp_path / "one" / "run.json").read_text())["config"]["engine"] == "local"

@@ -46,6 +46,51 @@ def test_scores_identical_for_any_block_size_and_thread_count():
     assert np.array_equal(a.cos[:50], seq / np.sqrt(nrm)[:, None])
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("shape, c", [((203, 37), 3), ((64, 16), 2), ((7, 8), 3), ((130, 520), 7), ((45, 24), 9)])
+def test_kernels_sum_like_a_sequential_loop(dtype, shape, c):
+    """The register kernel (runs of eight rows, 2..7 classes), the 8 x 8 register transposition of the
+    tiles (the other rows, other class counts), with rows and dimensions not multiples of 8, only
+    reorder the work: the dot products and norms are a sequential float32 loop's, bit for bit."""
+    from clipprobe.analysis import _zskernel
+
+    rng = np.random.default_rng(shape[0])
+    n, d = shape
+    x = (rng.standard_normal((n, d)) * 2).astype(dtype)
+    t = _unit(rng, c, d)
+    dots, norms = np.empty((n, c), np.float32), np.empty(n, np.float32)
+    _zskernel.scores(x, t, dots, norms, threads=2)
+    xs = x.astype(np.float32)
+    seq, nrm = np.zeros((n, c), np.float32), np.zeros(n, np.float32)
+    for j in range(d):
+        seq += xs[:, j:j + 1] * t[:, j][None, :]
+        nrm += xs[:, j] * xs[:, j]
+    assert dots.tobytes() == seq.tobytes() and norms.tobytes() == nrm.tobytes()
+
+
+@pytest.mark.parametrize("c", [2, 3, 5, 7, 9])
+def test_fused_classify_is_the_three_functions_bit_for_bit(c):
+    """classify's fused blocks give the bits of class_scores, probabilities and hard_labels run apart:
+    invalid rows, tied classes, a probability exactly at the threshold (compared in float32, as numpy does)."""
+    rng = np.random.default_rng(c)
+    x = rng.standard_normal((3001, 24)).astype(np.float16)
+    x[3] = 0
+    x[8, 2] = np.nan
+    x[11, 0] = np.inf
+    x[::53] *= 0.001
+    t = _unit(rng, c, 24)
+    t[-1] = t[0]                # a "no group" class tied with the first group
+    scores = zs.class_scores(x, t)
+    for scale, threshold in ((100.0, 0.0), (3.7, 0.7), (1.0, float(np.sort(zs.probabilities(scores.cos, 1.0).max(axis=1))[1500]))):
+        probs = zs.probabilities(scores.cos, scale)
+        codes = zs.hard_labels(scores.cos, probs, n_groups=c - 1, threshold=threshold)
+        got = zs.classify(x, t, n_groups=c - 1, scale=scale, threshold=threshold, threads=2)
+        assert got.cos.tobytes() == scores.cos.tobytes()
+        assert got.probs.tobytes() == probs.tobytes()
+        assert got.codes.tobytes() == codes.tobytes()
+        assert (codes == zs.INVALID).sum() == 3 and (threshold > 0 or not (codes == zs.UNSURE).any())
+
+
 def test_nan_inf_and_zero_rows_are_invalid():
     rng = np.random.default_rng(2)
     x = rng.standard_normal((6, 8)).astype(np.float16)

@@ -139,12 +139,7 @@ def probabilities(cos, scale: float) -> "np.ndarray":
     """``(n, C)`` float32 softmax of ``scale * cos`` (NaN rows stay NaN)."""
     import numpy as np
 
-    try:
-        s = float(scale)
-    except (TypeError, ValueError):
-        raise UsageError(MSG_SCALE.format(value=scale)) from None
-    if not (np.isfinite(s) and s > 0):
-        raise UsageError(MSG_SCALE.format(value=scale))
+    s = _check_scale(scale)
     z = np.asarray(cos, np.float64) * s
     with np.errstate(invalid="ignore"):
         z = z - z.max(axis=1, keepdims=True)
@@ -200,12 +195,58 @@ class Classification:
         return p.sum(axis=0) / total if total > 0 else np.full(n_groups, np.nan)
 
 
+def _check_scale(scale) -> float:
+    import numpy as np
+
+    try:
+        s = float(scale)
+    except (TypeError, ValueError):
+        raise UsageError(MSG_SCALE.format(value=scale)) from None
+    if not (np.isfinite(s) and s > 0):
+        raise UsageError(MSG_SCALE.format(value=scale))
+    return s
+
+
 def classify(x, classes, *, n_groups: int, scale: float, threshold: float = 0.0, threads: int = 1,
              name: str = "embeddings") -> Classification:
-    """:func:`class_scores`, :func:`probabilities` and :func:`hard_labels` in one call."""
-    scores = class_scores(x, classes, threads=threads, name=name)
-    probs = probabilities(scores.cos, scale)
-    return Classification(probs, hard_labels(scores.cos, probs, n_groups=n_groups, threshold=threshold), scores.cos)
+    """:func:`class_scores`, :func:`probabilities` and :func:`hard_labels` in one call.
+
+    With fewer than 8 classes the three run fused, block by block (:func:`clipprobe.analysis._zskernel.finish`):
+    the same numbers, without the temporary arrays of the separate functions."""
+    import numpy as np
+
+    from clipprobe.analysis import _zskernel
+
+    t = _check_classes(classes)
+    c = t.shape[0]
+    if c > _zskernel.SEQUENTIAL_SUM_CLASSES:
+        scores = class_scores(x, t, threads=threads, name=name)
+        probs = probabilities(scores.cos, scale)
+        return Classification(probs, hard_labels(scores.cos, probs, n_groups=n_groups, threshold=threshold),
+                              scores.cos)
+    x = _check_rows(x, name, t.shape[1])
+    s = _check_scale(scale)
+    if not isinstance(n_groups, (int, np.integer)) or not 1 <= n_groups <= c:
+        raise UsageError(MSG_GROUPS.format(value=n_groups, c=c))
+    if not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        raise UsageError(MSG_THRESHOLD.format(value=threshold))
+    n = int(x.shape[0])
+    cos = np.empty((n, c), np.float32)
+    probs = np.empty((n, c), np.float32)
+    codes = np.empty(n, np.int8)
+    rows = min(n, BLOCK_ROWS)
+    dots, norms, z = np.empty((rows, c), np.float32), np.empty(rows, np.float32), np.empty((rows, c), np.float64)
+    _zskernel.enable_cache()
+    for start in range(0, n, BLOCK_ROWS):
+        block = np.ascontiguousarray(np.asarray(x[start:start + BLOCK_ROWS]))
+        m = len(block)
+        stop = start + m
+        _zskernel.scores(block, t, dots[:m], norms[:m], threads)
+        _zskernel.logits(dots[:m], norms[:m], s, cos[start:stop], z[:m])
+        np.exp(z[:m], out=z[:m])
+        _zskernel.finish(z[:m], cos[start:stop], int(n_groups), np.float32(threshold), probs[start:stop],
+                         codes[start:stop])
+    return Classification(probs, codes, cos)
 
 
 @dataclasses.dataclass(frozen=True)

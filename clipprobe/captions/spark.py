@@ -55,7 +55,7 @@ def _scan_task(spec_value, task, fn=None):
     return _pool_task(task, None, fn)
 
 
-def spark_session(master: str | None, workers: int, conf: Sequence[str] = ()):
+def spark_session(master: str | None, workers: int, conf: Sequence[str] = (), app_name: str = "clipprobe-captions"):
     """A SparkSession on ``master`` (default ``local[workers]``), with ``conf`` (``KEY=VALUE`` strings)
     set on it, e.g. ``spark.archives=clipprobe-env.tar.gz#environment``."""
     try:
@@ -66,7 +66,7 @@ def spark_session(master: str | None, workers: int, conf: Sequence[str] = ()):
     if master.startswith("local"):
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = (SparkSession.builder.master(master).appName("clipprobe-captions")
+    builder = (SparkSession.builder.master(master).appName(app_name)
                .config("spark.ui.enabled", "false")
                .config("spark.ui.showConsoleProgress", "false")     # clipprobe shows its own progress
                .config("spark.sql.shuffle.partitions", str(max(1, workers))))
@@ -78,11 +78,12 @@ def spark_session(master: str | None, workers: int, conf: Sequence[str] = ()):
     return spark
 
 
-def _make_probe(spec_broadcast, modules: tuple[str, ...], driver: dict):
+def _make_probe(spec_broadcast, modules: tuple[str, ...], driver: dict, setup: tuple[str, str] | None = None):
     """The function the pre-flight task runs on an executor.
 
     It is a closure, so Spark's cloudpickle sends it by value: the executor can run it (and report
-    what is missing) even where clipprobe itself cannot be imported.
+    what is missing) even where clipprobe itself cannot be imported. ``setup``: (module, function) called
+    with the broadcast value to build the task's state there (None: the caption scan's worker state).
     """
 
     def probe(_partition):
@@ -111,11 +112,15 @@ def _make_probe(spec_broadcast, modules: tuple[str, ...], driver: dict):
                 need(name)
             if not problems:
                 try:     # the worker state of the scan: loads the Hyperscan database, compiles the pass
-                    from clipprobe.captions.scan import _Worker
+                    if setup is None:
+                        from clipprobe.captions.scan import _Worker
 
-                    _Worker.get(spec_broadcast.value)
+                        _Worker.get(spec_broadcast.value)
+                    else:
+                        getattr(importlib.import_module(setup[0]), setup[1])(spec_broadcast.value)
                 except Exception as err:  # reported to the driver as one line
-                    problems.append(f"scan set-up: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
+                    what = "scan set-up" if setup is None else "set-up"
+                    problems.append(f"{what}: {type(err).__name__}: {' '.join(str(err).split())[:200]}")
         yield {"where": where, "problems": problems}
 
     return probe
@@ -159,17 +164,22 @@ def _quiet(sc, after: str | None):
             sc.setLogLevel(after)
 
 
-def preflight(sc, spec_broadcast, *, method: str, backends: Sequence[str] = (), log_level: str | None = None) -> None:
-    """Run one task that sets up the scan on an executor; raise :class:`ClipprobeError` (ERR_EXECUTORS)
-    with what is missing there. ``backends``: fsspec backend packages the inputs need (``s3fs``, ...).
-    ``log_level``: Spark's log level to restore after the task (None: Spark's log is not quietened)."""
+def preflight(sc, spec_broadcast, *, method: str, backends: Sequence[str] = (), log_level: str | None = None,
+              modules: Sequence[str] | None = None, setup: tuple[str, str] | None = None,
+              message: str = ERR_EXECUTORS) -> None:
+    """Run one task that sets up the scan on an executor; raise :class:`ClipprobeError` (``message``,
+    by default ERR_EXECUTORS) with what is missing there. ``backends``: fsspec backend packages the
+    inputs need (``s3fs``, ...). ``log_level``: Spark's log level to restore after the task (None:
+    Spark's log is not quietened). Another pass than the caption scan gives its own ``modules`` and
+    ``setup`` (see :func:`_make_probe`) and message (the same fields)."""
     import platform
 
     from clipprobe import __version__
 
-    modules = ("pyarrow.parquet", "hyperscan", "clipprobe.captions.scan",
-               *(("numba",) if method == "tokens" else ()), *backends)
-    probe = _make_probe(spec_broadcast, modules, {"version": __version__})
+    if modules is None:
+        modules = ("pyarrow.parquet", "hyperscan", "clipprobe.captions.scan",
+                   *(("numba",) if method == "tokens" else ()))
+    probe = _make_probe(spec_broadcast, (*modules, *backends), {"version": __version__}, setup)
     try:
         with _quiet(sc, log_level):
             reports = sc.parallelize([0], 1).mapPartitions(probe).collect()
@@ -179,9 +189,9 @@ def preflight(sc, spec_broadcast, *, method: str, backends: Sequence[str] = (), 
         problems = "; ".join(f"{r['where']}: {', '.join(r['problems'])}" for r in reports if r["problems"])
     if problems:
         extra = f" and {', '.join(backends)}" if backends else ""
-        raise ClipprobeError(ERR_EXECUTORS.format(problems=problems, python=".".join(platform.python_version_tuple()[:2]),
-                                                  version=__version__, backends=extra))
-    log.info("Spark executors can run the scan (checked on one executor)")
+        raise ClipprobeError(message.format(problems=problems, python=".".join(platform.python_version_tuple()[:2]),
+                                            version=__version__, backends=extra))
+    log.info("Spark executors can run the %s (checked on one executor)", "scan" if setup is None else "pass")
 
 
 def run_spark(spec, tasks: Sequence[tuple], *, master: str | None, workers: int,

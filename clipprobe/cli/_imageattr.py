@@ -122,12 +122,18 @@ def pop_image_source(kwargs: dict[str, Any]):
 @click.option("--nan-rows", type=click.Choice(["error", "skip"]), default="error", show_default=True,
               help="Embedding rows that are NaN, infinite or zero: stop naming the shard, or count them and "
                    "give them no group.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Threads of the scores (default: all cores).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Shards classified at a time (local) or local[N] (spark). Default: all cores.")
+@click.option("--engine", type=click.Choice(["local", "spark"]), default="local", show_default=True,
+              help="spark: one task per shard; executors need the folders at the same paths.")
+@click.option("--spark-master", default=None, help="Spark master URL (default local[--threads]).")
+@click.option("--spark-conf", multiple=True, metavar="KEY=VALUE",
+              help="A setting of the Spark session (repeatable), e.g. spark.archives=env.tar.gz#environment.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help=FORMAT_HELP)
 @probe_options
 def attributes_cmd(embeddings, out, attribute_prompts, threshold, scale, lexicon, text_column, key_column, nan_rows,
-                   threads, fmt, **kwargs):
+                   threads, engine, spark_master, spark_conf, fmt, **kwargs):
     """Each image's group from its embedding (zero-shot, the model's text tower), per shard beside its caption;
     the classifier's accuracy per group on --dataset. Feed OUT/shards to `balance measure|fit
     --attribute-column image_ATTRIBUTE`."""
@@ -142,7 +148,8 @@ def attributes_cmd(embeddings, out, attribute_prompts, threshold, scale, lexicon
         raise UsageError(f"--scale must be positive, got {scale}")
     config = AttributeConfig(embeddings=embeddings, out=out, probe=pop_probe_config(kwargs), prompts=attribute_prompts,
                              threshold=_threshold(threshold), scale=scale, lexicon=lexicon, text_column=text_column,
-                             key_column=key_column, nan_rows=nan_rows, workers=threads)
+                             key_column=key_column, nan_rows=nan_rows, workers=threads, engine=engine,
+                             spark_master=spark_master, spark_conf=tuple(spark_conf))
     result = run_attributes(config)
     run = result.run
     if fmt == "json":

@@ -28,6 +28,10 @@ without one says so in ``run.json``). A shard with NaN, infinite or zero rows st
 naming the shard (``nan_rows="error"``, before that shard is written) or is counted and its rows get no
 group (``"skip"``). A shard's file is written atomically and records the settings it was made with; a
 rerun skips the shards already done with the same settings.
+
+Shards are the unit of work (:class:`ShardJob`, :func:`run_shard_job`): the local engine runs
+``workers`` of them at a time on threads, the Spark engine one task per shard
+(:mod:`clipprobe.pipeline.attrspark`); both write the same files, and a run resumes from either's.
 """
 
 from __future__ import annotations
@@ -79,7 +83,9 @@ class AttributeConfig:
     gives no group (0: the best class always wins). ``scale``: the softmax temperature (None: the model's
     logit scale). ``lexicon``: also write ``both_<attribute>``. ``text_column`` / ``key_column``: metadata
     columns copied into the output (None: the first of caption/TEXT/text, url/URL present). ``workers``:
-    threads of the scores pass (None: all cores).
+    shards classified at a time (threads; None: all cores), or Spark's ``local[workers]``. ``engine``:
+    ``"local"`` or ``"spark"`` (one task per shard, see :mod:`clipprobe.pipeline.attrspark`; the same files),
+    with ``spark_master`` (None: ``local[workers]``) and ``spark_conf`` (``KEY=VALUE`` session settings).
     """
 
     embeddings: str
@@ -95,8 +101,14 @@ class AttributeConfig:
     workers: int | None = None
     level: float = 0.95
     soft_bins: int | None = None    # also write soft_<attribute>: each image's E[s_k], quantised to 1/soft_bins
+    engine: str = "local"
+    spark_master: str | None = None
+    spark_conf: tuple[str, ...] = ()
 
     def check(self) -> "AttributeConfig":
+        from clipprobe.captions.run import check_engine
+
+        check_engine(self.engine, "auto", self.spark_conf)
         if self.nan_rows not in NAN_ROWS:
             raise UsageError(MSG_NAN_ROWS.format(value=self.nan_rows))
         if not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold < 1:
@@ -316,29 +328,75 @@ def _schema(text_column: str, key_column: str | None, text_type, key_type, colum
     return pa.schema(fields)
 
 
-def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: float, config: AttributeConfig,
-               text_column: str, key_column: str | None, lexicon) -> dict:
-    """Classify one shard block by block and write its attribute file atomically; return its counts."""
+@dataclasses.dataclass(frozen=True)
+class ShardJob:
+    """Everything one shard's pass needs, without the model (the class vectors are computed once): what the
+    local engine's threads and the Spark engine's tasks run (:func:`run_shard_job`)."""
+
+    root: str
+    shard: Any                      # clipprobe.embeddings.external.Shard
+    dest: str
+    key: str
+    classes: Any                    # (C, dim) float32 class vectors
+    names: tuple[str, ...]          # the classes' names
+    groups: tuple[str, ...]
+    attribute: str
+    scale: float
+    threshold: float
+    nan_rows: str
+    text_column: str
+    key_column: str | None
+    lexicon: str | None             # the lexicon's name or file (both_<attribute>), or None
+    threads: int = 1
+    soft_bins: int | None = None    # also write soft_<attribute> (AttributeConfig.soft_bins)
+
+
+def _job_lexicon(job: ShardJob):
+    """The lexicon matcher of a job (built where the job runs: a Spark executor builds its own)."""
+    if job.lexicon is None:
+        return None
+    config = AttributeConfig(embeddings="", out="", lexicon=job.lexicon)
+    return _lexicon_matcher(config, _GroupsOnly(job.attribute, job.groups))
+
+
+@dataclasses.dataclass(frozen=True)
+class _GroupsOnly:
+    """What :func:`_lexicon_matcher` reads of a prompt set."""
+
+    attribute: str
+    group_names: tuple[str, ...]
+    name: str = "(the pass's prompt set)"
+
+
+def run_shard_job(job: ShardJob, lexicon=None) -> dict:
+    """Classify one shard block by block and write its attribute file atomically; return its counts.
+    A shard with invalid rows under ``nan_rows="error"`` raises :class:`DataError` (MSG_INVALID_ROWS)
+    and writes nothing. ``lexicon``: the matcher of :func:`_lexicon_matcher` (None: built from ``job``)."""
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from clipprobe._io import atomic_path
     from clipprobe.analysis.zeroshot import INVALID, STATUS, classify
+    from clipprobe.embeddings.external import EmbeddingFolder
 
-    groups = prompts.group_names
+    shard = job.shard
+    folder = EmbeddingFolder(root=Path(job.root), kind="img", shards=(shard,), dim=shard.dim, columns=())
+    if lexicon is None:
+        lexicon = _job_lexicon(job)
+    groups = job.groups
     k = len(groups)
-    names = [name for name, _ in prompts.classes]
-    column = attribute_column(prompts.attribute)
-    both = both_column(prompts.attribute) if lexicon is not None else None
-    prob_columns = [probability_column(n) for n in names]
+    column = attribute_column(job.attribute)
+    both = both_column(job.attribute) if lexicon is not None else None
+    prob_columns = [probability_column(n) for n in job.names]
     soft_cols: tuple[str, ...] = ()
-    if config.soft_bins:
-        soft_cols = (soft_column(prompts.attribute),) + ((soft_column(prompts.attribute, both=True),) if both else ())
+    if job.soft_bins:
+        soft_cols = (soft_column(job.attribute),) + ((soft_column(job.attribute, both=True),) if both else ())
     pf = pq.ParquetFile(shard.metadata)
-    wanted = [text_column] + ([key_column] if key_column is not None else [])
+    key_column = job.key_column
+    wanted = [job.text_column] + ([key_column] if key_column is not None else [])
     arrow = pf.schema_arrow
-    schema = _schema(text_column, key_column, arrow.field(text_column).type,
+    schema = _schema(job.text_column, key_column, arrow.field(job.text_column).type,
                      arrow.field(key_column).type if key_column is not None else None, column, both, prob_columns,
                      soft_cols)
     counts = {g: 0 for g in groups} | {name: 0 for name in STATUS.values()}
@@ -346,8 +404,9 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
     both_counts = {"from_caption": 0, "from_image": 0, "none": 0}
     first_invalid = None
     seconds = {"scores": 0.0, "metadata": 0.0, "write": 0.0}
-    group_names = np.array(list(groups) + [None], dtype=object)
-    with atomic_path(dest, suffix=".parquet") as tmp, folder.reader(shard) as rows:
+    group_values = pa.array(list(groups) + [None], pa.string())      # code k: no group
+    status = {code: name for code, name in STATUS.items()}
+    with atomic_path(Path(job.dest), suffix=".parquet") as tmp, folder.reader(shard) as rows:
         # dictionary pages and statistics only where they pay: the group columns, the probabilities
         writer = pq.ParquetWriter(tmp, schema, use_dictionary=[c for c in (column, both, *soft_cols) if c is not None],
                                   write_statistics=prob_columns)
@@ -356,21 +415,23 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
             for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=wanted, use_threads=False):
                 t0 = time.perf_counter()
                 n = batch.num_rows
-                result = classify(rows.array[start:start + n], classes, n_groups=k, scale=scale,
-                                  threshold=config.threshold, threads=config.threads(),
-                                  name=f"embeddings {folder.root}: shard {shard.name}")
+                result = classify(rows.array[start:start + n], job.classes, n_groups=k, scale=job.scale,
+                                  threshold=job.threshold, threads=job.threads,
+                                  name=f"embeddings {job.root}: shard {shard.name}")
                 t1 = time.perf_counter()
-                codes = result.codes.astype(np.int64)
-                bad = np.flatnonzero(codes == INVALID)
-                if bad.size and first_invalid is None:
-                    first_invalid = start + int(bad[0])
-                for g, c in result.counts(groups).items():
-                    counts[g] += c
+                codes = result.codes
+                tally = np.bincount(np.where(codes >= 0, codes, k - codes.astype(np.int64) - 1), minlength=k + 3)
+                for j, g in enumerate(groups):
+                    counts[g] += int(tally[j])
+                for code, name in status.items():
+                    counts[name] += int(tally[k - code - 1])
+                if tally[k - INVALID - 1] and first_invalid is None:
+                    first_invalid = start + int(np.flatnonzero(codes == INVALID)[0])
                 valid = np.isfinite(result.probs).all(axis=1)
                 soft += result.probs[valid, :k].astype(np.float64).sum(axis=0)
-                image_group = group_names[np.where(codes >= 0, codes, k)]
+                image_code = np.where(codes >= 0, codes, k).astype(np.int32)
                 arrays = [batch.column(0)] + ([batch.column(1)] if key_column is not None else [])
-                arrays.append(pa.array(image_group, pa.string()))
+                arrays.append(group_values.take(pa.array(image_code)))
                 if lexicon is not None:
                     _, matcher, owner, _ = lexicon
                     named = caption_groups(matcher, owner, batch.column(0), k)
@@ -378,12 +439,13 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
                     both_counts["from_caption"] += int((named >= 0).sum())
                     both_counts["from_image"] += int(((named < 0) & (codes >= 0)).sum())
                     both_counts["none"] += int(((named < 0) & (codes < 0)).sum())
-                    arrays.append(pa.array(group_names[np.where(chosen >= 0, chosen, k)], pa.string()))
-                arrays += [pa.array(result.probs[:, j]) for j in range(len(names))]
+                    arrays.append(group_values.take(pa.array(np.where(chosen >= 0, chosen, k).astype(np.int32))))
+                probs = np.asfortranarray(result.probs)             # one contiguous column per class
+                arrays += [pa.array(probs[:, j]) for j in range(len(job.names))]
                 if soft_cols:
-                    arrays.append(pa.array(_soft_names(result.probs, k, groups, config.soft_bins), pa.string()))
+                    arrays.append(pa.array(_soft_names(result.probs, k, groups, job.soft_bins), pa.string()))
                     if both is not None:
-                        arrays.append(pa.array(_soft_names(result.probs, k, groups, config.soft_bins, named),
+                        arrays.append(pa.array(_soft_names(result.probs, k, groups, job.soft_bins, named),
                                                pa.string()))
                 t2 = time.perf_counter()
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
@@ -392,17 +454,57 @@ def _one_shard(folder, shard, dest: Path, key: str, classes, prompts, scale: flo
                 seconds["write"] += time.perf_counter() - t2
                 start += n
                 rows.release(start)
-            if counts["invalid"] and config.nan_rows == "error":
-                raise DataError(MSG_INVALID_ROWS.format(root=folder.root, path=shard.name, n=counts["invalid"],
+            if counts["invalid"] and job.nan_rows == "error":
+                raise DataError(MSG_INVALID_ROWS.format(root=job.root, path=shard.name, n=counts["invalid"],
                                                         row=first_invalid))
             done = {"rows": shard.rows, "counts": counts, "soft_sum": [float(v) for v in soft],
                     "first_invalid_row": first_invalid, "seconds": {k_: round(v, 4) for k_, v in seconds.items()}}
             if lexicon is not None:
                 done["both"] = both_counts
-            writer.add_key_value_metadata({META_KEY: json.dumps({"key": key, "counts": done}).encode()})
+            writer.add_key_value_metadata({META_KEY: json.dumps({"key": job.key, "counts": done}).encode()})
         finally:
             writer.close()
     return done
+
+
+def _run_jobs_local(jobs: list[ShardJob], threads: int, lexicon) -> dict[int, dict]:
+    """Run the shard jobs, ``threads`` shards at a time on threads (the scores kernel, the parquet reading
+    and writing and numpy release the GIL); a shard's counts by its number. Fewer shards than threads:
+    each shard's scores get the spare threads. After a failure no shard is started; the error of the first
+    failed shard in partition order is raised once the running ones are done (they are kept)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    if not jobs:
+        return {}
+    parallel = max(1, min(threads, len(jobs)))
+    jobs = [dataclasses.replace(j, threads=max(1, threads // parallel)) for j in jobs]
+    if parallel == 1:
+        return {j.shard.number: run_shard_job(j, lexicon) for j in jobs}
+    results: dict[int, dict] = {}
+    errors: dict[int, BaseException] = {}
+    with ThreadPoolExecutor(parallel) as pool:
+        pending = iter(jobs)
+        running = {}
+        for job in pending:
+            running[pool.submit(run_shard_job, job, lexicon)] = job.shard.number
+            if len(running) == parallel:
+                break
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for f in finished:
+                number = running.pop(f)
+                try:
+                    results[number] = f.result()
+                except BaseException as err:  # re-raised below, after the running shards are done
+                    errors[number] = err
+            if not errors:
+                for job in pending:
+                    running[pool.submit(run_shard_job, job, lexicon)] = job.shard.number
+                    if len(running) == parallel:
+                        break
+    if errors:
+        raise errors[min(errors)]
+    return results
 
 
 def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> AttributeResult:
@@ -467,20 +569,32 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     info = encoder.info()
     settings = _settings_key(config, encoder, prompts, scale, lexicon[0] if lexicon else None, text_column, key_column)
     shard_dir = out / FILES["shards"]
-    paths, per_shard = [], []
-    n_skipped = 0
+    paths, results, todo = [], {}, []
+    for shard in folder.shards:
+        dest = shard_dir / ("attributes_" + shard.metadata.name[len("metadata_"):])
+        key = _shard_key(settings, shard)
+        paths.append(dest)
+        done = _done(dest, key)
+        if done is None:
+            todo.append(ShardJob(root=str(folder.root), shard=shard, dest=str(dest), key=key, classes=classes,
+                                 names=tuple(names), groups=tuple(prompts.group_names), attribute=prompts.attribute,
+                                 scale=scale, threshold=config.threshold, nan_rows=config.nan_rows,
+                                 text_column=text_column, key_column=key_column,
+                                 lexicon=config.lexicon if lexicon is not None else None,
+                                 soft_bins=config.soft_bins))
+        else:
+            results[shard.number] = done
+    n_skipped = len(results)
     with timer("pass"):
-        for shard in folder.shards:
-            dest = shard_dir / ("attributes_" + shard.metadata.name[len("metadata_"):])
-            key = _shard_key(settings, shard)
-            done = _done(dest, key)
-            if done is None:
-                done = _one_shard(folder, shard, dest, key, classes, prompts, scale, config, text_column, key_column,
-                                  lexicon)
-            else:
-                n_skipped += 1
-            paths.append(dest)
-            per_shard.append({"shard": shard.name, "file": dest.name, **done})
+        if config.engine == "spark":
+            from clipprobe.pipeline.attrspark import run_jobs_spark
+
+            results.update(run_jobs_spark(run_shard_job, todo, master=config.spark_master, workers=config.threads(),
+                                          conf=config.spark_conf))
+        else:
+            results.update(_run_jobs_local(todo, config.threads(), lexicon))
+    per_shard = [{"shard": shard.name, "file": dest.name, **results[shard.number]}
+                 for shard, dest in zip(folder.shards, paths)]
     groups = prompts.group_names
     totals = {name: sum(s["counts"][name] for s in per_shard) for name in per_shard[0]["counts"]}
     labelled = sum(totals[g] for g in groups)
@@ -587,8 +701,12 @@ def resolve_attribute_source(config):
 
         lexicon = get_lexicon(config.lexicon).name if config.lexicon is None else config.lexicon
     soft = source.mode == "soft"
+    engine = getattr(config, "engine", None)        # the balance run's engine runs the pass too
+    engine_settings = {} if engine is None else {"engine": engine.engine, "workers": engine.workers,
+                                                  "spark_master": engine.spark_master,
+                                                  "spark_conf": tuple(engine.spark_conf)}
     attr_config = dataclasses.replace(source.attributes, out=str(Path(config.out) / "attributes"), lexicon=lexicon,
-                                      soft_bins=source.bins if soft else None)
+                                      soft_bins=source.bins if soft else None, **engine_settings)
     result = run_attributes(attr_config)
     if soft:
         column = result.soft_column if source.source == "images" else result.soft_both_column
