@@ -218,3 +218,31 @@ def test_accuracy_errors():
         zs.classifier_accuracy(["F"], [0, 1], groups=["F", "M"])
     with pytest.raises(UsageError):
         zs.classifier_accuracy(["F"], [0], groups=["F", "M"], level=1.0)
+
+
+def test_label_probabilities_are_a_yes_no_softmax_per_concept():
+    """Each concept against its own negation, checked by a float64 brute force; NaN rows stay NaN."""
+    rng = np.random.default_rng(4)
+    dim, r = 16, 5
+    concepts = zs.class_vectors([rng.normal(size=(3, dim)) for _ in range(r)])
+    negations = zs.class_vectors([rng.normal(size=(2, dim)) for _ in range(r)])
+    x = rng.normal(size=(40, dim)).astype(np.float32)
+    x[7] = np.nan
+    x[9] = 0
+    got = zs.label_probabilities(x, concepts, negations, 100.0, block_rows=16)
+    with np.errstate(invalid="ignore"):
+        xs = x.astype(np.float64) / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)
+    yes, no = 100.0 * xs @ concepts.T.astype(np.float64), 100.0 * xs @ negations.T.astype(np.float64)
+    want = np.exp(yes) / (np.exp(yes) + np.exp(no))
+    assert got.shape == (40, r) and got.dtype == np.float32
+    ok = np.ones(40, bool)
+    ok[[7, 9]] = False
+    np.testing.assert_allclose(got[ok], want[ok], atol=2e-5)
+    assert np.isnan(got[~ok]).all()
+    # multi-label: the rows need not sum to 1; a concept's probability depends on its own pair only
+    assert np.abs(got[ok].sum(1) - 1).max() > 0.1
+    swapped = zs.label_probabilities(x, concepts[::-1], negations[::-1], 100.0)
+    np.testing.assert_array_equal(swapped, got[:, ::-1])
+    np.testing.assert_allclose(zs.label_probabilities(x, negations, concepts, 100.0)[ok], 1 - got[ok], atol=1e-6)
+    with pytest.raises(UsageError, match=r"negation_vectors: expected one \(dim,\) vector per concept"):
+        zs.label_probabilities(x, concepts, negations[:3], 100.0)

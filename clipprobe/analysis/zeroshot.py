@@ -14,6 +14,11 @@ group", e.g. ``no person``) is the normalised mean of its prompts' text embeddin
   "no group" class gives :data:`NONE`; a winning group whose probability is below ``threshold`` gives
   :data:`UNSURE`; a row that is NaN, infinite or zero gives :data:`INVALID`. Only labels ``>= 0`` name a group.
 
+Concept labels (several per image, e.g. the occupations an image shows) are yes/no questions, one per
+concept: :func:`label_probabilities` gives ``P(y_r = 1) = softmax(scale * [cos(x, c_r), cos(x, n_r)])_0``
+for the concept's class vector ``c_r`` (e.g. "a photo of a nurse") and its negation's ``n_r`` (e.g. "a
+photo of a person who is not a nurse"), each concept on its own (multi-label: they need not sum to 1).
+
 Every number is a pure function of the inputs: the dot products are summed in a fixed order
 (:mod:`clipprobe.analysis._zskernel`), so the same embeddings give the same labels on any CPU and thread
 count, and the probabilities are rounded to float32 from float64.
@@ -57,6 +62,8 @@ MSG_LEVEL = "level={value!r} must be strictly between 0 and 1"
 MSG_LENGTHS = "true labels ({n_true}) and predicted labels ({n_pred}) differ in length"
 MSG_NO_GROUP_IMAGES = "no image of the labelled data belongs to the groups {groups} (labels found: {found})"
 MSG_PROMPTS = "class {name!r}: no prompt vectors"
+MSG_NEGATIONS = ("negation_vectors: expected one (dim,) vector per concept, the shape of concept_vectors "
+                 "{want}, got {got}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +153,26 @@ def probabilities(cos, scale: float) -> "np.ndarray":
         e = np.exp(z)
         p = e / e.sum(axis=1, keepdims=True)
     return p.astype(np.float32)
+
+
+def label_probabilities(x, concept_vectors, negation_vectors, scale: float, *, threads: int = 1,
+                        block_rows: int = BLOCK_ROWS, name: str = "embeddings") -> "np.ndarray":
+    """``(n, R)`` float32 multi-label zero-shot probabilities: for each row of ``x`` and each concept ``r``,
+    the softmax of ``scale * cos`` over the pair (concept ``r``, its negation ``r``), taken at the concept,
+    i.e. ``1 / (1 + exp(-scale * (cos(x, c_r) - cos(x, n_r))))``. ``concept_vectors`` and
+    ``negation_vectors``: ``(R, dim)`` unit class vectors (:func:`class_vectors`). A NaN, infinite or zero
+    row gives NaN. The cosines are :func:`class_scores`' (the same on any CPU and thread count)."""
+    import numpy as np
+
+    c = np.asarray(concept_vectors)
+    neg = np.asarray(negation_vectors)
+    if neg.shape != c.shape:
+        raise UsageError(MSG_NEGATIONS.format(want=tuple(c.shape), got=tuple(neg.shape)))
+    r = c.shape[0] if c.ndim == 2 else 0
+    classes = np.concatenate([c, neg]) if c.ndim == 2 and neg.ndim == 2 else c
+    cos = class_scores(x, classes, threads=threads, block_rows=block_rows, name=name).cos
+    pairs = np.stack([cos[:, :r], cos[:, r:]], axis=2).reshape(-1, 2)      # (n R, 2): concept, negation
+    return probabilities(pairs, scale)[:, 0].reshape(cos.shape[0], r)
 
 
 def hard_labels(cos, probs, *, n_groups: int, threshold: float = 0.0) -> "np.ndarray":

@@ -8,7 +8,10 @@ For data RB/AB and M4 (:mod:`clipprobe.analysis.balance`) every caption needs tw
   classifier's output), from a column of the parquet that holds each example's group name (null or
   empty: no group);
 * ``y``, which labels it carries: the words of a taxonomy category, every word of a taxonomy, or a
-  user's word list, matched by the same rule.
+  user's word list, matched by the same rule; or, for users who already have per-example labels (a
+  multi-label image classifier's output), from a column of the parquet that holds each example's labels
+  (a list of label names, or one name; null or empty: no label), in place of the caption words or
+  OR-ed with them (``label_source``).
 
 A chunk (some row groups of one parquet file) is read and matched exactly as ``captions count`` does
 (the same worker state: Hyperscan database, compiled token pass), then turned into a
@@ -60,6 +63,15 @@ MSG_GROUPS_DUPLICATE = "groups: {group!r} is given twice"
 MSG_GROUP_VALUE = ("{path}: attribute column {column!r} holds {value!r} at row {row}, not one of the groups "
                    "{groups} (null or empty means no group)")
 MSG_GROUP_TYPE = "{path}: attribute column {column!r} holds {type}, not group names (string)"
+MSG_LABEL_VALUE = ("{path}: label column {column!r} holds {value!r} at row {row}, not one of the labels "
+                   "{labels} (null or empty means no label)")
+MSG_LABEL_TYPE = ("{path}: label column {column!r} holds {type}, not label names (a string, or a list of "
+                  "strings)")
+MSG_LABEL_SOURCE = "label_source={value!r} is not one of {choices}"
+MSG_LABEL_SOURCE_COLUMN = "label_source={value!r} reads the labels from a column: give label_column"
+MSG_LABEL_COLUMN_SOURCE = ("label_column {column!r} is given but label_source='captions' reads the labels from "
+                           "the caption words only: leave label_column out, or use 'column' or 'both'")
+LABEL_SOURCES = ("captions", "column", "both")
 MSG_UTILITY_MISSING = "{path}: utility column {column!r} has a missing value at row {row}"
 MSG_UTILITY_VALUE = "{path}: utility column {column!r} has {value!r} at row {row}; utilities must be positive"
 MSG_UTILITY_TYPE = "{path}: utility column {column!r} holds {type}, not numbers"
@@ -145,6 +157,11 @@ class IndicatorSpec(ScanSpec):
 
     ``hash_text`` / ``hash_columns``: what each caption's content hash covers (the caption text, then
     these columns, in order; neither: no hashes, as for ``balance measure``).
+    ``label_column`` / ``label_source``: the column holding each example's labels (names among
+    ``column_labels``, the first labels of ``labels``; the others, proxies, always come from the caption
+    words) and whether the labels come from the caption words (``'captions'``), from that column alone
+    (``'column'``: the term space then holds only the other words, from ``word_offset`` on) or from both
+    (``'both'``: OR).
     ``fitted`` / ``fitted_q``: the fitted pattern table and its keep probabilities (passes after the
     solve); ``keep_counts``: the captions each of its rows keeps; ``seed``: of the rank order of the keep
     flags; ``ranks``: the
@@ -156,6 +173,9 @@ class IndicatorSpec(ScanSpec):
     groups: tuple[str, ...] = ()
     labels: tuple[str, ...] = ()
     group_column: str | None = None
+    label_column: str | None = None
+    label_source: str = "captions"
+    column_labels: tuple[str, ...] = ()
     utility_column: str | None = None
     key_column: str | None = None
     hash_text: bool = False
@@ -171,6 +191,11 @@ class IndicatorSpec(ScanSpec):
     def hashes(self) -> bool:
         return self.hash_text or bool(self.hash_columns)
 
+    @property
+    def word_offset(self) -> int:
+        """The index in ``labels`` of the term space's first word (labels before it come from the column)."""
+        return len(self.column_labels) if self.label_source == "column" else 0
+
     def fingerprint(self) -> str:
         """Hash of everything a chunk's patterns depend on (not the weights pass's settings)."""
         import hashlib
@@ -178,11 +203,14 @@ class IndicatorSpec(ScanSpec):
 
         from clipprobe.captions.scan import TermSpace
 
-        blob = json.dumps({"format": PATTERNS_FORMAT, "space": TermSpace.from_dict(self.space).fingerprint(),
-                           "attribute": self.attribute, "groups": self.groups, "labels": self.labels,
-                           "group_column": self.group_column, "utility_column": self.utility_column,
-                           "hash_text": self.hash_text, "hash_columns": list(self.hash_columns)},
-                          ensure_ascii=False)
+        what = {"format": PATTERNS_FORMAT, "space": TermSpace.from_dict(self.space).fingerprint(),
+                "attribute": self.attribute, "groups": self.groups, "labels": self.labels,
+                "group_column": self.group_column, "utility_column": self.utility_column,
+                "hash_text": self.hash_text, "hash_columns": list(self.hash_columns)}
+        if self.label_column is not None:        # (absent otherwise: earlier runs' parts stay valid)
+            what.update(label_column=self.label_column, label_source=self.label_source,
+                        column_labels=list(self.column_labels))
+        blob = json.dumps(what, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -192,10 +220,13 @@ PATTERNS_FORMAT = 2   # bump when the way a chunk becomes a pattern table change
 def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None, groups: Sequence[str],
                labels: Sequence[str], method: str, group_column: str | None = None,
                utility_column: str | None = None, key_column: str | None = None, hash_text: bool = False,
-               hash_columns: Sequence[str] = ()) -> IndicatorSpec:
+               hash_columns: Sequence[str] = (), label_column: str | None = None, label_source: str = "captions",
+               column_labels: Sequence[str] = ()) -> IndicatorSpec:
     """The spec of a scan for ``labels`` and the groups of ``attribute``: from their lexicon terms
     (``group_terms``), or from ``group_column`` (then ``group_terms`` is None). ``hash_text`` /
-    ``hash_columns``: what the content hash of each caption covers (see :class:`IndicatorSpec`)."""
+    ``hash_columns``: what the content hash of each caption covers (see :class:`IndicatorSpec`).
+    ``label_column`` / ``label_source`` / ``column_labels`` (the first labels of ``labels``, those the
+    column may name): where the labels come from (see :class:`IndicatorSpec`)."""
     from clipprobe._io import default_cache_dir
     from clipprobe.captions.matching import Matcher
     from clipprobe.captions.scan import TermSpace
@@ -205,11 +236,23 @@ def build_spec(*, attribute: str, group_terms: dict[str, tuple[str, ...]] | None
     for i, g in enumerate(groups):
         if g in groups[:i]:
             raise UsageError(MSG_GROUPS_DUPLICATE.format(group=g))
+    labels, column_labels = tuple(labels), tuple(column_labels)
+    if label_source not in LABEL_SOURCES:
+        raise UsageError(MSG_LABEL_SOURCE.format(value=label_source, choices=", ".join(map(repr, LABEL_SOURCES))))
+    if label_source != "captions" and label_column is None:
+        raise UsageError(MSG_LABEL_SOURCE_COLUMN.format(value=label_source))
+    if label_column is not None and label_source == "captions":
+        raise UsageError(MSG_LABEL_COLUMN_SOURCE.format(column=label_column))
+    if labels[:len(column_labels)] != column_labels:
+        raise ValueError("column_labels must be the first labels")
+    offset = len(column_labels) if label_source == "column" else 0
     attrs = {attribute: {g: tuple(group_terms[g]) for g in groups}} if group_terms is not None else {}
-    space = TermSpace.build(list(labels), Lexicon(name="balance", attributes=attrs))
+    space = TermSpace.build(list(labels[offset:]), Lexicon(name="balance", attributes=attrs))
     matcher = Matcher.cached(space.terms, default_cache_dir() / "hyperscan")
     return IndicatorSpec(space=space.to_dict(), matcher=matcher.to_bytes(), n_samples=0, method=method,
-                         attribute=attribute, groups=groups, labels=tuple(labels), group_column=group_column,
+                         attribute=attribute, groups=groups, labels=labels, group_column=group_column,
+                         label_column=label_column, label_source=label_source,
+                         column_labels=column_labels if label_column is not None else (),
                          utility_column=utility_column, key_column=key_column, hash_text=hash_text,
                          hash_columns=tuple(hash_columns))
 
@@ -262,6 +305,60 @@ def _group_codes(column, groups: tuple[str, ...], path: str, name: str, first_ro
     return codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
+def label_column_type_ok(t) -> bool:
+    """A label column's type: text (one label or null per row) or a list of text (or of nothing)."""
+    import pyarrow as pa
+
+    if pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t) or (
+            hasattr(pa.types, "is_list_view") and (pa.types.is_list_view(t) or pa.types.is_large_list_view(t))):
+        t = t.value_type
+    if pa.types.is_dictionary(t):
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t)
+
+
+def _shown(names: Sequence[str], most: int = 20) -> str:
+    listed = ", ".join(repr(x) for x in names[:most])
+    return listed + (f", ... ({len(names)} in all)" if len(names) > most else "")
+
+
+def _label_pairs(column, labels: tuple[str, ...], path: str, name: str, first_row: int):
+    """``(rows, label indices)`` of a column of label names (a list per row, or one name; null or empty:
+    none; a repeat within a row is the same label); a name not in ``labels`` is an error naming its row."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    t = column.type
+    if not label_column_type_ok(t):
+        raise DataError(MSG_LABEL_TYPE.format(path=path, column=name, type=t))
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t) or pa.types.is_null(t) \
+            or pa.types.is_dictionary(t):
+        values, rows = column, np.arange(len(column), dtype=np.int64)
+    else:
+        if hasattr(pa.types, "is_list_view") and (pa.types.is_list_view(t) or pa.types.is_large_list_view(t)):
+            column = column.cast(pa.large_list(t.value_type))
+        values = pc.list_flatten(column)
+        rows = pc.list_parent_indices(column).to_numpy(zero_copy_only=False).astype(np.int64)
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    if pa.types.is_null(values.type):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    values = values.cast(pa.large_string())
+    codes = pc.index_in(values, value_set=pa.array(list(labels), pa.large_string()))
+    present = pc.and_(pc.is_valid(values), pc.not_equal(values, "")).fill_null(False)
+    unknown = pc.and_kleene(present, pc.is_null(codes)).fill_null(False)
+    if pc.any(unknown).as_py():
+        at = int(np.flatnonzero(unknown.to_numpy(zero_copy_only=False))[0])
+        raise DataError(MSG_LABEL_VALUE.format(path=path, column=name, value=values[at].as_py(),
+                                               row=first_row + int(rows[at]), labels=_shown(labels)))
+    codes = codes.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+    has = codes >= 0
+    return rows[has], codes[has]
+
+
 def _utility_values(column, path: str, name: str, first_row: int):
     import numpy as np
     import pyarrow as pa
@@ -300,7 +397,7 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
 
     worker = _Worker.get(spec)
     columns = [text_column]
-    for extra in (spec.group_column, spec.utility_column, *spec.hash_columns):
+    for extra in (spec.group_column, spec.label_column, spec.utility_column, *spec.hash_columns):
         if extra is not None and extra not in columns:
             columns.append(extra)
     s_rows, s_cols, y_rows, y_cols, utils, hashes, key = [], [], [], [], [], [], []
@@ -322,7 +419,12 @@ def chunk_indicators(spec: IndicatorSpec, path: str, row_groups: Sequence[int], 
             terms = found.terms.astype(np.int64)
             rows, words = _expand(found.rows, terms, worker.word_ptr, worker.word_idx)
             y_rows.append(rows + n)
-            y_cols.append(words)
+            y_cols.append(words + spec.word_offset)
+            if spec.label_column is not None:
+                rows, labels = _label_pairs(batch.column(spec.label_column), spec.column_labels, path,
+                                            spec.label_column, row_offset + n)
+                y_rows.append(rows + n)
+                y_cols.append(labels)
             if spec.group_column is None:
                 rows, groups = _expand(found.rows, terms, worker.group_ptr, worker.group_idx)
                 s_rows.append(rows + n)
@@ -610,6 +712,7 @@ def indicators_from_matches(spec: IndicatorSpec, matches_file: str) -> ChunkIndi
     rows, terms = m["rows"][mine], mapped[mine]
     word_ptr, word_idx, group_ptr, group_idx = TermSpace.from_dict(spec.space).term_maps()
     y_rows, y_cols = _expand(rows, terms, word_ptr, word_idx)
+    y_cols = y_cols + spec.word_offset          # (0: a recorded scan serves no label column)
     s_rows, s_cols = _expand(rows, terms, group_ptr, group_idx)
     t2 = time.perf_counter()
     table, ids = encode_chunk(s_rows, s_cols, y_rows, y_cols, n, spec.groups, spec.labels)

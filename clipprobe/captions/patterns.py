@@ -131,7 +131,7 @@ def _hashable(t) -> bool:
 
 def plan_files(captions: Sequence[str], text_column: str | None, spec) -> list[PlannedFile]:
     """The input files with their footers read and their columns checked (nothing scanned yet)."""
-    from clipprobe.captions.indicators import MSG_GROUP_TYPE, MSG_UTILITY_TYPE
+    from clipprobe.captions.indicators import MSG_GROUP_TYPE, MSG_LABEL_TYPE, MSG_UTILITY_TYPE, label_column_type_ok
     from clipprobe.captions.inputs import check_text_type, expand_inputs
     from clipprobe.captions.run import ERR_NO_INPUTS, ERR_UNREADABLE, _read_footers, resolve_column
 
@@ -151,6 +151,7 @@ def plan_files(captions: Sequence[str], text_column: str | None, spec) -> list[P
         shown = ", ".join(names[:20])
         hashed = getattr(spec, "hash_columns", ())
         checks = [("attribute", spec.group_column, _textual, MSG_GROUP_TYPE),
+                  ("label", spec.label_column, label_column_type_ok, MSG_LABEL_TYPE),
                   ("utility", spec.utility_column, _numeric, MSG_UTILITY_TYPE),
                   ("key", spec.key_column, _hashable if spec.key_column in hashed else None, MSG_HASH_TYPE)]
         checks += [("id", name, _hashable, MSG_HASH_TYPE) for name in hashed if name != spec.key_column]
@@ -318,7 +319,8 @@ def open_scan(folder, spec, files: Sequence[PlannedFile], chunk_rows: int) -> Sc
     from clipprobe.captions.scan import TermSpace
 
     folder = Path(folder).expanduser()
-    for what, column in (("the attribute column", spec.group_column), ("the utility column", spec.utility_column)):
+    for what, column in (("the attribute column", spec.group_column), ("the label column", spec.label_column),
+                         ("the utility column", spec.utility_column)):
         if column is not None:
             raise UsageError(MSG_SCAN_COLUMN.format(what=f"{what} {column!r}"))
     try:

@@ -80,6 +80,13 @@ def _common(func):
                      help="A column holding each example's group (e.g. from an image classifier; null: none), "
                           "used instead of the lexicon."),
         click.option("--groups", default=None, metavar="G1,G2,...", help="The groups of --attribute-column."),
+        click.option("--label-column", default=None, metavar="COLUMN",
+                     help="A column holding each example's labels (a list of strings, or one string; null: none), "
+                          "e.g. from a multi-label image classifier; its values must be among --labels' words."),
+        click.option("--label-source", type=click.Choice(["captions", "column", "both"]), default=None,
+                     help="Where the labels come from: the --labels words in the caption, --label-column, or both "
+                          "(either marks a label). Default: column with --label-column, else captions. "
+                          "--proxy words always come from the caption."),
         click.option("--text-column", default=None, help="Caption column (default TEXT, else caption or text)."),
         click.option("--target", default="uniform", show_default=True,
                      help="Target group distribution: uniform, or GROUP=SHARE,GROUP=SHARE,..."),
@@ -130,7 +137,8 @@ def _config(kwargs, **fit):
     return BalanceConfig(captions=tuple(kwargs.pop("captions_")), out=kwargs.pop("out"),
                          attribute=kwargs.pop("attribute"), labels=kwargs.pop("labels"),
                          taxonomy=kwargs.pop("taxonomy"), lexicon=kwargs.pop("lexicon"), attribute_column=column,
-                         groups=group_tuple, text_column=kwargs.pop("text_column"),
+                         groups=group_tuple, label_column=kwargs.pop("label_column"),
+                         label_source=kwargs.pop("label_source"), text_column=kwargs.pop("text_column"),
                          target=parse_target(kwargs.pop("target")), level=kwargs.pop("level"),
                          figure=kwargs.pop("figure"), engine=engine, from_scan=kwargs.pop("from_scan"),
                          proxies=tuple(p.strip() for p in kwargs.pop("proxies")), **fit)

@@ -54,6 +54,11 @@ class BalanceConfig:
     they hash the caption text and the ``key`` column), ``seed`` (of the keep flags' rank order).
     ``figure``: draw ``balance.png``/``.pdf``. ``proxies``: words that stand for a group (e.g. "beard"),
     matched like labels and given the association constraints, but left out of the reported labels.
+    ``label_column``: a column holding each example's labels (a list of label names among ``labels``, or
+    one name; null or empty: none), e.g. a multi-label image classifier's output; ``label_source``:
+    ``'captions'`` (the label words matched in the caption; the default without ``label_column``),
+    ``'column'`` (that column instead; the default with it) or ``'both'`` (either). Proxies always come
+    from the caption words.
     ``soft_bins`` (> 0): the attribute column holds each example's quantised membership ``E[s_k]`` as a
     name of :func:`~clipprobe.analysis.patterns.soft_group_name` over ``groups`` (the attribute pass's
     ``soft_<attribute>`` column); M4 and the statistics use the memberships instead of one group.
@@ -67,6 +72,8 @@ class BalanceConfig:
     lexicon: str | None = None
     attribute_column: str | None = None
     groups: tuple[str, ...] | None = None
+    label_column: str | None = None
+    label_source: str | None = None     # None: 'column' with label_column, else 'captions'
     text_column: str | None = None
     target: Any = "uniform"
     level: float = 0.95
@@ -102,6 +109,16 @@ class BalanceConfig:
             raise UsageError(MSG_GROUPS_WITHOUT_COLUMN)
         if self.attribute_column is not None and (not self.groups or len(self.groups) < 2):
             raise UsageError(MSG_NO_GROUPS.format(column=self.attribute_column))
+        from clipprobe.captions.indicators import (LABEL_SOURCES, MSG_LABEL_COLUMN_SOURCE, MSG_LABEL_SOURCE,
+                                                   MSG_LABEL_SOURCE_COLUMN)
+
+        if self.label_source is not None and self.label_source not in LABEL_SOURCES:
+            raise UsageError(MSG_LABEL_SOURCE.format(value=self.label_source,
+                                                     choices=", ".join(map(repr, LABEL_SOURCES))))
+        if self.label_column is None and self.label_source not in (None, "captions"):
+            raise UsageError(MSG_LABEL_SOURCE_COLUMN.format(value=self.label_source))
+        if self.label_column is not None and self.label_source == "captions":
+            raise UsageError(MSG_LABEL_COLUMN_SOURCE.format(column=self.label_column))
         if self.soft_bins:
             from clipprobe.analysis.patterns import check_soft_bins
 
@@ -117,11 +134,17 @@ class BalanceConfig:
             from clipprobe.captions.patterns import MSG_SCAN_COLUMN
 
             for what, column in (("the attribute column", self.attribute_column),
-                                 ("the utility column", self.utility)):
+                                 ("the label column", self.label_column), ("the utility column", self.utility)):
                 if column is not None:
                     raise UsageError(MSG_SCAN_COLUMN.format(what=f"{what} {column!r}"))
         self.engine.check()
         return self
+
+    def labels_from(self) -> str:
+        """Where the labels come from: ``'captions'``, ``'column'`` or ``'both'``."""
+        if self.label_source is not None:
+            return self.label_source
+        return "captions" if self.label_column is None else "column"
 
     def target_value(self):
         return self.target if isinstance(self.target, str) else dict(self.target)
@@ -197,6 +220,8 @@ def _prepare(config: BalanceConfig, *, fit: bool) -> Prepared:
         spec = build_spec(attribute=config.attribute, group_terms=group_terms, groups=groups,
                           labels=tuple(labels) + tuple(config.proxies),
                           method=method, group_column=config.attribute_column,
+                          label_column=config.label_column, label_source=config.labels_from(),
+                          column_labels=tuple(labels),
                           utility_column=config.utility if fit else None, key_column=config.key if fit else None,
                           hash_text=hash_text, hash_columns=hash_columns)
     source = None
@@ -242,6 +267,7 @@ def _record(command: str, config: BalanceConfig, prep: Prepared, patterns, **res
         started=prep.started, engine=config.engine.engine, matcher=spec.method,
         workers=config.engine.n_workers, attribute=config.attribute,
         groups_from=("column " + repr(config.attribute_column)) if config.attribute_column else "lexicon",
+        labels_from=_labels_from(config),
         lexicon=prep.lexicon, taxonomy=prep.taxonomy, groups=list(prep.groups), labels=list(prep.labels),
         proxies=list(config.proxies),
         attribute_mode=(f"soft (E[s_k] in steps of 1/{config.soft_bins})" if config.soft_bins else "hard"),
@@ -250,6 +276,12 @@ def _record(command: str, config: BalanceConfig, prep: Prepared, patterns, **res
         from_scan=None if prep.source is None else str(Path(config.from_scan).expanduser().resolve()),
         patterns=patterns.table.n_rows, rows_scanned_this_run={"patterns": patterns.rows_scanned},
         worker_seconds={"patterns": patterns.worker_seconds}, **results)
+
+
+def _labels_from(config: BalanceConfig) -> str:
+    column = repr(config.label_column)
+    return {"captions": "caption words", "column": f"column {column}",
+            "both": f"caption words or column {column}"}[config.labels_from()]
 
 
 def _bias_summary(bias) -> dict:
