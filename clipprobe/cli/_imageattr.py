@@ -21,6 +21,7 @@ MSG_SOURCE_ONLY = "{option} is for --attribute-source images or both"
 MSG_CAPTIONS_NEEDED = "--captions is required (or --attribute-source images|both with --embeddings)"
 MSG_CAPTIONS_SOURCE = "--captions: with --attribute-source {source} the captions are the metadata of --embeddings"
 MSG_THRESHOLD = "--threshold must be in [0, 1), got {value}"
+MSG_LABEL_THRESHOLD = "--label-threshold must be in [0, 1), got {value}"
 MSG_SOFT_THRESHOLD = "--threshold makes the hard labels; --attribute-mode soft balances the probabilities instead"
 
 _EMBEDDINGS_HELP = ("A clip-retrieval embedding folder (LAION's layout: img_emb/img_emb_N.npy beside "
@@ -28,6 +29,18 @@ _EMBEDDINGS_HELP = ("A clip-retrieval embedding folder (LAION's layout: img_emb/
 _PROMPTS_HELP = ("Attribute prompt set: a name (shipped: gender) or a YAML file (groups and their prompts, optional "
                  "'none' classes such as 'no person').")
 _THRESHOLD_HELP = "A group whose probability is lower gives the image no group (0: the best class wins)."
+_LABEL_PROMPTS_HELP = ("Concept labels from the images: a YAML file of labels, each with 'prompts' and 'negations' "
+                       "(yes/no zero-shot); writes image_labels (the labels above --label-threshold) and "
+                       "pl_LABEL per shard.")
+_LABEL_THRESHOLD_HELP = "With --label-prompts: a label is on when its probability is above this."
+
+
+def _label_threshold(value: float) -> float:
+    from clipprobe.errors import UsageError
+
+    if not 0 <= value < 1:
+        raise UsageError(MSG_LABEL_THRESHOLD.format(value=value))
+    return value
 
 
 def _threshold(value: float) -> float:
@@ -48,6 +61,10 @@ def image_source_options(func: Callable) -> Callable:
         click.option("--embeddings", default=None, type=click.Path(file_okay=False), help=_EMBEDDINGS_HELP),
         click.option("--attribute-prompts", default="gender", show_default=True, help=_PROMPTS_HELP),
         click.option("--threshold", type=float, default=0.0, show_default=True, help=_THRESHOLD_HELP),
+        click.option("--label-prompts", default=None, type=click.Path(dir_okay=False),
+                     help=_LABEL_PROMPTS_HELP + " The fit reads that column as --label-column unless "
+                                                "--label-source captions."),
+        click.option("--label-threshold", type=float, default=0.5, show_default=True, help=_LABEL_THRESHOLD_HELP),
         click.option("--attribute-mode", type=click.Choice(["hard", "soft"]), default="hard", show_default=True,
                      help="hard: balance each image's label (its best group); soft: balance its probabilities "
                           "E[s_k] (quantised to 1/--soft-bins), which the paper's moments allow; with a "
@@ -82,12 +99,15 @@ def pop_image_source(kwargs: dict[str, Any]):
 
     source = kwargs.pop("attribute_source")
     values = {k: kwargs.pop(k) for k in ("embeddings", "attribute_prompts", "threshold", "model", "model_config",
-                                         "dataset", "split", "cache_dir", "device", "attribute_mode", "soft_bins")}
+                                         "dataset", "split", "cache_dir", "device", "attribute_mode", "soft_bins",
+                                         "label_prompts", "label_threshold")}
     if source == "captions":
         for option, key, default in (("--embeddings", "embeddings", None), ("--model", "model", None),
                                      ("--dataset", "dataset", None), ("--threshold", "threshold", 0.0),
                                      ("--attribute-prompts", "attribute_prompts", "gender"),
-                                     ("--attribute-mode", "attribute_mode", "hard"), ("--soft-bins", "soft_bins", 16)):
+                                     ("--attribute-mode", "attribute_mode", "hard"), ("--soft-bins", "soft_bins", 16),
+                                     ("--label-prompts", "label_prompts", None),
+                                     ("--label-threshold", "label_threshold", 0.5)):
             if values[key] != default:
                 raise UsageError(MSG_SOURCE_ONLY.format(option=option))
         if not kwargs.get("captions_"):
@@ -103,7 +123,9 @@ def pop_image_source(kwargs: dict[str, Any]):
     probe = ProbeConfig(model=values["model"], model_config=values["model_config"], dataset=values["dataset"],
                         split=values["split"], cache_dir=values["cache_dir"], device=values["device"])
     attributes = AttributeConfig(embeddings=values["embeddings"], out="", probe=probe,
-                                 prompts=values["attribute_prompts"], threshold=_threshold(values["threshold"]))
+                                 prompts=values["attribute_prompts"], threshold=_threshold(values["threshold"]),
+                                 label_prompts=values["label_prompts"],
+                                 label_threshold=_label_threshold(values["label_threshold"]))
     return AttributeSource(source=source, attributes=attributes, mode=values["attribute_mode"],
                            bins=values["soft_bins"])
 
@@ -113,6 +135,8 @@ def pop_image_source(kwargs: dict[str, Any]):
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
 @click.option("--attribute-prompts", default="gender", show_default=True, help=_PROMPTS_HELP)
 @click.option("--threshold", type=float, default=0.0, show_default=True, help=_THRESHOLD_HELP)
+@click.option("--label-prompts", default=None, type=click.Path(dir_okay=False), help=_LABEL_PROMPTS_HELP)
+@click.option("--label-threshold", type=float, default=0.5, show_default=True, help=_LABEL_THRESHOLD_HELP)
 @click.option("--scale", type=float, default=None,
               help="Softmax temperature of the soft probabilities (default: the model's logit scale).")
 @click.option("--lexicon", default=None,
@@ -132,7 +156,7 @@ def pop_image_source(kwargs: dict[str, Any]):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help=FORMAT_HELP)
 @probe_options
-def attributes_cmd(embeddings, out, attribute_prompts, threshold, scale, lexicon, text_column, key_column, nan_rows,
+def attributes_cmd(embeddings, out, attribute_prompts, threshold, label_prompts, label_threshold, scale, lexicon, text_column, key_column, nan_rows,
                    threads, engine, spark_master, spark_conf, fmt, **kwargs):
     """Each image's group from its embedding (zero-shot, the model's text tower), per shard beside its caption;
     the classifier's accuracy per group on --dataset. Feed OUT/shards to `balance measure|fit
@@ -149,7 +173,8 @@ def attributes_cmd(embeddings, out, attribute_prompts, threshold, scale, lexicon
     config = AttributeConfig(embeddings=embeddings, out=out, probe=pop_probe_config(kwargs), prompts=attribute_prompts,
                              threshold=_threshold(threshold), scale=scale, lexicon=lexicon, text_column=text_column,
                              key_column=key_column, nan_rows=nan_rows, workers=threads, engine=engine,
-                             spark_master=spark_master, spark_conf=tuple(spark_conf))
+                             spark_master=spark_master, spark_conf=tuple(spark_conf), label_prompts=label_prompts,
+                             label_threshold=_label_threshold(label_threshold))
     result = run_attributes(config)
     run = result.run
     if fmt == "json":
@@ -160,6 +185,9 @@ def attributes_cmd(embeddings, out, attribute_prompts, threshold, scale, lexicon
                + ", ".join(f"{printable(g)} {summary['counts'][g]:,}" for g in result.groups)
                + f", none {summary['counts']['none']:,}, unsure {summary['counts']['unsure']:,}, "
                  f"invalid {summary['counts']['invalid']:,}")
+    if run.get("label_prompts"):
+        click.echo(f"labels above {run['label_threshold']} (column {run['label_column']}): "
+                   + ", ".join(f"{printable(n)} {c:,}" for n, c in summary["labels"].items()))
     cal = run["calibration"]
     if cal is None:
         click.echo("classifier accuracy: not measured (give --dataset)")

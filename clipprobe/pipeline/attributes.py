@@ -13,7 +13,11 @@ writes, per shard, one parquet file row-aligned with the shard's metadata::
                                          exactly one, else the image's); with soft_bins also
                                          soft_<attribute> (and soft_both_<attribute>): each image's
                                          E[s_k] over the groups in steps of 1/soft_bins, as a group
-                                         name such as "Female=5/16,Male=11/16" (balance's soft mode)
+                                         name such as "Female=5/16,Male=11/16" (balance's soft mode);
+                                         with label_prompts also image_labels (list<string>: the labels
+                                         whose probability is above label_threshold; null: an invalid
+                                         row) and pl_<label> (float32 yes/no probability of each label,
+                                         :func:`~clipprobe.analysis.zeroshot.label_probabilities`)
     OUT/calibration_groups.parquet       the classifier on a labelled face dataset: accuracy, precision,
     OUT/calibration_confusion.parquet    rates of none/unsure per true group, confusion matrix
     OUT/run.json                         settings, prompts, logit scale, calibration, per-shard counts
@@ -71,6 +75,10 @@ MSG_DATASET_GROUP = ("dataset {dataset}: attribute {attribute!r} has no images o
 MSG_LEXICON_GROUPS = ("lexicon {lexicon!r}: attribute {attribute!r} has groups {got}, the prompt set {prompts!r} "
                       "{want}: give a lexicon whose groups are the prompt set's")
 MSG_COLUMN_CLASH = "prompt set {prompts!r}: column {column!r} would be written twice (rename a class)"
+MSG_LABEL_THRESHOLD = "label_threshold={value!r} must be in [0, 1)"
+MSG_SOURCE_LABEL_COLUMN = ("label_prompts writes the label column {column!r} and label_column {given!r} names "
+                           "another: give one")
+LABEL_COLUMN = "image_labels"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +112,8 @@ class AttributeConfig:
     engine: str = "local"
     spark_master: str | None = None
     spark_conf: tuple[str, ...] = ()
+    label_prompts: str | None = None    # a label prompt file: also write image_labels and pl_<label>
+    label_threshold: float = 0.5        # a label is on when its probability is above this
 
     def check(self) -> "AttributeConfig":
         from clipprobe.captions.run import check_engine
@@ -113,6 +123,8 @@ class AttributeConfig:
             raise UsageError(MSG_NAN_ROWS.format(value=self.nan_rows))
         if not isinstance(self.threshold, (int, float)) or not 0 <= self.threshold < 1:
             raise UsageError(MSG_THRESHOLD.format(value=self.threshold))
+        if not isinstance(self.label_threshold, (int, float)) or not 0 <= self.label_threshold < 1:
+            raise UsageError(MSG_LABEL_THRESHOLD.format(value=self.label_threshold))
         if self.scale is not None and (not isinstance(self.scale, (int, float)) or not self.scale > 0):
             raise UsageError(MSG_SCALE.format(value=self.scale))
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
@@ -146,6 +158,8 @@ class AttributeResult:
     run: dict
     soft_column: str | None = None
     soft_both_column: str | None = None
+    label_column: str | None = None     # image_labels, with label prompts
+    labels: tuple[str, ...] = ()        # the label prompts' labels
 
 
 def attribute_column(attribute: str) -> str:
@@ -195,6 +209,11 @@ def probability_column(name: str) -> str:
     return f"p_{name}"
 
 
+def label_probability_column(name: str) -> str:
+    """The column holding each image's probability of concept label ``name``."""
+    return f"pl_{name}"
+
+
 def _logit_scale(encoder) -> float:
     scale = getattr(getattr(encoder, "model", None), "logit_scale", None)
     if scale is None:
@@ -214,6 +233,19 @@ def _class_vectors(encoder, prompts, cache_dir):
     row = {t: i for i, t in enumerate(texts)}
     names = [name for name, _ in prompts.classes]
     return class_vectors([vectors[[row[p] for p in ps]] for _, ps in prompts.classes], names)
+
+
+def _label_vectors(encoder, labels, cache_dir):
+    """``(concepts, negations)``: the ``(R, dim)`` class vectors of each label's prompts and negations."""
+    from clipprobe.analysis.zeroshot import class_vectors
+    from clipprobe.embeddings.cache import embed_texts
+
+    texts = sorted({p for _, yes, no in labels.labels for p in yes + no})
+    vectors = embed_texts(encoder, texts, cache_dir=cache_dir)
+    row = {t: i for i, t in enumerate(texts)}
+    names = list(labels.label_names)
+    return (class_vectors([vectors[[row[p] for p in yes]] for _, yes, _ in labels.labels], names),
+            class_vectors([vectors[[row[p] for p in no]] for _, _, no in labels.labels], names))
 
 
 def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, config: AttributeConfig):
@@ -283,14 +315,17 @@ def caption_groups(matcher, owner, texts, n_groups: int):
 
 
 def _settings_key(config: AttributeConfig, encoder, prompts, scale: float, lexicon_name,
-                  text_column: str, key_column: str | None) -> str:
+                  text_column: str, key_column: str | None, labels=None) -> str:
     from clipprobe.embeddings.cache import model_cache_key
 
     blob = json.dumps({"format": FORMAT_VERSION, "model": model_cache_key(encoder),     # the weights' digest too
                        "prompts": prompts.to_dict() | {"source": None},
                        "scale": scale, "threshold": config.threshold, "lexicon": lexicon_name,
                        "text": text_column, "key": key_column, "nan_rows": config.nan_rows}
-                      | ({"soft_bins": config.soft_bins} if config.soft_bins else {}), sort_keys=True, default=str)
+                      | ({"soft_bins": config.soft_bins} if config.soft_bins else {})
+                      | ({"labels": labels.to_dict() | {"source": None, "name": None, "description": None},
+                          "label_threshold": config.label_threshold} if labels is not None else {}),
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
@@ -314,7 +349,7 @@ def _done(path: Path, key: str) -> dict | None:
 
 
 def _schema(text_column: str, key_column: str | None, text_type, key_type, column: str, both: str | None,
-            prob_columns: list[str], soft: tuple[str, ...] = ()):
+            prob_columns: list[str], soft: tuple[str, ...] = (), label_columns: list[str] | None = None):
     import pyarrow as pa
 
     fields = [pa.field(text_column, text_type)]
@@ -325,6 +360,9 @@ def _schema(text_column: str, key_column: str | None, text_type, key_type, colum
         fields.append(pa.field(both, pa.string()))
     fields += [pa.field(c, pa.float32()) for c in prob_columns]
     fields += [pa.field(c, pa.string()) for c in soft]
+    if label_columns:
+        fields.append(pa.field(LABEL_COLUMN, pa.list_(pa.string())))
+        fields += [pa.field(c, pa.float32()) for c in label_columns]
     return pa.schema(fields)
 
 
@@ -349,6 +387,9 @@ class ShardJob:
     lexicon: str | None             # the lexicon's name or file (both_<attribute>), or None
     threads: int = 1
     soft_bins: int | None = None    # also write soft_<attribute> (AttributeConfig.soft_bins)
+    labels: tuple[str, ...] = ()    # concept labels (image_labels, pl_<label>; AttributeConfig.label_prompts)
+    label_vectors: Any = None       # ((R, dim) concept, (R, dim) negation) float32 class vectors
+    label_threshold: float = 0.5
 
 
 def _job_lexicon(job: ShardJob):
@@ -398,7 +439,9 @@ def run_shard_job(job: ShardJob, lexicon=None) -> dict:
     arrow = pf.schema_arrow
     schema = _schema(job.text_column, key_column, arrow.field(job.text_column).type,
                      arrow.field(key_column).type if key_column is not None else None, column, both, prob_columns,
-                     soft_cols)
+                     soft_cols, [label_probability_column(n) for n in job.labels] if job.labels else None)
+    label_counts = np.zeros(len(job.labels), np.int64)
+    label_values = pa.array(list(job.labels), pa.string())
     counts = {g: 0 for g in groups} | {name: 0 for name in STATUS.values()}
     soft = np.zeros(k, np.float64)
     both_counts = {"from_caption": 0, "from_image": 0, "none": 0}
@@ -447,6 +490,9 @@ def run_shard_job(job: ShardJob, lexicon=None) -> dict:
                     if both is not None:
                         arrays.append(pa.array(_soft_names(result.probs, k, groups, job.soft_bins, named),
                                                pa.string()))
+                if job.labels:
+                    arrays += _label_arrays(rows.array[start:start + n], job, label_values, label_counts,
+                                            name=f"embeddings {job.root}: shard {shard.name}")
                 t2 = time.perf_counter()
                 writer.write_table(pa.Table.from_arrays(arrays, schema=schema))
                 seconds["scores"] += t1 - t0
@@ -461,10 +507,34 @@ def run_shard_job(job: ShardJob, lexicon=None) -> dict:
                     "first_invalid_row": first_invalid, "seconds": {k_: round(v, 4) for k_, v in seconds.items()}}
             if lexicon is not None:
                 done["both"] = both_counts
+            if job.labels:
+                done["labels"] = {name: int(c) for name, c in zip(job.labels, label_counts)}
             writer.add_key_value_metadata({META_KEY: json.dumps({"key": job.key, "counts": done}).encode()})
         finally:
             writer.close()
     return done
+
+
+def _label_arrays(x, job: ShardJob, label_values, label_counts, *, name: str) -> list:
+    """The block's ``image_labels`` (each row's labels above the threshold, in the prompt file's order;
+    null for an invalid row) and ``pl_<label>`` arrays; adds each label's count to ``label_counts``."""
+    import numpy as np
+    import pyarrow as pa
+
+    from clipprobe.analysis.zeroshot import label_probabilities
+
+    concepts, negations = job.label_vectors
+    probs = label_probabilities(x, concepts, negations, job.scale, threads=job.threads, name=name)
+    invalid = ~np.isfinite(probs).all(axis=1)
+    on = probs > job.label_threshold                        # NaN: off
+    label_counts += on.sum(axis=0)
+    offsets = np.zeros(len(probs) + 1, np.int32)
+    np.cumsum(on.sum(axis=1), out=offsets[1:])
+    rows, cols = np.nonzero(on)                             # row-major: each row's labels in file order
+    lists = pa.ListArray.from_arrays(pa.array(offsets), label_values.take(pa.array(cols.astype(np.int32))),
+                                     mask=pa.array(invalid) if invalid.any() else None)
+    probs = np.asfortranarray(probs)
+    return [lists] + [pa.array(probs[:, j]) for j in range(probs.shape[1])]
 
 
 def _run_jobs_local(jobs: list[ShardJob], threads: int, lexicon) -> dict[int, dict]:
@@ -516,7 +586,7 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     from clipprobe.embeddings.external import MSG_DIM_MODEL, open_embedding_folder
     from clipprobe.faces import load_dataset
     from clipprobe.models import load_model
-    from clipprobe.resources.attributes import get_attribute_prompts
+    from clipprobe.resources.attributes import get_attribute_prompts, load_label_prompts
     from clipprobe.runinfo import StageTimer, run_record
 
     config = config.check()
@@ -524,6 +594,7 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     timer = StageTimer()
     with timer("check"):
         prompts = get_attribute_prompts(config.prompts)
+        labels = load_label_prompts(config.label_prompts) if config.label_prompts is not None else None
         folder = open_embedding_folder(config.embeddings)
         text_column = folder.find_column(TEXT_COLUMNS, "the captions", given=config.text_column)
         key_column = (folder.find_column(KEY_COLUMNS, "the key", given=config.key_column)
@@ -532,7 +603,8 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
         names = [name for name, _ in prompts.classes]
         written = [text_column, key_column, column, both_column(prompts.attribute)] + \
             [probability_column(n) for n in names] + \
-            ([soft_column(prompts.attribute), soft_column(prompts.attribute, True)] if config.soft_bins else [])
+            ([soft_column(prompts.attribute), soft_column(prompts.attribute, True)] if config.soft_bins else []) + \
+            ([LABEL_COLUMN] + [label_probability_column(n) for n in labels.label_names] if labels else [])
         for i, c in enumerate(written):
             if c is not None and c in written[:i]:
                 raise DataError(MSG_COLUMN_CLASH.format(prompts=prompts.name, column=c))
@@ -555,6 +627,7 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     scale = float(config.scale) if config.scale is not None else _logit_scale(encoder)
     with timer("classes"):
         classes = _class_vectors(encoder, prompts, pc.cache_dir)
+        label_vectors = _label_vectors(encoder, labels, pc.cache_dir) if labels is not None else None
     calibration = dataset_info = None
     if dataset is not None:
         with timer("embed_dataset"):
@@ -567,7 +640,8 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
         log.info("attribute classifier on %s: accuracy %.3f (gap between groups %.3f)", dataset.spec,
                  calibration.accuracy, calibration.accuracy_gap)
     info = encoder.info()
-    settings = _settings_key(config, encoder, prompts, scale, lexicon[0] if lexicon else None, text_column, key_column)
+    settings = _settings_key(config, encoder, prompts, scale, lexicon[0] if lexicon else None, text_column, key_column,
+                             labels)
     shard_dir = out / FILES["shards"]
     paths, results, todo = [], {}, []
     for shard in folder.shards:
@@ -581,7 +655,9 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
                                  scale=scale, threshold=config.threshold, nan_rows=config.nan_rows,
                                  text_column=text_column, key_column=key_column,
                                  lexicon=config.lexicon if lexicon is not None else None,
-                                 soft_bins=config.soft_bins))
+                                 soft_bins=config.soft_bins,
+                                 labels=labels.label_names if labels is not None else (),
+                                 label_vectors=label_vectors, label_threshold=config.label_threshold))
         else:
             results[shard.number] = done
     n_skipped = len(results)
@@ -607,6 +683,8 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     }
     if lexicon is not None:
         summary["both"] = {k_: sum(s["both"][k_] for s in per_shard) for k_ in ("from_caption", "from_image", "none")}
+    if labels is not None:
+        summary["labels"] = {name: sum(s["labels"][name] for s in per_shard) for name in labels.label_names}
     record = run_record(
         "balance attributes", format_version=FORMAT_VERSION, config=_config_dict(config), model=info,
         dataset=dataset_info, timings=timer.seconds, started=started,
@@ -616,7 +694,10 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
         text_column=text_column, key_column=key_column,
         calibration=calibration.summary() if calibration is not None else None,
         calibration_note=None if calibration is not None else "not measured: no labelled dataset was given",
-        summary=summary, shards=per_shard)
+        summary=summary, shards=per_shard,
+        label_prompts=labels.to_dict() if labels is not None else None,
+        label_threshold=config.label_threshold if labels is not None else None,
+        label_column=LABEL_COLUMN if labels is not None else None)
     if calibration is not None:
         write_parquet(out / FILES["groups"], calibration.by_group)
         write_parquet(out / FILES["confusion"], calibration.confusion.reset_index())
@@ -626,7 +707,9 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
                            text_column=text_column, key_column=key_column, calibration=calibration, run=record,
                            soft_column=soft_column(prompts.attribute) if config.soft_bins else None,
                            soft_both_column=(soft_column(prompts.attribute, True)
-                                             if config.soft_bins and lexicon else None))
+                                             if config.soft_bins and lexicon else None),
+                           label_column=LABEL_COLUMN if labels is not None else None,
+                           labels=labels.label_names if labels is not None else ())
 
 
 def _config_dict(config: AttributeConfig) -> dict:
@@ -686,6 +769,12 @@ def resolve_attribute_source(config):
     from clipprobe.resources.attributes import get_attribute_prompts
 
     source = source.check()
+    label_prompts = source.attributes.label_prompts
+    if label_prompts is not None:
+        if config.label_column not in (None, LABEL_COLUMN):
+            raise UsageError(MSG_SOURCE_LABEL_COLUMN.format(column=LABEL_COLUMN, given=config.label_column))
+        if config.label_source != "captions":       # fit on the image labels (default 'column')
+            config = dataclasses.replace(config, label_column=LABEL_COLUMN)
     config.check()                  # the balance settings too, before the pass reads any image
     if config.attribute_column is not None:
         raise UsageError(MSG_SOURCE_COLUMN)
@@ -716,10 +805,15 @@ def resolve_attribute_source(config):
                                    groups=result.groups, text_column=result.text_column,
                                    key=result.key_column if config.key is not None else None, attribute_source=None,
                                    soft_bins=source.bins if soft else 0)
+    if label_prompts is not None and config.label_source != "captions":
+        balanced = dataclasses.replace(balanced, label_column=result.label_column)
     record = {"source": source.source, "mode": source.mode, "bins": source.bins if soft else None,
               "column": column, "folder": str(result.out),
               "embeddings": result.run["embeddings"], "model": result.run["model"].get("spec"),
               "prompts": result.run["prompts"], "scale": result.run["scale"], "threshold": result.run["threshold"],
               "calibration": result.run["calibration"], "calibration_note": result.run["calibration_note"],
               "summary": result.run["summary"]}
+    if label_prompts is not None:
+        record |= {"label_column": result.label_column, "label_prompts": result.run["label_prompts"],
+                   "label_threshold": result.run["label_threshold"], "labels_used": config.label_source != "captions"}
     return balanced, record

@@ -131,3 +131,100 @@ def list_attribute_prompts() -> list[str]:
 def get_attribute_prompts(name_or_path: str | Path | None = None) -> AttributePrompts:
     """An attribute prompt set by name (default ``gender``) or a user's file by path."""
     return ATTRIBUTE_PROMPTS.get(name_or_path)
+
+
+# ----------------------------------------------------------------------------------------------
+# concept label prompts: a yes and a no prompt set per label (multi-label zero-shot)
+
+LABEL_KEYS = ("name", "description", "labels")
+LABEL_ENTRY_KEYS = ("prompts", "negations")
+
+MSG_LABELS_NOT_MAPPING = "label prompt file {path}: expected a mapping with 'labels'"
+MSG_LABELS_KEY = "label prompt file {path}: unknown key {key!r}{hint}; keys: " + ", ".join(LABEL_KEYS)
+MSG_LABELS = "label prompt file {path}: 'labels' must map at least one label name to its prompts and negations"
+MSG_LABEL_ENTRY = "label prompt file {path}: label {name!r}: {why}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelPrompts:
+    """Concept labels for multi-label zero-shot classification: each label's name, its prompts (the
+    concept, "a photo of a nurse") and its negations ("a photo of a person who is not a nurse").
+
+    The file::
+
+        name: occupations            # optional; default: the file's stem
+        description: ...
+        labels:                      # at least one; each label on its own (yes against no)
+          nurse:
+            prompts: [a photo of a nurse]
+            negations: [a photo of a person who is not a nurse]
+
+    (The keys are ``prompts`` / ``negations``, not ``yes`` / ``no``: YAML 1.1 reads those two as booleans.)
+    """
+
+    name: str
+    labels: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...]
+    description: str = ""
+    source: str = ""
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(name for name, _, _ in self.labels)
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "description": self.description, "source": self.source,
+                "labels": {n: {"prompts": list(p), "negations": list(q)} for n, p, q in self.labels}}
+
+
+def _label_prompt_list(path: Path, name: str, key: str, raw) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        raise DataError(MSG_LABEL_ENTRY.format(path=path, name=Bounded(name), why=f"{key!r}: give a non-empty list "
+                                                                                   "of prompts"))
+    out = []
+    for p in raw:
+        if not isinstance(p, str) or not p.strip() or len(p) > MAX_PROMPT_CHARS:
+            raise DataError(MSG_LABEL_ENTRY.format(path=path, name=Bounded(name),
+                                                   why=f"{key!r}: prompt {Bounded(p)!r} is not a non-empty string "
+                                                       f"of at most {MAX_PROMPT_CHARS} characters"))
+        out.append(" ".join(p.split()))
+    return tuple(out)
+
+
+def load_label_prompts(path: str | Path) -> LabelPrompts:
+    """Read and check a label prompt file (see :class:`LabelPrompts`); a problem raises :class:`DataError`
+    with one line naming the file and the entry."""
+    path = Path(path)
+    data = read_mapping(path, what="label prompt file")
+    if not isinstance(data, Mapping):
+        raise DataError(MSG_LABELS_NOT_MAPPING.format(path=path))
+    for key in data:
+        if key not in LABEL_KEYS:
+            raise DataError(MSG_LABELS_KEY.format(path=path, key=Bounded(key),
+                                                  hint=did_you_mean(shorten(str(key), 60), LABEL_KEYS)))
+    raw = data.get("labels")
+    if not isinstance(raw, Mapping) or not raw:
+        raise DataError(MSG_LABELS.format(path=path))
+    labels, seen = [], set()
+    for name, entry in raw.items():
+        if not isinstance(name, str) or not name.strip():
+            raise DataError(MSG_LABEL_ENTRY.format(path=path, name=Bounded(name),
+                                                   why="a label name must be a non-empty string"))
+        label = name.strip()
+        if label in seen:
+            raise DataError(MSG_LABEL_ENTRY.format(path=path, name=label, why="given twice"))
+        seen.add(label)
+        if not isinstance(entry, Mapping):
+            raise DataError(MSG_LABEL_ENTRY.format(path=path, name=Bounded(name),
+                                                   why="give a mapping with 'prompts' and 'negations'"))
+        for key in entry:
+            if key not in LABEL_ENTRY_KEYS:
+                raise DataError(MSG_LABEL_ENTRY.format(
+                    path=path, name=Bounded(name),
+                    why=f"unknown key {Bounded(key)!r}{did_you_mean(shorten(str(key), 60), LABEL_ENTRY_KEYS)}; "
+                        "keys: prompts, negations"))
+        labels.append((label, _label_prompt_list(path, label, "prompts", entry.get("prompts")),
+                       _label_prompt_list(path, label, "negations", entry.get("negations"))))
+    return LabelPrompts(name=str(data.get("name") or path.stem), labels=tuple(labels),
+                        description=str(data.get("description") or ""), source=str(path))
