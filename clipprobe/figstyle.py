@@ -233,6 +233,31 @@ def legend_columns(fig, labels: Sequence[str]) -> int:
     return math.ceil(len(widths) / rows)
 
 
+LEGEND_MARGIN = 9.0  # points (paper style; scaled with the text) between a right-hand legend and the canvas edge
+
+
+def legend_right(ax, *, margin: float | None = None, **kwargs):
+    """A legend right of ``ax``, its top level with the axes' top, whose entries keep ``margin`` points
+    (default :data:`LEGEND_MARGIN`, scaled with the style's text) from the canvas's right edge once the
+    constrained layout has run; returns the Legend.
+
+    The layout puts a legend's box, not its entries, its own pad from the edge. The (frameless) box is
+    padded on every side by what the margin needs beyond that pad and moved up and left by as much, so the
+    entries sit where an unpadded legend would put them and only the layout sees the room."""
+    import matplotlib
+    from matplotlib.font_manager import FontProperties
+
+    margin = scaled(LEGEND_MARGIN) if margin is None else float(margin)
+    engine = ax.figure.get_layout_engine()
+    layout_pad = 72.0 * float(engine.get().get("w_pad", 0.0)) if engine is not None else 0.0
+    size = FontProperties(size=kwargs.pop("fontsize", matplotlib.rcParams["legend.fontsize"])).get_size_in_points()
+    default = float(matplotlib.rcParams["legend.borderpad"])
+    pad = max(default, (margin - layout_pad) / size)
+    kwargs.setdefault("handletextpad", 0.2)
+    return ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderpad=pad, borderaxespad=default - pad,
+                     fontsize=size, **kwargs)
+
+
 def errors(center, low, high):
     """Asymmetric error lengths for errorbar; missing or inverted intervals give 0."""
     import numpy as np

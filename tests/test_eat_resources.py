@@ -77,6 +77,18 @@ def test_text_suites_resolve_to_the_reference_sizes():
     assert len(text) == 8 and all(t.unavailable is None for t in text)
 
 
+def test_sentences_without_a_seat_form_are_one_info_line(caplog):
+    """The weat suite has some thirty sets of sentences without a SEAT form: one summary line at INFO, with
+    the count and the first few; each set's own line at DEBUG only."""
+    with caplog.at_level("DEBUG", logger="clipprobe"):
+        res.Resolver(offline=True).resolve(res.get_suite("weat").tests, skip_missing=True)
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO" and "SEAT form" in r.getMessage()]
+    debug = [r for r in caplog.records if r.levelname == "DEBUG" and "SEAT form" in r.getMessage()]
+    assert len(info) == 1 and len(debug) > 3
+    assert info[0].startswith(f"{len(debug)} stimulus set(s) have sentences without a SEAT form")
+    assert info[0].endswith("; ...") and info[0].count("test '") == 3
+
+
 def test_selection_and_unknown_names():
     g = res.get_suite("ghate2025")
     assert [t.order for t in g.select(["race"]).tests] == ["image", "image-text"]

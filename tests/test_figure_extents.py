@@ -354,3 +354,19 @@ def test_legend_columns_fit_the_width_and_balance_the_rows():
         renderer = fig.canvas.get_renderer()
         box = legend.get_window_extent(renderer)
         assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+
+
+@pytest.mark.parametrize("style_name", ["paper", "slides"])
+def test_right_hand_legend_keeps_its_margin_from_the_edge(cases, style_name, tmp_path):
+    """The balance figure's legend (right of the AB panel) keeps LEGEND_MARGIN points, scaled with the text,
+    between its entries and the canvas's right edge (before: the layout's 3 pt plus the box's own 2.6 pt)."""
+    with figstyle.use_style(style_name):
+        fig = cases["clipprobe.report.balance.balance_figure"]().figure
+        want = figstyle.scaled(figstyle.LEGEND_MARGIN)
+    figstyle.save_figure(fig, tmp_path / "balance", formats=("png",), dpi=40)
+    fig.draw_without_rendering()  # the frozen layout, drawn again at the figure's own dpi to measure it
+    renderer = figstyle._renderer(fig)
+    texts = [t for ax in fig.axes if ax.get_legend() is not None for t in ax.get_legend().get_texts()]
+    right = max(t.get_window_extent(renderer).x1 for t in texts)
+    assert (fig.bbox.x1 - right) * 72 / fig.dpi == pytest.approx(want, abs=0.5)
+    assert drawn_outside(fig) == []

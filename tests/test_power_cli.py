@@ -41,3 +41,28 @@ def test_power_plot_lines_are_the_curve():
     assert len(ax.get_lines()) == 2 + 1  # one per group + the 0.8 guide
     a = curve[curve["group"] == "A"]
     assert list(ax.get_lines()[0].get_ydata()) == list(a["power"])
+
+
+def test_power_table_says_not_reached_where_json_says_null():
+    """Ratios of 1 and 1.05 never reach power 0.8 for k=10: the table names that (and the largest ratio tested)
+    instead of printing NaN; JSON keeps null."""
+    args = ["power", "--base-shares", "A=0.5,B=0.5", "-k", "10", "--ratios", "1,1.05", "--n-sim", "20",
+            "--n-words", "10"]
+    table = CliRunner().invoke(cli, args)
+    assert table.exit_code == 0, table.output
+    mdr = table.output[table.output.index("Smallest ratio"):]
+    assert "NaN" not in table.output and "nan" not in mdr
+    assert mdr.count("not reached (> 1.05)") == 2
+    js = CliRunner().invoke(cli, [*args, "--format", "json"])
+    assert js.exit_code == 0, js.output
+    rows = json.loads(js.output[js.output.index("{"):])["minimum_detectable_ratio"]
+    assert [row["min_ratio"] for row in rows] == [None, None]
+
+
+def test_power_table_prints_reached_ratios_as_numbers():
+    from clipprobe.cli.power import _mdr_table
+
+    mdr = pd.DataFrame({"group": ["A", "B"], "base_share": [0.5, 0.5], "k": [50, 50],
+                        "min_ratio": [1.41666, float("nan")]})
+    lines = _mdr_table(mdr, max_ratio=3.0).splitlines()
+    assert lines[1].split()[-1] == "1.417" and lines[2].endswith("not reached (> 3)")

@@ -32,6 +32,19 @@ def _parse_ratios(text: str) -> tuple[float, ...]:
         raise UsageError(MSG_RATIOS.format(text=text)) from None
 
 
+NOT_REACHED = "not reached (> {max_ratio:g})"
+
+
+def _mdr_table(mdr, *, max_ratio: float) -> str:
+    """The minimum-detectable-ratio table as text: a ratio the grid never reaches reads as
+    :data:`NOT_REACHED` (with the largest ratio tested), not NaN. JSON output keeps null."""
+    table = mdr.round(3).astype({"min_ratio": object})
+    missing = table["min_ratio"].isna()
+    table.loc[missing, "min_ratio"] = NOT_REACHED.format(max_ratio=max_ratio)
+    table.loc[~missing, "min_ratio"] = [f"{v:g}" for v in table.loc[~missing, "min_ratio"]]
+    return table.to_string(index=False)
+
+
 @click.command("power")
 @click.option("--attribute", type=click.Choice(["race", "gender", "age"]), default="race", show_default=True,
               help="FairFace validation groups to use when no sizes or shares are given.")
@@ -105,4 +118,4 @@ def power(attribute, dataset, split, figure, dataset_size, base_shares, group_si
         click.echo(f"Power (probability of flagging) by planted ratio; BH alpha={alpha}, {n_sim} simulations")
         click.echo(table.round(3).to_string())
         click.echo(f"\nSmallest ratio with power >= {target_power}:")
-        click.echo(mdr.round(3).to_string(index=False))
+        click.echo(_mdr_table(mdr, max_ratio=float(curve["ratio"].max())))

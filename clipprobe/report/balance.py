@@ -111,7 +111,7 @@ def rb_plot(groups: "pd.DataFrame", *, ax=None):
         ax.set_ylim(len(names) - 0.5, -0.5)
         ax.set_xlabel("share of the captions that mention a group")
         ax.set_title("Representation (RB)", **F.TITLE_AT_TOP)
-        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, handletextpad=0.2)
+        F.legend_right(ax)
     return ax
 
 
@@ -146,7 +146,7 @@ def ab_plot(cells: "pd.DataFrame", *, top: int = TOP_CELLS, ax=None):
         ax.set_xlabel("P(label | group) - P(label | others)")
         ax.set_title("Association (AB), largest cells", **F.TITLE_AT_TOP)
         if keys:
-            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, handletextpad=0.2)
+            F.legend_right(ax)
     return ax
 
 

@@ -45,9 +45,9 @@ from clipprobe.faces import ATTRIBUTES, RACE_GENDER_SEP
 from clipprobe.figstyle import (  # noqa: F401  (re-exported: the report modules draw with them)
     ANNOTATION_SIZE, COLUMN_WIDTH, DEFAULT_STYLE, DIVERGING_CMAP, FIGURE_FORMATS, FIGURE_STYLES, LABELS, MARKERS,
     OKABE_ITO, PAGE_WIDTH, PNG_COMPRESS_LEVEL, PNG_DPI, STYLE, TITLE_AT_TOP, ZERO_COLOR, ZERO_STRIP, FigureStyle, cmap,
-    draw_zero_faces, errors, fit_to_canvas, freeze_layout, get_style, group_styles, legend_columns, literal, new_axes,
-    new_figure, outside_canvas, png_bytes, save_figure, save_figure_file, scaled, series_style, set_skew_axis, short,
-    skew_limits, slug, style, ticks, use_style, zero_faces, zero_legend_handle)
+    draw_zero_faces, errors, fit_to_canvas, freeze_layout, get_style, group_styles, legend_columns, legend_right, literal,
+    new_axes, new_figure, outside_canvas, png_bytes, save_figure, save_figure_file, scaled, series_style, set_skew_axis,
+    short, skew_limits, slug, style, ticks, use_style, zero_faces, zero_legend_handle)
 from clipprobe.report.store import categories_of, explode_categories
 
 log = logging.getLogger(__name__)

@@ -163,6 +163,8 @@ MSG_WALK_LIMIT = "{where}: more than {limit:,} files and folders under {path}; n
 MSG_MANIFEST = "{where}: image manifest {path}: {problem}"
 MSG_MANIFEST_ESCAPES = ("{where}: image manifest {path}, line {line}: image path {file!r} is absolute or leads out of "
                         "the manifest's folder; list paths relative to it, inside it")
+MSG_NO_SEAT_FORM = ("%d stimulus set(s) have sentences without a SEAT form, so each sentence is a stimulus of its own "
+                    "(-v lists them): %s")
 
 # Longest text stimulus (characters): far more than any text encoder reads, a bound on what a file can make
 # the tokenizer chew through.
@@ -556,6 +558,7 @@ class Resolver:
         self._oasis_data: Any = None
         self.downloaded: list[str] = []
         self.broken: list[str] = []  # manifest entries without a size (left out of their category)
+        self.no_seat_form: list[str] = []  # sets of sentences some of which have no SEAT form (each its own unit)
 
     # -------------------------------------------------------------- tests
 
@@ -564,6 +567,7 @@ class Resolver:
         whose stimuli were not given (:class:`MissingStimuli`) is kept as skipped, with the reason, instead of
         stopping everything."""
         out = []
+        first_unsummarized = len(self.no_seat_form)
         for test in tests:
             reason = test.unavailable
             if reason is not None:
@@ -583,6 +587,9 @@ class Resolver:
                     raise DataError(MSG_OVERLAP.format(where=f"test {test.name!r} ({test.order})",
                                                        item=sorted(shared)[0], a=a, b=b))
             out.append(ResolvedTest(test, sets, None))
+        new = self.no_seat_form[first_unsummarized:]
+        if new:
+            log.info(MSG_NO_SEAT_FORM, len(new), "; ".join(new[:3]) + ("; ..." if len(new) > 3 else ""))
         return tuple(out)
 
     def resolve_set(self, spec: SetSpec, where: str = "") -> Stimuli:
@@ -639,7 +646,8 @@ class Resolver:
         else:
             units = sentence_words(items)
             if units is None:
-                log.info("%s: not every sentence has a SEAT form; each sentence is a stimulus of its own", where)
+                log.debug("%s: not every sentence has a SEAT form; each sentence is a stimulus of its own", where)
+                self.no_seat_form.append(where)
         return _text_stimuli(items, spec, f"file:{_short_path(path)}#{key}", units=units)
 
     # -------------------------------------------------------------- image sets
