@@ -169,3 +169,26 @@ def test_property_random_captions_equal_oracle(captions):
 
 
 _MATCHER_CACHE: dict[str, Matcher] = {}
+
+
+def test_one_matcher_scanned_by_many_threads_at_once(matcher):
+    """Hyperscan scratch space serves one scan at a time; a matcher shared by the threads of a pass
+    must give each thread its own (the shared scratch failed with ScratchInUseError)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(0)
+    words = ["a woman", "the man", "men", "nurse", "Women's", "doctor", "x", "  ", "man\tand woman"]
+    batches = [pa.array([" ".join(rng.choice(words, 40)) for _ in range(300)]) for _ in range(8)]
+    expected = [matcher.scan(b) for b in batches]
+    start = threading.Barrier(8)
+
+    def scan(b):
+        start.wait()
+        return [matcher.scan(b) for _ in range(20)][-1]
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(scan, batches))
+    for g, e in zip(got, expected):
+        np.testing.assert_array_equal(g.rows, e.rows)
+        np.testing.assert_array_equal(g.terms, e.terms)

@@ -60,6 +60,7 @@ express.
 from __future__ import annotations
 
 import functools
+import threading
 import logging
 from dataclasses import dataclass
 from typing import Sequence
@@ -162,7 +163,8 @@ class Matcher:
                 self._variants.append(v)
         self._variant_term = np.asarray(variant_term, np.int64)
         self._variant_len = np.asarray(variant_len, np.int64)
-        self._db = self._scratch = None
+        self._db = None
+        self._scratches = threading.local()      # hyperscan scratch space serves one thread at a time
         if _db_bytes:
             self._load(_db_bytes)
         elif _compile:
@@ -182,13 +184,22 @@ class Matcher:
         db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
                    flags=[hyperscan.HS_FLAG_CASELESS] * len(expressions))
         self._db = db
-        self._scratch = hyperscan.Scratch(db)
 
     def _load(self, data: bytes) -> None:
         import hyperscan
 
         self._db = hyperscan.loadb(data, hyperscan.HS_MODE_BLOCK)
-        self._scratch = hyperscan.Scratch(self._db)
+        self._scratches = threading.local()
+
+    def _scratch(self):
+        """This thread's scratch space: hyperscan refuses a scratch that another thread is scanning
+        with (ScratchInUseError), so a matcher shared by threads keeps one per thread."""
+        import hyperscan
+
+        scratch = getattr(self._scratches, "scratch", None)
+        if scratch is None:
+            scratch = self._scratches.scratch = hyperscan.Scratch(self._db)
+        return scratch
 
     def to_bytes(self) -> bytes:
         import hyperscan
@@ -298,7 +309,7 @@ class Matcher:
             add_id(pid)
             add_end(end)
 
-        self._db.scan(buf, match_event_handler=on_match, scratch=self._scratch)
+        self._db.scan(buf, match_event_handler=on_match, scratch=self._scratch())
         empty = np.zeros(0, np.int64)
         if not found_ids:
             return empty, empty, empty
