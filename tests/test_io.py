@@ -307,3 +307,22 @@ def test_csv_records_text_writes_what_csv_text_writes_for_the_same_table(carriag
     expected = _io.csv_text(pd.DataFrame.from_records(rows, columns=columns), lineterminator="\n")
     assert _io.csv_records_text(columns, rows) == expected
     assert "'=cmd|x" in expected
+
+
+def test_libyaml_and_python_parsers_read_every_shipped_data_file_alike(monkeypatch):
+    """The C parser is used where PyYAML has it; the shipped data files read the same with either."""
+    import yaml
+
+    if not hasattr(yaml, "CSafeLoader"):
+        pytest.skip("PyYAML without libyaml")
+    root = Path(__file__).resolve().parents[1]
+    files = [p for folder in ("taxonomy", "prompts", "stimuli", "clipprobe")
+             for p in sorted((root / folder).rglob("*.y*ml"))]
+    assert len(files) >= 5
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        fast = _io._parse_yaml(text)
+        monkeypatch.delattr(yaml, "CSafeLoader")
+        slow = _io._parse_yaml(text)
+        monkeypatch.undo()
+        assert fast == slow, path
