@@ -242,8 +242,37 @@ def test_paper_signs_negate_the_effect(tmp_path, model_args):
     assert _run([*common, "--out", str(tmp_path / "b"), "--paper-signs"]).exit_code == 0
     a = pd.read_parquet(tmp_path / "a" / "eat.parquet").iloc[0]
     b = pd.read_parquet(tmp_path / "b" / "eat.parquet").iloc[0]
-    assert b["effect_size"] == pytest.approx(-a["effect_size"], rel=1e-12)
-    assert "swapped" in b["note"]
+    assert b["effect_size"] == -a["effect_size"] and a["effect_size"] != 0
+    assert "x -1 (paper sign)" in b["note"]
+    # the paper flips d only: the p-values are those of the test as defined, not of the swapped test
+    for col in ("p_value", "p_value_sentences", "q_value", "statistic"):
+        assert b[col] == a[col], col
+    sa = pd.read_parquet(tmp_path / "a" / "stimuli.parquet")
+    sb = pd.read_parquet(tmp_path / "b" / "stimuli.parquet")
+    pd.testing.assert_frame_equal(sa, sb)
+
+
+def test_paper_signs_negate_the_interval_and_swap_its_ends(tmp_path, model_args):
+    import pandas as pd
+
+    words = ", ".join(f"w{i}" for i in range(26))
+    others = ", ".join(f"v{i}" for i in range(26))
+    tests = _tests_file(tmp_path / "in", extra=f"""  - name: signed
+    paper_sign: -1
+    X: {{words: [{words}]}}
+    Y: {{words: [{others}]}}
+    A: {{words: [{", ".join(f"a{i}" for i in range(26))}]}}
+    B: {{words: [{", ".join(f"b{i}" for i in range(26))}]}}
+""")
+    common = ["--tests", str(tests), "--test", "signed", "--permutations", "200", "--bootstrap", "200", *model_args]
+    assert _run([*common, "--out", str(tmp_path / "a")]).exit_code == 0
+    assert _run([*common, "--out", str(tmp_path / "b"), "--paper-signs"]).exit_code == 0
+    a = pd.read_parquet(tmp_path / "a" / "eat.parquet").iloc[0]
+    b = pd.read_parquet(tmp_path / "b" / "eat.parquet").iloc[0]
+    assert a["effect_ci_low"] == a["effect_ci_low"], "the interval was withheld: the sets are too small"
+    assert (b["effect_ci_low"], b["effect_ci_high"]) == (-a["effect_ci_high"], -a["effect_ci_low"])
+    assert b["effect_ci_low"] <= b["effect_size"] <= b["effect_ci_high"]
+    assert b["p_value"] == a["p_value"]
 
 
 def test_html_section_escapes_and_forest_plot(tmp_path):

@@ -105,14 +105,19 @@ def test_selection_and_unknown_names():
     assert "did you mean 'ghate2025'" in str(err.value) and "'weat'" in str(err.value)
 
 
-def test_paper_signs_swap_gender_targets_only():
+def test_paper_signs_mark_the_gender_tests_only_and_keep_their_sets():
     g = res.get_suite("ghate2025")
     flipped = res.apply_paper_signs(g)
+    marked = 0
     for before, after in zip(g.tests, flipped.tests):
         if before.paper_sign == -1:
-            assert (after.X, after.Y) == (before.Y, before.X) and "swapped" in after.note
+            marked += 1
+            # the sets stay: the permutation test keeps the direction the test defines (the paper flips d only)
+            assert (after.X, after.Y, after.A, after.B) == (before.X, before.Y, before.A, before.B)
+            assert after.reported_sign == -1 and res.PAPER_SIGN_NOTE in after.note
         else:
             assert after == before
+    assert marked > 0
 
 
 # ------------------------------------------------------------------ user files

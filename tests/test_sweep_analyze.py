@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from clipprobe.pipeline.sweep import analyze_sweep
+from clipprobe.pipeline.sweep import PAPER_SIGNS_FORM, analyze_sweep
 from clipprobe.report.sweep import (ANALYSIS_COLUMNS, META_COLUMNS, MODEL_COLUMNS, SWEEP_COLUMNS, finish_sweep_table)
 from tests.test_sweep import invoke
 
@@ -224,7 +224,7 @@ def paper_arch_family(arch: str) -> str:
     return "Other"
 
 
-def write_paper_sweep(folder, *, seed: int = 0, stored: str = "raw"):
+def write_paper_sweep(folder, *, seed: int = 0, stored: str = "raw", form: str | None = None):
     """A merged sweep of every open_clip pair with known metadata, the 26 tests of ghate2025, effect sizes from
     the paper's mixed model (in the paper's sign), stored with the Gender tests' raw sign (``stored="raw"``, a
     default sweep) or the paper's; a pair that loads one checkpoint gets the same effect sizes. A column
@@ -267,8 +267,10 @@ def write_paper_sweep(folder, *, seed: int = 0, stored: str = "raw"):
     table.to_parquet(folder / "sweep.parquet")
     pd.DataFrame({"model": zoo["spec"], "model_key": zoo["model_key"], "status": "ok"}).to_parquet(
         folder / "models.parquet")
-    (folder / "sweep.json").write_text(json.dumps({"settings": {"eat": {"suite": None, "tests_file": None,
-                                                                        "paper_signs": stored == "paper"}}}))
+    eat = {"suite": None, "tests_file": None, "paper_signs": stored == "paper"}
+    if stored == "paper" and form is not None:
+        eat["paper_signs_form"] = form
+    (folder / "sweep.json").write_text(json.dumps({"settings": {"eat": eat}}))
     return table, keep
 
 
@@ -363,12 +365,15 @@ def test_raw_signs_lose_the_planted_effects_and_flip_the_gender_correlations(pap
 
 def test_a_sweep_stored_with_paper_signs_is_not_flipped_twice(tmp_path, paper_zoo):
     _, _, _, result = paper_zoo
-    folder = tmp_path / "paper-signs"
-    write_paper_sweep(folder, stored="paper")
-    again = analyze_sweep(folder, measures=("eat:effect_size",), figures=False, performance=None)
-    assert again.record["signs"]["stored"] == "paper" and again.record["signs"]["flipped"] == []
-    assert "other direction" in again.record["signs"]["p_values"]
-    pd.testing.assert_frame_equal(again.fits["eat:effect_size"].coefficients, result.fits["eat:effect_size"].coefficients)
+    for i, (form, direction) in enumerate(((PAPER_SIGNS_FORM, "as the tests are defined"), (None, "other direction"))):
+        folder = tmp_path / f"paper-signs-{i}"
+        # a sweep of this version (d x -1, p as defined) and one of the version that swapped the targets
+        write_paper_sweep(folder, stored="paper", form=form)
+        again = analyze_sweep(folder, measures=("eat:effect_size",), figures=False, performance=None)
+        assert again.record["signs"]["stored"] == "paper" and again.record["signs"]["flipped"] == []
+        assert direction in again.record["signs"]["p_values"]
+        pd.testing.assert_frame_equal(again.fits["eat:effect_size"].coefficients,
+                                      result.fits["eat:effect_size"].coefficients)
 
 
 def test_correlations_default_to_a_measure_most_models_have(paper_zoo):

@@ -54,7 +54,7 @@ Examples:
 @click.option("--strict", is_flag=True,
               help="Fail (exit 1) when a test's stimuli are missing (e.g. no --oasis-root) instead of skipping it.")
 @click.option("--paper-signs", is_flag=True,
-              help="Report Gender tests with the sign of Ghate et al. (targets swapped: positive = female more pleasant).")
+              help="Report the Gender tests' effect sizes with the sign of Ghate et al. (d and its interval x -1: positive = female more pleasant; p-values as the tests are defined, as in the paper).")
 @click.option("--stimuli-root", type=click.Path(file_okay=False), default=None,
               help=STIMULI_ROOT_HELP)
 @click.option("--oasis-root", type=click.Path(file_okay=False), default=None,

@@ -55,7 +55,7 @@ class EatConfig:
     the stimuli (``fisher-z``, the one method whose coverage was measured within 0.93-0.97; None: no
     interval), ``bootstrap`` its resamples;
     ``fixed_attributes``: the interval resamples the targets only (A and B are the population of interest).
-    ``paper_signs``: Ghate et al.'s Gender sign (targets swapped). ``strict``: a test whose stimuli are
+    ``paper_signs``: Ghate et al.'s Gender sign (d and its interval x -1, p-values as defined). ``strict``: a test whose stimuli are
     missing (OASIS without ``oasis_root``) is an error instead of being skipped.
     """
 
@@ -172,6 +172,14 @@ def load_suite(config: EatConfig):
     return apply_paper_signs(suite) if config.paper_signs else suite
 
 
+def _reported_sign(result, spec):
+    """``result`` with d and its interval in the sign ``spec`` is reported with (:func:`~clipprobe.resources.eat.
+    apply_paper_signs`: x -1, the interval's ends swapped); the p-values and everything else as computed."""
+    if getattr(spec, "reported_sign", 1) != -1:
+        return result
+    return dataclasses.replace(result, effect_size=-result.effect_size, ci_low=-result.ci_high, ci_high=-result.ci_low)
+
+
 def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | None = None,
             base_url: str | None = None, progress: bool | None = None, write: bool = True) -> EatRun:
     """Run the association tests of ``config`` (see the module docstring).
@@ -247,7 +255,7 @@ def run_eat(config: EatConfig, *, encoder=None, fetch: Callable[[str], bytes] | 
                                seed=config.seed, n_bootstrap=config.bootstrap, ci_method=config.interval,
                                ci_resample=config.ci_resample, confidence=config.confidence,
                                sc_weat=config.sc_weat, sc_permutations=config.sc_permutations, n_jobs=config.n_jobs)
-        results = run_eats(inputs, settings)
+        results = tuple(_reported_sign(r, t.spec) for t, r in zip(available, run_eats(inputs, settings)))
     by_key = {(t.name, t.order): r for t, r in zip(available, results)}
     table = results_table(tests, by_key, skipped_per_test)
     stimuli = stimuli_table(tests, by_key, kept_display, kept_units)

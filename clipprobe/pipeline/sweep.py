@@ -161,6 +161,8 @@ def settings_record(config: SweepConfig, dataset: Any) -> dict:
                                       quick_gelu=False))
     for key in ("cache_dir", "device", "batch_size", "num_workers", "offline", "n_jobs", "figures"):
         eat.pop(key, None)
+    if eat.get("paper_signs"):
+        eat["paper_signs_form"] = PAPER_SIGNS_FORM     # d x -1, p-values as defined (earlier: targets swapped)
     return {
         "format_version": _sweep_format(),
         "probes": sorted(config.probes),
@@ -1030,12 +1032,18 @@ def _eat_settings(folder: Path) -> dict | None:
     return None
 
 
+# How a sweep run with --paper-signs stored the marked tests: d and its interval x -1, p-values as the tests
+# are defined. A sweep folder without this in its settings was written when --paper-signs swapped the targets.
+PAPER_SIGNS_FORM = "effect size x -1"
+
+
 def apply_signs(table: "pd.DataFrame", folder: Path, signs: str) -> tuple["pd.DataFrame", dict]:
     """Effect sizes in the sign convention ``signs``: ``paper`` (Ghate et al.: the effect sizes of the tests
     their suite marks ``paper_sign: -1``, the Gender tests of ``ghate2025``, multiplied by -1; their p-values
     stay those of the tests as defined, the paper's direction) or ``raw`` (as the tests are defined). The
-    sweep's settings say how it stored them (``paper_signs`` swaps the targets); returns the table and what
-    was done, for the run record."""
+    sweep's settings say how it stored them (``paper_signs``: d x -1 with the p-values as defined, or, in
+    folders written before ``paper_signs_form`` was recorded, the targets swapped); returns the table and
+    what was done, for the run record."""
     import numpy as np
 
     from clipprobe.resources.eat import DEFAULT_SUITE, get_suite, load_tests
@@ -1068,9 +1076,10 @@ def apply_signs(table: "pd.DataFrame", folder: Path, signs: str) -> tuple["pd.Da
         table.loc[rows, "value"] = -table.loc[rows, "value"]
         table.loc[rows, "ci_low"], table.loc[rows, "ci_high"] = -high, -low
         record["flipped"] = sorted({f"{t} ({o})" for t, o in zip(table.loc[rows, "test"], table.loc[rows, "order"])})
-    record["p_values"] = ("as the tests are defined (the paper's direction: it flips the effect sizes only)"
-                          if stored == "raw" else "of the tests with their targets swapped (--paper-signs when the "
-                                                  "sweep ran): the other direction from the paper's")
+    swapped = stored == "paper" and eat.get("paper_signs_form") != PAPER_SIGNS_FORM
+    record["p_values"] = ("of the tests with their targets swapped (--paper-signs of an earlier version when the "
+                          "sweep ran): the other direction from the paper's" if swapped else
+                          "as the tests are defined (the paper's direction: it flips the effect sizes only)")
     return table, record
 
 

@@ -52,9 +52,10 @@ Suites are YAML files of the same form in the shipped stimuli folder (:func:`lis
 :func:`get_suite`): ``ghate2025`` (the 26 EATs of Ghate et al. 2025), ``weat`` (Caliskan et al. 2017,
 WEAT 1-10, words), ``seat`` (May et al. 2019, the 8 sentence tests of the paper's appendix variant) and
 ``seat-nrc`` (the same targets with NRC-VAD valence sentences). A suite test may carry ``paper_sign: -1``
-(Ghate et al.'s Gender/Valence tests): :func:`apply_paper_signs` swaps its targets, which negates the
-effect size (positive then means "female more pleasant", the paper's reporting) and tests the other
-direction; it is off unless asked for.
+(Ghate et al.'s Gender/Valence tests): :func:`apply_paper_signs` marks it so that its effect size and the
+interval of it are reported multiplied by -1 (positive then means "female more pleasant", the paper's
+reporting), while its p-values stay those of the test as defined (the paper flips d only: swapping the
+targets instead would test the other direction); it is off unless asked for.
 
 :class:`Resolver` turns every set into concrete stimuli (texts, image files, face-dataset rows) before
 anything is embedded, so a missing file or download fails at once, not halfway through a suite.
@@ -219,6 +220,7 @@ class TestSpec:
     note: str = ""
     paper_sign: int = 1
     source: str = ""
+    reported_sign: int = 1      # -1: d and its interval are reported multiplied by -1 (:func:`apply_paper_signs`)
 
     __test__ = False  # not a pytest test class
 
@@ -318,10 +320,14 @@ def load_tests(path: str | os.PathLike) -> Suite:
                  reference=str(data.get("reference") or ""), path=path)
 
 
+PAPER_SIGN_NOTE = "d and its interval x -1 (paper sign); p-values and SC-WEAT as the test defines them"
+
+
 def apply_paper_signs(suite: Suite) -> Suite:
-    """Swap X and Y of every test with ``paper_sign: -1`` (Ghate et al.'s Gender/Valence reporting)."""
-    tests = tuple(dataclasses.replace(t, X=t.Y, Y=t.X, paper_sign=1,
-                                      note=(t.note + " " if t.note else "") + "targets swapped (paper sign)")
+    """Every test with ``paper_sign: -1`` (Ghate et al.'s Gender/Valence reporting) marked to report its
+    effect size and interval multiplied by -1; its sets, and so its p-values, stay as defined."""
+    tests = tuple(dataclasses.replace(t, reported_sign=-1,
+                                      note=(t.note + " " if t.note else "") + PAPER_SIGN_NOTE)
                   if t.paper_sign == -1 else t for t in suite.tests)
     return dataclasses.replace(suite, tests=tests)
 
