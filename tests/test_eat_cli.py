@@ -377,3 +377,24 @@ def test_forest_plot_marks_a_withheld_interval_as_an_open_dot():
     assert "interval not published (ci_note)" in [t.get_text() for t in legend.get_texts()]
     plain = report.forest_plot(table.assign(ci_note="", effect_ci_low=0.1, effect_ci_high=0.7))
     assert not plain.figure.legends     # one order, nothing withheld: no legend, as before
+
+
+def test_sc_weat_q_values_do_not_change_when_a_selection_drops_other_tests(tmp_path, model_args):
+    """SC-WEAT q-values are BH over one test's rows (the family run.json names), so selecting tests or
+    orders leaves a test's q-values as they are."""
+    import numpy as np
+    import pandas as pd
+
+    tests = _tests_file(tmp_path / "in")
+    common = ["--tests", str(tests), "--permutations", "1000", "--sc-permutations", "5000", "--interval", "none",
+              "--no-figures", *model_args]
+    assert _run([*common, "--out", str(tmp_path / "all")]).exit_code == 0
+    assert _run([*common, "--test", "words", "--out", str(tmp_path / "one")]).exit_code == 0
+    every = pd.read_parquet(tmp_path / "all" / "stimuli.parquet")
+    one = pd.read_parquet(tmp_path / "one" / "stimuli.parquet")
+    assert set(every["test"]) == {"flowers-insects", "words"} and set(one["test"]) == {"words"}
+    words = every[every["test"] == "words"].reset_index(drop=True)
+    assert len(words) == len(one) > 0 and one["sc_q_value"].notna().all()
+    for col in ("sc_p_value", "sc_q_value"):
+        np.testing.assert_array_equal(words[col].to_numpy(), one[col].to_numpy())
+    assert "sc_q_value" in json.dumps(json.loads((tmp_path / "one" / "run.json").read_text())["families"])

@@ -373,3 +373,20 @@ def test_a_folder_without_input_hashes_runs_every_model_again(setup, own, caplog
         result = run_ok(own_args(setup, own, out))
     assert "2 model(s) finished, 0 finished before" in result.output
     assert S.MSG_INPUTS_UNKNOWN % out in [r.getMessage() for r in caplog.records]
+
+
+def test_strict_stops_before_any_model_when_a_tests_stimuli_are_missing(setup, tmp_path):
+    """`sweep --strict`, as `eat --strict`: a test whose OASIS images were not given stops the sweep with one
+    line before any model is loaded; without it that test is skipped (as `eat` skips it)."""
+    tests = {"tests": [{"name": "oasis-words", "order": "text-image", "X": {"texts": ["flower", "rose"]},
+                        "Y": {"texts": ["insect", "ant"]}, "A": {"oasis": "pleasant"}, "B": {"oasis": "unpleasant"}}]}
+    path = tmp_path / "oasis.yaml"
+    path.write_text(yaml.safe_dump(tests), encoding="utf-8")
+    args = [a if a != str(setup / "tests.yaml") else str(path) for a in sweep_args(setup, tmp_path / "out")]
+    result = invoke([*args, "--probes", "eat", "--strict"])
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    message = result.output.strip().splitlines()[-1]
+    assert "oasis-root" in message.lower(), result.output
+    # no model ran: the only record is the unknown model's, written when the model list is read
+    assert all(r["reason"].startswith("unknown model") for r in records(tmp_path / "out").values())
+    assert not list((tmp_path / "out").rglob("eat.parquet"))

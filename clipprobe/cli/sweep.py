@@ -78,15 +78,20 @@ Examples:
 @permutations_option(10_000, name="--sc-permutations", test="each stimulus's SC-WEAT effect size", minimum=2)
 @bootstrap_option(2000, name="--eat-bootstrap", unit="the stimuli", what="each association test's d",
                   more="; at least 100 (`eat --bootstrap`)")
-@click.option("--paper-signs", is_flag=True, help="Association tests: Ghate et al.'s sign for the Gender tests.")
+@click.option("--paper-signs", is_flag=True,
+              help="Association tests: the Gender tests' d and its interval with Ghate et al.'s sign (x -1; "
+                   "p-values as the tests are defined).")
+@click.option("--strict", is_flag=True,
+              help="Association tests: stop before any model runs when a test's stimuli are missing (e.g. no "
+                   "--oasis-root) instead of skipping that test.")
 @click.option("--stimuli-root", type=click.Path(file_okay=False), default=None, help=STIMULI_ROOT_HELP)
 @click.option("--oasis-root", type=click.Path(file_okay=False), default=None, help=OASIS_ROOT_HELP)
 @compute_options(cache_help="Embedding cache (default $CLIPPROBE_CACHE or ~/.cache/clipprobe); share it between "
                             "shards on one machine.")
 @click.pass_context
 def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, allow_failures, taxonomy, templates, k,
-          attributes, controls, alpha, seed, model_figures, suite, tests_file, paper_signs, stimuli_root, oasis_root,
-          **kwargs) -> None:
+          attributes, controls, alpha, seed, model_figures, suite, tests_file, paper_signs, strict, stimuli_root,
+          oasis_root, **kwargs) -> None:
     """Run the report and the association tests over many models (resumable, shardable)."""
     if ctx.invoked_subcommand is not None:
         return
@@ -123,7 +128,8 @@ def sweep(ctx, models, out, probes, shard, models_per_pass, no_retry_failed, all
                           figures=model_figures, html=model_figures)
     eat = EatConfig(out="", suite=suite, tests_file=tests_file, permutations=kwargs.pop("eat_permutations"),
                     sc_permutations=kwargs.pop("sc_permutations"), bootstrap=kwargs.pop("eat_bootstrap"), seed=seed,
-                    paper_signs=paper_signs, stimuli_root=stimuli_root, oasis_root=oasis_root, figures=model_figures)
+                    paper_signs=paper_signs, strict=strict, stimuli_root=stimuli_root, oasis_root=oasis_root,
+                    figures=model_figures)
     config = SweepConfig(out=out, models=model_list, probes=probe_list, report=report, eat=eat, shard=shard,
                          models_per_pass=models_per_pass, retry_failed=not no_retry_failed)
     result = run_sweep(config)
