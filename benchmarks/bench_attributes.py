@@ -31,6 +31,15 @@ pass are printed; ``memory_flat`` says whether the peak during the pass at the l
 
     python benchmarks/bench_attributes.py --rows 1000000 --threads 1 2 --memory --memory-rows 1000000 10000000
 
+End to end (``--fit``): ``balance fit --attribute-source images`` (the attribute pass, then the pattern
+pass, the M4 solve with the occupations of :data:`FIT_WORDS` as labels, the keep flags and the weights) at
+each size of ``--fit-rows``, in a fresh process each, on each engine of ``--fit-engines``; printed per run:
+the stage times, rows per second and its ratio to the read rate of the same folder, and the process's peak
+resident memory during the fit (``memory_flat_local``: the largest size's peak within ``--memory-tolerance``
+of the smallest's; the Spark engine's JVM is not counted).
+
+    python benchmarks/bench_attributes.py --fit --fit-rows 1000000 10000000 --fit-engines local spark --threads 2
+
 The page cache is not dropped (that needs root): "from disk" is from the page cache after the first
 round, for every contender alike.
 """
@@ -56,8 +65,13 @@ SHARD_ROWS = 100_000
 BLOCK = 65_536
 
 
-def make_folder(root: Path, rows: int, shard_rows: int = SHARD_ROWS, seed: int = 0) -> Path:
-    """``rows`` unit-norm float16 embeddings in shards of ``shard_rows``, with caption and url metadata."""
+# --fit: captions that name an occupation of the shipped taxonomy about one time in ten (the labels of the fit)
+FIT_WORDS = ("nurse", "engineer", "teacher", "farmer", "doctor", "chef", "pilot", "lawyer", "baker", "secretary")
+
+
+def make_folder(root: Path, rows: int, shard_rows: int = SHARD_ROWS, seed: int = 0, words: bool = False) -> Path:
+    """``rows`` unit-norm float16 embeddings in shards of ``shard_rows``, with caption and url metadata
+    (``words``: one caption in ten names one of :data:`FIT_WORDS`)."""
     import pandas as pd
 
     from clipprobe._io import write_npy, write_parquet
@@ -73,8 +87,10 @@ def make_folder(root: Path, rows: int, shard_rows: int = SHARD_ROWS, seed: int =
         tag = str(i).zfill(width)
         write_npy(root / "img_emb" / f"img_emb_{tag}.npy", x.astype(np.float16))
         ids = np.arange(start, start + n)
+        named = rng.integers(0, 10 * len(FIT_WORDS), n) if words else np.full(n, 10 * len(FIT_WORDS))
         write_parquet(root / "metadata" / f"metadata_{tag}.parquet",
-                      pd.DataFrame({"caption": [f"a photo number {i}" for i in ids],
+                      pd.DataFrame({"caption": [f"a photo of a {FIT_WORDS[w]} number {i}" if w < len(FIT_WORDS)
+                                                else f"a photo number {i}" for i, w in zip(ids, named)],
                                     "url": [f"https://example.invalid/{i}.jpg" for i in ids]}))
         start += n
     return root
@@ -207,6 +223,59 @@ def _memory_child(rows: int, work: Path, threads: int) -> None:
                       "rate": round(rate)}))
 
 
+def _fit_child(rows: int, work: Path, threads: int, engine: str) -> None:
+    """Run in a fresh process: ``balance fit --attribute-source images`` over ``rows`` rows (attribute pass,
+    pattern pass, M4 solve, rank and weights passes, statistics), after a warm-up fit over a small folder;
+    print its stage times and the process's resident memory before and at its peak during the fit (the
+    Spark engine's JVM is another process: not counted)."""
+    import logging
+
+    from click.testing import CliRunner
+
+    from clipprobe.cli import cli
+
+    logging.disable(logging.WARNING)
+    model = tiny_model_512(work / "model")
+
+    def fit(root: Path, out: Path) -> dict:
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        args = ["balance", "fit", "--attribute-source", "images", "--embeddings", str(root),
+                "--model", model[0], "--model-config", model[1], "--device", "cpu", "--cache-dir", str(work / "cache"),
+                "--labels", str(work / "fit-words.txt"), "--key", "url", "--keep", "0.5", "--no-figure",
+                "--engine", engine, "--workers", str(threads), "--out", str(out)]
+        t0 = time.perf_counter()
+        res = CliRunner().invoke(cli, args, catch_exceptions=False)
+        if res.exit_code != 0:
+            raise SystemExit(res.output)
+        seconds = time.perf_counter() - t0
+        run = json.loads((out / "run.json").read_text())
+        run["attribute_timings_s"] = json.loads((out / "attributes" / "run.json").read_text()).get("timings_s")
+        return {"seconds": seconds, "run": run}
+
+    (work / "fit-words.txt").write_text("\n".join(FIT_WORDS) + "\n")
+    root = work / f"fit{rows}"
+    warm = work / "fit-warm"
+    if not warm.is_dir():
+        make_folder(warm, 2000, words=True)
+    fit(warm, work / f"fit-out-warm-{engine}")
+    before = _status_mib("VmRSS")
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        reset = True
+    except OSError:
+        reset = False
+    res = fit(root, work / f"fit-out{rows}-{engine}")
+    run = res["run"]
+    print(json.dumps({"rows": rows, "engine": engine, "threads": threads, "seconds": round(res["seconds"], 2),
+                      "rows_per_s": round(rows / res["seconds"]), "timings_s": run.get("timings_s"),
+                      "attribute_timings_s": run["attribute_timings_s"],
+                      "patterns": run.get("patterns"), "kept": (run.get("kept") or {}).get("n_examples"),
+                      "rss_before_mib": round(before, 1),
+                      "peak_rss_during_mib": round(_status_mib("VmHWM"), 1) if reset else None}))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
@@ -219,12 +288,24 @@ def main(argv=None) -> int:
                     help="share by which the peak at the largest size may exceed the smallest size's (+16 MiB)")
     ap.add_argument("--memory-only", action="store_true", help="skip the rates")
     ap.add_argument("--work", default=None, help="folder for the generated shards (default: a temporary one)")
+    ap.add_argument("--fit", action="store_true",
+                    help="end to end instead: balance fit --attribute-source images at each of --fit-rows, fresh "
+                         "processes, with --fit-engines; the read rate of the largest folder beside it")
+    ap.add_argument("--fit-rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    ap.add_argument("--fit-engines", nargs="+", default=["local"], choices=["local", "spark"])
     ap.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_fit_child", type=int, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--_engine", default="local", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     work = Path(args.work or tempfile.mkdtemp(prefix="bench-attributes-"))
     if args._child is not None:
         _memory_child(args._child, work, args.threads[0])
         return 0
+    if args._fit_child is not None:
+        _fit_child(args._fit_child, work, args.threads[0], args._engine)
+        return 0
+    if args.fit:
+        return fit_main(args, work)
     import logging
 
     logging.disable(logging.WARNING)
@@ -298,6 +379,34 @@ def main(argv=None) -> int:
         status = 0 if result["memory_flat"] else 1
     print(json.dumps(result, indent=1))
     return status
+
+
+def fit_main(args, work: Path) -> int:
+    """--fit: the whole image-attribute fit per size and engine, each in a fresh process."""
+    out: dict = {"fit": [], "load_average": os.getloadavg()}
+    for rows in args.fit_rows:
+        folder = work / f"fit{rows}"
+        if not folder.is_dir():
+            t0 = time.perf_counter()
+            make_folder(folder, rows, words=True)
+            print(f"generated {rows:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        read = max(read_rate(folder) for _ in range(2))
+        for engine in args.fit_engines:
+            res = subprocess.run([sys.executable, __file__, "--work", str(work), "--threads", str(max(args.threads)),
+                                  "--_fit_child", str(rows), "--_engine", engine], capture_output=True, text=True)
+            if res.returncode != 0:
+                raise SystemExit(f"fit of {rows} rows on {engine} failed:\n{res.stdout[-2000:]}{res.stderr[-2000:]}")
+            line = json.loads(res.stdout.strip().splitlines()[-1])
+            line["read_rows_per_s"] = round(read)
+            line["fit/read"] = round(line["rows_per_s"] / read, 3)
+            out["fit"].append(line)
+            print(json.dumps(line), file=sys.stderr)
+    local = [f for f in out["fit"] if f["engine"] == "local" and f["peak_rss_during_mib"]]
+    if len(local) >= 2:
+        small, large = local[0]["peak_rss_during_mib"], local[-1]["peak_rss_during_mib"]
+        out["memory_flat_local"] = large <= small * (1 + args.memory_tolerance) + 16
+    print(json.dumps(out, indent=1))
+    return 0 if out.get("memory_flat_local", True) else 1
 
 
 if __name__ == "__main__":
