@@ -398,3 +398,50 @@ def test_sc_weat_q_values_do_not_change_when_a_selection_drops_other_tests(tmp_p
     for col in ("sc_p_value", "sc_q_value"):
         np.testing.assert_array_equal(words[col].to_numpy(), one[col].to_numpy())
     assert "sc_q_value" in json.dumps(json.loads((tmp_path / "one" / "run.json").read_text())["families"])
+
+
+def test_two_image_folders_with_the_same_names_and_sizes_give_their_own_results(tmp_path, model_args):
+    """Two stimulus folders whose files have the same names and byte sizes but other pixels, embedded
+    through one cache: each run's numbers equal a run on a fresh cache (the cache is keyed by where the
+    images are and by their content, not by names and sizes)."""
+    import pandas as pd
+
+    def folder(root: Path, offset: int) -> None:
+        for cat, base in (("flower", 0), ("insect", 100)):
+            for i in range(6):
+                _png(root / cat / f"{cat}{i}.png", seed=base + offset + i)
+        files = sorted(root.rglob("*.png"))
+        size = 4096
+        for f in files:                      # pad every file to one size (readers stop at the PNG's end)
+            data = f.read_bytes()
+            assert len(data) < size
+            f.write_bytes(data + b"\0" * (size - len(data)))
+
+    folder(tmp_path / "one", 0)
+    folder(tmp_path / "two", 1000)
+    for name in ("one", "two"):
+        (tmp_path / f"{name}.yaml").write_text(f"""tests:
+  - name: pictures
+    X: {{images: {tmp_path / name / 'flower'}}}
+    Y: {{images: {tmp_path / name / 'insect'}}}
+    A: {{texts: [This is the word love., This is the word happy., This is the word peace.]}}
+    B: {{texts: [This is the word hate., This is the word ugly., This is the word war.]}}
+""", encoding="utf-8")
+    sizes = {(p.relative_to(tmp_path / "one").as_posix(), p.stat().st_size) for p in (tmp_path / "one").rglob("*.png")}
+    assert sizes == {(p.relative_to(tmp_path / "two").as_posix(), p.stat().st_size)
+                     for p in (tmp_path / "two").rglob("*.png")}
+    cache_at = model_args.index("--cache-dir")
+    base = model_args[:cache_at] + model_args[cache_at + 2:]
+    common = ["--permutations", "2000", "--interval", "none", "--no-sc-weat", "--no-figures", *base]
+
+    def run(name: str, cache: Path) -> pd.Series:
+        out = tmp_path / f"out-{name}-{cache.name}"
+        r = _run(["--tests", str(tmp_path / f"{name}.yaml"), "--out", str(out), "--cache-dir", str(cache), *common])
+        assert r.exit_code == 0, r.output
+        return pd.read_parquet(out / "eat.parquet").iloc[0]
+
+    shared = tmp_path / "shared-cache"
+    one, two = run("one", shared), run("two", shared)
+    fresh = run("two", tmp_path / "fresh-cache")
+    assert two["effect_size"] == fresh["effect_size"] and two["p_value"] == fresh["p_value"]
+    assert one["effect_size"] != two["effect_size"]
