@@ -89,3 +89,34 @@ def test_concurrent_runs_of_one_training_train_it_once(tmp_path, monkeypatch):
         t.join()
     assert len(calls) == 1 and results["a"] == results["b"]
     assert T.weights_path(tmp_path / "b").read_bytes() == T.weights_path(tmp_path / "a").read_bytes()
+
+
+def test_trainings_that_share_a_cache_take_turns(tmp_path, monkeypatch):
+    """Two different trainings (other keys) started together run one after the other, not side by side
+    (each sets its own torch threads: together they would oversubscribe the cores)."""
+    import threading
+    import time
+
+    spans = {}
+    calls = []
+    fake = _fake_training(calls)
+
+    def slow(out, cfg, *, evaluate):
+        start = time.monotonic()
+        time.sleep(0.3)
+        meta = fake(out, cfg, evaluate=evaluate)
+        spans[cfg.seed] = (start, time.monotonic())
+        return meta
+
+    monkeypatch.setattr(T, "_train", slow)
+    monkeypatch.setenv(T.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(T, "register_arch", lambda *a, **k: None)
+    threads = [threading.Thread(target=lambda s=s: T.train_world_model(tmp_path / str(s), T.TrainConfig(seed=s)))
+               for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 2
+    (a0, a1), (b0, b1) = sorted(spans.values())
+    assert b0 >= a1, f"the trainings overlapped: {spans}"

@@ -238,7 +238,10 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
     """Train from scratch and write weights, config and meta into ``out_dir``; return the meta.
 
     With ``CLIPPROBE_WORLD_CACHE`` set, a finished training with the same :func:`training_key` is
-    copied from that folder instead, and a new one is stored there.
+    copied from that folder instead, and a new one is stored there; and the processes that share the
+    folder train one at a time (:data:`TRAINING_TURN`): each training sets its own number of torch threads
+    (``cfg.threads``), so two at once on the same cores oversubscribe them (two trainings side by side on
+    CI's 2 cores took about 20 minutes each). Waiting does not change what is trained.
     """
     cache = os.environ.get(CACHE_ENV)
     if not cache:
@@ -246,8 +249,12 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
     arch = arch_name(cfg.width)
     out = Path(out_dir or WEIGHTS_DIR)
     entry = Path(cache) / training_key(cfg, evaluate=evaluate)
-    with _training_lock(entry):            # a second process with the same key waits, then copies
+    # one training at a time in this cache; a second process with the same key waits, then copies
+    with _training_lock(Path(cache) / TRAINING_TURN), _training_lock(entry):
         return _train_or_copy(entry, out, arch, cfg, evaluate=evaluate)
+
+
+TRAINING_TURN = "one-training-at-a-time"    # lock name (``.NAME.lock`` in the cache) shared by every training
 
 
 @contextlib.contextmanager
