@@ -42,10 +42,13 @@ def warm_kernels() -> dict[str, float]:
         ndkl(ranked, np.array([0.5, 0.5]), 2)
 
     def zeroshot():
-        from clipprobe.analysis.zeroshot import class_scores
+        from clipprobe.analysis.zeroshot import class_scores, classify
 
-        class_scores(rng.normal(size=(10, 8)).astype(np.float16), rng.normal(size=(3, 8)).astype(np.float32))
-        class_scores(rng.normal(size=(10, 8)).astype(np.float32), rng.normal(size=(3, 8)).astype(np.float32))
+        t = rng.normal(size=(3, 8)).astype(np.float32)
+        for dtype in (np.float16, np.float32):
+            x = rng.normal(size=(10, 8)).astype(dtype)
+            class_scores(x, t)
+            classify(x, t, n_groups=2, scale=100.0)       # the fused logits and finish of the attribute pass
 
     def hashes():
         from clipprobe.analysis.keepflags import content_hashes
