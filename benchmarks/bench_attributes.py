@@ -195,6 +195,21 @@ def _status_mib(field: str) -> float:
     return float("nan")
 
 
+def _reset_peak() -> bool:
+    """Reset this process's high-water mark of resident memory (VmHWM) to its current VmRSS (Linux); False
+    where that cannot be done (then only the whole process's peak is known)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def _memory_flat(small: float, large: float, tolerance: float) -> bool:
+    """The peak at the largest size within ``tolerance`` (a share, plus 16 MiB) of the smallest size's."""
+    return large <= small * (1 + tolerance) + 16
+
+
 def _memory_child(rows: int, work: Path, threads: int) -> None:
     """Run in a fresh process: one pass over ``rows`` rows, after a warm-up pass over a small folder (the
     imports, the model and the compiled kernels); print the resident memory before the pass and its peak
@@ -211,11 +226,7 @@ def _memory_child(rows: int, work: Path, threads: int) -> None:
         make_folder(warm, 1000)
     pass_once(warm, work / "out-warm", model, threads)
     before = _status_mib("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")        # reset VmHWM to the current VmRSS
-        reset = True
-    except OSError:
-        reset = False
+    reset = _reset_peak()
     rate, _ = pass_once(root, work / f"out{rows}", model, threads)
     print(json.dumps({"rows": rows, "rss_before_pass_mib": round(before, 1),
                       "peak_rss_during_pass_mib": round(_status_mib("VmHWM"), 1) if reset else None,
@@ -261,11 +272,7 @@ def _fit_child(rows: int, work: Path, threads: int, engine: str) -> None:
         make_folder(warm, 2000, words=True)
     fit(warm, work / f"fit-out-warm-{engine}")
     before = _status_mib("VmRSS")
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        reset = True
-    except OSError:
-        reset = False
+    reset = _reset_peak()
     res = fit(root, work / f"fit-out{rows}-{engine}")
     run = res["run"]
     print(json.dumps({"rows": rows, "engine": engine, "threads": threads, "seconds": round(res["seconds"], 2),
@@ -290,7 +297,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default=None, help="folder for the generated shards (default: a temporary one)")
     ap.add_argument("--fit", action="store_true",
                     help="end to end instead: balance fit --attribute-source images at each of --fit-rows, fresh "
-                         "processes, with --fit-engines; the read rate of the largest folder beside it")
+                         "processes, with --fit-engines; the read rate of each size's folder beside it")
     ap.add_argument("--fit-rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--fit-engines", nargs="+", default=["local"], choices=["local", "spark"])
     ap.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
@@ -375,7 +382,7 @@ def main(argv=None) -> int:
             result["memory"].append(json.loads(out.stdout.strip().splitlines()[-1]))
         peaks = [m["peak_rss_during_pass_mib"] or m["peak_rss_process_mib"] for m in result["memory"]]
         small, large = peaks[0], peaks[-1]
-        result["memory_flat"] = large <= small * (1 + args.memory_tolerance) + 16
+        result["memory_flat"] = _memory_flat(small, large, args.memory_tolerance)
         status = 0 if result["memory_flat"] else 1
     print(json.dumps(result, indent=1))
     return status
@@ -404,7 +411,7 @@ def fit_main(args, work: Path) -> int:
     local = [f for f in out["fit"] if f["engine"] == "local" and f["peak_rss_during_mib"]]
     if len(local) >= 2:
         small, large = local[0]["peak_rss_during_mib"], local[-1]["peak_rss_during_mib"]
-        out["memory_flat_local"] = large <= small * (1 + args.memory_tolerance) + 16
+        out["memory_flat_local"] = _memory_flat(small, large, args.memory_tolerance)
     print(json.dumps(out, indent=1))
     return 0 if out.get("memory_flat_local", True) else 1
 

@@ -60,8 +60,8 @@ express.
 from __future__ import annotations
 
 import functools
-import threading
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -163,8 +163,7 @@ class Matcher:
                 self._variants.append(v)
         self._variant_term = np.asarray(variant_term, np.int64)
         self._variant_len = np.asarray(variant_len, np.int64)
-        self._db = None
-        self._scratches = threading.local()      # hyperscan scratch space serves one thread at a time
+        self._use(None)
         if _db_bytes:
             self._load(_db_bytes)
         elif _compile:
@@ -183,12 +182,16 @@ class Matcher:
         db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
         db.compile(expressions=expressions, ids=list(range(len(expressions))), elements=len(expressions),
                    flags=[hyperscan.HS_FLAG_CASELESS] * len(expressions))
-        self._db = db
+        self._use(db)
 
     def _load(self, data: bytes) -> None:
         import hyperscan
 
-        self._db = hyperscan.loadb(data, hyperscan.HS_MODE_BLOCK)
+        self._use(hyperscan.loadb(data, hyperscan.HS_MODE_BLOCK))
+
+    def _use(self, db) -> None:
+        """Scan with ``db`` from now on; scratch spaces are made for one database, per thread (:meth:`_scratch`)."""
+        self._db = db
         self._scratches = threading.local()
 
     def _scratch(self):

@@ -175,7 +175,7 @@ def load_suite(config: EatConfig):
 def _reported_sign(result, spec):
     """``result`` with d and its interval in the sign ``spec`` is reported with (:func:`~clipprobe.resources.eat.
     apply_paper_signs`: x -1, the interval's ends swapped); the p-values and everything else as computed."""
-    if getattr(spec, "reported_sign", 1) != -1:
+    if spec.reported_sign != -1:
         return result
     return dataclasses.replace(result, effect_size=-result.effect_size, ci_low=-result.ci_high, ci_high=-result.ci_low)
 

@@ -233,6 +233,9 @@ def _model_files(folder: Path, arch: str) -> list[Path]:
     return [p for p in (config_path(folder, arch), weights_path(folder, arch), meta_path(folder, arch)) if p.is_file()]
 
 
+TRAINING_TURN = "one-training-at-a-time"    # lock name (``.NAME.lock`` in the cache) shared by every training
+
+
 def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = TrainConfig(), *,
                       evaluate: bool = True) -> dict[str, Any]:
     """Train from scratch and write weights, config and meta into ``out_dir``; return the meta.
@@ -249,17 +252,14 @@ def train_world_model(out_dir: str | Path | None = None, cfg: TrainConfig = Trai
     arch = arch_name(cfg.width)
     out = Path(out_dir or WEIGHTS_DIR)
     entry = Path(cache) / training_key(cfg, evaluate=evaluate)
-    # one training at a time in this cache; a second process with the same key waits, then copies
-    with _training_lock(Path(cache) / TRAINING_TURN), _training_lock(entry):
+    # one training at a time in this cache: a second process with the same key waits, then copies
+    with _training_lock(Path(cache) / TRAINING_TURN):
         return _train_or_copy(entry, out, arch, cfg, evaluate=evaluate)
-
-
-TRAINING_TURN = "one-training-at-a-time"    # lock name (``.NAME.lock`` in the cache) shared by every training
 
 
 @contextlib.contextmanager
 def _training_lock(entry: Path):
-    """An exclusive lock on ``entry``'s training (POSIX ``flock``; elsewhere none: both may train, one stores)."""
+    """An exclusive lock named after ``entry`` (POSIX ``flock``; elsewhere none: both may train, one stores)."""
     try:
         import fcntl
     except ImportError:
