@@ -512,6 +512,25 @@ _SAVE_OPTIONS = {
 }
 
 
+_SVG_HASH_ID = rb'id="([a-z])([0-9a-f]{10})"'
+
+
+def _number_svg_ids(text: bytes) -> bytes:
+    """``text`` (an SVG matplotlib wrote) with its hashed ids (clip paths ``p...``, markers ``m...``, hatches
+    ``h...``: the hash of each thing's full-precision coordinates) renumbered in order of definition. The
+    file shows coordinates to 6 decimals, so a layout that differs only in the last bits of a float (the
+    same figure drawn after other figures in another process) otherwise gave the same drawing under other
+    ids, and not the same bytes."""
+    import re
+
+    ids = {}
+    for m in re.finditer(_SVG_HASH_ID, text):
+        ids.setdefault(m.group(1) + m.group(2), m.group(1) + b"%010d" % len(ids))
+    if not ids:
+        return text
+    return re.sub(b"|".join(re.escape(k) for k in ids), lambda m: ids[m.group(0)], text)
+
+
 def save_figure(fig, stem, *, formats: Iterable[str] = FIGURE_FORMATS, dpi: int = PNG_DPI) -> list[Path]:
     """Write ``fig`` as ``stem.<format>`` for each format (PNG at ``dpi``, vector PDF and SVG), atomically;
     return the paths.
@@ -525,6 +544,8 @@ def save_figure(fig, stem, *, formats: Iterable[str] = FIGURE_FORMATS, dpi: int 
         path = stem.with_name(f"{stem.name}.{fmt}")
         with atomic_path(path) as tmp, _save_rc():
             fig.savefig(tmp, format=fmt, dpi=dpi, **_SAVE_OPTIONS.get(fmt, {}))
+            if fmt == "svg":
+                Path(tmp).write_bytes(_number_svg_ids(Path(tmp).read_bytes()))
         paths.append(path)
     return paths
 

@@ -701,3 +701,32 @@ def test_compare_names_models_by_short_names_never_paths(report):
     names = model_names([with_model(weights, "a"), with_model(weights, "b"), with_model(folder)])
     assert names == ["ViT-B-32:epoch_32 (a)", "ViT-B-32:epoch_32 (b)", "my-finetuned-clip"]
     assert not any("/" in n for n in names)
+
+
+def test_svg_ids_do_not_depend_on_the_last_bits_of_the_layout(tmp_path):
+    """Two drawings whose axes differ only in the last bits of a float (as the same figure laid out after
+    other figures in another process can) are the same SVG bytes: matplotlib names clip paths by a hash of
+    the full-precision rectangle, the file shows 6 decimals; the ids are renumbered in order."""
+    import re
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clipprobe.figstyle import save_figure
+
+    texts = []
+    for i, nudge in enumerate((0.0, 1e-13)):
+        fig = plt.figure(figsize=(3, 2))
+        ax = fig.add_axes((0.15 + nudge, 0.2, 0.7, 0.6))
+        ax.plot([0, 1, 2], [1, 3, 2], marker="o")
+        ax.set_title("same drawing")
+        path = save_figure(fig, tmp_path / f"f{i}", formats=("svg",))[0]
+        plt.close(fig)
+        texts.append(path.read_text(encoding="utf-8"))
+    assert texts[0] == texts[1]
+    defined = re.findall(r'<clipPath id="([^"]+)"', texts[0])
+    assert defined and all(f"url(#{d})" in texts[0] for d in defined)       # references follow the new ids
+    markers = re.findall(r'<path id="(m\d{10})"', texts[0])
+    assert markers and all(f'xlink:href="#{m}"' in texts[0] for m in markers)
