@@ -157,10 +157,10 @@ def group_codes(values, attribute: str) -> tuple["np.ndarray", list[str]]:
         log.warning("%d image(s) have no %s label; they form the group %r", int(missing.sum()), attribute,
                     MISSING_GROUP)
         values = values.where(~missing, MISSING_GROUP)
-    values = values.astype(str)
-    order = group_order(attribute, values.unique())
+    first, seen = pd.factorize(values.astype(str))      # the distinct labels in order of first appearance
+    order = group_order(attribute, seen)
     lookup = {g: i for i, g in enumerate(order)}
-    codes = np.fromiter((lookup[v] for v in values), dtype=np.int64, count=len(values))
+    codes = np.array([lookup[v] for v in seen], dtype=np.int64)[first]
     return codes, order
 
 

@@ -40,6 +40,8 @@ def warm_kernels() -> dict[str, float]:
         similarity_scores(q, x)
         ranked = rng.integers(0, 2, size=(3, 20))
         ndkl(ranked, np.array([0.5, 0.5]), 2)
+        order = np.tile(np.arange(20), (3, 1))
+        ndkl(order[:, :10], np.array([0.5, 0.5]), 2, codes=ranked[0])     # a block's ranking: a strided view
 
     def zeroshot():
         from clipprobe.analysis.zeroshot import class_scores, classify

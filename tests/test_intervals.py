@@ -329,6 +329,61 @@ def test_ratio_score_interval_equals_statsmodels_and_survives_its_boundary():
     assert lo[0] == 0.0 and np.isinf(hi[1]) and hi[0] > 0 and lo[1] > 0
 
 
+def _ratio_interval_by_200_halvings(x1, n1, x2, n2, level=0.95):
+    """The score interval for p1 / p2 by 200 plain halvings of [-60, 60] around the estimate (no early exit)."""
+    from scipy.stats import norm
+
+    x1, n1, x2, n2 = (np.asarray(v, dtype=np.float64) for v in np.broadcast_arrays(x1, n1, x2, n2))
+    n = n1 + n2
+    crit = norm.isf((1.0 - level) / 2.0) ** 2 * n / (n - 1.0)
+    p1, p2 = x1 / n1, x2 / n2
+
+    def excess(log_theta):
+        theta = np.exp(log_theta)
+        a, b, c = theta * n, -(theta * (n1 + x2) + x1 + n2), x1 + x2
+        q2 = (-b - np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0))) / (2.0 * a)
+        q1 = theta * q2
+        var = q1 * (1.0 - q1) / n1 + theta * theta * q2 * (1.0 - q2) / n2
+        with np.errstate(divide="ignore", invalid="ignore"):
+            stat = (p1 - theta * p2) ** 2 / var
+        return np.where(var > 0, stat, np.where((p1 - theta * p2) == 0, 0.0, np.inf)) - crit
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        centre = np.log(np.where((x1 > 0) & (x2 > 0), p1 / p2, 1.0))
+    ends = []
+    for lo, hi, upper in ((np.full_like(centre, -60.0), np.where(x2 == 0, 60.0, centre), False),
+                          (np.where(x1 == 0, -60.0, centre), np.full_like(centre, 60.0), True)):
+        for _ in range(200):
+            mid = 0.5 * (lo + hi)
+            inside = excess(mid) <= 0
+            lo, hi = (np.where(inside, mid, lo), np.where(inside, hi, mid)) if upper else \
+                (np.where(inside, lo, mid), np.where(inside, mid, hi))
+        ends.append(np.exp(0.5 * (lo + hi)))
+    return np.where(x1 == 0, 0.0, ends[0]), np.where(x2 == 0, np.inf, ends[1])
+
+
+def test_ratio_score_interval_stops_early_with_the_bits_of_200_halvings():
+    """The bisection drops an element once a halving leaves it where it was: the same bits as running all
+    200 halvings, for every shape of input (the report's cells, a 2-d table, one number)."""
+    from clipprobe.analysis.intervals import ratio_score_interval
+
+    rng = np.random.default_rng(5)
+    n2 = rng.choice([1, 12, 100, 1000], size=(40, 7))
+    n1 = rng.integers(2, 11000, size=(40, 7))
+    x2 = rng.integers(0, n2 + 1)
+    x1 = rng.integers(0, n1 + 1)
+    x1[0, :3], x2[0, :3] = 0, 0               # both zero, and the ends of the support
+    x1[1, 0], x2[1, 0] = n1[1, 0], n2[1, 0]
+    got = ratio_score_interval(x1, n1, x2, n2)
+    want = _ratio_interval_by_200_halvings(x1, n1, x2, n2)
+    for g, w in zip(got, want):
+        assert g.shape == w.shape == (40, 7)
+        np.testing.assert_array_equal(g, w)
+    one = ratio_score_interval(7, 900, 30, 100, level=0.9)
+    assert [np.shape(v) for v in one] == [(), ()]
+    np.testing.assert_array_equal(one, _ratio_interval_by_200_halvings(7, 900, 30, 100, level=0.9))
+
+
 def test_share_interval_withheld_where_the_top_k_is_most_of_the_images():
     """Wilson's interval was measured to cover up to k = N/2; beyond that the columns are empty (NaN) and the
     skew interval against the base shares is still published."""

@@ -263,3 +263,21 @@ def test_norm_entropy_single_present_group_is_nan_not_error():
     assert np.isnan(out["norm_entropy"][0])
     assert out["max_skew"][0] == pytest.approx(0.0)
     assert np.isnan(out["ndkl"][0])  # no ranked labels given
+
+
+def test_ndkl_of_ranked_items_equals_ndkl_of_their_group_codes():
+    """NDKL from a ranking of items and the items' group codes (what subsets pass: a block's rows of one
+    ranking, a strided view) is bit for bit the NDKL of the ranked group codes; bad item indices are refused."""
+    from clipprobe.analysis.metrics import ndkl
+
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 5, size=300)
+    order = np.argsort(rng.random((7, 300)), axis=1)
+    block = order[:, 40:190]                              # not contiguous
+    ref = rng.dirichlet(np.ones(5), size=7)
+    np.testing.assert_array_equal(ndkl(block, ref, 5, codes=codes), ndkl(codes[block], ref, 5))
+    np.testing.assert_array_equal(ndkl(order.astype(np.int32), ref[0], 5, codes=codes), ndkl(codes[order], ref[0], 5))
+    with pytest.raises(DataError, match="ranked items"):
+        ndkl(np.array([[0, 300]]), ref[0], 5, codes=codes)
+    with pytest.raises(DataError, match="ranked items"):
+        ndkl(np.array([[0.0, 1.0]]), ref[0], 5, codes=codes)

@@ -774,3 +774,23 @@ def test_tied_and_duplicated_images_rank_as_the_report_ranks_each_subset(ties):
         mw = t.words[(t.words["scope"] == "local") & (t.words["subset"] == name)].reset_index(drop=True)
         wcols = [c for c in WORD_COLUMNS if c not in adjusted]
         pd.testing.assert_frame_equal(mw[wcols], alone.words[wcols], check_exact=True)
+
+
+def test_lookup_matches_a_left_merge_with_missing_keys():
+    """The dispersion's lookups give what a pandas left merge gives: a match where the right frame has the
+    key (missing values matching missing values), none elsewhere, the right row's position where matched."""
+    rng = np.random.default_rng(3)
+    right = pd.DataFrame({"s": rng.choice(["a", "b", "c"], 60), "w": rng.choice(["x", "y", "z", None], 60),
+                          "g": rng.choice(["p", "q", "r", "t"], 60)}).drop_duplicates(ignore_index=True)
+    right["value"] = np.arange(len(right), dtype=np.float64)
+    left = pd.DataFrame({"s": rng.choice(["a", "b", "c", "d"], 200), "w": rng.choice(["x", "y", "z", None], 200),
+                         "h": rng.choice(["p", "q", "r", "t", None], 200)})
+    found, at = S._lookup(left, ["s", "w", "h"], right, ["s", "w", "g"])
+    merged = left.merge(right.rename(columns={"g": "h"}), on=["s", "w", "h"], how="left")
+    assert len(merged) == len(left)
+    want = merged["value"].to_numpy()
+    np.testing.assert_array_equal(found, ~np.isnan(want))
+    np.testing.assert_array_equal(right["value"].to_numpy()[at][found], want[found])
+    assert found.any() and not found.all()
+    with pytest.raises(ValueError):
+        S._lookup(left, ["s"], right, ["s"])            # right keys repeat

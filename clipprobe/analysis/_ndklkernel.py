@@ -15,8 +15,9 @@ from numba import njit
 
 
 @njit(nogil=True)
-def ndkl_rows(ranked, log_ref, clogc, log_i, discount, out):
-    """``out[w]`` = NDKL of row ``w`` of ``ranked`` ((W, N) group codes, best first).
+def ndkl_rows(ranked, codes, log_ref, clogc, log_i, discount, out):
+    """``out[w]`` = NDKL of row ``w`` of ``ranked`` ((W, N) items, best first, whose group codes are
+    ``codes[item]``: items may be group codes themselves, with ``codes = 0..G-1``).
 
     ``log_ref`` (W, G) holds ``ln r_g`` per row; ``clogc[c] = c ln c`` (``clogc[0] = 0``) for
     ``c = 0..N``; ``log_i[i] = ln i`` and ``discount[i] = 1 / log2(i + 1)`` for ``i = 1..N`` (index 0
@@ -34,7 +35,7 @@ def ndkl_rows(ranked, log_ref, clogc, log_i, discount, out):
         comp = 0.0                  # Neumaier's compensation: S grows to about N ln N
         acc = 0.0
         for i in range(1, n_items + 1):
-            g = ranked[w, i - 1]
+            g = codes[ranked[w, i - 1]]
             c = counts[g]
             step = clogc[c + 1] - clogc[c] - log_ref[w, g]
             t = s + step

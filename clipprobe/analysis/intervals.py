@@ -120,33 +120,46 @@ def ratio_score_interval(x1, n1, x2, n2, *, level: float = 0.95) -> tuple["np.nd
     crit = norm.isf((1.0 - level) / 2.0) ** 2 * n / (n - 1.0)
     p1, p2 = x1 / n1, x2 / n2
 
-    def excess(log_theta):
-        """Score statistic minus the critical value at theta = exp(log_theta)."""
+    flat = [np.ravel(v) for v in np.broadcast_arrays(x1, n1, x2, n2, n, p1, p2, crit)]
+
+    def excess(log_theta, at):
+        """Score statistic minus the critical value at theta = exp(log_theta), for the elements ``at``."""
+        x1_, n1_, x2_, n2_, n_, p1_, p2_, crit_ = (v[at] for v in flat)
         theta = np.exp(log_theta)
-        a = theta * n
-        b = -(theta * (n1 + x2) + x1 + n2)
-        c = x1 + x2
+        a = theta * n_
+        b = -(theta * (n1_ + x2_) + x1_ + n2_)
+        c = x1_ + x2_
         disc = np.sqrt(np.maximum(b * b - 4.0 * a * c, 0.0))
         q2 = (-b - disc) / (2.0 * a)                  # restricted MLE of p2 under p1 = theta p2
         q1 = theta * q2
-        var = q1 * (1.0 - q1) / n1 + theta * theta * q2 * (1.0 - q2) / n2
+        var = q1 * (1.0 - q1) / n1_ + theta * theta * q2 * (1.0 - q2) / n2_
         with np.errstate(divide="ignore", invalid="ignore"):
-            stat = (p1 - theta * p2) ** 2 / var
-        return np.where(var > 0, stat, np.where((p1 - theta * p2) == 0, 0.0, np.inf)) - crit
+            stat = (p1_ - theta * p2_) ** 2 / var
+        return np.where(var > 0, stat, np.where((p1_ - theta * p2_) == 0, 0.0, np.inf)) - crit_
 
     with np.errstate(divide="ignore", invalid="ignore"):
         centre = np.log(np.where((x1 > 0) & (x2 > 0), p1 / p2, 1.0))
     far = 60.0                                          # exp(+-60): far beyond any ratio of counts
 
     def bisect(lo, hi, inside_is_low: bool):
+        # 200 halvings at most. A step is a function of (lo, hi) alone, so an element whose step left both
+        # unchanged stays there: it leaves the active set (the same bits as running all 200 steps).
+        lo, hi = lo.astype(np.float64).ravel(), hi.astype(np.float64).ravel()
+        active = np.arange(lo.size)
         for _ in range(200):
-            mid = 0.5 * (lo + hi)
-            inside = excess(mid) <= 0
+            if not active.size:
+                break
+            a, b = lo[active], hi[active]
+            mid = 0.5 * (a + b)
+            inside = excess(mid, active) <= 0
             if inside_is_low:      # the interval's upper end: inside below it
-                lo, hi = np.where(inside, mid, lo), np.where(inside, hi, mid)
+                new_a, new_b = np.where(inside, mid, a), np.where(inside, b, mid)
             else:                  # the lower end: inside above it
-                lo, hi = np.where(inside, lo, mid), np.where(inside, mid, hi)
-        return 0.5 * (lo + hi)
+                new_a, new_b = np.where(inside, a, mid), np.where(inside, mid, b)
+            lo[active], hi[active] = new_a, new_b
+            moved = (new_a != a) | (new_b != b)
+            active = active[moved]
+        return (0.5 * (lo + hi)).reshape(centre.shape)
 
     centre_lo = np.where(x2 == 0, far, centre)           # theta-hat is infinite: search below infinity
     centre_hi = np.where(x1 == 0, -far, centre)          # theta-hat is 0: search above 0

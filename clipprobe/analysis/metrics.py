@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 REFERENCES = ("base", "uniform", "neutral")
 
 MSG_LABEL_RANGE = "labels: group codes must be integers in 0..{hi}, found {bad}"
+MSG_ITEM_RANGE = "ranked items: expected integer indices in 0..{hi} into the items' group codes, found {bad}"
 MSG_K_RANGE = "k={k} must be between 1 and the number of images ({n})"
 MSG_NEUTRAL_MISSING = "reference 'neutral' needs the neutral prompt's top-k (neutral_ids/neutral_counts)"
 MSG_SHAPE = "{what}: expected shape {expected}, got {got}"
@@ -274,7 +275,7 @@ def rank_topk(scores, k: int) -> "np.ndarray":
     if nan.any():
         raise DataError(MSG_NAN_SCORES.format(n=int(nan.sum()), row=int(np.flatnonzero(nan.any(axis=1))[0])))
     if k == n_total:
-        return np.argsort(-s, axis=1, kind="stable").astype(np.int64)
+        return np.argsort(-s, axis=1, kind="stable").astype(np.int64, copy=False)
     # The k-th largest value of each row; everything strictly above it is in, and the ties at it
     # are filled in index order until k are chosen.
     kth = np.partition(s, n_total - k, axis=1)[:, n_total - k]
@@ -400,10 +401,11 @@ def _ndkl_kernel():
     return _NDKL_KERNEL
 
 
-def ndkl(ranked_labels, reference_share, n_groups: int) -> "np.ndarray":
+def ndkl(ranked_labels, reference_share, n_groups: int, *, codes=None) -> "np.ndarray":
     """Normalised discounted KL divergence (Geyik et al. 2019) of each ranked list.
 
-    ``ranked_labels`` is ``(W, n)`` group codes in rank order (a top-k or a whole ranking);
+    ``ranked_labels`` is ``(W, n)`` group codes in rank order (a top-k or a whole ranking), or, with
+    ``codes`` (``(N,)`` group codes of ``N`` items), item indices into ``codes`` in rank order;
     ``reference_share`` is ``(G,)`` or ``(W, G)``. ``NDKL = (1/Z) sum_{i=1..n} KL(P_i || reference) /
     log2(i + 1)`` with ``Z = sum_{i=1..n} 1 / log2(i + 1)`` and ``P_i`` the group shares of the top ``i``;
     KL in nats. One compiled pass of ``O(W n)`` (:mod:`clipprobe.analysis._ndklkernel`: each prefix's
@@ -415,7 +417,17 @@ def ndkl(ranked_labels, reference_share, n_groups: int) -> "np.ndarray":
     if lab.ndim == 1:
         lab = lab[None, :]
     n_words, n = lab.shape
-    lab = check_labels(lab.ravel(), n_groups).reshape(n_words, n)
+    if codes is None:
+        lab = check_labels(lab.ravel(), n_groups).reshape(n_words, n)
+        item_codes = np.arange(n_groups, dtype=np.int64)
+    else:
+        item_codes = check_labels(codes, n_groups)
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise DataError(MSG_ITEM_RANGE.format(hi=item_codes.size - 1, bad=f"dtype {lab.dtype}"))
+        if lab.size and (lab.min() < 0 or lab.max() >= item_codes.size):
+            bad = int(lab.min()) if lab.min() < 0 else int(lab.max())
+            raise DataError(MSG_ITEM_RANGE.format(hi=item_codes.size - 1, bad=bad))
+        lab = lab.astype(np.int64, copy=False)       # a view of a ranking (rows of a block) stays a view
     ref = np.broadcast_to(np.asarray(reference_share, dtype=np.float64), (n_words, n_groups))
     with np.errstate(divide="ignore"):
         log_ref = np.ascontiguousarray(np.log(ref))
@@ -425,7 +437,7 @@ def ndkl(ranked_labels, reference_share, n_groups: int) -> "np.ndarray":
     log_i = np.log(np.maximum(c, 1.0))
     discount = 1.0 / np.log2(np.maximum(c, 1.0) + 1.0)         # index 0 unused
     out = np.empty(n_words)
-    _ndkl_kernel().ndkl_rows(np.ascontiguousarray(lab, dtype=np.int64), log_ref, clogc, log_i, discount, out)
+    _ndkl_kernel().ndkl_rows(lab, item_codes, log_ref, clogc, log_i, discount, out)
     return out
 
 

@@ -386,7 +386,7 @@ def score_blocks(
             raise DataError(MSG_CONTROLS.format(n_images=n_images, shape=control_scores.shape))
     if files is not None and len(files) != n_images:
         raise DataError(MSG_FILES.format(n_files=len(files), n_images=n_images))
-    prompt_lists = _per_word(prompts, words, list)
+    prompt_lists = [list(p) for p in _per_word(prompts, words, list)]     # a word's rows share its list
     if order is None:
         order = rank_topk(s, n_images)
     else:
@@ -469,7 +469,7 @@ def score_blocks(
                                ("n", np.full(n_words, codes_b.size, dtype=np.int64)),
                                ("lab_top", codes[ids[b]]), ("vs_neutral", vs_neutral),
                                ("casc", casc[b][a]),
-                               ("nd_full", ndkl(codes[rankings[b]], ref, g_n)),
+                               ("nd_full", ndkl(rankings[b], ref, g_n, codes=codes)),
                                ("c_mean", np.broadcast_to(c_mean, (n_words, g_n))),
                                ("c_a", np.broadcast_to(c_a, (n_words, g_n))),
                                ("c_b", np.broadcast_to(c_b, (n_words, g_n)))):
@@ -554,7 +554,7 @@ def score_blocks(
             }
             word_chunks[(b, a)] = {
                 "word": np.arange(n_words), "attribute": np.full(n_words, a_code),
-                "prompts": [list(p) for p in prompt_lists],
+                "prompts": prompt_lists,
                 "max_skew": est["max_skew"][rows], "max_skew_null": max_null[rows],
                 "max_skew_excess": est["max_skew"][rows] - max_null[rows], "p_max_skew": p_max[rows],
                 "min_skew": est["min_skew"][rows], "min_skew_null": min_null[rows],
@@ -630,11 +630,14 @@ def finish_tables(parts: Sequence[WordScores], *, k: int, alpha: float = 0.05, c
     word_order = list(dict.fromkeys(words["word"]))
     attributes = tuple(dict.fromkeys(words["attribute"]))
     # One row order however the words were chunked: attribute by attribute, words in their order.
-    rank = {(a, w): i for i, (a, w) in enumerate((a, w) for a in attributes for w in word_order)}
-    groups = groups.iloc[np.argsort([rank[k] for k in zip(groups["attribute"], groups["word"])],
-                                    kind="stable")].reset_index(drop=True)
-    words = words.iloc[np.argsort([rank[k] for k in zip(words["attribute"], words["word"])],
-                                  kind="stable")].reset_index(drop=True)
+    word_index, attribute_index = pd.Index(word_order), pd.Index(attributes)
+
+    def rank(frame) -> "np.ndarray":        # a row's (attribute, word) position in that order
+        return (attribute_index.get_indexer(frame["attribute"]).astype(np.int64) * len(word_order)
+                + word_index.get_indexer(frame["word"]))
+
+    groups = groups.iloc[np.argsort(rank(groups), kind="stable")].reset_index(drop=True)
+    words = words.iloc[np.argsort(rank(words), kind="stable")].reset_index(drop=True)
     lists = category_lists(categories, word_order)
     groups["category"] = [list(lists[w]) for w in groups["word"]]
     words["category"] = [list(lists[w]) for w in words["word"]]

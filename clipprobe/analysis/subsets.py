@@ -547,16 +547,14 @@ def _kl_columns(scored, block_attributes: Sequence[Sequence[str]], k: int, *, pe
     return np.concatenate(parts).astype(np.float64)
 
 
-def _category_column(words_col, words: Sequence[str], categories) -> list:
-    """Each row's categories as a list (the rows of a word share its list)."""
-    import pandas as pd
-
+def _category_column(word_codes, words: Sequence[str], categories) -> list:
+    """Each row's categories as a list, from its word's position in ``words`` (the rows of a word share
+    its list)."""
     from clipprobe.analysis.probe import category_lists
 
     lists = category_lists(categories, list(words))
     per_word = [lists[w] for w in words]
-    codes = pd.Index(list(words)).get_indexer(words_col)
-    return [per_word[c] for c in codes.tolist()]
+    return [per_word[c] for c in word_codes.tolist()]
 
 
 def _scored_tables(scored, *, words, categories, subset_names, n_images, scope, kl):
@@ -568,10 +566,11 @@ def _scored_tables(scored, *, words, categories, subset_names, n_images, scope, 
 
     groups = scored.groups
     word_rows = scored.words
-    groups = groups.assign(category=_category_column(groups["word"], words, categories), q_over=np.nan,
+    # a group row's word is its word row's (word rows: every block's attributes, each with all the words)
+    groups = groups.assign(category=_category_column(scored.word_row % len(words), words, categories), q_over=np.nan,
                            flagged=False, q_vs_controls=np.nan, flagged_vs_controls=False)
-    word_rows = word_rows.assign(category=_category_column(word_rows["word"], words, categories), n_flagged=0,
-                                 n_flagged_vs_controls=0)
+    word_rows = word_rows.assign(category=_category_column(np.arange(len(word_rows)) % len(words), words, categories),
+                                 n_flagged=0, n_flagged_vs_controls=0)
     groups, word_rows = groups[list(GROUP_COLUMNS)], word_rows[list(WORD_COLUMNS)]
     names = np.asarray(subset_names, dtype=object)
     sizes = np.asarray(n_images, dtype=np.int64)
@@ -849,14 +848,16 @@ def _top_groups(counts: Mapping[str, "np.ndarray"], labels, k: int, *, queries: 
 
     from clipprobe.analysis.metrics import reference_shares, word_stats
 
-    frames = []
+    query = [str(q) for q in queries]
+    attribute, groups = [], []
     for a, c in counts.items():
         codes, names = labels.codes[a], labels.names[a]
         base = np.bincount(codes, minlength=len(names)) / len(codes)
         top = word_stats(c, reference_shares(reference, base_share=base), k, present=base > 0)["top_group"]
-        group = np.asarray(list(names) + [None], dtype=object)[np.where(top >= 0, top, len(names))]
-        frames.append(pd.DataFrame({"query": [str(q) for q in queries], "attribute": a, "top_group": group}))
-    return pd.concat(frames, ignore_index=True)
+        groups.append(np.asarray(list(names) + [None], dtype=object)[np.where(top >= 0, top, len(names))])
+        attribute += [a] * len(query)
+    return pd.DataFrame({"query": query * len(groups), "attribute": attribute,
+                         "top_group": np.concatenate(groups) if groups else np.zeros(0, dtype=object)})
 
 
 def top_group_change_rates(tops: "pd.DataFrame") -> "pd.DataFrame":
@@ -942,22 +943,22 @@ def dispersion(groups: "pd.DataFrame", words: "pd.DataFrame",
     key = ["word", "attribute"]
     local_w = words[words["scope"] == "local"]
     global_w = words[words["scope"] == "global"]
-    local_g = groups[groups["scope"] == "local"]
-    global_g = groups[groups["scope"] == "global"]
+    scope = groups["scope"]
+    lg = groups.loc[scope == "local", ["subset", "word", "attribute", "group", "skew", "flagged"]]
+    global_g = groups.loc[scope == "global", ["word", "attribute", "group", "skew"]]
     gtop = global_w[key + ["top_group"]].rename(columns={"top_group": "_top"})
     # the skew of the global top group (else the subset's own) in each subset, and in the global probe
     lw = local_w.merge(gtop, on=key, how="left")
     has_global = lw["_top"].notna()
     lw["_top"] = lw["_top"].fillna(lw["top_group"])
     lw["_changed"] = (lw["top_group"] != lw["_top"]).astype(np.float64).where(has_global)
-    lg = local_g[["subset", "word", "attribute", "group", "skew", "flagged"]]
-    lw = lw.merge(lg[["subset", "word", "attribute", "group", "skew"]].rename(
-        columns={"group": "_top", "skew": "top_group_skew"}), on=["subset", "word", "attribute", "_top"], how="left")
-    lw = lw.merge(lg[["subset", "word", "attribute", "group", "flagged"]].rename(
-        columns={"group": "top_group", "flagged": "_top_flagged"}), on=["subset", "word", "attribute", "top_group"],
-        how="left")
-    lw["_top_flagged"] = lw["_top_flagged"].astype("boolean").fillna(False).astype(bool)
-    gw = global_w.merge(global_g[["word", "attribute", "group", "skew"]].rename(
+    # a local group row per (subset, word, attribute, group): each word row looks up two of them
+    found, at = _lookup(lw, ["subset", "word", "attribute", "_top"], lg, ["subset", "word", "attribute", "group"])
+    lw["top_group_skew"] = np.where(found, lg["skew"].to_numpy(dtype=np.float64)[at], np.nan)
+    found, at = _lookup(lw, ["subset", "word", "attribute", "top_group"], lg,
+                        ["subset", "word", "attribute", "group"])
+    lw["_top_flagged"] = found & lg["flagged"].to_numpy(dtype=bool)[at]
+    gw = global_w.merge(global_g.rename(
         columns={"group": "top_group", "skew": "top_group_skew"}), on=key + ["top_group"], how="left")
 
     per_word = lw.groupby(key, sort=False).agg(category=("category", "first"),
@@ -999,6 +1000,31 @@ def dispersion(groups: "pd.DataFrame", words: "pd.DataFrame",
     out["n_top_groups"] = out["n_top_groups"].astype(np.int64)
     out["top_group_changes_vs_controls"] = out["top_group_changes_vs_controls"].astype(bool)
     return out[list(DISPERSION_COLUMNS)]
+
+
+def _lookup(left: "pd.DataFrame", left_on: Sequence[str], right: "pd.DataFrame", right_on: Sequence[str]
+            ) -> tuple["np.ndarray", "np.ndarray"]:
+    """For each row of ``left``: whether ``right`` has a row with the same key (``left_on`` against
+    ``right_on``, matched as a left merge matches them, missing values equal to each other) and its
+    position (0 where none). ``right``'s keys must be unique."""
+    import numpy as np
+    import pandas as pd
+
+    n_left = len(left)
+    key_left, key_right = np.zeros(n_left, np.int64), np.zeros(len(right), np.int64)
+    for lc, rc in zip(left_on, right_on):
+        codes, uniques = pd.factorize(pd.concat([left[lc], right[rc]], ignore_index=True), use_na_sentinel=True)
+        width = len(uniques) + 1                             # code -1 (missing) -> 0
+        key_left = key_left * width + codes[:n_left] + 1
+        key_right = key_right * width + codes[n_left:] + 1
+    order = np.argsort(key_right, kind="stable")
+    if order.size > 1 and (np.diff(key_right[order]) == 0).any():
+        raise ValueError("right keys are not unique")
+    pos = np.searchsorted(key_right[order], key_left)
+    pos = np.minimum(pos, max(len(right) - 1, 0))
+    found = (key_right[order][pos] == key_left) if len(right) else np.zeros(n_left, dtype=bool)
+    at = order[pos] if len(right) else np.zeros(n_left, dtype=np.int64)
+    return found, np.where(found, at, 0)
 
 
 def _vs_controls(per_word: "pd.DataFrame", controls: "pd.DataFrame | None", *, alpha: float, seed: int
