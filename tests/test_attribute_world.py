@@ -136,3 +136,9 @@ def test_world_pass_writes_the_image_groups_row_aligned(world, tmp_path):
     assert cal["confusion"]["kind X"]["kind Y"] == int(((truth == "kind X") & (pred == "kind Y")).sum())
     groups = pd.read_parquet(tmp_path / "a" / "calibration_groups.parquet")
     assert groups["group"].tolist() == ["kind X", "kind Y"]
+    # the soft probabilities on the probe images: their means against the oracle's
+    _, vprobs = _oracle(world, emb.vectors)
+    for k, row in enumerate(cal["by_group"]):
+        assert row["soft_share"] == pytest.approx(float(vprobs[:, k].mean()), abs=1e-5)
+    reliability = pd.read_parquet(tmp_path / "a" / "calibration_reliability.parquet")
+    assert reliability.groupby("group")["n"].sum().to_dict() == {"kind X": N_VAL, "kind Y": N_VAL}

@@ -127,6 +127,12 @@ def test_attributes_command(setup, tmp_path):
     assert f"{N:,} images in 2 shard(s)" in r.output
     assert f"Female {counts['Female']:,}, Male {counts['Male']:,}" in r.output
     assert "classifier accuracy on fairface:" in r.output and run["threshold"] == 0.2
+    # the soft probabilities are measured on the same labelled images: every image in one bin per group
+    assert "mean probability" in r.output and "calibration error" in r.output
+    reliability = pd.read_parquet(tmp_path / "a" / "calibration_reliability.parquet")
+    n_labelled = run["calibration"]["n"]
+    assert reliability.groupby("group")["n"].sum().to_dict() == {"Female": n_labelled, "Male": n_labelled}
+    assert run["calibration"]["soft"]["calibration_error_max"] >= 0
     bad = CliRunner().invoke(cli, ["balance", "attributes", "--embeddings", str(tmp_path / "none"),
                                    "--out", str(tmp_path / "b"), *setup["model"]])
     assert bad.exit_code == 1 and f"embeddings {tmp_path / 'none'}: no such folder" in bad.output

@@ -210,6 +210,76 @@ def test_accuracy_and_confusion_against_pandas_and_statsmodels():
     assert summary["confusion"]["F"]["none"] == int(ct.loc["F", "none"])
 
 
+def _calibration_by_loops(p, truth, groups, n_bins=10):
+    """Mean probability, expected calibration error and Brier score per group, image by image."""
+    out = {}
+    for k, g in enumerate(groups):
+        bins = {}
+        total, sq = 0.0, 0.0
+        for i in range(len(truth)):
+            pk = float(p[i, k])
+            hit = 1.0 if truth[i] == g else 0.0
+            total += pk
+            sq += (pk - hit) ** 2
+            j = min(int(pk * n_bins), n_bins - 1)
+            bins.setdefault(j, []).append((pk, hit))
+        ece = sum(len(v) * abs(sum(h for _, h in v) / len(v) - sum(q for q, _ in v) / len(v))
+                  for v in bins.values()) / len(truth)
+        out[g] = (total / len(truth), ece, sq / len(truth), {j: len(v) for j, v in bins.items()})
+    return out
+
+
+def test_soft_probabilities_measured_against_a_loop():
+    rng = np.random.default_rng(9)
+    n = 1500
+    truth = rng.choice(["F", "M", "other"], size=n, p=[0.5, 0.4, 0.1])
+    logits = rng.normal(size=(n, 3)) + 2.0 * np.stack([truth == "F", truth == "M", np.zeros(n, bool)], axis=1)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)        # F, M, "no person"
+    probs[0, :] = 1.0 / 3.0                                                   # exactly on a bin edge
+    codes = np.argmax(probs, axis=1)
+    codes = np.where(codes == 2, zs.NONE, codes)
+    acc = zs.classifier_accuracy(truth, codes, groups=["F", "M"], probs=probs)
+    inside = truth != "other"
+    want = _calibration_by_loops(probs[inside], truth[inside], ["F", "M"])
+    g = acc.by_group.set_index("group")
+    for name in ("F", "M"):
+        share, ece, brier, sizes = want[name]
+        assert g.loc[name, "soft_share"] == pytest.approx(share, rel=1e-12)
+        assert g.loc[name, "soft_share_error"] == pytest.approx(share - g.loc[name, "true_share"], rel=1e-12)
+        assert g.loc[name, "calibration_error"] == pytest.approx(ece, rel=1e-12)
+        assert g.loc[name, "brier"] == pytest.approx(brier, rel=1e-12)
+        rel = acc.reliability[acc.reliability["group"] == name]
+        assert dict(zip(rel["bin"], rel["n"])) == sizes
+    assert acc.calibration_error_max == pytest.approx(max(want[k][1] for k in "FM"))
+    summary = acc.summary()
+    assert summary["soft"]["calibration_error_max"] == acc.calibration_error_max
+    assert len(summary["soft"]["reliability"]) == len(acc.reliability)
+    # without probabilities: no soft columns, no soft summary
+    plain = zs.classifier_accuracy(truth, codes, groups=["F", "M"])
+    assert "soft_share" not in plain.by_group and "soft" not in plain.summary()
+
+
+def test_calibration_error_tells_calibrated_from_overconfident_probabilities():
+    """Truth drawn with the stated probabilities: calibration error near 0 and mean probability near the
+    true share; the same truth with overconfident probabilities (p ** 0.3 for one group): large errors."""
+    rng = np.random.default_rng(10)
+    n = 20_000
+    u = rng.beta(0.7, 0.7, size=n)
+    truth = np.where(rng.random(n) < u, "F", "M")
+    calibrated = np.stack([u, 1 - u], axis=1)
+    codes = (u < 0.5).astype(np.int64)
+    good = zs.classifier_accuracy(truth, codes, groups=["F", "M"], probs=calibrated)
+    assert good.calibration_error_max < 0.03 and good.soft_share_error_max < 0.02
+    over = np.stack([u ** 0.3, 1 - u ** 0.3], axis=1)
+    bad = zs.classifier_accuracy(truth, codes, groups=["F", "M"], probs=over)
+    assert bad.calibration_error_max > 0.1 and bad.soft_share_error_max > 0.1
+
+
+def test_soft_probabilities_of_the_wrong_shape_are_refused():
+    with pytest.raises(DataError, match="probs"):
+        zs.classifier_accuracy(["F", "M"], [0, 1], groups=["F", "M"], probs=np.ones((3, 2)))
+
+
 def test_accuracy_errors():
     with pytest.raises(DataError) as err:
         zs.classifier_accuracy(["x", "y"], [0, 1], groups=["F", "M"])

@@ -50,6 +50,7 @@ UNSURE = -2     # a group won with a probability below the threshold
 INVALID = -3    # the embedding is NaN, infinite or zero
 STATUS = {NONE: "none", UNSURE: "unsure", INVALID: "invalid"}
 BLOCK_ROWS = 65_536
+CALIBRATION_BINS = 10      # equal-width bins of a probability, for the calibration error
 
 MSG_SHAPE = "{name}: expected a 2-d (n, dim) array, got shape {shape}"
 MSG_DIM = "{name} has dimension {got}, the class vectors {want}"
@@ -60,6 +61,7 @@ MSG_SCALE = "scale={value!r} must be a positive finite number"
 MSG_THRESHOLD = "threshold={value!r} must be in [0, 1)"
 MSG_LEVEL = "level={value!r} must be strictly between 0 and 1"
 MSG_LENGTHS = "true labels ({n_true}) and predicted labels ({n_pred}) differ in length"
+MSG_PROBS = "probs: expected ({n}, C) probabilities with C >= {k} (the groups first), got shape {shape}"
 MSG_NO_GROUP_IMAGES = "no image of the labelled data belongs to the groups {groups} (labels found: {found})"
 MSG_PROMPTS = "class {name!r}: no prompt vectors"
 MSG_NEGATIONS = ("negation_vectors: expected one (dim,) vector per concept, the shape of concept_vectors "
@@ -288,6 +290,17 @@ class ClassifierAccuracy:
     predicted (groups, then none, unsure, invalid), counts. ``accuracy``: overall; ``accuracy_gap``:
     highest minus lowest group accuracy (a point estimate). ``other_labels``: images of the data whose true
     label is not one of the groups (not counted).
+
+    With the soft probabilities (``probs``), how far they are from what they stand for, per group ``k``
+    over the labelled images: ``soft_share`` (the mean of ``p_k``: the share that the soft moments
+    ``E[s_k]`` give the group) and ``soft_share_error = soft_share - true_share``; ``calibration_error``
+    (the expected calibration error of ``p_k`` as the probability that the image is of group ``k``: the
+    images binned by ``p_k`` into :data:`CALIBRATION_BINS` equal-width bins, the mean over bins, weighted
+    by their images, of ``|share of group-k images - mean p_k|``) and ``brier`` (the mean of
+    ``(p_k - 1[group k])^2``). ``soft_share_error_max`` and ``calibration_error_max``: the largest over
+    the groups (absolute); ``reliability``: one row per (group, non-empty bin) with ``n``,
+    ``mean_probability`` and ``observed`` (the bins behind ``calibration_error``). NaN and empty without
+    ``probs``.
     """
 
     by_group: "pd.DataFrame"
@@ -296,18 +309,29 @@ class ClassifierAccuracy:
     accuracy_gap: float
     n: int
     other_labels: int
+    soft_share_error_max: float = float("nan")
+    calibration_error_max: float = float("nan")
+    reliability: "pd.DataFrame | None" = None
 
     def summary(self) -> dict:
         rows = self.by_group.to_dict(orient="records")
-        return {"accuracy": self.accuracy, "accuracy_gap": self.accuracy_gap, "n": self.n,
-                "other_labels": self.other_labels, "by_group": rows,
-                "confusion": {str(k): {str(c): int(v) for c, v in row.items()}
-                              for k, row in self.confusion.to_dict(orient="index").items()}}
+        out = {"accuracy": self.accuracy, "accuracy_gap": self.accuracy_gap, "n": self.n,
+               "other_labels": self.other_labels, "by_group": rows,
+               "confusion": {str(k): {str(c): int(v) for c, v in row.items()}
+                             for k, row in self.confusion.to_dict(orient="index").items()}}
+        if self.reliability is not None:
+            out["soft"] = {"soft_share_error_max": self.soft_share_error_max,
+                           "calibration_error_max": self.calibration_error_max, "bins": CALIBRATION_BINS,
+                           "reliability": self.reliability.to_dict(orient="records")}
+        return out
 
 
-def classifier_accuracy(true_labels, codes, *, groups: Sequence[str], level: float = 0.95) -> ClassifierAccuracy:
+def classifier_accuracy(true_labels, codes, *, groups: Sequence[str], level: float = 0.95,
+                        probs=None) -> ClassifierAccuracy:
     """Accuracy and confusion per group of hard labels ``codes`` (:func:`hard_labels`) against the true
-    group names ``true_labels`` of the same images (see :class:`ClassifierAccuracy`)."""
+    group names ``true_labels`` of the same images (see :class:`ClassifierAccuracy`); with ``probs``
+    (``(n, C)``, :func:`probabilities`: the groups' columns first), how well the soft probabilities
+    stand for the groups."""
     import numpy as np
     import pandas as pd
     from scipy.stats import norm
@@ -353,8 +377,55 @@ def classifier_accuracy(true_labels, codes, *, groups: Sequence[str], level: flo
             "predicted_share": predicted / predicted.sum() if predicted.sum() else np.full(k, np.nan),
         })
     accs = acc[n_true > 0]
+    soft = {}
+    if probs is not None:
+        p = np.asarray(probs, dtype=np.float64)
+        if p.ndim != 2 or p.shape[0] != len(codes) or p.shape[1] < k:
+            raise DataError(MSG_PROBS.format(n=len(codes), k=k, shape=p.shape))
+        soft = _soft_calibration(p[inside][:, :k], t, groups)
+        by_group["soft_share"] = soft["share"]
+        by_group["soft_share_error"] = soft["share"] - by_group["true_share"].to_numpy()
+        by_group["calibration_error"] = soft["ece"]
+        by_group["brier"] = soft["brier"]
+        soft = {"soft_share_error_max": float(np.nanmax(np.abs(by_group["soft_share_error"].to_numpy()))),
+                "calibration_error_max": float(np.nanmax(soft["ece"])), "reliability": soft["reliability"]}
     return ClassifierAccuracy(
         by_group=by_group,
         confusion=pd.DataFrame(confusion, index=pd.Index(list(groups), name="true"), columns=columns),
         accuracy=float(correct.sum() / n_true.sum()), accuracy_gap=float(accs.max() - accs.min()),
-        n=int(n_true.sum()), other_labels=int((~inside).sum()))
+        n=int(n_true.sum()), other_labels=int((~inside).sum()), **soft)
+
+
+def _soft_calibration(p, true, groups: Sequence[str]) -> dict:
+    """Per group: the mean probability, the expected calibration error over :data:`CALIBRATION_BINS`
+    equal-width bins, the Brier score, and the reliability rows (see :class:`ClassifierAccuracy`).
+    ``p``: ``(n, K)`` the groups' probabilities of the labelled images; ``true``: their group codes.
+    Probabilities that are NaN (invalid rows) are left out of that group's measures."""
+    import numpy as np
+    import pandas as pd
+
+    n_bins = CALIBRATION_BINS
+    share, ece, brier, rows = [], [], [], []
+    for k, group in enumerate(groups):
+        pk = p[:, k]
+        ok = np.isfinite(pk)
+        pk, hit = pk[ok], (true[ok] == k).astype(np.float64)
+        if not pk.size:
+            share.append(np.nan), ece.append(np.nan), brier.append(np.nan)
+            continue
+        share.append(float(pk.mean()))
+        brier.append(float(np.mean((pk - hit) ** 2)))
+        b = np.minimum((pk * n_bins).astype(np.int64), n_bins - 1)       # [j/B, (j+1)/B); 1.0 in the last
+        n_b = np.bincount(b, minlength=n_bins)
+        mean_p = np.bincount(b, weights=pk, minlength=n_bins)
+        observed = np.bincount(b, weights=hit, minlength=n_bins)
+        used = n_b > 0
+        mean_p[used] /= n_b[used]
+        observed[used] /= n_b[used]
+        ece.append(float(np.sum(n_b[used] * np.abs(observed[used] - mean_p[used])) / pk.size))
+        rows += [{"group": group, "bin": int(j), "bin_low": j / n_bins, "bin_high": (j + 1) / n_bins,
+                  "n": int(n_b[j]), "mean_probability": float(mean_p[j]), "observed": float(observed[j])}
+                 for j in np.flatnonzero(used)]
+    return {"share": np.asarray(share), "ece": np.asarray(ece), "brier": np.asarray(brier),
+            "reliability": pd.DataFrame(rows, columns=["group", "bin", "bin_low", "bin_high", "n",
+                                                       "mean_probability", "observed"])}

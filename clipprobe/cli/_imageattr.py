@@ -195,8 +195,11 @@ def attributes_cmd(embeddings, out, attribute_prompts, threshold, label_prompts,
         click.echo(f"classifier accuracy on {printable(run['dataset']['spec'])}: {cal['accuracy']:.3f} "
                    f"(gap between groups {cal['accuracy_gap']:.3f})")
         for row in cal["by_group"]:
+            soft = (f"; mean probability {row['soft_share']:.3f} against a true share of {row['true_share']:.3f}, "
+                    f"calibration error {row['calibration_error']:.3f}" if "soft_share" in row else "")
             click.echo(f"  {printable(row['group'])}: accuracy {row['accuracy']:.3f} [{row['accuracy_ci_low']:.3f}, "
-                       f"{row['accuracy_ci_high']:.3f}], precision {row['precision']:.3f}, none {row['none_rate']:.3f}")
+                       f"{row['accuracy_ci_high']:.3f}], precision {row['precision']:.3f}, none {row['none_rate']:.3f}"
+                       + soft)
     click.echo(f"wrote {printable(result.out)}/: run.json, shards/ (column {result.column})")
 
 
@@ -217,3 +220,8 @@ def echo_source(run: dict, fmt: str) -> None:
     click.echo(f"{head}; image classifier accuracy {cal['accuracy']:.3f} (gap between groups "
                f"{cal['accuracy_gap']:.3f}): " + ", ".join(f"{printable(r['group'])} {r['accuracy']:.3f}"
                                                           for r in cal["by_group"]))
+    if mode == "soft" and cal.get("soft"):
+        click.echo("soft probabilities on the labelled images: mean p_k against the true share "
+                   + ", ".join(f"{printable(r['group'])} {r['soft_share']:.3f} / {r['true_share']:.3f}"
+                               for r in cal["by_group"])
+                   + f"; calibration error up to {cal['soft']['calibration_error_max']:.3f}")

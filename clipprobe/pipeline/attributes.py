@@ -19,7 +19,9 @@ writes, per shard, one parquet file row-aligned with the shard's metadata::
                                          row) and pl_<label> (float32 yes/no probability of each label,
                                          :func:`~clipprobe.analysis.zeroshot.label_probabilities`)
     OUT/calibration_groups.parquet       the classifier on a labelled face dataset: accuracy, precision,
-    OUT/calibration_confusion.parquet    rates of none/unsure per true group, confusion matrix
+    OUT/calibration_confusion.parquet    rates of none/unsure per true group, confusion matrix; its soft
+    OUT/calibration_reliability.parquet  probabilities: mean p_k against the true share, calibration
+                                         error and Brier score per group, and the reliability bins
     OUT/run.json                         settings, prompts, logit scale, calibration, per-shard counts
 
 ``clipprobe balance measure|fit --attribute-column image_<attribute>`` reads the shard files as captions
@@ -61,7 +63,7 @@ KEY_COLUMNS = ("url", "URL")
 DEFAULT_SCALE = 100.0          # CLIP's logit scale, for a model that does not have one
 BLOCK_ROWS = 65_536
 FILES = {"run": "run.json", "groups": "calibration_groups.parquet", "confusion": "calibration_confusion.parquet",
-         "shards": "shards"}
+         "reliability": "calibration_reliability.parquet", "shards": "shards"}
 META_KEY = b"clipprobe_attributes"
 
 MSG_NAN_ROWS = "nan_rows={value!r} is not one of " + ", ".join(map(repr, NAN_ROWS))
@@ -263,7 +265,8 @@ def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, confi
                                                      prompts=prompts.name, found=", ".join(map(repr, present[:20]))))
     result = classify(vectors, classes, n_groups=len(prompts.groups), scale=scale, threshold=config.threshold,
                       threads=config.threads(), name=f"dataset {spec}")
-    return classifier_accuracy(truth, result.codes, groups=prompts.group_names, level=config.level)
+    return classifier_accuracy(truth, result.codes, groups=prompts.group_names, level=config.level,
+                               probs=result.probs)
 
 
 def _lexicon_matcher(config: AttributeConfig, prompts):
@@ -701,6 +704,7 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     if calibration is not None:
         write_parquet(out / FILES["groups"], calibration.by_group)
         write_parquet(out / FILES["confusion"], calibration.confusion.reset_index())
+        write_parquet(out / FILES["reliability"], calibration.reliability)
     write_json(out / FILES["run"], record)
     return AttributeResult(out=out, shards=tuple(paths), column=column,
                            both_column=both_column(prompts.attribute) if lexicon else None, groups=groups,
