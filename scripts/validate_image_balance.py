@@ -12,7 +12,8 @@ images):
    measuring the classifier on the world's labelled probe split;
 3. M4 (``balance fit``, labels = every planted and control word, eps 0.01, target keep ``--keep``) on
    the groups the captions name (lexicon), on the image-derived column (``image_gender``) and, with
-   ``--both``, on ``both_gender``;
+   ``--both``, on ``both_gender``; with ``--soft``, on the images' soft probabilities (``soft_gender``,
+   E[s_k] in steps of 1/16: balance's soft mode);
 4. every condition is cut to the same number of pairs ``n`` = the smallest number kept by an M4 run: an M4
    run that kept more is thinned uniformly at random to ``n`` (which leaves its expected balance as it
    is), and a random subset of ``n`` of all 8,000 pairs is drawn (seeded);
@@ -53,6 +54,7 @@ EPS = 0.01
 PROMPTS = ("# the world's gender, as its captions write it\nattribute: gender\ngroups:\n"
            "  kind X: [a photo of a kind x person]\n  kind Y: [a photo of a kind y person]\n")
 PAIRS = (("rural", "kind X"), ("architect", "kind Y"))
+SOFT_BINS = 16     # balance's default steps of E[s_k]
 
 
 def _word(texts, word: str) -> np.ndarray:
@@ -135,7 +137,7 @@ def _write_flags(template: Path, kept: np.ndarray, dest: Path) -> Path:
 
 
 def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int,
-             steps: int, train_both: bool, train: bool = True) -> dict:
+             steps: int, train_both: bool, train: bool = True, soft: bool = False) -> dict:
     import pandas as pd
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -148,7 +150,10 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
 
     done = work / "result.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        result = json.loads(done.read_text())
+        if not soft or "soft" in result["data"]:
+            return result
+        log.info("seed %d: %s has no soft condition; running the seed again", seed, done)
     t0 = time.perf_counter()
     paths = generate_world(work / "world", seed=seed)
     truth = json.loads(paths.truth.read_text())
@@ -157,7 +162,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     spec, cfg = model_spec()
     attr = run_attributes(AttributeConfig(
         embeddings=str(work / "emb"), out=str(work / "attributes"), prompts=str(work / "world-gender.yaml"),
-        lexicon=str(paths.lexicon), workers=threads,
+        lexicon=str(paths.lexicon), workers=threads, soft_bins=SOFT_BINS if soft else None,
         probe=ProbeConfig(model=spec, model_config=cfg, dataset=paths.dataset_spec, device="cpu",
                           cache_dir=str(work / "cache"), num_workers=0)))
     texts = pd.read_parquet(paths.captions)["TEXT"].astype(str).tolist()
@@ -176,6 +181,10 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
         fits["both"] = BalanceConfig(captions=(str(attr.shards[0]),), out=str(work / "fit-both"),
                                      attribute_column="both_gender", groups=attr.groups, text_column="caption",
                                      key="url", **common)
+    if soft:
+        fits["soft"] = BalanceConfig(captions=(str(attr.shards[0]),), out=str(work / "fit-soft"),
+                                     attribute_column=attr.soft_column, soft_bins=SOFT_BINS, groups=attr.groups,
+                                     text_column="caption", key="url", **common)
     fitted, kept = {}, {}
     for name, config in fits.items():
         res = _fit(config)
@@ -207,7 +216,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     result["training"] = {"epochs": epochs, "steps": epochs * batches, "batch_size": TrainConfig.batch_size}
     for name, flags in kept.items():
         result["data"][name] = data_association(texts, gender, flags)
-        if not train or (name == "both" and not train_both):
+        if not train or (name in ("both", "soft") and not train_both):
             continue
         weights = _write_flags(template, flags, work / "train" / name / "weights.parquet")
         cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads, epochs=epochs)
@@ -242,7 +251,13 @@ def summarise(results: list[dict]) -> dict:
     data_only = [c for c in results[0]["data"] if c not in conditions and c != "all"]
     out = {"seeds": [r["seed"] for r in results], "n_pairs": [r["n_pairs"] for r in results],
            "classifier_accuracy": [r["classifier"]["accuracy"] for r in results],
-           "classifier_accuracy_gap": [r["classifier"]["accuracy_gap"] for r in results], "measures": {}}
+           "classifier_accuracy_gap": [r["classifier"]["accuracy_gap"] for r in results],
+           # the soft probabilities p_k on the probe images (absent from results of earlier versions)
+           "classifier_soft_share_error_max": [r["classifier"].get("soft", {}).get("soft_share_error_max")
+                                               for r in results],
+           "classifier_calibration_error_max": [r["classifier"].get("soft", {}).get("calibration_error_max")
+                                                for r in results],
+           "measures": {}}
     for name, fn in MEASURES.items():
         if not name.startswith("data") and not conditions:
             continue
@@ -264,7 +279,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=868,
                     help="optimizer steps of each training (868: the shipped model's 28 epochs of 8,000 pairs); "
                          "the epochs are raised to reach them, at least 28")
-    ap.add_argument("--train-both", action="store_true", help="also retrain on the both_gender M4 set")
+    ap.add_argument("--soft", action="store_true",
+                    help="also M4 on the images' soft probabilities (soft_gender, 1/16 steps)")
+    ap.add_argument("--train-both", action="store_true", help="also retrain on the both_gender (and soft) M4 sets")
     ap.add_argument("--no-train", dest="train", action="store_false",
                     help="the data side only: no retraining (minutes instead of an hour per seed)")
     ap.add_argument("--train-threads", type=int, default=1,
@@ -276,7 +293,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads,
                         train_threads=args.train_threads, steps=args.steps, train_both=args.train_both,
-                        train=args.train)
+                        train=args.train, soft=args.soft)
                for s in args.seeds]
     summary = summarise(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
