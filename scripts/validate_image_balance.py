@@ -13,7 +13,8 @@ images):
 3. M4 (``balance fit``, labels = every planted and control word, eps 0.01, target keep ``--keep``) on
    the groups the captions name (lexicon), on the image-derived column (``image_gender``) and, with
    ``--both``, on ``both_gender``; with ``--soft``, on the images' soft probabilities (``soft_gender``,
-   E[s_k] in steps of 1/16: balance's soft mode);
+   E[s_k] in steps of 1/16: balance's soft mode; with ``--fit-scale`` at a softmax scale fitted on the probe
+   images);
 4. every condition is cut to the same number of pairs ``n`` = the smallest number kept by an M4 run: an M4
    run that kept more is thinned uniformly at random to ``n`` (which leaves its expected balance as it
    is), and a random subset of ``n`` of all 8,000 pairs is drawn (seeded);
@@ -137,7 +138,7 @@ def _write_flags(template: Path, kept: np.ndarray, dest: Path) -> Path:
 
 
 def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int,
-             steps: int, train_both: bool, train: bool = True, soft: bool = False) -> dict:
+             steps: int, train_both: bool, train: bool = True, soft: bool = False, fit_scale: bool = False) -> dict:
     import pandas as pd
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -151,9 +152,9 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     done = work / "result.json"
     if done.is_file():
         result = json.loads(done.read_text())
-        if not soft or "soft" in result["data"]:
+        if (not soft or "soft" in result["data"]) and bool(result.get("scale_fit")) == fit_scale:
             return result
-        log.info("seed %d: %s has no soft condition; running the seed again", seed, done)
+        log.info("seed %d: %s has other conditions or scale; running the seed again", seed, done)
     t0 = time.perf_counter()
     paths = generate_world(work / "world", seed=seed)
     truth = json.loads(paths.truth.read_text())
@@ -162,7 +163,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     spec, cfg = model_spec()
     attr = run_attributes(AttributeConfig(
         embeddings=str(work / "emb"), out=str(work / "attributes"), prompts=str(work / "world-gender.yaml"),
-        lexicon=str(paths.lexicon), workers=threads, soft_bins=SOFT_BINS if soft else None,
+        lexicon=str(paths.lexicon), workers=threads, soft_bins=SOFT_BINS if soft else None, fit_scale=fit_scale,
         probe=ProbeConfig(model=spec, model_config=cfg, dataset=paths.dataset_spec, device="cpu",
                           cache_dir=str(work / "cache"), num_workers=0)))
     texts = pd.read_parquet(paths.captions)["TEXT"].astype(str).tolist()
@@ -207,6 +208,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     template = Path(fits["caption"].out) / "weights.parquet"
     images = _images(seed)
     result = {"seed": seed, "n_pairs": n, "keep": keep, "eps": EPS, "classifier": attr.run["calibration"],
+              "scale": attr.run["scale"], "scale_fit": attr.run.get("scale_fit"),
               "image_labels_accuracy_on_training_images": float((image_labels["image_gender"].astype(object)
                                                                  .to_numpy() == gender).mean()),
               "attribute_pass": attr.run["summary"], "fits": fitted,
@@ -281,6 +283,9 @@ def main(argv=None) -> int:
                          "the epochs are raised to reach them, at least 28")
     ap.add_argument("--soft", action="store_true",
                     help="also M4 on the images' soft probabilities (soft_gender, 1/16 steps)")
+    ap.add_argument("--fit-scale", action="store_true",
+                    help="the attribute pass fits its softmax scale on the probe images (balance attributes "
+                         "--fit-scale); the soft condition uses it")
     ap.add_argument("--train-both", action="store_true", help="also retrain on the both_gender (and soft) M4 sets")
     ap.add_argument("--no-train", dest="train", action="store_false",
                     help="the data side only: no retraining (minutes instead of an hour per seed)")
@@ -293,7 +298,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads,
                         train_threads=args.train_threads, steps=args.steps, train_both=args.train_both,
-                        train=args.train, soft=args.soft)
+                        train=args.train, soft=args.soft, fit_scale=args.fit_scale)
                for s in args.seeds]
     summary = summarise(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -210,3 +210,49 @@ def test_attributes_engine_options_checked_before_any_work(setup, tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "one" / "shards" / name),
                                       pd.read_parquet(tmp_path / "two" / "shards" / name))
     assert json.loads((tmp_path / "one" / "run.json").read_text())["config"]["engine"] == "local"
+
+
+def test_fit_scale_rescales_the_soft_probabilities_and_measures_them_held_out(setup, tmp_path):
+    """--fit-scale: the pass's soft probabilities are softmax(fitted scale x cos), so each image's log-odds
+    of two classes are the model-scale run's times fitted / model scale; hard labels do not change; the
+    run records both scales and the calibration at the model's scale beside the held-out one."""
+    root = setup["root"]
+    args = ["balance", "attributes", "--embeddings", str(root / "emb"), "--dataset", f"fairface:{root / 'ff'}",
+            *setup["model"]]
+    r = _run([*args, "--out", str(tmp_path / "model")])
+    assert r.exit_code == 0, r.output
+    r = _run([*args, "--out", str(tmp_path / "fit"), "--fit-scale"])
+    assert r.exit_code == 0, r.output
+    assert "softmax scale fitted on it" in r.output
+    run = json.loads((tmp_path / "fit" / "run.json").read_text())
+    base = json.loads((tmp_path / "model" / "run.json").read_text())
+    fit = run["scale_fit"]
+    assert base["scale_fit"] is None and fit["scale_before"] == base["scale"] and run["scale"] == fit["scale"]
+    assert fit["scale"] != base["scale"] and len(fit["fold_scales"]) == fit["folds"] == 2
+    assert fit["before"]["calibration_error_max"] == base["calibration"]["soft"]["calibration_error_max"]
+
+    def shards(folder):
+        files = sorted((folder / "shards").glob("attributes_*.parquet"))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+    a, b = shards(tmp_path / "model"), shards(tmp_path / "fit")
+    assert a["image_gender"].tolist() == b["image_gender"].tolist()
+    lo_a = np.log(a["p_Female"].to_numpy(np.float64) / a["p_Male"].to_numpy(np.float64))
+    lo_b = np.log(b["p_Female"].to_numpy(np.float64) / b["p_Male"].to_numpy(np.float64))
+    moderate = (np.abs(lo_a) > 0.05) & (np.abs(lo_a) < 8) & (np.abs(lo_b) < 8)
+    assert moderate.sum() > 20
+    np.testing.assert_allclose(lo_b[moderate] / lo_a[moderate], fit["scale"] / base["scale"], rtol=1e-3)
+
+
+def test_fit_scale_needs_a_dataset_and_no_scale(setup, tmp_path):
+    root = setup["root"]
+    r = CliRunner().invoke(cli, ["balance", "attributes", "--embeddings", str(root / "emb"), "--out",
+                                 str(tmp_path / "a"), "--fit-scale", *setup["model"]])
+    assert r.exit_code == 2 and "fit_scale needs a labelled dataset" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(cli, ["balance", "attributes", "--embeddings", str(root / "emb"), "--out",
+                                 str(tmp_path / "b"), "--fit-scale", "--scale", "50", "--dataset",
+                                 f"fairface:{root / 'ff'}", *setup["model"]])
+    assert r.exit_code == 2 and "give one" in r.output and not (tmp_path / "b").exists()
+    r = CliRunner().invoke(cli, ["balance", "measure", "--captions", str(root / "labels.txt"), "--fit-scale",
+                                 "--out", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "--fit-scale" in r.output and not (tmp_path / "c").exists(), r.output

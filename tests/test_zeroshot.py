@@ -275,6 +275,67 @@ def test_calibration_error_tells_calibrated_from_overconfident_probabilities():
     assert bad.calibration_error_max > 0.1 and bad.soft_share_error_max > 0.1
 
 
+def _planted_cosines(rng, n, scale, n_classes=3):
+    """Cosines of n images with n_classes classes and true classes drawn from softmax(scale * cos)."""
+    cos = rng.uniform(-0.05, 0.35, size=(n, n_classes))
+    z = scale * cos
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    true = (rng.random(n)[:, None] > np.cumsum(p, axis=1)).sum(axis=1)
+    return cos, np.minimum(true, n_classes - 1)
+
+
+def test_fit_scale_recovers_a_planted_scale_and_minimises_the_likelihood_it_defines():
+    rng = np.random.default_rng(11)
+    cos, true = _planted_cosines(rng, 20_000, scale=37.0)
+    true[:50] = -1                                          # images of no class: left out
+    cos[50:60] = np.nan                                     # invalid rows: left out
+    fitted = zs.fit_scale(cos, true)
+    assert 33.0 < fitted < 41.0
+    ok = (true >= 0) & np.isfinite(cos).all(axis=1)
+
+    def nll(s):                                             # row by row, with scipy's log-sum-exp
+        from scipy.special import logsumexp
+
+        return np.mean([logsumexp(s * cos[i]) - s * cos[i, true[i]] for i in np.flatnonzero(ok)[::4]])
+
+    # the fitted scale minimises the likelihood of the rows it was fitted on (checked on a quarter of them,
+    # refitted on that quarter alone)
+    quarter = np.zeros(len(true), bool)
+    quarter[np.flatnonzero(ok)[::4]] = True
+    on_quarter = zs.fit_scale(cos[quarter], true[quarter])
+    at = nll(on_quarter)
+    assert at <= nll(on_quarter * 1.01) and at <= nll(on_quarter / 1.01)
+    assert zs.fit_scale(cos, true) == fitted                # a pure function of its inputs
+    with pytest.raises(DataError, match="fit_scale"):
+        zs.fit_scale(cos[:40], -np.ones(40, np.int64))
+
+
+def test_cross_fitted_probabilities_use_a_scale_fitted_without_their_part():
+    rng = np.random.default_rng(12)
+    cos, true = _planted_cosines(rng, 3000, scale=20.0, n_classes=2)
+    probs, scales = zs.cross_fit_probabilities(cos, true, folds=2, seed=4)
+    assert len(scales) == 2 and scales[0] != scales[1]
+    part = np.random.default_rng([4, 0x5CA1E]).permutation(len(true)) % 2
+    for f in range(2):
+        assert scales[f] == zs.fit_scale(cos[part != f], true[part != f])
+        np.testing.assert_array_equal(probs[part == f], zs.probabilities(cos[part == f], scales[f]))
+
+
+def test_a_fitted_scale_repairs_an_overconfident_classifier_held_out():
+    """Probabilities at 10x the scale the truth was drawn with are overconfident; a scale fitted on one half
+    and measured on the other brings the calibration error down to sampling noise."""
+    rng = np.random.default_rng(13)
+    cos, true = _planted_cosines(rng, 20_000, scale=10.0, n_classes=2)
+    names = np.array(["F", "M"])[true]
+    codes = np.argmax(cos, axis=1)
+    over = zs.classifier_accuracy(names, codes, groups=["F", "M"], probs=zs.probabilities(cos, 100.0))
+    held, _ = zs.cross_fit_probabilities(cos, true)
+    fitted = zs.classifier_accuracy(names, codes, groups=["F", "M"], probs=held)
+    assert over.calibration_error_max > 0.1
+    assert fitted.calibration_error_max < 0.03
+
+
 def test_soft_probabilities_of_the_wrong_shape_are_refused():
     with pytest.raises(DataError, match="probs"):
         zs.classifier_accuracy(["F", "M"], [0, 1], groups=["F", "M"], probs=np.ones((3, 2)))

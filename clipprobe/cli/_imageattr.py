@@ -33,6 +33,9 @@ _LABEL_PROMPTS_HELP = ("Concept labels from the images: a YAML file of labels, e
                        "(yes/no zero-shot); writes image_labels (the labels above --label-threshold) and "
                        "pl_LABEL per shard.")
 _LABEL_THRESHOLD_HELP = "With --label-prompts: a label is on when its probability is above this."
+_FIT_SCALE_HELP = ("Fit the softmax scale of the soft probabilities on --dataset (temperature scaling: the scale "
+                   "that gives the true groups the highest likelihood) instead of taking the model's logit scale; "
+                   "the calibration is then measured on held-out halves. Hard labels do not change.")
 
 
 def _label_threshold(value: float) -> float:
@@ -72,6 +75,7 @@ def image_source_options(func: Callable) -> Callable:
         click.option("--soft-bins", type=click.IntRange(min=1, max=1024), default=16, show_default=True,
                      help="Steps of the soft probabilities (--attribute-mode soft): each is rounded to a multiple "
                           "of 1/N."),
+        click.option("--fit-scale", is_flag=True, default=False, help=_FIT_SCALE_HELP),
         click.option("--model", default=None,
                      help=MODEL_HELP + " Its text tower classifies the images (needed with --attribute-source "
                                        "images or both)."),
@@ -100,14 +104,14 @@ def pop_image_source(kwargs: dict[str, Any]):
     source = kwargs.pop("attribute_source")
     values = {k: kwargs.pop(k) for k in ("embeddings", "attribute_prompts", "threshold", "model", "model_config",
                                          "dataset", "split", "cache_dir", "device", "attribute_mode", "soft_bins",
-                                         "label_prompts", "label_threshold")}
+                                         "label_prompts", "label_threshold", "fit_scale")}
     if source == "captions":
         for option, key, default in (("--embeddings", "embeddings", None), ("--model", "model", None),
                                      ("--dataset", "dataset", None), ("--threshold", "threshold", 0.0),
                                      ("--attribute-prompts", "attribute_prompts", "gender"),
                                      ("--attribute-mode", "attribute_mode", "hard"), ("--soft-bins", "soft_bins", 16),
                                      ("--label-prompts", "label_prompts", None),
-                                     ("--label-threshold", "label_threshold", 0.5)):
+                                     ("--label-threshold", "label_threshold", 0.5), ("--fit-scale", "fit_scale", False)):
             if values[key] != default:
                 raise UsageError(MSG_SOURCE_ONLY.format(option=option))
         if not kwargs.get("captions_"):
@@ -125,7 +129,8 @@ def pop_image_source(kwargs: dict[str, Any]):
     attributes = AttributeConfig(embeddings=values["embeddings"], out="", probe=probe,
                                  prompts=values["attribute_prompts"], threshold=_threshold(values["threshold"]),
                                  label_prompts=values["label_prompts"],
-                                 label_threshold=_label_threshold(values["label_threshold"]))
+                                 label_threshold=_label_threshold(values["label_threshold"]),
+                                 fit_scale=values["fit_scale"])
     return AttributeSource(source=source, attributes=attributes, mode=values["attribute_mode"],
                            bins=values["soft_bins"])
 
@@ -138,7 +143,9 @@ def pop_image_source(kwargs: dict[str, Any]):
 @click.option("--label-prompts", default=None, type=click.Path(dir_okay=False), help=_LABEL_PROMPTS_HELP)
 @click.option("--label-threshold", type=float, default=0.5, show_default=True, help=_LABEL_THRESHOLD_HELP)
 @click.option("--scale", type=float, default=None,
-              help="Softmax temperature of the soft probabilities (default: the model's logit scale).")
+              help="Softmax scale (inverse temperature) of the soft probabilities (default: the model's logit "
+                   "scale).")
+@click.option("--fit-scale", is_flag=True, default=False, help=_FIT_SCALE_HELP)
 @click.option("--lexicon", default=None,
               help="Also write both_ATTRIBUTE: the group the caption names (by this lexicon) where it names one.")
 @click.option("--text-column", default=None, help="Metadata column of the captions (default caption, TEXT or text).")
@@ -156,7 +163,8 @@ def pop_image_source(kwargs: dict[str, Any]):
 @click.option("--format", "fmt", type=click.Choice(["table", "json"]), default="table", show_default=True,
               help=FORMAT_HELP)
 @probe_options
-def attributes_cmd(embeddings, out, attribute_prompts, threshold, label_prompts, label_threshold, scale, lexicon, text_column, key_column, nan_rows,
+def attributes_cmd(embeddings, out, attribute_prompts, threshold, label_prompts, label_threshold, scale, fit_scale,
+                   lexicon, text_column, key_column, nan_rows,
                    threads, engine, spark_master, spark_conf, fmt, **kwargs):
     """Each image's group from its embedding (zero-shot, the model's text tower), per shard beside its caption;
     the classifier's accuracy per group on --dataset. Feed OUT/shards to `balance measure|fit
@@ -171,7 +179,8 @@ def attributes_cmd(embeddings, out, attribute_prompts, threshold, label_prompts,
 
         raise UsageError(f"--scale must be positive, got {scale}")
     config = AttributeConfig(embeddings=embeddings, out=out, probe=pop_probe_config(kwargs), prompts=attribute_prompts,
-                             threshold=_threshold(threshold), scale=scale, lexicon=lexicon, text_column=text_column,
+                             threshold=_threshold(threshold), scale=scale, fit_scale=fit_scale, lexicon=lexicon,
+                             text_column=text_column,
                              key_column=key_column, nan_rows=nan_rows, workers=threads, engine=engine,
                              spark_master=spark_master, spark_conf=tuple(spark_conf), label_prompts=label_prompts,
                              label_threshold=_label_threshold(label_threshold))
@@ -194,6 +203,11 @@ def attributes_cmd(embeddings, out, attribute_prompts, threshold, label_prompts,
     else:
         click.echo(f"classifier accuracy on {printable(run['dataset']['spec'])}: {cal['accuracy']:.3f} "
                    f"(gap between groups {cal['accuracy_gap']:.3f})")
+        fit = run.get("scale_fit")
+        if fit:
+            click.echo(f"softmax scale fitted on it: {fit['scale']:.4g} (the model's {fit['scale_before']:.4g}); "
+                       f"calibration error up to {fit['before']['calibration_error_max']:.3f} at the model's scale, "
+                       f"{cal['soft']['calibration_error_max']:.3f} held out at a fitted one")
         for row in cal["by_group"]:
             soft = (f"; mean probability {row['soft_share']:.3f} against a true share of {row['true_share']:.3f}, "
                     f"calibration error {row['calibration_error']:.3f}" if "soft_share" in row else "")
@@ -220,6 +234,10 @@ def echo_source(run: dict, fmt: str) -> None:
     click.echo(f"{head}; image classifier accuracy {cal['accuracy']:.3f} (gap between groups "
                f"{cal['accuracy_gap']:.3f}): " + ", ".join(f"{printable(r['group'])} {r['accuracy']:.3f}"
                                                           for r in cal["by_group"]))
+    fit = source.get("scale_fit")
+    if fit:
+        click.echo(f"softmax scale fitted on the labelled images: {fit['scale']:.4g} (the model's "
+                   f"{fit['scale_before']:.4g})")
     if mode == "soft" and cal.get("soft"):
         click.echo("soft probabilities on the labelled images: mean p_k against the true share "
                    + ", ".join(f"{printable(r['group'])} {r['soft_share']:.3f} / {r['true_share']:.3f}"

@@ -62,6 +62,7 @@ TEXT_COLUMNS = ("caption", "TEXT", "text")
 KEY_COLUMNS = ("url", "URL")
 DEFAULT_SCALE = 100.0          # CLIP's logit scale, for a model that does not have one
 BLOCK_ROWS = 65_536
+SCALE_FOLDS = 2       # parts of the labelled images for the held-out calibration of a fitted scale
 FILES = {"run": "run.json", "groups": "calibration_groups.parquet", "confusion": "calibration_confusion.parquet",
          "reliability": "calibration_reliability.parquet", "shards": "shards"}
 META_KEY = b"clipprobe_attributes"
@@ -70,6 +71,8 @@ MSG_NAN_ROWS = "nan_rows={value!r} is not one of " + ", ".join(map(repr, NAN_ROW
 MSG_THRESHOLD = "threshold={value!r} must be in [0, 1)"
 MSG_SCALE = "scale={value!r} must be a positive number"
 MSG_WORKERS = "workers={value!r} must be 1 or more"
+MSG_FIT_SCALE_AND_SCALE = "fit_scale fits the softmax scale on the labelled dataset; scale={value!r} sets it: give one"
+MSG_FIT_SCALE_DATASET = ("fit_scale needs a labelled dataset (probe.dataset, --dataset) to fit the softmax scale on")
 MSG_INVALID_ROWS = ("embeddings {root}: shard {path} has {n} row(s) that are NaN, infinite or zero (first: row {row}); "
                     "fix the shard or rerun with nan_rows='skip' to leave them without a group")
 MSG_DATASET_GROUP = ("dataset {dataset}: attribute {attribute!r} has no images of group {group!r} of prompt set "
@@ -104,6 +107,7 @@ class AttributeConfig:
     prompts: str = "gender"
     threshold: float = 0.0
     scale: float | None = None
+    fit_scale: bool = False         # fit the softmax scale on the labelled dataset (temperature scaling)
     lexicon: str | None = None
     text_column: str | None = None
     key_column: str | None = None
@@ -129,6 +133,10 @@ class AttributeConfig:
             raise UsageError(MSG_LABEL_THRESHOLD.format(value=self.label_threshold))
         if self.scale is not None and (not isinstance(self.scale, (int, float)) or not self.scale > 0):
             raise UsageError(MSG_SCALE.format(value=self.scale))
+        if self.fit_scale and self.scale is not None:
+            raise UsageError(MSG_FIT_SCALE_AND_SCALE.format(value=self.scale))
+        if self.fit_scale and not self.probe.dataset:
+            raise UsageError(MSG_FIT_SCALE_DATASET)
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise UsageError(MSG_WORKERS.format(value=self.workers))
         if not 0 < self.level < 1:
@@ -251,8 +259,14 @@ def _label_vectors(encoder, labels, cache_dir):
 
 
 def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, config: AttributeConfig):
-    """The classifier's accuracy on a labelled face dataset's images (checked: each group has images)."""
-    from clipprobe.analysis.zeroshot import classifier_accuracy, classify
+    """The classifier's accuracy on a labelled face dataset's images (checked: each group has images), the
+    softmax scale of the pass, and with ``config.fit_scale`` what the fit did (else None): the scale fitted
+    on all the images is the pass's, the soft measures are of 2-fold held-out probabilities, and the raw
+    scale's are kept beside them."""
+    import numpy as np
+
+    from clipprobe.analysis.zeroshot import (classifier_accuracy, classify, cross_fit_probabilities,
+                                             fit_scale)
     from clipprobe.errors import one_of
 
     if prompts.attribute not in labels.columns:
@@ -265,8 +279,24 @@ def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, confi
                                                      prompts=prompts.name, found=", ".join(map(repr, present[:20]))))
     result = classify(vectors, classes, n_groups=len(prompts.groups), scale=scale, threshold=config.threshold,
                       threads=config.threads(), name=f"dataset {spec}")
-    return classifier_accuracy(truth, result.codes, groups=prompts.group_names, level=config.level,
-                               probs=result.probs)
+    accuracy = classifier_accuracy(truth, result.codes, groups=prompts.group_names, level=config.level,
+                                   probs=result.probs)
+    if not config.fit_scale:
+        return accuracy, scale, None
+    index = {g: k for k, g in enumerate(prompts.group_names)}
+    true = np.array([index.get(t, -1) for t in truth], np.int64)
+    fitted = fit_scale(result.cos, true, what=f"dataset {spec}")
+    held, fold_scales = cross_fit_probabilities(result.cos, true, folds=SCALE_FOLDS, seed=0)
+    result = classify(vectors, classes, n_groups=len(prompts.groups), scale=fitted, threshold=config.threshold,
+                      threads=config.threads(), name=f"dataset {spec}")
+    fitted_accuracy = classifier_accuracy(truth, result.codes, groups=prompts.group_names, level=config.level,
+                                          probs=held)
+    info = {"scale_before": scale, "scale": fitted, "folds": SCALE_FOLDS, "fold_scales": fold_scales,
+            "before": {"soft_share_error_max": accuracy.soft_share_error_max,
+                       "calibration_error_max": accuracy.calibration_error_max,
+                       "by_group": accuracy.by_group[["group", "soft_share", "soft_share_error", "calibration_error",
+                                                      "brier"]].to_dict(orient="records")}}
+    return fitted_accuracy, fitted, info
 
 
 def _lexicon_matcher(config: AttributeConfig, prompts):
@@ -631,17 +661,22 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
     with timer("classes"):
         classes = _class_vectors(encoder, prompts, pc.cache_dir)
         label_vectors = _label_vectors(encoder, labels, pc.cache_dir) if labels is not None else None
-    calibration = dataset_info = None
+    calibration = dataset_info = scale_fit = None
     if dataset is not None:
         with timer("embed_dataset"):
             emb = embed_dataset(encoder, dataset, cache_dir=pc.cache_dir, batch_size=pc.batch_size,
                                 num_workers=pc.num_workers, progress=progress)
         with timer("calibration"):
-            calibration = _calibrate(emb.labels, emb.vectors, dataset.spec, prompts, classes, scale, config)
+            calibration, scale, scale_fit = _calibrate(emb.labels, emb.vectors, dataset.spec, prompts, classes, scale,
+                                                       config)
         dataset_info = {"spec": dataset.spec, "kind": dataset.kind, "split": dataset.split,
                         "fingerprint": dataset.fingerprint, "n_images": len(emb.files), "skipped": len(emb.skipped)}
         log.info("attribute classifier on %s: accuracy %.3f (gap between groups %.3f)", dataset.spec,
                  calibration.accuracy, calibration.accuracy_gap)
+        if scale_fit is not None:
+            log.info("softmax scale fitted on %s: %.4g (the model's %.4g); held-out calibration error %.3f "
+                     "(at the model's scale %.3f)", dataset.spec, scale, scale_fit["scale_before"],
+                     calibration.calibration_error_max, scale_fit["before"]["calibration_error_max"])
     info = encoder.info()
     settings = _settings_key(config, encoder, prompts, scale, lexicon[0] if lexicon else None, text_column, key_column,
                              labels)
@@ -695,7 +730,7 @@ def run_attributes(config: AttributeConfig, *, progress: bool | None = None) -> 
         attribute=prompts.attribute, groups=list(groups), column=column,
         both_column=both_column(prompts.attribute) if lexicon else None, lexicon=lexicon[0] if lexicon else None,
         text_column=text_column, key_column=key_column,
-        calibration=calibration.summary() if calibration is not None else None,
+        calibration=calibration.summary() if calibration is not None else None, scale_fit=scale_fit,
         calibration_note=None if calibration is not None else "not measured: no labelled dataset was given",
         summary=summary, shards=per_shard,
         label_prompts=labels.to_dict() if labels is not None else None,
@@ -816,7 +851,7 @@ def resolve_attribute_source(config):
               "embeddings": result.run["embeddings"], "model": result.run["model"].get("spec"),
               "prompts": result.run["prompts"], "scale": result.run["scale"], "threshold": result.run["threshold"],
               "calibration": result.run["calibration"], "calibration_note": result.run["calibration_note"],
-              "summary": result.run["summary"]}
+              "scale_fit": result.run.get("scale_fit"), "summary": result.run["summary"]}
     if label_prompts is not None:
         record |= {"label_column": result.label_column, "label_prompts": result.run["label_prompts"],
                    "label_threshold": result.run["label_threshold"], "labels_used": config.label_source != "captions"}
