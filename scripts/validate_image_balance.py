@@ -212,6 +212,12 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
               "image_labels_accuracy_on_training_images": float((image_labels["image_gender"].astype(object)
                                                                  .to_numpy() == gender).mean()),
               "attribute_pass": attr.run["summary"], "fits": fitted,
+              # what soft mode sees where the association is: the mean probability of the planted group
+              # among the training images of each planted word's captions (all of that group, truly)
+              "soft_p_of_planted_group": {
+                  word: {"true_share": float((gender[_word(texts, word)] == group).mean()),
+                         "mean_p": float(image_labels[f"p_{group}"].to_numpy(np.float64)[_word(texts, word)].mean())}
+                  for word, group in PAIRS},
               "data": {"all": data_association(texts, gender, np.ones(n_rows, bool))}, "models": {}}
     batches = max(1, n // TrainConfig.batch_size)
     epochs = max(TrainConfig.epochs, -(-steps // batches))      # the same number of steps as the shipped model
@@ -259,6 +265,8 @@ def summarise(results: list[dict]) -> dict:
                                                for r in results],
            "classifier_calibration_error_max": [r["classifier"].get("soft", {}).get("calibration_error_max")
                                                 for r in results],
+           "soft_p_of_planted_group": {w: [r.get("soft_p_of_planted_group", {}).get(w, {}).get("mean_p")
+                                           for r in results] for w, _ in PAIRS},
            "measures": {}}
     for name, fn in MEASURES.items():
         if not name.startswith("data") and not conditions:
