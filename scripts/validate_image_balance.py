@@ -251,6 +251,7 @@ MEASURES = {
     "skew rural/kind X": lambda r, c: r["models"][c]["planted"]["rural/kind X"]["skew"],
     "skew architect/kind Y": lambda r, c: r["models"][c]["planted"]["architect/kind Y"]["skew"],
     "planted triples flagged": lambda r, c: r["models"][c]["planted_flagged"],
+    "control rows flagged": lambda r, c: r["models"][c]["control_rows_flagged"],
 }
 
 
