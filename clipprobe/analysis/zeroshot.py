@@ -441,13 +441,14 @@ def classifier_accuracy(true_labels, codes, *, groups: Sequence[str], level: flo
         p = np.asarray(probs, dtype=np.float64)
         if p.ndim != 2 or p.shape[0] != len(codes) or p.shape[1] < k:
             raise DataError(MSG_PROBS.format(n=len(codes), k=k, shape=p.shape))
-        soft = _soft_calibration(p[inside][:, :k], t, groups)
-        by_group["soft_share"] = soft["share"]
-        by_group["soft_share_error"] = soft["share"] - by_group["true_share"].to_numpy()
-        by_group["calibration_error"] = soft["ece"]
-        by_group["brier"] = soft["brier"]
+        calibration = _soft_calibration(p[inside][:, :k], t, groups)
+        by_group["soft_share"] = calibration["share"]
+        by_group["soft_share_error"] = calibration["share"] - by_group["true_share"].to_numpy()
+        by_group["calibration_error"] = calibration["ece"]
+        by_group["brier"] = calibration["brier"]
         soft = {"soft_share_error_max": float(np.nanmax(np.abs(by_group["soft_share_error"].to_numpy()))),
-                "calibration_error_max": float(np.nanmax(soft["ece"])), "reliability": soft["reliability"]}
+                "calibration_error_max": float(np.nanmax(calibration["ece"])),
+                "reliability": calibration["reliability"]}
     return ClassifierAccuracy(
         by_group=by_group,
         confusion=pd.DataFrame(confusion, index=pd.Index(list(groups), name="true"), columns=columns),

@@ -265,8 +265,8 @@ def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, confi
     scale's are kept beside them."""
     import numpy as np
 
-    from clipprobe.analysis.zeroshot import (classifier_accuracy, classify, cross_fit_probabilities,
-                                             fit_scale)
+    from clipprobe.analysis.zeroshot import (classifier_accuracy, classify, cross_fit_probabilities, fit_scale,
+                                             hard_labels, probabilities)
     from clipprobe.errors import one_of
 
     if prompts.attribute not in labels.columns:
@@ -287,10 +287,10 @@ def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, confi
     true = np.array([index.get(t, -1) for t in truth], np.int64)
     fitted = fit_scale(result.cos, true, what=f"dataset {spec}")
     held, fold_scales = cross_fit_probabilities(result.cos, true, folds=SCALE_FOLDS, seed=0)
-    result = classify(vectors, classes, n_groups=len(prompts.groups), scale=fitted, threshold=config.threshold,
-                      threads=config.threads(), name=f"dataset {spec}")
-    fitted_accuracy = classifier_accuracy(truth, result.codes, groups=prompts.group_names, level=config.level,
-                                          probs=held)
+    # the labels at the fitted scale from the same cosines (only --threshold's unsure labels can change)
+    codes = hard_labels(result.cos, probabilities(result.cos, fitted), n_groups=len(prompts.groups),
+                        threshold=config.threshold)
+    fitted_accuracy = classifier_accuracy(truth, codes, groups=prompts.group_names, level=config.level, probs=held)
     info = {"scale_before": scale, "scale": fitted, "folds": SCALE_FOLDS, "fold_scales": fold_scales,
             "before": {"soft_share_error_max": accuracy.soft_share_error_max,
                        "calibration_error_max": accuracy.calibration_error_max,
