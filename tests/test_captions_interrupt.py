@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_captions_count import LEXICON, TAXONOMY
 
+from clipprobe.captions.scan import Stopped
 from clipprobe.captions.synth import realistic_captions
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -231,3 +232,60 @@ def test_watchdog_ends_a_worker_whose_parent_died():
     finally:
         if alive(child):
             os.kill(child, signal.SIGKILL)
+
+
+
+_STARTED = threading.Event()
+
+
+def _one_done_then_press_again(spec, task, stop):
+    """Task 0 finishes at once; task 1 runs until the scan stops, then presses Ctrl-C a second time
+    (SIGINT to this process) while the scan waits for its thread to leave, as a user pressing twice does."""
+    if task[0] == 0:
+        return {}
+    _STARTED.set()
+    while not stop.wait(0.01):
+        pass
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.5)                     # the scan is still waiting for this thread when the signal lands
+    raise Stopped(task[1])
+
+
+@pytest.mark.parametrize("consumer", ["consume_tasks", "patterns._consume"])
+def test_second_ctrl_c_while_threads_stop_reaches_the_caller(monkeypatch, consumer):
+    """The first Ctrl-C lands in the consumer's loop (on the first result), the second while the scan's
+    threads leave their chunks. The second must reach the caller as KeyboardInterrupt (the CLI then says
+    "Interrupted" and exits 130), not be printed as an exception ignored while the progress bar's
+    generator is collected (a traceback on stderr, seen once in CI)."""
+    from clipprobe.captions.patterns import _consume
+    from clipprobe.captions.scan import ScanSpec, consume_tasks, run_local
+    from clipprobe.captions.tokens import available
+
+    if not available():
+        pytest.skip("the threaded token pass needs numba")
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    spec = ScanSpec(space={}, matcher=b"", method="tokens")
+    tasks = [(i, f"file-{i}", (0,), "TEXT", 0) for i in range(2)]
+
+    def first_press(*_):
+        assert _STARTED.wait(30), "task 1 never started"
+        raise KeyboardInterrupt("first press")
+
+    _STARTED.clear()
+    stream = run_local(spec, tasks, 2, fn=_one_done_then_press_again)
+    with pytest.raises(KeyboardInterrupt) as raised:
+        if consumer == "consume_tasks":
+            with consume_tasks(stream, len(tasks), "test") as results:
+                for _ in results:
+                    first_press()
+        else:
+            _consume(stream, len(tasks), "test", first_press, str)
+    assert unraisable == []
+    # the second press, raised while the first was being handled
+    assert raised.value.args != ("first press",)
+    chain, cause = [], raised.value.__context__
+    while cause is not None:
+        chain.append(cause)
+        cause = cause.__context__
+    assert any(isinstance(c, KeyboardInterrupt) and c.args == ("first press",) for c in chain), chain

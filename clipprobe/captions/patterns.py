@@ -214,21 +214,16 @@ def _consume(stream, n_tasks: int, desc: str, on_result, path_of) -> None:
     """Feed each (task id, result) to ``on_result``; a failed task (unreadable data) is fatal, naming
     the file (``path_of(task id)``)."""
     from clipprobe.captions.run import ERR_UNREADABLE
-    from clipprobe.captions.scan import progress
+    from clipprobe.captions.scan import consume_tasks
 
-    bar = progress(stream, total=n_tasks, desc=desc)
-    try:
-        for task_id, result, error in bar:
+    # Ctrl-C or an error: no chunk starts after the block; what is written stays for the rerun
+    with consume_tasks(stream, n_tasks, desc) as results:
+        for task_id, result, error in results:
             if error is not None:
                 raise DataError(ERR_UNREADABLE.format(path=path_of(task_id), why=error))
             if "error" in result:
                 raise DataError(result["error"])
             on_result(task_id, result)
-    finally:
-        # Ctrl-C or an error: no chunk starts after this; what is written stays for the rerun
-        stream.close()
-        if hasattr(bar, "close"):
-            bar.close()
 
 
 # ----------------------------------------------------------------------------------------------

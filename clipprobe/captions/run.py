@@ -251,7 +251,7 @@ def scan_counts(spec, space, todo: list[FileInfo], done: dict[str, FileInfo], pa
     (an error under ``strict``). With ``recording``, each chunk's task also writes its matches file.
     Returns the workers' seconds per stage and ``rows_scanned``."""
     from clipprobe.captions.matches import chunk_file
-    from clipprobe.captions.scan import ChunkCounts, progress
+    from clipprobe.captions.scan import ChunkCounts, consume_tasks
 
     tasks, task_file = [], []
     for fi, info in enumerate(todo):
@@ -277,9 +277,10 @@ def scan_counts(spec, space, todo: list[FileInfo], done: dict[str, FileInfo], pa
         from clipprobe.captions.scan import run_local
 
         stream = run_local(spec, tasks, workers)
-    bar = progress(stream, total=len(tasks), desc="captions")
-    try:
-        for task_id, counts, error in bar:
+    # Ctrl-C or --strict: the engine stops as the block ends (no chunk is started after that); the parts
+    # of the files finished so far are on disk, and a rerun resumes from them
+    with consume_tasks(stream, len(tasks), "captions") as finished:
+        for task_id, counts, error in finished:
             fi = task_file[task_id]
             info = todo[fi]
             if error is not None:
@@ -299,12 +300,6 @@ def scan_counts(spec, space, todo: list[FileInfo], done: dict[str, FileInfo], pa
                     _write_part(parts_dir, info, merged)
                 done[info.path] = info
                 results[fi] = {}
-    finally:
-        # Ctrl-C or --strict: the engine stops now (no chunk is started after this); the parts of the
-        # files finished so far are on disk, and a rerun resumes from them
-        stream.close()
-        if hasattr(bar, "close"):
-            bar.close()
     return worker_seconds
 
 

@@ -11,6 +11,7 @@ engine runs it in a process pool (:func:`run_local`); the Spark engine
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import hashlib
 import json
@@ -611,3 +612,28 @@ def progress(iterable: Iterable, total: int, desc: str) -> Iterable:
     from tqdm.auto import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit="chunk", disable=None)
+
+
+@contextlib.contextmanager
+def consume_tasks(stream: Iterator, total: int, desc: str) -> Iterator[Iterator]:
+    """The results of a task stream (:func:`run_local`, :func:`~clipprobe.captions.spark.run_spark`) with a
+    progress bar, for a ``with`` block; leaving the block (its end, an error, Ctrl-C) stops the stream.
+
+    The stream is stopped here, by name, and not when the loop's iterator is dropped as an exception
+    leaves the loop: stopping waits for running chunks, and a second Ctrl-C during that wait is then an
+    ordinary KeyboardInterrupt for the caller (the CLI's "Interrupted", exit 130). Raised inside a
+    generator that the interpreter closes as it drops it, it would only be printed, as an ignored
+    exception with a traceback.
+    """
+    bar = progress(stream, total=total, desc=desc)
+    results = iter(bar)
+    try:
+        yield results
+    finally:
+        try:
+            if hasattr(results, "close"):
+                results.close()         # the bar's generator, which closes the stream it was reading
+            stream.close()              # a no-op once closed; closes it where the bar never started it
+        finally:
+            if hasattr(bar, "close"):
+                bar.close()
