@@ -255,6 +255,11 @@ MEASURES = {
 }
 
 
+def _over_groups(result: dict, column: str, pick):
+    values = [row[column] for row in result["classifier"].get("by_group", []) if row.get(column) is not None]
+    return pick(values) if values else None
+
+
 def summarise(results: list[dict]) -> dict:
     conditions = [c for c in results[0]["models"] if all(c in r["models"] for r in results)]
     data_only = [c for c in results[0]["data"] if c not in conditions and c != "all"]
@@ -266,6 +271,11 @@ def summarise(results: list[dict]) -> dict:
                                                for r in results],
            "classifier_calibration_error_max": [r["classifier"].get("soft", {}).get("calibration_error_max")
                                                 for r in results],
+           # the calibration test of each group's p_k (absent from results of earlier versions): the error
+           # reached by chance (largest over the groups) and the p-value (smallest over the groups)
+           "classifier_calibration_by_chance_max": [_over_groups(r, "calibration_error_by_chance", max)
+                                                    for r in results],
+           "classifier_calibration_p_min": [_over_groups(r, "calibration_p", min) for r in results],
            "soft_p_of_planted_group": {w: [r.get("soft_p_of_planted_group", {}).get(w, {}).get("mean_p")
                                            for r in results] for w, _ in PAIRS},
            "measures": {}}

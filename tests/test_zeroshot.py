@@ -377,3 +377,89 @@ def test_label_probabilities_are_a_yes_no_softmax_per_concept():
     np.testing.assert_allclose(zs.label_probabilities(x, negations, concepts, 100.0)[ok], 1 - got[ok], atol=1e-6)
     with pytest.raises(UsageError, match=r"negation_vectors: expected one \(dim,\) vector per concept"):
         zs.label_probabilities(x, concepts, negations[:3], 100.0)
+
+
+def _binned_error_by_loop(p, hit, n_bins=10):
+    """The calibration error of outcomes ``hit`` under probabilities ``p``, image by image."""
+    truth = np.where(np.asarray(hit) > 0, "G", "other")
+    return _calibration_by_loops(np.asarray(p, float).reshape(-1, 1), truth, ["G"], n_bins)["G"][1]
+
+
+def test_calibration_test_against_exact_enumeration():
+    """Ten images: every one of the 2^10 outcome vectors weighted by its probability under calibration gives
+    the exact null distribution of the calibration error; the resampled p-value and chance quantile match
+    it within Monte Carlo error."""
+    import itertools
+
+    p = np.array([0.03, 0.12, 0.18, 0.35, 0.41, 0.47, 0.66, 0.74, 0.88, 0.97])
+    hit = np.array([0, 1, 1, 0, 0, 1, 0, 1, 1, 1], float)
+    observed = _binned_error_by_loop(p, hit)
+    errors, weights = [], []
+    for outcome in itertools.product([0, 1], repeat=len(p)):
+        o = np.array(outcome, float)
+        errors.append(_binned_error_by_loop(p, o))
+        weights.append(float(np.prod(np.where(o > 0, p, 1 - p))))
+    errors, weights = np.array(errors), np.array(weights)
+    assert weights.sum() == pytest.approx(1.0)
+    exact_p = weights[errors >= observed - 1e-12].sum()
+    resamples = 20_000
+    chance, p_value = zs.calibration_test(p, hit, resamples=resamples)
+    se = np.sqrt(exact_p * (1 - exact_p) / resamples)
+    assert 0.05 < exact_p < 0.95                                   # a p-value in the middle, not at an end
+    assert abs(p_value - exact_p) < 5 * se + 1 / resamples
+    order = np.argsort(errors)
+    cdf = np.cumsum(weights[order])
+    low = errors[order][np.searchsorted(cdf, 0.94)]
+    high = errors[order][np.searchsorted(cdf, 0.96)]
+    assert low - 1e-12 <= chance <= high + 1e-12
+    # the same inputs, the same numbers
+    assert zs.calibration_test(p, hit, resamples=resamples) == (chance, p_value)
+
+
+def test_calibration_p_value_is_uniform_when_calibrated():
+    """Each simulated dataset draws its own images (their probabilities) and each image's group from its
+    probability: the image is the sampled unit. Under that null the p-value rejects at its level."""
+    from scipy import stats
+
+    rng = np.random.default_rng(2026)
+    datasets, n = 400, 300
+    pvalues = []
+    for _ in range(datasets):
+        p = rng.beta(0.3, 0.3, size=n)
+        hit = (rng.random(n) < p).astype(float)
+        pvalues.append(zs.calibration_test(p, hit, resamples=199)[1])
+    pvalues = np.array(pvalues)
+    for alpha in (0.05, 0.10, 0.25):
+        rate = np.mean(pvalues <= alpha)
+        se = np.sqrt(alpha * (1 - alpha) / datasets)
+        assert alpha - 4 * se < rate < alpha + 4 * se, (alpha, rate)
+    assert stats.kstest(pvalues, "uniform").pvalue > 0.001
+
+
+def test_calibration_test_finds_overconfidence_and_chance_shrinks_with_n():
+    """Overconfident probabilities (log-odds doubled) of the same images: p-value at its floor. The
+    calibration error reached by chance shrinks about as 1/sqrt(n)."""
+    rng = np.random.default_rng(3)
+    chances = {}
+    for n in (900, 3600):
+        p = rng.beta(0.3, 0.3, size=n)
+        hit = (rng.random(n) < p).astype(float)
+        over = 1 / (1 + np.exp(-2 * np.log(p / (1 - p))))
+        chances[n], _ = zs.calibration_test(p, hit)
+        assert zs.calibration_test(over, hit)[1] == pytest.approx(1 / 1000)
+    assert 1.6 < chances[900] / chances[3600] < 2.5
+
+
+def test_classifier_accuracy_reports_the_calibration_test():
+    rng = np.random.default_rng(4)
+    n = 2000
+    u = rng.beta(0.5, 0.5, size=n)
+    truth = np.where(rng.random(n) < u, "F", "M")
+    probs = np.stack([u, 1 - u], axis=1)
+    acc = zs.classifier_accuracy(truth, (u < 0.5).astype(np.int64), groups=["F", "M"], probs=probs)
+    g = acc.by_group.set_index("group")
+    hit = (truth == "F").astype(float)
+    assert (g.loc["F", "calibration_error_by_chance"], g.loc["F", "calibration_p"]) == zs.calibration_test(u, hit, seed=0)
+    assert (g.loc["M", "calibration_error_by_chance"], g.loc["M", "calibration_p"]) == zs.calibration_test(
+        1 - u, 1 - hit, seed=1)
+    assert 0 < g.loc["F", "calibration_error"] < 2 * g.loc["F", "calibration_error_by_chance"]

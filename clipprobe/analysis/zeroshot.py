@@ -51,6 +51,8 @@ INVALID = -3    # the embedding is NaN, infinite or zero
 STATUS = {NONE: "none", UNSURE: "unsure", INVALID: "invalid"}
 BLOCK_ROWS = 65_536
 CALIBRATION_BINS = 10      # equal-width bins of a probability, for the calibration error
+CALIBRATION_RESAMPLES = 999     # draws of the truth from the probabilities themselves (the calibration test)
+CALIBRATION_CHANCE = 0.95       # the quantile of those draws' calibration errors reported as "by chance"
 
 MSG_SHAPE = "{name}: expected a 2-d (n, dim) array, got shape {shape}"
 MSG_DIM = "{name} has dimension {got}, the class vectors {want}"
@@ -356,7 +358,10 @@ class ClassifierAccuracy:
     (the expected calibration error of ``p_k`` as the probability that the image is of group ``k``: the
     images binned by ``p_k`` into :data:`CALIBRATION_BINS` equal-width bins, the mean over bins, weighted
     by their images, of ``|share of group-k images - mean p_k|``) and ``brier`` (the mean of
-    ``(p_k - 1[group k])^2``). ``soft_share_error_max`` and ``calibration_error_max``: the largest over
+    ``(p_k - 1[group k])^2``); ``calibration_error_by_chance`` (the 95th percentile of the calibration error
+    that probabilities exactly calibrated, at these values and this number of images, show from sampling
+    alone) and ``calibration_p`` (the p-value of the hypothesis that ``p_k`` is calibrated), both from
+    :func:`calibration_test`. ``soft_share_error_max`` and ``calibration_error_max``: the largest over
     the groups (absolute); ``reliability``: one row per (group, non-empty bin) with ``n``,
     ``mean_probability`` and ``observed`` (the bins behind ``calibration_error``). NaN and empty without
     ``probs``.
@@ -445,6 +450,8 @@ def classifier_accuracy(true_labels, codes, *, groups: Sequence[str], level: flo
         by_group["soft_share"] = calibration["share"]
         by_group["soft_share_error"] = calibration["share"] - by_group["true_share"].to_numpy()
         by_group["calibration_error"] = calibration["ece"]
+        by_group["calibration_error_by_chance"] = calibration["chance"]
+        by_group["calibration_p"] = calibration["p"]
         by_group["brier"] = calibration["brier"]
         soft = {"soft_share_error_max": float(np.nanmax(np.abs(by_group["soft_share_error"].to_numpy()))),
                 "calibration_error_max": float(np.nanmax(calibration["ece"])),
@@ -460,18 +467,20 @@ def _soft_calibration(p, true, groups: Sequence[str]) -> dict:
     """Per group: the mean probability, the expected calibration error over :data:`CALIBRATION_BINS`
     equal-width bins, the Brier score, and the reliability rows (see :class:`ClassifierAccuracy`).
     ``p``: ``(n, K)`` the groups' probabilities of the labelled images; ``true``: their group codes.
-    Probabilities that are NaN (invalid rows) are left out of that group's measures."""
+    Probabilities that are NaN (invalid rows) are left out of that group's measures. ``chance`` and ``p``:
+    :func:`calibration_test` of each group's probabilities."""
     import numpy as np
     import pandas as pd
 
     n_bins = CALIBRATION_BINS
-    share, ece, brier, rows = [], [], [], []
+    share, ece, brier, rows, chance, pvalue = [], [], [], [], [], []
     for k, group in enumerate(groups):
         pk = p[:, k]
         ok = np.isfinite(pk)
         pk, hit = pk[ok], (true[ok] == k).astype(np.float64)
         if not pk.size:
-            share.append(np.nan), ece.append(np.nan), brier.append(np.nan)
+            for measure in (share, ece, brier, chance, pvalue):
+                measure.append(np.nan)
             continue
         share.append(float(pk.mean()))
         brier.append(float(np.mean((pk - hit) ** 2)))
@@ -483,9 +492,62 @@ def _soft_calibration(p, true, groups: Sequence[str]) -> dict:
         mean_p[used] /= n_b[used]
         observed[used] /= n_b[used]
         ece.append(float(np.sum(n_b[used] * np.abs(observed[used] - mean_p[used])) / pk.size))
+        chance_k, p_k = calibration_test(pk, hit, seed=k)
+        chance.append(chance_k), pvalue.append(p_k)
         rows += [{"group": group, "bin": int(j), "bin_low": j / n_bins, "bin_high": (j + 1) / n_bins,
                   "n": int(n_b[j]), "mean_probability": float(mean_p[j]), "observed": float(observed[j])}
                  for j in np.flatnonzero(used)]
     return {"share": np.asarray(share), "ece": np.asarray(ece), "brier": np.asarray(brier),
+            "chance": np.asarray(chance), "p": np.asarray(pvalue),
             "reliability": pd.DataFrame(rows, columns=["group", "bin", "bin_low", "bin_high", "n",
                                                        "mean_probability", "observed"])}
+
+
+def _binned_error(hits, psum, n: int):
+    """The calibration error from each bin's count of hits and sum of probabilities (the last axis: the bins),
+    added up bin by bin in order: ``sum_b |hits_b - psum_b| / n``."""
+    import numpy as np
+
+    total = np.zeros(np.shape(hits)[:-1], np.float64)
+    for j in range(np.shape(hits)[-1]):
+        total += np.abs(hits[..., j] - psum[j])
+    return total / n
+
+
+def calibration_test(p, hit, *, seed: int = 0, resamples: int = CALIBRATION_RESAMPLES,
+                     quantile: float = CALIBRATION_CHANCE, chunk: int = 64) -> tuple[float, float]:
+    """``(chance, p_value)``: how large a calibration error (:class:`ClassifierAccuracy`) sampling alone gives
+    probabilities ``p`` of ``len(p)`` images, and whether the observed one (outcomes ``hit``, 0 or 1) is larger.
+
+    Consistency resampling (Broecker and Smith, Weather and Forecasting 22, 2007; Vaicenavicius et al.,
+    AISTATS 2019): if ``p`` is calibrated, each image's outcome is a draw of Bernoulli(p_i), independent of
+    the others (the image is what was sampled). ``resamples`` outcome vectors are drawn so (from ``seed``:
+    the same numbers on any machine) and each one's calibration error is computed over the same bins.
+    ``chance``: the ``quantile`` of those errors; ``p_value``: ``(1 + #{resampled >= observed}) /
+    (1 + resamples)``, uniform or larger under the hypothesis (tested). The observed and the resampled
+    errors are computed the same way (:func:`_binned_error`), so a tie is a tie on every CPU."""
+    import numpy as np
+
+    p = np.asarray(p, np.float64).reshape(-1)
+    hit = np.asarray(hit, np.float64).reshape(-1)
+    n, n_bins = len(p), CALIBRATION_BINS
+    if n == 0:
+        return float("nan"), float("nan")
+    b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    psum = np.bincount(b, weights=p, minlength=n_bins)
+    observed = float(_binned_error(np.bincount(b, weights=hit, minlength=n_bins), psum, n))
+    order = np.argsort(b, kind="stable")
+    edges = np.searchsorted(b[order], np.arange(n_bins + 1))      # bin j: images edges[j]:edges[j + 1]
+    p_sorted = p[order]
+    rng = np.random.default_rng([int(seed), 0xCA1B])
+    errors = np.empty(int(resamples), np.float64)
+    for first in range(0, int(resamples), int(chunk)):
+        m = min(int(chunk), int(resamples) - first)
+        drawn = rng.random((m, n)) < p_sorted
+        cum = np.zeros((m, n + 1), np.int64)
+        np.cumsum(drawn, axis=1, out=cum[:, 1:])
+        hits = (cum[:, edges[1:]] - cum[:, edges[:-1]]).astype(np.float64)     # each bin's hits in this draw
+        errors[first:first + m] = _binned_error(hits, psum, n)
+    chance = float(np.quantile(errors, quantile))
+    p_value = float((1 + np.count_nonzero(errors >= observed)) / (1 + len(errors)))
+    return chance, p_value

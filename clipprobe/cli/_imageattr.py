@@ -210,7 +210,9 @@ def attributes_cmd(embeddings, out, attribute_prompts, threshold, label_prompts,
                        f"{cal['soft']['calibration_error_max']:.3f} held out at a fitted one")
         for row in cal["by_group"]:
             soft = (f"; mean probability {row['soft_share']:.3f} against a true share of {row['true_share']:.3f}, "
-                    f"calibration error {row['calibration_error']:.3f}" if "soft_share" in row else "")
+                    f"calibration error {row['calibration_error']:.3f} (by chance up to "
+                    f"{row['calibration_error_by_chance']:.3f}; calibrated: p {row['calibration_p']:.3g})"
+                    if "soft_share" in row else "")
             click.echo(f"  {printable(row['group'])}: accuracy {row['accuracy']:.3f} [{row['accuracy_ci_low']:.3f}, "
                        f"{row['accuracy_ci_high']:.3f}], precision {row['precision']:.3f}, none {row['none_rate']:.3f}"
                        + soft)

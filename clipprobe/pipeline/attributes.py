@@ -21,7 +21,8 @@ writes, per shard, one parquet file row-aligned with the shard's metadata::
     OUT/calibration_groups.parquet       the classifier on a labelled face dataset: accuracy, precision,
     OUT/calibration_confusion.parquet    rates of none/unsure per true group, confusion matrix; its soft
     OUT/calibration_reliability.parquet  probabilities: mean p_k against the true share, calibration
-                                         error and Brier score per group, and the reliability bins
+                                         error (with the error reached by chance and the p-value of
+                                         calibration) and Brier score per group, and the reliability bins
     OUT/run.json                         settings, prompts, logit scale, calibration, per-shard counts
 
 ``clipprobe balance measure|fit --attribute-column image_<attribute>`` reads the shard files as captions
@@ -295,6 +296,7 @@ def _calibrate(labels, vectors, spec: str, prompts, classes, scale: float, confi
             "before": {"soft_share_error_max": accuracy.soft_share_error_max,
                        "calibration_error_max": accuracy.calibration_error_max,
                        "by_group": accuracy.by_group[["group", "soft_share", "soft_share_error", "calibration_error",
+                                                      "calibration_error_by_chance", "calibration_p",
                                                       "brier"]].to_dict(orient="records")}}
     return fitted_accuracy, fitted, info
 
