@@ -30,7 +30,9 @@ Run: ``python scripts/validate_image_balance.py --out DIR --seeds 0 1 2`` (print
 ``DIR/summary.json``; resumable per seed: a finished seed's ``result.json`` is read back). With
 ``--no-train`` a few minutes per seed; with the three retrainings of 870 steps about an hour per seed on a
 loaded 2-core machine (seeds can run as separate processes on the same ``--out``, one seed each; then run
-once more with all the seeds to write the summary). The summary gives, per condition and measure, the
+once more with all the seeds to write the summary). ``--captions N`` draws worlds of N captions instead of the
+demo's 8,000 (the same planted rates and probe images): the kept sets grow with N, and since every training
+takes the same number of steps, a larger set is seen for fewer epochs. The summary gives, per condition and measure, the
 mean and the range (min-max) over the seeds: not a confidence interval.
 """
 
@@ -45,6 +47,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from clipprobe.world.generate import DEFAULT_N_CAPTIONS     # the demo world's captions (training pairs)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))      # the model measurements of the caption-balancing validation
@@ -138,7 +142,8 @@ def _write_flags(template: Path, kept: np.ndarray, dest: Path) -> Path:
 
 
 def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int,
-             steps: int, train_both: bool, train: bool = True, soft: bool = False, fit_scale: bool = False) -> dict:
+             steps: int, train_both: bool, train: bool = True, soft: bool = False, fit_scale: bool = False,
+             n_captions: int = DEFAULT_N_CAPTIONS) -> dict:
     import pandas as pd
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -152,11 +157,13 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     done = work / "result.json"
     if done.is_file():
         result = json.loads(done.read_text())
-        if (not soft or "soft" in result["data"]) and bool(result.get("scale_fit")) == fit_scale:
+        if ((not soft or "soft" in result["data"]) and bool(result.get("scale_fit")) == fit_scale
+                and result.get("n_captions", DEFAULT_N_CAPTIONS) == n_captions
+                and (not train_both or not train or {"both", "soft"} & set(result["models"]))):
             return result
         log.info("seed %d: %s has other conditions or scale; running the seed again", seed, done)
     t0 = time.perf_counter()
-    paths = generate_world(work / "world", seed=seed)
+    paths = generate_world(work / "world", seed=seed, n_captions=n_captions)
     truth = json.loads(paths.truth.read_text())
     _embed_train_images(seed, paths, work / "emb")
     (work / "world-gender.yaml").write_text(PROMPTS)
@@ -207,7 +214,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     kept["random"] = chosen
     template = Path(fits["caption"].out) / "weights.parquet"
     images = _images(seed)
-    result = {"seed": seed, "n_pairs": n, "keep": keep, "eps": EPS, "classifier": attr.run["calibration"],
+    result = {"seed": seed, "n_captions": n_rows, "n_pairs": n, "keep": keep, "eps": EPS, "classifier": attr.run["calibration"],
               "scale": attr.run["scale"], "scale_fit": attr.run.get("scale_fit"),
               "image_labels_accuracy_on_training_images": float((image_labels["image_gender"].astype(object)
                                                                  .to_numpy() == gender).mean()),
@@ -227,7 +234,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
         if not train or (name in ("both", "soft") and not train_both):
             continue
         weights = _write_flags(template, flags, work / "train" / name / "weights.parquet")
-        cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads, epochs=epochs)
+        cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads, epochs=epochs, n_captions=n_rows)
         meta = train_world_model(work / "model" / name, cfg, evaluate=False)
         probe = probe_model(work / "model" / name, truth, images)
         probe["n_trained"] = meta["world"]["n_trained"]
@@ -295,6 +302,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--keep", type=float, default=0.25, help="target keep rate of both M4 runs")
+    ap.add_argument("--captions", type=int, default=DEFAULT_N_CAPTIONS,
+                    help=f"captions (training pairs) of each world ({DEFAULT_N_CAPTIONS:,}: the demo world's); more "
+                         "give larger kept sets, trained for fewer epochs at the same number of steps")
     ap.add_argument("--both", action="store_true", help="also M4 on both_gender (caption's group, else image's)")
     ap.add_argument("--threads", type=int, default=2, help="threads of the attribute pass")
     ap.add_argument("--steps", type=int, default=868,
@@ -317,7 +327,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads,
                         train_threads=args.train_threads, steps=args.steps, train_both=args.train_both,
-                        train=args.train, soft=args.soft, fit_scale=args.fit_scale)
+                        train=args.train, soft=args.soft, fit_scale=args.fit_scale, n_captions=args.captions)
                for s in args.seeds]
     summary = summarise(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
