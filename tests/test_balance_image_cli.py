@@ -133,6 +133,13 @@ def test_attributes_command(setup, tmp_path):
     n_labelled = run["calibration"]["n"]
     assert reliability.groupby("group")["n"].sum().to_dict() == {"Female": n_labelled, "Male": n_labelled}
     assert run["calibration"]["soft"]["calibration_error_max"] >= 0
+    # with the calibration test of each group's probabilities, stored and printed
+    groups = pd.read_parquet(tmp_path / "a" / "calibration_groups.parquet").set_index("group")
+    for row in run["calibration"]["by_group"]:
+        assert 0 < row["calibration_p"] <= 1 and row["calibration_error_by_chance"] > 0
+        assert groups.loc[row["group"], "calibration_p"] == row["calibration_p"]
+        assert (f"calibration error {row['calibration_error']:.3f} (by chance up to "
+                f"{row['calibration_error_by_chance']:.3f}; calibrated: p {row['calibration_p']:.3g})") in r.output
     bad = CliRunner().invoke(cli, ["balance", "attributes", "--embeddings", str(tmp_path / "none"),
                                    "--out", str(tmp_path / "b"), *setup["model"]])
     assert bad.exit_code == 1 and f"embeddings {tmp_path / 'none'}: no such folder" in bad.output
