@@ -31,6 +31,14 @@ pass are printed; ``memory_flat`` says whether the peak during the pass at the l
 
     python benchmarks/bench_attributes.py --rows 1000000 --threads 1 2 --memory --memory-rows 1000000 10000000
 
+What the kernel's fixed order costs (``--order-cost``): the scores kernel alone, one thread, against the same
+dot products and squared norms summed in an order left to the compiler (numba's ``fastmath``: reassociated,
+vectorised across the dimension, fused multiply-adds), on the same blocks in memory, best of ``--repeat``
+interleaved runs; printed: both rates, their ratio, the largest difference of a cosine and how many
+arg-max labels differ. clipprobe keeps the fixed order (the same labels on every CPU).
+
+    python benchmarks/bench_attributes.py --rows 1000000 --order-cost --repeat 5
+
 End to end (``--fit``): ``balance fit --attribute-source images`` (the attribute pass, then the pattern
 pass, the M4 solve with the occupations of :data:`FIT_WORDS` as labels, the keep flags and the weights) at
 each size of ``--fit-rows``, in a fresh process each, on each engine of ``--fit-engines``; printed per run:
@@ -161,6 +169,69 @@ def kernel_rate(root: Path, t: np.ndarray, threads: int) -> tuple[float, np.ndar
                 rows.release(i + BLOCK)
     codes = np.concatenate(codes)
     return len(codes) / (time.perf_counter() - t0), codes
+
+
+def _free_order_sums():
+    """The same dot products and squared norms as the scores kernel, one row at a time, with the order of
+    the sums left to the compiler (``fastmath``: reassociated, vectorised across the dimension, fused
+    multiply-adds): what the fixed order costs. Not used by clipprobe (its numbers would then depend on the
+    CPU's vector width)."""
+    from numba import njit
+
+    from clipprobe.analysis._zskernel import _half_to_float
+
+    @njit(fastmath=True, nogil=True)
+    def sums(bits, t, dots, norms):
+        n, d = bits.shape
+        c = t.shape[0]
+        row = np.empty(d, np.float32)
+        for i in range(n):
+            for j in range(d):
+                row[j] = _half_to_float(bits[i, j])
+            acc = np.float32(0.0)
+            for j in range(d):
+                acc += row[j] * row[j]
+            norms[i] = acc
+            for k in range(c):
+                acc = np.float32(0.0)
+                for j in range(d):
+                    acc += row[j] * t[k, j]
+                dots[i, k] = acc
+
+    return sums
+
+
+def order_cost(root: Path, t: np.ndarray, repeat: int) -> dict:
+    """The scores kernel (fixed order, one thread) against :func:`_free_order_sums` on the same in-memory
+    blocks: best of ``repeat`` interleaved runs each, rows per second, and how far their cosines differ."""
+    from clipprobe.analysis import _zskernel
+
+    blocks = []
+    for path in _shards(root):
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        blocks += [np.ascontiguousarray(arr[i:i + BLOCK]) for i in range(0, len(arr), BLOCK)]
+    n = sum(len(b) for b in blocks)
+    free = _free_order_sums()
+    out = {name: (np.empty((n, len(t)), np.float32), np.empty(n, np.float32)) for name in ("fixed", "free")}
+    runs = {"fixed": lambda b, d, m: _zskernel.scores(b, t, d, m, 1),
+            "free": lambda b, d, m: free(b.view(np.uint16), t, d, m)}
+    for name, fn in runs.items():                           # compile (or load) both
+        fn(blocks[0][:64], out[name][0][:64], out[name][1][:64])
+    best = {name: np.inf for name in runs}
+    for _ in range(repeat):
+        for name, fn in runs.items():
+            dots, norms = out[name]
+            t0 = time.perf_counter()
+            start = 0
+            for b in blocks:
+                fn(b, dots[start:start + len(b)], norms[start:start + len(b)])
+                start += len(b)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    cos = {name: dots / np.sqrt(norms)[:, None] for name, (dots, norms) in out.items()}
+    return {"rows": n, "rows_per_s": {k: round(n / v) for k, v in best.items()},
+            "fixed/free_time": round(best["fixed"] / best["free"], 3),
+            "max_abs_cos_difference": float(np.abs(cos["fixed"] - cos["free"]).max()),
+            "labels_differing": int((cos["fixed"].argmax(axis=1) != cos["free"].argmax(axis=1)).sum())}
 
 
 def tiny_model_512(folder: Path) -> tuple[str, str]:
@@ -300,6 +371,8 @@ def main(argv=None) -> int:
                          "processes, with --fit-engines; the read rate of each size's folder beside it")
     ap.add_argument("--fit-rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
     ap.add_argument("--fit-engines", nargs="+", default=["local"], choices=["local", "spark"])
+    ap.add_argument("--order-cost", action="store_true",
+                    help="only the scores kernel (fixed order) against the same sums in a free order, one thread")
     ap.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_fit_child", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_engine", default="local", help=argparse.SUPPRESS)
@@ -322,6 +395,9 @@ def main(argv=None) -> int:
     if args.memory_only:
         args.repeat, args.threads = 0, args.threads[:1]
     t = _classes()
+    if args.order_cost:
+        print(json.dumps({"load_average": os.getloadavg(), **order_cost(root, t, max(args.repeat, 1))}, indent=1))
+        return 0
     model = tiny_model_512(work / "model")
     best: dict[str, float] = {}
     cpu: dict[str, float] = {}          # process CPU seconds (all threads), least of the rounds
