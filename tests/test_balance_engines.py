@@ -17,11 +17,11 @@ import time
 import pandas as pd
 import pytest
 from test_captions_count import LEXICON, TAXONOMY
-from test_captions_interrupt import Run, kill_at_random_points, wait_for, write_files
+from test_captions_interrupt import DEFAULT_SIGINT, Run, kill_at_random_points, wait_for, write_files
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")]
 
-CLI = ("from clipprobe.cli import cli, main\nfrom clipprobe.cli.balance import balance\n"
+CLI = (DEFAULT_SIGINT + "from clipprobe.cli import cli, main\nfrom clipprobe.cli.balance import balance\n"
        "if 'balance' not in cli.commands:\n    cli.add_command(balance)\nmain()")
 OUTPUTS = ("bias_groups.parquet", "bias_cells.parquet", "patterns.parquet", "residuals.parquet",
            "convergence.parquet")

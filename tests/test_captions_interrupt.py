@@ -26,7 +26,10 @@ from clipprobe.captions.synth import realistic_captions
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-CLI = "from clipprobe.cli import main; main()"
+# Ctrl-C handled as in a terminal's foreground process, even where this suite runs with SIGINT ignored (a
+# background job of a non-interactive shell inherits it ignored, and Python then leaves it so)
+DEFAULT_SIGINT = "import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n"
+CLI = DEFAULT_SIGINT + "from clipprobe.cli import main; main()"
 
 
 def write_files(folder: Path, n_files: int, rows: int, seed: int = 0) -> None:
@@ -240,13 +243,13 @@ _STARTED = threading.Event()
 
 def _one_done_then_press_again(spec, task, stop):
     """Task 0 finishes at once; task 1 runs until the scan stops, then presses Ctrl-C a second time
-    (SIGINT to this process) while the scan waits for its thread to leave, as a user pressing twice does."""
+    (SIGINT to the main thread) while the scan waits for its thread to leave, as a user pressing twice does."""
     if task[0] == 0:
         return {}
     _STARTED.set()
     while not stop.wait(0.01):
         pass
-    os.kill(os.getpid(), signal.SIGINT)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)     # where a terminal's Ctrl-C lands
     time.sleep(0.5)                     # the scan is still waiting for this thread when the signal lands
     raise Stopped(task[1])
 
@@ -257,12 +260,26 @@ def test_second_ctrl_c_while_threads_stop_reaches_the_caller(monkeypatch, consum
     threads leave their chunks. The second must reach the caller as KeyboardInterrupt (the CLI then says
     "Interrupted" and exits 130), not be printed as an exception ignored while the progress bar's
     generator is collected (a traceback on stderr, seen once in CI)."""
-    from clipprobe.captions.patterns import _consume
-    from clipprobe.captions.scan import ScanSpec, consume_tasks, run_local
     from clipprobe.captions.tokens import available
 
     if not available():
         pytest.skip("the threaded token pass needs numba")
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("Python runs signal handlers in the main thread only")
+    # Python's own Ctrl-C handler, as in a CLI process, whatever an earlier test in this worker left installed
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    masked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        _second_ctrl_c(monkeypatch, consumer)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, masked)
+
+
+def _second_ctrl_c(monkeypatch, consumer):
+    from clipprobe.captions.patterns import _consume
+    from clipprobe.captions.scan import ScanSpec, consume_tasks, run_local
+
     unraisable = []
     monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
     spec = ScanSpec(space={}, matcher=b"", method="tokens")

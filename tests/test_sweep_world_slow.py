@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from test_captions_interrupt import DEFAULT_SIGINT
 
 pytestmark = pytest.mark.slow
 
@@ -172,7 +173,7 @@ def test_the_analysis_attributes_the_bias_to_the_training_data(tmp_path):
 
 
 def _cli(args: list[str]) -> list[str]:
-    code = ("import sys\nfrom clipprobe.cli import cli\nif 'sweep' not in cli.commands:\n"
+    code = (DEFAULT_SIGINT + "import sys\nfrom clipprobe.cli import cli\nif 'sweep' not in cli.commands:\n"
             "    from clipprobe.cli.sweep import sweep\n    cli.add_command(sweep)\n"
             "cli(prog_name='clipprobe')\n")
     return [sys.executable, "-c", code, *args]
