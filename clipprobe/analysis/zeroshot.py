@@ -484,7 +484,7 @@ def _soft_calibration(p, true, groups: Sequence[str]) -> dict:
             continue
         share.append(float(pk.mean()))
         brier.append(float(np.mean((pk - hit) ** 2)))
-        b = np.minimum((pk * n_bins).astype(np.int64), n_bins - 1)       # [j/B, (j+1)/B); 1.0 in the last
+        b = _calibration_bins(pk)
         n_b = np.bincount(b, minlength=n_bins)
         mean_p = np.bincount(b, weights=pk, minlength=n_bins)
         observed = np.bincount(b, weights=hit, minlength=n_bins)
@@ -501,6 +501,14 @@ def _soft_calibration(p, true, groups: Sequence[str]) -> dict:
             "chance": np.asarray(chance), "p": np.asarray(pvalue),
             "reliability": pd.DataFrame(rows, columns=["group", "bin", "bin_low", "bin_high", "n",
                                                        "mean_probability", "observed"])}
+
+
+def _calibration_bins(p):
+    """The bin of each probability among :data:`CALIBRATION_BINS` equal-width bins: ``[j/B, (j+1)/B)``, 1.0 in
+    the last. The calibration error and its test bin alike through this one definition."""
+    import numpy as np
+
+    return np.minimum((p * CALIBRATION_BINS).astype(np.int64), CALIBRATION_BINS - 1)
 
 
 def _binned_error(hits, psum, n: int):
@@ -533,7 +541,7 @@ def calibration_test(p, hit, *, seed: int = 0, resamples: int = CALIBRATION_RESA
     n, n_bins = len(p), CALIBRATION_BINS
     if n == 0:
         return float("nan"), float("nan")
-    b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    b = _calibration_bins(p)
     psum = np.bincount(b, weights=p, minlength=n_bins)
     observed = float(_binned_error(np.bincount(b, weights=hit, minlength=n_bins), psum, n))
     order = np.argsort(b, kind="stable")
