@@ -21,8 +21,10 @@ written anywhere.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import threading
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +73,24 @@ def enable_cache(dispatcher) -> bool:
         log.info("compiled function %s not cached (%s): compiling it in each process", dispatcher.py_func.__name__, err)
         return False
     return True
+
+
+_KERNELS: dict[str, object] = {}        # module name -> the module, or None where numba is missing
+_KERNELS_LOCK = threading.Lock()
+
+
+def optional_kernel(module: str, *functions: str):
+    """The compiled-kernel module ``module`` with :func:`enable_cache` given to each of its ``functions``, once
+    per process (threads may ask at once), or None where it cannot be imported (numba not installed: the
+    caller takes its numpy path, which gives the same results)."""
+    with _KERNELS_LOCK:
+        if module not in _KERNELS:
+            try:
+                mod = importlib.import_module(module)
+            except ImportError:
+                mod = None
+            else:
+                for name in functions:
+                    enable_cache(getattr(mod, name))
+            _KERNELS[module] = mod
+        return _KERNELS[module]

@@ -57,6 +57,11 @@ def warm_kernels() -> dict[str, float]:
 
         content_hashes(["a caption", "another"], ["http://x", "http://y"])
 
+    def patterns():
+        from clipprobe.captions.indicators import encode_chunk
+
+        encode_chunk(np.array([0, 2]), np.array([0, 1]), np.array([2]), np.array([0]), 4, ["a", "b"], ["w"])
+
     def tokens():
         from clipprobe.captions import tokens as tk
         from clipprobe.captions.matching import Matcher
@@ -65,6 +70,6 @@ def warm_kernels() -> dict[str, float]:
             tk.TokenMatcher(Matcher(["man", "middle eastern"])).warm_up()
 
     for name, fn in (("eat", eat), ("scores", scores), ("zeroshot", zeroshot), ("hashes", hashes),
-                     ("tokens", tokens)):
+                     ("patterns", patterns), ("tokens", tokens)):
         timed(name, fn)
     return seconds

@@ -534,7 +534,9 @@ def test_hash_strings_matches_a_plain_python_implementation(monkeypatch, compile
         pytest.importorskip("numba")
         assert K._hash_kernel() is not None
     else:
-        monkeypatch.setattr(K, "_HASH_KERNEL", [None])
+        from clipprobe import _jitcache
+
+        monkeypatch.setitem(_jitcache._KERNELS, "clipprobe.analysis._hashkernel", None)
     rng = np.random.default_rng(20)
     values = [None, "", "a", "ab" * 4, "ab" * 4 + "c", "élève 👩‍⚕️", b"\xff\xfe", "x" * 63, "x" * 64, "x" * 65]
     values += [bytes(rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8)) for _ in range(300)]

@@ -482,12 +482,21 @@ def test_train_keep_reads_the_flags(tmp_path):
     assert str(err.value) == MSG_KEEP_ROWS.format(path=tmp_path / "w.parquet", got=5, rows="0..4", n=6, last=5)
 
 
+@pytest.mark.parametrize("path", ["compiled", "numpy"])
 @pytest.mark.parametrize("n, k, r, with_utility", [(1000, 2, 5, False), (1000, 3, 70, True), (4000, 2, 167, False),
                                                    (0, 2, 3, False), (10, 2, 3, False), (300, 1, 1, True)])
-def test_chunk_encoder_equals_encode_patterns(n, k, r, with_utility):
-    """The scan's encoder (bit keys from pairs, hashed rows) against the core's dense-matrix encoder."""
+def test_chunk_encoder_equals_encode_patterns(n, k, r, with_utility, path, monkeypatch):
+    """The scan's encoder (bit keys from pairs, hashed rows; compiled, or numpy where numba is missing)
+    against the core's dense-matrix encoder."""
+    from clipprobe.captions import indicators
     from clipprobe.captions.indicators import encode_chunk
 
+    if path == "numpy":
+        from clipprobe import _jitcache
+
+        monkeypatch.setitem(_jitcache._KERNELS, "clipprobe.analysis._patternkernel", None)
+    else:
+        assert indicators._pattern_kernel() is not None
     rng = np.random.default_rng(n + k + r)
     ns, ny = int(rng.integers(0, n // 2 + 1)), int(rng.integers(0, n + 1))
     sr, sc = rng.integers(0, max(n, 1), ns), rng.integers(0, k, ns)
@@ -504,6 +513,37 @@ def test_chunk_encoder_equals_encode_patterns(n, k, r, with_utility):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
     np.testing.assert_allclose(got.u_sum, want.u_sum)
     np.testing.assert_array_equal(ids, want_ids)
+
+
+def test_compiled_encoder_numbers_keys_by_their_words_not_their_hash():
+    """The compiled encoder's hash table compares every word of a key: many distinct keys in a table of few
+    slots (probing), the same key at rows far apart, and keys that differ in one bit of one word each get
+    their own number, exactly as a sort of the rows numbers them."""
+    from clipprobe.captions.indicators import _pattern_kernel
+
+    kernel = _pattern_kernel()
+    rng = np.random.default_rng(3)
+    n, n_words = 5000, 3
+    cols = rng.integers(0, 64 * n_words, 4000)
+    rows = rng.integers(0, n, 4000)
+    rows = np.concatenate([rows, rows[:50] * 0 + n - 1, np.full(3, 7)])      # repeats of pairs, set twice
+    cols = np.concatenate([cols, cols[:50], np.array([0, 64, 128])])
+    keys = np.zeros((n, n_words), np.uint64)
+    inv, first, count = (np.empty(n, np.int64) for _ in range(3))
+    m = kernel.distinct_keys(rows.astype(np.int64), cols.astype(np.int64), keys, inv, first, count)
+    dense = np.zeros((n, n_words), np.uint64)
+    np.bitwise_or.at(dense.reshape(-1), rows * n_words + cols // 64, np.left_shift(np.uint64(1), (cols % 64).astype(np.uint64)))
+    np.testing.assert_array_equal(keys, dense)
+    marked = dense.any(axis=1)
+    np.testing.assert_array_equal(inv < 0, ~marked)
+    uniq, sorted_inv = np.unique(dense[marked], axis=0, return_inverse=True)
+    assert m == len(uniq) > 1000
+    np.testing.assert_array_equal(keys[first[:m]][inv[marked]], dense[marked])       # each row gets its own key
+    # one number per distinct key: the numbering is a relabelling of the sort's
+    pairs = np.unique(np.column_stack([inv[marked], sorted_inv.reshape(-1)]), axis=0)
+    assert len(pairs) == m
+    np.testing.assert_array_equal(count[:m], np.bincount(inv[marked], minlength=m))
+    assert (first[:m] == np.array([np.flatnonzero(inv == d)[0] for d in range(m)])).all()
 
 
 def test_distinct_rows_falls_back_on_a_hash_collision(monkeypatch):

@@ -22,7 +22,6 @@ integer arithmetic, the same on every CPU; the scan computes them from Arrow buf
 from __future__ import annotations
 
 import dataclasses
-import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -110,24 +109,12 @@ def hash_strings(offsets, data, valid=None) -> "np.ndarray":
     return out
 
 
-_HASH_KERNEL: list = []           # [module or None] once looked up
-_HASH_KERNEL_LOCK = threading.Lock()
-
-
 def _hash_kernel():
     """The compiled hash (:mod:`clipprobe.analysis._hashkernel`, in clipprobe's numba cache folder) where
     numba is installed, else None (the numpy path: the same hashes, several times slower)."""
-    with _HASH_KERNEL_LOCK:         # the scan's threads may ask at once
-        if not _HASH_KERNEL:
-            try:
-                from clipprobe._jitcache import enable_cache
-                from clipprobe.analysis import _hashkernel
-            except ImportError:
-                _HASH_KERNEL.append(None)
-            else:
-                enable_cache(_hashkernel.hash_block)
-                _HASH_KERNEL.append(_hashkernel)
-        return _HASH_KERNEL[0]
+    from clipprobe._jitcache import optional_kernel
+
+    return optional_kernel("clipprobe.analysis._hashkernel", "hash_block")
 
 
 def _hash_block(off, buf):
