@@ -44,6 +44,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,7 @@ PROMPTS = ("# the world's gender, as its captions write it\nattribute: gender\ng
            "  kind X: [a photo of a kind x person]\n  kind Y: [a photo of a kind y person]\n")
 PAIRS = (("rural", "kind X"), ("architect", "kind Y"))
 SOFT_BINS = 16     # balance's default steps of E[s_k]
+CONDITIONS = ("caption", "image", "both", "soft", "random")     # the kept sets compared
 
 
 def _word(texts, word: str) -> np.ndarray:
@@ -143,7 +145,10 @@ def _write_flags(template: Path, kept: np.ndarray, dest: Path) -> Path:
 
 def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, train_threads: int,
              steps: int, train_both: bool, train: bool = True, soft: bool = False, fit_scale: bool = False,
-             n_captions: int = DEFAULT_N_CAPTIONS) -> dict:
+             n_captions: int = DEFAULT_N_CAPTIONS, retrain: Sequence[str] | None = None) -> dict:
+    """One world: its attribute pass, the M4 fits, their data associations and (``train``) the tiny CLIP
+    retrained on each kept set and probed. ``retrain``: the conditions retrained (default: caption, image
+    and random, and both and soft with ``train_both``)."""
     import pandas as pd
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -159,7 +164,8 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
         result = json.loads(done.read_text())
         if ((not soft or "soft" in result["data"]) and bool(result.get("scale_fit")) == fit_scale
                 and result.get("n_captions", DEFAULT_N_CAPTIONS) == n_captions
-                and (not train_both or not train or {"both", "soft"} & set(result["models"]))):
+                and (not train_both or not train or {"both", "soft"} & set(result["models"]))
+                and (retrain is None or not train or set(retrain) <= set(result["models"]))):
             return result
         log.info("seed %d: %s has other conditions or scale; running the seed again", seed, done)
     t0 = time.perf_counter()
@@ -212,6 +218,9 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     chosen = np.zeros(n_rows, bool)
     chosen[rng.choice(n_rows, size=n, replace=False)] = True
     kept["random"] = chosen
+    if retrain is not None and set(retrain) - set(kept):
+        raise ValueError(f"retrain: no kept set {sorted(set(retrain) - set(kept))} in this run (both and soft need "
+                         "--both and --soft)")
     template = Path(fits["caption"].out) / "weights.parquet"
     images = _images(seed)
     result = {"seed": seed, "n_captions": n_rows, "n_pairs": n, "keep": keep, "eps": EPS, "classifier": attr.run["calibration"],
@@ -231,7 +240,7 @@ def run_seed(seed: int, work: Path, *, keep: float, both: bool, threads: int, tr
     result["training"] = {"epochs": epochs, "steps": epochs * batches, "batch_size": TrainConfig.batch_size}
     for name, flags in kept.items():
         result["data"][name] = data_association(texts, gender, flags)
-        if not train or (name in ("both", "soft") and not train_both):
+        if not train or (name not in retrain if retrain is not None else name in ("both", "soft") and not train_both):
             continue
         weights = _write_flags(template, flags, work / "train" / name / "weights.parquet")
         cfg = TrainConfig(seed=seed, keep=str(weights), threads=train_threads, epochs=epochs, n_captions=n_rows)
@@ -316,6 +325,9 @@ def main(argv=None) -> int:
                     help="the attribute pass fits its softmax scale on the probe images (balance attributes "
                          "--fit-scale); the soft condition uses it")
     ap.add_argument("--train-both", action="store_true", help="also retrain on the both_gender (and soft) M4 sets")
+    ap.add_argument("--retrain", nargs="+", default=None, choices=CONDITIONS, metavar="CONDITION",
+                    help=f"retrain on these kept sets only ({', '.join(CONDITIONS)}; default: caption, image, "
+                         "random, and both and soft with --train-both)")
     ap.add_argument("--no-train", dest="train", action="store_false",
                     help="the data side only: no retraining (minutes instead of an hour per seed)")
     ap.add_argument("--train-threads", type=int, default=1,
@@ -327,7 +339,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     results = [run_seed(s, out / f"seed{s}", keep=args.keep, both=args.both, threads=args.threads,
                         train_threads=args.train_threads, steps=args.steps, train_both=args.train_both,
-                        train=args.train, soft=args.soft, fit_scale=args.fit_scale, n_captions=args.captions)
+                        train=args.train, soft=args.soft, fit_scale=args.fit_scale, n_captions=args.captions,
+                        retrain=args.retrain)
                for s in args.seeds]
     summary = summarise(results)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

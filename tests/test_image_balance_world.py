@@ -1,5 +1,5 @@
-"""Balancing on image-derived attributes, on the planted world (the data side; the retrained models are
-in ``scripts/validate_image_balance.py``).
+"""Balancing on image-derived attributes, on the planted world: the data side, and the tiny CLIP retrained on
+the kept sets of one world of 32,000 captions (``scripts/validate_image_balance.py`` runs five).
 
 The world's 8,000 training images are embedded with the shipped tiny world CLIP and classified zero-shot
 ("a photo of a kind x person" / "... kind y person") by ``balance fit --attribute-source images``; M4
@@ -9,7 +9,7 @@ balanced on the classifier's labels within the constraints; and the reason image
 of the planted association on the images' *true* gender in place: every kept "rural" caption whose image
 the classifier calls kind Y is a misclassified kind-X image (rural is planted with kind X only), and M4
 meets its constraint by keeping about as many of those as of correctly labelled ones.
-About 2-4 minutes on 2 idle cores.
+About 2-4 minutes on 2 idle cores for the data side; 6-10 minutes for the retraining.
 """
 
 from __future__ import annotations
@@ -79,3 +79,35 @@ def test_image_derived_m4_balances_the_labels_not_the_truth(tmp_path):
     assert (truth[kept_rural] == "kind X").all()
     # so the kept data still tie rural to kind-X images, on their true gender
     assert after["P(rural|kind X)"] > 0.3
+
+
+@pytest.mark.slow
+def test_models_retrained_on_image_derived_m4_learn_less_of_the_planted_association_than_on_random_subsets(
+        tmp_path):
+    """docs/balancing.md: in worlds of 32,000 captions (3,555-3,669 kept pairs), the tiny CLIP retrained on
+    image-derived M4's kept set learned less of the planted gender association than one retrained on a random
+    subset of the same size, in model AB (rural vs architect) and architect skew, over five worlds (the
+    ranges do not overlap). Here world 0 is run again with image-derived and caption-derived M4 only, so the
+    common size is set by those two (3,948 pairs, where five conditions gave 3,555), and two trainings of
+    868 steps: the kept data and the retrained models must keep that order. Measured (6 min on 2 idle
+    cores): data P(rural | kind X) 0.53 against 0.70, model AB 0.07 against 0.54."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    sys.path.insert(0, str(ROOT / "tests"))
+    import validate_image_balance as vib
+
+    result = vib.run_seed(SEED, tmp_path, keep=KEEP, both=False, threads=2, train_threads=1, steps=868,
+                          train_both=False, n_captions=32_000, retrain=("image", "random"))
+    print(json.dumps({"n_pairs": result["n_pairs"], "data": result["data"],
+                      "models": {c: {"ab": m["model_ab_rural_vs_architect"], "rb": m["model_rb_objects"],
+                                     "architect": m["planted"]["architect/kind Y"],
+                                     "rural": m["planted"]["rural/kind X"]}
+                                 for c, m in result["models"].items()}}, indent=1, default=float))
+    assert set(result["models"]) == {"image", "random"}
+    assert result["models"]["image"]["n_trained"] == result["models"]["random"]["n_trained"] == result["n_pairs"]
+    assert result["n_pairs"] > 3000
+    data = result["data"]
+    for word in ("P(rural|kind X)", "P(architect|kind Y)"):          # image M4 takes the planted words apart
+        assert data["image"][word] < data["random"][word]
+    assert data["random"]["P(rural|kind X)"] > 0.6                      # a random subset keeps the planting
+    ab = {c: result["models"][c]["model_ab_rural_vs_architect"]["diff"] for c in ("image", "random")}
+    assert ab["image"] < ab["random"]
