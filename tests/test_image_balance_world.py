@@ -92,7 +92,6 @@ def test_models_retrained_on_image_derived_m4_learn_less_of_the_planted_associat
     868 steps: the kept data and the retrained models must keep that order. Measured (6 min on 2 idle
     cores): data P(rural | kind X) 0.53 against 0.70, model AB 0.07 against 0.54."""
     sys.path.insert(0, str(ROOT / "scripts"))
-    sys.path.insert(0, str(ROOT / "tests"))
     import validate_image_balance as vib
 
     result = vib.run_seed(SEED, tmp_path, keep=KEEP, both=False, threads=2, train_threads=1, steps=868,

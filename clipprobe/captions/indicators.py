@@ -526,9 +526,11 @@ def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility
     if rows.size and (rows.min() < 0 or rows.max() >= n or cols.min() < 0 or cols.max() >= n_words * 64):
         raise ValueError(f"encode_chunk: indicator pairs outside {n} captions x {k + len(labels)} columns")
     keys = np.zeros((n, n_words), np.uint64)
-    if utility is not None:
+    kernel = _pattern_kernel() if utility is None else None
+    if kernel is None:                          # else the kernel sets the bits as it numbers the keys
         np.bitwise_or.at(keys.reshape(-1), rows * n_words + cols // 64,
                          np.left_shift(np.uint64(1), (cols % 64).astype(np.uint64)))
+    if utility is not None:
         u = np.asarray(utility, np.float64)
         ubin = np.floor(np.log2(u) * UTILITY_BINS_PER_OCTAVE).astype(np.int32)
         code = np.column_stack([keys, (ubin.astype(np.int64) + 2**31).astype(np.uint64)])
@@ -540,20 +542,19 @@ def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility
                              np.bincount(inv, weights=u, minlength=len(uniq)), True)
         canonical = merge_tables([table])
         return canonical, table_lookup(table, canonical)[inv]
-    kernel = _pattern_kernel()
+    # inv: each caption's distinct key, -1 for a caption with no indicator
     if kernel is not None:
         inv = np.empty(n, np.int64)
         first, count = np.empty(n, np.int64), np.empty(n, np.int64)
         n_distinct = kernel.distinct_keys(rows, cols, keys, inv, first, count)
         uniq, count = keys[first[:n_distinct]], count[:n_distinct]
-        marked, n_empty = None, n - int(count.sum())          # inv: -1 for a caption with no indicator
     else:
-        np.bitwise_or.at(keys.reshape(-1), rows * n_words + cols // 64,
-                         np.left_shift(np.uint64(1), (cols % 64).astype(np.uint64)))
         marked = np.flatnonzero(keys.any(axis=1))
-        uniq, inv = _distinct_rows(keys[marked])
-        count = np.bincount(inv, minlength=len(uniq)).astype(np.int64)
-        n_empty = n - marked.size
+        uniq, inv_marked = _distinct_rows(keys[marked])
+        count = np.bincount(inv_marked, minlength=len(uniq)).astype(np.int64)
+        inv = np.full(n, -1, np.int64)
+        inv[marked] = inv_marked
+    n_empty = n - int(count.sum())
     empty = 1 if n_empty else 0                # the all-zero pattern, when some caption has no indicator
     table = PatternTable(groups, labels, np.concatenate([np.zeros((empty, n_words), np.uint64), uniq]),
                          np.zeros(len(uniq) + empty, np.int32),
@@ -561,11 +562,7 @@ def encode_chunk(s_rows, s_cols, y_rows, y_cols, n: int, groups, labels, utility
                          np.concatenate([[n_empty] * empty, count]).astype(np.float64), False)
     canonical = merge_tables([table])
     where = table_lookup(table, canonical)
-    if marked is None:
-        return canonical, np.append(where[empty:], where[0] if empty else -1)[inv]     # inv -1: the last
-    ids = np.full(n, where[0] if empty else -1, np.int64)
-    ids[marked] = where[empty:][inv]
-    return canonical, ids
+    return canonical, np.append(where[empty:], where[0] if empty else -1)[inv]      # inv -1: the last, empty
 
 
 # ----------------------------------------------------------------------------------------------
