@@ -44,8 +44,10 @@ arg-max labels differ. clipprobe keeps the fixed order (the same labels on every
 
 End to end (``--fit``): ``balance fit --attribute-source images`` (the attribute pass, then the pattern
 pass, the M4 solve with the occupations of :data:`FIT_WORDS` as labels, the keep flags and the weights) at
-each size of ``--fit-rows``, in a fresh process each, on each engine of ``--fit-engines``; printed per run:
-the stage times, rows per second and its ratio to the read rate of the same folder, and the process's peak
+each size of ``--fit-rows``, in a fresh process each, on each engine of ``--fit-engines``, every shard and
+metadata file evicted from the page cache first (unless ``--no-disk``); printed per run: the stage times,
+rows per second and its ratio to the read rate of the same folder from the page cache (``fit/read``) and
+from disk (``fit/read_disk``: the target's reference), and the process's peak
 resident memory during the fit (``memory_flat_local``: the largest size's peak within ``--memory-tolerance``
 of the smallest's; the Spark engine's JVM is not counted).
 
@@ -555,7 +557,10 @@ def fit_main(args, work: Path) -> int:
             make_folder(folder, rows, words=True)
             print(f"generated {rows:,} rows in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         read = max(read_rate(folder) for _ in range(2))
+        disk = not args.no_disk and evict(_data_files(folder)) is not None
+        read_disk = read_rate(folder) if disk else None
         for engine in args.fit_engines:
+            left = evict(_data_files(folder)) if disk else None       # the fit reads every file from disk
             res = subprocess.run([sys.executable, __file__, "--work", str(work), "--threads", str(max(args.threads)),
                                   "--_fit_child", str(rows), "--_engine", engine], capture_output=True, text=True)
             if res.returncode != 0:
@@ -563,6 +568,10 @@ def fit_main(args, work: Path) -> int:
             line = json.loads(res.stdout.strip().splitlines()[-1])
             line["read_rows_per_s"] = round(read)
             line["fit/read"] = round(line["rows_per_s"] / read, 3)
+            if disk:
+                line["read_disk_rows_per_s"] = round(read_disk)
+                line["fit/read_disk"] = round(line["rows_per_s"] / read_disk, 3)
+                line["cached_after_eviction"] = round(left, 4)
             out["fit"].append(line)
             print(json.dumps(line), file=sys.stderr)
     local = [f for f in out["fit"] if f["engine"] == "local" and f["peak_rss_during_mib"]]
