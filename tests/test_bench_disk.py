@@ -5,24 +5,14 @@ refuses to wait for the disk (``RWF_NOWAIT``), which succeeds only on a cached p
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmodule import bench
 
-ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(not (hasattr(os, "posix_fadvise") and hasattr(os, "RWF_NOWAIT")),
                                 reason="Linux page-cache calls")
-
-
-def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_attributes
-    finally:
-        sys.path.pop(0)
-    return bench_attributes
 
 
 def _nowait_cached(path: Path, offsets) -> list[bool]:
@@ -42,7 +32,7 @@ def _nowait_cached(path: Path, offsets) -> list[bool]:
 
 
 def test_eviction_is_counted_as_a_read_that_cannot_wait_sees_it(tmp_path):
-    b = _bench()
+    b = bench("bench_attributes")
     path = tmp_path / "shard.npy"
     np.save(path, np.random.default_rng(0).standard_normal((4096, 64)).astype(np.float16))   # 512 KiB
     path.read_bytes()
@@ -60,7 +50,7 @@ def test_eviction_is_counted_as_a_read_that_cannot_wait_sees_it(tmp_path):
 
 
 def test_the_share_counts_pages_of_every_file(tmp_path):
-    b = _bench()
+    b = bench("bench_attributes")
     small, large = tmp_path / "a.bin", tmp_path / "b.bin"
     small.write_bytes(b"x" * 4096)
     large.write_bytes(b"y" * 3 * 4096)

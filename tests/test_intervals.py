@@ -6,20 +6,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from benchmodule import bench
 from scipy import stats
 
 from clipprobe.analysis.extremes import extreme_skew_null
 from clipprobe.analysis.intervals import level_z, miller_madow, share_interval, skew_interval, wilson_interval
 from clipprobe.analysis.probe import control_null, p_vs_controls, probe_scores
 from clipprobe.errors import UsageError
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _wilson(x, n, z=stats.norm.ppf(0.975)):
@@ -287,11 +284,7 @@ def test_control_queries_flag_at_about_the_nominal_rate():
 @pytest.mark.slow        # over the default suite's 10 s per test on 2 shared cores
 def test_coverage_harness_small(tmp_path):
     """A small run of benchmarks/bench_coverage.py: the published intervals cover their population value."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_coverage as harness
-    finally:
-        sys.path.pop(0)
+    harness = bench("bench_coverage")
     results = harness.run_grid(n_datasets=50, n_boot=0, seed=0, grid_n=(2000,), grid_k=(100,), permutations=200)
     table = harness.summarise(results)
     assert set(table["statistic"]) == {"share", "skew"}

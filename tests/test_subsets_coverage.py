@@ -4,21 +4,12 @@ subset sizes. The full grids are slow tests; small versions run in the default s
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from benchmodule import bench
 
 
 def _bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_subsets
-    finally:
-        sys.path.pop(0)
-    return bench_subsets
+    return bench("bench_subsets")
 
 
 def test_true_spearman_of_the_normal_copula():
