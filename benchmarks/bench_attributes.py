@@ -12,6 +12,8 @@ Measured in one process, on the same shards, each rate in rows per second (best 
   the class vectors with a matrix product, normalised, soft-maxed and arg-maxed;
 * ``kernel``: :func:`clipprobe.analysis.zeroshot.classify` over the memory-mapped shards (the scores
   kernel, probabilities and hard labels), ``--threads`` threads;
+* ``pass_labels`` (with ``--labels R``): the same pass with R concept labels scored as well (each label's
+  yes/no prompt pair: ``image_labels`` and ``pl_<label>`` written), from the page cache;
 * ``pass``: the whole attribute pass, :func:`clipprobe.pipeline.attributes.run_attributes` with a tiny
   random CLIP whose text tower gives 512-d vectors (three classes: two groups and "no person"): the checks,
   the scores, the metadata's caption and url copied, and one parquet file written per shard; with
@@ -299,8 +301,19 @@ def tiny_model_512(folder: Path) -> tuple[str, str]:
     return f"TinyCLIP-bench512:{weights}", str(config)
 
 
-def pass_once(root: Path, out: Path, model: tuple[str, str], threads: int, fresh: bool = True) -> tuple[float, dict]:
-    """One whole pass into ``out`` (emptied first unless not ``fresh``: then a rerun skipping the shards done)."""
+def write_label_prompts(path: Path, n: int) -> Path:
+    """A label prompt file of ``n`` concept labels (the occupations of :data:`FIT_WORDS`, then numbered
+    ones), each with one prompt and one negation."""
+    names = list(FIT_WORDS[:n]) + [f"thing{i}" for i in range(n - len(FIT_WORDS[:n]))]
+    path.write_text("labels:\n" + "".join(f"  {w}:\n    prompts: [a photo of a {w}]\n"
+                                            f"    negations: [a photo of a person who is not a {w}]\n" for w in names))
+    return path
+
+
+def pass_once(root: Path, out: Path, model: tuple[str, str], threads: int, fresh: bool = True,
+              labels: Path | None = None) -> tuple[float, dict]:
+    """One whole pass into ``out`` (emptied first unless not ``fresh``: then a rerun skipping the shards done);
+    ``labels``: a label prompt file (the concept labels scored as well)."""
     import shutil
 
     from clipprobe.pipeline.attributes import AttributeConfig, run_attributes
@@ -310,6 +323,7 @@ def pass_once(root: Path, out: Path, model: tuple[str, str], threads: int, fresh
         shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     res = run_attributes(AttributeConfig(embeddings=str(root), out=str(out), workers=threads,
+                                         label_prompts=None if labels is None else str(labels),
                                          probe=ProbeConfig(model=model[0], model_config=model[1], device="cpu",
                                                            cache_dir=str(out.parent / "cache"))))
     elapsed = time.perf_counter() - t0
@@ -430,6 +444,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fit-engines", nargs="+", default=["local"], choices=["local", "spark"])
     ap.add_argument("--order-cost", action="store_true",
                     help="only the scores kernel (fixed order) against the same sums in a free order, one thread")
+    ap.add_argument("--labels", type=int, default=0,
+                    help="also time the pass with this many concept labels scored (pass_labels_tN, from the page cache)")
     ap.add_argument("--no-disk", action="store_true",
                     help="skip the reads and passes from disk (the folder's pages evicted first)")
     ap.add_argument("--_child", type=int, default=None, help=argparse.SUPPRESS)
@@ -464,6 +480,7 @@ def main(argv=None) -> int:
     timings: dict = {}
     result: dict = {"rows": args.rows, "dim": DIM, "shards": len(_shards(root)), "load_average": os.getloadavg()}
     disk = not args.no_disk and evict(_data_files(root)) is not None
+    label_file = write_label_prompts(work / f"labels{args.labels}.yaml", args.labels) if args.labels else None
     evicted: list[float] = []                # the share of pages left cached by each eviction
     if args.repeat:
         kernel_rate(root, t, 1)                  # compile (or load) the kernels, warm the page cache
@@ -487,6 +504,11 @@ def main(argv=None) -> int:
             c0 = time.process_time()
             pass_once(root, work / "out", model, th, fresh=False)           # every shard done: the fixed cost
             cpu["fixed"] = min(cpu.get("fixed", np.inf), time.process_time() - c0)
+            if label_file is not None:
+                rate, label_timings = pass_once(root, work / "out-labels", model, th, labels=label_file)
+                best[f"pass_labels_t{th}"] = max(best.get(f"pass_labels_t{th}", 0.0), rate)
+                best[f"shards_labels_t{th}"] = max(best.get(f"shards_labels_t{th}", 0.0),
+                                                   args.rows / label_timings["pass"])
         if disk:
             evicted.append(evict(_data_files(root)))
             best["read_disk"] = max(best.get("read_disk", 0.0), read_rate(root))
@@ -504,6 +526,9 @@ def main(argv=None) -> int:
         result["ratios"][f"pass_t{th}/read_alloc"] = round(best[f"pass_t{th}"] / best["read_alloc"], 3)
         result["ratios"][f"kernel_t{th}/numpy"] = round(best[f"kernel_t{th}"] / best["numpy"], 3)
         result["ratios"][f"pass_t{th}/numpy"] = round(best[f"pass_t{th}"] / best["numpy"], 3)
+        if label_file is not None:
+            result["ratios"][f"pass_labels_t{th}/pass_t{th}"] = round(best[f"pass_labels_t{th}"] / best[f"pass_t{th}"], 3)
+            result["ratios"][f"shards_labels_t{th}/read"] = round(best[f"shards_labels_t{th}"] / best["read"], 3)
         if disk:
             result["ratios"][f"pass_disk_t{th}/read_disk"] = round(best[f"pass_disk_t{th}"] / best["read_disk"], 3)
             result["ratios"][f"shards_disk_t{th}/read_disk"] = round(best[f"shards_disk_t{th}"] / best["read_disk"], 3)
