@@ -379,6 +379,29 @@ def test_label_probabilities_are_a_yes_no_softmax_per_concept():
         zs.label_probabilities(x, concepts, negations[:3], 100.0)
 
 
+@pytest.mark.parametrize("scale", [100.0, 1.0, 4600.0])
+def test_pair_probabilities_are_the_softmax_of_each_pair_bit_for_bit(scale):
+    """One exp per pair, the same float32 bits as probabilities() over the stacked pairs: ties, near-ties
+    one float32 step apart, NaN on either side or both, cosines of +-1 and a scale that underflows exp."""
+    rng = np.random.default_rng(11)
+    yes = rng.uniform(-1, 1, (3000, 6)).astype(np.float32)
+    no = rng.uniform(-1, 1, (3000, 6)).astype(np.float32)
+    no[:, 0] = yes[:, 0]
+    no[:500, 1] = np.nextafter(yes[:500, 1], np.float32(2))
+    no[500:1000, 1] = np.nextafter(yes[500:1000, 1], np.float32(-2))
+    yes[:, 2], no[:, 2] = 1.0, -1.0
+    yes[3, 3] = np.nan
+    no[4, 4] = np.nan
+    yes[5, 5] = no[5, 5] = np.nan
+    want = zs.probabilities(np.stack([yes, no], axis=2).reshape(-1, 2), scale)[:, 0].reshape(yes.shape)
+    got = zs.pair_probabilities(yes, no, scale)
+    assert got.dtype == np.float32 and got.shape == yes.shape
+    np.testing.assert_array_equal(got, want)            # NaN where NaN, every other value the same bits
+    assert np.isnan(got[[3, 4, 5], [3, 4, 5]]).all() and (got[:, 0] == 0.5).all()
+    with pytest.raises(UsageError, match="scale"):
+        zs.pair_probabilities(yes, no, 0.0)
+
+
 def _binned_error_by_loop(p, hit, n_bins=10):
     """The calibration error of outcomes ``hit`` under probabilities ``p``, image by image."""
     truth = np.where(np.asarray(hit) > 0, "G", "other")

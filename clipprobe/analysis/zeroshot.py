@@ -234,8 +234,27 @@ def label_probabilities(x, concept_vectors, negation_vectors, scale: float, *, t
     r = c.shape[0] if c.ndim == 2 else 0
     classes = np.concatenate([c, neg]) if c.ndim == 2 and neg.ndim == 2 else c
     cos = class_scores(x, classes, threads=threads, block_rows=block_rows, name=name).cos
-    pairs = np.stack([cos[:, :r], cos[:, r:]], axis=2).reshape(-1, 2)      # (n R, 2): concept, negation
-    return probabilities(pairs, scale)[:, 0].reshape(cos.shape[0], r)
+    return pair_probabilities(cos[:, :r], cos[:, r:], scale)
+
+
+def pair_probabilities(cos_yes, cos_no, scale: float) -> "np.ndarray":
+    """``probabilities`` of each pair ``(cos_yes, cos_no)`` (arrays of one shape), taken at ``cos_yes``: the
+    same float32 bits as ``probabilities(np.stack([cos_yes, cos_no], -1).reshape(-1, 2), scale)[:, 0]``.
+
+    Of ``exp(z - max(z))`` over a pair one term is ``exp(0) = 1``; only the other is computed (one ``exp``
+    per pair instead of two), and the sum is ``e_yes + e_no`` in that order, as the row sum of two."""
+    import numpy as np
+
+    s = _check_scale(scale)
+    z_yes = np.asarray(cos_yes, np.float64) * s
+    z_no = np.asarray(cos_no, np.float64) * s
+    top = np.maximum(z_yes, z_no)                       # NaN where either is NaN, as max over the pair
+    yes_wins = z_yes >= z_no                            # False where either is NaN
+    with np.errstate(invalid="ignore"):
+        e = np.exp(np.minimum(z_yes - top, z_no - top))  # the term that is not exp(0) (exp(0) on a tie)
+        e_yes = np.where(yes_wins, 1.0, e)
+        e_no = np.where(yes_wins, e, 1.0)
+        return (e_yes / (e_yes + e_no)).astype(np.float32)
 
 
 def hard_labels(cos, probs, *, n_groups: int, threshold: float = 0.0) -> "np.ndarray":
