@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -229,44 +227,3 @@ def test_reader_gives_back_pages_and_keeps_the_data(tmp_path):
         assert rows._released > 0 and rows._released % 4096 == 0
         assert np.array_equal(rows.array, emb)          # released pages read back from the file
         rows.release(5000)
-
-
-@pytest.mark.skipif(not hasattr(os, "posix_fadvise"), reason="Linux page-cache calls")
-def test_prefetch_reads_the_rows_ahead_into_the_page_cache(tmp_path):
-    import ctypes
-    import mmap
-    import time
-
-    emb = np.random.default_rng(4).standard_normal((4096, 256)).astype(np.float16)     # 2 MiB
-    ext.write_embedding_folder(tmp_path / "e", [(emb, _meta(4096))])
-    folder = ext.open_embedding_folder(tmp_path / "e")
-    shard = folder.shards[0]
-    fd = os.open(shard.embeddings, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-    def resident(rows) -> np.ndarray:
-        """Which pages of the map are in the page cache (mincore: reads nothing)."""
-        size = len(rows._map)
-        vec = (ctypes.c_ubyte * (-(-size // mmap.PAGESIZE)))()
-        view = np.frombuffer(rows._map, np.uint8)
-        assert ctypes.CDLL(None).mincore(ctypes.c_void_p(view.ctypes.data), ctypes.c_size_t(size), vec) == 0
-        return np.frombuffer(vec, np.uint8) & 1 == 1
-
-    with folder.reader(shard) as rows:
-        before = resident(rows)
-        if before.all():
-            pytest.skip("this file system keeps the pages of an evicted file")
-        rows.prefetch(0, 0)                       # nothing asked, nothing read; past the end: up to the end
-        rows.prefetch(4000, 10_000)
-        rows.prefetch(1024, 2048)
-        page = mmap.PAGESIZE
-        first, last = (shard.offset + 1024 * 512) // page, (shard.offset + 2048 * 512 - 1) // page
-        deadline = time.monotonic() + 5
-        while not resident(rows)[first:last + 1].all() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert resident(rows)[first:last + 1].all()
-        assert np.array_equal(rows.array, emb)          # the rows read are the file's

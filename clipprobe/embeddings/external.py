@@ -190,19 +190,6 @@ class ShardRows:
     _row_bytes: int
     _released: int = 0
 
-    def prefetch(self, start: int, stop: int) -> None:
-        """Ask the OS to start reading rows ``start:stop`` from disk now (``madvise(MADV_WILLNEED)`` where it
-        has it; it returns at once), so that they are in the page cache by the time they are scored."""
-        import mmap
-
-        stop = min(stop, len(self.array)) if self.array is not None else 0
-        if self._map is None or stop <= start or not hasattr(self._map, "madvise") \
-                or not hasattr(mmap, "MADV_WILLNEED"):
-            return
-        begin = (self._offset + start * self._row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
-        end = self._offset + stop * self._row_bytes
-        self._map.madvise(mmap.MADV_WILLNEED, begin, end - begin)
-
     def release(self, stop: int) -> None:
         """Drop the resident pages of rows ``< stop`` (``madvise(MADV_DONTNEED)`` where the OS has it)."""
         import mmap

@@ -490,11 +490,9 @@ def run_shard_job(job: ShardJob, lexicon=None) -> dict:
                                   write_statistics=prob_columns)
         try:
             start = 0
-            rows.prefetch(0, BLOCK_ROWS)               # the first block read while the metadata is
             for batch in pf.iter_batches(batch_size=BLOCK_ROWS, columns=wanted, use_threads=False):
                 t0 = time.perf_counter()
                 n = batch.num_rows
-                rows.prefetch(start + n, start + 2 * n)           # the next block read from disk meanwhile
                 result = classify(rows.array[start:start + n], job.classes, n_groups=k, scale=job.scale,
                                   threshold=job.threshold, threads=job.threads,
                                   name=f"embeddings {job.root}: shard {shard.name}")
